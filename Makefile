@@ -1,0 +1,25 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Each sets up .venv from nothing (tools/setup_env.sh, idempotent), then runs.
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast cuda-check bench clean
+setup:
+	@bash tools/setup_env.sh
+
+demo: setup
+	$(PY) -m dense3d.cli demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Skips tests marked slow (CI runs them all through `make test`).
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Compiles every .cu file with nvcc (compile only), so CUDA code never rots unseen.
+cuda-check: setup
+	$(PY) tools/check_cuda_compile.py
+
+clean:
+	rm -rf build dense3d/_C*.so outputs

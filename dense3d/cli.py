@@ -1,0 +1,69 @@
+"""The ``dense3d`` command: ``train``, ``eval``, ``demo``, ``vis``, ``convert``.
+
+Thin: each sub-command parses its arguments and calls into ``dense3d.engine``,
+``dense3d.eval``, ``dense3d.data`` or ``dense3d.vis``. Bad input (a ``Dense3DError``) is
+printed as one line and exits with status 2; sub-commands not built yet say so and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from dense3d.errors import Dense3DError
+
+__all__ = ["main", "build_parser"]
+
+
+def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(f"dense3d {name}: not built yet ({issue}); see README.md for what exists.", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from dense3d.engine.demo import run_demo
+
+    return run_demo(out_dir=args.out, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dense3d", description="Dense captioning from many sensors.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="the main job: synthetic data -> train -> evaluate -> report")
+    p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("train", help="train a model from a hydra config")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=_not_built("train", "the training-engine issue"))
+
+    p = sub.add_parser("eval", help="score predictions with a published protocol")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_not_built("eval", "the evaluation issue"))
+
+    p = sub.add_parser("vis", help="render a scene, its boxes and captions")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_not_built("vis", "the visualization issue"))
+
+    p = sub.add_parser("convert", help="generate synthetic data or convert data sets")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_not_built("convert", "the data issue"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except Dense3DError as e:
+        print(f"dense3d {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+// dense3d._C: the one extension module. Each op lives in csrc/<op>/{<op>.h, <op>_cpu.cpp,
+// <op>_cuda.cu}; its header declares the dispatching entry points registered here.
+#include <torch/extension.h>
+
+bool with_cuda() {
+#ifdef WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("with_cuda", &with_cuda, "True when dense3d._C was built with its CUDA kernels");
+}

