@@ -1,0 +1,177 @@
+"""The Lightning module and data module around a dense-captioning model.
+
+The model owns its logic; the engine only runs it. A model used here provides:
+
+* ``forward(batch) -> dict[str, Tensor]``: the weighted loss terms of one batch (their sum is
+  minimised);
+* ``predict(batch) -> list[list[DenseCaption]]``: one list of described regions per sample.
+
+One training step, in full: ``losses = model(batch); loss = sum(losses.values());
+loss.backward(); optimizer.step()`` (Lightning does the last two, plus gradient accumulation,
+clipping, mixed precision and DDP gradient averaging, as the trainer config says).
+"""
+from __future__ import annotations
+
+import functools
+import random
+from typing import Any, Callable, Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+__all__ = ["DenseCaptionModule", "DenseCaptionDataModule", "SeededSampler", "RNGStateCallback", "freeze"]
+
+
+def freeze(model: torch.nn.Module, names: Sequence[str]) -> list[str]:
+    """Freeze the sub-modules of ``model`` named in ``names`` (attribute paths such as
+    ``"perception"`` or ``"captioner.qformer"``); returns the names frozen."""
+    done = []
+    for name in names:
+        module = model.get_submodule(name)
+        for p in module.parameters():
+            p.requires_grad_(False)
+        done.append(name)
+    return done
+
+
+class DenseCaptionModule(pl.LightningModule):
+    """Trains and runs a dense-captioning model.
+
+    Args:
+        model: the model (see the module docstring for what it provides).
+        optimizer: a partial taking the trainable parameters (hydra ``_partial_: true``).
+        scheduler: a partial taking the optimizer, or None; stepped every optimizer step.
+        frozen: sub-modules frozen during this stage (e.g. ``["perception"]`` while captioning).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        frozen: Sequence[str] = (),
+    ):
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.frozen = freeze(model, frozen)
+
+    def forward(self, batch):
+        return self.model(batch)
+
+    def _step(self, batch, prefix: str) -> torch.Tensor:
+        losses = self.model(batch)
+        loss = functools.reduce(torch.add, losses.values())
+        self.log_dict({f"{prefix}/{k}": v.detach() for k, v in losses.items()}, batch_size=len(batch), sync_dist=prefix != "train")
+        self.log(f"{prefix}/loss", loss.detach(), prog_bar=True, batch_size=len(batch), sync_dist=prefix != "train")
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        return self._step(batch, "val")
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        return self.model.predict(batch)
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+
+class SeededSampler(Sampler[int]):
+    """A shuffling sampler whose order depends only on ``(seed, epoch)``, split across DDP ranks.
+
+    Lightning calls ``set_epoch`` every epoch, so a resumed run sees exactly the order an
+    uninterrupted one would. With ``num_replicas > 1`` rank r takes every r-th index of the
+    (padded) permutation, like ``DistributedSampler``.
+    """
+
+    def __init__(self, dataset_len: int, seed: int = 0, shuffle: bool = True, num_replicas: int = 1, rank: int = 0):
+        self.n, self.seed, self.shuffle = dataset_len, seed, shuffle
+        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        per_rank = -(-self.n // self.num_replicas)
+        order += order[: per_rank * self.num_replicas - self.n]  # pad so every rank gets as many
+        return iter(order[self.rank :: self.num_replicas])
+
+    def __len__(self) -> int:
+        return -(-self.n // self.num_replicas)
+
+
+class DenseCaptionDataModule(pl.LightningDataModule):
+    """Wraps built datasets and the collate function into loaders (seeded, DDP-aware)."""
+
+    def __init__(
+        self,
+        train: Dataset | None,
+        val: Dataset | None = None,
+        test: Dataset | None = None,
+        collate_fn: Callable | None = None,
+        batch_size: int = 2,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+    ):
+        super().__init__()
+        self.train_set, self.val_set, self.test_set = train, val, test
+        self.collate_fn, self.batch_size, self.num_workers, self.seed = collate_fn, batch_size, num_workers, seed
+        self.shuffle = shuffle
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        trainer = self.trainer
+        replicas = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
+        sampler = SeededSampler(len(dataset), self.seed, shuffle, replicas, rank)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=self.collate_fn, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, shuffle=self.shuffle)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
+
+    def test_dataloader(self):
+        return self._loader(self.test_set, shuffle=False) if self.test_set is not None else []
+
+    def predict_dataloader(self):
+        data = self.test_set if self.test_set is not None else self.val_set
+        return self._loader(data, shuffle=False)
+
+
+class RNGStateCallback(pl.Callback):
+    """Saves the torch / numpy / python random states in checkpoints and restores them on resume,
+    so dropout and augmentation draw the same numbers as in an uninterrupted run."""
+
+    def state_dict(self) -> dict[str, Any]:
+        np_state = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": list(random.getstate()[1]),
+            "python_version": random.getstate()[0],
+            "python_gauss": random.getstate()[2],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        np_state = state["numpy"]
+        np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
+        random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))

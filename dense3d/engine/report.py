@@ -1,0 +1,96 @@
+"""Run reports: training-curve PNGs from Lightning's CSV log, and a ``report.md`` with the
+metric tables, pictures and example captions of a run."""
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from dense3d.utils.io import atomic_write
+
+__all__ = ["read_metrics_csv", "plot_curves", "markdown_table", "write_report"]
+
+
+def read_metrics_csv(path: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Lightning ``CSVLogger``'s ``metrics.csv`` -> {metric: [(step, value), ...]} (empty cells skipped)."""
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(float(row.get("step") or 0))
+            for k, v in row.items():
+                if k in ("step", "epoch") or v in (None, ""):
+                    continue
+                value = float(v)
+                if math.isfinite(value):
+                    series[k].append((step, value))
+    return dict(series)
+
+
+def plot_curves(series: Mapping[str, Sequence[tuple[int, float]]], out_png: str | Path, title: str = "") -> Path:
+    """One panel per metric (loss terms, learning rate, validation scores) against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(series)
+    cols = min(3, max(1, len(names)))
+    rows = max(1, math.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), dpi=100, squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        steps, values = zip(*series[name]) if series[name] else ((), ())
+        ax.plot(steps, values, marker="." if len(steps) < 30 else None)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    with atomic_write(out_png, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+    return out_png
+
+
+def markdown_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | None = None, digits: int = 3) -> str:
+    """Rows of dicts -> a GitHub markdown table (floats rounded to ``digits``)."""
+    if not rows:
+        return "(no rows)\n"
+    columns = list(columns or rows[0].keys())
+
+    def fmt(v):
+        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    path: str | Path,
+    title: str,
+    sections: Sequence[tuple[str, str]],
+    pictures: Sequence[tuple[str, str | Path]] = (),
+) -> Path:
+    """Write ``report.md``: a title, then (heading, markdown body) sections, then pictures
+    (caption, path relative to the report)."""
+    path = Path(path)
+    parts = [f"# {title}\n"]
+    for heading, body in sections:
+        parts.append(f"## {heading}\n\n{body.rstrip()}\n")
+    if pictures:
+        parts.append("## Pictures\n")
+        for caption, pic in pictures:
+            rel = Path(pic)
+            try:
+                rel = rel.relative_to(path.parent)
+            except ValueError:
+                pass
+            parts.append(f"![{caption}]({rel.as_posix()})\n")
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(parts))
+    return path

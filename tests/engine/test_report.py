@@ -1,0 +1,24 @@
+import numpy as np
+
+from dense3d.engine.report import markdown_table, plot_curves, read_metrics_csv, write_report
+
+
+def test_curves_and_report(tmp_path):
+    csv_path = tmp_path / "metrics.csv"
+    lines = ["epoch,step,train/loss,val/CIDEr"]
+    for s in range(20):
+        lines.append(f"0,{s},{2.0 / (s + 1)},")
+    lines.append("0,19,,0.42")
+    csv_path.write_text("\n".join(lines) + "\n")
+    series = read_metrics_csv(csv_path)
+    assert len(series["train/loss"]) == 20 and series["val/CIDEr"] == [(19, 0.42)]
+    png = plot_curves(series, tmp_path / "curves.png", title="demo")
+    from PIL import Image
+
+    img = np.asarray(Image.open(png).convert("L"))
+    assert img.std() > 5
+    table = markdown_table([{"metric": "CIDEr@0.5", "value": 0.4213}, {"metric": "BLEU-4@0.5", "value": 0.1}])
+    assert "| CIDEr@0.5 | 0.421 |" in table
+    rep = write_report(tmp_path / "report.md", "Run", [("Metrics", table)], [("curves", png)])
+    text = rep.read_text()
+    assert "## Metrics" in text and "![curves](curves.png)" in text
