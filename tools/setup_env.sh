@@ -69,4 +69,10 @@ run_step llm requirements/extras-llm.txt -- pipq --no-deps -r requirements/extra
 run_step editable setup.py requirements/runtime.txt -- \
   pipq --no-deps --no-build-isolation -e .
 mapfile -t CSRC < <(find dense3d/ops/csrc -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) | sort)
-run_step extension setup.py "${CSRC[@]}" -- "$PY" setup.py -q build_ext --inplace
+build_extension() {
+  local log="$VENV/build_ext.log"
+  if ! "$PY" setup.py build_ext --inplace >"$log" 2>&1; then
+    tail -40 "$log"; say "building dense3d._C failed (full log: $log)"; return 1
+  fi
+}
+run_step extension setup.py "${CSRC[@]}" -- build_extension
