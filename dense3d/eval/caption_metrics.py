@@ -59,13 +59,17 @@ def ptb_tokenize(sentences: Mapping[object, Sequence[str]]) -> dict[object, list
     require_java("PTBTokenizer")
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    keys = [k for k, v in sentences.items() if len(v) > 0]
-    if not keys:
-        return {k: [] for k in sentences}
-    # PTBTokenizer joins with newlines: a caption holding a newline would shift every line.
-    payload = {k: [{"caption": " ".join(str(s).split())} for s in sentences[k]] for k in keys}
-    out = PTBTokenizer().tokenize(payload)
-    return {k: list(out.get(k, [])) for k in sentences}
+    # PTBTokenizer joins captions with newlines: a caption holding a newline would shift every
+    # later line, and an empty one may vanish; so white space is normalised and empty captions
+    # are answered "" without asking Java.
+    flat = [(k, i, " ".join(str(s).split())) for k, v in sentences.items() for i, s in enumerate(v)]
+    todo = [(k, i, s) for k, i, s in flat if s]
+    out: dict[object, list[str]] = {k: [""] * len(v) for k, v in sentences.items()}
+    if todo:
+        tok = PTBTokenizer().tokenize({n: [{"caption": s}] for n, (_, _, s) in enumerate(todo)})
+        for n, (k, i, _) in enumerate(todo):
+            out[k][i] = tok[n][0]
+    return out
 
 
 class _Meteor:
