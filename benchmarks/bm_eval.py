@@ -11,7 +11,8 @@ synthetic text. Two ways to compute C / B-4 / M / R at IoU 0.25 and 0.5:
 * dense3d: ``dense3d.eval.scanrefer.evaluate`` (vectorised matching, one METEOR process for
   both thresholds with per-pair statistics shared, METEOR running beside the Python scorers).
 
-Both must give the same numbers; prints a table and writes ``bm_eval.json`` beside this file.
+Both must give the same numbers; each runs ``BM_REPEATS`` times (default 2, alternating) and
+its best time is kept; prints a table and writes ``bm_eval.json`` beside this file.
 Run: ``.venv/bin/python benchmarks/bm_eval.py``.
 """
 from __future__ import annotations
@@ -126,17 +127,20 @@ def main() -> None:
     n_desc = sum(len(o.get("descriptions", [])) for objs in gt_raw.values() for o in objs)
     n_obj = sum(1 for objs in gt_raw.values() for o in objs if "descriptions" in o)
 
-    t0 = time.perf_counter()
-    ref = {}
-    for k in (0.25, 0.5):
-        ref.update(anchor(pred_raw, gt_raw, k))
-    t_anchor = time.perf_counter() - t0
+    repeats = int(os.environ.get("BM_REPEATS", "2"))
+    t_anchor = t_ours = float("inf")
+    for _ in range(repeats):  # alternate the two, keep each one's best time (the machine is shared)
+        t0 = time.perf_counter()
+        ref = {}
+        for k in (0.25, 0.5):
+            ref.update(anchor(pred_raw, gt_raw, k))
+        t_anchor = min(t_anchor, time.perf_counter() - t0)
 
-    t0 = time.perf_counter()
-    pred = parse_box_predictions("bm", pred_raw)
-    gt = parse_object_gt("bm", gt_raw)
-    ours = scanrefer.evaluate(pred, gt, ious=(0.25, 0.5))
-    t_ours = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pred = parse_box_predictions("bm", pred_raw)
+        gt = parse_object_gt("bm", gt_raw)
+        ours = scanrefer.evaluate(pred, gt, ious=(0.25, 0.5))
+        t_ours = min(t_ours, time.perf_counter() - t0)
 
     same = all(abs(ours[key] - v) <= 1e-9 * max(1.0, abs(v)) for key, v in ref.items())
     rows = [(key, ref[key], ours[key]) for key in ref]
@@ -148,7 +152,7 @@ def main() -> None:
     print(f"speed-up: {t_anchor / t_ours:.2f}x   same numbers: {same}   (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     out = {"scenes": N_SCENES, "objects": n_obj, "descriptions": n_desc, "predictions_per_scene": N_PRED,
            "anchor_s": t_anchor, "dense3d_s": t_ours, "speedup": t_anchor / t_ours, "same_numbers": same,
-           "metrics": {key: {"anchor": a, "dense3d": b} for key, a, b in rows}, "loadavg": os.getloadavg()[0]}
+           "metrics": {key: {"anchor": a, "dense3d": b} for key, a, b in rows}, "loadavg": os.getloadavg()[0], "repeats": repeats}
     Path(__file__).with_suffix(".json").write_text(json.dumps(out, indent=2))
 
 

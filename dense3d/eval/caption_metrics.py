@@ -72,6 +72,10 @@ def ptb_tokenize(sentences: Mapping[object, Sequence[str]]) -> dict[object, list
     return out
 
 
+def _one_line(text: str) -> str:
+    return text.replace("\r", " ").replace("\n", " ")
+
+
 class _Meteor:
     """One METEOR 1.5 Java process (pycocoevalcap's ``Meteor``) with a per-pair stats cache."""
 
@@ -87,17 +91,40 @@ class _Meteor:
         self._lock = threading.Lock()
 
     def stats(self, pairs: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
-        """The jar's ``SCORE`` statistics line of each (candidate, references) pair."""
-        out = []
+        """The jar's ``SCORE`` statistics line of each (candidate, references) pair.
+
+        The request lines are the ones pycocoevalcap's ``Meteor._stat`` builds, but they are
+        streamed: a writer thread sends them all while this thread reads the answers, so the
+        jar never waits for Python (pycocoevalcap's one-line ping-pong would stall on the GIL
+        while other scorers run in the main thread).
+        """
         with self._lock:
+            todo: dict[tuple[str, tuple[str, ...]], None] = {}
             for hyp, refs in pairs:
                 key = (hyp, tuple(refs))
-                s = self._cache.get(key)
-                if s is None:
-                    s = self._m._stat(hyp, list(refs))  # the exact line Meteor.compute_score sends
-                    self._cache[key] = s
-                out.append(s)
-        return out
+                if key not in self._cache:
+                    todo[key] = None
+            if todo:
+                keys = list(todo)
+                lines = []
+                for hyp, refs in keys:
+                    # pycocoevalcap's _stat: SCORE ||| ref 1 ||| ... ||| ref n ||| hypothesis;
+                    # a newline would desynchronise the jar's line protocol, so it becomes a space
+                    h = _one_line(hyp).replace("|||", "").replace("  ", " ")
+                    lines.append(" ||| ".join(("SCORE", " ||| ".join(_one_line(r) for r in refs), h)) + "\n")
+                p = self._m.meteor_p
+                payload = "".join(lines).encode()
+
+                def write():
+                    p.stdin.write(payload)
+                    p.stdin.flush()
+
+                writer = threading.Thread(target=write, daemon=True)
+                writer.start()
+                answers = [p.stdout.readline().decode().strip() for _ in keys]
+                writer.join()
+                self._cache.update(zip(keys, answers))
+            return [self._cache[(hyp, tuple(refs))] for hyp, refs in pairs]
 
     def score(self, pairs: Sequence[tuple[str, Sequence[str]]]) -> tuple[float, list[float]]:
         """Same as ``Meteor().compute_score`` on these pairs: (aggregate, per-item)."""
@@ -111,37 +138,14 @@ class _Meteor:
         return total, per_item
 
     def close(self) -> None:
+        """End the Java process (pycocoevalcap's ``__del__`` does the same again, harmlessly:
+        closing a closed pipe and killing a reaped process are no-ops)."""
         m, self._m = getattr(self, "_m", None), None
         if m is not None:
             with m.lock:
                 m.meteor_p.stdin.close()
                 m.meteor_p.kill()
                 m.meteor_p.wait()
-
-            # pycocoevalcap's __del__ would close the pipes a second time: make it a no-op.
-            class _Closed:
-                def acquire(self):
-                    pass
-
-                def release(self):
-                    pass
-
-            m.lock = _Closed()
-            m.meteor_p = _DeadProcess()
-
-
-class _DeadProcess:
-    class _Pipe:
-        def close(self):
-            pass
-
-    stdin = _Pipe()
-
-    def kill(self):
-        pass
-
-    def wait(self):
-        pass
 
 
 class CaptionScorer:
@@ -231,30 +235,46 @@ class CaptionScorer:
     def score_pairs(self, pairs: Sequence[tuple[str, Sequence[str]]]) -> tuple[dict[str, float], dict[str, list[float]]]:
         """All selected metrics on a list of (candidate, references) pairs.
 
-        Returns (corpus scores, per-item scores), keyed by :data:`SCORER_KEYS`. METEOR runs in
-        its Java process while Python computes the others (two cores, two workers).
+        Returns (corpus scores, per-item scores), keyed by :data:`SCORER_KEYS`.
         """
-        if not pairs:
-            return {}, {}
-        for i, (hyp, refs) in enumerate(pairs):
-            if not isinstance(hyp, str) or len(refs) == 0:
-                raise ValueError(f"pair {i}: expected a string candidate and >= 1 reference")
-        corpus: dict[str, float] = {}
-        per: dict[str, list[float]] = {}
+        return self.score_many([pairs])[0]
+
+    def score_many(self, pair_sets: Sequence[Sequence[tuple[str, Sequence[str]]]]) -> list[tuple[dict[str, float], dict[str, list[float]]]]:
+        """:meth:`score_pairs` for several sets (e.g. one per IoU threshold), each scored on its
+        own. METEOR for every set runs in its Java process (one worker thread) while Python
+        computes the other scorers: on two cores the two overlap."""
+        for pairs in pair_sets:
+            for i, (hyp, refs) in enumerate(pairs):
+                if not isinstance(hyp, str) or len(refs) == 0:
+                    raise ValueError(f"pair {i}: expected a string candidate and >= 1 reference")
+        todo = [ps for ps in pair_sets if ps]
+        results: list[tuple[dict[str, float], dict[str, list[float]]]] = []
         with ThreadPoolExecutor(max_workers=1) as pool:
-            fut = pool.submit(self.meteor.score, pairs) if "METEOR" in self.metrics else None
-            if "CIDEr" in self.metrics:
-                corpus["CIDEr"], per["CIDEr"] = self.cider(pairs)
-            if "BLEU" in self.metrics:
-                b, bs = self.bleu(pairs)
-                for n in range(4):
-                    corpus[f"BLEU-{n + 1}"], per[f"BLEU-{n + 1}"] = b[n], bs[n]
-            if "ROUGE-L" in self.metrics:
-                corpus["ROUGE-L"], per["ROUGE-L"] = self.rouge(pairs)
+            fut = pool.submit(lambda: [self.meteor.score(ps) for ps in todo]) if "METEOR" in self.metrics and todo else None
+            for pairs in todo:
+                corpus: dict[str, float] = {}
+                per: dict[str, list[float]] = {}
+                if "CIDEr" in self.metrics:
+                    corpus["CIDEr"], per["CIDEr"] = self.cider(pairs)
+                if "BLEU" in self.metrics:
+                    b, bs = self.bleu(pairs)
+                    for n in range(4):
+                        corpus[f"BLEU-{n + 1}"], per[f"BLEU-{n + 1}"] = b[n], bs[n]
+                if "ROUGE-L" in self.metrics:
+                    corpus["ROUGE-L"], per["ROUGE-L"] = self.rouge(pairs)
+                results.append((corpus, per))
             if fut is not None:
-                corpus["METEOR"], per["METEOR"] = fut.result()
-        order = [k for k in SCORER_KEYS if k in corpus]
-        return {k: corpus[k] for k in order}, {k: per[k] for k in order}
+                for (corpus, per), (total, items) in zip(results, fut.result()):
+                    corpus["METEOR"], per["METEOR"] = total, items
+        out, it = [], iter(results)
+        for pairs in pair_sets:
+            if not pairs:
+                out.append(({}, {}))
+                continue
+            corpus, per = next(it)
+            order = [k for k in SCORER_KEYS if k in corpus]
+            out.append(({k: corpus[k] for k in order}, {k: per[k] for k in order}))
+        return out
 
     def score(self, gts: Mapping[object, Sequence[str]], res: Mapping[object, Sequence[str]]):
         """pycocoevalcap's calling convention: ``gts[k]`` references, ``res[k]`` = [candidate]."""

@@ -97,9 +97,9 @@ def evaluate(
     own = scorer is None
     scorer = scorer or CaptionScorer()
     try:
-        for k in ious:
-            pairs = [(cover[k].get(key, PLACEHOLDER), r) for key, r in zip(keys, refs)]
-            corpus, _ = scorer.score_pairs(pairs)
+        # every threshold's pairs scored in one go: METEOR (Java) overlaps the Python scorers
+        sets = [[(cover[k].get(key, PLACEHOLDER), r) for key, r in zip(keys, refs)] for k in ious]
+        for k, (corpus, _) in zip(ious, scorer.score_many(sets)):
             for name in ("CIDEr", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L"):
                 if name in corpus:
                     result[f"{name}@{k:g}"] = 100.0 * corpus[name]
