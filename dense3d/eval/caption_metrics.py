@@ -123,6 +123,8 @@ class _Meteor:
                 writer.start()
                 answers = [p.stdout.readline().decode().strip() for _ in keys]
                 writer.join()
+                if answers and not answers[-1]:
+                    raise DependencyError("METEOR", "java process", "a running METEOR 1.5 jar", got=f"it ended (exit {p.poll()})")
                 self._cache.update(zip(keys, answers))
             return [self._cache[(hyp, tuple(refs))] for hyp, refs in pairs]
 
