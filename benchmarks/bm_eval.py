@@ -64,7 +64,13 @@ def synthetic(seed: int = 0):
         for _ in range(N_PRED):
             o = rng.choice(objs)
             box = [x + rng.gauss(0, 0.15) for x in o["box"][:3]] + [max(0.05, x * rng.uniform(0.7, 1.3)) for x in o["box"][3:]]
-            preds.append({"box": box, "caption": " ".join(sent(6, 20)), "score": rng.random()})
+            if "descriptions" in o and rng.random() < 0.7:  # a noisy piece of one of its descriptions
+                d = rng.choice(o["descriptions"])
+                i = rng.randrange(max(1, len(d) - 6))
+                words = d[i:i + rng.randint(6, 14)] + sent(0, 4)
+            else:
+                words = sent(6, 20)
+            preds.append({"box": box, "caption": " ".join(words), "score": rng.random()})
         pred[scene] = preds
     return pred, gt
 
