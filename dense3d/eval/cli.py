@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou", type=float, nargs="+", help="IoU / tIoU thresholds (default: the protocol's)")
     p.add_argument("--mode", help="; ".join(f"{k}: {'|'.join(v)}" for k, v in _MODES.items()) + " (first is default)")
     p.add_argument("--out", help="write the metrics here as JSON (atomically)")
+    p.add_argument("--strict-ids", action="store_true",
+                   help="prediction ids (scenes, videos, clips) absent from the ground truth are an error, not a warning")
     p.add_argument("--seed", type=int, default=0, help="events 2021 mode: seed of the garbage references")
     p.add_argument("--max-proposals", type=int, default=1000, help="events: predictions kept per video")
     p.add_argument("--soda-refs", choices=("merged", "separate"), default="merged", help="events: SODA_c reference files")
@@ -44,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-entity", action="store_true", help="favd: skip EntityScore")
     p.add_argument("--audio-scores", help="favd: JSON {clip_id: AudioScore} computed with TriLip (local weights)")
     return p
+
+
+def _check_ids(args: argparse.Namespace, pred_ids, gt_ids) -> None:
+    if getattr(args, "strict_ids", False):
+        unknown = formats.unknown_scenes(pred_ids, gt_ids)
+        if unknown:
+            raise PredictionFormatError(args.pred, unknown[0], "an id present in the ground truth", got=f"{len(unknown)} unknown ids")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -58,6 +67,7 @@ def run(args: argparse.Namespace) -> dict:
             raise PredictionFormatError("command line", "--gt", f"one ground-truth file for {proto}", got=len(args.gt))
         pred = formats.parse_box_predictions(args.pred, pred_raw, need_caption=proto != "detection", need_score=proto in ("scan2cap", "detection"))
         gt = formats.parse_object_gt(args.gt[0], formats.read_json(args.gt[0]))
+        _check_ids(args, pred, gt)
         ious = tuple(args.iou) if args.iou else (0.25, 0.5)
         if proto == "scanrefer":
             from dense3d.eval import scanrefer
@@ -81,6 +91,7 @@ def run(args: argparse.Namespace) -> dict:
 
         pred = formats.parse_event_predictions(args.pred, pred_raw)
         gts = [formats.parse_event_gt(g, formats.read_json(g)) for g in args.gt]
+        _check_ids(args, pred, {v for g in gts for v in g})
         return events.evaluate(
             pred, gts, tious=tuple(args.iou) if args.iou else events.TIOUS, max_proposals=args.max_proposals,
             mode=mode, seed=args.seed, soda=not args.no_soda, soda_refs=args.soda_refs, soda_missing=args.soda_missing,
@@ -91,6 +102,7 @@ def run(args: argparse.Namespace) -> dict:
         raise PredictionFormatError("command line", "--gt", "one reference file for favd", got=len(args.gt))
     pred = formats.parse_paragraphs(args.pred, pred_raw, many=False)
     refs = formats.parse_paragraphs(args.gt[0], formats.read_json(args.gt[0]), many=True)
+    _check_ids(args, pred, refs)
     encoder = favd.T5Encoder(args.text_encoder) if args.text_encoder else None
     audio = None
     if args.audio_scores:

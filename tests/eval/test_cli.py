@@ -55,3 +55,10 @@ def test_bad_prediction_files_give_one_line(tmp_path, capsys, bad, field):
 def test_bad_mode_is_an_error(tmp_path, capsys):
     rc = main(["eval", "tod3cap", "--pred", _write(tmp_path, "p.json", PRED), "--gt", _write(tmp_path, "g.json", GT), "--mode", "2018"])
     assert rc == 2 and "--mode" in capsys.readouterr().err
+
+
+def test_strict_ids_turns_unknown_scenes_into_an_error(tmp_path, capsys):
+    p = _write(tmp_path, "p.json", PRED)
+    rc = main(["eval", "detection", "--pred", p, "--gt", _write(tmp_path, "g.json", GT), "--strict-ids"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "'ghost'" in err and p in err and len(err.splitlines()) == 1
