@@ -29,6 +29,12 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(out_dir=args.out, seed=args.seed)
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from dense3d.eval.cli import main as eval_main
+
+    return eval_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dense3d", description="Dense captioning from many sensors.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -42,9 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=_not_built("train", "the training-engine issue"))
 
-    p = sub.add_parser("eval", help="score predictions with a published protocol")
+    # Everything after "eval" (also --help) goes to dense3d.eval.cli's own parser: no option
+    # prefix here, so argparse treats every word as part of ``rest``.
+    p = sub.add_parser("eval", help="score predictions with a published protocol", add_help=False, prefix_chars="\0")
     p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_not_built("eval", "the evaluation issue"))
+    p.set_defaults(func=_eval)
 
     p = sub.add_parser("vis", help="render a scene, its boxes and captions")
     p.add_argument("rest", nargs=argparse.REMAINDER)

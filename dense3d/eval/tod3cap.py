@@ -1,0 +1,164 @@
+"""TOD3Cap (outdoor 3D dense captioning on nuScenes): a compatible and a corrected protocol.
+
+Both first filter boxes as the nuScenes detection evaluation does: a box is kept when its
+label is one of the 10 detection classes and its BEV distance from the ego (``ego_dist`` if
+given, else ``hypot(x, y)`` of the box centre, boxes being in the ego / LiDAR frame) is
+**below** the class range (``CLASS_RANGE``); GT boxes with ``num_pts == 0`` (no LiDAR nor
+radar point) are dropped; more than 500 predictions in a sample is an error (nuScenes
+asserts). nuScenes' bicycle-rack filter needs the map's rack annotations and is not applied.
+
+``mode="compatible"`` reproduces TOD3Cap's ``evaluate_utils/get_text_results.py``:
+
+* each *prediction* of a sample that has GT boxes is matched to the GT box of that sample with
+  the highest nuScenes ``scale_iou`` -- sizes only: centre and yaw are ignored (first GT on
+  ties); predictions of samples without GT boxes are left out of everything;
+* at k in {0.25, 0.5} the predictions with IoU strictly **> k** are kept; candidate and
+  reference lose only the standalone tokens ``","`` and ``"."`` (no other tokenisation);
+  one reference: the GT box's caption, or ``"The object is ignored."`` when it has none;
+* each metric over the kept predictions is multiplied by the kept fraction
+  (#kept / #predictions matched to some GT). Several predictions can take the same GT box,
+  and a prediction the size of a car anywhere in the scene matches a car.
+
+``mode="corrected"``: rotated 3D IoU (``dense3d.ops.boxes_iou_3d``; BEV IoU reported beside
+it), one-to-one Hungarian matching on the negative IoU per sample, GT boxes with a caption as
+targets, and the Scan2Cap-style precision / recall / F1 of :mod:`dense3d.eval.scan2cap`
+(pass when IoU >= k).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from dense3d.errors import PredictionFormatError
+from dense3d.eval.caption_metrics import CaptionScorer
+from dense3d.eval.formats import BoxPrediction, ObjectGT, unknown_scenes
+from dense3d.eval.geometry import iou_rotated, scale_iou
+from dense3d.eval.scan2cap import f1_from_pairs
+
+__all__ = ["CLASS_RANGE", "IGNORED_REFERENCE", "filter_boxes", "clean", "evaluate"]
+
+# nuScenes detection_cvpr_2019 class ranges (metres from the ego, BEV).
+CLASS_RANGE = {
+    "car": 50, "truck": 50, "bus": 50, "trailer": 50, "construction_vehicle": 50,
+    "pedestrian": 40, "motorcycle": 40, "bicycle": 40, "traffic_cone": 30, "barrier": 30,
+}
+IGNORED_REFERENCE = "The object is ignored."
+MAX_BOXES_PER_SAMPLE = 500
+_METRICS = ("CIDEr", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L")
+
+
+def _ego_dist(box_params: np.ndarray, given: float | None) -> float:
+    return float(given) if given is not None else math.hypot(box_params[0], box_params[1])
+
+
+def filter_boxes(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[ObjectGT]], source: str = "predictions"):
+    """nuScenes-style filtering of both sides (see the module docstring)."""
+    fp: dict[str, list[BoxPrediction]] = {}
+    for s, ps in pred.items():
+        if len(ps) > MAX_BOXES_PER_SAMPLE:
+            raise PredictionFormatError(source, s, f"at most {MAX_BOXES_PER_SAMPLE} predictions per sample", got=len(ps))
+        keep = []
+        for i, p in enumerate(ps):
+            if p.label not in CLASS_RANGE:
+                raise PredictionFormatError(source, f"{s}[{i}].label", f"one of {sorted(CLASS_RANGE)}", got=p.label)
+            if _ego_dist(p.box.params, None) < CLASS_RANGE[p.label]:
+                keep.append(p)
+        fp[s] = keep
+    fg: dict[str, list[ObjectGT]] = {}
+    for s, objs in gt.items():
+        fg[s] = [
+            o for o in objs
+            if o.name in CLASS_RANGE
+            and _ego_dist(o.box.params, o.ego_dist) < CLASS_RANGE[o.name]
+            and (o.num_pts is None or o.num_pts > 0)
+        ]
+    return fp, fg
+
+
+def clean(text: str) -> str:
+    """TOD3Cap's only text processing: drop the standalone tokens ',' and '.'."""
+    return " ".join(t for t in text.split() if t not in (",", "."))
+
+
+def _reference(o: ObjectGT) -> str:
+    return o.references[0] if o.references else IGNORED_REFERENCE
+
+
+def _compatible(pred, gt, ious, scorer) -> dict:
+    records = []  # (iou, candidate, reference)
+    for s in pred:
+        objs = gt.get(s, [])
+        if not objs or not pred[s]:
+            continue
+        iou = scale_iou(np.stack([p.box.params[3:6] for p in pred[s]]), np.stack([o.box.params[3:6] for o in objs]))  # (P, G)
+        best = iou.argmax(1)
+        for i, p in enumerate(pred[s]):
+            g = int(best[i])
+            records.append((float(iou[i, g]), p.caption, _reference(objs[g])))
+    result: dict = {"records": len(records)}
+    for k in ious:
+        kept = [r for r in records if r[0] > k]
+        result[f"kept@{k:g}"] = len(kept)
+        if not kept:
+            for m in _METRICS:
+                result[f"{m}@{k:g}"] = 0.0
+            continue
+        corpus, _ = scorer.score_pairs([(clean(c), [clean(r)]) for _, c, r in kept])
+        frac = len(kept) / len(records)
+        for m in _METRICS:
+            result[f"{m}@{k:g}"] = 100.0 * corpus.get(m, 0.0) * frac
+    return result
+
+
+def _corrected(pred, gt, ious, scorer) -> dict:
+    result: dict = {}
+    for variant, bev in (("", False), ("/bev", True)):
+        pairs, pair_iou = [], []
+        n_pred = sum(len(v) for s, v in pred.items() if s in gt)
+        n_gt = 0
+        for s in sorted(gt):
+            objs = [o for o in gt[s] if o.references]
+            n_gt += len(objs)
+            ps = pred.get(s, [])
+            if not ps or not objs:
+                continue
+            iou = iou_rotated(np.stack([p.box.params for p in ps]), np.stack([o.box.params for o in objs]), bev=bev)
+            rows, cols = linear_sum_assignment(-iou)
+            for r, c in zip(rows, cols):
+                pairs.append((clean(ps[r].caption), [clean(objs[c].references[0])]))
+                pair_iou.append(float(iou[r, c]))
+        _, per = scorer.score_pairs(pairs) if pairs else ({}, {m: [] for m in _METRICS})
+        for k in ious:
+            for m in ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L"):
+                p, r, f = f1_from_pairs(np.array(per.get(m, [])), np.array(pair_iou), n_pred, n_gt, k)
+                result[f"{m}-P@{k:g}{variant}"], result[f"{m}-R@{k:g}{variant}"], result[f"{m}-F1@{k:g}{variant}"] = 100 * p, 100 * r, 100 * f
+        result[f"pairs{variant}"] = len(pairs)
+    return result
+
+
+def evaluate(
+    pred: dict[str, list[BoxPrediction]],
+    gt: dict[str, list[ObjectGT]],
+    ious: Sequence[float] = (0.25, 0.5),
+    mode: str = "compatible",
+    scorer: CaptionScorer | None = None,
+    source: str = "predictions",
+) -> dict:
+    """TOD3Cap caption metrics (x100) in ``mode`` "compatible" or "corrected"."""
+    if mode not in ("compatible", "corrected"):
+        raise ValueError(f"mode must be 'compatible' or 'corrected', got {mode!r}")
+    unknown = unknown_scenes(pred, gt)
+    fp, fg = filter_boxes(pred, gt, source)
+    own = scorer is None
+    scorer = scorer or CaptionScorer()
+    try:
+        result = _compatible(fp, fg, ious, scorer) if mode == "compatible" else _corrected(fp, fg, ious, scorer)
+    finally:
+        if own:
+            scorer.close()
+    result["mode"] = mode
+    result["unknown_scenes"] = unknown
+    return result

@@ -1,0 +1,63 @@
+"""Scan2Cap benchmark: Hungarian matching on GIoU, >= thresholds, P/R/F1, DCmAP."""
+import numpy as np
+import pytest
+
+from dense3d.eval import scan2cap
+from dense3d.eval.formats import parse_box_predictions, parse_object_gt
+
+GT = {
+    "s1": [
+        {"object_id": 0, "object_name": "chair", "box": [0, 0, 0, 2, 2, 2], "descriptions": ["a brown chair"]},
+        {"object_id": 1, "object_name": "table", "box": [3, 0, 0, 2, 2, 2], "descriptions": ["a wooden table"]},
+    ],
+    "s2": [{"object_id": 0, "object_name": "door", "box": [0, 0, 0, 2, 2, 2], "descriptions": ["a white door"]}],
+}
+PRED = {
+    "s1": [
+        {"box": [0, 0, 0, 2, 2, 2], "caption": "a brown chair", "score": 0.9, "label": "chair"},
+        # IoU 0.5 with the chair, but the Hungarian sum (1 - 0.4 > -0.2 + 0.5) gives it the table (IoU 0)
+        {"box": [0, 0, 1, 2, 2, 4], "caption": "a chair", "score": 0.8, "label": "chair"},
+    ],
+    "s2": [
+        {"box": [0, 0, 1, 2, 2, 4], "caption": "a white door", "score": 0.7, "label": "door"},  # IoU exactly 0.5
+        {"box": [20, 0, 0, 1, 1, 1], "caption": "nothing", "score": 0.6, "label": "door"},  # unmatched
+    ],
+}
+
+
+def test_hungarian_is_one_to_one_on_giou():
+    pred, gt = parse_box_predictions("p", PRED), parse_object_gt("g", GT)
+    pairs = scan2cap.hungarian_pairs(np.stack([p.box.aa for p in pred["s1"]]), np.stack([o.box.aa for o in gt["s1"]]))
+    assert sorted(pairs) == [(0, 0, 1.0), (1, 1, 0.0)]
+
+
+def test_f1_and_dcmap_by_hand(scorer):
+    pred, gt = parse_box_predictions("p", PRED), parse_object_gt("g", GT)
+    out = scan2cap.evaluate(pred, gt, ious=(0.25, 0.5), scorer=scorer)
+    pairs = [("sos a brown chair eos", ["sos a brown chair eos"]), ("sos a chair eos", ["sos a wooden table eos"]),
+             ("sos a white door eos", ["sos a white door eos"])]
+    _, per = scorer.score_pairs(pairs)
+    for m in ("CIDEr", "METEOR", "BLEU-4", "ROUGE-L"):
+        s = per[m][0] + per[m][2]  # IoU 1 and IoU exactly 0.5 pass (>=); IoU 0 does not
+        p, r = s / 4, s / 3
+        assert out[f"{m}-P@0.5"] == pytest.approx(100 * p)
+        assert out[f"{m}-R@0.5"] == pytest.approx(100 * r)
+        assert out[f"{m}-F1@0.5"] == pytest.approx(100 * 2 * p * r / (p + r))
+    # DCmAP: ranking 0.9 (IoU 1), 0.8 (IoU 0), 0.7 (IoU 0.5), 0.6 (unmatched); 3 GT objects
+    m0, m2 = per["METEOR"][0], per["METEOR"][2]
+    aps = []
+    for t in (0.1, 0.2, 0.3, 0.4, 0.5):
+        for mt in (0.15, 0.3, 0.45, 0.6, 0.75):
+            first, third = m0 >= mt, m2 >= mt  # IoU 1 and 0.5 pass every IoU threshold
+            if first and third:
+                aps.append(1 / 3 * 1 + 1 / 3 * 2 / 3)  # TP FP TP FP
+            elif first:
+                aps.append(1 / 3)
+            elif third:
+                aps.append(1 / 3 * 1 / 3)  # FP FP TP: precision 1/3 at recall 1/3
+            else:
+                aps.append(0.0)
+    assert out["DCmAP"] == pytest.approx(100 * np.mean(aps))
+    assert out["predictions"] == 4 and out["objects"] == 3 and out["pairs"] == 3
+    # mAP@0.5 (strict > in VOC detection): chair TP (IoU 1); door's IoU 0.5 box is not > 0.5
+    assert out["mAP@0.5"] == pytest.approx(100 * np.mean([1.0, 0.0, 0.0]))
