@@ -14,7 +14,7 @@ from dense3d.data.readers import load_json
 from dense3d.errors import AnnotationError, PointCloudError
 from dense3d.utils.io import atomic_write
 
-__all__ = ["convert_tod3cap_captions", "write_points_bin"]
+__all__ = ["convert_tod3cap_captions", "write_mp4", "write_points_bin", "write_wav"]
 
 
 def convert_tod3cap_captions(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, int]:
@@ -46,4 +46,67 @@ def write_points_bin(path: str | os.PathLike, points: torch.Tensor | np.ndarray)
         raise PointCloudError(path, "points", "finite values", got="nan or inf")
     with atomic_write(path, "wb") as f:
         f.write(np.ascontiguousarray(arr).tobytes())
+    return Path(path)
+
+
+def write_wav(path: str | os.PathLike, waveform: torch.Tensor | np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> Path:
+    """Write (A, S) samples in [-1, 1] as a WAV file (soundfile)."""
+    import soundfile as sf
+
+    wave = np.asarray(waveform.detach().cpu().numpy() if isinstance(waveform, torch.Tensor) else waveform, dtype=np.float32)
+    if wave.ndim != 2 or not np.isfinite(wave).all():
+        from dense3d.errors import AudioError
+
+        raise AudioError(path, "waveform", "finite (channels, samples)", got=f"shape {wave.shape}")
+    with atomic_write(path, "wb") as f:
+        sf.write(f, wave.T, int(sample_rate), format="WAV", subtype=subtype)  # (A, S) -> (S, A)
+    return Path(path)
+
+
+def write_mp4(
+    path: str | os.PathLike,
+    frames: torch.Tensor,
+    fps: float,
+    waveform: torch.Tensor | None = None,
+    sample_rate: int | None = None,
+    codec: str = "libx264",
+) -> Path:
+    """Write (T, 3, H, W) frames in [0, 1] (H, W even) as an H.264 mp4 with PyAV, plus an AAC
+    audio stream from ``waveform`` (A, S) when given."""
+    import av
+    from fractions import Fraction
+
+    from dense3d.errors import VideoError
+
+    if frames.dim() != 4 or frames.shape[1] != 3 or frames.shape[2] % 2 or frames.shape[3] % 2:
+        raise VideoError(path, "frames", "(T, 3, H, W) with even H and W", got=f"shape {tuple(frames.shape)}")
+    rgb = (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()  # (T, 3, H, W) -> (T, H, W, 3)
+    rate = Fraction(fps).limit_denominator(1000)
+    with atomic_write(path, "wb") as f:
+        with av.open(f, mode="w", format="mp4") as out:
+            vs = out.add_stream(codec, rate=rate)
+            vs.width, vs.height, vs.pix_fmt = rgb.shape[2], rgb.shape[1], "yuv420p"
+            aus = None
+            if waveform is not None:
+                layouts = {1: "mono", 2: "stereo", 4: "quad", 6: "5.1"}
+                aus = out.add_stream("aac", rate=int(sample_rate), layout=layouts.get(waveform.shape[0], "mono"))
+            for i, img in enumerate(rgb):
+                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                frame.pts = i
+                frame.time_base = 1 / rate
+                for packet in vs.encode(frame):
+                    out.mux(packet)
+            for packet in vs.encode():
+                out.mux(packet)
+            if aus is not None:
+                wave = waveform.detach().to(torch.float32).cpu().numpy()  # (A, S) planar
+                step = 1024  # AAC frame size
+                for start in range(0, wave.shape[1], step):
+                    chunk = np.ascontiguousarray(wave[:, start : start + step])
+                    af = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=aus.layout.name)
+                    af.sample_rate, af.pts = int(sample_rate), start
+                    for packet in aus.encode(af):
+                        out.mux(packet)
+                for packet in aus.encode():
+                    out.mux(packet)
     return Path(path)

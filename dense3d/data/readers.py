@@ -255,7 +255,7 @@ def read_video_frames(
         max_frames: stop after this many kept frames.
 
     Returns:
-        frames (T, 3, H, W) float in [0, 1], timestamps (T,) seconds (float64, from pts).
+        frames (T, 3, H, W) float in [0, 1], timestamps (T,) seconds (float32, from pts).
     """
     import av
 
@@ -284,4 +284,4 @@ def read_video_frames(
     if not frames:
         raise VideoError(path, "frames", "at least one frame", got="none")
     video = torch.stack(frames).permute(0, 3, 1, 2).to(torch.float32) / 255.0  # (T, H, W, 3) -> (T, 3, H, W)
-    return video, torch.tensor(times, dtype=torch.float64)
+    return video, torch.tensor(times, dtype=torch.float32)

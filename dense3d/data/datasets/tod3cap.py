@@ -150,6 +150,15 @@ class TOD3CapDataset(SampleDataset):
         p = Path(rel)
         return p if p.is_absolute() else self.data_root / self.data_prefix.get(kind, "") / p
 
+    def _sweep_path(self, rel: str) -> Path:
+        """Like mmdet3d: with a ``sweeps`` (or ``pts``) prefix, the file name goes under it."""
+        name = Path(rel).name
+        if "samples" in Path(rel).parts and "pts" in self.data_prefix:
+            return self.data_root / self.data_prefix["pts"] / name
+        if "samples" not in Path(rel).parts and "sweeps" in self.data_prefix:
+            return self.data_root / self.data_prefix["sweeps"] / name
+        return self._path("pts", rel) if "pts" not in self.data_prefix else self.data_root / rel
+
     # ------------------------------------------------------------ one sample
     def _load(self, entry) -> Sample:
         idx, info = entry
@@ -185,7 +194,7 @@ class TOD3CapDataset(SampleDataset):
         for j, sweep in enumerate(info.get("lidar_sweeps", [])[: self.sweeps]):
             sw = f"{where}.lidar_sweeps[{j}]"
             sl = require(sweep, "lidar_points", self.info_file, sw)
-            sp = read_points_bin(self._path("pts", str(require(sl, "lidar_path", self.info_file, f"{sw}.lidar_points"))), nfeat)
+            sp = read_points_bin(self._sweep_path(str(require(sl, "lidar_path", self.info_file, f"{sw}.lidar_points"))), nfeat)
             sweep2key = self._sweep_to_key(info, sweep, sl, sw).to(torch.float32)  # (4, 4)
             xyz = sp[:, :3] @ sweep2key[:3, :3].T + sweep2key[:3, 3]  # (N, 3)
             lag = key_time - float(require(sweep, "timestamp", self.info_file, sw))

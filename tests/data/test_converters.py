@@ -1,0 +1,53 @@
+"""Converters write atomically: a failure leaves no partial output and an older one untouched."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dense3d.data.converters import convert_tod3cap_captions, write_mp4, write_points_bin, write_wav
+from dense3d.data.datasets.tod3cap import parse_caption_entry
+from dense3d.data.readers import read_points_bin
+from dense3d.errors import AnnotationError, AudioError, PointCloudError, VideoError
+
+
+def test_tod3cap_captions_to_final_caption(tmp_path):
+    src = tmp_path / "old.json"
+    src.write_text(json.dumps({
+        "a": {"attribute_caption": "a red car", "motion_caption": "driving"},
+        "b": {"final_caption": "a bus."},
+    }))
+    counts = convert_tod3cap_captions(src, tmp_path / "new.json")
+    assert counts == {"final_caption": 1, "composed": 1}
+    new = json.loads((tmp_path / "new.json").read_text())
+    assert new["a"]["final_caption"] == "a red car. driving." and new["a"]["motion_caption"] == "driving"
+    assert parse_caption_entry(new["a"], "new.json", "a") == (["a red car. driving."], "final_caption")
+
+
+def test_failed_conversion_leaves_nothing(tmp_path):
+    src = tmp_path / "bad.json"
+    src.write_text(json.dumps({"a": {"final_caption": "ok"}, "b": {"text": "no caption field"}}))
+    dst = tmp_path / "out.json"
+    with pytest.raises(AnnotationError, match=r"bad.json: field 'b.final_caption'"):
+        convert_tod3cap_captions(src, dst)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]
+    dst.write_text("older output")
+    with pytest.raises(AnnotationError):
+        convert_tod3cap_captions(src, dst)
+    assert dst.read_text() == "older output" and len(list(tmp_path.iterdir())) == 2
+
+
+def test_points_bin_round_trip_and_failures(tmp_path):
+    pts = torch.randn(100, 5)
+    write_points_bin(tmp_path / "a.pcd.bin", pts)
+    assert torch.equal(read_points_bin(tmp_path / "a.pcd.bin", 5), pts)
+    pts[3, 2] = float("nan")
+    with pytest.raises(PointCloudError, match=r"b.pcd.bin: field 'points': expected finite values"):
+        write_points_bin(tmp_path / "b.pcd.bin", pts)
+    with pytest.raises(VideoError, match=r"c.mp4: field 'frames': expected \(T, 3, H, W\) with even H and W"):
+        write_mp4(tmp_path / "c.mp4", torch.zeros(2, 3, 5, 5), fps=8)
+    with pytest.raises(AudioError):
+        write_wav(tmp_path / "d.wav", np.full((1, 10), np.inf), 16000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pcd.bin"]
