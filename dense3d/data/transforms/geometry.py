@@ -6,6 +6,10 @@ extrinsics: with the scene mapped by ``p' = A p``, ``lidar2cam' = lidar2cam @ A^
 point projects to the same pixel before and after. ``lidar2cam`` is then no longer rigid when
 the scene is scaled or mirrored (it stays a valid projection). The accumulated ``A`` (4x4) is
 kept in ``sample.meta["lidar_aug"]`` so predictions can be mapped back.
+
+Randomness: ``seed=None`` draws from torch's global generator (which a DataLoader seeds per
+worker); a fixed ``seed`` gives a reproducible sequence in one process, and the same sequence in
+every worker.
 """
 from __future__ import annotations
 
