@@ -92,7 +92,8 @@ def synth_event(label: str, count: int, rng: np.random.Generator, sr: int) -> np
         def beep():
             n = int(rng.uniform(0.25, 0.45) * sr)
             t = np.arange(n) / sr
-            return (_harmonic(f1, t) + _harmonic(f1 * 1.26, t)) * _env(n, sr)
+            buzz = lfilter([0.2], [1, -0.5], rng.normal(0, 1, n))  # the diaphragm's broadband rasp
+            return (_harmonic(f1, t) + _harmonic(f1 * 1.26, t) + buzz) * _env(n, sr)
         x = seq(beep, 0.15, 0.3)
     elif label == "engine":
         n = int(rng.uniform(2.0, 4.5) * sr)
@@ -238,6 +239,21 @@ def _boxes_at(objs: list[AVObject], t: float, ego_x: float) -> np.ndarray:
     return np.asarray(rows, float).reshape(-1, 7)
 
 
+def _rgb_to_yuv420p(img: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H * 3 / 2, W) uint8 planar I420, BT.601 limited range."""
+    x = img.astype(np.float32)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
+    u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
+    v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
+    h, w = y.shape
+    # (H, W) -> (H/2, 2, W/2, 2) -> mean over each 2 x 2 block
+    u = u.reshape(h // 2, 2, w // 2, 2).mean((1, 3))
+    v = v.reshape(h // 2, 2, w // 2, 2).mean((1, 3))
+    planes = [np.rint(y).reshape(-1), np.rint(u).reshape(-1), np.rint(v).reshape(-1)]
+    return np.clip(np.concatenate(planes), 0, 255).astype(np.uint8).reshape(h * 3 // 2, w)
+
+
 def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
     import av
 
@@ -248,7 +264,10 @@ def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
         stream.options = {"crf": "18", "preset": "veryfast"}
         stream.codec_context.thread_count = 1  # one thread: byte-identical output for one seed
         for img in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            # RGB -> YUV 4:2:0 here rather than in swscale: swscale's conversion made
+            # the encoded bytes differ between calls in one process (seen with PyAV 18.1)
+            frame = av.VideoFrame.from_ndarray(_rgb_to_yuv420p(img), format="yuv420p")
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

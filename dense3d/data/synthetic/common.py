@@ -100,6 +100,8 @@ class SynthConfig:
             self.max_objects = defaults[2]
         if self.image_size is not None:
             self.image_size = tuple(int(v) for v in self.image_size)
+            if len(self.image_size) != 2 or min(self.image_size) < 16 or any(v % 2 for v in self.image_size):
+                raise ConfigError(src, "image_size", "(width, height), even numbers >= 16", got=list(self.image_size))
         if not 1 <= self.min_objects <= self.max_objects:
             raise ConfigError(src, "min_objects/max_objects", "1 <= min <= max", got=[self.min_objects, self.max_objects])
         self.scenes, self.seed = int(self.scenes), int(self.seed)
