@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from dense3d.data.datasets.tod3cap import parse_caption_entry
-from dense3d.data.readers import load_json
+from dense3d.data.readers import load_json, load_pickle
 from dense3d.errors import AnnotationError, PointCloudError
 from dense3d.utils.io import atomic_write
 
-__all__ = ["convert_tod3cap_captions", "write_mp4", "write_points_bin", "write_wav"]
+__all__ = ["add_ann_tokens", "convert_tod3cap_captions", "write_mp4", "write_points_bin", "write_wav"]
 
 
 def convert_tod3cap_captions(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, int]:
@@ -35,6 +36,44 @@ def convert_tod3cap_captions(src: str | os.PathLike, dst: str | os.PathLike) -> 
     with atomic_write(dst, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1)
     return counts
+
+
+def add_ann_tokens(info_file: str | os.PathLike, sample_annotation_file: str | os.PathLike, dst: str | os.PathLike) -> int:
+    """Give each box of an mmdet3d v1.1 nuScenes info file its ``sample_annotation`` token
+    (``instances[i]["ann_token"]``, the key TOD3Cap captions are looked up by).
+
+    mmdet3d writes a sample's instances in the order of the nuScenes sample's ``anns``, which the
+    devkit builds in the file order of ``sample_annotation.json``; this function relies on that
+    and checks the counts agree for every sample. Returns the number of tokens written.
+    """
+    infos = load_pickle(info_file)
+    anns = load_json(sample_annotation_file)
+    if not isinstance(anns, list):
+        raise AnnotationError(sample_annotation_file, "<root>", "the nuScenes sample_annotation table (a list)", got=type(anns).__name__)
+    by_sample: dict[str, list[str]] = {}
+    for i, a in enumerate(anns):
+        if not isinstance(a, dict) or "token" not in a or "sample_token" not in a:
+            raise AnnotationError(sample_annotation_file, f"[{i}].sample_token", "token and sample_token fields", got="missing")
+        by_sample.setdefault(str(a["sample_token"]), []).append(str(a["token"]))
+    data_list = infos.get("data_list") if isinstance(infos, dict) else None
+    if not isinstance(data_list, list):
+        raise AnnotationError(info_file, "data_list", "a list of samples", got=type(data_list).__name__)
+    written = 0
+    for k, info in enumerate(data_list):
+        if not isinstance(info, dict) or "token" not in info:
+            raise AnnotationError(info_file, f"data_list[{k}].token", "a present field", got="missing")
+        instances = info.get("instances", [])
+        tokens = by_sample.get(str(info["token"]), [])
+        if len(tokens) != len(instances):
+            raise AnnotationError(
+                info_file, f"data_list[{k}].instances", f"{len(tokens)} boxes (the sample's annotations in {Path(sample_annotation_file).name})", got=len(instances)
+            )
+        for inst, tok in zip(instances, tokens):
+            inst["ann_token"] = tok
+            written += 1
+    with atomic_write(dst, "wb") as f:
+        pickle.dump(infos, f)
+    return written
 
 
 def write_points_bin(path: str | os.PathLike, points: torch.Tensor | np.ndarray) -> Path:

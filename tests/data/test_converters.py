@@ -51,3 +51,23 @@ def test_points_bin_round_trip_and_failures(tmp_path):
     with pytest.raises(AudioError):
         write_wav(tmp_path / "d.wav", np.full((1, 10), np.inf), 16000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pcd.bin"]
+
+
+def test_add_ann_tokens_links_captions(samples, tmp_path):
+    from dense3d.data.converters import add_ann_tokens
+    from dense3d.data.datasets import TOD3CapDataset
+
+    pkl = samples / "nuscenes" / "n015-2018-07-24-11-22-45+0800.pkl"
+    token = "ca9a282c9e77460f8360f564131a8af5"
+    table = [{"token": f"a{i}", "sample_token": token} for i in range(69)]
+    table.insert(10, {"token": "other", "sample_token": "another sample"})
+    (tmp_path / "sample_annotation.json").write_text(json.dumps(table))
+    (tmp_path / "caps.json").write_text(json.dumps({"a68": {"final_caption": "the last box"}}))
+    assert add_ann_tokens(pkl, tmp_path / "sample_annotation.json", tmp_path / "infos.pkl") == 69
+    ds = TOD3CapDataset(str(tmp_path / "infos.pkl"), data_root=str(pkl.parent), caption_file=str(tmp_path / "caps.json"), sensors=())
+    s = ds[0]
+    assert s.boxes.object_ids[:2] == ["a0", "a1"] and s.boxes.captions[68] == ["the last box"] and s.boxes.captions[0] == []
+    (tmp_path / "short.json").write_text(json.dumps(table[:30]))
+    with pytest.raises(AnnotationError, match=r"field 'data_list\[0\].instances': expected 29 boxes .*, got 69"):
+        add_ann_tokens(pkl, tmp_path / "short.json", tmp_path / "bad.pkl")
+    assert not (tmp_path / "bad.pkl").exists() and not list(tmp_path.glob(".bad.pkl*"))

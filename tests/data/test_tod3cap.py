@@ -240,3 +240,21 @@ def test_zero_size_box(samples, tmp_path):
 def test_drop_ignored(samples, tmp_path):
     ds = _write(tmp_path, _info(samples), samples, sensors=(), drop_ignored=True)
     assert len(ds[0].boxes) == 68 and bool((ds[0].boxes.labels >= 0).all())
+
+
+def test_sample_config_builds_and_loads(samples, monkeypatch):
+    """configs/data/nuscenes_sample.yaml through hydra: the real keyframe with its pipeline."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    monkeypatch.setenv("DENSE3D_SAMPLES", str(samples))
+    config_dir = Path(__file__).resolve().parents[2] / "configs"
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["+data=nuscenes_sample", "sensors=lidar_camera"])
+    ds = instantiate(cfg.data)
+    s = ds[0]
+    assert list(ds.transforms.transforms) == ["range", "object_range", "resize", "normalize"]
+    assert s.cameras.images.shape == (6, 3, 256, 704) and float(s.cameras.images.min()) < 0
+    assert 0 < len(s.points) < 34688 and 0 < len(s.boxes) <= 69

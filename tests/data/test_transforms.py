@@ -1,6 +1,7 @@
 """Transforms keep the geometry consistent across points, boxes, cameras and microphones."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -154,3 +155,22 @@ def test_audio_resample_and_log_mel():
     peak = mel[:, :, 5:-5].argmax(1)
     assert int(peak.min()) == int(peak.max())
     assert LogMelSpectrogram().spectrogram(torch.zeros(2, 4, 16000)).shape == (2, 4, 64, 101)
+
+
+def test_object_range_filter_keeps_everything_aligned(front):
+    from dense3d.data.transforms import ObjectRangeFilter
+
+    ev = EventAnnotations(Events([[0.0, 1.0], [1.0, 2.0], [2.0, 3.0]]), torch.tensor([0, 0, 0]), ("horn",), source_box=torch.tensor([0, 1, -1]))
+    far = front.boxes.boxes.center[:, :2].abs().max(1).values >= 30  # (K,)
+    near_idx = (~far).nonzero().flatten()
+    # event 0 from the first far box (dropped), event 1 from the second near box
+    src = torch.tensor([int(far.nonzero()[0]), int(near_idx[1]), -1])
+    ann = dataclasses.replace(front.boxes, captions=[[str(i)] for i in range(len(front.boxes))])
+    s = dataclasses.replace(front, boxes=ann, events=dataclasses.replace(ev, source_box=src))
+    out = ObjectRangeFilter([-30, -30, -5, 30, 30, 3])(s)
+    k = int((~far).sum())
+    assert len(out.boxes) == k and 0 < k < 69
+    assert out.boxes.captions == [[str(i)] for i in near_idx.tolist()]
+    assert out.boxes.num_points.tolist() == front.boxes.num_points[~far].tolist()
+    assert out.meta["box_valid"].shape == (k,) and len(out.meta["caption_schema"]) == k
+    assert out.events.source_box.tolist() == [-1, 1, -1]

@@ -3,7 +3,7 @@ from dense3d.data.transforms.audio import AudioResample, LogMelSpectrogram
 from dense3d.data.transforms.compose import Compose
 from dense3d.data.transforms.geometry import GlobalFlip, GlobalRotate, GlobalScale, apply_global_transform
 from dense3d.data.transforms.images import ImageNormalize, ImageResize
-from dense3d.data.transforms.points import PointRangeFilter, PointShuffle
+from dense3d.data.transforms.points import ObjectRangeFilter, PointRangeFilter, PointShuffle, select_boxes
 
 __all__ = [
     "AudioResample",
@@ -14,7 +14,9 @@ __all__ = [
     "ImageNormalize",
     "ImageResize",
     "LogMelSpectrogram",
+    "ObjectRangeFilter",
     "PointRangeFilter",
     "PointShuffle",
     "apply_global_transform",
+    "select_boxes",
 ]
