@@ -320,7 +320,7 @@ def make_av_clip(cfg: SynthConfig, index: int, media_dir: Path, split: str) -> t
         if any(t0 < b + 0.3 and a < t1 + 0.3 for a, b in used):
             continue
         cands = [i for i, o in enumerate(objs) if o.label in _EMITTERS[label]]
-        src = cands[int(rng.integers(len(cands)))] if cands and rng.random() < 0.9 else -1
+        src = cands[int(rng.integers(len(cands)))] if cands else -1  # the scene's object emits it when it has one
         tm = (t0 + t1) / 2
         if src >= 0:
             p = objs[src].xy0 + objs[src].velocity * tm - [ego_speed * tm, 0.0]
