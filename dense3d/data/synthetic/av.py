@@ -320,7 +320,10 @@ def make_av_clip(cfg: SynthConfig, index: int, media_dir: Path, split: str) -> t
         if any(t0 < b + 0.3 and a < t1 + 0.3 for a, b in used):
             continue
         cands = [i for i, o in enumerate(objs) if o.label in _EMITTERS[label]]
-        src = cands[int(rng.integers(len(cands)))] if cands else -1  # the scene's object emits it when it has one
+        # the scene's object emits it when it has one; mostly one the camera sees
+        seen_cands = [i for i in cands if i in visible]
+        pool = seen_cands if seen_cands and rng.random() < 0.75 else cands
+        src = pool[int(rng.integers(len(pool)))] if pool else -1
         tm = (t0 + t1) / 2
         if src >= 0:
             p = objs[src].xy0 + objs[src].velocity * tm - [ego_speed * tm, 0.0]
@@ -348,7 +351,9 @@ def make_av_clip(cfg: SynthConfig, index: int, media_dir: Path, split: str) -> t
     xy_mid = np.array([o.xy0 + o.velocity * dur / 2 - [ego_speed * dur / 2, 0] for o in objs]).reshape(-1, 2)
     sentences, free_sentences = [], []
     for e in events:
-        s, fr = grammar.event_caption(e["label"], e["count"], e["loud"], keys[e["source"]] if e["source"] >= 0 else None, e["direction"], rng)
+        src = e["source"]
+        s, fr = grammar.event_caption(e["label"], e["count"], e["loud"], keys[src] if src >= 0 else None, e["direction"], rng,
+                                      seen=src in visible)
         sentences.append(s)
         free_sentences.append(fr)
     visual, objects = [], []

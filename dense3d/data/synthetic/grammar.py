@@ -290,12 +290,14 @@ COUNTED_EVENTS = ("horn", "bell", "door_slam", "speech")
 
 
 def event_caption(
-    label: str, count: int, loud: bool, source: tuple[str, str] | None, direction: str, rng: np.random.Generator
+    label: str, count: int, loud: bool, source: tuple[str, str] | None, direction: str, rng: np.random.Generator,
+    seen: bool = True,
 ) -> tuple[str, str]:
     """Caption of an audible event and its context-free version (no source object).
 
-    ``source`` is the emitting object's ``(colour, class)`` or None when nothing visible emits
-    it; ``count`` is said for horns, bells, door slams and speech bursts.
+    ``source`` is the emitting object's ``(colour, class)`` or None when no object of the scene
+    emits it; ``seen`` False when the camera never shows the source (then its colour is not
+    said: "from a car behind"); ``count`` is said for horns, bells, door slams and speech.
     """
     subj, verb, _ = _EVENT_WORDS[label]
     adverb = ""
@@ -309,14 +311,14 @@ def event_caption(
     free = f"{subj} {verb}{adverb}{how} {side}."
     if source is None:
         return f"{subj} {verb}{adverb}{how} from somewhere {side}.", free
-    noun = noun_phrase(*source)
+    noun = "the " + noun_phrase(*source) if seen else article(class_words(source[1]))
     t = int(rng.integers(3))
     if t == 0:
-        full = f"{subj} {verb}{adverb}{how} from the {noun} {side}."
+        full = f"{subj} {verb}{adverb}{how} from {noun} {side}."
     elif t == 1:
-        full = f"{side}, {subj} {verb}{adverb}{how} from the {noun}."
+        full = f"{side}, {subj} {verb}{adverb}{how} from {noun}."
     else:
-        full = f"the {noun} {side} is the source: {subj} {verb}{adverb}{how}."
+        full = f"{noun} {side} is the source: {subj} {verb}{adverb}{how}."
     return full, free
 
 
