@@ -26,7 +26,7 @@ def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
 def _demo(args: argparse.Namespace) -> int:
     from dense3d.engine.demo import run_demo
 
-    return run_demo(out_dir=args.out, seed=args.seed)
+    return run_demo(out_dir=args.out, seed=args.seed, data_dir=args.data)
 
 
 def _convert_synth(args: argparse.Namespace) -> int:
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: synthetic data -> train -> evaluate -> report")
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default="data/synthetic/default", help="synthetic data folder (generated when missing or stale)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("train", help="train a model from a hydra config")
