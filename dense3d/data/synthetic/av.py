@@ -61,6 +61,19 @@ _AV_CLASSES = {  # class: (size l, w, h), weight, colours
 }
 
 
+def _can_emit(label: str, obj: "AVObject") -> bool:
+    """Whether ``obj`` can make the sound: doors slam on parked cars, footsteps come from
+    walking people."""
+    if obj.label not in _EMITTERS[label]:
+        return False
+    moving = float(np.linalg.norm(obj.velocity)) > 0.3
+    if label == "door_slam":
+        return not moving
+    if label == "footsteps":
+        return moving
+    return True
+
+
 # ----------------------------------------------------------------------------- sounds
 def _env(n: int, sr: int, attack: float = 0.01, release: float = 0.02) -> np.ndarray:
     e = np.ones(n)
@@ -192,7 +205,7 @@ def _sample_objects(rng, cfg) -> list[AVObject]:
             break
         cls = names[int(rng.choice(len(names), p=p))]
         size = tuple(v * float(rng.uniform(0.9, 1.1)) for v in _AV_CLASSES[cls][0])
-        x = float(rng.uniform(8, 60)) if rng.random() < 0.8 else float(rng.uniform(-30, -6))
+        x = float(rng.uniform(6, 35)) if rng.random() < 0.8 else float(rng.uniform(-25, -6))
         if cls == "pedestrian":
             y = float(rng.choice([-1.0, 1.0])) * float(rng.uniform(6.5, 9.0))
             yaw = float(rng.choice([0.0, math.pi]))
@@ -240,18 +253,20 @@ def _boxes_at(objs: list[AVObject], t: float, ego_x: float) -> np.ndarray:
 
 
 def _rgb_to_yuv420p(img: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (H * 3 / 2, W) uint8 planar I420, BT.601 limited range."""
-    x = img.astype(np.float32)
+    """(H, W, 3) uint8 RGB -> (H * 3 / 2, W) uint8 planar I420, BT.601 limited range, in
+    integer arithmetic (float reductions may round differently with memory alignment, and
+    the files must be byte-identical for one seed)."""
+    x = img.astype(np.int32)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
-    u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
-    v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    u = ((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128
+    v = ((112 * r - 94 * g - 18 * b + 128) >> 8) + 128
     h, w = y.shape
-    # (H, W) -> (H/2, 2, W/2, 2) -> mean over each 2 x 2 block
-    u = u.reshape(h // 2, 2, w // 2, 2).mean((1, 3))
-    v = v.reshape(h // 2, 2, w // 2, 2).mean((1, 3))
-    planes = [np.rint(y).reshape(-1), np.rint(u).reshape(-1), np.rint(v).reshape(-1)]
-    return np.clip(np.concatenate(planes), 0, 255).astype(np.uint8).reshape(h * 3 // 2, w)
+    # (H, W) -> (H/2, 2, W/2, 2) -> rounded mean of each 2 x 2 block
+    u = (u.reshape(h // 2, 2, w // 2, 2).sum((1, 3)) + 2) // 4
+    v = (v.reshape(h // 2, 2, w // 2, 2).sum((1, 3)) + 2) // 4
+    planes = np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)])
+    return np.clip(planes, 0, 255).astype(np.uint8).reshape(h * 3 // 2, w)
 
 
 def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
@@ -319,7 +334,7 @@ def make_av_clip(cfg: SynthConfig, index: int, media_dir: Path, split: str) -> t
         t1 = t0 + length
         if any(t0 < b + 0.3 and a < t1 + 0.3 for a, b in used):
             continue
-        cands = [i for i, o in enumerate(objs) if o.label in _EMITTERS[label]]
+        cands = [i for i, o in enumerate(objs) if _can_emit(label, o)]
         # the scene's object emits it when it has one; mostly one the camera sees
         seen_cands = [i for i in cands if i in visible]
         pool = seen_cands if seen_cands and rng.random() < 0.75 else cands

@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ray_box_intersect", "points_in_boxes_np", "PinholeCamera", "box_corners_np", "LIGHT_DIR"]
+__all__ = ["ray_box_intersect", "points_in_boxes_np", "PinholeCamera", "box_corners_np", "rows_times", "LIGHT_DIR"]
 
 LIGHT_DIR = np.array([0.35, -0.45, 0.82]) / np.linalg.norm([0.35, -0.45, 0.82])
 SHADE_MIN = 0.70  # shading factor of a face turned away from the light; 1.0 facing it
+
+
+def rows_times(a: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """(N, 3) @ (3, k) written out element-wise: BLAS may split a large product across
+    threads and round differently from run to run, and generated files must be byte-identical."""
+    return a[:, 0:1] * m[0][None, :] + a[:, 1:2] * m[1][None, :] + a[:, 2:3] * m[2][None, :]
 
 
 def box_corners_np(boxes: np.ndarray) -> np.ndarray:
@@ -109,7 +115,7 @@ class PinholeCamera:
         u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)  # (H, W) pixel centres
         pix = np.stack([u, v, np.ones_like(u)], -1).reshape(-1, 3)  # (H*W, 3)
         # camera-frame directions with z_cam = 1 (so the ray parameter is the depth), in the world
-        self.dirs = (pix @ np.linalg.inv(self.cam2img).T) @ self.rot  # (H*W, 3)
+        self.dirs = rows_times(pix, np.linalg.inv(self.cam2img).T @ self.rot)  # (H*W, 3)
         self.bg_depth = np.full(width * height, np.inf)
         bg = np.asarray(sky_rgb, float)[None, :] * (0.85 + 0.15 * (v.reshape(-1) / height))[:, None]
         if ground_z is not None:
@@ -150,7 +156,7 @@ class PinholeCamera:
             sel = idx[closer]
             depth[sel] = t[closer]
             ids[sel] = b
-            shade = SHADE_MIN + (1 - SHADE_MIN) * np.clip(n[closer] @ LIGHT_DIR, 0, 1)
+            shade = SHADE_MIN + (1 - SHADE_MIN) * np.clip(rows_times(n[closer], LIGHT_DIR[:, None])[:, 0], 0, 1)
             img[sel] = np.asarray(colours[b], float)[None, :] * shade[:, None]
         image = np.clip(np.rint(img), 0, 255).astype(np.uint8).reshape(height, width, 3)
         return image, ids.reshape(height, width)

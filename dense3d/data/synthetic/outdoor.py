@@ -18,7 +18,7 @@ from PIL import Image
 from dense3d.data.synthetic import grammar
 from dense3d.data.synthetic.calib import CAMERA_NAMES, LIDAR2EGO, LIDAR_HEIGHT, camera_calibration
 from dense3d.data.synthetic.common import PALETTE, SynthConfig, make_token, scene_rng
-from dense3d.data.synthetic.geometry import PinholeCamera, points_in_boxes_np, ray_box_intersect
+from dense3d.data.synthetic.geometry import PinholeCamera, points_in_boxes_np, ray_box_intersect, rows_times
 
 __all__ = ["NUSCENES_CLASSES", "OutdoorScene", "sample_outdoor_scene", "simulate_lidar", "render_cameras", "nuscenes_cameras", "make_outdoor_scene", "write_infos"]
 
@@ -119,7 +119,7 @@ def sample_outdoor_scene(rng: np.random.Generator, cfg: SynthConfig) -> OutdoorS
     rot, trans = LIDAR2EGO[:3, :3], LIDAR2EGO[:3, 3]
     ground = np.zeros((k, 3))
     ground[:, 0:2] = ego[:, 0:2]
-    centre = (ground - trans) @ rot  # (K, 3) bottom centres in the lidar frame
+    centre = rows_times(ground - trans, rot)  # (K, 3) bottom centres in the lidar frame
     yaw = ego[:, 2] + math.pi / 2
     yaw = (yaw + math.pi) % (2 * math.pi) - math.pi
     solids = np.zeros((k, 7))
