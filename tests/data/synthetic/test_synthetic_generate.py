@@ -115,3 +115,8 @@ def test_cli_convert_synth_and_stats(tmp_path, capsys):
     assert main(["convert", "stats", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "AnnotationError" in err
+
+
+def test_output_does_not_depend_on_workers(synth_root, tmp_path):
+    generate(SynthConfig(kind="outdoor", scenes=4, seed=0), tmp_path / "outdoor", workers=2)
+    assert _hashes(tmp_path / "outdoor") == _hashes(synth_root / "outdoor")
