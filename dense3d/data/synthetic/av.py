@@ -25,6 +25,7 @@ from scipy.signal import lfilter
 from dense3d.data.synthetic import grammar
 from dense3d.data.synthetic.common import PALETTE, SynthConfig, scene_rng
 from dense3d.data.synthetic.geometry import PinholeCamera
+from dense3d.errors import ConfigError
 
 __all__ = [
     "EVENT_CLASSES",
@@ -158,7 +159,7 @@ def synth_event(label: str, count: int, rng: np.random.Generator, sr: int) -> np
             return (rng.normal(0, 1, n) * np.exp(-t / 0.02) + 1.5 * np.sin(2 * np.pi * 80 * t) * np.exp(-t / 0.06))
         x = seq(slam, 0.5, 0.8)
     else:
-        raise ValueError(label)
+        raise ConfigError("synth_event", "label", f"one of {', '.join(EVENT_CLASSES)}", got=repr(label))
     return x / max(np.abs(x).max(), 1e-9)
 
 
