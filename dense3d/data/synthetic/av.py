@@ -14,6 +14,7 @@ to samples.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -271,18 +272,22 @@ def _rgb_to_yuv420p(img: np.ndarray) -> np.ndarray:
 
 
 def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
+    """MPEG-4 Part 2 video in an mp4, FFmpeg's own encoder in bit-exact mode: libx264 gave
+    different bytes for identical frames now and then (single-threaded, PyAV 18.1), and the
+    files must be byte-identical for one seed. Any PyAV build decodes it."""
     import av
 
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps, 1))
+    with av.open(str(path), "w", format="mp4", options={"fflags": "+bitexact"}) as container:
+        stream = container.add_stream("mpeg4", rate=Fraction(fps, 1))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast"}
-        stream.codec_context.thread_count = 1  # one thread: byte-identical output for one seed
-        for img in frames:
-            # RGB -> YUV 4:2:0 here rather than in swscale: swscale's conversion made
-            # the encoded bytes differ between calls in one process (seen with PyAV 18.1)
+        stream.bit_rate = 600_000
+        stream.options = {"flags": "+bitexact", "g": str(4 * fps)}
+        stream.codec_context.thread_count = 1
+        for i, img in enumerate(frames):
+            # RGB -> YUV 4:2:0 in integers here, not in swscale (see _rgb_to_yuv420p)
             frame = av.VideoFrame.from_ndarray(_rgb_to_yuv420p(img), format="yuv420p")
+            frame.pts = i
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
@@ -404,6 +409,7 @@ def make_av_clip(cfg: SynthConfig, index: int, media_dir: Path, split: str) -> t
     }
     record = {
         "scene_id": clip, "split": split, "ego_speed": ego_speed, "objects": objects,
+        "frames_md5": hashlib.md5(frames.tobytes()).hexdigest(),  # the rendered RGB frames, before encoding
         "events": [dict(e, caption=s, context_free_caption=fr) for e, s, fr in zip(events, sentences, free_sentences)],
         "favd_paragraph": grammar.favd_paragraph(summary, visual, sentences),
         "favd_context_free": {"summary": summary, "visual": [o["context_free_caption"] for o in objects if o["visible"]], "audio": free_sentences},
