@@ -26,7 +26,36 @@ def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
 def _demo(args: argparse.Namespace) -> int:
     from dense3d.engine.demo import run_demo
 
-    return run_demo(out_dir=args.out, seed=args.seed)
+    return run_demo(out_dir=args.out, seed=args.seed, data_dir=args.data)
+
+
+def _convert_synth(args: argparse.Namespace) -> int:
+    from dense3d.data.synthetic import SynthConfig, dataset_stats, format_stats, generate
+
+    params = {}
+    if args.config:
+        from omegaconf import OmegaConf
+
+        params = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(args.config)).items() if k != "_target_"}
+    params.update(kind=args.kind, seed=args.seed)
+    if args.scenes is not None:
+        params["scenes"] = args.scenes
+    cfg = SynthConfig(**params)
+    meta = generate(cfg, args.out, workers=args.workers)
+    rate = 60 * cfg.scenes / max(meta["seconds"], 1e-6)
+    print(f"wrote {cfg.scenes} {cfg.kind} scenes to {args.out} in {meta['seconds']} s ({rate:.0f} scenes/min)")
+    print(format_stats(dataset_stats(args.out)))
+    return 0
+
+
+def _convert_stats(args: argparse.Namespace) -> int:
+    import json
+
+    from dense3d.data.synthetic import dataset_stats, format_stats
+
+    stats = dataset_stats(args.folder)
+    print(json.dumps(stats, indent=1) if args.json else format_stats(stats))
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -42,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: synthetic data -> train -> evaluate -> report")
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default="data/synthetic/default", help="synthetic data folder (generated when missing or stale)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("train", help="train a model from a hydra config")
@@ -59,8 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_not_built("vis", "the visualization issue"))
 
     p = sub.add_parser("convert", help="generate synthetic data or convert data sets")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_not_built("convert", "the data issue"))
+    conv = p.add_subparsers(dest="convert_command", required=True, metavar="WHAT")
+    q = conv.add_parser("synth", help="generate a synthetic data set in the real formats")
+    q.add_argument("--kind", required=True, choices=("outdoor", "indoor", "av"))
+    q.add_argument("--out", required=True, help="output folder, e.g. data/synthetic/mine/outdoor (replaced as a whole)")
+    q.add_argument("--scenes", type=int, default=None, help="number of scenes (default: the config's)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--workers", type=int, default=1, help="processes (the output does not depend on it)")
+    q.add_argument("--config", default=None, help="a generator yaml (configs/synthetic/*.yaml); flags override it")
+    q.set_defaults(func=_convert_synth)
+    q = conv.add_parser("stats", help="class, caption-length and relation-type histograms of a synthetic folder")
+    q.add_argument("folder")
+    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q.set_defaults(func=_convert_stats)
     return parser
 
 

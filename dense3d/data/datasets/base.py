@@ -1,0 +1,57 @@
+"""What every dense3d dataset shares: sensor selection, a lazily built index, transforms."""
+from __future__ import annotations
+
+import abc
+from typing import Callable, Sequence
+
+from torch.utils.data import Dataset
+
+from dense3d.errors import ConfigError
+from dense3d.structures import Sample
+
+__all__ = ["SENSOR_NAMES", "SampleDataset", "select_sensors"]
+
+# The sensor names of configs/sensors/*.yaml.
+SENSOR_NAMES = ("lidar", "camera", "audio", "video")
+
+
+def select_sensors(sensors: Sequence[str], supported: Sequence[str], source: str) -> tuple[str, ...]:
+    """The requested sensors this data set has (a run may ask for more than one data set holds,
+    e.g. ``sensors=all``); a name outside ``SENSOR_NAMES`` is a config error."""
+    sensors = tuple(str(s) for s in sensors)
+    for s in sensors:
+        if s not in SENSOR_NAMES:
+            raise ConfigError(source, "sensors", f"names among {list(SENSOR_NAMES)}", got=s)
+    return tuple(s for s in sensors if s in supported)
+
+
+class SampleDataset(Dataset, abc.ABC):
+    """Base class: subclasses implement ``_build_index() -> list`` and ``_load(entry) -> Sample``.
+
+    The index is built on first use, so a config instantiates without touching the files.
+    """
+
+    def __init__(self, transforms: Callable[[Sample], Sample] | None = None):
+        self.transforms = transforms
+        self._index: list | None = None
+
+    @property
+    def index(self) -> list:
+        if self._index is None:
+            self._index = self._build_index()
+        return self._index
+
+    @abc.abstractmethod
+    def _build_index(self) -> list:
+        """One entry per sample (whatever ``_load`` needs)."""
+
+    @abc.abstractmethod
+    def _load(self, entry) -> Sample:
+        """Read one sample."""
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> Sample:
+        sample = self._load(self.index[i])
+        return self.transforms(sample) if self.transforms is not None else sample

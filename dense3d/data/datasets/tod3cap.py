@@ -1,0 +1,293 @@
+"""nuScenes keyframes in the mmdet3d v1.1 info format, with TOD3Cap per-box captions.
+
+File layout, keys, shapes and units: ``docs/data_formats.md`` section 1.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from dense3d.data.datasets.base import SampleDataset, select_sensors
+from dense3d.data.readers import check_rigid, load_json, load_pickle, read_image, read_points_bin, require, to_matrix
+from dense3d.errors import AnnotationError, BoxError, CalibrationError, ImageError
+from dense3d.structures import Boxes3D, BoxAnnotations, CameraImages, PointCloud, Sample
+
+__all__ = ["TOD3CapDataset", "OLD_CAPTION_FIELDS", "NUSCENES_POINT_FEATURES", "parse_caption_entry"]
+
+# Columns of a nuScenes ``.pcd.bin``.
+NUSCENES_POINT_FEATURES = ("x", "y", "z", "intensity", "ring")
+# TOD3Cap's older caption fields, composed in this order when ``final_caption`` is missing.
+OLD_CAPTION_FIELDS = ("attribute_caption", "localization_caption", "motion_caption", "map_caption", "depth_caption")
+
+
+def _as_texts(value, source, field: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise AnnotationError(source, field, "a string or a list of strings", got=type(value).__name__)
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if not text or text[-1] in ".!?" else text + "."
+
+
+def parse_caption_entry(entry, source, token: str) -> tuple[list[str], str]:
+    """One TOD3Cap caption entry -> (captions, schema) with schema ``"final_caption"`` or ``"composed"``.
+
+    ``final_caption`` wins when present; otherwise the old fields present are composed in the
+    order of ``OLD_CAPTION_FIELDS`` (each made a sentence, joined by a space). Lists of several
+    references are composed index by index (the i-th caption from the i-th item of each field).
+    """
+    if not isinstance(entry, dict):
+        raise AnnotationError(source, token, "an object with final_caption or the *_caption fields", got=type(entry).__name__)
+    if "final_caption" in entry:
+        return [t.strip() for t in _as_texts(entry["final_caption"], source, f"{token}.final_caption")], "final_caption"
+    parts = [(k, _as_texts(entry[k], source, f"{token}.{k}")) for k in OLD_CAPTION_FIELDS if k in entry]
+    if not parts:
+        raise AnnotationError(source, f"{token}.final_caption", f"final_caption or one of {list(OLD_CAPTION_FIELDS)}", got="missing")
+    n = max(len(texts) for _, texts in parts)
+    captions = []
+    for i in range(n):
+        pieces = [_sentence(texts[min(i, len(texts) - 1)]) for _, texts in parts]
+        captions.append(" ".join(p for p in pieces if p))
+    return captions, "composed"
+
+
+class TOD3CapDataset(SampleDataset):
+    """nuScenes keyframes (LiDAR, six cameras, boxes) with TOD3Cap captions.
+
+    Args:
+        info_file: mmdet3d v1.1 info pickle; ``{split}`` is replaced by ``split``.
+        split: ``"train"``, ``"val"``, ...
+        data_root: folder that ``lidar_path`` / ``img_path`` are relative to (default: the
+            info file's folder).
+        caption_file: TOD3Cap caption JSON keyed by ``sample_annotation`` token (``{split}``
+            replaced), or None: every box then has an empty caption list.
+        sensors: any of ``lidar``, ``camera`` (other names are ignored: not in this data set).
+        cameras: camera names to read, in this order (default: all in the info, in its order).
+        sweeps: number of earlier LiDAR sweeps to merge (adds a ``time_lag`` column).
+        data_prefix: sub-folder per file kind (``"pts"``, camera names), mmdet3d style.
+        drop_ignored: drop boxes with label -1 (a class outside ``metainfo.categories``).
+        transforms: a callable ``Sample -> Sample`` (e.g. ``dense3d.data.transforms.Compose``).
+
+    Items are ``Sample`` with ``points``, ``cameras`` and ``boxes`` (``BoxAnnotations``:
+    gravity-centred boxes, (K, 9) with velocity when the info has it) and ``meta`` holding
+    ``caption_schema`` (per box), ``box_valid``, ``lidar2ego``, ``ego2global``, ``timestamp``.
+    """
+
+    def __init__(
+        self,
+        info_file: str,
+        split: str = "train",
+        data_root: str | None = None,
+        caption_file: str | None = None,
+        sensors: Sequence[str] = ("lidar", "camera"),
+        cameras: Sequence[str] | None = None,
+        sweeps: int = 0,
+        data_prefix: Mapping[str, str] | None = None,
+        drop_ignored: bool = False,
+        transforms: Callable[[Sample], Sample] | None = None,
+    ):
+        super().__init__(transforms)
+        self.split = split
+        self.info_file = Path(str(info_file).format(split=split))
+        self.data_root = Path(data_root) if data_root is not None else self.info_file.parent
+        self.caption_file = Path(str(caption_file).format(split=split)) if caption_file else None
+        self.sensors = select_sensors(sensors, ("lidar", "camera"), type(self).__name__)
+        self.cameras = tuple(cameras) if cameras is not None else None
+        self.sweeps = int(sweeps)
+        self.data_prefix = dict(data_prefix or {})
+        self.drop_ignored = bool(drop_ignored)
+        self._class_names: tuple[str, ...] | None = None
+        self._captions: dict | None = None
+
+    # ------------------------------------------------------------ index and metadata
+    def _build_index(self) -> list:
+        infos = load_pickle(self.info_file)
+        meta = require(infos, "metainfo", self.info_file, "")
+        cats = require(meta, "categories", self.info_file, "metainfo")
+        if not isinstance(cats, dict) or not cats:
+            raise AnnotationError(self.info_file, "metainfo.categories", "a {class name: index} mapping", got=type(cats).__name__)
+        names = sorted(cats, key=lambda k: cats[k])
+        if [cats[n] for n in names] != list(range(len(names))):
+            raise AnnotationError(self.info_file, "metainfo.categories", "indices 0..C-1", got=sorted(cats.values()))
+        self._class_names = tuple(names)
+        data_list = require(infos, "data_list", self.info_file, "")
+        if not isinstance(data_list, list):
+            raise AnnotationError(self.info_file, "data_list", "a list of samples", got=type(data_list).__name__)
+        self._captions = self._load_captions()
+        return [(i, info) for i, info in enumerate(data_list)]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        _ = self.index
+        return self._class_names
+
+    def _load_captions(self) -> dict:
+        if self.caption_file is None:
+            return {}
+        caps = load_json(self.caption_file)
+        if not isinstance(caps, dict):
+            raise AnnotationError(self.caption_file, "<root>", "an object keyed by sample_annotation token", got=type(caps).__name__)
+        return caps
+
+    @property
+    def caption_schema(self) -> str:
+        """Which TOD3Cap schema the caption file uses: ``"final_caption"``, ``"composed"`` (the
+        old ``*_caption`` fields), ``"mixed"`` or ``"none"`` (no file / no entries)."""
+        _ = self.index
+        schemas = {parse_caption_entry(v, self.caption_file, k)[1] for k, v in self._captions.items()}
+        if not schemas:
+            return "none"
+        return schemas.pop() if len(schemas) == 1 else "mixed"
+
+    def _path(self, kind: str, rel: str) -> Path:
+        p = Path(rel)
+        return p if p.is_absolute() else self.data_root / self.data_prefix.get(kind, "") / p
+
+    def _sweep_path(self, rel: str) -> Path:
+        """Like mmdet3d: with a ``sweeps`` (or ``pts``) prefix, the file name goes under it."""
+        name = Path(rel).name
+        if "samples" in Path(rel).parts and "pts" in self.data_prefix:
+            return self.data_root / self.data_prefix["pts"] / name
+        if "samples" not in Path(rel).parts and "sweeps" in self.data_prefix:
+            return self.data_root / self.data_prefix["sweeps"] / name
+        return self._path("pts", rel) if "pts" not in self.data_prefix else self.data_root / rel
+
+    # ------------------------------------------------------------ one sample
+    def _load(self, entry) -> Sample:
+        idx, info = entry
+        where = f"data_list[{idx}]"
+        if not isinstance(info, dict):
+            raise AnnotationError(self.info_file, where, "a sample dict", got=type(info).__name__)
+        token = str(require(info, "token", self.info_file, where))
+        lidar = require(info, "lidar_points", self.info_file, where)
+        lidar2ego = check_rigid(require(lidar, "lidar2ego", self.info_file, f"{where}.lidar_points"), self.info_file, f"{where}.lidar_points.lidar2ego")
+        meta = {
+            "info_file": str(self.info_file),
+            "index": idx,
+            "timestamp": info.get("timestamp"),
+            "lidar2ego": lidar2ego.float(),
+        }
+        if "ego2global" in info:
+            meta["ego2global"] = check_rigid(info["ego2global"], self.info_file, f"{where}.ego2global").float()
+        points = self._load_points(info, where, lidar) if "lidar" in self.sensors else None
+        cameras = self._load_cameras(info, where) if "camera" in self.sensors else None
+        boxes, box_meta = self._load_boxes(info, where, token)
+        meta.update(box_meta)
+        return Sample(sample_id=token, points=points, cameras=cameras, boxes=boxes, meta=meta)
+
+    def _load_points(self, info: dict, where: str, lidar: dict) -> PointCloud:
+        nfeat = int(require(lidar, "num_pts_feats", self.info_file, f"{where}.lidar_points"))
+        path = self._path("pts", str(require(lidar, "lidar_path", self.info_file, f"{where}.lidar_points")))
+        pts = read_points_bin(path, nfeat)
+        names = NUSCENES_POINT_FEATURES[:nfeat] + tuple(f"f{i}" for i in range(len(NUSCENES_POINT_FEATURES), nfeat))
+        if self.sweeps <= 0:
+            return PointCloud(pts, feature_names=names, source=str(path))
+        clouds = [torch.cat([pts, torch.zeros(len(pts), 1)], 1)]  # (N, F) -> (N, F + 1) time lag 0
+        key_time = float(require(info, "timestamp", self.info_file, where))
+        for j, sweep in enumerate(info.get("lidar_sweeps", [])[: self.sweeps]):
+            sw = f"{where}.lidar_sweeps[{j}]"
+            sl = require(sweep, "lidar_points", self.info_file, sw)
+            sp = read_points_bin(self._sweep_path(str(require(sl, "lidar_path", self.info_file, f"{sw}.lidar_points"))), nfeat)
+            sweep2key = self._sweep_to_key(info, sweep, sl, sw).to(torch.float32)  # (4, 4)
+            xyz = sp[:, :3] @ sweep2key[:3, :3].T + sweep2key[:3, 3]  # (N, 3)
+            lag = key_time - float(require(sweep, "timestamp", self.info_file, sw))
+            clouds.append(torch.cat([xyz, sp[:, 3:], torch.full((len(sp), 1), lag)], 1))  # (N, F + 1)
+        return PointCloud(torch.cat(clouds, 0), feature_names=names + ("time_lag",), source=str(path))
+
+    def _sweep_to_key(self, info: dict, sweep: dict, sl: dict, sw: str) -> torch.Tensor:
+        """4x4 transform from a sweep's LiDAR frame to the keyframe's LiDAR frame."""
+        if "lidar2sensor" in sl:
+            # mmdet3d v1.1: lidar2sensor maps keyframe-LiDAR points to the sweep's LiDAR frame.
+            return torch.linalg.inv(check_rigid(sl["lidar2sensor"], self.info_file, f"{sw}.lidar_points.lidar2sensor"))
+        where = sw.rsplit(".", 1)[0]
+        l2e_key = check_rigid(info["lidar_points"]["lidar2ego"], self.info_file, f"{where}.lidar_points.lidar2ego")
+        e2g_key = check_rigid(require(info, "ego2global", self.info_file, where), self.info_file, f"{where}.ego2global")
+        l2e = check_rigid(require(sl, "lidar2ego", self.info_file, f"{sw}.lidar_points"), self.info_file, f"{sw}.lidar_points.lidar2ego")
+        e2g = check_rigid(require(sweep, "ego2global", self.info_file, sw), self.info_file, f"{sw}.ego2global")
+        return torch.linalg.inv(l2e_key) @ torch.linalg.inv(e2g_key) @ e2g @ l2e
+
+    def _load_cameras(self, info: dict, where: str) -> CameraImages:
+        images = require(info, "images", self.info_file, where)
+        names = self.cameras if self.cameras is not None else tuple(k for k, v in images.items() if isinstance(v, dict) and v.get("img_path"))
+        imgs, k_list, e_list = [], [], []
+        for cam in names:
+            cw = f"{where}.images.{cam}"
+            c = require(images, cam, self.info_file, f"{where}.images")
+            k = to_matrix(require(c, "cam2img", self.info_file, cw), self.info_file, f"{cw}.cam2img", shapes=((3, 3), (4, 4)))
+            if not torch.allclose(k[2, :3], torch.tensor([0.0, 0.0, 1.0], dtype=k.dtype), atol=1e-6) or k[0, 0] <= 0 or k[1, 1] <= 0:
+                raise CalibrationError(self.info_file, f"{cw}.cam2img", "pinhole intrinsics (fx, fy > 0, row 2 = [0, 0, 1])", got=k[:3, :3].tolist())
+            k4 = torch.eye(4, dtype=torch.float64)
+            k4[: k.shape[0], : k.shape[1]] = k
+            e = check_rigid(require(c, "lidar2cam", self.info_file, cw), self.info_file, f"{cw}.lidar2cam")
+            img = read_image(self._path(cam, str(require(c, "img_path", self.info_file, cw))), field=f"{cw}.img_path")
+            if imgs and img.shape != imgs[0].shape:
+                raise ImageError(self.info_file, f"{cw}.img_path", f"the size of {names[0]} {tuple(imgs[0].shape[1:])}", got=tuple(img.shape[1:]))
+            imgs.append(img)
+            k_list.append(k4)
+            e_list.append(e)
+        if not imgs:
+            raise ImageError(self.info_file, f"{where}.images", "at least one camera", got="none")
+        return CameraImages(
+            images=torch.stack(imgs),  # (V, 3, H, W)
+            cam2img=torch.stack(k_list).float(),  # (V, 4, 4)
+            lidar2cam=torch.stack(e_list).float(),  # (V, 4, 4)
+            names=tuple(names),
+            source=str(self.info_file),
+        )
+
+    def _load_boxes(self, info: dict, where: str, token: str) -> tuple[BoxAnnotations, dict]:
+        instances = info.get("instances", [])
+        if not isinstance(instances, list):
+            raise AnnotationError(self.info_file, f"{where}.instances", "a list", got=type(instances).__name__)
+        num_classes = len(self._class_names)
+        rows, labels, ids, npts, valid, captions, schemas = [], [], [], [], [], [], []
+        with_velocity = bool(instances) and all("velocity" in inst for inst in instances)
+        for i, inst in enumerate(instances):
+            iw = f"{where}.instances[{i}]"
+            box = np.asarray(require(inst, "bbox_3d", self.info_file, iw), dtype=np.float64).reshape(-1)
+            if box.shape != (7,):
+                raise BoxError(self.info_file, f"{iw}.bbox_3d", "7 numbers x, y, z, dx, dy, dz, yaw", got=f"{box.size} numbers")
+            if not np.isfinite(box).all():
+                raise BoxError(self.info_file, f"{iw}.bbox_3d", "finite numbers", got=box.tolist())
+            if (box[3:6] <= 0).any():
+                raise BoxError(self.info_file, f"{iw}.bbox_3d", "sizes dx, dy, dz > 0", got=box[3:6].tolist())
+            label = require(inst, "bbox_label_3d", self.info_file, iw)
+            if not isinstance(label, (int, np.integer)) or not -1 <= int(label) < num_classes:
+                raise AnnotationError(self.info_file, f"{iw}.bbox_label_3d", f"a class index in -1..{num_classes - 1} (metainfo.categories)", got=label)
+            if int(label) == -1 and self.drop_ignored:
+                continue
+            if with_velocity:
+                vel = np.asarray(inst["velocity"], dtype=np.float64).reshape(-1)[:2]
+                vel = np.where(np.isfinite(vel), vel, 0.0)  # nuScenes leaves some velocities NaN; mmdet3d sets them to 0
+                box = np.concatenate([box, vel])
+            rows.append(box)
+            labels.append(int(label))
+            npts.append(int(inst.get("num_lidar_pts", -1)))
+            valid.append(bool(inst.get("bbox_3d_isvalid", True)))
+            ann = inst.get("ann_token")
+            ids.append(str(ann) if ann is not None else f"{token}_{i}")
+            if ann is not None and str(ann) in self._captions:
+                caps, schema = parse_caption_entry(self._captions[str(ann)], self.caption_file, str(ann))
+            else:
+                caps, schema = [], None  # no caption for this box: marked by the empty list
+            captions.append(caps)
+            schemas.append(schema)
+        dim = 9 if with_velocity else 7
+        tensor = torch.tensor(np.stack(rows), dtype=torch.float32) if rows else torch.zeros(0, dim)
+        boxes = Boxes3D.from_mmdet3d(tensor, origin=(0.5, 0.5, 0.5), source=f"{self.info_file} {where}.instances", allow_zero_size=False)
+        ann = BoxAnnotations(
+            boxes=boxes,
+            labels=torch.tensor(labels, dtype=torch.long),
+            class_names=self._class_names,
+            captions=captions,
+            object_ids=ids,
+            num_points=torch.tensor(npts, dtype=torch.long) if "num_lidar_pts" in (instances[0] if instances else {}) else None,
+        )
+        return ann, {"caption_schema": schemas, "box_valid": torch.tensor(valid, dtype=torch.bool)}

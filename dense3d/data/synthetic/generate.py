@@ -1,0 +1,259 @@
+"""Write a whole synthetic data set (all-or-nothing), its oracles, and read back its stats."""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from dense3d.data.synthetic.common import KINDS, SPLITS, SynthConfig, atomic_output_dir, split_of, write_json
+from dense3d.errors import AnnotationError
+
+__all__ = ["generate", "generate_default", "dataset_stats", "format_stats", "DEFAULT_SCENES"]
+
+# scenes of each kind in the demo's default set (data/synthetic/default/{outdoor,indoor,av})
+DEFAULT_SCENES = {"outdoor": 32, "indoor": 32, "av": 32}
+
+
+def _one(args):
+    cfg, index, tmp, split = args
+    if cfg.kind == "outdoor":
+        from dense3d.data.synthetic.outdoor import make_outdoor_scene
+
+        return make_outdoor_scene(cfg, index, tmp, split)
+    if cfg.kind == "indoor":
+        from dense3d.data.synthetic.indoor import make_indoor_scene
+
+        return make_indoor_scene(cfg, index, tmp / "scans", split)
+    from dense3d.data.synthetic.av import make_av_clip
+
+    return make_av_clip(cfg, index, tmp / "clips", split)
+
+
+def generate(cfg: SynthConfig, out: str | Path, workers: int = 1, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Generate ``cfg.scenes`` scenes of ``cfg.kind`` into ``out`` (replaced as a whole, only
+    when everything is written; nothing partial is ever left at ``out``).
+
+    Args:
+        cfg: what to generate (kind, scene count, seed, ...).
+        out: the data set folder (e.g. ``data/synthetic/default/outdoor``).
+        workers: processes (scenes are independent; the output does not depend on this).
+        progress: called with (done, total) after each scene.
+
+    Returns:
+        The ``meta.json`` content: config, fingerprint, scene ids per split, seconds taken.
+    """
+    out = Path(out)
+    t_start = time.time()
+    with atomic_output_dir(out) as tmp:
+        (tmp / {"outdoor": "samples", "indoor": "scans", "av": "clips"}[cfg.kind]).mkdir(parents=True)
+        jobs = [(cfg, i, tmp, split_of(i, cfg.scenes, cfg.split)) for i in range(cfg.scenes)]
+        results = []
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                for k, r in enumerate(pool.map(_one, jobs, chunksize=4)):
+                    results.append(r)
+                    if progress:
+                        progress(k + 1, cfg.scenes)
+        else:
+            for k, job in enumerate(jobs):
+                results.append(_one(job))
+                if progress:
+                    progress(k + 1, cfg.scenes)
+        splits = {s: [] for s in SPLITS}
+        records = []
+        if cfg.kind == "outdoor":
+            from dense3d.data.synthetic.outdoor import write_infos
+
+            infos = {s: [] for s in SPLITS}
+            caps = {s: {} for s in SPLITS}
+            for (info, cap, rec), job in zip(results, jobs):
+                infos[job[3]].append(info)
+                caps[job[3]].update(cap)
+                splits[job[3]].append(info["token"])
+                records.append(rec)
+            for s in SPLITS:
+                write_infos(tmp / f"nuscenes_infos_{s}.pkl", infos[s])
+                write_json(tmp / f"tod3cap_captions_{s}.json", caps[s])
+        elif cfg.kind == "indoor":
+            refer = {s: [] for s in SPLITS}
+            for (entries, rec), job in zip(results, jobs):
+                refer[job[3]].extend(entries)
+                splits[job[3]].append(rec["scene_id"])
+                records.append(rec)
+            for s in SPLITS:
+                write_json(tmp / f"ScanRefer_filtered_{s}.json", refer[s])
+                (tmp / f"ScanRefer_filtered_{s}.txt").write_text("".join(f"{x}\n" for x in splits[s]))
+        else:
+            favd = {s: {} for s in SPLITS}
+            dense = {s: {} for s in SPLITS}
+            for (clip, fv, de, rec), job in zip(results, jobs):
+                favd[job[3]][clip] = fv
+                dense[job[3]][clip] = de
+                splits[job[3]].append(clip)
+                records.append(rec)
+            for s in SPLITS:
+                write_json(tmp / f"favdbench_{s}.json", favd[s])
+                write_json(tmp / f"dense_events_{s}.json", dense[s])
+        write_json(tmp / "synthetic_annotations.json", {"kind": cfg.kind, "scenes": records})
+        write_oracles(cfg.kind, records, tmp / "oracles")
+        meta = {
+            "kind": cfg.kind,
+            "config": cfg.to_dict(),
+            "fingerprint": cfg.fingerprint(),
+            "splits": splits,
+        }
+        write_json(tmp / "meta.json", meta, indent=1)
+    meta["seconds"] = round(time.time() - t_start, 2)
+    return meta
+
+
+# ----------------------------------------------------------------------------- oracles
+def write_oracles(kind: str, records: list[dict], folder: Path) -> None:
+    """Prediction files in the evaluation formats, per split: ``oracles/{split}/{name}.json``.
+
+    * ``gt``: the ground-truth caption of every ground-truth region (score 1);
+    * ``context_free``: for every ground-truth region, the best caption it allows without
+      any relation to other regions (the grammar's template with the relation left out).
+
+    3D (outdoor, indoor): ``{scene_id: [{"box", "caption", "score", "label"}]}``;
+    events (av): ``{"version", "results": {video_id: [{"timestamp", "sentence"}]}, "external_data"}``
+    as ``{gt,context_free}_events.json``, and FAVDBench paragraphs ``{clip_id: paragraph}`` as
+    ``{gt,context_free}_favd.json``.
+    """
+    from dense3d.data.synthetic.grammar import favd_paragraph
+
+    for split in SPLITS:
+        recs = [r for r in records if r["split"] == split]
+        d = folder / split
+        if kind in ("outdoor", "indoor"):
+            for name, key in (("gt", None), ("context_free", "context_free_caption")):
+                pred = {
+                    r["scene_id"]: [
+                        {"box": o["box"], "caption": o[key] if key else o["captions"][0], "score": 1.0, "label": o["label"]}
+                        for o in r["objects"]
+                    ]
+                    for r in recs
+                }
+                write_json(d / f"{name}.json", pred)
+        else:
+            for name, key in (("gt", "caption"), ("context_free", "context_free_caption")):
+                res = {r["scene_id"]: [{"timestamp": [e["t0"], e["t1"]], "sentence": e[key]} for e in r["events"]] for r in recs}
+                write_json(d / f"{name}_events.json", {"version": "VERSION 1.0", "results": res, "external_data": {"used": False, "details": "dense3d synthetic oracle"}})
+            write_json(d / "gt_favd.json", {r["scene_id"]: _favd_gt(r) for r in recs})
+            write_json(
+                d / "context_free_favd.json",
+                {r["scene_id"]: favd_paragraph(r["favd_context_free"]["summary"], r["favd_context_free"]["visual"], r["favd_context_free"]["audio"]) for r in recs},
+            )
+
+
+def _favd_gt(rec: dict) -> str:
+    return rec["favd_paragraph"]
+
+
+# ----------------------------------------------------------------------------- default set
+def generate_default(root: str | Path = "data/synthetic/default", seed: int = 0, scenes: dict | None = None, workers: int = 1,
+                     log: Callable[[str], None] = print) -> dict[str, Path]:
+    """The demo's default set: ``root/{outdoor,indoor,av}``, each skipped when its
+    ``meta.json`` already has the same config fingerprint. Returns the three folders."""
+    root = Path(root)
+    scenes = dict(DEFAULT_SCENES, **(scenes or {}))
+    out = {}
+    for kind in KINDS:
+        cfg = SynthConfig(kind=kind, scenes=scenes[kind], seed=seed)
+        folder = root / kind
+        meta_path = folder / "meta.json"
+        if meta_path.exists():
+            try:
+                old = json.loads(meta_path.read_text())
+            except (OSError, json.JSONDecodeError):
+                old = {}
+            if old.get("fingerprint") == cfg.fingerprint():
+                log(f"  {kind:<8} {folder} up to date (fingerprint {cfg.fingerprint()}), kept")
+                out[kind] = folder
+                continue
+        meta = generate(cfg, folder, workers=workers)
+        log(f"  {kind:<8} {folder}: {cfg.scenes} scenes in {meta['seconds']} s ({60 * cfg.scenes / max(meta['seconds'], 1e-6):.0f} scenes/min)")
+        out[kind] = folder
+    return out
+
+
+# ----------------------------------------------------------------------------- stats
+_LEN_BINS = ((0, 5), (6, 10), (11, 15), (16, 20), (21, 25), (26, 30), (31, 40), (41, 60), (61, 80), (81, 100), (101, 10**9))
+
+
+def _len_bin(n: int) -> str:
+    for lo, hi in _LEN_BINS:
+        if lo <= n <= hi:
+            return f"{lo}-{hi}" if hi < 10**9 else f">{lo - 1}"
+    return "?"
+
+
+def dataset_stats(folder: str | Path) -> dict:
+    """Histograms of a generated folder: ``classes``, ``caption_words`` (binned caption
+    lengths in words), ``relations`` (relation types), ``splits``; for ``av`` also
+    ``event_classes``, ``event_words`` and ``paragraph_words``."""
+    folder = Path(folder)
+    path = folder / "synthetic_annotations.json"
+    if not path.exists():
+        raise AnnotationError(path, "synthetic_annotations.json", "a folder written by `dense3d convert synth`", got="missing file")
+    data = json.loads(path.read_text())
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise AnnotationError(path, "kind", f"one of {', '.join(KINDS)}", got=kind)
+    classes, words, rels, splits = Counter(), Counter(), Counter(), Counter()
+    ev_classes, ev_words, para = Counter(), Counter(), Counter()
+    n_obj = n_cap = 0
+    for rec in data["scenes"]:
+        splits[rec["split"]] += 1
+        for o in rec["objects"]:
+            n_obj += 1
+            classes[o["label"]] += 1
+            rels[o["relation"]] += 1
+            caps = o.get("captions") or [o.get("caption", "")]
+            for c in caps:
+                n_cap += 1
+                words[_len_bin(len(c.split()))] += 1
+        for e in rec.get("events", []):
+            ev_classes[e["label"]] += 1
+            ev_words[_len_bin(len(e["caption"].split()))] += 1
+        if kind == "av":
+            para[_len_bin(len(rec["favd_paragraph"].split()))] += 1
+    order = [_len_bin(lo) for lo, _ in _LEN_BINS]
+    stats = {
+        "kind": kind,
+        "folder": str(folder),
+        "scenes": sum(splits.values()),
+        "objects": n_obj,
+        "captions": n_cap,
+        "splits": {s: splits.get(s, 0) for s in SPLITS},
+        "classes": dict(classes.most_common()),
+        "caption_words": {b: words[b] for b in order if words.get(b)},
+        "relations": dict(rels.most_common()),
+    }
+    if kind == "av":
+        stats["events"] = sum(ev_classes.values())
+        stats["event_classes"] = dict(ev_classes.most_common())
+        stats["event_words"] = {b: ev_words[b] for b in order if ev_words.get(b)}
+        stats["paragraph_words"] = {b: para[b] for b in order if para.get(b)}
+    return stats
+
+
+def format_stats(stats: dict) -> str:
+    """A plain-text table of :func:`dataset_stats`."""
+    lines = [f"{stats['kind']} - {stats['folder']}: {stats['scenes']} scenes "
+             f"(train {stats['splits']['train']}, val {stats['splits']['val']}, test {stats['splits']['test']}), "
+             f"{stats['objects']} objects, {stats['captions']} captions" + (f", {stats['events']} events" if "events" in stats else "")]
+    for key, title in (("classes", "class"), ("relations", "relation type"), ("caption_words", "caption words"),
+                       ("event_classes", "event class"), ("event_words", "event caption words"), ("paragraph_words", "paragraph words")):
+        if key not in stats:
+            continue
+        hist = stats[key]
+        total = max(sum(hist.values()), 1)
+        lines.append(f"  {title}:")
+        for name, n in hist.items():
+            bar = "#" * max(1, round(30 * n / total)) if n else ""
+            lines.append(f"    {name:<22} {n:>6} {100 * n / total:5.1f}%  {bar}")
+    return "\n".join(lines)

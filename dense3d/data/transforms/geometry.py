@@ -1,0 +1,135 @@
+"""Global augmentations of a 3D scene: rotation about +z, scaling, mirroring.
+
+Each moves everything that lives in the LiDAR frame together: point coordinates, boxes
+(centres, sizes, yaw, velocity), microphone positions, event azimuths, and the camera
+extrinsics: with the scene mapped by ``p' = A p``, ``lidar2cam' = lidar2cam @ A^-1``, so a
+point projects to the same pixel before and after. ``lidar2cam`` is then no longer rigid when
+the scene is scaled or mirrored (it stays a valid projection). The accumulated ``A`` (4x4) is
+kept in ``sample.meta["lidar_aug"]`` so predictions can be mapped back.
+
+Randomness: ``seed=None`` draws from torch's global generator (which a DataLoader seeds per
+worker); a fixed ``seed`` gives a reproducible sequence in one process, and the same sequence in
+every worker.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from dense3d.errors import ConfigError
+from dense3d.structures import Boxes3D, Sample, limit_period
+
+__all__ = ["GlobalFlip", "GlobalRotate", "GlobalScale", "apply_global_transform"]
+
+_READS = ("points", "boxes", "cameras", "audio", "events")
+
+
+def apply_global_transform(
+    sample: Sample,
+    matrix: torch.Tensor,
+    boxes_fn: Callable[[Boxes3D], Boxes3D],
+    azimuth_fn: Callable[[torch.Tensor], torch.Tensor],
+) -> Sample:
+    """Map the scene by the (3, 3) linear ``matrix``; ``boxes_fn`` / ``azimuth_fn`` do the same to
+    boxes and event azimuths (boxes carry yaw, which a matrix alone does not update)."""
+    a4 = torch.eye(4, dtype=torch.float64)
+    a4[:3, :3] = matrix.to(torch.float64)
+    changes = {}
+    if sample.points is not None:
+        pts = sample.points.points.clone()
+        pts[:, :3] = pts[:, :3] @ matrix.to(pts.dtype).T  # (N, 3) @ (3, 3)^T
+        changes["points"] = dataclasses.replace(sample.points, points=pts)
+    if sample.boxes is not None:
+        changes["boxes"] = dataclasses.replace(sample.boxes, boxes=boxes_fn(sample.boxes.boxes))
+    if sample.cameras is not None:
+        inv = torch.linalg.inv(a4).to(sample.cameras.lidar2cam.dtype)
+        changes["cameras"] = dataclasses.replace(sample.cameras, lidar2cam=sample.cameras.lidar2cam @ inv)  # (V, 4, 4)
+    if sample.audio is not None and sample.audio.mic_positions is not None:
+        mics = sample.audio.mic_positions @ matrix.to(sample.audio.mic_positions.dtype).T  # (A, 3)
+        changes["audio"] = dataclasses.replace(sample.audio, mic_positions=mics)
+    if sample.events is not None and sample.events.azimuth is not None:
+        changes["events"] = dataclasses.replace(sample.events, azimuth=limit_period(azimuth_fn(sample.events.azimuth)))
+    meta = dict(sample.meta)
+    meta["lidar_aug"] = a4.float() @ meta.get("lidar_aug", torch.eye(4))
+    return dataclasses.replace(sample, meta=meta, **changes)
+
+
+def _generator(seed: int | None) -> torch.Generator | None:
+    return torch.Generator().manual_seed(int(seed)) if seed is not None else None
+
+
+def _uniform(lo: float, hi: float, generator) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=generator, dtype=torch.float64))
+
+
+class GlobalRotate:
+    """Rotate the scene about +z by an angle drawn uniformly from ``angle_range`` (radians)."""
+
+    reads = _READS
+    writes = _READS + ("meta.lidar_aug",)
+
+    def __init__(self, angle_range: Sequence[float] = (-math.pi / 4, math.pi / 4), seed: int | None = None):
+        self.angle_range = (float(angle_range[0]), float(angle_range[1]))
+        if self.angle_range[0] > self.angle_range[1]:
+            raise ConfigError("GlobalRotate", "angle_range", "[low, high] with low <= high", got=list(self.angle_range))
+        self.generator = _generator(seed)
+
+    def __call__(self, sample: Sample) -> Sample:
+        angle = _uniform(*self.angle_range, self.generator)
+        return self.rotate(sample, angle)
+
+    @staticmethod
+    def rotate(sample: Sample, angle: float) -> Sample:
+        c, s = math.cos(angle), math.sin(angle)
+        rot = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+        return apply_global_transform(sample, rot, lambda b: b.rotate(angle), lambda az: az + angle)
+
+
+class GlobalScale:
+    """Scale the scene about the origin by a factor drawn uniformly from ``scale_range``."""
+
+    reads = _READS
+    writes = _READS + ("meta.lidar_aug",)
+
+    def __init__(self, scale_range: Sequence[float] = (0.95, 1.05), seed: int | None = None):
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
+        if not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ConfigError("GlobalScale", "scale_range", "[low, high] with 0 < low <= high", got=list(self.scale_range))
+        self.generator = _generator(seed)
+
+    def __call__(self, sample: Sample) -> Sample:
+        factor = _uniform(*self.scale_range, self.generator)
+        return apply_global_transform(sample, torch.eye(3, dtype=torch.float64) * factor, lambda b: b.scale(factor), lambda az: az)
+
+
+class GlobalFlip:
+    """Mirror the scene: y -> -y with probability ``flip_y_prob`` (left/right swap), then
+    x -> -x with probability ``flip_x_prob`` (front/back swap)."""
+
+    reads = _READS
+    writes = _READS + ("meta.lidar_aug",)
+
+    def __init__(self, flip_y_prob: float = 0.5, flip_x_prob: float = 0.0, seed: int | None = None):
+        for name, p in (("flip_y_prob", flip_y_prob), ("flip_x_prob", flip_x_prob)):
+            if not 0.0 <= float(p) <= 1.0:
+                raise ConfigError("GlobalFlip", name, "a probability in [0, 1]", got=p)
+        self.flip_y_prob, self.flip_x_prob = float(flip_y_prob), float(flip_x_prob)
+        self.generator = _generator(seed)
+
+    def __call__(self, sample: Sample) -> Sample:
+        if float(torch.rand((), generator=self.generator)) < self.flip_y_prob:
+            sample = self.flip(sample, "y")
+        if float(torch.rand((), generator=self.generator)) < self.flip_x_prob:
+            sample = self.flip(sample, "x")
+        return sample
+
+    @staticmethod
+    def flip(sample: Sample, axis: str) -> Sample:
+        if axis == "y":
+            m, az_fn = torch.diag(torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)), (lambda az: -az)
+        else:
+            m, az_fn = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)), (lambda az: math.pi - az)
+        return apply_global_transform(sample, m, lambda b: b.flip(axis), az_fn)

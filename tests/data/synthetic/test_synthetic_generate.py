@@ -1,0 +1,122 @@
+"""Generation as a whole: same seed -> identical files, nothing partial on failure, the
+oracle prediction files, the default set's skip, and the command line."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from dense3d.cli import main
+from dense3d.data.synthetic import SynthConfig, dataset_stats, format_stats, generate, generate_default
+from dense3d.errors import AnnotationError, ConfigError
+
+
+def _hashes(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("kind", ["outdoor", "indoor", "av"])
+def test_same_seed_gives_identical_files(synth_root, tmp_path, kind):
+    generate(SynthConfig(kind=kind, scenes=4, seed=0), tmp_path / kind)
+    a, b = _hashes(synth_root / kind), _hashes(tmp_path / kind)
+    assert a.keys() == b.keys() and len(a) > 8
+    assert a == b, sorted(k for k in a if a[k] != b[k])
+    generate(SynthConfig(kind=kind, scenes=4, seed=1), tmp_path / "other")
+    c = _hashes(tmp_path / "other")
+    media = [k for k in a if k.endswith((".bin", ".npy", ".wav"))]
+    assert media and all(a[k] != c.get(k) for k in media)
+
+
+def test_failed_generation_leaves_nothing_partial(tmp_path):
+    out = tmp_path / "set"
+    generate(SynthConfig(kind="indoor", scenes=3, seed=0), out)
+    before = _hashes(out)
+
+    def boom(done, total):
+        if done == 2:
+            raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        generate(SynthConfig(kind="indoor", scenes=5, seed=7), out, progress=boom)
+    assert _hashes(out) == before  # the old set is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]  # no temp folder left
+    with pytest.raises(RuntimeError):
+        generate(SynthConfig(kind="indoor", scenes=5, seed=7), tmp_path / "new", progress=boom)
+    assert not (tmp_path / "new").exists()
+
+
+def test_bad_config_is_one_line_error():
+    with pytest.raises(ConfigError, match="field 'kind'"):
+        SynthConfig(kind="underwater")
+    with pytest.raises(ConfigError, match="field 'split'"):
+        SynthConfig(kind="indoor", split=(0.5, 0.2, 0.2))
+
+
+def test_oracles_in_evaluation_formats(synth_root):
+    for kind in ("outdoor", "indoor"):
+        ann = json.loads((synth_root / kind / "synthetic_annotations.json").read_text())["scenes"]
+        for split in ("train", "val", "test"):
+            gt = json.loads((synth_root / kind / "oracles" / split / "gt.json").read_text())
+            free = json.loads((synth_root / kind / "oracles" / split / "context_free.json").read_text())
+            assert set(gt) == set(free) == {r["scene_id"] for r in ann if r["split"] == split}
+            recs = {r["scene_id"]: r for r in ann}
+            for sid, preds in gt.items():
+                objs = recs[sid]["objects"]
+                for p, q, o in zip(preds, free[sid], objs):
+                    assert len(p["box"]) == 7 and p["score"] == 1.0 and p["label"] == o["label"] == q["label"]
+                    assert p["box"] == q["box"] == o["box"] and p["caption"] == o["captions"][0]
+                    assert o["colour"] in q["caption"]
+                    for t in o["relation_targets"]:  # the context-free oracle never names the other object
+                        assert objs[t]["colour"] + " " not in q["caption"].replace(o["colour"] + " ", "", 1)
+    ev = json.loads((synth_root / "av" / "oracles" / "val" / "gt_events.json").read_text())
+    dense = json.loads((synth_root / "av" / "dense_events_val.json").read_text())
+    assert set(ev["results"]) == set(dense)
+    for vid, preds in ev["results"].items():
+        assert [p["timestamp"] for p in preds] == dense[vid]["timestamps"]
+        assert [p["sentence"] for p in preds] == dense[vid]["sentences"]
+    favd = json.loads((synth_root / "av" / "oracles" / "val" / "gt_favd.json").read_text())
+    free = json.loads((synth_root / "av" / "oracles" / "val" / "context_free_favd.json").read_text())
+    assert set(favd) == set(free) == set(dense)
+    assert all(isinstance(v, str) and len(v.split()) > 20 for v in favd.values())
+
+
+def test_stats_histograms(synth_root):
+    s = dataset_stats(synth_root / "outdoor")
+    assert s["scenes"] == 4 and sum(s["classes"].values()) == s["objects"] == sum(s["relations"].values())
+    assert sum(s["caption_words"].values()) == s["captions"]
+    a = dataset_stats(synth_root / "av")
+    assert sum(a["event_classes"].values()) == a["events"] > 0
+    text = format_stats(a)
+    assert "relation type" in text and "event class" in text
+    with pytest.raises(AnnotationError, match="synthetic_annotations.json"):
+        dataset_stats(synth_root)
+
+
+def test_default_set_is_skipped_when_up_to_date(tmp_path):
+    logs = []
+    small = {"outdoor": 1, "indoor": 3, "av": 1}
+    generate_default(tmp_path, seed=0, scenes=small, log=logs.append)
+    first = _hashes(tmp_path)
+    logs.clear()
+    generate_default(tmp_path, seed=0, scenes=small, log=logs.append)
+    assert all("up to date" in line for line in logs) and len(logs) == 3
+    assert _hashes(tmp_path) == first
+
+
+def test_cli_convert_synth_and_stats(tmp_path, capsys):
+    out = tmp_path / "rooms"
+    assert main(["convert", "synth", "--kind", "indoor", "--out", str(out), "--scenes", "3", "--seed", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "scenes/min" in text and "relation type" in text
+    assert (out / "ScanRefer_filtered_train.json").exists()
+    assert main(["convert", "stats", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["scenes"] == 3
+    assert main(["convert", "stats", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "AnnotationError" in err
+
+
+def test_output_does_not_depend_on_workers(synth_root, tmp_path):
+    generate(SynthConfig(kind="outdoor", scenes=4, seed=0), tmp_path / "outdoor", workers=2)
+    assert _hashes(tmp_path / "outdoor") == _hashes(synth_root / "outdoor")

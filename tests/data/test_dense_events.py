@@ -1,0 +1,71 @@
+"""DenseEventsDataset: ActivityNet-Captions-style JSON plus the audio extension fields."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from dense3d.data.converters import write_wav
+from dense3d.data.datasets import DenseEventsDataset
+from dense3d.errors import AnnotationError, EventError
+
+CLASSES = ["engine", "horn", "siren"]
+ANN = {
+    "v_b": {"duration": 10.0, "timestamps": [[0.5, 2.0], [3.0, 12.0]], "sentences": ["A horn honks twice.", "A siren wails."],
+            "labels": ["horn", "siren"], "azimuth": [0.5, -2.0], "source_box": [3, -1]},
+    "v_a": {"duration": 82.7, "timestamps": [[0.8, 19.9]], "sentences": ["A man talks. "]},  # plain ActivityNet entry
+}
+
+
+def _write(tmp_path, ann=ANN, name="events_val.json"):
+    (tmp_path / name).write_text(json.dumps(ann))
+    return str(tmp_path / "events_{split}.json")
+
+
+def test_annotations(tmp_path):
+    ds = DenseEventsDataset(_write(tmp_path), split="val", class_names=CLASSES, sensors=())
+    a, b = ds[0], ds[1]
+    assert (a.sample_id, b.sample_id) == ("v_a", "v_b")
+    assert a.events.captions == [["A man talks."]] and a.events.labels.tolist() == [-1] and a.events.azimuth is None
+    ev = b.events
+    assert torch.allclose(ev.events.tensor, torch.tensor([[0.5, 2.0], [3.0, 10.0]]))  # clipped to duration
+    assert b.meta["clipped_spans"] == 1 and b.meta["duration"] == 10.0
+    assert ev.labels.tolist() == [1, 2] and ev.class_names == tuple(CLASSES)
+    assert torch.allclose(ev.azimuth, torch.tensor([0.5, -2.0])) and ev.source_box.tolist() == [3, -1]
+    assert b.audio is None and b.video is None
+    assert DenseEventsDataset(_write(tmp_path), split="val", sensors=()).class_names == ("horn", "siren")
+
+
+def test_with_audio(tmp_path):
+    t = torch.arange(16000) / 16000
+    write_wav(tmp_path / "v_b.wav", torch.stack([torch.sin(2 * math.pi * 300 * t)] * 2) * 0.3, 16000)
+    ann = {"v_b": dict(ANN["v_b"], mic_positions=[[0, 0.1, 0], [0, -0.1, 0]])}
+    s = DenseEventsDataset(_write(tmp_path, ann), media_dir=str(tmp_path), split="val", class_names=CLASSES, sensors=["audio"])[0]
+    assert s.audio.waveform.shape == (2, 16000) and s.audio.mic_positions[1, 1] == pytest.approx(-0.1)
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "entry,err,msg",
+    [
+        ({"duration": 5.0, "timestamps": [[0, 1]]}, AnnotationError, r"field 'v.sentences': expected a present field"),
+        ({"duration": 5.0, "timestamps": [[0, 1]], "sentences": ["a"], "labels": ["dog"]}, AnnotationError,
+         r"field 'v.labels\[0\]': expected a class among \['engine', 'horn', 'siren'\], got dog"),
+        ({"duration": 5.0, "timestamps": [[6, 7]], "sentences": ["a"]}, EventError, r"field 'v.timestamps\[0\]': expected t0 <= duration 5.0"),
+        ({"duration": 5.0, "timestamps": [[2, 1]], "sentences": ["a"]}, EventError, r"expected t1 >= t0"),
+        ({"duration": 5.0, "timestamps": [[0, 1], [1, 2]], "sentences": ["a"]}, AnnotationError,
+         r"field 'v.sentences': expected 2 sentences \(one per timestamp\), got 1"),
+        ({"duration": 5.0, "timestamps": [[0, 1]], "sentences": ["a"], "azimuth": [0.1, 0.2]}, AnnotationError, r"field 'v.azimuth': expected 1 values"),
+    ],
+)
+def test_bad_entries(tmp_path, entry, err, msg):
+    ds = DenseEventsDataset(_write(tmp_path, {"v": entry}), split="val", class_names=CLASSES, sensors=())
+    with pytest.raises(err, match=r"events_val.json.*" + msg):
+        ds[0]
+
+
+def test_media_dir_required(tmp_path):
+    with pytest.raises(AnnotationError, match=r"DenseEventsDataset: field 'media_dir'"):
+        DenseEventsDataset(_write(tmp_path), split="val", sensors=["audio"])
