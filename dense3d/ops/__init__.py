@@ -6,3 +6,7 @@ reference in ``_ref/``; see ``_backend`` for how ``backend="auto" | "ext" | "tor
 from dense3d.ops._backend import backend_info, ext_available, ext_has_cuda, resolve_backend
 
 __all__ = ["backend_info", "ext_available", "ext_has_cuda", "resolve_backend"]
+
+from dense3d.ops.bev_pool import bev_pool  # noqa: E402
+
+__all__ += ["bev_pool"]

@@ -2,6 +2,8 @@
 // <op>_cuda.cu}; its header declares the dispatching entry points registered here.
 #include <torch/extension.h>
 
+#include "bev_pool/bev_pool.h"
+
 bool with_cuda() {
 #ifdef WITH_CUDA
   return true;
@@ -12,4 +14,6 @@ bool with_cuda() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("with_cuda", &with_cuda, "True when dense3d._C was built with its CUDA kernels");
+  m.def("bev_pool_forward", &bev_pool_forward, "BEV pooling: sum point features per cell (sorted intervals)");
+  m.def("bev_pool_backward", &bev_pool_backward, "BEV pooling backward: gather the cell gradients");
 }
