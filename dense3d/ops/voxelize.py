@@ -1,0 +1,118 @@
+"""Voxelization of point clouds: hard (mmcv / mmdet3d ``Voxelization``) and dynamic (mean).
+
+Conventions (same for both backends and both modes):
+
+* voxel ``(x, y, z)`` of a point is ``floor((p - range_min) / voxel_size)`` computed in the
+  points' dtype; the grid has ``round((range_max - range_min) / voxel_size)`` voxels per axis
+  and a point with any index outside ``[0, grid)`` is dropped;
+* ``coords`` are int32 ``[z, y, x]`` (spconv / mmdet3d order);
+* voxels come in **first-seen order**: voxel 0 holds the first in-range point of the input,
+  voxel 1 the next point that falls in another voxel, ... Inside a hard voxel the points keep
+  their input order. So the output is deterministic on CPU and CUDA alike.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from dense3d.errors import OpInputError
+from dense3d.ops._backend import ext, resolve_backend
+from dense3d.ops._checks import as_float_list, check_points, check_positive_int
+from dense3d.ops._ref import voxelize as _ref_vox
+
+__all__ = ["voxelize", "voxelize_batch", "voxel_grid_size"]
+
+
+def voxel_grid_size(voxel_size, point_range, op: str = "voxelize") -> list[int]:
+    """Voxels per axis ``[nx, ny, nz]`` for ``voxel_size`` (3,) and ``point_range`` (6,)."""
+    vs = as_float_list(op, "voxel_size", voxel_size, 3)
+    pr = as_float_list(op, "point_range", point_range, 6)
+    if any(not v > 0 for v in vs):
+        raise OpInputError(op, "voxel_size", "3 numbers > 0", got=vs)
+    grid = [int(round((pr[i + 3] - pr[i]) / vs[i])) for i in range(3)]
+    if any(g <= 0 for g in grid):
+        raise OpInputError(op, "point_range", "[x0, y0, z0, x1, y1, z1] with x1 > x0, y1 > y0, z1 > z0 (at least one voxel)", got=pr)
+    if grid[0] * grid[1] * grid[2] >= 2**62:
+        raise OpInputError(op, "voxel_size", "a grid of fewer than 2**62 voxels", got=grid)
+    return grid
+
+
+def voxelize(
+    points: torch.Tensor,
+    voxel_size: Sequence[float],
+    point_range: Sequence[float],
+    mode: str = "hard",
+    max_points: int = 32,
+    max_voxels: int = 20000,
+    backend: str = "auto",
+):
+    """Group points (N, 3+C) into voxels.
+
+    Args:
+        points: (N, 3+C) float32/float64, ``x, y, z`` first; any device.
+        voxel_size: (3,) ``[vx, vy, vz]`` > 0.
+        point_range: (6,) ``[x0, y0, z0, x1, y1, z1]``.
+        mode: ``"hard"`` or ``"dynamic"``.
+        max_points, max_voxels: hard mode only: points of a voxel beyond ``max_points`` are
+            dropped (in input order), voxels beyond ``max_voxels`` are dropped (in first-seen
+            order), exactly as mmcv's hard voxelization.
+        backend: ``"auto" | "ext" | "torch"``.
+
+    Returns:
+        hard: ``voxels`` (M, max_points, 3+C) zero-padded, ``coords`` (M, 3) int32 ``[z, y, x]``,
+        ``num_points`` (M,) int32.
+        dynamic: ``features`` (M, 3+C) mean of each voxel's points, ``coords`` (M, 3) int32
+        ``[z, y, x]``, ``point2voxel`` (N,) long (-1 for points outside the range).
+    """
+    op = "voxelize"
+    points = check_points(op, "points", points)
+    grid = voxel_grid_size(voxel_size, point_range, op)
+    vs = as_float_list(op, "voxel_size", voxel_size, 3)
+    lo = as_float_list(op, "point_range", point_range, 6)[:3]
+    if mode not in ("hard", "dynamic"):
+        raise OpInputError(op, "mode", "'hard' or 'dynamic'", got=repr(mode))
+    points = points.contiguous()
+    if mode == "hard":
+        max_points = check_positive_int(op, "max_points", max_points)
+        max_voxels = check_positive_int(op, "max_voxels", max_voxels)
+        if resolve_backend(backend, "voxelize_hard", points) == "ext":
+            return tuple(ext().voxelize_hard(points, vs, lo, grid, max_points, max_voxels))
+        return _ref_vox.voxelize_hard(points, vs, lo, grid, max_points, max_voxels)
+    if resolve_backend(backend, "voxelize_dynamic", points) == "ext":
+        return tuple(ext().voxelize_dynamic(points, vs, lo, grid))
+    return _ref_vox.voxelize_dynamic(points, vs, lo, grid)
+
+
+def voxelize_batch(
+    points_list: Sequence[torch.Tensor],
+    voxel_size: Sequence[float],
+    point_range: Sequence[float],
+    mode: str = "hard",
+    max_points: int = 32,
+    max_voxels: int = 20000,
+    backend: str = "auto",
+):
+    """:func:`voxelize` each cloud of a batch and concatenate, for a sparse tensor.
+
+    ``max_voxels`` applies per cloud. Returns the same as :func:`voxelize` but with ``coords``
+    (M, 4) int32 ``[batch, z, y, x]`` (clouds in list order); in dynamic mode ``point2voxel``
+    is the concatenation over clouds of indices into the concatenated voxels (-1 outside).
+    """
+    if len(points_list) == 0:
+        raise OpInputError("voxelize_batch", "points_list", "at least one point cloud", got="[]")
+    outs = [voxelize(p, voxel_size, point_range, mode, max_points, max_voxels, backend) for p in points_list]
+    coords = [
+        torch.cat([torch.full_like(o[1][:, :1], b), o[1]], 1)  # (M_b, 3) -> (M_b, 4)
+        for b, o in enumerate(outs)
+    ]
+    first = torch.cat([o[0] for o in outs], 0)
+    if mode == "hard":
+        return first, torch.cat(coords, 0), torch.cat([o[2] for o in outs], 0)
+    p2v, offset = [], 0
+    for o in outs:
+        p2v.append(torch.where(o[2] >= 0, o[2] + offset, o[2]))
+        offset += o[0].shape[0]
+    return first, torch.cat(coords, 0), torch.cat(p2v, 0)
+
+
