@@ -2,6 +2,8 @@
 // <op>_cuda.cu}; its header declares the dispatching entry points registered here.
 #include <torch/extension.h>
 
+#include "sparse_conv/sparse_conv.h"
+
 bool with_cuda() {
 #ifdef WITH_CUDA
   return true;
@@ -12,4 +14,7 @@ bool with_cuda() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("with_cuda", &with_cuda, "True when dense3d._C was built with its CUDA kernels");
+  m.def("sparse_conv_kernel_map", &dense3d::sparse_conv_kernel_map, "sparse conv kernel map (rulebook)");
+  m.def("sparse_conv_forward", &dense3d::sparse_conv_forward, "sparse conv gather-GEMM-scatter forward");
+  m.def("sparse_conv_backward", &dense3d::sparse_conv_backward, "sparse conv backward (features, weight)");
 }
