@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "bev_pool/bev_pool.h"
+#include "sparse_conv/sparse_conv.h"
 
 bool with_cuda() {
 #ifdef WITH_CUDA
@@ -16,4 +17,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("with_cuda", &with_cuda, "True when dense3d._C was built with its CUDA kernels");
   m.def("bev_pool_forward", &bev_pool_forward, "BEV pooling: sum point features per cell (sorted intervals)");
   m.def("bev_pool_backward", &bev_pool_backward, "BEV pooling backward: gather the cell gradients");
+  m.def("sparse_conv_kernel_map", &dense3d::sparse_conv_kernel_map, "sparse conv kernel map (rulebook)");
+  m.def("sparse_conv_forward", &dense3d::sparse_conv_forward, "sparse conv gather-GEMM-scatter forward");
+  m.def("sparse_conv_backward", &dense3d::sparse_conv_backward, "sparse conv backward (features, weight)");
 }

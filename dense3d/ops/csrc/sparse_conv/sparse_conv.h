@@ -1,0 +1,62 @@
+// Sparse convolution: kernel map (rulebook) building and gather -> GEMM -> scatter-add compute.
+//
+// Coordinates are (batch, z, y, x) int32 rows. A site's linear key is
+//   key = ((b * D + z) * H + y) * W + x        (int64, D/H/W the spatial shape)
+// and kernel offsets k = (kz * KH + ky) * KW + kx run z-major. For an output site o and offset k
+// the input site is  i = o * stride - padding + k * dilation  (per axis); a submanifold conv is
+// stride 1, padding = dilation * (kernel - 1) / 2, outputs = inputs.
+//
+// The kernel map is stored as pair lists grouped by offset: for k in [0, K),
+// pairs offsets[k] .. offsets[k+1] - 1 of (in_idx, out_idx) say "input row in_idx contributes
+// through weight[k] to output row out_idx". Within one offset every input and every output
+// row occurs at most once, so the scatter-add of one offset is race free (and deterministic).
+//
+// Weight layout: (K, C_in, C_out), out[o] = bias + sum_k sum_pairs(k) features[i] @ weight[k].
+#pragma once
+#include <ATen/ATen.h>
+#include <c10/util/Optional.h>
+
+#include <vector>
+
+namespace dense3d {
+
+// Returns {out_indices (M, 4) int32, in_idx (P,) int32, out_idx (P,) int32,
+//          offsets (K + 1,) int64 on the CPU, n_duplicate_inputs (1,) int64 on the CPU}.
+// Strided outputs are sorted by linear key (batch-major, then z, y, x): deterministic.
+std::vector<at::Tensor> sparse_conv_kernel_map(const at::Tensor& indices, std::vector<int64_t> in_shape,
+                                               std::vector<int64_t> out_shape, std::vector<int64_t> kernel,
+                                               std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                               std::vector<int64_t> dilation, bool subm);
+
+// out (n_out, C_out) = bias + sum over offsets of scatter(gather(features) @ weight[k]).
+// identity_k >= 0 names an offset whose pairs are (r, r) for every row (a submanifold centre):
+// it becomes one addmm without gather/scatter.
+at::Tensor sparse_conv_forward(const at::Tensor& features, const at::Tensor& weight,
+                               const c10::optional<at::Tensor>& bias, const at::Tensor& in_idx,
+                               const at::Tensor& out_idx, const at::Tensor& offsets, int64_t n_out,
+                               int64_t identity_k);
+
+// Returns {grad_features (N, C_in) or undefined, grad_weight (K, C_in, C_out) or undefined}.
+std::vector<at::Tensor> sparse_conv_backward(const at::Tensor& grad_out, const at::Tensor& features,
+                                             const at::Tensor& weight, const at::Tensor& in_idx,
+                                             const at::Tensor& out_idx, const at::Tensor& offsets,
+                                             int64_t identity_k, bool need_features, bool need_weight);
+
+struct ConvGeometry {
+  int64_t in_shape[3], out_shape[3], kernel[3], stride[3], padding[3], dilation[3];
+  int64_t batch_volume_in() const { return in_shape[0] * in_shape[1] * in_shape[2]; }
+  int64_t batch_volume_out() const { return out_shape[0] * out_shape[1] * out_shape[2]; }
+  int64_t num_offsets() const { return kernel[0] * kernel[1] * kernel[2]; }
+};
+
+// Device implementations (the dispatchers above pick one by the tensors' device).
+std::vector<at::Tensor> kernel_map_cpu(const at::Tensor& indices, const ConvGeometry& g, bool subm);
+void gather_rows_cpu(const at::Tensor& src, const at::Tensor& idx, int64_t begin, int64_t n, at::Tensor& dst);
+void scatter_add_rows_cpu(const at::Tensor& src, const at::Tensor& idx, int64_t begin, int64_t n, at::Tensor& dst);
+#ifdef WITH_CUDA
+std::vector<at::Tensor> kernel_map_cuda(const at::Tensor& indices, const ConvGeometry& g, bool subm);
+void gather_rows_cuda(const at::Tensor& src, const at::Tensor& idx, int64_t begin, int64_t n, at::Tensor& dst);
+void scatter_add_rows_cuda(const at::Tensor& src, const at::Tensor& idx, int64_t begin, int64_t n, at::Tensor& dst);
+#endif
+
+}  // namespace dense3d

@@ -1,0 +1,217 @@
+// CPU kernels of sparse convolution: an open-addressing hash of linear site keys for the
+// kernel map, and OpenMP row gather / scatter-add for the compute loop.
+#include <ATen/Parallel.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "sparse_conv/sparse_conv.h"
+
+namespace dense3d {
+namespace {
+
+// Open addressing with linear probing over a power-of-two table of int64 keys (-1 = empty),
+// Fibonacci hashing of the key. Load factor <= 1/2, so probes stay short.
+class SiteHash {
+ public:
+  explicit SiteHash(int64_t n) {
+    int64_t cap = 16;
+    shift_ = 60;
+    while (cap < 2 * n) {
+      cap <<= 1;
+      --shift_;
+    }
+    mask_ = static_cast<uint64_t>(cap - 1);
+    keys_.assign(cap, -1);
+    vals_.assign(cap, -1);
+  }
+  // Inserts key -> val; returns false (and keeps the old value) when the key is already present.
+  bool insert(int64_t key, int32_t val) {
+    uint64_t s = slot(key);
+    while (true) {
+      if (keys_[s] == -1) {
+        keys_[s] = key;
+        vals_[s] = val;
+        return true;
+      }
+      if (keys_[s] == key) return false;
+      s = (s + 1) & mask_;
+    }
+  }
+  int32_t find(int64_t key) const {
+    uint64_t s = slot(key);
+    while (true) {
+      const int64_t k = keys_[s];
+      if (k == key) return vals_[s];
+      if (k == -1) return -1;
+      s = (s + 1) & mask_;
+    }
+  }
+  const std::vector<int64_t>& keys() const { return keys_; }
+
+ private:
+  uint64_t slot(int64_t key) const { return (static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ULL) >> shift_; }
+  std::vector<int64_t> keys_;
+  std::vector<int32_t> vals_;
+  uint64_t mask_;
+  int shift_;
+};
+
+}  // namespace
+
+std::vector<at::Tensor> kernel_map_cpu(const at::Tensor& indices, const ConvGeometry& g, bool subm) {
+  const int64_t n_in = indices.size(0);
+  const int32_t* ind = indices.data_ptr<int32_t>();
+  const int64_t D = g.in_shape[0], H = g.in_shape[1], W = g.in_shape[2];
+  const int64_t OD = g.out_shape[0], OH = g.out_shape[1], OW = g.out_shape[2];
+  const int64_t K = g.num_offsets();
+
+  // 1. Hash of the input sites: key -> row (duplicates counted, first row kept).
+  SiteHash in_hash(n_in);
+  int64_t n_dup = 0;
+  for (int64_t i = 0; i < n_in; ++i) {
+    const int32_t* c = ind + 4 * i;
+    const int64_t key = ((c[0] * D + c[1]) * H + c[2]) * W + c[3];
+    if (!in_hash.insert(key, static_cast<int32_t>(i))) ++n_dup;
+  }
+
+  // 2. Output sites: the inputs themselves (submanifold), or every site some input reaches
+  //    through some offset, deduplicated in a hash set and sorted by key.
+  at::Tensor out_indices;
+  if (subm) {
+    out_indices = indices;
+  } else {
+    SiteHash out_set(n_in * 4);  // grows if needed below
+    std::vector<int64_t> out_keys;
+    out_keys.reserve(n_in * 2);
+    // per axis: the (k, o) pairs with i = o * s - p + k * d, 0 <= o < out
+    for (int64_t i = 0; i < n_in; ++i) {
+      const int32_t* c = ind + 4 * i;
+      int64_t os[3][64];
+      int64_t cnt[3] = {0, 0, 0};
+      for (int a = 0; a < 3; ++a) {
+        for (int64_t k = 0; k < g.kernel[a] && cnt[a] < 64; ++k) {
+          const int64_t num = c[1 + a] + g.padding[a] - k * g.dilation[a];
+          if (num < 0 || num % g.stride[a] != 0) continue;
+          const int64_t o = num / g.stride[a];
+          if (o < g.out_shape[a]) os[a][cnt[a]++] = o;
+        }
+      }
+      for (int64_t a0 = 0; a0 < cnt[0]; ++a0)
+        for (int64_t a1 = 0; a1 < cnt[1]; ++a1)
+          for (int64_t a2 = 0; a2 < cnt[2]; ++a2) {
+            const int64_t key = ((c[0] * OD + os[0][a0]) * OH + os[1][a1]) * OW + os[2][a2];
+            if (static_cast<int64_t>(out_keys.size()) * 2 + 2 > static_cast<int64_t>(out_set.keys().size())) {
+              SiteHash bigger(out_set.keys().size());  // 4x capacity: rehash what is there
+              for (int64_t key2 : out_keys) bigger.insert(key2, 0);
+              out_set = std::move(bigger);
+            }
+            if (out_set.insert(key, 0)) out_keys.push_back(key);
+          }
+    }
+    std::sort(out_keys.begin(), out_keys.end());
+    const int64_t m = static_cast<int64_t>(out_keys.size());
+    out_indices = at::empty({m, 4}, indices.options());
+    int32_t* oi = out_indices.data_ptr<int32_t>();
+    const int64_t vol = OD * OH * OW;
+    at::parallel_for(0, m, 4096, [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j) {
+        int64_t key = out_keys[j];
+        oi[4 * j + 0] = static_cast<int32_t>(key / vol);
+        key %= vol;
+        oi[4 * j + 1] = static_cast<int32_t>(key / (OH * OW));
+        key %= OH * OW;
+        oi[4 * j + 2] = static_cast<int32_t>(key / OW);
+        oi[4 * j + 3] = static_cast<int32_t>(key % OW);
+      }
+    });
+  }
+  const int64_t n_out = out_indices.size(0);
+  const int32_t* oind = out_indices.data_ptr<int32_t>();
+
+  // 3. Neighbour table nbr[k][o] = input row at o * s - p + k * d, or -1.
+  std::vector<int32_t> nbr(static_cast<size_t>(K * n_out));
+  at::parallel_for(0, n_out, 1024, [&](int64_t b, int64_t e) {
+    for (int64_t o = b; o < e; ++o) {
+      const int32_t* c = oind + 4 * o;
+      int64_t k = 0;
+      for (int64_t kz = 0; kz < g.kernel[0]; ++kz) {
+        const int64_t z = c[1] * g.stride[0] - g.padding[0] + kz * g.dilation[0];
+        for (int64_t ky = 0; ky < g.kernel[1]; ++ky) {
+          const int64_t y = c[2] * g.stride[1] - g.padding[1] + ky * g.dilation[1];
+          for (int64_t kx = 0; kx < g.kernel[2]; ++kx, ++k) {
+            const int64_t x = c[3] * g.stride[2] - g.padding[2] + kx * g.dilation[2];
+            int32_t v = -1;
+            if (z >= 0 && z < D && y >= 0 && y < H && x >= 0 && x < W) v = in_hash.find(((c[0] * D + z) * H + y) * W + x);
+            nbr[k * n_out + o] = v;
+          }
+        }
+      }
+    }
+  });
+
+  // 4. Pair lists grouped by offset (counts, prefix sums, fill; parallel over offsets).
+  at::Tensor offsets = at::zeros({K + 1}, at::kLong);
+  int64_t* off = offsets.data_ptr<int64_t>();
+  at::parallel_for(0, K, 1, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      int64_t n = 0;
+      const int32_t* row = nbr.data() + k * n_out;
+      for (int64_t o = 0; o < n_out; ++o) n += row[o] >= 0;
+      off[k + 1] = n;
+    }
+  });
+  for (int64_t k = 0; k < K; ++k) off[k + 1] += off[k];
+  at::Tensor in_idx = at::empty({off[K]}, indices.options());
+  at::Tensor out_idx = at::empty({off[K]}, indices.options());
+  int32_t* pin = in_idx.data_ptr<int32_t>();
+  int32_t* pout = out_idx.data_ptr<int32_t>();
+  at::parallel_for(0, K, 1, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      int64_t p = off[k];
+      const int32_t* row = nbr.data() + k * n_out;
+      for (int64_t o = 0; o < n_out; ++o) {
+        if (row[o] >= 0) {
+          pin[p] = row[o];
+          pout[p] = static_cast<int32_t>(o);
+          ++p;
+        }
+      }
+    }
+  });
+  at::Tensor dup = at::full({1}, n_dup, at::kLong);
+  return {out_indices, in_idx, out_idx, offsets, dup};
+}
+
+void gather_rows_cpu(const at::Tensor& src, const at::Tensor& idx, int64_t begin, int64_t n, at::Tensor& dst) {
+  const int64_t c = src.size(1);
+  const int32_t* ix = idx.data_ptr<int32_t>() + begin;
+  const int64_t bytes = c * static_cast<int64_t>(src.element_size());
+  const char* s = static_cast<const char*>(src.data_ptr());
+  char* d = static_cast<char*>(dst.data_ptr());
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (n * c > 16384)
+  for (int64_t j = 0; j < n; ++j) std::memcpy(d + j * bytes, s + ix[j] * bytes, bytes);
+}
+
+template <typename scalar_t>
+void scatter_add_rows_impl(const scalar_t* s, const int32_t* ix, int64_t n, int64_t c, scalar_t* d) {
+  // Rows of one offset never repeat an index, so each destination row has one writer.
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (n * c > 16384)
+  for (int64_t j = 0; j < n; ++j) {
+    scalar_t* drow = d + static_cast<int64_t>(ix[j]) * c;
+    const scalar_t* srow = s + j * c;
+#pragma omp simd
+    for (int64_t q = 0; q < c; ++q) drow[q] += srow[q];
+  }
+}
+
+void scatter_add_rows_cpu(const at::Tensor& src, const at::Tensor& idx, int64_t begin, int64_t n, at::Tensor& dst) {
+  const int32_t* ix = idx.data_ptr<int32_t>() + begin;
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "scatter_add_rows_cpu", [&] {
+    scatter_add_rows_impl<scalar_t>(src.data_ptr<scalar_t>(), ix, n, src.size(1), dst.data_ptr<scalar_t>());
+  });
+}
+
+}  // namespace dense3d
