@@ -60,7 +60,8 @@ class BoxDetector(nn.Module):
         max_regions: proposals kept per sample.
 
     ``forward(batch) -> BoxDetectorOutput``; ``loss(output, batch) -> {"heatmap", "regression",
-    "total"}`` with targets from ``batch.samples[b].boxes`` (labels index ``box_head.class_names``).
+    "total"}`` with targets from ``batch.samples[b].boxes`` (classes matched to
+    ``box_head.class_names`` by name; classes the head lacks are ignored).
     """
 
     def __init__(
@@ -120,7 +121,10 @@ class BoxDetector(nn.Module):
         for i, s in enumerate(batch.samples):
             if s.boxes is None:
                 raise AnnotationError(s.sample_id, f"samples[{i}].boxes", "box annotations to train the box head")
+            # data set labels -> the head's classes by name (classes the head lacks: -1, ignored)
+            names = self.box_head.class_names
+            lut = torch.tensor([names.index(n) if n in names else -1 for n in s.boxes.class_names], dtype=torch.long)
             boxes.append(s.boxes.boxes.tensor.to(output.bev.device))
-            labels.append(s.boxes.labels.to(output.bev.device))
+            labels.append(lut[s.boxes.labels.long().cpu()].to(output.bev.device))
         targets = self.box_head.targets(boxes, labels)
         return self.loss_fn(output.predictions, targets)
