@@ -79,9 +79,9 @@ def test_pre_and_post_max(backend):
 
 
 @pytest.mark.skipif(not HAS_EXT, reason="dense3d._C (with nms_bev) not built")
-def test_ext_equals_torch_on_1000_boxes():
-    boxes, scores, labels = clustered_boxes(1000, 2)
-    for thr in (0.05, 0.3, 0.7):
+def test_ext_equals_torch_on_500_boxes():
+    boxes, scores, labels = clustered_boxes(500, 2)
+    for thr in (0.05, 0.5):
         assert torch.equal(nms_bev(boxes, scores, thr, backend="ext"), nms_bev(boxes, scores, thr, backend="torch"))
         assert torch.equal(
             batched_nms_bev(boxes, scores, labels, thr, backend="ext"), batched_nms_bev(boxes, scores, labels, thr, backend="torch")

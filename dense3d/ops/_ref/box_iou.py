@@ -42,8 +42,11 @@ def _clip(poly: torch.Tensor, n: torch.Tensor, a: torch.Tensor, b: torch.Tensor)
     inter = poly + t * (nxt - poly)  # (K, W, 2)
     cand = torch.stack([poly, inter], 2).reshape(k, 2 * w, 2)  # (K, W, 2, 2) -> (K, 2W, 2)
     keep = torch.stack([valid & in_cur, crossing], 2).reshape(k, 2 * w)  # (K, 2W)
-    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :w]  # kept first, in order
-    return cand.gather(1, order[..., None].expand(k, w, 2)), keep.sum(1).clamp(max=w)
+    # compact the kept candidates to the front, in order; the ones past W (never for convex
+    # input) and the dropped ones land in a spare column W that is cut off
+    slot = torch.where(keep, keep.long().cumsum(1) - 1, w).clamp(max=w)  # (K, 2W)
+    out = poly.new_zeros(k, w + 1, 2).scatter_(1, slot[..., None].expand(k, 2 * w, 2), cand)
+    return out[:, :w], keep.sum(1).clamp(max=w)
 
 
 def _area(poly: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
@@ -74,12 +77,14 @@ def boxes_iou_rotated(a: torch.Tensor, b: torch.Tensor, mode: str = "bev") -> to
     if n == 0 or m == 0:
         return out
     ca, cb = bev_corners(a), bev_corners(b)  # (N, 4, 2), (M, 4, 2)
-    rows = max(1, _CHUNK // m)
-    for r0 in range(0, n, rows):
-        r1 = min(n, r0 + rows)
-        pa = ca[r0:r1, None].expand(r1 - r0, m, 4, 2).reshape(-1, 4, 2)  # (R*M, 4, 2)
-        pb = cb[None].expand(r1 - r0, m, 4, 2).reshape(-1, 4, 2)
-        out[r0:r1] = bev_intersection_pairs(pa, pb).reshape(r1 - r0, m)
+    # only pairs whose corner circles meet can intersect (the C++ kernel skips the others too)
+    ra, rb = 0.5 * a[:, 3:5].norm(dim=1), 0.5 * b[:, 3:5].norm(dim=1)  # (N,), (M,)
+    reach = (ra[:, None] + rb[None, :]) * (1 + 1e-9) + 1e-12  # (N, M)
+    near = (a[:, None, 0:2] - b[None, :, 0:2]).square().sum(-1) <= reach.square()  # (N, M)
+    ii, jj = near.nonzero(as_tuple=True)
+    for p0 in range(0, ii.shape[0], _CHUNK):
+        i, j = ii[p0 : p0 + _CHUNK], jj[p0 : p0 + _CHUNK]
+        out[i, j] = bev_intersection_pairs(ca[i], cb[j])
     if mode == "bev":
         area_a, area_b = a[:, 3] * a[:, 4], b[:, 3] * b[:, 4]
         inter = out
