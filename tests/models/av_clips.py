@@ -38,11 +38,11 @@ def tone_burst_clip(azimuth: float, t0: float, t1: float, duration: float = 2.0,
     return wave.clamp(-1, 1), video, ts
 
 
-def av_batch(specs, duration: float = 2.0, with_video: bool = True, size: int = 64) -> Batch:
+def av_batch(specs, duration: float = 2.0, with_video: bool = True, size: int = 64, frames: int = 8) -> Batch:
     """Batch of clips from ``specs`` = [(azimuth, t0, t1, label), ...] (one event each)."""
     samples, waves, videos, stamps = [], [], [], []
     for i, (az, t0, t1, label) in enumerate(specs):
-        wave, video, ts = tone_burst_clip(az, t0, t1, duration, seed=i, size=size)
+        wave, video, ts = tone_burst_clip(az, t0, t1, duration, seed=i, size=size, frames=frames)
         ev = EventAnnotations(Events(torch.tensor([[t0, t1]])), torch.tensor([label]), ("tone", "other"), azimuth=torch.tensor([az]))
         samples.append(Sample(f"clip{i}", audio=AudioClip(wave, SR, MICS.clone()), video=VideoFrames(video, ts), events=ev))
         waves.append(wave)

@@ -28,7 +28,7 @@ class BoxDetectorOutput:
     sensor_maps: dict[str, torch.Tensor | None]
     predictions: CenterPredictions
     detections: list[Detections]
-    regions: RegionFeatures
+    regions: RegionFeatures | None
 
 
 def pad_detections(detections: list[Detections], max_regions: int, box_dim: int) -> tuple[torch.Tensor, ...]:
@@ -107,10 +107,14 @@ class BoxDetector(nn.Module):
         boxes, scores, labels, mask = pad_detections(detections, self.max_regions, self.box_head.box_dim)
         return self.region_sampler(bev, boxes, scores, labels, mask)
 
-    def forward(self, batch) -> BoxDetectorOutput:
+    def forward(self, batch, decode: bool = True) -> BoxDetectorOutput:
+        """``decode=False`` skips decoding, NMS and region features (``detections`` = [] and
+        ``regions`` = None): all the loss needs, for training steps that do not caption."""
         maps = self.sensor_maps(batch)
         bev = self.fuse(maps)
         predictions = self.box_head(bev)
+        if not decode:
+            return BoxDetectorOutput(bev, maps, predictions, [], None)
         detections = self.box_head.decode(predictions)
         return BoxDetectorOutput(bev, maps, predictions, detections, self.regions(bev, detections))
 
