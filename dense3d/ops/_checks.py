@@ -2,12 +2,20 @@
 :class:`dense3d.errors.OpInputError` naming the op, the argument and what was expected."""
 from __future__ import annotations
 
-
 import torch
 
 from dense3d.errors import OpInputError
 
-__all__ = ["check_boxes", "check_points", "check_scores", "check_labels", "as_float_list"]
+__all__ = [
+    "check_boxes",
+    "check_points",
+    "check_scores",
+    "check_labels",
+    "as_float_list",
+    "check_iou_pair",
+    "check_threshold",
+    "check_positive_int",
+]
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
 
@@ -107,5 +115,3 @@ def check_positive_int(op: str, name: str, value: object, allow_none: bool = Fal
         raise OpInputError(op, name, "a positive int" + (" or None" if allow_none else ""), got=repr(value))
     return value
 
-
-__all__ += ["check_iou_pair", "check_threshold", "check_positive_int"]

@@ -195,3 +195,20 @@ def test_bad_input_raises_one_line_errors():
             fn()
         msg = str(e.value)
         assert field in msg and text in msg and "\n" not in msg, msg
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["ext", "torch"])
+def test_cuda_equals_cpu(backend):
+    a, b = random_boxes(300, 5), random_boxes(200, 6)
+    da, db = degenerate_pairs()
+    a, b = torch.cat([a, da]), torch.cat([b, db])
+    for fn in (boxes_iou_bev, boxes_iou_3d):
+        torch.testing.assert_close(fn(a.cuda(), b.cuda(), backend=backend).cpu(), fn(a, b, backend="torch"), rtol=0, atol=1e-9)
+    pts = torch.randn(20000, 3) * 4
+    boxes = random_boxes(30, 7).float()
+    got = points_in_boxes(pts.cuda(), boxes.cuda(), backend=backend)
+    assert torch.equal(got, points_in_boxes(pts.cuda(), boxes.cuda(), backend="torch"))
+    assert (got.cpu() != points_in_boxes(pts, boxes, backend="torch")).sum() <= 2  # cos/sin may differ by an ulp
+    first = points_in_boxes_first(pts.cuda(), boxes.cuda(), backend=backend)
+    assert torch.equal(first, points_in_boxes_first(pts.cuda(), boxes.cuda(), backend="torch"))

@@ -116,3 +116,16 @@ def test_bad_input_raises_one_line_errors():
             fn()
         msg = str(e.value)
         assert field in msg and text in msg and "\n" not in msg, msg
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["ext", "torch"])
+def test_cuda_equals_cpu(backend):
+    boxes, scores, labels = clustered_boxes(1500, 3)  # > 64: several mask tiles
+    for thr in (0.05, 0.5):
+        expected = nms_bev(boxes, scores, thr, backend="torch")
+        got = nms_bev(boxes.cuda(), scores.cuda(), thr, backend=backend)
+        assert got.is_cuda and torch.equal(got.cpu(), expected)
+        expected = batched_nms_bev(boxes, scores, labels, thr, backend="torch")
+        got = batched_nms_bev(boxes.cuda(), scores.cuda(), labels.cuda(), thr, backend=backend)
+        assert torch.equal(got.cpu(), expected)

@@ -127,3 +127,21 @@ def test_bad_input_raises_one_line_errors():
             fn()
         assert text in str(e.value) and "\n" not in str(e.value), str(e.value)
     assert voxel_grid_size([0.075, 0.075, 0.2], [-54, -54, -5, 54, 54, 3]) == [1440, 1440, 40]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["ext", "torch"])
+def test_cuda_equals_cpu(samples, backend):
+    path = next(samples.glob("nuscenes/*LIDAR_TOP*.pcd.bin"))
+    pts = torch.from_numpy(np.fromfile(path, dtype=np.float32).reshape(-1, 5))
+    args = ([0.075, 0.075, 0.2], [-54.0, -54.0, -5.0, 54.0, 54.0, 3.0])
+    cpu = voxelize(pts, *args, "hard", 10, 12000, backend="torch")
+    gpu = voxelize(pts.cuda(), *args, "hard", 10, 12000, backend=backend)
+    for a, b in zip(cpu, gpu):
+        assert b.is_cuda and torch.equal(a, b.cpu())
+    fc, cc, pc = voxelize(pts, *args, "dynamic", backend="torch")
+    fg, cg, pg = voxelize(pts.cuda(), *args, "dynamic", backend=backend)
+    assert torch.equal(cc, cg.cpu()) and torch.equal(pc, pg.cpu())
+    torch.testing.assert_close(fc, fg.cpu())
+    empty = voxelize(pts[:0].cuda(), *args, "dynamic", backend=backend)
+    assert empty[0].shape == (0, 5) and empty[1].shape == (0, 3)

@@ -23,7 +23,7 @@ std::vector<geom::Pt> corners_of(const T* boxes, int64_t n) {
 template <typename T>
 void box_iou_impl(const T* pa, const T* pb, int64_t n, int64_t m, int mode, double* po) {
   const std::vector<geom::Pt> ca = corners_of(pa, n), cb = corners_of(pb, m);
-#pragma omp parallel for schedule(static) if (n * m > 4096)
+#pragma omp parallel for schedule(static) if (n * m > (1 << 14))
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = 0; j < m; ++j) {
       po[i * m + j] = geom::box_iou(pa + 7 * i, pb + 7 * j, ca.data() + 4 * i, cb.data() + 4 * j, mode);

@@ -17,7 +17,7 @@ std::vector<int64_t> nms_impl(const T* pb, const int64_t* pl, int64_t k, double 
   // kernel does); a parallel region per kept box instead would pay a barrier each time
   const int64_t words = (k + 63) / 64;
   std::vector<uint64_t> mask(size_t(k) * words, 0);
-#pragma omp parallel for schedule(dynamic, 16) if (k > 256)
+#pragma omp parallel for schedule(dynamic, 16) if (k > 512)
   for (int64_t i = 0; i < k; ++i) {
     uint64_t* row = mask.data() + i * words;
     for (int64_t j = i + 1; j < k; ++j) {

@@ -19,7 +19,7 @@ inline bool inside(const T* p, const T* box, T c, T s) {
 
 template <typename T>
 void first_impl(const T* pp, const T* pb, const T* pcs, int64_t p, int64_t n, int64_t* po) {
-#pragma omp parallel for schedule(static) if (p * n > 16384)
+#pragma omp parallel for schedule(static) if (p * n > (1 << 16))
   for (int64_t i = 0; i < p; ++i) {
     for (int64_t j = 0; j < n; ++j) {
       if (inside(pp + 3 * i, pb + 7 * j, pcs[2 * j], pcs[2 * j + 1])) {
@@ -32,7 +32,7 @@ void first_impl(const T* pp, const T* pb, const T* pcs, int64_t p, int64_t n, in
 
 template <typename T>
 void mask_impl(const T* pp, const T* pb, const T* pcs, int64_t p, int64_t n, bool* po) {
-#pragma omp parallel for schedule(static) if (p * n > 16384)
+#pragma omp parallel for schedule(static) if (p * n > (1 << 16))
   for (int64_t i = 0; i < p; ++i) {
     for (int64_t j = 0; j < n; ++j) po[i * n + j] = inside(pp + 3 * i, pb + 7 * j, pcs[2 * j], pcs[2 * j + 1]);
   }

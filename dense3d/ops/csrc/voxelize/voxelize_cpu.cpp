@@ -15,7 +15,7 @@ std::vector<int64_t> linear_indices(const T* pts, int64_t n, int64_t d, const st
   const T vx = T(vs[0]), vy = T(vs[1]), vz = T(vs[2]);
   const T lx = T(lo[0]), ly = T(lo[1]), lz = T(lo[2]);
   const T gx = T(grid[0]), gy = T(grid[1]), gz = T(grid[2]);
-#pragma omp parallel for schedule(static) if (n > 8192)
+#pragma omp parallel for schedule(static) if (n > (1 << 18))  // below this a parallel region costs more than it saves
   for (int64_t i = 0; i < n; ++i) {
     const T* p = pts + i * d;
     const T cx = std::floor((p[0] - lx) / vx), cy = std::floor((p[1] - ly) / vy), cz = std::floor((p[2] - lz) / vz);
@@ -58,7 +58,7 @@ class VoxelTable {
 template <typename T>
 void scatter_points(const T* pp, int64_t n, int64_t d, const std::vector<int64_t>& vid, const std::vector<int64_t>& slot, int64_t max_points,
                     T* pv) {
-#pragma omp parallel for schedule(static) if (n > 8192)
+#pragma omp parallel for schedule(static) if (n > (1 << 18))  // below this a parallel region costs more than it saves
   for (int64_t i = 0; i < n; ++i) {
     if (vid[i] >= 0) std::memcpy(pv + (vid[i] * max_points + slot[i]) * d, pp + i * d, sizeof(T) * d);
   }
