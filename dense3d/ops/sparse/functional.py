@@ -19,25 +19,30 @@ class SparseConvFunction(torch.autograd.Function):
     """Autograd wrapper of ``dense3d._C.sparse_conv_forward`` / ``sparse_conv_backward``."""
 
     @staticmethod
-    def forward(ctx, features, weight, bias, in_idx, out_idx, offsets, n_out: int, identity_k: int):
-        out = ext().sparse_conv_forward(features, weight, bias, in_idx, out_idx, offsets, n_out, identity_k)
-        ctx.save_for_backward(features, weight, in_idx, out_idx, offsets)
-        ctx.identity_k = identity_k
+    def forward(ctx, features, weight, bias, kmap: KernelMap):
+        out = ext().sparse_conv_forward(
+            features, weight, bias, kmap.in_idx, kmap.out_idx, kmap.offsets, kmap.out_rowptr, kmap.out_perm,
+            kmap.num_out, kmap.identity_k,
+        )
+        ctx.save_for_backward(features, weight)
+        ctx.kmap = kmap
         ctx.has_bias = bias is not None
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        features, weight, in_idx, out_idx, offsets = ctx.saved_tensors
+        features, weight = ctx.saved_tensors
+        km = ctx.kmap
         need_f, need_w, need_b = ctx.needs_input_grad[:3]
         grad_f = grad_w = grad_b = None
         if need_f or need_w:
             grad_f, grad_w = ext().sparse_conv_backward(
-                grad_out, features, weight, in_idx, out_idx, offsets, ctx.identity_k, need_f, need_w
+                grad_out, features, weight, km.in_idx, km.out_idx, km.offsets, km.in_rowptr, km.in_perm,
+                km.identity_k, need_f, need_w,
             )
         if ctx.has_bias and need_b:
             grad_b = grad_out.sum(0)
-        return grad_f, grad_w, grad_b, None, None, None, None, None
+        return grad_f, grad_w, grad_b, None
 
 
 def sparse_conv(
@@ -56,7 +61,5 @@ def sparse_conv(
         kmap: the rulebook (``build_kernel_map``; ``.inverse()`` for a transposed conv).
     """
     if resolve_backend(backend, "sparse_conv_forward", features) == "ext":
-        return SparseConvFunction.apply(
-            features, weight, bias, kmap.in_idx, kmap.out_idx, kmap.offsets, kmap.num_out, kmap.identity_k
-        )
+        return SparseConvFunction.apply(features, weight, bias, kmap)
     return sparse_conv_ref(features, weight, bias, kmap.in_idx, kmap.out_idx, kmap.offsets, kmap.num_out)

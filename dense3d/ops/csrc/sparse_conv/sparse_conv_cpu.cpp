@@ -13,13 +13,13 @@ namespace dense3d {
 namespace {
 
 // Open addressing with linear probing over a power-of-two table of int64 keys (-1 = empty),
-// Fibonacci hashing of the key. Load factor <= 1/2, so probes stay short.
+// Fibonacci hashing of the key.
 class SiteHash {
  public:
   explicit SiteHash(int64_t n) {
     int64_t cap = 16;
     shift_ = 60;
-    while (cap < 2 * n) {
+    while (cap < 4 * n) {  // load <= 1/4: a miss (most lookups) probes ~1.4 slots
       cap <<= 1;
       --shift_;
     }
@@ -83,7 +83,7 @@ std::vector<at::Tensor> kernel_map_cpu(const at::Tensor& indices, const ConvGeom
   if (subm) {
     out_indices = indices;
   } else {
-    SiteHash out_set(n_in * 4);  // grows if needed below
+    SiteHash out_set(n_in);  // grows if needed below
     std::vector<int64_t> out_keys;
     out_keys.reserve(n_in * 2);
     // per axis: the (k, o) pairs with i = o * s - p + k * d, 0 <= o < out
@@ -130,87 +130,135 @@ std::vector<at::Tensor> kernel_map_cpu(const at::Tensor& indices, const ConvGeom
   }
   const int64_t n_out = out_indices.size(0);
   const int32_t* oind = out_indices.data_ptr<int32_t>();
+  const int64_t identity_k = (subm && n_dup == 0) ? K / 2 : -1;
 
-  // 3. Neighbour table nbr[k][o] = input row at o * s - p + k * d, or -1.
+  // 3. Neighbour table nbr[k][o] = input row at o * s - p + k * d, or -1; hits counted per offset.
   std::vector<int32_t> nbr(static_cast<size_t>(K * n_out));
-  at::parallel_for(0, n_out, 1024, [&](int64_t b, int64_t e) {
-    for (int64_t o = b; o < e; ++o) {
+  std::vector<int64_t> counts(K, 0);
+  const bool par_out = n_out > 4096;
+#pragma omp parallel num_threads(at::get_num_threads()) if (par_out)
+  {
+    std::vector<int64_t> local(K, 0);
+#pragma omp for schedule(static)
+    for (int64_t o = 0; o < n_out; ++o) {
       const int32_t* c = oind + 4 * o;
       int64_t k = 0;
       for (int64_t kz = 0; kz < g.kernel[0]; ++kz) {
         const int64_t z = c[1] * g.stride[0] - g.padding[0] + kz * g.dilation[0];
+        const bool zin = z >= 0 && z < D;
         for (int64_t ky = 0; ky < g.kernel[1]; ++ky) {
           const int64_t y = c[2] * g.stride[1] - g.padding[1] + ky * g.dilation[1];
+          const bool yin = zin && y >= 0 && y < H;
+          const int64_t base = ((c[0] * D + z) * H + y) * W;
           for (int64_t kx = 0; kx < g.kernel[2]; ++kx, ++k) {
             const int64_t x = c[3] * g.stride[2] - g.padding[2] + kx * g.dilation[2];
             int32_t v = -1;
-            if (z >= 0 && z < D && y >= 0 && y < H && x >= 0 && x < W) v = in_hash.find(((c[0] * D + z) * H + y) * W + x);
+            if (k == identity_k) {
+              v = static_cast<int32_t>(o);
+            } else if (yin && x >= 0 && x < W) {
+              v = in_hash.find(base + x);
+            }
             nbr[k * n_out + o] = v;
+            local[k] += v >= 0;
           }
         }
       }
     }
-  });
+#pragma omp critical
+    for (int64_t k = 0; k < K; ++k) counts[k] += local[k];
+  }
 
-  // 4. Pair lists grouped by offset (counts, prefix sums, fill; parallel over offsets).
+  // 4. Pair lists grouped by offset, outputs ascending within an offset.
   at::Tensor offsets = at::zeros({K + 1}, at::kLong);
   int64_t* off = offsets.data_ptr<int64_t>();
-  at::parallel_for(0, K, 1, [&](int64_t b, int64_t e) {
-    for (int64_t k = b; k < e; ++k) {
-      int64_t n = 0;
-      const int32_t* row = nbr.data() + k * n_out;
-      for (int64_t o = 0; o < n_out; ++o) n += row[o] >= 0;
-      off[k + 1] = n;
-    }
-  });
-  for (int64_t k = 0; k < K; ++k) off[k + 1] += off[k];
-  at::Tensor in_idx = at::empty({off[K]}, indices.options());
-  at::Tensor out_idx = at::empty({off[K]}, indices.options());
+  for (int64_t k = 0; k < K; ++k) off[k + 1] = off[k] + counts[k];
+  const int64_t P = off[K];
+  at::Tensor in_idx = at::empty({P}, indices.options());
+  at::Tensor out_idx = at::empty({P}, indices.options());
   int32_t* pin = in_idx.data_ptr<int32_t>();
   int32_t* pout = out_idx.data_ptr<int32_t>();
-  at::parallel_for(0, K, 1, [&](int64_t b, int64_t e) {
-    for (int64_t k = b; k < e; ++k) {
-      int64_t p = off[k];
-      const int32_t* row = nbr.data() + k * n_out;
-      for (int64_t o = 0; o < n_out; ++o) {
-        if (row[o] >= 0) {
-          pin[p] = row[o];
-          pout[p] = static_cast<int32_t>(o);
-          ++p;
-        }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if (par_out)
+  for (int64_t k = 0; k < K; ++k) {
+    int64_t p = off[k];
+    const int32_t* row = nbr.data() + k * n_out;
+    for (int64_t o = 0; o < n_out; ++o) {
+      if (row[o] >= 0) {
+        pin[p] = row[o];
+        pout[p] = static_cast<int32_t>(o);
+        ++p;
       }
     }
-  });
-  at::Tensor dup = at::full({1}, n_dup, at::kLong);
-  return {out_indices, in_idx, out_idx, offsets, dup};
+  }
+
+  // 5. Row-wise views of the pairs (counting sort by output row and by input row; stable, so
+  //    each row lists its pairs by ascending offset). The identity offset's pairs are left out.
+  const int64_t skip_b = identity_k >= 0 ? off[identity_k] : 0, skip_e = identity_k >= 0 ? off[identity_k + 1] : 0;
+  auto csr = [&](const int32_t* rows, int64_t n_rows) {
+    at::Tensor rowptr = at::zeros({n_rows + 1}, indices.options());
+    int32_t* rp = rowptr.data_ptr<int32_t>();
+    for (int64_t p = 0; p < P; ++p) {
+      if (p >= skip_b && p < skip_e) continue;
+      ++rp[rows[p] + 1];
+    }
+    for (int64_t r = 0; r < n_rows; ++r) rp[r + 1] += rp[r];
+    at::Tensor perm = at::empty({static_cast<int64_t>(rp[n_rows])}, indices.options());
+    int32_t* pm = perm.data_ptr<int32_t>();
+    std::vector<int32_t> fill(rp, rp + n_rows);
+    for (int64_t p = 0; p < P; ++p) {
+      if (p >= skip_b && p < skip_e) continue;
+      pm[fill[rows[p]]++] = static_cast<int32_t>(p);
+    }
+    return std::make_pair(rowptr, perm);
+  };
+  auto out_csr = csr(pout, n_out);
+  auto in_csr = csr(pin, n_in);
+  at::Tensor stats = at::empty({2}, at::kLong);
+  stats[0] = n_dup;
+  stats[1] = identity_k;
+  return {out_indices, in_idx, out_idx, offsets, stats, out_csr.first, out_csr.second, in_csr.first, in_csr.second};
 }
 
-void gather_rows_cpu(const at::Tensor& src, const at::Tensor& idx, int64_t begin, int64_t n, at::Tensor& dst) {
-  const int64_t c = src.size(1);
-  const int32_t* ix = idx.data_ptr<int32_t>() + begin;
+void gather_rows_cpu(const at::Tensor& src, const at::Tensor& idx, int64_t skip_begin, int64_t skip_end, at::Tensor& dst) {
+  const int64_t n = idx.numel(), c = src.size(1);
+  const int32_t* ix = idx.data_ptr<int32_t>();
   const int64_t bytes = c * static_cast<int64_t>(src.element_size());
   const char* s = static_cast<const char*>(src.data_ptr());
   char* d = static_cast<char*>(dst.data_ptr());
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (n * c > 16384)
-  for (int64_t j = 0; j < n; ++j) std::memcpy(d + j * bytes, s + ix[j] * bytes, bytes);
-}
-
-template <typename scalar_t>
-void scatter_add_rows_impl(const scalar_t* s, const int32_t* ix, int64_t n, int64_t c, scalar_t* d) {
-  // Rows of one offset never repeat an index, so each destination row has one writer.
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (n * c > 16384)
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (n * c > 65536)
   for (int64_t j = 0; j < n; ++j) {
-    scalar_t* drow = d + static_cast<int64_t>(ix[j]) * c;
-    const scalar_t* srow = s + j * c;
-#pragma omp simd
-    for (int64_t q = 0; q < c; ++q) drow[q] += srow[q];
+    if (j >= skip_begin && j < skip_end) continue;
+    std::memcpy(d + j * bytes, s + static_cast<int64_t>(ix[j]) * bytes, bytes);
   }
 }
 
-void scatter_add_rows_cpu(const at::Tensor& src, const at::Tensor& idx, int64_t begin, int64_t n, at::Tensor& dst) {
-  const int32_t* ix = idx.data_ptr<int32_t>() + begin;
-  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "scatter_add_rows_cpu", [&] {
-    scatter_add_rows_impl<scalar_t>(src.data_ptr<scalar_t>(), ix, n, src.size(1), dst.data_ptr<scalar_t>());
+template <typename scalar_t>
+void scatter_rows_impl(const scalar_t* s, const int32_t* rowptr, const int32_t* perm, const scalar_t* bias,
+                       bool accumulate, int64_t n_rows, int64_t c, scalar_t* d) {
+  // One writer per destination row: no atomics, and a fixed summation order (deterministic).
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (n_rows * c > 65536)
+  for (int64_t r = 0; r < n_rows; ++r) {
+    scalar_t* drow = d + r * c;
+    if (!accumulate) {
+      for (int64_t q = 0; q < c; ++q) drow[q] = 0;
+    }
+    if (bias != nullptr) {
+#pragma omp simd
+      for (int64_t q = 0; q < c; ++q) drow[q] += bias[q];
+    }
+    for (int32_t e = rowptr[r]; e < rowptr[r + 1]; ++e) {
+      const scalar_t* srow = s + static_cast<int64_t>(perm[e]) * c;
+#pragma omp simd
+      for (int64_t q = 0; q < c; ++q) drow[q] += srow[q];
+    }
+  }
+}
+
+void scatter_rows_cpu(const at::Tensor& src, const at::Tensor& rowptr, const at::Tensor& perm,
+                      const c10::optional<at::Tensor>& bias, bool accumulate, at::Tensor& dst) {
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "scatter_rows_cpu", [&] {
+    const scalar_t* b = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
+    scatter_rows_impl<scalar_t>(src.data_ptr<scalar_t>(), rowptr.data_ptr<int32_t>(), perm.data_ptr<int32_t>(), b,
+                                accumulate, dst.size(0), dst.size(1), dst.data_ptr<scalar_t>());
   });
 }
 
