@@ -147,7 +147,7 @@ def test_ext_equals_torch_reference_on_real_sweep(samples):
         pd = kw.get("padding", 0)
         pd = (pd,) * 3 if isinstance(pd, int) else (0, 0, 0)
         maps = [build_kernel_map(idx, shape, ks, st, pd, (1, 1, 1), kw.get("subm", False), b) for b in BACKENDS]
-        for name in ["in_idx", "out_idx", "offsets", "out_indices", "out_rowptr", "out_perm", "in_rowptr", "in_perm"]:
+        for name in ["in_idx", "out_idx", "offsets", "out_indices", "out_rowptr", "out_perm", "in_rowptr", "in_perm", "out_order", "in_order"]:
             assert torch.equal(getattr(maps[0], name), getattr(maps[1], name)), name
         assert maps[0].identity_k == maps[1].identity_k
     outs = []

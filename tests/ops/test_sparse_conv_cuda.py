@@ -32,7 +32,7 @@ def test_cuda_kernel_map_equals_cpu(subm, kernel, stride, padding):
     args = (x.spatial_shape, (kernel,) * 3, (stride,) * 3, (padding,) * 3, (1, 1, 1), subm)
     cpu = build_kernel_map(x.indices, *args, backend="ext")
     gpu = build_kernel_map(x.indices.cuda(), *args, backend="ext")
-    for name in ["in_idx", "out_idx", "offsets", "out_indices", "out_rowptr", "out_perm", "in_rowptr", "in_perm"]:
+    for name in ["in_idx", "out_idx", "offsets", "out_indices", "out_rowptr", "out_perm", "in_rowptr", "in_perm", "out_order", "in_order"]:
         assert torch.equal(getattr(cpu, name), getattr(gpu, name).cpu()), name
 
 

@@ -28,7 +28,8 @@ def kernel_map_ref(indices, in_shape, out_shape, kernel, stride, padding, dilati
 
     Returns [out_indices (M, 4) int32, in_idx (P,) int32, out_idx (P,) int32, offsets (K+1,) int64
     on the CPU, stats [n_duplicates, identity_k] int64 on the CPU, out_rowptr (M+1,), out_perm,
-    in_rowptr (N+1,), in_perm] (the last four int32: pair positions per output / input row).
+    in_rowptr (N+1,), in_perm, out_order, in_order] (int32 pair positions per output / input row,
+    and each offset's pairs sorted by output / input row).
     """
     dev = indices.device
     idx = indices.long()
@@ -79,7 +80,14 @@ def kernel_map_ref(indices, in_shape, out_shape, kernel, stride, padding, dilati
         keep[int(offsets[kc]) : int(offsets[kc + 1])] = False
     out_rowptr, out_perm = _rows(out_idx, keep, m)
     in_rowptr, in_perm = _rows(in_idx, keep, n)
-    return [out_indices, in_idx, out_idx, offsets, torch.tensor([n_dup, identity_k]), out_rowptr, out_perm, in_rowptr, in_perm]
+    # each offset's pairs by output row (already so) and by input row
+    k_of = torch.repeat_interleave(torch.arange(koff.shape[0], device=dev), counts)
+    out_order = torch.arange(in_idx.shape[0], dtype=torch.int32, device=dev)
+    in_order = torch.argsort(k_of * max(n, 1) + in_idx.long(), stable=True).to(torch.int32)
+    return [
+        out_indices, in_idx, out_idx, offsets, torch.tensor([n_dup, identity_k]), out_rowptr, out_perm, in_rowptr, in_perm,
+        out_order, in_order,
+    ]
 
 
 def _rows(rows: torch.Tensor, keep: torch.Tensor, n_rows: int):

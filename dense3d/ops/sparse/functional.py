@@ -22,7 +22,7 @@ class SparseConvFunction(torch.autograd.Function):
     def forward(ctx, features, weight, bias, kmap: KernelMap):
         out = ext().sparse_conv_forward(
             features, weight, bias, kmap.in_idx, kmap.out_idx, kmap.offsets, kmap.out_rowptr, kmap.out_perm,
-            kmap.num_out, kmap.identity_k,
+            kmap.out_order, kmap.num_out, kmap.identity_k,
         )
         ctx.save_for_backward(features, weight)
         ctx.kmap = kmap
@@ -38,7 +38,7 @@ class SparseConvFunction(torch.autograd.Function):
         if need_f or need_w:
             grad_f, grad_w = ext().sparse_conv_backward(
                 grad_out, features, weight, km.in_idx, km.out_idx, km.offsets, km.in_rowptr, km.in_perm,
-                km.identity_k, need_f, need_w,
+                km.in_order, km.out_order, km.identity_k, need_f, need_w,
             )
         if ctx.has_bias and need_b:
             grad_b = grad_out.sum(0)

@@ -47,6 +47,8 @@ class KernelMap:
     out_perm: torch.Tensor  # int32 pair positions by output row (identity pairs left out)
     in_rowptr: torch.Tensor  # (N_in + 1,) int32, the same by input row (backward)
     in_perm: torch.Tensor
+    out_order: torch.Tensor  # (P,) int32: each offset's pair positions sorted by output row
+    in_order: torch.Tensor  # (P,) int32: ... sorted by input row
 
     @property
     def num_in(self) -> int:
@@ -65,7 +67,7 @@ class KernelMap:
         return replace(
             self, in_idx=self.out_idx, out_idx=self.in_idx, in_indices=self.out_indices, out_indices=self.in_indices,
             in_shape=self.out_shape, out_shape=self.in_shape, out_rowptr=self.in_rowptr, out_perm=self.in_perm,
-            in_rowptr=self.out_rowptr, in_perm=self.out_perm,
+            in_rowptr=self.out_rowptr, in_perm=self.out_perm, out_order=self.in_order, in_order=self.out_order,
         )
 
 
@@ -116,12 +118,12 @@ def build_kernel_map(
         res = ext().sparse_conv_kernel_map(*args)
     else:
         res = kernel_map_ref(*args)
-    out3, in_idx, out_idx, offsets, stats, out_rowptr, out_perm, in_rowptr, in_perm = res
+    out3, in_idx, out_idx, offsets, stats, out_rowptr, out_perm, in_rowptr, in_perm, out_order, in_order = res
     n_dup, identity = (int(v) for v in stats)
     if n_dup > 0:
         raise SparseTensorError("SparseTensor", "indices", "unique sites", got=f"{n_dup} duplicate rows")
     out_indices = indices if subm else (out3 if ndim == 3 else out3[:, [0, 2, 3]].contiguous())
     return KernelMap(
         in_idx, out_idx, offsets, indices, out_indices, tuple(spatial_shape), tuple(out_shape), ks, st, pd, dl, subm,
-        identity, out_rowptr, out_perm, in_rowptr, in_perm,
+        identity, out_rowptr, out_perm, in_rowptr, in_perm, out_order, in_order,
     )

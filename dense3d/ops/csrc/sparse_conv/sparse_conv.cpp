@@ -36,12 +36,12 @@ std::vector<int64_t> offsets_vector(const at::Tensor& offsets) {
   return std::vector<int64_t>(o.data_ptr<int64_t>(), o.data_ptr<int64_t>() + o.numel());
 }
 
+// Row gather / CSR scatter of the GPU path (sparse_conv_cuda.cu).
 void gather_rows(const at::Tensor& src, const at::Tensor& idx, int64_t skip_begin, int64_t skip_end, at::Tensor dst) {
 #ifdef WITH_CUDA
   if (src.is_cuda()) return gather_rows_cuda(src, idx, skip_begin, skip_end, dst);
 #endif
-  TORCH_CHECK(src.device().is_cpu(), "sparse_conv: CUDA tensors need dense3d._C built with CUDA");
-  gather_rows_cpu(src, idx, skip_begin, skip_end, dst);
+  TORCH_CHECK(false, "sparse_conv: CUDA tensors need dense3d._C built with CUDA");
 }
 
 void scatter_rows(const at::Tensor& src, const at::Tensor& rowptr, const at::Tensor& perm,
@@ -49,8 +49,7 @@ void scatter_rows(const at::Tensor& src, const at::Tensor& rowptr, const at::Ten
 #ifdef WITH_CUDA
   if (src.is_cuda()) return scatter_rows_cuda(src, rowptr, perm, bias, accumulate, dst);
 #endif
-  TORCH_CHECK(src.device().is_cpu(), "sparse_conv: CUDA tensors need dense3d._C built with CUDA");
-  scatter_rows_cpu(src, rowptr, perm, bias, accumulate, dst);
+  TORCH_CHECK(false, "sparse_conv: CUDA tensors need dense3d._C built with CUDA");
 }
 
 void check_pairs(const at::Tensor& features, std::initializer_list<const at::Tensor*> lists) {
@@ -81,11 +80,12 @@ std::vector<at::Tensor> sparse_conv_kernel_map(const at::Tensor& indices, std::v
 at::Tensor sparse_conv_forward(const at::Tensor& features_, const at::Tensor& weight_,
                                const c10::optional<at::Tensor>& bias_, const at::Tensor& in_idx,
                                const at::Tensor& out_idx, const at::Tensor& offsets, const at::Tensor& out_rowptr,
-                               const at::Tensor& out_perm, int64_t n_out, int64_t identity_k) {
+                               const at::Tensor& out_perm, const at::Tensor& out_order, int64_t n_out,
+                               int64_t identity_k) {
   TORCH_CHECK(features_.dim() == 2 && weight_.dim() == 3 && features_.size(1) == weight_.size(1),
               "sparse_conv_forward: features (N, C_in) and weight (K, C_in, C_out) do not fit");
   TORCH_CHECK(features_.scalar_type() == weight_.scalar_type(), "sparse_conv_forward: features and weight dtypes differ");
-  check_pairs(features_, {&in_idx, &out_idx, &out_rowptr, &out_perm});
+  check_pairs(features_, {&in_idx, &out_idx, &out_rowptr, &out_perm, &out_order});
   TORCH_CHECK(out_rowptr.numel() == n_out + 1, "sparse_conv_forward: out_rowptr must have n_out + 1 entries");
   const auto off = offsets_vector(offsets);
   const int64_t K = weight_.size(0), c_out = weight_.size(2);
@@ -99,6 +99,11 @@ at::Tensor sparse_conv_forward(const at::Tensor& features_, const at::Tensor& we
   const int64_t skip_b = identity_k >= 0 ? off[identity_k] : 0, skip_e = identity_k >= 0 ? off[identity_k + 1] : 0;
 
   at::Tensor out = at::empty({n_out, c_out}, features.options());
+  if (features.device().is_cpu()) {
+    conv_rows_cpu(features, weight, false, bias, in_idx, out_idx, out_order, off, identity_k, out);
+    return out;
+  }
+  // GPU: one gather of all pairs, a cuBLAS GEMM per offset, one CSR scatter over output rows.
   if (identity_k >= 0) at::mm_out(out, features, weight[identity_k]);  // pairs (r, r): a plain GEMM
   at::Tensor buf_in = at::empty({P, features.size(1)}, features.options());  // gathered input rows
   at::Tensor buf_out = at::empty({P, c_out}, features.options());           // their products
@@ -117,8 +122,9 @@ std::vector<at::Tensor> sparse_conv_backward(const at::Tensor& grad_out_, const 
                                              const at::Tensor& weight_, const at::Tensor& in_idx,
                                              const at::Tensor& out_idx, const at::Tensor& offsets,
                                              const at::Tensor& in_rowptr, const at::Tensor& in_perm,
+                                             const at::Tensor& in_order, const at::Tensor& out_order,
                                              int64_t identity_k, bool need_features, bool need_weight) {
-  check_pairs(features_, {&in_idx, &out_idx, &in_rowptr, &in_perm});
+  check_pairs(features_, {&in_idx, &out_idx, &in_rowptr, &in_perm, &in_order, &out_order});
   const auto off = offsets_vector(offsets);
   const int64_t K = weight_.size(0), c_in = weight_.size(1), c_out = weight_.size(2);
   TORCH_CHECK(in_rowptr.numel() == features_.size(0) + 1, "sparse_conv_backward: in_rowptr must have N + 1 entries");
@@ -129,6 +135,14 @@ std::vector<at::Tensor> sparse_conv_backward(const at::Tensor& grad_out_, const 
   const int64_t skip_b = identity_k >= 0 ? off[identity_k] : 0, skip_e = identity_k >= 0 ? off[identity_k + 1] : 0;
   at::Tensor grad_features, grad_weight;
   if (!need_features && !need_weight) return {grad_features, grad_weight};
+  if (features.device().is_cpu()) {
+    if (need_features) {
+      grad_features = at::empty_like(features);
+      conv_rows_cpu(grad_out, weight, true, c10::nullopt, out_idx, in_idx, in_order, off, identity_k, grad_features);
+    }
+    if (need_weight) grad_weight = weight_grad_cpu(features, grad_out, in_idx, out_idx, out_order, off, identity_k, K);
+    return {grad_features, grad_weight};
+  }
 
   at::Tensor buf_g = at::empty({P, c_out}, features.options());  // grad_out at each pair's output row
   at::Tensor buf_x = at::empty({P, c_in}, features.options());   // features, then grad, per pair

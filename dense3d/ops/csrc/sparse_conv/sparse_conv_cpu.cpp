@@ -1,6 +1,7 @@
 // CPU kernels of sparse convolution: an open-addressing hash of linear site keys for the
 // kernel map, and OpenMP row gather / scatter-add for the compute loop.
 #include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -212,54 +213,165 @@ std::vector<at::Tensor> kernel_map_cpu(const at::Tensor& indices, const ConvGeom
   };
   auto out_csr = csr(pout, n_out);
   auto in_csr = csr(pin, n_in);
+
+  // 6. Each offset's pairs sorted by output row (already so) and by input row (from the input
+  //    CSR, whose rows ascend: append each pair to its offset's bucket).
+  at::Tensor out_order = at::arange(P, indices.options());
+  at::Tensor in_order = at::empty({P}, indices.options());
+  {
+    int32_t* io = in_order.data_ptr<int32_t>();
+    std::vector<int64_t> fill(off, off + K);
+    if (identity_k >= 0) {
+      for (int64_t p = skip_b; p < skip_e; ++p) io[p] = static_cast<int32_t>(p);  // (r, r): sorted already
+    }
+    const int32_t* rp = in_csr.first.data_ptr<int32_t>();
+    const int32_t* pm = in_csr.second.data_ptr<int32_t>();
+    for (int64_t e = 0; e < rp[n_in]; ++e) {
+      const int32_t p = pm[e];
+      const int64_t k = std::upper_bound(off, off + K + 1, static_cast<int64_t>(p)) - off - 1;
+      io[fill[k]++] = p;
+    }
+  }
   at::Tensor stats = at::empty({2}, at::kLong);
   stats[0] = n_dup;
   stats[1] = identity_k;
-  return {out_indices, in_idx, out_idx, offsets, stats, out_csr.first, out_csr.second, in_csr.first, in_csr.second};
+  return {out_indices, in_idx, out_idx, offsets, stats, out_csr.first, out_csr.second, in_csr.first, in_csr.second,
+          out_order, in_order};
 }
 
-void gather_rows_cpu(const at::Tensor& src, const at::Tensor& idx, int64_t skip_begin, int64_t skip_end, at::Tensor& dst) {
-  const int64_t n = idx.numel(), c = src.size(1);
-  const int32_t* ix = idx.data_ptr<int32_t>();
-  const int64_t bytes = c * static_cast<int64_t>(src.element_size());
-  const char* s = static_cast<const char*>(src.data_ptr());
-  char* d = static_cast<char*>(dst.data_ptr());
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (n * c > 65536)
-  for (int64_t j = 0; j < n; ++j) {
-    if (j >= skip_begin && j < skip_end) continue;
-    std::memcpy(d + j * bytes, s + static_cast<int64_t>(ix[j]) * bytes, bytes);
+namespace {
+
+constexpr int64_t kChunk = 1024;  // rows gathered per GEMM: buffers stay in L2
+
+// Threads to use for n rows: at most one per 2048 rows (small inputs stay serial).
+int threads_for(int64_t n_rows) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_rows / 2048)));
+}
+
+// [lo, hi) of order[off[k] .. off[k+1]) whose rows[order[q]] lie in [r0, r1) (order sorts by row).
+std::pair<const int32_t*, const int32_t*> row_range(const int32_t* order, const int32_t* rows, int64_t b, int64_t e,
+                                                    int64_t r0, int64_t r1) {
+  auto less = [rows](int32_t p, int64_t v) { return rows[p] < v; };
+  const int32_t* lo = std::lower_bound(order + b, order + e, r0, less);
+  const int32_t* hi = std::lower_bound(lo, order + e, r1, less);
+  return {lo, hi};
+}
+
+template <typename scalar_t>
+void conv_rows_impl(const at::Tensor& src, const at::Tensor& w, bool transpose, const c10::optional<at::Tensor>& bias,
+                    const int32_t* sidx, const int32_t* didx, const int32_t* ord, const std::vector<int64_t>& off,
+                    int64_t identity_k, at::Tensor& dst) {
+  const int64_t n_dst = dst.size(0), c_src = src.size(1), c_dst = dst.size(1);
+  const int64_t K = static_cast<int64_t>(off.size()) - 1;
+  const scalar_t* s = src.data_ptr<scalar_t>();
+  scalar_t* d = dst.data_ptr<scalar_t>();
+  const scalar_t* bp = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
+#pragma omp parallel num_threads(threads_for(n_dst))
+  {
+    c10::AutoGradMode no_grad(false);  // worker threads start with grad mode on
+    const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+    const int64_t r0 = n_dst * t / T, r1 = n_dst * (t + 1) / T;
+    if (r1 > r0) {
+      at::Tensor out_t = dst.narrow(0, r0, r1 - r0);
+      if (identity_k >= 0) {  // pairs (r, r): rows r0..r1 of src times the centre weight
+        at::mm_out(out_t, src.narrow(0, r0, r1 - r0), transpose ? w[identity_k].t() : w[identity_k]);
+      } else {
+        out_t.zero_();
+      }
+      if (bp != nullptr) {
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t q = 0; q < c_dst; ++q) d[r * c_dst + q] += bp[q];
+      }
+      at::Tensor buf_s = at::empty({kChunk, c_src}, src.options());
+      at::Tensor buf_d = at::empty({kChunk, c_dst}, src.options());
+      scalar_t* bs = buf_s.data_ptr<scalar_t>();
+      const scalar_t* bd = buf_d.data_ptr<scalar_t>();
+      for (int64_t k = 0; k < K; ++k) {
+        if (k == identity_k || off[k + 1] == off[k]) continue;
+        const auto range = row_range(ord, didx, off[k], off[k + 1], r0, r1);
+        const at::Tensor wk = transpose ? w[k].t() : w[k];
+        for (const int32_t* q = range.first; q < range.second; q += kChunk) {
+          const int64_t m = std::min<int64_t>(kChunk, range.second - q);
+          for (int64_t j = 0; j < m; ++j)  // gather
+            std::memcpy(bs + j * c_src, s + static_cast<int64_t>(sidx[q[j]]) * c_src, c_src * sizeof(scalar_t));
+          at::Tensor prod = buf_d.narrow(0, 0, m);
+          at::mm_out(prod, buf_s.narrow(0, 0, m), wk);  // (m, c_src) @ (c_src, c_dst)
+          for (int64_t j = 0; j < m; ++j) {  // scatter-add into rows this thread owns
+            scalar_t* drow = d + static_cast<int64_t>(didx[q[j]]) * c_dst;
+            const scalar_t* prow = bd + j * c_dst;
+#pragma omp simd
+            for (int64_t c = 0; c < c_dst; ++c) drow[c] += prow[c];
+          }
+        }
+      }
+    }
   }
 }
 
 template <typename scalar_t>
-void scatter_rows_impl(const scalar_t* s, const int32_t* rowptr, const int32_t* perm, const scalar_t* bias,
-                       bool accumulate, int64_t n_rows, int64_t c, scalar_t* d) {
-  // One writer per destination row: no atomics, and a fixed summation order (deterministic).
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (n_rows * c > 65536)
-  for (int64_t r = 0; r < n_rows; ++r) {
-    scalar_t* drow = d + r * c;
-    if (!accumulate) {
-      for (int64_t q = 0; q < c; ++q) drow[q] = 0;
-    }
-    if (bias != nullptr) {
-#pragma omp simd
-      for (int64_t q = 0; q < c; ++q) drow[q] += bias[q];
-    }
-    for (int32_t e = rowptr[r]; e < rowptr[r + 1]; ++e) {
-      const scalar_t* srow = s + static_cast<int64_t>(perm[e]) * c;
-#pragma omp simd
-      for (int64_t q = 0; q < c; ++q) drow[q] += srow[q];
+at::Tensor weight_grad_impl(const at::Tensor& features, const at::Tensor& grad_out, const int32_t* iidx,
+                            const int32_t* oidx, const int32_t* ord, const std::vector<int64_t>& off,
+                            int64_t identity_k, int64_t K) {
+  const int64_t n_out = grad_out.size(0), c_in = features.size(1), c_out = grad_out.size(1);
+  const int nt = threads_for(n_out);
+  at::Tensor parts = at::zeros({nt, K, c_in, c_out}, features.options());
+  const scalar_t* f = features.data_ptr<scalar_t>();
+  const scalar_t* g = grad_out.data_ptr<scalar_t>();
+#pragma omp parallel num_threads(nt)
+  {
+    c10::AutoGradMode no_grad(false);
+    const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+    const int64_t r0 = n_out * t / T, r1 = n_out * (t + 1) / T;
+    if (r1 > r0) {
+      at::Tensor gw = parts[t];
+      if (identity_k >= 0) {
+        at::Tensor gk = gw[identity_k];
+        gk.addmm_(features.narrow(0, r0, r1 - r0).t(), grad_out.narrow(0, r0, r1 - r0));
+      }
+      at::Tensor buf_x = at::empty({kChunk, c_in}, features.options());
+      at::Tensor buf_g = at::empty({kChunk, c_out}, features.options());
+      scalar_t* bx = buf_x.data_ptr<scalar_t>();
+      scalar_t* bg = buf_g.data_ptr<scalar_t>();
+      for (int64_t k = 0; k < K; ++k) {
+        if (k == identity_k || off[k + 1] == off[k]) continue;
+        const auto range = row_range(ord, oidx, off[k], off[k + 1], r0, r1);
+        at::Tensor gk = gw[k];
+        for (const int32_t* q = range.first; q < range.second; q += kChunk) {
+          const int64_t m = std::min<int64_t>(kChunk, range.second - q);
+          for (int64_t j = 0; j < m; ++j) {
+            std::memcpy(bx + j * c_in, f + static_cast<int64_t>(iidx[q[j]]) * c_in, c_in * sizeof(scalar_t));
+            std::memcpy(bg + j * c_out, g + static_cast<int64_t>(oidx[q[j]]) * c_out, c_out * sizeof(scalar_t));
+          }
+          gk.addmm_(buf_x.narrow(0, 0, m).t(), buf_g.narrow(0, 0, m));  // (c_in, m) @ (m, c_out)
+        }
+      }
     }
   }
+  return nt == 1 ? parts[0] : parts.sum(0);
 }
 
-void scatter_rows_cpu(const at::Tensor& src, const at::Tensor& rowptr, const at::Tensor& perm,
-                      const c10::optional<at::Tensor>& bias, bool accumulate, at::Tensor& dst) {
-  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "scatter_rows_cpu", [&] {
-    const scalar_t* b = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
-    scatter_rows_impl<scalar_t>(src.data_ptr<scalar_t>(), rowptr.data_ptr<int32_t>(), perm.data_ptr<int32_t>(), b,
-                                accumulate, dst.size(0), dst.size(1), dst.data_ptr<scalar_t>());
+}  // namespace
+
+void conv_rows_cpu(const at::Tensor& src, const at::Tensor& weight, bool transpose_weight,
+                   const c10::optional<at::Tensor>& bias, const at::Tensor& src_idx, const at::Tensor& dst_idx,
+                   const at::Tensor& order, const std::vector<int64_t>& off, int64_t identity_k, at::Tensor& dst) {
+  if (dst.size(0) == 0) return;
+  const at::Tensor w = weight.detach();
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "conv_rows_cpu", [&] {
+    conv_rows_impl<scalar_t>(src, w, transpose_weight, bias, src_idx.data_ptr<int32_t>(), dst_idx.data_ptr<int32_t>(),
+                             order.data_ptr<int32_t>(), off, identity_k, dst);
   });
+}
+
+at::Tensor weight_grad_cpu(const at::Tensor& features, const at::Tensor& grad_out, const at::Tensor& in_idx,
+                           const at::Tensor& out_idx, const at::Tensor& out_order, const std::vector<int64_t>& off,
+                           int64_t identity_k, int64_t K) {
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "weight_grad_cpu", [&] {
+    out = weight_grad_impl<scalar_t>(features.detach(), grad_out.detach(), in_idx.data_ptr<int32_t>(),
+                                     out_idx.data_ptr<int32_t>(), out_order.data_ptr<int32_t>(), off, identity_k, K);
+  });
+  return out;
 }
 
 }  // namespace dense3d

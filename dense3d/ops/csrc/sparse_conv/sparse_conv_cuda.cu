@@ -221,10 +221,17 @@ std::vector<at::Tensor> kernel_map_cuda(const at::Tensor& indices, const ConvGeo
   if (identity_k >= 0) keep.narrow(0, off[identity_k], off[identity_k + 1] - off[identity_k]).fill_(false);
   auto out_csr = rows_csr(out_idx, keep, m);
   auto in_csr = rows_csr(in_idx, keep, n_in);
+  // Each offset's pairs by output row (already so) and by input row (stable sort of k * N + in).
+  const int64_t P = off[K];
+  at::Tensor out_order = at::arange(P, opts_i32);
+  at::Tensor k_of = at::repeat_interleave(at::arange(K, opts_i64), hit.view({K, m}).sum(1));
+  at::Tensor in_order =
+      std::get<1>(at::sort(k_of * n_in + in_idx.to(at::kLong), /*stable=*/true, /*dim=*/0, /*descending=*/false)).to(at::kInt);
   at::Tensor stats = at::empty({2}, at::kLong);
   stats[0] = dup;
   stats[1] = identity_k;
-  return {out_indices, in_idx, out_idx, offsets, stats, out_csr.first, out_csr.second, in_csr.first, in_csr.second};
+  return {out_indices, in_idx, out_idx, offsets, stats, out_csr.first, out_csr.second, in_csr.first, in_csr.second,
+          out_order, in_order};
 }
 
 void gather_rows_cuda(const at::Tensor& src, const at::Tensor& idx, int64_t skip_begin, int64_t skip_end, at::Tensor& dst) {
