@@ -13,8 +13,10 @@
 namespace dense3d {
 namespace {
 
-// Open addressing with linear probing over a power-of-two table of int64 keys (-1 = empty),
-// Fibonacci hashing of the key.
+// Open addressing with linear probing over a power-of-two table of (key, row) entries (key -1 =
+// empty; one 16-byte entry, so a probe touches one cache line). The slot keeps the key's two
+// lowest bits (x mod 4) and hashes the rest (Fibonacci hashing): x-neighbours of a site, which
+// every kernel looks up one after another, land in the same cache line.
 class SiteHash {
  public:
   explicit SiteHash(int64_t n) {
@@ -25,39 +27,49 @@ class SiteHash {
       --shift_;
     }
     mask_ = static_cast<uint64_t>(cap - 1);
-    keys_.assign(cap, -1);
-    vals_.assign(cap, -1);
+    table_.assign(cap, Entry{-1, -1, 0});
   }
   // Inserts key -> val; returns false (and keeps the old value) when the key is already present.
   bool insert(int64_t key, int32_t val) {
     uint64_t s = slot(key);
     while (true) {
-      if (keys_[s] == -1) {
-        keys_[s] = key;
-        vals_[s] = val;
+      Entry& e = table_[s];
+      if (e.key == -1) {
+        e.key = key;
+        e.val = val;
+        ++size_;
         return true;
       }
-      if (keys_[s] == key) return false;
+      if (e.key == key) return false;
       s = (s + 1) & mask_;
     }
   }
   int32_t find(int64_t key) const {
     uint64_t s = slot(key);
     while (true) {
-      const int64_t k = keys_[s];
-      if (k == key) return vals_[s];
-      if (k == -1) return -1;
+      const Entry& e = table_[s];
+      if (e.key == key) return e.val;
+      if (e.key == -1) return -1;
       s = (s + 1) & mask_;
     }
   }
-  const std::vector<int64_t>& keys() const { return keys_; }
+  int64_t capacity() const { return static_cast<int64_t>(table_.size()); }
+  int64_t size() const { return size_; }
 
  private:
-  uint64_t slot(int64_t key) const { return (static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ULL) >> shift_; }
-  std::vector<int64_t> keys_;
-  std::vector<int32_t> vals_;
+  struct Entry {
+    int64_t key;
+    int32_t val;
+    int32_t pad;
+  };
+  uint64_t slot(int64_t key) const {
+    const uint64_t k = static_cast<uint64_t>(key);
+    return ((((k >> 2) * 0x9E3779B97F4A7C15ULL) >> (shift_ + 2)) << 2 | (k & 3)) & mask_;
+  }
+  std::vector<Entry> table_;
   uint64_t mask_;
   int shift_;
+  int64_t size_ = 0;
 };
 
 }  // namespace
@@ -104,8 +116,8 @@ std::vector<at::Tensor> kernel_map_cpu(const at::Tensor& indices, const ConvGeom
         for (int64_t a1 = 0; a1 < cnt[1]; ++a1)
           for (int64_t a2 = 0; a2 < cnt[2]; ++a2) {
             const int64_t key = ((c[0] * OD + os[0][a0]) * OH + os[1][a1]) * OW + os[2][a2];
-            if (static_cast<int64_t>(out_keys.size()) * 2 + 2 > static_cast<int64_t>(out_set.keys().size())) {
-              SiteHash bigger(out_set.keys().size());  // 4x capacity: rehash what is there
+            if (out_set.size() * 2 + 2 > out_set.capacity()) {
+              SiteHash bigger(out_set.capacity());  // 4x capacity: rehash what is there
               for (int64_t key2 : out_keys) bigger.insert(key2, 0);
               out_set = std::move(bigger);
             }
