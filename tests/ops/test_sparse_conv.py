@@ -235,3 +235,14 @@ def test_duplicates_are_caught_when_validation_is_skipped():
     for backend in BACKENDS:
         with pytest.raises(SparseTensorError, match="duplicate"):
             SubMConv3d(3, 3, 3, backend=backend)(x)
+
+
+def test_cpu_half_precision_uses_the_reference_or_says_why():
+    x = random_sparse(40, (5, 5, 5), 1, 3, dtype=torch.float32)
+    layer = SubMConv3d(3, 4, 3)
+    ref = layer(x).features
+    y = layer.to(torch.bfloat16)(x.replace_feature(x.features.to(torch.bfloat16)))  # auto: falls back to torch
+    torch.testing.assert_close(y.features.float(), ref, rtol=5e-2, atol=5e-2)
+    layer.backend = "ext"
+    with pytest.raises(SparseTensorError, match="float32 or float64"):
+        layer(x.replace_feature(x.features.to(torch.bfloat16)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from dense3d.errors import SparseTensorError
 from dense3d.ops._backend import ext, resolve_backend
 from dense3d.ops._ref.sparse_conv import sparse_conv_ref
 from dense3d.ops.sparse.kernel_map import KernelMap
@@ -60,6 +61,11 @@ def sparse_conv(
         bias: (C_out,) or None.
         kmap: the rulebook (``build_kernel_map``; ``.inverse()`` for a transposed conv).
     """
-    if resolve_backend(backend, "sparse_conv_forward", features) == "ext":
+    chosen = resolve_backend(backend, "sparse_conv_forward", features)
+    if chosen == "ext" and not features.is_cuda and features.dtype not in (torch.float32, torch.float64):
+        if backend == "ext":  # the CPU kernels are float32 / float64 only
+            raise SparseTensorError("sparse_conv", "features", "float32 or float64 on the CPU with backend='ext'", got=features.dtype)
+        chosen = "torch"
+    if chosen == "ext":
         return SparseConvFunction.apply(features, weight, bias, kmap)
     return sparse_conv_ref(features, weight, bias, kmap.in_idx, kmap.out_idx, kmap.offsets, kmap.num_out)
