@@ -27,7 +27,9 @@ def kernel_map_ref(indices, in_shape, out_shape, kernel, stride, padding, dilati
     """Same contract as ``dense3d._C.sparse_conv_kernel_map`` (3-D geometry, (N, 4) int32 indices).
 
     Returns [out_indices (M, 4) int32, in_idx (P,) int32, out_idx (P,) int32, offsets (K+1,) int64
-    on the CPU, n_duplicates (1,) int64 on the CPU].
+    on the CPU, stats [n_duplicates, identity_k] int64 on the CPU, out_rowptr (M+1,), out_perm,
+    in_rowptr (N+1,), in_perm, out_order, in_order] (int32 pair positions per output / input row,
+    and each offset's pairs sorted by output / input row).
     """
     dev = indices.device
     idx = indices.long()
@@ -71,7 +73,31 @@ def kernel_map_ref(indices, in_shape, out_shape, kernel, stride, padding, dilati
     offsets[1:] = counts.cpu().cumsum(0)
     in_idx = nbr[sel].to(torch.int32)
     out_idx = (sel % max(m, 1)).to(torch.int32)
-    return [out_indices, in_idx, out_idx, offsets, torch.tensor([n_dup])]
+    kc = koff.shape[0] // 2
+    identity_k = kc if subm and n_dup == 0 else -1
+    keep = torch.ones(in_idx.shape[0], dtype=torch.bool, device=dev)
+    if identity_k >= 0:
+        keep[int(offsets[kc]) : int(offsets[kc + 1])] = False
+    out_rowptr, out_perm = _rows(out_idx, keep, m)
+    in_rowptr, in_perm = _rows(in_idx, keep, n)
+    # each offset's pairs by output row (already so) and by input row
+    k_of = torch.repeat_interleave(torch.arange(koff.shape[0], device=dev), counts)
+    out_order = torch.arange(in_idx.shape[0], dtype=torch.int32, device=dev)
+    in_order = torch.argsort(k_of * max(n, 1) + in_idx.long(), stable=True).to(torch.int32)
+    return [
+        out_indices, in_idx, out_idx, offsets, torch.tensor([n_dup, identity_k]), out_rowptr, out_perm, in_rowptr, in_perm,
+        out_order, in_order,
+    ]
+
+
+def _rows(rows: torch.Tensor, keep: torch.Tensor, n_rows: int):
+    """CSR of pair positions by row (stable: ascending offset within a row), ``keep`` pairs only."""
+    pos = keep.nonzero().squeeze(1)
+    r = rows[pos].long()
+    perm = pos[torch.argsort(r, stable=True)].to(torch.int32)
+    rowptr = torch.zeros(n_rows + 1, dtype=torch.long, device=rows.device)
+    rowptr[1:] = torch.bincount(r, minlength=n_rows).cumsum(0)
+    return rowptr.to(torch.int32), perm
 
 
 def sparse_conv_ref(features, weight, bias, in_idx, out_idx, offsets, n_out):
@@ -79,10 +105,9 @@ def sparse_conv_ref(features, weight, bias, in_idx, out_idx, offsets, n_out):
     out = features.new_zeros(n_out, weight.shape[2])
     off = offsets.tolist()
     for k in range(weight.shape[0]):
-        a, b = off[k], off[k + 1]
-        if b > a:
-            contrib = features[in_idx[a:b].long()] @ weight[k]  # (n, C_in) @ (C_in, C_out)
-            out = out.index_add(0, out_idx[a:b].long(), contrib)
+        a, b = off[k], off[k + 1]  # empty offsets too: keeps features and weight in the graph when N = 0
+        contrib = features[in_idx[a:b].long()] @ weight[k]  # (n, C_in) @ (C_in, C_out)
+        out = out.index_add(0, out_idx[a:b].long(), contrib)
     if bias is not None:
         out = out + bias
     return out

@@ -118,7 +118,10 @@ class SparseConvNd(SparseModule):
             return saved.inverse()
         if self.indice_key is not None and self.indice_key in x.indice_dict:
             saved = x.indice_dict[self.indice_key]
-            if saved.num_in == x.indices.shape[0] and saved.subm == self.subm and saved.kernel_size == self.kernel_size \
+            same_sites = saved.in_indices is x.indices or (
+                saved.in_indices.shape == x.indices.shape and bool(torch.equal(saved.in_indices, x.indices))
+            )
+            if same_sites and saved.subm == self.subm and saved.kernel_size == self.kernel_size \
                     and saved.dilation == self.dilation and (self.subm or (saved.stride, saved.padding) == (self.stride, self.padding)):
                 return saved
             if self.subm:

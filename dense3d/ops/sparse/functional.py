@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from dense3d.errors import SparseTensorError
 from dense3d.ops._backend import ext, resolve_backend
 from dense3d.ops._ref.sparse_conv import sparse_conv_ref
 from dense3d.ops.sparse.kernel_map import KernelMap
@@ -19,25 +20,30 @@ class SparseConvFunction(torch.autograd.Function):
     """Autograd wrapper of ``dense3d._C.sparse_conv_forward`` / ``sparse_conv_backward``."""
 
     @staticmethod
-    def forward(ctx, features, weight, bias, in_idx, out_idx, offsets, n_out: int, identity_k: int):
-        out = ext().sparse_conv_forward(features, weight, bias, in_idx, out_idx, offsets, n_out, identity_k)
-        ctx.save_for_backward(features, weight, in_idx, out_idx, offsets)
-        ctx.identity_k = identity_k
+    def forward(ctx, features, weight, bias, kmap: KernelMap):
+        out = ext().sparse_conv_forward(
+            features, weight, bias, kmap.in_idx, kmap.out_idx, kmap.offsets, kmap.out_rowptr, kmap.out_perm,
+            kmap.out_order, kmap.num_out, kmap.identity_k,
+        )
+        ctx.save_for_backward(features, weight)
+        ctx.kmap = kmap
         ctx.has_bias = bias is not None
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        features, weight, in_idx, out_idx, offsets = ctx.saved_tensors
+        features, weight = ctx.saved_tensors
+        km = ctx.kmap
         need_f, need_w, need_b = ctx.needs_input_grad[:3]
         grad_f = grad_w = grad_b = None
         if need_f or need_w:
             grad_f, grad_w = ext().sparse_conv_backward(
-                grad_out, features, weight, in_idx, out_idx, offsets, ctx.identity_k, need_f, need_w
+                grad_out, features, weight, km.in_idx, km.out_idx, km.offsets, km.in_rowptr, km.in_perm,
+                km.in_order, km.out_order, km.identity_k, need_f, need_w,
             )
         if ctx.has_bias and need_b:
             grad_b = grad_out.sum(0)
-        return grad_f, grad_w, grad_b, None, None, None, None, None
+        return grad_f, grad_w, grad_b, None
 
 
 def sparse_conv(
@@ -55,8 +61,11 @@ def sparse_conv(
         bias: (C_out,) or None.
         kmap: the rulebook (``build_kernel_map``; ``.inverse()`` for a transposed conv).
     """
-    if resolve_backend(backend, "sparse_conv_forward", features) == "ext":
-        return SparseConvFunction.apply(
-            features, weight, bias, kmap.in_idx, kmap.out_idx, kmap.offsets, kmap.num_out, kmap.identity_k
-        )
+    chosen = resolve_backend(backend, "sparse_conv_forward", features)
+    if chosen == "ext" and not features.is_cuda and features.dtype not in (torch.float32, torch.float64):
+        if backend == "ext":  # the CPU kernels are float32 / float64 only
+            raise SparseTensorError("sparse_conv", "features", "float32 or float64 on the CPU with backend='ext'", got=features.dtype)
+        chosen = "torch"
+    if chosen == "ext":
+        return SparseConvFunction.apply(features, weight, bias, kmap)
     return sparse_conv_ref(features, weight, bias, kmap.in_idx, kmap.out_idx, kmap.offsets, kmap.num_out)

@@ -43,6 +43,12 @@ class KernelMap:
     dilation: tuple
     subm: bool
     identity_k: int  # an offset whose pairs are (r, r) for all rows (submanifold centre), or -1
+    out_rowptr: torch.Tensor  # (N_out + 1,) int32: out_perm[out_rowptr[o]:out_rowptr[o+1]] = pairs writing row o
+    out_perm: torch.Tensor  # int32 pair positions by output row (identity pairs left out)
+    in_rowptr: torch.Tensor  # (N_in + 1,) int32, the same by input row (backward)
+    in_perm: torch.Tensor
+    out_order: torch.Tensor  # (P,) int32: each offset's pair positions sorted by output row
+    in_order: torch.Tensor  # (P,) int32: ... sorted by input row
 
     @property
     def num_in(self) -> int:
@@ -60,7 +66,8 @@ class KernelMap:
         """The transposed map (for ``SparseInverseConv3d``): outputs become inputs and back."""
         return replace(
             self, in_idx=self.out_idx, out_idx=self.in_idx, in_indices=self.out_indices, out_indices=self.in_indices,
-            in_shape=self.out_shape, out_shape=self.in_shape,
+            in_shape=self.out_shape, out_shape=self.in_shape, out_rowptr=self.in_rowptr, out_perm=self.in_perm,
+            in_rowptr=self.out_rowptr, in_perm=self.out_perm, out_order=self.in_order, in_order=self.out_order,
         )
 
 
@@ -108,14 +115,15 @@ def build_kernel_map(
         _to3(st, ndim, 1), _to3(pd, ndim, 0), _to3(dl, ndim, 1), subm,
     )
     if resolve_backend(backend, "sparse_conv_kernel_map", indices) == "ext":
-        out3, in_idx, out_idx, offsets, n_dup = ext().sparse_conv_kernel_map(*args)
+        res = ext().sparse_conv_kernel_map(*args)
     else:
-        out3, in_idx, out_idx, offsets, n_dup = kernel_map_ref(*args)
-    if int(n_dup[0]) > 0:
-        raise SparseTensorError("SparseTensor", "indices", "unique sites", got=f"{int(n_dup[0])} duplicate rows")
+        res = kernel_map_ref(*args)
+    out3, in_idx, out_idx, offsets, stats, out_rowptr, out_perm, in_rowptr, in_perm, out_order, in_order = res
+    n_dup, identity = (int(v) for v in stats)
+    if n_dup > 0:
+        raise SparseTensorError("SparseTensor", "indices", "unique sites", got=f"{n_dup} duplicate rows")
     out_indices = indices if subm else (out3 if ndim == 3 else out3[:, [0, 2, 3]].contiguous())
-    n_off = 1
-    for k in ks:
-        n_off *= k
-    identity = n_off // 2 if subm and int(offsets[n_off // 2 + 1] - offsets[n_off // 2]) == indices.shape[0] else -1
-    return KernelMap(in_idx, out_idx, offsets, indices, out_indices, tuple(spatial_shape), tuple(out_shape), ks, st, pd, dl, subm, identity)
+    return KernelMap(
+        in_idx, out_idx, offsets, indices, out_indices, tuple(spatial_shape), tuple(out_shape), ks, st, pd, dl, subm,
+        identity, out_rowptr, out_perm, in_rowptr, in_perm, out_order, in_order,
+    )
