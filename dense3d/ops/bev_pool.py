@@ -1,9 +1,9 @@
 """BEV pooling: the splat step of Lift-Splat-Shoot (sum of frustum-point features per cell).
 
 ``bev_pool(features, coords, batch_size, grid_size)`` sums the (N, C) features of points
-whose integer BEV coordinates ``(b, y, x)`` coincide, into a (B, C, H, W) map. The points are
-sorted by cell here (once, on any device); the kernels of ``dense3d._C`` then sum each run
-of equal cells without atomics, and the backward is a gather. ``backend="torch"`` uses
+whose integer BEV coordinates ``(b, y, x)`` coincide, into a (B, C, H, W) map. The kernels of
+``dense3d._C`` sum without atomics (deterministic: each cell adds its points in input order;
+see ``csrc/bev_pool/bev_pool.h``) and the backward is a gather. ``backend="torch"`` uses
 ``index_add`` (``dense3d/ops/_ref/bev_pool.py``).
 """
 from __future__ import annotations
@@ -28,20 +28,15 @@ def bev_pool_cells(coords: torch.Tensor, batch_size: int, grid_size: tuple[int, 
 
 class _BevPoolExt(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, features, cells, num_cells):
-        keep = (cells >= 0).nonzero().squeeze(1)
-        sorted_cells, perm = cells[keep].sort(stable=True)
-        order = keep[perm]  # point indices, grouped by cell
-        interval_cells, lengths = torch.unique_consecutive(sorted_cells, return_counts=True)
-        starts = lengths.cumsum(0) - lengths
-        out = ext().bev_pool_forward(features, order, starts, lengths, interval_cells, num_cells)
-        ctx.save_for_backward(cells)
-        return out
+    def forward(ctx, features, coords, batch_size, height, width):
+        ctx.save_for_backward(coords)
+        ctx.grid = (batch_size, height, width)
+        return ext().bev_pool_forward(features, coords, batch_size, height, width)
 
     @staticmethod
     def backward(ctx, grad_out):
-        (cells,) = ctx.saved_tensors
-        return ext().bev_pool_backward(grad_out.contiguous(), cells), None, None
+        (coords,) = ctx.saved_tensors
+        return ext().bev_pool_backward(grad_out.contiguous(), coords, *ctx.grid), None, None, None, None
 
 
 def bev_pool(
@@ -71,11 +66,11 @@ def bev_pool(
         raise OpInputError(src, "coords", f"an integer tensor of shape ({features.shape[0]}, 3)", got=f"{coords.dtype} {tuple(coords.shape)}")
     H, W = int(grid_size[0]), int(grid_size[1])
     num_cells = int(batch_size) * H * W
-    cells = bev_pool_cells(coords.long(), int(batch_size), (H, W))
+    coords = coords.long().contiguous()
     if resolve_backend(backend, "bev_pool_forward", features) == "ext" and features.dtype in (torch.float32, torch.float64):
-        out = _BevPoolExt.apply(features, cells, num_cells)
+        out = _BevPoolExt.apply(features, coords, int(batch_size), H, W)
     else:
-        out = bev_pool_ref(features, cells, num_cells)
+        out = bev_pool_ref(features, bev_pool_cells(coords, int(batch_size), (H, W)), num_cells)
     C = features.shape[1]
     # (B * H * W, C) -> (B, H, W, C) -> (B, C, H, W)
     return out.view(int(batch_size), H, W, C).permute(0, 3, 1, 2).contiguous()

@@ -1,6 +1,6 @@
-// CUDA kernels of BEV pooling (see bev_pool.h): one thread per (interval, channel) in the
-// forward (no atomics: the host sorted the points by cell), one per (point, channel) in the
-// backward gather.
+// CUDA kernels of BEV pooling (see bev_pool.h): the forward sorts the points by cell (ATen,
+// stable), then one thread per (run of equal cells, channel) sums the run (no atomics); the
+// backward gather uses one thread per (point, channel).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -26,6 +26,25 @@ __global__ void bev_pool_forward_kernel(const scalar_t* __restrict__ features, c
   out[interval_cells[k] * C + c] = acc;
 }
 
+__global__ void bev_pool_cells_kernel(const int64_t* __restrict__ coords, int64_t N, int64_t B, int64_t H, int64_t W,
+                                      int64_t* __restrict__ cells) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  const int64_t b = coords[3 * n], y = coords[3 * n + 1], x = coords[3 * n + 2];
+  cells[n] = (b < 0 || b >= B || y < 0 || y >= H || x < 0 || x >= W) ? -1 : (b * H + y) * W + x;
+}
+
+at::Tensor bev_pool_cells_cuda(const at::Tensor& coords, int64_t B, int64_t H, int64_t W) {
+  const int64_t N = coords.size(0);
+  auto cells = at::empty({N}, coords.options());
+  if (N == 0) return cells;
+  const int blocks = static_cast<int>((N + kThreads - 1) / kThreads);
+  bev_pool_cells_kernel<<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(coords.data_ptr<int64_t>(), N, B, H, W,
+                                                                                   cells.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return cells;
+}
+
 template <typename scalar_t>
 __global__ void bev_pool_backward_kernel(const scalar_t* __restrict__ grad_out, const int64_t* __restrict__ cells,
                                          int64_t N, int64_t C, scalar_t* __restrict__ grad) {
@@ -39,14 +58,18 @@ __global__ void bev_pool_backward_kernel(const scalar_t* __restrict__ grad_out, 
 
 }  // namespace
 
-at::Tensor bev_pool_forward_cuda(const at::Tensor& features_, const at::Tensor& order_, const at::Tensor& starts_,
-                                 const at::Tensor& lengths_, const at::Tensor& interval_cells_, int64_t num_cells) {
+at::Tensor bev_pool_forward_cuda(const at::Tensor& features_, const at::Tensor& coords, int64_t B, int64_t H, int64_t W) {
   at::cuda::CUDAGuard guard(features_.device());
   const auto features = features_.contiguous();
-  const auto order = order_.contiguous();
-  const auto starts = starts_.contiguous();
-  const auto lengths = lengths_.contiguous();
-  const auto interval_cells = interval_cells_.contiguous();
+  const int64_t num_cells = B * H * W;
+  const auto cells = bev_pool_cells_cuda(coords.contiguous(), B, H, W);
+  const auto keep = at::nonzero(cells >= 0).squeeze(1);
+  const auto sorted = at::sort(cells.index_select(0, keep), /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const auto order = keep.index_select(0, std::get<1>(sorted)).contiguous();  // point indices grouped by cell
+  const auto runs = at::unique_consecutive(std::get<0>(sorted), /*return_inverse=*/false, /*return_counts=*/true);
+  const auto interval_cells = std::get<0>(runs).contiguous();
+  const auto lengths = std::get<2>(runs).contiguous();
+  const auto starts = (at::cumsum(lengths, 0) - lengths).contiguous();
   const int64_t C = features.size(1);
   const int64_t K = starts.size(0);
   auto out = at::zeros({num_cells, C}, features.options());
@@ -63,10 +86,10 @@ at::Tensor bev_pool_forward_cuda(const at::Tensor& features_, const at::Tensor& 
   return out;
 }
 
-at::Tensor bev_pool_backward_cuda(const at::Tensor& grad_out_, const at::Tensor& cells_) {
+at::Tensor bev_pool_backward_cuda(const at::Tensor& grad_out_, const at::Tensor& coords, int64_t B, int64_t H, int64_t W) {
   at::cuda::CUDAGuard guard(grad_out_.device());
   const auto grad_out = grad_out_.contiguous();
-  const auto cells = cells_.contiguous();
+  const auto cells = bev_pool_cells_cuda(coords.contiguous(), B, H, W);
   const int64_t N = cells.size(0);
   const int64_t C = grad_out.size(1);
   auto grad = at::empty({N, C}, grad_out.options());
