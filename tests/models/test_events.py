@@ -138,3 +138,12 @@ def test_event_loss_goes_down_when_overfitting_one_clip():
     last = sum(h["total"] for h in history[-3:]) / 3
     assert last < 0.5 * first, (first, last)
     assert history[-1]["span"] < history[0]["span"]
+
+
+def test_video_only_batch_runs_on_the_video_time_axis():
+    batch = av_batch([(0.5, 0.4, 1.2, 0)])
+    batch.audio = batch.audio_lengths = None
+    out = _detector().eval()(batch)
+    assert out.audio is None and out.fused.shape[1] == 8  # the 8 video frames
+    assert float(out.durations[0]) == pytest.approx(2.0)
+    assert (out.regions.geometry <= 2.0 + 1e-5).all()

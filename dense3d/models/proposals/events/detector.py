@@ -39,7 +39,7 @@ class EventDetector(nn.Module):
         loss: ``EventSetLoss`` (needed for ``loss``).
 
     The time axis is the audio frames when the batch has audio (video is resampled onto it),
-    else the video frames. ``forward(batch) -> EventDetectorOutput``; ``loss(output, batch)``
+    else the video frames (clip duration = last timestamp + half a frame period). ``forward(batch) -> EventDetectorOutput``; ``loss(output, batch)``
     with targets from ``batch.samples[b].events`` (labels, spans in seconds, azimuth).
     """
 
@@ -68,7 +68,7 @@ class EventDetector(nn.Module):
         else:
             ts = torch.where(ref.mask, ref.times, torch.zeros_like(ref.times))
             step = (ref.times[:, 1] - ref.times[:, 0]) if ref.times.shape[1] > 1 else torch.ones_like(ref.times[:, 0])
-            durations = ts.amax(dim=1) + step
+            durations = ts.amax(dim=1) + step / 2  # timestamps taken as frame centres
         fused = self.temporal_fuser(audio.features if audio is not None else None, video.features if video is not None else None, ref.times, ref.mask)
         pred = self.event_head(fused, ref.times, ref.mask)
         regions = self.event_head.regions(pred, fused, ref.times, durations)
