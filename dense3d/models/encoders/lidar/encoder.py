@@ -1,0 +1,48 @@
+"""LiDAR encoder: points -> dynamic voxels -> sparse 3D backbone -> height collapse -> 2D BEV
+backbone + neck -> BEV map (B, C, H, W) on the grid ``point_range`` / ``cell_size``."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dense3d.errors import ConfigError, PointCloudError
+from dense3d.models.encoders.lidar.bev_backbone import BEVBackbone
+from dense3d.models.encoders.lidar.sparse_backbone import SparseEncoder
+from dense3d.models.encoders.lidar.voxel_encoder import DynamicVoxelEncoder, split_batch_points
+
+__all__ = ["LidarEncoder"]
+
+
+class LidarEncoder(nn.Module):
+    """Args:
+        voxel_encoder: ``DynamicVoxelEncoder``.
+        sparse_encoder: ``SparseEncoder`` whose ``sparse_shape`` is the voxel encoder's.
+        bev_backbone: ``BEVBackbone`` taking ``sparse_encoder.out_channels``.
+
+    ``forward(batch)`` reads ``batch.points`` (sum N, 1 + 3 + C) and returns (B, C_out, H, W);
+    the BEV cell is ``voxel_size[0] * sparse_encoder.stride * bev_backbone.stride`` metres.
+    """
+
+    def __init__(self, voxel_encoder: DynamicVoxelEncoder, sparse_encoder: SparseEncoder, bev_backbone: BEVBackbone):
+        super().__init__()
+        if list(sparse_encoder.sparse_shape) != list(voxel_encoder.sparse_shape):
+            raise ConfigError("LidarEncoder", "sparse_encoder.sparse_shape", f"the voxel grid {voxel_encoder.sparse_shape}", got=sparse_encoder.sparse_shape)
+        self.voxel_encoder = voxel_encoder
+        self.sparse_encoder = sparse_encoder
+        self.bev_backbone = bev_backbone
+
+    @property
+    def out_channels(self) -> int:
+        return self.bev_backbone.out_channels
+
+    @property
+    def cell_size(self) -> float:
+        return self.voxel_encoder.voxel_size[0] * self.sparse_encoder.stride * self.bev_backbone.stride
+
+    def forward(self, batch) -> torch.Tensor:
+        if batch.points is None:
+            raise PointCloudError("Batch", "points", "a (sum N, 1 + 3 + C) tensor")
+        B = len(batch)
+        feats, coords = self.voxel_encoder(split_batch_points(batch.points, B))
+        bev = self.sparse_encoder(feats, coords, B)
+        return self.bev_backbone(bev)

@@ -1,0 +1,78 @@
+"""Video encoder: per-frame image backbone (the camera encoder's ``ResNetBackbone``) -> pooled
+frame features, resampled onto given times (the audio frames) by linear interpolation of the
+frame timestamps."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dense3d.errors import VideoError
+from dense3d.models.encoders.camera.backbone import ResNetBackbone
+from dense3d.models.encoders.camera.encoder import IMAGENET_MEAN, IMAGENET_STD
+from dense3d.models.encoders.temporal import TemporalFeatures
+
+__all__ = ["VideoEncoder", "interpolate_in_time"]
+
+
+def interpolate_in_time(features: torch.Tensor, timestamps: torch.Tensor, valid: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of one clip's frame features (T, D) at ``timestamps`` (T,), using the
+    frames where ``valid`` (T,), onto ``times`` (T',) -> (T', D); clamped at both ends."""
+    f, ts = features[valid], timestamps[valid]
+    if f.shape[0] == 0:
+        return features.new_zeros(times.shape[0], features.shape[1])
+    if f.shape[0] == 1:
+        return f.expand(times.shape[0], -1)
+    t = times.clamp(ts[0], ts[-1]).to(ts.dtype)
+    hi = torch.searchsorted(ts.contiguous(), t.contiguous()).clamp(1, ts.shape[0] - 1)
+    lo = hi - 1
+    w = ((t - ts[lo]) / (ts[hi] - ts[lo])).to(f.dtype)[:, None]
+    return f[lo] * (1 - w) + f[hi] * w
+
+
+class VideoEncoder(nn.Module):
+    """Args:
+        backbone: ``ResNetBackbone`` (its last returned map is pooled).
+        out_channels: D.
+        normalize: apply the ImageNet mean / std to frames in [0, 1].
+
+    ``forward(batch, times=None, times_mask=None)`` reads ``batch.video`` (B, T, 3, H, W),
+    ``batch.video_timestamps`` (B, T), ``batch.video_mask`` (B, T). With ``times`` (B, T')
+    (e.g. the audio frames) it returns features at those times (mask ``times_mask``), else
+    at the video frames. Returns ``TemporalFeatures``.
+    """
+
+    def __init__(self, backbone: ResNetBackbone, out_channels: int = 128, normalize: bool = True):
+        super().__init__()
+        self.backbone = backbone
+        self.proj = nn.Linear(backbone.out_channels[-1], out_channels)
+        self.out_channels = out_channels
+        self.normalize = normalize
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def frame_features(self, video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) -> (B, T, D); padded frames are not run through the backbone."""
+        B, T = video.shape[:2]
+        out = video.new_zeros(B, T, self.out_channels)
+        frames = video[mask]  # (n_valid, 3, H, W)
+        if frames.shape[0]:
+            if self.normalize:
+                frames = (frames - self.mean) / self.std
+            pooled = self.backbone(frames)[-1].mean(dim=(2, 3))  # (n, C, h, w) -> (n, C)
+            out[mask] = self.proj(pooled)
+        return out
+
+    def forward(self, batch, times: torch.Tensor | None = None, times_mask: torch.Tensor | None = None) -> TemporalFeatures:
+        video = batch.video
+        if video is None or video.dim() != 5 or video.shape[2] != 3:
+            raise VideoError("Batch", "video", "a (B, T, 3, H, W) tensor", got=None if video is None else tuple(video.shape))
+        B, T = video.shape[:2]
+        if batch.video_timestamps is None or tuple(batch.video_timestamps.shape) != (B, T):
+            raise VideoError("Batch", "video_timestamps", f"shape ({B}, {T})", got=None if batch.video_timestamps is None else tuple(batch.video_timestamps.shape))
+        mask = batch.video_mask if batch.video_mask is not None else torch.ones(B, T, dtype=torch.bool, device=video.device)
+        feats = self.frame_features(video, mask)
+        if times is None:
+            return TemporalFeatures(feats, batch.video_timestamps, mask)
+        out = torch.stack([interpolate_in_time(feats[b], batch.video_timestamps[b], mask[b], times[b]) for b in range(B)])
+        tmask = times_mask if times_mask is not None else torch.ones(times.shape, dtype=torch.bool, device=times.device)
+        return TemporalFeatures(out * tmask[..., None], times, tmask)

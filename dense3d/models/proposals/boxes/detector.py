@@ -1,0 +1,134 @@
+"""3D box proposals: sensors -> BEV map(s) -> fusion -> CenterPoint head -> boxes -> region features.
+
+Wires already-built parts (any of the LiDAR / camera encoders, the fuser, the head, the
+region sampler and the loss); it builds nothing itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dense3d.errors import AnnotationError, ConfigError
+from dense3d.models.proposals.boxes.center_head import CenterHead, CenterPredictions, Detections
+from dense3d.models.proposals.boxes.region_features import BEVRegionSampler
+from dense3d.structures import RegionFeatures
+
+__all__ = ["BoxDetector", "BoxDetectorOutput", "pad_detections"]
+
+
+@dataclass
+class BoxDetectorOutput:
+    """``bev`` (B, C, H, W) fused map; ``sensor_maps`` the per-sensor BEV maps (None when absent);
+    ``predictions`` raw head outputs; ``detections`` per-sample decoded boxes; ``regions`` the
+    box proposals with features (``RegionFeatures(kind="box")``)."""
+
+    bev: torch.Tensor
+    sensor_maps: dict[str, torch.Tensor | None]
+    predictions: CenterPredictions
+    detections: list[Detections]
+    regions: RegionFeatures | None
+
+
+def pad_detections(detections: list[Detections], max_regions: int, box_dim: int) -> tuple[torch.Tensor, ...]:
+    """Per-sample detections -> padded (B, R, box_dim) boxes, (B, R) scores, labels, mask."""
+    B = len(detections)
+    R = max(1, min(max_regions, max((d.boxes.shape[0] for d in detections), default=0)))
+    dev = detections[0].boxes.device
+    boxes = torch.zeros(B, R, box_dim, device=dev)
+    boxes[..., 3:6] = 1.0  # padded regions: unit boxes (log-size finite), masked out
+    scores = torch.zeros(B, R, device=dev)
+    labels = torch.full((B, R), -1, dtype=torch.long, device=dev)
+    mask = torch.zeros(B, R, dtype=torch.bool, device=dev)
+    for b, d in enumerate(detections):
+        n = min(R, d.boxes.shape[0])
+        boxes[b, :n] = d.boxes[:n, :box_dim]
+        scores[b, :n] = d.scores[:n]
+        labels[b, :n] = d.labels[:n]
+        mask[b, :n] = True
+    return boxes, scores, labels, mask
+
+
+class BoxDetector(nn.Module):
+    """Args:
+        box_head: ``CenterHead`` on the fused map.
+        region_sampler: ``BEVRegionSampler`` on the fused map.
+        lidar_encoder, camera_encoder: ``forward(batch) -> (B, C, H, W)``; at least one.
+        fuser: ``ConvFuser``; may be None with exactly one encoder.
+        loss: ``CenterPointLoss`` (needed for ``loss``).
+        max_regions: proposals kept per sample.
+
+    ``forward(batch) -> BoxDetectorOutput``; ``loss(output, batch) -> {"heatmap", "regression",
+    "total"}`` with targets from ``batch.samples[b].boxes`` (classes matched to
+    ``box_head.class_names`` by name; classes the head lacks are ignored).
+    """
+
+    def __init__(
+        self,
+        box_head: CenterHead,
+        region_sampler: BEVRegionSampler,
+        lidar_encoder: nn.Module | None = None,
+        camera_encoder: nn.Module | None = None,
+        fuser: nn.Module | None = None,
+        loss: nn.Module | None = None,
+        max_regions: int = 64,
+    ):
+        super().__init__()
+        if lidar_encoder is None and camera_encoder is None:
+            raise ConfigError("BoxDetector", "lidar_encoder/camera_encoder", "at least one encoder")
+        if fuser is None and lidar_encoder is not None and camera_encoder is not None:
+            raise ConfigError("BoxDetector", "fuser", "a fuser when both encoders are given")
+        self.lidar_encoder = lidar_encoder
+        self.camera_encoder = camera_encoder
+        self.fuser = fuser
+        self.box_head = box_head
+        self.region_sampler = region_sampler
+        self.loss_fn = loss
+        self.max_regions = max_regions
+
+    def sensor_maps(self, batch) -> dict[str, torch.Tensor | None]:
+        """Per-sensor BEV maps; a sensor missing from the batch gives None."""
+        maps: dict[str, torch.Tensor | None] = {"lidar": None, "camera": None}
+        if self.lidar_encoder is not None and batch.points is not None:
+            maps["lidar"] = self.lidar_encoder(batch)
+        if self.camera_encoder is not None and batch.images is not None:
+            maps["camera"] = self.camera_encoder(batch)
+        if all(v is None for v in maps.values()):
+            raise ConfigError("Batch", "points/images", "the sensors of this detector", got="neither")
+        return maps
+
+    def fuse(self, maps: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        if self.fuser is not None:
+            return self.fuser(maps)
+        return next(v for v in maps.values() if v is not None)
+
+    def regions(self, bev: torch.Tensor, detections: list[Detections]) -> RegionFeatures:
+        boxes, scores, labels, mask = pad_detections(detections, self.max_regions, self.box_head.box_dim)
+        return self.region_sampler(bev, boxes, scores, labels, mask)
+
+    def forward(self, batch, decode: bool = True) -> BoxDetectorOutput:
+        """``decode=False`` skips decoding, NMS and region features (``detections`` = [] and
+        ``regions`` = None): all the loss needs, for training steps that do not caption."""
+        maps = self.sensor_maps(batch)
+        bev = self.fuse(maps)
+        predictions = self.box_head(bev)
+        if not decode:
+            return BoxDetectorOutput(bev, maps, predictions, [], None)
+        detections = self.box_head.decode(predictions)
+        return BoxDetectorOutput(bev, maps, predictions, detections, self.regions(bev, detections))
+
+    def loss(self, output: BoxDetectorOutput, batch) -> dict[str, torch.Tensor]:
+        if self.loss_fn is None:
+            raise ConfigError("BoxDetector", "loss", "a loss module to compute losses")
+        boxes, labels = [], []
+        for i, s in enumerate(batch.samples):
+            if s.boxes is None:
+                raise AnnotationError(s.sample_id, f"samples[{i}].boxes", "box annotations to train the box head")
+            # data set labels -> the head's classes by name (classes the head lacks: -1, ignored)
+            names = self.box_head.class_names
+            lut = torch.tensor([names.index(n) if n in names else -1 for n in s.boxes.class_names], dtype=torch.long)
+            boxes.append(s.boxes.boxes.tensor.to(output.bev.device))
+            labels.append(lut[s.boxes.labels.long().cpu()].to(output.bev.device))
+        targets = self.box_head.targets(boxes, labels)
+        return self.loss_fn(output.predictions, targets)

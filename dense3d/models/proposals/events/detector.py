@@ -1,0 +1,91 @@
+"""Audible-event proposals: audio / video encoders -> temporal fuser -> event head -> events
+with features (``RegionFeatures(kind="event")``). Wires already-built parts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dense3d.errors import AnnotationError, ConfigError
+from dense3d.models.encoders.temporal import TemporalFeatures
+from dense3d.models.proposals.events.event_head import EventHead, EventPredictions
+from dense3d.structures import RegionFeatures
+
+__all__ = ["EventDetector", "EventDetectorOutput"]
+
+
+@dataclass
+class EventDetectorOutput:
+    """``fused`` (B, T, D) sequence; ``times`` (B, T) s; ``mask`` (B, T); ``durations`` (B,) s;
+    ``audio`` / ``video`` the encoders' ``TemporalFeatures`` (None when absent);
+    ``predictions`` raw head outputs; ``regions`` decoded events."""
+
+    fused: torch.Tensor
+    times: torch.Tensor
+    mask: torch.Tensor
+    durations: torch.Tensor
+    audio: TemporalFeatures | None
+    video: TemporalFeatures | None
+    predictions: EventPredictions
+    regions: RegionFeatures
+
+
+class EventDetector(nn.Module):
+    """Args:
+        temporal_fuser: ``TemporalFuser``.
+        event_head: ``EventHead``.
+        audio_encoder, video_encoder: at least one.
+        loss: ``EventSetLoss`` (needed for ``loss``).
+
+    The time axis is the audio frames when the batch has audio (video is resampled onto it),
+    else the video frames (clip duration = last timestamp + half a frame period). ``forward(batch) -> EventDetectorOutput``; ``loss(output, batch)``
+    with targets from ``batch.samples[b].events`` (labels, spans in seconds, azimuth).
+    """
+
+    def __init__(self, temporal_fuser: nn.Module, event_head: EventHead, audio_encoder: nn.Module | None = None, video_encoder: nn.Module | None = None, loss: nn.Module | None = None):
+        super().__init__()
+        if audio_encoder is None and video_encoder is None:
+            raise ConfigError("EventDetector", "audio_encoder/video_encoder", "at least one encoder")
+        self.audio_encoder = audio_encoder
+        self.video_encoder = video_encoder
+        self.temporal_fuser = temporal_fuser
+        self.event_head = event_head
+        self.loss_fn = loss
+
+    def forward(self, batch) -> EventDetectorOutput:
+        audio = video = None
+        if self.audio_encoder is not None and batch.audio is not None:
+            audio = self.audio_encoder(batch)
+        if self.video_encoder is not None and batch.video is not None:
+            video = self.video_encoder(batch, audio.times, audio.mask) if audio is not None else self.video_encoder(batch)
+        ref = audio if audio is not None else video
+        if ref is None:
+            raise ConfigError("Batch", "audio/video", "the sensors of this detector", got="neither")
+        if audio is not None:
+            lengths = batch.audio_lengths if batch.audio_lengths is not None else torch.full((len(batch),), batch.audio.shape[-1])
+            durations = lengths.to(ref.features.device).float() / float(batch.sample_rate or self.audio_encoder.sample_rate)
+        else:
+            ts = torch.where(ref.mask, ref.times, torch.zeros_like(ref.times))
+            step = (ref.times[:, 1] - ref.times[:, 0]) if ref.times.shape[1] > 1 else torch.ones_like(ref.times[:, 0])
+            durations = ts.amax(dim=1) + step / 2  # timestamps taken as frame centres
+        fused = self.temporal_fuser(audio.features if audio is not None else None, video.features if video is not None else None, ref.times, ref.mask)
+        pred = self.event_head(fused, ref.times, ref.mask)
+        regions = self.event_head.regions(pred, fused, ref.times, durations)
+        return EventDetectorOutput(fused, ref.times, ref.mask, durations, audio, video, pred, regions)
+
+    def loss(self, output: EventDetectorOutput, batch) -> dict[str, torch.Tensor]:
+        if self.loss_fn is None:
+            raise ConfigError("EventDetector", "loss", "a loss module to compute losses")
+        labels, spans, azimuths = [], [], []
+        dev = output.fused.device
+        for i, s in enumerate(batch.samples):
+            if s.events is None:
+                raise AnnotationError(s.sample_id, f"samples[{i}].events", "event annotations to train the event head")
+            cl = s.events.events.to_center_length().to(dev).float() / output.durations[i]  # normalised centre, length
+            labels.append(s.events.labels.to(dev))
+            spans.append(cl)
+            azimuths.append(s.events.azimuth.to(dev) if s.events.azimuth is not None else None)
+        if any(a is None for a in azimuths):
+            azimuths = None
+        return self.loss_fn(output.predictions, labels, spans, azimuths)

@@ -1,0 +1,76 @@
+"""BEV pooling: the splat step of Lift-Splat-Shoot (sum of frustum-point features per cell).
+
+``bev_pool(features, coords, batch_size, grid_size)`` sums the (N, C) features of points
+whose integer BEV coordinates ``(b, y, x)`` coincide, into a (B, C, H, W) map. The kernels of
+``dense3d._C`` sum without atomics (deterministic: each cell adds its points in input order;
+see ``csrc/bev_pool/bev_pool.h``) and the backward is a gather. ``backend="torch"`` uses
+``index_add`` (``dense3d/ops/_ref/bev_pool.py``).
+"""
+from __future__ import annotations
+
+import torch
+
+from dense3d.errors import OpInputError
+from dense3d.ops._backend import ext, resolve_backend
+from dense3d.ops._ref.bev_pool import bev_pool_ref
+
+__all__ = ["bev_pool", "bev_pool_cells"]
+
+
+def bev_pool_cells(coords: torch.Tensor, batch_size: int, grid_size: tuple[int, int]) -> torch.Tensor:
+    """(N, 3) long ``(b, y, x)`` -> (N,) long flat cell ``(b * H + y) * W + x``; -1 outside the grid."""
+    H, W = int(grid_size[0]), int(grid_size[1])
+    b, y, x = coords.unbind(1)
+    inside = (b >= 0) & (b < batch_size) & (y >= 0) & (y < H) & (x >= 0) & (x < W)
+    flat = (b * H + y) * W + x
+    return torch.where(inside, flat, torch.full_like(flat, -1))
+
+
+class _BevPoolExt(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features, coords, batch_size, height, width):
+        ctx.save_for_backward(coords)
+        ctx.grid = (batch_size, height, width)
+        return ext().bev_pool_forward(features, coords, batch_size, height, width)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (coords,) = ctx.saved_tensors
+        return ext().bev_pool_backward(grad_out.contiguous(), coords, *ctx.grid), None, None, None, None
+
+
+def bev_pool(
+    features: torch.Tensor,
+    coords: torch.Tensor,
+    batch_size: int,
+    grid_size: tuple[int, int],
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Sum point features into a bird's-eye-view grid.
+
+    Args:
+        features: (N, C) float32/float64 point features.
+        coords: (N, 3) integer ``(b, y, x)`` cell of each point; points outside
+            ``[0, B) x [0, H) x [0, W)`` are dropped.
+        batch_size: B.
+        grid_size: (H, W) cells.
+        backend: ``"auto" | "ext" | "torch"`` (see ``dense3d.ops._backend``).
+
+    Returns:
+        (B, C, H, W) sums (zeros in empty cells).
+    """
+    src = "bev_pool"
+    if features.dim() != 2 or not features.is_floating_point():
+        raise OpInputError(src, "features", "a float tensor of shape (N, C)", got=f"{features.dtype} {tuple(features.shape)}")
+    if coords.dim() != 2 or coords.shape[1] != 3 or coords.shape[0] != features.shape[0] or coords.is_floating_point():
+        raise OpInputError(src, "coords", f"an integer tensor of shape ({features.shape[0]}, 3)", got=f"{coords.dtype} {tuple(coords.shape)}")
+    H, W = int(grid_size[0]), int(grid_size[1])
+    num_cells = int(batch_size) * H * W
+    coords = coords.long().contiguous()
+    if resolve_backend(backend, "bev_pool_forward", features) == "ext" and features.dtype in (torch.float32, torch.float64):
+        out = _BevPoolExt.apply(features, coords, int(batch_size), H, W)
+    else:
+        out = bev_pool_ref(features, bev_pool_cells(coords, int(batch_size), (H, W)), num_cells)
+    C = features.shape[1]
+    # (B * H * W, C) -> (B, H, W, C) -> (B, C, H, W)
+    return out.view(int(batch_size), H, W, C).permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,71 @@
+"""Sparse convolution compute: gather -> GEMM -> scatter-add per kernel offset.
+
+``sparse_conv(features, weight, bias, kmap)`` runs ``dense3d._C`` (C++/OpenMP + ATen GEMM on the
+CPU, CUDA gather/scatter kernels + cuBLAS on the GPU) through ``SparseConvFunction`` (forward and
+backward for features and weights), or the pure-torch reference (``backend="torch"``).
+"""
+from __future__ import annotations
+
+import torch
+
+from dense3d.errors import SparseTensorError
+from dense3d.ops._backend import ext, resolve_backend
+from dense3d.ops._ref.sparse_conv import sparse_conv_ref
+from dense3d.ops.sparse.kernel_map import KernelMap
+
+__all__ = ["SparseConvFunction", "sparse_conv"]
+
+
+class SparseConvFunction(torch.autograd.Function):
+    """Autograd wrapper of ``dense3d._C.sparse_conv_forward`` / ``sparse_conv_backward``."""
+
+    @staticmethod
+    def forward(ctx, features, weight, bias, kmap: KernelMap):
+        out = ext().sparse_conv_forward(
+            features, weight, bias, kmap.in_idx, kmap.out_idx, kmap.offsets, kmap.out_rowptr, kmap.out_perm,
+            kmap.out_order, kmap.num_out, kmap.identity_k,
+        )
+        ctx.save_for_backward(features, weight)
+        ctx.kmap = kmap
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        features, weight = ctx.saved_tensors
+        km = ctx.kmap
+        need_f, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_f = grad_w = grad_b = None
+        if need_f or need_w:
+            grad_f, grad_w = ext().sparse_conv_backward(
+                grad_out, features, weight, km.in_idx, km.out_idx, km.offsets, km.in_rowptr, km.in_perm,
+                km.in_order, km.out_order, km.identity_k, need_f, need_w,
+            )
+        if ctx.has_bias and need_b:
+            grad_b = grad_out.sum(0)
+        return grad_f, grad_w, grad_b, None
+
+
+def sparse_conv(
+    features: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    kmap: KernelMap,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Output features (kmap.num_out, C_out) of a sparse conv.
+
+    Args:
+        features: (kmap.num_in, C_in) input features.
+        weight: (K, C_in, C_out), K = prod(kernel_size), offsets z-major (see ``SparseConv3d``).
+        bias: (C_out,) or None.
+        kmap: the rulebook (``build_kernel_map``; ``.inverse()`` for a transposed conv).
+    """
+    chosen = resolve_backend(backend, "sparse_conv_forward", features)
+    if chosen == "ext" and not features.is_cuda and features.dtype not in (torch.float32, torch.float64):
+        if backend == "ext":  # the CPU kernels are float32 / float64 only
+            raise SparseTensorError("sparse_conv", "features", "float32 or float64 on the CPU with backend='ext'", got=features.dtype)
+        chosen = "torch"
+    if chosen == "ext":
+        return SparseConvFunction.apply(features, weight, bias, kmap)
+    return sparse_conv_ref(features, weight, bias, kmap.in_idx, kmap.out_idx, kmap.offsets, kmap.num_out)

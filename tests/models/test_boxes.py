@@ -1,0 +1,198 @@
+"""LiDAR + camera BEV detection on the real nuScenes keyframe and the real ScanNet scene."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dense3d.models.encoders.camera.backbone import ResNetBackbone
+from dense3d.models.encoders.camera.encoder import CameraEncoder
+from dense3d.models.encoders.camera.lss import LSSViewTransform
+from dense3d.models.encoders.lidar.bev_backbone import BEVBackbone
+from dense3d.models.encoders.lidar.encoder import LidarEncoder
+from dense3d.models.encoders.lidar.sparse_backbone import SparseEncoder
+from dense3d.models.encoders.lidar.voxel_encoder import DynamicVoxelEncoder
+from dense3d.models.fusion.conv_fuser import ConvFuser
+from dense3d.models.losses.center_loss import CenterPointLoss
+from dense3d.models.proposals.boxes.center_head import CenterHead, CenterPredictions
+from dense3d.models.proposals.boxes.detector import BoxDetector
+from dense3d.models.proposals.boxes.region_features import BEVRegionSampler
+from tests.models.real_samples import collate, nuscenes_sample, scannet_sample
+
+OUTDOOR = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
+INDOOR = (-0.4, -0.4, -0.2, 9.2, 9.2, 3.0)
+GROUPS = [["car"], ["truck", "trailer", "bus", "construction_vehicle"], ["bicycle", "motorcycle"], ["pedestrian"], ["traffic_cone", "barrier"]]
+
+
+def lidar_encoder(in_channels, point_range, voxel):
+    vox = DynamicVoxelEncoder(in_channels, voxel, point_range, out_channels=16, hidden_channels=16)
+    sparse = SparseEncoder(16, vox.sparse_shape, stage_channels=(16, 32, 64), out_channels=32)
+    bev = BEVBackbone(sparse.out_channels, layer_channels=(64, 128), layer_nums=(1, 1), layer_strides=(1, 2), upsample_channels=(64, 64))
+    return LidarEncoder(vox, sparse, bev)
+
+
+def outdoor_detector(lidar=True, camera=True, seed=0):
+    torch.manual_seed(seed)
+    cell = 1.6
+    lid = lidar_encoder(5, OUTDOOR, (0.4, 0.4, 0.2)) if lidar else None
+    cam = CameraEncoder(ResNetBackbone(18, (3, 4)), LSSViewTransform(64, 32, OUTDOOR, cell, depth_bins=(1.0, 60.0, 1.0)), neck_channels=64) if camera else None
+    channels = {k: c for k, c in (("lidar", 128 if lidar else 0), ("camera", 32 if camera else 0)) if c}
+    fuser = ConvFuser(channels, 128, modality_dropout=0.25)
+    head = CenterHead(128, GROUPS, OUTDOOR, cell, head_channels=32, score_threshold=0.05)
+    sampler = BEVRegionSampler(128, 64, OUTDOOR, grid_points=5)
+    return BoxDetector(head, sampler, lidar_encoder=lid, camera_encoder=cam, fuser=fuser, loss=CenterPointLoss(), max_regions=32)
+
+
+@pytest.fixture(scope="module")
+def nusc(samples):
+    return nuscenes_sample(samples)
+
+
+def test_lidar_camera_shapes_and_regions(nusc):
+    det = outdoor_detector().eval()
+    batch = collate([nusc])
+    with torch.no_grad():
+        out = det(batch)
+    assert out.sensor_maps["lidar"].shape == (1, 128, 64, 64)
+    assert out.sensor_maps["camera"].shape == (1, 32, 64, 64)
+    assert out.bev.shape == (1, 128, 64, 64)
+    cam = out.sensor_maps["camera"][0].abs().sum(0)
+    assert 0.2 < float((cam > 0).float().mean()) < 0.95  # cameras see part of the grid, not all
+    assert [p.shape for p in out.predictions.heatmaps] == [(1, len(g), 64, 64) for g in GROUPS]
+    r = out.regions
+    assert r.kind == "box" and r.features.shape[0] == 1 and r.features.shape[-1] == 64
+    assert r.geometry.shape[-1] == 7 and r.tokens.shape[2:] == (25, 64) and r.extra["velocity"].shape[-1] == 2
+    assert r.mask.sum() == min(32, len(out.detections[0].boxes)) > 0
+    assert torch.equal(r.geometry[0, : int(r.mask.sum())], out.detections[0].boxes[: int(r.mask.sum()), :7])
+    assert torch.isfinite(r.features).all()
+    losses = det.loss(out, batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_each_encoder_changes_only_with_its_sensor(nusc):
+    det = outdoor_detector().eval()
+    base = collate([nusc])
+    with torch.no_grad():
+        m0 = det.sensor_maps(base)
+        moved = collate([nusc])
+        moved.points = moved.points.clone()
+        moved.points[:, 1] += 3.0  # shift the cloud 3 m along x
+        m1 = det.sensor_maps(moved)
+        assert not torch.allclose(m1["lidar"], m0["lidar"])
+        assert torch.equal(m1["camera"], m0["camera"])
+        dark = collate([nusc])
+        dark.images = dark.images * 0.5
+        m2 = det.sensor_maps(dark)
+        assert torch.equal(m2["lidar"], m0["lidar"])
+        assert not torch.allclose(m2["camera"], m0["camera"])
+
+
+def test_missing_sensor_and_modality_dropout(nusc):
+    det = outdoor_detector().eval()
+    with torch.no_grad():
+        lidar_only = det(collate([nusc], with_cameras=False))
+        camera_only = det(collate([nusc], with_points=False))
+    assert lidar_only.sensor_maps["camera"] is None and lidar_only.bev.shape == (1, 128, 64, 64)
+    assert camera_only.sensor_maps["lidar"] is None and torch.isfinite(camera_only.bev).all()
+    fuser = det.fuser.train()
+    maps = {"lidar": torch.ones(64, 128, 2, 2), "camera": torch.ones(64, 32, 2, 2)}
+    torch.manual_seed(0)
+    fuser.fuse = torch.nn.Identity()  # look at what gets concatenated
+    x = fuser(maps)
+    kept_l = x[:, :128].flatten(1).amax(1) > 0
+    kept_c = x[:, 128:].flatten(1).amax(1) > 0
+    assert (kept_l | kept_c).all() and (~kept_l).any() and (~kept_c).any()
+
+
+def test_scannet_axis_aligned_indoor(samples):
+    torch.manual_seed(0)
+    lid = lidar_encoder(6, INDOOR, (0.1, 0.1, 0.1))
+    cell = 0.4
+    head = CenterHead(128, [["chair", "table"], ["bed"]], INDOOR, cell, head_channels=32, with_velocity=False, axis_aligned=True, score_threshold=0.0)
+    det = BoxDetector(head, BEVRegionSampler(128, 32, INDOOR, grid_points=3), lidar_encoder=lid, loss=CenterPointLoss(), max_regions=16).eval()
+    batch = collate([scannet_sample(samples)])
+    with torch.no_grad():
+        out = det(batch)
+    assert out.bev.shape == (1, 128, 24, 24)
+    assert head.code_names == ["dx_off", "dy_off", "z", "log_dx", "log_dy", "log_dz"]
+    d = out.detections[0]
+    assert d.boxes.shape[1] == 7 and (d.boxes[:, 6] == 0).all() and len(d.boxes) > 0
+    assert out.regions.geometry.shape == (1, len(d.boxes[:16]), 7) and out.regions.extra == {}
+    with torch.no_grad():  # colour is an input: recolouring changes the map
+        recol = collate([scannet_sample(samples)])
+        recol.points = recol.points.clone()
+        recol.points[:, 4:] = 1 - recol.points[:, 4:]
+        assert not torch.allclose(det(recol).bev, out.bev)
+
+
+def _peaks_head(axis_aligned=False):
+    return CenterHead(8, [["a", "b"]], (0.0, 0.0, -1.0, 10.0, 10.0, 1.0), 1.0, head_channels=8, with_velocity=False, axis_aligned=axis_aligned, score_threshold=0.3, nms_iou_threshold=0.1)
+
+
+def _hand_made_predictions(head, peaks):
+    """Heatmap logits with given (class, y, x, prob) peaks and a fixed box code everywhere."""
+    heat = torch.full((1, 2, 10, 10), -10.0)
+    for c, y, x, p in peaks:
+        heat[0, c, y, x] = math.log(p / (1 - p))
+    reg = torch.zeros(1, head.code_size, 10, 10)
+    reg[0, 0:2] = 0.5  # centre of the cell
+    reg[0, 3:6] = math.log(3.0)  # 3 m cubes
+    if not head.axis_aligned:
+        reg[0, 6], reg[0, 7] = math.sin(0.3), math.cos(0.3)
+    return CenterPredictions([heat], [reg])
+
+
+@pytest.mark.parametrize("axis_aligned", [False, True])
+def test_decode_and_nms_hand_made_heatmap(axis_aligned):
+    head = _peaks_head(axis_aligned)
+    # two overlapping class-0 peaks (1 m apart, 3 m boxes), one far class-0 peak, one class-1
+    # peak on top of the first one (other class: not suppressed), one below the threshold
+    preds = _hand_made_predictions(head, [(0, 2, 2, 0.9), (0, 2, 3, 0.8), (0, 7, 7, 0.7), (1, 2, 2, 0.6), (1, 8, 1, 0.2)])
+    (d,) = head.decode(preds)
+    assert d.scores.tolist() == pytest.approx([0.9, 0.7, 0.6])
+    assert d.labels.tolist() == [0, 0, 1]
+    assert d.boxes[0, :3].tolist() == pytest.approx([2.5, 2.5, 0.0])
+    assert d.boxes[1, :2].tolist() == pytest.approx([7.5, 7.5])
+    assert d.boxes[0, 3:6].tolist() == pytest.approx([3.0, 3.0, 3.0])
+    assert d.boxes[0, 6].item() == pytest.approx(0.0 if axis_aligned else 0.3, abs=1e-6)
+
+
+def test_targets_put_gaussian_peaks_at_box_centres():
+    head = _peaks_head()
+    boxes = torch.tensor([[2.5, 7.5, 0.2, 4.0, 2.0, 1.5, 0.5]])
+    t = head.targets([boxes], [torch.tensor([1])])
+    assert t.heatmaps[0][0, 1, 7, 2] == 1.0 and t.heatmaps[0][0, 0].sum() == 0
+    assert t.indices[0][0, 0] == 7 * 10 + 2 and t.masks[0][0].sum() == 1
+    assert t.regression[0][0, 0].tolist() == pytest.approx([0.5, 0.5, 0.2, math.log(4), math.log(2), math.log(1.5), math.sin(0.5), math.cos(0.5)])
+    # a perfect prediction of these targets decodes back to the box
+    reg = torch.zeros(1, head.code_size, 10, 10)
+    reg[0, :, 7, 2] = t.regression[0][0, 0]
+    logits = torch.where(t.heatmaps[0] == 1, 5.0, -5.0)
+    (d,) = head.decode(CenterPredictions([logits], [reg]))
+    assert d.labels.tolist() == [1] and d.boxes[0].tolist() == pytest.approx(boxes[0].tolist(), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_box_loss_goes_down_when_overfitting_one_sample(samples):
+    """A light LiDAR + camera detector (0.8 m voxels, 64 x 176 images) overfits the keyframe."""
+    torch.manual_seed(0)
+    cell = 1.6
+    vox = DynamicVoxelEncoder(5, (0.8, 0.8, 0.4), OUTDOOR, out_channels=16, hidden_channels=16)
+    sparse = SparseEncoder(16, vox.sparse_shape, stage_channels=(16, 32), out_channels=32)  # z: 20 -> 10 -> 4
+    lid = LidarEncoder(vox, sparse, BEVBackbone(128, (64,), (1,), (1,), (64,)))
+    cam = CameraEncoder(ResNetBackbone(18, (3,)), LSSViewTransform(32, 16, OUTDOOR, cell, depth_bins=(1.0, 60.0, 2.0)), neck_channels=32)
+    head = CenterHead(64, GROUPS, OUTDOOR, cell, head_channels=32)
+    det = BoxDetector(head, BEVRegionSampler(64, 32, OUTDOOR, 3), lid, cam, ConvFuser({"lidar": 64, "camera": 16}, 64), CenterPointLoss())
+    batch = collate([nuscenes_sample(samples, image_size=(64, 176))])
+    opt = torch.optim.AdamW(det.parameters(), lr=3e-3)
+    history = []
+    for _ in range(12):
+        out = det(batch, decode=False)
+        loss = det.loss(out, batch)
+        opt.zero_grad()
+        loss["total"].backward()
+        opt.step()
+        history.append({k: float(v.detach()) for k, v in loss.items()})
+    assert history[-1]["total"] < 0.5 * history[0]["total"], [h["total"] for h in history]
+    assert history[-1]["heatmap"] < history[0]["heatmap"] and history[-1]["regression"] < history[0]["regression"]

@@ -1,0 +1,149 @@
+"""Audio / video encoders, temporal fuser and event head on synthetic audio-visual clips."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dense3d.errors import AudioError
+from dense3d.models.encoders.audio.encoder import AudioEncoder, gcc_phat
+from dense3d.models.encoders.camera.backbone import ResNetBackbone
+from dense3d.models.encoders.video.encoder import VideoEncoder, interpolate_in_time
+from dense3d.models.fusion.temporal_fuser import TemporalFuser
+from dense3d.models.losses.event_loss import EventSetLoss
+from dense3d.models.proposals.events.detector import EventDetector
+from dense3d.models.proposals.events.event_head import EventHead
+from dense3d.models.proposals.events.matcher import HungarianEventMatcher
+from tests.models.av_clips import MICS, SPEED_OF_SOUND, SR, av_batch, tone_burst_clip
+
+
+def _detector(seed=0, num_queries=4, tiny=False):
+    torch.manual_seed(seed)
+    cnn = (8, 16) if tiny else (16, 32)
+    audio = AudioEncoder(num_channels=4, sample_rate=SR, cnn_channels=cnn, time_pool=4, out_channels=32, max_lag=8)
+    video = VideoEncoder(ResNetBackbone(18, out_indices=(1,) if tiny else (2,)), out_channels=32)
+    fuser = TemporalFuser(32, 32, d_model=32, num_layers=1, num_heads=2, dropout=0.0)
+    head = EventHead(32, num_classes=2, num_queries=num_queries, num_layers=1, num_heads=2, dropout=0.0, max_events=3, span_tokens=4)
+    loss = EventSetLoss(HungarianEventMatcher(cost_azimuth=1.0))
+    return EventDetector(fuser, head, audio_encoder=audio, video_encoder=video, loss=loss)
+
+
+def test_gcc_phat_peaks_at_the_true_delay():
+    """The GCC-PHAT peak of mics 0 and 2 (opposite, 0.2 m apart) matches the plane-wave delay."""
+    az = math.radians(30)
+    wave, _, _ = tone_burst_clip(az, 0.2, 1.8, noise=0.0)
+    spec = torch.stft(wave, 512, 160, window=torch.hann_window(512), return_complex=True)[None]  # (1, 4, F, T)
+    cc = gcc_phat(spec, [(0, 2)], 512, 16)  # (1, 1, 33, T)
+    lag = int(cc[0, 0, :, 20:180].mean(-1).argmax()) - 16
+    d = MICS[2] - MICS[0]
+    expected = float(-(d @ torch.tensor([math.cos(az), math.sin(az), 0.0])) / SPEED_OF_SOUND * SR)
+    assert abs(lag - expected) <= 1.0, (lag, expected)
+
+
+def test_audio_video_shapes_and_time_alignment():
+    batch = av_batch([(0.5, 0.4, 1.2, 0), (2.0, 1.0, 1.8, 1)])
+    batch.audio_lengths = torch.tensor([32000, 16000])
+    det = _detector().eval()
+    a = det.audio_encoder(batch)
+    T = a.features.shape[1]
+    assert a.features.shape == (2, T, 32) and T == math.ceil((32000 // 160 + 1) / 4)
+    assert a.mask[0].all() and a.mask[1].sum() == math.ceil((16000 // 160 + 1) / 4)
+    assert 1.95 < float(a.times[0, -1]) < 2.05 and float(a.times[0, 1] - a.times[0, 0]) == pytest.approx(0.04)
+    v = det.video_encoder(batch, a.times, a.mask)
+    assert v.features.shape == (2, T, 32)
+    assert torch.isfinite(v.features).all() and (v.features[1, ~a.mask[1]] == 0).all()
+    # interpolation is exact at the frame times and clamped outside
+    f = torch.arange(8.0)[:, None].repeat(1, 3)
+    out = interpolate_in_time(f, batch.video_timestamps[0], torch.ones(8, dtype=torch.bool), torch.tensor([0.0, 0.125, 0.375, 5.0]))
+    assert out[:, 0].tolist() == pytest.approx([0.0, 0.0, 1.0, 7.0])
+    with pytest.raises(AudioError, match="sample_rate"):
+        batch.sample_rate = 8000
+        det.audio_encoder(batch)
+
+
+def test_each_encoder_changes_only_with_its_input():
+    det = _detector().eval()
+    base = av_batch([(0.5, 0.4, 1.2, 0)])
+    with torch.no_grad():
+        a0, v0 = det.audio_encoder(base).features, det.video_encoder(base).features
+        b = av_batch([(0.5, 0.4, 1.2, 0)])
+        b.audio = b.audio.roll(3, dims=1)  # only the audio changes
+        assert not torch.allclose(det.audio_encoder(b).features, a0)
+        assert torch.equal(det.video_encoder(b).features, v0)
+        c = av_batch([(0.5, 0.4, 1.2, 0)])
+        c.video = c.video.flip(-1)  # only the video changes
+        assert torch.equal(det.audio_encoder(c).features, a0)
+        assert not torch.allclose(det.video_encoder(c).features, v0)
+        # direction alone (same signal, other azimuth) changes the audio features: GCC-PHAT
+        d = av_batch([(2.5, 0.4, 1.2, 0)])
+        assert not torch.allclose(det.audio_encoder(d).features, a0, atol=1e-4)
+
+
+def test_hungarian_matching_hand_made():
+    m = HungarianEventMatcher(cost_class=1.0, cost_span=5.0, cost_tiou=2.0)
+    big = 10.0
+    logits = torch.tensor([[big, 0, 0], [0, big, 0], [0, 0, big], [big, 0, 0]])  # classes 0, 1, none, 0
+    spans = torch.tensor([[0.2, 0.1], [0.7, 0.2], [0.5, 0.5], [0.8, 0.2]])
+    gt_labels = torch.tensor([0, 1])
+    gt_spans = torch.tensor([[0.75, 0.2], [0.21, 0.1]])
+    qi, gi = m(logits, spans, gt_labels, gt_spans)
+    pairs = sorted(zip(qi.tolist(), gi.tolist()))
+    # query 3 (class 0 at 0.8) takes gt 0 (class 0 at 0.75), not query 0 (class 0 but at 0.2);
+    # gt 1 (class 1 at 0.21) goes to query 1 (class 1) over query 0's better span? no: span cost
+    # 5 * |0.7 - 0.21| dominates, so query 0 (span 0.2) takes it.
+    assert pairs == [(0, 1), (3, 0)]
+    e = m(logits, spans, torch.zeros(0, dtype=torch.long), torch.zeros(0, 2))
+    assert e[0].numel() == 0
+
+
+def test_event_regions_and_loss_flow():
+    batch = av_batch([(0.5, 0.4, 1.2, 0), (2.0, 1.0, 1.8, 1)])
+    det = _detector()
+    out = det(batch)
+    r = out.regions
+    assert r.kind == "event" and r.geometry.shape[-1] == 2 and r.features.shape[-1] == 32
+    R = r.num_regions
+    assert r.tokens.shape == (2, R, 4, 32) and r.extra["azimuth"].shape == (2, R)
+    assert (r.geometry[r.mask][:, 1] >= r.geometry[r.mask][:, 0]).all() and (r.geometry <= 2.0 + 1e-5).all()
+    losses = det.loss(out, batch)
+    assert set(losses) >= {"class", "span", "tiou", "azimuth", "count", "total"}
+    losses["total"].backward()
+    grads = [p.grad for p in det.parameters() if p.requires_grad]
+    assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads) > 0.8 * len(grads)
+
+
+def test_audio_only_batch_runs():
+    batch = av_batch([(0.5, 0.4, 1.2, 0)], with_video=False)
+    out = _detector().eval()(batch)
+    assert out.video is None and out.fused.shape[0] == 1
+
+
+@pytest.mark.slow
+def test_event_loss_goes_down_when_overfitting_one_clip():
+    torch.manual_seed(0)
+    batch = av_batch([(1.0, 0.2, 0.6, 0), (-2.0, 0.5, 0.9, 1)], duration=1.0, size=32)
+    det = _detector(num_queries=4, tiny=True)
+    det.train()
+    opt = torch.optim.AdamW(det.parameters(), lr=3e-3)
+    history = []
+    for _ in range(30):
+        out = det(batch)
+        loss = det.loss(out, batch)
+        opt.zero_grad()
+        loss["total"].backward()
+        opt.step()
+        history.append({k: float(v.detach()) for k, v in loss.items()})
+    first = sum(h["total"] for h in history[:3]) / 3
+    last = sum(h["total"] for h in history[-3:]) / 3
+    assert last < 0.5 * first, (first, last)
+    assert history[-1]["span"] < history[0]["span"]
+
+
+def test_video_only_batch_runs_on_the_video_time_axis():
+    batch = av_batch([(0.5, 0.4, 1.2, 0)])
+    batch.audio = batch.audio_lengths = None
+    out = _detector().eval()(batch)
+    assert out.audio is None and out.fused.shape[1] == 8  # the 8 video frames
+    assert float(out.durations[0]) == pytest.approx(2.0)
+    assert (out.regions.geometry <= 2.0 + 1e-5).all()
