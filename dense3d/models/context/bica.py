@@ -15,8 +15,8 @@ Each :class:`BiCALayer` runs
 2. **O4C** (objects for contexts): contexts attend to the instances -> *object-aware
    contexts*; then each instance gathers one *summary* of the contexts relevant to it
    (attention from the instance to the contexts, biased towards near ones);
-3. **C4O** (contexts for objects): the instances attend to the summaries -> *context-aware
-   objects*;
+3. **C4O** (contexts for objects): the instances attend to the summaries (their own and
+   those of nearby instances, by the same locality bias) -> *context-aware objects*;
 4. feed-forward blocks (pre-norm residual everywhere).
 
 Nearness is a learnable per-head additive attention bias ``-softplus(a_h) * d / radius``
@@ -173,15 +173,15 @@ class BiCALayer(nn.Module):
         self.c4o = _Attention(d_model, n_heads, dropout)  # instances <- context summaries
         self.ffn_inst = _FFN(d_model, ffn_dim, dropout)
 
-    def forward(self, inst, inst_pos, ctx, ctx_pos, self_bias, o4c_bias, summary_bias):
-        # inst: (B, R, D), ctx: (B, Q, D); biases: (B, [h,] Lq, Lk) additive
+    def forward(self, inst, inst_pos, ctx, ctx_pos, self_bias, o4c_bias, summary_bias, c4o_bias):
+        # inst: (B, R, D), ctx: (B, Q, D); biases: (B, h, Lq, Lk) additive
         inst = self.self_attn(inst, inst_pos, inst, inst_pos, self_bias)
         if ctx is None:
             return self.ffn_inst(inst), None, None
         ctx = self.ffn_ctx(self.o4c(ctx, ctx_pos, inst, inst_pos, o4c_bias))  # object-aware contexts
         zero = torch.zeros_like(inst)
         summ = self.summary_norm(self.summary(zero, inst_pos + inst, ctx, ctx_pos, summary_bias))  # (B, R, D)
-        inst = self.c4o(inst, inst_pos, summ, inst_pos, self_bias)  # context-aware objects
+        inst = self.c4o(inst, inst_pos, summ, inst_pos, c4o_bias)  # context-aware objects
         return self.ffn_inst(inst), ctx, summ
 
 
@@ -262,7 +262,7 @@ class BiCADecoder(nn.Module):
         inst_dom = torch.tensor([d == "space" for d in doms], dtype=torch.bool, device=inst.device)  # (R,)
         self_bias = self._bias(torch.zeros_like(inst_xyz[..., 0:1]).expand(-1, -1, inst.shape[1]), inst_mask)
 
-        ctx = ctx_pos = o4c_bias = summary_bias = None
+        ctx = ctx_pos = o4c_bias = summary_bias = c4o_bias = None
         if contexts:
             c_feat, c_pos, c_mask, c_xyz, c_doms = [], [], [], [], []
             for c in contexts:
@@ -278,10 +278,11 @@ class BiCADecoder(nn.Module):
             dist = self._distance(inst_xyz, inst_dom, ctx_xyz, ctx_dom)  # (B, R, Q)
             summary_bias = self._bias(dist, ctx_mask)  # (B, h, R, Q)
             o4c_bias = self._bias(dist.transpose(1, 2), inst_mask)  # (B, h, Q, R)
+            c4o_bias = self._bias(self._distance(inst_xyz, inst_dom, inst_xyz, inst_dom), inst_mask)  # (B, h, R, R)
 
         summ = torch.zeros_like(inst)
         for layer in self.layers:
-            inst, ctx_new, s = layer(inst, inst_pos, ctx, ctx_pos, self_bias, o4c_bias, summary_bias)
+            inst, ctx_new, s = layer(inst, inst_pos, ctx, ctx_pos, self_bias, o4c_bias, summary_bias, c4o_bias)
             if ctx_new is not None:
                 ctx, summ = ctx_new, s
         inst = self.out_norm(inst) * inst_mask.unsqueeze(-1)  # padded regions -> 0

@@ -1,1 +1,0 @@
-"""dense3d.models.losses"""
