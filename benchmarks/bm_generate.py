@@ -11,6 +11,7 @@ length; the benchmark checks they produce the same captions. Prints a table and 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from pathlib import Path
@@ -75,9 +76,11 @@ def main() -> None:
     for r in rows:
         print(f"{r['mode']:28} {r['seconds']:9.2f} {r['captions_per_s']:11.2f}")
     print(f"batched / one-at-a-time speed-up: {ratio:.2f}x; same captions: {agree}")
+    print(f"1-min load average at the end: {os.getloadavg()[0]:.1f} (other processes slow both runs alike)")
     print(f"example caption: {texts[rows[0]['mode']][0]!r}")
     meta = {"regions": args.regions, "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "machine": platform.processor() or platform.machine(), "llm_load_s": load_s}
+            "torch": torch.__version__, "machine": platform.processor() or platform.machine(), "llm_load_s": load_s,
+            "load_average_1m": os.getloadavg()[0]}  # the machine may be shared: timings scale with load
     atomic_write_json(Path(__file__).with_name("bm_generate.json"),
                       {"meta": meta, "rows": rows, "speedup": ratio, "same_captions": agree})
 
