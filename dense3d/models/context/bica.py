@@ -179,6 +179,8 @@ class BiCALayer(nn.Module):
         if ctx is None:
             return self.ffn_inst(inst), None, None
         ctx = self.ffn_ctx(self.o4c(ctx, ctx_pos, inst, inst_pos, o4c_bias))  # object-aware contexts
+        # the summary is a fresh vector, not a residual update: start from zero and let the
+        # instance (+ its geometry embedding) act as the query's positional part
         zero = torch.zeros_like(inst)
         summ = self.summary_norm(self.summary(zero, inst_pos + inst, ctx, ctx_pos, summary_bias))  # (B, R, D)
         inst = self.c4o(inst, inst_pos, summ, inst_pos, c4o_bias)  # context-aware objects
