@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "sparse_conv/sparse_conv.h"
@@ -146,9 +147,13 @@ std::vector<at::Tensor> kernel_map_cpu(const at::Tensor& indices, const ConvGeom
   const int64_t identity_k = (subm && n_dup == 0) ? K / 2 : -1;
 
   // 3. Neighbour table nbr[k][o] = input row at o * s - p + k * d, or -1; hits counted per offset.
-  std::vector<int32_t> nbr(static_cast<size_t>(K * n_out));
+  //    Submanifold maps are symmetric: nbr[k][o] = i  <=>  nbr[K-1-k][i] = o (mirrored offsets), so
+  //    only offsets before the centre are looked up; the mirror rows are filled from them.
+  std::unique_ptr<int32_t[]> nbr(new int32_t[static_cast<size_t>(K * n_out)]);  // every entry set below
   std::vector<int64_t> counts(K, 0);
   const bool par_out = n_out > 4096;
+  const bool mirror = identity_k >= 0;
+  if (mirror) std::fill(nbr.get() + (identity_k + 1) * n_out, nbr.get() + K * n_out, -1);
 #pragma omp parallel num_threads(at::get_num_threads()) if (par_out)
   {
     std::vector<int64_t> local(K, 0);
@@ -165,6 +170,7 @@ std::vector<at::Tensor> kernel_map_cpu(const at::Tensor& indices, const ConvGeom
           const int64_t base = ((c[0] * D + z) * H + y) * W;
           for (int64_t kx = 0; kx < g.kernel[2]; ++kx, ++k) {
             const int64_t x = c[3] * g.stride[2] - g.padding[2] + kx * g.dilation[2];
+            if (mirror && k > identity_k) continue;  // filled by its mirror offset
             int32_t v = -1;
             if (k == identity_k) {
               v = static_cast<int32_t>(o);
@@ -173,6 +179,10 @@ std::vector<at::Tensor> kernel_map_cpu(const at::Tensor& indices, const ConvGeom
             }
             nbr[k * n_out + o] = v;
             local[k] += v >= 0;
+            if (mirror && k < identity_k && v >= 0) {
+              nbr[(K - 1 - k) * n_out + v] = static_cast<int32_t>(o);
+              ++local[K - 1 - k];
+            }
           }
         }
       }
@@ -193,7 +203,7 @@ std::vector<at::Tensor> kernel_map_cpu(const at::Tensor& indices, const ConvGeom
 #pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if (par_out)
   for (int64_t k = 0; k < K; ++k) {
     int64_t p = off[k];
-    const int32_t* row = nbr.data() + k * n_out;
+    const int32_t* row = nbr.get() + k * n_out;
     for (int64_t o = 0; o < n_out; ++o) {
       if (row[o] >= 0) {
         pin[p] = row[o];
