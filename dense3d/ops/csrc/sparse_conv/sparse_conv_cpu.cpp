@@ -200,16 +200,23 @@ std::vector<at::Tensor> kernel_map_cpu(const at::Tensor& indices, const ConvGeom
   at::Tensor out_idx = at::empty({P}, indices.options());
   int32_t* pin = in_idx.data_ptr<int32_t>();
   int32_t* pout = out_idx.data_ptr<int32_t>();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if (par_out)
-  for (int64_t k = 0; k < K; ++k) {
-    int64_t p = off[k];
-    const int32_t* row = nbr.get() + k * n_out;
-    for (int64_t o = 0; o < n_out; ++o) {
-      if (row[o] >= 0) {
-        pin[p] = row[o];
-        pout[p] = static_cast<int32_t>(o);
-        ++p;
+#pragma omp parallel num_threads(at::get_num_threads()) if (par_out)
+  {
+    // Branch-free compaction (hits are sparse and random: a branch would mispredict) into
+    // per-thread scratch, then one copy into this offset's slice.
+    std::vector<int32_t> sin(n_out + 1), sout(n_out + 1);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t k = 0; k < K; ++k) {
+      const int32_t* row = nbr.get() + k * n_out;
+      int64_t n = 0;
+      for (int64_t o = 0; o < n_out; ++o) {
+        const int32_t v = row[o];
+        sin[n] = v;
+        sout[n] = static_cast<int32_t>(o);
+        n += v >= 0;
       }
+      std::memcpy(pin + off[k], sin.data(), n * sizeof(int32_t));
+      std::memcpy(pout + off[k], sout.data(), n * sizeof(int32_t));
     }
   }
 
