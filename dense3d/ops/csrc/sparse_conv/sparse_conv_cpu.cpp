@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "sparse_conv/sparse_conv.h"
@@ -146,9 +147,13 @@ std::vector<at::Tensor> kernel_map_cpu(const at::Tensor& indices, const ConvGeom
   const int64_t identity_k = (subm && n_dup == 0) ? K / 2 : -1;
 
   // 3. Neighbour table nbr[k][o] = input row at o * s - p + k * d, or -1; hits counted per offset.
-  std::vector<int32_t> nbr(static_cast<size_t>(K * n_out));
+  //    Submanifold maps are symmetric: nbr[k][o] = i  <=>  nbr[K-1-k][i] = o (mirrored offsets), so
+  //    only offsets before the centre are looked up; the mirror rows are filled from them.
+  std::unique_ptr<int32_t[]> nbr(new int32_t[static_cast<size_t>(K * n_out)]);  // every entry set below
   std::vector<int64_t> counts(K, 0);
   const bool par_out = n_out > 4096;
+  const bool mirror = identity_k >= 0;
+  if (mirror) std::fill(nbr.get() + (identity_k + 1) * n_out, nbr.get() + K * n_out, -1);
 #pragma omp parallel num_threads(at::get_num_threads()) if (par_out)
   {
     std::vector<int64_t> local(K, 0);
@@ -165,6 +170,7 @@ std::vector<at::Tensor> kernel_map_cpu(const at::Tensor& indices, const ConvGeom
           const int64_t base = ((c[0] * D + z) * H + y) * W;
           for (int64_t kx = 0; kx < g.kernel[2]; ++kx, ++k) {
             const int64_t x = c[3] * g.stride[2] - g.padding[2] + kx * g.dilation[2];
+            if (mirror && k > identity_k) continue;  // filled by its mirror offset
             int32_t v = -1;
             if (k == identity_k) {
               v = static_cast<int32_t>(o);
@@ -173,6 +179,10 @@ std::vector<at::Tensor> kernel_map_cpu(const at::Tensor& indices, const ConvGeom
             }
             nbr[k * n_out + o] = v;
             local[k] += v >= 0;
+            if (mirror && k < identity_k && v >= 0) {
+              nbr[(K - 1 - k) * n_out + v] = static_cast<int32_t>(o);
+              ++local[K - 1 - k];
+            }
           }
         }
       }
@@ -190,16 +200,23 @@ std::vector<at::Tensor> kernel_map_cpu(const at::Tensor& indices, const ConvGeom
   at::Tensor out_idx = at::empty({P}, indices.options());
   int32_t* pin = in_idx.data_ptr<int32_t>();
   int32_t* pout = out_idx.data_ptr<int32_t>();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if (par_out)
-  for (int64_t k = 0; k < K; ++k) {
-    int64_t p = off[k];
-    const int32_t* row = nbr.data() + k * n_out;
-    for (int64_t o = 0; o < n_out; ++o) {
-      if (row[o] >= 0) {
-        pin[p] = row[o];
-        pout[p] = static_cast<int32_t>(o);
-        ++p;
+#pragma omp parallel num_threads(at::get_num_threads()) if (par_out)
+  {
+    // Branch-free compaction (hits are sparse and random: a branch would mispredict) into
+    // per-thread scratch, then one copy into this offset's slice.
+    std::vector<int32_t> sin(n_out + 1), sout(n_out + 1);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t k = 0; k < K; ++k) {
+      const int32_t* row = nbr.get() + k * n_out;
+      int64_t n = 0;
+      for (int64_t o = 0; o < n_out; ++o) {
+        const int32_t v = row[o];
+        sin[n] = v;
+        sout[n] = static_cast<int32_t>(o);
+        n += v >= 0;
       }
+      std::memcpy(pin + off[k], sin.data(), n * sizeof(int32_t));
+      std::memcpy(pout + off[k], sout.data(), n * sizeof(int32_t));
     }
   }
 
