@@ -1,0 +1,1 @@
+"""dense3d.models.captioner"""

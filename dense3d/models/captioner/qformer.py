@@ -1,0 +1,184 @@
+"""Relation Q-Former: K learnable queries per region read the region, its context and its
+neighbours, and become the K visual tokens handed to the LLaMA-Adapter.
+
+For each region the memory the queries cross-attend to is
+
+* the region's own (BiCA-updated) feature,
+* its BiCA context summary (when given),
+* its own tokens ``RegionFeatures.tokens`` (B, R, P, C) (when present: points or BEV cells
+  sampled inside the box, frames inside the span),
+* one **relation token** per neighbour among its ``k`` nearest regions of the same kind
+  (centre distance for boxes, centre time for events): an MLP of the pairwise geometry plus
+  a projection of the neighbour's feature.
+
+Pairwise geometry (see :func:`relation_geometry`): boxes — the neighbour's offset in the
+region's own frame (rotated by -yaw), distance, sin/cos of the relative yaw, log size ratios;
+events — centre offset, |offset|, offsets of both ends, log length ratio, temporal IoU.
+
+The queries run through ``torch.nn.TransformerDecoder`` layers (self-attention among the
+queries, cross-attention to the memory, FFN), then a linear map to the LLM's hidden size.
+TOD3Cap's Relation Q-Former was never released; this is written from its description.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dense3d.errors import ConfigError
+from dense3d.structures.sample import RegionFeatures
+
+__all__ = ["RelationQFormer", "relation_geometry", "nearest_neighbours", "RELATION_DIMS"]
+
+RELATION_DIMS = {"box": 9, "event": 6}
+
+
+def nearest_neighbours(regions: RegionFeatures, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest other real regions of each region.
+
+    Returns:
+        index: (B, R, k) long neighbour indices (0 where invalid),
+        valid: (B, R, k) bool, False where a region has fewer than k real neighbours.
+    """
+    g, mask = regions.geometry, regions.mask.bool()
+    B, R = mask.shape
+    if regions.kind == "box":
+        c = g[..., 0:3]  # (B, R, 3)
+    else:
+        c = torch.cat([0.5 * (g[..., 0:1] + g[..., 1:2])], -1)  # (B, R, 1) centre times
+    d = torch.cdist(c, c)  # (B, R, R)
+    bad = ~(mask[:, :, None] & mask[:, None, :]) | torch.eye(R, dtype=torch.bool, device=d.device)[None]
+    d = d.masked_fill(bad, float("inf"))
+    kk = min(k, max(R - 1, 0))
+    if kk == 0:
+        z = torch.zeros(B, R, k, dtype=torch.long, device=d.device)
+        return z, z.bool()
+    dist, idx = d.topk(kk, dim=-1, largest=False)  # (B, R, kk), nearest first
+    valid = torch.isfinite(dist)
+    idx = idx.masked_fill(~valid, 0)
+    if kk < k:  # pad to k
+        pad = k - kk
+        idx = torch.cat([idx, idx.new_zeros(B, R, pad)], -1)
+        valid = torch.cat([valid, valid.new_zeros(B, R, pad)], -1)
+    return idx, valid
+
+
+def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B, R, C), idx (B, R, k) -> (B, R, k, C)."""
+    B, R, k = idx.shape
+    flat = idx.reshape(B, R * k, 1).expand(-1, -1, x.shape[-1])  # (B, R*k, C)
+    return x.gather(1, flat).reshape(B, R, k, x.shape[-1])  # (B, R*k, C) -> (B, R, k, C)
+
+
+def relation_geometry(regions: RegionFeatures, idx: torch.Tensor, space_scale: float = 10.0,
+                      time_scale: float = 2.0) -> torch.Tensor:
+    """Pairwise geometry of each region and its neighbours: (B, R, k, RELATION_DIMS[kind])."""
+    g = regions.geometry
+    n = _gather(g, idx)  # (B, R, k, 7|2)
+    s = g.unsqueeze(2)  # (B, R, 1, 7|2)
+    if regions.kind == "box":
+        delta = n[..., 0:3] - s[..., 0:3]  # (B, R, k, 3)
+        c, si = torch.cos(s[..., 6]), torch.sin(s[..., 6])  # (B, R, 1)
+        local_x = delta[..., 0] * c + delta[..., 1] * si  # into the region's frame (rotate by -yaw)
+        local_y = -delta[..., 0] * si + delta[..., 1] * c
+        local = torch.stack([local_x, local_y, delta[..., 2]], -1) / space_scale  # (B, R, k, 3)
+        dist = delta.norm(dim=-1, keepdim=True) / space_scale  # (B, R, k, 1)
+        ryaw = n[..., 6:7] - s[..., 6:7]
+        ratio = torch.log(n[..., 3:6].clamp(min=1e-3) / s[..., 3:6].clamp(min=1e-3))  # (B, R, k, 3)
+        return torch.cat([local, dist, torch.sin(ryaw), torch.cos(ryaw), ratio], -1)  # (B, R, k, 9)
+    sc, nc = s.mean(-1, keepdim=True), n.mean(-1, keepdim=True)  # centres (B, R, k, 1)
+    sl, nl = (s[..., 1:2] - s[..., 0:1]), (n[..., 1:2] - n[..., 0:1])  # lengths
+    inter = (torch.minimum(s[..., 1:2], n[..., 1:2]) - torch.maximum(s[..., 0:1], n[..., 0:1])).clamp(min=0)
+    tiou = inter / (sl + nl - inter).clamp(min=1e-6)
+    dt = (nc - sc) / time_scale
+    ends = (n - s) / time_scale  # (B, R, k, 2): offsets of t0 and t1
+    ratio = torch.log(nl.clamp(min=1e-3) / sl.clamp(min=1e-3))
+    return torch.cat([dt, dt.abs(), ends, ratio, tiou], -1)  # (B, R, k, 6)
+
+
+class RelationQFormer(nn.Module):
+    """K queries per region over its own feature, context summary, tokens and relations.
+
+    Args:
+        d_model: width of the queries and memory.
+        n_heads: attention heads.
+        n_layers: ``TransformerDecoder`` layers.
+        num_queries: K, the number of visual tokens per region (= the adapter's prompt length).
+        num_neighbours: k nearest regions turned into relation tokens (0: no relations).
+        region_dim: width of the incoming region features (BiCA's d_model, or the perception
+            features when BiCA is off).
+        out_dim: the LLM's hidden size.
+        token_dim: width of ``RegionFeatures.tokens`` (None: tokens are not used).
+        ffn_dim: feed-forward width (0: 4 * d_model).
+        use_context: read the BiCA context summary when given.
+        space_scale, time_scale: normalisers of the relation geometry.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_layers: int, num_queries: int, num_neighbours: int,
+                 region_dim: int, out_dim: int, token_dim: int | None = None, ffn_dim: int = 0,
+                 dropout: float = 0.0, use_context: bool = True, space_scale: float = 10.0, time_scale: float = 2.0):
+        super().__init__()
+        self.num_queries, self.num_neighbours = num_queries, num_neighbours
+        self.use_context = use_context
+        self.space_scale, self.time_scale = space_scale, time_scale
+        self.queries = nn.Parameter(torch.randn(num_queries, d_model) * 0.02)  # (K, D)
+        self.region_in = nn.Linear(region_dim, d_model)
+        self.context_in = nn.Linear(region_dim, d_model)
+        self.token_in = nn.Linear(token_dim, d_model) if token_dim else None
+        self.neighbour_in = nn.Linear(region_dim, d_model)
+        self.relation_in = nn.ModuleDict({
+            kind: nn.Sequential(nn.Linear(dims, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+            for kind, dims in RELATION_DIMS.items()
+        })
+        self.type_embed = nn.Embedding(4, d_model)  # own / context / token / relation
+        layer = nn.TransformerDecoderLayer(d_model, n_heads, ffn_dim or 4 * d_model, dropout,
+                                           batch_first=True, norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, n_layers, norm=nn.LayerNorm(d_model))
+        self.out = nn.Linear(d_model, out_dim)
+
+    def relation_tokens(self, regions: RegionFeatures, features: torch.Tensor):
+        """(B, R, k, D) relation tokens and their (B, R, k) validity."""
+        idx, valid = nearest_neighbours(regions, self.num_neighbours)
+        geo = relation_geometry(regions, idx, self.space_scale, self.time_scale)  # (B, R, k, G)
+        nbr = _gather(features, idx)  # (B, R, k, C)
+        tok = self.relation_in[regions.kind](geo) + self.neighbour_in(nbr)  # (B, R, k, D)
+        return tok + self.type_embed.weight[3], valid
+
+    def forward(self, regions: RegionFeatures, features: torch.Tensor,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        Args:
+            regions: the proposals (geometry, mask, tokens are read).
+            features: (B, R, region_dim) region features (BiCA objects, or raw features).
+            context: (B, R, region_dim) BiCA context summaries, or None.
+        Returns:
+            (B, R, K, out_dim) visual tokens; zeros at padded regions.
+        """
+        B, R, _ = features.shape
+        if regions.kind not in RELATION_DIMS:
+            raise ConfigError("RelationQFormer", "regions.kind", "'box' or 'event'", got=regions.kind)
+        mask = regions.mask.bool()
+        parts = [(self.region_in(features) + self.type_embed.weight[0]).unsqueeze(2)]  # (B, R, 1, D)
+        valid = [mask.new_ones(B, R, 1)]
+        if context is not None and self.use_context:
+            parts.append((self.context_in(context) + self.type_embed.weight[1]).unsqueeze(2))
+            valid.append(mask.new_ones(B, R, 1))
+        if regions.tokens is not None and self.token_in is not None:
+            P = regions.tokens.shape[2]
+            parts.append(self.token_in(regions.tokens) + self.type_embed.weight[2])  # (B, R, P, D)
+            valid.append(mask.new_ones(B, R, P))
+        if self.num_neighbours > 0:
+            rel, rel_valid = self.relation_tokens(regions, features)
+            parts.append(rel)
+            valid.append(rel_valid)
+        memory = torch.cat(parts, 2)  # (B, R, M, D)
+        mem_valid = torch.cat(valid, 2)  # (B, R, M)
+
+        out = features.new_zeros(B, R, self.num_queries, self.out.out_features)
+        sel = mask.nonzero(as_tuple=True)  # real regions only
+        if sel[0].numel() == 0:
+            return out
+        mem = memory[sel]  # (N, M, D)
+        tgt = self.queries.unsqueeze(0) + self.region_in(features[sel]).unsqueeze(1)  # (N, K, D)
+        dec = self.decoder(tgt, mem, memory_key_padding_mask=~mem_valid[sel])  # (N, K, D)
+        out[sel] = self.out(dec).to(out.dtype)  # (N, K, out_dim)
+        return out

@@ -1,0 +1,230 @@
+"""RegionCaptioner: BiCA -> Relation Q-Former -> LLaMA-Adapter -> frozen LLM.
+
+Takes the perception models' proposals (``RegionFeatures``, one per kind: boxes and/or
+events) and scene context queries (``SceneContext``), and
+
+* ``forward(regions, context, captions)`` -> ``{"loss_caption": ..., "num_captions": ...}``
+  (teacher-forced cross-entropy on the captions assigned to proposals, e.g. by
+  :func:`dense3d.models.matching.assign_captions`);
+* ``generate(regions, context)`` -> ``B`` lists of ``DenseCaption`` (every real region);
+* ``scst_loss(regions, context, references)`` -> the self-critical loss (CIDEr-D reward,
+  greedy baseline) for an optional fine-tuning stage.
+
+Only BiCA, the Q-Former and the adapter train; the LLM stays frozen (``FrozenDecoder``).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from dense3d.errors import ConfigError
+from dense3d.models.captioner.decoder import FrozenDecoder
+from dense3d.models.captioner.generate import generate_captions, teacher_forcing_batch
+from dense3d.models.captioner.llama_adapter import LlamaAdapter
+from dense3d.models.captioner.qformer import RelationQFormer
+from dense3d.models.context.bica import BiCADecoder, SceneContext
+from dense3d.models.losses.caption import caption_cross_entropy, cider_d, scst_loss, sequence_log_probs
+from dense3d.structures.captions import DenseCaption
+from dense3d.structures.sample import RegionFeatures
+
+__all__ = ["RegionCaptioner", "DEFAULT_PROMPTS"]
+
+DEFAULT_PROMPTS = {"box": "Describe the object.", "event": "Describe the sound."}
+
+
+def _as_list(x):
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+class RegionCaptioner(nn.Module):
+    """Captions for region proposals with context and relations.
+
+    Args:
+        decoder: the frozen LLM and its tokenizer (loaded on first use).
+        adapter: gated adaption prompts; ``prompt_len`` must equal ``qformer.num_queries``.
+        qformer: the Relation Q-Former (its ``out_dim`` is the LLM's hidden size).
+        bica: the BiCA decoder, or None to feed the region features straight to the
+            Q-Former (the "BiCA off" ablation; then ``qformer.region_dim`` is the perception
+            feature width).
+        prompts: text prompt per region kind.
+        max_caption_tokens: captions are cut to this many tokens in training (eos included).
+        max_new_tokens: longest generated caption.
+        num_beams: 1 = greedy generation (default), > 1 = beam search.
+        class_names: per kind, the class names that ``RegionFeatures.labels`` index.
+    """
+
+    def __init__(self, decoder: FrozenDecoder, adapter: LlamaAdapter, qformer: RelationQFormer,
+                 bica: BiCADecoder | None = None, prompts: dict[str, str] | None = None,
+                 max_caption_tokens: int = 32, max_new_tokens: int = 32, num_beams: int = 1,
+                 class_names: dict[str, Sequence[str]] | None = None):
+        super().__init__()
+        if adapter.prompt_len != qformer.num_queries:
+            raise ConfigError("RegionCaptioner", "adapter.prompt_len", f"qformer.num_queries={qformer.num_queries}",
+                              got=adapter.prompt_len)
+        if qformer.out.out_features != adapter.hidden_size:
+            raise ConfigError("RegionCaptioner", "qformer.out_dim", f"adapter.hidden_size={adapter.hidden_size}",
+                              got=qformer.out.out_features)
+        self.decoder, self.adapter, self.qformer, self.bica = decoder, adapter, qformer, bica
+        self.prompts = dict(DEFAULT_PROMPTS, **(prompts or {}))
+        self.max_caption_tokens, self.max_new_tokens, self.num_beams = max_caption_tokens, max_new_tokens, num_beams
+        self.class_names = {k: list(v) for k, v in (class_names or {}).items()}
+
+    # ------------------------------------------------------------------ parts
+    def _lm(self):
+        """The frozen LLM, loaded on first use, on the adapter's device, hooked."""
+        lm = self.decoder.model
+        dev = self.adapter.prompts.device
+        if lm.device != dev:
+            lm.to(dev)
+        self.adapter.attach(lm)
+        return lm
+
+    def trainable_parameters(self):
+        """Parameters that train (BiCA, Q-Former, adapter): everything but the LLM."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def encode(self, regions: RegionFeatures | list[RegionFeatures],
+               context: SceneContext | list[SceneContext] | None = None) -> list[torch.Tensor]:
+        """Visual tokens per kind: one (B, R_k, K, H) per ``RegionFeatures`` (zeros at padding)."""
+        regions = _as_list(regions)
+        if self.bica is not None:
+            bo = self.bica(regions, _as_list(context))
+            feats, summaries = bo.objects, bo.summaries if context else [None] * len(regions)
+        else:
+            feats, summaries = [r.features for r in regions], [None] * len(regions)
+        return [self.qformer(r, f, s) for r, f, s in zip(regions, feats, summaries)]
+
+    # ------------------------------------------------------------------ training
+    def _gather(self, regions, visual, captions):
+        """Rows of the regions with a caption: visual (N, K, H), prompts, captions, keys."""
+        if len(captions) != len(regions):
+            raise ConfigError("RegionCaptioner", "captions", f"one list per region kind ({len(regions)})",
+                              got=len(captions))
+        vis, prompts, caps = [], [], []
+        for r, v, c in zip(regions, visual, captions):
+            B, R = r.mask.shape
+            if len(c) != B or any(len(row) != R for row in c):
+                raise ConfigError("RegionCaptioner", f"captions[{r.kind}]", f"{B} lists of {R} entries (str or None)")
+            for b in range(B):
+                for i in range(R):
+                    ref = c[b][i]
+                    if ref is not None and bool(r.mask[b, i]):
+                        vis.append(v[b, i])
+                        prompts.append(self.prompts[r.kind])
+                        caps.append(ref)
+        return vis, prompts, caps
+
+    def forward(self, regions: RegionFeatures | list[RegionFeatures], context: SceneContext | list[SceneContext] | None,
+                captions) -> dict[str, torch.Tensor]:
+        """Teacher-forced caption loss.
+
+        Args:
+            regions: one ``RegionFeatures`` or a list (one per kind).
+            context: ``SceneContext`` (or a list, or None).
+            captions: per kind, B lists of R entries: the target caption (str) or None
+                (no loss for that region). With a single ``RegionFeatures``, the B lists alone.
+        Returns:
+            ``{"loss_caption": scalar, "num_captions": long scalar}``; the loss is 0 (with a
+            graph) when no region has a caption.
+        """
+        single = isinstance(regions, RegionFeatures)
+        regions = _as_list(regions)
+        captions = [captions] if single else list(captions)
+        visual = self.encode(regions, context)
+        vis, prompts, caps = self._gather(regions, visual, captions)
+        if not vis:
+            zero = sum(v.sum() for v in visual) * 0.0
+            return {"loss_caption": zero, "num_captions": torch.zeros((), dtype=torch.long)}
+        lm, tok = self._lm(), self.decoder.tokenizer
+        batch = teacher_forcing_batch(tok, prompts, caps, self.max_caption_tokens, device=vis[0].device)
+        with self.adapter.conditioned_on(torch.stack(vis)):  # (N, K, H)
+            logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
+        loss = caption_cross_entropy(logits, batch["labels"])
+        return {"loss_caption": loss, "num_captions": torch.tensor(len(vis))}
+
+    def scst_loss(self, regions, context, references) -> dict[str, torch.Tensor]:
+        """Self-critical sequence training loss.
+
+        Args:
+            references: like ``captions`` of :meth:`forward` but each entry a list of
+                reference captions (or None / [] for regions without a match).
+        Returns:
+            ``{"loss_scst", "reward_sample", "reward_greedy"}`` (rewards: mean CIDEr-D).
+        """
+        single = isinstance(regions, RegionFeatures)
+        regions = _as_list(regions)
+        references = [references] if single else list(references)
+        visual = self.encode(regions, context)
+        lm, tok = self._lm(), self.decoder.tokenizer
+        losses, rs, rg = [], [], []
+        for r, v, refs in zip(regions, visual, references):
+            rows = [(b, i) for b in range(r.mask.shape[0]) for i in range(r.mask.shape[1])
+                    if bool(r.mask[b, i]) and refs[b][i]]
+            if not rows:
+                continue
+            vis = torch.stack([v[b, i] for b, i in rows])  # (N, K, H)
+            gold = [list(refs[b][i]) for b, i in rows]
+            prompt = self.prompts[r.kind]
+            greedy, _ = generate_captions(lm, self.adapter, tok, vis.detach(), prompt, self.max_new_tokens)
+            sampled, seqs = generate_captions(lm, self.adapter, tok, vis.detach(), prompt, self.max_new_tokens,
+                                              do_sample=True)
+            r_s, r_g = cider_d(sampled, gold), cider_d(greedy, gold)
+            batch = teacher_forcing_batch(tok, [prompt] * len(rows), [""] * len(rows), 1, device=vis.device)
+            P = len(batch["input_ids"][0]) - 1  # prompt length (the empty caption adds only eos)
+            L = max(len(s) for s in seqs)
+            ids = torch.full((len(rows), P + L), tok.pad_token_id, dtype=torch.long, device=vis.device)
+            lab = torch.full_like(ids, -100)
+            ids[:, :P] = batch["input_ids"][:, :P]
+            for n, s in enumerate(seqs):
+                ids[n, P : P + len(s)] = torch.tensor(s)
+                lab[n, P : P + len(s)] = torch.tensor(s)
+            with self.adapter.conditioned_on(vis):
+                logits = lm(input_ids=ids, attention_mask=(lab != -100) | (torch.arange(P + L, device=ids.device) < P)).logits
+            lp = sequence_log_probs(logits, lab)
+            lengths = torch.tensor([len(s) for s in seqs], device=vis.device)
+            losses.append(scst_loss(lp, r_s, r_g, lengths) * len(rows))
+            rs.append(r_s)
+            rg.append(r_g)
+        if not losses:
+            zero = sum(v.sum() for v in visual) * 0.0
+            return {"loss_scst": zero, "reward_sample": torch.zeros(()), "reward_greedy": torch.zeros(())}
+        n = sum(len(x) for x in rs)
+        return {"loss_scst": sum(losses) / n, "reward_sample": torch.cat(rs).mean(), "reward_greedy": torch.cat(rg).mean()}
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def generate(self, regions: RegionFeatures | list[RegionFeatures], context: SceneContext | list[SceneContext] | None = None,
+                 batch_size: int | None = None, num_beams: int | None = None) -> list[list[DenseCaption]]:
+        """One caption per real region, all regions of a kind decoded together (KV cache).
+
+        Args:
+            batch_size: regions per ``generate`` call (None: all; 1: one at a time).
+            num_beams: overrides the constructor's.
+        Returns:
+            B lists of ``DenseCaption`` (boxes first, then events, in region order).
+        """
+        regions = _as_list(regions)
+        visual = self.encode(regions, context)
+        lm, tok = self._lm(), self.decoder.tokenizer
+        B = regions[0].mask.shape[0]
+        out: list[list[DenseCaption]] = [[] for _ in range(B)]
+        for r, v in zip(regions, visual):
+            rows = r.mask.bool().nonzero().tolist()  # [(b, i)]
+            if not rows:
+                continue
+            vis = v[r.mask.bool()]  # (N, K, H), row-major order = rows
+            texts, _ = generate_captions(lm, self.adapter, tok, vis, self.prompts[r.kind], self.max_new_tokens,
+                                         num_beams or self.num_beams, batch_size)
+            names = self.class_names.get(r.kind, [])
+            for (b, i), text in zip(rows, texts):
+                lab = int(r.labels[b, i])
+                extra = {k: float(t[b, i]) for k, t in r.extra.items() if t[b, i].numel() == 1}
+                out[b].append(DenseCaption(
+                    r.kind, tuple(r.geometry[b, i].tolist()), float(r.scores[b, i]),
+                    names[lab] if 0 <= lab < len(names) else str(lab), text, extra,
+                ))
+        return out

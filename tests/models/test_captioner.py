@@ -1,0 +1,194 @@
+"""RegionCaptioner: frozen LLM stays frozen, overfit, batched == single generation, matching, SCST."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dense3d.models.captioner.decoder import smollm2_decoder, tiny_llama_decoder
+from dense3d.models.captioner.llama_adapter import LlamaAdapter
+from dense3d.models.captioner.qformer import RelationQFormer
+from dense3d.models.captioner.region_captioner import RegionCaptioner
+from dense3d.models.context.bica import BiCADecoder, SceneContext
+from dense3d.models.matching import assign_captions, hungarian_match
+from dense3d.structures.captions import DenseCaption
+from dense3d.structures.sample import RegionFeatures
+
+CLASSES = ["car", "truck", "tree", "person"]
+COLOURS = ["red", "blue", "green", "white"]
+D, H = 32, 64
+
+
+def oracle_scene(seed: int = 0):
+    """2 scenes x 4 regions with "oracle" features (class + colour embeddings, as if perception
+    were perfect), GT geometry, context queries and one caption per region."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.tensor([0, 1, 2, 3, 1, 2, 3, 0])
+    colours = torch.tensor([0, 1, 2, 3, 2, 3, 0, 1])
+    emb_c, emb_k = torch.randn(4, D, generator=g), torch.randn(4, D, generator=g)
+    feats = (emb_c[labels] + emb_k[colours]).view(2, 4, D)  # (8, D) -> (B=2, R=4, D)
+    geo = torch.cat([torch.randn(8, 3, generator=g) * 10, torch.rand(8, 3, generator=g) + 1,
+                     torch.rand(8, 1, generator=g)], 1).view(2, 4, 7)
+    regions = RegionFeatures("box", feats, geo, torch.full((2, 4), 0.9), labels.view(2, 4),
+                             torch.ones(2, 4, dtype=torch.bool))
+    ctx = SceneContext(torch.randn(2, 6, D, generator=g), torch.randn(2, 6, 3, generator=g) * 10,
+                       torch.ones(2, 6, dtype=torch.bool))
+    where = ["near the road."] * 4 + ["far from the tree."] * 4
+    caps = [f"a {COLOURS[k]} {CLASSES[c]} {w}" for c, k, w in zip(labels.tolist(), colours.tolist(), where)]
+    return regions, ctx, [caps[0:4], caps[4:8]]
+
+
+WORDS = ["describe the object. describe the sound. a red blue green white car truck tree person",
+         "near far from the road tree horn siren"]
+
+
+def tiny_captioner(bica: bool = True, neighbours: int = 3, seed: int = 0) -> RegionCaptioner:
+    torch.manual_seed(seed)
+    return RegionCaptioner(
+        decoder=tiny_llama_decoder(WORDS, hidden_size=H),
+        adapter=LlamaAdapter(H, 4, num_layers=2, prompt_len=4),
+        qformer=RelationQFormer(64, 4, 1, num_queries=4, num_neighbours=neighbours, region_dim=64 if bica else D,
+                                out_dim=H),
+        bica=BiCADecoder(64, 4, 1, region_dim=D, context_dim=D) if bica else None,
+        class_names={"box": CLASSES, "event": ["horn", "siren"]},
+        max_new_tokens=12,
+    )
+
+
+def test_training_steps_leave_the_llm_bit_identical():
+    regions, ctx, caps = oracle_scene()
+    model = tiny_captioner()
+    lm = model._lm()
+    frozen = {k: v.clone() for k, v in lm.state_dict().items()}
+    trainable = {id(p): p.detach().clone() for p in model.trainable_parameters()}
+    assert all(not p.requires_grad for p in lm.parameters())
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2, weight_decay=0.1)
+    model.train()
+    assert not lm.training  # the LLM stays in eval mode (no dropout)
+    for _ in range(3):
+        out = model(regions, ctx, caps)
+        opt.zero_grad()
+        out["loss_caption"].backward()
+        opt.step()
+    assert int(out["num_captions"]) == 8 and torch.isfinite(out["loss_caption"])
+    assert all(p.grad is None for p in lm.parameters())
+    for k, v in lm.state_dict().items():
+        assert torch.equal(v, frozen[k]), k
+    used = [p for p in model.trainable_parameters() if p.grad is not None]  # event/time parts: unused here
+    assert len(used) > 0.8 * len(trainable)
+    assert all(not torch.equal(p.detach(), trainable[id(p)]) for p in used)
+    assert not torch.equal(model.adapter.gates.detach(), torch.zeros_like(model.adapter.gates))
+
+
+def test_zero_gates_leave_the_llm_unchanged_inside_the_captioner():
+    regions, ctx, _ = oracle_scene()
+    model = tiny_captioner().eval()
+    lm, tok = model._lm(), model.decoder.tokenizer
+    ids = tok(["describe the object. a red car"], return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        ref = lm(**ids).logits
+        visual = model.encode(regions, ctx)[0][0, :1]  # (1, K, H) real visual tokens
+        with model.adapter.conditioned_on(visual):
+            assert torch.equal(lm(**ids).logits, ref)
+
+
+def test_batched_generation_equals_one_region_at_a_time():
+    regions, ctx, _ = oracle_scene()
+    regions.mask[1, 3] = False  # one padded region
+    model = tiny_captioner().eval()
+    with torch.no_grad():
+        model.adapter.gates.normal_(0, 1.0)  # let the visual tokens matter
+    batched = model.generate(regions, ctx)
+    single = model.generate(regions, ctx, batch_size=1)
+    assert [[c.text for c in s] for s in batched] == [[c.text for c in s] for s in single]
+    assert [len(s) for s in batched] == [4, 3]  # padded regions get no caption
+    texts = {c.text for s in batched for c in s}
+    assert len(texts) > 1
+    first = batched[0][0]
+    assert isinstance(first, DenseCaption) and first.kind == "box" and first.label == "car"
+    assert first.region == tuple(regions.geometry[0, 0].tolist()) and abs(first.score - 0.9) < 1e-6
+
+
+@pytest.mark.slow
+def test_overfit_eight_regions_reproduces_their_captions():
+    regions, ctx, caps = oracle_scene()
+    model = tiny_captioner()
+    model._lm()
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=2e-2)
+    want = [c for row in caps for c in row]
+    got = []
+    for step in range(1, 301):
+        model.train()
+        loss = model(regions, ctx, caps)["loss_caption"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step >= 150 and step % 25 == 0:
+            model.eval()
+            got = [c.text for s in model.generate(regions, ctx) for c in s]
+            if got == want:
+                break
+    assert got == want, (step, float(loss), got)
+
+
+def test_ablations_and_joint_scenes_run():
+    regions, ctx, caps = oracle_scene()
+    events = RegionFeatures("event", torch.randn(2, 2, D), torch.tensor([[[0.0, 1.0], [2.0, 3.0]]] * 2), torch.ones(2, 2),
+                            torch.tensor([[0, 1], [1, 0]]), torch.tensor([[True, True], [True, False]]))
+    ev_caps = [["a horn near the road.", None], ["a siren far from the tree.", None]]
+    for bica, k in ((True, 3), (False, 3), (True, 0), (False, 0)):
+        model = tiny_captioner(bica=bica, neighbours=k)
+        out = model([regions, events], ctx, [caps, ev_caps])
+        assert int(out["num_captions"]) == 10 and torch.isfinite(out["loss_caption"])
+        out["loss_caption"].backward()
+        assert model.adapter.gates.grad is not None
+    model.eval()
+    res = model.generate([regions, events], ctx)
+    assert [len(s) for s in res] == [6, 5]
+    assert [c.kind for c in res[1]] == ["box"] * 4 + ["event"] and res[1][-1].label == "siren"
+    # no captions at all: a zero loss that still backpropagates
+    empty = model(regions, ctx, [[None] * 4, [None] * 4])
+    assert float(empty["loss_caption"].detach()) == 0.0 and int(empty["num_captions"]) == 0
+
+
+def test_assign_captions_is_hungarian_and_iou_gated():
+    gt = torch.tensor([[0.0, 0, 0, 4, 2, 1.5, 0.0], [10.0, 0, 0, 4, 2, 1.5, 0.5]])
+    pred = torch.tensor([[[10.2, 0.1, 0, 4, 2, 1.5, 0.5],  # GT 1, IoU ~0.85
+                          [0.1, 0, 0, 4, 2, 1.5, 0.0],  # GT 0, IoU ~0.95
+                          [0.5, 0, 0, 4, 2, 1.5, 0.0],  # also GT 0 but worse: left unmatched (one-to-one)
+                          [30.0, 0, 0, 4, 2, 1.5, 0.0]]])  # nothing
+    regions = RegionFeatures("box", torch.zeros(1, 4, 2), pred, torch.ones(1, 4), torch.zeros(1, 4, dtype=torch.long),
+                             torch.ones(1, 4, dtype=torch.bool))
+    caps = assign_captions(regions, [gt], [[["the first car"], ["the second car", "car two"]]], iou_threshold=0.5, seed=0)
+    assert caps[0][1] == "the first car" and caps[0][1 - 1] in ("the second car", "car two")
+    assert caps[0][2] is None and caps[0][3] is None
+    capped = assign_captions(regions, [gt], [[["a"], ["b"]]], iou_threshold=0.5, max_per_scene=1, seed=0)
+    assert sum(c is not None for c in capped[0]) == 1
+    # IoU gating drops a pair the assignment would make
+    rows, cols = hungarian_match(torch.tensor([[0.3, 0.0], [0.0, 0.9]]), threshold=0.5)
+    assert rows.tolist() == [1] and cols.tolist() == [1]
+    # events use temporal IoU
+    ev = RegionFeatures("event", torch.zeros(1, 2, 2), torch.tensor([[[0.0, 2.0], [5.0, 6.0]]]), torch.ones(1, 2),
+                        torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool))
+    caps = assign_captions(ev, [torch.tensor([[5.1, 6.0], [0.0, 1.8]])], [[["beep"], ["horn"]]], iou_threshold=0.5)
+    assert caps == [["horn", "beep"]]
+
+
+def test_scst_loss_backpropagates_into_trainable_parts():
+    regions, ctx, caps = oracle_scene()
+    model = tiny_captioner()
+    with torch.no_grad():
+        model.adapter.gates.fill_(0.5)
+    torch.manual_seed(0)
+    refs = [[[c, c.replace("a ", "one ")] for c in row] for row in caps]
+    out = model.scst_loss(regions, ctx, refs)
+    assert torch.isfinite(out["loss_scst"]) and out["reward_greedy"] >= 0
+    out["loss_scst"].backward()
+    assert model.adapter.prompts.grad is not None and model.qformer.queries.grad is not None
+    assert all(p.grad is None for p in model._lm().parameters())
+
+
+def test_smollm2_captioner_builds_without_loading_the_llm():
+    dec = smollm2_decoder()
+    model = RegionCaptioner(dec, LlamaAdapter(576, 9, 8, 8), RelationQFormer(64, 4, 1, 8, 4, D, 576))
+    assert not dec.loaded  # ~18 s of loading happen on first use only
+    assert all(p.requires_grad for p in model.parameters())

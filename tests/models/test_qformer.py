@@ -1,0 +1,102 @@
+"""Relation Q-Former: neighbours, relation geometry, sensitivity to neighbours only."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dense3d.models.captioner.qformer import RelationQFormer, nearest_neighbours, relation_geometry
+from dense3d.structures.sample import RegionFeatures
+
+D = 16
+
+
+def _boxes(centres, yaw=None, mask=None, tokens=None):
+    R = len(centres)
+    c = torch.tensor(centres, dtype=torch.float32)
+    yaw = torch.zeros(R, 1) if yaw is None else torch.tensor(yaw, dtype=torch.float32).view(R, 1)
+    geo = torch.cat([c, torch.tensor([[2.0, 1.0, 1.5]]).expand(R, 3) * torch.arange(1, R + 1).view(R, 1), yaw], 1)
+    m = torch.ones(1, R, dtype=torch.bool) if mask is None else torch.tensor([mask])
+    feats = torch.randn(1, R, D, generator=torch.Generator().manual_seed(0))
+    return RegionFeatures("box", feats, geo.unsqueeze(0), torch.ones(1, R), torch.zeros(1, R, dtype=torch.long), m, tokens)
+
+
+def _qformer(k=2, token_dim=None):
+    torch.manual_seed(0)
+    return RelationQFormer(d_model=32, n_heads=4, n_layers=2, num_queries=3, num_neighbours=k, region_dim=D,
+                           out_dim=24, token_dim=token_dim).eval()
+
+
+def test_nearest_neighbours_skip_self_and_padding():
+    r = _boxes([[0, 0, 0], [1, 0, 0], [5, 0, 0], [2, 0, 0]], mask=[True, True, True, False])
+    idx, valid = nearest_neighbours(r, 3)
+    assert idx[0, 0, :2].tolist() == [1, 2] and valid[0, 0].tolist() == [True, True, False]  # 3 is padding
+    assert 0 not in idx[0, 0][valid[0, 0]].tolist()
+
+
+def test_relation_geometry_is_in_the_region_frame():
+    centres = [[0.0, 0.0, 0.0], [3.0, 1.0, 0.5], [-2.0, 4.0, 0.0]]
+    r = _boxes(centres, yaw=[0.3, -0.5, 1.0])
+    idx, _ = nearest_neighbours(r, 2)
+    geo = relation_geometry(r, idx)
+    assert geo.shape == (1, 3, 2, 9)
+    # rotating and translating the whole scene leaves the pairwise geometry unchanged
+    a = 0.7
+    rot = torch.tensor([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1.0]])
+    moved = r.geometry.clone()
+    moved[..., 0:3] = moved[..., 0:3] @ rot.T + torch.tensor([10.0, -3.0, 1.0])
+    moved[..., 6] += a
+    r2 = RegionFeatures("box", r.features, moved, r.scores, r.labels, r.mask)
+    torch.testing.assert_close(relation_geometry(r2, idx), geo, atol=1e-5, rtol=0)
+
+
+def test_output_changes_when_a_neighbour_moves_not_when_a_stranger_moves():
+    qf = _qformer(k=1)
+    r = _boxes([[0, 0, 0], [2, 0, 0], [30, 0, 0]])  # region 0's one neighbour is region 1
+    with torch.no_grad():
+        base = qf(r, r.features)
+        assert base.shape == (1, 3, 3, 24)
+        moved = r.geometry.clone()
+        moved[0, 1, 0:2] = torch.tensor([0.0, 3.0])  # the neighbour moves (still the nearest)
+        out = qf(RegionFeatures("box", r.features, moved, r.scores, r.labels, r.mask), r.features)
+        assert not torch.allclose(out[0, 0], base[0, 0])
+        far = r.geometry.clone()
+        far[0, 2, 0] = 40.0  # a region that is not among region 0's k=1 neighbours
+        out2 = qf(RegionFeatures("box", r.features, far, r.scores, r.labels, r.mask), r.features)
+        torch.testing.assert_close(out2[0, 0], base[0, 0], rtol=0, atol=0)
+        # and relation tokens are computed from the neighbour's features too
+        f2 = r.features.clone()
+        f2[0, 1] += 1.0
+        assert not torch.allclose(qf(r, f2)[0, 0], base[0, 0])
+
+
+def test_context_tokens_and_padding():
+    qf = _qformer(k=2, token_dim=8)
+    tokens = torch.randn(1, 3, 5, 8)
+    r = _boxes([[0, 0, 0], [2, 0, 0], [4, 0, 0]], mask=[True, True, False], tokens=tokens)
+    ctx = torch.randn(1, 3, D)
+    with torch.no_grad():
+        out = qf(r, r.features, ctx)
+        assert float(out[0, 2].abs().sum()) == 0.0  # padded region: zeros
+        ctx2 = ctx.clone()
+        ctx2[0, 0] += 1.0
+        assert not torch.allclose(qf(r, r.features, ctx2)[0, 0], out[0, 0])  # reads its context summary
+        torch.testing.assert_close(qf(r, r.features, ctx2)[0, 1], out[0, 1])  # not the others'
+        t2 = tokens.clone()
+        t2[0, 0, 0] += 1.0
+        r2 = RegionFeatures("box", r.features, r.geometry, r.scores, r.labels, r.mask, t2)
+        assert not torch.allclose(qf(r2, r.features, ctx)[0, 0], out[0, 0])  # reads its own tokens
+
+
+def test_events_use_time_relations():
+    qf = _qformer(k=2)
+    geo = torch.tensor([[[0.0, 1.0], [1.5, 2.0], [8.0, 9.0]]])
+    ev = RegionFeatures("event", torch.randn(1, 3, D), geo, torch.ones(1, 3), torch.zeros(1, 3, dtype=torch.long),
+                        torch.ones(1, 3, dtype=torch.bool))
+    idx, valid = nearest_neighbours(ev, 1)
+    assert idx[0, :, 0].tolist() == [1, 0, 1] and valid.all()
+    rel = relation_geometry(ev, idx)
+    assert rel.shape == (1, 3, 1, 6)
+    torch.testing.assert_close(rel[0, 0, 0, 0], torch.tensor((1.75 - 0.5) / 2.0))  # centre offset / time_scale
+    with torch.no_grad():
+        assert qf(ev, ev.features).shape == (1, 3, 3, 24)
