@@ -26,7 +26,7 @@ def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
 def _demo(args: argparse.Namespace) -> int:
     from dense3d.engine.demo import run_demo
 
-    return run_demo(out_dir=args.out, seed=args.seed, data_dir=args.data)
+    return run_demo(out_dir=args.out, seed=args.seed, data_dir=args.data, steps=args.steps, overrides=args.overrides)
 
 
 def _convert_synth(args: argparse.Namespace) -> int:
@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default="data/synthetic/default", help="synthetic data folder (generated when missing or stale)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: configs/experiment/demo.yaml)")
+    p.add_argument("overrides", nargs="*", help="hydra overrides of the demo config, e.g. model/captioner@model.captioner=tiny")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("train", help="train a model from a hydra config")
