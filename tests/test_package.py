@@ -1,6 +1,9 @@
 """The package imports without its extension, and the command line behaves."""
+import json
 import subprocess
 import sys
+
+import pytest
 
 from dense3d.cli import main
 
@@ -34,6 +37,21 @@ def test_cli_unbuilt_commands_exit_nonzero(capsys):
     assert "not built yet" in capsys.readouterr().err
 
 
-def test_cli_demo_runs(tmp_path):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
-    assert (tmp_path / "summary.json").exists()
+@pytest.mark.slow
+def test_cli_demo_runs_end_to_end(tmp_path):
+    """The main job with a tiny random LLM and 2 training steps: every stage runs and writes
+    its outputs (the real demo trains SmolLM2's adapter for the configured steps)."""
+    tiny = ["model/captioner@model.captioner=tiny", "model.captioner.bica.region_dim=256", "model.captioner.bica.context_dim=64"]
+    assert main(["demo", "--out", str(tmp_path), "--steps", "2", *tiny]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [s["name"] for s in summary["stages"]] == ["data", "train", "predict", "evaluate", "report"]
+    assert summary["stages"][1]["steps"] == 2
+    pred = json.loads((tmp_path / "predictions.json").read_text())
+    gt = json.loads((tmp_path / "ground_truth.json").read_text())
+    assert set(pred) == set(gt) and len(gt) == 5
+    assert all(len(p["box"]) == 7 and isinstance(p["caption"], str) for ps in pred.values() for p in ps)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert "CIDEr-F1@0.25" in metrics["tod3cap_corrected"] and "mAP" in metrics["detection"]
+    for pic in ("scene.png", "bev.png", "curves.png"):
+        assert (tmp_path / pic).stat().st_size > 5000
+    assert "![" in (tmp_path / "report.md").read_text()
