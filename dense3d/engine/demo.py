@@ -73,7 +73,9 @@ def _evaluate(pred: dict, gt: dict) -> dict:
     return {"tod3cap_corrected": corrected, "tod3cap_compatible": compatible, "detection": detection.evaluate_nuscenes(p, g)}
 
 
-def _pictures(out_dir: Path, sample, captions, log_dir: Path | None) -> list[tuple[str, Path]]:
+def _pictures(out_dir: Path, sample, captions, gt_captions, log_dir: Path | None) -> list[tuple[str, Path]]:
+    """Curves; the scene with GT boxes (green, labelled with the captions generated for them) and
+    the predicted boxes (class colours, labelled with their captions); its bird's-eye view."""
     from dense3d.engine.report import plot_curves, read_metrics_csv
     from dense3d.structures import Boxes3D
     from dense3d.vis import GT_COLOR, BoxLayer, class_colors, plot_bev, render_scene, save_png
@@ -89,9 +91,10 @@ def _pictures(out_dir: Path, sample, captions, log_dir: Path | None) -> list[tup
     names = sorted({c.label for c in captions})
     pred_colors = class_colors(np.array([names.index(c.label) for c in captions])) if captions else np.zeros((0, 3))
     gt_colors = np.tile(np.array(GT_COLOR), (len(gt), 1))
-    top = sorted(range(len(captions)), key=lambda i: -captions[i].score)[:6]
+    top = sorted(range(len(captions)), key=lambda i: -captions[i].score)[:4]
     labels = [captions[i].text if i in top else "" for i in range(len(captions))]
-    render = render_scene(pts, None, [BoxLayer(Boxes3D._wrap(gt.tensor[:, :7]), gt_colors, line_width=1.5),
+    gt_labels = [c.text for c in gt_captions[:4]] + [""] * max(0, len(gt) - 4)
+    render = render_scene(pts, None, [BoxLayer(Boxes3D._wrap(gt.tensor[:, :7]), gt_colors, gt_labels, line_width=1.5),
                                       BoxLayer(pred, pred_colors, labels, line_width=2.5)], width=1280, height=960)
     pics.append(("validation scene: ground truth (green), predictions with captions", save_png(render.image, out_dir / "scene.png")))
     pics.append(("bird's-eye view", plot_bev(pts, [(Boxes3D._wrap(gt.tensor[:, :7]), gt_colors, []), (pred, pred_colors, labels)],
@@ -144,34 +147,41 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, data_dir: str 
     model = module.model.eval()
     val = datamodule.val_set
     samples = [val[i] for i in range(len(val))]
-    captions = []
+    captions, gt_captions = [], []
     for i in range(0, len(samples), 2):
-        captions += model.predict(collate(samples[i : i + 2]))
+        batch = collate(samples[i : i + 2])
+        captions += model.predict(batch)
+        gt_captions += model.predict(batch, regions="gt")
     pred, gt = _records(samples, captions)
+    pred_gt_regions, _ = _records(samples, gt_captions)
     atomic_write_json(out_dir / "predictions.json", pred)
+    atomic_write_json(out_dir / "predictions_gt_regions.json", pred_gt_regions)
     atomic_write_json(out_dir / "ground_truth.json", gt)
     summary["stages"].append({"name": "predict", "seconds": round(time.time() - t0, 2), "scenes": len(samples)})
 
     # -- evaluate
     t0 = time.time()
     metrics = _evaluate(pred, gt)
+    metrics["gt_regions"] = _evaluate(pred_gt_regions, gt)
     atomic_write_json(out_dir / "metrics.json", metrics)
     summary["stages"].append({"name": "evaluate", "seconds": round(time.time() - t0, 2)})
 
     # -- pictures, report, summary
     t0 = time.time()
-    pics = _pictures(out_dir, samples[0], captions[0], out_dir)
+    pics = _pictures(out_dir, samples[0], captions[0], gt_captions[0], out_dir)
     rows = _summary_table(metrics)
+    rows += [dict(r, protocol=r["protocol"] + ", GT boxes") for r in _summary_table(metrics["gt_regions"])]
     det = metrics["detection"]
     examples = [{"scene": s.sample_id[:8], "label": c.label, "score": round(c.score, 2), "caption": c.text}
                 for s, caps in zip(samples, captions) for c in sorted(caps, key=lambda c: -c.score)[:2]][:8]
-    refs = [{"label": r["label"], "caption": r["caption"]} for r in gt[samples[0].sample_id][:4]]
+    on_gt = [{"scene": s.sample_id[:8], "generated (GT box)": c.text, "reference": r["caption"]}
+             for s, caps in zip(samples, gt_captions) for c, r in zip(caps[:2], gt[s.sample_id][:2])][:8]
     write_report(out_dir / "report.md", "dense3d demo", [
         ("Run", markdown_table([{"stage": s["name"], "seconds": s["seconds"]} for s in summary["stages"]])),
         ("Captions (TOD3Cap protocols, x100)", markdown_table(rows)),
         ("Detection (nuScenes centre-distance AP, x100)", markdown_table([{k: v for k, v in det.items() if not isinstance(v, (dict, list))}])),
-        ("Example predictions", markdown_table(examples)),
-        ("Example references", markdown_table(refs)),
+        ("Captions generated for ground-truth boxes", markdown_table(on_gt)),
+        ("Example predictions (detected boxes)", markdown_table(examples)),
     ], pics)
     summary["stages"].append({"name": "report", "seconds": round(time.time() - t0, 2)})
     summary["metrics"] = {"captions": rows, "detection_mAP": det.get("mAP")}
@@ -180,8 +190,11 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, data_dir: str 
 
     print("\n" + markdown_table(rows))
     print(f"detection mAP (nuScenes centre distance): {det.get('mAP', float('nan')):.2f}")
-    print("\nexample captions:")
-    for e in examples[:5]:
+    print("\ncaptions generated for ground-truth boxes (-> reference):")
+    for e in on_gt[:5]:
+        print(f"  {e['generated (GT box)']}\n    -> {e['reference']}")
+    print("captions of detected boxes:")
+    for e in examples[:3]:
         print(f"  [{e['label']} {e['score']:.2f}] {e['caption']}")
     print(f"\nwrote {out_dir}/report.md, predictions.json, metrics.json, pictures; {summary['wall_time_s']:.0f} s in all")
     return 0

@@ -175,22 +175,36 @@ class DenseCaptioner(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def predict(self, batch) -> list[list[DenseCaption]]:
-        """Detect, then caption every proposal: one list of ``DenseCaption`` per sample."""
-        regions: list[RegionFeatures] = []
+    def predict(self, batch, regions: str = "proposals") -> list[list[DenseCaption]]:
+        """One list of ``DenseCaption`` per sample.
+
+        Args:
+            regions: ``"proposals"``: detect, then caption every proposal; ``"gt"``: caption the
+                ground-truth boxes of the batch (the "GT regions" setting that isolates the
+                captioner from detection; boxes only).
+        """
+        if regions not in ("proposals", "gt"):
+            raise ConfigError("DenseCaptioner.predict", "regions", "'proposals' or 'gt'", got=regions)
+        kinds: list[RegionFeatures] = []
         contexts: list[SceneContext] = []
         if self.box_detector is not None:
-            out = self.box_detector(batch)
-            regions.append(out.regions)
-            boxes = [Boxes3D._wrap(d.boxes[:, :7]) for d in out.detections]
+            if regions == "gt":
+                out = self.box_detector(batch, decode=False)
+                r, _ = self._gt_box_regions(out.bev, batch)
+                boxes = [s.boxes.boxes for s in batch.samples]
+            else:
+                out = self.box_detector(batch)
+                r = out.regions
+                boxes = [Boxes3D._wrap(d.boxes[:, :7]) for d in out.detections]
+            kinds.append(r)
             contexts.append(self._box_context(out.bev, boxes))
-        if self.event_detector is not None:
+        if self.event_detector is not None and regions == "proposals":
             ev = self.event_detector(batch)
-            regions.append(ev.regions)
+            kinds.append(ev.regions)
             contexts.append(self._event_context(ev))
         if self.captioner is None:
-            return [self._uncaptioned(regions, b) for b in range(len(batch))]
-        return self.captioner.generate(regions, contexts)
+            return [self._uncaptioned(kinds, b) for b in range(len(batch))]
+        return self.captioner.generate(kinds, contexts)
 
     def _uncaptioned(self, regions: Sequence[RegionFeatures], b: int) -> list[DenseCaption]:
         out = []
