@@ -13,6 +13,7 @@ Stages, each timed in ``summary.json``:
 """
 from __future__ import annotations
 
+import resource
 import time
 from pathlib import Path
 
@@ -42,9 +43,11 @@ def _data_stage(data_dir: Path, seed: int) -> dict:
 
 def _records(samples, captions_per_sample) -> tuple[dict, dict]:
     """Predictions and ground truth in the evaluation tools' 3D formats (docs/eval.md)."""
-    pred, gt = {}, {}
-    for s, caps in zip(samples, captions_per_sample):
-        pred[s.sample_id] = [{"box": list(c.region), "caption": c.text, "score": c.score, "label": c.label} for c in caps]
+    from dense3d.api import prediction_records
+
+    pred = prediction_records([s.sample_id for s in samples], captions_per_sample)
+    gt = {}
+    for s in samples:
         boxes = s.boxes
         counts = boxes.num_points.tolist() if boxes.num_points is not None else [1] * len(boxes)
         gt[s.sample_id] = [
@@ -134,9 +137,10 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, data_dir: str 
     t0 = time.time()
     ov = ["experiment=demo", f"seed={seed}", f"paths.output_dir={out_dir}", f"paths.synthetic_dir={Path(data_dir).resolve()}"]
     if steps is not None:
-        ov.append(f"trainer.max_steps={steps}")
+        ov += [f"trainer.max_steps={steps}", f"trainer.log_every_n_steps={max(1, min(5, steps))}"]
     cfg = compose_config(ov + list(overrides or []))
     module, datamodule, trainer = fit(cfg)
+    trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt")  # + config.yaml: dense3d.api.load(out_dir)
     summary["stages"].append({"name": "train", "seconds": round(time.time() - t0, 2), "steps": int(trainer.global_step)})
     print(f"trained {trainer.global_step} steps in {time.time() - t0:.0f} s")
 
@@ -186,6 +190,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, data_dir: str 
     summary["stages"].append({"name": "report", "seconds": round(time.time() - t0, 2)})
     summary["metrics"] = {"captions": rows, "detection_mAP": det.get("mAP")}
     summary["wall_time_s"] = round(time.time() - t_start, 2)
+    summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     atomic_write_json(out_dir / "summary.json", summary)
 
     print("\n" + markdown_table(rows))
@@ -196,5 +201,6 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, data_dir: str 
     print("captions of detected boxes:")
     for e in examples[:3]:
         print(f"  [{e['label']} {e['score']:.2f}] {e['caption']}")
-    print(f"\nwrote {out_dir}/report.md, predictions.json, metrics.json, pictures; {summary['wall_time_s']:.0f} s in all")
+    print(f"\nwrote {out_dir}/report.md, predictions.json, metrics.json, pictures; "
+          f"{summary['wall_time_s']:.0f} s in all, peak memory {summary['peak_rss_mb']:.0f} MB")
     return 0
