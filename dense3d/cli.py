@@ -26,7 +26,7 @@ def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
 def _demo(args: argparse.Namespace) -> int:
     from dense3d.engine.demo import run_demo
 
-    return run_demo(out_dir=args.out, seed=args.seed, data_dir=args.data)
+    return run_demo(out_dir=args.out, seed=args.seed, data_dir=args.data, steps=args.steps, overrides=args.overrides)
 
 
 def _convert_synth(args: argparse.Namespace) -> int:
@@ -64,6 +64,32 @@ def _eval(args: argparse.Namespace) -> int:
     return eval_main(args.rest)
 
 
+def _train(args: argparse.Namespace) -> int:
+    from dense3d.engine.train import compose_config, fit
+
+    fit(compose_config(args.overrides), ckpt_path=args.resume)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import dense3d.api as api
+    from dense3d.utils.io import atomic_write_json
+
+    run = api.load(args.checkpoint, regions=args.regions)
+    data = run.dataset(args.split)
+    samples = [data[i] for i in range(len(data) if args.limit is None else min(args.limit, len(data)))]
+    captions = run.caption_many(samples)
+    atomic_write_json(args.out, api.prediction_records([s.sample_id for s in samples], captions))
+    print(f"wrote {args.out}: {sum(len(c) for c in captions)} captioned regions in {len(samples)} samples")
+    return 0
+
+
+def _vis(args: argparse.Namespace) -> int:
+    from dense3d.engine.visualize import main as vis_main
+
+    return vis_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dense3d", description="Dense captioning from many sensors.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -72,11 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default="data/synthetic/default", help="synthetic data folder (generated when missing or stale)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: configs/experiment/demo.yaml)")
+    p.add_argument("overrides", nargs="*", help="hydra overrides of the demo config, e.g. model/captioner=tiny")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("train", help="train a model from a hydra config")
     p.add_argument("overrides", nargs="*")
-    p.set_defaults(func=_not_built("train", "the training-engine issue"))
+    p.add_argument("--resume", default=None, help="checkpoint folder to resume from")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("predict", help="caption a data split with a trained run -> predictions JSON")
+    p.add_argument("--checkpoint", required=True, help="run folder (config.yaml + checkpoints/) or checkpoint folder")
+    p.add_argument("--split", default="val", help="data split of the run's data config (train / val / test)")
+    p.add_argument("--regions", default="proposals", choices=("proposals", "gt"), help="caption detections or GT boxes")
+    p.add_argument("--limit", type=int, default=None, help="only the first N samples")
+    p.add_argument("--out", required=True, help="predictions JSON (docs/eval.md formats)")
+    p.set_defaults(func=_predict)
 
     # Everything after "eval" (also --help) goes to dense3d.eval.cli's own parser: no option
     # prefix here, so argparse treats every word as part of ``rest``.
@@ -84,9 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("vis", help="render a scene, its boxes and captions")
+    p = sub.add_parser("vis", help="render a scene, its boxes and captions", add_help=False, prefix_chars="\0")
     p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_not_built("vis", "the visualization issue"))
+    p.set_defaults(func=_vis)
 
     p = sub.add_parser("convert", help="generate synthetic data or convert data sets")
     conv = p.add_subparsers(dest="convert_command", required=True, metavar="WHAT")

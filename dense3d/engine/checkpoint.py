@@ -99,7 +99,7 @@ def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     state_dict = {k: v.detach().contiguous().cpu() for k, v in checkpoint.get("state_dict", {}).items()}
     hparams = _to_plain(checkpoint.get("hyper_parameters", {}))
-    rest = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "hyper_parameters")}
+    rest = _plain_containers({k: v for k, v in checkpoint.items() if k not in ("state_dict", "hyper_parameters")})
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         # safetensors refuses tensors that share memory (tied weights): store each once.
@@ -125,6 +125,20 @@ def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _plain_containers(obj: Any) -> Any:
+    """OmegaConf containers (e.g. an optimizer's ``betas`` from a config) -> plain lists / dicts,
+    so the trainer state loads with ``weights_only=True``; tensors and numbers pass through."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(obj, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(obj, resolve=True)
+    if isinstance(obj, dict):
+        return {k: _plain_containers(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain_containers(v) for v in obj)
+    return obj
 
 
 def _untie(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -192,3 +192,18 @@ def test_smollm2_captioner_builds_without_loading_the_llm():
     model = RegionCaptioner(dec, LlamaAdapter(576, 9, 8, 8), RelationQFormer(64, 4, 1, 8, 4, D, 576))
     assert not dec.loaded  # ~18 s of loading happen on first use only
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_checkpoint_state_holds_only_what_trains():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cap = instantiate(OmegaConf.load("configs/model/captioner/tiny.yaml"))
+    _ = cap.decoder.model  # load the frozen LM
+    sd = cap.state_dict()
+    assert not any(".lm." in k or k.startswith("lm.") for k in sd), [k for k in sd if "lm." in k][:3]
+    trainable = {n for n, p in cap.named_parameters() if p.requires_grad}
+    assert trainable <= set(sd)
+    other = instantiate(OmegaConf.load("configs/model/captioner/tiny.yaml"))
+    _ = other.decoder.model
+    other.load_state_dict(sd, strict=True)  # the frozen LM's weights are not expected

@@ -130,7 +130,9 @@ class FrozenDecoder(nn.Module):
         name: a short name for logs.
 
     The model is stored outside ``nn.Module``'s registry until loaded, then registered as
-    the sub-module ``lm`` (so ``.to(device)`` and ``state_dict`` see it once it exists).
+    the sub-module ``lm`` (so ``.to(device)`` sees it once it exists). Its weights are left
+    out of ``state_dict`` (and not expected by ``load_state_dict``): they come from their own
+    file, so checkpoints hold only what trains.
     Its parameters never train: ``requires_grad`` is False and ``train()`` keeps it in
     eval mode (no dropout), so frozen weights stay bit-identical.
     """
@@ -141,6 +143,8 @@ class FrozenDecoder(nn.Module):
         self.name = name
         self._tokenizer = None
         self.lm = None
+        self._register_state_dict_hook(_drop_lm_weights)
+        self.register_load_state_dict_post_hook(_ignore_missing_lm_weights)
 
     def _load(self):
         if self.lm is None:
@@ -170,6 +174,18 @@ class FrozenDecoder(nn.Module):
         if self.lm is not None:
             self.lm.eval()
         return self
+
+
+def _drop_lm_weights(module, state_dict, prefix, local_metadata):
+    for key in [k for k in state_dict if k.startswith(prefix + "lm.")]:
+        del state_dict[key]
+    return state_dict
+
+
+def _ignore_missing_lm_weights(module, incompatible_keys):
+    # the post hook sees the whole load's key lists: drop the frozen LM's ("...lm.<param>")
+    missing = incompatible_keys.missing_keys
+    missing[:] = [k for k in missing if not (k.startswith("lm.") or ".lm." in k)]
 
 
 def _smollm2_loader(dtype: torch.dtype = torch.float32):

@@ -52,7 +52,7 @@ def teacher_forcing_batch(tokenizer, prompts: list[str], captions: list[str], ma
 @torch.no_grad()
 def generate_captions(lm, adapter, tokenizer, visual: torch.Tensor, prompt: str, max_new_tokens: int = 32,
                       num_beams: int = 1, batch_size: int | None = None, do_sample: bool = False,
-                      temperature: float = 1.0) -> tuple[list[str], list[list[int]]]:
+                      temperature: float = 1.0, no_repeat_ngram_size: int = 0) -> tuple[list[str], list[list[int]]]:
     """Captions for N regions sharing one prompt.
 
     Args:
@@ -65,6 +65,8 @@ def generate_captions(lm, adapter, tokenizer, visual: torch.Tensor, prompt: str,
         num_beams: 1 = greedy; > 1 = beam search.
         batch_size: regions per ``generate`` call (None: all N at once; 1: one at a time).
         do_sample: sample instead of searching (SCST); uses torch's global RNG.
+        no_repeat_ngram_size: forbid repeating any n-gram of this size (0: off); stops the
+            "behind the ego car, behind the ego car, ..." loops of a briefly trained adapter.
     Returns:
         (texts, token ids without the prompt, cut after eos) for the N regions.
     """
@@ -82,7 +84,8 @@ def generate_captions(lm, adapter, tokenizer, visual: torch.Tensor, prompt: str,
         with adapter.conditioned_on(v):
             out = lm.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                num_beams=num_beams, eos_token_id=eos, pad_token_id=pad, use_cache=True, **kw,
+                num_beams=num_beams, eos_token_id=eos, pad_token_id=pad, use_cache=True,
+                no_repeat_ngram_size=no_repeat_ngram_size, **kw,
             )  # (n, P + L)
         for row in out[:, ids.shape[1]:].tolist():
             if eos in row:

@@ -1,0 +1,110 @@
+"""Inference API: load a trained run, caption samples.
+
+    import dense3d.api
+    model = dense3d.api.load("outputs/demo")          # a run folder (config.yaml + checkpoint)
+    captions = model.caption(sample)                  # list[DenseCaption]
+
+A run folder is what ``dense3d train`` / ``dense3d demo`` write: ``config.yaml`` (the resolved
+config) and ``checkpoints/last.ckpt`` (or pass the checkpoint folder itself and its run's
+``config.yaml`` is found two levels up). Only targets inside ``dense3d`` and ``torch`` are
+instantiated from a checkpoint's config (``ConfigError`` otherwise); weights are safetensors.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from omegaconf import OmegaConf
+
+from dense3d.errors import CheckpointError
+from dense3d.structures import DenseCaption, Sample
+
+__all__ = ["DenseCaptionerRun", "load"]
+
+
+class DenseCaptionerRun:
+    """A loaded model with its data config; ``caption`` and ``caption_many`` run inference."""
+
+    def __init__(self, model: torch.nn.Module, config, regions: str = "proposals"):
+        self.model = model.eval()
+        self.config = config
+        self.regions = regions
+
+    @torch.no_grad()
+    def caption(self, sample: Sample) -> list[DenseCaption]:
+        """Every region of one sample with its caption."""
+        return self.caption_many([sample])[0]
+
+    @torch.no_grad()
+    def caption_many(self, samples: Iterable[Sample], batch_size: int = 2) -> list[list[DenseCaption]]:
+        from dense3d.data import collate
+
+        samples = list(samples)
+        out: list[list[DenseCaption]] = []
+        for i in range(0, len(samples), batch_size):
+            out += self.model.predict(collate(samples[i : i + batch_size]), regions=self.regions)
+        return out
+
+    def dataset(self, split: str = "val"):
+        """The run's data set of ``split`` (built from its config), e.g. to caption its scenes."""
+        from hydra.utils import instantiate
+
+        node = self.config.data.get(split)
+        if node is None:  # e.g. "test": the val set's config with the split swapped
+            node = OmegaConf.merge(self.config.data.val, {"split": split})
+        return instantiate(node)
+
+
+def _find(path: Path) -> tuple[Path, Path]:
+    """(config.yaml, checkpoint folder) of a run folder or a checkpoint folder."""
+    if (path / "model.safetensors").exists():
+        ckpt = path
+        for cand in (path.parent.parent / "config.yaml", path.parent / "config.yaml"):
+            if cand.exists():
+                return cand, ckpt
+        raise CheckpointError(path, "config.yaml", "the run's config.yaml beside its checkpoints/ folder")
+    cfg = path / "config.yaml"
+    if not cfg.exists():
+        raise CheckpointError(path, "config.yaml", "a run folder (config.yaml + checkpoints/) or a checkpoint folder")
+    ckpts = sorted((path / "checkpoints").glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
+    if not ckpts:
+        raise CheckpointError(path / "checkpoints", "*.ckpt", "a checkpoint folder written by dense3d")
+    return cfg, ckpts[0]
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu", regions: str = "proposals") -> DenseCaptionerRun:
+    """Build the run's model from its config and load its weights (see the module docstring)."""
+    from hydra.utils import instantiate
+
+    from dense3d.engine.checkpoint import check_config_targets, load_checkpoint
+
+    cfg_path, ckpt = _find(Path(path))
+    cfg = OmegaConf.load(cfg_path)
+    check_config_targets(OmegaConf.to_container(cfg.model), source=str(cfg_path), path="model")
+    model = instantiate(cfg.model)
+    state = load_checkpoint(ckpt, map_location=map_location)["state_dict"]
+    # Lightning prefixes the module's attribute name ("model.") to every key
+    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(ckpt, "state_dict", "weights that fit the run's model",
+                              got=f"{len(missing)} missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]})")
+    return DenseCaptionerRun(model.to(map_location), cfg, regions)
+
+
+def prediction_records(sample_ids: Iterable[str], captions: Iterable[list[DenseCaption]]) -> dict:
+    """Captions -> the evaluation tools' prediction JSON (docs/eval.md): the 3D format
+    ``{scene: [{"box", "caption", "score", "label"}]}`` for boxes and ActivityNet's
+    ``{"results": {video: [{"timestamp", "sentence", "score"}]}}`` for events (under ``"events"``)."""
+    boxes: dict = {}
+    events: dict = {}
+    for sid, caps in zip(sample_ids, captions):
+        boxes[sid] = [{"box": list(c.region), "caption": c.text, "score": c.score, "label": c.label} for c in caps if c.kind == "box"]
+        ev = [{"timestamp": list(c.region), "sentence": c.text, "score": c.score} for c in caps if c.kind == "event"]
+        if ev:
+            events[sid] = ev
+    out = boxes
+    if events:
+        out = {"boxes": boxes, "events": {"results": events}}
+    return out

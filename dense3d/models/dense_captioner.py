@@ -1,0 +1,214 @@
+"""DenseCaptioner: sensors -> proposals (boxes, events) -> one caption per region.
+
+Wires already-built parts (nothing is built from strings here):
+
+* ``box_detector`` (``BoxDetector``): LiDAR / camera BEV -> CenterPoint boxes + region features;
+* ``event_detector`` (``EventDetector``): audio / video -> audible events + region features;
+* ``captioner`` (``RegionCaptioner``): BiCA -> Relation Q-Former -> LLaMA-Adapter -> frozen LLM.
+
+Training step (``forward``): detection losses of the detectors present, plus the caption loss on
+regions that have a ground-truth caption. Which regions are captioned in training is set by
+``caption_regions``:
+
+* ``"gt"``: the ground-truth boxes, their features sampled from the BEV map exactly as a
+  proposal's would be (the standard first captioning stage: captions learn while detection is
+  still poor), and, for events, the proposals matched to ground truth;
+* ``"proposals"``: the decoded proposals, each taking the caption of the ground-truth region it
+  is matched to (Hungarian on IoU / tIoU, gated by ``match_iou``).
+
+Inference (``predict``): decoded proposals -> captions, as ``DenseCaption`` records.
+"""
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from dense3d.errors import ConfigError
+from dense3d.models.captioner.region_captioner import RegionCaptioner
+from dense3d.models.context.bica import SceneContext, context_from_bev, context_from_time
+from dense3d.models.matching import assign_captions
+from dense3d.models.proposals.boxes.detector import BoxDetector
+from dense3d.models.proposals.events.detector import EventDetector
+from dense3d.structures import Boxes3D, DenseCaption, RegionFeatures
+
+__all__ = ["DenseCaptioner"]
+
+
+class DenseCaptioner(nn.Module):
+    """Args:
+        captioner: the region captioner, or None (detection only).
+        box_detector, event_detector: at least one.
+        caption_regions: ``"gt"`` or ``"proposals"`` (see the module docstring).
+        match_iou: IoU (boxes) / tIoU (events) a proposal needs to take a caption in training.
+        captions_per_scene: at most this many captioned regions per scene and kind per step.
+        context_cell: BEV pixels pooled into one context query (boxes).
+        context_window: seconds of one time-window context query (events).
+        detection_weight, caption_weight: weights of the loss groups.
+    """
+
+    def __init__(
+        self,
+        captioner: RegionCaptioner | None = None,
+        box_detector: BoxDetector | None = None,
+        event_detector: EventDetector | None = None,
+        caption_regions: str = "gt",
+        match_iou: float = 0.25,
+        captions_per_scene: int = 8,
+        context_cell: int = 8,
+        context_window: float = 1.0,
+        detection_weight: float = 1.0,
+        caption_weight: float = 1.0,
+    ):
+        super().__init__()
+        if box_detector is None and event_detector is None:
+            raise ConfigError("DenseCaptioner", "box_detector/event_detector", "at least one detector")
+        if caption_regions not in ("gt", "proposals"):
+            raise ConfigError("DenseCaptioner", "caption_regions", "'gt' or 'proposals'", got=caption_regions)
+        self.captioner = captioner
+        self.box_detector = box_detector
+        self.event_detector = event_detector
+        self.caption_regions = caption_regions
+        self.match_iou = match_iou
+        self.captions_per_scene = captions_per_scene
+        self.context_cell = context_cell
+        self.context_window = context_window
+        self.detection_weight = detection_weight
+        self.caption_weight = caption_weight
+        if captioner is not None and box_detector is not None and "box" not in captioner.class_names:
+            captioner.class_names["box"] = list(box_detector.box_head.class_names)  # labels -> names in outputs
+
+    # ------------------------------------------------------------------ helpers
+    def _bev_ranges(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        r = self.box_detector.box_head.point_range
+        return (float(r[0]), float(r[3])), (float(r[1]), float(r[4]))
+
+    def _box_context(self, bev: torch.Tensor, boxes: list[Boxes3D | None]) -> SceneContext:
+        x_range, y_range = self._bev_ranges()
+        return context_from_bev(bev, x_range, y_range, self.context_cell, boxes=boxes)
+
+    def _event_context(self, out) -> SceneContext:
+        return context_from_time(out.fused, out.times, out.mask, self.context_window, self.context_window / 2)
+
+    def _gt_box_regions(self, bev: torch.Tensor, batch) -> tuple[RegionFeatures, list[list[str | None]]]:
+        """Ground-truth boxes as regions (features sampled like a proposal's) and one caption
+        each (a random reference; None for boxes without a caption or over the per-scene cap)."""
+        head = self.box_detector.box_head
+        B = len(batch)
+        K = max(1, max(len(s.boxes) for s in batch.samples))
+        dev = bev.device
+        boxes = torch.zeros(B, K, head.box_dim, device=dev)
+        boxes[..., 3:6] = 1.0  # padding: unit boxes, masked out
+        scores = torch.zeros(B, K, device=dev)
+        labels = torch.full((B, K), -1, dtype=torch.long, device=dev)
+        mask = torch.zeros(B, K, dtype=torch.bool, device=dev)
+        captions: list[list[str | None]] = []
+        for b, s in enumerate(batch.samples):
+            n = len(s.boxes)
+            t = s.boxes.boxes.tensor.to(dev, torch.float32)
+            boxes[b, :n] = t[:, : head.box_dim] if t.shape[1] >= head.box_dim else torch.cat(
+                [t, torch.zeros(n, head.box_dim - t.shape[1], device=dev)], 1
+            )
+            names = head.class_names
+            labels[b, :n] = torch.tensor([names.index(s.boxes.class_names[int(k)]) if s.boxes.class_names[int(k)] in names else -1
+                                          for k in s.boxes.labels.tolist()], dtype=torch.long, device=dev)
+            scores[b, :n] = 1.0
+            mask[b, :n] = True
+            caps: list[str | None] = [None] * K
+            have = [i for i in range(n) if i < len(s.boxes.captions) and s.boxes.captions[i]]
+            if len(have) > self.captions_per_scene:
+                have = random.sample(have, self.captions_per_scene)
+            for i in have:
+                caps[i] = random.choice(list(s.boxes.captions[i]))
+            captions.append(caps)
+        return self.box_detector.region_sampler(bev, boxes, scores, labels, mask), captions
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batch) -> dict[str, torch.Tensor]:
+        """Weighted loss terms of one batch (their sum is what training minimises)."""
+        losses: dict[str, torch.Tensor] = {}
+        regions: list[RegionFeatures] = []
+        contexts: list[SceneContext] = []
+        captions: list[list[list[str | None]]] = []
+        want_captions = self.captioner is not None and any(p.requires_grad for p in self.captioner.parameters())
+
+        if self.box_detector is not None:
+            decode = want_captions and self.caption_regions == "proposals"
+            out = self.box_detector(batch, decode=decode)
+            if any(p.requires_grad for p in self.box_detector.parameters()):
+                det = self.box_detector.loss(out, batch)
+                losses["det_heatmap"] = self.detection_weight * det["heatmap"]
+                losses["det_regression"] = self.detection_weight * det["regression"]
+            if want_captions:
+                if self.caption_regions == "gt":
+                    r, caps = self._gt_box_regions(out.bev, batch)
+                else:
+                    r = out.regions
+                    caps = assign_captions(r, [s.boxes.boxes.tensor[:, :7].to(out.bev.device) for s in batch.samples],
+                                           [s.boxes.captions for s in batch.samples], self.match_iou, self.captions_per_scene)
+                regions.append(r)
+                captions.append(caps)
+                contexts.append(self._box_context(out.bev, [s.boxes.boxes for s in batch.samples]))
+
+        if self.event_detector is not None:
+            ev = self.event_detector(batch)
+            if any(p.requires_grad for p in self.event_detector.parameters()):
+                det = self.event_detector.loss(ev, batch)
+                for k, v in det.items():
+                    if k != "total" and v.requires_grad:
+                        losses[f"event_{k}"] = self.detection_weight * v
+            if want_captions:
+                caps = assign_captions(ev.regions, [s.events.events.tensor.to(ev.fused.device) for s in batch.samples],
+                                       [s.events.captions for s in batch.samples], self.match_iou, self.captions_per_scene)
+                regions.append(ev.regions)
+                captions.append(caps)
+                contexts.append(self._event_context(ev))
+
+        if want_captions:
+            cap = self.captioner(regions, contexts, captions)
+            losses["caption"] = self.caption_weight * cap["loss_caption"]
+        if not losses:
+            raise ConfigError("DenseCaptioner", "trainable parameters", "some part that trains (all are frozen)")
+        return losses
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict(self, batch, regions: str = "proposals") -> list[list[DenseCaption]]:
+        """One list of ``DenseCaption`` per sample.
+
+        Args:
+            regions: ``"proposals"``: detect, then caption every proposal; ``"gt"``: caption the
+                ground-truth boxes of the batch (the "GT regions" setting that isolates the
+                captioner from detection; boxes only).
+        """
+        if regions not in ("proposals", "gt"):
+            raise ConfigError("DenseCaptioner.predict", "regions", "'proposals' or 'gt'", got=regions)
+        kinds: list[RegionFeatures] = []
+        contexts: list[SceneContext] = []
+        if self.box_detector is not None:
+            if regions == "gt":
+                out = self.box_detector(batch, decode=False)
+                r, _ = self._gt_box_regions(out.bev, batch)
+                boxes = [s.boxes.boxes for s in batch.samples]
+            else:
+                out = self.box_detector(batch)
+                r = out.regions
+                boxes = [Boxes3D._wrap(d.boxes[:, :7]) for d in out.detections]
+            kinds.append(r)
+            contexts.append(self._box_context(out.bev, boxes))
+        if self.event_detector is not None and regions == "proposals":
+            ev = self.event_detector(batch)
+            kinds.append(ev.regions)
+            contexts.append(self._event_context(ev))
+        if self.captioner is None:
+            return [self._uncaptioned(kinds, b) for b in range(len(batch))]
+        return self.captioner.generate(kinds, contexts)
+
+    def _uncaptioned(self, regions: Sequence[RegionFeatures], b: int) -> list[DenseCaption]:
+        out = []
+        for r in regions:
+            for i in r.mask[b].nonzero().flatten().tolist():
+                out.append(DenseCaption(r.kind, tuple(r.geometry[b, i].tolist()), float(r.scores[b, i]), str(int(r.labels[b, i])), ""))
+        return out
