@@ -118,6 +118,14 @@ def _summary_table(metrics: dict) -> list[dict]:
     return rows
 
 
+def _detection_rows(det: dict) -> list[dict]:
+    """One row per class (AP at 0.5, 1, 2, 4 m), then the means."""
+    classes = sorted({k.split("/", 1)[1] for k in det if k.startswith("AP@") and "/" in k})
+    rows = [{"class": c, **{d: det.get(f"AP@{d}/{c}", float("nan")) for d in ("0.5m", "1m", "2m", "4m")}} for c in classes]
+    rows.append({"class": "mean", **{d: det.get(f"mAP@{d}", float("nan")) for d in ("0.5m", "1m", "2m", "4m")}})
+    return rows
+
+
 def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, data_dir: str | Path = "data/synthetic/default",
              steps: int | None = None, overrides: list[str] | None = None) -> int:
     from dense3d.engine.report import markdown_table, write_report
@@ -183,7 +191,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, data_dir: str 
     write_report(out_dir / "report.md", "dense3d demo", [
         ("Run", markdown_table([{"stage": s["name"], "seconds": s["seconds"]} for s in summary["stages"]])),
         ("Captions (TOD3Cap protocols, x100)", markdown_table(rows)),
-        ("Detection (nuScenes centre-distance AP, x100)", markdown_table([{k: v for k, v in det.items() if not isinstance(v, (dict, list))}])),
+        ("Detection (nuScenes centre-distance AP, x100)", markdown_table(_detection_rows(det))),
         ("Captions generated for ground-truth boxes", markdown_table(on_gt)),
         ("Example predictions (detected boxes)", markdown_table(examples)),
     ], pics)
