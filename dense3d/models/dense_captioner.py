@@ -47,6 +47,8 @@ class DenseCaptioner(nn.Module):
         context_cell: BEV pixels pooled into one context query (boxes).
         context_window: seconds of one time-window context query (events).
         detection_weight, caption_weight: weights of the loss groups.
+        scst_weight: weight of the self-critical loss (CIDEr-D reward, greedy baseline; 0: off),
+            the optional last stage (``stage=scst``).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class DenseCaptioner(nn.Module):
         context_window: float = 1.0,
         detection_weight: float = 1.0,
         caption_weight: float = 1.0,
+        scst_weight: float = 0.0,
     ):
         super().__init__()
         if box_detector is None and event_detector is None:
@@ -77,6 +80,7 @@ class DenseCaptioner(nn.Module):
         self.context_window = context_window
         self.detection_weight = detection_weight
         self.caption_weight = caption_weight
+        self.scst_weight = scst_weight
         if captioner is not None and box_detector is not None and "box" not in captioner.class_names:
             captioner.class_names["box"] = list(box_detector.box_head.class_names)  # labels -> names in outputs
 
@@ -92,9 +96,10 @@ class DenseCaptioner(nn.Module):
     def _event_context(self, out) -> SceneContext:
         return context_from_time(out.fused, out.times, out.mask, self.context_window, self.context_window / 2)
 
-    def _gt_box_regions(self, bev: torch.Tensor, batch) -> tuple[RegionFeatures, list[list[str | None]]]:
-        """Ground-truth boxes as regions (features sampled like a proposal's) and one caption
-        each (a random reference; None for boxes without a caption or over the per-scene cap)."""
+    def _gt_box_regions(self, bev: torch.Tensor, batch) -> tuple[RegionFeatures, list[list[str | None]], list[list[list[str]]]]:
+        """Ground-truth boxes as regions (features sampled like a proposal's), one caption each
+        (a random reference; None for boxes without a caption or over the per-scene cap), and
+        all references of the chosen boxes (for SCST; [] elsewhere)."""
         head = self.box_detector.box_head
         B = len(batch)
         K = max(1, max(len(s.boxes) for s in batch.samples))
@@ -105,6 +110,7 @@ class DenseCaptioner(nn.Module):
         labels = torch.full((B, K), -1, dtype=torch.long, device=dev)
         mask = torch.zeros(B, K, dtype=torch.bool, device=dev)
         captions: list[list[str | None]] = []
+        references: list[list[list[str]]] = []
         for b, s in enumerate(batch.samples):
             n = len(s.boxes)
             t = s.boxes.boxes.tensor.to(dev, torch.float32)
@@ -117,13 +123,16 @@ class DenseCaptioner(nn.Module):
             scores[b, :n] = 1.0
             mask[b, :n] = True
             caps: list[str | None] = [None] * K
+            refs: list[list[str]] = [[] for _ in range(K)]
             have = [i for i in range(n) if i < len(s.boxes.captions) and s.boxes.captions[i]]
             if len(have) > self.captions_per_scene:
                 have = random.sample(have, self.captions_per_scene)
             for i in have:
                 caps[i] = random.choice(list(s.boxes.captions[i]))
+                refs[i] = list(s.boxes.captions[i])
             captions.append(caps)
-        return self.box_detector.region_sampler(bev, boxes, scores, labels, mask), captions
+            references.append(refs)
+        return self.box_detector.region_sampler(bev, boxes, scores, labels, mask), captions, references
 
     # ------------------------------------------------------------------ training
     def forward(self, batch) -> dict[str, torch.Tensor]:
@@ -132,6 +141,7 @@ class DenseCaptioner(nn.Module):
         regions: list[RegionFeatures] = []
         contexts: list[SceneContext] = []
         captions: list[list[list[str | None]]] = []
+        references: list[list[list[list[str]]]] = []
         want_captions = self.captioner is not None and any(p.requires_grad for p in self.captioner.parameters())
 
         if self.box_detector is not None:
@@ -143,13 +153,15 @@ class DenseCaptioner(nn.Module):
                 losses["det_regression"] = self.detection_weight * det["regression"]
             if want_captions:
                 if self.caption_regions == "gt":
-                    r, caps = self._gt_box_regions(out.bev, batch)
+                    r, caps, refs = self._gt_box_regions(out.bev, batch)
                 else:
                     r = out.regions
                     caps = assign_captions(r, [s.boxes.boxes.tensor[:, :7].to(out.bev.device) for s in batch.samples],
                                            [s.boxes.captions for s in batch.samples], self.match_iou, self.captions_per_scene)
+                    refs = [[[c] if c else [] for c in row] for row in caps]
                 regions.append(r)
                 captions.append(caps)
+                references.append(refs)
                 contexts.append(self._box_context(out.bev, [s.boxes.boxes for s in batch.samples]))
 
         if self.event_detector is not None:
@@ -164,11 +176,14 @@ class DenseCaptioner(nn.Module):
                                        [s.events.captions for s in batch.samples], self.match_iou, self.captions_per_scene)
                 regions.append(ev.regions)
                 captions.append(caps)
+                references.append([[[c] if c else [] for c in row] for row in caps])
                 contexts.append(self._event_context(ev))
 
-        if want_captions:
+        if want_captions and self.caption_weight > 0:
             cap = self.captioner(regions, contexts, captions)
             losses["caption"] = self.caption_weight * cap["loss_caption"]
+        if want_captions and self.scst_weight > 0:
+            losses["scst"] = self.scst_weight * self.captioner.scst_loss(regions, contexts, references)["loss_scst"]
         if not losses:
             raise ConfigError("DenseCaptioner", "trainable parameters", "some part that trains (all are frozen)")
         return losses
@@ -190,7 +205,7 @@ class DenseCaptioner(nn.Module):
         if self.box_detector is not None:
             if regions == "gt":
                 out = self.box_detector(batch, decode=False)
-                r, _ = self._gt_box_regions(out.bev, batch)
+                r, _, _ = self._gt_box_regions(out.bev, batch)
                 boxes = [s.boxes.boxes for s in batch.samples]
             else:
                 out = self.box_detector(batch)
