@@ -252,7 +252,7 @@ def test_sample_config_builds_and_loads(samples, monkeypatch):
     monkeypatch.setenv("DENSE3D_SAMPLES", str(samples))
     config_dir = Path(__file__).resolve().parents[2] / "configs"
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["+data=nuscenes_sample", "sensors=lidar_camera"])
+        cfg = compose(config_name="train", overrides=["data=nuscenes_sample", "sensors=lidar_camera"])
     ds = instantiate(cfg.data)
     s = ds[0]
     assert list(ds.transforms.transforms) == ["range", "object_range", "resize", "normalize"]

@@ -23,7 +23,7 @@ def test_synthetic_data_configs_read_the_generated_sets(synth_root, tmp_path, na
     (tmp_path / "synthetic").mkdir()
     (tmp_path / "synthetic" / "default").symlink_to(synth_root, target_is_directory=True)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"+data={name}", f"paths.data_dir={tmp_path}", f"sensors={sensors}"])
+        cfg = compose(config_name="train", overrides=[f"data={name}", f"paths.data_dir={tmp_path}", f"sensors={sensors}"])
     ds = instantiate(cfg.data)
     assert len(ds) == 2  # the train split of the 4-scene sets
     assert check(ds[0])
