@@ -13,7 +13,6 @@ beside it (``*_bev.png``) and, for infos with cameras, the front camera with pro
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +24,17 @@ __all__ = ["main"]
 
 
 def _predictions(path: str | None, scene: str) -> tuple[list, list[str], list[str]]:
+    """Boxes (7 numbers each), captions and labels of ``scene`` in a predictions file, read with
+    the evaluation tools' parser (same format, same one-line errors)."""
+    from dense3d.eval.formats import parse_box_predictions, read_json
+
     if path is None:
         return [], [], []
-    data = json.loads(Path(path).read_text())
-    if scene not in data:
-        raise PredictionFormatError(path, scene, "predictions for this scene id", got=f"{len(data)} other scenes")
-    recs = data[scene]
-    boxes = []
-    for i, r in enumerate(recs):
-        box = r.get("box")
-        if box is None or len(box) not in (6, 7):
-            raise PredictionFormatError(path, f"{scene}[{i}].box", "6 or 7 numbers")
-        boxes.append(list(box) + [0.0] * (7 - len(box)))
-    return boxes, [r.get("caption", "") for r in recs], [r.get("label", "") for r in recs]
+    preds = parse_box_predictions(path, read_json(path), need_caption=False)
+    if scene not in preds:
+        raise PredictionFormatError(path, scene, "predictions for this scene id", got=f"{len(preds)} other scenes")
+    recs = preds[scene]
+    return [r.box.params.tolist() for r in recs], [r.caption for r in recs], [r.label or "" for r in recs]
 
 
 def main(argv: list[str] | None = None) -> int:
