@@ -56,7 +56,7 @@ class DenseCaptionerRun:
         return instantiate(node)
 
 
-def _find(path: Path) -> tuple[Path, Path]:
+def find_run(path: Path) -> tuple[Path, Path]:
     """(config.yaml, checkpoint folder) of a run folder or a checkpoint folder."""
     if (path / "model.safetensors").exists():
         ckpt = path
@@ -79,7 +79,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", regions: st
 
     from dense3d.engine.checkpoint import check_config_targets, load_checkpoint
 
-    cfg_path, ckpt = _find(Path(path))
+    cfg_path, ckpt = find_run(Path(path))
     cfg = OmegaConf.load(cfg_path)
     check_config_targets(OmegaConf.to_container(cfg.model), source=str(cfg_path), path="model")
     model = instantiate(cfg.model)

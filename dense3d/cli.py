@@ -59,9 +59,28 @@ def _convert_stats(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if "--checkpoint" in args.rest:  # a trained run on its own data: dense3d.engine.evaluate
+        return _eval_run(args.rest)
     from dense3d.eval.cli import main as eval_main
 
     return eval_main(args.rest)
+
+
+def _eval_run(argv: list[str]) -> int:
+    import json
+
+    from dense3d.engine.evaluate import evaluate_run
+
+    p = argparse.ArgumentParser(prog="dense3d eval --checkpoint", description="Describe a split with a trained run and score it.")
+    p.add_argument("--checkpoint", required=True, help="run folder (config.yaml + checkpoints/) or checkpoint folder")
+    p.add_argument("--split", default="val", help="data split of the run's data config (train / val / test)")
+    p.add_argument("--regions", default="proposals", choices=("proposals", "gt"), help="caption detections or GT boxes")
+    p.add_argument("--limit", type=int, default=None, help="only the first N samples")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/eval_<split>)")
+    a = p.parse_args(argv)
+    metrics = evaluate_run(a.checkpoint, split=a.split, regions=a.regions, out_dir=a.out, limit=a.limit)
+    print(json.dumps(metrics, indent=1, default=str))
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -59,6 +59,14 @@ class DenseCaptionModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.frozen = freeze(model, frozen)
 
+    def train(self, mode: bool = True):
+        """Frozen parts stay in eval mode (BatchNorm statistics and dropout fixed) while the rest
+        trains: a frozen detector then computes exactly what it will compute at test time."""
+        super().train(mode)
+        for name in self.frozen:
+            self.model.get_submodule(name).eval()
+        return self
+
     def forward(self, batch):
         return self.model(batch)
 

@@ -16,7 +16,7 @@ from dense3d.engine.checkpoint import SafeCheckpointIO
 from dense3d.engine.module import DenseCaptionModule, RNGStateCallback
 from dense3d.errors import ConfigError
 
-__all__ = ["compose_config", "build", "fit"]
+__all__ = ["compose_config", "build", "fit", "init_weights"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -35,6 +35,34 @@ def _instantiate_dict(node: DictConfig | None) -> list[Any]:
     return [instantiate(v) for v in node.values() if v is not None and "_target_" in v]
 
 
+def init_weights(model, run: str | Path, parts: list[str]) -> int:
+    """Start ``model``'s sub-modules ``parts`` from another run's weights (e.g. the captioning
+    stage from a detection run): every weight under ``parts`` must be in the checkpoint with
+    the same shape; the rest of the model keeps its initialisation. Returns the tensors loaded."""
+    from dense3d.api import find_run
+    from dense3d.engine.checkpoint import load_checkpoint
+    from dense3d.errors import CheckpointError
+
+    if not parts:
+        raise ConfigError("configs/train.yaml", "init_parts", "the sub-modules to load from init_from, e.g. [box_detector]")
+    _, ckpt = find_run(Path(run))
+    state = load_checkpoint(ckpt)["state_dict"]
+    own = model.state_dict()
+    wanted = {k: v for k, v in own.items() if any(k == p or k.startswith(p + ".") for p in parts)}
+    if not wanted:
+        raise ConfigError("configs/train.yaml", "init_parts", f"sub-modules of the model, e.g. {sorted({k.split('.')[0] for k in own})}", got=parts)
+    loaded = {}
+    for k, v in wanted.items():
+        src = state.get("model." + k)
+        if src is None or src.shape != v.shape:
+            got = "missing" if src is None else f"shape {tuple(src.shape)} for {tuple(v.shape)}"
+            raise CheckpointError(ckpt, f"model.{k}", "a weight of the same shape (init_from must be a run of the same sub-modules)", got=got)
+        loaded[k] = src
+    model.load_state_dict(loaded, strict=False)
+    print(f"init_from {ckpt}: {len(loaded)} tensors of {', '.join(parts)}")
+    return len(loaded)
+
+
 def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.LightningDataModule, pl.Trainer]:
     """Instantiate the data module, the model (inside ``DenseCaptionModule``) and the trainer."""
     for key in ("data", "model", "trainer"):
@@ -43,6 +71,8 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.
     pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
+    if cfg.get("init_from"):
+        init_weights(model, cfg.init_from, list(cfg.get("init_parts") or []))
     module = DenseCaptionModule(
         model,
         optimizer=instantiate(cfg.optim),

@@ -221,9 +221,22 @@ class DenseCaptioner(nn.Module):
             return [self._uncaptioned(kinds, b) for b in range(len(batch))]
         return self.captioner.generate(kinds, contexts)
 
+    def _class_names(self, kind: str) -> list[str]:
+        if kind == "box" and self.box_detector is not None:
+            return list(self.box_detector.box_head.class_names)
+        if kind == "event" and self.event_detector is not None:
+            return list(getattr(self.event_detector, "class_names", None) or [])
+        return []
+
     def _uncaptioned(self, regions: Sequence[RegionFeatures], b: int) -> list[DenseCaption]:
+        """Detection-only models: the proposals as records with empty captions (class names and
+        per-region extras such as an event's azimuth kept)."""
         out = []
         for r in regions:
+            names = self._class_names(r.kind)
             for i in r.mask[b].nonzero().flatten().tolist():
-                out.append(DenseCaption(r.kind, tuple(r.geometry[b, i].tolist()), float(r.scores[b, i]), str(int(r.labels[b, i])), ""))
+                lab = int(r.labels[b, i])
+                extra = {k: float(t[b, i]) for k, t in r.extra.items() if t[b, i].numel() == 1}
+                out.append(DenseCaption(r.kind, tuple(r.geometry[b, i].tolist()), float(r.scores[b, i]),
+                                        names[lab] if 0 <= lab < len(names) else str(lab), "", extra))
         return out

@@ -147,3 +147,12 @@ def test_video_only_batch_runs_on_the_video_time_axis():
     assert out.audio is None and out.fused.shape[1] == 8  # the 8 video frames
     assert float(out.durations[0]) == pytest.approx(2.0)
     assert (out.regions.geometry <= 2.0 + 1e-5).all()
+
+
+def test_video_encoder_resizes_frames_before_the_backbone():
+    seen = []
+    video = VideoEncoder(ResNetBackbone(18, out_indices=(1,)), out_channels=8, frame_size=(32, 48))
+    video.backbone.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    frames = torch.rand(3, 3, 64, 112)
+    feats = video.frame_features(frames[None], torch.ones(1, 3, dtype=torch.bool))
+    assert seen == [(3, 3, 32, 48)] and feats.shape == (1, 3, 8)

@@ -4,6 +4,7 @@ frame timestamps."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dense3d.errors import VideoError
@@ -34,6 +35,8 @@ class VideoEncoder(nn.Module):
         backbone: ``ResNetBackbone`` (its last returned map is pooled).
         out_channels: D.
         normalize: apply the ImageNet mean / std to frames in [0, 1].
+        frame_size: (H, W) the frames are resized to (bilinear, antialiased) before the backbone,
+            or None to keep the data's size; small frames keep CPU training affordable.
 
     ``forward(batch, times=None, times_mask=None)`` reads ``batch.video`` (B, T, 3, H, W),
     ``batch.video_timestamps`` (B, T), ``batch.video_mask`` (B, T). With ``times`` (B, T')
@@ -41,8 +44,10 @@ class VideoEncoder(nn.Module):
     at the video frames. Returns ``TemporalFeatures``.
     """
 
-    def __init__(self, backbone: ResNetBackbone, out_channels: int = 128, normalize: bool = True):
+    def __init__(self, backbone: ResNetBackbone, out_channels: int = 128, normalize: bool = True,
+                 frame_size: tuple[int, int] | None = None):
         super().__init__()
+        self.frame_size = None if frame_size is None else (int(frame_size[0]), int(frame_size[1]))
         self.backbone = backbone
         self.proj = nn.Linear(backbone.out_channels[-1], out_channels)
         self.out_channels = out_channels
@@ -56,6 +61,8 @@ class VideoEncoder(nn.Module):
         out = video.new_zeros(B, T, self.out_channels)
         frames = video[mask]  # (n_valid, 3, H, W)
         if frames.shape[0]:
+            if self.frame_size is not None and tuple(frames.shape[-2:]) != self.frame_size:
+                frames = F.interpolate(frames, size=self.frame_size, mode="bilinear", align_corners=False, antialias=True)
             if self.normalize:
                 frames = (frames - self.mean) / self.std
             pooled = self.backbone(frames)[-1].mean(dim=(2, 3))  # (n, C, h, w) -> (n, C)

@@ -1,0 +1,179 @@
+"""Evaluating a trained run on a split of its own data (``dense3d eval --checkpoint RUN``).
+
+Loads the run (``dense3d.api.load``), describes every sample of the split, writes
+``predictions.json`` and ``ground_truth.json`` in the evaluation tools' formats (docs/eval.md),
+and scores them with the protocols that fit what the model outputs:
+
+* boxes: detection AP (nuScenes centre distance for rotated outdoor boxes, VOC 3D IoU for the
+  axis-aligned indoor head) and, when the model writes captions, TOD3Cap (outdoor) or Scan2Cap
+  (indoor) caption metrics;
+* events: proposal precision / recall at tIoU 0.3, 0.5, 0.7 (the dense-events protocol), the
+  direction error of the proposals matched one-to-one to ground truth (Hungarian on tIoU,
+  tIoU >= 0.5) and, with captions, the dense-events caption metrics.
+
+The metrics land in ``metrics.json`` beside the predictions; with the run's training log, the
+training curves in ``curves.png``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dense3d.structures import DenseCaption, Sample
+from dense3d.utils.io import atomic_write_json
+
+__all__ = ["box_records", "event_records", "direction_errors", "evaluate_run"]
+
+
+def box_records(samples: Sequence[Sample], captions: Sequence[list[DenseCaption]]) -> tuple[dict, dict]:
+    """Predicted boxes and ground-truth objects in the evaluation tools' 3D formats."""
+    pred, gt = {}, {}
+    for s, caps in zip(samples, captions):
+        pred[s.sample_id] = [{"box": list(c.region), "caption": c.text, "score": c.score, "label": c.label}
+                             for c in caps if c.kind == "box"]
+        boxes = s.boxes
+        if boxes is None:
+            continue
+        counts = boxes.num_points.tolist() if boxes.num_points is not None else [1] * len(boxes)
+        gt[s.sample_id] = [
+            {
+                "label": boxes.class_names[int(k)],
+                "box": boxes.boxes.tensor[i, :7].tolist(),
+                "caption": boxes.captions[i][0] if i < len(boxes.captions) and boxes.captions[i] else None,
+                "descriptions": list(boxes.captions[i]) if i < len(boxes.captions) else [],
+                "num_pts": int(counts[i]),
+            }
+            for i, k in enumerate(boxes.labels.tolist())
+            if 0 <= int(k) < len(boxes.class_names)
+        ]
+    return pred, gt
+
+
+def event_records(samples: Sequence[Sample], captions: Sequence[list[DenseCaption]]) -> tuple[dict, dict]:
+    """Predicted events (ActivityNet results + label and azimuth) and the ground truth
+    (``{clip: {"timestamps", "sentences", "labels", "azimuth"}}``)."""
+    pred, gt = {}, {}
+    for s, caps in zip(samples, captions):
+        ev = s.events
+        names = list(ev.class_names) if ev is not None else []
+        rows = []
+        for c in caps:
+            if c.kind != "event":
+                continue
+            label = names[int(c.label)] if c.label.isdigit() and int(c.label) < len(names) else c.label
+            rows.append({"timestamp": list(c.region), "sentence": c.text, "score": c.score, "label": label,
+                         **({"azimuth": c.extra["azimuth"]} if "azimuth" in c.extra else {})})
+        pred[s.sample_id] = rows
+        if ev is None:
+            continue
+        spans = ev.events.tensor.tolist()
+        gt[s.sample_id] = {
+            "timestamps": spans,
+            "sentences": [ev.captions[i][0] if i < len(ev.captions) and ev.captions[i] else "" for i in range(len(spans))],
+            "labels": [names[int(k)] for k in ev.labels.tolist()],
+            "azimuth": ev.azimuth.tolist() if ev.azimuth is not None else None,
+        }
+    return pred, gt
+
+
+def direction_errors(pred: dict, gt: dict, min_tiou: float = 0.5) -> tuple[list[float], int, int]:
+    """Absolute azimuth errors (degrees, wrapped to [0, 180]) of predicted events matched one to
+    one to ground-truth events (Hungarian on tIoU, pairs with tIoU >= ``min_tiou``); also the
+    number of matched pairs whose class is right and the number of ground-truth events."""
+    from scipy.optimize import linear_sum_assignment
+
+    from dense3d.eval.events import tiou
+
+    errors, right, total = [], 0, 0
+    for vid, g in gt.items():
+        spans = g["timestamps"]
+        total += len(spans)
+        p = [e for e in pred.get(vid, []) if "azimuth" in e]
+        if not spans or not p or g.get("azimuth") is None:
+            continue
+        iou = np.array([[tiou(e["timestamp"], s) for s in spans] for e in p])  # (P, G)
+        rows, cols = linear_sum_assignment(-iou)
+        for r, c in zip(rows, cols):
+            if iou[r, c] < min_tiou:
+                continue
+            d = math.degrees(abs(p[r]["azimuth"] - g["azimuth"][c])) % 360.0
+            errors.append(min(d, 360.0 - d))
+            right += int(p[r].get("label") == g["labels"][c])
+    return errors, right, total
+
+
+def _event_metrics(pred: dict, gt: dict, captions: bool) -> dict:
+    from dense3d.eval import events
+
+    gts = [{v: {"timestamps": g["timestamps"], "sentences": g["sentences"]} for v, g in gt.items()}]
+    out: dict = {}
+    for t in (0.3, 0.5, 0.7):
+        p, r = events.proposal_precision_recall(pred, gts, t)
+        out[f"Precision@{t:g}"], out[f"Recall@{t:g}"] = 100.0 * p, 100.0 * r
+    errs, right, total = direction_errors(pred, gt)
+    out["matched@0.5"] = len(errs)
+    out["gt_events"] = total
+    out["direction_error_median_deg"] = float(np.median(errs)) if errs else float("nan")
+    out["direction_error_mean_deg"] = float(np.mean(errs)) if errs else float("nan")
+    out["class_accuracy_matched"] = 100.0 * right / len(errs) if errs else float("nan")
+    if captions:
+        out["captions"] = events.evaluate(pred, gts)
+    return out
+
+
+def _box_metrics(pred: dict, gt: dict, axis_aligned: bool, captions: bool) -> dict:
+    from dense3d.eval import detection, scan2cap, tod3cap
+    from dense3d.eval.caption_metrics import CaptionScorer
+    from dense3d.eval.formats import parse_box_predictions, parse_object_gt
+
+    p = parse_box_predictions("predictions.json", pred, need_caption=False, need_score=True)
+    g = parse_object_gt("ground_truth.json", gt)
+    out = {"detection": detection.evaluate_voc(p, g) if axis_aligned else detection.evaluate_nuscenes(p, g)}
+    if captions:
+        with CaptionScorer() as scorer:
+            if axis_aligned:
+                out["scan2cap"] = scan2cap.evaluate(p, g, scorer=scorer)
+            else:
+                out["tod3cap_corrected"] = tod3cap.evaluate(p, g, mode="corrected", scorer=scorer)
+                out["tod3cap_compatible"] = tod3cap.evaluate(p, g, mode="compatible", scorer=scorer)
+    return out
+
+
+def evaluate_run(run: str | Path, split: str = "val", regions: str = "proposals", out_dir: str | Path | None = None,
+                 limit: int | None = None, batch_size: int = 2) -> dict:
+    """Describe the split with the run's model and score it (see the module docstring); writes
+    predictions, ground truth, metrics (and curves) under ``out_dir`` (default ``RUN/eval_<split>``)."""
+    import dense3d.api as api
+
+    run = Path(run)
+    loaded = api.load(run, regions=regions)
+    data = loaded.dataset(split)
+    n = len(data) if limit is None else min(limit, len(data))
+    samples = [data[i] for i in range(n)]
+    captions = loaded.caption_many(samples, batch_size=batch_size)
+    out_dir = Path(out_dir) if out_dir is not None else (run if run.is_dir() else run.parent) / f"eval_{split}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = loaded.model
+    has_text = any(c.text for caps in captions for c in caps)
+    metrics: dict = {"run": str(run), "split": split, "regions": regions, "samples": n}
+    preds: dict = {}
+    truth: dict = {}
+    if getattr(model, "box_detector", None) is not None:
+        preds["boxes"], truth["boxes"] = box_records(samples, captions)
+        metrics["boxes"] = _box_metrics(preds["boxes"], truth["boxes"], bool(model.box_detector.box_head.axis_aligned), has_text)
+    if getattr(model, "event_detector", None) is not None and regions == "proposals":
+        preds["events"], truth["events"] = event_records(samples, captions)
+        metrics["events"] = _event_metrics(preds["events"], truth["events"], has_text)
+    for kind in preds:
+        atomic_write_json(out_dir / f"predictions_{kind}.json", preds[kind])
+        atomic_write_json(out_dir / f"ground_truth_{kind}.json", truth[kind])
+    csvs = sorted((run if run.is_dir() else run.parent).rglob("metrics.csv"))
+    if csvs:
+        from dense3d.engine.report import plot_curves, read_metrics_csv
+
+        metrics["curves"] = str(plot_curves(read_metrics_csv(csvs[-1]), out_dir / "curves.png", run.name))
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,88 @@
+"""Evaluating a trained run (`dense3d eval --checkpoint`), starting a stage from another run's
+weights (`init_from`), and frozen parts staying in eval mode."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from dense3d.cli import main
+from dense3d.data.synthetic import generate_default
+from dense3d.engine.evaluate import direction_errors
+from dense3d.engine.module import DenseCaptionModule
+from dense3d.engine.train import compose_config, init_weights
+from dense3d.errors import CheckpointError, ConfigError
+
+
+def test_direction_errors_hand_made():
+    gt = {"v": {"timestamps": [[0.0, 2.0], [5.0, 6.0], [8.0, 9.0]], "labels": ["horn", "bell", "siren"],
+                "azimuth": [math.radians(10.0), math.radians(-170.0), 0.0]}}
+    pred = {"v": [
+        {"timestamp": [0.1, 2.0], "label": "horn", "azimuth": math.radians(350.0)},  # tIoU 0.95, error 20 deg (wraps)
+        {"timestamp": [5.0, 6.2], "label": "horn", "azimuth": math.radians(175.0)},  # tIoU 0.83, error 15 deg, wrong class
+        {"timestamp": [8.8, 9.9], "label": "siren", "azimuth": 0.0},                 # tIoU 0.09: not matched
+    ]}
+    errors, right, total = direction_errors(pred, gt)
+    assert total == 3 and right == 1
+    assert sorted(round(e, 6) for e in errors) == [15.0, 20.0]
+
+
+@pytest.fixture(scope="module")
+def indoor_run(tmp_path_factory):
+    root = Path("data/synthetic/default")
+    generate_default(root)
+    out = tmp_path_factory.mktemp("indoor_run")
+    assert main(["train", "experiment=perception_indoor", f"paths.synthetic_dir={root.resolve()}", f"paths.output_dir={out}",
+                 "trainer.max_steps=2", "callbacks=default"]) == 0
+    return out, root.resolve()
+
+
+@pytest.mark.slow
+def test_eval_checkpoint_writes_predictions_and_metrics(indoor_run, tmp_path, capsys):
+    run, _ = indoor_run
+    assert main(["eval", "--checkpoint", str(run), "--split", "val", "--limit", "2", "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["samples"] == 2
+    assert set(metrics["boxes"]["detection"]) >= {"mAP@0.25", "mAP@0.5"}
+    gt = json.loads((tmp_path / "ground_truth_boxes.json").read_text())
+    pred = json.loads((tmp_path / "predictions_boxes.json").read_text())
+    assert len(gt) == 2 and set(pred) == set(gt)
+    assert all(len(objs) > 0 for objs in gt.values())
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_init_from_loads_the_named_parts_only(indoor_run):
+    run, root = indoor_run
+    cfg = compose_config(["experiment=perception_indoor", f"paths.synthetic_dir={root}"])
+    torch.manual_seed(123)
+    fresh = instantiate(cfg.model)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    n = init_weights(fresh, run, ["box_detector.lidar_encoder"])
+    assert n > 0
+    from dense3d.api import load
+    trained = load(run).model.state_dict()
+    for k, v in fresh.state_dict().items():
+        if k.startswith("box_detector.lidar_encoder."):
+            assert torch.equal(v, trained[k]), k
+        else:
+            assert torch.equal(v, before[k]), k
+    with pytest.raises(ConfigError, match="init_parts"):
+        init_weights(fresh, run, ["no_such_part"])
+    other = instantiate(compose_config(["experiment=perception_indoor", f"paths.synthetic_dir={root}",
+                                        "model.box_detector.box_head.head_channels=32"]).model)
+    with pytest.raises(CheckpointError, match="same shape"):
+        init_weights(other, run, ["box_detector.box_head"])
+
+
+def test_frozen_parts_stay_in_eval_mode():
+    model = torch.nn.ModuleDict({"detector": torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)),
+                                 "captioner": torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))})
+    module = DenseCaptionModule(model, optimizer=lambda p: torch.optim.SGD(p, 0.1), frozen=["detector"])
+    module.train()
+    assert not any(m.training for m in model["detector"].modules())
+    assert all(m.training for m in model["captioner"].modules())
+    module.eval()
+    assert not any(m.training for m in model.modules())
