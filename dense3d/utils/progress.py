@@ -71,7 +71,6 @@ class ProgressBar:
         self._file = file  # "lines": where lines go
         self._task = task  # "bar": (rich Progress, task id)
         self._t0 = self._stage_t0 = time.perf_counter()
-        self._stage_lines = 0
 
     # ------------------------------------------------------------------ what callers use
     def advance(self, n: int = 1) -> None:
@@ -112,7 +111,6 @@ class ProgressBar:
 
     def _stage_line(self) -> None:
         self._write(f"{self._label()} - {self._count()}, {time.perf_counter() - self._stage_t0:.1f} s")
-        self._stage_lines += 1
 
     def _finish(self) -> None:
         if self.mode != "lines" or (self.description is None and not self.completed and not self.total):
