@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from dense3d.errors import CheckpointError
 from dense3d.structures import DenseCaption, Sample
+from dense3d.utils.progress import ProgressBar, ensure_progress
 
 __all__ = ["DenseCaptionerRun", "load"]
 
@@ -37,13 +38,19 @@ class DenseCaptionerRun:
         return self.caption_many([sample])[0]
 
     @torch.no_grad()
-    def caption_many(self, samples: Iterable[Sample], batch_size: int = 2) -> list[list[DenseCaption]]:
+    def caption_many(self, samples: Iterable[Sample], batch_size: int = 2,
+                     progress: ProgressBar | None = None) -> list[list[DenseCaption]]:
+        """Captions of many samples, ``batch_size`` at a time; ``progress`` (e.g. from
+        :func:`dense3d.utils.progress.progress_bar`) advances by one per sample."""
         from dense3d.data import collate
 
         samples = list(samples)
+        bar = ensure_progress(progress)
         out: list[list[DenseCaption]] = []
         for i in range(0, len(samples), batch_size):
-            out += self.model.predict(collate(samples[i : i + batch_size]), regions=self.regions)
+            batch = samples[i : i + batch_size]
+            out += self.model.predict(collate(batch), regions=self.regions)
+            bar.advance(len(batch))
         return out
 
     def dataset(self, split: str = "val"):

@@ -31,6 +31,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _convert_synth(args: argparse.Namespace) -> int:
     from dense3d.data.synthetic import SynthConfig, dataset_stats, format_stats, generate
+    from dense3d.utils.progress import progress_bar
 
     params = {}
     if args.config:
@@ -41,7 +42,8 @@ def _convert_synth(args: argparse.Namespace) -> int:
     if args.scenes is not None:
         params["scenes"] = args.scenes
     cfg = SynthConfig(**params)
-    meta = generate(cfg, args.out, workers=args.workers)
+    with progress_bar(f"generating {cfg.kind} scenes", total=cfg.scenes, unit="scenes") as bar:
+        meta = generate(cfg, args.out, workers=args.workers, progress=lambda done, total: bar.advance())
     rate = 60 * cfg.scenes / max(meta["seconds"], 1e-6)
     print(f"wrote {cfg.scenes} {cfg.kind} scenes to {args.out} in {meta['seconds']} s ({rate:.0f} scenes/min)")
     print(format_stats(dataset_stats(args.out)))
@@ -93,11 +95,13 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     import dense3d.api as api
     from dense3d.utils.io import atomic_write_json
+    from dense3d.utils.progress import progress_bar
 
     run = api.load(args.checkpoint, regions=args.regions)
     data = run.dataset(args.split)
     samples = [data[i] for i in range(len(data) if args.limit is None else min(args.limit, len(data)))]
-    captions = run.caption_many(samples)
+    with progress_bar(f"captioning {args.split} ({args.regions})", total=len(samples), unit="samples") as bar:
+        captions = run.caption_many(samples, progress=bar)
     atomic_write_json(args.out, api.prediction_records([s.sample_id for s in samples], captions))
     print(f"wrote {args.out}: {sum(len(c) for c in captions)} captioned regions in {len(samples)} samples")
     return 0

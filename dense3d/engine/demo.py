@@ -22,6 +22,7 @@ import torch
 
 from dense3d.utils.env import environment_report
 from dense3d.utils.io import atomic_write_json
+from dense3d.utils.progress import progress_bar
 
 __all__ = ["run_demo"]
 
@@ -33,7 +34,8 @@ def _data_stage(data_dir: Path, seed: int) -> dict:
 
     t0 = time.time()
     print(f"synthetic data -> {data_dir}")
-    folders = generate_default(data_dir, seed=seed)
+    with progress_bar("synthetic data", unit="scenes") as bar:
+        folders = generate_default(data_dir, seed=seed, progress=bar)
     stats = {kind: dataset_stats(folder) for kind, folder in folders.items()}
     for s in stats.values():
         print(format_stats(s))
@@ -63,7 +65,8 @@ def _records(samples, captions_per_sample) -> tuple[dict, dict]:
     return pred, gt
 
 
-def _evaluate(pred: dict, gt: dict) -> dict:
+def _evaluate(pred: dict, gt: dict, regions: str = "detected boxes") -> dict:
+    """TOD3Cap (corrected, compatible) and nuScenes detection AP; one progress bar each."""
     from dense3d.eval import detection, tod3cap
     from dense3d.eval.caption_metrics import CaptionScorer
     from dense3d.eval.formats import parse_box_predictions, parse_object_gt
@@ -71,9 +74,13 @@ def _evaluate(pred: dict, gt: dict) -> dict:
     p = parse_box_predictions("predictions.json", pred, need_caption=True, need_score=True)
     g = parse_object_gt("ground_truth.json", gt)
     with CaptionScorer() as scorer:
-        corrected = tod3cap.evaluate(p, g, mode="corrected", scorer=scorer)
-        compatible = tod3cap.evaluate(p, g, mode="compatible", scorer=scorer)
-    return {"tod3cap_corrected": corrected, "tod3cap_compatible": compatible, "detection": detection.evaluate_nuscenes(p, g)}
+        with progress_bar(f"TOD3Cap corrected ({regions})", unit="stages") as bar:
+            corrected = tod3cap.evaluate(p, g, mode="corrected", scorer=scorer, progress=bar)
+        with progress_bar(f"TOD3Cap compatible ({regions})", unit="stages") as bar:
+            compatible = tod3cap.evaluate(p, g, mode="compatible", scorer=scorer, progress=bar)
+    with progress_bar(f"nuScenes detection AP ({regions})", unit="stages") as bar:
+        det = detection.evaluate_nuscenes(p, g, progress=bar)
+    return {"tod3cap_corrected": corrected, "tod3cap_compatible": compatible, "detection": det}
 
 
 def _pictures(out_dir: Path, sample, captions, gt_captions, log_dir: Path | None) -> list[tuple[str, Path]]:
@@ -160,10 +167,11 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, data_dir: str 
     val = datamodule.val_set
     samples = [val[i] for i in range(len(val))]
     captions, gt_captions = [], []
-    for i in range(0, len(samples), 2):
-        batch = collate(samples[i : i + 2])
-        captions += model.predict(batch)
-        gt_captions += model.predict(batch, regions="gt")
+    for regions, dest, label in (("proposals", captions, "proposals"), ("gt", gt_captions, "GT boxes")):
+        with progress_bar(f"captioning val scenes ({label})", total=len(samples), unit="scenes") as bar:
+            for i in range(0, len(samples), 2):
+                dest += model.predict(collate(samples[i : i + 2]), regions=regions)
+                bar.advance(len(samples[i : i + 2]))
     pred, gt = _records(samples, captions)
     pred_gt_regions, _ = _records(samples, gt_captions)
     atomic_write_json(out_dir / "predictions.json", pred)
@@ -174,7 +182,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, data_dir: str 
     # -- evaluate
     t0 = time.time()
     metrics = _evaluate(pred, gt)
-    metrics["gt_regions"] = _evaluate(pred_gt_regions, gt)
+    metrics["gt_regions"] = _evaluate(pred_gt_regions, gt, regions="GT boxes")
     atomic_write_json(out_dir / "metrics.json", metrics)
     summary["stages"].append({"name": "evaluate", "seconds": round(time.time() - t0, 2)})
 

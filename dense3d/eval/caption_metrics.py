@@ -28,6 +28,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from dense3d.errors import DependencyError
+from dense3d.utils.progress import ProgressBar, ensure_progress
 
 __all__ = [
     "SCORER_KEYS",
@@ -234,40 +235,63 @@ class CaptionScorer:
         score, scores = Cider().compute_score(gts, res)
         return float(score), [float(s) for s in scores]
 
-    def score_pairs(self, pairs: Sequence[tuple[str, Sequence[str]]]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    def score_pairs(self, pairs: Sequence[tuple[str, Sequence[str]]], progress: ProgressBar | None = None,
+                    ) -> tuple[dict[str, float], dict[str, list[float]]]:
         """All selected metrics on a list of (candidate, references) pairs.
 
-        Returns (corpus scores, per-item scores), keyed by :data:`SCORER_KEYS`.
+        Returns (corpus scores, per-item scores), keyed by :data:`SCORER_KEYS`. ``progress``:
+        see :meth:`score_many`.
         """
-        return self.score_many([pairs])[0]
+        return self.score_many([pairs], progress=progress)[0]
 
-    def score_many(self, pair_sets: Sequence[Sequence[tuple[str, Sequence[str]]]]) -> list[tuple[dict[str, float], dict[str, list[float]]]]:
+    def score_many(self, pair_sets: Sequence[Sequence[tuple[str, Sequence[str]]]], progress: ProgressBar | None = None,
+                   names: Sequence[str] | None = None) -> list[tuple[dict[str, float], dict[str, list[float]]]]:
         """:meth:`score_pairs` for several sets (e.g. one per IoU threshold), each scored on its
         own. METEOR for every set runs in its Java process (one worker thread) while Python
-        computes the other scorers: on two cores the two overlap."""
+        computes the other scorers: on two cores the two overlap.
+
+        ``progress`` (:mod:`dense3d.utils.progress`) gets one stage per Python scorer and set
+        (``"CIDEr"``, ``"BLEU"``, ``"ROUGE-L"``, followed by ``names[i]``, or by "set i/n" when
+        there are several sets) and one for waiting on ``"METEOR (Java)"``."""
         for pairs in pair_sets:
             for i, (hyp, refs) in enumerate(pairs):
                 if not isinstance(hyp, str) or len(refs) == 0:
                     raise ValueError(f"pair {i}: expected a string candidate and >= 1 reference")
         todo = [ps for ps in pair_sets if ps]
+        bar = ensure_progress(progress)
+        python_metrics = [m for m in ("CIDEr", "BLEU", "ROUGE-L") if m in self.metrics]
+        java = "METEOR" in self.metrics and bool(todo)
+        bar.add_total(len(python_metrics) * len(todo) + int(java))
+        if names is None:  # stage names say which set only where there are several
+            names = [f"set {i + 1}/{len(pair_sets)}" if len(pair_sets) > 1 else "" for i in range(len(pair_sets))]
+        todo_names = [n for n, ps in zip(names, pair_sets) if ps]
         results: list[tuple[dict[str, float], dict[str, list[float]]]] = []
         with ThreadPoolExecutor(max_workers=1) as pool:
-            fut = pool.submit(lambda: [self.meteor.score(ps) for ps in todo]) if "METEOR" in self.metrics and todo else None
-            for pairs in todo:
+            fut = pool.submit(lambda: [self.meteor.score(ps) for ps in todo]) if java else None
+            for pairs, name in zip(todo, todo_names):
                 corpus: dict[str, float] = {}
                 per: dict[str, list[float]] = {}
+                suffix = f" {name}" if name else ""
                 if "CIDEr" in self.metrics:
+                    bar.update("CIDEr" + suffix)
                     corpus["CIDEr"], per["CIDEr"] = self.cider(pairs)
+                    bar.advance()
                 if "BLEU" in self.metrics:
+                    bar.update("BLEU" + suffix)
                     b, bs = self.bleu(pairs)
                     for n in range(4):
                         corpus[f"BLEU-{n + 1}"], per[f"BLEU-{n + 1}"] = b[n], bs[n]
+                    bar.advance()
                 if "ROUGE-L" in self.metrics:
+                    bar.update("ROUGE-L" + suffix)
                     corpus["ROUGE-L"], per["ROUGE-L"] = self.rouge(pairs)
+                    bar.advance()
                 results.append((corpus, per))
             if fut is not None:
+                bar.update("METEOR (Java)" + (f" {todo_names[0]}" if len(todo) == 1 and todo_names[0] else ""))
                 for (corpus, per), (total, items) in zip(results, fut.result()):
                     corpus["METEOR"], per["METEOR"] = total, items
+                bar.advance()
         out, it = [], iter(results)
         for pairs in pair_sets:
             if not pairs:

@@ -1,7 +1,7 @@
 """``dense3d eval <protocol> --pred PRED.json --gt GT.json... [--iou ...] [--mode ...] [--out metrics.json]``.
 
-Reads the files (formats in ``docs/eval.md``), runs one protocol, prints a table and writes
-the metrics JSON atomically. Protocols: scanrefer, scan2cap, tod3cap, favd, events, detection.
+Reads the files (formats in ``docs/eval.md``), runs one protocol (its stages shown on stderr,
+:mod:`dense3d.utils.progress`), prints a table and writes the metrics JSON atomically. Protocols: scanrefer, scan2cap, tod3cap, favd, events, detection.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Sequence
 from dense3d.errors import PredictionFormatError
 from dense3d.eval import formats
 from dense3d.utils.io import atomic_write_json
+from dense3d.utils.progress import ProgressBar, progress_bar
 
 __all__ = ["PROTOCOLS", "build_parser", "run", "main", "format_table"]
 
@@ -55,8 +56,9 @@ def _check_ids(args: argparse.Namespace, pred_ids, gt_ids) -> None:
             raise PredictionFormatError(args.pred, unknown[0], "an id present in the ground truth", got=f"{len(unknown)} unknown ids")
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Run one protocol on the files named by ``args``; returns the metrics dict."""
+def run(args: argparse.Namespace, progress: ProgressBar | None = None) -> dict:
+    """Run one protocol on the files named by ``args``; returns the metrics dict. ``progress``
+    gets the protocol's stages (:mod:`dense3d.utils.progress`)."""
     proto = args.protocol
     mode = args.mode or _MODES[proto][0]
     if mode not in _MODES[proto]:
@@ -72,20 +74,21 @@ def run(args: argparse.Namespace) -> dict:
         if proto == "scanrefer":
             from dense3d.eval import scanrefer
 
-            return scanrefer.evaluate(pred, gt, ious=ious)
+            return scanrefer.evaluate(pred, gt, ious=ious, progress=progress)
         if proto == "scan2cap":
             from dense3d.eval import scan2cap
 
-            return scan2cap.evaluate(pred, gt, ious=ious)
+            return scan2cap.evaluate(pred, gt, ious=ious, progress=progress)
         if proto == "tod3cap":
             from dense3d.eval import tod3cap
 
-            return tod3cap.evaluate(pred, gt, ious=ious, mode=mode, source=args.pred)
+            return tod3cap.evaluate(pred, gt, ious=ious, mode=mode, source=args.pred, progress=progress)
         from dense3d.eval import detection
 
         if mode == "nuscenes":
-            return detection.evaluate_nuscenes(pred, gt, distances=tuple(args.iou) if args.iou else detection.NUSCENES_DISTANCES)
-        return detection.evaluate_voc(pred, gt, ious=ious, rotated=mode == "voc-rotated")
+            return detection.evaluate_nuscenes(pred, gt, distances=tuple(args.iou) if args.iou else detection.NUSCENES_DISTANCES,
+                                               progress=progress)
+        return detection.evaluate_voc(pred, gt, ious=ious, rotated=mode == "voc-rotated", progress=progress)
     if proto == "events":
         from dense3d.eval import events
 
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace) -> dict:
         return events.evaluate(
             pred, gts, tious=tuple(args.iou) if args.iou else events.TIOUS, max_proposals=args.max_proposals,
             mode=mode, seed=args.seed, soda=not args.no_soda, soda_refs=args.soda_refs, soda_missing=args.soda_missing,
+            progress=progress,
         )
     from dense3d.eval import favd
 
@@ -110,7 +114,7 @@ def run(args: argparse.Namespace) -> dict:
         if not isinstance(raw, dict) or not all(isinstance(v, (int, float)) for v in raw.values()):
             raise PredictionFormatError(args.audio_scores, "(top level)", "an object {clip_id: number}")
         audio = {str(k): float(v) for k, v in raw.items()}
-    return favd.evaluate(pred, refs, encoder=encoder, entity=not args.no_entity, audio_scores=audio)
+    return favd.evaluate(pred, refs, encoder=encoder, entity=not args.no_entity, audio_scores=audio, progress=progress)
 
 
 def format_table(metrics: dict) -> str:
@@ -133,7 +137,8 @@ def format_table(metrics: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    metrics = run(args)
+    with progress_bar(f"eval {args.protocol} ({args.mode or _MODES[args.protocol][0]})", unit="stages") as bar:
+        metrics = run(args, progress=bar)
     print(format_table(metrics))
     for key in ("unknown_scenes", "unknown_videos", "unknown_clips"):
         if metrics.get(key):

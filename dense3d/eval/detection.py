@@ -20,6 +20,7 @@ import numpy as np
 
 from dense3d.eval.formats import BoxPrediction, ObjectGT, unknown_scenes
 from dense3d.eval.geometry import centre_distance_xy, iou_aa, iou_rotated
+from dense3d.utils.progress import ProgressBar, ensure_progress
 
 __all__ = ["voc_ap", "evaluate_voc", "evaluate_nuscenes", "NUSCENES_DISTANCES"]
 
@@ -45,11 +46,16 @@ def evaluate_voc(
     ious: Sequence[float] = (0.25, 0.5),
     rotated: bool = False,
     class_agnostic: bool = False,
+    progress: ProgressBar | None = None,
 ) -> dict:
-    """``{"mAP@0.25": .., "AR@0.25": .., "AP@0.25/<class>": .., ..., "unknown_scenes": [...]}`` (x100)."""
+    """``{"mAP@0.25": .., "AR@0.25": .., "AP@0.25/<class>": .., ..., "unknown_scenes": [...]}`` (x100).
+    ``progress``: one stage per IoU threshold, see :mod:`dense3d.utils.progress`."""
     classes = sorted({("object" if class_agnostic else o.name) for objs in gt.values() for o in objs})
     result: dict = {}
+    bar = ensure_progress(progress)
+    bar.add_total(len(ious))
     for t in ious:
+        bar.update(f"AP@{t:g}")
         aps, recs = [], []
         for c in classes:
             dets = []  # (score, scene, pred index)
@@ -94,6 +100,7 @@ def evaluate_voc(
             recs.append(float(rec[-1]) if len(dets) else 0.0)
         result[f"mAP@{t:g}"] = 100.0 * float(np.mean(aps)) if aps else 0.0
         result[f"AR@{t:g}"] = 100.0 * float(np.mean(recs)) if recs else 0.0
+        bar.advance()
     result["unknown_scenes"] = unknown_scenes(pred, gt)
     return result
 
@@ -109,12 +116,17 @@ def evaluate_nuscenes(
     gt: dict[str, list[ObjectGT]],
     distances: Sequence[float] = NUSCENES_DISTANCES,
     classes: Sequence[str] | None = None,
+    progress: ProgressBar | None = None,
 ) -> dict:
-    """nuScenes centre-distance AP: ``{"mAP": .., "AP@2m/car": .., "mAP@2m": ..}`` (x100)."""
+    """nuScenes centre-distance AP: ``{"mAP": .., "AP@2m/car": .., "mAP@2m": ..}`` (x100).
+    ``progress``: one stage per class, see :mod:`dense3d.utils.progress`."""
     classes = sorted(classes or {o.name for objs in gt.values() for o in objs})
     result: dict = {}
     per_dist: dict[float, list[float]] = {d: [] for d in distances}
+    bar = ensure_progress(progress)
+    bar.add_total(len(classes))
     for c in classes:
+        bar.update(f"AP {c}")
         dets = [(p.score, s, i) for s, ps in pred.items() if s in gt for i, p in enumerate(ps) if _label(p.label) == c]
         # nuScenes: sorted((v, i))[::-1] -> score descending, later index first on ties
         order = sorted(range(len(dets)), key=lambda j: (dets[j][0], j), reverse=True)
@@ -151,6 +163,7 @@ def evaluate_nuscenes(
                 ap = _nuscenes_ap(prec_at)
             result[f"AP@{d:g}m/{c}"] = 100.0 * ap
             per_dist[d].append(ap)
+        bar.advance()
     for d in distances:
         result[f"mAP@{d:g}m"] = 100.0 * float(np.mean(per_dist[d])) if per_dist[d] else 0.0
     result["mAP"] = float(np.mean([result[f"mAP@{d:g}m"] for d in distances])) if distances else 0.0

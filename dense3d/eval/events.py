@@ -35,6 +35,7 @@ import numpy as np
 
 from dense3d.eval.caption_metrics import CaptionScorer, ptb_tokenize
 from dense3d.eval.formats import unknown_scenes
+from dense3d.utils.progress import ProgressBar, ensure_progress
 
 __all__ = ["tiou", "evaluate", "proposal_precision_recall", "soda_c", "soda_align", "GARBAGE_2018", "TIOUS"]
 
@@ -116,11 +117,16 @@ def evaluate(
     soda: bool = True,
     soda_refs: str = "merged",
     soda_missing: str = "zero",
+    progress: ProgressBar | None = None,
 ) -> dict:
     """Caption metrics per tIoU and averaged (``"METEOR"``, ``"CIDEr@0.5"``, ...), proposal
-    ``"Precision"`` / ``"Recall"``, and ``"SODA_c"`` (all x100)."""
+    ``"Precision"`` / ``"Recall"``, and ``"SODA_c"`` (all x100). ``progress``: stages (pairing,
+    tokenizing, captions per tIoU, proposals, SODA_c), see :mod:`dense3d.utils.progress`."""
     if mode not in ("2018", "2021"):
         raise ValueError(f"mode must be '2018' or '2021', got {mode!r}")
+    bar = ensure_progress(progress)
+    bar.add_total(3 + len(tious) + int(soda))
+    bar.update("pairing events")
     pred = _truncate(pred, max_proposals)
     vids = _video_ids(gts)
     rng = random.Random(seed)
@@ -155,8 +161,12 @@ def evaluate(
                         pairs.append((hyp, ref))
                 vp[v] = pairs
             per_t_pairs[t] = vp
+        bar.advance()
+        bar.update("PTB tokenizer (Java)")
         tok = _tokenized(pred, gts, extra=[GARBAGE_2018, *garbage])
+        bar.advance()
         for t in tious:
+            bar.update(f"captions @tIoU {t:g}")
             sums = {m: 0.0 for m in _METRICS}
             for v in vids:
                 pairs = [(tok[h], [tok[r]]) for h, r in per_t_pairs[t][v]]
@@ -167,8 +177,10 @@ def evaluate(
                     sums[m] += corpus.get(m, 0.0)
             for m in _METRICS:
                 result[f"{m}@{t:g}"] = 100.0 * sums[m] / max(len(vids), 1)
+            bar.advance()
         for m in _METRICS:
             result[m] = float(np.mean([result[f"{m}@{t:g}"] for t in tious]))
+        bar.update("proposal precision / recall")
         ps, rs = [], []
         for t in tious:
             p, r = proposal_precision_recall(pred, gts, t)
@@ -176,8 +188,11 @@ def evaluate(
             ps.append(p)
             rs.append(r)
         result["Precision"], result["Recall"] = 100 * float(np.mean(ps)), 100 * float(np.mean(rs))
+        bar.advance()
         if soda:
+            bar.update("SODA_c (METEOR, Java)")
             result.update(soda_c(pred, gts, refs=soda_refs, missing=soda_missing, scorer=scorer, tokenized=tok))
+            bar.advance()
     finally:
         if own:
             scorer.close()

@@ -39,6 +39,7 @@ import numpy as np
 
 from dense3d.errors import DependencyError
 from dense3d.eval.caption_metrics import CaptionScorer, ptb_tokenize
+from dense3d.utils.progress import ProgressBar, ensure_progress
 
 __all__ = [
     "TextEncoder",
@@ -241,23 +242,30 @@ def evaluate(
     audio_scores: dict[str, float] | None = None,
     audio_unavailable: str = "no TriLip weights given",
     scorer: CaptionScorer | None = None,
+    progress: ProgressBar | None = None,
 ) -> dict:
     """FAVDBench metrics (x100) over the clips of ``refs``; a clip without prediction is scored
-    with an empty paragraph (and counted in ``"missing_clips"``)."""
+    with an empty paragraph (and counted in ``"missing_clips"``). ``progress``: stages
+    (tokenizing, the scorers, EntityScore), see :mod:`dense3d.utils.progress`."""
     clips = sorted(refs)
     missing = [c for c in clips if c not in pred]
+    bar = ensure_progress(progress)
+    bar.add_total(1 + int(entity))
+    bar.update("PTB tokenizer (Java)")
     tok = ptb_tokenize({**{("p", c): [pred[c][0] if c in pred else ""] for c in clips}, **{("r", c): refs[c] for c in clips}})
+    bar.advance()
     # ptb_tokenize answers an empty paragraph with "" (nothing is sent to Java for it)
     pairs = [(tok[("p", c)][0], tok[("r", c)]) for c in clips]
     own = scorer is None
     scorer = scorer or CaptionScorer()
     try:
-        corpus, _ = scorer.score_pairs(pairs) if pairs else ({}, {})
+        corpus, _ = scorer.score_pairs(pairs, progress=bar) if pairs else ({}, {})
     finally:
         if own:
             scorer.close()
     result: dict = {m: 100.0 * corpus[m] for m in _METRICS if m in corpus}
     if entity:
+        bar.update("EntityScore")
         encoder = encoder or MiniLMEncoder()
         es = []
         for c in clips:
@@ -268,6 +276,7 @@ def evaluate(
                 es.append(s)
         result["EntityScore"] = 100.0 * float(np.mean(es)) if es else 0.0
         result["EntityScore-clips"] = len(es)
+        bar.advance()
     if audio_scores is not None:
         vals = [audio_scores[c] for c in clips if c in audio_scores]
         result["AudioScore"] = float(np.mean(vals)) if vals else 0.0

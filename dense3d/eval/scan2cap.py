@@ -29,6 +29,7 @@ from dense3d.eval.detection import evaluate_voc, voc_ap
 from dense3d.eval.formats import BoxPrediction, ObjectGT, unknown_scenes
 from dense3d.eval.geometry import giou_aa, iou_aa
 from dense3d.eval.scanrefer import is_scored, references
+from dense3d.utils.progress import ProgressBar, ensure_progress
 
 __all__ = ["hungarian_pairs", "f1_from_pairs", "dcmap", "evaluate", "DCMAP_IOUS", "DCMAP_METEORS"]
 
@@ -88,8 +89,13 @@ def evaluate(
     ious: Sequence[float] = (0.25, 0.5),
     max_tokens: int = 30,
     scorer: CaptionScorer | None = None,
+    progress: ProgressBar | None = None,
 ) -> dict:
-    """``{"CIDEr-F1@0.5", "CIDEr-P@0.5", "CIDEr-R@0.5", ..., "DCmAP", "mAP@0.25", "mAP@0.5"}`` (x100)."""
+    """``{"CIDEr-F1@0.5", "CIDEr-P@0.5", "CIDEr-R@0.5", ..., "DCmAP", "mAP@0.25", "mAP@0.5"}`` (x100).
+    ``progress``: stages (matching, scorers, DCmAP, detection mAP), see :mod:`dense3d.utils.progress`."""
+    bar = ensure_progress(progress)
+    bar.add_total(1)
+    bar.update("matching scenes (Hungarian)")
     pairs, pair_iou, pred_scores, pair_of_pred = [], [], [], []
     n_gt = 0
     scored_gt: dict[str, list[ObjectGT]] = {}
@@ -107,13 +113,14 @@ def evaluate(
             pair_of_pred[base + pi] = len(pairs)
             pairs.append(("sos " + preds[pi].caption + " eos", references(objs[gi], max_tokens)))
             pair_iou.append(iou)
+    bar.advance()
     n_pred = len(pred_scores)
     pair_iou_a = np.array(pair_iou)
     result: dict = {}
     own = scorer is None
     scorer = scorer or CaptionScorer()
     try:
-        _, per = scorer.score_pairs(pairs) if pairs else ({}, {m: [] for m in _METRICS})
+        _, per = scorer.score_pairs(pairs, progress=bar) if pairs else ({}, {m: [] for m in _METRICS})
     finally:
         if own:
             scorer.close()
@@ -123,9 +130,14 @@ def evaluate(
                 continue
             p, r, f = f1_from_pairs(np.array(per[m]), pair_iou_a, n_pred, n_gt, k)
             result[f"{m}-P@{k:g}"], result[f"{m}-R@{k:g}"], result[f"{m}-F1@{k:g}"] = 100 * p, 100 * r, 100 * f
+    bar.add_total(2)
+    bar.update("DCmAP")
     if "METEOR" in per:
         result["DCmAP"] = 100.0 * dcmap(np.array(pred_scores), np.array(pair_of_pred, int), pair_iou_a, np.array(per["METEOR"]), n_gt)
+    bar.advance()
+    bar.update("detection mAP")
     det = evaluate_voc({s: pred[s] for s in pred if s in gt}, scored_gt, ious=(0.25, 0.5), class_agnostic=not _has_labels(pred))
+    bar.advance()
     result["mAP@0.25"], result["mAP@0.5"] = det["mAP@0.25"], det["mAP@0.5"]
     result["predictions"], result["objects"], result["pairs"] = n_pred, n_gt, len(pairs)
     result["unknown_scenes"] = unknown_scenes(pred, gt)

@@ -26,6 +26,7 @@ import numpy as np
 from dense3d.eval.caption_metrics import CaptionScorer
 from dense3d.eval.formats import BoxPrediction, ObjectGT, unknown_scenes
 from dense3d.eval.geometry import iou_aa
+from dense3d.utils.progress import ProgressBar, ensure_progress
 
 __all__ = ["PLACEHOLDER", "object_key", "references", "match", "evaluate"]
 
@@ -73,10 +74,15 @@ def evaluate(
     ious: Sequence[float] = (0.25, 0.5),
     max_tokens: int = 30,
     scorer: CaptionScorer | None = None,
+    progress: ProgressBar | None = None,
 ) -> dict:
     """m@kIoU metrics: ``{"CIDEr@0.5": .., "BLEU-4@0.5": .., "METEOR@0.5": .., "ROUGE-L@0.5": ..,
-    "matched@0.5": 1543, "objects": 2068, ...}`` (scores x100) plus ``unknown_scenes``."""
+    "matched@0.5": 1543, "objects": 2068, ...}`` (scores x100) plus ``unknown_scenes``.
+    ``progress``: stages (matching, then the scorers), see :mod:`dense3d.utils.progress`."""
     ious = tuple(float(k) for k in ious)
+    bar = ensure_progress(progress)
+    bar.add_total(1)
+    bar.update("matching scenes")
     keys, refs = [], []
     cover: dict[float, dict[str, str]] = {k: {} for k in ious}
     for scene in sorted(gt):
@@ -91,6 +97,7 @@ def evaluate(
             for k in ious:
                 if gi in m[k]:
                     cover[k][key] = "sos " + pred[scene][m[k][gi][0]].caption + " eos"
+    bar.advance()
     order = sorted(range(len(keys)), key=lambda i: keys[i])  # the anchor scores sorted keys
     keys, refs = [keys[i] for i in order], [refs[i] for i in order]
     result: dict = {}
@@ -99,7 +106,7 @@ def evaluate(
     try:
         # every threshold's pairs scored in one go: METEOR (Java) overlaps the Python scorers
         sets = [[(cover[k].get(key, PLACEHOLDER), r) for key, r in zip(keys, refs)] for k in ious]
-        for k, (corpus, _) in zip(ious, scorer.score_many(sets)):
+        for k, (corpus, _) in zip(ious, scorer.score_many(sets, progress=bar, names=[f"@{t:g}" for t in ious])):
             for name in ("CIDEr", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L"):
                 if name in corpus:
                     result[f"{name}@{k:g}"] = 100.0 * corpus[name]

@@ -37,6 +37,7 @@ from dense3d.eval.caption_metrics import CaptionScorer
 from dense3d.eval.formats import BoxPrediction, ObjectGT, unknown_scenes
 from dense3d.eval.geometry import iou_rotated, scale_iou
 from dense3d.eval.scan2cap import f1_from_pairs
+from dense3d.utils.progress import ProgressBar, ensure_progress
 
 __all__ = ["CLASS_RANGE", "IGNORED_REFERENCE", "filter_boxes", "clean", "evaluate"]
 
@@ -87,7 +88,9 @@ def _reference(o: ObjectGT) -> str:
     return o.references[0] if o.references else IGNORED_REFERENCE
 
 
-def _compatible(pred, gt, ious, scorer) -> dict:
+def _compatible(pred, gt, ious, scorer, bar: ProgressBar) -> dict:
+    bar.add_total(1)
+    bar.update("matching scenes (size IoU)")
     records = []  # (iou, candidate, reference)
     for s in pred:
         objs = gt.get(s, [])
@@ -98,6 +101,7 @@ def _compatible(pred, gt, ious, scorer) -> dict:
         for i, p in enumerate(pred[s]):
             g = int(best[i])
             records.append((float(iou[i, g]), p.caption, _reference(objs[g])))
+    bar.advance()
     result: dict = {"records": len(records)}
     for k in ious:
         kept = [r for r in records if r[0] > k]
@@ -106,16 +110,18 @@ def _compatible(pred, gt, ious, scorer) -> dict:
             for m in _METRICS:
                 result[f"{m}@{k:g}"] = 0.0
             continue
-        corpus, _ = scorer.score_pairs([(clean(c), [clean(r)]) for _, c, r in kept])
+        corpus, _ = scorer.score_many([[(clean(c), [clean(r)]) for _, c, r in kept]], progress=bar, names=[f"@{k:g}"])[0]
         frac = len(kept) / len(records)
         for m in _METRICS:
             result[f"{m}@{k:g}"] = 100.0 * corpus.get(m, 0.0) * frac
     return result
 
 
-def _corrected(pred, gt, ious, scorer) -> dict:
+def _corrected(pred, gt, ious, scorer, bar: ProgressBar) -> dict:
     result: dict = {}
     for variant, bev in (("", False), ("/bev", True)):
+        bar.add_total(1)
+        bar.update(f"matching scenes ({'BEV' if bev else '3D'} IoU, Hungarian)")
         pairs, pair_iou = [], []
         n_pred = sum(len(v) for s, v in pred.items() if s in gt)
         n_gt = 0
@@ -130,7 +136,8 @@ def _corrected(pred, gt, ious, scorer) -> dict:
             for r, c in zip(rows, cols):
                 pairs.append((clean(ps[r].caption), [clean(objs[c].references[0])]))
                 pair_iou.append(float(iou[r, c]))
-        _, per = scorer.score_pairs(pairs) if pairs else ({}, {m: [] for m in _METRICS})
+        bar.advance()
+        _, per = scorer.score_many([pairs], progress=bar, names=["BEV" if bev else "3D"])[0] if pairs else ({}, {m: [] for m in _METRICS})
         for k in ious:
             for m in ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L"):
                 p, r, f = f1_from_pairs(np.array(per.get(m, [])), np.array(pair_iou), n_pred, n_gt, k)
@@ -146,8 +153,10 @@ def evaluate(
     mode: str = "compatible",
     scorer: CaptionScorer | None = None,
     source: str = "predictions",
+    progress: ProgressBar | None = None,
 ) -> dict:
-    """TOD3Cap caption metrics (x100) in ``mode`` "compatible" or "corrected"."""
+    """TOD3Cap caption metrics (x100) in ``mode`` "compatible" or "corrected". ``progress``:
+    stages (matching, then the scorers), see :mod:`dense3d.utils.progress`."""
     if mode not in ("compatible", "corrected"):
         raise ValueError(f"mode must be 'compatible' or 'corrected', got {mode!r}")
     unknown = unknown_scenes(pred, gt)
@@ -155,7 +164,8 @@ def evaluate(
     own = scorer is None
     scorer = scorer or CaptionScorer()
     try:
-        result = _compatible(fp, fg, ious, scorer) if mode == "compatible" else _corrected(fp, fg, ious, scorer)
+        bar = ensure_progress(progress)
+        result = _compatible(fp, fg, ious, scorer, bar) if mode == "compatible" else _corrected(fp, fg, ious, scorer, bar)
     finally:
         if own:
             scorer.close()

@@ -15,7 +15,8 @@ def _write(tmp_path, name, obj):
     return str(p)
 
 
-def test_scanrefer_end_to_end(tmp_path, capsys):
+def test_scanrefer_end_to_end(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DENSE3D_PROGRESS", raising=False)  # stderr is no terminal: plain progress lines
     out = tmp_path / "m" / "metrics.json"
     rc = main(["eval", "scanrefer", "--pred", _write(tmp_path, "p.json", PRED), "--gt", _write(tmp_path, "g.json", GT),
                "--iou", "0.5", "--out", str(out)])
@@ -26,6 +27,7 @@ def test_scanrefer_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr()
     assert "matched@0.5" in printed.out and "1 / 1" in printed.out
     assert "not in the ground truth" in printed.err
+    assert "eval scanrefer (vote2cap): METEOR (Java) @0.5 - 5/5 stages" in printed.err  # one line per stage
 
 
 def test_detection_voc_end_to_end(tmp_path, capsys):

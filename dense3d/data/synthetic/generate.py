@@ -10,6 +10,7 @@ from typing import Callable
 
 from dense3d.data.synthetic.common import KINDS, SPLITS, SynthConfig, atomic_output_dir, split_of, write_json
 from dense3d.errors import AnnotationError
+from dense3d.utils.progress import ProgressBar, ensure_progress
 
 __all__ = ["generate", "generate_default", "dataset_stats", "format_stats", "DEFAULT_SCENES"]
 
@@ -155,11 +156,13 @@ def _favd_gt(rec: dict) -> str:
 
 # ----------------------------------------------------------------------------- default set
 def generate_default(root: str | Path = "data/synthetic/default", seed: int = 0, scenes: dict | None = None, workers: int = 1,
-                     log: Callable[[str], None] = print) -> dict[str, Path]:
+                     log: Callable[[str], None] = print, progress: ProgressBar | None = None) -> dict[str, Path]:
     """The demo's default set: ``root/{outdoor,indoor,av}``, each skipped when its
-    ``meta.json`` already has the same config fingerprint. Returns the three folders."""
+    ``meta.json`` already has the same config fingerprint. Returns the three folders.
+    ``progress`` (:mod:`dense3d.utils.progress`) advances by one per generated scene."""
     root = Path(root)
     scenes = dict(DEFAULT_SCENES, **(scenes or {}))
+    bar = ensure_progress(progress)
     out = {}
     for kind in KINDS:
         cfg = SynthConfig(kind=kind, scenes=scenes[kind], seed=seed)
@@ -174,7 +177,9 @@ def generate_default(root: str | Path = "data/synthetic/default", seed: int = 0,
                 log(f"  {kind:<8} {folder} up to date (fingerprint {cfg.fingerprint()}), kept")
                 out[kind] = folder
                 continue
-        meta = generate(cfg, folder, workers=workers)
+        bar.add_total(cfg.scenes)
+        bar.update(f"{kind} scenes")
+        meta = generate(cfg, folder, workers=workers, progress=lambda done, total: bar.advance())
         log(f"  {kind:<8} {folder}: {cfg.scenes} scenes in {meta['seconds']} s ({60 * cfg.scenes / max(meta['seconds'], 1e-6):.0f} scenes/min)")
         out[kind] = folder
     return out

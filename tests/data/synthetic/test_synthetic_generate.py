@@ -10,6 +10,7 @@ import pytest
 from dense3d.cli import main
 from dense3d.data.synthetic import SynthConfig, dataset_stats, format_stats, generate, generate_default
 from dense3d.errors import AnnotationError, ConfigError
+from dense3d.utils.progress import ProgressBar
 
 
 def _hashes(folder):
@@ -96,7 +97,9 @@ def test_stats_histograms(synth_root):
 def test_default_set_is_skipped_when_up_to_date(tmp_path):
     logs = []
     small = {"outdoor": 1, "indoor": 3, "av": 1}
-    generate_default(tmp_path, seed=0, scenes=small, log=logs.append)
+    bar = ProgressBar()  # silent; counts one per generated scene
+    generate_default(tmp_path, seed=0, scenes=small, log=logs.append, progress=bar)
+    assert (bar.completed, bar.total) == (5, 5)
     first = _hashes(tmp_path)
     logs.clear()
     generate_default(tmp_path, seed=0, scenes=small, log=logs.append)
