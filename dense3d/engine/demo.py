@@ -46,23 +46,9 @@ def _data_stage(data_dir: Path, seed: int) -> dict:
 def _records(samples, captions_per_sample) -> tuple[dict, dict]:
     """Predictions and ground truth in the evaluation tools' 3D formats (docs/eval.md)."""
     from dense3d.api import prediction_records
+    from dense3d.engine.evaluate import box_records
 
-    pred = prediction_records([s.sample_id for s in samples], captions_per_sample)
-    gt = {}
-    for s in samples:
-        boxes = s.boxes
-        counts = boxes.num_points.tolist() if boxes.num_points is not None else [1] * len(boxes)
-        gt[s.sample_id] = [
-            {
-                "label": boxes.class_names[int(k)],
-                "box": boxes.boxes.tensor[i, :7].tolist(),
-                "caption": boxes.captions[i][0] if i < len(boxes.captions) and boxes.captions[i] else None,
-                "num_pts": int(counts[i]),
-            }
-            for i, k in enumerate(boxes.labels.tolist())
-            if 0 <= int(k) < len(boxes.class_names)
-        ]
-    return pred, gt
+    return prediction_records([s.sample_id for s in samples], captions_per_sample), box_records(samples, captions_per_sample)[1]
 
 
 def _evaluate(pred: dict, gt: dict, regions: str = "detected boxes") -> dict:

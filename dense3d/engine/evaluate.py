@@ -42,8 +42,7 @@ def box_records(samples: Sequence[Sample], captions: Sequence[list[DenseCaption]
             {
                 "label": boxes.class_names[int(k)],
                 "box": boxes.boxes.tensor[i, :7].tolist(),
-                "caption": boxes.captions[i][0] if i < len(boxes.captions) and boxes.captions[i] else None,
-                "descriptions": list(boxes.captions[i]) if i < len(boxes.captions) else [],
+                "descriptions": list(boxes.captions[i]) if i < len(boxes.captions) else [],  # [0]: TOD3Cap's one reference
                 "num_pts": int(counts[i]),
             }
             for i, k in enumerate(boxes.labels.tolist())
@@ -107,6 +106,7 @@ def direction_errors(pred: dict, gt: dict, min_tiou: float = 0.5) -> tuple[list[
 
 def _event_metrics(pred: dict, gt: dict, captions: bool) -> dict:
     from dense3d.eval import events
+    from dense3d.utils.progress import progress_bar
 
     gts = [{v: {"timestamps": g["timestamps"], "sentences": g["sentences"]} for v, g in gt.items()}]
     out: dict = {}
@@ -120,7 +120,8 @@ def _event_metrics(pred: dict, gt: dict, captions: bool) -> dict:
     out["direction_error_mean_deg"] = float(np.mean(errs)) if errs else float("nan")
     out["class_accuracy_matched"] = 100.0 * right / len(errs) if errs else float("nan")
     if captions:
-        out["captions"] = events.evaluate(pred, gts)
+        with progress_bar("dense events captions", unit="stages") as bar:
+            out["captions"] = events.evaluate(pred, gts, progress=bar)
     return out
 
 
@@ -128,17 +129,21 @@ def _box_metrics(pred: dict, gt: dict, axis_aligned: bool, captions: bool) -> di
     from dense3d.eval import detection, scan2cap, tod3cap
     from dense3d.eval.caption_metrics import CaptionScorer
     from dense3d.eval.formats import parse_box_predictions, parse_object_gt
+    from dense3d.utils.progress import progress_bar
 
     p = parse_box_predictions("predictions.json", pred, need_caption=False, need_score=True)
     g = parse_object_gt("ground_truth.json", gt)
-    out = {"detection": detection.evaluate_voc(p, g) if axis_aligned else detection.evaluate_nuscenes(p, g)}
+    with progress_bar("detection AP", unit="stages") as bar:
+        out = {"detection": detection.evaluate_voc(p, g, progress=bar) if axis_aligned else detection.evaluate_nuscenes(p, g, progress=bar)}
     if captions:
         with CaptionScorer() as scorer:
             if axis_aligned:
-                out["scan2cap"] = scan2cap.evaluate(p, g, scorer=scorer)
+                with progress_bar("Scan2Cap", unit="stages") as bar:
+                    out["scan2cap"] = scan2cap.evaluate(p, g, scorer=scorer, progress=bar)
             else:
-                out["tod3cap_corrected"] = tod3cap.evaluate(p, g, mode="corrected", scorer=scorer)
-                out["tod3cap_compatible"] = tod3cap.evaluate(p, g, mode="compatible", scorer=scorer)
+                for mode in ("corrected", "compatible"):
+                    with progress_bar(f"TOD3Cap {mode}", unit="stages") as bar:
+                        out[f"tod3cap_{mode}"] = tod3cap.evaluate(p, g, mode=mode, scorer=scorer, progress=bar)
     return out
 
 
@@ -147,13 +152,15 @@ def evaluate_run(run: str | Path, split: str = "val", regions: str = "proposals"
     """Describe the split with the run's model and score it (see the module docstring); writes
     predictions, ground truth, metrics (and curves) under ``out_dir`` (default ``RUN/eval_<split>``)."""
     import dense3d.api as api
+    from dense3d.utils.progress import progress_bar
 
     run = Path(run)
     loaded = api.load(run, regions=regions)
     data = loaded.dataset(split)
     n = len(data) if limit is None else min(limit, len(data))
     samples = [data[i] for i in range(n)]
-    captions = loaded.caption_many(samples, batch_size=batch_size)
+    with progress_bar(f"describing {split} ({regions})", total=n, unit="samples") as bar:
+        captions = loaded.caption_many(samples, batch_size=batch_size, progress=bar)
     out_dir = Path(out_dir) if out_dir is not None else (run if run.is_dir() else run.parent) / f"eval_{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
     model = loaded.model

@@ -169,7 +169,7 @@ class DenseCaptioner(nn.Module):
             if any(p.requires_grad for p in self.event_detector.parameters()):
                 det = self.event_detector.loss(ev, batch)
                 for k, v in det.items():
-                    if k != "total" and v.requires_grad:
+                    if k != "total" and (v.requires_grad or not torch.is_grad_enabled()):  # validation runs without grad
                         losses[f"event_{k}"] = self.detection_weight * v
             if want_captions:
                 caps = assign_captions(ev.regions, [s.events.events.tensor.to(ev.fused.device) for s in batch.samples],

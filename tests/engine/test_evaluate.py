@@ -35,7 +35,7 @@ def indoor_run(tmp_path_factory):
     generate_default(root)
     out = tmp_path_factory.mktemp("indoor_run")
     assert main(["train", "experiment=perception_indoor", f"paths.synthetic_dir={root.resolve()}", f"paths.output_dir={out}",
-                 "trainer.max_steps=2", "callbacks=default"]) == 0
+                 "trainer.max_steps=2", "trainer.log_every_n_steps=1", "callbacks=default"]) == 0
     return out, root.resolve()
 
 
