@@ -4,7 +4,9 @@ Wires already-built parts (nothing is built from strings here):
 
 * ``box_detector`` (``BoxDetector``): LiDAR / camera BEV -> CenterPoint boxes + region features;
 * ``event_detector`` (``EventDetector``): audio / video -> audible events + region features;
-* ``captioner`` (``RegionCaptioner``): BiCA -> Relation Q-Former -> LLaMA-Adapter -> frozen LLM.
+* ``captioner`` (``RegionCaptioner``): BiCA -> Relation Q-Former -> LLaMA-Adapter -> frozen LLM;
+* ``image_regions`` (``ImageRegionEncoder``, optional): each box's appearance pooled from the
+  cameras, added to its region features (trains with the captioner).
 
 Training step (``forward``): detection losses of the detectors present, plus the caption loss on
 regions that have a ground-truth caption. Which regions are captioned in training is set by
@@ -20,6 +22,7 @@ Inference (``predict``): decoded proposals -> captions, as ``DenseCaption`` reco
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Sequence
 
@@ -31,6 +34,7 @@ from dense3d.models.captioner.region_captioner import RegionCaptioner
 from dense3d.models.context.bica import SceneContext, context_from_bev, context_from_time
 from dense3d.models.matching import assign_captions
 from dense3d.models.proposals.boxes.detector import BoxDetector
+from dense3d.models.proposals.boxes.image_features import ImageRegionEncoder
 from dense3d.models.proposals.events.detector import EventDetector
 from dense3d.structures import Boxes3D, DenseCaption, RegionFeatures
 
@@ -49,6 +53,7 @@ class DenseCaptioner(nn.Module):
         detection_weight, caption_weight: weights of the loss groups.
         scst_weight: weight of the self-critical loss (CIDEr-D reward, greedy baseline; 0: off),
             the optional last stage (``stage=scst``).
+        image_regions: adds each box's camera appearance to its region features, or None.
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class DenseCaptioner(nn.Module):
         detection_weight: float = 1.0,
         caption_weight: float = 1.0,
         scst_weight: float = 0.0,
+        image_regions: ImageRegionEncoder | None = None,
     ):
         super().__init__()
         if box_detector is None and event_detector is None:
@@ -81,6 +87,7 @@ class DenseCaptioner(nn.Module):
         self.detection_weight = detection_weight
         self.caption_weight = caption_weight
         self.scst_weight = scst_weight
+        self.image_regions = image_regions
         if captioner is not None and box_detector is not None and "box" not in captioner.class_names:
             captioner.class_names["box"] = list(box_detector.box_head.class_names)  # labels -> names in outputs
 
@@ -88,6 +95,12 @@ class DenseCaptioner(nn.Module):
     def _bev_ranges(self) -> tuple[tuple[float, float], tuple[float, float]]:
         r = self.box_detector.box_head.point_range
         return (float(r[0]), float(r[3])), (float(r[1]), float(r[4]))
+
+    def _with_appearance(self, batch, r: RegionFeatures) -> RegionFeatures:
+        """Box regions with their camera appearance added to the features (when configured)."""
+        if self.image_regions is None:
+            return r
+        return dataclasses.replace(r, features=r.features + self.image_regions(batch, r.geometry, r.mask))
 
     def _box_context(self, bev: torch.Tensor, boxes: list[Boxes3D | None]) -> SceneContext:
         x_range, y_range = self._bev_ranges()
@@ -159,7 +172,7 @@ class DenseCaptioner(nn.Module):
                     caps = assign_captions(r, [s.boxes.boxes.tensor[:, :7].to(out.bev.device) for s in batch.samples],
                                            [s.boxes.captions for s in batch.samples], self.match_iou, self.captions_per_scene)
                     refs = [[[c] if c else [] for c in row] for row in caps]
-                regions.append(r)
+                regions.append(self._with_appearance(batch, r))
                 captions.append(caps)
                 references.append(refs)
                 contexts.append(self._box_context(out.bev, [s.boxes.boxes for s in batch.samples]))
@@ -211,7 +224,7 @@ class DenseCaptioner(nn.Module):
                 out = self.box_detector(batch)
                 r = out.regions
                 boxes = [Boxes3D._wrap(d.boxes[:, :7]) for d in out.detections]
-            kinds.append(r)
+            kinds.append(self._with_appearance(batch, r) if self.captioner is not None else r)
             contexts.append(self._box_context(out.bev, boxes))
         if self.event_detector is not None and regions == "proposals":
             ev = self.event_detector(batch)
