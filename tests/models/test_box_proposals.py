@@ -196,3 +196,54 @@ def test_box_loss_goes_down_when_overfitting_one_sample(samples):
         history.append({k: float(v.detach()) for k, v in loss.items()})
     assert history[-1]["total"] < 0.5 * history[0]["total"], [h["total"] for h in history]
     assert history[-1]["heatmap"] < history[0]["heatmap"] and history[-1]["regression"] < history[0]["regression"]
+
+
+# ---------------------------------------------------------------- camera appearance of boxes
+def test_project_boxes_hand_made_pinhole():
+    from dense3d.models.proposals.boxes.image_features import project_boxes
+
+    # camera at the origin looking along +x (image u to -y, v to -z), f = 100, centre (50, 40)
+    lidar2cam = torch.tensor([[0.0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]])
+    cam2img = torch.tensor([[100.0, 0, 50, 0], [0, 100, 40, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    l2i = (cam2img @ lidar2cam).view(1, 1, 4, 4)
+    boxes = torch.tensor([[[10.0, 0, 0, 0.2, 2, 2, 0], [-10.0, 0, 0, 2, 2, 2, 0]]])  # ahead; behind
+    rects, area = project_boxes(boxes, l2i, (80, 100))
+    # near face at x = 9.9: u = 50 -+ 100 * 1 / 9.9, v = 40 -+ 100 * 1 / 9.9
+    torch.testing.assert_close(rects[0, 0, 0], torch.tensor([50 - 100 / 9.9, 40 - 100 / 9.9, 50 + 100 / 9.9, 40 + 100 / 9.9]))
+    assert area[0, 0, 0] > 0 and area[0, 0, 1] == 0
+
+
+def test_image_region_features_see_only_their_own_pixels(nusc):
+    from dense3d.models.proposals.boxes.image_features import ImageRegionEncoder, project_boxes
+
+    sample = nusc
+    batch = collate([sample])
+    torch.manual_seed(0)
+    enc = ImageRegionEncoder(out_channels=32).eval()
+    real = sample.boxes.boxes.tensor[:, :7].float()
+    boxes = torch.cat([real, real[:1]])[None]  # + one padded region (mask False) on top of a real box
+    mask = torch.ones(boxes.shape[:2], dtype=torch.bool)
+    mask[0, -1] = False
+    H, W = batch.images.shape[-2:]
+    rects, area = project_boxes(boxes, batch.lidar2img, (H, W))
+    seen = (area >= enc.min_area).any(1)[0] & mask[0]  # (R,)
+    assert seen.sum() >= 10 and (~seen).sum() >= 1
+    with torch.no_grad():
+        f0 = enc(batch, boxes, mask)
+    assert f0.shape == (1, boxes.shape[1], 32)
+    assert torch.all(f0[0, ~seen] == 0) and torch.all(f0[0, seen].abs().sum(-1) > 0)
+    # repaint the inside of one box's rectangle in the camera that sees most of it
+    k = int(torch.nonzero(seen)[0])
+    v = int(area[0, :, k].argmax())
+    x0, y0, x1, y1 = rects[0, v, k].round().long().tolist()
+    batch.images[0, v, :, y0:y1, x0:x1] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
+    with torch.no_grad():
+        f1 = enc(batch, boxes, mask)
+    changed = (f1 - f0).abs().amax(-1)[0] > 1e-6
+    assert changed[k]
+    # boxes whose rectangles (grown by the stem's receptive field) miss the repainted one stay the same
+    grow = 12.0
+    r = rects[0]  # (V, R, 4)
+    overlaps = ((r[..., 0] < x1 + grow) & (r[..., 2] > x0 - grow) & (r[..., 1] < y1 + grow) & (r[..., 3] > y0 - grow))
+    touching = (overlaps[v] & (area[0, v] > 0))
+    assert not changed[~touching].any()
