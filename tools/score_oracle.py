@@ -1,0 +1,43 @@
+"""Score a synthetic oracle (``oracles/<split>/*.json`` of a generated set) on exactly the scenes
+of an evaluation folder written by ``dense3d eval --checkpoint`` (its ``ground_truth_boxes.json``),
+with the same protocols, so a model and the oracle are compared on the same objects.
+
+    python tools/score_oracle.py data/synthetic/big/outdoor/oracles/val/context_free.json outputs/RUN/eval_val
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dense3d.engine.evaluate import _box_metrics
+from dense3d.utils.io import atomic_write_json
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("oracle", help="oracle predictions (3D box format)")
+    p.add_argument("eval_dir", help="folder with ground_truth_boxes.json")
+    p.add_argument("--axis-aligned", action="store_true", help="indoor boxes (VOC AP, Scan2Cap)")
+    p.add_argument("--out", default=None, help="metrics JSON (default: EVAL_DIR/oracle_<name>.json)")
+    a = p.parse_args()
+    gt = json.loads((Path(a.eval_dir) / "ground_truth_boxes.json").read_text())
+    oracle = json.loads(Path(a.oracle).read_text())
+    # the oracle describes every generated object; keep those the evaluation's ground truth has
+    # (the data config's range filter drops some), matched by box centre
+    pred = {}
+    for scene, objs in gt.items():
+        centres = [o["box"][:3] for o in objs]
+        pred[scene] = [r for r in oracle.get(scene, [])
+                       if any(sum((a - b) ** 2 for a, b in zip(r["box"][:3], c)) < 1e-4 for c in centres)]
+    metrics = _box_metrics(pred, gt, a.axis_aligned, captions=True)
+    out = a.out or Path(a.eval_dir) / f"oracle_{Path(a.oracle).stem}.json"
+    atomic_write_json(out, metrics)
+    for k in ("tod3cap_corrected", "tod3cap_compatible", "scan2cap"):
+        if k in metrics:
+            print(k, {m: round(v, 2) for m, v in metrics[k].items() if isinstance(v, float) and "@0.25" in m})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
