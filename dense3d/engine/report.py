@@ -28,6 +28,15 @@ def read_metrics_csv(path: str | Path) -> dict[str, list[tuple[int, float]]]:
     return dict(series)
 
 
+def _ema(values: Sequence[float], decay: float) -> list[float]:
+    """Bias-corrected exponential moving average (TensorBoard's smoothing)."""
+    out, m = [], 0.0
+    for i, v in enumerate(values, 1):
+        m = decay * m + (1 - decay) * v
+        out.append(m / (1 - decay**i))
+    return out
+
+
 def plot_curves(series: Mapping[str, Sequence[tuple[int, float]]], out_png: str | Path, title: str = "") -> Path:
     """One panel per metric (loss terms, learning rate, validation scores) against the step."""
     import matplotlib
@@ -41,7 +50,12 @@ def plot_curves(series: Mapping[str, Sequence[tuple[int, float]]], out_png: str 
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), dpi=100, squeeze=False)
     for ax, name in zip(axes.flat, names):
         steps, values = zip(*series[name]) if series[name] else ((), ())
-        ax.plot(steps, values, marker="." if len(steps) < 30 else None)
+        if len(steps) >= 30 and not name.startswith("lr"):  # noisy per-step losses: faint raw curve + exponential moving average
+            ax.plot(steps, values, alpha=0.3, color="tab:blue")
+            ax.plot(steps, _ema(values, 0.9), color="tab:blue", label="EMA 0.9")
+            ax.legend(fontsize=7)
+        else:
+            ax.plot(steps, values, marker=".")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
