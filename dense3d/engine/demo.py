@@ -180,7 +180,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, data_dir: str 
     det = metrics["detection"]
     examples = [{"scene": s.sample_id[:8], "label": c.label, "score": round(c.score, 2), "caption": c.text}
                 for s, caps in zip(samples, captions) for c in sorted(caps, key=lambda c: -c.score)[:2]][:8]
-    on_gt = [{"scene": s.sample_id[:8], "generated (GT box)": c.text, "reference": r["caption"]}
+    on_gt = [{"scene": s.sample_id[:8], "generated (GT box)": c.text, "reference": (r["descriptions"] or [""])[0]}
              for s, caps in zip(samples, gt_captions) for c, r in zip(caps[:2], gt[s.sample_id][:2])][:8]
     write_report(out_dir / "report.md", "dense3d demo", [
         ("Run", markdown_table([{"stage": s["name"], "seconds": s["seconds"]} for s in summary["stages"]])),

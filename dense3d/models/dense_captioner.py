@@ -54,6 +54,9 @@ class DenseCaptioner(nn.Module):
         scst_weight: weight of the self-critical loss (CIDEr-D reward, greedy baseline; 0: off),
             the optional last stage (``stage=scst``).
         image_regions: adds each box's camera appearance to its region features, or None.
+        class_embedding: add a learned embedding of each box's class (the detector's label; the
+            annotated class for ground-truth regions) to its region features, so captions name
+            the class the detector found.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class DenseCaptioner(nn.Module):
         caption_weight: float = 1.0,
         scst_weight: float = 0.0,
         image_regions: ImageRegionEncoder | None = None,
+        class_embedding: bool = False,
     ):
         super().__init__()
         if box_detector is None and event_detector is None:
@@ -88,6 +92,12 @@ class DenseCaptioner(nn.Module):
         self.caption_weight = caption_weight
         self.scst_weight = scst_weight
         self.image_regions = image_regions
+        self.class_embedding = None
+        if class_embedding:
+            if box_detector is None:
+                raise ConfigError("DenseCaptioner", "class_embedding", "a box_detector (its classes are embedded)")
+            dim = box_detector.region_sampler.out_channels
+            self.class_embedding = nn.Embedding(len(box_detector.box_head.class_names), dim)
         if captioner is not None and box_detector is not None and "box" not in captioner.class_names:
             captioner.class_names["box"] = list(box_detector.box_head.class_names)  # labels -> names in outputs
 
@@ -97,10 +107,15 @@ class DenseCaptioner(nn.Module):
         return (float(r[0]), float(r[3])), (float(r[1]), float(r[4]))
 
     def _with_appearance(self, batch, r: RegionFeatures) -> RegionFeatures:
-        """Box regions with their camera appearance added to the features (when configured)."""
-        if self.image_regions is None:
-            return r
-        return dataclasses.replace(r, features=r.features + self.image_regions(batch, r.geometry, r.mask))
+        """Box regions with their camera appearance and class embedding added to the features
+        (each when configured)."""
+        features = r.features
+        if self.image_regions is not None:
+            features = features + self.image_regions(batch, r.geometry, r.mask)
+        if self.class_embedding is not None:
+            known = (r.labels >= 0) & r.mask  # (B, R)
+            features = features + self.class_embedding(r.labels.clamp(min=0)) * known[..., None].to(features.dtype)
+        return dataclasses.replace(r, features=features)
 
     def _box_context(self, bev: torch.Tensor, boxes: list[Boxes3D | None]) -> SceneContext:
         x_range, y_range = self._bev_ranges()

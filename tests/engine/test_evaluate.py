@@ -86,3 +86,24 @@ def test_frozen_parts_stay_in_eval_mode():
     assert all(m.training for m in model["captioner"].modules())
     module.eval()
     assert not any(m.training for m in model.modules())
+
+
+def test_class_embedding_and_appearance_enter_the_box_features():
+    """`DenseCaptioner(class_embedding=True, image_regions=...)` (the demo model) adds a class
+    vector per label and each box's camera appearance; padding and unknown labels get neither."""
+    from dense3d.structures import RegionFeatures
+
+    root = Path("data/synthetic/default")
+    generate_default(root)
+    cfg = compose_config(["experiment=demo", f"paths.synthetic_dir={root.resolve()}"])
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    assert model.class_embedding is not None and model.image_regions is not None
+    model.image_regions = None  # class vectors alone first
+    B, R, D = 1, 3, model.class_embedding.embedding_dim
+    r = RegionFeatures("box", torch.zeros(B, R, D), torch.zeros(B, R, 7), torch.ones(B, R),
+                       torch.tensor([[0, 3, -1]]), torch.tensor([[True, True, False]]))
+    out = model._with_appearance(None, r)
+    torch.testing.assert_close(out.features[0, 0], model.class_embedding.weight[0])
+    torch.testing.assert_close(out.features[0, 1], model.class_embedding.weight[3])
+    assert torch.all(out.features[0, 2] == 0)

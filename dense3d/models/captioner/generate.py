@@ -52,7 +52,8 @@ def teacher_forcing_batch(tokenizer, prompts: list[str], captions: list[str], ma
 @torch.no_grad()
 def generate_captions(lm, adapter, tokenizer, visual: torch.Tensor, prompt: str, max_new_tokens: int = 32,
                       num_beams: int = 1, batch_size: int | None = None, do_sample: bool = False,
-                      temperature: float = 1.0, no_repeat_ngram_size: int = 0) -> tuple[list[str], list[list[int]]]:
+                      temperature: float = 1.0, no_repeat_ngram_size: int = 0,
+                      repetition_penalty: float = 1.0) -> tuple[list[str], list[list[int]]]:
     """Captions for N regions sharing one prompt.
 
     Args:
@@ -67,6 +68,8 @@ def generate_captions(lm, adapter, tokenizer, visual: torch.Tensor, prompt: str,
         do_sample: sample instead of searching (SCST); uses torch's global RNG.
         no_repeat_ngram_size: forbid repeating any n-gram of this size (0: off); stops the
             "behind the ego car, behind the ego car, ..." loops of a briefly trained adapter.
+        repetition_penalty: divide the logits of tokens already in the sequence by this (CTRL's
+            penalty, transformers' ``repetition_penalty``; 1.0: off).
     Returns:
         (texts, token ids without the prompt, cut after eos) for the N regions.
     """
@@ -85,7 +88,7 @@ def generate_captions(lm, adapter, tokenizer, visual: torch.Tensor, prompt: str,
             out = lm.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                 num_beams=num_beams, eos_token_id=eos, pad_token_id=pad, use_cache=True,
-                no_repeat_ngram_size=no_repeat_ngram_size, **kw,
+                no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty, **kw,
             )  # (n, P + L)
         for row in out[:, ids.shape[1]:].tolist():
             if eos in row:

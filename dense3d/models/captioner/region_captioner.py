@@ -55,13 +55,15 @@ class RegionCaptioner(nn.Module):
         max_new_tokens: longest generated caption.
         num_beams: 1 = greedy generation (default), > 1 = beam search.
         no_repeat_ngram_size: forbid repeated n-grams of this size in generated captions (0: off).
+        repetition_penalty: CTRL's penalty on tokens already generated (1.0: off).
         class_names: per kind, the class names that ``RegionFeatures.labels`` index.
     """
 
     def __init__(self, decoder: FrozenDecoder, adapter: LlamaAdapter, qformer: RelationQFormer,
                  bica: BiCADecoder | None = None, prompts: dict[str, str] | None = None,
                  max_caption_tokens: int = 32, max_new_tokens: int = 32, num_beams: int = 1,
-                 class_names: dict[str, Sequence[str]] | None = None, no_repeat_ngram_size: int = 0):
+                 class_names: dict[str, Sequence[str]] | None = None, no_repeat_ngram_size: int = 0,
+                 repetition_penalty: float = 1.0):
         super().__init__()
         if adapter.prompt_len != qformer.num_queries:
             raise ConfigError("RegionCaptioner", "adapter.prompt_len", f"qformer.num_queries={qformer.num_queries}",
@@ -73,6 +75,7 @@ class RegionCaptioner(nn.Module):
         self.prompts = dict(DEFAULT_PROMPTS, **(prompts or {}))
         self.max_caption_tokens, self.max_new_tokens, self.num_beams = max_caption_tokens, max_new_tokens, num_beams
         self.no_repeat_ngram_size = no_repeat_ngram_size
+        self.repetition_penalty = repetition_penalty
         self.class_names = {k: list(v) for k, v in (class_names or {}).items()}
 
     # ------------------------------------------------------------------ parts
@@ -221,7 +224,8 @@ class RegionCaptioner(nn.Module):
             vis = v[r.mask.bool()]  # (N, K, H), row-major order = rows
             texts, _ = generate_captions(lm, self.adapter, tok, vis, self.prompts[r.kind], self.max_new_tokens,
                                          num_beams or self.num_beams, batch_size,
-                                         no_repeat_ngram_size=self.no_repeat_ngram_size)
+                                         no_repeat_ngram_size=self.no_repeat_ngram_size,
+                                         repetition_penalty=self.repetition_penalty)
             names = self.class_names.get(r.kind, [])
             for (b, i), text in zip(rows, texts):
                 lab = int(r.labels[b, i])
