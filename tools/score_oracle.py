@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dense3d.engine.evaluate import _box_metrics
+from dense3d.engine.evaluate import box_metrics
 from dense3d.utils.io import atomic_write_json
 
 
@@ -30,7 +30,7 @@ def main() -> int:
         centres = [o["box"][:3] for o in objs]
         pred[scene] = [r for r in oracle.get(scene, [])
                        if any(sum((a - b) ** 2 for a, b in zip(r["box"][:3], c)) < 1e-4 for c in centres)]
-    metrics = _box_metrics(pred, gt, a.axis_aligned, captions=True)
+    metrics = box_metrics(pred, gt, a.axis_aligned, captions=True)
     out = a.out or Path(a.eval_dir) / f"oracle_{Path(a.oracle).stem}.json"
     atomic_write_json(out, metrics)
     for k in ("tod3cap_corrected", "tod3cap_compatible", "scan2cap"):

@@ -51,24 +51,6 @@ def _records(samples, captions_per_sample) -> tuple[dict, dict]:
     return prediction_records([s.sample_id for s in samples], captions_per_sample), box_records(samples, captions_per_sample)[1]
 
 
-def _evaluate(pred: dict, gt: dict, regions: str = "detected boxes") -> dict:
-    """TOD3Cap (corrected, compatible) and nuScenes detection AP; one progress bar each."""
-    from dense3d.eval import detection, tod3cap
-    from dense3d.eval.caption_metrics import CaptionScorer
-    from dense3d.eval.formats import parse_box_predictions, parse_object_gt
-
-    p = parse_box_predictions("predictions.json", pred, need_caption=True, need_score=True)
-    g = parse_object_gt("ground_truth.json", gt)
-    with CaptionScorer() as scorer:
-        with progress_bar(f"TOD3Cap corrected ({regions})", unit="stages") as bar:
-            corrected = tod3cap.evaluate(p, g, mode="corrected", scorer=scorer, progress=bar)
-        with progress_bar(f"TOD3Cap compatible ({regions})", unit="stages") as bar:
-            compatible = tod3cap.evaluate(p, g, mode="compatible", scorer=scorer, progress=bar)
-    with progress_bar(f"nuScenes detection AP ({regions})", unit="stages") as bar:
-        det = detection.evaluate_nuscenes(p, g, progress=bar)
-    return {"tod3cap_corrected": corrected, "tod3cap_compatible": compatible, "detection": det}
-
-
 def _pictures(out_dir: Path, sample, captions, gt_captions, log_dir: Path | None) -> list[tuple[str, Path]]:
     """Curves; the scene with GT boxes (green, labelled with the captions generated for them) and
     the predicted boxes (class colours, labelled with their captions); its bird's-eye view."""
@@ -121,6 +103,7 @@ def _detection_rows(det: dict) -> list[dict]:
 
 def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, data_dir: str | Path = "data/synthetic/default",
              steps: int | None = None, overrides: list[str] | None = None) -> int:
+    from dense3d.engine.evaluate import box_metrics
     from dense3d.engine.report import markdown_table, write_report
     from dense3d.engine.train import compose_config, fit
 
@@ -167,8 +150,8 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, data_dir: str 
 
     # -- evaluate
     t0 = time.time()
-    metrics = _evaluate(pred, gt)
-    metrics["gt_regions"] = _evaluate(pred_gt_regions, gt, regions="GT boxes")
+    metrics = box_metrics(pred, gt, axis_aligned=False, captions=True, label="detected boxes")
+    metrics["gt_regions"] = box_metrics(pred_gt_regions, gt, axis_aligned=False, captions=True, label="GT boxes")
     atomic_write_json(out_dir / "metrics.json", metrics)
     summary["stages"].append({"name": "evaluate", "seconds": round(time.time() - t0, 2)})
 

@@ -25,7 +25,7 @@ import numpy as np
 from dense3d.structures import DenseCaption, Sample
 from dense3d.utils.io import atomic_write_json
 
-__all__ = ["box_records", "event_records", "direction_errors", "evaluate_run"]
+__all__ = ["box_records", "event_records", "direction_errors", "box_metrics", "evaluate_run"]
 
 
 def box_records(samples: Sequence[Sample], captions: Sequence[list[DenseCaption]]) -> tuple[dict, dict]:
@@ -125,25 +125,30 @@ def _event_metrics(pred: dict, gt: dict, captions: bool) -> dict:
     return out
 
 
-def _box_metrics(pred: dict, gt: dict, axis_aligned: bool, captions: bool) -> dict:
+def box_metrics(pred: dict, gt: dict, axis_aligned: bool, captions: bool, label: str = "") -> dict:
+    """Detection AP (VOC for axis-aligned boxes, else nuScenes centre distance) and, with
+    ``captions``, Scan2Cap (axis-aligned) or TOD3Cap corrected + compatible; one progress bar
+    each, titled with ``label`` (e.g. "GT boxes")."""
     from dense3d.eval import detection, scan2cap, tod3cap
     from dense3d.eval.caption_metrics import CaptionScorer
     from dense3d.eval.formats import parse_box_predictions, parse_object_gt
     from dense3d.utils.progress import progress_bar
 
-    p = parse_box_predictions("predictions.json", pred, need_caption=False, need_score=True)
+    suffix = f" ({label})" if label else ""
+    p = parse_box_predictions("predictions.json", pred, need_caption=captions, need_score=True)
     g = parse_object_gt("ground_truth.json", gt)
-    with progress_bar("detection AP", unit="stages") as bar:
-        out = {"detection": detection.evaluate_voc(p, g, progress=bar) if axis_aligned else detection.evaluate_nuscenes(p, g, progress=bar)}
+    out = {}
     if captions:
         with CaptionScorer() as scorer:
             if axis_aligned:
-                with progress_bar("Scan2Cap", unit="stages") as bar:
+                with progress_bar(f"Scan2Cap{suffix}", unit="stages") as bar:
                     out["scan2cap"] = scan2cap.evaluate(p, g, scorer=scorer, progress=bar)
             else:
                 for mode in ("corrected", "compatible"):
-                    with progress_bar(f"TOD3Cap {mode}", unit="stages") as bar:
+                    with progress_bar(f"TOD3Cap {mode}{suffix}", unit="stages") as bar:
                         out[f"tod3cap_{mode}"] = tod3cap.evaluate(p, g, mode=mode, scorer=scorer, progress=bar)
+    with progress_bar(f"detection AP{suffix}", unit="stages") as bar:
+        out["detection"] = detection.evaluate_voc(p, g, progress=bar) if axis_aligned else detection.evaluate_nuscenes(p, g, progress=bar)
     return out
 
 
@@ -155,13 +160,14 @@ def evaluate_run(run: str | Path, split: str = "val", regions: str = "proposals"
     from dense3d.utils.progress import progress_bar
 
     run = Path(run)
+    run_dir = api.find_run(run)[0].parent  # the folder of config.yaml, also for a checkpoint folder
     loaded = api.load(run, regions=regions)
     data = loaded.dataset(split)
     n = len(data) if limit is None else min(limit, len(data))
     samples = [data[i] for i in range(n)]
     with progress_bar(f"describing {split} ({regions})", total=n, unit="samples") as bar:
         captions = loaded.caption_many(samples, batch_size=batch_size, progress=bar)
-    out_dir = Path(out_dir) if out_dir is not None else (run if run.is_dir() else run.parent) / f"eval_{split}"
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / f"eval_{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
     model = loaded.model
     has_text = any(c.text for caps in captions for c in caps)
@@ -170,17 +176,17 @@ def evaluate_run(run: str | Path, split: str = "val", regions: str = "proposals"
     truth: dict = {}
     if getattr(model, "box_detector", None) is not None:
         preds["boxes"], truth["boxes"] = box_records(samples, captions)
-        metrics["boxes"] = _box_metrics(preds["boxes"], truth["boxes"], bool(model.box_detector.box_head.axis_aligned), has_text)
+        metrics["boxes"] = box_metrics(preds["boxes"], truth["boxes"], bool(model.box_detector.box_head.axis_aligned), has_text)
     if getattr(model, "event_detector", None) is not None and regions == "proposals":
         preds["events"], truth["events"] = event_records(samples, captions)
         metrics["events"] = _event_metrics(preds["events"], truth["events"], has_text)
     for kind in preds:
         atomic_write_json(out_dir / f"predictions_{kind}.json", preds[kind])
         atomic_write_json(out_dir / f"ground_truth_{kind}.json", truth[kind])
-    csvs = sorted((run if run.is_dir() else run.parent).rglob("metrics.csv"))
+    csvs = sorted(run_dir.rglob("metrics.csv"))
     if csvs:
         from dense3d.engine.report import plot_curves, read_metrics_csv
 
-        metrics["curves"] = str(plot_curves(read_metrics_csv(csvs[-1]), out_dir / "curves.png", run.name))
+        metrics["curves"] = str(plot_curves(read_metrics_csv(csvs[-1]), out_dir / "curves.png", run_dir.name))
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics

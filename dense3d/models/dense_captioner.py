@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from dense3d.errors import ConfigError
-from dense3d.models.captioner.region_captioner import RegionCaptioner
+from dense3d.models.captioner.region_captioner import RegionCaptioner, region_record
 from dense3d.models.context.bica import SceneContext, context_from_bev, context_from_time
 from dense3d.models.matching import assign_captions
 from dense3d.models.proposals.boxes.detector import BoxDetector
@@ -249,22 +249,11 @@ class DenseCaptioner(nn.Module):
             return [self._uncaptioned(kinds, b) for b in range(len(batch))]
         return self.captioner.generate(kinds, contexts)
 
-    def _class_names(self, kind: str) -> list[str]:
-        if kind == "box" and self.box_detector is not None:
-            return list(self.box_detector.box_head.class_names)
-        if kind == "event" and self.event_detector is not None:
-            return list(getattr(self.event_detector, "class_names", None) or [])
-        return []
-
     def _uncaptioned(self, regions: Sequence[RegionFeatures], b: int) -> list[DenseCaption]:
-        """Detection-only models: the proposals as records with empty captions (class names and
-        per-region extras such as an event's azimuth kept)."""
+        """Detection-only models: the proposals as records with empty captions (box class names
+        and per-region extras such as an event's azimuth kept)."""
         out = []
         for r in regions:
-            names = self._class_names(r.kind)
-            for i in r.mask[b].nonzero().flatten().tolist():
-                lab = int(r.labels[b, i])
-                extra = {k: float(t[b, i]) for k, t in r.extra.items() if t[b, i].numel() == 1}
-                out.append(DenseCaption(r.kind, tuple(r.geometry[b, i].tolist()), float(r.scores[b, i]),
-                                        names[lab] if 0 <= lab < len(names) else str(lab), "", extra))
+            names = self.box_detector.box_head.class_names if r.kind == "box" else []
+            out += [region_record(r, b, i, names, "") for i in r.mask[b].nonzero().flatten().tolist()]
         return out

@@ -29,7 +29,7 @@ from dense3d.models.losses.caption import caption_cross_entropy, cider_d, scst_l
 from dense3d.structures.captions import DenseCaption
 from dense3d.structures.sample import RegionFeatures
 
-__all__ = ["RegionCaptioner", "DEFAULT_PROMPTS"]
+__all__ = ["RegionCaptioner", "DEFAULT_PROMPTS", "region_record"]
 
 DEFAULT_PROMPTS = {"box": "Describe the object.", "event": "Describe the sound."}
 
@@ -38,6 +38,15 @@ def _as_list(x):
     if x is None:
         return []
     return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def region_record(r: RegionFeatures, b: int, i: int, names: Sequence[str], text: str) -> DenseCaption:
+    """Region ``i`` of sample ``b`` as a ``DenseCaption``: its geometry, score, class name (the
+    label index where ``names`` lacks it) and per-region scalar extras (an event's azimuth)."""
+    lab = int(r.labels[b, i])
+    extra = {k: float(t[b, i]) for k, t in r.extra.items() if t[b, i].numel() == 1}
+    return DenseCaption(r.kind, tuple(r.geometry[b, i].tolist()), float(r.scores[b, i]),
+                        names[lab] if 0 <= lab < len(names) else str(lab), text, extra)
 
 
 class RegionCaptioner(nn.Module):
@@ -228,10 +237,5 @@ class RegionCaptioner(nn.Module):
                                          repetition_penalty=self.repetition_penalty)
             names = self.class_names.get(r.kind, [])
             for (b, i), text in zip(rows, texts):
-                lab = int(r.labels[b, i])
-                extra = {k: float(t[b, i]) for k, t in r.extra.items() if t[b, i].numel() == 1}
-                out[b].append(DenseCaption(
-                    r.kind, tuple(r.geometry[b, i].tolist()), float(r.scores[b, i]),
-                    names[lab] if 0 <= lab < len(names) else str(lab), text, extra,
-                ))
+                out[b].append(region_record(r, b, i, names, text))
         return out
