@@ -21,6 +21,7 @@ from torch import nn
 
 from dense3d.errors import ConfigError
 from dense3d.models.captioner.decoder import FrozenDecoder
+from dense3d.models.captioner.frozen_prefix import FrozenPrefixCache, caption_loss_top_layers
 from dense3d.models.captioner.generate import generate_captions, teacher_forcing_batch
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.captioner.qformer import RelationQFormer
@@ -66,13 +67,16 @@ class RegionCaptioner(nn.Module):
         no_repeat_ngram_size: forbid repeated n-grams of this size in generated captions (0: off).
         repetition_penalty: CTRL's penalty on tokens already generated (1.0: off).
         class_names: per kind, the class names that ``RegionFeatures.labels`` index.
+        cache_frozen_layers_mb: teacher forcing keeps each caption's hidden state below the
+            adapted layers (``FrozenPrefixCache``) up to this many MB and runs only the top
+            layers (0: run the whole LLM every step; same loss, slower).
     """
 
     def __init__(self, decoder: FrozenDecoder, adapter: LlamaAdapter, qformer: RelationQFormer,
                  bica: BiCADecoder | None = None, prompts: dict[str, str] | None = None,
                  max_caption_tokens: int = 32, max_new_tokens: int = 32, num_beams: int = 1,
                  class_names: dict[str, Sequence[str]] | None = None, no_repeat_ngram_size: int = 0,
-                 repetition_penalty: float = 1.0):
+                 repetition_penalty: float = 1.0, cache_frozen_layers_mb: int = 1024):
         super().__init__()
         if adapter.prompt_len != qformer.num_queries:
             raise ConfigError("RegionCaptioner", "adapter.prompt_len", f"qformer.num_queries={qformer.num_queries}",
@@ -86,6 +90,7 @@ class RegionCaptioner(nn.Module):
         self.no_repeat_ngram_size = no_repeat_ngram_size
         self.repetition_penalty = repetition_penalty
         self.class_names = {k: list(v) for k, v in (class_names or {}).items()}
+        self.prefix_cache = FrozenPrefixCache(cache_frozen_layers_mb << 20) if cache_frozen_layers_mb > 0 else None
 
     # ------------------------------------------------------------------ parts
     def _lm(self):
@@ -156,8 +161,12 @@ class RegionCaptioner(nn.Module):
         lm, tok = self._lm(), self.decoder.tokenizer
         batch = teacher_forcing_batch(tok, prompts, caps, self.max_caption_tokens, device=vis[0].device)
         with self.adapter.conditioned_on(torch.stack(vis)):  # (N, K, H)
-            logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
-        loss = caption_cross_entropy(logits, batch["labels"])
+            if self.prefix_cache is not None:
+                first = len(lm.model.layers) - self.adapter.num_layers  # the first adapted layer
+                loss = caption_loss_top_layers(lm, self.prefix_cache, first, batch)
+            else:
+                logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
+                loss = caption_cross_entropy(logits, batch["labels"])
         return {"loss_caption": loss, "num_captions": torch.tensor(len(vis))}
 
     def scst_loss(self, regions, context, references) -> dict[str, torch.Tensor]:

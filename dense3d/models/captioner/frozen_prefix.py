@@ -1,0 +1,114 @@
+"""Teacher forcing through only the adapted top layers: the frozen lower layers run once per caption.
+
+The LLaMA-Adapter changes the top ``L`` layers only; below them the frozen LLM sees nothing
+but text (the prompt and the caption), so the hidden state a caption reaches at the first
+adapted layer is the same every time that caption is trained on. :class:`FrozenPrefixCache`
+keeps it, keyed by the token ids, and a training step runs
+
+    cached lower layers -> top L layers (with the adapter's hooks) -> final norm ->
+    lm_head on the positions that predict a caption token only -> cross-entropy.
+
+On SmolLM2-135M (30 layers, 49,152-token vocabulary, L = 4..8) that skips 22-26 of 30 layer
+forwards and the lm_head at prompt and padding positions, the two largest costs of a caption
+step on a CPU (``benchmarks/bm_caption_step.py`` measures it). The loss equals
+``caption_cross_entropy(lm(...).logits, labels)`` up to float rounding (tested).
+
+Why by hand rather than ``lm(..., output_hidden_states=True)``: that still runs every layer.
+The layers are called as ``LlamaModel.forward`` calls them (mask from transformers'
+``create_causal_mask``, RoPE from the model's ``rotary_emb``), so the attention backend the
+model was loaded with is the one used.
+
+Correctness of the cache: rows are right-padded and attention is causal, so a real token's
+hidden state depends only on the tokens before it, never on the batch it was computed in.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["FrozenPrefixCache", "run_layers", "caption_loss_top_layers"]
+
+
+def run_layers(lm, hidden: torch.Tensor, attention_mask: torch.Tensor, layers) -> torch.Tensor:
+    """``hidden`` (N, T, H) through ``layers`` (decoder layers of ``lm``) with a causal + padding mask."""
+    from transformers.masking_utils import create_causal_mask
+
+    N, T, _ = hidden.shape
+    pos = torch.arange(T, device=hidden.device).unsqueeze(0)  # (1, T): no KV cache, positions from 0
+    mask = create_causal_mask(lm.config, hidden, attention_mask, None, pos)  # positional: the 4th arg (cache) was renamed in transformers 5
+    rope = lm.model.rotary_emb(hidden, position_ids=pos)  # (cos, sin), (1, T, head_dim) each
+    for layer in layers:
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, position_ids=pos)
+    return hidden
+
+
+class FrozenPrefixCache:
+    """Hidden states entering layer ``first`` of a frozen LLM, per token sequence.
+
+    Args:
+        max_bytes: the cache's size limit; the least recently used sequences are dropped
+            beyond it (a float32 SmolLM2 caption of 40 tokens takes 92 KB).
+
+    Entries are kept for one model and one ``first``: using the cache with another clears it.
+    """
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.max_bytes = int(max_bytes)
+        self._store: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
+        self._bytes = 0
+        self._owner: tuple[int, int] | None = None
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def clear(self) -> None:
+        self._store.clear()
+        self._bytes = 0
+
+    @torch.no_grad()
+    def hidden(self, lm, input_ids: torch.Tensor, attention_mask: torch.Tensor, first: int) -> torch.Tensor:
+        """(N, T, H) hidden states of the right-padded rows of ``input_ids`` (N, T) after the
+        frozen layers ``[0, first)``; zeros at padding."""
+        if self._owner != (id(lm), first):
+            self.clear()
+            self._owner = (id(lm), first)
+        lengths = attention_mask.sum(1).tolist()
+        keys = [tuple(input_ids[i, :n].tolist()) for i, n in enumerate(lengths)]
+        todo = [i for i, k in enumerate(keys) if k not in self._store]
+        self.hits += len(keys) - len(todo)
+        self.misses += len(todo)
+        if todo:
+            Tm = max(lengths[i] for i in todo)
+            ids, att = input_ids[todo, :Tm], attention_mask[todo, :Tm]  # (n, Tm)
+            h = run_layers(lm, lm.model.embed_tokens(ids), att, lm.model.layers[:first])  # (n, Tm, H)
+            for j, i in enumerate(todo):
+                self._put(keys[i], h[j, : lengths[i]].clone())
+        N, T = input_ids.shape
+        out = torch.zeros(N, T, lm.config.hidden_size, dtype=lm.model.embed_tokens.weight.dtype, device=input_ids.device)
+        for i, k in enumerate(keys):
+            self._store.move_to_end(k)
+            out[i, : lengths[i]] = self._store[k]
+        return out
+
+    def _put(self, key: tuple[int, ...], value: torch.Tensor) -> None:
+        self._store[key] = value
+        self._bytes += value.numel() * value.element_size()
+        while self._bytes > self.max_bytes and len(self._store) > 1:
+            _, old = self._store.popitem(last=False)
+            self._bytes -= old.numel() * old.element_size()
+
+
+def caption_loss_top_layers(lm, cache: FrozenPrefixCache, first: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the caption tokens of a teacher-forcing ``batch``
+    (``input_ids``, ``attention_mask``, ``labels`` as built by ``teacher_forcing_batch``),
+    running only layers ``[first, n)`` (and the adapter hooked on them) with gradients."""
+    hidden = cache.hidden(lm, batch["input_ids"], batch["attention_mask"], first)  # (N, T, H), no graph
+    hidden = run_layers(lm, hidden, batch["attention_mask"], lm.model.layers[first:])  # (N, T, H)
+    target = batch["labels"][:, 1:]  # (N, T-1): position t predicts token t + 1
+    keep = target != -100
+    h = lm.model.norm(hidden[:, :-1][keep])  # (N, T-1, H) -> (M, H): only positions with a target
+    logits = lm.lm_head(h).float()  # (M, V)
+    return F.cross_entropy(logits, target[keep])

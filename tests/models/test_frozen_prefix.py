@@ -1,0 +1,88 @@
+"""Teacher forcing through the adapted top layers with the frozen lower layers cached."""
+from __future__ import annotations
+
+import torch
+
+from dense3d.models.captioner.decoder import tiny_llama, word_tokenizer
+from dense3d.models.captioner.frozen_prefix import FrozenPrefixCache, caption_loss_top_layers
+from dense3d.models.captioner.generate import teacher_forcing_batch
+from dense3d.models.captioner.llama_adapter import LlamaAdapter
+from dense3d.models.losses.caption import caption_cross_entropy
+
+from tests.models.test_captioner import oracle_scene, tiny_captioner
+
+CAPS = ["a red car near the road.", "a blue truck far from the tree.", "a car.", "a green tree near the red car."]
+
+
+def _setup(num_layers=4, adapted=2, seed=0):
+    tok = word_tokenizer(["describe the object."] + CAPS)
+    lm = tiny_llama(len(tok), hidden_size=64, num_layers=num_layers, seed=seed)
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    lm.eval()
+    torch.manual_seed(seed)
+    adapter = LlamaAdapter(64, 4, num_layers=adapted, prompt_len=3)
+    with torch.no_grad():
+        adapter.gates.normal_(0, 1.0)  # the adapter matters
+    adapter.attach(lm)
+    batch = teacher_forcing_batch(tok, ["describe the object."] * len(CAPS), CAPS, 16)
+    visual = torch.randn(len(CAPS), 3, 64)
+    return lm, adapter, batch, visual
+
+
+def test_cached_top_layer_loss_equals_the_full_forward_loss_and_gradients():
+    lm, adapter, batch, visual = _setup()
+    assert batch["attention_mask"].sum(1).unique().numel() > 1  # rows of different lengths: padding present
+    with adapter.conditioned_on(visual):
+        full = caption_cross_entropy(lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                                     batch["labels"])
+    g_full = torch.autograd.grad(full, [adapter.prompts, adapter.gates])
+    cache = FrozenPrefixCache()
+    for _ in range(2):  # the second pass reads every row from the cache
+        with adapter.conditioned_on(visual):
+            top = caption_loss_top_layers(lm, cache, 2, batch)
+        g_top = torch.autograd.grad(top, [adapter.prompts, adapter.gates])
+        assert torch.allclose(top, full, atol=1e-5), (float(top), float(full))
+        for a, b in zip(g_top, g_full):
+            assert torch.allclose(a, b, atol=1e-5)
+    assert (cache.misses, cache.hits, len(cache)) == (4, 4, 4)
+
+
+def test_cache_entries_do_not_depend_on_the_batch_they_were_computed_in():
+    lm, adapter, batch, _ = _setup()
+    together = FrozenPrefixCache().hidden(lm, batch["input_ids"], batch["attention_mask"], 2)  # (4, T, H)
+    n = int(batch["attention_mask"][2].sum())
+    alone = FrozenPrefixCache().hidden(lm, batch["input_ids"][2:3, :n], batch["attention_mask"][2:3, :n], 2)
+    assert torch.allclose(together[2, :n], alone[0], atol=1e-5)
+    assert torch.equal(together[2, n:], torch.zeros_like(together[2, n:]))  # padding stays zero
+
+
+def test_cache_keeps_to_its_size_limit_and_drops_the_least_recently_used():
+    lm, _, batch, _ = _setup()
+    ids, att = batch["input_ids"], batch["attention_mask"]
+    size = [int(att[i].sum()) * 64 * 4 for i in range(3)]  # bytes of rows 0..2 (float32)
+    cache = FrozenPrefixCache(max_bytes=size[0] + max(size[1], size[2]) + 1)  # room for two, not three
+    cache.hidden(lm, ids[:1], att[:1], 1)
+    cache.hidden(lm, ids[1:2], att[1:2], 1)
+    cache.hidden(lm, ids[:1], att[:1], 1)  # row 0 used again: row 1 is now the oldest
+    cache.hidden(lm, ids[2:3], att[2:3], 1)
+    assert len(cache) <= 2 and cache._bytes <= cache.max_bytes
+    keys = list(cache._store)
+    assert tuple(ids[0, : int(att[0].sum())].tolist()) in keys
+    assert tuple(ids[1, : int(att[1].sum())].tolist()) not in keys
+    cache.hidden(lm, ids[:1], att[:1], 2)  # another first layer: entries from layer 1 are not reused
+    assert len(cache) == 1 and cache.misses == 4
+
+
+def test_captioner_loss_is_the_same_with_and_without_the_cache():
+    regions, ctx, caps = oracle_scene()
+    losses = []
+    for cached in (True, False):
+        model = tiny_captioner().eval()
+        with torch.no_grad():
+            model.adapter.gates.normal_(0, 1.0)
+        if not cached:
+            model.prefix_cache = None  # what cache_frozen_layers_mb=0 builds
+        torch.manual_seed(0)
+        losses.append(model(regions, ctx, caps)["loss_caption"])
+    assert torch.allclose(losses[0], losses[1], atol=1e-5)
