@@ -24,15 +24,19 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 __all__ = ["DenseCaptionModule", "DenseCaptionDataModule", "SeededSampler", "RNGStateCallback", "freeze"]
 
 
-def freeze(model: torch.nn.Module, names: Sequence[str]) -> list[str]:
+def freeze(model: torch.nn.Module, names: Sequence[str], except_: Sequence[str] = ()) -> list[str]:
     """Freeze the sub-modules of ``model`` named in ``names`` (attribute paths such as
-    ``"perception"`` or ``"captioner.qformer"``); returns the names frozen."""
+    ``"box_detector"`` or ``"captioner.qformer"``), except the sub-modules in ``except_``
+    (e.g. ``"box_detector.region_sampler"``: it feeds only the captioner, so it trains in the
+    captioning stage); returns the names frozen."""
     done = []
     for name in names:
-        module = model.get_submodule(name)
-        for p in module.parameters():
+        for p in model.get_submodule(name).parameters():
             p.requires_grad_(False)
         done.append(name)
+    for name in except_:
+        for p in model.get_submodule(name).parameters():
+            p.requires_grad_(True)
     return done
 
 
@@ -43,7 +47,9 @@ class DenseCaptionModule(pl.LightningModule):
         model: the model (see the module docstring for what it provides).
         optimizer: a partial taking the trainable parameters (hydra ``_partial_: true``).
         scheduler: a partial taking the optimizer, or None; stepped every optimizer step.
-        frozen: sub-modules frozen during this stage (e.g. ``["perception"]`` while captioning).
+        frozen: sub-modules frozen during this stage (e.g. ``["box_detector"]`` while captioning).
+        trainable: sub-modules inside frozen ones that train all the same (and stay in train
+            mode), e.g. ``["box_detector.region_sampler"]``.
     """
 
     def __init__(
@@ -52,12 +58,14 @@ class DenseCaptionModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         frozen: Sequence[str] = (),
+        trainable: Sequence[str] = (),
     ):
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.frozen = freeze(model, frozen)
+        self.frozen = freeze(model, frozen, trainable)
+        self.trainable = list(trainable)
 
     def train(self, mode: bool = True):
         """Frozen parts stay in eval mode (BatchNorm statistics and dropout fixed) while the rest
@@ -65,6 +73,8 @@ class DenseCaptionModule(pl.LightningModule):
         super().train(mode)
         for name in self.frozen:
             self.model.get_submodule(name).eval()
+        for name in self.trainable:
+            self.model.get_submodule(name).train(mode)
         return self
 
     def forward(self, batch):

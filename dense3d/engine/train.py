@@ -78,6 +78,7 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.
         optimizer=instantiate(cfg.optim),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         frozen=list(cfg.get("frozen", []) or []),
+        trainable=list(cfg.get("trainable", []) or []),
     )
     callbacks = [RNGStateCallback(), *_instantiate_dict(cfg.get("callbacks"))]
     loggers = _instantiate_dict(cfg.get("logger"))

@@ -88,6 +88,23 @@ def test_frozen_parts_stay_in_eval_mode():
     assert not any(m.training for m in model.modules())
 
 
+def test_trainable_parts_inside_frozen_ones_train():
+    """`trainable: [box_detector.region_sampler]` (the captioning stage): the rest of the frozen
+    detector keeps requires_grad False and eval mode, the named part trains in train mode."""
+    model = torch.nn.ModuleDict({"detector": torch.nn.ModuleDict({
+        "backbone": torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)),
+        "sampler": torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))})})
+    module = DenseCaptionModule(model, optimizer=lambda p: torch.optim.SGD(p, 0.1), frozen=["detector"],
+                                trainable=["detector.sampler"])
+    module.train()
+    assert not any(p.requires_grad for p in model["detector"]["backbone"].parameters())
+    assert all(p.requires_grad for p in model["detector"]["sampler"].parameters())
+    assert not any(m.training for m in model["detector"]["backbone"].modules())
+    assert all(m.training for m in model["detector"]["sampler"].modules())
+    module.eval()
+    assert not any(m.training for m in model.modules())
+
+
 def test_class_embedding_and_appearance_enter_the_box_features():
     """`DenseCaptioner(class_embedding=True, image_regions=...)` (the demo model) adds a class
     vector per label and each box's camera appearance; padding and unknown labels get neither."""
