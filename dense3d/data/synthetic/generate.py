@@ -118,6 +118,9 @@ def write_oracles(kind: str, records: list[dict], folder: Path) -> None:
     * ``gt``: the ground-truth caption of every ground-truth region (score 1);
     * ``context_free``: for every ground-truth region, the best caption it allows without
       any relation to other regions (the grammar's template with the relation left out).
+    * outdoor also ``fixed`` and ``fixed_context_free``: the same two with the first paraphrase
+      always (``grammar.FirstParaphrase``) instead of the annotator's random wording, which
+      no model can infer from sensors; the fair references for a captioner's CIDEr.
 
     3D (outdoor, indoor): ``{scene_id: [{"box", "caption", "score", "label"}]}``;
     events (av): ``{"version", "results": {video_id: [{"timestamp", "sentence"}]}, "external_data"}``
@@ -130,7 +133,10 @@ def write_oracles(kind: str, records: list[dict], folder: Path) -> None:
         recs = [r for r in records if r["split"] == split]
         d = folder / split
         if kind in ("outdoor", "indoor"):
-            for name, key in (("gt", None), ("context_free", "context_free_caption")):
+            oracles = [("gt", None), ("context_free", "context_free_caption")]
+            if any("fixed_caption" in o for r in recs for o in r["objects"]):  # outdoor
+                oracles += [("fixed", "fixed_caption"), ("fixed_context_free", "fixed_context_free_caption")]
+            for name, key in oracles:
                 pred = {
                     r["scene_id"]: [
                         {"box": o["box"], "caption": o[key] if key else o["captions"][0], "score": 1.0, "label": o["label"]}

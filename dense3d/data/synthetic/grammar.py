@@ -10,6 +10,11 @@ random generator.
 A *context-free* caption is the same template with the relation left out: the best a
 captioner can do from the region alone (the context-free oracle writes these).
 
+Both oracles know the generator's random wording (which of three outdoor templates, which
+distance phrase), which no sensor shows. The *fixed-phrasing* oracles write the same facts
+always with the first paraphrase (:class:`FirstParaphrase`): what a captioner that knows the
+scene perfectly, but not the annotator's coin flips, can write.
+
 Relation types (the ``stats`` histogram): ``next_to``, ``in_front_of``, ``behind``,
 ``left_of``, ``right_of``, ``between``, ``closest_to`` (a superlative that tells apart
 objects of one class), ``none`` (no other object near enough).
@@ -35,7 +40,18 @@ __all__ = [
     "favd_paragraph",
     "article",
     "ego_where",
+    "FirstParaphrase",
 ]
+
+class FirstParaphrase:
+    """Takes the place of the scene's random generator when a caption is written, and always
+    picks the first paraphrase (``integers`` returns its lower bound). Only the wording draws
+    of :func:`relation_phrase` and :func:`outdoor_captions` use it; the relation itself is the
+    one the scene's generator chose."""
+
+    def integers(self, low: int, high: int | None = None) -> int:
+        return 0 if high is None else low
+
 
 RELATION_TYPES = ("next_to", "in_front_of", "behind", "left_of", "right_of", "between", "closest_to", "none")
 _DIRECTIONS = ("front", "front left", "left", "back left", "back", "back right", "right", "front right")

@@ -249,6 +249,8 @@ def make_outdoor_scene(cfg: SynthConfig, index: int, out: Path, split: str) -> t
         ann = make_token("outdoor", cfg.seed, index, "ann", i)
         rel = grammar.choose_relation(i, scene.ego_xy, keys, rng, indoor=False, max_dist=20.0, next_to=4.0)
         caps = grammar.outdoor_captions(i, keys, scene.ego_xy, float(scene.speed[i]), bool(scene.on_road[i]), rel, rng)
+        fixed = grammar.outdoor_captions(i, keys, scene.ego_xy, float(scene.speed[i]), bool(scene.on_road[i]), rel,
+                                         grammar.FirstParaphrase())  # the fixed-phrasing oracles; draws nothing from rng
         label = NUSCENES_CLASSES.index(cls)
         instances.append(
             {
@@ -281,6 +283,8 @@ def make_outdoor_scene(cfg: SynthConfig, index: int, out: Path, split: str) -> t
                 "relation_targets": rel["targets"],
                 "captions": [caps["final_caption"]],
                 "context_free_caption": caps["context_free"],
+                "fixed_caption": fixed["final_caption"],
+                "fixed_context_free_caption": fixed["context_free"],
                 "num_lidar_pts": int(counts[i]),
             }
         )

@@ -70,6 +70,7 @@ def test_oracles_in_evaluation_formats(synth_root):
                     assert o["colour"] in q["caption"]
                     for t in o["relation_targets"]:  # the context-free oracle never names the other object
                         assert objs[t]["colour"] + " " not in q["caption"].replace(o["colour"] + " ", "", 1)
+    _check_fixed_phrasing_oracles(synth_root)
     ev = json.loads((synth_root / "av" / "oracles" / "val" / "gt_events.json").read_text())
     dense = json.loads((synth_root / "av" / "dense_events_val.json").read_text())
     assert set(ev["results"]) == set(dense)
@@ -123,3 +124,27 @@ def test_cli_convert_synth_and_stats(tmp_path, capsys):
 def test_output_does_not_depend_on_workers(synth_root, tmp_path):
     generate(SynthConfig(kind="outdoor", scenes=4, seed=0), tmp_path / "outdoor", workers=2)
     assert _hashes(tmp_path / "outdoor") == _hashes(synth_root / "outdoor")
+
+
+def _check_fixed_phrasing_oracles(synth_root):
+    """Outdoor ``fixed`` / ``fixed_context_free`` oracles: the same facts as the captions (colour,
+    class, relation object) in the first paraphrase always: one template for every object."""
+    from dense3d.data.synthetic.grammar import noun_phrase
+
+    ann = {r["scene_id"]: r for r in json.loads((synth_root / "outdoor" / "synthetic_annotations.json").read_text())["scenes"]}
+    fixed, free = {}, {}
+    for split in ("train", "val", "test"):
+        fixed.update(json.loads((synth_root / "outdoor" / "oracles" / split / "fixed.json").read_text()))
+        free.update(json.loads((synth_root / "outdoor" / "oracles" / split / "fixed_context_free.json").read_text()))
+    assert set(fixed) == set(free) == set(ann)
+    n = 0
+    for sid, preds in fixed.items():
+        objs = ann[sid]["objects"]
+        for p, q, o in zip(preds, free[sid], objs):
+            assert p["box"] == q["box"] == o["box"]
+            assert noun_phrase(o["colour"], o["label"]) in p["caption"] and noun_phrase(o["colour"], o["label"]) in q["caption"]
+            assert p["caption"].startswith(q["caption"][:-1])  # template 0: the context-free sentence, then the relation
+            for t in o["relation_targets"]:
+                assert "the " + noun_phrase(objs[t]["colour"], objs[t]["label"]) in p["caption"]
+            n += 1
+    assert n > 5
