@@ -135,3 +135,39 @@ def test_smollm2_zero_gates_exact_and_batched_generation_equals_single(smollm2):
         assert len(set(batched)) > 1  # rows really differ
     finally:
         adapter.detach()
+
+
+def test_gate_scale_multiplies_the_gates_and_keeps_the_zero_start(tiny):
+    """``gate_scale=s`` with gates g acts exactly like gates s*g; at zero it is still a no-op,
+    and one Adam step opens the gates s times further."""
+    model, tok = tiny
+    ids = _ids(tok)
+    visual = torch.randn(3, 5, 64)
+    with torch.no_grad():
+        ref = model(**ids).logits
+    torch.manual_seed(0)
+    scaled = LlamaAdapter(64, 4, num_layers=2, prompt_len=5, gate_scale=10.0)
+    torch.manual_seed(0)
+    plain = LlamaAdapter(64, 4, num_layers=2, prompt_len=5)
+    outs = []
+    for adapter, g in ((scaled, 0.03), (plain, 0.3)):
+        adapter.attach(model)
+        with torch.no_grad(), adapter.conditioned_on(visual):
+            assert torch.equal(model(**ids).logits, ref)  # zero gates: exact no-op
+            adapter.gates.fill_(g)
+            outs.append(model(**ids).logits)
+        adapter.detach()
+    torch.testing.assert_close(outs[0], outs[1])
+    assert not torch.allclose(outs[0], ref)
+    # one Adam step from zero: the applied gate moves by about gate_scale * lr
+    for adapter in (scaled, plain):
+        with torch.no_grad():
+            adapter.gates.zero_()
+        adapter.attach(model)
+        opt = torch.optim.Adam([adapter.gates], lr=1e-2)
+        with adapter.conditioned_on(visual):
+            model(**ids).logits.square().mean().backward()
+        opt.step()
+        adapter.detach()
+    moved = [float((a.gates * a.gate_scale).abs().max()) for a in (scaled, plain)]
+    assert abs(moved[0] - 0.1) < 1e-3 and abs(moved[1] - 0.01) < 1e-4, moved
