@@ -175,7 +175,10 @@ class DenseCaptioner(nn.Module):
         if self.box_detector is not None:
             decode = want_captions and self.caption_regions == "proposals"
             out = self.box_detector(batch, decode=decode)
-            if any(p.requires_grad for p in self.box_detector.parameters()):
+            # the region sampler feeds only the captioner: it may train while the rest is frozen
+            detector_trains = any(p.requires_grad for n, p in self.box_detector.named_parameters()
+                                  if not n.startswith("region_sampler."))
+            if detector_trains:
                 det = self.box_detector.loss(out, batch)
                 losses["det_heatmap"] = self.detection_weight * det["heatmap"]
                 losses["det_regression"] = self.detection_weight * det["regression"]

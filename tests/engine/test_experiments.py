@@ -55,3 +55,5 @@ def test_training_stages_train_what_they_say(stage, synthetic_root, tmp_path):
         assert changed == {"box_detector"}
     else:
         assert "captioner" in changed
+    if "box_detector" in cfg.frozen:  # no detection loss for a frozen detector (its region sampler trains)
+        assert not any("det_" in k for k in trainer.callback_metrics), list(trainer.callback_metrics)
