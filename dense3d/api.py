@@ -12,16 +12,18 @@ instantiated from a checkpoint's config (``ConfigError`` otherwise); weights are
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from omegaconf import OmegaConf
 
-from dense3d.errors import CheckpointError
+from dense3d.errors import CheckpointError, ConfigError
 from dense3d.structures import DenseCaption, Sample
 from dense3d.utils.progress import ProgressBar, ensure_progress
 
 __all__ = ["DenseCaptionerRun", "load"]
+
+_MISSING = object()
 
 
 class DenseCaptionerRun:
@@ -80,14 +82,25 @@ def find_run(path: Path) -> tuple[Path, Path]:
     return cfg, ckpts[0]
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu", regions: str = "proposals") -> DenseCaptionerRun:
-    """Build the run's model from its config and load its weights (see the module docstring)."""
+def load(path: str | Path, map_location: str | torch.device = "cpu", regions: str = "proposals",
+         overrides: Sequence[str] = ()) -> DenseCaptionerRun:
+    """Build the run's model from its config and load its weights (see the module docstring).
+
+    ``overrides``: ``key=value`` changes of existing keys of the run's config before the model is
+    built, e.g. decoding settings ``model.captioner.repetition_penalty=1.2``; the weights must
+    still fit."""
     from hydra.utils import instantiate
 
     from dense3d.engine.checkpoint import check_config_targets, load_checkpoint
 
     cfg_path, ckpt = find_run(Path(path))
     cfg = OmegaConf.load(cfg_path)
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+            raise ConfigError(str(cfg_path), key or item, "an override KEY=VALUE of a key the run's config has", got=item)
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     check_config_targets(OmegaConf.to_container(cfg.model), source=str(cfg_path), path="model")
     model = instantiate(cfg.model)
     state = load_checkpoint(ckpt, map_location=map_location)["state_dict"]

@@ -79,8 +79,10 @@ def _eval_run(argv: list[str]) -> int:
     p.add_argument("--regions", default="proposals", choices=("proposals", "gt"), help="caption detections or GT boxes")
     p.add_argument("--limit", type=int, default=None, help="only the first N samples")
     p.add_argument("--out", default=None, help="output folder (default: RUN/eval_<split>)")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE changes of the run's config, e.g. model.captioner.num_beams=3")
     a = p.parse_args(argv)
-    metrics = evaluate_run(a.checkpoint, split=a.split, regions=a.regions, out_dir=a.out, limit=a.limit)
+    metrics = evaluate_run(a.checkpoint, split=a.split, regions=a.regions, out_dir=a.out, limit=a.limit,
+                           overrides=a.overrides)
     print(json.dumps(metrics, indent=1, default=str))
     return 0
 

@@ -153,15 +153,16 @@ def box_metrics(pred: dict, gt: dict, axis_aligned: bool, captions: bool, label:
 
 
 def evaluate_run(run: str | Path, split: str = "val", regions: str = "proposals", out_dir: str | Path | None = None,
-                 limit: int | None = None, batch_size: int = 2) -> dict:
+                 limit: int | None = None, batch_size: int = 2, overrides: Sequence[str] = ()) -> dict:
     """Describe the split with the run's model and score it (see the module docstring); writes
-    predictions, ground truth, metrics (and curves) under ``out_dir`` (default ``RUN/eval_<split>``)."""
+    predictions, ground truth, metrics (and curves) under ``out_dir`` (default ``RUN/eval_<split>``).
+    ``overrides``: ``key=value`` changes of the run's config (see ``dense3d.api.load``)."""
     import dense3d.api as api
     from dense3d.utils.progress import progress_bar
 
     run = Path(run)
     run_dir = api.find_run(run)[0].parent  # the folder of config.yaml, also for a checkpoint folder
-    loaded = api.load(run, regions=regions)
+    loaded = api.load(run, regions=regions, overrides=overrides)
     data = loaded.dataset(split)
     n = len(data) if limit is None else min(limit, len(data))
     samples = [data[i] for i in range(n)]
@@ -171,7 +172,7 @@ def evaluate_run(run: str | Path, split: str = "val", regions: str = "proposals"
     out_dir.mkdir(parents=True, exist_ok=True)
     model = loaded.model
     has_text = any(c.text for caps in captions for c in caps)
-    metrics: dict = {"run": str(run), "split": split, "regions": regions, "samples": n}
+    metrics: dict = {"run": str(run), "split": split, "regions": regions, "samples": n, "overrides": list(overrides)}
     preds: dict = {}
     truth: dict = {}
     if getattr(model, "box_detector", None) is not None:

@@ -54,6 +54,26 @@ def test_eval_checkpoint_writes_predictions_and_metrics(indoor_run, tmp_path, ca
 
 
 @pytest.mark.slow
+def test_eval_checkpoint_overrides_change_the_built_model(indoor_run, tmp_path, capsys):
+    """`dense3d eval --checkpoint RUN KEY=VALUE`: the run's config changed before the model is
+    built (decoding / decoding thresholds); a key the config lacks is a one-line ConfigError."""
+    run, _ = indoor_run
+    out = tmp_path / "high_threshold"
+    assert main(["eval", "--checkpoint", str(run), "--limit", "2", "--out", str(out),
+                 "model.box_detector.box_head.score_threshold=1.1"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["overrides"] == ["model.box_detector.box_head.score_threshold=1.1"]
+    pred = json.loads((out / "predictions_boxes.json").read_text())
+    assert len(pred) == 2 and all(objs == [] for objs in pred.values())  # no score reaches 1.1
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--limit", "1", "--out", str(tmp_path / "bad"),
+                 "model.box_detector.box_head.score_treshold=0.5"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "ConfigError" in err and "score_treshold" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
 def test_init_from_loads_the_named_parts_only(indoor_run):
     run, root = indoor_run
     cfg = compose_config(["experiment=perception_indoor", f"paths.synthetic_dir={root}"])
