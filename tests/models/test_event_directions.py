@@ -179,3 +179,27 @@ def test_decode_nms_drops_a_duplicate_for_the_next_event():
     assert idx[0].tolist() == [0, 2] and labels[0].tolist() == [0, 1] and mask.all()
     head.decode_nms = None
     assert head.decode_selection(pred)[0][0].tolist() == [0, 1]
+
+
+def test_quality_ranks_well_placed_queries_first_and_is_trained_to_tiou():
+    head = EventHead(8, num_classes=2, num_queries=3, num_layers=1, num_heads=2, max_events=3, quality=True)
+    logits = torch.tensor([[[5.0, 0, 0], [4.0, 0, 0], [3.0, 0, 0]]])
+    spans = torch.tensor([[[0.3, 0.2], [0.6, 0.2], [0.9, 0.1]]])
+    count = torch.tensor([[0.0, 9.0, 0.0, 0.0]])  # one event
+    quality = torch.tensor([[-5.0, 5.0, 0.0]])  # the second query is the well-placed one
+    pred = EventPredictions(logits, spans, torch.zeros(1, 3, 2), count, torch.zeros(1, 3, 8), quality=quality)
+    assert head.decode_selection(pred)[0][0].tolist() == [1]
+    pred.quality = None
+    assert head.decode_selection(pred)[0][0].tolist() == [0]
+    # targets: each span's best tIoU with a true event (0 without events)
+    target = EventSetLoss.quality_targets(spans.expand(2, -1, -1), [torch.tensor([[0.6, 0.2], [0.3, 0.1]]), torch.zeros(0, 2)])
+    torch.testing.assert_close(target, torch.tensor([[0.5, 1.0, 0.0], [0.0, 0.0, 0.0]]))
+    batch = av_batch([(0.5, 0.4, 1.2, 0)])
+    det = _two_stage_detector()
+    det.event_head.quality_head = torch.nn.Sequential(torch.nn.Linear(32, 1))
+    out = det(batch)
+    assert out.predictions.quality.shape == (1, 4)
+    losses = det.loss(out, batch)
+    assert "quality" in losses
+    losses["total"].backward()
+    assert det.event_head.quality_head[0].weight.grad.abs().sum() > 0

@@ -3,7 +3,8 @@
 matched queries, and cross-entropy of the event counter. With a two-stage head's dense frame
 predictions also: per-frame cross-entropy (the class of the event a frame lies in, else
 "no event") and, on frames inside an event, L1 + (1 - tIoU) of the span the frame's distances
-to the start and end give (ActionFormer)."""
+to the start and end give (ActionFormer); with a quality head's ``quality`` logits, binary
+cross-entropy towards each query's best tIoU with a true event (spans detached)."""
 from __future__ import annotations
 
 import torch
@@ -22,6 +23,7 @@ class EventSetLoss(nn.Module):
         class_weight, span_weight, tiou_weight, azimuth_weight, count_weight: term weights.
         frame_class_weight, frame_span_weight, frame_tiou_weight: weights of the dense terms
             (used when the predictions carry ``frame_logits``).
+        quality_weight: weight of the quality term (used when the predictions carry ``quality``).
 
     ``forward(predictions, gt_labels, gt_spans, gt_azimuth)`` with per-sample lists: labels
     (E_b,), spans (E_b, 2) **normalised** ``centre, length`` and azimuths (E_b,) radians or None
@@ -29,12 +31,14 @@ class EventSetLoss(nn.Module):
     """
 
     def __init__(self, matcher: HungarianEventMatcher, no_event_weight: float = 0.1, class_weight: float = 1.0, span_weight: float = 5.0, tiou_weight: float = 2.0, azimuth_weight: float = 1.0, count_weight: float = 0.5,
-                 frame_class_weight: float = 1.0, frame_span_weight: float = 5.0, frame_tiou_weight: float = 2.0):
+                 frame_class_weight: float = 1.0, frame_span_weight: float = 5.0, frame_tiou_weight: float = 2.0,
+                 quality_weight: float = 1.0):
         super().__init__()
         self.matcher = matcher
         self.no_event_weight = no_event_weight
         self.weights = {"class": class_weight, "span": span_weight, "tiou": tiou_weight, "azimuth": azimuth_weight, "count": count_weight,
-                        "frame_class": frame_class_weight, "frame_span": frame_span_weight, "frame_tiou": frame_tiou_weight}
+                        "frame_class": frame_class_weight, "frame_span": frame_span_weight, "frame_tiou": frame_tiou_weight,
+                        "quality": quality_weight}
 
     def forward(self, pred, gt_labels, gt_spans, gt_azimuth) -> dict[str, torch.Tensor]:
         B, Q, K1 = pred.logits.shape
@@ -66,8 +70,23 @@ class EventSetLoss(nn.Module):
         losses["count"] = F.cross_entropy(pred.count_logits, counts)
         if pred.frame_logits is not None:
             losses.update(self.frame_losses(pred, gt_labels, gt_spans))
+        if pred.quality is not None:
+            losses["quality"] = F.binary_cross_entropy_with_logits(pred.quality, self.quality_targets(pred.spans, gt_spans))
         losses["total"] = sum(self.weights[k] * v for k, v in losses.items())
         return losses
+
+    @staticmethod
+    @torch.no_grad()
+    def quality_targets(spans: torch.Tensor, gt_spans) -> torch.Tensor:
+        """(B, Q) best tIoU of each predicted span (B, Q, 2) with the sample's true spans (all
+        normalised ``centre, length``); 0 for a sample without events."""
+        rows = []
+        for b, g in enumerate(gt_spans):
+            if len(g) == 0:
+                rows.append(spans.new_zeros(spans.shape[1]))
+                continue
+            rows.append(temporal_iou(span_cl_to_t0t1(spans[b].float()), span_cl_to_t0t1(g.float())).amax(dim=1).to(spans.dtype))
+        return torch.stack(rows)
 
     @staticmethod
     def frame_targets(pos: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, spans: torch.Tensor, background: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -23,6 +23,11 @@ Options beyond plain PDVC:
   an MLP on the query (which had to learn the arg-max of inter-channel lags from ~1,000
   events: 49 deg median error).
 * ``decode_nms``: temporal NMS on the queries before the counter keeps the best ones.
+* ``quality``: a head predicting each query's localisation quality (its span's best tIoU with
+  a ground-truth event; IoU-Net, Jiang et al. 2018); decoding ranks the queries by class
+  probability x quality. Trained 1,600 steps without it, the counter's number of best-classed
+  queries covered 55 % of the validation events at tIoU 0.5 while all ten covered 78 %: the
+  class score alone did not say which queries were well placed.
 """
 from __future__ import annotations
 
@@ -47,7 +52,8 @@ class EventPredictions:
     ``queries`` (B, Q, D) decoder outputs. With ``two_stage``: ``frame_logits`` (B, T, K + 1) the
     dense head's classes, ``frame_offsets`` (B, T, 2) its distances from each frame back to the
     start and on to the end, ``frame_pos`` (B, T) frame times, all normalised by the clip
-    duration, ``frame_mask`` (B, T) and ``reference`` (B, Q, 2) the queries' initial spans."""
+    duration, ``frame_mask`` (B, T) and ``reference`` (B, Q, 2) the queries' initial spans. With
+    ``quality``: ``quality`` (B, Q) logits of each span's best tIoU with a true event."""
 
     logits: torch.Tensor
     spans: torch.Tensor
@@ -59,6 +65,7 @@ class EventPredictions:
     frame_pos: torch.Tensor | None = None
     frame_mask: torch.Tensor | None = None
     reference: torch.Tensor | None = None
+    quality: torch.Tensor | None = None
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
@@ -106,11 +113,12 @@ class EventHead(nn.Module):
         direction_readout: read the azimuth from a direction map when ``forward`` gets one (else
             the MLP on the query, also used when a batch has no map).
         direction_sharpness: initial gain of the SRP-map softmax of the azimuth read-out.
+        quality: predict each query's localisation quality and rank by class x quality.
     """
 
     def __init__(self, d_model: int, num_classes: int, num_queries: int = 10, num_layers: int = 2, num_heads: int = 4, dropout: float = 0.1, max_events: int = 10, span_tokens: int = 8,
                  two_stage: bool = False, proposal_nms: float = 0.4, decode_nms: float | None = None, direction_readout: bool = False,
-                 direction_sharpness: float = 20.0):
+                 direction_sharpness: float = 20.0, quality: bool = False):
         super().__init__()
         self.two_stage = two_stage
         self.proposal_nms = proposal_nms
@@ -129,6 +137,7 @@ class EventHead(nn.Module):
         self.azimuth_head = _mlp(d_model, d_model, 2)
         self.counter = _mlp(d_model, d_model, max_events + 1)
         self.direction_readout = direction_readout
+        self.quality_head = _mlp(d_model, d_model, 1) if quality else None
         if direction_readout:
             self.log_direction_gain = nn.Parameter(torch.tensor(float(direction_sharpness)).log())
         if two_stage:
@@ -197,13 +206,18 @@ class EventHead(nn.Module):
             az = self.read_azimuth(directions, spans, pos, mask)
         else:
             az = F.normalize(self.azimuth_head(h), dim=-1, eps=1e-6)
+        if self.quality_head is not None:
+            extra["quality"] = self.quality_head(h).squeeze(-1)  # (B, Q, 1) -> (B, Q)
         return EventPredictions(self.class_head(h), spans, az, self.counter(h.amax(dim=1)), h, **extra)
 
     @torch.no_grad()
     def decode_selection(self, pred: EventPredictions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per sample, the counter's number of best queries: (B, R) indices, scores, labels, mask."""
+        """Per sample, the counter's number of best queries (class probability, x quality when
+        predicted; after temporal NMS when ``decode_nms``): (B, R) indices, scores, labels, mask."""
         prob = pred.logits.softmax(-1)[..., :-1]  # (B, Q, K)
         scores, labels = prob.max(-1)
+        if pred.quality is not None:
+            scores = scores * pred.quality.sigmoid()
         count = pred.count_logits.argmax(-1).clamp(max=self.num_queries)  # (B,)
         R = max(1, int(count.max()))
         if self.decode_nms is not None:
