@@ -8,12 +8,20 @@ GCC-PHAT inter-channel cues so the direction of a source is learnable.
 * GCC-PHAT (Knapp & Carter 1976): for each microphone pair, the inverse FFT of the
   phase-transformed cross-spectrum per STFT frame, lags ``-max_lag..max_lag`` samples; its
   peak sits at the pair's time difference of arrival, i.e. it encodes the azimuth. torch has
-  no GCC-PHAT and torchaudio's is not public, so it is written here (a few lines of FFTs).
+  no GCC-PHAT and torchaudio's is not public, so it is written here (a few lines of FFTs);
+* SRP-PHAT (steered response power, DiBiase et al. 2001), optional (``directions > 0``): the
+  GCC-PHAT of every pair read at the exact (fractional) lag a far-field source at each of N
+  horizontal azimuths would give, summed over pairs: an (N,) map per frame whose peak is the
+  source's azimuth for any microphone layout (positions from the samples, else from the
+  config). The map is not learned; the event head pools it inside each event's span (an
+  event-long average of the map recovers the synthetic clips' azimuths to about 1 deg).
 """
 from __future__ import annotations
 
 from itertools import combinations
 from typing import Sequence
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +32,16 @@ from dense3d.errors import AudioError, ConfigError
 from dense3d.models.encoders.camera.backbone import load_state_dict_file
 from dense3d.models.encoders.temporal import TemporalFeatures
 
-__all__ = ["AudioEncoder", "gcc_phat"]
+__all__ = ["AudioEncoder", "azimuth_bins", "gcc_phat", "pair_delays", "phat_cross_spectrum", "srp_phat"]
+
+
+def phat_cross_spectrum(spec: torch.Tensor, pairs: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """(B, A, F, T) complex STFT -> (B, P, F, T) cross-spectra ``X_j conj(X_i)`` of the pairs,
+    each bin scaled to unit magnitude (the phase transform)."""
+    i = torch.tensor([p[0] for p in pairs], device=spec.device)
+    j = torch.tensor([p[1] for p in pairs], device=spec.device)
+    cross = spec[:, j] * spec[:, i].conj()  # (B, P, F, T)
+    return cross / cross.abs().clamp(min=1e-8)
 
 
 def gcc_phat(spec: torch.Tensor, pairs: Sequence[tuple[int, int]], n_fft: int, max_lag: int) -> torch.Tensor:
@@ -38,12 +55,64 @@ def gcc_phat(spec: torch.Tensor, pairs: Sequence[tuple[int, int]], n_fft: int, m
         (B, P, 2 * max_lag + 1, T): correlation at lags ``-max_lag..max_lag`` (lag > 0: the
         sound reaches microphone j ``lag`` samples after microphone i).
     """
-    i = torch.tensor([p[0] for p in pairs], device=spec.device)
-    j = torch.tensor([p[1] for p in pairs], device=spec.device)
-    cross = spec[:, j] * spec[:, i].conj()  # (B, P, F, T)
-    cross = cross / cross.abs().clamp(min=1e-8)
-    cc = torch.fft.irfft(cross, n=n_fft, dim=2)  # (B, P, n_fft, T), lag 0 at index 0
+    cc = torch.fft.irfft(phat_cross_spectrum(spec, pairs), n=n_fft, dim=2)  # (B, P, n_fft, T), lag 0 at index 0
     return torch.cat([cc[:, :, n_fft - max_lag :], cc[:, :, : max_lag + 1]], dim=2)  # lags -L..L
+
+
+def azimuth_bins(num: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(N,) azimuths (radians, CCW from +x) of the SRP map's bins: ``-pi + 2 pi k / N``."""
+    return -math.pi + 2 * math.pi * torch.arange(num, device=device, dtype=dtype) / num
+
+
+def pair_delays(mics: torch.Tensor, pairs: Sequence[tuple[int, int]], azimuths: torch.Tensor, speed_of_sound: float = 343.0) -> torch.Tensor:
+    """Far-field time differences of arrival ``t_j - t_i`` (seconds) of each pair for a plane
+    wave from each horizontal azimuth: (..., A, 3) metres, P pairs, (N,) -> (..., P, N).
+
+    A plane wave from unit direction u reaches microphone m ``-(m . u) / c`` after the array
+    centre, so ``t_j - t_i = -(m_j - m_i) . u / c``."""
+    u = torch.stack([azimuths.cos(), azimuths.sin(), torch.zeros_like(azimuths)], dim=-1).to(mics.dtype)  # (N, 3)
+    i = torch.tensor([p[0] for p in pairs], device=mics.device)
+    j = torch.tensor([p[1] for p in pairs], device=mics.device)
+    baseline = mics[..., j, :] - mics[..., i, :]  # (..., P, 3)
+    return -(baseline @ u.T) / speed_of_sound  # (..., P, N)
+
+
+def srp_phat(cross: torch.Tensor, delays: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """Steered response power: the GCC-PHAT of every pair at fractional lags, summed over pairs.
+
+    Args:
+        cross: (B, P, F, T) phase-transformed cross-spectra (``phat_cross_spectrum``).
+        delays: (B, P, N) lags in samples (``pair_delays * sample_rate``).
+    Returns:
+        (B, N, T): ``sum_p gcc_p(delay_pN) / P`` in [-1, 1]; the GCC at a fractional lag is the
+        band-limited interpolation ``(1 / n_fft) sum_k w_k Re(X_k exp(2 pi i k lag / n_fft))``
+        (``w_k`` = 1 at DC and Nyquist, else 2), what ``irfft`` gives at integer lags.
+    """
+    F_ = cross.shape[2]
+    k = torch.arange(F_, device=cross.device, dtype=delays.dtype)
+    w = torch.full((F_,), 2.0, device=cross.device, dtype=delays.dtype)
+    w[0] = 1.0
+    if n_fft % 2 == 0:
+        w[-1] = 1.0
+    phase = 2 * math.pi * k[None, None, :, None] * delays[:, :, None, :] / n_fft  # (B, P, F, N)
+    steer = torch.polar(w[None, None, :, None] / (n_fft * delays.shape[1]), phase)  # (B, P, F, N)
+    B, P, _, T = cross.shape
+    # sum over pairs and bins as one matmul: (B, N, P * F) @ (B, P * F, T) -> (B, N, T)
+    steer = steer.reshape(B, P * F_, -1).transpose(1, 2)  # (B, P, F, N) -> (B, N, P * F)
+    return torch.bmm(steer.to(cross.dtype), cross.reshape(B, P * F_, T)).real
+
+
+def _mean_pool_time(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(..., T) -> (..., ceil(T / k)) means of k consecutive frames (the last of fewer), for
+    complex tensors too (``avg_pool1d(ceil_mode=True)`` is real only)."""
+    T = x.shape[-1]
+    n = -(-T // k)
+    pad = n * k - T
+    if pad:
+        x = torch.cat([x, x.new_zeros(*x.shape[:-1], pad)], dim=-1)
+    count = torch.full((n,), float(k), device=x.device)
+    count[-1] = k - pad
+    return x.unflatten(-1, (n, k)).sum(-1) / count
 
 
 def _cnn_block(cin: int, cout: int) -> nn.Sequential:
@@ -63,6 +132,9 @@ class AudioEncoder(nn.Module):
         time_pool: STFT frames per output frame (a power of two <= 2 ** len(cnn_channels)).
         out_channels: D, the frame feature size.
         max_lag: GCC-PHAT lags on each side (samples); 0 disables the inter-channel cues.
+        directions: N azimuth bins of the SRP-PHAT map (0: none).
+        mic_positions: (A, 3) metres, the array used when a sample has no ``mic_positions``.
+        speed_of_sound: m/s, for the SRP-PHAT steering delays.
         weights_path: local state_dict of this module (e.g. from a pretrained run), or None.
 
     ``forward(batch)`` reads ``batch.audio`` (B, A, S), ``batch.audio_lengths`` (B,) and
@@ -81,6 +153,9 @@ class AudioEncoder(nn.Module):
         time_pool: int = 4,
         out_channels: int = 128,
         max_lag: int = 16,
+        directions: int = 0,
+        mic_positions: Sequence[Sequence[float]] | None = None,
+        speed_of_sound: float = 343.0,
         weights_path: str | None = None,
     ):
         super().__init__()
@@ -95,7 +170,19 @@ class AudioEncoder(nn.Module):
         self.time_pool = time_pool
         self.max_lag = max_lag
         self.out_channels = out_channels
+        if directions < 0 or (directions and num_channels < 2):
+            raise ConfigError("AudioEncoder", "directions", "0, or N > 0 azimuth bins with >= 2 microphones", got=directions)
+        self.directions = int(directions)
+        self.speed_of_sound = float(speed_of_sound)
         self.pairs = list(combinations(range(num_channels), 2)) if max_lag > 0 else []
+        self.srp_pairs = list(combinations(range(num_channels), 2))
+        if mic_positions is not None:
+            mics = torch.as_tensor(mic_positions, dtype=torch.float32)
+            if tuple(mics.shape) != (num_channels, 3):
+                raise ConfigError("AudioEncoder", "mic_positions", f"({num_channels}, 3) metres", got=list(mics.shape))
+            self.register_buffer("mic_positions", mics, persistent=False)
+        else:
+            self.mic_positions = None
         self.mel = torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, power=2.0)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         self.input_bn = nn.BatchNorm2d(num_channels)
@@ -133,16 +220,41 @@ class AudioEncoder(nn.Module):
         x = x.mean(dim=2).transpose(1, 2)  # (B, C, M', T) -> (B, T, C)
         T = x.shape[1]
         parts = [x]
-        if self.gcc_proj is not None:
+        directions = None
+        if self.gcc_proj is not None or self.directions:
             spec = torch.stft(audio.flatten(0, 1), self.n_fft, self.hop_length, window=self.window, return_complex=True)
             spec = spec.view(B, A, *spec.shape[1:])  # (B * A, F, T_stft) -> (B, A, F, T_stft)
-            cc = gcc_phat(spec, self.pairs, self.n_fft, self.max_lag)  # (B, P, L, T_stft)
-            # average each output frame's STFT frames: (B, P * L, T_stft) -> (B, P * L, T)
-            cc = F.avg_pool1d(cc.flatten(1, 2), self.time_pool, ceil_mode=True)[..., :T]
-            parts.append(self.gcc_proj(cc.transpose(1, 2)))  # (B, T, P * L) -> (B, T, D)
+            # GCC and SRP are linear in the cross-spectrum: average each output frame's STFT
+            # frames first (the same as averaging their correlations, time_pool x less work)
+            cross = _mean_pool_time(phat_cross_spectrum(spec, self.srp_pairs), self.time_pool)[..., :T]  # (B, P, F, T)
+            if self.gcc_proj is not None:
+                cc = torch.fft.irfft(cross, n=self.n_fft, dim=2)  # (B, P, n_fft, T), lag 0 at index 0
+                cc = torch.cat([cc[:, :, self.n_fft - self.max_lag :], cc[:, :, : self.max_lag + 1]], dim=2)  # lags -L..L
+                parts.append(self.gcc_proj(cc.flatten(1, 2).transpose(1, 2)))  # (B, P * L, T) -> (B, T, P * L) -> (B, T, D)
+            if self.directions:
+                directions = self.direction_map(cross.detach(), self.batch_mics(batch))
         feats = self.out(torch.cat(parts, dim=-1))
         frame = torch.arange(T, device=audio.device, dtype=audio.dtype)
         times = ((frame * self.time_pool + (self.time_pool - 1) / 2) * self.hop_length / self.sample_rate).expand(B, T)
         lengths = batch.audio_lengths if batch.audio_lengths is not None else torch.full((B,), S, device=audio.device)
         mask = frame[None] < self.num_frames(lengths.to(audio.device))[:, None]
-        return TemporalFeatures(feats * mask[..., None], times, mask)
+        return TemporalFeatures(feats * mask[..., None], times, mask,
+                                directions * mask[..., None] if directions is not None else None)
+
+    def batch_mics(self, batch) -> torch.Tensor:
+        """(B, A, 3) microphone positions: each sample's own, else the configured array."""
+        rows = []
+        for i, s in enumerate(batch.samples):
+            m = s.audio.mic_positions if s.audio is not None and s.audio.mic_positions is not None else self.mic_positions
+            if m is None:
+                raise ConfigError("AudioEncoder", "mic_positions", f"microphone positions for the direction map (sample {i} has none)")
+            rows.append(torch.as_tensor(m, dtype=torch.float32, device=batch.audio.device))
+        return torch.stack(rows)
+
+    @torch.no_grad()
+    def direction_map(self, cross: torch.Tensor, mics: torch.Tensor) -> torch.Tensor:
+        """(B, P, F, T) phase-transformed cross-spectra of all pairs, (B, A, 3) microphones ->
+        (B, T, N) SRP-PHAT map over ``azimuth_bins(N)``."""
+        az = azimuth_bins(self.directions, device=cross.device)
+        delays = pair_delays(mics, self.srp_pairs, az, self.speed_of_sound) * self.sample_rate  # (B, P, N) samples
+        return srp_phat(cross, delays, self.n_fft).transpose(1, 2)  # (B, N, T) -> (B, T, N)

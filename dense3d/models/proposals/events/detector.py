@@ -70,7 +70,8 @@ class EventDetector(nn.Module):
             step = (ref.times[:, 1] - ref.times[:, 0]) if ref.times.shape[1] > 1 else torch.ones_like(ref.times[:, 0])
             durations = ts.amax(dim=1) + step / 2  # timestamps taken as frame centres
         fused = self.temporal_fuser(audio.features if audio is not None else None, video.features if video is not None else None, ref.times, ref.mask)
-        pred = self.event_head(fused, ref.times, ref.mask)
+        directions = audio.directions if audio is not None else None
+        pred = self.event_head(fused, ref.times, ref.mask, directions=directions, durations=durations)
         regions = self.event_head.regions(pred, fused, ref.times, durations)
         return EventDetectorOutput(fused, ref.times, ref.mask, durations, audio, video, pred, regions)
 

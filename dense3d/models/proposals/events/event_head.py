@@ -7,6 +7,27 @@ clip holds, and decoding keeps that many best-scored queries.
 PDVC refines spans with deformable attention layer by layer; this head uses plain
 cross-attention with time encodings (clips are short), keeping the set prediction, the
 Hungarian matching and the counter.
+
+Options beyond plain PDVC:
+
+* ``two_stage``: a dense head on the fused sequence classifies every frame (event class or
+  background) and regresses its distances to the event's start and end (ActionFormer, Zhang
+  et al. 2022); its best spans after temporal NMS become the queries' reference spans
+  (two-stage Deformable DETR, Zhu et al. 2021): each query starts from the frame's feature and
+  its span's time encoding and predicts a correction of the reference in logit space. With
+  learned queries alone the head localises poorly on a few hundred clips (all ten queries of
+  a 1,200-step run covered 63 % of the validation events at tIoU 0.5).
+* ``directions`` (an audio encoder's SRP-PHAT map, ``TemporalFeatures.directions``): the
+  azimuth is read from the map averaged inside each query's span (soft edges, span detached),
+  a softmax over the azimuth bins with a learned sharpness and its circular mean, instead of
+  an MLP on the query (which had to learn the arg-max of inter-channel lags from ~1,000
+  events: 49 deg median error).
+* ``decode_nms``: temporal NMS on the queries before the counter keeps the best ones.
+* ``quality``: a head predicting each query's localisation quality (its span's best tIoU with
+  a ground-truth event; IoU-Net, Jiang et al. 2018); decoding ranks the queries by class
+  probability x quality. Trained 1,600 steps without it, the counter's number of best-classed
+  queries covered 55 % of the validation events at tIoU 0.5 while all ten covered 78 %: the
+  class score alone did not say which queries were well placed.
 """
 from __future__ import annotations
 
@@ -16,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dense3d.models.encoders.audio.encoder import azimuth_bins
 from dense3d.models.fusion.temporal_fuser import time_encoding
-from dense3d.models.proposals.events.matcher import span_cl_to_t0t1
+from dense3d.models.proposals.events.matcher import span_cl_to_t0t1, temporal_iou
 from dense3d.structures import RegionFeatures
 
 __all__ = ["EventHead", "EventPredictions"]
@@ -27,17 +49,54 @@ __all__ = ["EventHead", "EventPredictions"]
 class EventPredictions:
     """``logits`` (B, Q, K + 1) (last = no event); ``spans`` (B, Q, 2) centre, length in [0, 1]
     of the clip; ``azimuth`` (B, Q, 2) unit (sin, cos); ``count_logits`` (B, max_events + 1);
-    ``queries`` (B, Q, D) decoder outputs."""
+    ``queries`` (B, Q, D) decoder outputs. With ``two_stage``: ``frame_logits`` (B, T, K + 1) the
+    dense head's classes, ``frame_offsets`` (B, T, 2) its distances from each frame back to the
+    start and on to the end, ``frame_pos`` (B, T) frame times, all normalised by the clip
+    duration, ``frame_mask`` (B, T) and ``reference`` (B, Q, 2) the queries' initial spans. With
+    ``quality``: ``quality`` (B, Q) logits of each span's best tIoU with a true event."""
 
     logits: torch.Tensor
     spans: torch.Tensor
     azimuth: torch.Tensor
     count_logits: torch.Tensor
     queries: torch.Tensor
+    frame_logits: torch.Tensor | None = None
+    frame_offsets: torch.Tensor | None = None
+    frame_pos: torch.Tensor | None = None
+    frame_mask: torch.Tensor | None = None
+    reference: torch.Tensor | None = None
+    quality: torch.Tensor | None = None
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.ReLU(inplace=True), nn.Linear(d_hidden, d_out))
+
+
+def temporal_nms(spans: torch.Tensor, scores: torch.Tensor, max_tiou: float, keep: int) -> torch.Tensor:
+    """Greedy temporal NMS of one sample: spans (N, 2) ``t0, t1``, scores (N,) -> (keep,) long
+    indices, best first: each next span overlaps every kept one by tIoU <= ``max_tiou``; when
+    fewer than ``keep`` survive, the best suppressed ones fill up the list (the caller always
+    gets ``keep``). torchvision's NMS is for boxes, so the 1-D greedy loop is written here."""
+    order = scores.argsort(descending=True)
+    iou = temporal_iou(spans, spans)  # (N, N)
+    alive = torch.ones(len(scores), dtype=torch.bool, device=scores.device)
+    kept: list[int] = []
+    for q in order.tolist():
+        if len(kept) == keep:
+            break
+        if alive[q]:
+            kept.append(q)
+            alive &= iou[q] <= max_tiou
+    if len(kept) < keep:
+        chosen = set(kept)
+        kept += [q for q in order.tolist() if q not in chosen][: keep - len(kept)]
+    kept = [kept[k % len(kept)] for k in range(keep)]  # fewer spans than asked: repeat
+    return torch.as_tensor(kept, dtype=torch.long, device=scores.device)
+
+
+def _inverse_sigmoid(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    x = x.clamp(eps, 1 - eps)
+    return (x / (1 - x)).log()
 
 
 class EventHead(nn.Module):
@@ -48,10 +107,22 @@ class EventHead(nn.Module):
         num_layers, num_heads, dropout: the decoder.
         max_events: the counter predicts 0..max_events.
         span_tokens: P, samples of the fused sequence inside each span (``RegionFeatures.tokens``).
+        two_stage: dense frame head + queries from its best spans (module docstring).
+        proposal_nms: tIoU above which a dense-head span is suppressed when picking references.
+        decode_nms: tIoU above which a query is suppressed before the counter picks (None: off).
+        direction_readout: read the azimuth from a direction map when ``forward`` gets one (else
+            the MLP on the query, also used when a batch has no map).
+        direction_sharpness: initial gain of the SRP-map softmax of the azimuth read-out.
+        quality: predict each query's localisation quality and rank by class x quality.
     """
 
-    def __init__(self, d_model: int, num_classes: int, num_queries: int = 10, num_layers: int = 2, num_heads: int = 4, dropout: float = 0.1, max_events: int = 10, span_tokens: int = 8):
+    def __init__(self, d_model: int, num_classes: int, num_queries: int = 10, num_layers: int = 2, num_heads: int = 4, dropout: float = 0.1, max_events: int = 10, span_tokens: int = 8,
+                 two_stage: bool = False, proposal_nms: float = 0.4, decode_nms: float | None = None, direction_readout: bool = False,
+                 direction_sharpness: float = 20.0, quality: bool = False):
         super().__init__()
+        self.two_stage = two_stage
+        self.proposal_nms = proposal_nms
+        self.decode_nms = decode_nms
         self.d_model = d_model
         self.num_classes = num_classes
         self.num_queries = num_queries
@@ -65,24 +136,96 @@ class EventHead(nn.Module):
         self.span_head = _mlp(d_model, d_model, 2)
         self.azimuth_head = _mlp(d_model, d_model, 2)
         self.counter = _mlp(d_model, d_model, max_events + 1)
+        self.direction_readout = direction_readout
+        self.quality_head = _mlp(d_model, d_model, 1) if quality else None
+        if direction_readout:
+            self.log_direction_gain = nn.Parameter(torch.tensor(float(direction_sharpness)).log())
+        if two_stage:
+            self.frame_class = nn.Linear(d_model, num_classes + 1)
+            self.frame_offsets = _mlp(d_model, d_model, 2)
+            self.query_content = nn.Linear(d_model, d_model)
+            self.query_length = nn.Linear(2, d_model)
+            nn.init.zeros_(self.span_head[-1].weight)  # the queries start at their reference spans
+            nn.init.zeros_(self.span_head[-1].bias)
 
-    def forward(self, memory: torch.Tensor, times: torch.Tensor, mask: torch.Tensor) -> EventPredictions:
-        """memory (B, T, D) fused features, times (B, T) seconds, mask (B, T)."""
+    @staticmethod
+    def frame_positions(times: torch.Tensor, mask: torch.Tensor, durations: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) frame times normalised by the clip duration, and the durations (B,) s (the last
+        real frame's time plus half a frame period when not given)."""
+        if durations is None:
+            step = (times[:, 1] - times[:, 0]) if times.shape[1] > 1 else torch.ones_like(times[:, 0])
+            durations = torch.where(mask, times, torch.zeros_like(times)).amax(dim=1) + step / 2
+        durations = durations.to(times.dtype)
+        return times / durations[:, None], durations
+
+    def _references(self, memory, pos, mask, frame_logits, frame_offsets):
+        """Reference spans of the queries from the dense head: (B, Q) frame indices and (B, Q, 2)
+        normalised ``centre, length``, both without gradient."""
+        with torch.no_grad():
+            score = 1 - frame_logits.softmax(-1)[..., -1]  # (B, T) P(some event)
+            score = torch.where(mask, score, torch.full_like(score, -1.0))
+            t01 = torch.stack([pos - frame_offsets[..., 0], pos + frame_offsets[..., 1]], dim=-1).clamp(0, 1)  # (B, T, 2)
+            idx = torch.stack([temporal_nms(t01[b], score[b], self.proposal_nms, self.num_queries) for b in range(len(score))])
+            ref = t01.gather(1, idx[..., None].expand(-1, -1, 2))  # (B, Q, 2) t0, t1
+            cl = torch.stack([(ref[..., 0] + ref[..., 1]) / 2, (ref[..., 1] - ref[..., 0]).clamp(min=1e-3)], dim=-1)
+        return idx, cl
+
+    def read_azimuth(self, directions: torch.Tensor, spans: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, Q, 2) unit (sin, cos): the SRP map (B, T, N) averaged inside each span (B, Q, 2)
+        ``centre, length`` (normalised, no gradient into the spans; edges soft over half a
+        frame), a softmax over the N bins with the learned gain, its circular mean."""
+        t01 = span_cl_to_t0t1(spans.detach())  # (B, Q, 2)
+        edge = ((pos[:, 1] - pos[:, 0]) / 2 if pos.shape[1] > 1 else torch.ones_like(pos[:, 0])).clamp(min=1e-4)[:, None, None]  # (B, 1, 1)
+        p = pos[:, None, :]  # (B, 1, T)
+        w = torch.sigmoid((p - t01[..., :1]) / edge) * torch.sigmoid((t01[..., 1:] - p) / edge) * mask[:, None, :].to(pos.dtype)  # (B, Q, T)
+        pooled = torch.bmm(w, directions.to(w.dtype)) / w.sum(-1, keepdim=True).clamp(min=1e-6)  # (B, Q, N)
+        prob = (pooled * self.log_direction_gain.exp()).softmax(-1)
+        az = azimuth_bins(directions.shape[-1], device=directions.device, dtype=prob.dtype)
+        vec = prob @ torch.stack([az.sin(), az.cos()], dim=-1)  # (B, Q, N) @ (N, 2) -> (B, Q, 2)
+        return F.normalize(vec, dim=-1, eps=1e-6)
+
+    def forward(self, memory: torch.Tensor, times: torch.Tensor, mask: torch.Tensor, directions: torch.Tensor | None = None,
+                durations: torch.Tensor | None = None) -> EventPredictions:
+        """memory (B, T, D) fused features, times (B, T) seconds, mask (B, T), directions (B, T, N)
+        SRP-PHAT map or None, durations (B,) seconds or None (from the times)."""
         B = memory.shape[0]
+        pos, durations = self.frame_positions(times, mask, durations)
         mem = memory + time_encoding(times, self.d_model).to(memory.dtype)
         q = self.query_embed.weight[None].expand(B, -1, -1)
+        extra = {}
+        if self.two_stage:
+            frame_logits = self.frame_class(memory)  # (B, T, K + 1)
+            frame_offsets = self.frame_offsets(memory).sigmoid()  # (B, T, 2) back to start, on to end
+            idx, ref = self._references(memory, pos, mask, frame_logits, frame_offsets)
+            content = memory.gather(1, idx[..., None].expand(-1, -1, memory.shape[-1]))  # (B, Q, D)
+            q = q + self.query_content(content) + time_encoding(ref[..., 0] * durations[:, None], self.d_model).to(memory.dtype) + self.query_length(ref)
+            extra = dict(frame_logits=frame_logits, frame_offsets=frame_offsets, frame_pos=pos, frame_mask=mask, reference=ref)
         h = self.norm(self.decoder(q, mem, memory_key_padding_mask=~mask))  # (B, Q, D)
-        az = F.normalize(self.azimuth_head(h), dim=-1, eps=1e-6)
-        return EventPredictions(self.class_head(h), self.span_head(h).sigmoid(), az, self.counter(h.amax(dim=1)), h)
+        spans = (_inverse_sigmoid(extra["reference"]) + self.span_head(h)).sigmoid() if self.two_stage else self.span_head(h).sigmoid()
+        if directions is not None and self.direction_readout:
+            az = self.read_azimuth(directions, spans, pos, mask)
+        else:
+            az = F.normalize(self.azimuth_head(h), dim=-1, eps=1e-6)
+        if self.quality_head is not None:
+            extra["quality"] = self.quality_head(h).squeeze(-1)  # (B, Q, 1) -> (B, Q)
+        return EventPredictions(self.class_head(h), spans, az, self.counter(h.amax(dim=1)), h, **extra)
 
     @torch.no_grad()
     def decode_selection(self, pred: EventPredictions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per sample, the counter's number of best queries: (B, R) indices, scores, labels, mask."""
+        """Per sample, the counter's number of best queries (class probability, x quality when
+        predicted; after temporal NMS when ``decode_nms``): (B, R) indices, scores, labels, mask."""
         prob = pred.logits.softmax(-1)[..., :-1]  # (B, Q, K)
         scores, labels = prob.max(-1)
+        if pred.quality is not None:
+            scores = scores * pred.quality.sigmoid()
         count = pred.count_logits.argmax(-1).clamp(max=self.num_queries)  # (B,)
         R = max(1, int(count.max()))
-        top_scores, top_idx = scores.topk(R, dim=1)
+        if self.decode_nms is not None:
+            t01 = span_cl_to_t0t1(pred.spans)
+            top_idx = torch.stack([temporal_nms(t01[b], scores[b], self.decode_nms, R) for b in range(len(scores))])
+            top_scores = scores.gather(1, top_idx)
+        else:
+            top_scores, top_idx = scores.topk(R, dim=1)
         mask = torch.arange(R, device=scores.device)[None] < count[:, None]
         return top_idx, top_scores, labels.gather(1, top_idx), mask
 
