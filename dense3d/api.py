@@ -87,7 +87,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", regions: st
     """Build the run's model from its config and load its weights (see the module docstring).
 
     ``overrides``: ``key=value`` changes of existing keys of the run's config before the model is
-    built, e.g. decoding settings ``model.captioner.repetition_penalty=1.2``; the weights must
+    built, e.g. ``model.captioner.num_beams=3``, or ``+key=value`` for a constructor argument the
+    config leaves at its default (``+model.captioner.repetition_penalty=1.2``); the weights must
     still fit."""
     from hydra.utils import instantiate
 
@@ -95,12 +96,15 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", regions: st
 
     cfg_path, ckpt = find_run(Path(path))
     cfg = OmegaConf.load(cfg_path)
-    for item in overrides:
-        key, sep, _ = item.partition("=")
-        if not sep or OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
-            raise ConfigError(str(cfg_path), key or item, "an override KEY=VALUE of a key the run's config has", got=item)
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    dotlist = []
+    for item in overrides:  # KEY=VALUE changes a key the config has; +KEY=VALUE adds one (as in hydra)
+        key, sep, _ = item.removeprefix("+").partition("=")
+        if not sep or (not item.startswith("+") and OmegaConf.select(cfg, key, default=_MISSING) is _MISSING):
+            raise ConfigError(str(cfg_path), key or item,
+                              "KEY=VALUE of a key the run's config has (+KEY=VALUE adds a constructor argument)", got=item)
+        dotlist.append(item.removeprefix("+"))
+    if dotlist:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
     check_config_targets(OmegaConf.to_container(cfg.model), source=str(cfg_path), path="model")
     model = instantiate(cfg.model)
     state = load_checkpoint(ckpt, map_location=map_location)["state_dict"]

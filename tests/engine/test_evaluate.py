@@ -71,6 +71,9 @@ def test_eval_checkpoint_overrides_change_the_built_model(indoor_run, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert "ConfigError" in err and "score_treshold" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "bad").exists()
+    # +KEY=VALUE adds a constructor argument the config leaves at its default
+    assert main(["eval", "--checkpoint", str(run), "--limit", "1", "--out", str(tmp_path / "added"),
+                 "+model.box_detector.box_head.score_threshold=1.1"]) == 0
 
 
 @pytest.mark.slow
