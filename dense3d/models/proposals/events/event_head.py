@@ -39,7 +39,7 @@ from torch import nn
 
 from dense3d.models.encoders.audio.encoder import azimuth_bins
 from dense3d.models.fusion.temporal_fuser import time_encoding
-from dense3d.models.proposals.events.matcher import span_cl_to_t0t1, temporal_iou
+from dense3d.models.proposals.events.matcher import span_cl_to_t0t1
 from dense3d.structures import RegionFeatures
 
 __all__ = ["EventHead", "EventPredictions"]
@@ -76,20 +76,16 @@ def temporal_nms(spans: torch.Tensor, scores: torch.Tensor, max_tiou: float, kee
     """Greedy temporal NMS of one sample: spans (N, 2) ``t0, t1``, scores (N,) -> (keep,) long
     indices, best first: each next span overlaps every kept one by tIoU <= ``max_tiou``; when
     fewer than ``keep`` survive, the best suppressed ones fill up the list (the caller always
-    gets ``keep``). torchvision's NMS is for boxes, so the 1-D greedy loop is written here."""
-    order = scores.argsort(descending=True)
-    iou = temporal_iou(spans, spans)  # (N, N)
-    alive = torch.ones(len(scores), dtype=torch.bool, device=scores.device)
-    kept: list[int] = []
-    for q in order.tolist():
-        if len(kept) == keep:
-            break
-        if alive[q]:
-            kept.append(q)
-            alive &= iou[q] <= max_tiou
+    gets ``keep``). A span is torchvision's NMS box ``(t0, 0, t1, 1)``: the IoU of such boxes
+    is the spans' tIoU."""
+    from torchvision.ops import nms
+
+    zeros = torch.zeros_like(spans[:, 0])
+    boxes = torch.stack([spans[:, 0], zeros, spans[:, 1], zeros + 1], dim=-1).float()  # (N, 2) -> (N, 4)
+    kept = nms(boxes, scores.float(), max_tiou).tolist()[:keep]
     if len(kept) < keep:
         chosen = set(kept)
-        kept += [q for q in order.tolist() if q not in chosen][: keep - len(kept)]
+        kept += [q for q in scores.argsort(descending=True).tolist() if q not in chosen][: keep - len(kept)]
     kept = [kept[k % len(kept)] for k in range(keep)]  # fewer spans than asked: repeat
     return torch.as_tensor(kept, dtype=torch.long, device=scores.device)
 
@@ -158,7 +154,7 @@ class EventHead(nn.Module):
         durations = durations.to(times.dtype)
         return times / durations[:, None], durations
 
-    def _references(self, memory, pos, mask, frame_logits, frame_offsets):
+    def _references(self, pos, mask, frame_logits, frame_offsets):
         """Reference spans of the queries from the dense head: (B, Q) frame indices and (B, Q, 2)
         normalised ``centre, length``, both without gradient."""
         with torch.no_grad():
@@ -196,7 +192,7 @@ class EventHead(nn.Module):
         if self.two_stage:
             frame_logits = self.frame_class(memory)  # (B, T, K + 1)
             frame_offsets = self.frame_offsets(memory).sigmoid()  # (B, T, 2) back to start, on to end
-            idx, ref = self._references(memory, pos, mask, frame_logits, frame_offsets)
+            idx, ref = self._references(pos, mask, frame_logits, frame_offsets)
             content = memory.gather(1, idx[..., None].expand(-1, -1, memory.shape[-1]))  # (B, Q, D)
             q = q + self.query_content(content) + time_encoding(ref[..., 0] * durations[:, None], self.d_model).to(memory.dtype) + self.query_length(ref)
             extra = dict(frame_logits=frame_logits, frame_offsets=frame_offsets, frame_pos=pos, frame_mask=mask, reference=ref)
