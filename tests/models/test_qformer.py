@@ -34,20 +34,26 @@ def test_nearest_neighbours_skip_self_and_padding():
     assert 0 not in idx[0, 0][valid[0, 0]].tolist()
 
 
-def test_relation_geometry_is_in_the_region_frame():
+def test_relation_geometry_in_the_region_frame_and_the_sensor_frame():
     centres = [[0.0, 0.0, 0.0], [3.0, 1.0, 0.5], [-2.0, 4.0, 0.0]]
     r = _boxes(centres, yaw=[0.3, -0.5, 1.0])
     idx, _ = nearest_neighbours(r, 2)
     geo = relation_geometry(r, idx)
-    assert geo.shape == (1, 3, 2, 9)
-    # rotating and translating the whole scene leaves the pairwise geometry unchanged
+    assert geo.shape == (1, 3, 2, 11)
+    # the last two: the neighbour's offset in the sensor frame (metres / space_scale)
+    c = torch.tensor(centres)
+    torch.testing.assert_close(geo[0, :, :, 9:11], (c[idx[0]] - c[:, None])[..., 0:2] / 10.0)
+    # rotating and translating the whole scene leaves the region-frame geometry unchanged
     a = 0.7
     rot = torch.tensor([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1.0]])
     moved = r.geometry.clone()
     moved[..., 0:3] = moved[..., 0:3] @ rot.T + torch.tensor([10.0, -3.0, 1.0])
     moved[..., 6] += a
     r2 = RegionFeatures("box", r.features, moved, r.scores, r.labels, r.mask)
-    torch.testing.assert_close(relation_geometry(r2, idx), geo, atol=1e-5, rtol=0)
+    moved_geo = relation_geometry(r2, idx)
+    torch.testing.assert_close(moved_geo[..., :9], geo[..., :9], atol=1e-5, rtol=0)
+    # ... and rotates the sensor-frame offset with it
+    torch.testing.assert_close(moved_geo[..., 9:11], geo[..., 9:11] @ rot[:2, :2].T, atol=1e-5, rtol=0)
 
 
 def test_output_changes_when_a_neighbour_moves_not_when_a_stranger_moves():

@@ -12,7 +12,9 @@ For each region the memory the queries cross-attend to is
   a projection of the neighbour's feature.
 
 Pairwise geometry (see :func:`relation_geometry`): boxes — the neighbour's offset in the
-region's own frame (rotated by -yaw), distance, sin/cos of the relative yaw, log size ratios;
+region's own frame (rotated by -yaw), distance, sin/cos of the relative yaw, log size ratios,
+and the offset in the sensor frame (captions say "in front of" / "left of" as seen from the ego
+car, whichever way the region faces);
 events — centre offset, |offset|, offsets of both ends, log length ratio, temporal IoU.
 
 The queries run through ``torch.nn.TransformerDecoder`` layers (self-attention among the
@@ -29,7 +31,7 @@ from dense3d.structures.sample import RegionFeatures
 
 __all__ = ["RelationQFormer", "relation_geometry", "nearest_neighbours", "RELATION_DIMS"]
 
-RELATION_DIMS = {"box": 9, "event": 6}
+RELATION_DIMS = {"box": 11, "event": 6}
 
 
 def nearest_neighbours(regions: RegionFeatures, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +86,10 @@ def relation_geometry(regions: RegionFeatures, idx: torch.Tensor, space_scale: f
         dist = delta.norm(dim=-1, keepdim=True) / space_scale  # (B, R, k, 1)
         ryaw = n[..., 6:7] - s[..., 6:7]
         ratio = torch.log(n[..., 3:6].clamp(min=1e-3) / s[..., 3:6].clamp(min=1e-3))  # (B, R, k, 3)
-        return torch.cat([local, dist, torch.sin(ryaw), torch.cos(ryaw), ratio], -1)  # (B, R, k, 9)
+        # the first 9 are invariant to moving the whole scene; the sensor-frame offset is what
+        # ego-centric relation words ("ahead of", "left of") depend on
+        sensor = delta[..., 0:2] / space_scale  # (B, R, k, 2)
+        return torch.cat([local, dist, torch.sin(ryaw), torch.cos(ryaw), ratio, sensor], -1)  # (B, R, k, 11)
     sc, nc = s.mean(-1, keepdim=True), n.mean(-1, keepdim=True)  # centres (B, R, k, 1)
     sl, nl = (s[..., 1:2] - s[..., 0:1]), (n[..., 1:2] - n[..., 0:1])  # lengths
     inter = (torch.minimum(s[..., 1:2], n[..., 1:2]) - torch.maximum(s[..., 0:1], n[..., 0:1])).clamp(min=0)

@@ -1,0 +1,117 @@
+"""The facts a synthetic outdoor caption states, read from the generated annotations: what a
+perfect perception system would hand the captioner.
+
+An object's facts are its colour and class, its motion word, the ego-frame direction sector and
+distance bin, the relation type and the colour and class of its relation target(s). Together
+they determine the fixed-phrasing oracle's caption word for word (:func:`fixed_caption`,
+tested), so a captioner fed :func:`fact_vector` instead of sensor features shows the ceiling of
+the language side alone (``tools/captioner_ceiling.py``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dense3d.data.synthetic.common import PALETTE
+from dense3d.data.synthetic.grammar import (
+    _DIRECTIONS,
+    _DIST_PHRASE,
+    RELATION_TYPES,
+    FirstParaphrase,
+    article,
+    ego_where,
+    motion_word,
+    noun_phrase,
+    relation_phrase,
+)
+from dense3d.data.synthetic.outdoor import NUSCENES_CLASSES
+from dense3d.errors import AnnotationError
+
+__all__ = ["OutdoorFacts", "FACT_DIM", "fact_vector", "fixed_caption", "load_outdoor_facts"]
+
+COLOURS = tuple(PALETTE)
+MOTIONS = ("placed", "walking", "standing", "riding", "parked", "moving")
+DISTANCES = ("near", "medium", "far")
+MAX_TARGETS = 2  # "between the A and the B"
+# one-hot blocks: colour, class, motion, direction, distance, relation, then per target colour + class
+_BLOCKS = (len(COLOURS), len(NUSCENES_CLASSES), len(MOTIONS), len(_DIRECTIONS), len(DISTANCES), len(RELATION_TYPES))
+_TARGET = len(COLOURS) + len(NUSCENES_CLASSES)
+FACT_DIM = sum(_BLOCKS) + MAX_TARGETS * _TARGET
+
+
+@dataclass(frozen=True)
+class OutdoorFacts:
+    colour: str
+    cls: str
+    motion: str
+    direction: str
+    distance: str
+    relation: str
+    targets: tuple[tuple[str, str], ...]  # (colour, class) of each relation target
+
+
+def _facts(obj: dict, scene_objects: list[dict], speed: float) -> OutdoorFacts:
+    targets = tuple((scene_objects[j]["colour"], scene_objects[j]["label"]) for j in obj["relation_targets"])
+    return OutdoorFacts(obj["colour"], obj["label"], motion_word(obj["label"], speed), obj["direction"],
+                        obj["distance_bin"], obj["relation"], targets)
+
+
+def fact_vector(f: OutdoorFacts) -> torch.Tensor:
+    """(FACT_DIM,) float: one-hot per block; target blocks stay zero where there is no target."""
+    idx = (COLOURS.index(f.colour), NUSCENES_CLASSES.index(f.cls), MOTIONS.index(f.motion),
+           _DIRECTIONS.index(f.direction), DISTANCES.index(f.distance), RELATION_TYPES.index(f.relation))
+    v = torch.zeros(FACT_DIM)
+    offset = 0
+    for size, i in zip(_BLOCKS, idx):
+        v[offset + i] = 1.0
+        offset += size
+    for colour, cls in f.targets[:MAX_TARGETS]:
+        v[offset + COLOURS.index(colour)] = 1.0
+        v[offset + len(COLOURS) + NUSCENES_CLASSES.index(cls)] = 1.0
+        offset += _TARGET
+    return v
+
+
+def fixed_caption(f: OutdoorFacts) -> str:
+    """The fixed-phrasing oracle's caption (first template, first paraphrases) from the facts alone."""
+    keys = [(f.colour, f.cls), *f.targets]
+    relp = relation_phrase({"type": f.relation, "targets": list(range(1, len(keys)))}, keys, FirstParaphrase())
+    free = f"{article(noun_phrase(f.colour, f.cls))} {f.motion} {ego_where(f.direction)}, {_DIST_PHRASE[f.distance][0]}"
+    return f"{free}, {relp}." if relp else free + "."
+
+
+def load_outdoor_facts(root: str | Path, split: str, xy_range: tuple[float, float, float, float] | None = None) -> list[dict]:
+    """Objects of ``split`` of a generated outdoor set, each ``{"scene", "facts", "box", "caption",
+    "fixed"}`` (``caption``: the annotator's; ``fixed``: the fixed-phrasing oracle's).
+
+    Args:
+        xy_range: ``(x_min, y_min, x_max, y_max)`` in the LiDAR frame; objects whose centre lies
+            outside are left out (as a data config's object-range filter does).
+    """
+    root = Path(root)
+    ann_file, info_file = root / "synthetic_annotations.json", root / f"nuscenes_infos_{split}.pkl"
+    for f in (ann_file, info_file):
+        if not f.is_file():
+            raise AnnotationError(f, "file", "a generated synthetic outdoor set (dense3d convert synth --kind outdoor)")
+    ann = json.loads(ann_file.read_text())
+    if ann.get("kind") != "outdoor":
+        raise AnnotationError(ann_file, "kind", "'outdoor'", got=ann.get("kind"))
+    with open(info_file, "rb") as fh:
+        infos = pickle.load(fh)["data_list"]
+    speed = {i["ann_token"]: math.hypot(*i["velocity"]) for info in infos for i in info["instances"]}
+    out = []
+    for scene in ann["scenes"]:
+        if scene["split"] != split:
+            continue
+        for o in scene["objects"]:
+            x, y = o["box"][0], o["box"][1]
+            if xy_range is not None and not (xy_range[0] <= x <= xy_range[2] and xy_range[1] <= y <= xy_range[3]):
+                continue
+            out.append({"scene": scene["scene_id"], "facts": _facts(o, scene["objects"], speed[o["ann_token"]]),
+                        "box": o["box"], "caption": o["captions"][0], "fixed": o["fixed_caption"]})
+    return out
