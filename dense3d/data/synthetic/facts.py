@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from dense3d.data.synthetic.grammar import (
 from dense3d.data.synthetic.outdoor import NUSCENES_CLASSES
 from dense3d.errors import AnnotationError
 
-__all__ = ["OutdoorFacts", "FACT_DIM", "fact_vector", "fixed_caption", "load_outdoor_facts"]
+__all__ = ["OutdoorFacts", "FACT_DIM", "fact_vector", "fixed_caption", "load_outdoor_facts", "parse_outdoor_caption"]
 
 COLOURS = tuple(PALETTE)
 MOTIONS = ("placed", "walking", "standing", "riding", "parked", "moving")
@@ -114,4 +115,65 @@ def load_outdoor_facts(root: str | Path, split: str, xy_range: tuple[float, floa
                 continue
             out.append({"scene": scene["scene_id"], "facts": _facts(o, scene["objects"], speed[o["ann_token"]]),
                         "box": o["box"], "caption": o["captions"][0], "fixed": o["fixed_caption"]})
+    return out
+
+
+# ---------------------------------------------------------------------- reading facts back from text
+_CLASS_WORDS = {c.replace("_", " "): c for c in NUSCENES_CLASSES}
+_NOUN = (r"(?:pedestrian in (?P<{p}pcol>{col})|(?P<{p}col>{col}) (?P<{p}cls>{cls}))")
+_COL = "|".join(COLOURS)
+_CLS = "|".join(sorted(_CLASS_WORDS, key=len, reverse=True))
+_WHERE = {
+    "in front of the ego car": "front", "behind the ego car": "back",
+    "to the left of the ego car": "left", "to the right of the ego car": "right",
+    **{f"on the {d} of the ego car": d for d in ("front left", "back left", "back right", "front right")},
+}
+_DIST = {phrase: b for b, phrases in _DIST_PHRASE.items() for phrase in phrases}
+_REL_WORDS = {
+    "next to": "next_to", "beside": "next_to", "near": "next_to", "in front of": "in_front_of", "ahead of": "in_front_of",
+    "behind": "behind", "to the left of": "left_of", "left of": "left_of", "to the right of": "right_of",
+    "right of": "right_of",
+}
+
+
+def _noun(p: str) -> str:
+    return _NOUN.format(p=p, col=_COL, cls=_CLS)
+
+
+def _key(m: re.Match, p: str) -> tuple[str, str]:
+    if m.group(f"{p}pcol"):
+        return m.group(f"{p}pcol"), "pedestrian"
+    return m.group(f"{p}col"), _CLASS_WORDS[m.group(f"{p}cls")]
+
+
+def parse_outdoor_caption(text: str) -> dict:
+    """The facts a caption of the synthetic outdoor grammar states (any template or paraphrase):
+    ``{"colour", "cls", "motion", "direction", "distance", "relation", "targets"}``, None where
+    the caption does not say (or says it in words outside the grammar). Used to score a model's
+    captions fact by fact (``tools/caption_facts.py``)."""
+    t = " ".join(text.lower().replace(",", " , ").replace(".", " . ").split())
+    out: dict = dict.fromkeys(("colour", "cls", "motion", "direction", "distance", "relation", "targets"))
+    own = re.search(r"\b(?:a|an) " + _noun("o"), t)
+    if own:
+        out["colour"], out["cls"] = _key(own, "o")
+    motion = re.search(r"\b(" + "|".join(MOTIONS) + r")\b", t)
+    out["motion"] = motion.group(1) if motion else None
+    for phrase, d in _WHERE.items():
+        if phrase in t:
+            out["direction"] = d
+            break
+    for phrase in sorted(_DIST, key=len, reverse=True):
+        if re.search(r"\b" + phrase + r"\b", t):
+            out["distance"] = _DIST[phrase]
+            break
+    between = re.search(r"\bbetween the " + _noun("a") + " and the " + _noun("b"), t)
+    if between:
+        out["relation"], out["targets"] = "between", (_key(between, "a"), _key(between, "b"))
+    else:
+        words = "|".join(sorted(_REL_WORDS, key=len, reverse=True))
+        rel = re.search(r"(?:^|(?<=[ ,]))(" + words + r") the " + _noun("t"), t)
+        if rel:
+            out["relation"], out["targets"] = _REL_WORDS[rel.group(1)], (_key(rel, "t"),)
+        elif own:
+            out["relation"], out["targets"] = "none", ()
     return out

@@ -2,12 +2,13 @@
 caption word for word) and encoded one-hot."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from dense3d.data.synthetic.facts import FACT_DIM, fact_vector, fixed_caption, load_outdoor_facts
-from dense3d.errors import AnnotationError
+from dense3d.data.synthetic.facts import FACT_DIM, fact_vector, fixed_caption, load_outdoor_facts, parse_outdoor_caption
+from dense3d.errors import AnnotationError, PredictionFormatError
 
 
 def test_facts_write_the_fixed_phrasing_caption(synth_root):
@@ -17,6 +18,41 @@ def test_facts_write_the_fixed_phrasing_caption(synth_root):
         assert fixed_caption(o["facts"]) == o["fixed"]
     kinds = {o["facts"].relation for o in objs}
     assert len(kinds) >= 3  # several relation types were checked, not one
+
+
+def _as_dict(f):
+    d = dataclasses.asdict(f)
+    d["targets"] = tuple(tuple(t) for t in d["targets"])
+    return d
+
+
+def test_parsing_a_caption_gives_back_its_facts(synth_root):
+    """Every template and paraphrase of the annotator, and the fixed phrasing, read back to the
+    object's facts (template 1 does not say the motion)."""
+    objs = load_outdoor_facts(synth_root / "outdoor", "train") + load_outdoor_facts(synth_root / "outdoor", "val")
+    no_motion = 0
+    for o in objs:
+        want = _as_dict(o["facts"])
+        assert parse_outdoor_caption(o["fixed"]) == want
+        got = parse_outdoor_caption(o["caption"])
+        if got["motion"] is None:
+            no_motion += 1
+            got["motion"] = want["motion"]
+        assert got == want, o["caption"]
+    assert 0 < no_motion < len(objs)
+
+
+def test_parsing_model_style_captions():
+    p = parse_outdoor_caption("there is a green truck far away behind the ego car, left of the pedestrian in red.")
+    assert p == {"colour": "green", "cls": "truck", "motion": None, "direction": "back", "distance": "far",
+                 "relation": "left_of", "targets": (("red", "pedestrian"),)}
+    p = parse_outdoor_caption("between the blue car and the orange traffic cone, a pedestrian in gray is walking "
+                              "on the front left of the ego car, nearby.")
+    assert (p["colour"], p["cls"], p["motion"], p["direction"], p["distance"]) == ("gray", "pedestrian", "walking", "front left", "near")
+    assert p["relation"] == "between" and p["targets"] == (("blue", "car"), ("orange", "traffic_cone"))
+    p = parse_outdoor_caption("a red car parked to the right of the ego car, close to the ego car.")
+    assert p["relation"] == "none" and p["targets"] == () and p["direction"] == "right" and p["distance"] == "near"
+    assert set(parse_outdoor_caption("a) to the orange, to the").values()) == {None}
 
 
 def test_fact_vector_is_one_hot_per_block_and_tells_objects_apart(synth_root):
@@ -46,12 +82,7 @@ def test_range_filter_and_bad_input(synth_root, tmp_path):
 @pytest.mark.slow
 def test_captioner_ceiling_tool_trains_and_scores(synth_root, tmp_path):
     """tools/captioner_ceiling.py end to end on SmolLM2: a few steps, scores and captions written."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("captioner_ceiling", Path(__file__).parents[3] / "tools" / "captioner_ceiling.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _tool("captioner_ceiling")
     out = tmp_path / "ceiling.json"
     assert tool.main([str(synth_root / "outdoor"), "--layers", "2", "--steps", "3", "--batch", "4",
                       "--val-objects", "3", "--out", str(out)]) == 0
@@ -59,3 +90,44 @@ def test_captioner_ceiling_tool_trains_and_scores(synth_root, tmp_path):
     assert r["layers"] == 2 and r["history"][-1]["step"] == 3
     assert 0 < r["oracle"]["CIDEr"] and r["history"][-1]["CIDEr"] >= 0
     assert len(r["examples"]) == 3 and all(set(e) == {"generated", "reference", "fixed_oracle"} for e in r["examples"])
+
+
+def _tool(name):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[3] / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_caption_facts_tool_counts_right_and_wrong_facts(synth_root, tmp_path):
+    objs = load_outdoor_facts(synth_root / "outdoor", "val")
+    pred = {}
+    for o in objs:  # the fixed-phrasing oracle on slightly moved boxes ...
+        box = list(o["box"])
+        box[0] += 0.3
+        pred.setdefault(o["scene"], []).append({"box": box, "caption": o["fixed"], "score": 1.0})
+    first = pred[objs[0]["scene"]][0]  # ... but one says another colour and no distance
+    colour = objs[0]["facts"].colour
+    other = "red" if colour != "red" else "blue"
+    first["caption"] = first["caption"].replace(f"{colour} ", f"{other} ", 1).replace(", far away", "").replace(
+        ", at a medium distance", "").replace(", close to the ego car", "")
+    (tmp_path / "predictions_boxes.json").write_text(json.dumps(pred))
+    tool = _tool("caption_facts")
+    assert tool.main([str(synth_root / "outdoor"), str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "caption_facts.json").read_text())
+    n = len(objs)
+    assert r["objects"] == n
+    t = r["facts"]
+    assert t["colour"]["correct"] == pytest.approx(100 * (n - 1) / n) and t["colour"]["stated"] == 100
+    assert t["distance"]["correct"] == pytest.approx(100 * (n - 1) / n) == t["distance"]["stated"]
+    assert t["cls"]["correct"] == t["direction"]["correct"] == t["targets"]["correct"] == 100
+    assert t["all"]["correct"] == pytest.approx(100 * (n - 1) / n)
+    # boxes too far from any object are not matched; a bad file is a one-line error
+    assert tool.main([str(synth_root / "outdoor"), str(tmp_path), "--max-dist", "0.1", "--out", str(tmp_path / "x.json")]) == 0
+    assert json.loads((tmp_path / "x.json").read_text())["objects"] == 0
+    (tmp_path / "predictions_boxes.json").write_text(json.dumps({"s": [{"box": [0] * 7}]}))
+    with pytest.raises(PredictionFormatError, match="predictions_boxes.json"):
+        tool.main([str(synth_root / "outdoor"), str(tmp_path)])

@@ -1,0 +1,96 @@
+"""Which facts does a model get right? Its captions of synthetic outdoor scenes, read back fact by fact.
+
+Each caption of an evaluation folder written by ``dense3d eval --checkpoint`` (its
+``predictions_boxes.json``) is parsed with the synthetic grammar
+(:func:`dense3d.data.synthetic.facts.parse_outdoor_caption`) and compared with the facts of the
+object it describes (matched one-to-one by BEV centre distance, Hungarian, within ``--max-dist``
+metres): colour, class, motion, ego direction, distance bin, relation type and relation
+target(s). Prints, per fact, how often the caption states it and how often it is right (of all
+matched objects), and writes the table as JSON.
+
+    python tools/caption_facts.py data/synthetic/big/outdoor outputs/RUN/eval_gt40 [--split val]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from dense3d.data.synthetic.facts import load_outdoor_facts, parse_outdoor_caption
+from dense3d.errors import PredictionFormatError
+from dense3d.utils.io import atomic_write_json
+
+FIELDS = ("colour", "cls", "motion", "direction", "distance", "relation", "targets")
+
+
+def match(pred: dict, objects: list[dict], max_dist: float) -> list[tuple[dict, dict]]:
+    """(object, prediction) pairs, one-to-one per scene by BEV centre distance."""
+    by_scene = defaultdict(list)
+    for o in objects:
+        by_scene[o["scene"]].append(o)
+    pairs = []
+    for scene, preds in pred.items():
+        objs = by_scene.get(scene, [])
+        if not objs or not preds:
+            continue
+        a = np.array([o["box"][:2] for o in objs], float)
+        b = np.array([p["box"][:2] for p in preds], float)
+        d = np.linalg.norm(a[:, None] - b[None], axis=-1)  # (objects, predictions)
+        rows, cols = linear_sum_assignment(d)
+        pairs += [(objs[r], preds[c]) for r, c in zip(rows, cols) if d[r, c] <= max_dist]
+    return pairs
+
+
+def fact_table(pairs: list[tuple[dict, dict]]) -> dict:
+    """Per fact: ``stated`` and ``correct`` fractions of the pairs; ``all`` = every fact right."""
+    stated, correct = defaultdict(int), defaultdict(int)
+    all_right = 0
+    for o, p in pairs:
+        want = dataclasses.asdict(o["facts"])
+        want["targets"] = tuple(tuple(t) for t in want["targets"])
+        got = parse_outdoor_caption(p["caption"])
+        ok = True
+        for f in FIELDS:
+            stated[f] += got[f] is not None
+            correct[f] += got[f] == want[f]
+            ok &= got[f] == want[f]
+        all_right += ok
+    n = max(len(pairs), 1)
+    table = {f: {"stated": 100 * stated[f] / n, "correct": 100 * correct[f] / n} for f in FIELDS}
+    table["all"] = {"stated": None, "correct": 100 * all_right / n}
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("root", type=Path, help="the generated synthetic outdoor set the run was evaluated on")
+    p.add_argument("eval_dir", type=Path, help="folder with predictions_boxes.json (dense3d eval --checkpoint)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--max-dist", type=float, default=2.0, help="metres between a prediction's and an object's centre")
+    p.add_argument("--out", type=Path, default=None, help="JSON table (default: EVAL_DIR/caption_facts.json)")
+    a = p.parse_args(argv)
+    path = a.eval_dir / "predictions_boxes.json"
+    if not path.is_file():
+        raise PredictionFormatError(path, "file", "predictions written by dense3d eval --checkpoint")
+    pred = json.loads(path.read_text())
+    if not isinstance(pred, dict) or any(not isinstance(v, list) or any("caption" not in r or "box" not in r for r in v)
+                                         for v in pred.values()):
+        raise PredictionFormatError(path, "records", "{scene: [{box, caption, ...}]}")
+    pairs = match(pred, load_outdoor_facts(a.root, a.split), a.max_dist)
+    table = fact_table(pairs)
+    print(f"{len(pairs)} captioned objects matched")
+    print(f"{'fact':<10} {'stated %':>9} {'correct %':>10}")
+    for f, row in table.items():
+        s = "" if row["stated"] is None else f"{row['stated']:.1f}"
+        print(f"{f:<10} {s:>9} {row['correct']:>10.1f}")
+    atomic_write_json(a.out or a.eval_dir / "caption_facts.json", {"objects": len(pairs), "facts": table})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
