@@ -41,7 +41,7 @@ WORDS = ["describe the object. describe the sound. a red blue green white car tr
          "near far from the road tree horn siren"]
 
 
-def tiny_captioner(bica: bool = True, neighbours: int = 3, seed: int = 0) -> RegionCaptioner:
+def tiny_captioner(bica: bool = True, neighbours: int = 3, seed: int = 0, llm_autocast: bool = False) -> RegionCaptioner:
     torch.manual_seed(seed)
     return RegionCaptioner(
         decoder=tiny_llama_decoder(WORDS, hidden_size=H),
@@ -51,6 +51,7 @@ def tiny_captioner(bica: bool = True, neighbours: int = 3, seed: int = 0) -> Reg
         bica=BiCADecoder(64, 4, 1, region_dim=D, context_dim=D) if bica else None,
         class_names={"box": CLASSES, "event": ["horn", "siren"]},
         max_new_tokens=12,
+        llm_autocast=llm_autocast,
     )
 
 
@@ -89,6 +90,37 @@ def test_zero_gates_leave_the_llm_unchanged_inside_the_captioner():
         visual = model.encode(regions, ctx)[0][0, :1]  # (1, K, H) real visual tokens
         with model.adapter.conditioned_on(visual):
             assert torch.equal(lm(**ids).logits, ref)
+
+
+def test_bf16_autocast_runs_the_llm_in_bfloat16_with_float32_gradients():
+    """llm_autocast: the LLM's matmuls run in bfloat16 (its weights and the trained parts stay
+    float32); loss and gradients stay close to float32's; zero gates are still an exact no-op."""
+    regions, ctx, caps = oracle_scene()
+    grads, losses = {}, {}
+    for bf16 in (False, True):
+        model = tiny_captioner(llm_autocast=bf16)
+        with torch.no_grad():
+            model.adapter.gates.fill_(0.3)
+        lm = model._lm()
+        seen = []
+        hook = lm.model.layers[-1].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        out = model(regions, ctx, caps)
+        out["loss_caption"].backward()
+        hook.remove()
+        assert seen == [torch.bfloat16 if bf16 else torch.float32]
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        losses[bf16] = out["loss_caption"].item()
+        grads[bf16] = torch.cat([p.grad.flatten() for p in (model.adapter.gates, model.adapter.prompts, model.qformer.queries)])
+    assert abs(losses[True] - losses[False]) < 0.02 * losses[False]
+    assert torch.nn.functional.cosine_similarity(grads[True], grads[False], 0) > 0.99
+    model = tiny_captioner(llm_autocast=True).eval()  # zero gates
+    lm, tok = model._lm(), model.decoder.tokenizer
+    ids = tok(["describe the object. a red car"], return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad(), model._precision():
+        ref = lm(**ids).logits
+        with model.adapter.conditioned_on(model.encode(regions, ctx)[0][0, :1]):
+            assert torch.equal(lm(**ids).logits, ref)
+    assert len(model.generate(regions, ctx)[0]) == 4
 
 
 def test_batched_generation_equals_one_region_at_a_time():
