@@ -1,13 +1,15 @@
 """One teacher-forced caption training step (forward + backward) on CPU with SmolLM2-135M-Instruct:
-the whole frozen LLM every step vs the frozen lower layers read from ``FrozenPrefixCache``.
+the whole frozen LLM every step vs the frozen lower layers read from ``FrozenPrefixCache``, and
+the cached step in float32 vs under bfloat16 autocast (``RegionCaptioner(llm_autocast=True)``).
 
 Captions are real synthetic TOD3Cap-style sentences (``data/synthetic/default`` when present,
 else a fixed list); the visual tokens are random, the adapter's gates opened so its prompts
-matter. The cached run is timed after one warm-up step that fills the cache, as in training
-from the second epoch on. Both compute the same loss (printed). Prints a table and writes
-``bm_caption_step.json`` beside this file.
+matter. The cached runs are timed after one warm-up step that fills the cache, as in training
+from the second epoch on. Both cache settings compute the same loss (printed); for bfloat16 the
+loss and the cosine between its and float32's gradient on the visual tokens are printed. Prints
+a table and writes ``bm_caption_step.json`` beside this file.
 
-    .venv/bin/python benchmarks/bm_caption_step.py [--captions 16] [--layers 4 8] [--repeats 3] [--threads 1]
+    .venv/bin/python benchmarks/bm_caption_step.py [--captions 16] [--layers 4 8 30] [--repeats 3] [--threads 1]
 """
 from __future__ import annotations
 
@@ -58,12 +60,12 @@ def captions(n: int) -> list[str]:
     return [pool[i % len(pool)] for i in range(n)]
 
 
-def step(lm, adapter, batch, visual, cache, first) -> tuple[float, float]:
+def step(lm, adapter, batch, visual, cache, first, bf16: bool = False) -> tuple[float, float]:
     t = time.perf_counter()
-    with adapter.conditioned_on(visual):
+    with adapter.conditioned_on(visual), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         if cache is None:
             logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
-            loss = caption_cross_entropy(logits, batch["labels"])
+            loss = caption_cross_entropy(logits.float(), batch["labels"])
         else:
             loss = caption_loss_top_layers(lm, cache, first, batch)
     loss.backward()
@@ -73,7 +75,7 @@ def step(lm, adapter, batch, visual, cache, first) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--captions", type=int, default=16)
-    ap.add_argument("--layers", type=int, nargs="+", default=[4, 8], help="adapted top layers (L)")
+    ap.add_argument("--layers", type=int, nargs="+", default=[4, 8, 30], help="adapted top layers (L)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
@@ -90,26 +92,35 @@ def main() -> None:
         with torch.no_grad():
             adapter.gates.normal_(0, 0.3)
         adapter.attach(lm)
-        visual = torch.randn(len(caps), 8, 576)
+        visual = torch.randn(len(caps), 8, 576).requires_grad_()
         cache = FrozenPrefixCache()
         step(lm, adapter, batch, visual, cache, n_layers - L)  # warm-up, fills the cache
-        times = {"full LLM": [], "lower layers cached": []}
-        losses = {}
-        for _ in range(args.repeats):  # interleaved: load changes hit both alike
-            for name, c in (("full LLM", None), ("lower layers cached", cache)):
+        step(lm, adapter, batch, visual, cache, n_layers - L, bf16=True)  # and bfloat16's kernels
+        runs = {"full LLM": (None, False), "lower layers cached": (cache, False), "cached, bf16 autocast": (cache, True)}
+        times = {name: [] for name in runs}
+        losses, grads = {}, {}
+        for _ in range(args.repeats):  # interleaved: load changes hit all alike
+            for name, (c, bf16) in runs.items():
                 adapter.zero_grad()
-                dt, losses[name] = step(lm, adapter, batch, visual, c, n_layers - L)
+                visual.grad = None
+                dt, losses[name] = step(lm, adapter, batch, visual, c, n_layers - L, bf16)
                 times[name].append(dt)
-        full, cached = min(times["full LLM"]), min(times["lower layers cached"])
+                grads[name] = visual.grad.flatten().clone()
+        full, cached, bf16 = (min(times[n]) for n in runs)
+        cos = float(torch.nn.functional.cosine_similarity(grads["cached, bf16 autocast"], grads["lower layers cached"], 0))
         rows.append({"adapted_layers": L, "full_s": full, "cached_s": cached, "speedup": full / cached,
-                     "loss_full": losses["full LLM"], "loss_cached": losses["lower layers cached"]})
+                     "loss_full": losses["full LLM"], "loss_cached": losses["lower layers cached"],
+                     "cached_bf16_s": bf16, "bf16_speedup": cached / bf16,
+                     "loss_cached_bf16": losses["cached, bf16 autocast"], "bf16_grad_cosine": cos})
         adapter.detach()
     print(f"SmolLM2-135M-Instruct, CPU ({torch.get_num_threads()} threads), {len(caps)} captions of "
           f"{int(batch['attention_mask'].sum(1).float().mean())} tokens on average, forward + backward, best of {args.repeats}")
-    print(f"{'adapted layers':>14} {'full LLM s':>11} {'cached s':>9} {'speed-up':>9} {'loss full':>10} {'loss cached':>12}")
+    print(f"{'adapted layers':>14} {'full LLM s':>11} {'cached s':>9} {'speed-up':>9} {'loss full':>10} {'loss cached':>12}"
+          f" | {'cached bf16 s':>13} {'bf16 speed-up':>14} {'loss bf16':>10} {'grad cos':>9}")
     for r in rows:
         print(f"{r['adapted_layers']:>14} {r['full_s']:11.3f} {r['cached_s']:9.3f} {r['speedup']:8.2f}x "
-              f"{r['loss_full']:10.5f} {r['loss_cached']:12.5f}")
+              f"{r['loss_full']:10.5f} {r['loss_cached']:12.5f} | {r['cached_bf16_s']:13.3f} {r['bf16_speedup']:13.2f}x "
+              f"{r['loss_cached_bf16']:10.5f} {r['bf16_grad_cosine']:9.4f}")
     meta = {"captions": len(caps), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "machine": platform.processor() or platform.machine(), "load_average_1m": os.getloadavg()[0]}
     atomic_write_json(Path(__file__).with_name("bm_caption_step.json"), {"meta": meta, "rows": rows})

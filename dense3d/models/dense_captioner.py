@@ -98,6 +98,16 @@ class DenseCaptioner(nn.Module):
                 raise ConfigError("DenseCaptioner", "class_embedding", "a box_detector (its classes are embedded)")
             dim = box_detector.region_sampler.out_channels
             self.class_embedding = nn.Embedding(len(box_detector.box_head.class_names), dim)
+        # Each source of a box's feature is layer-normalised before the sum. Summed as they came,
+        # the BEV region features (whose box-geometry MLP reads raw metres: mean norm 135 on the
+        # synthetic outdoor set) drowned the camera appearance (18) and the class vector (16): at
+        # step 420 of captioning_outdoor the captions named the colour of 25 % of ground-truth
+        # boxes and the class of 64 %, although each box's true class was embedded.
+        self.region_norm = self.appearance_norm = None
+        if box_detector is not None and (image_regions is not None or class_embedding):
+            self.region_norm = nn.LayerNorm(box_detector.region_sampler.out_channels)
+            if image_regions is not None:
+                self.appearance_norm = nn.LayerNorm(image_regions.out_channels)
         if captioner is not None and box_detector is not None and "box" not in captioner.class_names:
             captioner.class_names["box"] = list(box_detector.box_head.class_names)  # labels -> names in outputs
 
@@ -108,14 +118,18 @@ class DenseCaptioner(nn.Module):
 
     def _with_appearance(self, batch, r: RegionFeatures) -> RegionFeatures:
         """Box regions with their camera appearance and class embedding added to the features
-        (each when configured)."""
-        features = r.features
+        (each when configured; every source layer-normalised first). Padded regions stay zero."""
+        if self.region_norm is None:
+            return r
+        real = r.mask[..., None].to(r.features.dtype)  # (B, R, 1)
+        features = self.region_norm(r.features)
         if self.image_regions is not None:
-            features = features + self.image_regions(batch, r.geometry, r.mask)
+            seen = self.image_regions(batch, r.geometry, r.mask)  # (B, R, D), zeros where no camera sees the box
+            features = features + self.appearance_norm(seen) * (seen.abs().sum(-1, keepdim=True) > 0).to(seen.dtype)
         if self.class_embedding is not None:
             known = (r.labels >= 0) & r.mask  # (B, R)
             features = features + self.class_embedding(r.labels.clamp(min=0)) * known[..., None].to(features.dtype)
-        return dataclasses.replace(r, features=features)
+        return dataclasses.replace(r, features=features * real)
 
     def _box_context(self, bev: torch.Tensor, boxes: list[Boxes3D | None]) -> SceneContext:
         x_range, y_range = self._bev_ranges()

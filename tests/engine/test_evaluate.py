@@ -147,3 +147,10 @@ def test_class_embedding_and_appearance_enter_the_box_features():
     torch.testing.assert_close(out.features[0, 0], model.class_embedding.weight[0])
     torch.testing.assert_close(out.features[0, 1], model.class_embedding.weight[3])
     assert torch.all(out.features[0, 2] == 0)
+    # each source is layer-normalised before the sum: the scale of the BEV features does not
+    # decide how much of the class vector is left
+    f = torch.randn(B, R, D)
+    big, small = (model._with_appearance(None, RegionFeatures("box", f * k, r.geometry, r.scores, r.labels, r.mask))
+                  for k in (100.0, 1.0))
+    torch.testing.assert_close(big.features, small.features, rtol=1e-4, atol=1e-4)
+    assert torch.all(big.features[0, 2] == 0)

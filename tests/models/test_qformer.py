@@ -106,3 +106,44 @@ def test_events_use_time_relations():
     torch.testing.assert_close(rel[0, 0, 0, 0], torch.tensor((1.75 - 0.5) / 2.0))  # centre offset / time_scale
     with torch.no_grad():
         assert qf(ev, ev.features).shape == (1, 3, 3, 24)
+
+
+def test_own_geometry_and_raw_features_reach_the_tokens():
+    """Without neighbours, moving a region still changes its tokens (its own geometry is read),
+    and the pre-BiCA ``raw`` features are a memory token only when ``raw_dim`` is set."""
+    torch.manual_seed(0)
+    qf = RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=0, region_dim=D,
+                         out_dim=24, raw_dim=8).eval()
+    r = _boxes([[10.0, 0.0, 0.0], [0.0, 20.0, 0.0]])
+    raw = torch.randn(1, 2, 8)
+    with torch.no_grad():
+        base = qf(r, r.features, raw=raw)
+        moved = r.geometry.clone()
+        moved[0, 0, 0:2] = torch.tensor([-10.0, 0.0])  # same range, other side of the sensor
+        far = RegionFeatures("box", r.features, moved, r.scores, r.labels, r.mask)
+        out = qf(far, r.features, raw=raw)
+        assert not torch.allclose(out[0, 0], base[0, 0]) and torch.allclose(out[0, 1], base[0, 1])
+        raw2 = raw.clone()
+        raw2[0, 1] += 1.0
+        out = qf(r, r.features, raw=raw2)
+        assert torch.allclose(out[0, 0], base[0, 0]) and not torch.allclose(out[0, 1], base[0, 1])
+        torch.testing.assert_close(qf(r, r.features), qf(r, r.features, raw=None))
+    plain = RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=0, region_dim=D, out_dim=24).eval()
+    assert plain.raw_in is None
+    with torch.no_grad():
+        torch.testing.assert_close(plain(r, r.features, raw=raw), plain(r, r.features))
+
+
+def test_relation_tokens_read_the_neighbours_raw_features():
+    torch.manual_seed(0)
+    qf = RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=1, region_dim=D,
+                         out_dim=24, raw_dim=8).eval()
+    r = _boxes([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [-30.0, 0.0, 0.0]])  # 0 and 1 are each other's neighbour, 0 is 2's
+    raw = torch.randn(1, 3, 8)
+    with torch.no_grad():
+        base = qf(r, r.features, raw=raw)
+        raw2 = raw.clone()
+        raw2[0, 1] += 1.0  # region 1's raw feature: its own tokens and region 0's relation token change
+        out = qf(r, r.features, raw=raw2)
+    changed = (out - base).abs().amax((-1, -2))[0] > 1e-6
+    assert changed.tolist() == [True, True, False]

@@ -3,13 +3,17 @@ neighbours, and become the K visual tokens handed to the LLaMA-Adapter.
 
 For each region the memory the queries cross-attend to is
 
-* the region's own (BiCA-updated) feature,
+* the region's own (BiCA-updated) feature plus an embedding of its own geometry (BiCA's
+  ``GeometryEmbedding``: position, size, heading, range and bearing from the sensor),
+* its feature as perception gave it, before BiCA mixed in the other regions (when given:
+  a region's colour, read linearly from its camera features by 65 % of a probe, was read by
+  37 % after one BiCA layer),
 * its BiCA context summary (when given),
 * its own tokens ``RegionFeatures.tokens`` (B, R, P, C) (when present: points or BEV cells
   sampled inside the box, frames inside the span),
 * one **relation token** per neighbour among its ``k`` nearest regions of the same kind
   (centre distance for boxes, centre time for events): an MLP of the pairwise geometry plus
-  a projection of the neighbour's feature.
+  projections of the neighbour's feature (and of its pre-BiCA feature when given).
 
 Pairwise geometry (see :func:`relation_geometry`): boxes — the neighbour's offset in the
 region's own frame (rotated by -yaw), distance, sin/cos of the relative yaw, log size ratios,
@@ -27,6 +31,7 @@ import torch
 from torch import nn
 
 from dense3d.errors import ConfigError
+from dense3d.models.context.bica import GeometryEmbedding
 from dense3d.structures.sample import RegionFeatures
 
 __all__ = ["RelationQFormer", "relation_geometry", "nearest_neighbours", "RELATION_DIMS"]
@@ -113,6 +118,8 @@ class RelationQFormer(nn.Module):
             features when BiCA is off).
         out_dim: the LLM's hidden size.
         token_dim: width of ``RegionFeatures.tokens`` (None: tokens are not used).
+        raw_dim: width of the perception features given as ``raw`` (the features before BiCA;
+            None: not used).
         ffn_dim: feed-forward width (0: 4 * d_model).
         use_context: read the BiCA context summary when given.
         space_scale, time_scale: normalisers of the relation geometry.
@@ -120,7 +127,8 @@ class RelationQFormer(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, n_layers: int, num_queries: int, num_neighbours: int,
                  region_dim: int, out_dim: int, token_dim: int | None = None, ffn_dim: int = 0,
-                 dropout: float = 0.0, use_context: bool = True, space_scale: float = 10.0, time_scale: float = 2.0):
+                 dropout: float = 0.0, use_context: bool = True, space_scale: float = 10.0, time_scale: float = 2.0,
+                 raw_dim: int | None = None):
         super().__init__()
         self.num_queries, self.num_neighbours = num_queries, num_neighbours
         self.use_context = use_context
@@ -129,32 +137,40 @@ class RelationQFormer(nn.Module):
         self.region_in = nn.Linear(region_dim, d_model)
         self.context_in = nn.Linear(region_dim, d_model)
         self.token_in = nn.Linear(token_dim, d_model) if token_dim else None
+        self.raw_in = nn.Linear(raw_dim, d_model) if raw_dim else None
+        self.raw_neighbour_in = nn.Linear(raw_dim, d_model) if raw_dim else None
+        self.geometry_in = GeometryEmbedding(d_model)  # the region's own geometry (absolute scales: 50 m, 10 s)
         self.neighbour_in = nn.Linear(region_dim, d_model)
         self.relation_in = nn.ModuleDict({
             kind: nn.Sequential(nn.Linear(dims, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
             for kind, dims in RELATION_DIMS.items()
         })
-        self.type_embed = nn.Embedding(4, d_model)  # own / context / token / relation
+        self.type_embed = nn.Embedding(5, d_model)  # own / context / token / relation / raw
         layer = nn.TransformerDecoderLayer(d_model, n_heads, ffn_dim or 4 * d_model, dropout,
                                            batch_first=True, norm_first=True)
         self.decoder = nn.TransformerDecoder(layer, n_layers, norm=nn.LayerNorm(d_model))
         self.out = nn.Linear(d_model, out_dim)
 
-    def relation_tokens(self, regions: RegionFeatures, features: torch.Tensor):
-        """(B, R, k, D) relation tokens and their (B, R, k) validity."""
+    def relation_tokens(self, regions: RegionFeatures, features: torch.Tensor, raw: torch.Tensor | None = None):
+        """(B, R, k, D) relation tokens and their (B, R, k) validity: the pairwise geometry, the
+        neighbour's (BiCA) feature and, when given, its perception feature before BiCA."""
         idx, valid = nearest_neighbours(regions, self.num_neighbours)
         geo = relation_geometry(regions, idx, self.space_scale, self.time_scale)  # (B, R, k, G)
         nbr = _gather(features, idx)  # (B, R, k, C)
         tok = self.relation_in[regions.kind](geo) + self.neighbour_in(nbr)  # (B, R, k, D)
+        if raw is not None and self.raw_neighbour_in is not None:
+            tok = tok + self.raw_neighbour_in(_gather(raw, idx))
         return tok + self.type_embed.weight[3], valid
 
     def forward(self, regions: RegionFeatures, features: torch.Tensor,
-                context: torch.Tensor | None = None) -> torch.Tensor:
+                context: torch.Tensor | None = None, raw: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
             regions: the proposals (geometry, mask, tokens are read).
             features: (B, R, region_dim) region features (BiCA objects, or raw features).
             context: (B, R, region_dim) BiCA context summaries, or None.
+            raw: (B, R, raw_dim) the perception features before BiCA, or None (read only when
+                the Q-Former was built with ``raw_dim``).
         Returns:
             (B, R, K, out_dim) visual tokens; zeros at padded regions.
         """
@@ -162,8 +178,12 @@ class RelationQFormer(nn.Module):
         if regions.kind not in RELATION_DIMS:
             raise ConfigError("RelationQFormer", "regions.kind", "'box' or 'event'", got=regions.kind)
         mask = regions.mask.bool()
-        parts = [(self.region_in(features) + self.type_embed.weight[0]).unsqueeze(2)]  # (B, R, 1, D)
+        own = self.region_in(features) + self.geometry_in(regions.kind, regions.geometry)  # (B, R, D)
+        parts = [(own + self.type_embed.weight[0]).unsqueeze(2)]  # (B, R, 1, D)
         valid = [mask.new_ones(B, R, 1)]
+        if raw is not None and self.raw_in is not None:
+            parts.append((self.raw_in(raw) + self.type_embed.weight[4]).unsqueeze(2))
+            valid.append(mask.new_ones(B, R, 1))
         if context is not None and self.use_context:
             parts.append((self.context_in(context) + self.type_embed.weight[1]).unsqueeze(2))
             valid.append(mask.new_ones(B, R, 1))
@@ -172,7 +192,7 @@ class RelationQFormer(nn.Module):
             parts.append(self.token_in(regions.tokens) + self.type_embed.weight[2])  # (B, R, P, D)
             valid.append(mask.new_ones(B, R, P))
         if self.num_neighbours > 0:
-            rel, rel_valid = self.relation_tokens(regions, features)
+            rel, rel_valid = self.relation_tokens(regions, features, raw)
             parts.append(rel)
             valid.append(rel_valid)
         memory = torch.cat(parts, 2)  # (B, R, M, D)
@@ -183,7 +203,7 @@ class RelationQFormer(nn.Module):
         if sel[0].numel() == 0:
             return out
         mem = memory[sel]  # (N, M, D)
-        tgt = self.queries.unsqueeze(0) + self.region_in(features[sel]).unsqueeze(1)  # (N, K, D)
+        tgt = self.queries.unsqueeze(0) + own[sel].unsqueeze(1)  # (N, K, D)
         dec = self.decoder(tgt, mem, memory_key_padding_mask=~mem_valid[sel])  # (N, K, D)
         out[sel] = self.out(dec).to(out.dtype)  # (N, K, out_dim)
         return out

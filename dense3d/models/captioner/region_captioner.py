@@ -123,9 +123,10 @@ class RegionCaptioner(nn.Module):
         if self.bica is not None:
             bo = self.bica(regions, _as_list(context))
             feats, summaries = bo.objects, bo.summaries if context else [None] * len(regions)
+            raw = [r.features for r in regions]  # what BiCA started from, a memory token of its own
         else:
-            feats, summaries = [r.features for r in regions], [None] * len(regions)
-        return [self.qformer(r, f, s) for r, f, s in zip(regions, feats, summaries)]
+            feats, summaries, raw = [r.features for r in regions], [None] * len(regions), [None] * len(regions)
+        return [self.qformer(r, f, s, w) for r, f, s, w in zip(regions, feats, summaries, raw)]
 
     # ------------------------------------------------------------------ training
     def _gather(self, regions, visual, captions):

@@ -108,23 +108,29 @@ def region_positions(regions: RegionFeatures) -> torch.Tensor:
 
 class GeometryEmbedding(nn.Module):
     """Region geometry -> (B, R, D): boxes as ``x, y, z`` / ``space_scale``, log sizes,
-    ``sin``/``cos`` yaw; events as ``t0, t1, centre, length`` / ``time_scale``; plus a
-    learned embedding of the kind."""
+    ``sin``/``cos`` yaw, and the bird's-eye range / ``space_scale`` and ``sin``/``cos`` bearing
+    seen from the sensor (captions say "far away on the front left": linear in these, a
+    ring and a sector in ``x, y``); events as ``t0, t1, centre, length`` / ``time_scale``; plus
+    a learned embedding of the kind."""
 
     def __init__(self, d_model: int, space_scale: float = 50.0, time_scale: float = 10.0):
         super().__init__()
         self.space_scale, self.time_scale = space_scale, time_scale
-        self.box = nn.Sequential(nn.Linear(8, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+        self.box = nn.Sequential(nn.Linear(11, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
         self.event = nn.Sequential(nn.Linear(4, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
         self.kind = nn.Embedding(2, d_model)
 
     def forward(self, kind: str, geometry: torch.Tensor) -> torch.Tensor:
         if kind == "box":
+            xy = geometry[..., 0:2]
+            rng = xy.norm(dim=-1, keepdim=True)  # (B, R, 1)
+            bearing = torch.atan2(xy[..., 1:2], xy[..., 0:1])
             g = torch.cat([
                 geometry[..., 0:3] / self.space_scale,
                 torch.log(geometry[..., 3:6].clamp(min=1e-3)),
                 torch.sin(geometry[..., 6:7]), torch.cos(geometry[..., 6:7]),
-            ], -1)  # (B, R, 8)
+                rng / self.space_scale, torch.sin(bearing), torch.cos(bearing),
+            ], -1)  # (B, R, 11)
             return self.box(g) + self.kind.weight[0]
         t0, t1 = geometry[..., 0:1], geometry[..., 1:2]
         g = torch.cat([t0, t1, 0.5 * (t0 + t1), t1 - t0], -1) / self.time_scale  # (B, R, 4)
