@@ -34,8 +34,31 @@ def _context(B=1, seed=1):
 
 
 def _decoder(**kw):
+    """A decoder as after some training: residual branches initialised the usual way (with
+    zero-initialised ones every instance output would ignore the contexts)."""
     torch.manual_seed(0)
+    kw.setdefault("zero_init_residuals", False)
     return BiCADecoder(d_model=32, n_heads=4, n_layers=2, region_dim=D, context_dim=D, space_radius=5.0, **kw).eval()
+
+
+def test_zero_initialised_residuals_start_as_the_identity_and_learn():
+    """At initialisation each instance output is its own projected feature, whatever the other
+    regions and contexts; one optimiser step later the contexts reach the instances."""
+    dec = _decoder(zero_init_residuals=True).train(False)
+    regions, ctx = _boxes(), _context()
+    own = dec.out_norm(dec.region_in(regions.features))  # (1, 3, 32)
+    torch.testing.assert_close(dec([regions], [ctx]).objects[0], own)
+    other = _boxes(seed=5)
+    other.features[0, 0] = regions.features[0, 0]  # region 0 unchanged, the others differ
+    torch.testing.assert_close(dec([other], [ctx]).objects[0][0, 0], own[0, 0])
+    with torch.enable_grad():
+        opt = torch.optim.SGD(dec.parameters(), lr=0.1)
+        target = torch.randn(1, 3, 32, generator=torch.Generator().manual_seed(9))
+        ((dec([regions], [ctx]).objects[0] - target) ** 2).sum().backward()
+        opt.step()
+    c2 = _context()
+    c2.features += 3.0
+    assert not torch.allclose(dec([regions], [c2]).objects[0], dec([regions], [ctx]).objects[0])
 
 
 @pytest.fixture(autouse=True)

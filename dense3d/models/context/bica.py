@@ -207,11 +207,20 @@ class BiCADecoder(nn.Module):
         time_radius: seconds, the same for the time domain.
         space_scale, time_scale: normalisers of the geometry embeddings.
         dropout: attention / FFN dropout.
+        zero_init_residuals: the residual branches that update the instances (self-attention,
+            C4O, FFN) start with zero output projections, so BiCA starts as the identity on each
+            region's own feature and mixes in other regions and contexts as training finds them
+            useful (their projections get gradients from the first step). Initialised the
+            usual way, one layer at once averaged every region with the others: a linear probe
+            named the colour of 89 % of boxes from the input features and 65 % from BiCA's
+            output, and the BiCA-off ablation trained faster (caption loss 0.45 against 0.53 at
+            step 600 of captioning_outdoor).
     """
 
     def __init__(self, d_model: int, n_heads: int, n_layers: int, region_dim: int, context_dim: int,
                  ffn_dim: int = 0, space_radius: float = 10.0, time_radius: float = 2.0,
-                 space_scale: float = 50.0, time_scale: float = 10.0, dropout: float = 0.0):
+                 space_scale: float = 50.0, time_scale: float = 10.0, dropout: float = 0.0,
+                 zero_init_residuals: bool = True):
         super().__init__()
         if d_model % n_heads:
             raise ConfigError("BiCADecoder", "n_heads", f"a divisor of d_model={d_model}", got=n_heads)
@@ -225,6 +234,11 @@ class BiCADecoder(nn.Module):
             "time": nn.Sequential(nn.Linear(1, d_model), nn.ReLU(), nn.Linear(d_model, d_model)),
         })
         self.layers = nn.ModuleList([BiCALayer(d_model, n_heads, ffn_dim or 4 * d_model, dropout) for _ in range(n_layers)])
+        if zero_init_residuals:
+            for layer in self.layers:
+                for out in (layer.self_attn.attn.out_proj, layer.c4o.attn.out_proj, layer.ffn_inst.net[-1]):
+                    nn.init.zeros_(out.weight)
+                    nn.init.zeros_(out.bias)
         # softplus(0.55) ~ 1: at init a context one radius away gets a logit bias of about -1
         self.locality = nn.Parameter(torch.full((n_heads,), 0.55))
         self.out_norm = nn.LayerNorm(d_model)
