@@ -147,18 +147,3 @@ def test_relation_tokens_read_the_neighbours_raw_features():
         out = qf(r, r.features, raw=raw2)
     changed = (out - base).abs().amax((-1, -2))[0] > 1e-6
     assert changed.tolist() == [True, True, False]
-
-
-def test_relation_tokens_know_their_neighbours_rank():
-    """Each relation token carries the embedding of its neighbour's rank, nearest first."""
-    torch.manual_seed(0)
-    qf = _qformer(k=2)
-    r = _boxes([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
-    with torch.no_grad():
-        tok, valid = qf.relation_tokens(r, r.features)
-        rank = qf.rank_embed.weight.clone()  # (2, D)
-        qf.rank_embed.weight.zero_()
-        flat, _ = qf.relation_tokens(r, r.features)
-    assert valid.all()
-    torch.testing.assert_close(tok - flat, rank.expand_as(tok))  # slot j of every region: rank j
-    assert not torch.allclose(rank[0], rank[1])

@@ -13,8 +13,7 @@ For each region the memory the queries cross-attend to is
   sampled inside the box, frames inside the span),
 * one **relation token** per neighbour among its ``k`` nearest regions of the same kind
   (centre distance for boxes, centre time for events): an MLP of the pairwise geometry plus
-  projections of the neighbour's feature (and of its pre-BiCA feature when given) and an
-  embedding of its rank (nearest first).
+  projections of the neighbour's feature (and of its pre-BiCA feature when given).
 
 Pairwise geometry (see :func:`relation_geometry`): boxes — the neighbour's offset in the
 region's own frame (rotated by -yaw), distance, sin/cos of the relative yaw, log size ratios,
@@ -147,10 +146,6 @@ class RelationQFormer(nn.Module):
             for kind, dims in RELATION_DIMS.items()
         })
         self.type_embed = nn.Embedding(5, d_model)  # own / context / token / relation / raw
-        # which neighbour a relation token is, nearest first: captions relate a region to its
-        # nearest neighbour far more often than to others, and an arg-min over distances is
-        # slow to learn through attention
-        self.rank_embed = nn.Embedding(max(num_neighbours, 1), d_model)
         layer = nn.TransformerDecoderLayer(d_model, n_heads, ffn_dim or 4 * d_model, dropout,
                                            batch_first=True, norm_first=True)
         self.decoder = nn.TransformerDecoder(layer, n_layers, norm=nn.LayerNorm(d_model))
@@ -165,8 +160,7 @@ class RelationQFormer(nn.Module):
         tok = self.relation_in[regions.kind](geo) + self.neighbour_in(nbr)  # (B, R, k, D)
         if raw is not None and self.raw_neighbour_in is not None:
             tok = tok + self.raw_neighbour_in(_gather(raw, idx))
-        rank = self.rank_embed.weight[: idx.shape[-1]]  # (k, D): neighbours come nearest first
-        return tok + rank + self.type_embed.weight[3], valid
+        return tok + self.type_embed.weight[3], valid
 
     def forward(self, regions: RegionFeatures, features: torch.Tensor,
                 context: torch.Tensor | None = None, raw: torch.Tensor | None = None) -> torch.Tensor:
