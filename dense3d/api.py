@@ -29,10 +29,13 @@ _MISSING = object()
 class DenseCaptionerRun:
     """A loaded model with its data config; ``caption`` and ``caption_many`` run inference."""
 
-    def __init__(self, model: torch.nn.Module, config, regions: str = "proposals"):
+    def __init__(self, model: torch.nn.Module, config, regions: str = "proposals",
+                 checkpoint: Path | None = None, step: int | None = None):
         self.model = model.eval()
         self.config = config
         self.regions = regions
+        self.checkpoint = checkpoint  # the checkpoint folder the weights came from
+        self.step = step  # its training step (global_step), None where the checkpoint has none
 
     @torch.no_grad()
     def caption(self, sample: Sample) -> list[DenseCaption]:
@@ -107,14 +110,15 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", regions: st
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
     check_config_targets(OmegaConf.to_container(cfg.model), source=str(cfg_path), path="model")
     model = instantiate(cfg.model)
-    state = load_checkpoint(ckpt, map_location=map_location)["state_dict"]
+    loaded = load_checkpoint(ckpt, map_location=map_location)
+    state = loaded["state_dict"]
     # Lightning prefixes the module's attribute name ("model.") to every key
     weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(ckpt, "state_dict", "weights that fit the run's model",
                               got=f"{len(missing)} missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]})")
-    return DenseCaptionerRun(model.to(map_location), cfg, regions)
+    return DenseCaptionerRun(model.to(map_location), cfg, regions, checkpoint=ckpt, step=loaded.get("global_step"))
 
 
 def prediction_records(sample_ids: Iterable[str], captions: Iterable[list[DenseCaption]]) -> dict:

@@ -172,7 +172,8 @@ def evaluate_run(run: str | Path, split: str = "val", regions: str = "proposals"
     out_dir.mkdir(parents=True, exist_ok=True)
     model = loaded.model
     has_text = any(c.text for caps in captions for c in caps)
-    metrics: dict = {"run": str(run), "split": split, "regions": regions, "samples": n, "overrides": list(overrides)}
+    metrics: dict = {"run": str(run), "checkpoint": str(loaded.checkpoint), "step": loaded.step, "split": split,
+                     "regions": regions, "samples": n, "overrides": list(overrides)}
     preds: dict = {}
     truth: dict = {}
     if getattr(model, "box_detector", None) is not None:

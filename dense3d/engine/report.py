@@ -28,7 +28,7 @@ def read_metrics_csv(path: str | Path) -> dict[str, list[tuple[int, float]]]:
     return dict(series)
 
 
-def _ema(values: Sequence[float], decay: float) -> list[float]:
+def ema(values: Sequence[float], decay: float) -> list[float]:
     """Bias-corrected exponential moving average (TensorBoard's smoothing)."""
     out, m = [], 0.0
     for i, v in enumerate(values, 1):
@@ -52,7 +52,7 @@ def plot_curves(series: Mapping[str, Sequence[tuple[int, float]]], out_png: str 
         steps, values = zip(*series[name]) if series[name] else ((), ())
         if len(steps) >= 30 and not name.startswith("lr"):  # noisy per-step losses: faint raw curve + exponential moving average
             ax.plot(steps, values, alpha=0.3, color="tab:blue")
-            ax.plot(steps, _ema(values, 0.9), color="tab:blue", label="EMA 0.9")
+            ax.plot(steps, ema(values, 0.9), color="tab:blue", label="EMA 0.9")
             ax.legend(fontsize=7)
         else:
             ax.plot(steps, values, marker=".")

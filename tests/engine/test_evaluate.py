@@ -45,6 +45,7 @@ def test_eval_checkpoint_writes_predictions_and_metrics(indoor_run, tmp_path, ca
     assert main(["eval", "--checkpoint", str(run), "--split", "val", "--limit", "2", "--out", str(tmp_path)]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["samples"] == 2
+    assert metrics["step"] == 2 and Path(metrics["checkpoint"]).name == "last.ckpt"  # which weights were scored
     assert set(metrics["boxes"]["detection"]) >= {"mAP@0.25", "mAP@0.5"}
     gt = json.loads((tmp_path / "ground_truth_boxes.json").read_text())
     pred = json.loads((tmp_path / "predictions_boxes.json").read_text())

@@ -1,0 +1,106 @@
+"""Compare training runs in one figure: each run's training loss (exponential moving average)
+and the score of each of its evaluations, against the training step.
+
+    python tools/plot_runs.py --out docs/figures/captioning_ablation.png \\
+        full=outputs/cap_v7 "BiCA off=outputs/cap_v6_no_bica" [--evals "eval_gt40*"]
+
+A run is ``NAME=FOLDER``: a training run's folder with ``csv/version_*/metrics.csv`` (every
+version, so a resumed run joins up; a later version wins a step both logged) and evaluation
+folders (``--evals``, a glob under it) whose ``metrics.json`` carries the checkpoint's ``step``
+(``dense3d eval`` writes it). ``--score`` is the dotted key of the score in ``metrics.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dense3d.engine.report import ema, read_metrics_csv
+from dense3d.errors import ConfigError, PredictionFormatError
+from dense3d.utils.io import atomic_write
+
+SCORE = "boxes.tod3cap_corrected.CIDEr-F1@0.25"
+
+
+def _lookup(tree: dict, dotted: str):
+    """``tree["a"]["b.c"]`` for ``"a.b.c"``: keys may hold dots themselves ("CIDEr-F1@0.25"), so
+    each level takes the key that the rest of the path starts with; None where none does."""
+    for key in sorted(tree, key=len, reverse=True) if isinstance(tree, dict) else ():
+        if dotted == key:
+            return tree[key]
+        if dotted.startswith(key + "."):
+            return _lookup(tree[key], dotted[len(key) + 1:])
+    return None
+
+
+def run_series(folder: Path, metric: str, evals: str, score: str) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(training curve [(step, value)], evaluations [(step, score)]) of one run folder."""
+    csvs = sorted(folder.glob("csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    if not csvs:
+        raise ConfigError(str(folder), "csv/version_*/metrics.csv", "a training run's folder (CSVLogger output)")
+    curve: dict[int, float] = {}
+    for path in csvs:
+        curve.update(read_metrics_csv(path).get(metric, []))
+    if not curve:
+        raise ConfigError(str(csvs[-1]), metric, "a logged metric of the run")
+    points = []
+    for path in sorted(folder.glob(f"{evals}/metrics.json")):
+        metrics = json.loads(path.read_text())
+        value = _lookup(metrics, score)
+        if not isinstance(value, (int, float)):
+            raise PredictionFormatError(path, score, "the score in the evaluation's metrics.json")
+        if not isinstance(metrics.get("step"), int):
+            raise PredictionFormatError(path, "step", "the checkpoint's training step (re-run dense3d eval)")
+        points.append((metrics["step"], float(value)))
+    return sorted(curve.items()), sorted(points)
+
+
+def plot(series: dict[str, tuple[list, list]], out: Path, metric: str, score: str) -> Path:
+    """Two panels: the training metric (EMA 0.95 over the logged values) and the scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    for i, (name, (curve, points)) in enumerate(series.items()):
+        colour = f"C{i}"
+        steps, values = zip(*curve)
+        ax_loss.plot(steps, ema(values, 0.95), color=colour, label=name)
+        if points:
+            ax_score.plot(*zip(*points), marker="o", color=colour, label=name)
+    ax_loss.set(title=f"{metric} (EMA 0.95)", xlabel="step")
+    ax_score.set(title=score.split(".")[-1], xlabel="step")
+    for ax in (ax_loss, ax_score):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_write(out, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="NAME=RUN_FOLDER")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--metric", default="train/loss", help="column of metrics.csv")
+    p.add_argument("--evals", default="eval_gt40*", help="glob of evaluation folders under each run")
+    p.add_argument("--score", default=SCORE, help="dotted key of the score in each metrics.json")
+    a = p.parse_args(argv)
+    series = {}
+    for item in a.runs:
+        name, sep, folder = item.partition("=")
+        if not sep or not name:
+            raise ConfigError("plot_runs", "runs", "NAME=RUN_FOLDER", got=item)
+        series[name] = run_series(Path(folder), a.metric, a.evals, a.score)
+    plot(series, Path(a.out), a.metric, a.score)
+    for name, (curve, points) in series.items():
+        print(f"{name}: {a.metric} {curve[-1][1]:.3f} at step {curve[-1][0]}; "
+              + ", ".join(f"{v:.1f} at {s}" for s, v in points))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
