@@ -134,7 +134,9 @@ def test_own_geometry_and_raw_features_reach_the_tokens():
         torch.testing.assert_close(plain(r, r.features, raw=raw), plain(r, r.features))
 
 
-def test_relation_tokens_read_the_neighbours_raw_features():
+def test_raw_features_stay_with_their_own_region():
+    """A region's pre-BiCA feature is its own memory token only: neighbours' relation tokens read
+    their (BiCA) features, not the raw ones."""
     torch.manual_seed(0)
     qf = RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=1, region_dim=D,
                          out_dim=24, raw_dim=8).eval()
@@ -143,7 +145,12 @@ def test_relation_tokens_read_the_neighbours_raw_features():
     with torch.no_grad():
         base = qf(r, r.features, raw=raw)
         raw2 = raw.clone()
-        raw2[0, 1] += 1.0  # region 1's raw feature: its own tokens and region 0's relation token change
+        raw2[0, 1] += 1.0  # region 1's raw feature: only its own tokens change
         out = qf(r, r.features, raw=raw2)
+        feats = r.features.clone()
+        feats[0, 1] += 1.0  # region 1's (BiCA) feature: its tokens and region 0's relation token change
+        out_f = qf(r, feats, raw=raw)
     changed = (out - base).abs().amax((-1, -2))[0] > 1e-6
+    assert changed.tolist() == [False, True, False]
+    changed = (out_f - base).abs().amax((-1, -2))[0] > 1e-6
     assert changed.tolist() == [True, True, False]
