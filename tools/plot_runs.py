@@ -2,7 +2,7 @@
 and the score of each of its evaluations, against the training step.
 
     python tools/plot_runs.py --out docs/figures/captioning_ablation.png \\
-        full=outputs/cap_v7 "BiCA off=outputs/cap_v6_no_bica" [--evals "eval_gt40*"]
+        full=outputs/cap_full "BiCA off=outputs/cap_no_bica" [--evals "eval_gt40*"] [--ref "oracle=498.9"]
 
 A run is ``NAME=FOLDER``: a training run's folder with ``csv/version_*/metrics.csv`` (every
 version, so a resumed run joins up; a later version wins a step both logged) and evaluation
@@ -55,8 +55,10 @@ def run_series(folder: Path, metric: str, evals: str, score: str) -> tuple[list[
     return sorted(curve.items()), sorted(points)
 
 
-def plot(series: dict[str, tuple[list, list]], out: Path, metric: str, score: str) -> Path:
-    """Two panels: the training metric (EMA 0.95 over the logged values) and the scores."""
+def plot(series: dict[str, tuple[list, list]], out: Path, metric: str, score: str,
+         refs: dict[str, float] | None = None) -> Path:
+    """Two panels: the training metric (EMA 0.95 over the logged values) and the scores, with
+    ``refs`` (name -> score, e.g. oracles) as dashed lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,8 +71,10 @@ def plot(series: dict[str, tuple[list, list]], out: Path, metric: str, score: st
         ax_loss.plot(steps, ema(values, 0.95), color=colour, label=name)
         if points:
             ax_score.plot(*zip(*points), marker="o", color=colour, label=name)
+    for j, (name, value) in enumerate((refs or {}).items()):
+        ax_score.axhline(value, ls="--", lw=1, color=f"C{len(series) + j}", label=name)
     ax_loss.set(title=f"{metric} (EMA 0.95)", xlabel="step")
-    ax_score.set(title=score.split(".")[-1], xlabel="step")
+    ax_score.set(title=score, xlabel="step")
     for ax in (ax_loss, ax_score):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metric", default="train/loss", help="column of metrics.csv")
     p.add_argument("--evals", default="eval_gt40*", help="glob of evaluation folders under each run")
     p.add_argument("--score", default=SCORE, help="dotted key of the score in each metrics.json")
+    p.add_argument("--ref", action="append", default=[], help="NAME=VALUE: a reference score drawn as a line")
     a = p.parse_args(argv)
     series = {}
     for item in a.runs:
@@ -95,7 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not name:
             raise ConfigError("plot_runs", "runs", "NAME=RUN_FOLDER", got=item)
         series[name] = run_series(Path(folder), a.metric, a.evals, a.score)
-    plot(series, Path(a.out), a.metric, a.score)
+    refs = {}
+    for item in a.ref:
+        name, sep, value = item.rpartition("=")
+        try:
+            refs[name] = float(value)
+        except ValueError:
+            raise ConfigError("plot_runs", "--ref", "NAME=NUMBER", got=item) from None
+        if not sep or not name:
+            raise ConfigError("plot_runs", "--ref", "NAME=NUMBER", got=item)
+    plot(series, Path(a.out), a.metric, a.score, refs)
     for name, (curve, points) in series.items():
         print(f"{name}: {a.metric} {curve[-1][1]:.3f} at step {curve[-1][0]}; "
               + ", ".join(f"{v:.1f} at {s}" for s, v in points))

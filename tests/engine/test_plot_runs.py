@@ -34,7 +34,7 @@ def test_resumed_run_joins_up_and_scores_sit_at_their_steps(tmp_path, capsys):
 
     b = _run(tmp_path / "b", [[(0, 2.5), (30, 1.2)]], {})
     out = tmp_path / "fig.png"
-    assert plot_runs.main(["--out", str(out), f"full={a}", f"BiCA off={b}"]) == 0
+    assert plot_runs.main(["--out", str(out), f"full={a}", f"BiCA off={b}", "--ref", "0.8 x oracle=399"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "full: train/loss 1.000 at step 30; 50.0 at 10, 120.0 at 30" in printed
@@ -54,4 +54,6 @@ def test_bad_runs_are_one_line_errors(tmp_path):
         plot_runs.run_series(a, "train/loss", "eval*", plot_runs.SCORE)
     with pytest.raises(ConfigError, match="NAME=RUN_FOLDER"):
         plot_runs.main(["--out", str(tmp_path / "x.png"), str(a)])
+    with pytest.raises(ConfigError, match="--ref"):
+        plot_runs.main(["--out", str(tmp_path / "x.png"), f"a={a}", "--ref", "oracle"])
     assert not (tmp_path / "x.png").exists()
