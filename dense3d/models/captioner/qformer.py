@@ -13,9 +13,9 @@ For each region the memory the queries cross-attend to is
   sampled inside the box, frames inside the span),
 * one **relation token** per neighbour among its ``k`` nearest regions of the same kind
   (centre distance for boxes, centre time for events): an MLP of the pairwise geometry plus
-  a projection of the neighbour's feature. (Adding the neighbour's pre-BiCA feature as well
-  halved the right relation phrases with BiCA on, 57.5 % -> 28.0 %, and lost 24 CIDEr in
-  1,200 steps: docs/results.md.)
+  a projection of the neighbour's feature. (With BiCA on, relation tokens that also or
+  instead read the neighbour's pre-BiCA feature left the right relation phrases at the
+  prior's 22-28 % in three runs, against 38-57 % without: docs/results.md.)
 
 Pairwise geometry (see :func:`relation_geometry`): boxes — the neighbour's offset in the
 region's own frame (rotated by -yaw), distance, sin/cos of the relative yaw, log size ratios,
