@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Callable
 
-from dense3d.errors import Dense3DError
+from dense3d.errors import exit_status
 
 __all__ = ["main", "build_parser"]
 
@@ -169,11 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except Dense3DError as e:
-        print(f"dense3d {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+    return exit_status(lambda: args.func(args), f"dense3d {args.command}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ deep inside the library is a bug, not an error message.
 """
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 __all__ = [
     "Dense3DError",
     "BoxError",
@@ -28,6 +31,7 @@ __all__ = [
     "CheckpointError",
     "PredictionFormatError",
     "DependencyError",
+    "exit_status",
 ]
 
 
@@ -111,3 +115,14 @@ class PredictionFormatError(Dense3DError):
 
 class DependencyError(Dense3DError):
     """A required external program or package (Java, an optional wheel) is missing."""
+
+
+def exit_status(main: Callable[[], int | None], prog: str) -> int:
+    """Run a command-line ``main`` and return its exit status; bad input (a ``Dense3DError``)
+    is printed as ``prog: ErrorClass: message`` on one line and gives status 2, no traceback.
+    The ``dense3d`` command and every script in ``tools/`` end with ``sys.exit(exit_status(...))``."""
+    try:
+        return int(main() or 0)
+    except Dense3DError as e:
+        print(f"{prog}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2

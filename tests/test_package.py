@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,24 @@ def test_cli_demo_runs_end_to_end(tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])
     assert main(["predict", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "q.json")]) == 2
     assert not (tmp_path / "q.json").exists()
+
+
+TOOL_BAD_INPUTS = {  # each script in tools/ given a missing input
+    "caption_facts.py": ["/nope", "/nope"],
+    "captioner_ceiling.py": ["/nope", "--steps", "1"],
+    "merge_event_sets.py": ["{tmp}/merged", "/nope"],
+    "plot_runs.py": ["run=/nope", "--out", "{tmp}/x.png"],
+    "score_oracle.py": ["/nope.json", "/nope"],
+    "test.py": ["tod3cap", "--pred", "/nope.json", "--gt", "/nope.json"],
+    "visualize.py": ["--points", "/nope.bin", "--out", "{tmp}/x.png"],
+}
+
+
+@pytest.mark.parametrize("tool", sorted(TOOL_BAD_INPUTS))
+def test_tools_report_bad_input_in_one_line(tool, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    args = [a.format(tmp=tmp_path) for a in TOOL_BAD_INPUTS[tool]]
+    r = subprocess.run([sys.executable, str(root / "tools" / tool), *args], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith(f"tools/{tool}: ") and "/nope" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert not any(tmp_path.iterdir())  # nothing half-written

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from dense3d.data.synthetic.facts import load_outdoor_facts, parse_outdoor_caption
-from dense3d.errors import PredictionFormatError
+from dense3d.errors import PredictionFormatError, exit_status
 from dense3d.utils.io import atomic_write_json
 
 FIELDS = ("colour", "cls", "motion", "direction", "distance", "relation", "targets")
@@ -81,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(pred, dict) or any(not isinstance(v, list) or any("caption" not in r or "box" not in r for r in v)
                                          for v in pred.values()):
         raise PredictionFormatError(path, "records", "{scene: [{box, caption, ...}]}")
-    pairs = match(pred, load_outdoor_facts(a.root, a.split), a.max_dist)
+    objects = load_outdoor_facts(a.root, a.split)
+    if pred and not set(pred) & {o["scene"] for o in objects}:
+        raise PredictionFormatError(path, "scenes", f"scenes of the '{a.split}' split of {a.root} (--split)",
+                                    got=sorted(pred)[:2])
+    pairs = match(pred, objects, a.max_dist)
     table = fact_table(pairs)
     print(f"{len(pairs)} captioned objects matched")
     print(f"{'fact':<10} {'stated %':>9} {'correct %':>10}")
@@ -93,4 +98,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(exit_status(main, "tools/caption_facts.py"))

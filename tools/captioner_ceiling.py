@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from dense3d.data.synthetic.facts import FACT_DIM, fact_vector, load_outdoor_facts
+from dense3d.errors import exit_status
 from dense3d.structures.sample import RegionFeatures
 from dense3d.utils.io import atomic_write_json
 
@@ -146,4 +148,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(exit_status(main, "tools/captioner_ceiling.py"))

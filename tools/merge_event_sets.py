@@ -17,18 +17,19 @@ import os
 import sys
 from pathlib import Path
 
-from dense3d.errors import AnnotationError
+from dense3d.errors import AnnotationError, exit_status
 from dense3d.utils.io import atomic_write_json
 
 
 def merge(out: Path, sets: list[Path], split: str = "train") -> int:
     """Write ``out/dense_events_{split}.json`` and ``out/clips/`` links; returns the clip count."""
-    (out / "clips").mkdir(parents=True, exist_ok=True)
-    merged = {}
-    for k, root in enumerate(sets):
-        ann_file = root / f"dense_events_{split}.json"
+    ann_files = [root / f"dense_events_{split}.json" for root in sets]
+    for ann_file in ann_files:  # every input checked before anything is written
         if not ann_file.exists():
             raise AnnotationError(ann_file, "<file>", "a synthetic av set's annotations", got="missing")
+    (out / "clips").mkdir(parents=True, exist_ok=True)
+    merged = {}
+    for k, (root, ann_file) in enumerate(zip(sets, ann_files)):
         for clip, entry in json.loads(ann_file.read_text()).items():
             name = f"s{k}_{clip}"
             merged[name] = entry
@@ -52,4 +53,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main, "tools/merge_event_sets.py"))

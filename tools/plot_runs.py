@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from dense3d.engine.report import ema, read_metrics_csv
-from dense3d.errors import ConfigError, PredictionFormatError
+from dense3d.errors import ConfigError, PredictionFormatError, exit_status
 from dense3d.utils.io import atomic_write
 
 SCORE = "boxes.tod3cap_corrected.CIDEr-F1@0.25"
@@ -117,4 +118,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(exit_status(main, "tools/plot_runs.py"))

@@ -7,10 +7,12 @@ with the same protocols, so a model and the oracle are compared on the same obje
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 from dense3d.engine.evaluate import box_metrics
+from dense3d.errors import PredictionFormatError, exit_status
+from dense3d.eval.formats import read_json
 from dense3d.utils.io import atomic_write_json
 
 
@@ -21,8 +23,11 @@ def main() -> int:
     p.add_argument("--axis-aligned", action="store_true", help="indoor boxes (VOC AP, Scan2Cap)")
     p.add_argument("--out", default=None, help="metrics JSON (default: EVAL_DIR/oracle_<name>.json)")
     a = p.parse_args()
-    gt = json.loads((Path(a.eval_dir) / "ground_truth_boxes.json").read_text())
-    oracle = json.loads(Path(a.oracle).read_text())
+    gt = read_json(Path(a.eval_dir) / "ground_truth_boxes.json")
+    oracle = read_json(a.oracle)
+    for path, d in ((Path(a.eval_dir) / "ground_truth_boxes.json", gt), (a.oracle, oracle)):
+        if not isinstance(d, dict):
+            raise PredictionFormatError(path, "(top level)", "{scene: [{box, caption, ...}]}", got=type(d).__name__)
     # the oracle describes every generated object; keep those the evaluation's ground truth has
     # (the data config's range filter drops some), matched by box centre
     pred = {}
@@ -40,4 +45,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(exit_status(main, "tools/score_oracle.py"))

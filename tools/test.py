@@ -3,6 +3,7 @@
 import sys
 
 from dense3d.eval.cli import main
+from dense3d.errors import exit_status
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(exit_status(lambda: main(sys.argv[1:]), "tools/test.py"))

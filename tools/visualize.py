@@ -3,6 +3,7 @@
 import sys
 
 from dense3d.engine.visualize import main
+from dense3d.errors import exit_status
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main, "tools/visualize.py"))

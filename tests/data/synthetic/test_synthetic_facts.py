@@ -128,6 +128,9 @@ def test_caption_facts_tool_counts_right_and_wrong_facts(synth_root, tmp_path):
     # boxes too far from any object are not matched; a bad file is a one-line error
     assert tool.main([str(synth_root / "outdoor"), str(tmp_path), "--max-dist", "0.1", "--out", str(tmp_path / "x.json")]) == 0
     assert json.loads((tmp_path / "x.json").read_text())["objects"] == 0
+    # predictions of another split than --split say so instead of counting nothing
+    with pytest.raises(PredictionFormatError, match="'scenes'.*'train' split"):
+        tool.main([str(synth_root / "outdoor"), str(tmp_path), "--split", "train"])
     (tmp_path / "predictions_boxes.json").write_text(json.dumps({"s": [{"box": [0] * 7}]}))
     with pytest.raises(PredictionFormatError, match="predictions_boxes.json"):
         tool.main([str(synth_root / "outdoor"), str(tmp_path)])
