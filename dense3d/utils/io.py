@@ -10,13 +10,20 @@ from typing import IO, Iterator
 
 __all__ = ["atomic_write", "atomic_write_json"]
 
+# The process's umask, read once at import (reading it means setting it, which is not
+# thread-safe later on): mkstemp makes 0600 files, and a written output should get the
+# permissions a plain open() gives it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator[IO]:
     """Open a temporary file beside ``path``; rename it onto ``path`` only on success.
 
     If the body raises, the temporary file is removed and ``path`` is untouched (an
-    older version stays as it was, a missing file stays missing).
+    older version stays as it was, a missing file stays missing). The file gets the
+    permissions ``open(path, "w")`` would give it (0666 less the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -26,6 +33,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
