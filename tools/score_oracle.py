@@ -23,9 +23,9 @@ def main() -> int:
     p.add_argument("--axis-aligned", action="store_true", help="indoor boxes (VOC AP, Scan2Cap)")
     p.add_argument("--out", default=None, help="metrics JSON (default: EVAL_DIR/oracle_<name>.json)")
     a = p.parse_args()
-    gt = read_json(Path(a.eval_dir) / "ground_truth_boxes.json")
-    oracle = read_json(a.oracle)
-    for path, d in ((Path(a.eval_dir) / "ground_truth_boxes.json", gt), (a.oracle, oracle)):
+    gt_path = Path(a.eval_dir) / "ground_truth_boxes.json"
+    gt, oracle = read_json(gt_path), read_json(a.oracle)
+    for path, d in ((gt_path, gt), (a.oracle, oracle)):
         if not isinstance(d, dict):
             raise PredictionFormatError(path, "(top level)", "{scene: [{box, caption, ...}]}", got=type(d).__name__)
     # the oracle describes every generated object; keep those the evaluation's ground truth has

@@ -2,8 +2,8 @@
 (the same as ``dense3d eval``; see ``docs/eval.md``)."""
 import sys
 
-from dense3d.eval.cli import main
 from dense3d.errors import exit_status
+from dense3d.eval.cli import main
 
 if __name__ == "__main__":
-    sys.exit(exit_status(lambda: main(sys.argv[1:]), "tools/test.py"))
+    sys.exit(exit_status(main, "tools/test.py"))
