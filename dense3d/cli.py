@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Callable
 
-from dense3d.errors import exit_status
+from dense3d.errors import ConfigError, exit_status
 
 __all__ = ["main", "build_parser"]
 
@@ -41,6 +41,11 @@ def _convert_synth(args: argparse.Namespace) -> int:
     params.update(kind=args.kind, seed=args.seed)
     if args.scenes is not None:
         params["scenes"] = args.scenes
+    if args.split is not None:
+        try:
+            params["split"] = [float(f) for f in args.split.split(",")]
+        except ValueError:
+            raise ConfigError("dense3d convert synth", "--split", "three fractions, e.g. 1,0,0", got=args.split) from None
     cfg = SynthConfig(**params)
     with progress_bar(f"generating {cfg.kind} scenes", total=cfg.scenes, unit="scenes") as bar:
         meta = generate(cfg, args.out, workers=args.workers, progress=lambda done, total: bar.advance())
@@ -157,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="output folder, e.g. data/synthetic/mine/outdoor (replaced as a whole)")
     q.add_argument("--scenes", type=int, default=None, help="number of scenes (default: the config's)")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--split", default=None, help="train,val,test fractions (default: the config's, 0.7,0.15,0.15); "
+                   "1,0,0 makes extra training scenes (tools/merge_outdoor_sets.py)")
     q.add_argument("--workers", type=int, default=1, help="processes (the output does not depend on it)")
     q.add_argument("--config", default=None, help="a generator yaml (configs/synthetic/*.yaml); flags override it")
     q.set_defaults(func=_convert_synth)

@@ -22,11 +22,25 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def compose_config(overrides: list[str] | None = None, config_name: str = "train", config_dir: str | Path | None = None) -> DictConfig:
-    """Compose ``configs/<config_name>.yaml`` with hydra overrides (outside ``@hydra.main``)."""
+    """Compose ``configs/<config_name>.yaml`` with hydra overrides (outside ``@hydra.main``).
+    Overrides that do not parse or compose are a ``ConfigError`` naming the override."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException, MissingConfigException
 
-    with initialize_config_dir(config_dir=str(config_dir or CONFIG_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides or []))
+    overrides = list(overrides or [])
+    parser = OverridesParser.create()
+    for override in overrides:  # one at a time, so that the error names the one that is wrong
+        try:
+            parser.parse_override(override)
+        except HydraException as e:
+            raise ConfigError(f"configs/{config_name}.yaml", f"override {override}",
+                              "hydra override syntax (quote values with braces or spaces: 'key=\"a/{split}\"')", got=e) from None
+    try:
+        with initialize_config_dir(config_dir=str(config_dir or CONFIG_DIR), version_base="1.3"):
+            return compose(config_name=config_name, overrides=overrides)
+    except (HydraException, MissingConfigException) as e:
+        raise ConfigError(f"configs/{config_name}.yaml", "overrides", "overrides that compose", got=e) from None
 
 
 def _instantiate_dict(node: DictConfig | None) -> list[Any]:

@@ -57,3 +57,21 @@ def test_training_stages_train_what_they_say(stage, synthetic_root, tmp_path):
         assert "captioner" in changed
     if "box_detector" in cfg.frozen:  # no detection loss for a frozen detector (its region sampler trains)
         assert not any("det_" in k for k in trainer.callback_metrics), list(trainer.callback_metrics)
+
+
+@pytest.mark.parametrize("override, names", [
+    ("data.train.info_file=a/{split}.pkl", "override data.train.info_file=a/{split}.pkl"),  # braces need quotes
+    ("experiment=nope", "experiment/nope"),
+    ("trainer.nope=1", "trainer.nope"),
+])
+def test_train_reports_bad_overrides_in_one_line(override, names, capsys):
+    assert main(["train", override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dense3d train: ConfigError: configs/train.yaml") and names in err and len(err.splitlines()) == 1, err
+
+
+def test_quoted_override_with_braces_composes():
+    from dense3d.engine.train import compose_config
+
+    cfg = compose_config(["experiment=captioning_outdoor", 'data.train.info_file="a/nuscenes_infos_{split}.pkl"'])
+    assert cfg.data.train.info_file == "a/nuscenes_infos_{split}.pkl"

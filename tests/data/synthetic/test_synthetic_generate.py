@@ -121,6 +121,19 @@ def test_cli_convert_synth_and_stats(tmp_path, capsys):
     assert err.count("\n") == 0 and "AnnotationError" in err
 
 
+def test_cli_convert_synth_split_flag(tmp_path, capsys):
+    out = tmp_path / "extra"
+    assert main(["convert", "synth", "--kind", "indoor", "--out", str(out), "--scenes", "3", "--split", "1,0,0"]) == 0
+    assert json.loads((out / "meta.json").read_text())["config"]["split"] == [1.0, 0.0, 0.0]
+    assert len((out / "ScanRefer_filtered_train.txt").read_text().split()) == 3
+    capsys.readouterr()
+    for bad in ("1,0", "a,b,c"):
+        assert main(["convert", "synth", "--kind", "indoor", "--out", str(tmp_path / "bad"), "--split", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "ConfigError" in err and "split" in err, err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_output_does_not_depend_on_workers(synth_root, tmp_path):
     generate(SynthConfig(kind="outdoor", scenes=4, seed=0), tmp_path / "outdoor", workers=2)
     assert _hashes(tmp_path / "outdoor") == _hashes(synth_root / "outdoor")

@@ -1,0 +1,48 @@
+"""tools/merge_outdoor_sets.py: one split of several synthetic outdoor sets as one (linked)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from dense3d.data.datasets.tod3cap import TOD3CapDataset
+from dense3d.data.synthetic import SynthConfig, generate
+from dense3d.errors import AnnotationError
+
+_spec = importlib.util.spec_from_file_location("merge_outdoor_sets", Path(__file__).parents[2] / "tools" / "merge_outdoor_sets.py")
+merge_outdoor_sets = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(merge_outdoor_sets)
+
+
+def test_merge_concatenates_samples_captions_and_links_sensor_files(tmp_path):
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    generate(SynthConfig(kind="outdoor", scenes=4, seed=0), a)  # 2 train, 1 val, 1 test
+    generate(SynthConfig(kind="outdoor", scenes=2, seed=1, split=(1.0, 0.0, 0.0)), b)  # 2 train
+    assert merge_outdoor_sets.main([str(out), str(a), str(b)]) == 0
+
+    merged = TOD3CapDataset(str(out / "nuscenes_infos_{split}.pkl"), split="train", caption_file=str(out / "tod3cap_captions_{split}.json"))
+    parts = [TOD3CapDataset(str(r / "nuscenes_infos_{split}.pkl"), split="train", caption_file=str(r / "tod3cap_captions_{split}.json")) for r in (a, b)]
+    assert len(merged) == 4 == sum(len(p) for p in parts)
+    assert merged.class_names == parts[0].class_names
+    for k, ref in enumerate([parts[0][0], parts[0][1], parts[1][0], parts[1][1]]):
+        got = merged[k]  # same points, images and captions as read from the input set
+        assert got.sample_id == ref.sample_id
+        assert got.points.points.equal(ref.points.points)
+        assert got.cameras.images.equal(ref.cameras.images)
+        assert got.boxes.captions == ref.boxes.captions and any(got.boxes.captions)
+    lidar = merged.index[2][1]["lidar_points"]["lidar_path"]
+    assert (out / lidar).is_symlink() and (out / lidar).resolve() == (b / lidar).resolve()
+    ann = json.loads((out / "synthetic_annotations.json").read_text())["scenes"]
+    assert len(ann) == 4 and {s["split"] for s in ann} == {"train"}
+
+
+def test_merge_refuses_a_set_twice_and_missing_sets_before_writing(tmp_path):
+    a, out = tmp_path / "a", tmp_path / "out"
+    generate(SynthConfig(kind="outdoor", scenes=2, seed=3, split=(1.0, 0.0, 0.0)), a)
+    with pytest.raises(AnnotationError, match="each set once"):
+        merge_outdoor_sets.merge(out, [a, a])
+    with pytest.raises(AnnotationError, match="nope/nuscenes_infos_train.pkl"):
+        merge_outdoor_sets.merge(out, [a, tmp_path / "nope"])
+    assert not out.exists()

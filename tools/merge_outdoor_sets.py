@@ -1,0 +1,94 @@
+"""Merge one split of several synthetic outdoor sets into one training set.
+
+Each set is a folder written by ``dense3d convert synth --kind outdoor`` (mmdet3d info pickle,
+TOD3Cap caption JSON, ``samples/``). Sample and annotation tokens hash the generator's seed, so
+sets made with other seeds never clash (a clash means a set was given twice, and is refused).
+Sensor files are symlinked, not copied, under the same relative paths, so the merged info
+pickle is the inputs' entries as they are. Make extra training scenes with another seed and
+``--split 1,0,0``, merge, and point a run's train split at the result (validation stays on the
+original set):
+
+    dense3d convert synth --kind outdoor --scenes 2400 --seed 1 --split 1,0,0 --workers 2 --out data_extra/outdoor_s1
+    python tools/merge_outdoor_sets.py data_extra/outdoor_all data/synthetic/big/outdoor data_extra/outdoor_s1
+    dense3d train experiment=captioning_outdoor paths.synthetic_dir=data/synthetic/big \\
+        'data.train.info_file="data_extra/outdoor_all/nuscenes_infos_{split}.pkl"' \\
+        data.train.data_root=data_extra/outdoor_all \\
+        'data.train.caption_file="data_extra/outdoor_all/tod3cap_captions_{split}.json"' ...
+
+(hydra needs the quotes around values with braces).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import sys
+from pathlib import Path
+
+from dense3d.data.readers import load_json, load_pickle, require
+from dense3d.errors import AnnotationError, exit_status
+from dense3d.utils.io import atomic_write, atomic_write_json
+
+
+def _sensor_files(info: dict, info_file: Path, where: str) -> list[str]:
+    """The relative paths of one sample's LiDAR sweep and camera images."""
+    lidar = require(require(info, "lidar_points", info_file, where), "lidar_path", info_file, f"{where}.lidar_points")
+    images = require(info, "images", info_file, where)
+    return [lidar] + [require(cam, "img_path", info_file, f"{where}.images.{name}") for name, cam in images.items()]
+
+
+def merge(out: Path, sets: list[Path], split: str = "train") -> int:
+    """Write ``out/nuscenes_infos_{split}.pkl``, ``out/tod3cap_captions_{split}.json``,
+    ``out/synthetic_annotations.json`` (that split's scenes) and ``out/samples/`` links;
+    returns the sample count."""
+    data_list, captions, scenes, links = [], {}, [], {}
+    metainfo, first_info = None, None
+    for root in sets:  # every input read and checked before anything is written
+        info_file = root / f"nuscenes_infos_{split}.pkl"
+        caption_file = root / f"tod3cap_captions_{split}.json"
+        infos = load_pickle(info_file)
+        meta = require(infos, "metainfo", info_file, "")
+        if metainfo is None:
+            metainfo, first_info = meta, info_file
+        elif require(meta, "categories", info_file, "metainfo") != require(metainfo, "categories", first_info, "metainfo"):
+            raise AnnotationError(info_file, "metainfo.categories", f"the classes of {first_info}", got=require(meta, "categories", info_file, "metainfo"))
+        samples = require(infos, "data_list", info_file, "")
+        for i, info in enumerate(samples):
+            for rel in _sensor_files(info, info_file, f"data_list[{i}]"):
+                if rel in links:
+                    raise AnnotationError(info_file, f"data_list[{i}]", "samples not in an earlier set (each set once)", got=rel)
+                links[rel] = (root / rel).resolve()
+                if not links[rel].is_file():
+                    raise AnnotationError(info_file, f"data_list[{i}]", "sensor files that exist", got=rel)
+        data_list.extend(samples)
+        caps = load_json(caption_file)
+        if not isinstance(caps, dict):
+            raise AnnotationError(caption_file, "<root>", "an object keyed by sample_annotation token", got=type(caps).__name__)
+        captions.update(caps)
+        ann = load_json(root / "synthetic_annotations.json")
+        scenes.extend(s for s in require(ann, "scenes", root / "synthetic_annotations.json", "") if s.get("split") == split)
+    for rel, target in links.items():
+        link = out / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            os.symlink(target, link)
+    with atomic_write(out / f"nuscenes_infos_{split}.pkl", "wb") as f:
+        pickle.dump({"metainfo": metainfo, "data_list": data_list}, f)
+    atomic_write_json(out / f"tod3cap_captions_{split}.json", captions)
+    atomic_write_json(out / "synthetic_annotations.json", {"kind": "outdoor", "scenes": scenes})
+    return len(data_list)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path)
+    p.add_argument("sets", type=Path, nargs="+")
+    p.add_argument("--split", default="train")
+    args = p.parse_args(argv)
+    n = merge(args.out, args.sets, args.split)
+    print(f"{n} {args.split} samples of {len(args.sets)} sets -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(exit_status(main, "tools/merge_outdoor_sets.py"))
