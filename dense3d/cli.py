@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--scenes", type=int, default=None, help="number of scenes (default: the config's)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--split", default=None, help="train,val,test fractions (default: the config's, 0.7,0.15,0.15); "
-                   "1,0,0 makes extra training scenes (tools/merge_outdoor_sets.py)")
+                   "1,0,0 makes extra training scenes (tools/merge_synth_sets.py)")
     q.add_argument("--workers", type=int, default=1, help="processes (the output does not depend on it)")
     q.add_argument("--config", default=None, help="a generator yaml (configs/synthetic/*.yaml); flags override it")
     q.set_defaults(func=_convert_synth)

@@ -87,8 +87,7 @@ def test_cli_demo_runs_end_to_end(tmp_path):
 TOOL_BAD_INPUTS = {  # each script in tools/ given a missing input
     "caption_facts.py": ["/nope", "/nope"],
     "captioner_ceiling.py": ["/nope", "--steps", "1"],
-    "merge_event_sets.py": ["{tmp}/merged", "/nope"],
-    "merge_outdoor_sets.py": ["{tmp}/merged", "/nope"],
+    "merge_synth_sets.py": ["--kind", "outdoor", "{tmp}/merged", "/nope"],
     "plot_runs.py": ["run=/nope", "--out", "{tmp}/x.png"],
     "score_oracle.py": ["/nope.json", "/nope"],
     "test.py": ["tod3cap", "--pred", "/nope.json", "--gt", "/nope.json"],

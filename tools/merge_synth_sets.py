@@ -1,25 +1,35 @@
-"""Merge one split of several synthetic outdoor sets into one training set.
+"""Merge one split of several synthetic sets (outdoor scenes or audio-visual clips) into one training set.
 
-Each set is a folder written by ``dense3d convert synth --kind outdoor`` (mmdet3d info pickle,
-TOD3Cap caption JSON, ``samples/``). Sample and annotation tokens hash the generator's seed, so
-sets made with other seeds never clash (a clash means a set was given twice, and is refused).
-Sensor files are symlinked, not copied, under the same relative paths, so the merged info
-pickle is the inputs' entries as they are. Make extra training scenes with another seed and
-``--split 1,0,0``, merge, and point a run's train split at the result (validation stays on the
-original set):
+Each set is a folder written by ``dense3d convert synth``. Make extra training scenes with
+another seed and ``--split 1,0,0``, merge them with the original set, and point a run's train
+split at the result; validation stays on the original set. Media are symlinked, not copied.
+
+``--kind outdoor`` (mmdet3d info pickle, TOD3Cap caption JSON, ``samples/``): sample and
+annotation tokens hash the generator's seed, so sets made with other seeds never clash (a clash
+means a set was given twice, and is refused); sensor files are linked under the same relative
+paths, so the merged info pickle is the inputs' entries as they are:
 
     dense3d convert synth --kind outdoor --scenes 2400 --seed 1 --split 1,0,0 --workers 2 --out data_extra/outdoor_s1
-    python tools/merge_outdoor_sets.py data_extra/outdoor_all data/synthetic/big/outdoor data_extra/outdoor_s1
+    python tools/merge_synth_sets.py --kind outdoor data_extra/outdoor_all data/synthetic/big/outdoor data_extra/outdoor_s1
     dense3d train experiment=captioning_outdoor paths.synthetic_dir=data/synthetic/big \\
         'data.train.info_file="data_extra/outdoor_all/nuscenes_infos_{split}.pkl"' \\
         data.train.data_root=data_extra/outdoor_all \\
         'data.train.caption_file="data_extra/outdoor_all/tod3cap_captions_{split}.json"' ...
 
 (hydra needs the quotes around values with braces).
+
+``--kind av`` (``dense_events_{split}.json`` + ``clips/``): clip ids repeat between sets made
+with other seeds, so every clip is renamed ``{tag}_{clip}`` (tag = the set's position, ``s0``,
+``s1``, ...):
+
+    python tools/merge_synth_sets.py --kind av data_extra/av_all data/synthetic/big/av data_extra/av_s1
+    dense3d train experiment=perception_events data.train.annotation_file=data_extra/av_all/dense_events_train.json \\
+        data.train.media_dir=data_extra/av_all/clips ...
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import sys
@@ -37,7 +47,7 @@ def _sensor_files(info: dict, info_file: Path, where: str) -> list[str]:
     return [lidar] + [require(cam, "img_path", info_file, f"{where}.images.{name}") for name, cam in images.items()]
 
 
-def merge(out: Path, sets: list[Path], split: str = "train") -> int:
+def merge_outdoor(out: Path, sets: list[Path], split: str = "train") -> int:
     """Write ``out/nuscenes_infos_{split}.pkl``, ``out/tod3cap_captions_{split}.json``,
     ``out/synthetic_annotations.json`` (that split's scenes) and ``out/samples/`` links;
     returns the sample count."""
@@ -79,16 +89,40 @@ def merge(out: Path, sets: list[Path], split: str = "train") -> int:
     return len(data_list)
 
 
+def merge_av(out: Path, sets: list[Path], split: str = "train") -> int:
+    """Write ``out/dense_events_{split}.json`` and ``out/clips/`` links; returns the clip count."""
+    ann_files = [root / f"dense_events_{split}.json" for root in sets]
+    for ann_file in ann_files:  # every input checked before anything is written
+        if not ann_file.exists():
+            raise AnnotationError(ann_file, "<file>", "a synthetic av set's annotations", got="missing")
+    (out / "clips").mkdir(parents=True, exist_ok=True)
+    merged = {}
+    for k, (root, ann_file) in enumerate(zip(sets, ann_files)):
+        for clip, entry in json.loads(ann_file.read_text()).items():
+            name = f"s{k}_{clip}"
+            merged[name] = entry
+            for media in sorted((root / "clips").glob(f"{clip}.*")):
+                link = out / "clips" / f"{name}{media.suffix}"
+                if not link.exists():
+                    os.symlink(media.resolve(), link)
+    atomic_write_json(out / f"dense_events_{split}.json", merged)
+    return len(merged)
+
+
+MERGE = {"outdoor": merge_outdoor, "av": merge_av}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kind", required=True, choices=sorted(MERGE))
     p.add_argument("out", type=Path)
     p.add_argument("sets", type=Path, nargs="+")
     p.add_argument("--split", default="train")
     args = p.parse_args(argv)
-    n = merge(args.out, args.sets, args.split)
-    print(f"{n} {args.split} samples of {len(args.sets)} sets -> {args.out}")
+    n = MERGE[args.kind](args.out, args.sets, args.split)
+    print(f"{n} {args.split} {'clips' if args.kind == 'av' else 'samples'} of {len(args.sets)} sets -> {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(exit_status(main, "tools/merge_outdoor_sets.py"))
+    sys.exit(exit_status(main, "tools/merge_synth_sets.py"))

@@ -1,4 +1,4 @@
-"""tools/merge_outdoor_sets.py: one split of several synthetic outdoor sets as one (linked)."""
+"""tools/merge_synth_sets.py: one split of several synthetic sets as one (outdoor: linked; av: renamed, linked)."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,16 +11,16 @@ from dense3d.data.datasets.tod3cap import TOD3CapDataset
 from dense3d.data.synthetic import SynthConfig, generate
 from dense3d.errors import AnnotationError
 
-_spec = importlib.util.spec_from_file_location("merge_outdoor_sets", Path(__file__).parents[2] / "tools" / "merge_outdoor_sets.py")
-merge_outdoor_sets = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(merge_outdoor_sets)
+_spec = importlib.util.spec_from_file_location("merge_synth_sets", Path(__file__).parents[2] / "tools" / "merge_synth_sets.py")
+merge_synth_sets = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(merge_synth_sets)
 
 
-def test_merge_concatenates_samples_captions_and_links_sensor_files(tmp_path):
+def test_merge_outdoor_concatenates_samples_captions_and_links_sensor_files(tmp_path):
     a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
     generate(SynthConfig(kind="outdoor", scenes=4, seed=0), a)  # 2 train, 1 val, 1 test
     generate(SynthConfig(kind="outdoor", scenes=2, seed=1, split=(1.0, 0.0, 0.0)), b)  # 2 train
-    assert merge_outdoor_sets.main([str(out), str(a), str(b)]) == 0
+    assert merge_synth_sets.main(["--kind", "outdoor", str(out), str(a), str(b)]) == 0
 
     merged = TOD3CapDataset(str(out / "nuscenes_infos_{split}.pkl"), split="train", caption_file=str(out / "tod3cap_captions_{split}.json"))
     parts = [TOD3CapDataset(str(r / "nuscenes_infos_{split}.pkl"), split="train", caption_file=str(r / "tod3cap_captions_{split}.json")) for r in (a, b)]
@@ -38,11 +38,33 @@ def test_merge_concatenates_samples_captions_and_links_sensor_files(tmp_path):
     assert len(ann) == 4 and {s["split"] for s in ann} == {"train"}
 
 
-def test_merge_refuses_a_set_twice_and_missing_sets_before_writing(tmp_path):
+def test_merge_outdoor_refuses_a_set_twice_and_missing_sets_before_writing(tmp_path):
     a, out = tmp_path / "a", tmp_path / "out"
     generate(SynthConfig(kind="outdoor", scenes=2, seed=3, split=(1.0, 0.0, 0.0)), a)
     with pytest.raises(AnnotationError, match="each set once"):
-        merge_outdoor_sets.merge(out, [a, a])
+        merge_synth_sets.merge_outdoor(out, [a, a])
     with pytest.raises(AnnotationError, match="nope/nuscenes_infos_train.pkl"):
-        merge_outdoor_sets.merge(out, [a, tmp_path / "nope"])
+        merge_synth_sets.merge_outdoor(out, [a, tmp_path / "nope"])
     assert not out.exists()
+
+
+def _set(root: Path, clips: dict) -> Path:
+    (root / "clips").mkdir(parents=True)
+    for clip in clips:
+        for ext in ("wav", "mp4"):
+            (root / "clips" / f"{clip}.{ext}").write_text(f"{root.name} {clip} {ext}")
+    (root / "dense_events_train.json").write_text(json.dumps(clips))
+    return root
+
+
+def test_merge_av_renames_clashing_clip_ids_and_links_media(tmp_path):
+    a = _set(tmp_path / "a", {"av00000": {"duration": 10.0}, "av00001": {"duration": 9.0}})
+    b = _set(tmp_path / "b", {"av00000": {"duration": 8.0}})
+    out = tmp_path / "out"
+    assert merge_synth_sets.main(["--kind", "av", str(out), str(a), str(b)]) == 0
+    merged = json.loads((out / "dense_events_train.json").read_text())
+    assert merged == {"s0_av00000": {"duration": 10.0}, "s0_av00001": {"duration": 9.0}, "s1_av00000": {"duration": 8.0}}
+    assert (out / "clips" / "s1_av00000.wav").is_symlink() and (out / "clips" / "s1_av00000.wav").read_text() == "b av00000 wav"
+    assert (out / "clips" / "s0_av00000.mp4").read_text() == "a av00000 mp4"
+    with pytest.raises(AnnotationError, match="dense_events_val.json"):
+        merge_synth_sets.merge_av(out, [a], split="val")
