@@ -77,23 +77,31 @@ class FrozenPrefixCache:
             self._owner = (id(lm), first)
         lengths = attention_mask.sum(1).tolist()
         keys = [tuple(input_ids[i, :n].tolist()) for i, n in enumerate(lengths)]
-        todo = [i for i, k in enumerate(keys) if k not in self._store]
-        self.hits += len(keys) - len(todo)
+        rows: dict[int, torch.Tensor] = {}  # row -> (length, H); read before any insertion can evict it
+        for i, k in enumerate(keys):
+            if k in self._store:
+                self._store.move_to_end(k)
+                rows[i] = self._store[k]
+        todo = [i for i in range(len(keys)) if i not in rows]
+        self.hits += len(rows)
         self.misses += len(todo)
         if todo:
             Tm = max(lengths[i] for i in todo)
             ids, att = input_ids[todo, :Tm], attention_mask[todo, :Tm]  # (n, Tm)
             h = run_layers(lm, lm.model.embed_tokens(ids), att, lm.model.layers[:first])  # (n, Tm, H)
             for j, i in enumerate(todo):
-                self._put(keys[i], h[j, : lengths[i]].clone())
+                rows[i] = h[j, : lengths[i]].clone()
+                self._put(keys[i], rows[i])
         N, T = input_ids.shape
         out = torch.zeros(N, T, lm.config.hidden_size, dtype=lm.model.embed_tokens.weight.dtype, device=input_ids.device)
-        for i, k in enumerate(keys):
-            self._store.move_to_end(k)
-            out[i, : lengths[i]] = self._store[k]
+        for i, row in rows.items():
+            out[i, : lengths[i]] = row
         return out
 
     def _put(self, key: tuple[int, ...], value: torch.Tensor) -> None:
+        if key in self._store:  # the same caption twice in one batch
+            old = self._store.pop(key)
+            self._bytes -= old.numel() * old.element_size()
         self._store[key] = value
         self._bytes += value.numel() * value.element_size()
         while self._bytes > self.max_bytes and len(self._store) > 1:
