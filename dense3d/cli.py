@@ -12,7 +12,7 @@ from typing import Callable
 
 from dense3d.errors import ConfigError, exit_status
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "parse_args"]
 
 
 def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
@@ -174,8 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with hydra overrides allowed on both sides of an option
+    (``dense3d train a=1 --resume R b=2``): argparse ends a positional list at the first option
+    and would refuse ``b=2``; words left over after an option are overrides too."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and not any(e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     return exit_status(lambda: args.func(args), f"dense3d {args.command}")
 
 

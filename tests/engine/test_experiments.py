@@ -75,3 +75,14 @@ def test_quoted_override_with_braces_composes():
 
     cfg = compose_config(["experiment=captioning_outdoor", 'data.train.info_file="a/nuscenes_infos_{split}.pkl"'])
     assert cfg.data.train.info_file == "a/nuscenes_infos_{split}.pkl"
+
+
+def test_train_overrides_may_follow_an_option():
+    from dense3d.cli import parse_args
+
+    args = parse_args(["train", "experiment=demo", "--resume", "outputs/run/checkpoints/last.ckpt", "seed=3", "model.captioner.bica=null"])
+    assert args.overrides == ["experiment=demo", "seed=3", "model.captioner.bica=null"]
+    assert args.resume == "outputs/run/checkpoints/last.ckpt"
+    assert parse_args(["demo", "--steps", "5", "seed=1"]).overrides == ["seed=1"]
+    with pytest.raises(SystemExit):  # an unknown option is still refused
+        parse_args(["train", "experiment=demo", "--nope", "x"])
