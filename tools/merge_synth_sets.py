@@ -58,10 +58,11 @@ def merge_outdoor(out: Path, sets: list[Path], split: str = "train") -> int:
         caption_file = root / f"tod3cap_captions_{split}.json"
         infos = load_pickle(info_file)
         meta = require(infos, "metainfo", info_file, "")
+        classes = require(meta, "categories", info_file, "metainfo")
         if metainfo is None:
             metainfo, first_info = meta, info_file
-        elif require(meta, "categories", info_file, "metainfo") != require(metainfo, "categories", first_info, "metainfo"):
-            raise AnnotationError(info_file, "metainfo.categories", f"the classes of {first_info}", got=require(meta, "categories", info_file, "metainfo"))
+        elif classes != metainfo["categories"]:
+            raise AnnotationError(info_file, "metainfo.categories", f"the classes of {first_info}", got=classes)
         samples = require(infos, "data_list", info_file, "")
         for i, info in enumerate(samples):
             for rel in _sensor_files(info, info_file, f"data_list[{i}]"):

@@ -29,17 +29,17 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "train
     from hydra.errors import HydraException, MissingConfigException
 
     overrides = list(overrides or [])
-    parser = OverridesParser.create()
-    for override in overrides:  # one at a time, so that the error names the one that is wrong
-        try:
-            parser.parse_override(override)
-        except HydraException as e:
-            raise ConfigError(f"configs/{config_name}.yaml", f"override {override}",
-                              "hydra override syntax (quote values with braces or spaces: 'key=\"a/{split}\"')", got=e) from None
     try:
         with initialize_config_dir(config_dir=str(config_dir or CONFIG_DIR), version_base="1.3"):
             return compose(config_name=config_name, overrides=overrides)
     except (HydraException, MissingConfigException) as e:
+        parser = OverridesParser.create()
+        for override in overrides:  # hydra's parse error does not say which override: find it
+            try:
+                parser.parse_override(override)
+            except HydraException as bad:
+                raise ConfigError(f"configs/{config_name}.yaml", f"override {override}",
+                                  "hydra override syntax (quote values with braces or spaces: 'key=\"a/{split}\"')", got=bad) from None
         raise ConfigError(f"configs/{config_name}.yaml", "overrides", "overrides that compose", got=e) from None
 
 
