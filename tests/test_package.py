@@ -89,6 +89,7 @@ TOOL_BAD_INPUTS = {  # each script in tools/ given a missing input
     "captioner_ceiling.py": ["/nope", "--steps", "1"],
     "merge_synth_sets.py": ["--kind", "outdoor", "{tmp}/merged", "/nope"],
     "plot_runs.py": ["run=/nope", "--out", "{tmp}/x.png"],
+    "relation_oracle.py": ["/nope", "--out", "{tmp}/x.json"],
     "score_oracle.py": ["/nope.json", "/nope"],
     "test.py": ["tod3cap", "--pred", "/nope.json", "--gt", "/nope.json"],
     "visualize.py": ["--points", "/nope.bin", "--out", "{tmp}/x.png"],

@@ -134,3 +134,27 @@ def test_caption_facts_tool_counts_right_and_wrong_facts(synth_root, tmp_path):
     (tmp_path / "predictions_boxes.json").write_text(json.dumps({"s": [{"box": [0] * 7}]}))
     with pytest.raises(PredictionFormatError, match="predictions_boxes.json"):
         tool.main([str(synth_root / "outdoor"), str(tmp_path)])
+
+
+def test_relation_oracle_replaces_the_annotators_coin_with_the_likelier_side(synth_root, tmp_path):
+    """tools/relation_oracle.py: the fixed oracle, except that every object between two others is
+    described as between them; all other captions are the fixed oracle's word for word."""
+    import numpy as np
+
+    tool = _tool("relation_oracle")
+    xy = np.array([[0.0, 0.0], [-6.0, 0.1], [6.0, -0.1], [0.0, 15.0]])  # 0 lies between 1 and 2
+    keys = [("red", "car"), ("blue", "bus"), ("gray", "barrier"), ("white", "truck")]
+    rel = tool.choose_relation(0, xy, keys, tool._Likeliest(), indoor=False, max_dist=20.0, next_to=4.0)
+    assert rel == {"type": "between", "targets": [1, 2]}
+    out = tmp_path / "likeliest.json"
+    assert tool.main([str(synth_root / "outdoor"), "--split", "train", "--out", str(out)]) == 0
+    oracle = json.loads(out.read_text())
+    objects = load_outdoor_facts(synth_root / "outdoor", "train")
+    rows = [r for scene in oracle.values() for r in scene]
+    assert len(rows) == len(objects) and set(oracle) == {o["scene"] for o in objects}
+    _, n, changed = tool.likeliest_relations(synth_root / "outdoor", "train")
+    differ = [(o, r) for o, r in zip(objects, rows) if r["caption"] != o["fixed"]]
+    assert n == len(objects) and changed == len(differ) > 0  # seed 0 has objects between two others
+    for o, r in differ:  # only "between" is ever added, never taken away
+        assert o["facts"].relation != "between" and parse_outdoor_caption(r["caption"])["relation"] == "between"
+        assert r["box"] == o["box"]
