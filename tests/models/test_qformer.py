@@ -154,32 +154,3 @@ def test_raw_features_stay_with_their_own_region():
     assert changed.tolist() == [False, True, False]
     changed = (out_f - base).abs().amax((-1, -2))[0] > 1e-6
     assert changed.tolist() == [True, True, False]
-
-
-def test_memory_self_attention_starts_as_the_identity_and_learns():
-    """``memory_layers``: relation tokens attend to one another before the queries read them.
-    The layers start as the identity (a run trained without them loads unchanged), receive
-    gradients, and still mix only a region's own memory (a stranger changes nothing)."""
-    torch.manual_seed(0)
-    plain = RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=2, region_dim=D, out_dim=24).eval()
-    mixed = RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=2, region_dim=D, out_dim=24,
-                            memory_layers=1).eval()
-    missing, unexpected = mixed.load_state_dict(plain.state_dict(), strict=False)
-    assert missing and all(k.startswith("memory_encoder.") for k in missing) and not unexpected
-    r = _boxes([[0, 0, 0], [2, 0, 0], [-2, 0.5, 0], [30, 0, 0]], mask=[True, True, True, True])
-    with torch.no_grad():
-        torch.testing.assert_close(mixed(r, r.features), plain(r, r.features), rtol=0, atol=1e-6)
-    mixed.train()
-    mixed(r, r.features).square().sum().backward()
-    block = mixed.memory_encoder.layers[0]
-    assert block.self_attn.out_proj.weight.grad.abs().sum() > 0 and block.linear2.weight.grad.abs().sum() > 0
-    mixed.eval()
-    with torch.no_grad():
-        for lin in (block.self_attn.out_proj, block.linear2):
-            lin.weight.normal_(0, 0.2)
-        base = mixed(r, r.features)
-        assert not torch.allclose(base[0, 0], plain(r, r.features)[0, 0])
-        far = r.geometry.clone()
-        far[0, 3, 0] = 40.0  # not among region 0's two neighbours
-        out = mixed(RegionFeatures("box", r.features, far, r.scores, r.labels, r.mask), r.features)
-        torch.testing.assert_close(out[0, :3], base[0, :3], rtol=0, atol=1e-6)

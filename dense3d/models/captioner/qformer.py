@@ -23,11 +23,6 @@ and the offset in the sensor frame (captions say "in front of" / "left of" as se
 car, whichever way the region faces);
 events — centre offset, |offset|, offsets of both ends, log length ratio, temporal IoU.
 
-Optionally (``memory_layers`` > 0) ``torch.nn.TransformerEncoder`` layers first run over each
-region's memory, so that relation tokens see one another before the queries read them ("between
-the A and the B" needs a pair of neighbours on opposite sides); their residual branches start
-at zero, so a model trained without them loads and starts unchanged.
-
 The queries run through ``torch.nn.TransformerDecoder`` layers (self-attention among the
 queries, cross-attention to the memory, FFN), then a linear map to the LLM's hidden size.
 TOD3Cap's Relation Q-Former was never released; this is written from its description.
@@ -130,14 +125,12 @@ class RelationQFormer(nn.Module):
         ffn_dim: feed-forward width (0: 4 * d_model).
         use_context: read the BiCA context summary when given.
         space_scale, time_scale: normalisers of the relation geometry.
-        memory_layers: self-attention layers over each region's memory before the queries read
-            it (0: none).
     """
 
     def __init__(self, d_model: int, n_heads: int, n_layers: int, num_queries: int, num_neighbours: int,
                  region_dim: int, out_dim: int, token_dim: int | None = None, ffn_dim: int = 0,
                  dropout: float = 0.0, use_context: bool = True, space_scale: float = 10.0, time_scale: float = 2.0,
-                 raw_dim: int | None = None, memory_layers: int = 0):
+                 raw_dim: int | None = None):
         super().__init__()
         self.num_queries, self.num_neighbours = num_queries, num_neighbours
         self.use_context = use_context
@@ -157,15 +150,6 @@ class RelationQFormer(nn.Module):
         layer = nn.TransformerDecoderLayer(d_model, n_heads, ffn_dim or 4 * d_model, dropout,
                                            batch_first=True, norm_first=True)
         self.decoder = nn.TransformerDecoder(layer, n_layers, norm=nn.LayerNorm(d_model))
-        self.memory_encoder = None
-        if memory_layers > 0:
-            enc = nn.TransformerEncoderLayer(d_model, n_heads, ffn_dim or 4 * d_model, dropout,
-                                             batch_first=True, norm_first=True)
-            self.memory_encoder = nn.TransformerEncoder(enc, memory_layers, enable_nested_tensor=False)
-            for block in self.memory_encoder.layers:  # pre-norm residual branches start at zero: identity
-                for lin in (block.self_attn.out_proj, block.linear2):
-                    nn.init.zeros_(lin.weight)
-                    nn.init.zeros_(lin.bias)
         self.out = nn.Linear(d_model, out_dim)
 
     def relation_tokens(self, regions: RegionFeatures, features: torch.Tensor):
@@ -218,8 +202,6 @@ class RelationQFormer(nn.Module):
         if sel[0].numel() == 0:
             return out
         mem = memory[sel]  # (N, M, D)
-        if self.memory_encoder is not None:
-            mem = self.memory_encoder(mem, src_key_padding_mask=~mem_valid[sel])  # (N, M, D)
         tgt = self.queries.unsqueeze(0) + own[sel].unsqueeze(1)  # (N, K, D)
         dec = self.decoder(tgt, mem, memory_key_padding_mask=~mem_valid[sel])  # (N, K, D)
         out[sel] = self.out(dec).to(out.dtype)  # (N, K, out_dim)
