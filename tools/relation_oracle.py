@@ -22,13 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from dense3d.data.synthetic.facts import fixed_caption, load_outdoor_facts
-from dense3d.data.synthetic.grammar import choose_relation
+from dense3d.data.synthetic.grammar import OUTDOOR_MAX_DIST, OUTDOOR_NEXT_TO, choose_relation
 from dense3d.errors import AnnotationError, exit_status
 from dense3d.utils.io import atomic_write_json
-
-# choose_relation's outdoor arguments (dense3d/data/synthetic/outdoor.py)
-MAX_DIST, NEXT_TO = 20.0, 4.0
-
 
 class _Likeliest:
     """Stands in for the annotator's random generator: every ``random() < p`` coin comes up
@@ -54,7 +50,8 @@ def likeliest_relations(root: Path, split: str) -> tuple[dict, int, int]:
         for i, o in enumerate(objs):
             want = objects[n]
             n += 1
-            rel = choose_relation(i, xy, keys, _Likeliest(), indoor=False, max_dist=MAX_DIST, next_to=NEXT_TO)
+            rel = choose_relation(i, xy, keys, _Likeliest(), indoor=False, max_dist=OUTDOOR_MAX_DIST,
+                                  next_to=OUTDOOR_NEXT_TO)
             targets = tuple(keys[j] for j in rel["targets"])
             facts = dataclasses.replace(want["facts"], relation=rel["type"], targets=targets)
             changed += facts != want["facts"]

@@ -380,7 +380,8 @@ def make_av_clip(cfg: SynthConfig, index: int, media_dir: Path, split: str) -> t
     visual, objects = [], []
     xy0 = np.array([o.xy0 for o in objs]).reshape(-1, 2)
     for i, o in enumerate(objs):
-        rel = grammar.choose_relation(i, xy0, keys, rng, indoor=False, max_dist=20.0, next_to=4.0)
+        rel = grammar.choose_relation(i, xy0, keys, rng, indoor=False,
+                                     max_dist=grammar.OUTDOOR_MAX_DIST, next_to=grammar.OUTDOOR_NEXT_TO)
         relp = grammar.relation_phrase(rel, keys, rng)
         d = grammar.direction_word(*xy0[i])
         motion = grammar.motion_word(o.label, float(np.linalg.norm(o.velocity)))

@@ -26,6 +26,8 @@ import math
 import numpy as np
 
 __all__ = [
+    "OUTDOOR_MAX_DIST",
+    "OUTDOOR_NEXT_TO",
     "RELATION_TYPES",
     "class_words",
     "noun_phrase",
@@ -54,6 +56,9 @@ class FirstParaphrase:
 
 
 RELATION_TYPES = ("next_to", "in_front_of", "behind", "left_of", "right_of", "between", "closest_to", "none")
+# outdoor scenes (street and audio-visual): objects further apart than this are not related,
+# and "next to" one another below OUTDOOR_NEXT_TO (metres; choose_relation's max_dist, next_to)
+OUTDOOR_MAX_DIST, OUTDOOR_NEXT_TO = 20.0, 4.0
 _DIRECTIONS = ("front", "front left", "left", "back left", "back", "back right", "right", "front right")
 
 

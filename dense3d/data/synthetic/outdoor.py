@@ -247,7 +247,8 @@ def make_outdoor_scene(cfg: SynthConfig, index: int, out: Path, split: str) -> t
     instances, captions, objects = [], {}, []
     for i, cls in enumerate(scene.classes):
         ann = make_token("outdoor", cfg.seed, index, "ann", i)
-        rel = grammar.choose_relation(i, scene.ego_xy, keys, rng, indoor=False, max_dist=20.0, next_to=4.0)
+        rel = grammar.choose_relation(i, scene.ego_xy, keys, rng, indoor=False,
+                                     max_dist=grammar.OUTDOOR_MAX_DIST, next_to=grammar.OUTDOOR_NEXT_TO)
         caps = grammar.outdoor_captions(i, keys, scene.ego_xy, float(scene.speed[i]), bool(scene.on_road[i]), rel, rng)
         fixed = grammar.outdoor_captions(i, keys, scene.ego_xy, float(scene.speed[i]), bool(scene.on_road[i]), rel,
                                          grammar.FirstParaphrase())  # the fixed-phrasing oracles; draws nothing from rng
