@@ -158,3 +158,72 @@ def test_relation_oracle_replaces_the_annotators_coin_with_the_likelier_side(syn
     for o, r in differ:  # only "between" is ever added, never taken away
         assert o["facts"].relation != "between" and parse_outdoor_caption(r["caption"])["relation"] == "between"
         assert r["box"] == o["box"]
+
+
+def test_relation_oracle_guesses_motion_from_class_and_place(synth_root, tmp_path):
+    """--guess-motion: the motion word becomes the training split's commonest for the object's
+    class and lateral 1 m bin (one word per bin); every other fact but the relation stays."""
+    tool = _tool("relation_oracle")
+    root = synth_root / "outdoor"
+    out = tmp_path / "sensor.json"
+    assert tool.main([str(root), "--split", "train", "--out", str(out), "--guess-motion"]) == 0
+    rows = [r for scene in json.loads(out.read_text()).values() for r in scene]
+    objects = load_outdoor_facts(root, "train")
+    ann = [o for s in json.loads((root / "synthetic_annotations.json").read_text())["scenes"]
+           if s["split"] == "train" for o in s["objects"]]
+    assert len(rows) == len(objects) == len(ann)
+    by_place, by_class = tool.motion_guesses(root)
+    right = {"truth": 0, "place": 0, "class": 0}
+    words = {}
+    for o, r, a in zip(objects, rows, ann):
+        got, want = parse_outdoor_caption(r["caption"]), _as_dict(o["facts"])
+        assert {k: got[k] for k in ("colour", "cls", "direction", "distance")} == \
+            {k: want[k] for k in ("colour", "cls", "direction", "distance")}
+        assert words.setdefault(tool._place(a), got["motion"]) == got["motion"]  # one word per (class, bin)
+        if want["cls"] in ("traffic_cone", "barrier"):
+            assert got["motion"] == "placed"  # never moves: the guess is the truth
+        right["place"] += got["motion"] == want["motion"]
+        right["class"] += by_class[want["cls"]] == want["motion"]
+    # the commonest word per bin is right at least as often as the commonest per class, and the
+    # guesses change something (seed 0 has moving and parked cars alike)
+    assert right["place"] >= right["class"] and right["place"] < len(objects)
+    _, _, relations_only = tool.likeliest_relations(root, "train")
+    _, n, changed = tool.likeliest_relations(root, "train", guess_motion=True)
+    assert changed > relations_only and set(by_place.values()) <= {"placed", "moving", "parked", "walking", "standing", "riding"}
+
+
+def test_score_oracle_on_predicted_boxes(synth_root, tmp_path):
+    """--on-predictions: each predicted box takes the oracle caption of the nearest ground-truth
+    box; on boxes equal to the ground truth that is the oracle itself, and a duplicate of every
+    box halves its precision, not its recall."""
+    tool = _tool("score_oracle")
+    root = synth_root / "outdoor"
+    oracle_file = root / "oracles" / "val" / "fixed.json"
+    objects = load_outdoor_facts(root, "val")
+    gt, pred = {}, {}
+    for o in objects:
+        gt.setdefault(o["scene"], []).append({"label": o["facts"].cls, "box": o["box"], "descriptions": [o["caption"]],
+                                              "num_pts": 10})
+        moved = [o["box"][0] + 0.2, *o["box"][1:]]  # still the nearest to its own object
+        pred.setdefault(o["scene"], []).append({"box": moved, "caption": "x", "score": 0.9, "label": o["facts"].cls})
+    (tmp_path / "ground_truth_boxes.json").write_text(json.dumps(gt))
+    (tmp_path / "predictions_boxes.json").write_text(json.dumps(pred))
+    oracle = {s: rows for s, rows in json.loads(oracle_file.read_text()).items() if s in gt}
+    mapped = tool._on_predictions(oracle, tmp_path / "predictions_boxes.json")
+    for s in gt:
+        assert [r["caption"] for r in mapped[s]] == [r["caption"] for r in oracle[s]]
+        assert [r["box"] for r in mapped[s]] == [r["box"] for r in pred[s]]
+
+    def cider(*extra):
+        assert tool.main([str(oracle_file), str(tmp_path), "--out", str(tmp_path / "m.json"), *extra]) == 0
+        m = json.loads((tmp_path / "m.json").read_text())["tod3cap_corrected"]
+        return m["CIDEr-P@0.25"], m["CIDEr-R@0.25"]
+
+    plain, on_pred = cider(), cider("--on-predictions")
+    assert on_pred == pytest.approx(plain)
+    (tmp_path / "predictions_boxes.json").write_text(json.dumps({s: rows + rows for s, rows in pred.items()}))
+    p, r = cider("--on-predictions")
+    assert p == pytest.approx(plain[0] / 2) and r == pytest.approx(plain[1])
+    (tmp_path / "predictions_boxes.json").write_text(json.dumps({"s": [{"caption": "x"}]}))
+    with pytest.raises(PredictionFormatError, match=r"predictions_boxes.json.*s\[0\].box"):
+        tool.main([str(oracle_file), str(tmp_path), "--on-predictions"])
