@@ -158,6 +158,16 @@ def test_decode_and_nms_hand_made_heatmap(axis_aligned):
     assert d.boxes[0, 6].item() == pytest.approx(0.0 if axis_aligned else 0.3, abs=1e-6)
 
 
+@pytest.mark.parametrize("axis_aligned", [False, True])
+def test_class_agnostic_nms_keeps_one_box_per_object(axis_aligned):
+    """The class-1 peak on top of the class-0 box above is suppressed when NMS ignores classes."""
+    head = _peaks_head(axis_aligned)
+    head.class_agnostic_nms = True
+    preds = _hand_made_predictions(head, [(0, 2, 2, 0.9), (0, 2, 3, 0.8), (0, 7, 7, 0.7), (1, 2, 2, 0.6), (1, 8, 1, 0.2)])
+    (d,) = head.decode(preds)
+    assert d.scores.tolist() == pytest.approx([0.9, 0.7]) and d.labels.tolist() == [0, 0]
+
+
 def test_targets_put_gaussian_peaks_at_box_centres():
     head = _peaks_head()
     boxes = torch.tensor([[2.5, 7.5, 0.2, 4.0, 2.0, 1.5, 0.5]])

@@ -37,6 +37,22 @@ def test_nearest_neighbours_skip_self_and_padding():
     assert 0 not in idx[0, 0][valid[0, 0]].tolist()
 
 
+def test_low_scored_proposals_are_nobodys_neighbour():
+    r = _boxes([[0, 0, 0], [1, 0, 0], [5, 0, 0], [2.5, 0, 0]])
+    r = RegionFeatures("box", r.features, r.geometry, torch.tensor([[0.9, 0.1, 0.8, 0.6]]), r.labels, r.mask)
+    idx, valid = nearest_neighbours(r, 3, min_score=0.5)
+    assert idx[0, 0][valid[0, 0]].tolist() == [3, 2]  # 1 is nearer but scored 0.1
+    assert idx[0, 1][valid[0, 1]].tolist() == [0, 3, 2]  # it still has neighbours of its own
+    assert nearest_neighbours(r, 3)[0][0, 0].tolist() == [1, 3, 2]
+    qf = RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=2, region_dim=D,
+                         out_dim=24, neighbour_min_score=0.5).eval()
+    f2 = r.features.clone()
+    f2[0, 1] += 1.0  # the low-scored proposal changes: only its own tokens follow
+    with torch.no_grad():
+        changed = (qf(r, f2) - qf(r, r.features)).abs().amax((-1, -2))[0] > 1e-6
+    assert changed.tolist() == [False, True, False, False]
+
+
 def test_relation_geometry_in_the_region_frame_and_the_sensor_frame():
     centres = [[0.0, 0.0, 0.0], [3.0, 1.0, 0.5], [-2.0, 4.0, 0.0]]
     r = _boxes(centres, yaw=[0.3, -0.5, 1.0])

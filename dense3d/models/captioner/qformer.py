@@ -48,8 +48,9 @@ __all__ = ["RelationQFormer", "relation_geometry", "pair_geometry", "nearest_nei
 RELATION_DIMS = {"box": 11, "event": 6}
 
 
-def nearest_neighbours(regions: RegionFeatures, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` nearest other real regions of each region.
+def nearest_neighbours(regions: RegionFeatures, k: int, min_score: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest other real regions of each region, among those scored ``min_score`` or
+    more (a proposal below it is more likely a false detection than a neighbour).
 
     Returns:
         index: (B, R, k) long neighbour indices (0 where invalid),
@@ -62,7 +63,8 @@ def nearest_neighbours(regions: RegionFeatures, k: int) -> tuple[torch.Tensor, t
     else:
         c = torch.cat([0.5 * (g[..., 0:1] + g[..., 1:2])], -1)  # (B, R, 1) centre times
     d = torch.cdist(c, c)  # (B, R, R)
-    bad = ~(mask[:, :, None] & mask[:, None, :]) | torch.eye(R, dtype=torch.bool, device=d.device)[None]
+    sure = mask & (regions.scores >= min_score)  # (B, R) regions that may be a neighbour
+    bad = ~(mask[:, :, None] & sure[:, None, :]) | torch.eye(R, dtype=torch.bool, device=d.device)[None]
     d = d.masked_fill(bad, float("inf"))
     kk = min(k, max(R - 1, 0))
     if kk == 0:
@@ -159,12 +161,16 @@ class RelationQFormer(nn.Module):
         space_scale, time_scale: normalisers of the relation geometry.
         pair_neighbours: m; one pair token per pair of the m nearest neighbours (boxes only;
             0: none; at most ``num_neighbours``).
+        neighbour_min_score: proposals scored below this are nobody's neighbour (they are still
+            captioned themselves). Ground-truth regions score 1; on detections, 90 % of the
+            boxes below 0.3 of the outdoor detector are false and would crowd out the real
+            neighbours (docs/results.md).
     """
 
     def __init__(self, d_model: int, n_heads: int, n_layers: int, num_queries: int, num_neighbours: int,
                  region_dim: int, out_dim: int, token_dim: int | None = None, ffn_dim: int = 0,
                  dropout: float = 0.0, use_context: bool = True, space_scale: float = 10.0, time_scale: float = 2.0,
-                 raw_dim: int | None = None, pair_neighbours: int = 0):
+                 raw_dim: int | None = None, pair_neighbours: int = 0, neighbour_min_score: float = 0.0):
         super().__init__()
         if pair_neighbours and not 2 <= pair_neighbours <= num_neighbours:
             raise ConfigError("RelationQFormer", "pair_neighbours", f"0, or 2 to num_neighbours={num_neighbours}",
@@ -185,6 +191,7 @@ class RelationQFormer(nn.Module):
         })
         self.type_embed = nn.Embedding(5, d_model)  # own / context / token / relation / raw
         self.pair_neighbours = pair_neighbours
+        self.neighbour_min_score = neighbour_min_score
         if pair_neighbours:
             # a, b = positions among the m nearest neighbours, a < b (a nearer); which pair comes
             # first matters to "between" (one-hot ranks of a and b join the MLP's input)
@@ -257,7 +264,7 @@ class RelationQFormer(nn.Module):
             parts.append(self.token_in(regions.tokens) + self.type_embed.weight[2])  # (B, R, P, D)
             valid.append(mask.new_ones(B, R, P))
         if self.num_neighbours > 0:
-            idx, nbr_valid = nearest_neighbours(regions, self.num_neighbours)  # (B, R, k) each
+            idx, nbr_valid = nearest_neighbours(regions, self.num_neighbours, self.neighbour_min_score)  # (B, R, k) each
             rel, rel_valid = self.relation_tokens(regions, features, idx, nbr_valid)
             parts.append(rel)
             valid.append(rel_valid)

@@ -93,6 +93,9 @@ class CenterHead(nn.Module):
         top_k: peaks kept per group before NMS.
         score_threshold, nms_iou_threshold, max_detections: decoding.
         nms_backend: backend of ``dense3d.ops.batched_nms_bev``.
+        class_agnostic_nms: one NMS over all classes instead of one per class. Per-class NMS (the
+            detection benchmarks' custom) keeps a second box on an object wherever a peak of
+            another class group sits on it; a dense captioner then describes the object twice.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class CenterHead(nn.Module):
         nms_iou_threshold: float = 0.2,
         max_detections: int = 100,
         nms_backend: str = "auto",
+        class_agnostic_nms: bool = False,
     ):
         super().__init__()
         if not class_groups or any(len(g) == 0 for g in class_groups):
@@ -137,6 +141,7 @@ class CenterHead(nn.Module):
         self.nms_iou_threshold = nms_iou_threshold
         self.max_detections = max_detections
         self.nms_backend = nms_backend
+        self.class_agnostic_nms = class_agnostic_nms
         self.shared = _conv_block(in_channels, head_channels)
         self.heatmap_heads = nn.ModuleList()
         self.regression_heads = nn.ModuleList()
@@ -264,7 +269,9 @@ class CenterHead(nn.Module):
         return Detections(boxes, scores, labels)
 
     def nms(self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Indices kept by per-class NMS in BEV, by decreasing score."""
+        """Indices kept by NMS in BEV (per class, or over all classes), by decreasing score."""
+        if self.class_agnostic_nms:
+            labels = torch.zeros_like(labels)
         if self.axis_aligned:
             half = boxes[:, 3:5] / 2
             rects = torch.cat([boxes[:, 0:2] - half, boxes[:, 0:2] + half], dim=1)  # (K, 4) x1 y1 x2 y2
