@@ -77,6 +77,12 @@ class DenseCaptionModule(pl.LightningModule):
             self.model.get_submodule(name).train(mode)
         return self
 
+    def on_train_start(self) -> None:
+        # Lightning 2 no longer calls .train() when fitting starts (it keeps the modes the
+        # modules have, and its evaluation loops restore those): without this the frozen
+        # detector ran in train mode and its BatchNorm statistics drifted in every captioning run
+        self.train()
+
     def forward(self, batch):
         return self.model(batch)
 

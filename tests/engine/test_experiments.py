@@ -31,7 +31,8 @@ TINY = ["model/captioner=tiny", "model.captioner.bica.region_dim=256", "model.ca
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["detection", "captioning", "joint", "scst"])
 def test_training_stages_train_what_they_say(stage, synthetic_root, tmp_path):
-    """Each stage's frozen parts stay bit-identical over a step; the others change."""
+    """Each stage's frozen parts stay bit-identical over a step, BatchNorm statistics included;
+    the others change."""
     import torch
 
     from dense3d.engine.train import compose_config, fit
@@ -42,8 +43,10 @@ def test_training_stages_train_what_they_say(stage, synthetic_root, tmp_path):
 
     module, dm, trainer = build(cfg)
     before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    buffers = {n: b.detach().clone() for n, b in module.model.named_buffers()}  # BatchNorm statistics
     trainer.fit(module, dm)
     names = {n for n, p in module.model.named_parameters() if n in before and not torch.equal(before[n], p)}
+    names |= {n for n, b in module.model.named_buffers() if n in buffers and not torch.equal(buffers[n], b)}
     changed = {n.split(".")[0] for n in names}
     under = lambda n, parts: any(n.startswith(part + ".") for part in parts)  # noqa: E731
     wrong = {n for n in names if under(n, cfg.frozen) and not under(n, cfg.trainable)}
