@@ -23,13 +23,6 @@ and the offset in the sensor frame (captions say "in front of" / "left of" as se
 car, whichever way the region faces);
 events — centre offset, |offset|, offsets of both ends, log length ratio, temporal IoU.
 
-Optionally (``pair_neighbours=m``, boxes only) one **pair token** per pair of the region's ``m``
-nearest neighbours (``m (m - 1) / 2`` tokens): where the region lies on the segment joining the
-two, seen from above (see :func:`pair_geometry`), plus projections of both neighbours'
-features. "Between the A and the B" is a fact about three objects; single relation tokens give
-each neighbour's offset alone, and the second "between" target was named right for only 5-10
-of ~30 objects with them (docs/results.md).
-
 The queries run through ``torch.nn.TransformerDecoder`` layers (self-attention among the
 queries, cross-attention to the memory, FFN), then a linear map to the LLM's hidden size.
 TOD3Cap's Relation Q-Former was never released; this is written from its description.
@@ -43,7 +36,7 @@ from dense3d.errors import ConfigError
 from dense3d.models.context.bica import GeometryEmbedding
 from dense3d.structures.sample import RegionFeatures
 
-__all__ = ["RelationQFormer", "relation_geometry", "pair_geometry", "nearest_neighbours", "RELATION_DIMS"]
+__all__ = ["RelationQFormer", "relation_geometry", "nearest_neighbours", "RELATION_DIMS"]
 
 RELATION_DIMS = {"box": 11, "event": 6}
 
@@ -116,31 +109,6 @@ def relation_geometry(regions: RegionFeatures, idx: torch.Tensor, space_scale: f
     return torch.cat([dt, dt.abs(), ends, ratio, tiou], -1)  # (B, R, k, 6)
 
 
-def pair_geometry(regions: RegionFeatures, idx: torch.Tensor, pairs: torch.Tensor,
-                  space_scale: float = 10.0) -> torch.Tensor:
-    """Where each box lies relative to each pair (a, b) of its neighbours, seen from above.
-
-    Args:
-        idx: (B, R, k) neighbour indices, nearest first (:func:`nearest_neighbours`).
-        pairs: (P, 2) positions into the neighbour list, a before b (a is the nearer).
-    Returns:
-        (B, R, P, 5): t, the position of the box's projection on the segment a -> b (0 at a,
-        1 at b; clamped to [-2, 3]); its distance from the line over |ab| (clamped to 3);
-        |ab|, |box - a| and |box - b| over ``space_scale``. Invariant to moving the scene.
-    """
-    xy = regions.geometry[..., 0:2]  # (B, R, 2) BEV centres
-    nbr = _gather(xy, idx)  # (B, R, k, 2)
-    a, b = nbr[:, :, pairs[:, 0]], nbr[:, :, pairs[:, 1]]  # (B, R, P, 2) each
-    p = xy.unsqueeze(2)  # (B, R, 1, 2)
-    ab = b - a
-    ab2 = (ab * ab).sum(-1).clamp(min=1e-6)  # (B, R, P)
-    t = ((p - a) * ab).sum(-1) / ab2
-    foot = a + t.unsqueeze(-1) * ab  # (B, R, P, 2) the projection on the line
-    off = (p - foot).norm(dim=-1) / ab2.sqrt()
-    dist = torch.stack([ab2.sqrt(), (p - a).norm(dim=-1), (p - b).norm(dim=-1)], -1) / space_scale  # (B, R, P, 3)
-    return torch.cat([t.clamp(-2.0, 3.0).unsqueeze(-1), off.clamp(max=3.0).unsqueeze(-1), dist], -1)  # (B, R, P, 5)
-
-
 class RelationQFormer(nn.Module):
     """K queries per region over its own feature, context summary, tokens and relations.
 
@@ -159,8 +127,6 @@ class RelationQFormer(nn.Module):
         ffn_dim: feed-forward width (0: 4 * d_model).
         use_context: read the BiCA context summary when given.
         space_scale, time_scale: normalisers of the relation geometry.
-        pair_neighbours: m; one pair token per pair of the m nearest neighbours (boxes only;
-            0: none; at most ``num_neighbours``).
         neighbour_min_score: proposals scored below this are nobody's neighbour (they are still
             captioned themselves). Ground-truth regions score 1; on detections, 90 % of the
             boxes below 0.3 of the outdoor detector are false and would crowd out the real
@@ -170,13 +136,11 @@ class RelationQFormer(nn.Module):
     def __init__(self, d_model: int, n_heads: int, n_layers: int, num_queries: int, num_neighbours: int,
                  region_dim: int, out_dim: int, token_dim: int | None = None, ffn_dim: int = 0,
                  dropout: float = 0.0, use_context: bool = True, space_scale: float = 10.0, time_scale: float = 2.0,
-                 raw_dim: int | None = None, pair_neighbours: int = 0, neighbour_min_score: float = 0.0):
+                 raw_dim: int | None = None, neighbour_min_score: float = 0.0):
         super().__init__()
-        if pair_neighbours and not 2 <= pair_neighbours <= num_neighbours:
-            raise ConfigError("RelationQFormer", "pair_neighbours", f"0, or 2 to num_neighbours={num_neighbours}",
-                              got=pair_neighbours)
         self.num_queries, self.num_neighbours = num_queries, num_neighbours
         self.use_context = use_context
+        self.neighbour_min_score = neighbour_min_score
         self.space_scale, self.time_scale = space_scale, time_scale
         self.queries = nn.Parameter(torch.randn(num_queries, d_model) * 0.02)  # (K, D)
         self.region_in = nn.Linear(region_dim, d_model)
@@ -190,49 +154,19 @@ class RelationQFormer(nn.Module):
             for kind, dims in RELATION_DIMS.items()
         })
         self.type_embed = nn.Embedding(5, d_model)  # own / context / token / relation / raw
-        self.pair_neighbours = pair_neighbours
-        self.neighbour_min_score = neighbour_min_score
-        if pair_neighbours:
-            # a, b = positions among the m nearest neighbours, a < b (a nearer); which pair comes
-            # first matters to "between" (one-hot ranks of a and b join the MLP's input)
-            self.register_buffer("pairs", torch.combinations(torch.arange(pair_neighbours), 2), persistent=False)
-            self.pair_in = nn.Sequential(nn.Linear(5 + 2 * pair_neighbours, d_model), nn.ReLU(),
-                                         nn.Linear(d_model, d_model))
-            self.pair_first = nn.Linear(region_dim, d_model)  # the nearer neighbour's feature
-            self.pair_second = nn.Linear(region_dim, d_model)
-            self.pair_type = nn.Parameter(torch.zeros(d_model))
-            # zero-initialised outputs: added to a trained Q-Former, the new tokens start as one
-            # constant and learn from there (the pair MLP's hidden layer keeps its random init)
-            for lin in (self.pair_in[2], self.pair_first, self.pair_second):
-                nn.init.zeros_(lin.weight)
-                nn.init.zeros_(lin.bias)
         layer = nn.TransformerDecoderLayer(d_model, n_heads, ffn_dim or 4 * d_model, dropout,
                                            batch_first=True, norm_first=True)
         self.decoder = nn.TransformerDecoder(layer, n_layers, norm=nn.LayerNorm(d_model))
         self.out = nn.Linear(d_model, out_dim)
 
-    def relation_tokens(self, regions: RegionFeatures, features: torch.Tensor, idx: torch.Tensor,
-                        valid: torch.Tensor):
+    def relation_tokens(self, regions: RegionFeatures, features: torch.Tensor):
         """(B, R, k, D) relation tokens and their (B, R, k) validity: the pairwise geometry and the
-        neighbour's (BiCA) feature. idx, valid: (B, R, k) from :func:`nearest_neighbours`."""
+        neighbour's (BiCA) feature."""
+        idx, valid = nearest_neighbours(regions, self.num_neighbours, self.neighbour_min_score)
         geo = relation_geometry(regions, idx, self.space_scale, self.time_scale)  # (B, R, k, G)
         nbr = _gather(features, idx)  # (B, R, k, C)
         tok = self.relation_in[regions.kind](geo) + self.neighbour_in(nbr)  # (B, R, k, D)
         return tok + self.type_embed.weight[3], valid
-
-    def pair_tokens(self, regions: RegionFeatures, features: torch.Tensor, idx: torch.Tensor,
-                    valid: torch.Tensor):
-        """(B, R, P, D) pair tokens and their (B, R, P) validity (both neighbours real).
-        idx, valid: (B, R, k) from :func:`nearest_neighbours`, k >= m; the first m are used."""
-        idx, valid = idx[..., : self.pair_neighbours], valid[..., : self.pair_neighbours]  # (B, R, m)
-        B, R, m = idx.shape
-        first, second = self.pairs[:, 0], self.pairs[:, 1]  # (P,) each
-        geo = pair_geometry(regions, idx, self.pairs, self.space_scale)  # (B, R, P, 5)
-        rank = torch.cat([nn.functional.one_hot(first, m), nn.functional.one_hot(second, m)], -1)  # (P, 2m)
-        geo = torch.cat([geo, rank.to(geo.dtype).expand(B, R, -1, -1)], -1)  # (B, R, P, 5 + 2m)
-        nbr = _gather(features, idx)  # (B, R, m, C)
-        tok = self.pair_in(geo) + self.pair_first(nbr[:, :, first]) + self.pair_second(nbr[:, :, second])  # (B, R, P, D)
-        return tok + self.pair_type, valid[:, :, first] & valid[:, :, second]
 
     def forward(self, regions: RegionFeatures, features: torch.Tensor,
                 context: torch.Tensor | None = None, raw: torch.Tensor | None = None) -> torch.Tensor:
@@ -264,14 +198,9 @@ class RelationQFormer(nn.Module):
             parts.append(self.token_in(regions.tokens) + self.type_embed.weight[2])  # (B, R, P, D)
             valid.append(mask.new_ones(B, R, P))
         if self.num_neighbours > 0:
-            idx, nbr_valid = nearest_neighbours(regions, self.num_neighbours, self.neighbour_min_score)  # (B, R, k) each
-            rel, rel_valid = self.relation_tokens(regions, features, idx, nbr_valid)
+            rel, rel_valid = self.relation_tokens(regions, features)
             parts.append(rel)
             valid.append(rel_valid)
-        if self.pair_neighbours and regions.kind == "box":
-            pair, pair_valid = self.pair_tokens(regions, features, idx, nbr_valid)
-            parts.append(pair)
-            valid.append(pair_valid)
         memory = torch.cat(parts, 2)  # (B, R, M, D)
         mem_valid = torch.cat(valid, 2)  # (B, R, M)
 
