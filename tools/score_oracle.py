@@ -22,6 +22,11 @@ from dense3d.eval.formats import read_json
 from dense3d.utils.io import atomic_write_json
 
 
+def _centre_dist2(a: list, b: list) -> float:
+    """Squared distance between the centres of two boxes ``[x, y, z, ...]``."""
+    return sum((u - v) ** 2 for u, v in zip(a[:3], b[:3]))
+
+
 def _on_predictions(oracle: dict, pred_path: Path) -> dict:
     """The evaluation's predicted boxes, each captioned with the oracle caption of the ground-truth
     box nearest to it (centre distance): ``{scene: [{box, caption, score, label}]}``."""
@@ -37,7 +42,7 @@ def _on_predictions(oracle: dict, pred_path: Path) -> dict:
                 raise PredictionFormatError(pred_path, f"{scene}[{i}].box", "[x, y, z, dx, dy, dz, yaw]", got=r)
             if not truth:  # nothing to describe: the box is a false positive either way
                 continue
-            near = min(truth, key=lambda t: sum((a - b) ** 2 for a, b in zip(t["box"][:3], r["box"][:3])))
+            near = min(truth, key=lambda t: _centre_dist2(t["box"], r["box"]))
             out[scene].append({**r, "caption": near["caption"]})
     return out
 
@@ -60,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     # (the data config's range filter drops some), matched by box centre
     pred = {}
     for scene, objs in gt.items():
-        centres = [o["box"][:3] for o in objs]
-        pred[scene] = [r for r in oracle.get(scene, [])
-                       if any(sum((a - b) ** 2 for a, b in zip(r["box"][:3], c)) < 1e-4 for c in centres)]
+        pred[scene] = [r for r in oracle.get(scene, []) if any(_centre_dist2(r["box"], o["box"]) < 1e-4 for o in objs)]
     if a.on_predictions:
         pred = _on_predictions(pred, Path(a.eval_dir) / "predictions_boxes.json")
     metrics = box_metrics(pred, gt, a.axis_aligned, captions=True)

@@ -173,7 +173,7 @@ def test_relation_oracle_guesses_motion_from_class_and_place(synth_root, tmp_pat
            if s["split"] == "train" for o in s["objects"]]
     assert len(rows) == len(objects) == len(ann)
     by_place, by_class = tool.motion_guesses(root)
-    right = {"truth": 0, "place": 0, "class": 0}
+    right = {"place": 0, "class": 0}
     words = {}
     for o, r, a in zip(objects, rows, ann):
         got, want = parse_outdoor_caption(r["caption"]), _as_dict(o["facts"])
