@@ -1,12 +1,13 @@
-"""Which facts does a model get right? Its captions of synthetic outdoor scenes, read back fact by fact.
+"""Which facts does a model get right? Its captions of synthetic scenes, read back fact by fact.
 
 Each caption of an evaluation folder written by ``dense3d eval --checkpoint`` (its
 ``predictions_boxes.json``) is parsed with the synthetic grammar
-(:func:`dense3d.data.synthetic.facts.parse_outdoor_caption`) and compared with the facts of the
-object it describes (matched one-to-one by BEV centre distance, Hungarian, within ``--max-dist``
-metres): colour, class, motion, ego direction, distance bin, relation type and relation
-target(s). Prints, per fact, how often the caption states it and how often it is right (of all
-matched objects), and writes the table as JSON.
+(:func:`dense3d.data.synthetic.facts.parse_outdoor_caption`, or ``parse_indoor_caption`` for an
+indoor set) and compared with the facts of the object it describes (matched one-to-one by BEV
+centre distance, Hungarian, within ``--max-dist`` metres): outdoors colour, class, motion, ego
+direction, distance bin, relation type and relation target(s); indoors colour, class, place in
+the room, relation type and target(s). Prints, per fact, how often the caption states it and how
+often it is right (of all matched objects), and writes the table as JSON.
 
     python tools/caption_facts.py data/synthetic/big/outdoor outputs/RUN/eval_gt40 [--split val]
 """
@@ -22,11 +23,28 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from dense3d.data.synthetic.facts import load_outdoor_facts, parse_outdoor_caption
+from dense3d.data.synthetic.facts import (
+    load_indoor_facts,
+    load_outdoor_facts,
+    parse_indoor_caption,
+    parse_outdoor_caption,
+)
 from dense3d.errors import PredictionFormatError, exit_status
 from dense3d.utils.io import atomic_write_json
 
-FIELDS = ("colour", "cls", "motion", "direction", "distance", "relation", "targets")
+FIELDS = {"outdoor": ("colour", "cls", "motion", "direction", "distance", "relation", "targets"),
+          "indoor": ("colour", "cls", "place", "relation", "targets")}
+PARSE = {"outdoor": parse_outdoor_caption, "indoor": parse_indoor_caption}
+LOAD = {"outdoor": load_outdoor_facts, "indoor": load_indoor_facts}
+MAX_DIST = {"outdoor": 2.0, "indoor": 0.5}  # metres; half the median distance to the nearest other object indoors
+
+
+def set_kind(root: Path) -> str:
+    """``"indoor"`` for a generated indoor set (ScanRefer files, or meta.json says so), else ``"outdoor"``."""
+    if (root / "ScanRefer_filtered_train.json").is_file():
+        return "indoor"
+    meta = root / "meta.json"
+    return "indoor" if meta.is_file() and json.loads(meta.read_text()).get("kind") == "indoor" else "outdoor"
 
 
 def match(pred: dict, objects: list[dict], max_dist: float) -> list[tuple[dict, dict]]:
@@ -47,32 +65,33 @@ def match(pred: dict, objects: list[dict], max_dist: float) -> list[tuple[dict, 
     return pairs
 
 
-def fact_table(pairs: list[tuple[dict, dict]]) -> dict:
+def fact_table(pairs: list[tuple[dict, dict]], kind: str = "outdoor") -> dict:
     """Per fact: ``stated`` and ``correct`` fractions of the pairs; ``all`` = every fact right."""
     stated, correct = defaultdict(int), defaultdict(int)
     all_right = 0
     for o, p in pairs:
         want = dataclasses.asdict(o["facts"])
         want["targets"] = tuple(tuple(t) for t in want["targets"])
-        got = parse_outdoor_caption(p["caption"])
+        got = PARSE[kind](p["caption"])
         ok = True
-        for f in FIELDS:
+        for f in FIELDS[kind]:
             stated[f] += got[f] is not None
             correct[f] += got[f] == want[f]
             ok &= got[f] == want[f]
         all_right += ok
     n = max(len(pairs), 1)
-    table = {f: {"stated": 100 * stated[f] / n, "correct": 100 * correct[f] / n} for f in FIELDS}
+    table = {f: {"stated": 100 * stated[f] / n, "correct": 100 * correct[f] / n} for f in FIELDS[kind]}
     table["all"] = {"stated": None, "correct": 100 * all_right / n}
     return table
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("root", type=Path, help="the generated synthetic outdoor set the run was evaluated on")
+    p.add_argument("root", type=Path, help="the generated synthetic outdoor or indoor set the run was evaluated on")
     p.add_argument("eval_dir", type=Path, help="folder with predictions_boxes.json (dense3d eval --checkpoint)")
     p.add_argument("--split", default="val")
-    p.add_argument("--max-dist", type=float, default=2.0, help="metres between a prediction's and an object's centre")
+    p.add_argument("--max-dist", type=float, default=None,
+                   help="metres between a prediction's and an object's centre (default: 2 outdoors, 0.5 indoors)")
     p.add_argument("--out", type=Path, default=None, help="JSON table (default: EVAL_DIR/caption_facts.json)")
     a = p.parse_args(argv)
     path = a.eval_dir / "predictions_boxes.json"
@@ -82,12 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(pred, dict) or any(not isinstance(v, list) or any("caption" not in r or "box" not in r for r in v)
                                          for v in pred.values()):
         raise PredictionFormatError(path, "records", "{scene: [{box, caption, ...}]}")
-    objects = load_outdoor_facts(a.root, a.split)
+    kind = set_kind(a.root)
+    objects = LOAD[kind](a.root, a.split)
     if pred and not set(pred) & {o["scene"] for o in objects}:
         raise PredictionFormatError(path, "scenes", f"scenes of the '{a.split}' split of {a.root} (--split)",
                                     got=sorted(pred)[:2])
-    pairs = match(pred, objects, a.max_dist)
-    table = fact_table(pairs)
+    pairs = match(pred, objects, MAX_DIST[kind] if a.max_dist is None else a.max_dist)
+    table = fact_table(pairs, kind)
     print(f"{len(pairs)} captioned objects matched")
     print(f"{'fact':<10} {'stated %':>9} {'correct %':>10}")
     for f, row in table.items():

@@ -29,7 +29,7 @@ __all__ = [
     "SPLITS",
 ]
 
-GENERATOR_VERSION = 2  # 2: fixed-phrasing oracles (outdoor). Bump when generated files change for the same config (the demo then regenerates)
+GENERATOR_VERSION = 3  # 2: fixed-phrasing oracles (outdoor); 3: also indoor. Bump when generated files change for the same config (the demo then regenerates)
 KINDS = ("outdoor", "indoor", "av")
 SPLITS = ("train", "val", "test")
 

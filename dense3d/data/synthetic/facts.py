@@ -6,6 +6,10 @@ distance bin, the relation type and the colour and class of its relation target(
 they determine the fixed-phrasing oracle's caption word for word (:func:`fixed_caption`,
 tested), so a captioner fed :func:`fact_vector` instead of sensor features shows the ceiling of
 the language side alone (``tools/captioner_ceiling.py``).
+
+Indoor objects have fewer facts (:class:`IndoorFacts`): colour and class, the place in the room
+and the relation type and target(s); :func:`parse_indoor_caption` reads them back from any of
+the four description templates.
 """
 from __future__ import annotations
 
@@ -22,18 +26,22 @@ from dense3d.data.synthetic.common import PALETTE
 from dense3d.data.synthetic.grammar import (
     _DIRECTIONS,
     _DIST_PHRASE,
+    _ROOM_PLACE,
     RELATION_TYPES,
     FirstParaphrase,
     article,
+    class_words,
     ego_where,
     motion_word,
     noun_phrase,
     relation_phrase,
 )
+from dense3d.data.synthetic.indoor import INDOOR_CLASSES
 from dense3d.data.synthetic.outdoor import NUSCENES_CLASSES
 from dense3d.errors import AnnotationError
 
-__all__ = ["OutdoorFacts", "FACT_DIM", "fact_vector", "fixed_caption", "load_outdoor_facts", "parse_outdoor_caption"]
+__all__ = ["OutdoorFacts", "FACT_DIM", "fact_vector", "fixed_caption", "load_outdoor_facts", "parse_outdoor_caption",
+           "IndoorFacts", "load_indoor_facts", "parse_indoor_caption"]
 
 COLOURS = tuple(PALETTE)
 MOTIONS = ("placed", "walking", "standing", "riding", "parked", "moving")
@@ -176,4 +184,83 @@ def parse_outdoor_caption(text: str) -> dict:
             out["relation"], out["targets"] = _REL_WORDS[rel.group(1)], (_key(rel, "t"),)
         elif own:
             out["relation"], out["targets"] = "none", ()
+    return out
+
+
+# ---------------------------------------------------------------------- indoor
+@dataclass(frozen=True)
+class IndoorFacts:
+    colour: str
+    cls: str
+    place: str  # "corner" / "wall" / "middle"
+    relation: str  # next_to / between / closest_to / none
+    targets: tuple[tuple[str, str], ...]  # (colour, class) of each relation target
+
+
+def load_indoor_facts(root: str | Path, split: str) -> list[dict]:
+    """Objects of ``split`` of a generated indoor set, each ``{"scene", "facts", "box", "caption",
+    "captions", "fixed"}`` (``caption``: the first of the annotator's three ``captions``;
+    ``fixed``: the fixed-phrasing oracle's, None in sets generated before it existed)."""
+    ann_file = Path(root) / "synthetic_annotations.json"
+    if not ann_file.is_file():
+        raise AnnotationError(ann_file, "file",
+                              "a generated synthetic indoor set (dense3d convert synth --kind indoor)")
+    ann = json.loads(ann_file.read_text())
+    if ann.get("kind") != "indoor":
+        raise AnnotationError(ann_file, "kind", "'indoor'", got=ann.get("kind"))
+    out = []
+    for scene in ann["scenes"]:
+        if scene["split"] != split:
+            continue
+        objs = scene["objects"]
+        for o in objs:
+            targets = tuple((objs[j]["colour"], objs[j]["label"]) for j in o["relation_targets"])
+            facts = IndoorFacts(o["colour"], o["label"], o["place"], o["relation"], targets)
+            out.append({"scene": scene["scene_id"], "facts": facts, "box": o["box"], "caption": o["captions"][0],
+                        "captions": o["captions"], "fixed": o.get("fixed_caption")})
+    return out
+
+
+# class words as written (class_words: "trash can") and the raw names ("garbagebin")
+_IN_CLASS_WORDS = {**{c: c for c in INDOOR_CLASSES}, **{class_words(c): c for c in INDOOR_CLASSES}}
+_IN_CLS = "|".join(sorted(_IN_CLASS_WORDS, key=len, reverse=True))
+_PLACE = {phrase: place for place, phrases in _ROOM_PLACE.items() for phrase in phrases}
+_IN_REL_WORDS = {"next to": "next_to", "beside": "next_to", "near": "next_to", "closest to": "closest_to"}
+
+
+def _in_noun(p: str) -> str:
+    return rf"(?P<{p}col>{_COL}) (?P<{p}cls>{_IN_CLS})\b"
+
+
+def _in_key(m: re.Match, p: str) -> tuple[str, str]:
+    return m.group(f"{p}col"), _IN_CLASS_WORDS[m.group(f"{p}cls")]
+
+
+def parse_indoor_caption(text: str) -> dict:
+    """The facts a description of the synthetic indoor grammar states (any of the four templates,
+    any paraphrase): ``{"colour", "cls", "place", "relation", "targets"}``, None where the
+    description does not say (or says it in words outside the grammar)."""
+    t = " ".join(text.lower().replace(",", " , ").replace(".", " . ").split())
+    out: dict = dict.fromkeys(("colour", "cls", "place", "relation", "targets"))
+    # "this is a red chair" / "a red chair in a corner" / "the chair is red and stands ..."
+    own = re.search(r"\b(?:a|an) " + _in_noun("o"), t) or re.search(
+        rf"\bthe (?P<ocls>{_IN_CLS}) is (?P<ocol>{_COL})\b", t)
+    if own:
+        out["colour"], out["cls"] = _in_key(own, "o")
+    else:  # the class alone: "the chair is in a corner", "it is the chair closest to ..."
+        cls = re.search(rf"\bthe ({_IN_CLS}) (?:is|closest to)\b", t)
+        out["cls"] = _IN_CLASS_WORDS[cls.group(1)] if cls else None
+    for phrase in sorted(_PLACE, key=len, reverse=True):
+        if phrase in t:
+            out["place"] = _PLACE[phrase]
+            break
+    between = re.search(r"\bbetween the " + _in_noun("a") + " and the " + _in_noun("b"), t)
+    words = "|".join(sorted(_IN_REL_WORDS, key=len, reverse=True))
+    rel = re.search(rf"\b({words}) the " + _in_noun("t"), t)
+    if between:
+        out["relation"], out["targets"] = "between", (_in_key(between, "a"), _in_key(between, "b"))
+    elif rel:
+        out["relation"], out["targets"] = _IN_REL_WORDS[rel.group(1)], (_in_key(rel, "t"),)
+    elif own:
+        out["relation"], out["targets"] = "none", ()
     return out

@@ -118,9 +118,10 @@ def write_oracles(kind: str, records: list[dict], folder: Path) -> None:
     * ``gt``: the ground-truth caption of every ground-truth region (score 1);
     * ``context_free``: for every ground-truth region, the best caption it allows without
       any relation to other regions (the grammar's template with the relation left out).
-    * outdoor also ``fixed`` and ``fixed_context_free``: the same two with the first paraphrase
-      always (``grammar.FirstParaphrase``) instead of the annotator's random wording, which
-      no model can infer from sensors; the fair references for a captioner's CIDEr.
+    * ``fixed`` and ``fixed_context_free``: the same two with the first paraphrase always
+      (``grammar.FirstParaphrase``) instead of the annotator's random wording, which no model
+      can infer from sensors; the fair references for a captioner's CIDEr (indoor: the first
+      template and place word; its context-free caption has one wording already).
 
     3D (outdoor, indoor): ``{scene_id: [{"box", "caption", "score", "label"}]}``;
     events (av): ``{"version", "results": {video_id: [{"timestamp", "sentence"}]}, "external_data"}``
@@ -134,7 +135,7 @@ def write_oracles(kind: str, records: list[dict], folder: Path) -> None:
         d = folder / split
         if kind in ("outdoor", "indoor"):
             oracles = [("gt", None), ("context_free", "context_free_caption")]
-            if any("fixed_caption" in o for r in recs for o in r["objects"]):  # outdoor
+            if any("fixed_caption" in o for r in recs for o in r["objects"]):
                 oracles += [("fixed", "fixed_caption"), ("fixed_context_free", "fixed_context_free_caption")]
             for name, key in oracles:
                 pred = {

@@ -48,8 +48,8 @@ __all__ = [
 class FirstParaphrase:
     """Takes the place of the scene's random generator when a caption is written, and always
     picks the first paraphrase (``integers`` returns its lower bound). Only the wording draws
-    of :func:`relation_phrase` and :func:`outdoor_captions` use it; the relation itself is the
-    one the scene's generator chose."""
+    of :func:`relation_phrase`, :func:`outdoor_captions` and :func:`indoor_descriptions` use it;
+    the relation itself is the one the scene's generator chose."""
 
     def integers(self, low: int, high: int | None = None) -> int:
         return 0 if high is None else low

@@ -215,6 +215,9 @@ def make_indoor_scene(cfg: SynthConfig, index: int, scans_dir: Path, split: str)
     for i, cls in enumerate(scene.classes):
         rel = grammar.choose_relation(i, xy, keys, rng, indoor=True, max_dist=3.0, next_to=1.5)
         descs, free = grammar.indoor_descriptions(i, keys, scene.places[i], rel, rng, n=3)
+        # the fixed-phrasing oracle: first template, first wording (draws nothing from rng); its
+        # context-free twin is ``free``, which has one wording already
+        fixed = grammar.indoor_descriptions(i, keys, scene.places[i], rel, grammar.FirstParaphrase(), n=1)[0][0]
         for a, d in enumerate(descs):
             entries.append(
                 {"scene_id": scene_id, "object_id": str(i), "object_name": grammar.class_words(cls),
@@ -225,6 +228,7 @@ def make_indoor_scene(cfg: SynthConfig, index: int, scans_dir: Path, split: str)
             {"object_id": str(i), "index": i, "label": cls, "colour": scene.colours[i], "box": box7,
              "place": scene.places[i], "relation": rel["type"], "relation_targets": rel["targets"],
              "captions": descs, "context_free_caption": free,
+             "fixed_caption": fixed, "fixed_context_free_caption": free,
              "num_points": int((inst == i).sum())}
         )
     record = {"scene_id": scene_id, "split": split, "room": [W, D, H], "num_points": int(len(vert)), "objects": objects}

@@ -1,5 +1,5 @@
 """The facts of synthetic outdoor objects: complete (they write the fixed-phrasing oracle's
-caption word for word) and encoded one-hot."""
+caption word for word) and encoded one-hot; indoor ones read back from every description."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +7,15 @@ import json
 
 import pytest
 
-from dense3d.data.synthetic.facts import FACT_DIM, fact_vector, fixed_caption, load_outdoor_facts, parse_outdoor_caption
+from dense3d.data.synthetic.facts import (
+    FACT_DIM,
+    fact_vector,
+    fixed_caption,
+    load_indoor_facts,
+    load_outdoor_facts,
+    parse_indoor_caption,
+    parse_outdoor_caption,
+)
 from dense3d.errors import AnnotationError, PredictionFormatError
 
 
@@ -53,6 +61,42 @@ def test_parsing_model_style_captions():
     p = parse_outdoor_caption("a red car parked to the right of the ego car, close to the ego car.")
     assert p["relation"] == "none" and p["targets"] == () and p["direction"] == "right" and p["distance"] == "near"
     assert set(parse_outdoor_caption("a) to the orange, to the").values()) == {None}
+
+
+def test_parsing_an_indoor_description_gives_back_its_facts(synth_root):
+    """All three descriptions of every indoor object (four templates, every wording) and the
+    fixed phrasing read back to the object's facts."""
+    objs = [o for split in ("train", "val", "test") for o in load_indoor_facts(synth_root / "indoor", split)]
+    assert len(objs) > 20
+    for o in objs:
+        want = _as_dict(o["facts"])
+        assert len(o["captions"]) == 3
+        for caption in [*o["captions"], o["fixed"]]:
+            assert parse_indoor_caption(caption) == want, caption
+    captions = [c for o in objs for c in o["captions"]]
+    assert {c.split()[0] for c in captions} == {"this", "the", "a", "there"}  # all four templates
+    assert {o["facts"].relation for o in objs} >= {"next_to", "between", "closest_to"}
+    assert {o["facts"].place for o in objs} == {"corner", "wall", "middle"}
+
+
+def test_parsing_model_style_indoor_descriptions(tmp_path):
+    p = parse_indoor_caption("there is an orange picture. it is between the brown desk and the gray trash can. "
+                             "the picture is by the wall.")
+    assert p == {"colour": "orange", "cls": "picture", "place": "wall", "relation": "between",
+                 "targets": (("brown", "desk"), ("gray", "garbagebin"))}
+    p = parse_indoor_caption("the chair is red and stands in a corner. it is the chair closest to the black garbagebin.")
+    assert p == {"colour": "red", "cls": "chair", "place": "corner", "relation": "closest_to",
+                 "targets": (("black", "garbagebin"),)}
+    p = parse_indoor_caption("a white table in the center of the room.")
+    assert p == {"colour": "white", "cls": "table", "place": "middle", "relation": "none", "targets": ()}
+    p = parse_indoor_caption("it is beside the blue bed. the sofa is against the wall.")  # no colour of its own
+    assert p == {"colour": None, "cls": "sofa", "place": "wall", "relation": "next_to", "targets": (("blue", "bed"),)}
+    assert set(parse_indoor_caption("a) near the, in the room").values()) == {None}
+    with pytest.raises(AnnotationError, match="synthetic_annotations.json"):
+        load_indoor_facts(tmp_path, "train")
+    (tmp_path / "synthetic_annotations.json").write_text(json.dumps({"kind": "outdoor", "scenes": []}))
+    with pytest.raises(AnnotationError, match="kind"):
+        load_indoor_facts(tmp_path, "train")
 
 
 def test_fact_vector_is_one_hot_per_block_and_tells_objects_apart(synth_root):
@@ -227,3 +271,39 @@ def test_score_oracle_on_predicted_boxes(synth_root, tmp_path):
     (tmp_path / "predictions_boxes.json").write_text(json.dumps({"s": [{"caption": "x"}]}))
     with pytest.raises(PredictionFormatError, match=r"predictions_boxes.json.*s\[0\].box"):
         tool.main([str(oracle_file), str(tmp_path), "--on-predictions"])
+
+
+def test_caption_facts_tool_reads_indoor_sets(synth_root, tmp_path):
+    """An indoor set (told by its ScanRefer files) is scored on colour, class, place, relation
+    and targets: the fixed-phrasing oracle is right on all, a wrong colour and a missing place
+    count against one object only."""
+    root = synth_root / "indoor"
+    objs = load_indoor_facts(root, "val")
+    pred = {}
+    for o in objs:
+        box = list(o["box"])
+        box[0] += 0.2
+        pred.setdefault(o["scene"], []).append({"box": box, "caption": o["fixed"], "score": 1.0})
+    first = pred[objs[0]["scene"]][0]
+    colour = objs[0]["facts"].colour
+    other = "red" if colour != "red" else "blue"
+    first["caption"] = first["caption"].replace(f"a {colour} ", f"a {other} ", 1).rsplit(" it is ", 1)[0]
+    (tmp_path / "predictions_boxes.json").write_text(json.dumps(pred))
+    tool = _tool("caption_facts")
+    assert tool.set_kind(root) == "indoor" and tool.set_kind(synth_root / "outdoor") == "outdoor"
+    assert tool.main([str(root), str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "caption_facts.json").read_text())
+    n = len(objs)
+    assert r["objects"] == n and set(r["facts"]) == {"colour", "cls", "place", "relation", "targets", "all"}
+    t = r["facts"]
+    assert t["colour"]["correct"] == pytest.approx(100 * (n - 1) / n) and t["colour"]["stated"] == 100
+    assert t["place"]["correct"] == pytest.approx(100 * (n - 1) / n) == t["place"]["stated"]
+    assert t["cls"]["correct"] == t["relation"]["correct"] == t["targets"]["correct"] == 100
+    assert t["all"]["correct"] == pytest.approx(100 * (n - 1) / n)
+    # the indoor default is 0.5 m: boxes moved 0.6 m are not matched
+    for rows in pred.values():
+        for row in rows:
+            row["box"][0] += 0.4
+    (tmp_path / "predictions_boxes.json").write_text(json.dumps(pred))
+    assert tool.main([str(root), str(tmp_path), "--out", str(tmp_path / "x.json")]) == 0
+    assert json.loads((tmp_path / "x.json").read_text())["objects"] == 0

@@ -71,6 +71,7 @@ def test_oracles_in_evaluation_formats(synth_root):
                     for t in o["relation_targets"]:  # the context-free oracle never names the other object
                         assert objs[t]["colour"] + " " not in q["caption"].replace(o["colour"] + " ", "", 1)
     _check_fixed_phrasing_oracles(synth_root)
+    _check_indoor_fixed_oracles(synth_root)
     ev = json.loads((synth_root / "av" / "oracles" / "val" / "gt_events.json").read_text())
     dense = json.loads((synth_root / "av" / "dense_events_val.json").read_text())
     assert set(ev["results"]) == set(dense)
@@ -160,4 +161,27 @@ def _check_fixed_phrasing_oracles(synth_root):
             for t in o["relation_targets"]:
                 assert "the " + noun_phrase(objs[t]["colour"], objs[t]["label"]) in p["caption"]
             n += 1
+    assert n > 5
+
+
+def _check_indoor_fixed_oracles(synth_root):
+    """Indoor ``fixed`` oracle: the first template ("this is a <colour> <class>. ...") and first
+    place word for every object, naming its relation targets; ``fixed_context_free`` is the
+    context-free oracle (one wording already)."""
+    from dense3d.data.synthetic.grammar import class_words, noun_phrase
+
+    ann = {r["scene_id"]: r for r in json.loads((synth_root / "indoor" / "synthetic_annotations.json").read_text())["scenes"]}
+    n = 0
+    for split in ("train", "val", "test"):
+        d = synth_root / "indoor" / "oracles" / split
+        fixed, free_fixed = json.loads((d / "fixed.json").read_text()), json.loads((d / "fixed_context_free.json").read_text())
+        assert free_fixed == json.loads((d / "context_free.json").read_text())
+        for sid, preds in fixed.items():
+            objs = ann[sid]["objects"]
+            for p, q, o in zip(preds, free_fixed[sid], objs):
+                assert p["caption"].startswith(f"this is a {o['colour']} {class_words(o['label'])}.")
+                assert p["caption"].endswith(q["caption"].split(". ", 1)[1])  # the same first place word
+                for t in o["relation_targets"]:
+                    assert "the " + noun_phrase(objs[t]["colour"], objs[t]["label"]) in p["caption"]
+                n += 1
     assert n > 5
