@@ -1,6 +1,7 @@
 """One teacher-forced caption training step (forward + backward) on CPU with SmolLM2-135M-Instruct:
 the whole frozen LLM every step vs the frozen lower layers read from ``FrozenPrefixCache``, and
-the cached step in float32 vs under bfloat16 autocast (``RegionCaptioner(llm_autocast=True)``).
+the cached step in float32 vs under bfloat16 autocast (``RegionCaptioner(llm_autocast=True)``; the
+default ``None`` turns it on only where the CPU multiplies bfloat16 natively, printed).
 
 Captions are real synthetic TOD3Cap-style sentences (``data/synthetic/default`` when present,
 else a fixed list); the visual tokens are random, the adapter's gates opened so its prompts
@@ -28,6 +29,7 @@ from dense3d.models.captioner.decoder import load_smollm2
 from dense3d.models.captioner.frozen_prefix import FrozenPrefixCache, caption_loss_top_layers
 from dense3d.models.captioner.generate import teacher_forcing_batch
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
+from dense3d.models.captioner.region_captioner import bf16_is_fast
 from dense3d.models.losses.caption import caption_cross_entropy
 from dense3d.utils.io import atomic_write_json
 
@@ -115,15 +117,18 @@ def main() -> None:
                      "cached_bf16_s": bf16, "bf16_speedup": cached / bf16,
                      "loss_cached_bf16": losses["cached, bf16 autocast"], "bf16_grad_cosine": cos})
         adapter.detach()
+    native = bf16_is_fast(torch.device("cpu"))
     print(f"SmolLM2-135M-Instruct, CPU ({torch.get_num_threads()} threads), {len(caps)} captions of "
           f"{int(batch['attention_mask'].sum(1).float().mean())} tokens on average, forward + backward, best of {args.repeats}")
+    print(f"native bfloat16 matmuls (AVX512-BF16/AMX): {native}; RegionCaptioner(llm_autocast=None) "
+          f"{'uses' if native else 'does not use'} autocast here")
     print(f"{'adapted layers':>14} {'full LLM s':>11} {'cached s':>9} {'speed-up':>9} {'loss full':>10} {'loss cached':>12}"
           f" | {'cached bf16 s':>13} {'bf16 speed-up':>14} {'loss bf16':>10} {'grad cos':>9}")
     for r in rows:
         print(f"{r['adapted_layers']:>14} {r['full_s']:11.3f} {r['cached_s']:9.3f} {r['speedup']:8.2f}x "
               f"{r['loss_full']:10.5f} {r['loss_cached']:12.5f} | {r['cached_bf16_s']:13.3f} {r['bf16_speedup']:13.2f}x "
               f"{r['loss_cached_bf16']:10.5f} {r['bf16_grad_cosine']:9.4f}")
-    meta = {"captions": len(caps), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    meta = {"captions": len(caps), "threads": torch.get_num_threads(), "torch": torch.__version__, "bf16_native": native,
             "machine": platform.processor() or platform.machine(), "load_average_1m": os.getloadavg()[0]}
     atomic_write_json(Path(__file__).with_name("bm_caption_step.json"), {"meta": meta, "rows": rows})
 

@@ -123,6 +123,22 @@ def test_bf16_autocast_runs_the_llm_in_bfloat16_with_float32_gradients():
     assert len(model.generate(regions, ctx)[0]) == 4
 
 
+def test_autocast_by_default_only_where_bfloat16_is_native(monkeypatch):
+    """llm_autocast=None follows the hardware: on an AVX2-only CPU a bfloat16 matmul is ~60x slower
+    than a float32 one (scalar fallback), so autocast would slow training down, not speed it up."""
+    import dense3d.models.captioner.region_captioner as rc
+
+    assert rc.bf16_is_fast(torch.device("cpu")) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    model = tiny_captioner(llm_autocast=None)
+    for native in (False, True):
+        monkeypatch.setattr(rc, "bf16_is_fast", lambda device, native=native: native)
+        with model._precision():
+            assert torch.is_autocast_enabled("cpu") == native
+    for forced in (False, True):  # an explicit setting wins
+        with tiny_captioner(llm_autocast=forced)._precision():
+            assert torch.is_autocast_enabled("cpu") == forced
+
+
 def test_batched_generation_equals_one_region_at_a_time():
     regions, ctx, _ = oracle_scene()
     regions.mask[1, 3] = False  # one padded region

@@ -30,7 +30,7 @@ from dense3d.models.losses.caption import caption_cross_entropy, cider_d, scst_l
 from dense3d.structures.captions import DenseCaption
 from dense3d.structures.sample import RegionFeatures
 
-__all__ = ["RegionCaptioner", "DEFAULT_PROMPTS", "region_record"]
+__all__ = ["RegionCaptioner", "DEFAULT_PROMPTS", "region_record", "bf16_is_fast"]
 
 DEFAULT_PROMPTS = {"box": "Describe the object.", "event": "Describe the sound."}
 
@@ -39,6 +39,22 @@ def _as_list(x):
     if x is None:
         return []
     return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively: a CUDA GPU that supports
+    bfloat16, or a CPU with AVX512-BF16 / AMX (oneDNN's bfloat16 path). Elsewhere (AVX2-only
+    CPUs) torch falls back to a scalar kernel ~60x slower than float32, so autocast must stay off.
+    torch has no public test for the CPU case; ``torch.ops.mkldnn._is_mkldnn_bf16_supported`` is
+    the one torch's own tests use."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
 
 
 def region_record(r: RegionFeatures, b: int, i: int, names: Sequence[str], text: str) -> DenseCaption:
@@ -71,17 +87,20 @@ class RegionCaptioner(nn.Module):
             adapted layers (``FrozenPrefixCache``) up to this many MB and runs only the top
             layers (0: run the whole LLM every step; same loss, slower).
         llm_autocast: run the LLM (teacher forcing, generation, SCST) under ``torch.autocast``
-            in bfloat16; its weights and everything that trains stay float32. On the 2-core CPU
-            (AVX512-BF16) a SmolLM2 caption step with all 30 layers adapted takes 2.0 s instead of
-            5.0 s, and the gradients reaching the visual tokens, gates and prompts point the same
-            way (cosine 0.999, docs/captioning.md). Off: float32 throughout.
+            in bfloat16; its weights and everything that trains stay float32. On a CPU with
+            native bfloat16 matrix products (AVX512-BF16, AMX) a SmolLM2 caption step with all 30
+            layers adapted takes 2.0 s instead of 5.0 s, and the gradients reaching the visual
+            tokens, gates and prompts point the same way (cosine 0.999, docs/captioning.md); on
+            an AVX2-only CPU a bfloat16 matrix product is ~60x slower than a float32 one.
+            False: float32 throughout; None (default): on where the device has native bfloat16
+            matrix products (:func:`bf16_is_fast`).
     """
 
     def __init__(self, decoder: FrozenDecoder, adapter: LlamaAdapter, qformer: RelationQFormer,
                  bica: BiCADecoder | None = None, prompts: dict[str, str] | None = None,
                  max_caption_tokens: int = 32, max_new_tokens: int = 32, num_beams: int = 1,
                  class_names: dict[str, Sequence[str]] | None = None, no_repeat_ngram_size: int = 0,
-                 repetition_penalty: float = 1.0, cache_frozen_layers_mb: int = 1024, llm_autocast: bool = False):
+                 repetition_penalty: float = 1.0, cache_frozen_layers_mb: int = 1024, llm_autocast: bool | None = None):
         super().__init__()
         if adapter.prompt_len != qformer.num_queries:
             raise ConfigError("RegionCaptioner", "adapter.prompt_len", f"qformer.num_queries={qformer.num_queries}",
@@ -110,7 +129,9 @@ class RegionCaptioner(nn.Module):
 
     def _precision(self):
         """The context the LLM runs in: bfloat16 autocast on the adapter's device, or nothing."""
-        return torch.autocast(self.adapter.prompts.device.type, dtype=torch.bfloat16, enabled=self.llm_autocast)
+        dev = self.adapter.prompts.device
+        enabled = bf16_is_fast(dev) if self.llm_autocast is None else self.llm_autocast
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=enabled)
 
     def trainable_parameters(self):
         """Parameters that train (BiCA, Q-Former, adapter): everything but the LLM."""
