@@ -40,9 +40,7 @@ MAX_DIST = {"outdoor": 2.0, "indoor": 0.5}  # metres; half the median distance t
 
 
 def set_kind(root: Path) -> str:
-    """``"indoor"`` for a generated indoor set (ScanRefer files, or meta.json says so), else ``"outdoor"``."""
-    if (root / "ScanRefer_filtered_train.json").is_file():
-        return "indoor"
+    """The kind a generated set's ``meta.json`` records: ``"indoor"``, else ``"outdoor"``."""
     meta = root / "meta.json"
     return "indoor" if meta.is_file() and json.loads(meta.read_text()).get("kind") == "indoor" else "outdoor"
 

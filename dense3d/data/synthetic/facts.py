@@ -154,12 +154,17 @@ def _key(m: re.Match, p: str) -> tuple[str, str]:
     return m.group(f"{p}col"), _CLASS_WORDS[m.group(f"{p}cls")]
 
 
+def _normalise(text: str) -> str:
+    """Lower case, punctuation as words of its own, single spaces."""
+    return " ".join(text.lower().replace(",", " , ").replace(".", " . ").split())
+
+
 def parse_outdoor_caption(text: str) -> dict:
     """The facts a caption of the synthetic outdoor grammar states (any template or paraphrase):
     ``{"colour", "cls", "motion", "direction", "distance", "relation", "targets"}``, None where
     the caption does not say (or says it in words outside the grammar). Used to score a model's
     captions fact by fact (``tools/caption_facts.py``)."""
-    t = " ".join(text.lower().replace(",", " , ").replace(".", " . ").split())
+    t = _normalise(text)
     out: dict = dict.fromkeys(("colour", "cls", "motion", "direction", "distance", "relation", "targets"))
     own = re.search(r"\b(?:a|an) " + _noun("o"), t)
     if own:
@@ -240,7 +245,7 @@ def parse_indoor_caption(text: str) -> dict:
     """The facts a description of the synthetic indoor grammar states (any of the four templates,
     any paraphrase): ``{"colour", "cls", "place", "relation", "targets"}``, None where the
     description does not say (or says it in words outside the grammar)."""
-    t = " ".join(text.lower().replace(",", " , ").replace(".", " . ").split())
+    t = _normalise(text)
     out: dict = dict.fromkeys(("colour", "cls", "place", "relation", "targets"))
     # "this is a red chair" / "a red chair in a corner" / "the chair is red and stands ..."
     own = re.search(r"\b(?:a|an) " + _in_noun("o"), t) or re.search(

@@ -274,7 +274,7 @@ def test_score_oracle_on_predicted_boxes(synth_root, tmp_path):
 
 
 def test_caption_facts_tool_reads_indoor_sets(synth_root, tmp_path):
-    """An indoor set (told by its ScanRefer files) is scored on colour, class, place, relation
+    """An indoor set (told by its meta.json) is scored on colour, class, place, relation
     and targets: the fixed-phrasing oracle is right on all, a wrong colour and a missing place
     count against one object only."""
     root = synth_root / "indoor"
