@@ -6,7 +6,9 @@ Wires already-built parts (nothing is built from strings here):
 * ``event_detector`` (``EventDetector``): audio / video -> audible events + region features;
 * ``captioner`` (``RegionCaptioner``): BiCA -> Relation Q-Former -> LLaMA-Adapter -> frozen LLM;
 * ``image_regions`` (``ImageRegionEncoder``, optional): each box's appearance pooled from the
-  cameras, added to its region features (trains with the captioner).
+  cameras, added to its region features (trains with the captioner);
+* ``point_regions`` (``PointRegionEncoder``, optional): the colours and shape of the points inside
+  each box, added to its region features (trains with the captioner; coloured clouds, indoors).
 
 Training step (``forward``): detection losses of the detectors present, plus the caption loss on
 regions that have a ground-truth caption. Which regions are captioned in training is set by
@@ -35,6 +37,7 @@ from dense3d.models.context.bica import SceneContext, context_from_bev, context_
 from dense3d.models.matching import assign_captions
 from dense3d.models.proposals.boxes.detector import BoxDetector
 from dense3d.models.proposals.boxes.image_features import ImageRegionEncoder
+from dense3d.models.proposals.boxes.point_features import PointRegionEncoder
 from dense3d.models.proposals.events.detector import EventDetector
 from dense3d.structures import Boxes3D, DenseCaption, RegionFeatures
 
@@ -54,6 +57,7 @@ class DenseCaptioner(nn.Module):
         scst_weight: weight of the self-critical loss (CIDEr-D reward, greedy baseline; 0: off),
             the optional last stage (``stage=scst``).
         image_regions: adds each box's camera appearance to its region features, or None.
+        point_regions: adds the colours and shape of each box's points to its region features, or None.
         class_embedding: add a learned embedding of each box's class (the detector's label; the
             annotated class for ground-truth regions) to its region features, so captions name
             the class the detector found.
@@ -74,6 +78,7 @@ class DenseCaptioner(nn.Module):
         scst_weight: float = 0.0,
         image_regions: ImageRegionEncoder | None = None,
         class_embedding: bool = False,
+        point_regions: PointRegionEncoder | None = None,
     ):
         super().__init__()
         if box_detector is None and event_detector is None:
@@ -92,6 +97,7 @@ class DenseCaptioner(nn.Module):
         self.caption_weight = caption_weight
         self.scst_weight = scst_weight
         self.image_regions = image_regions
+        self.point_regions = point_regions
         self.class_embedding = None
         if class_embedding:
             if box_detector is None:
@@ -103,11 +109,13 @@ class DenseCaptioner(nn.Module):
         # synthetic outdoor set) drowned the camera appearance (18) and the class vector (16): at
         # step 420 of captioning_outdoor the captions named the colour of 25 % of ground-truth
         # boxes and the class of 64 %, although each box's true class was embedded.
-        self.region_norm = self.appearance_norm = None
-        if box_detector is not None and (image_regions is not None or class_embedding):
+        self.region_norm = self.appearance_norm = self.point_norm = None
+        if box_detector is not None and (image_regions is not None or point_regions is not None or class_embedding):
             self.region_norm = nn.LayerNorm(box_detector.region_sampler.out_channels)
             if image_regions is not None:
                 self.appearance_norm = nn.LayerNorm(image_regions.out_channels)
+            if point_regions is not None:
+                self.point_norm = nn.LayerNorm(point_regions.out_channels)
         if captioner is not None and box_detector is not None and "box" not in captioner.class_names:
             captioner.class_names["box"] = list(box_detector.box_head.class_names)  # labels -> names in outputs
 
@@ -117,8 +125,8 @@ class DenseCaptioner(nn.Module):
         return (float(r[0]), float(r[3])), (float(r[1]), float(r[4]))
 
     def _with_appearance(self, batch, r: RegionFeatures) -> RegionFeatures:
-        """Box regions with their camera appearance and class embedding added to the features
-        (each when configured; every source layer-normalised first). Padded regions stay zero."""
+        """Box regions with their camera appearance, point colours and class embedding added to the
+        features (each when configured; every source layer-normalised first). Padded regions stay zero."""
         if self.region_norm is None:
             return r
         real = r.mask[..., None].to(r.features.dtype)  # (B, R, 1)
@@ -126,6 +134,9 @@ class DenseCaptioner(nn.Module):
         if self.image_regions is not None:
             seen = self.image_regions(batch, r.geometry, r.mask)  # (B, R, D), zeros where no camera sees the box
             features = features + self.appearance_norm(seen) * (seen.abs().sum(-1, keepdim=True) > 0).to(seen.dtype)
+        if self.point_regions is not None:
+            held = self.point_regions(batch, r.geometry, r.mask)  # (B, R, D), zeros where a box holds no points
+            features = features + self.point_norm(held) * (held.abs().sum(-1, keepdim=True) > 0).to(held.dtype)
         if self.class_embedding is not None:
             known = (r.labels >= 0) & r.mask  # (B, R)
             features = features + self.class_embedding(r.labels.clamp(min=0)) * known[..., None].to(features.dtype)

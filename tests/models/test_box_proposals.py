@@ -257,3 +257,63 @@ def test_image_region_features_see_only_their_own_pixels(nusc):
     overlaps = ((r[..., 0] < x1 + grow) & (r[..., 2] > x0 - grow) & (r[..., 1] < y1 + grow) & (r[..., 3] > y0 - grow))
     touching = (overlaps[v] & (area[0, v] > 0))
     assert not changed[~touching].any()
+
+
+def _coloured_room():
+    """Two boxes (the second turned by 90 degrees) holding red and blue points, grey points outside."""
+    from dense3d.structures import Batch, Sample
+    from dense3d.structures.sample import PointCloud
+
+    g = torch.Generator().manual_seed(0)
+    red = torch.rand(50, 3, generator=g) * torch.tensor([1.0, 0.5, 0.5]) + torch.tensor([0.5, 0.75, 0.25])  # box 0
+    blue = torch.rand(30, 3, generator=g) * torch.tensor([0.4, 1.8, 0.8]) + torch.tensor([2.8, 0.1, 0.1])  # box 1 (turned)
+    grey = torch.rand(40, 3, generator=g) * torch.tensor([1.0, 1.0, 1.0]) + torch.tensor([5.0, 5.0, 0.0])  # no box
+    xyz = torch.cat([red, blue, grey])
+    rgb = torch.cat([torch.tensor([[230.0, 20, 20]]).expand(50, 3), torch.tensor([[10.0, 30, 240]]).expand(30, 3),
+                     torch.full((40, 3), 128.0)])
+    cloud = PointCloud(torch.cat([xyz, rgb], 1), feature_names=("x", "y", "z", "r", "g", "b"), source="room.npy")
+    batch = Batch(samples=[Sample("room", points=cloud)], points=torch.cat([torch.zeros(120, 1), cloud.points], 1))
+    boxes = torch.tensor([[[1.0, 1.0, 0.5, 1.0, 0.5, 0.5, 0.0],
+                           [3.0, 1.0, 0.5, 1.8, 0.4, 0.8, math.pi / 2],  # 1.8 along y once turned
+                           [8.0, 8.0, 0.5, 1.0, 1.0, 1.0, 0.0],          # empty
+                           [1.0, 1.0, 0.5, 1.0, 0.5, 0.5, 0.0]]])        # padding over box 0
+    mask = torch.tensor([[True, True, True, False]])
+    return batch, boxes, mask
+
+
+def test_point_region_features_pool_each_box_own_points():
+    from dense3d.models.proposals.boxes.point_features import PointRegionEncoder
+
+    batch, boxes, mask = _coloured_room()
+    torch.manual_seed(0)
+    enc = PointRegionEncoder(out_channels=16, bins=4).eval()
+    with torch.no_grad():
+        stats = enc.pool(batch.points, boxes[0], mask[0], [4, 5, 6])  # (R, 64 + 7 + H)
+        f0 = enc(batch, boxes, mask)
+    # colour statistics of exactly the points inside: 50 red ones in box 0, 30 blue in the turned box 1
+    torch.testing.assert_close(stats[0, 64:67], torch.tensor([230.0, 20, 20]) / 255)
+    torch.testing.assert_close(stats[1, 64:67], torch.tensor([10.0, 30, 240]) / 255)
+    torch.testing.assert_close(stats[:2, 67:70], torch.zeros(2, 3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(stats[:2, :64].sum(1), torch.ones(2))
+    assert stats[0, (3 * 4 + 0) * 4 + 0] == 1 and stats[1, (0 * 4 + 0) * 4 + 3] == 1  # one histogram cell each
+    torch.testing.assert_close(stats[:2, 70], torch.log1p(torch.tensor([50.0, 30])) / math.log(1e4))
+    assert torch.all(stats[2:] == 0)  # the empty box, the padded one
+    assert f0.shape == (1, 4, 16) and torch.all(f0[0, 2:] == 0) and torch.all(f0[0, :2].abs().sum(-1) > 0)
+    # repaint box 1's points: only box 1 changes
+    batch.points[50:80, 4:7] = torch.tensor([250.0, 250, 250])
+    with torch.no_grad():
+        f1 = enc(batch, boxes, mask)
+    changed = (f1 - f0).abs().amax(-1)[0] > 1e-6
+    assert changed.tolist() == [False, True, False, False]
+
+
+def test_point_region_features_need_colours_and_train():
+    from dense3d.errors import ConfigError
+    from dense3d.models.proposals.boxes.point_features import PointRegionEncoder
+
+    batch, boxes, mask = _coloured_room()
+    enc = PointRegionEncoder(out_channels=8)
+    enc(batch, boxes, mask).sum().backward()
+    assert enc.point_mlp[0].weight.grad.abs().sum() > 0 and enc.mlp[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="room.npy.*feature_names"):
+        PointRegionEncoder(colour_names=("red", "green", "blue"))(batch, boxes, mask)
