@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from dense3d.errors import ConfigError
+from dense3d.ops.points_in_boxes import points_in_boxes
 from dense3d.structures import Boxes3D
 
 __all__ = ["PointRegionEncoder"]
@@ -75,7 +76,7 @@ class PointRegionEncoder(nn.Module):
         if points.shape[0] == 0 or R == 0:
             return out
         box = Boxes3D._wrap(boxes[:, :7].float())
-        inside = box.points_in_boxes(points[:, 1:4]) & mask[None, :]  # (N, R)
+        inside = points_in_boxes(points[:, 1:4].contiguous(), box.tensor) & mask[None, :]  # (N, R); C++/CUDA when built
         p, r = inside.nonzero(as_tuple=True)  # (K,) point and box of every (point, box) pair
         if p.numel() == 0:
             return out
