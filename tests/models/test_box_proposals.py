@@ -317,3 +317,35 @@ def test_point_region_features_need_colours_and_train():
     assert enc.point_mlp[0].weight.grad.abs().sum() > 0 and enc.mlp[0].weight.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="room.npy.*feature_names"):
         PointRegionEncoder(colour_names=("red", "green", "blue"))(batch, boxes, mask)
+
+
+def test_point_region_features_follow_the_boxes_and_the_batch():
+    """Turning and moving the room with its boxes changes nothing (box-local shape, colours);
+    a second sample without points in the batch gets zeros; float64 clouds are read as well."""
+    from dense3d.models.proposals.boxes.point_features import PointRegionEncoder
+    from dense3d.structures import Batch, Boxes3D, Sample
+
+    batch, boxes, mask = _coloured_room()
+    torch.manual_seed(0)
+    enc = PointRegionEncoder(out_channels=8).eval()
+    with torch.no_grad():
+        s0 = enc.pool(batch.points, boxes[0], mask[0], [4, 5, 6])
+        moved = batch.points.clone()
+        turned = Boxes3D._wrap(boxes[0].clone()).rotate(0.7)
+        c, s = math.cos(0.7), math.sin(0.7)
+        xy = moved[:, 1:3].clone()
+        moved[:, 1], moved[:, 2] = c * xy[:, 0] - s * xy[:, 1], s * xy[:, 0] + c * xy[:, 1]
+        shift = torch.tensor([3.0, -2.0, 0.5])
+        moved[:, 1:4] += shift
+        moved_boxes = turned.tensor.clone()
+        moved_boxes[:, 0:3] += shift
+        s1 = enc.pool(moved.double(), moved_boxes, mask[0], [4, 5, 6])
+        torch.testing.assert_close(s1, s0, atol=1e-5, rtol=1e-5)  # PointNet part (71:) included
+        # the same box scaled by 2 sees the same points in other box-local places: the PointNet part moves
+        s2 = enc.pool(batch.points, torch.cat([boxes[0, :1, :3], 2 * boxes[0, :1, 3:6], boxes[0, :1, 6:]], 1), mask[0, :1], [4, 5, 6])
+        assert not torch.allclose(s2[0, 71:], s0[0, 71:])
+        # batch of two: the second sample holds no points
+        two = Batch(samples=batch.samples + [Sample("empty")], points=batch.points)
+        f = enc(two, boxes.expand(2, -1, -1), mask.expand(2, -1))
+        assert torch.all(f[1] == 0) and torch.all(f[0, :2].abs().sum(-1) > 0)
+        torch.testing.assert_close(f[0], enc(batch, boxes, mask)[0])

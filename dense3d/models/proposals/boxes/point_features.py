@@ -72,6 +72,7 @@ class PointRegionEncoder(nn.Module):
         """One sample: (N, 1+3+C) points, (R, >=7) boxes, (R,) mask -> (R, F) pooled statistics."""
         R = boxes.shape[0]
         H = self.point_mlp[-2].out_features
+        points = points.to(self.point_mlp[0].weight.dtype)
         out = points.new_zeros(R, self.bins ** 3 + 7 + H)
         if points.shape[0] == 0 or R == 0:
             return out
@@ -80,21 +81,23 @@ class PointRegionEncoder(nn.Module):
         p, r = inside.nonzero(as_tuple=True)  # (K,) point and box of every (point, box) pair
         if p.numel() == 0:
             return out
-        rgb = (points[p][:, colour_cols] / self.colour_scale).clamp(0, 1)  # (K, 3)
+        cols = torch.tensor(colour_cols, device=points.device)
+        rgb = (points[p[:, None], cols] / self.colour_scale).clamp(0, 1)  # (K, 3), without copying whole rows
         # box-local position, rotated by -yaw and divided by the box size: (K, 3) in [-0.5, 0.5]
         rel = points[p, 1:4] - box.center[r]
         c, s = torch.cos(box.yaw[r]), torch.sin(box.yaw[r])
         local = torch.stack([rel[:, 0] * c + rel[:, 1] * s, -rel[:, 0] * s + rel[:, 1] * c, rel[:, 2]], 1)
         local = local / box.dims[r].clamp(min=1e-3)
 
-        count = torch.zeros(R, device=points.device).index_add_(0, r, torch.ones_like(r, dtype=torch.float32))
+        count = rgb.new_zeros(R).index_add_(0, r, rgb.new_ones(r.shape[0]))
         n = count.clamp(min=1)[:, None]  # (R, 1)
-        mean = torch.zeros(R, 3, device=points.device).index_add_(0, r, rgb) / n
-        var = torch.zeros(R, 3, device=points.device).index_add_(0, r, (rgb - mean[r]) ** 2) / n
+        mean = rgb.new_zeros(R, 3).index_add_(0, r, rgb) / n
+        var = rgb.new_zeros(R, 3).index_add_(0, r, (rgb - mean[r]) ** 2) / n
         cell = (rgb * self.bins).long().clamp(max=self.bins - 1)  # (K, 3) bin per channel
         flat = (cell[:, 0] * self.bins + cell[:, 1]) * self.bins + cell[:, 2]  # (K,)
-        hist = torch.zeros(R * self.bins ** 3, device=points.device).index_add_(
-            0, r * self.bins ** 3 + flat, torch.ones_like(flat, dtype=torch.float32)).view(R, -1) / n
+        # counts in one flat (R * bins^3,) vector, then (R * bins^3,) -> (R, bins^3)
+        hist = rgb.new_zeros(R * self.bins ** 3).index_add_(
+            0, r * self.bins ** 3 + flat, rgb.new_ones(flat.shape[0])).view(R, -1) / n
         per_point = self.point_mlp(torch.cat([local, rgb], 1))  # (K, H), >= 0 after the ReLU
         # max over each box's points (scatter, since boxes hold different numbers of points); a
         # box without points keeps the zeros it starts with
