@@ -131,12 +131,12 @@ class DenseCaptioner(nn.Module):
             return r
         real = r.mask[..., None].to(r.features.dtype)  # (B, R, 1)
         features = self.region_norm(r.features)
-        if self.image_regions is not None:
-            seen = self.image_regions(batch, r.geometry, r.mask)  # (B, R, D), zeros where no camera sees the box
-            features = features + self.appearance_norm(seen) * (seen.abs().sum(-1, keepdim=True) > 0).to(seen.dtype)
-        if self.point_regions is not None:
-            held = self.point_regions(batch, r.geometry, r.mask)  # (B, R, D), zeros where a box holds no points
-            features = features + self.point_norm(held) * (held.abs().sum(-1, keepdim=True) > 0).to(held.dtype)
+        # each encoder returns (B, R, D) with zeros where it has nothing (no camera sees the box, the
+        # box holds no points); those rows stay out (a LayerNorm of zeros is its bias, not zero)
+        for encoder, norm in ((self.image_regions, self.appearance_norm), (self.point_regions, self.point_norm)):
+            if encoder is not None:
+                x = encoder(batch, r.geometry, r.mask)
+                features = features + norm(x) * (x.abs().sum(-1, keepdim=True) > 0).to(x.dtype)
         if self.class_embedding is not None:
             known = (r.labels >= 0) & r.mask  # (B, R)
             features = features + self.class_embedding(r.labels.clamp(min=0)) * known[..., None].to(features.dtype)
