@@ -7,7 +7,9 @@ indoor set) and compared with the facts of the object it describes (matched one-
 centre distance, Hungarian, within ``--max-dist`` metres): outdoors colour, class, motion, ego
 direction, distance bin, relation type and relation target(s); indoors colour, class, place in
 the room, relation type and target(s). Prints, per fact, how often the caption states it and how
-often it is right (of all matched objects), and writes the table as JSON.
+often it is right (of all matched objects), then how often the target is right per true relation
+type (indoors "next to" names the nearest object, "closest to" a neighbour chosen by comparing
+the other objects of the class), and writes both as JSON.
 
     python tools/caption_facts.py data/synthetic/big/outdoor outputs/RUN/eval_gt40 [--split val]
 """
@@ -83,6 +85,16 @@ def fact_table(pairs: list[tuple[dict, dict]], kind: str = "outdoor") -> dict:
     return table
 
 
+def targets_by_relation(pairs: list[tuple[dict, dict]], kind: str = "outdoor") -> dict:
+    """Per true relation type: ``objects`` of that type and the % whose caption names the right target(s)."""
+    n, right = defaultdict(int), defaultdict(int)
+    for o, p in pairs:
+        rel = o["facts"].relation
+        n[rel] += 1
+        right[rel] += PARSE[kind](p["caption"])["targets"] == tuple(tuple(t) for t in o["facts"].targets)
+    return {rel: {"objects": n[rel], "correct": 100 * right[rel] / n[rel]} for rel in sorted(n)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("root", type=Path, help="the generated synthetic outdoor or indoor set the run was evaluated on")
@@ -111,7 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     for f, row in table.items():
         s = "" if row["stated"] is None else f"{row['stated']:.1f}"
         print(f"{f:<10} {s:>9} {row['correct']:>10.1f}")
-    atomic_write_json(a.out or a.eval_dir / "caption_facts.json", {"objects": len(pairs), "facts": table})
+    by_rel = targets_by_relation(pairs, kind)
+    print(f"{'relation':<12} {'objects':>8} {'target right %':>15}")
+    for rel, row in by_rel.items():
+        print(f"{rel:<12} {row['objects']:>8} {row['correct']:>15.1f}")
+    atomic_write_json(a.out or a.eval_dir / "caption_facts.json",
+                      {"objects": len(pairs), "facts": table, "targets_by_relation": by_rel})
     return 0
 
 

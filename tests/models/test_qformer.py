@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from dense3d.models.captioner.qformer import RelationQFormer, nearest_neighbours, relation_geometry
+from dense3d.models.captioner.qformer import RelationQFormer, nearest_neighbours, relation_geometry, relation_ranks
 from dense3d.structures.sample import RegionFeatures
 
 D = 16
@@ -170,3 +170,59 @@ def test_raw_features_stay_with_their_own_region():
     assert changed.tolist() == [False, True, False]
     changed = (out_f - base).abs().amax((-1, -2))[0] > 1e-6
     assert changed.tolist() == [True, True, False]
+
+
+def _room(centres, labels, scores=None):
+    """Boxes at (x, y, 0) with the given labels (a ScanRefer-like room seen from above)."""
+    r = _boxes([[x, y, 0.0] for x, y in centres])
+    sc = torch.ones(1, len(centres)) if scores is None else torch.tensor([scores])
+    return RegionFeatures("box", r.features, r.geometry, sc, torch.tensor([labels]), r.mask)
+
+
+def test_relation_ranks_say_which_neighbour_makes_the_region_the_nearest_of_its_class():
+    # two chairs (label 0) at x=0 and x=4; a table (1) at x=1, a door (2) at x=5.5, a lamp (3) far off
+    r = _room([(0, 0), (4, 0), (1, 0.5), (5.5, 0), (0, 9)], [0, 0, 1, 2, 3])
+    idx, valid = nearest_neighbours(r, 3)
+    ranks = relation_ranks(r, idx, valid)
+    assert ranks.shape == (1, 5, 3, 5)
+    by_t = {int(t): ranks[0, 0, n] for n, t in enumerate(idx[0, 0])}  # chair 0 about each neighbour
+    assert idx[0, 0].tolist() == [2, 1, 3]  # table, the other chair, door: nearest first
+    torch.testing.assert_close(ranks[0, 0, :, 0], torch.tensor([0.0, 1 / 3, 2 / 3]))  # position
+    assert by_t[1][1] == 1 and by_t[2][1] == 0  # same class: the other chair only
+    assert by_t[2][2] == 1 and by_t[3][2] == 0  # the chair closest to the table, not to the door
+    # margin: chair 1 is 3.04 m from the table, chair 0 1.12 m -> 1.92 m nearer, clipped to 1;
+    # chair 1 is 1.5 m from the door, chair 0 5.5 m -> -4 m, clipped to -1 (margin_scale 1 m)
+    assert by_t[2][3] == 1 and by_t[3][3] == -1
+    assert abs(relation_ranks(r, idx, valid, margin_scale=10.0)[0, 0, 2, 3].item() + 0.4) < 1e-6  # (1.5 - 5.5) / 10
+    assert ranks[0, 0, :, 4].tolist() == [1, 1, 1] and ranks[0, 2, :, 4].tolist() == [0, 0, 0]  # class shared
+    # the table has no rival of its class: nearest of its class to everything, margin 1
+    assert ranks[0, 2, :, 2].tolist() == [1, 1, 1] and ranks[0, 2, :, 3].tolist() == [1, 1, 1]
+    # chair 1 is the chair closest to the door
+    assert ranks[0, 1, idx[0, 1].tolist().index(3), 2] == 1
+
+
+def test_relation_ranks_ignore_padding_low_scores_and_unknown_labels():
+    r = _room([(0, 0), (4, 0), (1, 0.5), (0.8, 0.4)], [0, 0, 1, 0], scores=[1.0, 1.0, 1.0, 0.2])
+    idx, valid = nearest_neighbours(r, 3, min_score=0.5)
+    ranks = relation_ranks(r, idx, valid, min_score=0.5)
+    n = idx[0, 0].tolist().index(2)
+    assert ranks[0, 0, n, 2] == 1  # the low-scored chair nearer to the table is no rival
+    assert ranks[0, 0, ~valid[0, 0]].abs().sum() == 0  # padded neighbour slots are zeros
+    r2 = RegionFeatures("box", r.features, r.geometry, r.scores, torch.tensor([[-1, 0, 1, -1]]), r.mask)
+    ranks2 = relation_ranks(r2, idx, valid, min_score=0.5)
+    assert ranks2[0, 0, :, 1].sum() == 0 and ranks2[0, 0, :, 4].sum() == 0  # unknown label: no class
+
+
+def test_relation_ranks_reach_the_tokens_only_when_switched_on():
+    r = _room([(0, 0), (4, 0), (1, 0.5), (5.5, 0)], [0, 0, 1, 2])
+    torch.manual_seed(0)
+    qf = RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=3, region_dim=D,
+                         out_dim=24, relation_ranks=True).eval()
+    r_other = RegionFeatures("box", r.features, r.geometry, r.scores, torch.tensor([[0, 3, 1, 2]]), r.mask)
+    with torch.no_grad():  # chair 1 relabelled: chair 0 now has no rival; the geometry is the same
+        assert (qf(r, r.features) - qf(r_other, r.features)).abs().amax() > 1e-4
+    torch.manual_seed(0)
+    plain = _qformer(k=3)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(r, r.features), plain(r_other, r.features))
+    assert plain.rank_in is None and sum(p.numel() for p in qf.rank_in.parameters()) > 0

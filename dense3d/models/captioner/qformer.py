@@ -17,6 +17,12 @@ For each region the memory the queries cross-attend to is
   instead read the neighbour's pre-BiCA feature left the right relation phrases at the
   prior's 22-28 % in three runs, against 38-57 % without: docs/results.md.)
 
+With ``relation_ranks`` each relation token also reads where the pair stands among the other
+regions (see :func:`relation_ranks`): the neighbour's place in the nearest-first list, whether it
+shares the region's class, and whether the region is the nearest of its class to that neighbour.
+Referring expressions ("the chair closest to the table", ScanRefer) pick their target by such
+comparisons across regions, which a token of one pair's geometry does not hold.
+
 Pairwise geometry (see :func:`relation_geometry`): boxes — the neighbour's offset in the
 region's own frame (rotated by -yaw), distance, sin/cos of the relative yaw, log size ratios,
 and the offset in the sensor frame (captions say "in front of" / "left of" as seen from the ego
@@ -36,9 +42,11 @@ from dense3d.errors import ConfigError
 from dense3d.models.context.bica import GeometryEmbedding
 from dense3d.structures.sample import RegionFeatures
 
-__all__ = ["RelationQFormer", "relation_geometry", "nearest_neighbours", "RELATION_DIMS"]
+__all__ = ["RelationQFormer", "relation_geometry", "relation_ranks", "nearest_neighbours", "RELATION_DIMS",
+           "RANK_DIMS"]
 
 RELATION_DIMS = {"box": 11, "event": 6}
+RANK_DIMS = 5
 
 
 def nearest_neighbours(regions: RegionFeatures, k: int, min_score: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,6 +117,51 @@ def relation_geometry(regions: RegionFeatures, idx: torch.Tensor, space_scale: f
     return torch.cat([dt, dt.abs(), ends, ratio, tiou], -1)  # (B, R, k, 6)
 
 
+def relation_ranks(regions: RegionFeatures, idx: torch.Tensor, valid: torch.Tensor, min_score: float = 0.0,
+                   margin_scale: float = 1.0) -> torch.Tensor:
+    """How each (region i, neighbour t) pair ranks among the other regions: (B, R, k, RANK_DIMS).
+
+    Per pair, in this order:
+
+    * ``position``: t's place in i's nearest-first neighbour list, / k (0: the nearest);
+    * ``same_class``: 1 where t has i's label;
+    * ``nearest_of_class``: 1 where no other region of i's class is nearer to t than i is
+      ("the chair closest to the table" is right for i about t);
+    * ``margin``: how much nearer to t i is than the nearest other region of its class
+      (negative: another is nearer), / ``margin_scale``, clipped to [-1, 1]; 1 with none;
+    * ``class_shared``: 1 where another region has i's label (a referring expression needs a
+      comparison only then).
+
+    Distances are between box centres seen from above (x, y), as the room's annotators compare
+    them, or between event centre times. Competitors are the real regions scored ``min_score``
+    or more, as in :func:`nearest_neighbours`; a label below 0 (unknown) shares no class.
+    Zeros where ``valid`` is False.
+    """
+    g, mask = regions.geometry, regions.mask.bool()
+    B, R, k = idx.shape
+    c = g[..., 0:2] if regions.kind == "box" else 0.5 * (g[..., 0:1] + g[..., 1:2])  # (B, R, 2|1) centres
+    dist = torch.cdist(c, c)  # (B, R, R): dist[b, t, j]
+    flat = idx.reshape(B, R * k, 1).expand(-1, -1, R)  # (B, R*k, R)
+    to_t = dist.gather(1, flat).reshape(B, R, k, R)  # (B, R*k, R) -> (B, R, k, R): |t - j| for every j
+    lab = regions.labels
+    sure = mask & (regions.scores >= min_score) & (lab >= 0)  # (B, R) regions that compete
+    eye = torch.eye(R, dtype=torch.bool, device=g.device)[None]  # (1, R, R)
+    rivals = (lab[:, :, None] == lab[:, None, :]) & sure[:, None, :] & ~eye & (lab[:, :, None] >= 0)  # (B, i, j)
+    arange_k = torch.arange(R, device=g.device)
+    not_t = arange_k.view(1, 1, 1, R) != idx.unsqueeze(-1)  # (B, R, k, R): j is not t itself
+    rival_d = to_t.masked_fill(~(rivals.unsqueeze(2) & not_t), float("inf"))  # (B, R, k, R)
+    own_d = to_t.gather(-1, arange_k.view(1, R, 1, 1).expand(B, R, k, 1)).squeeze(-1)  # (B, R, k): |t - i|
+    nearest_rival = rival_d.amin(-1)  # (B, R, k), inf without rivals
+    margin = ((nearest_rival - own_d) / margin_scale).clamp(-1.0, 1.0)  # inf - d -> 1
+    position = torch.arange(k, device=g.device, dtype=g.dtype).view(1, 1, k).expand(B, R, k) / max(k, 1)
+    same_class = (_gather(lab.unsqueeze(-1), idx).squeeze(-1) == lab.unsqueeze(-1)) & (lab.unsqueeze(-1) >= 0)
+    nearest_of_class = nearest_rival > own_d
+    class_shared = rivals.any(-1, keepdim=True).expand(B, R, k)
+    out = torch.stack([position, same_class.to(g.dtype), nearest_of_class.to(g.dtype), margin.to(g.dtype),
+                       class_shared.to(g.dtype)], -1)  # (B, R, k, RANK_DIMS)
+    return out * valid.unsqueeze(-1).to(g.dtype)
+
+
 class RelationQFormer(nn.Module):
     """K queries per region over its own feature, context summary, tokens and relations.
 
@@ -131,12 +184,16 @@ class RelationQFormer(nn.Module):
             captioned themselves). Ground-truth regions score 1; on detections, 90 % of the
             boxes below 0.3 of the outdoor detector are false and would crowd out the real
             neighbours (docs/results.md).
+        relation_ranks: add :func:`relation_ranks` (rank, class and nearest-of-class features) to
+            each relation token, through an MLP of its own (False: geometry and neighbour only).
+        rank_margin_scale: metres (or seconds) that the rank margin is divided by.
     """
 
     def __init__(self, d_model: int, n_heads: int, n_layers: int, num_queries: int, num_neighbours: int,
                  region_dim: int, out_dim: int, token_dim: int | None = None, ffn_dim: int = 0,
                  dropout: float = 0.0, use_context: bool = True, space_scale: float = 10.0, time_scale: float = 2.0,
-                 raw_dim: int | None = None, neighbour_min_score: float = 0.0):
+                 raw_dim: int | None = None, neighbour_min_score: float = 0.0, relation_ranks: bool = False,
+                 rank_margin_scale: float = 1.0):
         super().__init__()
         self.num_queries, self.num_neighbours = num_queries, num_neighbours
         self.use_context = use_context
@@ -153,6 +210,9 @@ class RelationQFormer(nn.Module):
             kind: nn.Sequential(nn.Linear(dims, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
             for kind, dims in RELATION_DIMS.items()
         })
+        self.rank_margin_scale = rank_margin_scale
+        self.rank_in = (nn.Sequential(nn.Linear(RANK_DIMS, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+                        if relation_ranks else None)
         self.type_embed = nn.Embedding(5, d_model)  # own / context / token / relation / raw
         layer = nn.TransformerDecoderLayer(d_model, n_heads, ffn_dim or 4 * d_model, dropout,
                                            batch_first=True, norm_first=True)
@@ -160,12 +220,15 @@ class RelationQFormer(nn.Module):
         self.out = nn.Linear(d_model, out_dim)
 
     def relation_tokens(self, regions: RegionFeatures, features: torch.Tensor):
-        """(B, R, k, D) relation tokens and their (B, R, k) validity: the pairwise geometry and the
-        neighbour's (BiCA) feature."""
+        """(B, R, k, D) relation tokens and their (B, R, k) validity: the pairwise geometry, the
+        neighbour's (BiCA) feature and, with ``relation_ranks``, the pair's ranks."""
         idx, valid = nearest_neighbours(regions, self.num_neighbours, self.neighbour_min_score)
         geo = relation_geometry(regions, idx, self.space_scale, self.time_scale)  # (B, R, k, G)
         nbr = _gather(features, idx)  # (B, R, k, C)
         tok = self.relation_in[regions.kind](geo) + self.neighbour_in(nbr)  # (B, R, k, D)
+        if self.rank_in is not None:
+            ranks = relation_ranks(regions, idx, valid, self.neighbour_min_score, self.rank_margin_scale)
+            tok = tok + self.rank_in(ranks.to(tok.dtype))  # (B, R, k, D)
         return tok + self.type_embed.weight[3], valid
 
     def forward(self, regions: RegionFeatures, features: torch.Tensor,

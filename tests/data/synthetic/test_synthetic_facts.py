@@ -300,6 +300,21 @@ def test_caption_facts_tool_reads_indoor_sets(synth_root, tmp_path):
     assert t["place"]["correct"] == pytest.approx(100 * (n - 1) / n) == t["place"]["stated"]
     assert t["cls"]["correct"] == t["relation"]["correct"] == t["targets"]["correct"] == 100
     assert t["all"]["correct"] == pytest.approx(100 * (n - 1) / n)
+    by_rel = r["targets_by_relation"]
+    types = [o["facts"].relation for o in objs]
+    assert {k: v["objects"] for k, v in by_rel.items()} == {k: types.count(k) for k in set(types)}
+    assert all(v["correct"] == 100 for v in by_rel.values())
+    # a wrong target counts against its relation type only
+    wrong = next(i for i, o in enumerate(objs) if i > 0 and o["facts"].relation == "next_to")  # 0 lost its place
+    w = objs[wrong]
+    row = next(x for x in pred[w["scene"]] if x["caption"] == w["fixed"])
+    tgt = w["facts"].targets[0]
+    row["caption"] = row["caption"].replace(f"the {tgt[0]} ", f"the {'red' if tgt[0] != 'red' else 'blue'} ", 1)
+    (tmp_path / "predictions_boxes.json").write_text(json.dumps(pred))
+    assert tool.main([str(root), str(tmp_path), "--out", str(tmp_path / "w.json")]) == 0
+    by_rel = json.loads((tmp_path / "w.json").read_text())["targets_by_relation"]
+    assert by_rel["next_to"]["correct"] == pytest.approx(100 * (types.count("next_to") - 1) / types.count("next_to"))
+    assert all(v["correct"] == 100 for k, v in by_rel.items() if k != "next_to")
     # the indoor default is 0.5 m: boxes moved 0.6 m are not matched
     for rows in pred.values():
         for row in rows:
