@@ -9,7 +9,8 @@ direction, distance bin, relation type and relation target(s); indoors colour, c
 the room, relation type and target(s). Prints, per fact, how often the caption states it and how
 often it is right (of all matched objects), then how often the target is right per true relation
 type (indoors "next to" names the nearest object, "closest to" a neighbour chosen by comparing
-the other objects of the class), and writes both as JSON.
+the other objects of the class), then which part of the named targets is right (class, colour,
+present in the scene; :func:`target_parts`), and writes all three as JSON.
 
     python tools/caption_facts.py data/synthetic/big/outdoor outputs/RUN/eval_gt40 [--split val]
 """
@@ -95,6 +96,47 @@ def targets_by_relation(pairs: list[tuple[dict, dict]], kind: str = "outdoor") -
     return {rel: {"objects": n[rel], "correct": 100 * right[rel] / n[rel]} for rel in sorted(n)}
 
 
+def target_parts(pairs: list[tuple[dict, dict]], objects: list[dict], kind: str = "outdoor") -> dict:
+    """Which part of a relation target a caption gets right, over the objects that have a target
+    and whose caption names one: ``objects``, and the % whose named targets have the true
+    targets' classes (``cls``) and colours (``colour``, both compared as sorted lists), whose
+    every named class is some object's of the scene (``cls_in_scene``), and whose every named
+    (colour, class) pair is some object's of the scene (``pair_in_scene``). A caption that names
+    a class of the scene in another object's colour has read the neighbours' classes but not
+    bound their colours. ``chance_cls``, ``chance_colour``, ``chance_pair``: the expected %
+    right of a caption that names one other object of the scene at random, over the same
+    objects' one-target relations (``chance_objects`` of them)."""
+    in_scene = defaultdict(set)  # scene -> {(colour, class)}
+    members = defaultdict(list)  # scene -> its objects
+    for o in objects:
+        in_scene[o["scene"]].add((o["facts"].colour, o["facts"].cls))
+        members[o["scene"]].append(o)
+    n, right = 0, defaultdict(int)
+    chance, n_chance = defaultdict(float), 0
+    for o, p in pairs:
+        want = [tuple(t) for t in o["facts"].targets]
+        got = PARSE[kind](p["caption"])["targets"]
+        if not want or not got:
+            continue
+        got = [tuple(t) for t in got]
+        n += 1
+        scene = in_scene[o["scene"]]
+        right["cls"] += sorted(t[1] for t in got) == sorted(t[1] for t in want)
+        right["colour"] += sorted(t[0] for t in got) == sorted(t[0] for t in want)
+        right["cls_in_scene"] += all(t[1] in {c for _, c in scene} for t in got)
+        right["pair_in_scene"] += all(t in scene for t in got)
+        others = [x["facts"] for x in members[o["scene"]] if x is not o]
+        if len(want) == 1 and others:
+            n_chance += 1
+            chance["chance_cls"] += np.mean([x.cls == want[0][1] for x in others])
+            chance["chance_colour"] += np.mean([x.colour == want[0][0] for x in others])
+            chance["chance_pair"] += np.mean([(x.colour, x.cls) == want[0] for x in others])
+    out = {"objects": n, **{k: 100 * right[k] / max(n, 1) for k in ("cls", "colour", "cls_in_scene", "pair_in_scene")}}
+    out["chance_objects"] = n_chance
+    out.update({k: float(100 * chance[k] / max(n_chance, 1)) for k in ("chance_cls", "chance_colour", "chance_pair")})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("root", type=Path, help="the generated synthetic outdoor or indoor set the run was evaluated on")
@@ -127,8 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'relation':<12} {'objects':>8} {'target right %':>15}")
     for rel, row in by_rel.items():
         print(f"{rel:<12} {row['objects']:>8} {row['correct']:>15.1f}")
+    parts = target_parts(pairs, objects, kind)
+    print(f"named targets of {parts['objects']} objects: class {parts['cls']:.1f} %, colour {parts['colour']:.1f} %, "
+          f"class in the scene {parts['cls_in_scene']:.1f} %, (colour, class) in the scene {parts['pair_in_scene']:.1f} %")
+    print(f"one other object of the scene at random ({parts['chance_objects']} one-target objects): class "
+          f"{parts['chance_cls']:.1f} %, colour {parts['chance_colour']:.1f} %, both {parts['chance_pair']:.1f} %")
     atomic_write_json(a.out or a.eval_dir / "caption_facts.json",
-                      {"objects": len(pairs), "facts": table, "targets_by_relation": by_rel})
+                      {"objects": len(pairs), "facts": table, "targets_by_relation": by_rel,
+                       "target_parts": parts})
     return 0
 
 

@@ -41,13 +41,14 @@ WORDS = ["describe the object. describe the sound. a red blue green white car tr
          "near far from the road tree horn siren"]
 
 
-def tiny_captioner(bica: bool = True, neighbours: int = 3, seed: int = 0, llm_autocast: bool = False) -> RegionCaptioner:
+def tiny_captioner(bica: bool = True, neighbours: int = 3, seed: int = 0, llm_autocast: bool = False,
+                   **qformer_options) -> RegionCaptioner:
     torch.manual_seed(seed)
     return RegionCaptioner(
         decoder=tiny_llama_decoder(WORDS, hidden_size=H),
         adapter=LlamaAdapter(H, 4, num_layers=2, prompt_len=4),
         qformer=RelationQFormer(64, 4, 1, num_queries=4, num_neighbours=neighbours, region_dim=64 if bica else D,
-                                out_dim=H),
+                                out_dim=H, **qformer_options),
         bica=BiCADecoder(64, 4, 1, region_dim=D, context_dim=D) if bica else None,
         class_names={"box": CLASSES, "event": ["horn", "siren"]},
         max_new_tokens=12,
@@ -183,8 +184,10 @@ def test_ablations_and_joint_scenes_run():
     events = RegionFeatures("event", torch.randn(2, 2, D), torch.tensor([[[0.0, 1.0], [2.0, 3.0]]] * 2), torch.ones(2, 2),
                             torch.tensor([[0, 1], [1, 0]]), torch.tensor([[True, True], [True, False]]))
     ev_caps = [["a horn near the road.", None], ["a siren far from the tree.", None]]
-    for bica, k in ((True, 3), (False, 3), (True, 0), (False, 0)):
-        model = tiny_captioner(bica=bica, neighbours=k)
+    # the four ablations, then the full model with relation ranks and neighbour-seeded queries
+    for bica, k, opts in ((True, 3, {}), (False, 3, {}), (True, 0, {}), (False, 0, {}),
+                          (True, 3, {"relation_ranks": True, "neighbour_queries": 2})):
+        model = tiny_captioner(bica=bica, neighbours=k, **opts)
         out = model([regions, events], ctx, [caps, ev_caps])
         assert int(out["num_captions"]) == 10 and torch.isfinite(out["loss_caption"])
         out["loss_caption"].backward()

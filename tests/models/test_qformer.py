@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
+from dense3d.errors import ConfigError
 from dense3d.models.captioner.qformer import RelationQFormer, nearest_neighbours, relation_geometry, relation_ranks
 from dense3d.structures.sample import RegionFeatures
 
@@ -226,3 +228,38 @@ def test_relation_ranks_reach_the_tokens_only_when_switched_on():
     with torch.no_grad():
         torch.testing.assert_close(plain(r, r.features), plain(r_other, r.features))
     assert plain.rank_in is None and sum(p.numel() for p in qf.rank_in.parameters()) > 0
+
+
+def test_neighbour_queries_start_from_the_nearest_neighbours_relation_tokens():
+    # region 0's neighbours, nearest first: 1 (2 m), 2 (5 m); region 3 is padding
+    r = _boxes([[0, 0, 0], [2, 0, 0], [5, 0, 0], [9, 0, 0]], mask=[True, True, True, False])
+    torch.manual_seed(0)
+    qf = RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=3, region_dim=D,
+                         out_dim=24, neighbour_queries=2).eval()
+    seen = {}
+    qf.decoder.register_forward_pre_hook(lambda mod, args: seen.update(tgt=args[0].detach().clone()))
+    with torch.no_grad():
+        qf(r, r.features)
+        rel, valid = qf.relation_tokens(r, r.features)  # (1, 4, 3, D), (1, 4, 3)
+        own = qf.region_in(r.features) + qf.geometry_in("box", r.geometry)  # (1, 4, D)
+    start = seen["tgt"] - qf.queries.detach() - own[0, :3, None]  # (3 real regions, 3 queries, D)
+    torch.testing.assert_close(start[:, :2], rel[0, :3, :2])  # queries 0 and 1: the two nearest
+    torch.testing.assert_close(start[:, 2], torch.zeros_like(start[:, 2]))  # query 2: the region alone
+    assert valid[0, 0, :2].all()
+    # a region with one real neighbour: the second neighbour query starts from the region alone
+    r1 = _boxes([[0, 0, 0], [2, 0, 0], [5, 0, 0]], mask=[True, True, False])
+    with torch.no_grad():
+        qf(r1, r1.features)
+        own1 = qf.region_in(r1.features) + qf.geometry_in("box", r1.geometry)
+    start1 = seen["tgt"] - qf.queries.detach() - own1[0, :2, None]
+    torch.testing.assert_close(start1[:, 1], torch.zeros_like(start1[:, 1]))
+    assert start1[:, 0].abs().amax() > 0
+    # the neighbour's feature is in its query's start, not only in the memory
+    with torch.no_grad():
+        f2 = r.features.clone()
+        f2[0, 1] += 1.0
+        qf(r, f2)
+    assert (seen["tgt"][0, 0] - (qf.queries.detach()[0] + own[0, 0] + rel[0, 0, 0])).abs().amax() > 1e-3
+    with pytest.raises(ConfigError, match="neighbour_queries"):
+        RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=2, region_dim=D,
+                        out_dim=24, neighbour_queries=3)

@@ -23,6 +23,12 @@ shares the region's class, and whether the region is the nearest of its class to
 Referring expressions ("the chair closest to the table", ScanRefer) pick their target by such
 comparisons across regions, which a token of one pair's geometry does not hold.
 
+With ``neighbour_queries = n`` the first n queries each start from one neighbour's relation token
+(the nearest first), as every query starts from the region's own feature: the visual token the LLM
+reads for that slot then holds which neighbour it is about, its class and colour, instead of a mix
+the cross-attention must learn to pick from (indoors the named targets stayed at chance without it:
+docs/results.md, "relation ranks").
+
 Pairwise geometry (see :func:`relation_geometry`): boxes — the neighbour's offset in the
 region's own frame (rotated by -yaw), distance, sin/cos of the relative yaw, log size ratios,
 and the offset in the sensor frame (captions say "in front of" / "left of" as seen from the ego
@@ -187,14 +193,22 @@ class RelationQFormer(nn.Module):
         relation_ranks: add :func:`relation_ranks` (rank, class and nearest-of-class features) to
             each relation token, through an MLP of its own (False: geometry and neighbour only).
         rank_margin_scale: metres (or seconds) that the rank margin is divided by.
+        neighbour_queries: the first this many queries each start from the relation token of one
+            neighbour, nearest first (0: every query starts from the region alone); at most
+            ``min(num_queries, num_neighbours)``.
     """
 
     def __init__(self, d_model: int, n_heads: int, n_layers: int, num_queries: int, num_neighbours: int,
                  region_dim: int, out_dim: int, token_dim: int | None = None, ffn_dim: int = 0,
                  dropout: float = 0.0, use_context: bool = True, space_scale: float = 10.0, time_scale: float = 2.0,
                  raw_dim: int | None = None, neighbour_min_score: float = 0.0, relation_ranks: bool = False,
-                 rank_margin_scale: float = 1.0):
+                 rank_margin_scale: float = 1.0, neighbour_queries: int = 0):
         super().__init__()
+        if not 0 <= neighbour_queries <= min(num_queries, num_neighbours):
+            raise ConfigError("RelationQFormer", "neighbour_queries",
+                              f"0 to min(num_queries, num_neighbours) = {min(num_queries, num_neighbours)}",
+                              got=neighbour_queries)
+        self.neighbour_queries = neighbour_queries
         self.num_queries, self.num_neighbours = num_queries, num_neighbours
         self.use_context = use_context
         self.neighbour_min_score = neighbour_min_score
@@ -260,8 +274,9 @@ class RelationQFormer(nn.Module):
             P = regions.tokens.shape[2]
             parts.append(self.token_in(regions.tokens) + self.type_embed.weight[2])  # (B, R, P, D)
             valid.append(mask.new_ones(B, R, P))
+        rel = rel_valid = None
         if self.num_neighbours > 0:
-            rel, rel_valid = self.relation_tokens(regions, features)
+            rel, rel_valid = self.relation_tokens(regions, features)  # (B, R, k, D), (B, R, k)
             parts.append(rel)
             valid.append(rel_valid)
         memory = torch.cat(parts, 2)  # (B, R, M, D)
@@ -273,6 +288,10 @@ class RelationQFormer(nn.Module):
             return out
         mem = memory[sel]  # (N, M, D)
         tgt = self.queries.unsqueeze(0) + own[sel].unsqueeze(1)  # (N, K, D)
+        n = self.neighbour_queries
+        if n > 0:  # query j < n also starts from the j-th nearest neighbour's relation token
+            seed = rel[sel][:, :n] * rel_valid[sel][:, :n, None].to(rel.dtype)  # (N, n, D), zeros where none
+            tgt = torch.cat([tgt[:, :n] + seed, tgt[:, n:]], 1)  # (N, K, D)
         dec = self.decoder(tgt, mem, memory_key_padding_mask=~mem_valid[sel])  # (N, K, D)
         out[sel] = self.out(dec).to(out.dtype)  # (N, K, out_dim)
         return out

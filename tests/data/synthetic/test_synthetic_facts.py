@@ -304,6 +304,10 @@ def test_caption_facts_tool_reads_indoor_sets(synth_root, tmp_path):
     types = [o["facts"].relation for o in objs]
     assert {k: v["objects"] for k, v in by_rel.items()} == {k: types.count(k) for k in set(types)}
     assert all(v["correct"] == 100 for v in by_rel.values())
+    parts = r["target_parts"]
+    assert parts["objects"] == sum(1 for o in objs if o["facts"].targets)
+    assert all(parts[k] == 100 for k in ("cls", "colour", "cls_in_scene", "pair_in_scene"))
+    assert parts["chance_objects"] == sum(1 for o in objs if len(o["facts"].targets) == 1)
     # a wrong target counts against its relation type only
     wrong = next(i for i, o in enumerate(objs) if i > 0 and o["facts"].relation == "next_to")  # 0 lost its place
     w = objs[wrong]
@@ -315,6 +319,12 @@ def test_caption_facts_tool_reads_indoor_sets(synth_root, tmp_path):
     by_rel = json.loads((tmp_path / "w.json").read_text())["targets_by_relation"]
     assert by_rel["next_to"]["correct"] == pytest.approx(100 * (types.count("next_to") - 1) / types.count("next_to"))
     assert all(v["correct"] == 100 for k, v in by_rel.items() if k != "next_to")
+    parts = json.loads((tmp_path / "w.json").read_text())["target_parts"]
+    assert parts["cls"] == 100 and parts["cls_in_scene"] == 100  # the class was kept
+    assert parts["colour"] == pytest.approx(100 * (parts["objects"] - 1) / parts["objects"])
+    in_scene = {(o["facts"].colour, o["facts"].cls) for o in objs if o["scene"] == w["scene"]}
+    recoloured = ("red" if tgt[0] != "red" else "blue", tgt[1])
+    assert parts["pair_in_scene"] == pytest.approx(100 - (recoloured not in in_scene) * 100 / parts["objects"])
     # the indoor default is 0.5 m: boxes moved 0.6 m are not matched
     for rows in pred.values():
         for row in rows:
@@ -322,3 +332,26 @@ def test_caption_facts_tool_reads_indoor_sets(synth_root, tmp_path):
     (tmp_path / "predictions_boxes.json").write_text(json.dumps(pred))
     assert tool.main([str(root), str(tmp_path), "--out", str(tmp_path / "x.json")]) == 0
     assert json.loads((tmp_path / "x.json").read_text())["objects"] == 0
+
+
+def test_target_parts_by_hand():
+    """Three objects of one room, each "next to" one other; the named targets are right, right
+    in colour only (another object's), and wrong with a pair the room does not hold."""
+    from dense3d.data.synthetic.facts import IndoorFacts
+
+    tool = _tool("caption_facts")
+    objs = [{"scene": "s", "facts": IndoorFacts(col, cls, "wall", "next_to", (tgt,))}
+            for col, cls, tgt in (("red", "chair", ("blue", "table")), ("blue", "table", ("red", "chair")),
+                                  ("red", "table", ("blue", "table")))]
+    named = ("the blue table", "the red table", "the green sofa")
+    pairs = [(o, {"caption": f"this is a {o['facts'].colour} {o['facts'].cls}. it is next to {t}. it is against the wall."})
+             for o, t in zip(objs, named)]
+    parts = tool.target_parts(pairs, objs, "indoor")
+    assert parts["objects"] == parts["chance_objects"] == 3
+    assert parts["cls"] == pytest.approx(100 / 3)                 # only the first names a table
+    assert parts["colour"] == pytest.approx(200 / 3)              # the second names red, as its target is
+    assert parts["cls_in_scene"] == parts["pair_in_scene"] == pytest.approx(200 / 3)  # no green sofa here
+    # at random among the two others: the table's class is both others' for the first (100),
+    # one of two for the others (50); the colours 50, 100, 50; the pairs one of two each
+    assert parts["chance_cls"] == pytest.approx(200 / 3) == parts["chance_colour"]
+    assert parts["chance_pair"] == pytest.approx(50)
