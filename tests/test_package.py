@@ -84,11 +84,34 @@ def test_cli_demo_runs_end_to_end(tmp_path):
     assert not (tmp_path / "q.json").exists()
 
 
+@pytest.mark.slow
+def test_probe_tokens_tool_probes_a_trained_run(tmp_path):
+    """tools/probe_tokens.py on a 2-step demo run: every probe fitted and scored, written as JSON."""
+    import importlib.util
+
+    tiny = ["model/captioner=tiny", "model.captioner.bica.region_dim=256", "model.captioner.bica.context_dim=64",
+            "model.captioner.adapter.num_layers=2"]
+    assert main(["demo", "--out", str(tmp_path), "--steps", "2", *tiny]) == 0
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("probe_tokens", root / "tools" / "probe_tokens.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "probe.json"
+    assert tool.main([str(tmp_path), "data/synthetic/default/outdoor", "--train-scenes", "3", "--val-scenes", "2",
+                      "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["probes"]) == {name for name, _, _ in tool.PROBES}
+    own = r["probes"]["own colour <- visual tokens"]
+    assert own["train"] > 0 and own["val"] > 0 and 0 <= own["accuracy"] <= 100
+    assert sum(r["target_ranks"]) == r["probes"]["target colour <- target's BiCA feature"]["val"]
+
+
 TOOL_BAD_INPUTS = {  # each script in tools/ given a missing input
     "caption_facts.py": ["/nope", "/nope"],
     "captioner_ceiling.py": ["/nope", "--steps", "1"],
     "merge_synth_sets.py": ["--kind", "outdoor", "{tmp}/merged", "/nope"],
     "plot_runs.py": ["run=/nope", "--out", "{tmp}/x.png"],
+    "probe_tokens.py": ["/nope", "/nope", "--out", "{tmp}/x.json"],
     "relation_oracle.py": ["/nope", "--out", "{tmp}/x.json"],
     "score_oracle.py": ["/nope.json", "/nope"],
     "test.py": ["tod3cap", "--pred", "/nope.json", "--gt", "/nope.json"],

@@ -254,6 +254,16 @@ class DenseCaptioner(nn.Module):
                 ground-truth boxes of the batch (the "GT regions" setting that isolates the
                 captioner from detection; boxes only).
         """
+        kinds, contexts = self.region_inputs(batch, regions)
+        if self.captioner is None:
+            return [self._uncaptioned(kinds, b) for b in range(len(batch))]
+        return self.captioner.generate(kinds, contexts)
+
+    @torch.no_grad()
+    def region_inputs(self, batch, regions: str = "proposals") -> tuple[list[RegionFeatures], list[SceneContext]]:
+        """What the captioner reads for ``batch``: one ``RegionFeatures`` per kind (boxes first,
+        then events; box features with their appearance added) and its ``SceneContext``.
+        ``regions`` as in :meth:`predict`. (``tools/probe_tokens.py`` probes these.)"""
         if regions not in ("proposals", "gt"):
             raise ConfigError("DenseCaptioner.predict", "regions", "'proposals' or 'gt'", got=regions)
         kinds: list[RegionFeatures] = []
@@ -273,9 +283,7 @@ class DenseCaptioner(nn.Module):
             ev = self.event_detector(batch)
             kinds.append(ev.regions)
             contexts.append(self._event_context(ev))
-        if self.captioner is None:
-            return [self._uncaptioned(kinds, b) for b in range(len(batch))]
-        return self.captioner.generate(kinds, contexts)
+        return kinds, contexts
 
     def _uncaptioned(self, regions: Sequence[RegionFeatures], b: int) -> list[DenseCaption]:
         """Detection-only models: the proposals as records with empty captions (box class names
