@@ -26,8 +26,10 @@ comparisons across regions, which a token of one pair's geometry does not hold.
 With ``neighbour_queries = n`` the first n queries each start from one neighbour's relation token
 (the nearest first), as every query starts from the region's own feature: the visual token the LLM
 reads for that slot then holds which neighbour it is about, its class and colour, instead of a mix
-the cross-attention must learn to pick from (indoors the named targets stayed at chance without it:
-docs/results.md, "relation ranks").
+the cross-attention must learn to pick from. Indoors, without it, the relation tokens held the
+target's colour (linear probe 93 %) and the Q-Former's output did not (22 %, chance); with n = 8 the
+output held it (71 %) and the named target was right for 46 % of the objects instead of 4 %
+(docs/results.md, "neighbour queries"; tools/probe_tokens.py).
 
 Pairwise geometry (see :func:`relation_geometry`): boxes — the neighbour's offset in the
 region's own frame (rotated by -yaw), distance, sin/cos of the relative yaw, log size ratios,
