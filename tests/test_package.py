@@ -48,13 +48,16 @@ def test_cli_vis_renders_real_samples(samples, tmp_path):
                  "--out", str(tmp_path / "x.png")]) == 2
 
 
+# a tiny random LLM with 2 adapted layers, for demo runs that only check the plumbing
+TINY_CAPTIONER = ["model/captioner=tiny", "model.captioner.bica.region_dim=256", "model.captioner.bica.context_dim=64",
+                  "model.captioner.adapter.num_layers=2"]
+
+
 @pytest.mark.slow
 def test_cli_demo_runs_end_to_end(tmp_path):
     """The main job with a tiny random LLM and 2 training steps: every stage runs and writes
     its outputs (the real demo trains SmolLM2's adapter for the configured steps)."""
-    tiny = ["model/captioner=tiny", "model.captioner.bica.region_dim=256", "model.captioner.bica.context_dim=64",
-            "model.captioner.adapter.num_layers=2"]
-    assert main(["demo", "--out", str(tmp_path), "--steps", "2", *tiny]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--steps", "2", *TINY_CAPTIONER]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [s["name"] for s in summary["stages"]] == ["data", "train", "predict", "evaluate", "report"]
     assert summary["stages"][1]["steps"] == 2
@@ -89,9 +92,7 @@ def test_probe_tokens_tool_probes_a_trained_run(tmp_path):
     """tools/probe_tokens.py on a 2-step demo run: every probe fitted and scored, written as JSON."""
     import importlib.util
 
-    tiny = ["model/captioner=tiny", "model.captioner.bica.region_dim=256", "model.captioner.bica.context_dim=64",
-            "model.captioner.adapter.num_layers=2"]
-    assert main(["demo", "--out", str(tmp_path), "--steps", "2", *tiny]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--steps", "2", *TINY_CAPTIONER]) == 0
     root = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("probe_tokens", root / "tools" / "probe_tokens.py")
     tool = importlib.util.module_from_spec(spec)
