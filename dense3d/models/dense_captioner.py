@@ -34,6 +34,7 @@ from torch import nn
 from dense3d.errors import ConfigError
 from dense3d.models.captioner.region_captioner import RegionCaptioner, region_record
 from dense3d.models.context.bica import SceneContext, context_from_bev, context_from_time
+from dense3d.models.context.room_layout import wall_gaps
 from dense3d.models.matching import assign_captions
 from dense3d.models.proposals.boxes.detector import BoxDetector
 from dense3d.models.proposals.boxes.image_features import ImageRegionEncoder
@@ -126,7 +127,14 @@ class DenseCaptioner(nn.Module):
 
     def _with_appearance(self, batch, r: RegionFeatures) -> RegionFeatures:
         """Box regions with their camera appearance, point colours and class embedding added to the
-        features (each when configured; every source layer-normalised first). Padded regions stay zero."""
+        features (each when configured; every source layer-normalised first), and their gaps to the
+        room's walls in ``extra["wall_gaps"]`` when the Q-Former reads the room layout. Padded
+        regions stay zero."""
+        if self.captioner is not None and self.captioner.qformer.layout_in is not None:
+            if batch.points is None:
+                raise ConfigError("DenseCaptioner", "captioner.qformer.room_layout",
+                                  "batches with points (the room is their extent)", got="a batch without points")
+            r = dataclasses.replace(r, extra={**r.extra, "wall_gaps": wall_gaps(batch.points, r.geometry, r.mask)})
         if self.region_norm is None:
             return r
         real = r.mask[..., None].to(r.features.dtype)  # (B, R, 1)

@@ -155,3 +155,27 @@ def test_class_embedding_and_appearance_enter_the_box_features():
                   for k in (100.0, 1.0))
     torch.testing.assert_close(big.features, small.features, rtol=1e-4, atol=1e-4)
     assert torch.all(big.features[0, 2] == 0)
+
+
+def test_room_layout_gives_the_box_regions_their_wall_gaps():
+    """`qformer.room_layout=true`: the model measures each box's gaps to the walls of its own
+    sample's room (the extent of its points); a batch without points is a one-line error."""
+    from dense3d.structures import RegionFeatures
+    from dense3d.structures.sample import Batch
+
+    root = Path("data/synthetic/default")
+    generate_default(root)
+    cfg = compose_config(["experiment=demo", f"paths.synthetic_dir={root.resolve()}",
+                          "model.captioner.qformer.room_layout=true"])
+    model = instantiate(cfg.model)
+    grid = torch.stack(torch.meshgrid(torch.linspace(0, 8, 41), torch.linspace(0, 5, 26), indexing="ij"), -1).reshape(-1, 2)
+    points = torch.cat([torch.cat([torch.full((len(grid), 1), float(b)), grid * (1 + b), torch.zeros(len(grid), 1)], 1)
+                        for b in range(2)])  # sample 0: an 8 x 5 m room, sample 1: 16 x 10 m
+    geo = torch.tensor([[1.0, 1.0, 0.5, 1.0, 1.0, 1.0, 0.0]]).expand(2, 1, 7)
+    r = RegionFeatures("box", torch.zeros(2, 1, model.class_embedding.embedding_dim), geo, torch.ones(2, 1),
+                       torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1, dtype=torch.bool))
+    out = model._with_appearance(Batch(samples=[None, None], points=points), r)
+    torch.testing.assert_close(out.extra["wall_gaps"], torch.tensor([[[0.5, 6.5, 0.5, 3.5]], [[0.5, 14.5, 0.5, 8.5]]]),
+                               atol=0.05, rtol=0)
+    with pytest.raises(ConfigError, match="without points"):
+        model._with_appearance(Batch(samples=[None, None]), r)

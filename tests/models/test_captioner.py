@@ -1,6 +1,8 @@
 """RegionCaptioner: frozen LLM stays frozen, overfit, batched == single generation, matching, SCST."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -184,20 +186,24 @@ def test_ablations_and_joint_scenes_run():
     events = RegionFeatures("event", torch.randn(2, 2, D), torch.tensor([[[0.0, 1.0], [2.0, 3.0]]] * 2), torch.ones(2, 2),
                             torch.tensor([[0, 1], [1, 0]]), torch.tensor([[True, True], [True, False]]))
     ev_caps = [["a horn near the road.", None], ["a siren far from the tree.", None]]
-    # the four ablations, then the full model with relation ranks and neighbour-seeded queries
+    # the four ablations, then the full model with relation ranks and neighbour-seeded queries,
+    # then with "between" relations and the room layout too (boxes carry their wall gaps; events none)
+    walled = dataclasses.replace(regions, extra={"wall_gaps": torch.rand(*regions.mask.shape, 4)})
     for bica, k, opts in ((True, 3, {}), (False, 3, {}), (True, 0, {}), (False, 0, {}),
-                          (True, 3, {"relation_ranks": True, "neighbour_queries": 2})):
+                          (True, 3, {"relation_ranks": True, "neighbour_queries": 2}),
+                          (True, 3, {"relation_ranks": True, "neighbour_queries": 2, "relation_between": True,
+                                     "room_layout": True})):
         model = tiny_captioner(bica=bica, neighbours=k, **opts)
-        out = model([regions, events], ctx, [caps, ev_caps])
+        out = model([walled if opts.get("room_layout") else regions, events], ctx, [caps, ev_caps])
         assert int(out["num_captions"]) == 10 and torch.isfinite(out["loss_caption"])
         out["loss_caption"].backward()
         assert model.adapter.gates.grad is not None
     model.eval()
-    res = model.generate([regions, events], ctx)
+    res = model.generate([walled, events], ctx)
     assert [len(s) for s in res] == [6, 5]
     assert [c.kind for c in res[1]] == ["box"] * 4 + ["event"] and res[1][-1].label == "siren"
     # no captions at all: a zero loss that still backpropagates
-    empty = model(regions, ctx, [[None] * 4, [None] * 4])
+    empty = model(walled, ctx, [[None] * 4, [None] * 4])
     assert float(empty["loss_caption"].detach()) == 0.0 and int(empty["num_captions"]) == 0
 
 

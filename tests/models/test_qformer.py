@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from dense3d.errors import ConfigError
-from dense3d.models.captioner.qformer import RelationQFormer, nearest_neighbours, relation_geometry, relation_ranks
+from dense3d.models.captioner.qformer import (
+    RelationQFormer,
+    layout_features,
+    nearest_neighbours,
+    relation_between,
+    relation_geometry,
+    relation_ranks,
+)
 from dense3d.structures.sample import RegionFeatures
 
 D = 16
@@ -263,3 +270,59 @@ def test_neighbour_queries_start_from_the_nearest_neighbours_relation_tokens():
     with pytest.raises(ConfigError, match="neighbour_queries"):
         RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=2, region_dim=D,
                         out_dim=24, neighbour_queries=3)
+
+
+def test_relation_between_names_the_neighbour_that_frames_the_region():
+    # region 0 at the origin; 1 at (-2, 0.1) and 2 at (2, 0) frame it; 3 at (0, 3) and 4 at (0, -5) too,
+    # off-centre; neighbours of 0 nearest first: 2, 1, 3, 4
+    r = _room([(0, 0), (-2, 0.1), (2, 0), (0, 3), (0, -5)], [0, 1, 2, 3, 4])
+    idx, valid = nearest_neighbours(r, 4)
+    assert idx[0, 0].tolist() == [2, 1, 3, 4]
+    bt = relation_between(r, idx, valid)  # (1, 5, 4, 6): along, off, midway, partner, partner_offset, span
+    assert bt.shape == (1, 5, 4, 6)
+    along, off, midway, partner, offset, span = bt[0, 0, 0].tolist()  # about neighbour 2: partner 1
+    assert partner == 1 / 4 and offset == 1 / 4
+    assert abs(along - 0.5) < 1e-3 and abs(off - 0.05 / 4.0012) < 1e-3 and midway < 0.02
+    assert abs(span - math.hypot(4, 0.1) / 10) < 1e-5
+    assert bt[0, 0, 1, 3] == 0 and bt[0, 0, 1, 4] == -1 / 4  # about 1: partner 2, the nearer one
+    # about 3: 4 is straight across but not in the middle (along 3/8); 2 is off the line
+    along, off, midway, partner, _, _ = bt[0, 0, 2].tolist()
+    assert partner == 3 / 4 and abs(along - 0.375) < 1e-6 and off < 1e-6 and abs(midway - 0.25) < 1e-6
+
+
+def test_relation_between_without_a_partner_and_for_events():
+    r = _room([(0, 0), (1, 0), (5, 0)], [0, 1, 2])
+    r = RegionFeatures("box", r.features, r.geometry, r.scores, r.labels, torch.tensor([[True, True, False]]))
+    idx, valid = nearest_neighbours(r, 2)  # one real neighbour each
+    bt = relation_between(r, idx, valid)
+    assert bt[0, 0, 0].tolist() == [0, 0, 2, 0, 0, 0]  # no other neighbour: midway 2, zeros elsewhere
+    assert bt[0, 0, 1].abs().sum() == 0 and bt[0, 2].abs().sum() == 0  # padding: zeros
+    ev = RegionFeatures("event", torch.zeros(1, 3, D), torch.tensor([[[1.0, 2.0], [0.0, 1.0], [2.0, 3.0]]]),
+                        torch.ones(1, 3), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool))
+    idx, valid = nearest_neighbours(ev, 2)
+    bt = relation_between(ev, idx, valid)
+    assert bt[0, 0, :, 2].tolist() == [0, 0]  # the middle event lies exactly between the others
+    assert bt[0, 0, 0, 5] == 1.0  # span: 2 s / time_scale 2
+
+
+def test_between_and_room_layout_reach_the_tokens_only_when_switched_on():
+    r = _room([(0, 0), (-2, 0.1), (2, 0), (0, 3)], [0, 1, 2, 3])
+    gaps = torch.tensor([[[0.1, 3.0, 0.2, 3.0], [1.0, 1.0, 1.0, 1.0], [2.0, 0.1, 1.0, 1.0], [1.0, 1.0, 0.1, 2.0]]])
+    r = RegionFeatures("box", r.features, r.geometry, r.scores, r.labels, r.mask, extra={"wall_gaps": gaps})
+    moved = RegionFeatures("box", r.features, r.geometry, r.scores, r.labels, r.mask, extra={"wall_gaps": gaps + 1})
+    torch.manual_seed(0)
+    qf = RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=3, region_dim=D,
+                         out_dim=24, relation_between=True, room_layout=True).eval()
+    plain = _qformer(k=3)
+    with torch.no_grad():
+        assert (qf(r, r.features) - qf(moved, r.features)).abs().amax() > 1e-4  # the walls moved
+        torch.testing.assert_close(plain(r, r.features), plain(moved, r.features))
+        rel, _ = qf.relation_tokens(r, r.features)
+        qf.between_in = None
+        assert (rel - qf.relation_tokens(r, r.features)[0]).abs().amax() > 1e-4
+    # layout features: the gaps clipped to [0, 3] m, then sorted
+    assert layout_features(torch.tensor([[[0.5, -1.0, 4.0, 0.2]]]))[0, 0].tolist() == pytest.approx(
+        [0.5, 0.0, 3.0, 0.2, 0.0, 0.2, 0.5, 3.0])
+    bare = RegionFeatures("box", r.features, r.geometry, r.scores, r.labels, r.mask)
+    with pytest.raises(ConfigError, match="wall_gaps"):
+        qf(bare, r.features)
