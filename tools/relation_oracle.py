@@ -11,7 +11,13 @@ many relations change, and ``tools/score_oracle.py`` scores it on a model's eval
     python tools/relation_oracle.py data/synthetic/big/outdoor --out /tmp/likeliest.json
     python tools/score_oracle.py /tmp/likeliest.json outputs/RUN/eval_gt40
 
-``--guess-motion`` also replaces the motion word, the other fact no sensor shows (one LiDAR sweep
+On an indoor set (ScanRefer-style rooms) the coins are "the X closest to the Y" (60 % where the
+object is the nearest of its class to a neighbour) before "between" (60 %, 80 % with a look-alike),
+else "next to" the nearest object; the likelier side is "closest to" wherever it qualifies, then
+"between". The indoor fixed oracle is written as the generator writes it (first template, first
+wording, the object's place).
+
+``--guess-motion`` (outdoor sets) also replaces the motion word, the other fact no sensor shows (one LiDAR sweep
 and one camera frame show no speed), with its best guess from what they do show: the commonest
 word in the training split for the object's class and lateral place (its distance from the ego
 car's lane axis, in 1 m bins; a parked car stands at the kerb, a moving one in a lane). The
@@ -29,7 +35,15 @@ from pathlib import Path
 import numpy as np
 
 from dense3d.data.synthetic.facts import fixed_caption, load_outdoor_facts
-from dense3d.data.synthetic.grammar import OUTDOOR_MAX_DIST, OUTDOOR_NEXT_TO, choose_relation
+from dense3d.data.synthetic.grammar import (
+    INDOOR_MAX_DIST,
+    INDOOR_NEXT_TO,
+    OUTDOOR_MAX_DIST,
+    OUTDOOR_NEXT_TO,
+    FirstParaphrase,
+    choose_relation,
+    indoor_descriptions,
+)
 from dense3d.errors import AnnotationError, exit_status
 from dense3d.utils.io import atomic_write_json
 
@@ -98,15 +112,46 @@ def likeliest_relations(root: Path, split: str, guess_motion: bool = False) -> t
     return out, n, changed
 
 
+def likeliest_indoor_relations(root: Path, split: str) -> tuple[dict, int, int]:
+    """``likeliest_relations`` for an indoor set: ({scene: [{box, caption, score, label}]}, objects,
+    objects whose relation changed)."""
+    ann_file = root / "synthetic_annotations.json"
+    out, changed, n = {}, 0, 0
+    for scene in json.loads(ann_file.read_text())["scenes"]:
+        if scene["split"] != split:
+            continue
+        objs = scene["objects"]
+        xy = np.array([o["box"][:2] for o in objs], float)  # (N, 2) box centres seen from above, as annotated
+        keys = [(o["colour"], o["label"]) for o in objs]
+        rows = []
+        for i, o in enumerate(objs):
+            n += 1
+            rel = choose_relation(i, xy, keys, _Likeliest(), indoor=True, max_dist=INDOOR_MAX_DIST,
+                                  next_to=INDOOR_NEXT_TO)
+            changed += (rel["type"], list(rel["targets"])) != (o["relation"], list(o["relation_targets"]))
+            caption = indoor_descriptions(i, keys, o["place"], rel, FirstParaphrase(), n=1)[0][0]
+            rows.append({"box": o["box"], "caption": caption, "score": 1.0, "label": o["label"]})
+        out[scene["scene_id"]] = rows
+    return out, n, changed
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("root", type=Path, help="a generated synthetic outdoor set")
+    p.add_argument("root", type=Path, help="a generated synthetic outdoor or indoor set")
     p.add_argument("--split", default="val")
     p.add_argument("--out", type=Path, required=True, help="oracle predictions to write (3D box format)")
     p.add_argument("--guess-motion", action="store_true",
                    help="also replace the motion word with its best guess from class and lateral place")
     a = p.parse_args(argv)
-    oracle, n, changed = likeliest_relations(a.root, a.split, a.guess_motion)
+    meta = a.root / "meta.json"
+    indoor = meta.is_file() and json.loads(meta.read_text()).get("kind") == "indoor"
+    if indoor and a.guess_motion:
+        raise AnnotationError(meta, "kind", "an outdoor set for --guess-motion (indoor objects have no motion)",
+                              got="indoor")
+    if indoor:
+        oracle, n, changed = likeliest_indoor_relations(a.root, a.split)
+    else:
+        oracle, n, changed = likeliest_relations(a.root, a.split, a.guess_motion)
     atomic_write_json(a.out, oracle)
     what = "relations and motion words" if a.guess_motion else "relations"
     print(f"{n} objects, {changed} ({100 * changed / max(n, 1):.1f} %) differ from the annotator's in their {what} -> {a.out}")

@@ -27,6 +27,8 @@ import numpy as np
 
 __all__ = [
     "OUTDOOR_MAX_DIST",
+    "INDOOR_MAX_DIST",
+    "INDOOR_NEXT_TO",
     "OUTDOOR_NEXT_TO",
     "RELATION_TYPES",
     "class_words",
@@ -59,6 +61,7 @@ RELATION_TYPES = ("next_to", "in_front_of", "behind", "left_of", "right_of", "be
 # outdoor scenes (street and audio-visual): objects further apart than this are not related,
 # and "next to" one another below OUTDOOR_NEXT_TO (metres; choose_relation's max_dist, next_to)
 OUTDOOR_MAX_DIST, OUTDOOR_NEXT_TO = 20.0, 4.0
+INDOOR_MAX_DIST, INDOOR_NEXT_TO = 3.0, 1.5  # metres
 _DIRECTIONS = ("front", "front left", "left", "back left", "back", "back right", "right", "front right")
 
 

@@ -213,7 +213,8 @@ def make_indoor_scene(cfg: SynthConfig, index: int, scans_dir: Path, split: str)
     xy = scene.boxes[:, 0:2]
     entries, objects = [], []
     for i, cls in enumerate(scene.classes):
-        rel = grammar.choose_relation(i, xy, keys, rng, indoor=True, max_dist=3.0, next_to=1.5)
+        rel = grammar.choose_relation(i, xy, keys, rng, indoor=True, max_dist=grammar.INDOOR_MAX_DIST,
+                                      next_to=grammar.INDOOR_NEXT_TO)
         descs, free = grammar.indoor_descriptions(i, keys, scene.places[i], rel, rng, n=3)
         # the fixed-phrasing oracle: first template, first wording (draws nothing from rng); its
         # context-free twin is ``free``, which has one wording already

@@ -204,6 +204,37 @@ def test_relation_oracle_replaces_the_annotators_coin_with_the_likelier_side(syn
         assert r["box"] == o["box"]
 
 
+def test_relation_oracle_on_an_indoor_set(synth_root, tmp_path):
+    """Indoors the likelier side is "closest to" where it qualifies, then "between"; unchanged
+    relations give the fixed oracle's description word for word, and --guess-motion is refused."""
+    import numpy as np
+
+    tool = _tool("relation_oracle")
+    root = synth_root / "indoor"
+    # chair 0 is nearer the table than chair 3 is, and lies between the table and the door
+    xy = np.array([[0.0, 0.0], [-0.9, 0.05], [1.0, 0.0], [2.5, 0.0]])
+    keys = [("red", "chair"), ("brown", "table"), ("white", "door"), ("blue", "chair")]
+    rel = tool.choose_relation(0, xy, keys, tool._Likeliest(), indoor=True, max_dist=3.0, next_to=1.5)
+    assert rel == {"type": "closest_to", "targets": [1]}
+    out = tmp_path / "likeliest.json"
+    assert tool.main([str(root), "--split", "train", "--out", str(out)]) == 0
+    rows = [r for scene in json.loads(out.read_text()).values() for r in scene]
+    objects = load_indoor_facts(root, "train")
+    assert len(rows) == len(objects)
+    _, n, changed = tool.likeliest_indoor_relations(root, "train")
+    differ = 0
+    for o, r in zip(objects, rows):
+        got = parse_indoor_caption(r["caption"])
+        want = _as_dict(o["facts"])
+        assert {k: got[k] for k in ("colour", "cls", "place")} == {k: want[k] for k in ("colour", "cls", "place")}
+        if r["caption"] != o["fixed"]:
+            differ += 1
+            assert got["relation"] in ("closest_to", "between") and got["relation"] != want["relation"]
+    assert n == len(objects) and changed == differ > 0
+    with pytest.raises(AnnotationError, match="guess-motion"):
+        tool.main([str(root), "--out", str(tmp_path / "x.json"), "--guess-motion"])
+
+
 def test_relation_oracle_guesses_motion_from_class_and_place(synth_root, tmp_path):
     """--guess-motion: the motion word becomes the training split's commonest for the object's
     class and lateral 1 m bin (one word per bin); every other fact but the relation stays."""
