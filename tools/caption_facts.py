@@ -31,6 +31,7 @@ from dense3d.data.synthetic.facts import (
     load_outdoor_facts,
     parse_indoor_caption,
     parse_outdoor_caption,
+    set_kind,
 )
 from dense3d.errors import PredictionFormatError, exit_status
 from dense3d.utils.io import atomic_write_json
@@ -40,12 +41,6 @@ FIELDS = {"outdoor": ("colour", "cls", "motion", "direction", "distance", "relat
 PARSE = {"outdoor": parse_outdoor_caption, "indoor": parse_indoor_caption}
 LOAD = {"outdoor": load_outdoor_facts, "indoor": load_indoor_facts}
 MAX_DIST = {"outdoor": 2.0, "indoor": 0.5}  # metres; half the median distance to the nearest other object indoors
-
-
-def set_kind(root: Path) -> str:
-    """The kind a generated set's ``meta.json`` records: ``"indoor"``, else ``"outdoor"``."""
-    meta = root / "meta.json"
-    return "indoor" if meta.is_file() and json.loads(meta.read_text()).get("kind") == "indoor" else "outdoor"
 
 
 def match(pred: dict, objects: list[dict], max_dist: float) -> list[tuple[dict, dict]]:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dense3d.data.synthetic.facts import fixed_caption, load_outdoor_facts
+from dense3d.data.synthetic.facts import fixed_caption, load_outdoor_facts, set_kind
 from dense3d.data.synthetic.grammar import (
     INDOOR_MAX_DIST,
     INDOOR_NEXT_TO,
@@ -143,10 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guess-motion", action="store_true",
                    help="also replace the motion word with its best guess from class and lateral place")
     a = p.parse_args(argv)
-    meta = a.root / "meta.json"
-    indoor = meta.is_file() and json.loads(meta.read_text()).get("kind") == "indoor"
+    indoor = set_kind(a.root) == "indoor"
     if indoor and a.guess_motion:
-        raise AnnotationError(meta, "kind", "an outdoor set for --guess-motion (indoor objects have no motion)",
+        raise AnnotationError(a.root / "meta.json", "kind", "an outdoor set for --guess-motion (indoor objects have no motion)",
                               got="indoor")
     if indoor:
         oracle, n, changed = likeliest_indoor_relations(a.root, a.split)

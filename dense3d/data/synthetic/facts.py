@@ -41,7 +41,7 @@ from dense3d.data.synthetic.outdoor import NUSCENES_CLASSES
 from dense3d.errors import AnnotationError
 
 __all__ = ["OutdoorFacts", "FACT_DIM", "fact_vector", "fixed_caption", "load_outdoor_facts", "parse_outdoor_caption",
-           "IndoorFacts", "load_indoor_facts", "parse_indoor_caption"]
+           "IndoorFacts", "load_indoor_facts", "parse_indoor_caption", "set_kind"]
 
 COLOURS = tuple(PALETTE)
 MOTIONS = ("placed", "walking", "standing", "riding", "parked", "moving")
@@ -193,6 +193,12 @@ def parse_outdoor_caption(text: str) -> dict:
 
 
 # ---------------------------------------------------------------------- indoor
+def set_kind(root: str | Path) -> str:
+    """The kind a generated set's ``meta.json`` records: ``"indoor"``, else ``"outdoor"``."""
+    meta = Path(root) / "meta.json"
+    return "indoor" if meta.is_file() and json.loads(meta.read_text()).get("kind") == "indoor" else "outdoor"
+
+
 @dataclass(frozen=True)
 class IndoorFacts:
     colour: str

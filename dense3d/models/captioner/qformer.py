@@ -221,8 +221,8 @@ def relation_between(regions: RegionFeatures, idx: torch.Tensor, valid: torch.Te
     partner = best.squeeze(-1).to(g.dtype)  # (B, R, k_t)
     out = torch.stack([pick(along), pick(off), pick(midway), partner / k, (partner - pos.view(1, 1, k)) / k,
                        pick(length2).sqrt() / scale], -1)  # (B, R, k, BETWEEN_DIMS)
-    out = torch.where(found.unsqueeze(-1), out, torch.zeros_like(out))
-    out[..., 2] = torch.where(found, out[..., 2], torch.full_like(out[..., 2], 2.0))
+    none = out.new_tensor([0.0, 0.0, 2.0, 0.0, 0.0, 0.0])  # no partner: midway 2, zeros elsewhere
+    out = torch.where(found.unsqueeze(-1), out, none)
     return out * valid.unsqueeze(-1).to(g.dtype)
 
 
@@ -346,7 +346,7 @@ class RelationQFormer(nn.Module):
             gaps = regions.extra.get("wall_gaps")
             if gaps is None:
                 raise ConfigError("RelationQFormer", "room_layout",
-                                  "box regions with extra['wall_gaps'] (DenseCaptioner(room_layout=True))",
+                                  "box regions with extra['wall_gaps'] (DenseCaptioner fills it from the batch's points)",
                                   got="regions without wall_gaps")
             own = own + self.layout_in(layout_features(gaps).to(own.dtype))  # (B, R, D)
         parts = [(own + self.type_embed.weight[0]).unsqueeze(2)]  # (B, R, 1, D)
