@@ -92,8 +92,7 @@ def test_probe_tokens_tool_probes_a_trained_run(tmp_path):
     """tools/probe_tokens.py on a 2-step demo run: every probe fitted and scored, written as JSON."""
     import importlib.util
 
-    assert main(["demo", "--out", str(tmp_path), "--steps", "2", *TINY_CAPTIONER,
-                 "model.captioner.qformer.target_pointers=2"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--steps", "2", *TINY_CAPTIONER]) == 0
     root = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("probe_tokens", root / "tools" / "probe_tokens.py")
     tool = importlib.util.module_from_spec(spec)
@@ -106,8 +105,6 @@ def test_probe_tokens_tool_probes_a_trained_run(tmp_path):
     own = r["probes"]["own colour <- visual tokens"]
     assert own["train"] > 0 and own["val"] > 0 and 0 <= own["accuracy"] <= 100
     assert sum(r["target_ranks"]) == r["probes"]["target colour <- target's BiCA feature"]["val"]
-    first = r["pointers"]["pointer 1"]  # every object with a relation target has a first one
-    assert first["objects"] >= r["probes"]["target colour <- target's BiCA feature"]["val"] and 0 <= first["right %"] <= 100
 
 
 TOOL_BAD_INPUTS = {  # each script in tools/ given a missing input

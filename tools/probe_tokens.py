@@ -5,9 +5,7 @@ For each box the run's captioner reads (``DenseCaptioner.region_inputs``, ground
 this collects its BiCA feature, the relation token of its annotated relation target (when the
 target is among its ``k`` nearest neighbours) and the K visual tokens the Q-Former hands to the
 LLaMA-Adapter, and fits a logistic regression (scikit-learn, standardised inputs) from each to:
-the box's own colour, and its relation target's colour and class. With the Q-Former's target
-pointers (``qformer.target_pointers``) it also says how often pointer p picks the annotated p-th
-target (the exact object). A probe fitted on the first
+the box's own colour, and its relation target's colour and class. A probe fitted on the first
 ``--train-scenes`` training scenes is scored on the first ``--val-scenes`` validation scenes. A fact
 the captions miss that the visual tokens still hold is lost in the LLM; one the relation token holds
 and the visual tokens do not is lost in the Q-Former (docs/results.md, "neighbour queries").
@@ -52,8 +50,7 @@ def scene_objects(root: Path) -> dict[str, list[dict]]:
 
 
 def box_rows(objects: list[dict], targets: list[int | None], feature: np.ndarray, visual: np.ndarray,
-             relation: np.ndarray, neighbours: list[list[int]], named: list[list[int | None]] | None = None,
-             pointed: list[list[int]] | None = None) -> list[dict]:
+             relation: np.ndarray, neighbours: list[list[int]]) -> list[dict]:
     """One row per box of a scene (R boxes).
 
     Args:
@@ -61,14 +58,10 @@ def box_rows(objects: list[dict], targets: list[int | None], feature: np.ndarray
             as a box index (None: no target, two targets, or a target that is not a box here).
         feature: (R, C) BiCA features; visual: (R, K * H) flattened visual tokens;
         relation: (R, k, D) relation tokens; neighbours: R lists of the k neighbour indices.
-        named: each box's relation targets in the caption's order, as box indices (None: not a box
-            here); pointed: the box each of the Q-Former's target pointers picks, per box (a
-            run with ``qformer.target_pointers``; None without).
     Returns:
         rows with ``feature``, ``visual``, ``colour`` and, for boxes with a target,
         ``target_feature``, ``target_colour``, ``target_class``, ``relation_token`` (None when
-        the target is not among the k nearest) and ``target_rank`` (-1 then); with ``pointed``,
-        ``pointer_hits``: per pointer p whose p-th target is a box, whether it picked that box.
+        the target is not among the k nearest) and ``target_rank`` (-1 then).
     """
     rows = []
     for i, (o, t) in enumerate(zip(objects, targets)):
@@ -77,8 +70,6 @@ def box_rows(objects: list[dict], targets: list[int | None], feature: np.ndarray
             rank = neighbours[i].index(t) if t in neighbours[i] else -1
             row.update(target_feature=feature[t], target_colour=objects[t]["colour"], target_class=objects[t]["label"],
                        relation_token=relation[i, rank] if rank >= 0 else None, target_rank=rank)
-        if pointed is not None and named is not None:
-            row["pointer_hits"] = {p: pick == t for p, (pick, t) in enumerate(zip(pointed[i], named[i])) if t is not None}
         rows.append(row)
     return rows
 
@@ -110,8 +101,8 @@ def collect_rows(loaded, split: str, scenes: int, objects: dict[str, list[dict]]
                                   "the boxes of the run's data set (the set it was trained on)")
         boxes = [by_key[k] for k in keys]  # annotations in box order (boxes may drop objects: no points)
         box_of = {k: i for i, k in enumerate(keys)}
-        named = [[box_of.get(_object_key(objs[t])) for t in o["relation_targets"]] for o in boxes]
-        targets = [n[0] if len(n) == 1 else None for n in named]
+        targets = [box_of.get(_object_key(objs[o["relation_targets"][0]])) if len(o["relation_targets"]) == 1 else None
+                   for o in boxes]
         with torch.no_grad():
             kinds, contexts = model.region_inputs(collate([sample]), regions="gt")
             regions, context = kinds[0], contexts[0]
@@ -122,12 +113,9 @@ def collect_rows(loaded, split: str, scenes: int, objects: dict[str, list[dict]]
             q = captioner.qformer
             relation, _ = q.relation_tokens(regions, feats)  # (1, R, k, D)
             idx, _ = nearest_neighbours(regions, q.num_neighbours, q.neighbour_min_score)  # (1, R, k)
-            visual, pointers = captioner.encode_with_pointers([regions], [context])
-            visual, ptr = visual[0], pointers[0]  # (1, R, K, H), TargetPointers or None
-            # the box each pointer picks: its argmax over the neighbours, (1, R, k) -> (1, R, P)
-            pointed = ptr.index.gather(2, ptr.logits.argmax(2))[0].tolist() if ptr is not None else None
+            visual = captioner.encode([regions], [context])[0]  # (1, R, K, H)
         rows += box_rows(boxes, targets, feats[0].float().numpy(), visual[0].flatten(1).float().numpy(),  # (R, K*H)
-                         relation[0].float().numpy(), idx[0].tolist(), named, pointed)
+                         relation[0].float().numpy(), idx[0].tolist())
     return rows
 
 
@@ -174,12 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<42} {row['train']:>6} {row['val']:>5} {acc:>11} {maj:>11}")
     ranks = np.bincount([r["target_rank"] + 1 for r in val if "target_rank" in r], minlength=2).tolist()
     print(f"targets by neighbour rank (val; first: not among the k nearest): {ranks}")
-    pointers = {}
-    for p in sorted({p for r in val for p in r.get("pointer_hits", {})}):
-        hits = [r["pointer_hits"][p] for r in val if p in r.get("pointer_hits", {})]
-        pointers[f"pointer {p + 1}"] = {"objects": len(hits), "right %": 100.0 * sum(hits) / len(hits)}
-        print(f"pointer {p + 1} picks the annotated target {p + 1}: {100.0 * sum(hits) / len(hits):.1f} % of {len(hits)} (val)")
-    atomic_write_json(a.out or a.run / "probe_tokens.json", {"probes": table, "target_ranks": ranks, "pointers": pointers})
+    atomic_write_json(a.out or a.run / "probe_tokens.json", {"probes": table, "target_ranks": ranks})
     return 0
 
 

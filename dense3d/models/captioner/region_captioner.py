@@ -146,9 +146,9 @@ class RegionCaptioner(nn.Module):
     def encode(self, regions: RegionFeatures | list[RegionFeatures],
                context: SceneContext | list[SceneContext] | None = None) -> list[torch.Tensor]:
         """Visual tokens per kind: one (B, R_k, K, H) per ``RegionFeatures`` (zeros at padding)."""
-        return self.encode_with_pointers(regions, context)[0]
+        return self._encode(regions, context)[0]
 
-    def encode_with_pointers(self, regions, context=None):
+    def _encode(self, regions, context):
         """Visual tokens per kind and the Q-Former's ``TargetPointers`` per kind (None where it
         has none)."""
         regions = _as_list(regions)
@@ -199,7 +199,7 @@ class RegionCaptioner(nn.Module):
         single = isinstance(regions, RegionFeatures)
         regions = _as_list(regions)
         captions = [captions] if single else list(captions)
-        visual, pointers = self.encode_with_pointers(regions, context)
+        visual, pointers = self._encode(regions, context)
         vis, prompts, caps = self._gather(regions, visual, captions)  # checks the captions' shape first
         out = self._pointer_losses(regions, pointers, captions) if self.qformer.target_pointers else {}
         if not vis:
