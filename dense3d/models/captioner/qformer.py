@@ -248,7 +248,7 @@ def layout_features(gaps: torch.Tensor, scale: float = 1.0, clip: float = 3.0) -
 class TargetPointers(NamedTuple):
     """What the pointers chose from: their logits over each region's neighbours and who those are."""
 
-    logits: torch.Tensor  # (B, R, k, target_pointers) float32; -inf where the neighbour is not real
+    logits: torch.Tensor  # (B, R, k, P) float32; -inf where the neighbour is not real
     index: torch.Tensor  # (B, R, k) the neighbours' region indices
     valid: torch.Tensor  # (B, R, k) bool
 
@@ -402,12 +402,12 @@ class RelationQFormer(nn.Module):
             parts.append(rel)
             valid.append(rel_valid)
             if self.pointer_head is not None:
-                scores = self.pointer_head(rel + own.unsqueeze(2)).float()  # (B, R, k, n_ptr)
-                real = rel_valid.unsqueeze(-1)  # (B, R, k, 1)
-                # a finite fill, then zeros: a region with no real neighbour points nowhere (no NaN softmax)
-                weight = scores.masked_fill(~real, -1e9).softmax(2) * real  # (B, R, k, n_ptr)
-                pointed = torch.einsum("brkp,brkd->brpd", weight.to(rel.dtype), rel)  # (B, R, n_ptr, D)
-                pointers = TargetPointers(scores.masked_fill(~real, float("-inf")), rel_idx, rel_valid)
+                logits = self.pointer_head(rel + own.unsqueeze(2)).float()  # (B, R, k, P)
+                logits = logits.masked_fill(~rel_valid.unsqueeze(-1), float("-inf"))
+                # a region with no real neighbour points nowhere: zero weights, not a NaN softmax
+                weight = torch.nan_to_num(logits.softmax(2), nan=0.0).to(rel.dtype)  # (B, R, k, P)
+                pointed = torch.einsum("brkp,brkd->brpd", weight, rel)  # (B, R, P, D)
+                pointers = TargetPointers(logits, rel_idx, rel_valid)
         memory = torch.cat(parts, 2)  # (B, R, M, D)
         mem_valid = torch.cat(valid, 2)  # (B, R, M)
 
@@ -421,9 +421,9 @@ class RelationQFormer(nn.Module):
         if n > 0:  # query j < n also starts from the j-th nearest neighbour's relation token
             seed = rel[sel][:, :n] * rel_valid[sel][:, :n, None].to(rel.dtype)  # (N, n, D), zeros where none
             tgt = torch.cat([tgt[:, :n] + seed, tgt[:, n:]], 1)  # (N, K, D)
-        if pointers is not None:  # the last n_ptr queries also start from the pointed-at relation tokens
-            n_ptr = self.target_pointers
-            tgt = torch.cat([tgt[:, :-n_ptr], tgt[:, -n_ptr:] + pointed[sel]], 1)  # (N, K, D)
+        if pointers is not None:  # the last P queries also start from the pointed-at relation tokens
+            P = self.target_pointers
+            tgt = torch.cat([tgt[:, :-P], tgt[:, -P:] + pointed[sel]], 1)  # (N, K, D)
         dec = self.decoder(tgt, mem, memory_key_padding_mask=~mem_valid[sel])  # (N, K, D)
         out[sel] = self.out(dec).to(out.dtype)  # (N, K, out_dim)
         return (out, pointers) if with_pointers else out

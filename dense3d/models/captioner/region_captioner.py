@@ -148,9 +148,9 @@ class RegionCaptioner(nn.Module):
         """Visual tokens per kind: one (B, R_k, K, H) per ``RegionFeatures`` (zeros at padding)."""
         return self._encode(regions, context)[0]
 
-    def _encode(self, regions, context):
-        """Visual tokens per kind and the Q-Former's ``TargetPointers`` per kind (None where it
-        has none)."""
+    def _encode(self, regions, context, with_pointers: bool = False):
+        """Visual tokens per kind and, with ``with_pointers``, the Q-Former's ``TargetPointers``
+        per kind (None where it has none)."""
         regions = _as_list(regions)
         if self.bica is not None:
             bo = self.bica(regions, _as_list(context))
@@ -159,7 +159,8 @@ class RegionCaptioner(nn.Module):
         else:
             feats, summaries, raw = [r.features for r in regions], [None] * len(regions), [None] * len(regions)
         outs = [self.qformer(r, f, s, w, with_pointers=True) for r, f, s, w in zip(regions, feats, summaries, raw)]
-        return [o[0] for o in outs], [o[1] for o in outs]
+        visual, pointers = [o[0] for o in outs], [o[1] for o in outs]
+        return (visual, pointers) if with_pointers else (visual, None)
 
     # ------------------------------------------------------------------ training
     def _gather(self, regions, visual, captions):
@@ -199,9 +200,9 @@ class RegionCaptioner(nn.Module):
         single = isinstance(regions, RegionFeatures)
         regions = _as_list(regions)
         captions = [captions] if single else list(captions)
-        visual, pointers = self._encode(regions, context)
-        vis, prompts, caps = self._gather(regions, visual, captions)  # checks the captions' shape first
+        visual, pointers = self._encode(regions, context, with_pointers=True)
         out = self._pointer_losses(regions, pointers, captions) if self.qformer.target_pointers else {}
+        vis, prompts, caps = self._gather(regions, visual, captions)
         if not vis:
             zero = sum(v.sum() for v in visual) * 0.0
             return {"loss_caption": zero, "num_captions": torch.zeros((), dtype=torch.long), **out}

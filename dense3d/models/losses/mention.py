@@ -37,15 +37,14 @@ def mention_words(class_names: Sequence[str], aliases: Mapping[str, Sequence[str
 def mentioned_classes(caption: str, words: Mapping[int, Sequence[str]], own: int) -> list[int]:
     """The labels a caption names, in order (a class named twice counts twice), ``own`` left out.
 
-    Whole words only, an optional plural "s" / "es" allowed ("chairs", "benches", not
-    "armchair"); where two names overlap ("table", "side table") the longer one wins. Every
-    mention of ``own`` is left out, so "the chair next to the other chair" names nothing.
+    Whole words only, an optional plural "s" allowed ("chairs", not "armchair"); where two names
+    overlap ("table", "side table") the longer one wins.
     """
     text = caption.lower()
     hits: list[tuple[int, int, int]] = []  # (start, -length, label)
     for label, ws in words.items():
         for w in ws:
-            for m in re.finditer(rf"\b{re.escape(w)}(?:e?s)?\b", text):
+            for m in re.finditer(rf"\b{re.escape(w)}s?\b", text):
                 hits.append((m.start(), -(m.end() - m.start()), label))
     hits.sort()
     out, end = [], -1
@@ -74,21 +73,17 @@ def pointer_loss(logits: torch.Tensor, index: torch.Tensor, valid: torch.Tensor,
     """
     B, R, k, P = logits.shape
     nbr_labels = labels.gather(1, index.reshape(B, R * k)).reshape(B, R, k)  # (B, R*k) -> (B, R, k)
-    # which neighbours have each named class, worked out on the host once (no device sync per region)
-    own, nbr, real = labels.tolist(), nbr_labels.tolist(), valid.tolist()
     terms = []
     for b in range(B):
         for i in range(R):
             cap = captions[b][i]
-            if cap is None or not any(real[b][i]):
+            if cap is None or not bool(valid[b, i].any()):
                 continue
-            named = mentioned_classes(cap, words, own[b][i])
+            named = mentioned_classes(cap, words, int(labels[b, i]))
             for p, cls in enumerate(named[:P]):
-                hits = [j for j in range(k) if real[b][i][j] and nbr[b][i][j] == cls]
-                if not hits:
+                right = valid[b, i] & (nbr_labels[b, i] == cls)  # (k,)
+                if not bool(right.any()):
                     continue
-                right = torch.zeros(k, dtype=torch.bool, device=logits.device)
-                right[hits] = True
                 lp = logits[b, i, :, p].log_softmax(0)  # (k,), -inf where not real
                 terms.append(-torch.logsumexp(lp[right], 0))
     if not terms:
