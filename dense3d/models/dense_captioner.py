@@ -57,8 +57,6 @@ class DenseCaptioner(nn.Module):
         detection_weight, caption_weight: weights of the loss groups.
         scst_weight: weight of the self-critical loss (CIDEr-D reward, greedy baseline; 0: off),
             the optional last stage (``stage=scst``).
-        pointer_weight: weight of the Q-Former's pointer loss (which neighbour the caption names;
-            only when the Q-Former has ``target_pointers``).
         image_regions: adds each box's camera appearance to its region features, or None.
         point_regions: adds the colours and shape of each box's points to its region features, or None.
         class_embedding: add a learned embedding of each box's class (the detector's label; the
@@ -79,7 +77,6 @@ class DenseCaptioner(nn.Module):
         detection_weight: float = 1.0,
         caption_weight: float = 1.0,
         scst_weight: float = 0.0,
-        pointer_weight: float = 0.2,
         image_regions: ImageRegionEncoder | None = None,
         class_embedding: bool = False,
         point_regions: PointRegionEncoder | None = None,
@@ -100,7 +97,6 @@ class DenseCaptioner(nn.Module):
         self.detection_weight = detection_weight
         self.caption_weight = caption_weight
         self.scst_weight = scst_weight
-        self.pointer_weight = pointer_weight
         self.image_regions = image_regions
         self.point_regions = point_regions
         self.class_embedding = None
@@ -250,8 +246,6 @@ class DenseCaptioner(nn.Module):
         if want_captions and self.caption_weight > 0:
             cap = self.captioner(regions, contexts, captions)
             losses["caption"] = self.caption_weight * cap["loss_caption"]
-            if "loss_pointer" in cap:
-                losses["pointer"] = self.pointer_weight * cap["loss_pointer"]
         if want_captions and self.scst_weight > 0:
             losses["scst"] = self.scst_weight * self.captioner.scst_loss(regions, contexts, references)["loss_scst"]
         if not losses:

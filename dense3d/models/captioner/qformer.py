@@ -31,14 +31,6 @@ target's colour (linear probe 93 %) and the Q-Former's output did not (22 %, cha
 output held it (71 %) and the named target was right for 46 % of the objects instead of 4 %
 (docs/results.md, "neighbour queries"; tools/probe_tokens.py).
 
-With ``target_pointers = P`` the last P queries each start from a *pointer*: a softmax over the
-region's neighbours (scored by a small MLP of each relation token and the region's own token)
-weighting their relation tokens. Pointer p is trained (:mod:`dense3d.models.losses.mention`) to pick
-the neighbour whose class the caption names p-th ("between the table and the door": pointer 1 the
-table, pointer 2 the door), so the LLM reads the relation's target from the same slot in every
-caption instead of choosing among n neighbour slots; the supervision is the caption's words and the
-regions' class labels, which ScanRefer and TOD3Cap have too.
-
 Pairwise geometry (see :func:`relation_geometry`): boxes — the neighbour's offset in the
 region's own frame (rotated by -yaw), distance, sin/cos of the relative yaw, log size ratios,
 and the offset in the sensor frame (captions say "in front of" / "left of" as seen from the ego
@@ -51,8 +43,6 @@ TOD3Cap's Relation Q-Former was never released; this is written from its descrip
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import nn
 
@@ -60,7 +50,7 @@ from dense3d.errors import ConfigError
 from dense3d.models.context.bica import GeometryEmbedding
 from dense3d.structures.sample import RegionFeatures
 
-__all__ = ["RelationQFormer", "TargetPointers", "relation_geometry", "relation_ranks", "relation_between", "nearest_neighbours",
+__all__ = ["RelationQFormer", "relation_geometry", "relation_ranks", "relation_between", "nearest_neighbours",
            "RELATION_DIMS", "RANK_DIMS", "BETWEEN_DIMS", "LAYOUT_DIMS"]
 
 RELATION_DIMS = {"box": 11, "event": 6}
@@ -245,14 +235,6 @@ def layout_features(gaps: torch.Tensor, scale: float = 1.0, clip: float = 3.0) -
     return torch.cat([g, g.sort(-1).values], -1)  # (B, R, 8)
 
 
-class TargetPointers(NamedTuple):
-    """What the pointers chose from: their logits over each region's neighbours and who those are."""
-
-    logits: torch.Tensor  # (B, R, k, P) float32; -inf where the neighbour is not real
-    index: torch.Tensor  # (B, R, k) the neighbours' region indices
-    valid: torch.Tensor  # (B, R, k) bool
-
-
 class RelationQFormer(nn.Module):
     """K queries per region over its own feature, context summary, tokens and relations.
 
@@ -286,10 +268,6 @@ class RelationQFormer(nn.Module):
         room_layout: add an embedding of :func:`layout_features` (the box's gaps to the room's
             walls, ``RegionFeatures.extra["wall_gaps"]``) to the region's own feature (boxes only;
             events have no walls).
-        target_pointers: the last this many queries each start from a learned pointer over the
-            region's neighbours (a softmax-weighted sum of their relation tokens), trained to pick
-            the neighbour the caption names first, second, ... (0: none). Needs relations, and
-            ``neighbour_queries + target_pointers <= num_queries``.
     """
 
     def __init__(self, d_model: int, n_heads: int, n_layers: int, num_queries: int, num_neighbours: int,
@@ -297,17 +275,13 @@ class RelationQFormer(nn.Module):
                  dropout: float = 0.0, use_context: bool = True, space_scale: float = 10.0, time_scale: float = 2.0,
                  raw_dim: int | None = None, neighbour_min_score: float = 0.0, relation_ranks: bool = False,
                  rank_margin_scale: float = 1.0, neighbour_queries: int = 0, relation_between: bool = False,
-                 room_layout: bool = False, target_pointers: int = 0):
+                 room_layout: bool = False):
         super().__init__()
         if not 0 <= neighbour_queries <= min(num_queries, num_neighbours):
             raise ConfigError("RelationQFormer", "neighbour_queries",
                               f"0 to min(num_queries, num_neighbours) = {min(num_queries, num_neighbours)}",
                               got=neighbour_queries)
-        if target_pointers < 0 or neighbour_queries + target_pointers > num_queries or (target_pointers and not num_neighbours):
-            raise ConfigError("RelationQFormer", "target_pointers",
-                              f"0 to num_queries - neighbour_queries = {num_queries - neighbour_queries}, "
-                              "and num_neighbours > 0", got=target_pointers)
-        self.neighbour_queries, self.target_pointers = neighbour_queries, target_pointers
+        self.neighbour_queries = neighbour_queries
         self.num_queries, self.num_neighbours = num_queries, num_neighbours
         self.use_context = use_context
         self.neighbour_min_score = neighbour_min_score
@@ -330,8 +304,6 @@ class RelationQFormer(nn.Module):
                            if relation_between else None)
         self.layout_in = (nn.Sequential(nn.Linear(LAYOUT_DIMS, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
                           if room_layout else None)
-        self.pointer_head = (nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, target_pointers))
-                             if target_pointers else None)
         self.type_embed = nn.Embedding(5, d_model)  # own / context / token / relation / raw
         layer = nn.TransformerDecoderLayer(d_model, n_heads, ffn_dim or 4 * d_model, dropout,
                                            batch_first=True, norm_first=True)
@@ -341,11 +313,6 @@ class RelationQFormer(nn.Module):
     def relation_tokens(self, regions: RegionFeatures, features: torch.Tensor):
         """(B, R, k, D) relation tokens and their (B, R, k) validity: the pairwise geometry, the
         neighbour's (BiCA) feature and, with ``relation_ranks``, the pair's ranks."""
-        tok, _, valid = self._relations(regions, features)
-        return tok, valid
-
-    def _relations(self, regions: RegionFeatures, features: torch.Tensor):
-        """Relation tokens (B, R, k, D), the neighbours' indices (B, R, k) and validity (B, R, k)."""
         idx, valid = nearest_neighbours(regions, self.num_neighbours, self.neighbour_min_score)
         geo = relation_geometry(regions, idx, self.space_scale, self.time_scale)  # (B, R, k, G)
         nbr = _gather(features, idx)  # (B, R, k, C)
@@ -356,11 +323,10 @@ class RelationQFormer(nn.Module):
         if self.between_in is not None:
             between = relation_between(regions, idx, valid, self.space_scale, self.time_scale)
             tok = tok + self.between_in(between.to(tok.dtype))  # (B, R, k, D)
-        return tok + self.type_embed.weight[3], idx, valid
+        return tok + self.type_embed.weight[3], valid
 
     def forward(self, regions: RegionFeatures, features: torch.Tensor,
-                context: torch.Tensor | None = None, raw: torch.Tensor | None = None,
-                with_pointers: bool = False) -> torch.Tensor | tuple[torch.Tensor, TargetPointers | None]:
+                context: torch.Tensor | None = None, raw: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
             regions: the proposals (geometry, mask, tokens are read).
@@ -368,7 +334,6 @@ class RelationQFormer(nn.Module):
             context: (B, R, region_dim) BiCA context summaries, or None.
             raw: (B, R, raw_dim) the perception features before BiCA, or None (read only when
                 the Q-Former was built with ``raw_dim``).
-            with_pointers: also return the :class:`TargetPointers` (None without pointers).
         Returns:
             (B, R, K, out_dim) visual tokens; zeros at padded regions.
         """
@@ -396,34 +361,24 @@ class RelationQFormer(nn.Module):
             P = regions.tokens.shape[2]
             parts.append(self.token_in(regions.tokens) + self.type_embed.weight[2])  # (B, R, P, D)
             valid.append(mask.new_ones(B, R, P))
-        rel = rel_valid = pointers = None
+        rel = rel_valid = None
         if self.num_neighbours > 0:
-            rel, rel_idx, rel_valid = self._relations(regions, features)  # (B, R, k, D), (B, R, k), (B, R, k)
+            rel, rel_valid = self.relation_tokens(regions, features)  # (B, R, k, D), (B, R, k)
             parts.append(rel)
             valid.append(rel_valid)
-            if self.pointer_head is not None:
-                logits = self.pointer_head(rel + own.unsqueeze(2)).float()  # (B, R, k, P)
-                logits = logits.masked_fill(~rel_valid.unsqueeze(-1), float("-inf"))
-                # a region with no real neighbour points nowhere: zero weights, not a NaN softmax
-                weight = torch.nan_to_num(logits.softmax(2), nan=0.0).to(rel.dtype)  # (B, R, k, P)
-                pointed = torch.einsum("brkp,brkd->brpd", weight, rel)  # (B, R, P, D)
-                pointers = TargetPointers(logits, rel_idx, rel_valid)
         memory = torch.cat(parts, 2)  # (B, R, M, D)
         mem_valid = torch.cat(valid, 2)  # (B, R, M)
 
         out = features.new_zeros(B, R, self.num_queries, self.out.out_features)
         sel = mask.nonzero(as_tuple=True)  # real regions only
         if sel[0].numel() == 0:
-            return (out, pointers) if with_pointers else out
+            return out
         mem = memory[sel]  # (N, M, D)
         tgt = self.queries.unsqueeze(0) + own[sel].unsqueeze(1)  # (N, K, D)
         n = self.neighbour_queries
         if n > 0:  # query j < n also starts from the j-th nearest neighbour's relation token
             seed = rel[sel][:, :n] * rel_valid[sel][:, :n, None].to(rel.dtype)  # (N, n, D), zeros where none
             tgt = torch.cat([tgt[:, :n] + seed, tgt[:, n:]], 1)  # (N, K, D)
-        if pointers is not None:  # the last P queries also start from the pointed-at relation tokens
-            P = self.target_pointers
-            tgt = torch.cat([tgt[:, :-P], tgt[:, -P:] + pointed[sel]], 1)  # (N, K, D)
         dec = self.decoder(tgt, mem, memory_key_padding_mask=~mem_valid[sel])  # (N, K, D)
         out[sel] = self.out(dec).to(out.dtype)  # (N, K, out_dim)
-        return (out, pointers) if with_pointers else out
+        return out

@@ -27,7 +27,6 @@ from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.captioner.qformer import RelationQFormer
 from dense3d.models.context.bica import BiCADecoder, SceneContext
 from dense3d.models.losses.caption import caption_cross_entropy, cider_d, scst_loss, sequence_log_probs
-from dense3d.models.losses.mention import mention_words, pointer_loss
 from dense3d.structures.captions import DenseCaption
 from dense3d.structures.sample import RegionFeatures
 
@@ -95,17 +94,13 @@ class RegionCaptioner(nn.Module):
             an AVX2-only CPU a bfloat16 matrix product is ~60x slower than a float32 one.
             False: float32 throughout; None (default): on where the device has native bfloat16
             matrix products (:func:`bf16_is_fast`).
-        mention_aliases: class name -> other words captions name it by (``garbagebin: [trash
-            can]``), for the pointer loss when the Q-Former has ``target_pointers``
-            (:mod:`dense3d.models.losses.mention`).
     """
 
     def __init__(self, decoder: FrozenDecoder, adapter: LlamaAdapter, qformer: RelationQFormer,
                  bica: BiCADecoder | None = None, prompts: dict[str, str] | None = None,
                  max_caption_tokens: int = 32, max_new_tokens: int = 32, num_beams: int = 1,
                  class_names: dict[str, Sequence[str]] | None = None, no_repeat_ngram_size: int = 0,
-                 repetition_penalty: float = 1.0, cache_frozen_layers_mb: int = 1024, llm_autocast: bool | None = None,
-                 mention_aliases: dict[str, Sequence[str]] | None = None):
+                 repetition_penalty: float = 1.0, cache_frozen_layers_mb: int = 1024, llm_autocast: bool | None = None):
         super().__init__()
         if adapter.prompt_len != qformer.num_queries:
             raise ConfigError("RegionCaptioner", "adapter.prompt_len", f"qformer.num_queries={qformer.num_queries}",
@@ -121,7 +116,6 @@ class RegionCaptioner(nn.Module):
         self.class_names = {k: list(v) for k, v in (class_names or {}).items()}
         self.prefix_cache = FrozenPrefixCache(cache_frozen_layers_mb << 20) if cache_frozen_layers_mb > 0 else None
         self.llm_autocast = llm_autocast
-        self.mention_aliases = {k: list(v) for k, v in (mention_aliases or {}).items()}
 
     # ------------------------------------------------------------------ parts
     def _lm(self):
@@ -146,11 +140,6 @@ class RegionCaptioner(nn.Module):
     def encode(self, regions: RegionFeatures | list[RegionFeatures],
                context: SceneContext | list[SceneContext] | None = None) -> list[torch.Tensor]:
         """Visual tokens per kind: one (B, R_k, K, H) per ``RegionFeatures`` (zeros at padding)."""
-        return self._encode(regions, context)[0]
-
-    def _encode(self, regions, context, with_pointers: bool = False):
-        """Visual tokens per kind and, with ``with_pointers``, the Q-Former's ``TargetPointers``
-        per kind (None where it has none)."""
         regions = _as_list(regions)
         if self.bica is not None:
             bo = self.bica(regions, _as_list(context))
@@ -158,9 +147,7 @@ class RegionCaptioner(nn.Module):
             raw = [r.features for r in regions]  # what BiCA started from, a memory token of its own
         else:
             feats, summaries, raw = [r.features for r in regions], [None] * len(regions), [None] * len(regions)
-        outs = [self.qformer(r, f, s, w, with_pointers=True) for r, f, s, w in zip(regions, feats, summaries, raw)]
-        visual, pointers = [o[0] for o in outs], [o[1] for o in outs]
-        return (visual, pointers) if with_pointers else (visual, None)
+        return [self.qformer(r, f, s, w) for r, f, s, w in zip(regions, feats, summaries, raw)]
 
     # ------------------------------------------------------------------ training
     def _gather(self, regions, visual, captions):
@@ -193,19 +180,16 @@ class RegionCaptioner(nn.Module):
                 (no loss for that region). With a single ``RegionFeatures``, the B lists alone.
         Returns:
             ``{"loss_caption": scalar, "num_captions": long scalar}``; the loss is 0 (with a
-            graph) when no region has a caption. With the Q-Former's ``target_pointers`` also
-            ``"loss_pointer"`` (:func:`~dense3d.models.losses.mention.pointer_loss` over the kinds
-            with class names) and ``"num_pointer_terms"``.
+            graph) when no region has a caption.
         """
         single = isinstance(regions, RegionFeatures)
         regions = _as_list(regions)
         captions = [captions] if single else list(captions)
-        visual, pointers = self._encode(regions, context, with_pointers=True)
-        out = self._pointer_losses(regions, pointers, captions) if self.qformer.target_pointers else {}
+        visual = self.encode(regions, context)
         vis, prompts, caps = self._gather(regions, visual, captions)
         if not vis:
             zero = sum(v.sum() for v in visual) * 0.0
-            return {"loss_caption": zero, "num_captions": torch.zeros((), dtype=torch.long), **out}
+            return {"loss_caption": zero, "num_captions": torch.zeros((), dtype=torch.long)}
         lm, tok = self._lm(), self.decoder.tokenizer
         batch = teacher_forcing_batch(tok, prompts, caps, self.max_caption_tokens, device=vis[0].device)
         with self.adapter.conditioned_on(torch.stack(vis)), self._precision():  # (N, K, H)
@@ -215,22 +199,7 @@ class RegionCaptioner(nn.Module):
             else:
                 logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
                 loss = caption_cross_entropy(logits.float(), batch["labels"])
-        return {"loss_caption": loss, "num_captions": torch.tensor(len(vis)), **out}
-
-    def _pointer_losses(self, regions, pointers, captions) -> dict[str, torch.Tensor]:
-        """The pointer loss, averaged over every (region, pointer) term of the kinds with class names."""
-        total, count = None, 0
-        for r, ptr, caps in zip(regions, pointers, captions):
-            names = self.class_names.get(r.kind)
-            if ptr is None or not names:
-                continue
-            loss, n = pointer_loss(ptr.logits, ptr.index, ptr.valid, r.labels, caps,
-                                   mention_words(names, self.mention_aliases))
-            total = loss * n if total is None else total + loss * n
-            count += n
-        if total is None:
-            total = sum(p.logits.nan_to_num(0.0, posinf=0.0, neginf=0.0).sum() for p in pointers if p is not None) * 0.0
-        return {"loss_pointer": total / max(count, 1), "num_pointer_terms": torch.tensor(count)}
+        return {"loss_caption": loss, "num_captions": torch.tensor(len(vis))}
 
     def scst_loss(self, regions, context, references) -> dict[str, torch.Tensor]:
         """Self-critical sequence training loss.
