@@ -5,19 +5,14 @@ Sequence layout (training and generation alike)::
     [prompt tokens ("Describe the object.")] [caption tokens] [eos]
 
 No chat template and no BOS: the same ids are built here for both, so what the adapter
-learns in training is exactly what generation conditions on. Regions whose prompts have the
-same number of tokens (all regions of a kind, unless each prompt names the region's
-neighbours) are generated together without padding; transformers' ``generate`` runs greedy
+learns in training is exactly what generation conditions on. All regions of one kind share
+one prompt, so a generation batch needs no padding; transformers' ``generate`` runs greedy
 search (default, deterministic) or beam search with its KV cache, while
 ``LlamaAdapter.conditioned_on`` supplies each row's visual tokens at every step.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-
-from dense3d.errors import ConfigError
 
 __all__ = ["prompt_ids", "teacher_forcing_batch", "generate_captions"]
 
@@ -55,19 +50,18 @@ def teacher_forcing_batch(tokenizer, prompts: list[str], captions: list[str], ma
 
 
 @torch.no_grad()
-def generate_captions(lm, adapter, tokenizer, visual: torch.Tensor, prompt: str | Sequence[str], max_new_tokens: int = 32,
+def generate_captions(lm, adapter, tokenizer, visual: torch.Tensor, prompt: str, max_new_tokens: int = 32,
                       num_beams: int = 1, batch_size: int | None = None, do_sample: bool = False,
                       temperature: float = 1.0, no_repeat_ngram_size: int = 0,
                       repetition_penalty: float = 1.0) -> tuple[list[str], list[list[int]]]:
-    """Captions for N regions, sharing one prompt or each with its own.
+    """Captions for N regions sharing one prompt.
 
     Args:
         lm: the frozen ``LlamaForCausalLM`` (the adapter attached).
         adapter: its ``LlamaAdapter``.
         tokenizer: the LLM's tokenizer.
         visual: (N, K, H) visual tokens, one row per region.
-        prompt: the text prompt of this region kind, or one per region (regions whose prompts
-            have equally many tokens are generated together, so no row needs padding).
+        prompt: the text prompt of this region kind.
         max_new_tokens: longest caption, in tokens (eos included).
         num_beams: 1 = greedy; > 1 = beam search.
         batch_size: regions per ``generate`` call (None: all N at once; 1: one at a time).
@@ -82,31 +76,23 @@ def generate_captions(lm, adapter, tokenizer, visual: torch.Tensor, prompt: str 
     N = visual.shape[0]
     if N == 0:
         return [], []
-    prompts = [prompt] * N if isinstance(prompt, str) else list(prompt)
-    if len(prompts) != N:
-        raise ConfigError("generate_captions", "prompt", f"one prompt or {N} (one per region)", got=len(prompts))
-    ids_of = {p: prompt_ids(tokenizer, p) for p in set(prompts)}
-    groups: dict[int, list[int]] = {}  # prompt length -> the rows with it
-    for n, p in enumerate(prompts):
-        groups.setdefault(len(ids_of[p]), []).append(n)
-    texts, seqs = [""] * N, [[] for _ in range(N)]
+    p = torch.tensor(prompt_ids(tokenizer, prompt), dtype=torch.long, device=visual.device)
+    texts, seqs = [], []
+    step = batch_size or N
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
-    for rows in groups.values():
-        step = batch_size or len(rows)
-        for s in range(0, len(rows), step):
-            part = rows[s : s + step]
-            v = visual[part]  # (n, K, H)
-            ids = torch.tensor([ids_of[prompts[n]] for n in part], dtype=torch.long, device=visual.device)  # (n, P)
-            with adapter.conditioned_on(v):
-                out = lm.generate(
-                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                    num_beams=num_beams, eos_token_id=eos, pad_token_id=pad, use_cache=True,
-                    no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty, **kw,
-                )  # (n, P + L)
-            for n, row in zip(part, out[:, ids.shape[1]:].tolist()):
-                if eos in row:
-                    row = row[: row.index(eos) + 1]
-                seqs[n] = row
-                texts[n] = tokenizer.decode([t for t in row if t not in (eos, pad)], skip_special_tokens=True).strip()
+    for s in range(0, N, step):
+        v = visual[s : s + step]  # (n, K, H)
+        ids = p.unsqueeze(0).expand(v.shape[0], -1)  # (n, P): same prompt, no padding needed
+        kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
+        with adapter.conditioned_on(v):
+            out = lm.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                num_beams=num_beams, eos_token_id=eos, pad_token_id=pad, use_cache=True,
+                no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty, **kw,
+            )  # (n, P + L)
+        for row in out[:, ids.shape[1]:].tolist():
+            if eos in row:
+                row = row[: row.index(eos) + 1]
+            seqs.append(row)
+            texts.append(tokenizer.decode([t for t in row if t not in (eos, pad)], skip_special_tokens=True).strip())
     return texts, seqs

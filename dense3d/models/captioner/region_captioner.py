@@ -24,7 +24,7 @@ from dense3d.models.captioner.decoder import FrozenDecoder
 from dense3d.models.captioner.frozen_prefix import FrozenPrefixCache, caption_loss_top_layers
 from dense3d.models.captioner.generate import generate_captions, teacher_forcing_batch
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
-from dense3d.models.captioner.qformer import RelationQFormer, nearest_neighbours
+from dense3d.models.captioner.qformer import RelationQFormer
 from dense3d.models.context.bica import BiCADecoder, SceneContext
 from dense3d.models.losses.caption import caption_cross_entropy, cider_d, scst_loss, sequence_log_probs
 from dense3d.structures.captions import DenseCaption
@@ -94,22 +94,13 @@ class RegionCaptioner(nn.Module):
             an AVX2-only CPU a bfloat16 matrix product is ~60x slower than a float32 one.
             False: float32 throughout; None (default): on where the device has native bfloat16
             matrix products (:func:`bf16_is_fast`).
-        prompt_neighbours: each region's text prompt also names the classes of its this many
-            nearest neighbours, nearest first, as the Q-Former orders them ("Describe the object.
-            Nearby: table, door, chair."): the detector's labels (ground-truth labels on
-            ground-truth regions) as words the LLM can copy, where a neighbour's class in a visual
-            token must first be bound to the right slot (0: the kind's prompt alone). Needs
-            ``class_names`` for the kind; not with SCST.
-        class_words: class name -> the words the prompt uses for it (``garbagebin: trash can``;
-            otherwise the name with ``_`` as a space).
     """
 
     def __init__(self, decoder: FrozenDecoder, adapter: LlamaAdapter, qformer: RelationQFormer,
                  bica: BiCADecoder | None = None, prompts: dict[str, str] | None = None,
                  max_caption_tokens: int = 32, max_new_tokens: int = 32, num_beams: int = 1,
                  class_names: dict[str, Sequence[str]] | None = None, no_repeat_ngram_size: int = 0,
-                 repetition_penalty: float = 1.0, cache_frozen_layers_mb: int = 1024, llm_autocast: bool | None = None,
-                 prompt_neighbours: int = 0, class_words: dict[str, str] | None = None):
+                 repetition_penalty: float = 1.0, cache_frozen_layers_mb: int = 1024, llm_autocast: bool | None = None):
         super().__init__()
         if adapter.prompt_len != qformer.num_queries:
             raise ConfigError("RegionCaptioner", "adapter.prompt_len", f"qformer.num_queries={qformer.num_queries}",
@@ -125,10 +116,6 @@ class RegionCaptioner(nn.Module):
         self.class_names = {k: list(v) for k, v in (class_names or {}).items()}
         self.prefix_cache = FrozenPrefixCache(cache_frozen_layers_mb << 20) if cache_frozen_layers_mb > 0 else None
         self.llm_autocast = llm_autocast
-        if prompt_neighbours < 0:
-            raise ConfigError("RegionCaptioner", "prompt_neighbours", "0 or more", got=prompt_neighbours)
-        self.prompt_neighbours = prompt_neighbours
-        self.class_words = dict(class_words or {})
 
     # ------------------------------------------------------------------ parts
     def _lm(self):
@@ -162,31 +149,6 @@ class RegionCaptioner(nn.Module):
             feats, summaries, raw = [r.features for r in regions], [None] * len(regions), [None] * len(regions)
         return [self.qformer(r, f, s, w) for r, f, s, w in zip(regions, feats, summaries, raw)]
 
-    def region_prompts(self, r: RegionFeatures) -> list[list[str]]:
-        """B lists of R text prompts: the kind's prompt, and with ``prompt_neighbours`` the classes of
-        each region's nearest neighbours (those :func:`nearest_neighbours` gives the Q-Former, with
-        its ``neighbour_min_score``; neighbours of unknown class are left out)."""
-        base = self.prompts[r.kind]
-        B, R = r.mask.shape
-        if self.prompt_neighbours == 0:
-            return [[base] * R for _ in range(B)]
-        names = self.class_names.get(r.kind)
-        if not names:
-            raise ConfigError("RegionCaptioner", "prompt_neighbours", f"class names of the {r.kind} regions to name",
-                              got=self.prompt_neighbours)
-        words = [self.class_words.get(n, n.replace("_", " ")) for n in names]
-        idx, valid = nearest_neighbours(r, self.prompt_neighbours, self.qformer.neighbour_min_score)  # (B, R, n)
-        labels = r.labels.gather(1, idx.flatten(1)).view(idx.shape).tolist()  # (B, R*n) -> (B, R, n)
-        valid = valid.tolist()
-        out = []
-        for b in range(B):
-            row = []
-            for i in range(R):
-                near = [words[c] for c, ok in zip(labels[b][i], valid[b][i]) if ok and 0 <= c < len(words)]
-                row.append(f"{base} Nearby: {', '.join(near)}." if near else base)
-            out.append(row)
-        return out
-
     # ------------------------------------------------------------------ training
     def _gather(self, regions, visual, captions):
         """Rows of the regions with a caption: visual (N, K, H), prompts, captions, keys."""
@@ -198,13 +160,12 @@ class RegionCaptioner(nn.Module):
             B, R = r.mask.shape
             if len(c) != B or any(len(row) != R for row in c):
                 raise ConfigError("RegionCaptioner", f"captions[{r.kind}]", f"{B} lists of {R} entries (str or None)")
-            region_prompts = self.region_prompts(r)
             for b in range(B):
                 for i in range(R):
                     ref = c[b][i]
                     if ref is not None and bool(r.mask[b, i]):
                         vis.append(v[b, i])
-                        prompts.append(region_prompts[b][i])
+                        prompts.append(self.prompts[r.kind])
                         caps.append(ref)
         return vis, prompts, caps
 
@@ -249,9 +210,6 @@ class RegionCaptioner(nn.Module):
         Returns:
             ``{"loss_scst", "reward_sample", "reward_greedy"}`` (rewards: mean CIDEr-D).
         """
-        if self.prompt_neighbours:
-            raise ConfigError("RegionCaptioner", "prompt_neighbours", "0 with SCST (it scores one prompt per kind)",
-                              got=self.prompt_neighbours)
         single = isinstance(regions, RegionFeatures)
         regions = _as_list(regions)
         references = [references] if single else list(references)
@@ -315,9 +273,8 @@ class RegionCaptioner(nn.Module):
             if not rows:
                 continue
             vis = v[r.mask.bool()]  # (N, K, H), row-major order = rows
-            prompts = self.region_prompts(r)
             with self._precision():
-                texts, _ = generate_captions(lm, self.adapter, tok, vis, [prompts[b][i] for b, i in rows], self.max_new_tokens,
+                texts, _ = generate_captions(lm, self.adapter, tok, vis, self.prompts[r.kind], self.max_new_tokens,
                                              num_beams or self.num_beams, batch_size,
                                              no_repeat_ngram_size=self.no_repeat_ngram_size,
                                              repetition_penalty=self.repetition_penalty)
