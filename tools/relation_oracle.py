@@ -116,6 +116,8 @@ def likeliest_indoor_relations(root: Path, split: str) -> tuple[dict, int, int]:
     """``likeliest_relations`` for an indoor set: ({scene: [{box, caption, score, label}]}, objects,
     objects whose relation changed)."""
     ann_file = root / "synthetic_annotations.json"
+    if not ann_file.is_file():
+        raise AnnotationError(ann_file, "file", "a generated synthetic indoor set (dense3d convert synth --kind indoor)")
     out, changed, n = {}, 0, 0
     for scene in json.loads(ann_file.read_text())["scenes"]:
         if scene["split"] != split:

@@ -233,6 +233,12 @@ def test_relation_oracle_on_an_indoor_set(synth_root, tmp_path):
     assert n == len(objects) and changed == differ > 0
     with pytest.raises(AnnotationError, match="guess-motion"):
         tool.main([str(root), "--out", str(tmp_path / "x.json"), "--guess-motion"])
+    bare = tmp_path / "bare"  # an indoor meta.json without its annotations: one line, no traceback
+    bare.mkdir()
+    (bare / "meta.json").write_text(json.dumps({"kind": "indoor"}))
+    with pytest.raises(AnnotationError, match="synthetic_annotations.json"):
+        tool.main([str(bare), "--out", str(tmp_path / "y.json")])
+    assert not (tmp_path / "y.json").exists()
 
 
 def test_relation_oracle_guesses_motion_from_class_and_place(synth_root, tmp_path):
