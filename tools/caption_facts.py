@@ -10,7 +10,8 @@ the room, relation type and target(s). Prints, per fact, how often the caption s
 often it is right (of all matched objects), then how often the target is right per true relation
 type (indoors "next to" names the nearest object, "closest to" a neighbour chosen by comparing
 the other objects of the class), then which part of the named targets is right (class, colour,
-present in the scene; :func:`target_parts`), and writes all three as JSON.
+present in the scene; :func:`target_parts`), then which of the object's neighbours the named
+target is (nearest, second, ...; :func:`named_target_ranks`), and writes all four as JSON.
 
     python tools/caption_facts.py data/synthetic/big/outdoor outputs/RUN/eval_gt40 [--split val]
 """
@@ -132,6 +133,46 @@ def target_parts(pairs: list[tuple[dict, dict]], objects: list[dict], kind: str 
     return out
 
 
+RANKS = ("nearest", "second", "third", "further")
+
+
+def _rank_of(pair: tuple, centre: np.ndarray, others: list[dict]) -> str:
+    """Which of ``others`` (nearest first by 3D centre distance to ``centre``) holds the (colour,
+    class) ``pair``: a name of :data:`RANKS` for the nearest one that does, or ``not_in_scene``."""
+    d = [float(np.linalg.norm(np.asarray(x["box"][:3], float) - centre)) for x in others]
+    for rank, i in enumerate(np.argsort(d, kind="stable")):
+        if (others[i]["facts"].colour, others[i]["facts"].cls) == pair:
+            return RANKS[min(rank, len(RANKS) - 1)]
+    return "not_in_scene"
+
+
+def named_target_ranks(pairs: list[tuple[dict, dict]], objects: list[dict], kind: str = "outdoor") -> dict:
+    """Which neighbour a caption names, over the objects with one relation target (``objects``
+    of them): ``named`` gives the % whose caption names one target that is the object's nearest
+    other object (3D centre distance), its second, third or a further one (the nearest object
+    with the named colour and class), a (colour, class) the scene does not hold
+    (``not_in_scene``: parts of two objects), or names no target or two (``not_one``); ``truth``
+    gives the same ranks for the annotated target. Indoors "next to" names the nearest object:
+    a run that binds reads the nearest neighbour, one that does not names objects at random."""
+    members = defaultdict(list)
+    for o in objects:
+        members[o["scene"]].append(o)
+    named, truth = defaultdict(int), defaultdict(int)
+    n = 0
+    for o, p in pairs:
+        if len(o["facts"].targets) != 1:
+            continue
+        n += 1
+        centre = np.asarray(o["box"][:3], float)
+        others = [x for x in members[o["scene"]] if x is not o]
+        truth[_rank_of(tuple(o["facts"].targets[0]), centre, others)] += 1
+        got = PARSE[kind](p["caption"])["targets"]
+        named[_rank_of(tuple(got[0]), centre, others) if got and len(got) == 1 else "not_one"] += 1
+    pct = lambda c, keys: {k: 100 * c[k] / max(n, 1) for k in keys}  # noqa: E731
+    return {"objects": n, "named": pct(named, RANKS + ("not_in_scene", "not_one")),
+            "truth": pct(truth, RANKS + ("not_in_scene",))}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("root", type=Path, help="the generated synthetic outdoor or indoor set the run was evaluated on")
@@ -169,9 +210,13 @@ def main(argv: list[str] | None = None) -> int:
           f"class in the scene {parts['cls_in_scene']:.1f} %, (colour, class) in the scene {parts['pair_in_scene']:.1f} %")
     print(f"one other object of the scene at random ({parts['chance_objects']} one-target objects): class "
           f"{parts['chance_cls']:.1f} %, colour {parts['chance_colour']:.1f} %, both {parts['chance_pair']:.1f} %")
+    ranks = named_target_ranks(pairs, objects, kind)
+    for what in ("named", "truth"):
+        print(f"{what} target of {ranks['objects']} one-target objects: "
+              + ", ".join(f"{k.replace('_', ' ')} {v:.1f} %" for k, v in ranks[what].items()))
     atomic_write_json(a.out or a.eval_dir / "caption_facts.json",
                       {"objects": len(pairs), "facts": table, "targets_by_relation": by_rel,
-                       "target_parts": parts})
+                       "target_parts": parts, "named_target_ranks": ranks})
     return 0
 
 

@@ -342,6 +342,11 @@ def test_caption_facts_tool_reads_indoor_sets(synth_root, tmp_path):
     assert {k: v["objects"] for k, v in by_rel.items()} == {k: types.count(k) for k in set(types)}
     assert all(v["correct"] == 100 for v in by_rel.values())
     parts = r["target_parts"]
+    ranks = r["named_target_ranks"]  # the oracle names the annotated target: the same ranks
+    assert ranks["objects"] == sum(1 for o in objs if len(o["facts"].targets) == 1)
+    assert {k: v for k, v in ranks["named"].items() if k != "not_one"} == ranks["truth"]
+    assert ranks["named"]["not_one"] == 0 and ranks["truth"]["not_in_scene"] == 0
+    assert sum(ranks["truth"].values()) == pytest.approx(100)
     assert parts["objects"] == sum(1 for o in objs if o["facts"].targets)
     assert all(parts[k] == 100 for k in ("cls", "colour", "cls_in_scene", "pair_in_scene"))
     assert parts["chance_objects"] == sum(1 for o in objs if len(o["facts"].targets) == 1)
@@ -392,3 +397,27 @@ def test_target_parts_by_hand():
     # one of two for the others (50); the colours 50, 100, 50; the pairs one of two each
     assert parts["chance_cls"] == pytest.approx(200 / 3) == parts["chance_colour"]
     assert parts["chance_pair"] == pytest.approx(50)
+
+
+def test_named_target_ranks_by_hand():
+    """Four objects on a line (x = 0, 1, 3, 7); each caption names one of its neighbours, a pair
+    the room does not hold, or two targets."""
+    from dense3d.data.synthetic.facts import IndoorFacts
+
+    tool = _tool("caption_facts")
+    spec = (("red", "chair", 0.0), ("blue", "table", 1.0), ("green", "sofa", 3.0), ("brown", "door", 7.0))
+    objs = [{"scene": "s", "box": [x, 0.0, 0.5, 1, 1, 1, 0], "facts": IndoorFacts(col, cls, "wall", "next_to", (tgt,))}
+            for (col, cls, x), tgt in zip(spec, (("blue", "table"), ("red", "chair"), ("blue", "table"),
+                                                 ("green", "sofa")))]
+    named = ("next to the blue table",                            # chair: its nearest
+             "next to the green sofa",                            # table: its second (chair 1 m, sofa 2 m)
+             "next to the red door",                              # sofa: no red door here
+             "between the red chair and the blue table")          # door: two targets
+    pairs = [(o, {"caption": f"this is a {o['facts'].colour} {o['facts'].cls}. it is {t}. it is against the wall."})
+             for o, t in zip(objs, named)]
+    r = tool.named_target_ranks(pairs, objs, "indoor")
+    assert r["objects"] == 4
+    assert r["named"] == {"nearest": 25, "second": 25, "third": 0, "further": 0, "not_in_scene": 25, "not_one": 25}
+    # the annotated targets: chair -> table (nearest), table -> chair (nearest), sofa -> table
+    # (nearest, 2 m; chair 3 m), door -> sofa (nearest)
+    assert r["truth"] == {"nearest": 100, "second": 0, "third": 0, "further": 0, "not_in_scene": 0}
