@@ -272,43 +272,6 @@ def test_neighbour_queries_start_from_the_nearest_neighbours_relation_tokens():
                         out_dim=24, neighbour_queries=3)
 
 
-def test_neighbour_tokens_hand_each_nearest_neighbours_relation_token_to_the_llm():
-    # region 0's neighbours, nearest first: 1 (2 m), 2 (5 m); region 3 is padding
-    r = _boxes([[0, 0, 0], [2, 0, 0], [5, 0, 0], [9, 0, 0]], mask=[True, True, True, False])
-    torch.manual_seed(0)
-    qf = RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=3, region_dim=D,
-                         out_dim=24, neighbour_tokens=2).eval()
-    assert qf.num_tokens == 5
-    with torch.no_grad():
-        out = qf(r, r.features)  # (1, 4, 3 + 2, 24)
-        rel, valid = qf.relation_tokens(r, r.features)  # (1, 4, 3, D), (1, 4, 3)
-        want = qf.neighbour_out(rel[0, :3, :2])  # (3 real regions, 2, 24)
-    assert out.shape == (1, 4, 5, 24)
-    torch.testing.assert_close(out[0, :3, 3:], want)  # tokens 3 and 4: the two nearest, projected
-    assert out[0, 3].abs().amax() == 0  # padding: zeros
-    # the query tokens are the same as without the direct tokens (same weights)
-    torch.manual_seed(0)
-    plain = RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=3, region_dim=D,
-                            out_dim=24).eval()
-    plain.load_state_dict({k: v for k, v in qf.state_dict().items() if not k.startswith("neighbour_out")})
-    with torch.no_grad():
-        torch.testing.assert_close(plain(r, r.features), out[:, :, :3])
-    # a region with one real neighbour: its second direct token is zero
-    r1 = _boxes([[0, 0, 0], [2, 0, 0], [5, 0, 0]], mask=[True, True, False])
-    with torch.no_grad():
-        out1 = qf(r1, r1.features)
-    assert out1[0, :2, 4].abs().amax() == 0 and out1[0, :2, 3].abs().amax() > 0
-    # moving neighbour 2's feature changes region 0's second direct token, not its first
-    f2 = r.features.clone()
-    f2[0, 2] += 1.0
-    with torch.no_grad():
-        d = (qf(r, f2) - out)[0, 0].abs().amax(-1)  # (5,)
-    assert d[4] > 1e-3 and d[3] < 1e-6
-    with pytest.raises(ConfigError, match="neighbour_tokens"):
-        RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=2, region_dim=D,
-                        out_dim=24, neighbour_tokens=3)
-
-
 def test_relation_between_names_the_neighbour_that_frames_the_region():
     # region 0 at the origin; 1 at (-2, 0.1) and 2 at (2, 0) frame it; 3 at (0, 3) and 4 at (0, -5) too,
     # off-centre; neighbours of 0 nearest first: 2, 1, 3, 4

@@ -48,7 +48,7 @@ class LlamaAdapter(nn.Module):
         hidden_size: the LLM's hidden size H (checked against the model on :meth:`attach`).
         num_heads: the LLM's attention heads (one gate per head and layer).
         num_layers: how many of the top layers get a prompt (L).
-        prompt_len: prompt vectors per layer (K; equals the Q-Former's visual token count).
+        prompt_len: prompt vectors per layer (K; equals the Q-Former's query count).
         init_std: std of the prompts' normal initialisation.
         gate_scale: the gate applied is ``gate_scale * gates``. Adam moves a parameter by about
             the learning rate per step whatever its gradient's size, so at lr 1e-3 a gate that

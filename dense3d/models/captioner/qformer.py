@@ -31,13 +31,6 @@ target's colour (linear probe 93 %) and the Q-Former's output did not (22 %, cha
 output held it (71 %) and the named target was right for 46 % of the objects instead of 4 %
 (docs/results.md, "neighbour queries"; tools/probe_tokens.py).
 
-With ``neighbour_tokens = m`` the m nearest neighbours' relation tokens also reach the LLM
-directly, each projected to a visual token of its own after the K query tokens (K + m in all).
-The query slots mix every memory token through self- and cross-attention, so a neighbour's class
-and colour reach the LLM only where a run's training happens to keep them apart from the region's
-own (the named target right for 6-49 % of objects across eleven indoor runs); a direct token holds
-one neighbour and nothing else, whatever the attention learns.
-
 Pairwise geometry (see :func:`relation_geometry`): boxes — the neighbour's offset in the
 region's own frame (rotated by -yaw), distance, sin/cos of the relative yaw, log size ratios,
 and the offset in the sensor frame (captions say "in front of" / "left of" as seen from the ego
@@ -272,10 +265,6 @@ class RelationQFormer(nn.Module):
             ``min(num_queries, num_neighbours)``.
         relation_between: add :func:`relation_between` (which other neighbour frames the region
             with this one) to each relation token, through an MLP of its own.
-        neighbour_tokens: the relation tokens of this many nearest neighbours are also handed to the
-            LLM as visual tokens of their own (a LayerNorm and a linear map to ``out_dim``), after
-            the ``num_queries`` query tokens; zeros for a missing neighbour. At most
-            ``num_neighbours``; the adapter's ``prompt_len`` must be :attr:`num_tokens`.
         room_layout: add an embedding of :func:`layout_features` (the box's gaps to the room's
             walls, ``RegionFeatures.extra["wall_gaps"]``) to the region's own feature (boxes only;
             events have no walls).
@@ -286,13 +275,8 @@ class RelationQFormer(nn.Module):
                  dropout: float = 0.0, use_context: bool = True, space_scale: float = 10.0, time_scale: float = 2.0,
                  raw_dim: int | None = None, neighbour_min_score: float = 0.0, relation_ranks: bool = False,
                  rank_margin_scale: float = 1.0, neighbour_queries: int = 0, relation_between: bool = False,
-                 room_layout: bool = False, neighbour_tokens: int = 0):
+                 room_layout: bool = False):
         super().__init__()
-        if not 0 <= neighbour_tokens <= num_neighbours:
-            raise ConfigError("RelationQFormer", "neighbour_tokens", f"0 to num_neighbours = {num_neighbours}",
-                              got=neighbour_tokens)
-        self.neighbour_tokens = neighbour_tokens
-        self.num_tokens = num_queries + neighbour_tokens  # visual tokens per region handed to the adapter
         if not 0 <= neighbour_queries <= min(num_queries, num_neighbours):
             raise ConfigError("RelationQFormer", "neighbour_queries",
                               f"0 to min(num_queries, num_neighbours) = {min(num_queries, num_neighbours)}",
@@ -325,8 +309,6 @@ class RelationQFormer(nn.Module):
                                            batch_first=True, norm_first=True)
         self.decoder = nn.TransformerDecoder(layer, n_layers, norm=nn.LayerNorm(d_model))
         self.out = nn.Linear(d_model, out_dim)
-        self.neighbour_out = (nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, out_dim))
-                              if neighbour_tokens else None)
 
     def relation_tokens(self, regions: RegionFeatures, features: torch.Tensor):
         """(B, R, k, D) relation tokens and their (B, R, k) validity: the pairwise geometry, the
@@ -353,7 +335,7 @@ class RelationQFormer(nn.Module):
             raw: (B, R, raw_dim) the perception features before BiCA, or None (read only when
                 the Q-Former was built with ``raw_dim``).
         Returns:
-            (B, R, K + neighbour_tokens, out_dim) visual tokens; zeros at padded regions.
+            (B, R, K, out_dim) visual tokens; zeros at padded regions.
         """
         B, R, _ = features.shape
         if regions.kind not in RELATION_DIMS:
@@ -387,7 +369,7 @@ class RelationQFormer(nn.Module):
         memory = torch.cat(parts, 2)  # (B, R, M, D)
         mem_valid = torch.cat(valid, 2)  # (B, R, M)
 
-        out = features.new_zeros(B, R, self.num_tokens, self.out.out_features)
+        out = features.new_zeros(B, R, self.num_queries, self.out.out_features)
         sel = mask.nonzero(as_tuple=True)  # real regions only
         if sel[0].numel() == 0:
             return out
@@ -398,9 +380,5 @@ class RelationQFormer(nn.Module):
             seed = rel[sel][:, :n] * rel_valid[sel][:, :n, None].to(rel.dtype)  # (N, n, D), zeros where none
             tgt = torch.cat([tgt[:, :n] + seed, tgt[:, n:]], 1)  # (N, K, D)
         dec = self.decoder(tgt, mem, memory_key_padding_mask=~mem_valid[sel])  # (N, K, D)
-        K, m = self.num_queries, self.neighbour_tokens
-        out[sel[0], sel[1], :K] = self.out(dec).to(out.dtype)  # (N, K, out_dim)
-        if m > 0:  # the m nearest neighbours' relation tokens, one visual token each
-            direct = self.neighbour_out(rel[sel][:, :m]) * rel_valid[sel][:, :m, None].to(rel.dtype)  # (N, m, out_dim)
-            out[sel[0], sel[1], K:] = direct.to(out.dtype)
+        out[sel] = self.out(dec).to(out.dtype)  # (N, K, out_dim)
         return out

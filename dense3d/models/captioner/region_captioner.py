@@ -71,8 +71,7 @@ class RegionCaptioner(nn.Module):
 
     Args:
         decoder: the frozen LLM and its tokenizer (loaded on first use).
-        adapter: gated adaption prompts; ``prompt_len`` must equal ``qformer.num_tokens`` (its queries plus its
-            direct neighbour tokens).
+        adapter: gated adaption prompts; ``prompt_len`` must equal ``qformer.num_queries``.
         qformer: the Relation Q-Former (its ``out_dim`` is the LLM's hidden size).
         bica: the BiCA decoder, or None to feed the region features straight to the
             Q-Former (the "BiCA off" ablation; then ``qformer.region_dim`` is the perception
@@ -103,9 +102,8 @@ class RegionCaptioner(nn.Module):
                  class_names: dict[str, Sequence[str]] | None = None, no_repeat_ngram_size: int = 0,
                  repetition_penalty: float = 1.0, cache_frozen_layers_mb: int = 1024, llm_autocast: bool | None = None):
         super().__init__()
-        if adapter.prompt_len != qformer.num_tokens:
-            raise ConfigError("RegionCaptioner", "adapter.prompt_len",
-                              f"qformer.num_queries + qformer.neighbour_tokens = {qformer.num_tokens}",
+        if adapter.prompt_len != qformer.num_queries:
+            raise ConfigError("RegionCaptioner", "adapter.prompt_len", f"qformer.num_queries={qformer.num_queries}",
                               got=adapter.prompt_len)
         if qformer.out.out_features != adapter.hidden_size:
             raise ConfigError("RegionCaptioner", "qformer.out_dim", f"adapter.hidden_size={adapter.hidden_size}",
