@@ -168,7 +168,10 @@ def named_target_ranks(pairs: list[tuple[dict, dict]], objects: list[dict], kind
         truth[_rank_of(tuple(o["facts"].targets[0]), centre, others)] += 1
         got = PARSE[kind](p["caption"])["targets"]
         named[_rank_of(tuple(got[0]), centre, others) if got and len(got) == 1 else "not_one"] += 1
-    pct = lambda c, keys: {k: 100 * c[k] / max(n, 1) for k in keys}  # noqa: E731
+
+    def pct(counts: dict, keys: tuple) -> dict:
+        return {k: 100 * counts[k] / max(n, 1) for k in keys}
+
     return {"objects": n, "named": pct(named, RANKS + ("not_in_scene", "not_one")),
             "truth": pct(truth, RANKS + ("not_in_scene",))}
 
