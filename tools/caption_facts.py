@@ -44,14 +44,20 @@ LOAD = {"outdoor": load_outdoor_facts, "indoor": load_indoor_facts}
 MAX_DIST = {"outdoor": 2.0, "indoor": 0.5}  # metres; half the median distance to the nearest other object indoors
 
 
+def by_scene(objects: list[dict]) -> dict[str, list[dict]]:
+    """``{scene: its objects}``."""
+    out = defaultdict(list)
+    for o in objects:
+        out[o["scene"]].append(o)
+    return out
+
+
 def match(pred: dict, objects: list[dict], max_dist: float) -> list[tuple[dict, dict]]:
     """(object, prediction) pairs, one-to-one per scene by BEV centre distance."""
-    by_scene = defaultdict(list)
-    for o in objects:
-        by_scene[o["scene"]].append(o)
+    scenes = by_scene(objects)
     pairs = []
     for scene, preds in pred.items():
-        objs = by_scene.get(scene, [])
+        objs = scenes.get(scene, [])
         if not objs or not preds:
             continue
         a = np.array([o["box"][:2] for o in objs], float)
@@ -102,11 +108,8 @@ def target_parts(pairs: list[tuple[dict, dict]], objects: list[dict], kind: str 
     bound their colours. ``chance_cls``, ``chance_colour``, ``chance_pair``: the expected %
     right of a caption that names one other object of the scene at random, over the same
     objects' one-target relations (``chance_objects`` of them)."""
-    in_scene = defaultdict(set)  # scene -> {(colour, class)}
-    members = defaultdict(list)  # scene -> its objects
-    for o in objects:
-        in_scene[o["scene"]].add((o["facts"].colour, o["facts"].cls))
-        members[o["scene"]].append(o)
+    members = by_scene(objects)
+    in_scene = {scene: {(o["facts"].colour, o["facts"].cls) for o in objs} for scene, objs in members.items()}
     n, right = 0, defaultdict(int)
     chance, n_chance = defaultdict(float), 0
     for o, p in pairs:
@@ -136,14 +139,12 @@ def target_parts(pairs: list[tuple[dict, dict]], objects: list[dict], kind: str 
 RANKS = ("nearest", "second", "third", "further")
 
 
-def _rank_of(pair: tuple, centre: np.ndarray, others: list[dict]) -> str:
-    """Which of ``others`` (nearest first by 3D centre distance to ``centre``) holds the (colour,
-    class) ``pair``: a name of :data:`RANKS` for the nearest one that does, or ``not_in_scene``."""
-    d = [float(np.linalg.norm(np.asarray(x["box"][:3], float) - centre)) for x in others]
-    for rank, i in enumerate(np.argsort(d, kind="stable")):
-        if (others[i]["facts"].colour, others[i]["facts"].cls) == pair:
-            return RANKS[min(rank, len(RANKS) - 1)]
-    return "not_in_scene"
+def _rank_of(pair: tuple, nearest_first: list[tuple]) -> str:
+    """Where the (colour, class) ``pair`` first comes in ``nearest_first`` (the other objects'
+    pairs, nearest first): a name of :data:`RANKS`, or ``not_in_scene``."""
+    if pair not in nearest_first:
+        return "not_in_scene"
+    return RANKS[min(nearest_first.index(pair), len(RANKS) - 1)]
 
 
 def named_target_ranks(pairs: list[tuple[dict, dict]], objects: list[dict], kind: str = "outdoor") -> dict:
@@ -154,9 +155,7 @@ def named_target_ranks(pairs: list[tuple[dict, dict]], objects: list[dict], kind
     (``not_in_scene``: parts of two objects), or names no target or two (``not_one``); ``truth``
     gives the same ranks for the annotated target. Indoors "next to" names the nearest object:
     a run that binds reads the nearest neighbour, one that does not names objects at random."""
-    members = defaultdict(list)
-    for o in objects:
-        members[o["scene"]].append(o)
+    members = by_scene(objects)
     named, truth = defaultdict(int), defaultdict(int)
     n = 0
     for o, p in pairs:
@@ -165,9 +164,11 @@ def named_target_ranks(pairs: list[tuple[dict, dict]], objects: list[dict], kind
         n += 1
         centre = np.asarray(o["box"][:3], float)
         others = [x for x in members[o["scene"]] if x is not o]
-        truth[_rank_of(tuple(o["facts"].targets[0]), centre, others)] += 1
+        d = [float(np.linalg.norm(np.asarray(x["box"][:3], float) - centre)) for x in others]
+        nearest_first = [(others[i]["facts"].colour, others[i]["facts"].cls) for i in np.argsort(d, kind="stable")]
+        truth[_rank_of(tuple(o["facts"].targets[0]), nearest_first)] += 1
         got = PARSE[kind](p["caption"])["targets"]
-        named[_rank_of(tuple(got[0]), centre, others) if got and len(got) == 1 else "not_one"] += 1
+        named[_rank_of(tuple(got[0]), nearest_first) if got and len(got) == 1 else "not_one"] += 1
 
     def pct(counts: dict, keys: tuple) -> dict:
         return {k: 100 * counts[k] / max(n, 1) for k in keys}
