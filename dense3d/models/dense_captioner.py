@@ -55,6 +55,8 @@ class DenseCaptioner(nn.Module):
         context_cell: BEV pixels pooled into one context query (boxes).
         context_window: seconds of one time-window context query (events).
         detection_weight, caption_weight: weights of the loss groups.
+        target_weight: weight of the Q-Former's target-head loss (which neighbour the caption
+            names; only with ``qformer.target_order``).
         scst_weight: weight of the self-critical loss (CIDEr-D reward, greedy baseline; 0: off),
             the optional last stage (``stage=scst``).
         image_regions: adds each box's camera appearance to its region features, or None.
@@ -77,6 +79,7 @@ class DenseCaptioner(nn.Module):
         detection_weight: float = 1.0,
         caption_weight: float = 1.0,
         scst_weight: float = 0.0,
+        target_weight: float = 0.5,
         image_regions: ImageRegionEncoder | None = None,
         class_embedding: bool = False,
         point_regions: PointRegionEncoder | None = None,
@@ -97,6 +100,7 @@ class DenseCaptioner(nn.Module):
         self.detection_weight = detection_weight
         self.caption_weight = caption_weight
         self.scst_weight = scst_weight
+        self.target_weight = target_weight
         self.image_regions = image_regions
         self.point_regions = point_regions
         self.class_embedding = None
@@ -246,6 +250,8 @@ class DenseCaptioner(nn.Module):
         if want_captions and self.caption_weight > 0:
             cap = self.captioner(regions, contexts, captions)
             losses["caption"] = self.caption_weight * cap["loss_caption"]
+            if "loss_target" in cap:
+                losses["target"] = self.target_weight * cap["loss_target"]
         if want_captions and self.scst_weight > 0:
             losses["scst"] = self.scst_weight * self.captioner.scst_loss(regions, contexts, references)["loss_scst"]
         if not losses:

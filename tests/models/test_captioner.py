@@ -207,6 +207,26 @@ def test_ablations_and_joint_scenes_run():
     assert float(empty["loss_caption"].detach()) == 0.0 and int(empty["num_captions"]) == 0
 
 
+def test_target_order_trains_a_head_towards_the_named_neighbour():
+    regions, ctx, _ = oracle_scene()  # scene 0: car, truck, tree, person; scene 1: truck, tree, person, car
+    caps = [["a red car next to the tree.", "a blue truck between the car and the person.", None, "a person."],
+            ["a green truck near the road.", None, None, "a blue car next to the car."]]
+    events = RegionFeatures("event", torch.randn(2, 2, D), torch.tensor([[[0.0, 1.0], [2.0, 3.0]]] * 2), torch.ones(2, 2),
+                            torch.tensor([[0, 1], [1, 0]]), torch.tensor([[True, True], [True, False]]))
+    ev_caps = [["a horn before the siren.", None], [None, None]]
+    model = tiny_captioner(neighbours=3, neighbour_queries=2, target_order=2)
+    out = model([regions, events], ctx, [caps, ev_caps])
+    # labelled (region, p) terms: car (tree, none), truck (car, person), person (none, none),
+    # truck 2 (none, none), car 2 (none, none: its own class only); the horn (siren, none)
+    assert int(out["num_target_terms"]) == 12 and float(out["loss_target"].detach()) > 0
+    (out["loss_caption"] + out["loss_target"]).backward()
+    head = model.qformer.target_head[-1].weight.grad
+    assert head is not None and head.abs().sum() > 0
+    assert "loss_target" not in tiny_captioner()(regions, ctx, caps)
+    texts = model.generate([regions, events], ctx)  # the head chooses the order
+    assert [len(t) for t in texts] == [6, 5]
+
+
 def test_assign_captions_is_hungarian_and_iou_gated():
     gt = torch.tensor([[0.0, 0, 0, 4, 2, 1.5, 0.0], [10.0, 0, 0, 4, 2, 1.5, 0.5]])
     pred = torch.tensor([[[10.2, 0.1, 0, 4, 2, 1.5, 0.5],  # GT 1, IoU ~0.85

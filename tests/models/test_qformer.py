@@ -14,6 +14,7 @@ from dense3d.models.captioner.qformer import (
     relation_between,
     relation_geometry,
     relation_ranks,
+    target_first_order,
 )
 from dense3d.structures.sample import RegionFeatures
 
@@ -326,3 +327,47 @@ def test_between_and_room_layout_reach_the_tokens_only_when_switched_on():
     bare = RegionFeatures("box", r.features, r.geometry, r.scores, r.labels, r.mask)
     with pytest.raises(ConfigError, match="wall_gaps"):
         qf(bare, r.features)
+
+
+def test_target_first_order_puts_the_chosen_targets_first_then_the_rest_nearest_first():
+    chosen = torch.tensor([[[2, 0], [4, 1], [3, 3], [4, 4], [1, 4]]])  # k = 4; 4: none
+    order = target_first_order(chosen, 4)
+    assert order[0].tolist() == [[2, 0, 1, 3], [1, 0, 2, 3], [3, 0, 1, 2], [0, 1, 2, 3], [1, 0, 2, 3]]
+
+
+def test_target_order_seeds_the_first_queries_with_the_chosen_targets():
+    # region 0's neighbours, nearest first: 1 (2 m), 2 (5 m), 3 (9 m)
+    r = _boxes([[0, 0, 0], [2, 0, 0], [5, 0, 0], [9, 0, 0]])
+    torch.manual_seed(0)
+    qf = RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=3, region_dim=D,
+                         out_dim=24, neighbour_queries=2, target_order=2).eval()
+    seen = {}
+    qf.decoder.register_forward_pre_hook(lambda mod, args: seen.update(tgt=args[0].detach().clone()))
+    slots = torch.tensor([[[2, 0], [3, 3], [1, 3], [3, 3]]])  # region 0: the 3rd, then the 1st; 2: the 2nd; k=3: none
+    with torch.no_grad():
+        out, logits = qf(r, r.features, target_slots=slots, with_targets=True)
+        rel, _ = qf.relation_tokens(r, r.features)  # (1, 4, 3, D), nearest first
+        own = qf.region_in(r.features) + qf.geometry_in("box", r.geometry)  # (1, 4, D)
+    start = seen["tgt"] - qf.queries.detach() - own[0, :, None]  # (4 regions, 3 queries, D)
+    torch.testing.assert_close(start[0, :2], rel[0, 0, [2, 0]])
+    torch.testing.assert_close(start[1, :2], rel[0, 1, [0, 1]])  # no target: nearest first, as before
+    torch.testing.assert_close(start[2, :2], rel[0, 2, [1, 0]])
+    assert logits.shape == (1, 4, 4, 2) and out.shape == (1, 4, 3, 24)
+    # without labels the head chooses: its argmax, slot k meaning none
+    with torch.no_grad():
+        qf.target_none.bias.fill_(-100.0)  # a target for every region
+        _, logits = qf(r, r.features, with_targets=True)
+        order = target_first_order(logits.argmax(2), 3)  # (1, 4, 3)
+        start = seen["tgt"] - qf.queries.detach() - own[0, :, None]
+        torch.testing.assert_close(start[:, :2], rel[0].gather(1, order[0, :, :2, None].expand(-1, -1, 32)))
+        qf.target_none.bias.fill_(100.0)  # "no target" everywhere: nearest first
+        qf(r, r.features)
+        start = seen["tgt"] - qf.queries.detach() - own[0, :, None]
+        torch.testing.assert_close(start[:, :2], rel[0, :, :2])
+    # unknown labels (negative) leave the choice to the head
+    with torch.no_grad():
+        qf(r, r.features, target_slots=torch.full((1, 4, 2), -100))
+        torch.testing.assert_close(seen["tgt"] - qf.queries.detach() - own[0, :, None], start)
+    with pytest.raises(ConfigError, match="target_order"):
+        RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=3, region_dim=D,
+                        out_dim=24, neighbour_queries=1, target_order=2)

@@ -31,6 +31,15 @@ target's colour (linear probe 93 %) and the Q-Former's output did not (22 %, cha
 output held it (71 %) and the named target was right for 46 % of the objects instead of 4 %
 (docs/results.md, "neighbour queries"; tools/probe_tokens.py).
 
+With ``target_order = P`` (needs ``neighbour_queries >= P``) a small head scores each neighbour as
+the caption's p-th target (or none), trained on which neighbour's class the caption names
+(:func:`dense3d.models.losses.mention.target_labels`), and the neighbour queries take the chosen
+targets first, then the rest nearest first: the LLM reads the target from the first slot in every
+caption instead of from the slot of whichever neighbour it is. While training, the caption's own
+targets take the first slots (teacher forcing); when generating, the head's. Runs that name the
+target right had learned "read the nearest neighbour's slot" only, where a fifth of the annotated
+targets are further away (docs/results.md, "which neighbour the captions name").
+
 Pairwise geometry (see :func:`relation_geometry`): boxes — the neighbour's offset in the
 region's own frame (rotated by -yaw), distance, sin/cos of the relative yaw, log size ratios,
 and the offset in the sensor frame (captions say "in front of" / "left of" as seen from the ego
@@ -50,7 +59,7 @@ from dense3d.errors import ConfigError
 from dense3d.models.context.bica import GeometryEmbedding
 from dense3d.structures.sample import RegionFeatures
 
-__all__ = ["RelationQFormer", "relation_geometry", "relation_ranks", "relation_between", "nearest_neighbours",
+__all__ = ["RelationQFormer", "target_first_order", "relation_geometry", "relation_ranks", "relation_between", "nearest_neighbours",
            "RELATION_DIMS", "RANK_DIMS", "BETWEEN_DIMS", "LAYOUT_DIMS"]
 
 RELATION_DIMS = {"box": 11, "event": 6}
@@ -226,6 +235,24 @@ def relation_between(regions: RegionFeatures, idx: torch.Tensor, valid: torch.Te
     return out * valid.unsqueeze(-1).to(g.dtype)
 
 
+def target_first_order(chosen: torch.Tensor, k: int) -> torch.Tensor:
+    """The order the neighbour slots are read in: the chosen targets first, then the rest nearest first.
+
+    Args:
+        chosen: (B, R, P) the p-th target's slot in [0, k), or k (or any value outside) for none;
+            a slot chosen twice keeps its first place.
+    Returns:
+        (B, R, k) long: a permutation of 0..k-1 per region.
+    """
+    B, R, P = chosen.shape
+    pos = torch.arange(k, device=chosen.device).expand(B, R, k)  # (B, R, k)
+    key = pos.to(torch.float32)
+    for p in range(P):
+        hit = (pos == chosen[..., p:p + 1]) & (key >= 0)  # (B, R, k): this slot, not pinned yet
+        key = torch.where(hit, float(p - P), key)
+    return key.sort(dim=-1, stable=True).indices  # (B, R, k); keys are distinct, stable for clarity
+
+
 def layout_features(gaps: torch.Tensor, scale: float = 1.0, clip: float = 3.0) -> torch.Tensor:
     """(B, R, 4) gaps from each box's footprint to the room's four walls (metres; see
     :func:`dense3d.models.context.room_layout.wall_gaps`) -> (B, R, LAYOUT_DIMS): the gaps and the
@@ -268,6 +295,9 @@ class RelationQFormer(nn.Module):
         room_layout: add an embedding of :func:`layout_features` (the box's gaps to the room's
             walls, ``RegionFeatures.extra["wall_gaps"]``) to the region's own feature (boxes only;
             events have no walls).
+        target_order: P > 0: a head scores each neighbour (or none) as the caption's p-th
+            target, p < P, and the neighbour queries read the chosen targets first
+            (:func:`target_first_order`); at most ``neighbour_queries``.
     """
 
     def __init__(self, d_model: int, n_heads: int, n_layers: int, num_queries: int, num_neighbours: int,
@@ -275,13 +305,16 @@ class RelationQFormer(nn.Module):
                  dropout: float = 0.0, use_context: bool = True, space_scale: float = 10.0, time_scale: float = 2.0,
                  raw_dim: int | None = None, neighbour_min_score: float = 0.0, relation_ranks: bool = False,
                  rank_margin_scale: float = 1.0, neighbour_queries: int = 0, relation_between: bool = False,
-                 room_layout: bool = False):
+                 room_layout: bool = False, target_order: int = 0):
         super().__init__()
         if not 0 <= neighbour_queries <= min(num_queries, num_neighbours):
             raise ConfigError("RelationQFormer", "neighbour_queries",
                               f"0 to min(num_queries, num_neighbours) = {min(num_queries, num_neighbours)}",
                               got=neighbour_queries)
-        self.neighbour_queries = neighbour_queries
+        if not 0 <= target_order <= neighbour_queries:
+            raise ConfigError("RelationQFormer", "target_order", f"0 to neighbour_queries = {neighbour_queries}",
+                              got=target_order)
+        self.neighbour_queries, self.target_order = neighbour_queries, target_order
         self.num_queries, self.num_neighbours = num_queries, num_neighbours
         self.use_context = use_context
         self.neighbour_min_score = neighbour_min_score
@@ -304,16 +337,25 @@ class RelationQFormer(nn.Module):
                            if relation_between else None)
         self.layout_in = (nn.Sequential(nn.Linear(LAYOUT_DIMS, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
                           if room_layout else None)
+        # target head: per neighbour, P scores from its relation token and the region's own token;
+        # per region, P "no p-th target" scores from the own token
+        self.target_head = (nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, target_order))
+                            if target_order else None)
+        self.target_none = nn.Linear(d_model, target_order) if target_order else None
         self.type_embed = nn.Embedding(5, d_model)  # own / context / token / relation / raw
         layer = nn.TransformerDecoderLayer(d_model, n_heads, ffn_dim or 4 * d_model, dropout,
                                            batch_first=True, norm_first=True)
         self.decoder = nn.TransformerDecoder(layer, n_layers, norm=nn.LayerNorm(d_model))
         self.out = nn.Linear(d_model, out_dim)
 
+    def neighbours(self, regions: RegionFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, R, k) indices of each region's neighbours, nearest first, and their validity."""
+        return nearest_neighbours(regions, self.num_neighbours, self.neighbour_min_score)
+
     def relation_tokens(self, regions: RegionFeatures, features: torch.Tensor):
         """(B, R, k, D) relation tokens and their (B, R, k) validity: the pairwise geometry, the
         neighbour's (BiCA) feature and, with ``relation_ranks``, the pair's ranks."""
-        idx, valid = nearest_neighbours(regions, self.num_neighbours, self.neighbour_min_score)
+        idx, valid = self.neighbours(regions)
         geo = relation_geometry(regions, idx, self.space_scale, self.time_scale)  # (B, R, k, G)
         nbr = _gather(features, idx)  # (B, R, k, C)
         tok = self.relation_in[regions.kind](geo) + self.neighbour_in(nbr)  # (B, R, k, D)
@@ -326,7 +368,8 @@ class RelationQFormer(nn.Module):
         return tok + self.type_embed.weight[3], valid
 
     def forward(self, regions: RegionFeatures, features: torch.Tensor,
-                context: torch.Tensor | None = None, raw: torch.Tensor | None = None) -> torch.Tensor:
+                context: torch.Tensor | None = None, raw: torch.Tensor | None = None,
+                target_slots: torch.Tensor | None = None, with_targets: bool = False):
         """
         Args:
             regions: the proposals (geometry, mask, tokens are read).
@@ -334,6 +377,11 @@ class RelationQFormer(nn.Module):
             context: (B, R, region_dim) BiCA context summaries, or None.
             raw: (B, R, raw_dim) the perception features before BiCA, or None (read only when
                 the Q-Former was built with ``raw_dim``).
+            target_slots: (B, R, P) the caption's targets (``target_order``; slots of
+                :meth:`neighbours`, k for none, negative for unknown: the head's choice), or None
+                (the head chooses every target).
+            with_targets: also return the target head's (B, R, k + 1, P) logits (slot k: none;
+                -1e4 at missing neighbours), None without ``target_order``.
         Returns:
             (B, R, K, out_dim) visual tokens; zeros at padded regions.
         """
@@ -369,16 +417,29 @@ class RelationQFormer(nn.Module):
         memory = torch.cat(parts, 2)  # (B, R, M, D)
         mem_valid = torch.cat(valid, 2)  # (B, R, M)
 
+        logits = None
+        if self.target_order and rel is not None:
+            k = rel.shape[2]
+            scores = self.target_head(rel + own.unsqueeze(2)).float()  # (B, R, k, P)
+            scores = scores.masked_fill(~rel_valid.unsqueeze(-1), -1e4)
+            logits = torch.cat([scores, self.target_none(own).float().unsqueeze(2)], 2)  # (B, R, k + 1, P)
+            chosen = logits.argmax(2)  # (B, R, P), k: none
+            if target_slots is not None:
+                chosen = torch.where(target_slots >= 0, target_slots, chosen)
+            order = target_first_order(chosen, k)  # (B, R, k)
+            rel = rel.gather(2, order.unsqueeze(-1).expand_as(rel))  # (B, R, k, D) in reading order
+            rel_valid = rel_valid.gather(2, order)  # (B, R, k)
+
         out = features.new_zeros(B, R, self.num_queries, self.out.out_features)
         sel = mask.nonzero(as_tuple=True)  # real regions only
         if sel[0].numel() == 0:
-            return out
+            return (out, logits) if with_targets else out
         mem = memory[sel]  # (N, M, D)
         tgt = self.queries.unsqueeze(0) + own[sel].unsqueeze(1)  # (N, K, D)
         n = self.neighbour_queries
-        if n > 0:  # query j < n also starts from the j-th nearest neighbour's relation token
+        if n > 0:  # query j < n also starts from the j-th neighbour's relation token (nearest first, or targets first)
             seed = rel[sel][:, :n] * rel_valid[sel][:, :n, None].to(rel.dtype)  # (N, n, D), zeros where none
             tgt = torch.cat([tgt[:, :n] + seed, tgt[:, n:]], 1)  # (N, K, D)
         dec = self.decoder(tgt, mem, memory_key_padding_mask=~mem_valid[sel])  # (N, K, D)
         out[sel] = self.out(dec).to(out.dtype)  # (N, K, out_dim)
-        return out
+        return (out, logits) if with_targets else out

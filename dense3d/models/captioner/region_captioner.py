@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dense3d.errors import ConfigError
@@ -27,6 +28,7 @@ from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.captioner.qformer import RelationQFormer
 from dense3d.models.context.bica import BiCADecoder, SceneContext
 from dense3d.models.losses.caption import caption_cross_entropy, cider_d, scst_loss, sequence_log_probs
+from dense3d.models.losses.mention import IGNORE, mention_words, target_labels
 from dense3d.structures.captions import DenseCaption
 from dense3d.structures.sample import RegionFeatures
 
@@ -94,13 +96,17 @@ class RegionCaptioner(nn.Module):
             an AVX2-only CPU a bfloat16 matrix product is ~60x slower than a float32 one.
             False: float32 throughout; None (default): on where the device has native bfloat16
             matrix products (:func:`bf16_is_fast`).
+        mention_aliases: class name -> other words captions name it by (``garbagebin: [trash
+            can]``), for the labels of the Q-Former's ``target_order``
+            (:mod:`dense3d.models.losses.mention`).
     """
 
     def __init__(self, decoder: FrozenDecoder, adapter: LlamaAdapter, qformer: RelationQFormer,
                  bica: BiCADecoder | None = None, prompts: dict[str, str] | None = None,
                  max_caption_tokens: int = 32, max_new_tokens: int = 32, num_beams: int = 1,
                  class_names: dict[str, Sequence[str]] | None = None, no_repeat_ngram_size: int = 0,
-                 repetition_penalty: float = 1.0, cache_frozen_layers_mb: int = 1024, llm_autocast: bool | None = None):
+                 repetition_penalty: float = 1.0, cache_frozen_layers_mb: int = 1024, llm_autocast: bool | None = None,
+                 mention_aliases: dict[str, Sequence[str]] | None = None):
         super().__init__()
         if adapter.prompt_len != qformer.num_queries:
             raise ConfigError("RegionCaptioner", "adapter.prompt_len", f"qformer.num_queries={qformer.num_queries}",
@@ -116,6 +122,7 @@ class RegionCaptioner(nn.Module):
         self.class_names = {k: list(v) for k, v in (class_names or {}).items()}
         self.prefix_cache = FrozenPrefixCache(cache_frozen_layers_mb << 20) if cache_frozen_layers_mb > 0 else None
         self.llm_autocast = llm_autocast
+        self.mention_aliases = {k: list(v) for k, v in (mention_aliases or {}).items()}
 
     # ------------------------------------------------------------------ parts
     def _lm(self):
@@ -140,14 +147,40 @@ class RegionCaptioner(nn.Module):
     def encode(self, regions: RegionFeatures | list[RegionFeatures],
                context: SceneContext | list[SceneContext] | None = None) -> list[torch.Tensor]:
         """Visual tokens per kind: one (B, R_k, K, H) per ``RegionFeatures`` (zeros at padding)."""
-        regions = _as_list(regions)
+        return self._encode(_as_list(regions), context)[0]
+
+    def _encode(self, regions: list[RegionFeatures], context, captions=None):
+        """Visual tokens per kind and, with the Q-Former's ``target_order`` and ``captions``, the
+        target head's loss: the captions' targets take the first neighbour slots (teacher
+        forcing) and the head learns to pick them. Returns (visual, loss or None, labelled terms)."""
         if self.bica is not None:
             bo = self.bica(regions, _as_list(context))
             feats, summaries = bo.objects, bo.summaries if context else [None] * len(regions)
             raw = [r.features for r in regions]  # what BiCA started from, a memory token of its own
         else:
             feats, summaries, raw = [r.features for r in regions], [None] * len(regions), [None] * len(regions)
-        return [self.qformer(r, f, s, w) for r, f, s, w in zip(regions, feats, summaries, raw)]
+        P = self.qformer.target_order
+        if not P or captions is None:
+            return [self.qformer(r, f, s, w) for r, f, s, w in zip(regions, feats, summaries, raw)], None, 0
+        visual, logits, labels = [], [], []
+        for r, f, s, w, caps in zip(regions, feats, summaries, raw, captions):
+            names = self.class_names.get(r.kind)
+            slots = None
+            if names and self.qformer.num_neighbours > 0:
+                idx, valid = self.qformer.neighbours(r)
+                slots = target_labels(idx, valid, r.labels, caps, mention_words(names, self.mention_aliases), P)
+            v, lg = self.qformer(r, f, s, w, target_slots=slots, with_targets=True)
+            visual.append(v)
+            if slots is not None and lg is not None:
+                logits.append(lg.permute(0, 3, 1, 2).reshape(-1, lg.shape[2]))  # (B, R, k+1, P) -> (B*P*R, k+1)
+                labels.append(slots.permute(0, 2, 1).reshape(-1))  # (B, R, P) -> (B*P*R,)
+        if not logits:
+            return visual, None, 0
+        lg, lab = torch.cat(logits), torch.cat(labels)
+        n = int((lab != IGNORE).sum())
+        if n == 0:
+            return visual, lg.sum() * 0.0, 0
+        return visual, F.cross_entropy(lg, lab, ignore_index=IGNORE), n
 
     # ------------------------------------------------------------------ training
     def _gather(self, regions, visual, captions):
@@ -180,16 +213,22 @@ class RegionCaptioner(nn.Module):
                 (no loss for that region). With a single ``RegionFeatures``, the B lists alone.
         Returns:
             ``{"loss_caption": scalar, "num_captions": long scalar}``; the loss is 0 (with a
-            graph) when no region has a caption.
+            graph) when no region has a caption. With the Q-Former's ``target_order`` also
+            ``"loss_target"`` (the target head's cross-entropy over the labelled (region, p)
+            terms, :func:`~dense3d.models.losses.mention.target_labels`) and ``"num_target_terms"``.
         """
         single = isinstance(regions, RegionFeatures)
         regions = _as_list(regions)
         captions = [captions] if single else list(captions)
-        visual = self.encode(regions, context)
+        if len(captions) != len(regions):
+            raise ConfigError("RegionCaptioner", "captions", f"one list per region kind ({len(regions)})",
+                              got=len(captions))
+        visual, target_loss, n_target = self._encode(regions, context, captions)
+        extra = {} if target_loss is None else {"loss_target": target_loss, "num_target_terms": torch.tensor(n_target)}
         vis, prompts, caps = self._gather(regions, visual, captions)
         if not vis:
             zero = sum(v.sum() for v in visual) * 0.0
-            return {"loss_caption": zero, "num_captions": torch.zeros((), dtype=torch.long)}
+            return {"loss_caption": zero, "num_captions": torch.zeros((), dtype=torch.long), **extra}
         lm, tok = self._lm(), self.decoder.tokenizer
         batch = teacher_forcing_batch(tok, prompts, caps, self.max_caption_tokens, device=vis[0].device)
         with self.adapter.conditioned_on(torch.stack(vis)), self._precision():  # (N, K, H)
@@ -199,7 +238,7 @@ class RegionCaptioner(nn.Module):
             else:
                 logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
                 loss = caption_cross_entropy(logits.float(), batch["labels"])
-        return {"loss_caption": loss, "num_captions": torch.tensor(len(vis))}
+        return {"loss_caption": loss, "num_captions": torch.tensor(len(vis)), **extra}
 
     def scst_loss(self, regions, context, references) -> dict[str, torch.Tensor]:
         """Self-critical sequence training loss.

@@ -1,0 +1,101 @@
+"""Which neighbour a caption names: the labels of the Q-Former's target order.
+
+"This is a black chair. It is the chair closest to the black table." names the table; of the
+chair's neighbours the Q-Former's target head should pick the table. The label comes from the
+caption's words and the regions' class labels alone, so it exists wherever captions and class names
+do (ScanRefer, TOD3Cap, our synthetic sets):
+
+* :func:`mention_words` — the words each class goes by in captions (``traffic_cone`` ->
+  "traffic cone"; aliases such as ``garbagebin`` -> "trash can");
+* :func:`mentioned_classes` — the classes a caption names, in the order it names them, leaving out
+  the region's own class (the caption's subject);
+* :func:`target_labels` — for each region, which of its neighbours (nearest first) the caption
+  names first, second, ...: the nearest neighbour of the named class not taken already, "none"
+  where the caption names no further class, unknown where no neighbour has the named class.
+
+A caption whose target has the region's own class ("the chair next to the brown chair") is read
+as naming no target: the subject and the target cannot be told apart by class alone.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import torch
+
+__all__ = ["mention_words", "mentioned_classes", "target_labels", "IGNORE"]
+
+IGNORE = -100  # no label (torch.nn.functional.cross_entropy's default ignore_index)
+
+
+def mention_words(class_names: Sequence[str], aliases: Mapping[str, Sequence[str]] | None = None) -> dict[int, list[str]]:
+    """Label -> the words that name it in captions: the class name, with ``_`` as a space, and its
+    aliases (lower case)."""
+    aliases = aliases or {}
+    out = {}
+    for label, name in enumerate(class_names):
+        words = {name.lower(), name.replace("_", " ").lower(), *(a.lower() for a in aliases.get(name, ()))}
+        out[label] = sorted(words, key=len, reverse=True)
+    return out
+
+
+def mentioned_classes(caption: str, words: Mapping[int, Sequence[str]], own: int) -> list[int]:
+    """The labels a caption names, in order (a class named twice counts twice), ``own`` left out.
+
+    Whole words only, an optional plural "s" allowed ("chairs", not "armchair"); where two names
+    overlap ("table", "side table") the longer one wins.
+    """
+    text = caption.lower()
+    hits: list[tuple[int, int, int]] = []  # (start, -length, label)
+    for label, ws in words.items():
+        for w in ws:
+            for m in re.finditer(rf"\b{re.escape(w)}s?\b", text):
+                hits.append((m.start(), -(m.end() - m.start()), label))
+    hits.sort()
+    out, end = [], -1
+    for start, neg_len, label in hits:
+        if start < end:  # inside a longer name already taken
+            continue
+        end = start - neg_len
+        if label != own:
+            out.append(label)
+    return out
+
+
+def target_labels(index: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor,
+                  captions: Sequence[Sequence[str | None]], words: Mapping[int, Sequence[str]],
+                  num_targets: int) -> torch.Tensor:
+    """Which neighbour each region's caption names p-th, for p < ``num_targets``.
+
+    Args:
+        index: (B, R, k) the neighbours' region indices, nearest first; valid: (B, R, k) bool.
+        labels: (B, R) class labels of the regions (-1: unknown).
+        captions: B lists of R entries, the caption (str) or None (no label for that region).
+        words: :func:`mention_words` of the label set.
+        num_targets: P.
+    Returns:
+        (B, R, P) long on ``index``'s device: the neighbour's slot j < k (the nearest real
+        neighbour of the p-th named class that no earlier p took), k where the caption names
+        fewer than p + 1 classes ("no p-th target"), :data:`IGNORE` where no real neighbour has
+        the named class or the region has no caption.
+    """
+    B, R, k = index.shape
+    nbr_labels = labels.gather(1, index.reshape(B, R * k)).reshape(B, R, k).tolist()  # (B, R*k) -> (B, R, k)
+    ok, own = valid.tolist(), labels.tolist()
+    out = [[[IGNORE] * num_targets for _ in range(R)] for _ in range(B)]
+    for b in range(B):
+        for i in range(R):
+            cap = captions[b][i]
+            if cap is None:
+                continue
+            named = mentioned_classes(cap, words, int(own[b][i]))
+            taken: set[int] = set()
+            for p in range(num_targets):
+                if p >= len(named):
+                    out[b][i][p] = k
+                    continue
+                hits = [j for j in range(k) if ok[b][i][j] and nbr_labels[b][i][j] == named[p] and j not in taken]
+                if hits:
+                    out[b][i][p] = hits[0]
+                    taken.add(hits[0])
+    return torch.tensor(out, dtype=torch.long, device=index.device).reshape(B, R, num_targets)

@@ -1,0 +1,52 @@
+"""Which neighbour a caption names: the words, their order, the target labels."""
+from __future__ import annotations
+
+import torch
+
+from dense3d.models.losses.mention import IGNORE, mention_words, mentioned_classes, target_labels
+
+NAMES = ["chair", "table", "side_table", "garbagebin", "door"]
+WORDS = mention_words(NAMES, {"garbagebin": ["trash can"]})
+
+
+def test_mention_words_spell_underscores_as_spaces_and_take_aliases():
+    assert "side table" in WORDS[2] and "side_table" in WORDS[2]
+    assert "trash can" in WORDS[3] and "garbagebin" in WORDS[3]
+    assert WORDS[0] == ["chair"]
+
+
+def test_mentioned_classes_in_order_without_the_subject():
+    cap = "this is a brown chair. it is between the white door and the black table. the chair is in the corner."
+    assert mentioned_classes(cap, WORDS, own=0) == [4, 1]
+    assert mentioned_classes(cap, WORDS, own=1) == [0, 4, 0]  # a table describing chairs
+    # a class named twice counts twice: "between the table and the table"
+    assert mentioned_classes("a chair between the red table and the blue table.", WORDS, own=0) == [1, 1]
+
+
+def test_mentioned_classes_whole_words_plurals_aliases_and_longer_names():
+    assert mentioned_classes("an armchair by the doorway", WORDS, own=-1) == []
+    assert mentioned_classes("two chairs and Doors", WORDS, own=-1) == [0, 4]
+    assert mentioned_classes("next to the trash can.", WORDS, own=0) == [3]
+    assert mentioned_classes("the side table next to the table", WORDS, own=0) == [2, 1]  # not "table" twice
+
+
+def test_target_labels_name_the_nearest_neighbour_of_each_named_class():
+    # one room: chair 0, table 1, door 2, table 3, chair 4; region 0's neighbours nearest first: 3, 2, 1, 4
+    labels = torch.tensor([[0, 1, 4, 1, 0]])
+    index = torch.tensor([[[3, 2, 1, 4], [0, 2, 3, 4], [0, 1, 3, 4], [0, 1, 2, 4], [0, 1, 2, 3]]])
+    valid = torch.ones(1, 5, 4, dtype=torch.bool)
+    valid[0, 4, 2:] = False  # region 4 has two real neighbours: 0 and 1
+    caps = [["the chair between the table and the door.",  # table 3 (slot 0), door 2 (slot 1)
+             "this is a table. it is next to the trash can.",  # no neighbour is a trash can
+             "the door between the table and the table.",  # two tables: the nearer, then the other
+             None,  # no caption, no label
+             "a chair next to the chair, by the door."]]  # own class left out; the door is not real here
+    out = target_labels(index, valid, labels, caps, WORDS, num_targets=2)
+    assert out.shape == (1, 5, 2) and out.dtype == torch.long
+    assert out[0, 0].tolist() == [0, 1]
+    assert out[0, 1].tolist() == [IGNORE, 4]  # no trash can among the neighbours; no second class: none (k)
+    assert out[0, 2].tolist() == [1, 2]
+    assert out[0, 3].tolist() == [IGNORE, IGNORE]
+    assert out[0, 4].tolist() == [IGNORE, 4]
+    none = target_labels(index, valid, labels, [["it is here."] * 5], WORDS, num_targets=1)
+    assert none[0, :, 0].tolist() == [4] * 5  # no class named: "no first target"
