@@ -371,3 +371,19 @@ def test_target_order_seeds_the_first_queries_with_the_chosen_targets():
     with pytest.raises(ConfigError, match="target_order"):
         RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=3, region_dim=D,
                         out_dim=24, neighbour_queries=1, target_order=2)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_target_head_loss_reaches_the_tokens_unless_detached(detach):
+    r = _boxes([[0, 0, 0], [2, 0, 0], [5, 0, 0], [9, 0, 0]])
+    torch.manual_seed(0)
+    qf = RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=3, region_dim=D,
+                         out_dim=24, neighbour_queries=2, target_order=1, target_detach=detach)
+    _, logits = qf(r, r.features, with_targets=True)
+    torch.nn.functional.cross_entropy(logits[0, :, :, 0], torch.tensor([2, 0, 3, 1])).backward()
+    assert qf.target_head[-1].weight.grad.abs().sum() > 0 and qf.target_none.weight.grad.abs().sum() > 0
+    into_tokens = [qf.region_in.weight.grad, qf.neighbour_in.weight.grad, qf.relation_in["box"][0].weight.grad]
+    if detach:
+        assert all(g is None for g in into_tokens)
+    else:
+        assert all(g is not None and g.abs().sum() > 0 for g in into_tokens)

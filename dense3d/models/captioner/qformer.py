@@ -298,6 +298,8 @@ class RelationQFormer(nn.Module):
         target_order: P > 0: a head scores each neighbour (or none) as the caption's p-th
             target, p < P, and the neighbour queries read the chosen targets first
             (:func:`target_first_order`); at most ``neighbour_queries``.
+        target_detach: the target head reads the tokens without passing its gradient back into
+            them (they then learn from the captions alone).
     """
 
     def __init__(self, d_model: int, n_heads: int, n_layers: int, num_queries: int, num_neighbours: int,
@@ -305,7 +307,8 @@ class RelationQFormer(nn.Module):
                  dropout: float = 0.0, use_context: bool = True, space_scale: float = 10.0, time_scale: float = 2.0,
                  raw_dim: int | None = None, neighbour_min_score: float = 0.0, relation_ranks: bool = False,
                  rank_margin_scale: float = 1.0, neighbour_queries: int = 0, relation_between: bool = False,
-                 room_layout: bool = False, target_order: int = 0):
+                 room_layout: bool = False, target_order: int = 0,
+                 target_detach: bool = False):
         super().__init__()
         if not 0 <= neighbour_queries <= min(num_queries, num_neighbours):
             raise ConfigError("RelationQFormer", "neighbour_queries",
@@ -314,7 +317,7 @@ class RelationQFormer(nn.Module):
         if not 0 <= target_order <= neighbour_queries:
             raise ConfigError("RelationQFormer", "target_order", f"0 to neighbour_queries = {neighbour_queries}",
                               got=target_order)
-        self.neighbour_queries, self.target_order = neighbour_queries, target_order
+        self.neighbour_queries, self.target_order, self.target_detach = neighbour_queries, target_order, target_detach
         self.num_queries, self.num_neighbours = num_queries, num_neighbours
         self.use_context = use_context
         self.neighbour_min_score = neighbour_min_score
@@ -420,9 +423,10 @@ class RelationQFormer(nn.Module):
         logits = None
         if self.target_order and rel is not None:
             k = rel.shape[2]
-            scores = self.target_head(rel + own.unsqueeze(2)).float()  # (B, R, k, P)
+            head_rel, head_own = (rel.detach(), own.detach()) if self.target_detach else (rel, own)
+            scores = self.target_head(head_rel + head_own.unsqueeze(2)).float()  # (B, R, k, P)
             scores = scores.masked_fill(~rel_valid.unsqueeze(-1), -1e4)
-            logits = torch.cat([scores, self.target_none(own).float().unsqueeze(2)], 2)  # (B, R, k + 1, P)
+            logits = torch.cat([scores, self.target_none(head_own).float().unsqueeze(2)], 2)  # (B, R, k + 1, P)
             chosen = logits.argmax(2)  # (B, R, P), k: none
             if target_slots is not None:
                 chosen = torch.where(target_slots >= 0, target_slots, chosen)
