@@ -89,10 +89,12 @@ def test_cli_demo_runs_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_probe_tokens_tool_probes_a_trained_run(tmp_path):
-    """tools/probe_tokens.py on a 2-step demo run: every probe fitted and scored, written as JSON."""
+    """tools/probe_tokens.py on a 2-step demo run with a target head: every probe fitted and
+    scored, and the head's first choices judged, written as JSON."""
     import importlib.util
 
-    assert main(["demo", "--out", str(tmp_path), "--steps", "2", *TINY_CAPTIONER]) == 0
+    head = ["+model.captioner.qformer.neighbour_queries=2", "+model.captioner.qformer.target_order=1"]
+    assert main(["demo", "--out", str(tmp_path), "--steps", "2", *TINY_CAPTIONER, *head]) == 0
     root = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("probe_tokens", root / "tools" / "probe_tokens.py")
     tool = importlib.util.module_from_spec(spec)
@@ -105,6 +107,7 @@ def test_probe_tokens_tool_probes_a_trained_run(tmp_path):
     own = r["probes"]["own colour <- visual tokens"]
     assert own["train"] > 0 and own["val"] > 0 and 0 <= own["accuracy"] <= 100
     assert sum(r["target_ranks"]) == r["probes"]["target colour <- target's BiCA feature"]["val"]
+    assert r["target_head"]["boxes"] == sum(r["target_ranks"]) and 0 <= r["target_head"]["right"] <= 100
 
 
 TOOL_BAD_INPUTS = {  # each script in tools/ given a missing input

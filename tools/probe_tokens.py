@@ -8,7 +8,8 @@ LLaMA-Adapter, and fits a logistic regression (scikit-learn, standardised inputs
 the box's own colour, and its relation target's colour and class. A probe fitted on the first
 ``--train-scenes`` training scenes is scored on the first ``--val-scenes`` validation scenes. A fact
 the captions miss that the visual tokens still hold is lost in the LLM; one the relation token holds
-and the visual tokens do not is lost in the Q-Former (docs/results.md, "neighbour queries").
+and the visual tokens do not is lost in the Q-Former (docs/results.md, "neighbour queries"). With the Q-Former's ``target_order`` it also says how
+often the target head's first choice is the annotated target, against the nearest-neighbour rule.
 
     python tools/probe_tokens.py outputs/RUN data/synthetic/big/indoor [--train-scenes 300 --val-scenes 40]
 """
@@ -50,7 +51,7 @@ def scene_objects(root: Path) -> dict[str, list[dict]]:
 
 
 def box_rows(objects: list[dict], targets: list[int | None], feature: np.ndarray, visual: np.ndarray,
-             relation: np.ndarray, neighbours: list[list[int]]) -> list[dict]:
+             relation: np.ndarray, neighbours: list[list[int]], head_first: list[int] | None = None) -> list[dict]:
     """One row per box of a scene (R boxes).
 
     Args:
@@ -58,10 +59,13 @@ def box_rows(objects: list[dict], targets: list[int | None], feature: np.ndarray
             as a box index (None: no target, two targets, or a target that is not a box here).
         feature: (R, C) BiCA features; visual: (R, K * H) flattened visual tokens;
         relation: (R, k, D) relation tokens; neighbours: R lists of the k neighbour indices.
+        head_first: the Q-Former target head's first choice per box, a neighbour slot (k: none),
+            or None without a target head.
     Returns:
         rows with ``feature``, ``visual``, ``colour`` and, for boxes with a target,
         ``target_feature``, ``target_colour``, ``target_class``, ``relation_token`` (None when
-        the target is not among the k nearest) and ``target_rank`` (-1 then).
+        the target is not among the k nearest) and ``target_rank`` (-1 then), and with
+        ``head_first`` ``head_rank`` (the slot the head chose, -1 for none).
     """
     rows = []
     for i, (o, t) in enumerate(zip(objects, targets)):
@@ -70,6 +74,8 @@ def box_rows(objects: list[dict], targets: list[int | None], feature: np.ndarray
             rank = neighbours[i].index(t) if t in neighbours[i] else -1
             row.update(target_feature=feature[t], target_colour=objects[t]["colour"], target_class=objects[t]["label"],
                        relation_token=relation[i, rank] if rank >= 0 else None, target_rank=rank)
+            if head_first is not None:
+                row["head_rank"] = head_first[i] if head_first[i] < len(neighbours[i]) else -1
         rows.append(row)
     return rows
 
@@ -114,8 +120,14 @@ def collect_rows(loaded, split: str, scenes: int, objects: dict[str, list[dict]]
             relation, _ = q.relation_tokens(regions, feats)  # (1, R, k, D)
             idx, _ = nearest_neighbours(regions, q.num_neighbours, q.neighbour_min_score)  # (1, R, k)
             visual = captioner.encode([regions], [context])[0]  # (1, R, K, H)
+            head = None
+            if q.target_order:
+                summaries = captioner.bica([regions], [context]).summaries[0] if captioner.bica is not None else None
+                raw = regions.features if captioner.bica is not None else None
+                _, logits = q(regions, feats, summaries, raw, with_targets=True)  # (1, R, k + 1, P)
+                head = logits[0, :, :, 0].argmax(-1).tolist()  # (R,) the first target's slot, k: none
         rows += box_rows(boxes, targets, feats[0].float().numpy(), visual[0].flatten(1).float().numpy(),  # (R, K*H)
-                         relation[0].float().numpy(), idx[0].tolist())
+                         relation[0].float().numpy(), idx[0].tolist(), head)
     return rows
 
 
@@ -162,7 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<42} {row['train']:>6} {row['val']:>5} {acc:>11} {maj:>11}")
     ranks = np.bincount([r["target_rank"] + 1 for r in val if "target_rank" in r], minlength=2).tolist()
     print(f"targets by neighbour rank (val; first: not among the k nearest): {ranks}")
-    atomic_write_json(a.out or a.run / "probe_tokens.json", {"probes": table, "target_ranks": ranks})
+    result = {"probes": table, "target_ranks": ranks}
+    judged = [r for r in val if "head_rank" in r]
+    if judged:
+        right = 100.0 * sum(r["head_rank"] == r["target_rank"] >= 0 for r in judged) / len(judged)
+        nearest = 100.0 * sum(r["target_rank"] == 0 for r in judged) / len(judged)
+        print(f"target head: first choice is the target for {right:.1f} % of {len(judged)} one-target boxes "
+              f"(the nearest neighbour is for {nearest:.1f} %)")
+        result["target_head"] = {"boxes": len(judged), "right": right, "nearest": nearest}
+    atomic_write_json(a.out or a.run / "probe_tokens.json", result)
     return 0
 
 
