@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 import torch
 
+from dense3d.errors import ConfigError
 from dense3d.models.captioner.decoder import smollm2_decoder, tiny_llama_decoder
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.captioner.qformer import RelationQFormer
@@ -225,6 +226,32 @@ def test_target_order_trains_a_head_towards_the_named_neighbour():
     assert "loss_target" not in tiny_captioner()(regions, ctx, caps)
     texts = model.generate([regions, events], ctx)  # the head chooses the order
     assert [len(t) for t in texts] == [6, 5]
+    # the loss is the head's cross-entropy over the labelled (region, p) terms, by hand
+    model.eval()
+    seen = []
+    model.qformer.register_forward_hook(lambda mod, args, kw, out: seen.append((kw, out)), with_kwargs=True)
+    out = model(regions, ctx, caps)
+    logits = seen[-1][1][1]  # (B, R, k + 1, P)
+    idx, valid = model.qformer.neighbours(regions)
+    terms = []
+    for b, i, p in [(b, i, p) for b in range(2) for i in range(4) for p in range(2) if caps[b][i] is not None]:
+        named = {(0, 0): [2], (0, 1): [0, 3]}.get((b, i), [])  # scene 0: car -> tree; truck -> car, person
+        want = (idx[b, i] == named[p]).nonzero()[0, 0] if p < len(named) else torch.tensor(3)  # slot k = 3: none
+        terms.append(torch.nn.functional.cross_entropy(logits[b, i, :, p], want))
+    torch.testing.assert_close(out["loss_target"], torch.stack(terms).mean())
+    # a kind without class names has no labels: its neighbours stay nearest first, before and after training
+    model.class_names.pop("event")
+    out = model([regions, events], ctx, [caps, ev_caps])
+    assert int(out["num_target_terms"]) == 10
+    kw, _ = seen[-1]  # the events' call: every target "none" (slot k = 3), so nearest first
+    assert kw["target_slots"].shape == (2, 2, 2) and bool((kw["target_slots"] == 3).all())
+    model.generate([regions, events], ctx)
+    assert bool((seen[-1][0]["target_slots"] == 3).all())
+    # malformed caption lists: a one-line ConfigError before any label is read
+    with pytest.raises(ConfigError, match=r"captions\[box\]"):
+        model(regions, ctx, [caps[0], caps[1][:2]])
+    with pytest.raises(ConfigError, match="one list per region kind"):
+        model([regions, events], ctx, [caps])
 
 
 def test_assign_captions_is_hungarian_and_iou_gated():

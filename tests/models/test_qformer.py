@@ -364,10 +364,16 @@ def test_target_order_seeds_the_first_queries_with_the_chosen_targets():
         qf(r, r.features)
         start = seen["tgt"] - qf.queries.detach() - own[0, :, None]
         torch.testing.assert_close(start[:, :2], rel[0, :, :2])
-    # unknown labels (negative) leave the choice to the head
+    # unknown labels (negative) leave the choice to the head; slot k (none) keeps nearest first
     with torch.no_grad():
+        qf.target_none.bias.fill_(-100.0)
+        qf(r, r.features)
+        chosen_start = seen["tgt"] - qf.queries.detach() - own[0, :, None]
+        assert (chosen_start[:, :2] - rel[0, :, :2]).abs().amax() > 1e-4  # the head reorders something
         qf(r, r.features, target_slots=torch.full((1, 4, 2), -100))
-        torch.testing.assert_close(seen["tgt"] - qf.queries.detach() - own[0, :, None], start)
+        torch.testing.assert_close(seen["tgt"] - qf.queries.detach() - own[0, :, None], chosen_start)
+        qf(r, r.features, target_slots=torch.full((1, 4, 2), 3))
+        torch.testing.assert_close((seen["tgt"] - qf.queries.detach() - own[0, :, None])[:, :2], rel[0, :, :2])
     with pytest.raises(ConfigError, match="target_order"):
         RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=3, region_dim=D,
                         out_dim=24, neighbour_queries=1, target_order=2)

@@ -152,7 +152,8 @@ class RegionCaptioner(nn.Module):
     def _encode(self, regions: list[RegionFeatures], context, captions=None):
         """Visual tokens per kind and, with the Q-Former's ``target_order`` and ``captions``, the
         target head's loss: the captions' targets take the first neighbour slots (teacher
-        forcing) and the head learns to pick them. Returns (visual, loss or None, labelled terms)."""
+        forcing) and the head learns to pick them. A kind without class names has no labels: its
+        neighbours stay nearest first. Returns (visual, loss or None, labelled terms)."""
         if self.bica is not None:
             bo = self.bica(regions, _as_list(context))
             feats, summaries = bo.objects, bo.summaries if context else [None] * len(regions)
@@ -160,18 +161,23 @@ class RegionCaptioner(nn.Module):
         else:
             feats, summaries, raw = [r.features for r in regions], [None] * len(regions), [None] * len(regions)
         P = self.qformer.target_order
-        if not P or captions is None:
+        if not P:
             return [self.qformer(r, f, s, w) for r, f, s, w in zip(regions, feats, summaries, raw)], None, 0
         visual, logits, labels = [], [], []
-        for r, f, s, w, caps in zip(regions, feats, summaries, raw, captions):
+        for n, (r, f, s, w) in enumerate(zip(regions, feats, summaries, raw)):
             names = self.class_names.get(r.kind)
-            slots = None
-            if names and self.qformer.num_neighbours > 0:
-                idx, valid = self.qformer.neighbours(r)
-                slots = target_labels(idx, valid, r.labels, caps, mention_words(names, self.mention_aliases), P)
+            if not names:  # no class names, no labels: the head never learns this kind, so it keeps nearest first
+                none = torch.full((*r.mask.shape, P), self.qformer.num_neighbours, dtype=torch.long, device=r.mask.device)
+                visual.append(self.qformer(r, f, s, w, target_slots=none))  # slot k: no target
+                continue
+            if captions is None:  # generating: the head chooses
+                visual.append(self.qformer(r, f, s, w))
+                continue
+            idx, valid = self.qformer.neighbours(r)
+            slots = target_labels(idx, valid, r.labels, captions[n], mention_words(names, self.mention_aliases), P)
             v, lg = self.qformer(r, f, s, w, target_slots=slots, with_targets=True)
             visual.append(v)
-            if slots is not None and lg is not None:
+            if lg is not None:  # None without neighbours (num_neighbours = 0)
                 logits.append(lg.permute(0, 3, 1, 2).reshape(-1, lg.shape[2]))  # (B, R, k+1, P) -> (B*P*R, k+1)
                 labels.append(slots.permute(0, 2, 1).reshape(-1))  # (B, R, P) -> (B*P*R,)
         if not logits:
@@ -183,16 +189,23 @@ class RegionCaptioner(nn.Module):
         return visual, F.cross_entropy(lg, lab, ignore_index=IGNORE), n
 
     # ------------------------------------------------------------------ training
-    def _gather(self, regions, visual, captions):
-        """Rows of the regions with a caption: visual (N, K, H), prompts, captions, keys."""
+    @staticmethod
+    def _check_captions(regions, captions) -> None:
+        """One list per kind, of B lists of R entries each, or a one-line ConfigError."""
         if len(captions) != len(regions):
             raise ConfigError("RegionCaptioner", "captions", f"one list per region kind ({len(regions)})",
                               got=len(captions))
-        vis, prompts, caps = [], [], []
-        for r, v, c in zip(regions, visual, captions):
+        for r, c in zip(regions, captions):
             B, R = r.mask.shape
             if len(c) != B or any(len(row) != R for row in c):
                 raise ConfigError("RegionCaptioner", f"captions[{r.kind}]", f"{B} lists of {R} entries (str or None)")
+
+    def _gather(self, regions, visual, captions):
+        """Rows of the regions with a caption: visual (N, K, H), prompts, captions, keys."""
+        self._check_captions(regions, captions)
+        vis, prompts, caps = [], [], []
+        for r, v, c in zip(regions, visual, captions):
+            B, R = r.mask.shape
             for b in range(B):
                 for i in range(R):
                     ref = c[b][i]
@@ -220,9 +233,7 @@ class RegionCaptioner(nn.Module):
         single = isinstance(regions, RegionFeatures)
         regions = _as_list(regions)
         captions = [captions] if single else list(captions)
-        if len(captions) != len(regions):
-            raise ConfigError("RegionCaptioner", "captions", f"one list per region kind ({len(regions)})",
-                              got=len(captions))
+        self._check_captions(regions, captions)
         visual, target_loss, n_target = self._encode(regions, context, captions)
         extra = {} if target_loss is None else {"loss_target": target_loss, "num_target_terms": torch.tensor(n_target)}
         vis, prompts, caps = self._gather(regions, visual, captions)
