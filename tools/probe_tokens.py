@@ -8,8 +8,9 @@ LLaMA-Adapter, and fits a logistic regression (scikit-learn, standardised inputs
 the box's own colour, and its relation target's colour and class. A probe fitted on the first
 ``--train-scenes`` training scenes is scored on the first ``--val-scenes`` validation scenes. A fact
 the captions miss that the visual tokens still hold is lost in the LLM; one the relation token holds
-and the visual tokens do not is lost in the Q-Former (docs/results.md, "neighbour queries"). With the Q-Former's ``target_order`` it also says how
-often the target head's first choice is the annotated target, against the nearest-neighbour rule.
+and the visual tokens do not is lost in the Q-Former (docs/results.md, "neighbour queries"). With
+the Q-Former's ``target_order`` it also says how often the target head's first choice is the
+annotated target, against the nearest-neighbour rule.
 
     python tools/probe_tokens.py outputs/RUN data/synthetic/big/indoor [--train-scenes 300 --val-scenes 40]
 """
@@ -112,18 +113,15 @@ def collect_rows(loaded, split: str, scenes: int, objects: dict[str, list[dict]]
         with torch.no_grad():
             kinds, contexts = model.region_inputs(collate([sample]), regions="gt")
             regions, context = kinds[0], contexts[0]
-            if captioner.bica is not None:
-                feats = captioner.bica([regions], [context]).objects[0]  # (1, R, C)
-            else:
-                feats = regions.features
+            bo = captioner.bica([regions], [context]) if captioner.bica is not None else None
+            feats = bo.objects[0] if bo is not None else regions.features  # (1, R, C)
             q = captioner.qformer
             relation, _ = q.relation_tokens(regions, feats)  # (1, R, k, D)
             idx, _ = nearest_neighbours(regions, q.num_neighbours, q.neighbour_min_score)  # (1, R, k)
             visual = captioner.encode([regions], [context])[0]  # (1, R, K, H)
             head = None
             if q.target_order:
-                summaries = captioner.bica([regions], [context]).summaries[0] if captioner.bica is not None else None
-                raw = regions.features if captioner.bica is not None else None
+                summaries, raw = (bo.summaries[0], regions.features) if bo is not None else (None, None)
                 _, logits = q(regions, feats, summaries, raw, with_targets=True)  # (1, R, k + 1, P)
                 head = logits[0, :, :, 0].argmax(-1).tolist()  # (R,) the first target's slot, k: none
         rows += box_rows(boxes, targets, feats[0].float().numpy(), visual[0].flatten(1).float().numpy(),  # (R, K*H)

@@ -201,8 +201,8 @@ class RegionCaptioner(nn.Module):
                 raise ConfigError("RegionCaptioner", f"captions[{r.kind}]", f"{B} lists of {R} entries (str or None)")
 
     def _gather(self, regions, visual, captions):
-        """Rows of the regions with a caption: visual (N, K, H), prompts, captions, keys."""
-        self._check_captions(regions, captions)
+        """Rows of the regions with a caption: visual (N, K, H), prompts, captions, keys (the
+        captions checked by :meth:`_check_captions`)."""
         vis, prompts, caps = [], [], []
         for r, v, c in zip(regions, visual, captions):
             B, R = r.mask.shape
