@@ -14,7 +14,7 @@ from dense3d.models.captioner.qformer import (
     relation_between,
     relation_geometry,
     relation_ranks,
-    target_first_order,
+    choose_targets, target_first_order,
 )
 from dense3d.structures.sample import RegionFeatures
 
@@ -335,6 +335,18 @@ def test_target_first_order_puts_the_chosen_targets_first_then_the_rest_nearest_
     assert order[0].tolist() == [[2, 0, 1, 3], [1, 0, 2, 3], [3, 0, 1, 2], [0, 1, 2, 3], [1, 0, 2, 3]]
 
 
+def test_choose_targets_never_gives_one_slot_to_two_targets():
+    # k = 3 neighbours + none (slot 3); P = 2 targets; logits (1, 3 regions, 4, 2)
+    logits = torch.tensor([[[[5.0, 4.0], [1.0, 3.0], [0.0, 0.0], [-1.0, -1.0]],   # both prefer slot 0
+                            [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [9.0, 9.0]],     # none, twice
+                            [[0.0, 9.0], [2.0, 0.0], [0.0, 0.0], [0.0, 1.0]]]])   # 1, then 0
+    assert choose_targets(logits)[0].tolist() == [[0, 1], [3, 3], [1, 0]]
+    assert logits.argmax(2)[0, 0].tolist() == [0, 0]  # what an argmax per target would repeat
+    # given slots are kept (teacher forcing) and taken from the head; negative: the head chooses
+    given = torch.tensor([[[1, -100], [-100, 2], [-100, -100]]])
+    assert choose_targets(logits, given)[0].tolist() == [[1, 0], [3, 2], [1, 0]]
+
+
 def test_target_order_seeds_the_first_queries_with_the_chosen_targets():
     # region 0's neighbours, nearest first: 1 (2 m), 2 (5 m), 3 (9 m)
     r = _boxes([[0, 0, 0], [2, 0, 0], [5, 0, 0], [9, 0, 0]])
@@ -357,7 +369,7 @@ def test_target_order_seeds_the_first_queries_with_the_chosen_targets():
     with torch.no_grad():
         qf.target_none.bias.fill_(-100.0)  # a target for every region
         _, logits = qf(r, r.features, with_targets=True)
-        order = target_first_order(logits.argmax(2), 3)  # (1, 4, 3)
+        order = target_first_order(choose_targets(logits), 3)  # (1, 4, 3)
         start = seen["tgt"] - qf.queries.detach() - own[0, :, None]
         torch.testing.assert_close(start[:, :2], rel[0].gather(1, order[0, :, :2, None].expand(-1, -1, 32)))
         qf.target_none.bias.fill_(100.0)  # "no target" everywhere: nearest first

@@ -53,13 +53,14 @@ TOD3Cap's Relation Q-Former was never released; this is written from its descrip
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dense3d.errors import ConfigError
 from dense3d.models.context.bica import GeometryEmbedding
 from dense3d.structures.sample import RegionFeatures
 
-__all__ = ["RelationQFormer", "target_first_order", "relation_geometry", "relation_ranks", "relation_between", "nearest_neighbours",
+__all__ = ["RelationQFormer", "choose_targets", "target_first_order", "relation_geometry", "relation_ranks", "relation_between", "nearest_neighbours",
            "RELATION_DIMS", "RANK_DIMS", "BETWEEN_DIMS", "LAYOUT_DIMS"]
 
 RELATION_DIMS = {"box": 11, "event": 6}
@@ -233,6 +234,29 @@ def relation_between(regions: RegionFeatures, idx: torch.Tensor, valid: torch.Te
     none = out.new_tensor([0.0, 0.0, 2.0, 0.0, 0.0, 0.0])  # no partner: midway 2, zeros elsewhere
     out = torch.where(found.unsqueeze(-1), out, none)
     return out * valid.unsqueeze(-1).to(g.dtype)
+
+
+def choose_targets(logits: torch.Tensor, given: torch.Tensor | None = None) -> torch.Tensor:
+    """The head's choice of each region's targets, in order: the p-th target is the best-scoring
+    slot the earlier targets did not take ("none", slot k, can be chosen any number of times).
+
+    Args:
+        logits: (B, R, k + 1, P) the target head's scores, slot k meaning none.
+        given: optional (B, R, P) slots fixed beforehand (labels, teacher forcing); a negative
+            value leaves that target to the head.
+    Returns:
+        (B, R, P) long: each target's slot in [0, k].
+    """
+    k, P = logits.shape[2] - 1, logits.shape[3]
+    taken = torch.zeros_like(logits[..., 0], dtype=torch.bool)  # (B, R, k + 1)
+    chosen = []
+    for p in range(P):
+        c = logits[..., p].masked_fill(taken, float("-inf")).argmax(-1)  # (B, R)
+        if given is not None:
+            c = torch.where(given[..., p] >= 0, given[..., p].clamp(max=k), c)
+        taken = taken | (F.one_hot(c, k + 1).bool() & (c < k).unsqueeze(-1))  # none stays free
+        chosen.append(c)
+    return torch.stack(chosen, -1)  # (B, R, P)
 
 
 def target_first_order(chosen: torch.Tensor, k: int) -> torch.Tensor:
@@ -427,9 +451,7 @@ class RelationQFormer(nn.Module):
             scores = self.target_head(head_rel + head_own.unsqueeze(2)).float()  # (B, R, k, P)
             scores = scores.masked_fill(~rel_valid.unsqueeze(-1), -1e4)
             logits = torch.cat([scores, self.target_none(head_own).float().unsqueeze(2)], 2)  # (B, R, k + 1, P)
-            chosen = logits.argmax(2)  # (B, R, P), k: none
-            if target_slots is not None:
-                chosen = torch.where(target_slots >= 0, target_slots, chosen)
+            chosen = choose_targets(logits, target_slots)  # (B, R, P), k: none; the head never repeats a slot
             order = target_first_order(chosen, k)  # (B, R, k)
             rel = rel.gather(2, order.unsqueeze(-1).expand_as(rel))  # (B, R, k, D) in reading order
             rel_valid = rel_valid.gather(2, order)  # (B, R, k)
