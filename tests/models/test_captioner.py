@@ -254,6 +254,44 @@ def test_target_order_trains_a_head_towards_the_named_neighbour():
         model([regions, events], ctx, [caps])
 
 
+def test_target_word_weight_weights_the_tokens_naming_the_target():
+    regions, ctx, _ = oracle_scene()  # scene 0: car, truck, tree, person
+    caps = [["a red car near the blue tree.", "a blue truck near the road.", None, None], [None] * 4]
+    losses = {}
+    for w in (1.0, 3.0):
+        model = tiny_captioner()
+        model.prefix_cache, model.target_word_weight = None, w  # the full forward, where the logits can be seen
+        with torch.no_grad():
+            model.adapter.gates.normal_(0, 1.0)
+        model.eval()
+        seen = {}
+        model.decoder.model.register_forward_hook(
+            lambda mod, args, kw, out: seen.update(ids=kw["input_ids"], logits=out.logits), with_kwargs=True)
+        losses[w] = model(regions, ctx, caps)["loss_caption"]
+    # by hand: rows "describe the object ." + caption + eos; "blue tree" (the car's target) weighs 3,
+    # the truck's caption names no other class
+    ids, logits = seen["ids"], seen["logits"]
+    tok = model.decoder.tokenizer
+    num = den = 0.0
+    for n, cap in enumerate(caps[0][:2]):
+        words = tok.tokenize(cap)
+        for j, word in enumerate(words + [tok.eos_token]):
+            t = 4 + j
+            w = 3.0 if n == 0 and word in ("blue", "tree") else 1.0
+            num += w * float(torch.nn.functional.cross_entropy(logits[n, t - 1].float(), ids[n, t]))
+            den += w
+    assert abs(float(losses[3.0]) - num / den) < 1e-5
+    assert abs(float(losses[3.0]) - float(losses[1.0])) > 1e-4
+    # captions naming no target: the weight changes nothing
+    plain = [["a red car near the road.", "a blue truck.", None, None], [None] * 4]
+    torch.manual_seed(0)
+    a = model(regions, ctx, plain)["loss_caption"]
+    model.target_word_weight = 1.0
+    torch.testing.assert_close(model(regions, ctx, plain)["loss_caption"], a)
+    with pytest.raises(ConfigError, match="target_word_weight"):
+        RegionCaptioner(model.decoder, model.adapter, model.qformer, target_word_weight=0.0)
+
+
 def test_assign_captions_is_hungarian_and_iou_gated():
     gt = torch.tensor([[0.0, 0, 0, 4, 2, 1.5, 0.0], [10.0, 0, 0, 4, 2, 1.5, 0.5]])
     pred = torch.tensor([[[10.2, 0.1, 0, 4, 2, 1.5, 0.5],  # GT 1, IoU ~0.85

@@ -48,6 +48,35 @@ def test_cached_top_layer_loss_equals_the_full_forward_loss_and_gradients():
     assert (cache.misses, cache.hits, len(cache)) == (4, 4, 4)
 
 
+def test_weighted_tokens_the_same_with_and_without_the_cache_and_by_hand():
+    lm, adapter, _, visual = _setup()
+    tok = word_tokenizer(["describe the object."] + CAPS)
+    spans = [[(2, 9)], [], [(0, 1)], [(2, 7), (22, 25)]]  # "red car"; none; "a"; "green", "red"
+    batch = teacher_forcing_batch(tok, ["describe the object."] * len(CAPS), CAPS, 16, spans=spans, span_weight=3.0)
+    P = 4  # prompt tokens: describe the object .
+    assert batch["weights"][0, P:P + 8].tolist() == [1, 3, 3, 1, 1, 1, 1, 1]  # a red car near the road . eos
+    assert batch["weights"][3, P:P + 9].tolist() == [1, 3, 1, 1, 1, 3, 1, 1, 1]  # a green tree near the red car . eos
+    assert batch["weights"][2, P:P + 4].tolist() == [3, 1, 1, 1] and batch["weights"][2, P + 4:].sum() == 0  # a car . eos, padding
+    assert bool((batch["weights"][:, :P] == 0).all())  # the prompt has no loss
+    with adapter.conditioned_on(visual):
+        logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
+        full = caption_cross_entropy(logits, batch["labels"], batch["weights"])
+        top = caption_loss_top_layers(lm, FrozenPrefixCache(), 2, batch)
+    torch.testing.assert_close(top, full, atol=1e-5, rtol=1e-5)
+    num = den = 0.0
+    for n in range(len(CAPS)):
+        for t in range(1, batch["input_ids"].shape[1]):
+            if batch["labels"][n, t] != -100:
+                w = float(batch["weights"][n, t])
+                num += w * float(torch.nn.functional.cross_entropy(logits[n, t - 1].detach(), batch["labels"][n, t]))
+                den += w
+    assert abs(float(full) - num / den) < 1e-5
+    # all weights 1: the plain mean
+    ones = teacher_forcing_batch(tok, ["describe the object."] * len(CAPS), CAPS, 16, spans=[[]] * 4)
+    torch.testing.assert_close(caption_cross_entropy(logits, ones["labels"], ones["weights"]),
+                               caption_cross_entropy(logits, ones["labels"]))
+
+
 def test_cache_entries_do_not_depend_on_the_batch_they_were_computed_in():
     lm, adapter, batch, _ = _setup()
     together = FrozenPrefixCache().hidden(lm, batch["input_ids"], batch["attention_mask"], 2)  # (4, T, H)

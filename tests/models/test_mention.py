@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from dense3d.models.losses.mention import IGNORE, mention_words, mentioned_classes, target_labels
+from dense3d.models.losses.mention import IGNORE, mention_words, mentioned_classes, target_labels, target_word_spans
 
 NAMES = ["chair", "table", "side_table", "garbagebin", "door"]
 WORDS = mention_words(NAMES, {"garbagebin": ["trash can"]})
@@ -21,6 +21,15 @@ def test_mentioned_classes_in_order_without_the_subject():
     assert mentioned_classes(cap, WORDS, own=1) == [0, 4, 0]  # a table describing chairs
     # a class named twice counts twice: "between the table and the table"
     assert mentioned_classes("a chair between the red table and the blue table.", WORDS, own=0) == [1, 1]
+
+
+def test_target_word_spans_are_the_named_targets_with_the_word_before():
+    cap = "This is a brown chair. It is between the white door and the black side table, by two chairs."
+    spans = target_word_spans(cap, WORDS, own=0)
+    assert [cap[a:b] for a, b in spans] == ["white door", "black side table"]  # the chairs are its own class
+    cap = "Table near the gray trash cans."
+    assert [cap[a:b] for a, b in target_word_spans(cap, WORDS, own=4)] == ["Table", "gray trash cans"]  # none before
+    assert target_word_spans("a brown chair.", WORDS, own=0) == []
 
 
 def test_mentioned_classes_whole_words_plurals_aliases_and_longer_names():

@@ -28,6 +28,8 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
+from dense3d.models.losses.caption import weighted_mean_cross_entropy
+
 __all__ = ["FrozenPrefixCache", "run_layers", "caption_loss_top_layers"]
 
 
@@ -119,4 +121,6 @@ def caption_loss_top_layers(lm, cache: FrozenPrefixCache, first: int, batch: dic
     keep = target != -100
     h = lm.model.norm(hidden[:, :-1][keep])  # (N, T-1, H) -> (M, H): only positions with a target
     logits = lm.lm_head(h).float()  # (M, V)
+    if "weights" in batch:  # per-token weights (teacher_forcing_batch's spans)
+        return weighted_mean_cross_entropy(logits, target[keep], batch["weights"][:, 1:][keep])
     return F.cross_entropy(logits, target[keep])

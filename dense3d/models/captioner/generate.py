@@ -30,15 +30,36 @@ def caption_ids(tokenizer, caption: str, max_tokens: int) -> list[int]:
     return ids + [tokenizer.eos_token_id]
 
 
+def span_token_weights(tokenizer, caption: str, spans, weight: float, max_tokens: int) -> list[float]:
+    """Per caption token (as :func:`caption_ids` cuts them, eos last): ``weight`` for the tokens
+    that overlap a character span of ``caption.strip()``, 1 for the rest (eos included)."""
+    from dense3d.errors import ConfigError
+
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError("tokenizer", "is_fast", "a fast tokenizer (character offsets) for weighted caption words")
+    enc = tokenizer(" " + caption.strip(), add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for a, b in enc["offset_mapping"][: max_tokens - 1]:  # offsets in " " + caption: shift by the space
+        hit = any(a - 1 < e and s < b - 1 for s, e in spans)
+        out.append(weight if hit else 1.0)
+    return out + [1.0]  # eos
+
+
 def teacher_forcing_batch(tokenizer, prompts: list[str], captions: list[str], max_caption_tokens: int,
-                          device=None) -> dict[str, torch.Tensor]:
+                          device=None, spans=None, span_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``, ``attention_mask`` (N, T) and ``labels`` (N, T), where
-    labels are the caption tokens (and eos) at their own positions, ``-100`` elsewhere."""
-    rows, labels = [], []
-    for p, c in zip(prompts, captions):
+    labels are the caption tokens (and eos) at their own positions, ``-100`` elsewhere.
+
+    With ``spans`` (per caption, character spans of ``caption.strip()``) also ``weights`` (N, T):
+    each labelled token's weight in the caption loss, ``span_weight`` where the token overlaps a
+    span, 1 elsewhere, 0 where there is no label."""
+    rows, labels, weights = [], [], []
+    for n, (p, c) in enumerate(zip(prompts, captions)):
         pi, ci = prompt_ids(tokenizer, p), caption_ids(tokenizer, c, max_caption_tokens)
         rows.append(pi + ci)
         labels.append([IGNORE] * len(pi) + ci)
+        if spans is not None:
+            weights.append([0.0] * len(pi) + span_token_weights(tokenizer, c, spans[n], span_weight, max_caption_tokens))
     T = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id
     ids = torch.full((len(rows), T), pad, dtype=torch.long)
@@ -46,7 +67,13 @@ def teacher_forcing_batch(tokenizer, prompts: list[str], captions: list[str], ma
     att = torch.zeros(len(rows), T, dtype=torch.long)
     for i, (r, l) in enumerate(zip(rows, labels)):
         ids[i, : len(r)], lab[i, : len(l)], att[i, : len(r)] = torch.tensor(r), torch.tensor(l), 1
-    return {"input_ids": ids.to(device), "attention_mask": att.to(device), "labels": lab.to(device)}
+    out = {"input_ids": ids.to(device), "attention_mask": att.to(device), "labels": lab.to(device)}
+    if spans is not None:
+        w = torch.zeros(len(rows), T)
+        for i, row in enumerate(weights):
+            w[i, : len(row)] = torch.tensor(row)
+        out["weights"] = w.to(device)
+    return out
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.captioner.qformer import RelationQFormer
 from dense3d.models.context.bica import BiCADecoder, SceneContext
 from dense3d.models.losses.caption import caption_cross_entropy, cider_d, scst_loss, sequence_log_probs
-from dense3d.models.losses.mention import IGNORE, mention_words, target_labels
+from dense3d.models.losses.mention import IGNORE, mention_words, target_labels, target_word_spans
 from dense3d.structures.captions import DenseCaption
 from dense3d.structures.sample import RegionFeatures
 
@@ -99,6 +99,11 @@ class RegionCaptioner(nn.Module):
         mention_aliases: class name -> other words captions name it by (``garbagebin: [trash
             can]``), for the labels of the Q-Former's ``target_order``
             (:mod:`dense3d.models.losses.mention`).
+        target_word_weight: weight, in the teacher-forced caption loss, of the tokens that name
+            the caption's targets (a class name other than the region's own, with the word before
+            it: "the *black table*"; :func:`~dense3d.models.losses.mention.target_word_spans`); 1.0
+            (default): every caption token counts the same. Needs class names for the kind (other
+            kinds keep weight 1) and a fast tokenizer.
     """
 
     def __init__(self, decoder: FrozenDecoder, adapter: LlamaAdapter, qformer: RelationQFormer,
@@ -106,7 +111,7 @@ class RegionCaptioner(nn.Module):
                  max_caption_tokens: int = 32, max_new_tokens: int = 32, num_beams: int = 1,
                  class_names: dict[str, Sequence[str]] | None = None, no_repeat_ngram_size: int = 0,
                  repetition_penalty: float = 1.0, cache_frozen_layers_mb: int = 1024, llm_autocast: bool | None = None,
-                 mention_aliases: dict[str, Sequence[str]] | None = None):
+                 mention_aliases: dict[str, Sequence[str]] | None = None, target_word_weight: float = 1.0):
         super().__init__()
         if adapter.prompt_len != qformer.num_queries:
             raise ConfigError("RegionCaptioner", "adapter.prompt_len", f"qformer.num_queries={qformer.num_queries}",
@@ -123,6 +128,9 @@ class RegionCaptioner(nn.Module):
         self.prefix_cache = FrozenPrefixCache(cache_frozen_layers_mb << 20) if cache_frozen_layers_mb > 0 else None
         self.llm_autocast = llm_autocast
         self.mention_aliases = {k: list(v) for k, v in (mention_aliases or {}).items()}
+        if not target_word_weight > 0:
+            raise ConfigError("RegionCaptioner", "target_word_weight", "a weight > 0", got=target_word_weight)
+        self.target_word_weight = float(target_word_weight)
 
     # ------------------------------------------------------------------ parts
     def _lm(self):
@@ -174,7 +182,7 @@ class RegionCaptioner(nn.Module):
                 visual.append(self.qformer(r, f, s, w))
                 continue
             idx, valid = self.qformer.neighbours(r)
-            slots = target_labels(idx, valid, r.labels, captions[n], mention_words(names, self.mention_aliases), P)
+            slots = target_labels(idx, valid, r.labels, captions[n], self._mention_words(r.kind), P)
             v, lg = self.qformer(r, f, s, w, target_slots=slots, with_targets=True)
             visual.append(v)
             if lg is not None:  # None without neighbours (num_neighbours = 0)
@@ -201,11 +209,13 @@ class RegionCaptioner(nn.Module):
                 raise ConfigError("RegionCaptioner", f"captions[{r.kind}]", f"{B} lists of {R} entries (str or None)")
 
     def _gather(self, regions, visual, captions):
-        """Rows of the regions with a caption: visual (N, K, H), prompts, captions, keys (the
-        captions checked by :meth:`_check_captions`)."""
-        vis, prompts, caps = [], [], []
+        """Rows of the regions with a caption: visual (N, K, H), prompts, captions, and per row the
+        character spans of the words naming its targets (with ``target_word_weight`` and class
+        names; else none). The captions were checked by :meth:`_check_captions`."""
+        vis, prompts, caps, spans = [], [], [], []
         for r, v, c in zip(regions, visual, captions):
             B, R = r.mask.shape
+            words = self._mention_words(r.kind) if self.target_word_weight != 1.0 else None
             for b in range(B):
                 for i in range(R):
                     ref = c[b][i]
@@ -213,7 +223,13 @@ class RegionCaptioner(nn.Module):
                         vis.append(v[b, i])
                         prompts.append(self.prompts[r.kind])
                         caps.append(ref)
-        return vis, prompts, caps
+                        spans.append(target_word_spans(ref.strip(), words, int(r.labels[b, i])) if words else [])
+        return vis, prompts, caps, spans
+
+    def _mention_words(self, kind: str):
+        """The kind's :func:`mention_words`, or None (no class names)."""
+        names = self.class_names.get(kind)
+        return mention_words(names, self.mention_aliases) if names else None
 
     def forward(self, regions: RegionFeatures | list[RegionFeatures], context: SceneContext | list[SceneContext] | None,
                 captions) -> dict[str, torch.Tensor]:
@@ -236,19 +252,21 @@ class RegionCaptioner(nn.Module):
         self._check_captions(regions, captions)
         visual, target_loss, n_target = self._encode(regions, context, captions)
         extra = {} if target_loss is None else {"loss_target": target_loss, "num_target_terms": torch.tensor(n_target)}
-        vis, prompts, caps = self._gather(regions, visual, captions)
+        vis, prompts, caps, spans = self._gather(regions, visual, captions)
         if not vis:
             zero = sum(v.sum() for v in visual) * 0.0
             return {"loss_caption": zero, "num_captions": torch.zeros((), dtype=torch.long), **extra}
         lm, tok = self._lm(), self.decoder.tokenizer
-        batch = teacher_forcing_batch(tok, prompts, caps, self.max_caption_tokens, device=vis[0].device)
+        weighted = self.target_word_weight != 1.0
+        batch = teacher_forcing_batch(tok, prompts, caps, self.max_caption_tokens, device=vis[0].device,
+                                      spans=spans if weighted else None, span_weight=self.target_word_weight)
         with self.adapter.conditioned_on(torch.stack(vis)), self._precision():  # (N, K, H)
             if self.prefix_cache is not None:
                 first = len(lm.model.layers) - self.adapter.num_layers  # the first adapted layer
                 loss = caption_loss_top_layers(lm, self.prefix_cache, first, batch)
             else:
                 logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
-                loss = caption_cross_entropy(logits.float(), batch["labels"])
+                loss = caption_cross_entropy(logits.float(), batch["labels"], batch.get("weights"))
         return {"loss_caption": loss, "num_captions": torch.tensor(len(vis)), **extra}
 
     def scst_loss(self, regions, context, references) -> dict[str, torch.Tensor]:

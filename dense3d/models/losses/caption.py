@@ -10,20 +10,31 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["caption_cross_entropy", "sequence_log_probs", "cider_d", "scst_loss"]
+__all__ = ["caption_cross_entropy", "weighted_mean_cross_entropy", "sequence_log_probs", "cider_d", "scst_loss"]
 
 
-def caption_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def caption_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy over labelled tokens.
 
     Args:
         logits: (N, T, V) logits at every position; labels: (N, T) target ids at their own
             positions, -100 where no loss. Position t's logits predict token t + 1.
+        weights: optional (N, T) weight of each labelled token (at the label's position); the
+            loss is then the weighted mean.
     """
     V = logits.shape[-1]
     shift_logits = logits[:, :-1].reshape(-1, V).float()  # (N, T-1, V) -> (N*(T-1), V)
     shift_labels = labels[:, 1:].reshape(-1)  # (N, T-1) -> (N*(T-1),)
-    return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+    if weights is None:
+        return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+    return weighted_mean_cross_entropy(shift_logits, shift_labels, weights[:, 1:].reshape(-1))
+
+
+def weighted_mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(M, V), (M,), (M,) -> sum(w * ce) / sum(w) over the labels that are not -100."""
+    ce = F.cross_entropy(logits, labels, ignore_index=-100, reduction="none")  # (M,), 0 where ignored
+    w = weights.to(ce.dtype) * (labels != -100)
+    return (w * ce).sum() / w.sum().clamp(min=1e-12)
 
 
 def sequence_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@ do (ScanRefer, TOD3Cap, our synthetic sets):
   "traffic cone"; aliases such as ``garbagebin`` -> "trash can");
 * :func:`mentioned_classes` — the classes a caption names, in the order it names them, leaving out
   the region's own class (the caption's subject);
+* :func:`target_word_spans` — where in the caption those names stand, with the word before each
+  (the target's colour), for weighting the caption loss on them;
 * :func:`target_labels` — for each region, which of its neighbours (nearest first) the caption
   names first, second, ...: the nearest neighbour of the named class not taken already, "none"
   where the caption names no further class, unknown where no neighbour has the named class.
@@ -23,7 +25,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-__all__ = ["mention_words", "mentioned_classes", "target_labels", "IGNORE"]
+__all__ = ["mention_words", "mentioned_classes", "target_word_spans", "target_labels", "IGNORE"]
 
 IGNORE = -100  # no label (torch.nn.functional.cross_entropy's default ignore_index)
 
@@ -39,12 +41,10 @@ def mention_words(class_names: Sequence[str], aliases: Mapping[str, Sequence[str
     return out
 
 
-def mentioned_classes(caption: str, words: Mapping[int, Sequence[str]], own: int) -> list[int]:
-    """The labels a caption names, in order (a class named twice counts twice), ``own`` left out.
-
-    Whole words only, an optional plural "s" allowed ("chairs", not "armchair"); where two names
-    overlap ("table", "side table") the longer one wins.
-    """
+def _class_mentions(caption: str, words: Mapping[int, Sequence[str]]) -> list[tuple[int, int, int]]:
+    """(start, end, label) of every class name in ``caption``, in order: whole words only, an
+    optional plural "s" allowed ("chairs", not "armchair"); where two names overlap ("table",
+    "side table") the longer one wins."""
     text = caption.lower()
     hits: list[tuple[int, int, int]] = []  # (start, -length, label)
     for label, ws in words.items():
@@ -57,8 +57,29 @@ def mentioned_classes(caption: str, words: Mapping[int, Sequence[str]], own: int
         if start < end:  # inside a longer name already taken
             continue
         end = start - neg_len
-        if label != own:
-            out.append(label)
+        out.append((start, end, label))
+    return out
+
+
+def mentioned_classes(caption: str, words: Mapping[int, Sequence[str]], own: int) -> list[int]:
+    """The labels a caption names, in order (a class named twice counts twice), ``own`` left out
+    (matching as in :func:`target_word_spans`)."""
+    return [label for _, _, label in _class_mentions(caption, words) if label != own]
+
+
+def target_word_spans(caption: str, words: Mapping[int, Sequence[str]], own: int) -> list[tuple[int, int]]:
+    """Character spans of the words that name the caption's targets: each class name other than
+    ``own`` together with the word before it (its colour, size or article: "the *black table*").
+
+    Whole words only, an optional plural "s" allowed ("chairs", not "armchair"); where two names
+    overlap ("table", "side table") the longer one wins.
+    """
+    out = []
+    for start, end, label in _class_mentions(caption, words):
+        if label == own:
+            continue
+        before = re.search(r"(\w+)\W*$", caption[:start])  # the previous word, if any
+        out.append((before.start(1) if before else start, end))
     return out
 
 
