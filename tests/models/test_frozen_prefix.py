@@ -5,7 +5,7 @@ import torch
 
 from dense3d.models.captioner.decoder import tiny_llama, word_tokenizer
 from dense3d.models.captioner.frozen_prefix import FrozenPrefixCache, caption_loss_top_layers
-from dense3d.models.captioner.generate import teacher_forcing_batch
+from dense3d.models.captioner.generate import caption_ids, span_token_weights, teacher_forcing_batch
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.losses.caption import caption_cross_entropy
 
@@ -70,11 +70,35 @@ def test_weighted_tokens_the_same_with_and_without_the_cache_and_by_hand():
                 w = float(batch["weights"][n, t])
                 num += w * float(torch.nn.functional.cross_entropy(logits[n, t - 1].detach(), batch["labels"][n, t]))
                 den += w
-    assert abs(float(full) - num / den) < 1e-5
+    assert abs(float(full.detach()) - num / den) < 1e-5
     # all weights 1: the plain mean
     ones = teacher_forcing_batch(tok, ["describe the object."] * len(CAPS), CAPS, 16, spans=[[]] * 4)
     torch.testing.assert_close(caption_cross_entropy(logits, ones["labels"], ones["weights"]),
                                caption_cross_entropy(logits, ones["labels"]))
+
+
+def test_span_weights_with_a_byte_level_tokenizer_whose_tokens_carry_their_space():
+    # SmolLM2's tokenizer is byte-level BPE: " black" is one token, its offsets include the space
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    text = ["this is a brown chair. it is the chair closest to the black table."] * 20
+    tk = Tokenizer(models.BPE(unk_token=None))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, special_tokens=["</s>"],
+                                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>", pad_token="</s>")
+    cap = text[0]
+    start = cap.index("black")
+    ids = caption_ids(tok, cap, 32)
+    w = span_token_weights(tok, cap, [(start, start + len("black table"))], 3.0, 32)
+    assert len(w) == len(ids) and w[-1] == 1.0  # eos
+    assert tok.decode([i for i, x in zip(ids, w) if x == 3.0]) == " black table"
+    assert tok.decode([i for i, x in zip(ids[:-1], w) if x == 1.0]).strip() == cap[:start].strip() + "."
+    # cut to max_tokens like caption_ids: the weights stay aligned
+    cut = span_token_weights(tok, cap, [(start, start + 5)], 3.0, 6)
+    assert len(cut) == len(caption_ids(tok, cap, 6)) == 6
 
 
 def test_cache_entries_do_not_depend_on_the_batch_they_were_computed_in():

@@ -30,6 +30,8 @@ def test_target_word_spans_are_the_named_targets_with_the_word_before():
     cap = "Table near the gray trash cans."
     assert [cap[a:b] for a, b in target_word_spans(cap, WORDS, own=4)] == ["Table", "gray trash cans"]  # none before
     assert target_word_spans("a brown chair.", WORDS, own=0) == []
+    cap = "This is a chair. Tables are near it, door behind."  # no word before across punctuation
+    assert [cap[a:b] for a, b in target_word_spans(cap, WORDS, own=0)] == ["Tables", "door"]
 
 
 def test_mentioned_classes_whole_words_plurals_aliases_and_longer_names():

@@ -343,8 +343,8 @@ def test_choose_targets_never_gives_one_slot_to_two_targets():
     assert choose_targets(logits)[0].tolist() == [[0, 1], [3, 3], [1, 0]]
     assert logits.argmax(2)[0, 0].tolist() == [0, 0]  # what an argmax per target would repeat
     # given slots are kept (teacher forcing) and taken from the head; negative: the head chooses
-    given = torch.tensor([[[1, -100], [-100, 2], [-100, -100]]])
-    assert choose_targets(logits, given)[0].tolist() == [[1, 0], [3, 2], [1, 0]]
+    given = torch.tensor([[[1, -100], [-100, 2], [-100, 1]]])
+    assert choose_targets(logits, given)[0].tolist() == [[1, 0], [3, 2], [0, 1]]  # row 2: slot 1 is labelled 2nd
 
 
 def test_target_order_seeds_the_first_queries_with_the_chosen_targets():

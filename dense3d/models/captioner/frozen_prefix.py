@@ -113,7 +113,8 @@ class FrozenPrefixCache:
 
 def caption_loss_top_layers(lm, cache: FrozenPrefixCache, first: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over the caption tokens of a teacher-forcing ``batch``
-    (``input_ids``, ``attention_mask``, ``labels`` as built by ``teacher_forcing_batch``),
+    (``input_ids``, ``attention_mask``, ``labels`` as built by ``teacher_forcing_batch``; the
+    weighted mean where the batch also holds ``weights``),
     running only layers ``[first, n)`` (and the adapter hooked on them) with gradients."""
     hidden = cache.hidden(lm, batch["input_ids"], batch["attention_mask"], first)  # (N, T, H), no graph
     hidden = run_layers(lm, hidden, batch["attention_mask"], lm.model.layers[first:])  # (N, T, H)
@@ -122,5 +123,5 @@ def caption_loss_top_layers(lm, cache: FrozenPrefixCache, first: int, batch: dic
     h = lm.model.norm(hidden[:, :-1][keep])  # (N, T-1, H) -> (M, H): only positions with a target
     logits = lm.lm_head(h).float()  # (M, V)
     if "weights" in batch:  # per-token weights (teacher_forcing_batch's spans)
-        return weighted_mean_cross_entropy(logits, target[keep], batch["weights"][:, 1:][keep])
+        return weighted_mean_cross_entropy(logits, target[keep], batch["weights"][:, 1:][keep])  # (N, T-1) -> (M,)
     return F.cross_entropy(logits, target[keep])

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["prompt_ids", "teacher_forcing_batch", "generate_captions"]
+from dense3d.errors import ConfigError
+
+__all__ = ["prompt_ids", "caption_ids", "span_token_weights", "teacher_forcing_batch", "generate_captions"]
 
 IGNORE = -100  # label of tokens without loss (prompt, padding)
 
@@ -33,10 +35,9 @@ def caption_ids(tokenizer, caption: str, max_tokens: int) -> list[int]:
 def span_token_weights(tokenizer, caption: str, spans, weight: float, max_tokens: int) -> list[float]:
     """Per caption token (as :func:`caption_ids` cuts them, eos last): ``weight`` for the tokens
     that overlap a character span of ``caption.strip()``, 1 for the rest (eos included)."""
-    from dense3d.errors import ConfigError
-
     if not getattr(tokenizer, "is_fast", False):
-        raise ConfigError("tokenizer", "is_fast", "a fast tokenizer (character offsets) for weighted caption words")
+        raise ConfigError("RegionCaptioner", "target_word_weight", "1.0 with a tokenizer that has no character offsets",
+                          got=f"{weight} with {type(tokenizer).__name__}")
     enc = tokenizer(" " + caption.strip(), add_special_tokens=False, return_offsets_mapping=True)
     out = []
     for a, b in enc["offset_mapping"][: max_tokens - 1]:  # offsets in " " + caption: shift by the space

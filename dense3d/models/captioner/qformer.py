@@ -243,12 +243,15 @@ def choose_targets(logits: torch.Tensor, given: torch.Tensor | None = None) -> t
     Args:
         logits: (B, R, k + 1, P) the target head's scores, slot k meaning none.
         given: optional (B, R, P) slots fixed beforehand (labels, teacher forcing); a negative
-            value leaves that target to the head.
+            value leaves that target to the head, which then picks none of the given slots.
     Returns:
         (B, R, P) long: each target's slot in [0, k].
     """
     k, P = logits.shape[2] - 1, logits.shape[3]
     taken = torch.zeros_like(logits[..., 0], dtype=torch.bool)  # (B, R, k + 1)
+    if given is not None:  # labelled neighbours are nobody else's, whichever target comes first
+        real = (given >= 0) & (given < k)  # (B, R, P)
+        taken = (F.one_hot(given.clamp(0, k), k + 1).bool() & real.unsqueeze(-1)).any(-2)  # (B, R, P, k+1) -> (B, R, k+1)
     chosen = []
     for p in range(P):
         c = logits[..., p].masked_fill(taken, float("-inf")).argmax(-1)  # (B, R)

@@ -14,6 +14,7 @@ Only BiCA, the Q-Former and the adapter train; the LLM stays frozen (``FrozenDec
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -128,8 +129,8 @@ class RegionCaptioner(nn.Module):
         self.prefix_cache = FrozenPrefixCache(cache_frozen_layers_mb << 20) if cache_frozen_layers_mb > 0 else None
         self.llm_autocast = llm_autocast
         self.mention_aliases = {k: list(v) for k, v in (mention_aliases or {}).items()}
-        if not target_word_weight > 0:
-            raise ConfigError("RegionCaptioner", "target_word_weight", "a weight > 0", got=target_word_weight)
+        if not (math.isfinite(target_word_weight) and target_word_weight > 0):
+            raise ConfigError("RegionCaptioner", "target_word_weight", "a finite weight > 0", got=target_word_weight)
         self.target_word_weight = float(target_word_weight)
 
     # ------------------------------------------------------------------ parts

@@ -27,7 +27,7 @@ def caption_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: t
     shift_labels = labels[:, 1:].reshape(-1)  # (N, T-1) -> (N*(T-1),)
     if weights is None:
         return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
-    return weighted_mean_cross_entropy(shift_logits, shift_labels, weights[:, 1:].reshape(-1))
+    return weighted_mean_cross_entropy(shift_logits, shift_labels, weights[:, 1:].reshape(-1))  # (N, T-1) -> (N*(T-1),)
 
 
 def weighted_mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,8 @@ def mentioned_classes(caption: str, words: Mapping[int, Sequence[str]], own: int
 
 def target_word_spans(caption: str, words: Mapping[int, Sequence[str]], own: int) -> list[tuple[int, int]]:
     """Character spans of the words that name the caption's targets: each class name other than
-    ``own`` together with the word before it (its colour, size or article: "the *black table*").
+    ``own`` together with the word before it (its colour, size or article: "the *black table*"),
+    unless punctuation stands between them ("a chair. *Tables* are near").
 
     Whole words only, an optional plural "s" allowed ("chairs", not "armchair"); where two names
     overlap ("table", "side table") the longer one wins.
@@ -78,7 +79,7 @@ def target_word_spans(caption: str, words: Mapping[int, Sequence[str]], own: int
     for start, end, label in _class_mentions(caption, words):
         if label == own:
             continue
-        before = re.search(r"(\w+)\W*$", caption[:start])  # the previous word, if any
+        before = re.search(r"(\w+)\s+$", caption[:start])  # the previous word, if only spaces lie between
         out.append((before.start(1) if before else start, end))
     return out
 
