@@ -36,6 +36,7 @@ import sys
 from pathlib import Path
 
 from dense3d.data.readers import load_json, load_pickle, require
+from dense3d.data.synthetic.annotations import ANNOTATIONS_FILE, load_synthetic_annotations
 from dense3d.errors import AnnotationError, exit_status
 from dense3d.utils.io import atomic_write, atomic_write_json
 
@@ -76,8 +77,7 @@ def merge_outdoor(out: Path, sets: list[Path], split: str = "train") -> int:
         if not isinstance(caps, dict):
             raise AnnotationError(caption_file, "<root>", "an object keyed by sample_annotation token", got=type(caps).__name__)
         captions.update(caps)
-        ann = load_json(root / "synthetic_annotations.json")
-        scenes.extend(s for s in require(ann, "scenes", root / "synthetic_annotations.json", "") if s.get("split") == split)
+        scenes.extend(s for s in load_synthetic_annotations(root, "outdoor")["scenes"] if s["split"] == split)
     for rel, target in links.items():
         link = out / rel
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def merge_outdoor(out: Path, sets: list[Path], split: str = "train") -> int:
     with atomic_write(out / f"nuscenes_infos_{split}.pkl", "wb") as f:
         pickle.dump({"metainfo": metainfo, "data_list": data_list}, f)
     atomic_write_json(out / f"tod3cap_captions_{split}.json", captions)
-    atomic_write_json(out / "synthetic_annotations.json", {"kind": "outdoor", "scenes": scenes})
+    atomic_write_json(out / ANNOTATIONS_FILE, {"kind": "outdoor", "scenes": scenes})
     return len(data_list)
 
 

@@ -17,13 +17,13 @@ annotated target, against the nearest-neighbour rule.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from dense3d.data.synthetic.annotations import ANNOTATIONS_FILE, load_synthetic_annotations
 from dense3d.errors import AnnotationError, ConfigError, exit_status
 from dense3d.models.captioner.qformer import nearest_neighbours
 from dense3d.utils.io import atomic_write_json
@@ -44,10 +44,7 @@ PROBES = (
 def scene_objects(root: Path) -> dict[str, list[dict]]:
     """``{scene_id: objects}`` of a generated synthetic set (each with colour, label, relation_targets
     and an id: object_id indoors, ann_token outdoors)."""
-    path = root / "synthetic_annotations.json"
-    if not path.is_file():
-        raise AnnotationError(path, "file", "a generated synthetic set (dense3d convert synth)")
-    ann = json.loads(path.read_text())
+    ann = load_synthetic_annotations(root)
     return {s["scene_id"]: s["objects"] for s in ann["scenes"]}
 
 
@@ -162,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     objects = scene_objects(a.root)
     torch.manual_seed(0)
     loaded = api.load(a.run, regions="gt")
-    train = collect_rows(loaded, "train", a.train_scenes, objects, a.root / "synthetic_annotations.json")
-    val = collect_rows(loaded, "val", a.val_scenes, objects, a.root / "synthetic_annotations.json")
+    train = collect_rows(loaded, "train", a.train_scenes, objects, a.root / ANNOTATIONS_FILE)
+    val = collect_rows(loaded, "val", a.val_scenes, objects, a.root / ANNOTATIONS_FILE)
     table = {name: probe(train, val, x, y) for name, x, y in PROBES}
     print(f"{'probe':<42} {'train':>6} {'val':>5} {'accuracy %':>11} {'majority %':>11}")
     for name, row in table.items():

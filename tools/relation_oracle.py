@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from dense3d.data.synthetic.annotations import ANNOTATIONS_FILE, load_synthetic_annotations
 from dense3d.data.synthetic.facts import fixed_caption, load_outdoor_facts, set_kind
 from dense3d.data.synthetic.grammar import (
     INDOOR_MAX_DIST,
@@ -55,8 +55,9 @@ class _Likeliest:
         return 0.0
 
 
-def _scenes(ann_file: Path, split: str) -> list[dict]:
-    scenes = [s for s in json.loads(ann_file.read_text())["scenes"] if s["split"] == split]
+def _scenes(root: Path, split: str) -> list[dict]:
+    ann_file = root / ANNOTATIONS_FILE
+    scenes = [s for s in load_synthetic_annotations(root, "outdoor")["scenes"] if s["split"] == split]
     for scene in scenes:
         if any("ego_xy" not in o for o in scene["objects"]):
             raise AnnotationError(ann_file, f"scenes[{scene['scene_id']}].objects[].ego_xy", "present (generator version 2)")
@@ -74,7 +75,7 @@ def motion_guesses(root: Path) -> tuple[dict, dict]:
     objects = load_outdoor_facts(root, "train")
     by_place, by_class = defaultdict(Counter), defaultdict(Counter)
     n = 0
-    for scene in _scenes(root / "synthetic_annotations.json", "train"):
+    for scene in _scenes(root, "train"):
         for o in scene["objects"]:
             motion = objects[n]["facts"].motion
             n += 1
@@ -86,9 +87,8 @@ def motion_guesses(root: Path) -> tuple[dict, dict]:
 
 def likeliest_relations(root: Path, split: str, guess_motion: bool = False) -> tuple[dict, int, int]:
     """({scene: [{box, caption, score, label}]}, objects, objects whose facts changed) for ``split``."""
-    ann_file = root / "synthetic_annotations.json"
     objects = load_outdoor_facts(root, split)  # checks the set; same scene and object order as below
-    scenes = _scenes(ann_file, split)
+    scenes = _scenes(root, split)
     by_place, by_class = motion_guesses(root) if guess_motion else ({}, {})
     out, changed, n = {}, 0, 0
     for scene in scenes:
@@ -115,11 +115,8 @@ def likeliest_relations(root: Path, split: str, guess_motion: bool = False) -> t
 def likeliest_indoor_relations(root: Path, split: str) -> tuple[dict, int, int]:
     """``likeliest_relations`` for an indoor set: ({scene: [{box, caption, score, label}]}, objects,
     objects whose relation changed)."""
-    ann_file = root / "synthetic_annotations.json"
-    if not ann_file.is_file():
-        raise AnnotationError(ann_file, "file", "a generated synthetic indoor set (dense3d convert synth --kind indoor)")
     out, changed, n = {}, 0, 0
-    for scene in json.loads(ann_file.read_text())["scenes"]:
+    for scene in load_synthetic_annotations(root, "indoor")["scenes"]:
         if scene["split"] != split:
             continue
         objs = scene["objects"]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from dense3d.data.synthetic.annotations import load_synthetic_annotations
 from dense3d.data.synthetic.common import PALETTE
 from dense3d.data.synthetic.grammar import (
     _DIRECTIONS,
@@ -103,13 +104,10 @@ def load_outdoor_facts(root: str | Path, split: str, xy_range: tuple[float, floa
             outside are left out (as a data config's object-range filter does).
     """
     root = Path(root)
-    ann_file, info_file = root / "synthetic_annotations.json", root / f"nuscenes_infos_{split}.pkl"
-    for f in (ann_file, info_file):
-        if not f.is_file():
-            raise AnnotationError(f, "file", "a generated synthetic outdoor set (dense3d convert synth --kind outdoor)")
-    ann = json.loads(ann_file.read_text())
-    if ann.get("kind") != "outdoor":
-        raise AnnotationError(ann_file, "kind", "'outdoor'", got=ann.get("kind"))
+    info_file = root / f"nuscenes_infos_{split}.pkl"
+    ann = load_synthetic_annotations(root, "outdoor")
+    if not info_file.is_file():
+        raise AnnotationError(info_file, "file", "a generated synthetic outdoor set (dense3d convert synth --kind outdoor)")
     with open(info_file, "rb") as fh:
         infos = pickle.load(fh)["data_list"]
     speed = {i["ann_token"]: math.hypot(*i["velocity"]) for info in infos for i in info["instances"]}
@@ -212,13 +210,7 @@ def load_indoor_facts(root: str | Path, split: str) -> list[dict]:
     """Objects of ``split`` of a generated indoor set, each ``{"scene", "facts", "box", "caption",
     "captions", "fixed"}`` (``caption``: the first of the annotator's three ``captions``;
     ``fixed``: the fixed-phrasing oracle's, None in sets generated before it existed)."""
-    ann_file = Path(root) / "synthetic_annotations.json"
-    if not ann_file.is_file():
-        raise AnnotationError(ann_file, "file",
-                              "a generated synthetic indoor set (dense3d convert synth --kind indoor)")
-    ann = json.loads(ann_file.read_text())
-    if ann.get("kind") != "indoor":
-        raise AnnotationError(ann_file, "kind", "'indoor'", got=ann.get("kind"))
+    ann = load_synthetic_annotations(root, "indoor")
     out = []
     for scene in ann["scenes"]:
         if scene["split"] != split:

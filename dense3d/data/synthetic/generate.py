@@ -8,8 +8,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+from dense3d.data.synthetic.annotations import ANNOTATIONS_FILE, load_synthetic_annotations
 from dense3d.data.synthetic.common import KINDS, SPLITS, SynthConfig, atomic_output_dir, split_of, write_json
-from dense3d.errors import AnnotationError
 from dense3d.utils.progress import ProgressBar, ensure_progress
 
 __all__ = ["generate", "generate_default", "dataset_stats", "format_stats", "DEFAULT_SCENES"]
@@ -98,7 +98,7 @@ def generate(cfg: SynthConfig, out: str | Path, workers: int = 1, progress: Call
             for s in SPLITS:
                 write_json(tmp / f"favdbench_{s}.json", favd[s])
                 write_json(tmp / f"dense_events_{s}.json", dense[s])
-        write_json(tmp / "synthetic_annotations.json", {"kind": cfg.kind, "scenes": records})
+        write_json(tmp / ANNOTATIONS_FILE, {"kind": cfg.kind, "scenes": records})
         write_oracles(cfg.kind, records, tmp / "oracles")
         meta = {
             "kind": cfg.kind,
@@ -208,13 +208,8 @@ def dataset_stats(folder: str | Path) -> dict:
     lengths in words), ``relations`` (relation types), ``splits``; for ``av`` also
     ``event_classes``, ``event_words`` and ``paragraph_words``."""
     folder = Path(folder)
-    path = folder / "synthetic_annotations.json"
-    if not path.exists():
-        raise AnnotationError(path, "synthetic_annotations.json", "a folder written by `dense3d convert synth`", got="missing file")
-    data = json.loads(path.read_text())
-    kind = data.get("kind")
-    if kind not in KINDS:
-        raise AnnotationError(path, "kind", f"one of {', '.join(KINDS)}", got=kind)
+    data = load_synthetic_annotations(folder)
+    kind = data["kind"]
     classes, words, rels, splits = Counter(), Counter(), Counter(), Counter()
     ev_classes, ev_words, para = Counter(), Counter(), Counter()
     n_obj = n_cap = 0
