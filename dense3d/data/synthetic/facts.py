@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from dense3d.data.readers import load_pickle, require
 from dense3d.data.synthetic.annotations import load_synthetic_annotations
 from dense3d.data.synthetic.common import PALETTE
 from dense3d.data.synthetic.grammar import (
@@ -39,7 +39,6 @@ from dense3d.data.synthetic.grammar import (
 )
 from dense3d.data.synthetic.indoor import INDOOR_CLASSES
 from dense3d.data.synthetic.outdoor import NUSCENES_CLASSES
-from dense3d.errors import AnnotationError
 
 __all__ = ["OutdoorFacts", "FACT_DIM", "fact_vector", "fixed_caption", "load_outdoor_facts", "parse_outdoor_caption",
            "IndoorFacts", "load_indoor_facts", "parse_indoor_caption", "set_kind"]
@@ -106,10 +105,7 @@ def load_outdoor_facts(root: str | Path, split: str, xy_range: tuple[float, floa
     root = Path(root)
     info_file = root / f"nuscenes_infos_{split}.pkl"
     ann = load_synthetic_annotations(root, "outdoor")
-    if not info_file.is_file():
-        raise AnnotationError(info_file, "file", "a generated synthetic outdoor set (dense3d convert synth --kind outdoor)")
-    with open(info_file, "rb") as fh:
-        infos = pickle.load(fh)["data_list"]
+    infos = require(load_pickle(info_file), "data_list", info_file, "")
     speed = {i["ann_token"]: math.hypot(*i["velocity"]) for info in infos for i in info["instances"]}
     out = []
     for scene in ann["scenes"]:

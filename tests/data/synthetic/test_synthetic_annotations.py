@@ -24,10 +24,11 @@ def test_reads_a_set_and_checks_its_kind(tmp_path):
 @pytest.mark.parametrize("text, field", [
     (None, "<file>"),                                                  # missing
     ('{"kind": "indoor", "scenes": [', "<file>"),                      # cut short
-    ('["a list"]', "kind"),
+    ('["a list"]', "<root>"),
     ('{"kind": "lidar", "scenes": []}', "kind"),
     ('{"kind": "av", "scenes": {}}', "scenes"),
-    ('{"kind": "av", "scenes": [{"split": "train"}]}', r"scenes\[0\]"),  # no objects
+    ('{"kind": "av", "scenes": [{"scene_id": "a", "split": "train"}]}', r"scenes\[0\]"),  # no objects
+    ('{"kind": "av", "scenes": [{"split": "train", "objects": []}]}', r"scenes\[0\]"),  # no scene_id
 ])
 def test_bad_files_give_one_line_errors_naming_file_and_field(tmp_path, text, field):
     if text is not None:
@@ -35,3 +36,17 @@ def test_bad_files_give_one_line_errors_naming_file_and_field(tmp_path, text, fi
     with pytest.raises(AnnotationError, match=rf"synthetic_annotations.json.*{field}") as e:
         load_synthetic_annotations(tmp_path)
     assert "\n" not in str(e.value)
+
+
+def test_every_reader_of_the_set_reports_a_malformed_file_in_one_line(tmp_path):
+    from dense3d.data.synthetic import dataset_stats
+    from dense3d.data.synthetic.facts import load_indoor_facts, load_outdoor_facts
+
+    _write(tmp_path, '{"kind": "outdoor", "scenes": [')
+    for read in (lambda: load_outdoor_facts(tmp_path, "val"), lambda: load_indoor_facts(tmp_path, "val"),
+                 lambda: dataset_stats(tmp_path)):
+        with pytest.raises(AnnotationError, match=r"synthetic_annotations.json.*<file>") as e:
+            read()
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="outdor"):
+        load_synthetic_annotations(tmp_path, "outdor")
