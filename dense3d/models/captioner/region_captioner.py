@@ -211,12 +211,14 @@ class RegionCaptioner(nn.Module):
 
     def _gather(self, regions, visual, captions):
         """Rows of the regions with a caption: visual (N, K, H), prompts, captions, and per row the
-        character spans of the words naming its targets (with ``target_word_weight`` and class
-        names; else none). The captions were checked by :meth:`_check_captions`."""
+        character spans of the words naming its targets (None for all rows without
+        ``target_word_weight``; [] for a kind without class names). The captions were checked by
+        :meth:`_check_captions`."""
+        weighted = self.target_word_weight != 1.0
         vis, prompts, caps, spans = [], [], [], []
         for r, v, c in zip(regions, visual, captions):
             B, R = r.mask.shape
-            words = self._mention_words(r.kind) if self.target_word_weight != 1.0 else None
+            words = self._mention_words(r.kind) if weighted else None
             for b in range(B):
                 for i in range(R):
                     ref = c[b][i]
@@ -225,7 +227,7 @@ class RegionCaptioner(nn.Module):
                         prompts.append(self.prompts[r.kind])
                         caps.append(ref)
                         spans.append(target_word_spans(ref.strip(), words, int(r.labels[b, i])) if words else [])
-        return vis, prompts, caps, spans
+        return vis, prompts, caps, spans if weighted else None
 
     def _mention_words(self, kind: str):
         """The kind's :func:`mention_words`, or None (no class names)."""
@@ -258,9 +260,8 @@ class RegionCaptioner(nn.Module):
             zero = sum(v.sum() for v in visual) * 0.0
             return {"loss_caption": zero, "num_captions": torch.zeros((), dtype=torch.long), **extra}
         lm, tok = self._lm(), self.decoder.tokenizer
-        weighted = self.target_word_weight != 1.0
         batch = teacher_forcing_batch(tok, prompts, caps, self.max_caption_tokens, device=vis[0].device,
-                                      spans=spans if weighted else None, span_weight=self.target_word_weight)
+                                      spans=spans, span_weight=self.target_word_weight)
         with self.adapter.conditioned_on(torch.stack(vis)), self._precision():  # (N, K, H)
             if self.prefix_cache is not None:
                 first = len(lm.model.layers) - self.adapter.num_layers  # the first adapted layer

@@ -63,18 +63,15 @@ def _class_mentions(caption: str, words: Mapping[int, Sequence[str]]) -> list[tu
 
 def mentioned_classes(caption: str, words: Mapping[int, Sequence[str]], own: int) -> list[int]:
     """The labels a caption names, in order (a class named twice counts twice), ``own`` left out
-    (matching as in :func:`target_word_spans`)."""
+    (matching as in :func:`_class_mentions`)."""
     return [label for _, _, label in _class_mentions(caption, words) if label != own]
 
 
 def target_word_spans(caption: str, words: Mapping[int, Sequence[str]], own: int) -> list[tuple[int, int]]:
     """Character spans of the words that name the caption's targets: each class name other than
     ``own`` together with the word before it (its colour, size or article: "the *black table*"),
-    unless punctuation stands between them ("a chair. *Tables* are near").
-
-    Whole words only, an optional plural "s" allowed ("chairs", not "armchair"); where two names
-    overlap ("table", "side table") the longer one wins.
-    """
+    unless punctuation stands between them ("a chair. *Tables* are near"); names matched as in
+    :func:`_class_mentions`."""
     out = []
     for start, end, label in _class_mentions(caption, words):
         if label == own:
