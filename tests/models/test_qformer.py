@@ -316,6 +316,8 @@ def test_between_and_room_layout_reach_the_tokens_only_when_switched_on():
                          out_dim=24, relation_between=True, room_layout=True).eval()
     plain = _qformer(k=3)
     with torch.no_grad():
+        torch.testing.assert_close(qf(r, r.features), qf(moved, r.features))  # zero at initialisation
+        torch.nn.init.normal_(qf.layout_in[2].weight, std=0.1)  # as after training
         assert (qf(r, r.features) - qf(moved, r.features)).abs().amax() > 1e-4  # the walls moved
         torch.testing.assert_close(plain(r, r.features), plain(moved, r.features))
         rel, _ = qf.relation_tokens(r, r.features)
@@ -328,6 +330,31 @@ def test_between_and_room_layout_reach_the_tokens_only_when_switched_on():
     with pytest.raises(ConfigError, match="wall_gaps"):
         qf(bare, r.features)
 
+
+
+def test_room_layout_switched_on_in_a_trained_qformer_changes_nothing_until_it_learns():
+    """A warm start (init_from a run without the layout) begins from the same tokens: the
+    layout's last layer starts at zero; one optimiser step on the tokens makes it count."""
+    r = _room([(0, 0), (-2, 0.1), (2, 0), (0, 3)], [0, 1, 2, 3])
+    gaps = torch.tensor([[[0.1, 3.0, 0.2, 3.0], [1.0, 1.0, 1.0, 1.0], [2.0, 0.1, 1.0, 1.0], [1.0, 1.0, 0.1, 2.0]]])
+    r = RegionFeatures("box", r.features, r.geometry, r.scores, r.labels, r.mask, extra={"wall_gaps": gaps})
+    torch.manual_seed(0)
+    trained = RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=3,
+                              region_dim=D, out_dim=24).eval()
+    torch.manual_seed(1)
+    walled = RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=3, num_neighbours=3,
+                             region_dim=D, out_dim=24, room_layout=True).eval()
+    missing, unexpected = walled.load_state_dict(trained.state_dict(), strict=False)
+    assert sorted({k.split(".")[0] for k in missing}) == ["layout_in"] and not unexpected
+    with torch.no_grad():
+        torch.testing.assert_close(walled(r, r.features), trained(r, r.features), rtol=0, atol=0)
+    opt = torch.optim.SGD(walled.layout_in.parameters(), lr=0.1)
+    walled(r, r.features).square().sum().backward()
+    assert walled.layout_in[0].weight.grad.abs().sum() == 0  # behind the zero layer: no gradient yet
+    assert walled.layout_in[2].weight.grad.abs().sum() > 0
+    opt.step()
+    with torch.no_grad():
+        assert (walled(r, r.features) - trained(r, r.features)).abs().amax() > 1e-5
 
 def test_target_first_order_puts_the_chosen_targets_first_then_the_rest_nearest_first():
     chosen = torch.tensor([[[2, 0], [4, 1], [3, 3], [4, 4], [1, 4]]])  # k = 4; 4: none

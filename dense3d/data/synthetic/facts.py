@@ -13,7 +13,6 @@ the four description templates.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from dense3d.data.readers import load_pickle, require
+from dense3d.data.readers import load_json, load_pickle, require
 from dense3d.data.synthetic.annotations import load_synthetic_annotations
 from dense3d.data.synthetic.common import PALETTE
 from dense3d.data.synthetic.grammar import (
@@ -39,6 +38,7 @@ from dense3d.data.synthetic.grammar import (
 )
 from dense3d.data.synthetic.indoor import INDOOR_CLASSES
 from dense3d.data.synthetic.outdoor import NUSCENES_CLASSES
+from dense3d.errors import AnnotationError
 
 __all__ = ["OutdoorFacts", "FACT_DIM", "fact_vector", "fixed_caption", "load_outdoor_facts", "parse_outdoor_caption",
            "IndoorFacts", "load_indoor_facts", "parse_indoor_caption", "set_kind"]
@@ -190,7 +190,13 @@ def parse_outdoor_caption(text: str) -> dict:
 def set_kind(root: str | Path) -> str:
     """The kind a generated set's ``meta.json`` records: ``"indoor"``, else ``"outdoor"``."""
     meta = Path(root) / "meta.json"
-    return "indoor" if meta.is_file() and json.loads(meta.read_text()).get("kind") == "indoor" else "outdoor"
+    if not meta.is_file():
+        return "outdoor"
+    record = load_json(meta)
+    if not isinstance(record, dict):
+        raise AnnotationError(meta, "<file>", "a JSON object (the set's kind, classes and sizes)",
+                              got=type(record).__name__)
+    return "indoor" if record.get("kind") == "indoor" else "outdoor"
 
 
 @dataclass(frozen=True)

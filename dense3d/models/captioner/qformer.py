@@ -321,7 +321,7 @@ class RelationQFormer(nn.Module):
             with this one) to each relation token, through an MLP of its own.
         room_layout: add an embedding of :func:`layout_features` (the box's gaps to the room's
             walls, ``RegionFeatures.extra["wall_gaps"]``) to the region's own feature (boxes only;
-            events have no walls).
+            events have no walls). Its last layer starts at zero, so the tokens start as without it.
         target_order: P > 0: a head scores each neighbour (or none) as the caption's p-th
             target, p < P, and the neighbour queries read the chosen targets first
             (:func:`target_first_order`); at most ``neighbour_queries``.
@@ -367,6 +367,11 @@ class RelationQFormer(nn.Module):
                            if relation_between else None)
         self.layout_in = (nn.Sequential(nn.Linear(LAYOUT_DIMS, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
                           if room_layout else None)
+        if self.layout_in is not None:
+            # zero output at initialisation (as the adapter's gates): switched on in a trained model
+            # (init_from a run without it), the layout changes nothing until it has learned something
+            nn.init.zeros_(self.layout_in[2].weight)
+            nn.init.zeros_(self.layout_in[2].bias)
         # target head: per neighbour, P scores from its relation token and the region's own token;
         # per region, P "no p-th target" scores from the own token
         self.target_head = (nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, target_order))

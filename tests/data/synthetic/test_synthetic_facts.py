@@ -15,6 +15,7 @@ from dense3d.data.synthetic.facts import (
     load_outdoor_facts,
     parse_indoor_caption,
     parse_outdoor_caption,
+    set_kind,
 )
 from dense3d.errors import AnnotationError, PredictionFormatError
 
@@ -122,6 +123,29 @@ def test_range_filter_and_bad_input(synth_root, tmp_path):
     with pytest.raises(AnnotationError, match="kind"):
         load_outdoor_facts(tmp_path, "train")
 
+
+
+def test_set_kind_reads_meta_json_and_names_it_when_malformed(tmp_path, capsys):
+    assert set_kind(tmp_path) == "outdoor"  # no meta.json: the outdoor sets predate it
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"kind": "indoor"}))
+    assert set_kind(tmp_path) == "indoor"
+    meta.write_text('{"kind": "indoor"')  # cut short
+    with pytest.raises(AnnotationError, match="meta.json.*valid JSON"):
+        set_kind(tmp_path)
+    meta.write_text('["indoor"]')
+    with pytest.raises(AnnotationError, match="meta.json.*JSON object"):
+        set_kind(tmp_path)
+    # the tools that read it: one line naming the file, status 2, nothing written
+    from dense3d.errors import exit_status
+    tool = _tool("caption_facts")
+    pred = tmp_path / "eval"
+    pred.mkdir()
+    (pred / "predictions_boxes.json").write_text(json.dumps({"scene-0": []}))
+    assert exit_status(lambda: tool.main([str(tmp_path), str(pred)]), "tools/caption_facts.py") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "meta.json" in err and "Traceback" not in err
+    assert not (pred / "caption_facts.json").exists()
 
 @pytest.mark.slow
 def test_captioner_ceiling_tool_trains_and_scores(synth_root, tmp_path):
