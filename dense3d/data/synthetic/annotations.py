@@ -30,7 +30,7 @@ def load_synthetic_annotations(root: str | Path, kind: str | None = None) -> dic
         raise ValueError(f"load_synthetic_annotations: kind must be one of {', '.join(KINDS)} or None, got {kind!r}")
     path = Path(root) / ANNOTATIONS_FILE
     if not path.is_file():
-        raise AnnotationError(path, "<file>", f"a folder written by `dense3d convert synth --kind {kind or '...'}`",
+        raise AnnotationError(path, "<file>", f"a folder written by `dense3d convert synth --kind {kind or '|'.join(KINDS)}`",
                               got="missing file")
     ann = load_json(path)
     if not isinstance(ann, dict):
