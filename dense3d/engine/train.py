@@ -49,10 +49,11 @@ def _instantiate_dict(node: DictConfig | None) -> list[Any]:
     return [instantiate(v) for v in node.values() if v is not None and "_target_" in v]
 
 
-def init_weights(model, run: str | Path, parts: list[str]) -> int:
+def init_weights(model, run: str | Path, parts: list[str], skip: list[str] = ()) -> int:
     """Start ``model``'s sub-modules ``parts`` from another run's weights (e.g. the captioning
-    stage from a detection run): every weight under ``parts`` must be in the checkpoint with
-    the same shape; the rest of the model keeps its initialisation. Returns the tensors loaded."""
+    stage from a detection run): every weight under ``parts`` but those under ``skip`` must be in
+    the checkpoint with the same shape; the rest of the model keeps its initialisation (``skip``:
+    parts the other run lacks, such as a module switched on now). Returns the tensors loaded."""
     from dense3d.api import find_run
     from dense3d.engine.checkpoint import load_checkpoint
     from dense3d.errors import CheckpointError
@@ -62,18 +63,27 @@ def init_weights(model, run: str | Path, parts: list[str]) -> int:
     _, ckpt = find_run(Path(run))
     state = load_checkpoint(ckpt)["state_dict"]
     own = model.state_dict()
-    wanted = {k: v for k, v in own.items() if any(k == p or k.startswith(p + ".") for p in parts)}
+
+    def under(key: str, names) -> bool:
+        return any(key == p or key.startswith(p + ".") for p in names)
+
+    wanted = {k: v for k, v in own.items() if under(k, parts)}
     if not wanted:
         raise ConfigError("configs/train.yaml", "init_parts", f"sub-modules of the model, e.g. {sorted({k.split('.')[0] for k in own})}", got=parts)
+    unused = [p for p in skip if not any(under(k, [p]) for k in wanted)]
+    if unused:
+        raise ConfigError("configs/train.yaml", "init_skip", "sub-modules inside init_parts", got=unused)
+    wanted = {k: v for k, v in wanted.items() if not under(k, skip)}
     loaded = {}
     for k, v in wanted.items():
         src = state.get("model." + k)
         if src is None or src.shape != v.shape:
             got = "missing" if src is None else f"shape {tuple(src.shape)} for {tuple(v.shape)}"
-            raise CheckpointError(ckpt, f"model.{k}", "a weight of the same shape (init_from must be a run of the same sub-modules)", got=got)
+            raise CheckpointError(ckpt, f"model.{k}", "a weight of the same shape (init_from must be a run of the same sub-modules;"
+                                  " init_skip=[...] leaves new ones at their initialisation)", got=got)
         loaded[k] = src
     model.load_state_dict(loaded, strict=False)
-    print(f"init_from {ckpt}: {len(loaded)} tensors of {', '.join(parts)}")
+    print(f"init_from {ckpt}: {len(loaded)} tensors of {', '.join(parts)}" + (f" but {', '.join(skip)}" if skip else ""))
     return len(loaded)
 
 
@@ -86,7 +96,7 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     if cfg.get("init_from"):
-        init_weights(model, cfg.init_from, list(cfg.get("init_parts") or []))
+        init_weights(model, cfg.init_from, list(cfg.get("init_parts") or []), list(cfg.get("init_skip") or []))
     module = DenseCaptionModule(
         model,
         optimizer=instantiate(cfg.optim),

@@ -99,6 +99,17 @@ def test_init_from_loads_the_named_parts_only(indoor_run):
                                         "model.box_detector.box_head.head_channels=32"]).model)
     with pytest.raises(CheckpointError, match="same shape"):
         init_weights(other, run, ["box_detector.box_head"])
+    # init_skip: a part the other run has a different shape of stays at its initialisation
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    n_skip = init_weights(other, run, ["box_detector"], skip=["box_detector.box_head"])
+    assert 0 < n_skip < sum(k.startswith("box_detector.") for k in trained)
+    for k, v in other.state_dict().items():
+        if k.startswith("box_detector.box_head."):
+            assert torch.equal(v, before[k]), k
+        elif k.startswith("box_detector.lidar_encoder."):
+            assert torch.equal(v, trained[k]), k
+    with pytest.raises(ConfigError, match="init_skip"):
+        init_weights(other, run, ["box_detector"], skip=["box_detector.no_such_part"])
 
 
 def test_frozen_parts_stay_in_eval_mode():
