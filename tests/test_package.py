@@ -114,6 +114,7 @@ TOOL_BAD_INPUTS = {  # each script in tools/ given a missing input
     "caption_facts.py": ["/nope", "/nope"],
     "captioner_ceiling.py": ["/nope", "--steps", "1"],
     "merge_synth_sets.py": ["--kind", "outdoor", "{tmp}/merged", "/nope"],
+    "paired_scan2cap.py": ["/nope", "/nope", "--out", "{tmp}/x.json"],
     "plot_runs.py": ["run=/nope", "--out", "{tmp}/x.png"],
     "probe_tokens.py": ["/nope", "/nope", "--out", "{tmp}/x.json"],
     "relation_oracle.py": ["/nope", "--out", "{tmp}/x.json"],

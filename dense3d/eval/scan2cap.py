@@ -19,6 +19,7 @@ the METEOR threshold; #GT objects is the positive count. Detection mAP@0.25/0.5 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -31,7 +32,8 @@ from dense3d.eval.geometry import giou_aa, iou_aa
 from dense3d.eval.scanrefer import is_scored, references
 from dense3d.utils.progress import ProgressBar, ensure_progress
 
-__all__ = ["hungarian_pairs", "f1_from_pairs", "dcmap", "evaluate", "DCMAP_IOUS", "DCMAP_METEORS"]
+__all__ = ["hungarian_pairs", "f1_from_pairs", "dcmap", "evaluate", "per_object_scores", "paired_difference",
+           "DCMAP_IOUS", "DCMAP_METEORS"]
 
 DCMAP_IOUS = (0.1, 0.2, 0.3, 0.4, 0.5)
 DCMAP_METEORS = (0.15, 0.3, 0.45, 0.6, 0.75)
@@ -83,6 +85,79 @@ def dcmap(
     return float(np.mean(aps))
 
 
+@dataclass
+class _Matching:
+    pairs: list[tuple[str, list[str]]] = field(default_factory=list)  # (caption, references) per matched pair
+    ious: list[float] = field(default_factory=list)                    # per pair
+    pair_objects: list[int] = field(default_factory=list)              # per pair: its index in ``objects``
+    pred_scores: list[float] = field(default_factory=list)             # per prediction, scenes in order
+    pair_of_pred: list[int] = field(default_factory=list)              # per prediction: its pair, or -1
+    objects: list[tuple[str, str]] = field(default_factory=list)       # (scene, object_id) per scored GT object
+    scored_gt: dict[str, list[ObjectGT]] = field(default_factory=dict)
+
+
+def _match(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[ObjectGT]], max_tokens: int) -> _Matching:
+    """One-to-one matching of every scene (scenes in sorted order), the pairs' captions with
+    their objects' references."""
+    m = _Matching()
+    for scene in sorted(gt):
+        objs = [o for o in gt[scene] if is_scored(o)]
+        m.scored_gt[scene] = objs
+        first = len(m.objects)
+        m.objects += [(scene, o.object_id) for o in objs]
+        preds = pred.get(scene, [])
+        base = len(m.pred_scores)
+        m.pred_scores += [p.score for p in preds]
+        m.pair_of_pred += [-1] * len(preds)
+        if not preds or not objs:
+            continue
+        for pi, gi, iou in hungarian_pairs(np.stack([p.box.aa for p in preds]), np.stack([o.box.aa for o in objs])):
+            m.pair_of_pred[base + pi] = len(m.pairs)
+            m.pairs.append(("sos " + preds[pi].caption + " eos", references(objs[gi], max_tokens)))
+            m.ious.append(iou)
+            m.pair_objects.append(first + gi)
+    return m
+
+
+def per_object_scores(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[ObjectGT]], k: float = 0.25,
+                      metric: str = "CIDEr", max_tokens: int = 30, scorer: CaptionScorer | None = None,
+                      ) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """Each scored GT object's share of ``{metric}-R@{k}``: its matched caption's score when the
+    pair's IoU is ``>= k``, else 0, so the mean over objects is the recall (/100). Returns the
+    objects ((scene, object_id), scenes sorted) and their scores. Two runs' scores on the same
+    GT pair up object by object (:func:`paired_difference`)."""
+    if metric not in _METRICS:
+        raise ValueError(f"per_object_scores: metric must be one of {', '.join(_METRICS)}, got {metric!r}")
+    m = _match(pred, gt, max_tokens)
+    scores = np.zeros(len(m.objects))
+    if m.pairs:
+        own = scorer is None
+        scorer = scorer or CaptionScorer(metrics=("BLEU",) if metric == "BLEU-4" else (metric,))
+        try:
+            _, per = scorer.score_pairs(m.pairs)
+        finally:
+            if own:
+                scorer.close()
+        passed = np.array(m.ious) >= k
+        scores[np.array(m.pair_objects)[passed]] = np.array(per[metric])[passed]
+    return m.objects, scores
+
+
+def paired_difference(pred_a: dict[str, list[BoxPrediction]], pred_b: dict[str, list[BoxPrediction]],
+                      gt: dict[str, list[ObjectGT]], k: float = 0.25, metric: str = "CIDEr", max_tokens: int = 30,
+                      scorer: CaptionScorer | None = None) -> dict[str, float]:
+    """Run B against run A on the same GT objects: ``{metric}-R@{k}`` of each (x100), their
+    difference B - A and its standard error from the per-object differences (x100; paired, so
+    what both runs find hard cancels). On ground-truth boxes R = P = F1. Each run's pairs are
+    scored on their own, as :func:`evaluate` does (CIDEr's IDF from its matched references)."""
+    objects, a = per_object_scores(pred_a, gt, k, metric, max_tokens, scorer)
+    _, b = per_object_scores(pred_b, gt, k, metric, max_tokens, scorer)
+    d = b - a  # (n_objects,)
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return {"objects": len(objects), "A": 100 * float(a.mean()), "B": 100 * float(b.mean()),
+            "B-A": 100 * float(d.mean()), "SE": 100 * se, "B better": int((d > 0).sum()), "A better": int((d < 0).sum())}
+
+
 def evaluate(
     pred: dict[str, list[BoxPrediction]],
     gt: dict[str, list[ObjectGT]],
@@ -96,23 +171,9 @@ def evaluate(
     bar = ensure_progress(progress)
     bar.add_total(1)
     bar.update("matching scenes (Hungarian)")
-    pairs, pair_iou, pred_scores, pair_of_pred = [], [], [], []
-    n_gt = 0
-    scored_gt: dict[str, list[ObjectGT]] = {}
-    for scene in sorted(gt):
-        objs = [o for o in gt[scene] if is_scored(o)]
-        scored_gt[scene] = objs
-        n_gt += len(objs)
-        preds = pred.get(scene, [])
-        base = len(pred_scores)
-        pred_scores += [p.score for p in preds]
-        pair_of_pred += [-1] * len(preds)
-        if not preds or not objs:
-            continue
-        for pi, gi, iou in hungarian_pairs(np.stack([p.box.aa for p in preds]), np.stack([o.box.aa for o in objs])):
-            pair_of_pred[base + pi] = len(pairs)
-            pairs.append(("sos " + preds[pi].caption + " eos", references(objs[gi], max_tokens)))
-            pair_iou.append(iou)
+    m = _match(pred, gt, max_tokens)
+    pairs, pair_iou, pred_scores, pair_of_pred = m.pairs, m.ious, m.pred_scores, m.pair_of_pred
+    n_gt, scored_gt = len(m.objects), m.scored_gt
     bar.advance()
     n_pred = len(pred_scores)
     pair_iou_a = np.array(pair_iou)

@@ -61,3 +61,48 @@ def test_f1_and_dcmap_by_hand(scorer):
     assert out["predictions"] == 4 and out["objects"] == 3 and out["pairs"] == 3
     # mAP@0.5 (strict > in VOC detection): chair TP (IoU 1); door's IoU 0.5 box is not > 0.5
     assert out["mAP@0.5"] == pytest.approx(100 * np.mean([1.0, 0.0, 0.0]))
+
+
+def test_per_object_scores_sum_to_the_recall_and_pair_up(scorer):
+    pred, gt = parse_box_predictions("p", PRED), parse_object_gt("g", GT)
+    out = scan2cap.evaluate(pred, gt, ious=(0.25, 0.5), scorer=scorer)
+    objects, scores = scan2cap.per_object_scores(pred, gt, k=0.5, metric="CIDEr", scorer=scorer)
+    assert objects == [("s1", "0"), ("s1", "1"), ("s2", "0")]
+    assert scores[1] == 0.0  # matched at IoU 0: no share
+    assert 100 * scores.mean() == pytest.approx(out["CIDEr-R@0.5"])
+    # B: the table now captioned and boxed right; the door's caption worse
+    better = {"s1": PRED["s1"][:1] + [{"box": [3, 0, 0, 2, 2, 2], "caption": "a wooden table", "score": 0.8}],
+              "s2": [dict(PRED["s2"][0], caption="a chair")]}
+    pred_b = parse_box_predictions("b", better)
+    _, b = scan2cap.per_object_scores(pred_b, gt, k=0.5, metric="CIDEr", scorer=scorer)
+    r = scan2cap.paired_difference(pred, pred_b, gt, k=0.5, metric="CIDEr", scorer=scorer)
+    d = b - scores
+    assert r["objects"] == 3 and r["B better"] == int((d > 0).sum()) >= 1 and r["A better"] == int((d < 0).sum()) >= 1
+    assert r["B-A"] == pytest.approx(100 * d.mean()) and r["A"] == pytest.approx(out["CIDEr-R@0.5"])
+    assert r["SE"] == pytest.approx(100 * d.std(ddof=1) / np.sqrt(3)) and r["SE"] > 0
+    same = scan2cap.paired_difference(pred, pred, gt, k=0.5, scorer=scorer)
+    assert same["B-A"] == 0.0 and same["SE"] == 0.0
+    with pytest.raises(ValueError, match="metric"):
+        scan2cap.per_object_scores(pred, gt, metric="CIDEr-D")
+
+
+def test_paired_tool_reads_two_eval_folders_and_names_a_different_ground_truth(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("paired_scan2cap", Path(__file__).parents[2] / "tools" / "paired_scan2cap.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        (d / "ground_truth_boxes.json").write_text(json.dumps(GT))
+        (d / "predictions_boxes.json").write_text(json.dumps(PRED))
+    assert tool.main([str(a), str(b), "--iou", "0.5", "--metric", "ROUGE-L", "--out", str(tmp_path / "r.json")]) == 0
+    assert "3 objects, ROUGE-L-R@0.5" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["B-A"] == 0.0
+    (b / "ground_truth_boxes.json").write_text(json.dumps({"s1": GT["s1"]}))
+    with pytest.raises(tool.PredictionFormatError, match="ground_truth_boxes.json"):
+        tool.main([str(a), str(b)])
+    assert tool.exit_status(lambda: tool.main([str(a), str(tmp_path / "nope")]), "t") == 2

@@ -1,0 +1,60 @@
+"""Is run B's Scan2Cap score better than run A's, or noise? Object by object, on the same GT.
+
+Both folders are written by ``dense3d eval --checkpoint`` on the same split and boxes
+(``predictions_boxes.json``, ``ground_truth_boxes.json``). Each GT object's share of
+``{metric}-R@{iou}`` (its matched caption's score, 0 when unmatched or under the IoU) is taken
+in both runs (:func:`dense3d.eval.scan2cap.paired_difference`); prints both recalls, B - A with
+the standard error of the per-object differences, and how many objects each run does better.
+On ground-truth boxes recall = precision = F1, so B - A is the difference of the F1 that
+``dense3d eval`` prints.
+
+    python tools/paired_scan2cap.py outputs/RUN_A/eval_gt40 outputs/RUN_B/eval_gt40 [--iou 0.25] [--metric CIDEr]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dense3d.errors import PredictionFormatError, exit_status
+from dense3d.eval.formats import parse_box_predictions, parse_object_gt, read_json
+from dense3d.eval.scan2cap import paired_difference
+
+METRICS = ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L")
+
+
+def _read(folder: Path, name: str):
+    path = folder / name
+    return path, read_json(path)  # a missing or malformed file: one-line PredictionFormatError
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("eval_a", type=Path, help="run A's evaluation folder")
+    p.add_argument("eval_b", type=Path, help="run B's evaluation folder (the same split and boxes)")
+    p.add_argument("--iou", type=float, default=0.25)
+    p.add_argument("--metric", choices=METRICS, default="CIDEr")
+    p.add_argument("--out", type=Path, default=None, help="also write the result as JSON here")
+    a = p.parse_args(argv)
+    gt_path, gt_a = _read(a.eval_a, "ground_truth_boxes.json")
+    gt_b_path, gt_b = _read(a.eval_b, "ground_truth_boxes.json")
+    if gt_a != gt_b:
+        raise PredictionFormatError(gt_b_path, "<file>", f"the ground truth of {gt_path} (the same split and scenes)",
+                                    got="different objects")
+    gt = parse_object_gt(gt_path, gt_a)
+    preds = [parse_box_predictions(path, data, need_score=True)
+             for path, data in (_read(a.eval_a, "predictions_boxes.json"), _read(a.eval_b, "predictions_boxes.json"))]
+    r = paired_difference(preds[0], preds[1], gt, k=a.iou, metric=a.metric)
+    name = f"{a.metric}-R@{a.iou:g}"
+    spread = f"SE {r['SE']:.1f}, {r['B-A'] / r['SE']:+.1f} SE" if r["SE"] > 0 else "no spread"
+    print(f"{r['objects']} objects, {name}: A {r['A']:.1f}  B {r['B']:.1f}  B - A {r['B-A']:+.1f} ({spread})")
+    print(f"B better for {r['B better']} objects, A better for {r['A better']}")
+    if a.out is not None:
+        from dense3d.utils.io import atomic_write_json
+
+        atomic_write_json(a.out, {"metric": name, "eval_a": str(a.eval_a), "eval_b": str(a.eval_b), **r})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(exit_status(main, "tools/paired_scan2cap.py"))
