@@ -5,8 +5,8 @@ Both folders are written by ``dense3d eval --checkpoint`` on the same split and 
 ``{metric}-R@{iou}`` (its matched caption's score, 0 when unmatched or under the IoU) is taken
 in both runs (:func:`dense3d.eval.scan2cap.paired_difference`); prints both recalls, B - A with
 the standard error of the per-object differences, and how many objects each run does better.
-On ground-truth boxes recall = precision = F1, so B - A is the difference of the F1 that
-``dense3d eval`` prints.
+On ground-truth boxes (one prediction per scored object) recall = precision = F1, so B - A is
+the difference of the F1 that ``dense3d eval`` prints. Axis-aligned boxes, as Scan2Cap.
 
     python tools/paired_scan2cap.py outputs/RUN_A/eval_gt40 outputs/RUN_B/eval_gt40 [--iou 0.25] [--metric CIDEr]
 """
@@ -19,20 +19,31 @@ from pathlib import Path
 from dense3d.errors import PredictionFormatError, exit_status
 from dense3d.eval.formats import parse_box_predictions, parse_object_gt, read_json
 from dense3d.eval.scan2cap import paired_difference
+from dense3d.eval.scanrefer import is_scored
 
 METRICS = ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L")
 
 
 def _read(folder: Path, name: str):
+    if not folder.is_dir():
+        raise PredictionFormatError(folder, "<folder>", "an evaluation folder written by dense3d eval --checkpoint",
+                                    got="not a folder")
     path = folder / name
     return path, read_json(path)  # a missing or malformed file: one-line PredictionFormatError
+
+
+def _iou(text: str) -> float:
+    k = float(text)
+    if not 0.0 < k <= 1.0:
+        raise argparse.ArgumentTypeError(f"an IoU in (0, 1], got {text}")
+    return k
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("eval_a", type=Path, help="run A's evaluation folder")
     p.add_argument("eval_b", type=Path, help="run B's evaluation folder (the same split and boxes)")
-    p.add_argument("--iou", type=float, default=0.25)
+    p.add_argument("--iou", type=_iou, default=0.25)
     p.add_argument("--metric", choices=METRICS, default="CIDEr")
     p.add_argument("--out", type=Path, default=None, help="also write the result as JSON here")
     a = p.parse_args(argv)
@@ -42,11 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         raise PredictionFormatError(gt_b_path, "<file>", f"the ground truth of {gt_path} (the same split and scenes)",
                                     got="different objects")
     gt = parse_object_gt(gt_path, gt_a)
+    if sum(is_scored(o) for objs in gt.values() for o in objs) < 2:
+        raise PredictionFormatError(gt_path, "descriptions", "at least 2 objects with descriptions (a standard error)")
     preds = [parse_box_predictions(path, data, need_score=True)
              for path, data in (_read(a.eval_a, "predictions_boxes.json"), _read(a.eval_b, "predictions_boxes.json"))]
     r = paired_difference(preds[0], preds[1], gt, k=a.iou, metric=a.metric)
     name = f"{a.metric}-R@{a.iou:g}"
-    spread = f"SE {r['SE']:.1f}, {r['B-A'] / r['SE']:+.1f} SE" if r["SE"] > 0 else "no spread"
+    spread = f"SE {r['SE']:.1f}, {r['B-A'] / r['SE']:+.1f} SE" if r["SE"] > 0 else "SE 0: the runs score every object the same"
     print(f"{r['objects']} objects, {name}: A {r['A']:.1f}  B {r['B']:.1f}  B - A {r['B-A']:+.1f} ({spread})")
     print(f"B better for {r['B better']} objects, A better for {r['A better']}")
     if a.out is not None:

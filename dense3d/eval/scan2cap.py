@@ -129,18 +129,24 @@ def per_object_scores(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[O
     if metric not in _METRICS:
         raise ValueError(f"per_object_scores: metric must be one of {', '.join(_METRICS)}, got {metric!r}")
     m = _match(pred, gt, max_tokens)
-    scores = np.zeros(len(m.objects))
+    scores = np.zeros(len(m.objects))  # (n_objects,)
     if m.pairs:
         own = scorer is None
-        scorer = scorer or CaptionScorer(metrics=("BLEU",) if metric == "BLEU-4" else (metric,))
+        scorer = scorer or _scorer_for(metric)
         try:
             _, per = scorer.score_pairs(m.pairs)
         finally:
             if own:
                 scorer.close()
+        if metric not in per:
+            raise ValueError(f"per_object_scores: the scorer given does not compute {metric}")
         passed = np.array(m.ious) >= k
         scores[np.array(m.pair_objects)[passed]] = np.array(per[metric])[passed]
     return m.objects, scores
+
+
+def _scorer_for(metric: str) -> CaptionScorer:
+    return CaptionScorer(metrics=("BLEU",) if metric == "BLEU-4" else (metric,))
 
 
 def paired_difference(pred_a: dict[str, list[BoxPrediction]], pred_b: dict[str, list[BoxPrediction]],
@@ -149,11 +155,20 @@ def paired_difference(pred_a: dict[str, list[BoxPrediction]], pred_b: dict[str, 
     """Run B against run A on the same GT objects: ``{metric}-R@{k}`` of each (x100), their
     difference B - A and its standard error from the per-object differences (x100; paired, so
     what both runs find hard cancels). On ground-truth boxes R = P = F1. Each run's pairs are
-    scored on their own, as :func:`evaluate` does (CIDEr's IDF from its matched references)."""
-    objects, a = per_object_scores(pred_a, gt, k, metric, max_tokens, scorer)
-    _, b = per_object_scores(pred_b, gt, k, metric, max_tokens, scorer)
+    scored on their own, as :func:`evaluate` does (CIDEr's IDF from its matched references).
+    Needs >= 2 scored objects (a standard error)."""
+    own = scorer is None
+    scorer = scorer or _scorer_for(metric)  # one scorer (one METEOR process) for both runs
+    try:
+        objects, a = per_object_scores(pred_a, gt, k, metric, max_tokens, scorer)
+        _, b = per_object_scores(pred_b, gt, k, metric, max_tokens, scorer)
+    finally:
+        if own:
+            scorer.close()
+    if len(objects) < 2:
+        raise ValueError(f"paired_difference: needs at least 2 scored GT objects (with descriptions), got {len(objects)}")
     d = b - a  # (n_objects,)
-    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    se = float(d.std(ddof=1) / np.sqrt(len(d)))
     return {"objects": len(objects), "A": 100 * float(a.mean()), "B": 100 * float(b.mean()),
             "B-A": 100 * float(d.mean()), "SE": 100 * se, "B better": int((d > 0).sum()), "A better": int((d < 0).sum())}
 
@@ -171,9 +186,9 @@ def evaluate(
     bar = ensure_progress(progress)
     bar.add_total(1)
     bar.update("matching scenes (Hungarian)")
-    m = _match(pred, gt, max_tokens)
-    pairs, pair_iou, pred_scores, pair_of_pred = m.pairs, m.ious, m.pred_scores, m.pair_of_pred
-    n_gt, scored_gt = len(m.objects), m.scored_gt
+    match = _match(pred, gt, max_tokens)
+    pairs, pair_iou, pred_scores, pair_of_pred = match.pairs, match.ious, match.pred_scores, match.pair_of_pred
+    n_gt, scored_gt = len(match.objects), match.scored_gt
     bar.advance()
     n_pred = len(pred_scores)
     pair_iou_a = np.array(pair_iou)

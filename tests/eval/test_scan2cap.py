@@ -64,26 +64,35 @@ def test_f1_and_dcmap_by_hand(scorer):
 
 
 def test_per_object_scores_sum_to_the_recall_and_pair_up(scorer):
-    pred, gt = parse_box_predictions("p", PRED), parse_object_gt("g", GT)
+    # a scene with an object and no prediction first; in s1 prediction 0 is the table's, 1 the chair's
+    gt_x = {"s0": [{"object_id": 7, "object_name": "bed", "box": [0, 0, 0, 2, 2, 2], "descriptions": ["a red bed"]}], **GT}
+    pred_x = {"s1": [{"box": [3, 0, 0, 2, 2, 2], "caption": "a wooden table", "score": 0.9},
+                     {"box": [0, 0, 0, 2, 2, 2.2], "caption": "a chair", "score": 0.8}],
+              "s2": PRED["s2"]}
+    pred, gt = parse_box_predictions("p", pred_x), parse_object_gt("g", gt_x)
     out = scan2cap.evaluate(pred, gt, ious=(0.25, 0.5), scorer=scorer)
     objects, scores = scan2cap.per_object_scores(pred, gt, k=0.5, metric="CIDEr", scorer=scorer)
-    assert objects == [("s1", "0"), ("s1", "1"), ("s2", "0")]
-    assert scores[1] == 0.0  # matched at IoU 0: no share
+    assert objects == [("s0", "7"), ("s1", "0"), ("s1", "1"), ("s2", "0")]
+    _, per = scorer.score_pairs([("sos a wooden table eos", ["sos a wooden table eos"]),
+                                 ("sos a chair eos", ["sos a brown chair eos"]),
+                                 ("sos a white door eos", ["sos a white door eos"])])
+    assert scores[0] == 0.0  # no prediction in s0
+    assert list(scores[1:]) == pytest.approx([per["CIDEr"][1], per["CIDEr"][0], per["CIDEr"][2]])  # by object, not pair
     assert 100 * scores.mean() == pytest.approx(out["CIDEr-R@0.5"])
-    # B: the table now captioned and boxed right; the door's caption worse
-    better = {"s1": PRED["s1"][:1] + [{"box": [3, 0, 0, 2, 2, 2], "caption": "a wooden table", "score": 0.8}],
-              "s2": [dict(PRED["s2"][0], caption="a chair")]}
-    pred_b = parse_box_predictions("b", better)
+    # B: the chair captioned right, the door's caption worse
+    pred_b = parse_box_predictions("b", {"s1": [pred_x["s1"][0], dict(pred_x["s1"][1], caption="a brown chair")],
+                                         "s2": [dict(PRED["s2"][0], caption="a chair")]})
     _, b = scan2cap.per_object_scores(pred_b, gt, k=0.5, metric="CIDEr", scorer=scorer)
     r = scan2cap.paired_difference(pred, pred_b, gt, k=0.5, metric="CIDEr", scorer=scorer)
     d = b - scores
-    assert r["objects"] == 3 and r["B better"] == int((d > 0).sum()) >= 1 and r["A better"] == int((d < 0).sum()) >= 1
+    assert d[1] > 0 and d[3] < 0 and d[0] == 0  # the chair better, the door worse, the bed unmatched in both
+    assert r["objects"] == 4 and r["B better"] == int((d > 0).sum()) and r["A better"] == int((d < 0).sum())
     assert r["B-A"] == pytest.approx(100 * d.mean()) and r["A"] == pytest.approx(out["CIDEr-R@0.5"])
-    assert r["SE"] == pytest.approx(100 * d.std(ddof=1) / np.sqrt(3)) and r["SE"] > 0
-    same = scan2cap.paired_difference(pred, pred, gt, k=0.5, scorer=scorer)
-    assert same["B-A"] == 0.0 and same["SE"] == 0.0
+    assert r["SE"] == pytest.approx(100 * d.std(ddof=1) / 2) and r["SE"] > 0
     with pytest.raises(ValueError, match="metric"):
         scan2cap.per_object_scores(pred, gt, metric="CIDEr-D")
+    with pytest.raises(ValueError, match="at least 2"):
+        scan2cap.paired_difference(pred, pred_b, {"s0": gt["s0"]}, scorer=scorer)
 
 
 def test_paired_tool_reads_two_eval_folders_and_names_a_different_ground_truth(tmp_path, capsys):
@@ -106,3 +115,7 @@ def test_paired_tool_reads_two_eval_folders_and_names_a_different_ground_truth(t
     with pytest.raises(tool.PredictionFormatError, match="ground_truth_boxes.json"):
         tool.main([str(a), str(b)])
     assert tool.exit_status(lambda: tool.main([str(a), str(tmp_path / "nope")]), "t") == 2
+    with pytest.raises(tool.PredictionFormatError, match="not a folder"):  # a file, not an eval folder
+        tool.main([str(a), str(tmp_path / "r.json")])
+    with pytest.raises(SystemExit):
+        tool.main([str(a), str(a), "--iou", "0"])
