@@ -18,10 +18,8 @@ from pathlib import Path
 
 from dense3d.errors import PredictionFormatError, exit_status
 from dense3d.eval.formats import parse_box_predictions, parse_object_gt, read_json
-from dense3d.eval.scan2cap import paired_difference
+from dense3d.eval.scan2cap import METRICS, paired_difference
 from dense3d.eval.scanrefer import is_scored
-
-METRICS = ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L")
 
 
 def _read(folder: Path, name: str):

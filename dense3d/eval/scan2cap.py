@@ -33,11 +33,11 @@ from dense3d.eval.scanrefer import is_scored, references
 from dense3d.utils.progress import ProgressBar, ensure_progress
 
 __all__ = ["hungarian_pairs", "f1_from_pairs", "dcmap", "evaluate", "per_object_scores", "paired_difference",
-           "DCMAP_IOUS", "DCMAP_METEORS"]
+           "DCMAP_IOUS", "DCMAP_METEORS", "METRICS"]
 
 DCMAP_IOUS = (0.1, 0.2, 0.3, 0.4, 0.5)
 DCMAP_METEORS = (0.15, 0.3, 0.45, 0.6, 0.75)
-_METRICS = ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L")
+METRICS = ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L")  # the caption metrics scored per pair
 
 
 def hungarian_pairs(pred_aa: np.ndarray, gt_aa: np.ndarray) -> list[tuple[int, int, float]]:
@@ -126,8 +126,8 @@ def per_object_scores(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[O
     pair's IoU is ``>= k``, else 0, so the mean over objects is the recall (/100). Returns the
     objects ((scene, object_id), scenes sorted) and their scores. Two runs' scores on the same
     GT pair up object by object (:func:`paired_difference`)."""
-    if metric not in _METRICS:
-        raise ValueError(f"per_object_scores: metric must be one of {', '.join(_METRICS)}, got {metric!r}")
+    if metric not in METRICS:
+        raise ValueError(f"per_object_scores: metric must be one of {', '.join(METRICS)}, got {metric!r}")
     m = _match(pred, gt, max_tokens)
     scores = np.zeros(len(m.objects))  # (n_objects,)
     if m.pairs:
@@ -157,6 +157,9 @@ def paired_difference(pred_a: dict[str, list[BoxPrediction]], pred_b: dict[str, 
     what both runs find hard cancels). On ground-truth boxes R = P = F1. Each run's pairs are
     scored on their own, as :func:`evaluate` does (CIDEr's IDF from its matched references).
     Needs >= 2 scored objects (a standard error)."""
+    n_objects = sum(is_scored(o) for objs in gt.values() for o in objs)
+    if n_objects < 2:
+        raise ValueError(f"paired_difference: needs at least 2 scored GT objects (with descriptions), got {n_objects}")
     own = scorer is None
     scorer = scorer or _scorer_for(metric)  # one scorer (one METEOR process) for both runs
     try:
@@ -165,8 +168,6 @@ def paired_difference(pred_a: dict[str, list[BoxPrediction]], pred_b: dict[str, 
     finally:
         if own:
             scorer.close()
-    if len(objects) < 2:
-        raise ValueError(f"paired_difference: needs at least 2 scored GT objects (with descriptions), got {len(objects)}")
     d = b - a  # (n_objects,)
     se = float(d.std(ddof=1) / np.sqrt(len(d)))
     return {"objects": len(objects), "A": 100 * float(a.mean()), "B": 100 * float(b.mean()),
@@ -196,12 +197,12 @@ def evaluate(
     own = scorer is None
     scorer = scorer or CaptionScorer()
     try:
-        _, per = scorer.score_pairs(pairs, progress=bar) if pairs else ({}, {m: [] for m in _METRICS})
+        _, per = scorer.score_pairs(pairs, progress=bar) if pairs else ({}, {m: [] for m in METRICS})
     finally:
         if own:
             scorer.close()
     for k in ious:
-        for m in _METRICS:
+        for m in METRICS:
             if m not in per:
                 continue
             p, r, f = f1_from_pairs(np.array(per[m]), pair_iou_a, n_pred, n_gt, k)
