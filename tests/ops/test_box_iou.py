@@ -102,6 +102,19 @@ def test_degenerate_pairs_match_shapely(backend):
     assert got_bev[8] == pytest.approx(octagon / (32 - octagon))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_box_without_bev_area_overlaps_nothing(backend):
+    """Boxes around the origin against boxes of no BEV area there (a point, a segment): IoU 0.
+
+    The clipper kept all of the other box for a zero-size box (its edges have no direction), so
+    the union was 0 up to rounding, and a rounding of +1 ulp gave an IoU of about 1e16 (seen on
+    the GPU; on the CPU these seeded boxes hit it too)."""
+    a = random_boxes(300, 9, spread=0.1)
+    empty = torch.tensor([[0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1, 0.3], [0, 0, 0, 2, 0, 1, 0.3], [0, 0, 0, 0, 2, 1, 1.0]], dtype=torch.float64)
+    for fn in (boxes_iou_bev, boxes_iou_3d):
+        assert (fn(a, empty, backend=backend) == 0).all() and (fn(empty, a, backend=backend) == 0).all(), fn.__name__
+
+
 @pytest.mark.skipif(not HAS_EXT, reason="dense3d._C (with box_iou_rotated) not built")
 def test_ext_equals_torch():
     a, b = random_boxes(200, 2, spread=5), random_boxes(150, 3, spread=5)

@@ -41,7 +41,7 @@ def test_cuda_forward_backward_equal_cpu_float64():
     outs = []
     for device in ["cpu", "cuda"]:
         net = _net("ext").double().to(device)
-        f = x.features.to(device).requires_grad_(True)
+        f = x.features.detach().to(device, copy=True).requires_grad_(True)  # a leaf on each device
         y = net(SparseTensor(f, x.indices.to(device), x.spatial_shape, x.batch_size))
         (y.features * torch.linspace(-1, 1, y.features.numel(), dtype=torch.float64, device=device).view_as(y.features)).sum().backward()
         outs.append([y.features.detach().cpu(), f.grad.cpu()] + [p.grad.cpu() for p in net.parameters()])

@@ -81,6 +81,10 @@ def boxes_iou_rotated(a: torch.Tensor, b: torch.Tensor, mode: str = "bev") -> to
     ra, rb = 0.5 * a[:, 3:5].norm(dim=1), 0.5 * b[:, 3:5].norm(dim=1)  # (N,), (M,)
     reach = (ra[:, None] + rb[None, :]) * (1 + 1e-9) + 1e-12  # (N, M)
     near = (a[:, None, 0:2] - b[None, :, 0:2]).square().sum(-1) <= reach.square()  # (N, M)
+    # a box with no BEV area overlaps nothing: its edges have no direction, so clipping by them
+    # would keep all of the other box (and the union's rounding would then decide the IoU)
+    has_area_a, has_area_b = (a[:, 3] > 0) & (a[:, 4] > 0), (b[:, 3] > 0) & (b[:, 4] > 0)  # (N,), (M,)
+    near &= has_area_a[:, None] & has_area_b[None, :]
     ii, jj = near.nonzero(as_tuple=True)
     for p0 in range(0, ii.shape[0], _CHUNK):
         i, j = ii[p0 : p0 + _CHUNK], jj[p0 : p0 + _CHUNK]

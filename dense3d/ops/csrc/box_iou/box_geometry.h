@@ -91,6 +91,9 @@ D3_HD double box_iou(const T* a, const T* b, const Pt* ca, const Pt* cb, int mod
   const double rb = 0.5 * sqrt(double(b[3]) * b[3] + double(b[4]) * b[4]);
   const double reach = (ra + rb) * (1.0 + 1e-9) + 1e-12;
   if (dx * dx + dy * dy > reach * reach) return 0.0;
+  // a box with no BEV area overlaps nothing: its edges have no direction, so clipping by them
+  // would keep all of the other box (and the union's rounding would then decide the IoU)
+  if (!(a[3] > 0 && a[4] > 0 && b[3] > 0 && b[4] > 0)) return 0.0;
   double inter = bev_intersection(ca, cb);
   double area_a, area_b;
   if (mode == 0) {

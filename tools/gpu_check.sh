@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, in one run: build dense3d._C with CUDA in place (for the GPU that is
+# here), run the tests marked `cuda`, then the GPU benchmarks. Logs and JSON go to $OUT.
+#
+#     OUT=gpu_out PY=python3 bash tools/gpu_check.sh
+#
+# Needs torch with CUDA, nvcc, numpy, pytest and shapely (the box IoU tests); the real nuScenes
+# sample (../shared/samples or $DENSE3D_SAMPLES) for the sweep benchmarks. CI has no GPU and does
+# not run this; docs/ops.md records what it printed on a GPU.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_check_out}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+status=0
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
+
+echo "== build dense3d._C with CUDA (in place)"
+start=$(date +%s)
+if ! FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} "$PY" setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
+    tail -40 "$OUT/build.log"
+    echo "build failed"
+    exit 1
+fi
+echo "built in $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"
+"$PY" -c "from dense3d.ops import backend_info; print(backend_info())" | tee -a "$OUT/gpu.txt"
+
+echo "== tests marked cuda"
+"$PY" -m pytest -m cuda tests/ops tests/models/test_cuda_models.py -p no:cacheprovider -q 2>&1 | tee "$OUT/cuda_tests.log" || status=1
+
+echo "== benchmarks"
+BM_REPEATS=${BM_REPEATS:-5} "$PY" benchmarks/bm_geometry.py 2>&1 | tee "$OUT/bm_geometry.log" || status=1
+cp benchmarks/bm_geometry.json "$OUT/bm_geometry.json" 2>/dev/null
+"$PY" benchmarks/bm_sparse_conv.py --device cuda --out "$OUT/bm_sparse_conv_cuda.json" 2>&1 | tee "$OUT/bm_sparse_conv_cuda.log" || status=1
+exit $status
