@@ -2,11 +2,12 @@
 # The checks that need a GPU, in one run: build dense3d._C with CUDA in place (for the GPU that is
 # here), run the tests marked `cuda`, then the GPU benchmarks. Logs and JSON go to $OUT.
 #
-#     OUT=gpu_out PY=python3 bash tools/gpu_check.sh
+#     OUT=gpu_out PY=python3 bash tools/gpu_check.sh        # BENCH=0: tests only
 #
-# Needs torch with CUDA, nvcc, numpy, pytest and shapely (the box IoU tests); the real nuScenes
-# sample (../shared/samples or $DENSE3D_SAMPLES) for the sweep benchmarks. CI has no GPU and does
-# not run this; docs/ops.md records what it printed on a GPU.
+# Needs torch with CUDA, nvcc, numpy, pytest, shapely (the box IoU tests), transformers (the
+# captioner tests), lightning, hydra-core and omegaconf (the training test); the real nuScenes
+# sample (../shared/samples or $DENSE3D_SAMPLES). CI has no GPU and does not run this;
+# docs/ops.md records what it printed on a GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_check_out}
@@ -29,8 +30,9 @@ echo "built in $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"
 "$PY" -c "from dense3d.ops import backend_info; print(backend_info())" | tee -a "$OUT/gpu.txt"
 
 echo "== tests marked cuda"
-"$PY" -m pytest -m cuda tests/ops tests/models/test_cuda_models.py -p no:cacheprovider -q 2>&1 | tee "$OUT/cuda_tests.log" || status=1
+"$PY" -m pytest -m cuda tests/ops tests/models/test_cuda_models.py tests/engine/test_gpu_training.py -p no:cacheprovider -q --durations=8 2>&1 | tee "$OUT/cuda_tests.log" || status=1
 
+[ "${BENCH:-1}" = 0 ] && exit $status
 echo "== benchmarks"
 BM_REPEATS=${BM_REPEATS:-5} "$PY" benchmarks/bm_geometry.py 2>&1 | tee "$OUT/bm_geometry.log" || status=1
 cp benchmarks/bm_geometry.json "$OUT/bm_geometry.json" 2>/dev/null

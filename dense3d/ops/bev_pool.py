@@ -49,7 +49,7 @@ def bev_pool(
     """Sum point features into a bird's-eye-view grid.
 
     Args:
-        features: (N, C) float32/float64 point features.
+        features: (N, C) float point features (float16 / bfloat16 are pooled in float32).
         coords: (N, 3) integer ``(b, y, x)`` cell of each point; points outside
             ``[0, B) x [0, H) x [0, W)`` are dropped.
         batch_size: B.
@@ -57,7 +57,7 @@ def bev_pool(
         backend: ``"auto" | "ext" | "torch"`` (see ``dense3d.ops._backend``).
 
     Returns:
-        (B, C, H, W) sums (zeros in empty cells).
+        (B, C, H, W) sums (zeros in empty cells), float32 for 16-bit features.
     """
     src = "bev_pool"
     if features.dim() != 2 or not features.is_floating_point():
@@ -67,6 +67,10 @@ def bev_pool(
     H, W = int(grid_size[0]), int(grid_size[1])
     num_cells = int(batch_size) * H * W
     coords = coords.long().contiguous()
+    if features.dtype in (torch.float16, torch.bfloat16):
+        # sums of many points in 16 bits lose precision (autocast runs sums in float32 for the
+        # same reason): pool in float32 and return float32
+        features = features.float()
     if resolve_backend(backend, "bev_pool_forward", features) == "ext" and features.dtype in (torch.float32, torch.float64):
         out = _BevPoolExt.apply(features, coords, int(batch_size), H, W)
     else:

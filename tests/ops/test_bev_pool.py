@@ -61,6 +61,17 @@ def test_empty_and_bad_input():
         bev_pool(torch.zeros(3, 4, dtype=torch.long), torch.zeros(3, 3, dtype=torch.long), 1, (2, 2))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_features_are_pooled_in_float32(dtype):
+    feats, coords, b, hw = _inputs(n=2000, c=16)
+    low = feats.to(dtype).requires_grad_(True)
+    out = bev_pool(low, coords, b, hw)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, bev_pool(low.detach().float(), coords, b, hw, backend="torch"))
+    out.sum().backward()
+    assert low.grad.dtype == dtype
+
+
 @pytest.mark.cuda
 def test_cuda_equals_cpu():
     feats, coords, b, hw = _inputs(n=2000, c=16)

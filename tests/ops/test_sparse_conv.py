@@ -246,3 +246,19 @@ def test_cpu_half_precision_uses_the_reference_or_says_why():
     layer.backend = "ext"
     with pytest.raises(SparseTensorError, match="float32 or float64"):
         layer(x.replace_feature(x.features.to(torch.bfloat16)))
+
+
+def test_cpu_autocast_runs_in_the_weights_dtype():
+    """Under CPU autocast a bfloat16 input (an autocast Linear's output) is computed in float32:
+    our CPU kernels are float32 / float64 only. Outside autocast the mismatch is an error."""
+    x = random_sparse(40, (5, 5, 5), 1, 3, dtype=torch.float32)
+    layer = SubMConv3d(3, 4, 3)
+    ref = layer(x).features
+    xb = x.replace_feature(x.features.to(torch.bfloat16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(xb)
+    assert y.features.dtype == torch.float32
+    torch.testing.assert_close(y.features, layer(x.replace_feature(xb.features.float())).features)
+    torch.testing.assert_close(y.features, ref, rtol=5e-2, atol=5e-2)
+    with pytest.raises(SparseTensorError, match="like the weights"):
+        layer(xb)

@@ -66,3 +66,19 @@ def test_cuda_empty_input():
     y = _net("ext").cuda()(x)
     assert y.features.shape == (0, 4)
     y.features.sum().backward()
+
+
+def test_cuda_autocast_computes_in_the_autocast_dtype():
+    """Under autocast (Lightning's bf16-mixed) float32 weights and float32 or bfloat16 inputs are
+    computed in bfloat16, like torch's convolutions; the weights' gradients stay float32."""
+    x = random_sparse(2000, (16, 24, 24), 2, 3, dtype=torch.float32, device="cuda")
+    net = _net("ext").cuda()
+    ref = net(x).features
+    for feats in (x.features, x.features.to(torch.bfloat16)):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = net(x.replace_feature(feats))
+        assert y.features.dtype == torch.bfloat16
+        torch.testing.assert_close(y.features.float(), ref, rtol=5e-2, atol=5e-2)
+    net.zero_grad()
+    y.features.float().sum().backward()
+    assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in net.parameters())

@@ -382,15 +382,16 @@ def context_from_bev(bev: torch.Tensor, x_range: tuple[float, float], y_range: t
     pooled = F.avg_pool2d(bev, cell)  # (B, C, H', W')
     Hp, Wp = pooled.shape[-2:]
     feats = pooled.flatten(2).transpose(1, 2)  # (B, C, H'*W') -> (B, Q, C)
-    ys = y_range[0] + (torch.arange(Hp, device=bev.device, dtype=bev.dtype) + 0.5) * (y_range[1] - y_range[0]) / Hp
-    xs = x_range[0] + (torch.arange(Wp, device=bev.device, dtype=bev.dtype) + 0.5) * (x_range[1] - x_range[0]) / Wp
+    dtype = torch.promote_types(bev.dtype, torch.float32)  # positions in metres: not in 16 bits under autocast
+    ys = y_range[0] + (torch.arange(Hp, device=bev.device, dtype=dtype) + 0.5) * (y_range[1] - y_range[0]) / Hp
+    xs = x_range[0] + (torch.arange(Wp, device=bev.device, dtype=dtype) + 0.5) * (x_range[1] - x_range[0]) / Wp
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")  # (H', W') each
     pos = torch.stack([gx, gy, torch.full_like(gx, z)], -1).reshape(1, Hp * Wp, 3).expand(B, -1, -1)  # (B, Q, 3)
     mask = torch.ones(B, Hp * Wp, dtype=torch.bool, device=bev.device)
     if boxes is not None:
         for b, bx in enumerate(boxes):
             if bx is not None and len(bx) > 0:
-                flat = bx.tensor.clone()
+                flat = bx.tensor.to(device=bev.device, dtype=dtype, copy=True)  # GT boxes stay on the CPU
                 flat[:, 2], flat[:, 5] = z, flat[:, 5].clamp(min=1e-3) + 1e6  # ignore height
                 mask[b] = ~Boxes3D(flat).points_in_boxes(pos[b]).any(1)
     return SceneContext(feats, pos.contiguous(), mask, "space")

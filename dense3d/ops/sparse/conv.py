@@ -140,10 +140,18 @@ class SparseConvNd(SparseModule):
         f = x.features
         if f.shape[1] != self.in_channels:
             raise SparseTensorError(name, "input.features", f"{self.in_channels} channels", got=f.shape[1])
-        if f.dtype != self.weight.dtype:
-            raise SparseTensorError(name, "input.features", f"dtype {self.weight.dtype} like the weights", got=f.dtype)
+        weight, bias = self.weight, self.bias
+        if torch.is_autocast_enabled(f.device.type):
+            # Like torch's convolutions under autocast: on a GPU in the autocast dtype (our CUDA
+            # kernels take float16 / bfloat16); our CPU kernels are float32 / float64 only, so on
+            # the CPU in the weights' dtype.
+            dtype = torch.get_autocast_dtype("cuda") if f.is_cuda else weight.dtype
+            f, weight = f.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+        if f.dtype != weight.dtype:
+            raise SparseTensorError(name, "input.features", f"dtype {weight.dtype} like the weights", got=f.dtype)
         kmap = self._kernel_map(x)
-        out = sparse_conv(f, self.weight, self.bias, kmap, self.backend)
+        out = sparse_conv(f, weight, bias, kmap, self.backend)
         return SparseTensor(out, kmap.out_indices, list(kmap.out_shape), x.batch_size, x.indice_dict, validate=False)
 
 

@@ -230,6 +230,8 @@ class CenterHead(nn.Module):
         per_group = []
         offset = 0
         for logits, regmap in zip(predictions.heatmaps, predictions.regression):
+            # boxes in metres and their scores in float32, also under 16-bit autocast (NMS needs it)
+            logits, regmap = logits.float(), regmap.float()
             n = logits.shape[1]
             heat = logits.sigmoid()
             peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)
