@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast cuda-check bench clean
+.PHONY: setup demo test test-fast cuda-check gpu-check bench clean
 setup:
 	@bash tools/setup_env.sh
 
@@ -20,6 +20,11 @@ test-fast: setup
 # Compiles every .cu file with nvcc (compile only), so CUDA code never rots unseen.
 cuda-check: setup
 	$(PY) tools/check_cuda_compile.py
+
+# On a GPU machine: builds dense3d._C with CUDA in place, runs the tests marked cuda and the GPU
+# benchmarks (logs and JSON in gpu_check_out/; docs/ops.md "On a GPU").
+gpu-check: setup
+	PY=$(PY) bash tools/gpu_check.sh
 
 clean:
 	rm -rf build dense3d/_C*.so outputs
