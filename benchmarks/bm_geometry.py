@@ -9,7 +9,8 @@ Cases (CPU; and CUDA too when a GPU is present):
 
 Each case runs both backends, checks they agree, keeps the best of ``BM_REPEATS`` (default 3)
 timings, prints a table and writes ``bm_geometry.json`` beside this file.
-Run: ``.venv/bin/python benchmarks/bm_geometry.py`` (``BM_THREADS=1`` pins torch and OpenMP to one
+Run: ``.venv/bin/python benchmarks/bm_geometry.py`` (``BM_OUT=path.json`` writes the JSON there;
+``BM_THREADS=1`` pins torch and OpenMP to one
 thread: on a machine loaded by other jobs, parallel regions of a few ms then stop waiting on
 descheduled threads, and the ratios become repeatable).
 """
@@ -102,6 +103,7 @@ def cases(device: str):
 
 
 def main() -> None:
+    out = Path(os.environ.get("BM_OUT") or Path(__file__).with_name("bm_geometry.json"))
     if not ops.ext_available():
         raise SystemExit(f"bm_geometry needs dense3d._C: {ops.backend_info()}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and ops.ext_has_cuda() else [])
@@ -117,7 +119,8 @@ def main() -> None:
         print(f"{r['device']:6} {r['case']:34} {r['ext_ms']:10.2f} {r['torch_ms']:10.2f} {r['ratio_ext_over_torch']:10.4f} {r['agree']}")
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": REPEATS,
             "gpu": torch.cuda.get_device_name() if "cuda" in devices else None}
-    atomic_write_json(Path(__file__).with_name("bm_geometry.json"), {"meta": meta, "rows": rows})
+    atomic_write_json(out, {"meta": meta, "rows": rows})
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

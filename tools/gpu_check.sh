@@ -28,13 +28,23 @@ if ! FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} "$PY" setup.py build_ext --inplace >"
 fi
 echo "built in $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"
 "$PY" -c "from dense3d.ops import backend_info; print(backend_info())" | tee -a "$OUT/gpu.txt"
+# without these the cuda tests would skip and the run would pass having tested nothing
+if ! "$PY" -c "
+import sys, torch
+from dense3d.ops import ext_has_cuda
+from dense3d.utils.env import samples_dir
+sys.exit(0 if torch.cuda.is_available() and ext_has_cuda() and samples_dir() is not None else 1)"; then
+    echo "gpu_check: needs a visible GPU, dense3d._C with CUDA kernels and the real samples (../shared/samples or DENSE3D_SAMPLES)"
+    exit 1
+fi
 
 echo "== tests marked cuda"
 "$PY" -m pytest -m cuda tests/ops tests/models/test_cuda_models.py tests/engine/test_gpu_training.py -p no:cacheprovider -q --durations=8 2>&1 | tee "$OUT/cuda_tests.log" || status=1
 
-[ "${BENCH:-1}" = 0 ] && exit $status
+if [ "${BENCH:-1}" = 0 ]; then
+    exit $status
+fi
 echo "== benchmarks"
-BM_REPEATS=${BM_REPEATS:-5} "$PY" benchmarks/bm_geometry.py 2>&1 | tee "$OUT/bm_geometry.log" || status=1
-cp benchmarks/bm_geometry.json "$OUT/bm_geometry.json" 2>/dev/null
+BM_REPEATS=${BM_REPEATS:-5} BM_OUT="$OUT/bm_geometry.json" "$PY" benchmarks/bm_geometry.py 2>&1 | tee "$OUT/bm_geometry.log" || status=1
 "$PY" benchmarks/bm_sparse_conv.py --device cuda --out "$OUT/bm_sparse_conv_cuda.json" 2>&1 | tee "$OUT/bm_sparse_conv_cuda.log" || status=1
 exit $status

@@ -74,6 +74,9 @@ def init_weights(model, run: str | Path, parts: list[str], skip: list[str] = ())
     if unused:
         raise ConfigError("configs/train.yaml", "init_skip", "sub-modules inside init_parts", got=unused)
     wanted = {k: v for k, v in wanted.items() if not under(k, skip)}
+    emptied = [p for p in parts if not any(under(k, [p]) for k in wanted)]
+    if emptied:
+        raise ConfigError("configs/train.yaml", "init_skip", f"sub-modules inside init_parts, not all of {emptied}", got=skip)
     loaded = {}
     for k, v in wanted.items():
         src = state.get("model." + k)
@@ -92,6 +95,9 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.
     for key in ("data", "model", "trainer"):
         if cfg.get(key) is None:
             raise ConfigError("configs/train.yaml", key, f"a '{key}' config (e.g. experiment=demo)")
+    for key in ("init_parts", "init_skip"):  # without init_from they would be ignored
+        if cfg.get(key) and not cfg.get("init_from"):
+            raise ConfigError("configs/train.yaml", key, "init_from=outputs/<run> to load them from", got=list(cfg[key]))
     pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)

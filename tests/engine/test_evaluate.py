@@ -110,6 +110,8 @@ def test_init_from_loads_the_named_parts_only(indoor_run):
             assert torch.equal(v, trained[k]), k
     with pytest.raises(ConfigError, match="init_skip"):
         init_weights(other, run, ["box_detector"], skip=["box_detector.no_such_part"])
+    with pytest.raises(ConfigError, match="not all of"):  # a skip that leaves a part nothing to load
+        init_weights(other, run, ["box_detector.box_head", "box_detector.lidar_encoder"], skip=["box_detector.box_head"])
 
 
 def test_frozen_parts_stay_in_eval_mode():

@@ -73,6 +73,15 @@ def test_train_reports_bad_overrides_in_one_line(override, names, capsys):
     assert err.startswith("dense3d train: ConfigError: configs/train.yaml") and names in err and len(err.splitlines()) == 1, err
 
 
+@pytest.mark.parametrize("key", ["init_parts", "init_skip"])
+def test_init_parts_without_init_from_is_an_error(key, capsys):
+    """Without init_from there is nothing to load the parts from: an error, not a silent no-op."""
+    assert main(["train", "experiment=demo", f"{key}=[box_detector]"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dense3d train: ConfigError: configs/train.yaml: field '{key}'") and "init_from" in err, err
+    assert len(err.splitlines()) == 1
+
+
 def test_quoted_override_with_braces_composes():
     from dense3d.engine.train import compose_config
 

@@ -110,7 +110,8 @@ def test_box_without_bev_area_overlaps_nothing(backend):
     the union was 0 up to rounding, and a rounding of +1 ulp gave an IoU of about 1e16 (seen on
     the GPU; on the CPU these seeded boxes hit it too)."""
     a = random_boxes(300, 9, spread=0.1)
-    empty = torch.tensor([[0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1, 0.3], [0, 0, 0, 2, 0, 1, 0.3], [0, 0, 0, 0, 2, 1, 1.0]], dtype=torch.float64)
+    empty = torch.tensor([[0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1, 0.3], [0, 0, 0, 2, 0, 1, 0.3], [0, 0, 0, 0, 2, 1, 1.0],
+                          [0, 0, 0, 5e-324, 5e-324, 1, 0.2]], dtype=torch.float64)  # the last: its area underflows to 0
     for fn in (boxes_iou_bev, boxes_iou_3d):
         assert (fn(a, empty, backend=backend) == 0).all() and (fn(empty, a, backend=backend) == 0).all(), fn.__name__
 

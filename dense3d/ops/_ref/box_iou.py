@@ -83,7 +83,7 @@ def boxes_iou_rotated(a: torch.Tensor, b: torch.Tensor, mode: str = "bev") -> to
     near = (a[:, None, 0:2] - b[None, :, 0:2]).square().sum(-1) <= reach.square()  # (N, M)
     # a box with no BEV area overlaps nothing: its edges have no direction, so clipping by them
     # would keep all of the other box (and the union's rounding would then decide the IoU)
-    has_area_a, has_area_b = (a[:, 3] > 0) & (a[:, 4] > 0), (b[:, 3] > 0) & (b[:, 4] > 0)  # (N,), (M,)
+    has_area_a, has_area_b = a[:, 3] * a[:, 4] > 0, b[:, 3] * b[:, 4] > 0  # (N,), (M,); an underflowing product is no area
     near &= has_area_a[:, None] & has_area_b[None, :]
     ii, jj = near.nonzero(as_tuple=True)
     for p0 in range(0, ii.shape[0], _CHUNK):

@@ -141,10 +141,10 @@ class SparseConvNd(SparseModule):
         if f.shape[1] != self.in_channels:
             raise SparseTensorError(name, "input.features", f"{self.in_channels} channels", got=f.shape[1])
         weight, bias = self.weight, self.bias
-        if torch.is_autocast_enabled(f.device.type):
+        if torch.is_autocast_enabled(f.device.type) and torch.float64 not in (f.dtype, weight.dtype):
             # Like torch's convolutions under autocast: on a GPU in the autocast dtype (our CUDA
             # kernels take float16 / bfloat16); our CPU kernels are float32 / float64 only, so on
-            # the CPU in the weights' dtype.
+            # the CPU in the weights' dtype. float64 is left alone, as autocast leaves it.
             dtype = torch.get_autocast_dtype("cuda") if f.is_cuda else weight.dtype
             f, weight = f.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)

@@ -66,7 +66,7 @@ class VideoEncoder(nn.Module):
             if self.normalize:
                 frames = (frames - self.mean) / self.std
             pooled = self.backbone(frames)[-1].mean(dim=(2, 3))  # (n, C, h, w) -> (n, C)
-            out[mask] = self.proj(pooled)
+            out[mask] = self.proj(pooled).to(out.dtype)  # bfloat16 under autocast
         return out
 
     def forward(self, batch, times: torch.Tensor | None = None, times_mask: torch.Tensor | None = None) -> TemporalFeatures:

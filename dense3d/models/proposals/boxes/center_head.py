@@ -230,8 +230,9 @@ class CenterHead(nn.Module):
         per_group = []
         offset = 0
         for logits, regmap in zip(predictions.heatmaps, predictions.regression):
-            # boxes in metres and their scores in float32, also under 16-bit autocast (NMS needs it)
-            logits, regmap = logits.float(), regmap.float()
+            # boxes in metres and their scores in float32 (or float64), also under 16-bit autocast (NMS needs it)
+            dtype = torch.promote_types(logits.dtype, torch.float32)
+            logits, regmap = logits.to(dtype), regmap.to(dtype)
             n = logits.shape[1]
             heat = logits.sigmoid()
             peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)

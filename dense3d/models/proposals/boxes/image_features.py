@@ -102,10 +102,11 @@ class ImageRegionEncoder(nn.Module):
         # RoIs (B*V*R, 5): [image index b*V + v, x0, y0, x1, y1] in image pixels
         index = torch.arange(B * V, device=boxes.device, dtype=rects.dtype).view(B, V, 1, 1).expand(B, V, R, 1)
         rois = torch.cat([index, rects], -1).view(-1, 5)
-        pooled = roi_align(feats, rois.to(feats.dtype), (self.roi_size, self.roi_size), spatial_scale=1.0 / self.stride,
+        dtype = torch.promote_types(feats.dtype, torch.float32)  # pixel coordinates: not in 16 bits under autocast
+        pooled = roi_align(feats.to(dtype), rois.to(dtype), (self.roi_size, self.roi_size), spatial_scale=1.0 / self.stride,
                            sampling_ratio=2, aligned=True)  # (B*V*R, C, S, S)
         if self.pixels:
-            rgb = roi_align(images, rois.to(images.dtype), (self.roi_size, self.roi_size), spatial_scale=1.0,
+            rgb = roi_align(images.to(dtype), rois.to(dtype), (self.roi_size, self.roi_size), spatial_scale=1.0,
                             sampling_ratio=2, aligned=True)  # (B*V*R, 3, S, S)
             pooled = torch.cat([pooled, rgb], 1)  # (B*V*R, C+3, S, S)
         pooled = pooled.view(B, V, R, -1)  # (B*V*R, C', S, S) -> (B, V, R, C'*S*S)

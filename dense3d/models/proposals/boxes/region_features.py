@@ -56,25 +56,26 @@ class BEVRegionSampler(nn.Module):
         B, R = boxes.shape[:2]
         P = self.grid_points**2
         x_min, y_min, _, x_max, y_max, _ = self.point_range
-        pts = self.sample_points(boxes.to(bev.dtype))
+        dtype = torch.promote_types(bev.dtype, torch.float32)  # metres and scores: not in 16 bits under autocast
+        pts = self.sample_points(boxes.to(dtype))
         # metres -> [-1, 1] over the map's extent (align_corners=False: -1 is the outer edge)
         gx = (pts[..., 0] - x_min) / (x_max - x_min) * 2 - 1
         gy = (pts[..., 1] - y_min) / (y_max - y_min) * 2 - 1
         grid = torch.stack([gx, gy], dim=-1).view(B, R * P, 1, 2)  # (B, R, P, 2) -> (B, R * P, 1, 2)
-        sampled = F.grid_sample(bev, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # (B, C, R * P, 1)
+        sampled = F.grid_sample(bev.to(dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # (B, C, R * P, 1)
         # (B, C, R * P, 1) -> (B, R * P, C) -> (B, R, P, C)
         sampled = sampled.squeeze(-1).transpose(1, 2).reshape(B, R, P, -1)
         tokens = self.token_proj(sampled)  # (B, R, P, D)
         pooled = torch.cat([tokens.mean(dim=2), tokens.amax(dim=2)], dim=-1)  # (B, R, 2D)
-        geometry = boxes[..., :7].to(bev.dtype)
+        geometry = boxes[..., :7].to(dtype)
         features = self.pool_mlp(pooled) + self.geometry_mlp(box_geometry_encoding(geometry))
-        m = mask.to(bev.dtype)
+        m = mask.to(dtype)
         extra = {"velocity": boxes[..., 7:9] * m[..., None]} if boxes.shape[-1] >= 9 else {}
         return RegionFeatures(
             kind="box",
             features=features * m[..., None],
             geometry=geometry * m[..., None],
-            scores=scores.to(bev.dtype) * m,
+            scores=scores.to(dtype) * m,
             labels=torch.where(mask, labels.long(), torch.full_like(labels.long(), -1)),
             mask=mask.bool(),
             tokens=tokens * m[..., None, None],

@@ -241,18 +241,19 @@ class EventHead(nn.Module):
         # covers [k dt, (k + 1) dt), grid_sample with align_corners=False)
         T = memory.shape[1]
         dt = (times[:, 1] - times[:, 0]) if T > 1 else durations.to(times.dtype)  # (B,)
-        u = (torch.arange(self.span_tokens, device=memory.device, dtype=memory.dtype) + 0.5) / self.span_tokens
-        pos = (t01[..., :1] + (t01[..., 1:] - t01[..., :1]) * u) * durations.to(memory.dtype).view(B, 1, 1)  # (B, R, P) seconds
-        x = pos / (T * dt.to(memory.dtype)).view(B, 1, 1) * 2 - 1
+        dtype = torch.promote_types(memory.dtype, torch.float32)  # seconds: not in 16 bits under autocast
+        u = (torch.arange(self.span_tokens, device=memory.device, dtype=dtype) + 0.5) / self.span_tokens
+        pos = (t01[..., :1].to(dtype) + (t01[..., 1:] - t01[..., :1]).to(dtype) * u) * durations.to(dtype).view(B, 1, 1)  # (B, R, P) seconds
+        x = pos / (T * dt.to(dtype)).view(B, 1, 1) * 2 - 1
         grid = torch.stack([x, torch.zeros_like(x)], dim=-1).view(B, R * self.span_tokens, 1, 2)
-        seq = memory.transpose(1, 2)[:, :, None]  # (B, T, D) -> (B, D, 1, T)
+        seq = memory.to(dtype).transpose(1, 2)[:, :, None]  # (B, T, D) -> (B, D, 1, T)
         tokens = F.grid_sample(seq, grid, mode="bilinear", align_corners=False)  # (B, D, R * P, 1)
         tokens = tokens.squeeze(-1).transpose(1, 2).reshape(B, R, self.span_tokens, -1)  # -> (B, R, P, D)
-        m = mask.to(memory.dtype)
+        m = mask.to(dtype)
         return RegionFeatures(
             kind="event",
             features=feats * m[..., None],
-            geometry=t01 * durations.to(memory.dtype).view(B, 1, 1) * m[..., None],
+            geometry=t01.to(dtype) * durations.to(dtype).view(B, 1, 1) * m[..., None],
             scores=scores * m,
             labels=torch.where(mask, labels, torch.full_like(labels, -1)),
             mask=mask,

@@ -93,7 +93,7 @@ D3_HD double box_iou(const T* a, const T* b, const Pt* ca, const Pt* cb, int mod
   if (dx * dx + dy * dy > reach * reach) return 0.0;
   // a box with no BEV area overlaps nothing: its edges have no direction, so clipping by them
   // would keep all of the other box (and the union's rounding would then decide the IoU)
-  if (!(a[3] > 0 && a[4] > 0 && b[3] > 0 && b[4] > 0)) return 0.0;
+  if (!(double(a[3]) * double(a[4]) > 0 && double(b[3]) * double(b[4]) > 0)) return 0.0;
   double inter = bev_intersection(ca, cb);
   double area_a, area_b;
   if (mode == 0) {
