@@ -27,4 +27,4 @@ gpu-check: setup
 	PY=$(PY) bash tools/gpu_check.sh
 
 clean:
-	rm -rf build dense3d/_C*.so outputs
+	rm -rf build dense3d/_C*.so outputs .venv/.stamps/extension

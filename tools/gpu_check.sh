@@ -19,6 +19,15 @@ status=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 
+# without a GPU or the samples the cuda tests would skip and the run would pass having tested nothing
+if ! "$PY" -c "
+import sys, torch
+from dense3d.utils.env import samples_dir
+sys.exit(0 if torch.cuda.is_available() and samples_dir() is not None else 1)"; then
+    echo "gpu_check: needs a visible GPU and the real samples (../shared/samples or DENSE3D_SAMPLES)"
+    exit 1
+fi
+
 echo "== build dense3d._C with CUDA (in place)"
 start=$(date +%s)
 if ! FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} "$PY" setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
@@ -28,13 +37,8 @@ if ! FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} "$PY" setup.py build_ext --inplace >"
 fi
 echo "built in $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"
 "$PY" -c "from dense3d.ops import backend_info; print(backend_info())" | tee -a "$OUT/gpu.txt"
-# without these the cuda tests would skip and the run would pass having tested nothing
-if ! "$PY" -c "
-import sys, torch
-from dense3d.ops import ext_has_cuda
-from dense3d.utils.env import samples_dir
-sys.exit(0 if torch.cuda.is_available() and ext_has_cuda() and samples_dir() is not None else 1)"; then
-    echo "gpu_check: needs a visible GPU, dense3d._C with CUDA kernels and the real samples (../shared/samples or DENSE3D_SAMPLES)"
+if ! "$PY" -c "from dense3d.ops import ext_has_cuda; import sys; sys.exit(0 if ext_has_cuda() else 1)"; then
+    echo "gpu_check: dense3d._C was built without CUDA kernels (see $OUT/build.log)"
     exit 1
 fi
 

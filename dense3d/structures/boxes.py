@@ -184,8 +184,9 @@ class Boxes3D:
         signs = torch.tensor(BOX_CORNER_SIGNS, dtype=self.tensor.dtype, device=self.device)  # (8, 3)
         local = 0.5 * signs[None] * self.dims[:, None, :]  # (N, 8, 3)
         rot = _rotz(self.yaw)  # (N, 3, 3)
-        # (N, 8, 3) @ (N, 3, 3)^T -> (N, 8, 3)
-        return local @ rot.transpose(1, 2) + self.center[:, None, :]
+        # (N, 8, 3) @ (N, 3, 3)^T -> (N, 8, 3); in the boxes' dtype also under autocast (metres)
+        with torch.autocast(self.tensor.device.type, enabled=False):
+            return local @ rot.transpose(1, 2) + self.center[:, None, :]
 
     def bev_corners(self) -> torch.Tensor:
         """(N, 4, 2) corners of the box seen from above (x, y), counter-clockwise: 0, 1, 2, 3."""

@@ -95,6 +95,8 @@ def test_init_from_loads_the_named_parts_only(indoor_run):
             assert torch.equal(v, before[k]), k
     with pytest.raises(ConfigError, match="init_parts"):
         init_weights(fresh, run, ["no_such_part"])
+    with pytest.raises(ConfigError, match="init_parts.*no_such_part"):  # a typo beside a real part
+        init_weights(fresh, run, ["box_detector", "no_such_part"])
     other = instantiate(compose_config(["experiment=perception_indoor", f"paths.synthetic_dir={root}",
                                         "model.box_detector.box_head.head_channels=32"]).model)
     with pytest.raises(CheckpointError, match="same shape"):

@@ -44,7 +44,7 @@ def test_event_detector_under_autocast_runs_and_keeps_spans_in_float32():
     torch.testing.assert_close(r.geometry, ref.geometry, rtol=0.05, atol=0.05)
 
 
-def test_bev_context_positions_stay_float32_and_mask_cpu_boxes():
+def test_bev_context_positions_stay_float32_and_mask_the_boxes():
     bev = torch.randn(1, 8, 16, 16).to(torch.bfloat16)  # 16 cells of 6.4 m: centres -48, -41.6, ...
     box = Boxes3D(torch.tensor([[9.6, 3.2, 0.0, 4.0, 4.0, 1.0, 0.0]]))  # around the centre (9.6, 3.2) only
     ctx = context_from_bev(bev, (-51.2, 51.2), (-51.2, 51.2), 1, boxes=[box])
@@ -52,3 +52,20 @@ def test_bev_context_positions_stay_float32_and_mask_cpu_boxes():
     assert ctx.positions[0, 1, 0] == torch.tensor(-41.6)  # bfloat16 would give -41.5
     inside = (ctx.positions[0, :, :2] - torch.tensor([9.6, 3.2])).abs().amax(-1) < 2.0  # (Q,)
     assert int(inside.sum()) == 1 and not ctx.mask[0, inside].any() and ctx.mask[0, ~inside].all()
+
+
+def test_box_projections_into_the_cameras_stay_float32(samples):
+    """The RoIs of the image-region encoder: a 16-bit product would move them by 2-4 pixels."""
+    from dense3d.models.proposals.boxes.image_features import project_boxes
+
+    s = nuscenes_sample(samples)
+    batch = collate([s])
+    boxes = s.boxes.boxes.tensor[None, :, :7].float()
+    H, W = batch.images.shape[-2:]
+    ref, ref_area = project_boxes(boxes, batch.lidar2img, (H, W))
+    with torch.autocast(**BF16):
+        rects, area = project_boxes(boxes, batch.lidar2img, (H, W))
+    assert rects.dtype == torch.float32 and torch.equal(rects, ref) and torch.equal(area, ref_area)
+    corners = s.boxes.boxes.corners()
+    with torch.autocast(**BF16):
+        assert torch.equal(s.boxes.boxes.corners(), corners)  # Boxes3D.corners too (a matrix product)

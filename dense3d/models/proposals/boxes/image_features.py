@@ -36,10 +36,12 @@ def project_boxes(boxes: torch.Tensor, lidar2img: torch.Tensor, image_size: tupl
     B, R = boxes.shape[:2]
     V = lidar2img.shape[1]
     H, W = image_size
-    corners = Boxes3D._wrap(boxes.reshape(B * R, -1)[:, :7].float()).corners().view(B, 1, R * 8, 3)
-    homo = torch.cat([corners, torch.ones_like(corners[..., :1])], -1)  # (B, 1, R*8, 4)
-    # (B, 1, R*8, 4) @ (B, V, 4, 4)^T -> (B, V, R*8, 4) -> (B, V, R, 8, 4)
-    cam = (homo @ lidar2img.float().transpose(-1, -2)).view(B, V, R, 8, 4)
+    # float32 also under autocast, whose 16-bit products (corners, projection) would move pixels by 2-4 px
+    with torch.autocast(boxes.device.type, enabled=False):
+        corners = Boxes3D._wrap(boxes.reshape(B * R, -1)[:, :7].float()).corners().view(B, 1, R * 8, 3)
+        homo = torch.cat([corners, torch.ones_like(corners[..., :1])], -1)  # (B, 1, R*8, 4)
+        # (B, 1, R*8, 4) @ (B, V, 4, 4)^T -> (B, V, R*8, 4) -> (B, V, R, 8, 4)
+        cam = (homo @ lidar2img.float().transpose(-1, -2)).view(B, V, R, 8, 4)
     depth = cam[..., 2]
     uv = cam[..., :2] / depth.clamp(min=min_depth)[..., None]  # (B, V, R, 8, 2)
     in_front = (depth > min_depth).all(-1)  # (B, V, R)
