@@ -35,15 +35,19 @@ def _close(cpu: torch.Tensor, gpu: torch.Tensor, name: str, tol: float = 1e-4):
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=tol, atol=tol, msg=lambda m: f"{name}: {m}")
 
 
-def test_box_detector_on_cuda_equals_cpu_and_trains(samples):
-    batch = collate([nuscenes_sample(samples)])
-    det = outdoor_detector().eval()
+def _on_cpu_then_cuda(det, batch):
+    """(CPU output, GPU output, the detector moved to the GPU, the batch there)."""
     with torch.no_grad():
         ref = det(batch)
-    det = det.cuda()
-    gbatch = batch.to("cuda")
+    det, gbatch = det.cuda(), batch.to("cuda")
     with torch.no_grad():
         out = det(gbatch)
+    return ref, out, det, gbatch
+
+
+def test_box_detector_on_cuda_equals_cpu_and_trains(samples):
+    batch = collate([nuscenes_sample(samples)])
+    ref, out, det, gbatch = _on_cpu_then_cuda(outdoor_detector().eval(), batch)
     for name in ("lidar", "camera"):
         _close(ref.sensor_maps[name], out.sensor_maps[name], name)
     _close(ref.bev, out.bev, "bev")
@@ -70,13 +74,7 @@ def test_box_detector_on_cuda_equals_cpu_and_trains(samples):
 
 def test_event_detector_on_cuda_equals_cpu_and_trains():
     batch = av_batch([(0.5, 0.4, 1.2, 0), (2.0, 1.0, 1.8, 1)])
-    det = event_detector().eval()
-    with torch.no_grad():
-        ref = det(batch)
-    det = det.cuda()
-    gbatch = batch.to("cuda")
-    with torch.no_grad():
-        out = det(gbatch)
+    ref, out, det, gbatch = _on_cpu_then_cuda(event_detector().eval(), batch)
     _close(ref.fused, out.fused, "fused audio-video features")
     _close(ref.regions.geometry, out.regions.geometry, "event spans", tol=1e-3)
     assert torch.equal(ref.regions.mask, out.regions.mask.cpu())
