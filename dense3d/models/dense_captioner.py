@@ -123,6 +123,9 @@ class DenseCaptioner(nn.Module):
                 self.point_norm = nn.LayerNorm(point_regions.out_channels)
         if captioner is not None and box_detector is not None and "box" not in captioner.class_names:
             captioner.class_names["box"] = list(box_detector.box_head.class_names)  # labels -> names in outputs
+        if captioner is not None and event_detector is not None and "event" not in captioner.class_names \
+                and event_detector.event_head.class_names is not None:
+            captioner.class_names["event"] = list(event_detector.event_head.class_names)
 
     # ------------------------------------------------------------------ helpers
     def _bev_ranges(self) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -304,6 +307,9 @@ class DenseCaptioner(nn.Module):
         and per-region extras such as an event's azimuth kept)."""
         out = []
         for r in regions:
-            names = self.box_detector.box_head.class_names if r.kind == "box" else []
+            if r.kind == "box":
+                names = self.box_detector.box_head.class_names
+            else:
+                names = self.event_detector.event_head.class_names or []
             out += [region_record(r, b, i, names, "") for i in r.mask[b].nonzero().flatten().tolist()]
         return out

@@ -101,3 +101,16 @@ def test_group_option_composes_and_instantiates(group, option, tmp_path, monkeyp
         node = OmegaConf.select(cfg, group.replace("/", "."))
         assert node is not None, f"{group}={option} did not land at {group}"
     _instantiate_all(node, group)
+
+
+@pytest.mark.parametrize("experiment", ["perception_events", "captioning_events"])
+def test_event_head_names_the_data_classes(experiment, tmp_path, monkeypatch):
+    """The av model's event head names the classes the data and the synthetic generator use, in
+    their order (labels map by name; captions and records name each event's class)."""
+    from dense3d.data.synthetic.av import EVENT_CLASSES
+
+    monkeypatch.setenv("PROJECT_ROOT", str(tmp_path))
+    cfg = _compose("train", [f"experiment={experiment}"])
+    head = cfg.model.event_detector.event_head
+    assert list(head.class_names) == list(cfg.data.train.class_names) == list(EVENT_CLASSES)
+    assert "num_classes" not in head

@@ -4,7 +4,8 @@ matched queries, and cross-entropy of the event counter. With a two-stage head's
 predictions also: per-frame cross-entropy (the class of the event a frame lies in, else
 "no event") and, on frames inside an event, L1 + (1 - tIoU) of the span the frame's distances
 to the start and end give (ActionFormer); with a quality head's ``quality`` logits, binary
-cross-entropy towards each query's best tIoU with a true event (spans detached)."""
+cross-entropy towards each query's best tIoU with a true event (spans detached). Events of
+unknown class (label -1) train "an event" of any class (:func:`event_class_nll`)."""
 from __future__ import annotations
 
 import torch
@@ -13,7 +14,23 @@ from torch import nn
 
 from dense3d.models.proposals.events.matcher import HungarianEventMatcher, span_cl_to_t0t1, temporal_iou
 
-__all__ = ["EventSetLoss"]
+__all__ = ["EventSetLoss", "event_class_nll"]
+
+
+def event_class_nll(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Class cross-entropy of events: logits (N, K+1) (the last class "no event"), targets (N,)
+    in 0..K, or -1 for an event of unknown class (data without labels, such as ActivityNet
+    Captions), whose term is -log p(any event) = -log(1 - p(no event)). With class ``weight``
+    (K+1,) it is the weighted mean, as ``F.cross_entropy``'s (unknown classes weigh 1).
+
+    Hand-written because ``F.cross_entropy`` has no "any of these classes" target; on labelled
+    targets it equals ``F.cross_entropy(logits, target, weight)`` (tested)."""
+    logp = logits.float().log_softmax(-1)  # (N, K+1)
+    known = target >= 0
+    t = target.clamp(min=0)
+    nll = torch.where(known, -logp.gather(1, t[:, None])[:, 0], -logp[:, :-1].logsumexp(-1))  # (N,)
+    w = torch.ones_like(nll) if weight is None else torch.where(known, weight.float()[t], torch.ones_like(nll))
+    return (w * nll).sum() / w.sum().clamp(min=1e-12)
 
 
 class EventSetLoss(nn.Module):
@@ -59,9 +76,9 @@ class EventSetLoss(nn.Module):
                 target = torch.stack([a.sin(), a.cos()], dim=-1)
                 az = az + (1 - (pred.azimuth[b, qi] * target).sum(-1)).sum()  # 1 - cos(error)
                 n_az += qi.numel()
-        weight = torch.ones(K1, device=pred.logits.device, dtype=pred.logits.dtype)
+        weight = torch.ones(K1, device=pred.logits.device, dtype=torch.float32)
         weight[-1] = self.no_event_weight
-        losses = {"class": F.cross_entropy(pred.logits.flatten(0, 1), target_cls.flatten(), weight=weight)}
+        losses = {"class": event_class_nll(pred.logits.flatten(0, 1), target_cls.flatten(), weight)}
         zero = pred.spans.sum() * 0
         losses["span"] = span_l1 / max(n_matched, 1) + zero
         losses["tiou"] = tiou / max(n_matched, 1) + zero
@@ -111,7 +128,7 @@ class EventSetLoss(nn.Module):
         cls, off, hit = zip(*(self.frame_targets(pred.frame_pos[b], pred.frame_mask[b], gt_labels[b], gt_spans[b], K1 - 1) for b in range(len(gt_labels))))
         cls, off, hit = torch.stack(cls), torch.stack(off), torch.stack(hit)  # (B, T), (B, T, 2), (B, T)
         m = pred.frame_mask
-        out = {"frame_class": F.cross_entropy(pred.frame_logits[m], cls[m])}
+        out = {"frame_class": event_class_nll(pred.frame_logits[m], cls[m])}
         p, t = pred.frame_offsets[hit], off[hit]  # (H, 2) distances to start, end
         zero = pred.frame_offsets.sum() * 0
         if len(p) == 0:

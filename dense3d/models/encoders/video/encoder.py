@@ -73,6 +73,8 @@ class VideoEncoder(nn.Module):
         video = batch.video
         if video is None or video.dim() != 5 or video.shape[2] != 3:
             raise VideoError("Batch", "video", "a (B, T, 3, H, W) tensor", got=None if video is None else tuple(video.shape))
+        if not video.is_floating_point():  # integer frames would be taken as values in [0, 255] and truncated
+            raise VideoError("Batch", "video", "float frames in [0, 1] (the readers give them)", got=str(video.dtype))
         B, T = video.shape[:2]
         if batch.video_timestamps is None or tuple(batch.video_timestamps.shape) != (B, T):
             raise VideoError("Batch", "video_timestamps", f"shape ({B}, {T})", got=None if batch.video_timestamps is None else tuple(batch.video_timestamps.shape))

@@ -40,7 +40,8 @@ class EventDetector(nn.Module):
 
     The time axis is the audio frames when the batch has audio (video is resampled onto it),
     else the video frames (clip duration = last timestamp + half a frame period). ``forward(batch) -> EventDetectorOutput``; ``loss(output, batch)``
-    with targets from ``batch.samples[b].events`` (labels, spans in seconds, azimuth).
+    with targets from ``batch.samples[b].events`` (labels, spans in seconds, azimuth; labels
+    through :meth:`head_labels`).
     """
 
     def __init__(self, temporal_fuser: nn.Module, event_head: EventHead, audio_encoder: nn.Module | None = None, video_encoder: nn.Module | None = None, loss: nn.Module | None = None):
@@ -75,6 +76,22 @@ class EventDetector(nn.Module):
         regions = self.event_head.regions(pred, fused, ref.times, durations)
         return EventDetectorOutput(fused, ref.times, ref.mask, durations, audio, video, pred, regions)
 
+    def head_labels(self, events, sample_id: str, i: int) -> torch.Tensor:
+        """A sample's event labels (E,) as the head's class indices: by name when both the head
+        and the data name their classes (a class the head lacks becomes -1, an event of unknown
+        class), else the data's indices, which must be below the head's ``num_classes``; -1
+        (unlabelled) stays -1."""
+        labels, head = events.labels.long(), self.event_head
+        if head.class_names is not None and events.class_names:
+            lut = torch.tensor([head.class_names.index(n) if n in head.class_names else -1 for n in events.class_names] + [-1])
+            return lut[labels]  # index -1 (unlabelled) reads the appended -1
+        bad = (labels < -1) | (labels >= head.num_classes)
+        if bad.any():
+            raise AnnotationError(sample_id, f"samples[{i}].events.labels",
+                                  f"class indices in -1..{head.num_classes - 1} (event_head.num_classes)",
+                                  got=int(labels[bad][0]))
+        return labels
+
     def loss(self, output: EventDetectorOutput, batch) -> dict[str, torch.Tensor]:
         if self.loss_fn is None:
             raise ConfigError("EventDetector", "loss", "a loss module to compute losses")
@@ -84,7 +101,7 @@ class EventDetector(nn.Module):
             if s.events is None:
                 raise AnnotationError(s.sample_id, f"samples[{i}].events", "event annotations to train the event head")
             cl = s.events.events.to_center_length().to(dev).float() / output.durations[i]  # normalised centre, length
-            labels.append(s.events.labels.to(dev))
+            labels.append(self.head_labels(s.events, s.sample_id, i).to(dev))
             spans.append(cl)
             azimuths.append(s.events.azimuth.to(dev) if s.events.azimuth is not None else None)
         if any(a is None for a in azimuths):

@@ -31,12 +31,14 @@ Options beyond plain PDVC:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dense3d.errors import ConfigError
 from dense3d.models.encoders.audio.encoder import azimuth_bins
 from dense3d.models.fusion.temporal_fuser import time_encoding
 from dense3d.models.proposals.events.matcher import span_cl_to_t0t1
@@ -98,7 +100,9 @@ def _inverse_sigmoid(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
 class EventHead(nn.Module):
     """Args:
         d_model: feature size of the fused sequence and the queries.
-        num_classes: K event classes.
+        num_classes: K event classes (None: ``len(class_names)``).
+        class_names: the K classes' names (None: unnamed); ``EventDetector`` maps a data set's
+            labels onto them by name, and captions name each event's class with them.
         num_queries: Q.
         num_layers, num_heads, dropout: the decoder.
         max_events: the counter predicts 0..max_events.
@@ -112,10 +116,18 @@ class EventHead(nn.Module):
         quality: predict each query's localisation quality and rank by class x quality.
     """
 
-    def __init__(self, d_model: int, num_classes: int, num_queries: int = 10, num_layers: int = 2, num_heads: int = 4, dropout: float = 0.1, max_events: int = 10, span_tokens: int = 8,
+    def __init__(self, d_model: int, num_classes: int | None = None, num_queries: int = 10, num_layers: int = 2, num_heads: int = 4, dropout: float = 0.1, max_events: int = 10, span_tokens: int = 8,
                  two_stage: bool = False, proposal_nms: float = 0.4, decode_nms: float | None = None, direction_readout: bool = False,
-                 direction_sharpness: float = 20.0, quality: bool = False):
+                 direction_sharpness: float = 20.0, quality: bool = False, class_names: Sequence[str] | None = None):
         super().__init__()
+        if num_classes is None and class_names is None:
+            raise ConfigError("EventHead", "num_classes", "a number of classes, or class_names")
+        self.class_names = [str(c) for c in class_names] if class_names is not None else None
+        if num_classes is None:
+            num_classes = len(self.class_names)
+        if num_classes < 1 or (self.class_names is not None and len(self.class_names) != num_classes):
+            raise ConfigError("EventHead", "num_classes", f"one class or more, as many as class_names ({class_names})",
+                              got=num_classes)
         self.two_stage = two_stage
         self.proposal_nms = proposal_nms
         self.decode_nms = decode_nms

@@ -41,7 +41,10 @@ class HungarianEventMatcher(nn.Module):
         if gt_labels.numel() == 0:
             empty = torch.zeros(0, dtype=torch.long, device=logits.device)
             return empty, empty
-        prob = logits.float().softmax(-1)[:, gt_labels.long()]  # (Q, E)
+        p = logits.float().softmax(-1)  # (Q, K+1), the last column "no event"
+        labels = gt_labels.long()
+        # label -1 (an event of unknown class, e.g. ActivityNet Captions): p(any event) = 1 - p(no event)
+        prob = torch.where(labels[None] >= 0, p[:, labels.clamp(min=0)], 1 - p[:, -1:])  # (Q, E)
         cost = -self.cost_class * prob
         cost = cost + self.cost_span * torch.cdist(spans.float(), gt_spans.float(), p=1)
         cost = cost - self.cost_tiou * temporal_iou(span_cl_to_t0t1(spans.float()), span_cl_to_t0t1(gt_spans.float()))
