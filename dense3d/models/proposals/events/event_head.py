@@ -97,6 +97,13 @@ def _inverse_sigmoid(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     return (x / (1 - x)).log()
 
 
+def _full_precision(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``head(x)`` in float32 (float64 stays) with autocast off: spans, scores and frame offsets
+    out of a 16-bit Linear keep 3 significant digits, 0.7 s on a 3-minute ActivityNet video."""
+    with torch.autocast(x.device.type, enabled=False):
+        return head(x.to(torch.promote_types(x.dtype, torch.float32)))
+
+
 class EventHead(nn.Module):
     """Args:
         d_model: feature size of the fused sequence and the queries.
@@ -202,21 +209,22 @@ class EventHead(nn.Module):
         q = self.query_embed.weight[None].expand(B, -1, -1)
         extra = {}
         if self.two_stage:
-            frame_logits = self.frame_class(memory)  # (B, T, K + 1)
-            frame_offsets = self.frame_offsets(memory).sigmoid()  # (B, T, 2) back to start, on to end
+            frame_logits = _full_precision(self.frame_class, memory)  # (B, T, K + 1)
+            frame_offsets = _full_precision(self.frame_offsets, memory).sigmoid()  # (B, T, 2) back to start, on to end
             idx, ref = self._references(pos, mask, frame_logits, frame_offsets)
             content = memory.gather(1, idx[..., None].expand(-1, -1, memory.shape[-1]))  # (B, Q, D)
             q = q + self.query_content(content) + time_encoding(ref[..., 0] * durations[:, None], self.d_model).to(memory.dtype) + self.query_length(ref)
             extra = dict(frame_logits=frame_logits, frame_offsets=frame_offsets, frame_pos=pos, frame_mask=mask, reference=ref)
         h = self.norm(self.decoder(q, mem, memory_key_padding_mask=~mask))  # (B, Q, D)
-        spans = (_inverse_sigmoid(extra["reference"]) + self.span_head(h)).sigmoid() if self.two_stage else self.span_head(h).sigmoid()
+        offsets = _full_precision(self.span_head, h)  # (B, Q, 2)
+        spans = (_inverse_sigmoid(extra["reference"]) + offsets).sigmoid() if self.two_stage else offsets.sigmoid()
         if directions is not None and self.direction_readout:
             az = self.read_azimuth(directions, spans, pos, mask)
         else:
             az = F.normalize(self.azimuth_head(h), dim=-1, eps=1e-6)
         if self.quality_head is not None:
-            extra["quality"] = self.quality_head(h).squeeze(-1)  # (B, Q, 1) -> (B, Q)
-        return EventPredictions(self.class_head(h), spans, az, self.counter(h.amax(dim=1)), h, **extra)
+            extra["quality"] = _full_precision(self.quality_head, h).squeeze(-1)  # (B, Q, 1) -> (B, Q)
+        return EventPredictions(_full_precision(self.class_head, h), spans, az, self.counter(h.amax(dim=1)), h, **extra)
 
     @torch.no_grad()
     def decode_selection(self, pred: EventPredictions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
