@@ -1,4 +1,4 @@
-"""Merge one split of several synthetic sets (outdoor scenes or audio-visual clips) into one training set.
+"""Merge one split of several synthetic sets (outdoor scenes, indoor rooms or audio-visual clips) into one training set.
 
 Each set is a folder written by ``dense3d convert synth``. Make extra training scenes with
 another seed and ``--split 1,0,0``, merge them with the original set, and point a run's train
@@ -17,6 +17,16 @@ paths, so the merged info pickle is the inputs' entries as they are:
         'data.train.caption_file="data_extra/outdoor_all/tod3cap_captions_{split}.json"' ...
 
 (hydra needs the quotes around values with braces).
+
+``--kind indoor`` (ScanRefer layout: ``ScanRefer_filtered_{split}.json`` + ``scans/``): room ids
+repeat between sets made with other seeds, so every room is renamed ``{tag}_{scene}`` (tag = the
+set's position, ``s0``, ``s1``, ...) and its scan files linked under that name:
+
+    dense3d convert synth --kind indoor --scenes 3000 --seed 1 --split 1,0,0 --workers 2 --out data_extra/indoor_s1
+    python tools/merge_synth_sets.py --kind indoor data_extra/indoor_all data/synthetic/big/indoor data_extra/indoor_s1
+    dense3d train experiment=captioning_indoor paths.synthetic_dir=data/synthetic/big \\
+        'data.train.scanrefer_file="data_extra/indoor_all/ScanRefer_filtered_{split}.json"' \\
+        data.train.scans_dir=data_extra/indoor_all/scans ...
 
 ``--kind av`` (``dense_events_{split}.json`` + ``clips/``): clip ids repeat between sets made
 with other seeds, so every clip is renamed ``{tag}_{clip}`` (tag = the set's position, ``s0``,
@@ -110,7 +120,50 @@ def merge_av(out: Path, sets: list[Path], split: str = "train") -> int:
     return len(merged)
 
 
-MERGE = {"outdoor": merge_outdoor, "av": merge_av}
+SCAN_FILES = ("_aligned_vert.npy", "_aligned_bbox.npy", "_ins_label.npy")
+
+
+def merge_indoor(out: Path, sets: list[Path], split: str = "train") -> int:
+    """Write ``out/ScanRefer_filtered_{split}.json`` (and its ``.txt`` scene list),
+    ``out/synthetic_annotations.json`` (that split's rooms) and ``out/scans/`` links; returns the
+    room count. Room ids repeat between sets made with other seeds (``scene0000_00`` ...), so
+    every room of set k is renamed ``s{k}_{scene}`` in the descriptions, the annotations and
+    the scan files' names."""
+    entries, scenes, links = [], [], {}
+    for k, root in enumerate(sets):  # every input read and checked before anything is written
+        ann_file = root / f"ScanRefer_filtered_{split}.json"
+        rows = load_json(ann_file)
+        if not isinstance(rows, list):
+            raise AnnotationError(ann_file, "<root>", "a list of ScanRefer descriptions", got=type(rows).__name__)
+        rooms = [s for s in load_synthetic_annotations(root, "indoor")["scenes"] if s["split"] == split]
+        known = set()
+        for room in rooms:
+            scene = require(room, "scene_id", root / ANNOTATIONS_FILE, "scenes[]")
+            for suffix in SCAN_FILES:
+                src = root / "scans" / f"{scene}{suffix}"
+                if not src.is_file():
+                    raise AnnotationError(root / ANNOTATIONS_FILE, f"scenes.{scene}", "scan files that exist", got=f"no {src}")
+                links[f"s{k}_{scene}{suffix}"] = src.resolve()
+            scenes.append(dict(room, scene_id=f"s{k}_{scene}"))
+            known.add(scene)
+        for i, row in enumerate(rows):
+            scene = require(row, "scene_id", ann_file, f"[{i}]")
+            if scene not in known:
+                raise AnnotationError(ann_file, f"[{i}].scene_id", f"a {split} room of {root / ANNOTATIONS_FILE}", got=scene)
+            entries.append(dict(row, scene_id=f"s{k}_{scene}"))
+    (out / "scans").mkdir(parents=True, exist_ok=True)
+    for name, target in links.items():
+        link = out / "scans" / name
+        if not link.is_symlink():
+            os.symlink(target, link)
+    atomic_write_json(out / f"ScanRefer_filtered_{split}.json", entries)
+    with atomic_write(out / f"ScanRefer_filtered_{split}.txt", "w") as f:
+        f.write("".join(f"{s['scene_id']}\n" for s in scenes))
+    atomic_write_json(out / ANNOTATIONS_FILE, {"kind": "indoor", "scenes": scenes})
+    return len(scenes)
+
+
+MERGE = {"outdoor": merge_outdoor, "indoor": merge_indoor, "av": merge_av}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="train")
     args = p.parse_args(argv)
     n = MERGE[args.kind](args.out, args.sets, args.split)
-    print(f"{n} {args.split} {'clips' if args.kind == 'av' else 'samples'} of {len(args.sets)} sets -> {args.out}")
+    unit = {"av": "clips", "indoor": "rooms", "outdoor": "samples"}[args.kind]
+    print(f"{n} {args.split} {unit} of {len(args.sets)} sets -> {args.out}")
     return 0
 
 

@@ -68,3 +68,40 @@ def test_merge_av_renames_clashing_clip_ids_and_links_media(tmp_path):
     assert (out / "clips" / "s0_av00000.mp4").read_text() == "a av00000 mp4"
     with pytest.raises(AnnotationError, match="dense_events_val.json"):
         merge_synth_sets.merge_av(out, [a], split="val")
+
+
+def test_merge_indoor_renames_rooms_and_reads_back_the_same_points_and_descriptions(tmp_path):
+    from dense3d.data.datasets.scanrefer import ScanReferDataset
+
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    generate(SynthConfig(kind="indoor", scenes=4, seed=0), a)  # 2 train, 1 val, 1 test
+    generate(SynthConfig(kind="indoor", scenes=2, seed=1, split=(1.0, 0.0, 0.0)), b)  # 2 train, ids clash with a's
+    assert merge_synth_sets.main(["--kind", "indoor", str(out), str(a), str(b)]) == 0
+
+    def read(root):
+        return ScanReferDataset(str(root / "ScanRefer_filtered_{split}.json"), str(root / "scans"), split="train")
+
+    merged, parts = read(out), [read(a), read(b)]
+    assert len(merged) == 4 == sum(len(p) for p in parts)
+    got = {merged[i].sample_id: merged[i] for i in range(len(merged))}
+    for k, part in enumerate(parts):
+        for i in range(len(part)):
+            ref = part[i]
+            m = got[f"s{k}_{ref.sample_id}"]  # renamed, the same room
+            assert m.points.points.equal(ref.points.points) and m.boxes.boxes.tensor.equal(ref.boxes.boxes.tensor)
+            assert m.boxes.captions == ref.boxes.captions and any(m.boxes.captions)
+    assert (out / "scans" / f"s1_{parts[1][0].sample_id}_aligned_vert.npy").is_symlink()
+    ann = json.loads((out / "synthetic_annotations.json").read_text())
+    assert ann["kind"] == "indoor" and sorted(s["scene_id"] for s in ann["scenes"]) == sorted(got)
+    assert sorted((out / "ScanRefer_filtered_train.txt").read_text().split()) == sorted(got)
+
+
+def test_merge_indoor_refuses_descriptions_of_unknown_rooms_before_writing(tmp_path):
+    a, out = tmp_path / "a", tmp_path / "out"
+    generate(SynthConfig(kind="indoor", scenes=2, seed=2, split=(1.0, 0.0, 0.0)), a)
+    rows = json.loads((a / "ScanRefer_filtered_train.json").read_text())
+    rows[1]["scene_id"] = "scene9999_00"
+    (a / "ScanRefer_filtered_train.json").write_text(json.dumps(rows))
+    with pytest.raises(AnnotationError, match=r"ScanRefer_filtered_train.json: field '\[1\]\.scene_id'.*scene9999_00"):
+        merge_synth_sets.merge_indoor(out, [a])
+    assert not out.exists()
