@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from dense3d.errors import CheckpointError, ConfigError
 from dense3d.structures import DenseCaption, Sample
+from dense3d.utils.config import instantiate_config
 from dense3d.utils.progress import ProgressBar, ensure_progress
 
 __all__ = ["DenseCaptionerRun", "load"]
@@ -60,12 +61,24 @@ class DenseCaptionerRun:
 
     def dataset(self, split: str = "val"):
         """The run's data set of ``split`` (built from its config), e.g. to caption its scenes."""
-        from hydra.utils import instantiate
-
         node = self.config.data.get(split)
         if node is None:  # e.g. "test": the val set's config with the split swapped
             node = OmegaConf.merge(self.config.data.val, {"split": split})
-        return instantiate(node)
+        return instantiate_config(node, "the run's config.yaml", f"data.{split}")
+
+
+def read_run_config(cfg_path: Path):
+    """A run's ``config.yaml`` as a DictConfig with a ``model`` node; else a one-line
+    ``CheckpointError`` naming the file."""
+    try:
+        cfg = OmegaConf.load(cfg_path)
+    except Exception as e:  # yaml's ScannerError / ParserError, unreadable files, ...
+        raise CheckpointError(cfg_path, "<file>", "the run's config written by `dense3d train` (YAML)",
+                              got=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if not OmegaConf.is_dict(cfg) or not OmegaConf.is_dict(cfg.get("model")):
+        raise CheckpointError(cfg_path, "model", "the run's model config (a mapping with _target_)",
+                              got="missing" if not OmegaConf.is_dict(cfg) or cfg.get("model") is None else type(cfg.get("model")).__name__)
+    return cfg
 
 
 def find_run(path: Path) -> tuple[Path, Path]:
@@ -93,12 +106,10 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", regions: st
     built, e.g. ``model.captioner.num_beams=3``, or ``+key=value`` for a constructor argument the
     config leaves at its default (``+model.captioner.repetition_penalty=1.2``); the weights must
     still fit."""
-    from hydra.utils import instantiate
-
     from dense3d.engine.checkpoint import check_config_targets, load_checkpoint
 
     cfg_path, ckpt = find_run(Path(path))
-    cfg = OmegaConf.load(cfg_path)
+    cfg = read_run_config(cfg_path)
     dotlist = []
     for item in overrides:  # KEY=VALUE changes a key the config has; +KEY=VALUE adds one (as in hydra)
         key, sep, _ = item.removeprefix("+").partition("=")
@@ -109,7 +120,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", regions: st
     if dotlist:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
     check_config_targets(OmegaConf.to_container(cfg.model), source=str(cfg_path), path="model")
-    model = instantiate(cfg.model)
+    model = instantiate_config(cfg.model, str(cfg_path), "model")
     loaded = load_checkpoint(ckpt, map_location=map_location)
     state = loaded["state_dict"]
     # Lightning prefixes the module's attribute name ("model.") to every key

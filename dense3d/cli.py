@@ -11,6 +11,7 @@ import sys
 from typing import Callable
 
 from dense3d.errors import ConfigError, exit_status
+from dense3d.utils.argtypes import positive_int
 
 __all__ = ["main", "build_parser", "parse_args"]
 
@@ -25,20 +26,17 @@ def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
 
 def _demo(args: argparse.Namespace) -> int:
     from dense3d.engine.demo import run_demo
+    from dense3d.utils.io import check_output_path
 
+    check_output_path(args.out, "dense3d demo", folder=True)
     return run_demo(out_dir=args.out, seed=args.seed, data_dir=args.data, steps=args.steps, overrides=args.overrides)
 
 
 def _convert_synth(args: argparse.Namespace) -> int:
-    from dense3d.data.synthetic import SynthConfig, dataset_stats, format_stats, generate
+    from dense3d.data.synthetic import dataset_stats, format_stats, generate, load_synth_config
     from dense3d.utils.progress import progress_bar
 
-    params = {}
-    if args.config:
-        from omegaconf import OmegaConf
-
-        params = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(args.config)).items() if k != "_target_"}
-    params.update(kind=args.kind, seed=args.seed)
+    params = {"kind": args.kind, "seed": args.seed}
     if args.scenes is not None:
         params["scenes"] = args.scenes
     if args.split is not None:
@@ -46,7 +44,7 @@ def _convert_synth(args: argparse.Namespace) -> int:
             params["split"] = [float(f) for f in args.split.split(",")]
         except ValueError:
             raise ConfigError("dense3d convert synth", "--split", "three fractions, e.g. 1,0,0", got=args.split) from None
-    cfg = SynthConfig(**params)
+    cfg = load_synth_config(args.config, **params)  # a missing / broken yaml, unknown keys, bad values: one line
     with progress_bar(f"generating {cfg.kind} scenes", total=cfg.scenes, unit="scenes") as bar:
         meta = generate(cfg, args.out, workers=args.workers, progress=lambda done, total: bar.advance())
     rate = 60 * cfg.scenes / max(meta["seconds"], 1e-6)
@@ -82,7 +80,7 @@ def _eval_run(argv: list[str]) -> int:
     p.add_argument("--checkpoint", required=True, help="run folder (config.yaml + checkpoints/) or checkpoint folder")
     p.add_argument("--split", default="val", help="data split of the run's data config (train / val / test)")
     p.add_argument("--regions", default="proposals", choices=("proposals", "gt"), help="caption detections or GT boxes")
-    p.add_argument("--limit", type=int, default=None, help="only the first N samples")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N samples")
     p.add_argument("--out", default=None, help="output folder (default: RUN/eval_<split>)")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE changes of the run's config, e.g. model.captioner.num_beams=3")
     a = p.parse_args(argv)
@@ -101,9 +99,10 @@ def _train(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     import dense3d.api as api
-    from dense3d.utils.io import atomic_write_json
+    from dense3d.utils.io import atomic_write_json, check_output_path
     from dense3d.utils.progress import progress_bar
 
+    check_output_path(args.out, "dense3d predict")
     run = api.load(args.checkpoint, regions=args.regions)
     data = run.dataset(args.split)
     samples = [data[i] for i in range(len(data) if args.limit is None else min(args.limit, len(data)))]
@@ -128,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default="data/synthetic/default", help="synthetic data folder (generated when missing or stale)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: configs/experiment/demo.yaml)")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: configs/experiment/demo.yaml)")
     p.add_argument("overrides", nargs="*", help="hydra overrides of the demo config, e.g. model/captioner=tiny")
     p.set_defaults(func=_demo)
 
@@ -141,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="run folder (config.yaml + checkpoints/) or checkpoint folder")
     p.add_argument("--split", default="val", help="data split of the run's data config (train / val / test)")
     p.add_argument("--regions", default="proposals", choices=("proposals", "gt"), help="caption detections or GT boxes")
-    p.add_argument("--limit", type=int, default=None, help="only the first N samples")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N samples")
     p.add_argument("--out", required=True, help="predictions JSON (docs/eval.md formats)")
     p.set_defaults(func=_predict)
 
@@ -164,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--split", default=None, help="train,val,test fractions (default: the config's, 0.7,0.15,0.15); "
                    "1,0,0 makes extra training scenes (tools/merge_synth_sets.py)")
-    q.add_argument("--workers", type=int, default=1, help="processes (the output does not depend on it)")
+    q.add_argument("--workers", type=positive_int, default=1, help="processes (the output does not depend on it)")
     q.add_argument("--config", default=None, help="a generator yaml (configs/synthetic/*.yaml); flags override it")
     q.set_defaults(func=_convert_synth)
     q = conv.add_parser("stats", help="class, caption-length and relation-type histograms of a synthetic folder")

@@ -105,10 +105,13 @@ def check_rigid(m: torch.Tensor, source, field: str, atol: float = 1e-3) -> torc
 def read_points_bin(path: str | os.PathLike, num_feats: int, field: str = "points") -> torch.Tensor:
     """Read a raw little-endian float32 point file (nuScenes ``.pcd.bin``, mmdet3d ScanNet ``.bin``).
 
-    Returns (N, num_feats) float32. Raises ``PointCloudError`` for a missing file, a size that
-    is not a multiple of ``4 * num_feats`` bytes (truncated) and NaN/inf values.
+    Returns (N, num_feats) float32. Raises ``PointCloudError`` for ``num_feats`` < 3 (x, y, z
+    come first), a missing file, a size that is not a multiple of ``4 * num_feats`` bytes
+    (truncated) and NaN/inf values.
     """
     path = Path(path)
+    if isinstance(num_feats, bool) or not isinstance(num_feats, (int, np.integer)) or num_feats < 3:
+        raise PointCloudError(path, f"{field} features per point", "an integer >= 3 (x, y, z first)", got=repr(num_feats))
     if not path.is_file():
         raise PointCloudError(path, field, "an existing point file", got="missing")
     size = path.stat().st_size
@@ -183,6 +186,8 @@ def read_audio_file(path: str | os.PathLike, expected_rate: int | None = None) -
     except (RuntimeError, sf.LibsndfileError) as e:
         raise AudioError(path, "audio", "a readable wav/flac/mp3 file", got=str(e).splitlines()[0]) from None
     _check_rate(path, rate, expected_rate)
+    if data.shape[0] == 0:
+        raise AudioError(path, "audio", "at least one audio sample", got="0 frames (an empty or truncated file)")
     wave = torch.from_numpy(np.ascontiguousarray(data.T))  # (S, A) -> (A, S)
     return _finite_audio(wave, path), int(rate)
 

@@ -22,8 +22,9 @@ from typing import Sequence
 
 import numpy as np
 
+from dense3d.errors import ConfigError
 from dense3d.structures import DenseCaption, Sample
-from dense3d.utils.io import atomic_write_json
+from dense3d.utils.io import atomic_write_json, check_output_path
 
 __all__ = ["box_records", "event_records", "direction_errors", "box_metrics", "evaluate_run"]
 
@@ -161,6 +162,10 @@ def evaluate_run(run: str | Path, split: str = "val", regions: str = "proposals"
     from dense3d.utils.progress import progress_bar
 
     run = Path(run)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError("evaluate_run", "limit", "an integer >= 1 (or None: every sample)", got=limit)
+    if out_dir is not None:
+        check_output_path(out_dir, "dense3d eval --checkpoint", folder=True)
     run_dir = api.find_run(run)[0].parent  # the folder of config.yaml, also for a checkpoint folder
     loaded = api.load(run, regions=regions, overrides=overrides)
     data = loaded.dataset(split)

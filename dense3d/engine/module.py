@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from dense3d.errors import ConfigError
+
 __all__ = ["DenseCaptionModule", "DenseCaptionDataModule", "SeededSampler", "RNGStateCallback", "freeze"]
 
 
@@ -154,6 +156,9 @@ class DenseCaptionDataModule(pl.LightningDataModule):
         shuffle: bool = True,
     ):
         super().__init__()
+        for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("seed", seed, None)):
+            if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+                raise ConfigError("configs/data", name, "an integer" + (f" >= {low}" if low is not None else ""), got=value)
         self.train_set, self.val_set, self.test_set = train, val, test
         self.collate_fn, self.batch_size, self.num_workers, self.seed = collate_fn, batch_size, num_workers, seed
         self.shuffle = shuffle

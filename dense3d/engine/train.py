@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dense3d.engine.checkpoint import SafeCheckpointIO
 from dense3d.engine.module import DenseCaptionModule, RNGStateCallback
 from dense3d.errors import ConfigError
+from dense3d.utils.config import instantiate_config
 
 __all__ = ["compose_config", "build", "fit", "init_weights"]
 
@@ -43,10 +43,13 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "train
         raise ConfigError(f"configs/{config_name}.yaml", "overrides", "overrides that compose", got=e) from None
 
 
+SOURCE = "configs/train.yaml"  # the composed config, for messages
+
+
 def _instantiate_dict(node: DictConfig | None) -> list[Any]:
     if not node:
         return []
-    return [instantiate(v) for v in node.values() if v is not None and "_target_" in v]
+    return [instantiate_config(v, SOURCE, k) for k, v in node.items() if v is not None and "_target_" in v]
 
 
 def init_weights(model, run: str | Path, parts: list[str], skip: list[str] = ()) -> int:
@@ -99,15 +102,22 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.
     for key in ("init_parts", "init_skip"):  # without init_from they would be ignored
         if cfg.get(key) and not cfg.get("init_from"):
             raise ConfigError("configs/train.yaml", key, "init_from=outputs/<run> to load them from", got=list(cfg[key]))
-    pl.seed_everything(int(cfg.seed), workers=True)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
+    try:
+        seed = int(cfg.seed)
+    except (TypeError, ValueError):
+        raise ConfigError(SOURCE, "seed", "an integer", got=cfg.seed) from None
+    pl.seed_everything(seed, workers=True, verbose=False)
+    datamodule = instantiate_config(cfg.data, SOURCE, "data")
+    train_set = getattr(datamodule, "train_set", None)
+    if train_set is not None and len(train_set) == 0:  # Lightning would only warn and "train" nothing
+        raise ConfigError(SOURCE, "data.train", "a training split with samples", got="0 samples")
+    model = instantiate_config(cfg.model, SOURCE, "model")
     if cfg.get("init_from"):
         init_weights(model, cfg.init_from, list(cfg.get("init_parts") or []), list(cfg.get("init_skip") or []))
     module = DenseCaptionModule(
         model,
-        optimizer=instantiate(cfg.optim),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        optimizer=instantiate_config(cfg.optim, SOURCE, "optim"),
+        scheduler=instantiate_config(cfg.scheduler, SOURCE, "scheduler") if cfg.get("scheduler") else None,
         frozen=list(cfg.get("frozen", []) or []),
         trainable=list(cfg.get("trainable", []) or []),
     )
@@ -115,7 +125,7 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.
     loggers = _instantiate_dict(cfg.get("logger"))
     trainer_kwargs = dict(callbacks=callbacks, logger=loggers or False, plugins=[SafeCheckpointIO()])
     trainer_kwargs.update(trainer_overrides)
-    trainer = instantiate(cfg.trainer, **trainer_kwargs)
+    trainer = instantiate_config(cfg.trainer, SOURCE, "trainer", **trainer_kwargs)
     return module, datamodule, trainer
 
 

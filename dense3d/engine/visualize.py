@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from dense3d.errors import PredictionFormatError
+from dense3d.utils.io import check_output_path
 
 __all__ = ["main"]
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--show", action="store_true", help="also open an interactive window when a display exists")
     args = ap.parse_args(argv)
 
-    out = Path(args.out)
+    out = check_output_path(args.out, "dense3d vis")
     cams = None
     if args.info:
         from dense3d.data.datasets import TOD3CapDataset

@@ -6,12 +6,15 @@ Reads the files (formats in ``docs/eval.md``), runs one protocol (its stages sho
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from dense3d.errors import PredictionFormatError
 from dense3d.eval import formats
-from dense3d.utils.io import atomic_write_json
+from dense3d.utils.argtypes import positive_float, positive_int
+from dense3d.utils.io import atomic_write_json, check_output_path
 from dense3d.utils.progress import ProgressBar, progress_bar
 
 __all__ = ["PROTOCOLS", "build_parser", "run", "main", "format_table"]
@@ -32,13 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("protocol", choices=PROTOCOLS)
     p.add_argument("--pred", required=True, help="prediction JSON")
     p.add_argument("--gt", required=True, nargs="+", help="ground-truth JSON (events: one or more reference files)")
-    p.add_argument("--iou", type=float, nargs="+", help="IoU / tIoU thresholds (default: the protocol's)")
+    p.add_argument("--iou", type=positive_float, nargs="+",
+                   help="IoU / tIoU thresholds in (0, 1] (detection nuscenes: centre distances in metres; default: the protocol's)")
     p.add_argument("--mode", help="; ".join(f"{k}: {'|'.join(v)}" for k, v in _MODES.items()) + " (first is default)")
     p.add_argument("--out", help="write the metrics here as JSON (atomically)")
     p.add_argument("--strict-ids", action="store_true",
                    help="prediction ids (scenes, videos, clips) absent from the ground truth are an error, not a warning")
     p.add_argument("--seed", type=int, default=0, help="events 2021 mode: seed of the garbage references")
-    p.add_argument("--max-proposals", type=int, default=1000, help="events: predictions kept per video")
+    p.add_argument("--max-proposals", type=positive_int, default=1000, help="events: predictions kept per video")
     p.add_argument("--soda-refs", choices=("merged", "separate"), default="merged", help="events: SODA_c reference files")
     p.add_argument("--soda-missing", choices=("zero", "compatible"), default="zero",
                    help="events: SODA_c videos without predictions count 0 (zero) or are dropped (compatible)")
@@ -63,6 +67,11 @@ def run(args: argparse.Namespace, progress: ProgressBar | None = None) -> dict:
     mode = args.mode or _MODES[proto][0]
     if mode not in _MODES[proto]:
         raise PredictionFormatError("command line", "--mode", f"one of {'|'.join(_MODES[proto])} for {proto}", got=mode)
+    if args.iou and not (proto == "detection" and mode == "nuscenes") and max(args.iou) > 1:
+        raise PredictionFormatError("command line", "--iou", f"thresholds in (0, 1] for {proto}", got=max(args.iou))
+    if proto == "favd" and args.text_encoder and not Path(args.text_encoder).is_dir():
+        raise PredictionFormatError("command line", "--text-encoder", "a local T5-base folder (weights are never downloaded)",
+                                    got=args.text_encoder)
     pred_raw = formats.read_json(args.pred)
     if proto in ("scanrefer", "scan2cap", "tod3cap", "detection"):
         if len(args.gt) != 1:
@@ -111,8 +120,11 @@ def run(args: argparse.Namespace, progress: ProgressBar | None = None) -> dict:
     audio = None
     if args.audio_scores:
         raw = formats.read_json(args.audio_scores)
-        if not isinstance(raw, dict) or not all(isinstance(v, (int, float)) for v in raw.values()):
-            raise PredictionFormatError(args.audio_scores, "(top level)", "an object {clip_id: number}")
+        if not isinstance(raw, dict):
+            raise PredictionFormatError(args.audio_scores, "(top level)", "an object {clip_id: number}", got=type(raw).__name__)
+        for k, v in raw.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise PredictionFormatError(args.audio_scores, str(k), "a finite number (AudioScore)", got=v)
         audio = {str(k): float(v) for k, v in raw.items()}
     return favd.evaluate(pred, refs, encoder=encoder, entity=not args.no_entity, audio_scores=audio, progress=progress)
 
@@ -137,6 +149,8 @@ def format_table(metrics: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.out:
+        check_output_path(args.out, "dense3d eval")
     with progress_bar(f"eval {args.protocol} ({args.mode or _MODES[args.protocol][0]})", unit="stages") as bar:
         metrics = run(args, progress=bar)
     print(format_table(metrics))

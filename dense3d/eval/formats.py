@@ -62,6 +62,8 @@ class ObjectGT:
     tokens: list[list[str]] = field(default_factory=list)  # pre-tokenised descriptions
     num_pts: int | None = None
     ego_dist: float | None = None
+    source: str | None = None  # the ground-truth file (for error messages of the protocols)
+    name_given: bool = True  # False when neither object_name nor label was in the entry
 
 
 def read_json(path: str | Path) -> Any:
@@ -71,6 +73,12 @@ def read_json(path: str | Path) -> Any:
             return json.load(f)
     except FileNotFoundError:
         raise PredictionFormatError(p, "(file)", "an existing JSON file", got="no such file") from None
+    except IsADirectoryError:
+        raise PredictionFormatError(p, "(file)", "an existing JSON file", got="a folder") from None
+    except OSError as e:
+        raise PredictionFormatError(p, "(file)", "a readable JSON file", got=f"{type(e).__name__}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise PredictionFormatError(p, f"(byte {e.start})", "UTF-8 JSON text", got=f"byte 0x{e.object[e.start]:02x}") from None
     except json.JSONDecodeError as e:
         raise PredictionFormatError(p, f"(line {e.lineno})", "valid JSON", got=e.msg) from None
 
@@ -154,13 +162,15 @@ def parse_object_gt(src, data) -> dict[str, list[ObjectGT]]:
     "caption"?, "num_pts"?, "ego_dist"?}]}``.
 
     ``descriptions`` is a list whose items are token lists (ScanRefer's ``token`` field) or
-    strings (split on white space); ``caption`` a single reference string (or null).
+    strings (split on white space); ``caption`` a single reference string (or null). One entry
+    per object: a repeated ``object_id`` in a scene is an error (list every description of an
+    object, e.g. ScanRefer's several ``ann_id``, in its ``descriptions``); ``num_pts`` >= 0.
     """
     out: dict[str, list[ObjectGT]] = {}
     for scene, recs in _mapping(src, data, "scene_id").items():
         if not isinstance(recs, list):
             raise PredictionFormatError(src, f"{scene}", "a list of objects", got=type(recs).__name__)
-        objs = []
+        objs, seen = [], {}
         for i, r in enumerate(recs):
             fld = f"{scene}[{i}]"
             if not isinstance(r, dict):
@@ -188,12 +198,18 @@ def parse_object_gt(src, data) -> dict[str, list[ObjectGT]]:
                     raise PredictionFormatError(src, f"{fld}.caption", "a string or null", got=cap)
                 refs.append(cap)
             num_pts = r.get("num_pts")
-            if num_pts is not None and (isinstance(num_pts, bool) or not isinstance(num_pts, int)):
-                raise PredictionFormatError(src, f"{fld}.num_pts", "an integer", got=num_pts)
+            if num_pts is not None and (isinstance(num_pts, bool) or not isinstance(num_pts, int) or num_pts < 0):
+                raise PredictionFormatError(src, f"{fld}.num_pts", "an integer >= 0", got=num_pts)
             ego = r.get("ego_dist")
             if ego is not None:
                 ego = _finite(src, f"{fld}.ego_dist", [ego])[0]
-            objs.append(ObjectGT(box, str(r.get("object_id", i)), name, refs, tokens, num_pts, ego))
+            oid = str(r.get("object_id", i))
+            if oid in seen:  # keys are scene|object_id|name: a second entry would replace the first
+                raise PredictionFormatError(src, f"{fld}.object_id", "an id unique in the scene (one entry per object, its descriptions listed together)",
+                                            got=f"{oid}, also {scene}[{seen[oid]}]")
+            seen[oid] = i
+            objs.append(ObjectGT(box, oid, name, refs, tokens, num_pts, ego, source=str(src),
+                                 name_given="object_name" in r or "label" in r))
         out[str(scene)] = objs
     return out
 

@@ -70,6 +70,10 @@ def filter_boxes(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[Object
         fp[s] = keep
     fg: dict[str, list[ObjectGT]] = {}
     for s, objs in gt.items():
+        for i, o in enumerate(objs):  # a GT box without a label would silently vanish; other classes are
+            if not o.name_given:       # dropped as the protocol does (nuScenes' detection classes only)
+                raise PredictionFormatError(o.source or "ground truth", f"{s}[{i}].label", f"one of {sorted(CLASS_RANGE)}",
+                                            got="missing")
         fg[s] = [
             o for o in objs
             if o.name in CLASS_RANGE

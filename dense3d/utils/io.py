@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["atomic_write", "atomic_write_json"]
+__all__ = ["atomic_write", "atomic_write_json", "check_output_path"]
 
 # The process's umask, read once at import (reading it means setting it, which is not
 # thread-safe later on): mkstemp makes 0600 files, and a written output should get the
@@ -45,3 +45,24 @@ def atomic_write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> N
     """Write ``obj`` as JSON to ``path`` atomically."""
     with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=indent)
+
+
+def check_output_path(path: str | os.PathLike, owner: str, flag: str = "--out", folder: bool = False) -> Path:
+    """Refuse, before any work, an output path that cannot be written: a folder where a file is
+    to go (or a file where a folder is), or a path below an existing file. Returns the path.
+
+    Raises:
+        ConfigError(owner, flag, ...) naming the path.
+    """
+    from dense3d.errors import ConfigError
+
+    path = Path(path)
+    what = "a folder" if folder else "a file"
+    if path.exists() and path.is_dir() != folder:
+        raise ConfigError(owner, flag, f"a path for {what} (it is {'a file' if folder else 'a folder'})", got=str(path))
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(owner, flag, f"a path for {what} below folders (it is below the file {parent})", got=str(path))
+            break
+    return path

@@ -9,7 +9,7 @@ import torch
 
 from dense3d.data.converters import write_wav
 from dense3d.data.datasets import DenseEventsDataset
-from dense3d.errors import AnnotationError, EventError
+from dense3d.errors import AnnotationError, AudioError, ConfigError, EventError
 
 CLASSES = ["engine", "horn", "siren"]
 ANN = {
@@ -39,11 +39,11 @@ def test_annotations(tmp_path):
 
 
 def test_with_audio(tmp_path):
-    t = torch.arange(16000) / 16000
+    t = torch.arange(160000) / 16000  # the entry's duration: 10 s
     write_wav(tmp_path / "v_b.wav", torch.stack([torch.sin(2 * math.pi * 300 * t)] * 2) * 0.3, 16000)
     ann = {"v_b": dict(ANN["v_b"], mic_positions=[[0, 0.1, 0], [0, -0.1, 0]])}
     s = DenseEventsDataset(_write(tmp_path, ann), media_dir=str(tmp_path), split="val", class_names=CLASSES, sensors=["audio"])[0]
-    assert s.audio.waveform.shape == (2, 16000) and s.audio.mic_positions[1, 1] == pytest.approx(-0.1)
+    assert s.audio.waveform.shape == (2, 160000) and s.audio.mic_positions[1, 1] == pytest.approx(-0.1)
 
 
 # ---------------------------------------------------------------- bad input
@@ -69,3 +69,36 @@ def test_bad_entries(tmp_path, entry, err, msg):
 def test_media_dir_required(tmp_path):
     with pytest.raises(AnnotationError, match=r"DenseEventsDataset: field 'media_dir'"):
         DenseEventsDataset(_write(tmp_path), split="val", sensors=["audio"])
+
+
+def test_audio_shorter_than_duration_is_an_error(tmp_path):
+    ann = {"v_b": ANN["v_b"]}  # duration 10 s
+    wav = tmp_path / "v_b.wav"
+    for seconds, ok in ((9.6, True), (9.0, False), (3000 / 16000, False)):
+        n = int(seconds * 16000)
+        write_wav(wav, torch.full((2, n), 0.1), 16000)
+        ds = DenseEventsDataset(_write(tmp_path, ann), media_dir=str(tmp_path), split="val", class_names=CLASSES, sensors=["audio"])
+        if ok:
+            assert ds[0].audio.waveform.shape == (2, n)
+            continue
+        with pytest.raises(AudioError, match=rf"v_b.wav: field 'audio': expected about v_b.duration = 10 s of audio .*events_val.json.*got {seconds:.3f} s") as e:
+            ds[0]
+        assert "\n" not in str(e.value)
+    full = wav.read_bytes()
+    wav.write_bytes(full[:44])  # a header and no frame
+    ds = DenseEventsDataset(_write(tmp_path, ann), media_dir=str(tmp_path), split="val", class_names=CLASSES, sensors=["audio"])
+    with pytest.raises(AudioError, match=r"v_b.wav: field 'audio': expected at least one audio sample"):
+        ds[0]
+
+
+@pytest.mark.parametrize("kw,fld", [({"fps": "fast"}, "fps"), ({"fps": -1}, "fps"), ({"max_frames": 0}, "max_frames"),
+                                    ({"max_frames": -2}, "max_frames"), ({"max_frames": 2.5}, "max_frames")])
+def test_bad_video_options(tmp_path, kw, fld):
+    from dense3d.data.datasets import FAVDBenchDataset
+
+    with pytest.raises(ConfigError, match=rf"DenseEventsDataset: field '{fld}'"):
+        DenseEventsDataset(_write(tmp_path), media_dir=str(tmp_path), split="val", **kw)
+    with pytest.raises(ConfigError, match=rf"FAVDBenchDataset: field '{fld}'"):
+        FAVDBenchDataset(_write(tmp_path), media_dir=str(tmp_path), split="val", **kw)
+    ds = DenseEventsDataset(_write(tmp_path), media_dir=str(tmp_path), split="val", fps=0, max_frames=None)
+    assert (ds.fps, ds.max_frames) == (None, None)  # 0 / None: every frame

@@ -258,3 +258,49 @@ def test_sample_config_builds_and_loads(samples, monkeypatch):
     assert list(ds.transforms.transforms) == ["range", "object_range", "resize", "normalize"]
     assert s.cameras.images.shape == (6, 3, 256, 704) and float(s.cameras.images.min()) < 0
     assert 0 < len(s.points) < 34688 and 0 < len(s.boxes) <= 69
+
+
+@pytest.mark.parametrize("value", [0, -5, 2, "five", 5.0])
+def test_bad_num_pts_feats(samples, tmp_path, value):
+    infos = _info(samples)
+    infos["data_list"][0]["lidar_points"]["num_pts_feats"] = value
+    with pytest.raises(AnnotationError, match=r"infos.pkl: field 'data_list\[0\].lidar_points.num_pts_feats': expected an integer >= 3"):
+        _write(tmp_path, infos, samples, sensors=["lidar"])[0]
+
+
+@pytest.mark.parametrize("value,expected", [("fast", "2 numbers"), (None, "2 numbers"), ([1.0, 2.0, 3.0], "2 numbers"),
+                                            ([float("inf"), 0.0], "finite numbers")])
+def test_bad_velocity(samples, tmp_path, value, expected):
+    infos = _info(samples)
+    infos["data_list"][0]["instances"][1]["velocity"] = value
+    with pytest.raises(AnnotationError, match=rf"infos.pkl: field 'data_list\[0\].instances\[1\].velocity': expected {expected}"):
+        _write(tmp_path, infos, samples, sensors=())[0]
+
+
+@pytest.mark.parametrize("value", ["ten", -3, 1.5])
+def test_bad_num_lidar_pts(samples, tmp_path, value):
+    infos = _info(samples)
+    infos["data_list"][0]["instances"][2]["num_lidar_pts"] = value
+    with pytest.raises(AnnotationError, match=r"'data_list\[0\].instances\[2\].num_lidar_pts': expected an integer >= 0"):
+        _write(tmp_path, infos, samples, sensors=())[0]
+
+
+def test_points_reader_needs_xyz(samples):
+    from dense3d.data.readers import read_points_bin
+
+    src = samples / "nuscenes" / _info(samples)["data_list"][0]["lidar_points"]["lidar_path"]
+    for dims in (0, 2, -1):
+        with pytest.raises(PointCloudError, match=r"field 'points features per point': expected an integer >= 3"):
+            read_points_bin(src, dims)
+
+
+def test_index_out_of_range_is_one_line_index_error(samples, tmp_path):
+    from dense3d.data.datasets.base import SampleIndexError
+
+    ds = _write(tmp_path, _info(samples), samples, sensors=())
+    for i in (1, -2, 10**6):
+        with pytest.raises(SampleIndexError, match=r"TOD3CapDataset: field 'index': expected an integer in 0..0 \(the data set has 1 samples\)"):
+            ds[i]
+    with pytest.raises(IndexError):  # still an IndexError: iteration stops on it
+        ds[1]
+    assert [s.sample_id for s in ds] == [ds[-1].sample_id]

@@ -2,17 +2,23 @@
 from __future__ import annotations
 
 import abc
+import operator
 from typing import Callable, Sequence
 
 from torch.utils.data import Dataset
 
-from dense3d.errors import ConfigError
+from dense3d.errors import ConfigError, Dense3DError
 from dense3d.structures import Sample
 
-__all__ = ["SENSOR_NAMES", "SampleDataset", "select_sensors"]
+__all__ = ["SENSOR_NAMES", "SampleDataset", "SampleIndexError", "select_sensors"]
 
 # The sensor names of configs/sensors/*.yaml.
 SENSOR_NAMES = ("lidar", "camera", "audio", "video")
+
+
+class SampleIndexError(Dense3DError, IndexError):
+    """A sample index outside the data set: one line, and still an ``IndexError`` (``for s in
+    dataset`` stops on it, as the sequence protocol expects)."""
 
 
 def select_sensors(sensors: Sequence[str], supported: Sequence[str], source: str) -> tuple[str, ...]:
@@ -53,5 +59,12 @@ class SampleDataset(Dataset, abc.ABC):
         return len(self.index)
 
     def __getitem__(self, i: int) -> Sample:
-        sample = self._load(self.index[i])
+        n = len(self.index)
+        try:
+            k = operator.index(i)  # ints, numpy and 0-d torch integers
+        except TypeError:
+            raise SampleIndexError(type(self).__name__, "index", f"an integer in 0..{n - 1}", got=repr(i)) from None
+        if isinstance(i, bool) or not -n <= k < n:
+            raise SampleIndexError(type(self).__name__, "index", f"an integer in 0..{n - 1} (the data set has {n} samples)", got=repr(i))
+        sample = self._load(self.index[k])
         return self.transforms(sample) if self.transforms is not None else sample

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from dense3d.data.datasets.base import SampleDataset, select_sensors
-from dense3d.data.datasets.media import load_clip
+from dense3d.data.datasets.media import check_frame_options, load_clip
 from dense3d.data.readers import load_json
 from dense3d.errors import AnnotationError, EventError
 from dense3d.structures import EventAnnotations, Events, Sample
@@ -94,11 +94,13 @@ class DenseEventsDataset(SampleDataset):
         audio_dir: folder of the audio files (default ``media_dir``).
         sensors: any of ``audio``, ``video``.
         sample_rate: the audio rate expected (another raises ``AudioError``); None accepts any.
-        fps, max_frames: video frame subsampling, as for ``FAVDBenchDataset``.
+        fps, max_frames: video frame subsampling, as for ``FAVDBenchDataset`` (``fps`` > 0 or
+            None / 0 for every frame, ``max_frames`` >= 1 or None; else ``ConfigError``).
         transforms: a callable ``Sample -> Sample``.
 
     Items: ``Sample`` with ``audio``, ``video`` and ``events`` (``EventAnnotations``);
-    ``meta["duration"]``, ``meta["clipped_spans"]``.
+    ``meta["duration"]``, ``meta["clipped_spans"]``. Audio shorter than ``duration`` by more
+    than ``max(0.5 s, 5 %)`` (a truncated file) raises ``AudioError``.
     """
 
     def __init__(
@@ -124,8 +126,7 @@ class DenseEventsDataset(SampleDataset):
             raise AnnotationError(type(self).__name__, "media_dir", f"a folder to read {list(self.sensors)} from", got=None)
         self._class_names = tuple(class_names) if class_names is not None else None
         self.sample_rate = int(sample_rate) if sample_rate is not None else None
-        self.fps = float(fps) if fps else None
-        self.max_frames = int(max_frames) if max_frames is not None else None
+        self.fps, self.max_frames = check_frame_options(type(self).__name__, fps, max_frames)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -148,6 +149,6 @@ class DenseEventsDataset(SampleDataset):
         if self.sensors:
             audio, video = load_clip(
                 self.media_dir, self.audio_dir, vid, self.sensors, self.sample_rate, self.fps, self.max_frames,
-                mic_positions=e.get("mic_positions"), annotation_source=self.annotation_file,
+                mic_positions=e.get("mic_positions"), annotation_source=self.annotation_file, duration=meta["duration"],
             )
         return Sample(sample_id=vid, audio=audio, video=video, events=events, meta=meta)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from dense3d.data.datasets.base import SampleDataset, select_sensors
-from dense3d.data.datasets.media import load_clip
+from dense3d.data.datasets.media import check_frame_options, load_clip
 from dense3d.data.readers import load_json
 from dense3d.errors import AnnotationError
 from dense3d.structures import Sample
@@ -118,8 +118,7 @@ class FAVDBenchDataset(SampleDataset):
         self.audio_dir = Path(str(audio_dir).format(split=split)) if audio_dir else None
         self.sensors = select_sensors(sensors, ("audio", "video"), type(self).__name__)
         self.sample_rate = int(sample_rate) if sample_rate is not None else None
-        self.fps = float(fps) if fps else None
-        self.max_frames = int(max_frames) if max_frames is not None else None
+        self.fps, self.max_frames = check_frame_options(type(self).__name__, fps, max_frames)
 
     def _build_index(self) -> list:
         anns = parse_favd_annotations(load_json(self.annotation_file), self.annotation_file)

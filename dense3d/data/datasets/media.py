@@ -7,10 +7,26 @@ import numpy as np
 import torch
 
 from dense3d.data.readers import read_audio, read_video_frames
-from dense3d.errors import AudioError
+from dense3d.errors import AudioError, ConfigError
 from dense3d.structures import AudioClip, VideoFrames
 
-__all__ = ["load_clip"]
+__all__ = ["load_clip", "check_frame_options", "AUDIO_SHORT_TOLERANCE_S", "AUDIO_SHORT_TOLERANCE_FRACTION"]
+
+# Audio may be this much shorter than the annotated duration (codec padding, rounding).
+AUDIO_SHORT_TOLERANCE_S = 0.5
+AUDIO_SHORT_TOLERANCE_FRACTION = 0.05
+
+
+def check_frame_options(source: str, fps, max_frames) -> tuple[float | None, int | None]:
+    """The video options of a data set: ``fps`` a number > 0 or None / 0 (every frame),
+    ``max_frames`` an integer >= 1 or None; else ``ConfigError`` naming the option."""
+    if fps is not None:
+        if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) or not np.isfinite(fps) or fps < 0:
+            raise ConfigError(source, "fps", "a number of frames per second > 0, or null for every frame", got=repr(fps))
+    if max_frames is not None:
+        if isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 1:
+            raise ConfigError(source, "max_frames", "an integer >= 1, or null for no limit", got=repr(max_frames))
+    return (float(fps) if fps else None), (int(max_frames) if max_frames is not None else None)
 
 
 def load_clip(
@@ -23,13 +39,24 @@ def load_clip(
     max_frames: int | None,
     mic_positions=None,
     annotation_source=None,
+    duration: float | None = None,
 ) -> tuple[AudioClip | None, VideoFrames | None]:
     """Audio from ``audio_dir/clip_id.{wav,flac,mp3}`` (else the mp4's audio stream) and frames
-    from ``media_dir/clip_id.mp4``, each only when ``sensors`` asks for it."""
+    from ``media_dir/clip_id.mp4``, each only when ``sensors`` asks for it.
+
+    ``duration``: the annotated clip length in seconds; audio clearly shorter (by more than
+    ``max(0.5 s, 5 %)``, e.g. a truncated file) raises ``AudioError`` naming the audio file.
+    """
     mp4 = media_dir / f"{clip_id}.mp4"
     audio = video = None
     if "audio" in sensors:
         wave, rate, src = read_audio(audio_dir if audio_dir is not None else media_dir, mp4, clip_id, sample_rate)
+        if duration is not None:
+            seconds = wave.shape[1] / float(rate)
+            if seconds < duration - max(AUDIO_SHORT_TOLERANCE_S, AUDIO_SHORT_TOLERANCE_FRACTION * duration):
+                where = f" in {annotation_source}" if annotation_source is not None else ""
+                raise AudioError(src, "audio", f"about {clip_id}.duration = {duration:g} s of audio (the annotation{where}); truncated file?",
+                                 got=f"{seconds:.3f} s")
         mics = None
         if mic_positions is not None:
             try:

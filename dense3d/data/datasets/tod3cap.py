@@ -183,7 +183,10 @@ class TOD3CapDataset(SampleDataset):
         return Sample(sample_id=token, points=points, cameras=cameras, boxes=boxes, meta=meta)
 
     def _load_points(self, info: dict, where: str, lidar: dict) -> PointCloud:
-        nfeat = int(require(lidar, "num_pts_feats", self.info_file, f"{where}.lidar_points"))
+        nfeat = require(lidar, "num_pts_feats", self.info_file, f"{where}.lidar_points")
+        if isinstance(nfeat, bool) or not isinstance(nfeat, (int, np.integer)) or nfeat < 3:
+            raise AnnotationError(self.info_file, f"{where}.lidar_points.num_pts_feats", "an integer >= 3 (x, y, z first; nuScenes: 5)", got=repr(nfeat))
+        nfeat = int(nfeat)
         path = self._path("pts", str(require(lidar, "lidar_path", self.info_file, f"{where}.lidar_points")))
         pts = read_points_bin(path, nfeat)
         names = NUSCENES_POINT_FEATURES[:nfeat] + tuple(f"f{i}" for i in range(len(NUSCENES_POINT_FEATURES), nfeat))
@@ -264,12 +267,22 @@ class TOD3CapDataset(SampleDataset):
             if int(label) == -1 and self.drop_ignored:
                 continue
             if with_velocity:
-                vel = np.asarray(inst["velocity"], dtype=np.float64).reshape(-1)[:2]
+                try:
+                    vel = np.asarray(inst["velocity"], dtype=np.float64).reshape(-1)
+                except (TypeError, ValueError):
+                    vel = None
+                if vel is None or vel.shape != (2,):  # mmdet3d v1.1 stores (vx, vy) only
+                    raise AnnotationError(self.info_file, f"{iw}.velocity", "2 numbers vx, vy (m/s)", got=repr(inst["velocity"]))
+                if np.isinf(vel).any():
+                    raise AnnotationError(self.info_file, f"{iw}.velocity", "finite numbers or NaN (unknown)", got=vel.tolist())
                 vel = np.where(np.isfinite(vel), vel, 0.0)  # nuScenes leaves some velocities NaN; mmdet3d sets them to 0
                 box = np.concatenate([box, vel])
+            n_pts = inst.get("num_lidar_pts", -1)
+            if "num_lidar_pts" in inst and (isinstance(n_pts, bool) or not isinstance(n_pts, (int, np.integer)) or n_pts < 0):
+                raise AnnotationError(self.info_file, f"{iw}.num_lidar_pts", "an integer >= 0", got=repr(n_pts))
             rows.append(box)
             labels.append(int(label))
-            npts.append(int(inst.get("num_lidar_pts", -1)))
+            npts.append(int(n_pts))
             valid.append(bool(inst.get("bbox_3d_isvalid", True)))
             ann = inst.get("ann_token")
             ids.append(str(ann) if ann is not None else f"{token}_{i}")

@@ -14,13 +14,14 @@ Captions come from a grammar that always relates a region to another one (see
     generate(SynthConfig(kind="outdoor", scenes=100, seed=0), "data/synthetic/mine/outdoor")
     print(format_stats(dataset_stats("data/synthetic/mine/outdoor")))
 """
-from dense3d.data.synthetic.common import KINDS, PALETTE, SynthConfig
+from dense3d.data.synthetic.common import KINDS, PALETTE, SynthConfig, load_synth_config
 from dense3d.data.synthetic.generate import DEFAULT_SCENES, dataset_stats, format_stats, generate, generate_default, write_oracles
 
 __all__ = [
     "KINDS",
     "PALETTE",
     "SynthConfig",
+    "load_synth_config",
     "DEFAULT_SCENES",
     "generate",
     "generate_default",

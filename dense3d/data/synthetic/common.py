@@ -3,14 +3,17 @@ all-or-nothing output folder."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
+import math
+import numbers
 import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -18,6 +21,7 @@ from dense3d.errors import ConfigError
 
 __all__ = [
     "SynthConfig",
+    "load_synth_config",
     "PALETTE",
     "KINDS",
     "GENERATOR_VERSION",
@@ -25,6 +29,7 @@ __all__ = [
     "make_token",
     "split_of",
     "atomic_output_dir",
+    "check_output_dir",
     "write_json",
     "SPLITS",
 ]
@@ -82,9 +87,9 @@ class SynthConfig:
         src = "SynthConfig"
         if self.kind not in KINDS:
             raise ConfigError(src, "kind", f"one of {', '.join(KINDS)}", got=repr(self.kind))
-        if int(self.scenes) < 1:
-            raise ConfigError(src, "scenes", "an integer >= 1", got=self.scenes)
-        self.split = tuple(float(f) for f in self.split)
+        self.scenes = _int(src, "scenes", self.scenes, 1)
+        self.seed = _int(src, "seed", self.seed, 0)
+        self.split = _numbers(src, "split", self.split, float, "three fractions >= 0 summing to 1")
         if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-6:
             raise ConfigError(src, "split", "three fractions >= 0 summing to 1", got=list(self.split))
         defaults = {
@@ -99,12 +104,16 @@ class SynthConfig:
         if self.max_objects is None:
             self.max_objects = defaults[2]
         if self.image_size is not None:
-            self.image_size = tuple(int(v) for v in self.image_size)
+            self.image_size = _numbers(src, "image_size", self.image_size, int, "(width, height), even numbers >= 16")
             if len(self.image_size) != 2 or min(self.image_size) < 16 or any(v % 2 for v in self.image_size):
                 raise ConfigError(src, "image_size", "(width, height), even numbers >= 16", got=list(self.image_size))
+        self.min_objects = _int(src, "min_objects", self.min_objects, 1)
+        self.max_objects = _int(src, "max_objects", self.max_objects, 1)
         if not 1 <= self.min_objects <= self.max_objects:
             raise ConfigError(src, "min_objects/max_objects", "1 <= min <= max", got=[self.min_objects, self.max_objects])
-        self.scenes, self.seed = int(self.scenes), int(self.seed)
+        for name in ("lidar_beams", "lidar_azimuth_steps", "fps", "sample_rate"):
+            setattr(self, name, _int(src, name, getattr(self, name), 1))
+        self.clip_seconds = _float(src, "clip_seconds", self.clip_seconds)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -116,6 +125,90 @@ class SynthConfig:
     def fingerprint(self) -> str:
         """Hash of everything that decides the output (the demo skips regeneration on a match)."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_synth_config(path: str | os.PathLike | None, **overrides) -> SynthConfig:
+    """A :class:`SynthConfig` from a generator yaml (``configs/synthetic/*.yaml``; its
+    ``_target_`` is ignored) updated with ``overrides`` (e.g. ``kind``, ``seed``, ``scenes``,
+    ``split`` from the command line); ``path=None`` uses ``overrides`` alone.
+
+    A missing or unreadable file, a YAML syntax error, a top level that is not a mapping, an
+    unknown key and a wrong value are one-line ``ConfigError`` naming the file (or
+    ``SynthConfig`` for a bad override) and the key.
+    """
+    fields = [f.name for f in dataclasses.fields(SynthConfig)]
+    params: dict = {}
+    src = "SynthConfig"
+    if path is not None:
+        import yaml
+        from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
+
+        src = path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(path, "<file>", "an existing generator yaml (configs/synthetic/*.yaml)", got="missing") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(path, "<file>", "a readable UTF-8 yaml file", got=type(e).__name__) from None
+        try:
+            raw = OmegaConf.to_container(OmegaConf.create(text))  # OmegaConf's yaml loader (1e-3 is a float)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(path, "<file>", "valid YAML", got=f"{getattr(e, 'problem', None) or type(e).__name__}{where}") from None
+        except OmegaConfBaseException as e:
+            raise ConfigError(path, "<file>", "a mapping of SynthConfig fields", got=str(e).splitlines()[0]) from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(path, "<file>", "a mapping of SynthConfig fields", got=type(raw).__name__)
+        try:  # resolve ${...} interpolations as hydra would
+            raw = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
+        except OmegaConfBaseException as e:
+            raise ConfigError(path, "<file>", "resolvable ${...} interpolations", got=str(e).splitlines()[0]) from None
+        for key, value in raw.items():
+            if key == "_target_":
+                continue
+            if key not in fields:
+                raise ConfigError(path, str(key), f"a SynthConfig field ({', '.join(fields)})", got="an unknown key")
+            params[key] = value
+    for key in overrides:
+        if key not in fields:
+            raise ConfigError("SynthConfig", str(key), f"a SynthConfig field ({', '.join(fields)})", got="an unknown key")
+    try:
+        return SynthConfig(**{**params, **overrides})
+    except ConfigError as e:
+        if any(f in params and f not in overrides for f in e.field.split("/")):  # the file's value: name the file
+            raise ConfigError(src, e.field, e.expected, got=e.got) from None
+        raise
+
+
+def _int(src, name: str, value, minimum: int) -> int:
+    """An integer field (a whole float such as ``2.0`` is accepted; bools and strings are not)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(src, name, f"an integer >= {minimum}", got=repr(value))
+    return int(value)
+
+
+def _float(src, name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(src, name, "a finite number > 0", got=repr(value))
+    return float(value)
+
+
+def _numbers(src, name: str, value, kind, expected: str) -> tuple:
+    """A list / tuple of numbers converted with ``kind`` (int: whole numbers only)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise ConfigError(src, name, expected, got=repr(value))
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or (kind is int and float(v) != int(v)):
+            raise ConfigError(src, name, expected, got=repr(list(value)))
+        out.append(kind(v))
+    return tuple(out)
 
 
 def scene_rng(seed: int, kind: str, index: int) -> np.random.Generator:
@@ -141,11 +234,48 @@ def split_of(index: int, n: int, fractions: tuple[float, float, float]) -> str:
     return "val" if index < n_train + n_val else "test"
 
 
+OUT_EXPECTED = "a new or empty folder, or one written by `dense3d convert synth` (with its meta.json)"
+
+
+def _is_generated_set(folder: Path) -> bool:
+    """True when ``folder/meta.json`` is the one :func:`generate` writes (kind, fingerprint, splits)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("kind") in KINDS and "fingerprint" in meta and isinstance(meta.get("splits"), dict)
+
+
+def check_output_dir(out: str | os.PathLike) -> Path:
+    """Refuse (``ConfigError`` naming ``out``) an output path whose contents generation would
+    destroy: a file, or a non-empty folder that is not a synthetic set written by the generator.
+    Also refuses a path below a file. Returns ``out`` as a Path."""
+    out = Path(out)
+    for parent in out.parents:  # the nearest existing ancestor must be a folder
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise ConfigError(out, "out", f"a folder path ({parent} is not a folder)", got="a path below a file")
+            break
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ConfigError(out, "out", OUT_EXPECTED, got="a symbolic link" if out.is_symlink() else "a file" if out.is_file() else "not a folder")
+    if out.is_dir():
+        try:
+            entries = sorted(p.name for p in out.iterdir())
+        except OSError as e:
+            raise ConfigError(out, "out", OUT_EXPECTED, got=f"an unreadable folder ({type(e).__name__})") from None
+        if entries and not _is_generated_set(out):
+            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            raise ConfigError(out, "out", OUT_EXPECTED, got=f"a folder of {len(entries)} other entries ({shown})")
+    return out
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; on success it replaces ``out`` (an older
-    ``out`` is removed only then), on failure it is deleted and ``out`` is untouched."""
-    out = Path(out)
+    ``out`` is removed only then), on failure it is deleted and ``out`` is untouched.
+    ``out`` is checked first (:func:`check_output_dir`): only an empty folder or an earlier
+    generated set is ever replaced."""
+    out = check_output_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:

@@ -10,6 +10,7 @@ from typing import Callable
 
 from dense3d.data.synthetic.annotations import ANNOTATIONS_FILE, load_synthetic_annotations
 from dense3d.data.synthetic.common import KINDS, SPLITS, SynthConfig, atomic_output_dir, split_of, write_json
+from dense3d.errors import ConfigError
 from dense3d.utils.progress import ProgressBar, ensure_progress
 
 __all__ = ["generate", "generate_default", "dataset_stats", "format_stats", "DEFAULT_SCENES"]
@@ -35,7 +36,8 @@ def _one(args):
 
 def generate(cfg: SynthConfig, out: str | Path, workers: int = 1, progress: Callable[[int, int], None] | None = None) -> dict:
     """Generate ``cfg.scenes`` scenes of ``cfg.kind`` into ``out`` (replaced as a whole, only
-    when everything is written; nothing partial is ever left at ``out``).
+    when everything is written; nothing partial is ever left at ``out``). ``out`` must be new,
+    an empty folder or an earlier generated set (``ConfigError`` before anything is written).
 
     Args:
         cfg: what to generate (kind, scene count, seed, ...).
@@ -168,6 +170,8 @@ def generate_default(root: str | Path = "data/synthetic/default", seed: int = 0,
     ``meta.json`` already has the same config fingerprint. Returns the three folders.
     ``progress`` (:mod:`dense3d.utils.progress`) advances by one per generated scene."""
     root = Path(root)
+    if root.exists() and not root.is_dir():  # else generate() would fail below a file
+        raise ConfigError(root, "data folder", "a folder for the outdoor/indoor/av sets (new or written by the demo)", got="a file")
     scenes = dict(DEFAULT_SCENES, **(scenes or {}))
     bar = ensure_progress(progress)
     out = {}

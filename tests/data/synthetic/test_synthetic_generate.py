@@ -185,3 +185,64 @@ def _check_indoor_fixed_oracles(synth_root):
                     assert "the " + noun_phrase(objs[t]["colour"], objs[t]["label"]) in p["caption"]
                 n += 1
     assert n > 5
+
+
+def test_output_path_that_is_not_a_generated_set_is_refused(tmp_path, capsys):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("keep me")
+    afile = tmp_path / "afile"
+    afile.write_text("keep me too")
+    for out, got in ((victim, "other entries"), (afile, "a file"), (afile / "sub", "below a file")):
+        with pytest.raises(ConfigError, match=rf"{out.name}: field 'out': expected .*{got}") as e:
+            generate(SynthConfig(kind="indoor", scenes=2, seed=0), out)
+        assert "\n" not in str(e.value)
+    assert (victim / "notes.txt").read_text() == "keep me" and afile.read_text() == "keep me too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "victim"]  # no temp or .old folder left
+    assert main(["convert", "synth", "--kind", "indoor", "--out", str(afile), "--scenes", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "ConfigError" in err and "afile" in err
+    with pytest.raises(ConfigError, match="afile: field 'data folder'"):
+        generate_default(afile, scenes={"outdoor": 1, "indoor": 1, "av": 1}, log=lambda s: None)
+    # an empty folder and an earlier generated set are (re)placed
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    generate(SynthConfig(kind="indoor", scenes=2, seed=0), empty)
+    generate(SynthConfig(kind="indoor", scenes=3, seed=1), empty)
+    assert json.loads((empty / "meta.json").read_text())["config"]["scenes"] == 3
+
+
+def test_synth_config_wrong_types_are_one_line_errors():
+    for kw, fld in ((dict(scenes="abc"), "scenes"), (dict(seed="x"), "seed"), (dict(split="abc"), "split"),
+                    (dict(image_size=[64, "a"]), "image_size"), (dict(fps=0), "fps"), (dict(clip_seconds="ten"), "clip_seconds"),
+                    (dict(min_objects="2"), "min_objects"), (dict(scenes=True), "scenes")):
+        with pytest.raises(ConfigError, match=rf"SynthConfig: field '{fld}'"):
+            SynthConfig(kind="outdoor", **kw)
+    assert SynthConfig(kind="indoor", scenes=2.0).scenes == 2
+
+
+def test_load_synth_config_names_the_file_and_key(tmp_path):
+    from pathlib import Path
+
+    from dense3d.data.synthetic import load_synth_config
+
+    repo_cfg = Path(__file__).resolve().parents[3] / "configs" / "synthetic" / "outdoor.yaml"
+    cfg = load_synth_config(repo_cfg, kind="outdoor", seed=3, scenes=2)
+    assert (cfg.kind, cfg.seed, cfg.scenes, cfg.image_size) == ("outdoor", 3, 2, (448, 252))
+    assert load_synth_config(None, kind="indoor", seed=0).kind == "indoor"
+    cases = {
+        "nope.yaml": (None, "field '<file>': expected an existing"),
+        "bad.yaml": ("scenes: [unclosed\n", "field '<file>': expected valid YAML"),
+        "list.yaml": ("- 1\n- 2\n", "field '<file>': expected a mapping"),
+        "unk.yaml": ("scenes: 2\nbogus_key: 1\n", "field 'bogus_key': expected a SynthConfig field"),
+        "str.yaml": ("scenes: abc\n", "field 'scenes': expected an integer >= 1, got 'abc'"),
+    }
+    for name, (text, msg) in cases.items():
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        with pytest.raises(ConfigError, match=rf"{name}: {msg}") as e:
+            load_synth_config(path, kind="indoor", seed=0)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="SynthConfig: field 'bogus'"):
+        load_synth_config(None, kind="indoor", bogus=1)
