@@ -31,9 +31,10 @@ class DenseCaptionerRun:
     """A loaded model with its data config; ``caption`` and ``caption_many`` run inference."""
 
     def __init__(self, model: torch.nn.Module, config, regions: str = "proposals",
-                 checkpoint: Path | None = None, step: int | None = None):
+                 checkpoint: Path | None = None, step: int | None = None, config_path: Path | None = None):
         self.model = model.eval()
         self.config = config
+        self.config_path = config_path  # the run's config.yaml (for messages)
         self.regions = regions
         self.checkpoint = checkpoint  # the checkpoint folder the weights came from
         self.step = step  # its training step (global_step), None where the checkpoint has none
@@ -61,10 +62,17 @@ class DenseCaptionerRun:
 
     def dataset(self, split: str = "val"):
         """The run's data set of ``split`` (built from its config), e.g. to caption its scenes."""
-        node = self.config.data.get(split)
+        from dense3d.engine.checkpoint import check_config_targets
+
+        source = str(self.config_path or "the run's config.yaml")
+        data = self.config.get("data")
+        if not OmegaConf.is_dict(data) or not OmegaConf.is_dict(data.get(split) or data.get("val")):
+            raise CheckpointError(source, f"data.{split}", "the run's data config (data.train / data.val)", got="missing")
+        node = data.get(split)
         if node is None:  # e.g. "test": the val set's config with the split swapped
-            node = OmegaConf.merge(self.config.data.val, {"split": split})
-        return instantiate_config(node, "the run's config.yaml", f"data.{split}")
+            node = OmegaConf.merge(data.val, {"split": split})
+        check_config_targets(OmegaConf.to_container(node), source=source, path=f"data.{split}")  # untrusted: no foreign targets
+        return instantiate_config(node, source, f"data.{split}")
 
 
 def read_run_config(cfg_path: Path):
@@ -129,7 +137,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", regions: st
     if missing or unexpected:
         raise CheckpointError(ckpt, "state_dict", "weights that fit the run's model",
                               got=f"{len(missing)} missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]})")
-    return DenseCaptionerRun(model.to(map_location), cfg, regions, checkpoint=ckpt, step=loaded.get("global_step"))
+    return DenseCaptionerRun(model.to(map_location), cfg, regions, checkpoint=ckpt, step=loaded.get("global_step"),
+                             config_path=cfg_path)
 
 
 def prediction_records(sample_ids: Iterable[str], captions: Iterable[list[DenseCaption]]) -> dict:

@@ -45,16 +45,14 @@ def regions_of(objs: list[dict], facts_mlp: nn.Module) -> RegionFeatures:
 
 
 def build_captioner(layers: int, overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
+    from dense3d.engine.train import compose_config
+    from dense3d.utils.config import instantiate_config
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
-    with initialize_config_dir(str(configs), version_base=None):
-        cfg = compose("train", ["experiment=captioning_outdoor", "model.captioner.bica=null",
-                                "model.captioner.qformer.region_dim=256", "model.captioner.qformer.num_neighbours=0",
-                                "model.captioner.qformer.token_dim=null", f"model.captioner.adapter.num_layers={layers}",
-                                *overrides])
-    return instantiate(cfg.model.captioner), cfg
+    cfg = compose_config(["experiment=captioning_outdoor", "model.captioner.bica=null",
+                          "model.captioner.qformer.region_dim=256", "model.captioner.qformer.num_neighbours=0",
+                          "model.captioner.qformer.token_dim=null", f"model.captioner.adapter.num_layers={layers}",
+                          *overrides])  # bad overrides and values: one-line ConfigErrors
+    return instantiate_config(cfg.model.captioner, "configs/train.yaml", "model.captioner"), cfg
 
 
 def score(pairs: list[tuple[str, str]]) -> dict[str, float]:

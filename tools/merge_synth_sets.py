@@ -51,6 +51,18 @@ from dense3d.errors import AnnotationError, exit_status
 from dense3d.utils.io import atomic_write, atomic_write_json
 
 
+def _link(link: Path, target: Path) -> None:
+    """``link`` -> ``target``, replacing a link of an earlier merge that points elsewhere (names
+    are by position: another set order would otherwise pair new descriptions with old rooms)."""
+    if link.is_symlink() and link.resolve() == target:
+        return
+    tmp = link.with_name(f".{link.name}.tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
 def _sensor_files(info: dict, info_file: Path, where: str) -> list[str]:
     """The relative paths of one sample's LiDAR sweep and camera images."""
     lidar = require(require(info, "lidar_points", info_file, where), "lidar_path", info_file, f"{where}.lidar_points")
@@ -91,8 +103,7 @@ def merge_outdoor(out: Path, sets: list[Path], split: str = "train") -> int:
     for rel, target in links.items():
         link = out / rel
         link.parent.mkdir(parents=True, exist_ok=True)
-        if not link.is_symlink():
-            os.symlink(target, link)
+        _link(link, target)
     with atomic_write(out / f"nuscenes_infos_{split}.pkl", "wb") as f:
         pickle.dump({"metainfo": metainfo, "data_list": data_list}, f)
     atomic_write_json(out / f"tod3cap_captions_{split}.json", captions)
@@ -114,13 +125,12 @@ def merge_av(out: Path, sets: list[Path], split: str = "train") -> int:
             merged[name] = entry
             for media in sorted((root / "clips").glob(f"{clip}.*")):
                 link = out / "clips" / f"{name}{media.suffix}"
-                if not link.exists():
-                    os.symlink(media.resolve(), link)
+                _link(link, media.resolve())
     atomic_write_json(out / f"dense_events_{split}.json", merged)
     return len(merged)
 
 
-SCAN_FILES = ("_aligned_vert.npy", "_aligned_bbox.npy", "_ins_label.npy")
+SCAN_FILES = ("_aligned_vert.npy", "_aligned_bbox.npy", "_ins_label.npy", "_sem_label.npy")  # what synthetic/indoor.py writes
 
 
 def merge_indoor(out: Path, sets: list[Path], split: str = "train") -> int:
@@ -153,9 +163,7 @@ def merge_indoor(out: Path, sets: list[Path], split: str = "train") -> int:
             entries.append(dict(row, scene_id=f"s{k}_{scene}"))
     (out / "scans").mkdir(parents=True, exist_ok=True)
     for name, target in links.items():
-        link = out / "scans" / name
-        if not link.is_symlink():
-            os.symlink(target, link)
+        _link(out / "scans" / name, target)
     atomic_write_json(out / f"ScanRefer_filtered_{split}.json", entries)
     with atomic_write(out / f"ScanRefer_filtered_{split}.txt", "w") as f:
         f.write("".join(f"{s['scene_id']}\n" for s in scenes))

@@ -108,7 +108,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, data_dir: str 
     from dense3d.engine.train import compose_config, fit
 
     t_start = time.time()
-    out_dir = Path(out_dir).resolve()  # made once the data and the config are good (no empty folder on bad input)
+    out_dir = Path(out_dir).resolve()  # made by fit() once data, config and model are good (none left on bad input)
     report = environment_report()
     print("dense3d demo")
     for k, v in report.items():
@@ -122,7 +122,6 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, data_dir: str 
     if steps is not None:
         ov += [f"trainer.max_steps={steps}", f"trainer.log_every_n_steps={max(1, min(5, steps))}"]
     cfg = compose_config(ov + list(overrides or []))
-    out_dir.mkdir(parents=True, exist_ok=True)
     module, datamodule, trainer = fit(cfg)
     trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt")  # + config.yaml: dense3d.api.load(out_dir)
     summary["stages"].append({"name": "train", "seconds": round(time.time() - t0, 2), "steps": int(trainer.global_step)})

@@ -44,7 +44,7 @@ def box_records(samples: Sequence[Sample], captions: Sequence[list[DenseCaption]
                 "label": boxes.class_names[int(k)],
                 "box": boxes.boxes.tensor[i, :7].tolist(),
                 "descriptions": list(boxes.captions[i]) if i < len(boxes.captions) else [],  # [0]: TOD3Cap's one reference
-                "num_pts": int(counts[i]),
+                "num_pts": int(counts[i]) if counts[i] >= 0 else None,  # -1: the info file had no count
             }
             for i, k in enumerate(boxes.labels.tolist())
             if 0 <= int(k) < len(boxes.class_names)
@@ -73,7 +73,7 @@ def event_records(samples: Sequence[Sample], captions: Sequence[list[DenseCaptio
         gt[s.sample_id] = {
             "timestamps": spans,
             "sentences": [ev.captions[i][0] if i < len(ev.captions) and ev.captions[i] else "" for i in range(len(spans))],
-            "labels": [names[int(k)] for k in ev.labels.tolist()],
+            "labels": [names[k] if 0 <= k < len(names) else None for k in ev.labels.tolist()],  # -1: unlabelled
             "azimuth": ev.azimuth.tolist() if ev.azimuth is not None else None,
         }
     return pred, gt
@@ -164,16 +164,15 @@ def evaluate_run(run: str | Path, split: str = "val", regions: str = "proposals"
     run = Path(run)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError("evaluate_run", "limit", "an integer >= 1 (or None: every sample)", got=limit)
-    if out_dir is not None:
-        check_output_path(out_dir, "dense3d eval --checkpoint", folder=True)
     run_dir = api.find_run(run)[0].parent  # the folder of config.yaml, also for a checkpoint folder
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / f"eval_{split}"
+    check_output_path(out_dir, "dense3d eval --checkpoint", folder=True)  # before any captioning
     loaded = api.load(run, regions=regions, overrides=overrides)
     data = loaded.dataset(split)
     n = len(data) if limit is None else min(limit, len(data))
     samples = [data[i] for i in range(n)]
     with progress_bar(f"describing {split} ({regions})", total=n, unit="samples") as bar:
         captions = loaded.caption_many(samples, batch_size=batch_size, progress=bar)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / f"eval_{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
     model = loaded.model
     has_text = any(c.text for caps in captions for c in caps)

@@ -46,10 +46,10 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "train
 SOURCE = "configs/train.yaml"  # the composed config, for messages
 
 
-def _instantiate_dict(node: DictConfig | None) -> list[Any]:
+def _instantiate_dict(node: DictConfig | None, key: str) -> list[Any]:
     if not node:
         return []
-    return [instantiate_config(v, SOURCE, k) for k, v in node.items() if v is not None and "_target_" in v]
+    return [instantiate_config(v, SOURCE, f"{key}.{k}") for k, v in node.items() if v is not None and "_target_" in v]
 
 
 def init_weights(model, run: str | Path, parts: list[str], skip: list[str] = ()) -> int:
@@ -121,8 +121,8 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.
         frozen=list(cfg.get("frozen", []) or []),
         trainable=list(cfg.get("trainable", []) or []),
     )
-    callbacks = [RNGStateCallback(), *_instantiate_dict(cfg.get("callbacks"))]
-    loggers = _instantiate_dict(cfg.get("logger"))
+    callbacks = [RNGStateCallback(), *_instantiate_dict(cfg.get("callbacks"), "callbacks")]
+    loggers = _instantiate_dict(cfg.get("logger"), "logger")
     trainer_kwargs = dict(callbacks=callbacks, logger=loggers or False, plugins=[SafeCheckpointIO()])
     trainer_kwargs.update(trainer_overrides)
     trainer = instantiate_config(cfg.trainer, SOURCE, "trainer", **trainer_kwargs)

@@ -40,10 +40,11 @@ def instantiate_config(node, source: str, key: str, **kwargs) -> Any:
     """
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+    from omegaconf.errors import OmegaConfBaseException
 
     try:
         return instantiate(node, **kwargs)
-    except InstantiationException as e:
+    except (InstantiationException, OmegaConfBaseException) as e:  # the latter: ??? values, bad ${...}
         cause = _root_cause(e)
         if isinstance(cause, Dense3DError):
             raise cause.with_traceback(None) from None

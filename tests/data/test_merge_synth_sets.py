@@ -105,3 +105,16 @@ def test_merge_indoor_refuses_descriptions_of_unknown_rooms_before_writing(tmp_p
     with pytest.raises(AnnotationError, match=r"ScanRefer_filtered_train.json: field '\[1\]\.scene_id'.*scene9999_00"):
         merge_synth_sets.merge_indoor(out, [a])
     assert not out.exists()
+
+
+def test_merging_again_in_another_order_relinks_the_rooms(tmp_path):
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    generate(SynthConfig(kind="indoor", scenes=2, seed=4, split=(1.0, 0.0, 0.0)), a)
+    generate(SynthConfig(kind="indoor", scenes=2, seed=5, split=(1.0, 0.0, 0.0)), b)
+    merge_synth_sets.merge_indoor(out, [a, b])
+    merge_synth_sets.merge_indoor(out, [b, a])  # s0_ is now b's: every link must follow (it kept a's)
+    for room in json.loads((out / "synthetic_annotations.json").read_text())["scenes"]:
+        tag, scene = room["scene_id"].split("_", 1)
+        src = {"s0": b, "s1": a}[tag]
+        for suffix in merge_synth_sets.SCAN_FILES:
+            assert (out / "scans" / f"{room['scene_id']}{suffix}").resolve() == (src / "scans" / f"{scene}{suffix}").resolve()

@@ -38,6 +38,10 @@ def test_instantiate_config_gives_back_our_errors_and_names_the_key():
     with pytest.raises(ConfigError, match=r"configs/train.yaml: field 'model\.x': expected .*, got TypeError: ") as e:
         instantiate_config(bad, "configs/train.yaml", "model.x")
     assert "\n" not in str(e.value)
+    missing = OmegaConf.create({"_target_": "torch.nn.Linear", "in_features": "???", "out_features": 2})
+    with pytest.raises(ConfigError, match=r"field 'model': expected .*got MissingMandatoryValue: ") as e:
+        instantiate_config(missing, "configs/train.yaml", "model")  # omegaconf's 3-line message before
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("override, names", [
@@ -142,3 +146,18 @@ def test_vis_and_predict_refuse_a_folder_as_out_file(tmp_path, capsys):
     assert "field '--out'" in _one_line(capsys, "dense3d vis: ConfigError")
     assert main(["predict", "--checkpoint", "/nope", "--out", str(tmp_path)]) == 2
     assert "field '--out'" in _one_line(capsys, "dense3d predict: ConfigError")
+
+
+def test_a_run_data_config_is_checked_before_it_is_built(tmp_path):
+    """A checkpoint's config is untrusted: its data split may not name a target outside
+    dense3d / torch (the model already could not); a config without data is one line too."""
+    import torch
+
+    from dense3d.api import DenseCaptionerRun
+
+    cfg = OmegaConf.create({"data": {"val": {"_target_": "os.system", "command": "echo hi"}}})
+    run = DenseCaptionerRun(torch.nn.Identity(), cfg, config_path=tmp_path / "config.yaml")
+    with pytest.raises(ConfigError, match=r"config.yaml: field 'data.val._target_': expected a target inside dense3d or torch"):
+        run.dataset("val")
+    with pytest.raises(CheckpointError, match=r"config.yaml: field 'data.test': expected the run's data config"):
+        DenseCaptionerRun(torch.nn.Identity(), OmegaConf.create({"model": {}}), config_path=tmp_path / "config.yaml").dataset("test")

@@ -81,6 +81,14 @@ def test_labels_map_onto_the_head_classes_by_name():
         plain.head_labels(ev, "clip0", 0)
     batch = av_batch([(0.5, 0.4, 1.2, 1)], size=32)
     assert plain.head_labels(batch.samples[0].events, "clip0", 0).tolist() == [1]
+    # by name: indices outside the data's names, and data sharing no class with the head
+    wrapped = EventAnnotations(Events(torch.tensor([[0.0, 1.0]] * 2)), torch.tensor([0, -2]), ("tone", "other", "horn"))
+    with pytest.raises(AnnotationError, match=r"-1\.\.2 \(the data's class names\), got -2"):
+        det.head_labels(wrapped, "clip0", 0)
+    other = EventAnnotations(Events(torch.tensor([[0.0, 1.0]])), torch.tensor([0]), ("bark", "meow"))
+    with pytest.raises(ConfigError, match=r"field 'event_head.class_names': expected classes shared with the data's"):
+        det.head_labels(other, "clip0", 0)
+    assert _detector(class_names=["event"]).head_labels(other, "clip0", 0).tolist() == [-1]  # one class: any event
 
 
 def test_event_head_class_names_and_num_classes_agree():
@@ -108,3 +116,35 @@ def test_event_records_name_their_class():
     with torch.no_grad():
         records = model.predict(batch)[0]
     assert records and all(r.kind == "event" and r.label in ("tone", "other") for r in records)
+
+
+def test_event_records_of_unlabelled_data_score_without_an_index_error():
+    """``dense3d eval --checkpoint`` on ActivityNet-style clips: the ground truth's labels are
+    -1 with no class names (names[-1] raised, or named the last class)."""
+    from dense3d.engine.evaluate import event_records
+    from dense3d.structures import DenseCaption
+
+    batch = av_batch([(0.5, 0.4, 1.2, 0), (2.0, 1.0, 1.8, 1)], size=32)
+    batch.samples[0].events.labels[:] = -1
+    batch.samples[0].events.class_names = ()
+    caps = [[DenseCaption("event", (0.4, 1.2), 0.9, "siren", "a siren wails", {})], []]
+    pred, gt = event_records(batch.samples, caps)
+    assert gt["clip0"]["labels"] == [None] and gt["clip1"]["labels"] == ["other"]
+    assert pred["clip0"][0]["label"] == "siren" and pred["clip1"] == []
+
+
+def test_event_head_and_loss_keep_float64_and_run_in_bfloat16():
+    """float64 models stay float64 through the float32 heads and the class loss; a model
+    converted whole to bfloat16 still runs (its heads in bfloat16)."""
+    import math
+
+    torch.manual_seed(0)
+    head = EventHead(8, num_classes=2, num_queries=3, num_layers=1, num_heads=2, dropout=0.0, two_stage=True).eval()
+    memory, times, mask = torch.randn(1, 6, 8), torch.linspace(0, 5, 6)[None], torch.ones(1, 6, dtype=torch.bool)
+    with torch.no_grad():
+        pred = head.double()(memory.double(), times.double(), mask)
+        assert pred.spans.dtype == pred.logits.dtype == torch.float64
+        assert event_class_nll(pred.logits[0], torch.tensor([0, -1, 2])).dtype == torch.float64
+        plain = EventHead(8, num_classes=2, num_queries=3, num_layers=1, num_heads=2, dropout=0.0).eval()
+        low = plain.to(torch.bfloat16)(memory.to(torch.bfloat16), times, mask)
+    assert low.spans.dtype == torch.bfloat16 and all(math.isfinite(v) for v in low.spans.float().flatten().tolist())

@@ -99,8 +99,8 @@ class DenseEventsDataset(SampleDataset):
         transforms: a callable ``Sample -> Sample``.
 
     Items: ``Sample`` with ``audio``, ``video`` and ``events`` (``EventAnnotations``);
-    ``meta["duration"]``, ``meta["clipped_spans"]``. Audio shorter than ``duration`` by more
-    than ``max(0.5 s, 5 %)`` (a truncated file) raises ``AudioError``.
+    ``meta["duration"]``, ``meta["clipped_spans"]``. Audio shorter than half of ``duration``
+    (a truncated file; real durations often differ from the audio by seconds) raises ``AudioError``.
     """
 
     def __init__(

@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from dense3d.errors import ConfigError
+from dense3d.utils.io import check_output_path
 
 __all__ = [
     "SynthConfig",
@@ -250,14 +251,9 @@ def check_output_dir(out: str | os.PathLike) -> Path:
     """Refuse (``ConfigError`` naming ``out``) an output path whose contents generation would
     destroy: a file, or a non-empty folder that is not a synthetic set written by the generator.
     Also refuses a path below a file. Returns ``out`` as a Path."""
-    out = Path(out)
-    for parent in out.parents:  # the nearest existing ancestor must be a folder
-        if parent.exists() or parent.is_symlink():
-            if not parent.is_dir():
-                raise ConfigError(out, "out", f"a folder path ({parent} is not a folder)", got="a path below a file")
-            break
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ConfigError(out, "out", OUT_EXPECTED, got="a symbolic link" if out.is_symlink() else "a file" if out.is_file() else "not a folder")
+    out = check_output_path(out, str(out), "out", folder=True)  # not a file, not below a file
+    if out.is_symlink():
+        raise ConfigError(out, "out", OUT_EXPECTED, got="a symbolic link")
     if out.is_dir():
         try:
             entries = sorted(p.name for p in out.iterdir())

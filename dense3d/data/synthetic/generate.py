@@ -10,7 +10,7 @@ from typing import Callable
 
 from dense3d.data.synthetic.annotations import ANNOTATIONS_FILE, load_synthetic_annotations
 from dense3d.data.synthetic.common import KINDS, SPLITS, SynthConfig, atomic_output_dir, split_of, write_json
-from dense3d.errors import ConfigError
+from dense3d.utils.io import check_output_path
 from dense3d.utils.progress import ProgressBar, ensure_progress
 
 __all__ = ["generate", "generate_default", "dataset_stats", "format_stats", "DEFAULT_SCENES"]
@@ -170,8 +170,7 @@ def generate_default(root: str | Path = "data/synthetic/default", seed: int = 0,
     ``meta.json`` already has the same config fingerprint. Returns the three folders.
     ``progress`` (:mod:`dense3d.utils.progress`) advances by one per generated scene."""
     root = Path(root)
-    if root.exists() and not root.is_dir():  # else generate() would fail below a file
-        raise ConfigError(root, "data folder", "a folder for the outdoor/indoor/av sets (new or written by the demo)", got="a file")
+    check_output_path(root, str(root), "data folder", folder=True)  # else generate() would fail below a file
     scenes = dict(DEFAULT_SCENES, **(scenes or {}))
     bar = ensure_progress(progress)
     out = {}

@@ -25,11 +25,11 @@ def event_class_nll(logits: torch.Tensor, target: torch.Tensor, weight: torch.Te
 
     Hand-written because ``F.cross_entropy`` has no "any of these classes" target; on labelled
     targets it equals ``F.cross_entropy(logits, target, weight)`` (tested)."""
-    logp = logits.float().log_softmax(-1)  # (N, K+1)
+    logp = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)  # (N, K+1); float64 stays
     known = target >= 0
     t = target.clamp(min=0)
     nll = torch.where(known, -logp.gather(1, t[:, None])[:, 0], -logp[:, :-1].logsumexp(-1))  # (N,)
-    w = torch.ones_like(nll) if weight is None else torch.where(known, weight.float()[t], torch.ones_like(nll))
+    w = torch.ones_like(nll) if weight is None else torch.where(known, weight.to(nll.dtype)[t], torch.ones_like(nll))
     return (w * nll).sum() / w.sum().clamp(min=1e-12)
 
 
@@ -76,7 +76,7 @@ class EventSetLoss(nn.Module):
                 target = torch.stack([a.sin(), a.cos()], dim=-1)
                 az = az + (1 - (pred.azimuth[b, qi] * target).sum(-1)).sum()  # 1 - cos(error)
                 n_az += qi.numel()
-        weight = torch.ones(K1, device=pred.logits.device, dtype=torch.float32)
+        weight = torch.ones(K1, device=pred.logits.device)
         weight[-1] = self.no_event_weight
         losses = {"class": event_class_nll(pred.logits.flatten(0, 1), target_cls.flatten(), weight)}
         zero = pred.spans.sum() * 0

@@ -193,7 +193,7 @@ def test_output_path_that_is_not_a_generated_set_is_refused(tmp_path, capsys):
     (victim / "notes.txt").write_text("keep me")
     afile = tmp_path / "afile"
     afile.write_text("keep me too")
-    for out, got in ((victim, "other entries"), (afile, "a file"), (afile / "sub", "below a file")):
+    for out, got in ((victim, "other entries"), (afile, "it is a file"), (afile / "sub", "below the file")):
         with pytest.raises(ConfigError, match=rf"{out.name}: field 'out': expected .*{got}") as e:
             generate(SynthConfig(kind="indoor", scenes=2, seed=0), out)
         assert "\n" not in str(e.value)

@@ -79,18 +79,24 @@ class EventDetector(nn.Module):
     def head_labels(self, events, sample_id: str, i: int) -> torch.Tensor:
         """A sample's event labels (E,) as the head's class indices: by name when both the head
         and the data name their classes (a class the head lacks becomes -1, an event of unknown
-        class), else the data's indices, which must be below the head's ``num_classes``; -1
-        (unlabelled) stays -1."""
+        class; data that share no class with a head of several classes is an error), else the
+        data's indices, which must be below the head's ``num_classes``; -1 (unlabelled) stays -1."""
         labels, head = events.labels.long(), self.event_head
-        if head.class_names is not None and events.class_names:
-            lut = torch.tensor([head.class_names.index(n) if n in head.class_names else -1 for n in events.class_names] + [-1])
-            return lut[labels]  # index -1 (unlabelled) reads the appended -1
-        bad = (labels < -1) | (labels >= head.num_classes)
+        by_name = head.class_names is not None and bool(events.class_names)
+        top = len(events.class_names) if by_name else head.num_classes
+        bad = (labels < -1) | (labels >= top)
         if bad.any():
-            raise AnnotationError(sample_id, f"samples[{i}].events.labels",
-                                  f"class indices in -1..{head.num_classes - 1} (event_head.num_classes)",
+            where = "the data's class names" if by_name else "event_head.num_classes"
+            raise AnnotationError(sample_id, f"samples[{i}].events.labels", f"class indices in -1..{top - 1} ({where})",
                                   got=int(labels[bad][0]))
-        return labels
+        if not by_name:
+            return labels
+        lut = [head.class_names.index(n) if n in head.class_names else -1 for n in events.class_names]
+        if head.num_classes > 1 and all(k < 0 for k in lut):
+            raise ConfigError("EventDetector", "event_head.class_names",
+                              f"classes shared with the data's {list(events.class_names)}", got=head.class_names)
+        lut = torch.tensor(lut + [-1], device=labels.device)
+        return lut[labels]  # index -1 (unlabelled) reads the appended -1
 
     def loss(self, output: EventDetectorOutput, batch) -> dict[str, torch.Tensor]:
         if self.loss_fn is None:
