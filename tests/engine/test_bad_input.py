@@ -51,6 +51,7 @@ def test_instantiate_config_gives_back_our_errors_and_names_the_key():
     ("seed=abc", "configs/train.yaml: field 'seed'"),
     ("data.batch_size=-1", "field 'batch_size': expected an integer >= 1"),
     ("data.batch_size=abc", "field 'batch_size'"),
+    ("model.box_detector.max_regions=-5", "BoxDetector: field 'max_regions': expected an integer >= 1"),
 ])
 def test_train_reports_bad_values_in_one_line_and_writes_nothing(override, names, synthetic_root, tmp_path, capsys):
     out = tmp_path / "run"

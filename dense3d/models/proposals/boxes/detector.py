@@ -85,6 +85,8 @@ class BoxDetector(nn.Module):
         self.box_head = box_head
         self.region_sampler = region_sampler
         self.loss_fn = loss
+        if isinstance(max_regions, bool) or not isinstance(max_regions, int) or max_regions < 1:
+            raise ConfigError("BoxDetector", "max_regions", "an integer >= 1", got=max_regions)  # -5 kept 1 region
         self.max_regions = max_regions
 
     def sensor_maps(self, batch) -> dict[str, torch.Tensor | None]:
