@@ -153,19 +153,17 @@ def load_synth_config(path: str | os.PathLike | None, **overrides) -> SynthConfi
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(path, "<file>", "a readable UTF-8 yaml file", got=type(e).__name__) from None
         try:
-            raw = OmegaConf.to_container(OmegaConf.create(text))  # OmegaConf's yaml loader (1e-3 is a float)
+            cfg = OmegaConf.create(text)  # OmegaConf's yaml loader (1e-3 is a float)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
             raise ConfigError(path, "<file>", "valid YAML", got=f"{getattr(e, 'problem', None) or type(e).__name__}{where}") from None
-        except OmegaConfBaseException as e:
-            raise ConfigError(path, "<file>", "a mapping of SynthConfig fields", got=str(e).splitlines()[0]) from None
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise ConfigError(path, "<file>", "a mapping of SynthConfig fields", got=type(raw).__name__)
+        except Exception:  # a scalar at the top level (OmegaConf asserts), ...
+            cfg = None
+        if not OmegaConf.is_dict(cfg):
+            raise ConfigError(path, "<file>", "a mapping of SynthConfig fields", got="a list" if OmegaConf.is_list(cfg) else "a scalar")
         try:  # resolve ${...} interpolations as hydra would
-            raw = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
+            raw = OmegaConf.to_container(cfg, resolve=True)
         except OmegaConfBaseException as e:
             raise ConfigError(path, "<file>", "resolvable ${...} interpolations", got=str(e).splitlines()[0]) from None
         for key, value in raw.items():
