@@ -62,7 +62,7 @@ def init_weights(model, run: str | Path, parts: list[str], skip: list[str] = ())
     from dense3d.errors import CheckpointError
 
     if not parts:
-        raise ConfigError("configs/train.yaml", "init_parts", "the sub-modules to load from init_from, e.g. [box_detector]")
+        raise ConfigError(SOURCE, "init_parts", "the sub-modules to load from init_from, e.g. [box_detector]")
     _, ckpt = find_run(Path(run))
     state = load_checkpoint(ckpt)["state_dict"]
     own = model.state_dict()
@@ -73,14 +73,14 @@ def init_weights(model, run: str | Path, parts: list[str], skip: list[str] = ())
     wanted = {k: v for k, v in own.items() if under(k, parts)}
     missing = [p for p in parts if not any(under(k, [p]) for k in wanted)]
     if missing:
-        raise ConfigError("configs/train.yaml", "init_parts", f"sub-modules of the model, e.g. {sorted({k.split('.')[0] for k in own})}", got=missing)
+        raise ConfigError(SOURCE, "init_parts", f"sub-modules of the model, e.g. {sorted({k.split('.')[0] for k in own})}", got=missing)
     unused = [p for p in skip if not any(under(k, [p]) for k in wanted)]
     if unused:
-        raise ConfigError("configs/train.yaml", "init_skip", "sub-modules inside init_parts", got=unused)
+        raise ConfigError(SOURCE, "init_skip", "sub-modules inside init_parts", got=unused)
     wanted = {k: v for k, v in wanted.items() if not under(k, skip)}
     emptied = [p for p in parts if not any(under(k, [p]) for k in wanted)]
     if emptied:
-        raise ConfigError("configs/train.yaml", "init_skip", f"sub-modules inside init_parts, not all of {emptied}", got=skip)
+        raise ConfigError(SOURCE, "init_skip", f"sub-modules inside init_parts, not all of {emptied}", got=skip)
     loaded = {}
     for k, v in wanted.items():
         src = state.get("model." + k)
@@ -98,10 +98,10 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.
     """Instantiate the data module, the model (inside ``DenseCaptionModule``) and the trainer."""
     for key in ("data", "model", "trainer"):
         if cfg.get(key) is None:
-            raise ConfigError("configs/train.yaml", key, f"a '{key}' config (e.g. experiment=demo)")
+            raise ConfigError(SOURCE, key, f"a '{key}' config (e.g. experiment=demo)")
     for key in ("init_parts", "init_skip"):  # without init_from they would be ignored
         if cfg.get(key) and not cfg.get("init_from"):
-            raise ConfigError("configs/train.yaml", key, "init_from=outputs/<run> to load them from", got=list(cfg[key]))
+            raise ConfigError(SOURCE, key, "init_from=outputs/<run> to load them from", got=list(cfg[key]))
     try:
         seed = int(cfg.seed)
     except (TypeError, ValueError):

@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from dense3d.errors import ConfigError
+
 __all__ = ["atomic_write", "atomic_write_json", "check_output_path"]
 
 # The process's umask, read once at import (reading it means setting it, which is not
@@ -54,8 +56,6 @@ def check_output_path(path: str | os.PathLike, owner: str, flag: str = "--out", 
     Raises:
         ConfigError(owner, flag, ...) naming the path.
     """
-    from dense3d.errors import ConfigError
-
     path = Path(path)
     what = "a folder" if folder else "a file"
     if path.exists() and path.is_dir() != folder:
