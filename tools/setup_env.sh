@@ -68,8 +68,8 @@ run_step llm requirements/extras-llm.txt -- pipq --no-deps -r requirements/extra
 # (DENSE3D_NO_EXTENSION=1: pip would compile it in a throw-away build folder, 2-3 min on 2 cores);
 # the extension is built in place next, and rebuilt incrementally (ninja, build/) whenever a
 # C++/CUDA source changes.
-run_step editable setup.py requirements/runtime.txt -- \
-  env DENSE3D_NO_EXTENSION=1 "$PY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+editable_install() { DENSE3D_NO_EXTENSION=1 pipq --no-deps --no-build-isolation -e .; }
+run_step editable setup.py requirements/runtime.txt -- editable_install
 mapfile -t CSRC < <(find dense3d/ops/csrc -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) | sort)
 build_extension() {
   local log="$VENV/build_ext.log"
