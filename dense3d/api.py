@@ -72,7 +72,10 @@ class DenseCaptionerRun:
         if node is None:  # e.g. "test": the val set's config with the split swapped
             node = OmegaConf.merge(data.val, {"split": split})
         check_config_targets(OmegaConf.to_container(node), source=source, path=f"data.{split}")  # untrusted: no foreign targets
-        return instantiate_config(node, source, f"data.{split}")
+        dataset = instantiate_config(node, source, f"data.{split}")
+        if len(dataset) == 0:  # a wrong split name or annotation file; scoring it would report 0 samples and exit 0
+            raise ConfigError(source, f"data.{split}", "a data split with samples", got="0 samples")
+        return dataset
 
 
 def read_run_config(cfg_path: Path):

@@ -75,6 +75,7 @@ def _eval_run(argv: list[str]) -> int:
     import json
 
     from dense3d.engine.evaluate import evaluate_run
+    from dense3d.utils.io import strict_json
 
     p = argparse.ArgumentParser(prog="dense3d eval --checkpoint", description="Describe a split with a trained run and score it.")
     p.add_argument("--checkpoint", required=True, help="run folder (config.yaml + checkpoints/) or checkpoint folder")
@@ -86,7 +87,7 @@ def _eval_run(argv: list[str]) -> int:
     a = p.parse_args(argv)
     metrics = evaluate_run(a.checkpoint, split=a.split, regions=a.regions, out_dir=a.out, limit=a.limit,
                            overrides=a.overrides)
-    print(json.dumps(metrics, indent=1, default=str))
+    print(json.dumps(strict_json(metrics), indent=1, default=str))
     return 0
 
 

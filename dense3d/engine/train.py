@@ -111,6 +111,9 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.
     train_set = getattr(datamodule, "train_set", None)
     if train_set is not None and len(train_set) == 0:  # Lightning would only warn and "train" nothing
         raise ConfigError(SOURCE, "data.train", "a training split with samples", got="0 samples")
+    val_set = getattr(datamodule, "val_set", None)
+    if val_set is not None and len(val_set) == 0:  # Lightning would skip validation without a word
+        raise ConfigError(SOURCE, "data.val", "a validation split with samples (or data.val=null: no validation)", got="0 samples")
     model = instantiate_config(cfg.model, SOURCE, "model")
     if cfg.get("init_from"):
         init_weights(model, cfg.init_from, list(cfg.get("init_parts") or []), list(cfg.get("init_skip") or []))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import IO, Iterator
 
 from dense3d.errors import ConfigError
 
-__all__ = ["atomic_write", "atomic_write_json", "check_output_path"]
+__all__ = ["atomic_write", "atomic_write_json", "check_output_path", "strict_json"]
 
 # The process's umask, read once at import (reading it means setting it, which is not
 # thread-safe later on): mkstemp makes 0600 files, and a written output should get the
@@ -43,10 +44,25 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
         raise
 
 
+def strict_json(obj):
+    """``obj`` with every non-finite float (NaN, +-inf) replaced by None, recursively through
+    dicts, lists and tuples: strict JSON (RFC 8259) has no NaN, and ``json.dump`` would write
+    the bare token ``NaN`` that jq, JavaScript and most JSON readers refuse. A metric that is
+    undefined (e.g. the direction error of zero matched events) is ``null`` in our files."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically."""
+    """Write ``obj`` as strict JSON to ``path`` atomically (non-finite floats as null:
+    :func:`strict_json`)."""
     with atomic_write(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=indent)
+        json.dump(strict_json(obj), f, indent=indent, allow_nan=False)
 
 
 def check_output_path(path: str | os.PathLike, owner: str, flag: str = "--out", folder: bool = False) -> Path:

@@ -73,6 +73,31 @@ def test_train_on_an_empty_split_is_an_error(synthetic_root, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_train_on_an_empty_validation_split_is_an_error(synthetic_root, tmp_path, capsys):
+    (tmp_path / "empty_val.json").write_text("[]")
+    argv = ["train", "experiment=perception_indoor", f"paths.synthetic_dir={synthetic_root}", f"paths.output_dir={tmp_path / 'run'}",
+            "logger=csv", f'data.val.scanrefer_file="{tmp_path / "empty_{split}.json"}"', f"data.val.scans_dir={tmp_path}"]
+    assert main(argv) == 2  # Lightning skipped validation without a word
+    assert "field 'data.val': expected a validation split with samples" in _one_line(capsys, "dense3d train: ")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_runs_empty_split_is_an_error_before_scoring(synthetic_root, tmp_path):
+    """`dense3d eval --checkpoint` / `predict` read the split through `DenseCaptionerRun.dataset`:
+    an empty one (a wrong annotation file) scored "0 samples" and exited 0."""
+    import torch
+
+    from dense3d.api import DenseCaptionerRun
+    from dense3d.engine.train import compose_config
+
+    cfg = compose_config(["experiment=perception_indoor", f"paths.synthetic_dir={synthetic_root}"])
+    assert len(DenseCaptionerRun(torch.nn.Identity(), cfg, config_path=tmp_path / "config.yaml").dataset("val")) > 0
+    (tmp_path / "empty_val.json").write_text("[]")
+    cfg.data.val.scanrefer_file = str(tmp_path / "empty_{split}.json")
+    with pytest.raises(ConfigError, match=r"config.yaml: field 'data.val': expected a data split with samples, got 0 samples"):
+        DenseCaptionerRun(torch.nn.Identity(), cfg, config_path=tmp_path / "config.yaml").dataset("val")
+
+
 @pytest.mark.parametrize("text, got", [("model: [1, 2", "ParserError"), ("seed: 0\n", "missing"), ("model: 5\n", "int")])
 def test_a_broken_run_config_is_a_checkpoint_error(text, got, tmp_path, capsys):
     run = tmp_path / "run"
