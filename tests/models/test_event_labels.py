@@ -147,4 +147,7 @@ def test_event_head_and_loss_keep_float64_and_run_in_bfloat16():
         assert event_class_nll(pred.logits[0], torch.tensor([0, -1, 2])).dtype == torch.float64
         plain = EventHead(8, num_classes=2, num_queries=3, num_layers=1, num_heads=2, dropout=0.0).eval()
         low = plain.to(torch.bfloat16)(memory.to(torch.bfloat16), times, mask)
+        # two-stage: its float32 reference spans met the bfloat16 query_length Linear (a dtype error)
+        low2 = head.to(torch.bfloat16)(memory.to(torch.bfloat16), times, mask)
     assert low.spans.dtype == torch.bfloat16 and all(math.isfinite(v) for v in low.spans.float().flatten().tolist())
+    assert low2.logits.dtype == torch.bfloat16 and all(math.isfinite(v) for v in low2.spans.float().flatten().tolist())

@@ -215,7 +215,7 @@ class EventHead(nn.Module):
             frame_offsets = _full_precision(self.frame_offsets, memory).sigmoid()  # (B, T, 2) back to start, on to end
             idx, ref = self._references(pos, mask, frame_logits, frame_offsets)
             content = memory.gather(1, idx[..., None].expand(-1, -1, memory.shape[-1]))  # (B, Q, D)
-            q = q + self.query_content(content) + time_encoding(ref[..., 0] * durations[:, None], self.d_model).to(memory.dtype) + self.query_length(ref)
+            q = q + self.query_content(content) + time_encoding(ref[..., 0] * durations[:, None], self.d_model).to(memory.dtype) + self.query_length(ref.to(self.query_length.weight.dtype))  # ref: float32 also in a bfloat16 model
             extra = dict(frame_logits=frame_logits, frame_offsets=frame_offsets, frame_pos=pos, frame_mask=mask, reference=ref)
         h = self.norm(self.decoder(q, mem, memory_key_padding_mask=~mask))  # (B, Q, D)
         offsets = _full_precision(self.span_head, h)  # (B, Q, 2)
