@@ -20,6 +20,7 @@ from dense3d.errors import PredictionFormatError, exit_status
 from dense3d.eval.formats import parse_box_predictions, parse_object_gt, read_json
 from dense3d.eval.scan2cap import METRICS, paired_difference
 from dense3d.eval.scanrefer import is_scored
+from dense3d.utils.argtypes import unit_fraction
 
 
 def _read(folder: Path, name: str):
@@ -30,18 +31,11 @@ def _read(folder: Path, name: str):
     return path, read_json(path)  # a missing or malformed file: one-line PredictionFormatError
 
 
-def _iou(text: str) -> float:
-    k = float(text)
-    if not 0.0 < k <= 1.0:
-        raise argparse.ArgumentTypeError(f"an IoU in (0, 1], got {text}")
-    return k
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("eval_a", type=Path, help="run A's evaluation folder")
     p.add_argument("eval_b", type=Path, help="run B's evaluation folder (the same split and boxes)")
-    p.add_argument("--iou", type=_iou, default=0.25)
+    p.add_argument("--iou", type=unit_fraction, default=0.25)
     p.add_argument("--metric", choices=METRICS, default="CIDEr")
     p.add_argument("--out", type=Path, default=None, help="also write the result as JSON here")
     a = p.parse_args(argv)

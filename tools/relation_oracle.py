@@ -57,11 +57,12 @@ class _Likeliest:
 
 def _scenes(root: Path, split: str) -> list[dict]:
     ann_file = root / ANNOTATIONS_FILE
-    scenes = [s for s in load_synthetic_annotations(root, "outdoor")["scenes"] if s["split"] == split]
-    for scene in scenes:
-        if any("ego_xy" not in o for o in scene["objects"]):
-            raise AnnotationError(ann_file, f"scenes[{scene['scene_id']}].objects[].ego_xy", "present (generator version 2)")
-    return scenes
+    scenes = load_synthetic_annotations(root, "outdoor")["scenes"]
+    for i, scene in enumerate(scenes):
+        for j, obj in enumerate(scene["objects"]):
+            if "ego_xy" not in obj:
+                raise AnnotationError(ann_file, f"scenes[{i}].objects[{j}].ego_xy", "present (generator version 2)", got="missing")
+    return [s for s in scenes if s["split"] == split]
 
 
 def _place(obj: dict) -> tuple[str, int]:

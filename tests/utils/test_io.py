@@ -37,3 +37,4 @@ def test_atomic_write_json_writes_strict_json(tmp_path):
     assert "NaN" not in text.replace('"NaN"', "") and "Infinity" not in text
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard token {c}")) == \
         {"median": None, "rows": [1.5, None, [None, 2]], "n": 3, "s": "NaN"}
+
