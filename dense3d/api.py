@@ -51,7 +51,13 @@ class DenseCaptionerRun:
         :func:`dense3d.utils.progress.progress_bar`) advances by one per sample."""
         from dense3d.data import collate
 
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError("DenseCaptionerRun.caption_many", "batch_size", "an integer >= 1", got=batch_size)
         samples = list(samples)
+        bad = next((i for i, s in enumerate(samples) if not isinstance(s, Sample)), None)
+        if bad is not None:
+            raise ConfigError("DenseCaptionerRun.caption_many", f"samples[{bad}]", "a dense3d Sample (e.g. run.dataset('val')[0])",
+                              got=type(samples[bad]).__name__)
         bar = ensure_progress(progress)
         out: list[list[DenseCaption]] = []
         for i in range(0, len(samples), batch_size):
@@ -65,6 +71,8 @@ class DenseCaptionerRun:
         from dense3d.engine.checkpoint import check_config_targets
 
         source = str(self.config_path or "the run's config.yaml")
+        if not isinstance(split, str) or not split:
+            raise ConfigError("DenseCaptionerRun.dataset", "split", "a split name such as 'val'", got=split)
         data = self.config.get("data")
         if not OmegaConf.is_dict(data) or not OmegaConf.is_dict(data.get(split) or data.get("val")):
             raise CheckpointError(source, f"data.{split}", "the run's data config (data.train / data.val)", got="missing")
@@ -103,7 +111,8 @@ def find_run(path: Path) -> tuple[Path, Path]:
     cfg = path / "config.yaml"
     if not cfg.exists():
         raise CheckpointError(path, "config.yaml", "a run folder (config.yaml + checkpoints/) or a checkpoint folder")
-    ckpts = sorted((path / "checkpoints").glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
+    # the newest last*.ckpt (Lightning writes last-v1.ckpt when a folder already held last.ckpt), else the newest
+    ckpts = sorted((path / "checkpoints").glob("*.ckpt"), key=lambda p: (not p.name.startswith("last"), -p.stat().st_mtime))
     if not ckpts:
         raise CheckpointError(path / "checkpoints", "*.ckpt", "a checkpoint folder written by dense3d")
     return cfg, ckpts[0]
@@ -119,6 +128,16 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", regions: st
     still fit."""
     from dense3d.engine.checkpoint import check_config_targets, load_checkpoint
 
+    if not isinstance(path, (str, Path)):
+        raise ConfigError("dense3d.api.load", "path", "a run folder or checkpoint folder (str or Path)", got=type(path).__name__)
+    if regions not in ("proposals", "gt"):
+        raise ConfigError("dense3d.api.load", "regions", "'proposals' or 'gt'", got=regions)
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError("dense3d.api.load", "map_location", "a torch device such as 'cpu' or 'cuda:0'", got=map_location) from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("dense3d.api.load", "map_location", "'cpu' on a machine without a CUDA GPU", got=map_location)
     cfg_path, ckpt = find_run(Path(path))
     cfg = read_run_config(cfg_path)
     dotlist = []
@@ -136,6 +155,10 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", regions: st
     state = loaded["state_dict"]
     # Lightning prefixes the module's attribute name ("model.") to every key
     weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    for k, v in model.state_dict().items():  # torch's size-mismatch error is one line per tensor
+        if k in weights and weights[k].shape != v.shape:
+            raise CheckpointError(ckpt, f"state_dict.model.{k}", f"shape {tuple(v.shape)}, as the run's config (with overrides) builds it",
+                                  got=tuple(weights[k].shape))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(ckpt, "state_dict", "weights that fit the run's model",
@@ -148,6 +171,17 @@ def prediction_records(sample_ids: Iterable[str], captions: Iterable[list[DenseC
     """Captions -> the evaluation tools' prediction JSON (docs/eval.md): the 3D format
     ``{scene: [{"box", "caption", "score", "label"}]}`` for boxes and ActivityNet's
     ``{"results": {video: [{"timestamp", "sentence", "score"}]}}`` for events (under ``"events"``)."""
+    src = "dense3d.api.prediction_records"
+    if isinstance(sample_ids, str):
+        raise ConfigError(src, "sample_ids", "a list of sample ids (not one string)", got=sample_ids)
+    sample_ids, captions = list(sample_ids), list(captions)
+    if len(sample_ids) != len(captions):
+        raise ConfigError(src, "captions", f"one list of captions per sample id ({len(sample_ids)})", got=len(captions))
+    seen: set = set()
+    for sid in sample_ids:
+        if sid in seen:
+            raise ConfigError(src, "sample_ids", "distinct sample ids", got=f"{sid!r} twice")
+        seen.add(sid)
     boxes: dict = {}
     events: dict = {}
     for sid, caps in zip(sample_ids, captions):

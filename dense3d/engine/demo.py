@@ -13,6 +13,7 @@ Stages, each timed in ``summary.json``:
 """
 from __future__ import annotations
 
+import contextlib
 import resource
 import time
 from pathlib import Path
@@ -101,6 +102,34 @@ def _detection_rows(det: dict) -> list[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def _replacing_earlier_demo_run(out_dir: Path):
+    """A demo run again into its folder replaces the earlier demo's checkpoints (``fit`` refuses
+    a folder holding another run's): they are moved aside, deleted once the new run has trained
+    and put back if it fails. Another run's folder (not a demo's) is left to ``fit`` to refuse."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    ckpts, aside = out_dir / "checkpoints", out_dir / ".checkpoints.earlier_demo"
+    cfg = out_dir / "config.yaml"
+    try:
+        earlier = ckpts.is_dir() and cfg.is_file() and OmegaConf.load(cfg).get("task_name") == "demo"
+    except Exception:  # an unreadable config.yaml: not known to be a demo's
+        earlier = False
+    if earlier:
+        shutil.rmtree(aside, ignore_errors=True)
+        ckpts.rename(aside)
+    try:
+        yield
+    except BaseException:
+        if earlier and not ckpts.exists():
+            aside.rename(ckpts)
+        raise
+    if earlier:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
 def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, data_dir: str | Path = "data/synthetic/default",
              steps: int | None = None, overrides: list[str] | None = None) -> int:
     from dense3d.engine.evaluate import box_metrics
@@ -122,7 +151,8 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, data_dir: str 
     if steps is not None:
         ov += [f"trainer.max_steps={steps}", f"trainer.log_every_n_steps={max(1, min(5, steps))}"]
     cfg = compose_config(ov + list(overrides or []))
-    module, datamodule, trainer = fit(cfg)
+    with _replacing_earlier_demo_run(out_dir):
+        module, datamodule, trainer = fit(cfg)
     trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt")  # + config.yaml: dense3d.api.load(out_dir)
     summary["stages"].append({"name": "train", "seconds": round(time.time() - t0, 2), "steps": int(trainer.global_step)})
     print(f"trained {trainer.global_step} steps in {time.time() - t0:.0f} s")

@@ -42,6 +42,48 @@ def freeze(model: torch.nn.Module, names: Sequence[str], except_: Sequence[str] 
     return done
 
 
+SOURCE = "configs/train.yaml"  # the composed config, for messages
+
+
+def _check_part_names(model: torch.nn.Module, key: str, names) -> None:
+    """``frozen`` / ``trainable``: a list of sub-module paths of ``model``; else a one-line ConfigError
+    listing the top-level parts (a typo gave AttributeError from deep inside torch)."""
+    parts = sorted(n for n, _ in model.named_children())
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(SOURCE, key, f"a list of sub-modules, e.g. [{parts[0] if parts else 'box_detector'}]", got=names)
+    for name in names:
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            raise ConfigError(SOURCE, key, f"sub-modules of the model ({', '.join(parts)}, or a dotted path inside one)",
+                              got=name) from None
+
+
+def _check_optimizer(optimizer: Callable, scheduler: Callable | None) -> None:
+    """Build the optimizer (and scheduler, one step) on a stand-in parameter: a bad learning rate,
+    an argument the optimizer does not take or a zero-length schedule is a one-line ConfigError
+    here, before data and model run (Lightning builds them only inside ``fit``)."""
+    import warnings
+
+    probe = torch.nn.Parameter(torch.zeros(1))
+    try:
+        opt = optimizer([probe])
+    except (TypeError, ValueError) as e:
+        raise ConfigError(SOURCE, "optim", "an optimizer config that takes the model's parameters",
+                          got=f"{type(e).__name__}: {e}") from None
+    if scheduler is None:
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sched = scheduler(opt)
+            opt.step()
+            sched.step()
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise ConfigError(SOURCE, "scheduler", "a learning-rate schedule over the run's steps",
+                          got=f"{type(e).__name__}: {e}") from None
+
+
 class DenseCaptionModule(pl.LightningModule):
     """Trains and runs a dense-captioning model.
 
@@ -66,8 +108,13 @@ class DenseCaptionModule(pl.LightningModule):
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        for key, names in (("frozen", frozen), ("trainable", trainable)):
+            _check_part_names(model, key, names)
         self.frozen = freeze(model, frozen, trainable)
         self.trainable = list(trainable)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError(SOURCE, "frozen", "some part of the model that trains", got=list(frozen))
+        _check_optimizer(optimizer, scheduler)
 
     def train(self, mode: bool = True):
         """Frozen parts stay in eval mode (BatchNorm statistics and dropout fixed) while the rest

@@ -12,11 +12,12 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
 from dense3d.engine.checkpoint import SafeCheckpointIO
-from dense3d.engine.module import DenseCaptionModule, RNGStateCallback
+from dense3d.engine.module import SOURCE, DenseCaptionModule, RNGStateCallback
 from dense3d.errors import ConfigError
 from dense3d.utils.config import instantiate_config
+from dense3d.utils.io import atomic_write
 
-__all__ = ["compose_config", "build", "fit", "init_weights"]
+__all__ = ["compose_config", "build", "fit", "init_weights", "check_new_run_folder", "check_resume_checkpoint"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -43,7 +44,6 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "train
         raise ConfigError(f"configs/{config_name}.yaml", "overrides", "overrides that compose", got=e) from None
 
 
-SOURCE = "configs/train.yaml"  # the composed config, for messages
 
 
 def _instantiate_dict(node: DictConfig | None, key: str) -> list[Any]:
@@ -99,6 +99,10 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.
     for key in ("data", "model", "trainer"):
         if cfg.get(key) is None:
             raise ConfigError(SOURCE, key, f"a '{key}' config (e.g. experiment=demo)")
+    for key in ("init_parts", "init_skip", "frozen", "trainable"):  # init_parts=box_detector would be split into letters
+        value = cfg.get(key)
+        if value is not None and not (OmegaConf.is_list(value) and all(isinstance(v, str) for v in value)):
+            raise ConfigError(SOURCE, key, f"a list of sub-module names, e.g. {key}=[box_detector]", got=value)
     for key in ("init_parts", "init_skip"):  # without init_from they would be ignored
         if cfg.get(key) and not cfg.get("init_from"):
             raise ConfigError(SOURCE, key, "init_from=outputs/<run> to load them from", got=list(cfg[key]))
@@ -106,6 +110,12 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.
         seed = int(cfg.seed)
     except (TypeError, ValueError):
         raise ConfigError(SOURCE, "seed", "an integer", got=cfg.seed) from None
+    for key in ("max_steps", "accumulate_grad_batches"):  # Lightning takes 0 steps as "done" and divides by 0 accumulations
+        value = cfg.trainer.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value == 0 or value < -1
+                                  or (key == "accumulate_grad_batches" and value < 1)):
+            raise ConfigError(SOURCE, f"trainer.{key}", "an integer >= 1" + (" (or -1: until max_epochs)" if key == "max_steps" else ""),
+                              got=value)
     pl.seed_everything(seed, workers=True, verbose=False)
     datamodule = instantiate_config(cfg.data, SOURCE, "data")
     train_set = getattr(datamodule, "train_set", None)
@@ -133,10 +143,97 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.
 
 
 def fit(cfg: DictConfig, ckpt_path: str | None = None, **trainer_overrides) -> tuple[DenseCaptionModule, pl.LightningDataModule, pl.Trainer]:
-    """Build and train; ``ckpt_path`` resumes a run exactly (weights, optimizer, loops, RNG)."""
-    module, datamodule, trainer = build(cfg, **trainer_overrides)
+    """Build and train; ``ckpt_path`` resumes a run exactly (weights, optimizer, loops, RNG).
+
+    The run folder (``paths.output_dir``) must not hold another run's checkpoints unless this
+    resumes one (Lightning would add ``last-v1.ckpt`` beside the old ``last.ckpt``, and
+    ``dense3d eval`` would go on scoring the old weights). A run that fails before its first
+    optimizer step leaves the folder as it found it: nothing where there was nothing, the old
+    ``config.yaml`` where it resumed."""
     out = Path(cfg.paths.output_dir)
+    ckpt_path = ckpt_path or cfg.get("ckpt_path")
+    if ckpt_path is None:
+        check_new_run_folder(out)
+    module, datamodule, trainer = build(cfg, **trainer_overrides)
+    if ckpt_path is None:
+        _warn_frozen_at_random(cfg)
+    resumed_step = check_resume_checkpoint(ckpt_path, module) if ckpt_path is not None else 0
+    before = {p for p in out.rglob("*")} if out.is_dir() else None
+    old_config = (out / "config.yaml").read_bytes() if (out / "config.yaml").is_file() else None
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    trainer.fit(module, datamodule, ckpt_path=ckpt_path)
+    with atomic_write(out / "config.yaml") as f:
+        f.write(OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        trainer.fit(module, datamodule, ckpt_path=ckpt_path)
+    except BaseException:
+        if trainer.global_step <= resumed_step:  # nothing trained: undo what this run wrote
+            _undo_run_folder(out, before, old_config)
+        raise
     return module, datamodule, trainer
+
+
+def _warn_frozen_at_random(cfg: DictConfig) -> None:
+    """One line on stderr when a frozen part is not loaded from another run (``init_from``): it
+    stays at its random initialisation, e.g. a captioning stage on an untrained detector."""
+    import sys
+
+    loaded = list(cfg.get("init_parts") or []) if cfg.get("init_from") else []
+    skipped = list(cfg.get("init_skip") or [])
+    under = lambda name, parts: any(name == p or name.startswith(p + ".") for p in parts)  # noqa: E731
+    random = [f for f in cfg.get("frozen") or [] if not under(f, loaded) or under(f, skipped)]
+    if random:
+        print(f"dense3d train: warning: frozen {random} not loaded from another run (init_from=outputs/<run> "
+              f"init_parts={random}): they keep their random initialisation", file=sys.stderr)
+
+
+def check_new_run_folder(out: Path) -> None:
+    """A one-line ConfigError when ``out`` already holds a run's checkpoints (use --resume, another
+    task_name / paths.output_dir, or delete the folder)."""
+    ckpts = sorted((out / "checkpoints").glob("*.ckpt")) if (out / "checkpoints").is_dir() else []
+    if ckpts:
+        raise ConfigError(SOURCE, "paths.output_dir", "a folder without another run's checkpoints (resume it with "
+                          "--resume, or choose another task_name / paths.output_dir, or delete it)", got=str(ckpts[0]))
+
+
+def check_resume_checkpoint(ckpt_path: str | Path, module: DenseCaptionModule) -> int:
+    """The checkpoint to resume must hold this model's weights (same names and shapes) and an
+    optimizer over the same trainable tensors (the same frozen / trainable parts); else a
+    one-line CheckpointError before training (Lightning raised torch's many-line errors).
+    Returns the checkpoint's training step."""
+    from dense3d.engine.checkpoint import load_checkpoint
+    from dense3d.errors import CheckpointError
+
+    state = load_checkpoint(ckpt_path)  # verified (sizes, hashes); a missing file is its own one-line error
+    weights, own = state.get("state_dict", {}), module.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    if missing or unexpected:
+        raise CheckpointError(ckpt_path, "state_dict", "the weights of this run's model (the same model config)",
+                              got=f"{len(missing)} missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]})")
+    for k, v in own.items():
+        if tuple(weights[k].shape) != tuple(v.shape):
+            raise CheckpointError(ckpt_path, f"state_dict.{k}", f"shape {tuple(v.shape)} (the same model config)", got=tuple(weights[k].shape))
+    trainable = sum(1 for p in module.model.parameters() if p.requires_grad)
+    for i, opt in enumerate(state.get("optimizer_states") or []):
+        saved = sum(len(g.get("params", [])) for g in opt.get("param_groups", []))
+        if saved != trainable:
+            raise CheckpointError(ckpt_path, f"optimizer_states[{i}]", f"an optimizer over this run's {trainable} trainable "
+                                  "tensors (resume with the run's frozen / trainable parts)", got=f"{saved} tensors")
+    return int(state.get("global_step") or 0)
+
+
+def _undo_run_folder(out: Path, before: set | None, old_config: bytes | None) -> None:
+    """Remove what a failed run added under ``out`` (the folder itself if it was new) and put the
+    earlier config.yaml back."""
+    import shutil
+
+    if before is None:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for path in sorted(out.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # deepest first
+        if path not in before:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+    if old_config is not None:
+        (out / "config.yaml").write_bytes(old_config)
+    else:
+        (out / "config.yaml").unlink(missing_ok=True)

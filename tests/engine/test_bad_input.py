@@ -47,7 +47,14 @@ def test_instantiate_config_gives_back_our_errors_and_names_the_key():
 @pytest.mark.parametrize("override, names", [
     ("data.train.sensors=[radar]", "ConfigError: ScanReferDataset: field 'sensors'"),
     ("model.box_detector.lidar_encoder.voxel_encoder.voxel_size=[-0.1,0.1,0.1]", "field 'voxel_size'"),
-    ("trainer.max_steps=abc", "configs/train.yaml: field 'trainer'"),
+    ("trainer.max_steps=abc", "configs/train.yaml: field 'trainer.max_steps'"),
+    ("trainer.max_steps=0", "field 'trainer.max_steps': expected an integer >= 1 (or -1: until max_epochs), got 0"),  # exit 0, nothing trained
+    ("trainer.accumulate_grad_batches=0", "field 'trainer.accumulate_grad_batches': expected an integer >= 1"),  # ZeroDivisionError
+    ("frozen=[nope]", "field 'frozen': expected sub-modules of the model (box_detector"),  # AttributeError
+    ("init_parts=box_detector", "field 'init_parts': expected a list of sub-module names"),  # split into letters
+    ("optim.lr=-1", "field 'optim': expected an optimizer config that takes the model's parameters, got ValueError: Invalid learning rate"),
+    ("optim._target_=torch.optim.SGD", "field 'optim': expected an optimizer config that takes the model's parameters, got TypeError"),
+    ("scheduler.T_max=0", "field 'scheduler': expected a learning-rate schedule over the run's steps, got ZeroDivisionError"),
     ("seed=abc", "configs/train.yaml: field 'seed'"),
     ("data.batch_size=-1", "field 'batch_size': expected an integer >= 1"),
     ("data.batch_size=abc", "field 'batch_size'"),

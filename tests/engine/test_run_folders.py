@@ -1,0 +1,153 @@
+"""Run folders: a second run into a folder holding a run, resuming with another model or other
+frozen parts, a run failing before its first step, and loading a run whose config no longer
+fits its weights (what a probe found leaving the old weights in use, or torch's many-line errors)."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+import dense3d.api as api
+from dense3d.cli import main
+from dense3d.data.synthetic import generate_default
+from dense3d.engine.demo import _replacing_earlier_demo_run
+from dense3d.engine.train import compose_config, fit
+from dense3d.errors import CheckpointError, ConfigError
+
+
+@pytest.fixture(scope="module")
+def root():
+    root = Path("data/synthetic/default")
+    generate_default(root)
+    return root.resolve()
+
+
+def _args(root, out, *extra):
+    return ["experiment=perception_indoor", f"paths.synthetic_dir={root}", f"paths.output_dir={out}", "logger=csv",
+            "trainer.max_steps=1", *extra]
+
+
+@pytest.fixture(scope="module")
+def run(root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["train", *_args(root, out)]) == 0
+    return out
+
+
+def _one_line(capsys, prefix):
+    err = capsys.readouterr().err
+    assert err.startswith(prefix) and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_a_second_run_into_a_run_folder_is_refused_and_the_newest_last_checkpoint_is_loaded(root, run, capsys):
+    config = (run / "config.yaml").read_text()
+    assert main(["train", *_args(root, run)]) == 2  # Lightning wrote last-v1.ckpt beside last.ckpt; eval kept the old
+    err = _one_line(capsys, "dense3d train: ConfigError: configs/train.yaml: field 'paths.output_dir': ")
+    assert "checkpoints" in err and "--resume" in err
+    assert (run / "config.yaml").read_text() == config
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch=0-step=1.ckpt", "last.ckpt"]
+    # folders written before this check: the newest last*.ckpt is the run's
+    newer = run / "checkpoints" / "last-v1.ckpt"
+    newer.symlink_to((run / "checkpoints" / "last.ckpt").resolve(), target_is_directory=True)
+    try:
+        old = time.time() - 100
+        os.utime(run / "checkpoints" / "last.ckpt", (old, old))
+        assert api.find_run(run)[1] == newer
+    finally:
+        newer.unlink()
+
+
+def test_resuming_with_other_frozen_parts_or_another_model_is_one_line(root, run, tmp_path, capsys):
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    out = tmp_path / "resumed"
+    assert main(["train", *_args(root, out, "trainer.max_steps=2", "frozen=[box_detector.box_head]"), "--resume", ckpt]) == 2
+    err = _one_line(capsys, "dense3d train: CheckpointError: ")
+    assert "field 'optimizer_states[0]'" in err and "frozen / trainable" in err, err  # Lightning: "parameter group that doesn't match"
+    assert main(["train", *_args(root, out, "trainer.max_steps=2", "model.box_detector.region_sampler.out_channels=128"),
+                 "--resume", ckpt]) == 2
+    err = _one_line(capsys, "dense3d train: CheckpointError: ")
+    assert "field 'state_dict.model.box_detector.region_sampler" in err and "shape" in err, err
+    assert not out.exists()
+
+
+def test_loading_a_run_with_overrides_that_change_a_weights_shape_is_one_line(run, tmp_path, capsys):
+    with pytest.raises(CheckpointError, match=r"field 'state_dict.model.box_detector.region_sampler.*expected shape \(128"):
+        api.load(run, overrides=["model.box_detector.region_sampler.out_channels=128"])
+    assert main(["eval", "--checkpoint", str(run), "--limit", "1", "--out", str(tmp_path / "e"),
+                 "model.box_detector.region_sampler.out_channels=128"]) == 2
+    _one_line(capsys, "dense3d eval: CheckpointError: ")
+    assert not (tmp_path / "e").exists()
+
+
+class _FailsAtTheFirstStep(pl.Callback):
+    def on_train_batch_start(self, *args):
+        raise RuntimeError("boom")
+
+
+def test_a_run_failing_before_its_first_step_leaves_the_folder_as_it_was(root, tmp_path):
+    new = tmp_path / "new"
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(compose_config(_args(root, new)), callbacks=[_FailsAtTheFirstStep()])
+    assert not new.exists()
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "notes.txt").write_text("mine")
+    (old / "config.yaml").write_text("task_name: earlier\n")
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(compose_config(_args(root, old)), callbacks=[_FailsAtTheFirstStep()])
+    assert sorted(p.name for p in old.iterdir()) == ["config.yaml", "notes.txt"]
+    assert (old / "config.yaml").read_text() == "task_name: earlier\n"
+
+
+def test_the_demo_replaces_its_own_earlier_run_only(tmp_path):
+    demo = tmp_path / "demo"
+    (demo / "checkpoints" / "last.ckpt").mkdir(parents=True)
+    (demo / "config.yaml").write_text("task_name: demo\n")
+    with pytest.raises(RuntimeError):
+        with _replacing_earlier_demo_run(demo):
+            assert not (demo / "checkpoints").exists()  # fit sees no earlier run
+            raise RuntimeError("the new run failed")
+    assert (demo / "checkpoints" / "last.ckpt").is_dir()  # the earlier run is back
+    with _replacing_earlier_demo_run(demo):
+        (demo / "checkpoints" / "new.ckpt").mkdir(parents=True)
+    assert sorted(p.name for p in demo.iterdir()) == ["checkpoints", "config.yaml"]
+    assert [p.name for p in (demo / "checkpoints").iterdir()] == ["new.ckpt"]
+    other = tmp_path / "other"
+    (other / "checkpoints" / "last.ckpt").mkdir(parents=True)
+    (other / "config.yaml").write_text("task_name: perception_indoor\n")
+    with _replacing_earlier_demo_run(other):  # not a demo's run: left for fit to refuse
+        assert (other / "checkpoints" / "last.ckpt").is_dir()
+
+
+def test_api_arguments_are_checked(run, root):
+    with pytest.raises(ConfigError, match="field 'regions': expected 'proposals' or 'gt', got bogus"):
+        api.load(run, regions="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="field 'map_location'"):
+            api.load(run, map_location="cuda")
+    with pytest.raises(ConfigError, match="field 'path'"):
+        api.load(None)
+    loaded = api.load(run)
+    with pytest.raises(ConfigError, match="field 'batch_size': expected an integer >= 1, got 0"):
+        loaded.caption_many([], batch_size=0)
+    with pytest.raises(ConfigError, match=r"field 'samples\[0\]': expected a dense3d Sample"):
+        loaded.caption("x")
+    with pytest.raises(ConfigError, match="field 'split'"):
+        loaded.dataset(None)
+    with pytest.raises(ConfigError, match="field 'captions': expected one list of captions per sample id"):
+        api.prediction_records(["a", "b"], [[]])
+    with pytest.raises(ConfigError, match="distinct sample ids"):
+        api.prediction_records(["a", "a"], [[], []])
+    with pytest.raises(ConfigError, match="not one string"):
+        api.prediction_records("ab", [[], []])
+
+
+def test_frozen_parts_at_random_initialisation_are_announced(root, tmp_path, capsys):
+    assert main(["train", *_args(root, tmp_path / "r", "frozen=[box_detector.box_head]")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: frozen ['box_detector.box_head'] not loaded from another run" in err
