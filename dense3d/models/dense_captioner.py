@@ -89,6 +89,7 @@ class DenseCaptioner(nn.Module):
             raise ConfigError("DenseCaptioner", "box_detector/event_detector", "at least one detector")
         if caption_regions not in ("gt", "proposals"):
             raise ConfigError("DenseCaptioner", "caption_regions", "'gt' or 'proposals'", got=caption_regions)
+        self._check_channels(captioner, box_detector, event_detector, image_regions, point_regions)
         self.captioner = captioner
         self.box_detector = box_detector
         self.event_detector = event_detector
@@ -126,6 +127,42 @@ class DenseCaptioner(nn.Module):
         if captioner is not None and event_detector is not None and "event" not in captioner.class_names \
                 and event_detector.event_head.class_names is not None:
             captioner.class_names["event"] = list(event_detector.event_head.class_names)
+
+    @staticmethod
+    def _check_channels(captioner, box_detector, event_detector, image_regions, point_regions) -> None:
+        """The widths each detector gives (region features, their tokens, the context sampled for
+        them) are the widths the captioner's first layers take: one-line ConfigErrors naming both
+        sides, instead of a shape error in the first step."""
+        # per kind: {what: (width, "the ... channels (where it is set)")}
+        given: dict[str, dict[str, tuple[int | None, str]]] = {}
+        if box_detector is not None:
+            D = box_detector.region_sampler.out_channels
+            features = (D, f"the box region features' {D} channels (box_detector.region_sampler.out_channels)")
+            for field, encoder in (("image_regions", image_regions), ("point_regions", point_regions)):
+                if encoder is not None and encoder.out_channels != D:
+                    raise ConfigError("DenseCaptioner", f"{field}.out_channels", features[1], got=encoder.out_channels)
+            C = box_detector.bev_channels
+            given["box"] = {"features": features, "tokens": features,
+                            "context": (C, f"the BEV map's {C} channels ({box_detector.bev_channels_source('box_detector.')})")}
+        if event_detector is not None:
+            E, S = event_detector.event_head.d_model, event_detector.sequence_channels
+            sequence = (S, f"the fused sequence's {S} channels (event_detector.temporal_fuser.d_model)")
+            given["event"] = {"features": (E, f"the event region features' {E} channels (event_detector.event_head.d_model)"),
+                              "tokens": sequence, "context": sequence}
+        if captioner is None:
+            return
+        bica, qformer = captioner.bica, captioner.qformer
+        takes = {"features": ((bica.region_in.in_features, "captioner.bica.region_dim") if bica is not None
+                              else (qformer.region_in.in_features, "captioner.qformer.region_dim"))}
+        if qformer.token_in is not None:
+            takes["tokens"] = (qformer.token_in.in_features, "captioner.qformer.token_dim")
+        if bica is not None:
+            takes["context"] = (bica.context_in.in_features, "captioner.bica.context_dim")
+        for widths in given.values():
+            for what, (taken, field) in takes.items():
+                width, expected = widths[what]
+                if width is not None and width != taken:
+                    raise ConfigError("DenseCaptioner", field, expected, got=taken)
 
     # ------------------------------------------------------------------ helpers
     def _bev_ranges(self) -> tuple[tuple[float, float], tuple[float, float]]:

@@ -183,6 +183,23 @@ def word_tokenizer(words: Sequence[str]):
     return _finish_tokenizer(tok)
 
 
+def _check_tiny_llama(source: str, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size) -> None:
+    """The sizes ``LlamaConfig`` needs, as one-line ``ConfigError``s naming ``source``."""
+    from dense3d.errors import ConfigError
+    from dense3d.models.checks import check_heads, check_int
+
+    check_heads(source, "hidden_size", hidden_size, "num_heads", num_heads)
+    if (hidden_size // num_heads) % 2:
+        raise ConfigError(source, "num_heads", f"heads of an even width (RoPE rotates pairs): hidden_size={hidden_size} "
+                          "/ num_heads even", got=num_heads)
+    check_int(source, "num_kv_heads", num_kv_heads)
+    if num_heads % num_kv_heads:
+        raise ConfigError(source, "num_kv_heads", f"a divisor of num_heads={num_heads} (grouped-query attention)",
+                          got=num_kv_heads)
+    check_int(source, "num_layers", num_layers)
+    check_int(source, "intermediate_size", intermediate_size)
+
+
 def tiny_llama(vocab_size: int, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
                num_kv_heads: int = 2, intermediate_size: int = 128, seed: int = 0, init_std: float = 0.2):
     """A small random ``LlamaForCausalLM`` (grouped-query attention like SmolLM2), seeded.
@@ -191,6 +208,7 @@ def tiny_llama(vocab_size: int, hidden_size: int = 64, num_layers: int = 2, num_
     and with 0.02 its random ``lm_head`` cannot produce logits more than about +-1 apart
     (hidden states leave the final RMSNorm with unit RMS), so no adapter could make it
     confident about any token."""
+    _check_tiny_llama("tiny_llama", hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
@@ -309,6 +327,7 @@ class _TinyLlama:
 def tiny_llama_decoder(words: Sequence[str], hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
                        num_kv_heads: int = 2, intermediate_size: int = 128, seed: int = 0) -> FrozenDecoder:
     """A tiny random Llama over a word-level vocabulary (tests, overfit checks)."""
+    _check_tiny_llama("tiny_llama_decoder", hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size)
     return FrozenDecoder(
         _TinyLlama(words, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, seed),
         name="tiny-llama",

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dense3d.errors import ConfigError
+from dense3d.models.checks import check_heads, check_int
 from dense3d.models.context.bica import GeometryEmbedding
 from dense3d.structures.sample import RegionFeatures
 
@@ -337,6 +338,14 @@ class RelationQFormer(nn.Module):
                  room_layout: bool = False, target_order: int = 0,
                  target_detach: bool = False):
         super().__init__()
+        check_heads("RelationQFormer", "d_model", d_model, "n_heads", n_heads)
+        for name, value, minimum in (("n_layers", n_layers, 0), ("num_queries", num_queries, 1),
+                                     ("num_neighbours", num_neighbours, 0), ("region_dim", region_dim, 1),
+                                     ("out_dim", out_dim, 1), ("ffn_dim", ffn_dim, 0)):
+            check_int("RelationQFormer", name, value, minimum)
+        for name, value in (("token_dim", token_dim), ("raw_dim", raw_dim)):
+            if value is not None:
+                check_int("RelationQFormer", name, value, 0)  # 0 or None: not used
         if not 0 <= neighbour_queries <= min(num_queries, num_neighbours):
             raise ConfigError("RelationQFormer", "neighbour_queries",
                               f"0 to min(num_queries, num_neighbours) = {min(num_queries, num_neighbours)}",

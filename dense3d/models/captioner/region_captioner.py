@@ -24,9 +24,10 @@ from torch import nn
 from dense3d.errors import ConfigError
 from dense3d.models.captioner.decoder import FrozenDecoder
 from dense3d.models.captioner.frozen_prefix import FrozenPrefixCache, caption_loss_top_layers
-from dense3d.models.captioner.generate import generate_captions, teacher_forcing_batch
+from dense3d.models.captioner.generate import check_decoding, generate_captions, teacher_forcing_batch
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.captioner.qformer import RelationQFormer
+from dense3d.models.checks import check_int
 from dense3d.models.context.bica import BiCADecoder, SceneContext
 from dense3d.models.losses.caption import caption_cross_entropy, cider_d, scst_loss, sequence_log_probs
 from dense3d.models.losses.mention import IGNORE, mention_words, target_labels, target_word_spans
@@ -120,6 +121,16 @@ class RegionCaptioner(nn.Module):
         if qformer.out.out_features != adapter.hidden_size:
             raise ConfigError("RegionCaptioner", "qformer.out_dim", f"adapter.hidden_size={adapter.hidden_size}",
                               got=qformer.out.out_features)
+        if bica is not None and qformer.region_in.in_features != bica.d_model:
+            raise ConfigError("RegionCaptioner", "qformer.region_dim", f"bica.d_model={bica.d_model} (BiCA's output width)",
+                              got=qformer.region_in.in_features)
+        if bica is not None and qformer.raw_in is not None and qformer.raw_in.in_features != bica.region_in.in_features:
+            raise ConfigError("RegionCaptioner", "qformer.raw_dim",
+                              f"bica.region_dim={bica.region_in.in_features} (the region features before BiCA)",
+                              got=qformer.raw_in.in_features)
+        check_decoding("RegionCaptioner", max_new_tokens, num_beams, no_repeat_ngram_size, repetition_penalty)
+        check_int("RegionCaptioner", "max_caption_tokens", max_caption_tokens)
+        check_int("RegionCaptioner", "cache_frozen_layers_mb", cache_frozen_layers_mb, 0)
         self.decoder, self.adapter, self.qformer, self.bica = decoder, adapter, qformer, bica
         self.prompts = dict(DEFAULT_PROMPTS, **(prompts or {}))
         self.max_caption_tokens, self.max_new_tokens, self.num_beams = max_caption_tokens, max_new_tokens, num_beams
@@ -333,6 +344,9 @@ class RegionCaptioner(nn.Module):
         Returns:
             B lists of ``DenseCaption`` (boxes first, then events, in region order).
         """
+        num_beams = self.num_beams if num_beams is None else num_beams
+        check_decoding("RegionCaptioner.generate", self.max_new_tokens, num_beams, self.no_repeat_ngram_size,
+                       self.repetition_penalty, batch_size)
         regions = _as_list(regions)
         visual = self.encode(regions, context)
         lm, tok = self._lm(), self.decoder.tokenizer
@@ -345,7 +359,7 @@ class RegionCaptioner(nn.Module):
             vis = v[r.mask.bool()]  # (N, K, H), row-major order = rows
             with self._precision():
                 texts, _ = generate_captions(lm, self.adapter, tok, vis, self.prompts[r.kind], self.max_new_tokens,
-                                             num_beams or self.num_beams, batch_size,
+                                             num_beams, batch_size,
                                              no_repeat_ngram_size=self.no_repeat_ngram_size,
                                              repetition_penalty=self.repetition_penalty)
             names = self.class_names.get(r.kind, [])

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dense3d.errors import ConfigError
+from dense3d.models.checks import check_heads, check_int
 from dense3d.structures.boxes import Boxes3D
 from dense3d.structures.sample import RegionFeatures
 
@@ -222,8 +223,11 @@ class BiCADecoder(nn.Module):
                  space_scale: float = 50.0, time_scale: float = 10.0, dropout: float = 0.0,
                  zero_init_residuals: bool = True):
         super().__init__()
-        if d_model % n_heads:
-            raise ConfigError("BiCADecoder", "n_heads", f"a divisor of d_model={d_model}", got=n_heads)
+        check_heads("BiCADecoder", "d_model", d_model, "n_heads", n_heads)
+        check_int("BiCADecoder", "n_layers", n_layers, 0)
+        check_int("BiCADecoder", "region_dim", region_dim)
+        check_int("BiCADecoder", "context_dim", context_dim)
+        check_int("BiCADecoder", "ffn_dim", ffn_dim, 0)
         self.d_model, self.n_heads = d_model, n_heads
         self.space_radius, self.time_radius = space_radius, time_radius
         self.region_in = nn.Linear(region_dim, d_model)

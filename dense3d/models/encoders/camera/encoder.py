@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dense3d.errors import CalibrationError, ImageError
+from dense3d.errors import CalibrationError, ConfigError, ImageError
 from dense3d.models.encoders.camera.backbone import ResNetBackbone
 from dense3d.models.encoders.camera.lss import LSSViewTransform
 
@@ -46,6 +46,9 @@ class CameraEncoder(nn.Module):
 
     def __init__(self, backbone: ResNetBackbone, view_transform: LSSViewTransform, neck_channels: int = 128, normalize: bool = True):
         super().__init__()
+        if view_transform.in_channels != neck_channels:
+            raise ConfigError("CameraEncoder", "view_transform.in_channels",
+                              f"the image features' {neck_channels} channels (neck_channels)", got=view_transform.in_channels)
         self.backbone = backbone
         self.neck = ImageFeatureNeck(backbone.out_channels, neck_channels)
         self.view_transform = view_transform

@@ -44,7 +44,7 @@ class LSSViewTransform(nn.Module):
         self.grid_size = bev_grid_shape(self.point_range, self.cell_size, "LSSViewTransform")
         d0, d1, step = (float(v) for v in depth_bins)
         self.register_buffer("depths", torch.arange(d0, d1, step) + step / 2, persistent=False)  # (D,) bin centres
-        self.out_channels = out_channels
+        self.in_channels, self.out_channels = in_channels, out_channels
         self.backend = backend
         self.depth_net = nn.Conv2d(in_channels, len(self.depths) + out_channels, kernel_size=1)
 

@@ -31,6 +31,7 @@ class BEVBackbone(nn.Module):
         super().__init__()
         if not (len(layer_channels) == len(layer_nums) == len(layer_strides) == len(upsample_channels)):
             raise ConfigError("BEVBackbone", "layer_channels/layer_nums/layer_strides/upsample_channels", "lists of one length")
+        self.in_channels = in_channels
         self.blocks = nn.ModuleList()
         self.ups = nn.ModuleList()
         cin = in_channels

@@ -27,6 +27,15 @@ class LidarEncoder(nn.Module):
         super().__init__()
         if list(sparse_encoder.sparse_shape) != list(voxel_encoder.sparse_shape):
             raise ConfigError("LidarEncoder", "sparse_encoder.sparse_shape", f"the voxel grid {voxel_encoder.sparse_shape}", got=sparse_encoder.sparse_shape)
+        if sparse_encoder.in_channels != voxel_encoder.out_channels:
+            raise ConfigError("LidarEncoder", "sparse_encoder.in_channels",
+                              f"the voxel features' {voxel_encoder.out_channels} channels (voxel_encoder.out_channels)",
+                              got=sparse_encoder.in_channels)
+        if bev_backbone.in_channels != sparse_encoder.out_channels:
+            raise ConfigError("LidarEncoder", "bev_backbone.in_channels",
+                              f"the sparse encoder's {sparse_encoder.out_channels} BEV channels (its out_channels "
+                              f"{sparse_encoder.out_channels // sparse_encoder.out_depth} x {sparse_encoder.out_depth} z-cells)",
+                              got=bev_backbone.in_channels)
         self.voxel_encoder = voxel_encoder
         self.sparse_encoder = sparse_encoder
         self.bev_backbone = bev_backbone

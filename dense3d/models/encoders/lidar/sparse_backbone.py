@@ -46,6 +46,7 @@ class SparseEncoder(nn.Module):
         if self.sparse_shape[1] % stride or self.sparse_shape[2] % stride:
             raise ConfigError("SparseEncoder", "sparse_shape", f"ny, nx divisible by the BEV stride {stride}", got=self.sparse_shape)
         self._tensor_cls = SparseTensor
+        self.in_channels = in_channels
 
         def bn_relu(c):
             return [nn.BatchNorm1d(c, eps=1e-3, momentum=0.01), nn.ReLU(inplace=True)]

@@ -120,6 +120,7 @@ class CenterHead(nn.Module):
         super().__init__()
         if not class_groups or any(len(g) == 0 for g in class_groups):
             raise ConfigError("CenterHead", "class_groups", "non-empty lists of class names", got=class_groups)
+        self.in_channels = in_channels
         self.class_groups = [list(g) for g in class_groups]
         self.class_names = [c for g in self.class_groups for c in g]
         self.point_range = tuple(float(v) for v in point_range)

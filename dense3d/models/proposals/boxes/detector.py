@@ -88,6 +88,45 @@ class BoxDetector(nn.Module):
         if isinstance(max_regions, bool) or not isinstance(max_regions, int) or max_regions < 1:
             raise ConfigError("BoxDetector", "max_regions", "an integer >= 1", got=max_regions)  # -5 kept 1 region
         self.max_regions = max_regions
+        self._check_channels()
+
+    @property
+    def bev_channels(self) -> int | None:
+        """Channels of the fused BEV map the head and the region sampler read (None: an encoder
+        that does not say)."""
+        if self.fuser is not None:
+            return getattr(self.fuser, "out_channels", None)
+        return getattr(self.lidar_encoder if self.lidar_encoder is not None else self.camera_encoder, "out_channels", None)
+
+    def bev_channels_source(self, prefix: str = "") -> str:
+        """Where the BEV map's channels are set, for messages (``prefix``: this detector's key)."""
+        if self.fuser is not None:
+            return f"{prefix}fuser.out_channels"
+        if self.lidar_encoder is not None:
+            return f"the sum of {prefix}lidar_encoder.bev_backbone.upsample_channels"
+        return f"{prefix}camera_encoder.view_transform.out_channels"
+
+    def _check_channels(self) -> None:
+        """Channels passed between the parts agree (what is known before a forward pass)."""
+        fuser_in = getattr(self.fuser, "in_channels", None)
+        if isinstance(fuser_in, dict):
+            for name, encoder in (("lidar", self.lidar_encoder), ("camera", self.camera_encoder)):
+                have = getattr(encoder, "out_channels", None)
+                if have is None:
+                    continue
+                if name not in fuser_in:
+                    raise ConfigError("BoxDetector", "fuser.in_channels", f"an entry for the {name} encoder",
+                                      got=sorted(fuser_in))
+                if fuser_in[name] != have:
+                    raise ConfigError("BoxDetector", f"fuser.in_channels.{name}",
+                                      f"the {name} encoder's {have} BEV channels", got=fuser_in[name])
+        C = self.bev_channels
+        if C is None:
+            return
+        for field, have in (("box_head.in_channels", getattr(self.box_head, "in_channels", None)),
+                            ("region_sampler.in_channels", getattr(self.region_sampler, "in_channels", None))):
+            if have is not None and have != C:
+                raise ConfigError("BoxDetector", field, f"the BEV map's {C} channels ({self.bev_channels_source()})", got=have)
 
     def sensor_maps(self, batch) -> dict[str, torch.Tensor | None]:
         """Per-sensor BEV maps; a sensor missing from the batch gives None."""

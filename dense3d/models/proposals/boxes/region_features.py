@@ -36,7 +36,7 @@ class BEVRegionSampler(nn.Module):
         super().__init__()
         self.point_range = tuple(float(v) for v in point_range)
         self.grid_points = grid_points
-        self.out_channels = out_channels
+        self.in_channels, self.out_channels = in_channels, out_channels
         self.token_proj = nn.Linear(in_channels, out_channels)
         self.pool_mlp = nn.Sequential(nn.Linear(2 * out_channels, out_channels), nn.ReLU(inplace=True), nn.Linear(out_channels, out_channels))
         self.geometry_mlp = nn.Sequential(nn.Linear(8, out_channels), nn.ReLU(inplace=True), nn.Linear(out_channels, out_channels))

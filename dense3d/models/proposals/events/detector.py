@@ -53,6 +53,24 @@ class EventDetector(nn.Module):
         self.temporal_fuser = temporal_fuser
         self.event_head = event_head
         self.loss_fn = loss
+        self._check_channels()
+
+    @property
+    def sequence_channels(self) -> int | None:
+        """Width of the fused sequence (the head's memory, the events' tokens, the time contexts)."""
+        return getattr(self.temporal_fuser, "d_model", None)
+
+    def _check_channels(self) -> None:
+        """Channels passed between the parts agree (what is known before a forward pass)."""
+        for name, encoder in (("audio", self.audio_encoder), ("video", self.video_encoder)):
+            have, want = getattr(encoder, "out_channels", None), getattr(self.temporal_fuser, f"{name}_channels", None)
+            if have is not None and want is not None and have != want:
+                raise ConfigError("EventDetector", f"temporal_fuser.{name}_channels",
+                                  f"the {name} encoder's {have} channels ({name}_encoder.out_channels)", got=want)
+        D, head = self.sequence_channels, getattr(self.event_head, "d_model", None)
+        if D is not None and head is not None and head != D:
+            raise ConfigError("EventDetector", "event_head.d_model", f"the fused sequence's {D} channels (temporal_fuser.d_model)",
+                              got=head)
 
     def forward(self, batch) -> EventDetectorOutput:
         audio = video = None
