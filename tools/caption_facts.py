@@ -35,7 +35,8 @@ from dense3d.data.synthetic.facts import (
     set_kind,
 )
 from dense3d.errors import PredictionFormatError, exit_status
-from dense3d.utils.io import atomic_write_json
+from dense3d.utils.argtypes import positive_float
+from dense3d.utils.io import atomic_write_json, check_output_path
 
 FIELDS = {"outdoor": ("colour", "cls", "motion", "direction", "distance", "relation", "targets"),
           "indoor": ("colour", "cls", "place", "relation", "targets")}
@@ -182,10 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("root", type=Path, help="the generated synthetic outdoor or indoor set the run was evaluated on")
     p.add_argument("eval_dir", type=Path, help="folder with predictions_boxes.json (dense3d eval --checkpoint)")
     p.add_argument("--split", default="val")
-    p.add_argument("--max-dist", type=float, default=None,
+    p.add_argument("--max-dist", type=positive_float, default=None,
                    help="metres between a prediction's and an object's centre (default: 2 outdoors, 0.5 indoors)")
     p.add_argument("--out", type=Path, default=None, help="JSON table (default: EVAL_DIR/caption_facts.json)")
     a = p.parse_args(argv)
+    out = check_output_path(a.out or a.eval_dir / "caption_facts.json", "tools/caption_facts.py")  # before any work
     path = a.eval_dir / "predictions_boxes.json"
     if not path.is_file():
         raise PredictionFormatError(path, "file", "predictions written by dense3d eval --checkpoint")
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     for what in ("named", "truth"):
         print(f"{what} target of {ranks['objects']} one-target objects: "
               + ", ".join(f"{k.replace('_', ' ')} {v:.1f} %" for k, v in ranks[what].items()))
-    atomic_write_json(a.out or a.eval_dir / "caption_facts.json",
+    atomic_write_json(out,
                       {"objects": len(pairs), "facts": table, "targets_by_relation": by_rel,
                        "target_parts": parts, "named_target_ranks": ranks})
     return 0

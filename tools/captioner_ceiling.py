@@ -30,9 +30,23 @@ import torch
 from torch import nn
 
 from dense3d.data.synthetic.facts import FACT_DIM, fact_vector, load_outdoor_facts
-from dense3d.errors import exit_status
+from dense3d.errors import ConfigError, exit_status
 from dense3d.structures.sample import RegionFeatures
-from dense3d.utils.io import atomic_write_json
+from dense3d.utils.argtypes import positive_float, positive_int
+from dense3d.utils.io import atomic_write_json, check_output_path
+
+PROG = "tools/captioner_ceiling.py"
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def regions_of(objs: list[dict], facts_mlp: nn.Module) -> RegionFeatures:
@@ -44,14 +58,21 @@ def regions_of(objs: list[dict], facts_mlp: nn.Module) -> RegionFeatures:
                           torch.ones(1, R, dtype=torch.bool))
 
 
-def build_captioner(layers: int, overrides: list[str]):
+def ceiling_config(layers: int, overrides: list[str]):
+    """The captioning_outdoor config with the captioner fed fact features (cheap: nothing is built)."""
     from dense3d.engine.train import compose_config
+
+    return compose_config(["experiment=captioning_outdoor", "model.captioner.bica=null",
+                           "model.captioner.qformer.region_dim=256", "model.captioner.qformer.num_neighbours=0",
+                           "model.captioner.qformer.token_dim=null", f"model.captioner.adapter.num_layers={layers}",
+                           *overrides])  # bad overrides and values: one-line ConfigErrors
+
+
+def build_captioner(layers: int, overrides: list[str], cfg=None):
+    """(the captioner, its config); ``cfg``: :func:`ceiling_config`'s, if already composed."""
     from dense3d.utils.config import instantiate_config
 
-    cfg = compose_config(["experiment=captioning_outdoor", "model.captioner.bica=null",
-                          "model.captioner.qformer.region_dim=256", "model.captioner.qformer.num_neighbours=0",
-                          "model.captioner.qformer.token_dim=null", f"model.captioner.adapter.num_layers={layers}",
-                          *overrides])  # bad overrides and values: one-line ConfigErrors
+    cfg = ceiling_config(layers, overrides) if cfg is None else cfg
     return instantiate_config(cfg.model.captioner, "configs/train.yaml", "model.captioner"), cfg
 
 
@@ -67,26 +88,33 @@ def score(pairs: list[tuple[str, str]]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("root", type=Path, help="a generated synthetic outdoor set (dense3d convert synth --kind outdoor)")
-    p.add_argument("--layers", type=int, default=4, help="adapted top LLM layers")
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--batch", type=int, default=16, help="captions per step")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--eval-every", type=int, default=0, help="also score at these step intervals (0: only at the end)")
-    p.add_argument("--val-objects", type=int, default=343, help="first N validation objects scored")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--layers", type=positive_int, default=4, help="adapted top LLM layers")
+    p.add_argument("--steps", type=positive_int, default=600)
+    p.add_argument("--batch", type=positive_int, default=16, help="captions per step")
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--eval-every", type=_non_negative_int, default=0, help="also score at these step intervals (0: only at the end)")
+    p.add_argument("--val-objects", type=positive_int, default=343, help="first N validation objects scored")
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="JSON with the scores and a few captions")
     p.add_argument("overrides", nargs="*", help="hydra overrides of the captioning_outdoor config")
     a = p.parse_args(argv)
+    if a.out is not None:
+        check_output_path(a.out, PROG)  # before the training
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     random.seed(a.seed)
 
-    captioner, cfg = build_captioner(a.layers, a.overrides)
+    cfg = ceiling_config(a.layers, a.overrides)
     rng = cfg.data.train.transforms.transforms.range.point_range
     xy_range = (rng[0], rng[1], rng[3], rng[4])
     train = load_outdoor_facts(a.root, "train", xy_range)
     val = load_outdoor_facts(a.root, "val", xy_range)[: a.val_objects]
+    if a.batch > len(train):  # random.sample would fail at the first step
+        raise ConfigError(PROG, "--batch", f"at most the {len(train)} training objects of {a.root}", got=a.batch)
+    if not val:
+        raise ConfigError(PROG, "root", "a set with validation objects (within the config's point range)", got=str(a.root))
+    captioner, cfg = build_captioner(a.layers, a.overrides, cfg)  # loads the LLM: after the checks
     facts_mlp = nn.Sequential(nn.Linear(FACT_DIM, 256), nn.ReLU(), nn.Linear(256, 256))
     params = list(facts_mlp.parameters()) + captioner.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)

@@ -48,7 +48,7 @@ from pathlib import Path
 from dense3d.data.readers import load_json, load_pickle, require
 from dense3d.data.synthetic.annotations import ANNOTATIONS_FILE, load_synthetic_annotations
 from dense3d.errors import AnnotationError, exit_status
-from dense3d.utils.io import atomic_write, atomic_write_json
+from dense3d.utils.io import atomic_write, atomic_write_json, check_output_path
 
 
 def _link(link: Path, target: Path) -> None:
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sets", type=Path, nargs="+")
     p.add_argument("--split", default="train")
     args = p.parse_args(argv)
+    check_output_path(args.out, "tools/merge_synth_sets.py", flag="out", folder=True)  # a folder, not a file
     n = MERGE[args.kind](args.out, args.sets, args.split)
     unit = {"av": "clips", "indoor": "rooms", "outdoor": "samples"}[args.kind]
     print(f"{n} {args.split} {unit} of {len(args.sets)} sets -> {args.out}")

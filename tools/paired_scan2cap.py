@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metric", choices=METRICS, default="CIDEr")
     p.add_argument("--out", type=Path, default=None, help="also write the result as JSON here")
     a = p.parse_args(argv)
+    if a.out is not None:
+        from dense3d.utils.io import check_output_path
+
+        check_output_path(a.out, "tools/paired_scan2cap.py")  # before the scoring
     gt_path, gt_a = _read(a.eval_a, "ground_truth_boxes.json")
     gt_b_path, gt_b = _read(a.eval_b, "ground_truth_boxes.json")
     if gt_a != gt_b:

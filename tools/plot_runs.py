@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dense3d.engine.report import ema, read_metrics_csv
 from dense3d.errors import ConfigError, PredictionFormatError, exit_status
-from dense3d.utils.io import atomic_write
+from dense3d.utils.io import atomic_write, check_output_path
 
 SCORE = "boxes.tod3cap_corrected.CIDEr-F1@0.25"
 
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--score", default=SCORE, help="dotted key of the score in each metrics.json")
     p.add_argument("--ref", action="append", default=[], help="NAME=VALUE: a reference score drawn as a line")
     a = p.parse_args(argv)
+    check_output_path(a.out, "tools/plot_runs.py")  # before reading the runs
     series = {}
     for item in a.runs:
         name, sep, folder = item.partition("=")

@@ -26,7 +26,8 @@ import torch
 from dense3d.data.synthetic.annotations import ANNOTATIONS_FILE, load_synthetic_annotations
 from dense3d.errors import AnnotationError, ConfigError, exit_status
 from dense3d.models.captioner.qformer import nearest_neighbours
-from dense3d.utils.io import atomic_write_json
+from dense3d.utils.argtypes import positive_int
+from dense3d.utils.io import atomic_write_json, check_output_path
 
 # (name, input, label): inputs are the keys collect_rows fills per box
 PROBES = (
@@ -150,10 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", type=Path, help="a captioning run folder (dense3d train ...)")
     p.add_argument("root", type=Path, help="the generated synthetic set it was trained on")
-    p.add_argument("--train-scenes", type=int, default=300)
-    p.add_argument("--val-scenes", type=int, default=40)
+    p.add_argument("--train-scenes", type=positive_int, default=300)
+    p.add_argument("--val-scenes", type=positive_int, default=40)
     p.add_argument("--out", type=Path, default=None, help="JSON table (default: RUN/probe_tokens.json)")
     a = p.parse_args(argv)
+    out = check_output_path(a.out or a.run / "probe_tokens.json", "tools/probe_tokens.py")  # before any work
     import dense3d.api as api
 
     objects = scene_objects(a.root)
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"target head: first choice is the target for {right:.1f} % of {len(judged)} one-target boxes "
               f"(the nearest neighbour is for {nearest:.1f} %)")
         result["target_head"] = {"boxes": len(judged), "right": right, "nearest": nearest}
-    atomic_write_json(a.out or a.run / "probe_tokens.json", result)
+    atomic_write_json(out, result)
     return 0
 
 

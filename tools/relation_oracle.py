@@ -44,8 +44,8 @@ from dense3d.data.synthetic.grammar import (
     choose_relation,
     indoor_descriptions,
 )
-from dense3d.errors import AnnotationError, exit_status
-from dense3d.utils.io import atomic_write_json
+from dense3d.errors import AnnotationError, ConfigError, exit_status
+from dense3d.utils.io import atomic_write_json, check_output_path
 
 class _Likeliest:
     """Stands in for the annotator's random generator: every ``random() < p`` coin comes up
@@ -143,7 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guess-motion", action="store_true",
                    help="also replace the motion word with its best guess from class and lateral place")
     a = p.parse_args(argv)
-    indoor = set_kind(a.root) == "indoor"
+    check_output_path(a.out, "tools/relation_oracle.py")  # before any work
+    kind = set_kind(a.root)
+    indoor = kind == "indoor"
+    splits = sorted({s["split"] for s in load_synthetic_annotations(a.root, kind)["scenes"]})
+    if a.split not in splits:  # else an empty oracle
+        raise ConfigError("tools/relation_oracle.py", "--split",
+                          f"a split of {a.root / ANNOTATIONS_FILE} ({', '.join(splits) or 'it has no scenes'})", got=a.split)
     if indoor and a.guess_motion:
         raise AnnotationError(a.root / "meta.json", "kind", "an outdoor set for --guess-motion (indoor objects have no motion)",
                               got="indoor")

@@ -5,6 +5,7 @@ field on bad input; none of them knows about data sets.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -192,6 +193,21 @@ def read_audio_file(path: str | os.PathLike, expected_rate: int | None = None) -
     return _finite_audio(wave, path), int(rate)
 
 
+@contextlib.contextmanager
+def _libav_silent():
+    """No libav log lines (e.g. "moov atom not found") while a file is opened and decoded: a bad
+    file is our one-line error, not that plus libav's. torchvision.io sets PyAV's level to ERROR
+    process-wide when imported; the level in force before is restored afterwards."""
+    import av.logging
+
+    level = av.logging.get_level()
+    av.logging.set_level(None)  # None: libav's messages are dropped
+    try:
+        yield
+    finally:
+        av.logging.set_level(level)
+
+
 def read_mp4_audio(path: str | os.PathLike, expected_rate: int | None = None) -> tuple[torch.Tensor, int]:
     """Decode the first audio stream of a video file with PyAV -> ((A, S) float32, rate)."""
     import av
@@ -200,7 +216,7 @@ def read_mp4_audio(path: str | os.PathLike, expected_rate: int | None = None) ->
     if not path.is_file():
         raise AudioError(path, "audio", "an existing media file", got="missing")
     try:
-        with av.open(str(path)) as container:
+        with _libav_silent(), av.open(str(path)) as container:
             if not container.streams.audio:
                 raise AudioError(path, "streams.audio", "an audio stream", got="none")
             stream = container.streams.audio[0]
@@ -271,7 +287,7 @@ def read_video_frames(
     next_t = -float("inf")
     step = 1.0 / fps if fps else 0.0
     try:
-        with av.open(str(path)) as container:
+        with _libav_silent(), av.open(str(path)) as container:
             if not container.streams.video:
                 raise VideoError(path, "streams.video", "a video stream", got="none")
             stream = container.streams.video[0]

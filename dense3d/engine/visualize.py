@@ -31,7 +31,7 @@ def _predictions(path: str | None, scene: str) -> tuple[list, list[str], list[st
 
     if path is None:
         return [], [], []
-    preds = parse_box_predictions(path, read_json(path), need_caption=False)
+    preds = parse_box_predictions(path, read_json(path), need_caption=False, for_what=" (dense3d vis draws 3D boxes)")
     if scene not in preds:
         raise PredictionFormatError(path, scene, "predictions for this scene id", got=f"{len(preds)} other scenes")
     recs = preds[scene]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ __all__ = [
     "parse_event_gt",
     "parse_paragraphs",
     "unknown_scenes",
+    "check_integer_ids",
+    "is_predict_events_output",
 ]
 
 
@@ -129,8 +132,33 @@ def _mapping(src, data, what: str) -> dict:
     return data
 
 
-def parse_box_predictions(src, data, need_caption: bool = True, need_score: bool = False) -> dict[str, list[BoxPrediction]]:
-    """``{scene_id: [{"box"|"corners", "caption", "score"?, "label"?}]}`` -> BoxPrediction lists."""
+def is_predict_events_output(data) -> bool:
+    """True for what ``dense3d predict`` writes for a run that captions events:
+    ``{"boxes": {scene: [...]}, "events": {"results": {video: [...]}}}`` (api.prediction_records)."""
+    return (isinstance(data, dict) and set(data) == {"boxes", "events"} and isinstance(data["boxes"], dict)
+            and isinstance(data["events"], dict) and isinstance(data["events"].get("results"), dict))
+
+
+def _event_predictions_field(data) -> str | None:
+    """Where ``data`` holds event predictions instead of 3D boxes: ``"events"`` for ``dense3d
+    predict``'s output of an events run, ``"results"`` for ActivityNet's format; else None."""
+    if is_predict_events_output(data):
+        return "events"
+    if isinstance(data, dict) and isinstance(data.get("results"), dict):
+        return "results"
+    return None
+
+
+def parse_box_predictions(src, data, need_caption: bool = True, need_score: bool = False,
+                          for_what: str = "") -> dict[str, list[BoxPrediction]]:
+    """``{scene_id: [{"box"|"corners", "caption", "score"?, "label"?}]}`` -> BoxPrediction lists.
+    ``for_what`` (e.g. ``" (dense3d vis draws 3D boxes)"``) is added to the message that
+    refuses a file of event predictions."""
+    where = _event_predictions_field(data)
+    if where is not None:
+        raise PredictionFormatError(src, where, f"3D box predictions {{scene_id: [{{box, caption, ...}}]}}{for_what}; this file holds "
+                                    "event predictions (time spans), which `dense3d eval events` scores",
+                                    got="an object with 'boxes' and 'events'" if where == "events" else "an object with 'results'")
     out: dict[str, list[BoxPrediction]] = {}
     for scene, recs in _mapping(src, data, "scene_id").items():
         if not isinstance(recs, list):
@@ -203,7 +231,12 @@ def parse_object_gt(src, data) -> dict[str, list[ObjectGT]]:
             ego = r.get("ego_dist")
             if ego is not None:
                 ego = _finite(src, f"{fld}.ego_dist", [ego])[0]
-            oid = str(r.get("object_id", i))
+                if ego < 0:  # a distance; hypot(x, y) when missing
+                    raise PredictionFormatError(src, f"{fld}.ego_dist", "a distance >= 0 (metres)", got=ego)
+            oid = r.get("object_id", i)
+            if isinstance(oid, bool) or not isinstance(oid, (int, str)):
+                raise PredictionFormatError(src, f"{fld}.object_id", "an integer or a string", got=repr(oid))
+            oid = str(oid)
             if oid in seen:  # keys are scene|object_id|name: a second entry would replace the first
                 raise PredictionFormatError(src, f"{fld}.object_id", "an id unique in the scene (one entry per object, its descriptions listed together)",
                                             got=f"{oid}, also {scene}[{seen[oid]}]")
@@ -215,14 +248,21 @@ def parse_object_gt(src, data) -> dict[str, list[ObjectGT]]:
 
 
 def _span(src, fld, ts) -> tuple[float, float]:
+    """``[t0, t1]`` in seconds from the video's start: 0 <= t0 <= t1. An end past the video's
+    duration is accepted (real PDVC outputs and some ActivityNet references run slightly over)."""
     v = _finite(src, fld, ts, n=(2,))
+    if v[0] < 0:
+        raise PredictionFormatError(src, fld, "a start t0 >= 0 (seconds from the video's start)", got=v)
     if v[1] < v[0]:
         raise PredictionFormatError(src, fld, "t1 >= t0", got=v)
     return v[0], v[1]
 
 
 def parse_event_predictions(src, data) -> dict[str, list[dict]]:
-    """ActivityNet's ``{"results": {video_id: [{"timestamp": [t0, t1], "sentence", "score"?}]}}``."""
+    """ActivityNet's ``{"results": {video_id: [{"timestamp": [t0, t1], "sentence", "score"?}]}}``
+    (also as ``dense3d predict`` writes it for an events run: under ``"events"``, beside ``"boxes"``)."""
+    if is_predict_events_output(data):
+        data = data["events"]
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise PredictionFormatError(src, "results", "an object {video_id: [...]}", got=type(data.get("results") if isinstance(data, dict) else data).__name__)
     out = {}
@@ -255,6 +295,9 @@ def parse_event_gt(src, data) -> dict[str, dict]:
         ts, ss = rec.get("timestamps"), rec.get("sentences")
         if not isinstance(ts, list) or not isinstance(ss, list) or len(ts) != len(ss):
             raise PredictionFormatError(src, f"{vid}.timestamps/sentences", "two lists of the same length", got=f"{type(ts).__name__}, {type(ss).__name__}")
+        dur = rec.get("duration")
+        if dur is not None and (isinstance(dur, bool) or not isinstance(dur, (int, float)) or not math.isfinite(dur) or dur <= 0):
+            raise PredictionFormatError(src, f"{vid}.duration", "a number of seconds > 0", got=repr(dur))
         spans = [_span(src, f"{vid}.timestamps[{i}]", t) for i, t in enumerate(ts)]
         for i, s in enumerate(ss):
             if not isinstance(s, str):
@@ -274,6 +317,21 @@ def parse_paragraphs(src, data, many: bool) -> dict[str, list[str]]:
         else:
             raise PredictionFormatError(src, f"{cid}", "a paragraph string" + (" or a list of them" if many else ""), got=v)
     return out
+
+
+def check_integer_ids(gt: dict[str, list[ObjectGT]], protocol: str) -> None:
+    """ScanNet protocols (ScanRefer, Scan2Cap) key objects by the ScanNet object id, an integer
+    (ScanRefer's JSON writes it as a string of digits, the official code reads it with ``int``):
+    any other ``object_id`` is an error naming the file and entry."""
+    for scene, objs in gt.items():
+        for i, o in enumerate(objs):
+            if not _DIGITS.fullmatch(o.object_id):
+                raise PredictionFormatError(o.source or "ground truth", f"{scene}[{i}].object_id",
+                                            f"an integer id >= 0 for {protocol} (ScanNet's object id, e.g. 3 or \"3\")",
+                                            got=repr(o.object_id))
+
+
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def unknown_scenes(pred_keys, gt_keys) -> list[str]:

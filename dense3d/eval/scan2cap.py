@@ -27,7 +27,7 @@ from scipy.optimize import linear_sum_assignment
 
 from dense3d.eval.caption_metrics import CaptionScorer
 from dense3d.eval.detection import evaluate_voc, voc_ap
-from dense3d.eval.formats import BoxPrediction, ObjectGT, unknown_scenes
+from dense3d.eval.formats import BoxPrediction, ObjectGT, check_integer_ids, unknown_scenes
 from dense3d.eval.geometry import giou_aa, iou_aa
 from dense3d.eval.scanrefer import is_scored, references
 from dense3d.utils.progress import ProgressBar, ensure_progress
@@ -99,6 +99,7 @@ class _Matching:
 def _match(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[ObjectGT]], max_tokens: int) -> _Matching:
     """One-to-one matching of every scene (scenes in sorted order), the pairs' captions with
     their objects' references."""
+    check_integer_ids(gt, "scan2cap")
     m = _Matching()
     for scene in sorted(gt):
         objs = [o for o in gt[scene] if is_scored(o)]

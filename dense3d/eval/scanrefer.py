@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from dense3d.eval.caption_metrics import CaptionScorer
-from dense3d.eval.formats import BoxPrediction, ObjectGT, unknown_scenes
+from dense3d.eval.formats import BoxPrediction, ObjectGT, check_integer_ids, unknown_scenes
 from dense3d.eval.geometry import iou_aa
 from dense3d.utils.progress import ProgressBar, ensure_progress
 
@@ -80,6 +80,7 @@ def evaluate(
     "matched@0.5": 1543, "objects": 2068, ...}`` (scores x100) plus ``unknown_scenes``.
     ``progress``: stages (matching, then the scorers), see :mod:`dense3d.utils.progress`."""
     ious = tuple(float(k) for k in ious)
+    check_integer_ids(gt, "scanrefer")
     bar = ensure_progress(progress)
     bar.add_total(1)
     bar.update("matching scenes")

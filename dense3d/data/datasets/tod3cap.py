@@ -4,6 +4,7 @@ File layout, keys, shapes and units: ``docs/data_formats.md`` section 1.
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -219,7 +220,7 @@ class TOD3CapDataset(SampleDataset):
     def _load_cameras(self, info: dict, where: str) -> CameraImages:
         images = require(info, "images", self.info_file, where)
         names = self.cameras if self.cameras is not None else tuple(k for k, v in images.items() if isinstance(v, dict) and v.get("img_path"))
-        imgs, k_list, e_list = [], [], []
+        imgs, k_list, e_list, paths = [], [], [], []
         for cam in names:
             cw = f"{where}.images.{cam}"
             c = require(images, cam, self.info_file, f"{where}.images")
@@ -229,14 +230,14 @@ class TOD3CapDataset(SampleDataset):
             k4 = torch.eye(4, dtype=torch.float64)
             k4[: k.shape[0], : k.shape[1]] = k
             e = check_rigid(require(c, "lidar2cam", self.info_file, cw), self.info_file, f"{cw}.lidar2cam")
-            img = read_image(self._path(cam, str(require(c, "img_path", self.info_file, cw))), field=f"{cw}.img_path")
-            if imgs and img.shape != imgs[0].shape:
-                raise ImageError(self.info_file, f"{cw}.img_path", f"the size of {names[0]} {tuple(imgs[0].shape[1:])}", got=tuple(img.shape[1:]))
-            imgs.append(img)
+            path = self._path(cam, str(require(c, "img_path", self.info_file, cw)))
+            imgs.append(read_image(path, field=f"{cw}.img_path"))
+            paths.append(path)
             k_list.append(k4)
             e_list.append(e)
         if not imgs:
             raise ImageError(self.info_file, f"{where}.images", "at least one camera", got="none")
+        self._check_image_sizes(imgs, names, paths, where)
         return CameraImages(
             images=torch.stack(imgs),  # (V, 3, H, W)
             cam2img=torch.stack(k_list).float(),  # (V, 4, 4)
@@ -244,6 +245,18 @@ class TOD3CapDataset(SampleDataset):
             names=tuple(names),
             source=str(self.info_file),
         )
+
+    def _check_image_sizes(self, imgs: list[torch.Tensor], names, paths: list, where: str) -> None:
+        """One size for every camera of a sample; else an ImageError naming the image file and
+        camera that differs from the others (the commonest size; with a tie, from the first camera's)."""
+        sizes = [tuple(img.shape[1:]) for img in imgs]  # (H, W) of each (3, H, W)
+        if len(set(sizes)) <= 1:
+            return
+        counts = Counter(sizes)
+        common, n = counts.most_common(1)[0]  # ties: the first camera's size comes first
+        others = "the other cameras'" if n > 1 and list(counts.values()).count(n) == 1 else f"{names[sizes.index(common)]}'s"
+        i = next(j for j, size in enumerate(sizes) if size != common)
+        raise ImageError(paths[i], f"{where}.images.{names[i]}.img_path", f"{others} size (H, W) {common}", got=sizes[i])
 
     def _load_boxes(self, info: dict, where: str, token: str) -> tuple[BoxAnnotations, dict]:
         instances = info.get("instances", [])

@@ -10,6 +10,7 @@ from typing import Callable
 
 from dense3d.data.synthetic.annotations import ANNOTATIONS_FILE, load_synthetic_annotations
 from dense3d.data.synthetic.common import KINDS, SPLITS, SynthConfig, atomic_output_dir, split_of, write_json
+from dense3d.errors import AnnotationError
 from dense3d.utils.io import check_output_path
 from dense3d.utils.progress import ProgressBar, ensure_progress
 
@@ -206,31 +207,59 @@ def _len_bin(n: int) -> str:
     return "?"
 
 
+def _text(record: dict, key: str, path: Path, where: str) -> str:
+    """``record[key]``, a string; else an AnnotationError naming ``where.key`` in ``path``."""
+    if key not in record:
+        raise AnnotationError(path, f"{where}.{key}", "a string", got="missing")
+    if not isinstance(record[key], str):
+        raise AnnotationError(path, f"{where}.{key}", "a string", got=type(record[key]).__name__)
+    return record[key]
+
+
 def dataset_stats(folder: str | Path) -> dict:
     """Histograms of a generated folder: ``classes``, ``caption_words`` (binned caption
     lengths in words), ``relations`` (relation types), ``splits``; for ``av`` also
     ``event_classes``, ``event_words`` and ``paragraph_words``."""
     folder = Path(folder)
     data = load_synthetic_annotations(folder)
+    path = folder / ANNOTATIONS_FILE
     kind = data["kind"]
     classes, words, rels, splits = Counter(), Counter(), Counter(), Counter()
     ev_classes, ev_words, para = Counter(), Counter(), Counter()
     n_obj = n_cap = 0
-    for rec in data["scenes"]:
+    for i, rec in enumerate(data["scenes"]):
+        where = f"scenes[{i}]"
+        if rec["split"] not in SPLITS:  # else counted in the total but under no split
+            raise AnnotationError(path, f"{where}.split", f"one of {', '.join(SPLITS)}", got=rec["split"])
         splits[rec["split"]] += 1
-        for o in rec["objects"]:
+        for j, o in enumerate(rec["objects"]):
+            if not isinstance(o, dict):
+                raise AnnotationError(path, f"{where}.objects[{j}]", "an object with 'label', 'relation' and captions", got=type(o).__name__)
             n_obj += 1
-            classes[o["label"]] += 1
-            rels[o["relation"]] += 1
-            caps = o.get("captions") or [o.get("caption", "")]
-            for c in caps:
+            classes[_text(o, "label", path, f"{where}.objects[{j}]")] += 1
+            rels[_text(o, "relation", path, f"{where}.objects[{j}]")] += 1
+            if o.get("captions"):
+                caps = o["captions"]
+                if not isinstance(caps, list):
+                    raise AnnotationError(path, f"{where}.objects[{j}].captions", "a list of strings", got=type(caps).__name__)
+                fields = [f"captions[{k}]" for k in range(len(caps))]
+            else:
+                caps, fields = [o.get("caption", "")], ["caption"]
+            for c, name in zip(caps, fields):
+                if not isinstance(c, str):
+                    raise AnnotationError(path, f"{where}.objects[{j}].{name}", "a string", got=type(c).__name__)
                 n_cap += 1
                 words[_len_bin(len(c.split()))] += 1
-        for e in rec.get("events", []):
-            ev_classes[e["label"]] += 1
-            ev_words[_len_bin(len(e["caption"].split()))] += 1
+        events = rec.get("events", [])
+        if not isinstance(events, list):
+            raise AnnotationError(path, f"{where}.events", "a list of events", got=type(events).__name__)
+        for j, e in enumerate(events):
+            if not isinstance(e, dict):
+                raise AnnotationError(path, f"{where}.events[{j}]", "an object with 'label' and 'caption'", got=type(e).__name__)
+            ev_classes[_text(e, "label", path, f"{where}.events[{j}]")] += 1
+            ev_words[_len_bin(len(_text(e, "caption", path, f"{where}.events[{j}]").split()))] += 1
         if kind == "av":
-            para[_len_bin(len(rec["favd_paragraph"].split()))] += 1
+            para[_len_bin(len(_text(rec, "favd_paragraph", path, where).split()))] += 1
     order = [_len_bin(lo) for lo, _ in _LEN_BINS]
     stats = {
         "kind": kind,
