@@ -126,7 +126,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", regions: st
     built, e.g. ``model.captioner.num_beams=3``, or ``+key=value`` for a constructor argument the
     config leaves at its default (``+model.captioner.repetition_penalty=1.2``); the weights must
     still fit."""
-    from dense3d.engine.checkpoint import check_config_targets, load_checkpoint
+    from dense3d.engine.checkpoint import check_config_targets, check_weight_shapes, load_checkpoint
 
     if not isinstance(path, (str, Path)):
         raise ConfigError("dense3d.api.load", "path", "a run folder or checkpoint folder (str or Path)", got=type(path).__name__)
@@ -155,10 +155,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", regions: st
     state = loaded["state_dict"]
     # Lightning prefixes the module's attribute name ("model.") to every key
     weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    for k, v in model.state_dict().items():  # torch's size-mismatch error is one line per tensor
-        if k in weights and weights[k].shape != v.shape:
-            raise CheckpointError(ckpt, f"state_dict.model.{k}", f"shape {tuple(v.shape)}, as the run's config (with overrides) builds it",
-                                  got=tuple(weights[k].shape))
+    check_weight_shapes(model.state_dict(), state, ckpt, prefix="model.", hint=", as the run's config (with overrides) builds it")
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(ckpt, "state_dict", "weights that fit the run's model",

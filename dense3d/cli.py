@@ -129,12 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default="data/synthetic/default", help="synthetic data folder (generated when missing or stale)")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: configs/experiment/demo.yaml)")
-    p.add_argument("overrides", nargs="*", help="hydra overrides of the demo config, e.g. model/captioner=tiny")
+    p.add_argument("overrides", nargs="*", help="hydra overrides of the demo config, e.g. model.captioner.num_beams=3")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("train", help="train a model from a hydra config")
     p.add_argument("overrides", nargs="*")
-    p.add_argument("--resume", default=None, help="checkpoint folder to resume from")
+    p.add_argument("--resume", default=None, help="checkpoint folder to resume from (its run folder, same config), "
+                   "or 'last': the run folder's newest last*.ckpt")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("predict", help="caption a data split with a trained run -> predictions JSON")

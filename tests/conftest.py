@@ -14,6 +14,9 @@ import torch
 from dense3d.utils.env import samples_dir
 
 CUDA = torch.cuda.is_available()
+# The converted SmolLM2 (dense3d.models.captioner.decoder.load_smollm2) goes to the checkout's
+# git-ignored build/ rather than the user's ~/.cache, unless DENSE3D_CACHE says otherwise.
+os.environ.setdefault("DENSE3D_CACHE", str(Path(__file__).resolve().parents[1] / "build" / "test-cache"))
 _SKIPPED_CUDA: list[str] = []
 
 

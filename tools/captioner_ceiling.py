@@ -32,21 +32,10 @@ from torch import nn
 from dense3d.data.synthetic.facts import FACT_DIM, fact_vector, load_outdoor_facts
 from dense3d.errors import ConfigError, exit_status
 from dense3d.structures.sample import RegionFeatures
-from dense3d.utils.argtypes import positive_float, positive_int
+from dense3d.utils.argtypes import non_negative_int, positive_float, positive_int
 from dense3d.utils.io import atomic_write_json, check_output_path
 
 PROG = "tools/captioner_ceiling.py"
-
-
-def _non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def regions_of(objs: list[dict], facts_mlp: nn.Module) -> RegionFeatures:
@@ -92,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=positive_int, default=600)
     p.add_argument("--batch", type=positive_int, default=16, help="captions per step")
     p.add_argument("--lr", type=positive_float, default=1e-3)
-    p.add_argument("--eval-every", type=_non_negative_int, default=0, help="also score at these step intervals (0: only at the end)")
+    p.add_argument("--eval-every", type=non_negative_int, default=0, help="also score at these step intervals (0: only at the end)")
     p.add_argument("--val-objects", type=positive_int, default=343, help="first N validation objects scored")
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--seed", type=int, default=0)

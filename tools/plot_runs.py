@@ -23,15 +23,18 @@ from dense3d.utils.io import atomic_write, check_output_path
 SCORE = "boxes.tod3cap_corrected.CIDEr-F1@0.25"
 
 
+MISSING = object()
+
+
 def _lookup(tree: dict, dotted: str):
     """``tree["a"]["b.c"]`` for ``"a.b.c"``: keys may hold dots themselves ("CIDEr-F1@0.25"), so
-    each level takes the key that the rest of the path starts with; None where none does."""
+    each level takes the key that the rest of the path starts with; MISSING where none does."""
     for key in sorted(tree, key=len, reverse=True) if isinstance(tree, dict) else ():
         if dotted == key:
             return tree[key]
         if dotted.startswith(key + "."):
             return _lookup(tree[key], dotted[len(key) + 1:])
-    return None
+    return MISSING
 
 
 def run_series(folder: Path, metric: str, evals: str, score: str) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
@@ -48,7 +51,9 @@ def run_series(folder: Path, metric: str, evals: str, score: str) -> tuple[list[
     for path in sorted(folder.glob(f"{evals}/metrics.json")):
         metrics = json.loads(path.read_text())
         value = _lookup(metrics, score)
-        if not isinstance(value, (int, float)):
+        if value is None:  # an undefined score (written as null, e.g. nothing matched): a gap in the curve
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise PredictionFormatError(path, score, "the score in the evaluation's metrics.json")
         if not isinstance(metrics.get("step"), int):
             raise PredictionFormatError(path, "step", "the checkpoint's training step (re-run dense3d eval)")

@@ -1,23 +1,37 @@
 """Train from a hydra config: ``python tools/train.py experiment=demo trainer.max_steps=50``.
 
 Thin, like lightning-hydra-template's entry points: everything lives in ``dense3d.engine``.
-``ckpt_path=PATH`` resumes a run; hydra's multirun (``-m``) sweeps work as usual. Bad input is
-one line and exit status 2, as with ``dense3d train``.
+``ckpt_path=PATH`` resumes a run. Bad input is one line and exit status 2, as with
+``dense3d train``. In a multirun sweep (``-m seed=0,1``) each job trains into its own folder,
+``paths.output_dir/<job number>``, and a job with bad input is reported in one line while the
+sweep's other jobs still run (hydra then reports the sweep as failed).
 """
 import sys
 
 import hydra
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from dense3d.engine.train import CONFIG_DIR, fit
-from dense3d.errors import exit_status
+from dense3d.errors import Dense3DError
+
+PROG = "tools/train.py"
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    status = exit_status(lambda: fit(cfg) and 0, "tools/train.py")
-    if status:
-        sys.exit(status)  # SystemExit passes through hydra's error report (it catches Exception only)
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun:  # the jobs would all write outputs/<task_name> (and the second be refused)
+        OmegaConf.update(cfg, "paths.output_dir", f"{cfg.paths.output_dir}/{hydra_cfg.job.num}")
+    try:
+        fit(cfg)
+    except Dense3DError as e:
+        print(f"{PROG}: {type(e).__name__}: {e}", file=sys.stderr)
+        if multirun:
+            raise  # hydra runs the other jobs, then reports this one
+        sys.exit(2)  # SystemExit passes through hydra's error report (it catches Exception only)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import torch
 from dense3d.errors import CheckpointError, ConfigError
 
 __all__ = [
+    "check_weight_shapes",
     "FORMAT_VERSION",
     "SafeCheckpointIO",
     "check_config_targets",
@@ -194,6 +195,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     hparams = meta.get("hyper_parameters", {})
     check_config_targets(hparams, source=str(path / META), path="hyper_parameters")
     return {**rest, "state_dict": state_dict, "hyper_parameters": hparams}
+
+
+def check_weight_shapes(expected: Mapping[str, Any], weights: Mapping[str, Any], source: object, prefix: str = "",
+                        hint: str = "") -> None:
+    """Every weight in both ``expected`` (a model's ``state_dict``) and ``weights`` (a checkpoint's,
+    keys ``prefix + name``) has the same shape; else a one-line CheckpointError naming the first
+    that differs (torch's size-mismatch error lists every tensor on its own line)."""
+    for k, v in expected.items():
+        w = weights.get(prefix + k)
+        if w is not None and tuple(w.shape) != tuple(v.shape):
+            raise CheckpointError(source, f"state_dict.{prefix}{k}", f"shape {tuple(v.shape)}{hint}", got=tuple(w.shape))
 
 
 def _lightning_checkpoint_io_base():

@@ -102,23 +102,22 @@ def _detection_rows(det: dict) -> list[dict]:
     return rows
 
 
+DEMO_MARKER = ".dense3d_demo"  # in a folder whose run the demo trained (and may replace)
+
+
 @contextlib.contextmanager
 def _replacing_earlier_demo_run(out_dir: Path):
     """A demo run again into its folder replaces the earlier demo's checkpoints (``fit`` refuses
     a folder holding another run's): they are moved aside, deleted once the new run has trained
-    and put back if it fails. Another run's folder (not a demo's) is left to ``fit`` to refuse."""
+    and put back if it fails. Only a folder the demo marked as its own (:data:`DEMO_MARKER`,
+    written once its training succeeded) is replaced; any other run's is left to ``fit`` to
+    refuse, a ``dense3d train experiment=demo`` run's included."""
     import shutil
 
-    from omegaconf import OmegaConf
-
     ckpts, aside = out_dir / "checkpoints", out_dir / ".checkpoints.earlier_demo"
-    cfg = out_dir / "config.yaml"
-    try:
-        earlier = ckpts.is_dir() and cfg.is_file() and OmegaConf.load(cfg).get("task_name") == "demo"
-    except Exception:  # an unreadable config.yaml: not known to be a demo's
-        earlier = False
+    earlier = ckpts.is_dir() and (out_dir / DEMO_MARKER).is_file()
+    shutil.rmtree(aside, ignore_errors=True)  # left by a demo killed while training
     if earlier:
-        shutil.rmtree(aside, ignore_errors=True)
         ckpts.rename(aside)
     try:
         yield
@@ -153,6 +152,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, data_dir: str 
     cfg = compose_config(ov + list(overrides or []))
     with _replacing_earlier_demo_run(out_dir):
         module, datamodule, trainer = fit(cfg)
+    (out_dir / DEMO_MARKER).write_text("trained by dense3d demo: a later demo replaces this run\n")
     trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt")  # + config.yaml: dense3d.api.load(out_dir)
     summary["stages"].append({"name": "train", "seconds": round(time.time() - t0, 2), "steps": int(trainer.global_step)})
     print(f"trained {trainer.global_step} steps in {time.time() - t0:.0f} s")

@@ -52,13 +52,18 @@ def _instantiate_dict(node: DictConfig | None, key: str) -> list[Any]:
     return [instantiate_config(v, SOURCE, f"{key}.{k}") for k, v in node.items() if v is not None and "_target_" in v]
 
 
+def _under(name: str, parts) -> bool:
+    """``name`` is one of the dotted sub-module paths ``parts`` or inside one."""
+    return any(name == p or name.startswith(p + ".") for p in parts)
+
+
 def init_weights(model, run: str | Path, parts: list[str], skip: list[str] = ()) -> int:
     """Start ``model``'s sub-modules ``parts`` from another run's weights (e.g. the captioning
     stage from a detection run): every weight under ``parts`` but those under ``skip`` must be in
     the checkpoint with the same shape; the rest of the model keeps its initialisation (``skip``:
     parts the other run lacks, such as a module switched on now). Returns the tensors loaded."""
     from dense3d.api import find_run
-    from dense3d.engine.checkpoint import load_checkpoint
+    from dense3d.engine.checkpoint import check_weight_shapes, load_checkpoint
     from dense3d.errors import CheckpointError
 
     if not parts:
@@ -66,10 +71,7 @@ def init_weights(model, run: str | Path, parts: list[str], skip: list[str] = ())
     _, ckpt = find_run(Path(run))
     state = load_checkpoint(ckpt)["state_dict"]
     own = model.state_dict()
-
-    def under(key: str, names) -> bool:
-        return any(key == p or key.startswith(p + ".") for p in names)
-
+    under = _under
     wanted = {k: v for k, v in own.items() if under(k, parts)}
     missing = [p for p in parts if not any(under(k, [p]) for k in wanted)]
     if missing:
@@ -81,14 +83,12 @@ def init_weights(model, run: str | Path, parts: list[str], skip: list[str] = ())
     emptied = [p for p in parts if not any(under(k, [p]) for k in wanted)]
     if emptied:
         raise ConfigError(SOURCE, "init_skip", f"sub-modules inside init_parts, not all of {emptied}", got=skip)
-    loaded = {}
-    for k, v in wanted.items():
-        src = state.get("model." + k)
-        if src is None or src.shape != v.shape:
-            got = "missing" if src is None else f"shape {tuple(src.shape)} for {tuple(v.shape)}"
-            raise CheckpointError(ckpt, f"model.{k}", "a weight of the same shape (init_from must be a run of the same sub-modules;"
-                                  " init_skip=[...] leaves new ones at their initialisation)", got=got)
-        loaded[k] = src
+    hint = " (init_from must be a run of the same sub-modules; init_skip=[...] leaves new ones at their initialisation)"
+    absent = [k for k in wanted if "model." + k not in state]
+    if absent:
+        raise CheckpointError(ckpt, f"state_dict.model.{absent[0]}", "present" + hint, got="missing")
+    check_weight_shapes(wanted, state, ckpt, prefix="model.", hint=hint)
+    loaded = {k: state["model." + k] for k in wanted}
     model.load_state_dict(loaded, strict=False)
     print(f"init_from {ckpt}: {len(loaded)} tensors of {', '.join(parts)}" + (f" but {', '.join(skip)}" if skip else ""))
     return len(loaded)
@@ -99,7 +99,7 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.
     for key in ("data", "model", "trainer"):
         if cfg.get(key) is None:
             raise ConfigError(SOURCE, key, f"a '{key}' config (e.g. experiment=demo)")
-    for key in ("init_parts", "init_skip", "frozen", "trainable"):  # init_parts=box_detector would be split into letters
+    for key in ("init_parts", "init_skip"):  # init_parts=box_detector would be split into letters (frozen: the module checks)
         value = cfg.get(key)
         if value is not None and not (OmegaConf.is_list(value) and all(isinstance(v, str) for v in value)):
             raise ConfigError(SOURCE, key, f"a list of sub-module names, e.g. {key}=[box_detector]", got=value)
@@ -152,14 +152,17 @@ def fit(cfg: DictConfig, ckpt_path: str | None = None, **trainer_overrides) -> t
     ``config.yaml`` where it resumed."""
     out = Path(cfg.paths.output_dir)
     ckpt_path = ckpt_path or cfg.get("ckpt_path")
+    if ckpt_path == "last":  # Lightning's shorthand: this run folder's newest last*.ckpt
+        from dense3d.api import find_run
+
+        ckpt_path = str(find_run(out)[1])
     if ckpt_path is None:
         check_new_run_folder(out)
     module, datamodule, trainer = build(cfg, **trainer_overrides)
     if ckpt_path is None:
         _warn_frozen_at_random(cfg)
     resumed_step = check_resume_checkpoint(ckpt_path, module) if ckpt_path is not None else 0
-    before = {p for p in out.rglob("*")} if out.is_dir() else None
-    old_config = (out / "config.yaml").read_bytes() if (out / "config.yaml").is_file() else None
+    undo = _RunOutputs(out, trainer)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "config.yaml") as f:
         f.write(OmegaConf.to_yaml(cfg, resolve=True))
@@ -167,7 +170,7 @@ def fit(cfg: DictConfig, ckpt_path: str | None = None, **trainer_overrides) -> t
         trainer.fit(module, datamodule, ckpt_path=ckpt_path)
     except BaseException:
         if trainer.global_step <= resumed_step:  # nothing trained: undo what this run wrote
-            _undo_run_folder(out, before, old_config)
+            undo.undo()
         raise
     return module, datamodule, trainer
 
@@ -179,8 +182,7 @@ def _warn_frozen_at_random(cfg: DictConfig) -> None:
 
     loaded = list(cfg.get("init_parts") or []) if cfg.get("init_from") else []
     skipped = list(cfg.get("init_skip") or [])
-    under = lambda name, parts: any(name == p or name.startswith(p + ".") for p in parts)  # noqa: E731
-    random = [f for f in cfg.get("frozen") or [] if not under(f, loaded) or under(f, skipped)]
+    random = [f for f in cfg.get("frozen") or [] if not _under(f, loaded) or _under(f, skipped)]
     if random:
         print(f"dense3d train: warning: frozen {random} not loaded from another run (init_from=outputs/<run> "
               f"init_parts={random}): they keep their random initialisation", file=sys.stderr)
@@ -200,7 +202,7 @@ def check_resume_checkpoint(ckpt_path: str | Path, module: DenseCaptionModule) -
     optimizer over the same trainable tensors (the same frozen / trainable parts); else a
     one-line CheckpointError before training (Lightning raised torch's many-line errors).
     Returns the checkpoint's training step."""
-    from dense3d.engine.checkpoint import load_checkpoint
+    from dense3d.engine.checkpoint import check_weight_shapes, load_checkpoint
     from dense3d.errors import CheckpointError
 
     state = load_checkpoint(ckpt_path)  # verified (sizes, hashes); a missing file is its own one-line error
@@ -210,9 +212,7 @@ def check_resume_checkpoint(ckpt_path: str | Path, module: DenseCaptionModule) -
     if missing or unexpected:
         raise CheckpointError(ckpt_path, "state_dict", "the weights of this run's model (the same model config)",
                               got=f"{len(missing)} missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]})")
-    for k, v in own.items():
-        if tuple(weights[k].shape) != tuple(v.shape):
-            raise CheckpointError(ckpt_path, f"state_dict.{k}", f"shape {tuple(v.shape)} (the same model config)", got=tuple(weights[k].shape))
+    check_weight_shapes(own, weights, ckpt_path, hint=" (the same model config)")
     trainable = sum(1 for p in module.model.parameters() if p.requires_grad)
     for i, opt in enumerate(state.get("optimizer_states") or []):
         saved = sum(len(g.get("params", [])) for g in opt.get("param_groups", []))
@@ -222,18 +222,49 @@ def check_resume_checkpoint(ckpt_path: str | Path, module: DenseCaptionModule) -
     return int(state.get("global_step") or 0)
 
 
-def _undo_run_folder(out: Path, before: set | None, old_config: bytes | None) -> None:
-    """Remove what a failed run added under ``out`` (the folder itself if it was new) and put the
-    earlier config.yaml back."""
-    import shutil
+class _RunOutputs:
+    """What a run writes into its folder, noted before it starts: ``config.yaml``, new entries in
+    its checkpoint folders and its loggers' new version folders. :meth:`undo` removes those (and
+    folders it made, once empty) and puts the earlier ``config.yaml`` back; nothing else under
+    the folder is touched, whoever wrote it."""
 
-    if before is None:
-        shutil.rmtree(out, ignore_errors=True)
-        return
-    for path in sorted(out.rglob("*"), key=lambda p: len(p.parts), reverse=True):  # deepest first
-        if path not in before:
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
-    if old_config is not None:
-        (out / "config.yaml").write_bytes(old_config)
-    else:
-        (out / "config.yaml").unlink(missing_ok=True)
+    def __init__(self, out: Path, trainer: pl.Trainer):
+        self.out = out
+        self.made_out = not out.exists()
+        self.config = out / "config.yaml"
+        self.old_config = self.config.read_bytes() if self.config.is_file() else None
+        ckpt_dirs = {Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)}
+        self.ckpt_dirs = {d: (set(d.iterdir()) if d.is_dir() else None) for d in ckpt_dirs}  # None: made by this run
+        self.log_dirs = []  # (version folder, its parent) that did not exist yet
+        for logger in trainer.loggers:
+            log_dir = getattr(logger, "log_dir", None)
+            if log_dir and not Path(log_dir).exists():
+                self.log_dirs.append((Path(log_dir), Path(log_dir).parent.exists()))
+
+    def undo(self) -> None:
+        import shutil
+
+        if self.old_config is not None:
+            self.config.write_bytes(self.old_config)
+        else:
+            self.config.unlink(missing_ok=True)
+        for d, before in self.ckpt_dirs.items():
+            if not d.is_dir():
+                continue
+            for path in set(d.iterdir()) - (before or set()):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+            if before is None:
+                _remove_if_empty(d)
+        for log_dir, parent_existed in self.log_dirs:
+            shutil.rmtree(log_dir, ignore_errors=True)
+            if not parent_existed:
+                _remove_if_empty(log_dir.parent)
+        if self.made_out:
+            _remove_if_empty(self.out)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty (someone else's files), or gone
+        pass

@@ -31,6 +31,11 @@ def test_resumed_run_joins_up_and_scores_sit_at_their_steps(tmp_path, capsys):
     curve, points = plot_runs.run_series(a, "train/loss", "eval_gt40*", plot_runs.SCORE)
     assert curve == [(0, 2.0), (10, 1.5), (20, 1.3), (30, 1.0)]
     assert points == [(10, 50.0), (30, 120.0)]  # eval_pred40 is not an eval_gt40* folder
+    (a / "eval_gt40_s20").mkdir()  # an undefined score (strict JSON: null) is a gap, not an error
+    (a / "eval_gt40_s20" / "metrics.json").write_text(json.dumps({"step": 20, "boxes": {"tod3cap_corrected": {"CIDEr-F1@0.25": None}}}))
+    assert plot_runs.run_series(a, "train/loss", "eval_gt40*", plot_runs.SCORE)[1] == [(10, 50.0), (30, 120.0)]
+    (a / "eval_gt40_s20" / "metrics.json").unlink()
+    (a / "eval_gt40_s20").rmdir()
 
     b = _run(tmp_path / "b", [[(0, 2.5), (30, 1.2)]], {})
     out = tmp_path / "fig.png"

@@ -14,7 +14,7 @@ import torch
 import dense3d.api as api
 from dense3d.cli import main
 from dense3d.data.synthetic import generate_default
-from dense3d.engine.demo import _replacing_earlier_demo_run
+from dense3d.engine.demo import DEMO_MARKER, _replacing_earlier_demo_run
 from dense3d.engine.train import compose_config, fit
 from dense3d.errors import CheckpointError, ConfigError
 
@@ -85,7 +85,15 @@ def test_loading_a_run_with_overrides_that_change_a_weights_shape_is_one_line(ru
 
 
 class _FailsAtTheFirstStep(pl.Callback):
+    """Fails before the first step; meanwhile "another process" wrote a file into the folder."""
+
+    def __init__(self, others_file: Path | None = None):
+        self.others_file = others_file
+
     def on_train_batch_start(self, *args):
+        if self.others_file is not None:
+            self.others_file.parent.mkdir(parents=True, exist_ok=True)
+            self.others_file.write_text("not this run's")
         raise RuntimeError("boom")
 
 
@@ -98,16 +106,18 @@ def test_a_run_failing_before_its_first_step_leaves_the_folder_as_it_was(root, t
     old.mkdir()
     (old / "notes.txt").write_text("mine")
     (old / "config.yaml").write_text("task_name: earlier\n")
-    with pytest.raises(RuntimeError, match="boom"):
-        fit(compose_config(_args(root, old)), callbacks=[_FailsAtTheFirstStep()])
-    assert sorted(p.name for p in old.iterdir()) == ["config.yaml", "notes.txt"]
+    with pytest.raises(RuntimeError, match="boom"):  # e.g. a dense3d eval writing there meanwhile
+        fit(compose_config(_args(root, old)), callbacks=[_FailsAtTheFirstStep(old / "eval_val" / "metrics.json")])
+    assert sorted(p.name for p in old.iterdir()) == ["config.yaml", "eval_val", "notes.txt"]
     assert (old / "config.yaml").read_text() == "task_name: earlier\n"
+    assert (old / "eval_val" / "metrics.json").read_text() == "not this run's"
 
 
 def test_the_demo_replaces_its_own_earlier_run_only(tmp_path):
     demo = tmp_path / "demo"
     (demo / "checkpoints" / "last.ckpt").mkdir(parents=True)
     (demo / "config.yaml").write_text("task_name: demo\n")
+    (demo / DEMO_MARKER).write_text("")
     with pytest.raises(RuntimeError):
         with _replacing_earlier_demo_run(demo):
             assert not (demo / "checkpoints").exists()  # fit sees no earlier run
@@ -115,12 +125,12 @@ def test_the_demo_replaces_its_own_earlier_run_only(tmp_path):
     assert (demo / "checkpoints" / "last.ckpt").is_dir()  # the earlier run is back
     with _replacing_earlier_demo_run(demo):
         (demo / "checkpoints" / "new.ckpt").mkdir(parents=True)
-    assert sorted(p.name for p in demo.iterdir()) == ["checkpoints", "config.yaml"]
+    assert sorted(p.name for p in demo.iterdir()) == [DEMO_MARKER, "checkpoints", "config.yaml"]
     assert [p.name for p in (demo / "checkpoints").iterdir()] == ["new.ckpt"]
-    other = tmp_path / "other"
+    other = tmp_path / "other"  # `dense3d train experiment=demo` into the demo's folder: not the demo's run
     (other / "checkpoints" / "last.ckpt").mkdir(parents=True)
-    (other / "config.yaml").write_text("task_name: perception_indoor\n")
-    with _replacing_earlier_demo_run(other):  # not a demo's run: left for fit to refuse
+    (other / "config.yaml").write_text("task_name: demo\n")
+    with _replacing_earlier_demo_run(other):  # left for fit to refuse
         assert (other / "checkpoints" / "last.ckpt").is_dir()
 
 
@@ -151,3 +161,32 @@ def test_frozen_parts_at_random_initialisation_are_announced(root, tmp_path, cap
     assert main(["train", *_args(root, tmp_path / "r", "frozen=[box_detector.box_head]")]) == 0
     err = capsys.readouterr().err
     assert "warning: frozen ['box_detector.box_head'] not loaded from another run" in err
+
+
+@pytest.mark.slow
+def test_tools_train_one_line_errors_and_one_folder_per_multirun_job(root, tmp_path):
+    """tools/train.py (hydra.main): bad input is one line and status 2; a sweep's jobs train into
+    outputs/<task_name>/<job number> (all into one folder, the second would be refused), and a
+    job with bad input does not stop the others."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "tools" / "train.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    base = ["experiment=perception_indoor", f"paths.synthetic_dir={root}", "logger=csv"]
+    r = subprocess.run([sys.executable, str(script), *base, f"paths.output_dir={tmp_path / 'one'}", "trainer.max_steps=0"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("tools/train.py: ConfigError: "), r.stderr
+    assert len([l for l in r.stderr.splitlines() if "Error" in l]) == 1, r.stderr
+    r = subprocess.run([sys.executable, str(script), "-m", *base, f"paths.output_dir={tmp_path / 'sweep'}", "trainer.max_steps=0,1,1"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode != 0  # hydra reports the failed job after running the others
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["1", "2"]
+    assert all((tmp_path / "sweep" / j / "checkpoints" / "last.ckpt").is_dir() for j in ("1", "2"))
+
+
+def test_resume_last_takes_the_run_folders_newest_last_checkpoint(root, tmp_path):
+    out = tmp_path / "r"
+    assert main(["train", *_args(root, out)]) == 0
+    assert main(["train", *_args(root, out, "trainer.max_steps=2"), "--resume", "last"]) == 0
+    assert api.load(out).step == 2

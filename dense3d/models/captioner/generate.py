@@ -17,6 +17,7 @@ import math
 import torch
 
 from dense3d.errors import ConfigError
+from dense3d.models.checks import check_int
 
 __all__ = ["prompt_ids", "caption_ids", "span_token_weights", "teacher_forcing_batch", "generate_captions",
            "check_decoding"]
@@ -80,26 +81,19 @@ def teacher_forcing_batch(tokenizer, prompts: list[str], captions: list[str], ma
     return out
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def check_decoding(source: str, max_new_tokens: int = 32, num_beams: int = 1, no_repeat_ngram_size: int = 0,
                    repetition_penalty: float = 1.0, batch_size: int | None = None, temperature: float = 1.0) -> None:
     """One-line ``ConfigError``s, naming ``source``, for decoding options transformers' ``generate``
     would reject deep inside (or, for ``batch_size``, silently decode nothing with)."""
-    if not _is_int(max_new_tokens) or max_new_tokens < 1:
-        raise ConfigError(source, "max_new_tokens", "an integer >= 1", got=max_new_tokens)
-    if not _is_int(num_beams) or num_beams < 1:
-        raise ConfigError(source, "num_beams", "an integer >= 1", got=num_beams)
-    if not _is_int(no_repeat_ngram_size) or no_repeat_ngram_size < 0:
-        raise ConfigError(source, "no_repeat_ngram_size", "an integer >= 0 (0: off)", got=no_repeat_ngram_size)
+    check_int(source, "max_new_tokens", max_new_tokens)
+    check_int(source, "num_beams", num_beams)
+    check_int(source, "no_repeat_ngram_size", no_repeat_ngram_size, 0)
     for name, value in (("repetition_penalty", repetition_penalty), ("temperature", temperature)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
             raise ConfigError(source, name, "a finite number > 0" + (" (1.0: off)" if name == "repetition_penalty" else ""),
                               got=value)
-    if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
-        raise ConfigError(source, "batch_size", "an integer >= 1, or None (all regions at once)", got=batch_size)
+    if batch_size is not None:  # None: all regions at once
+        check_int(source, "batch_size", batch_size)
 
 
 @torch.no_grad()
