@@ -4,7 +4,9 @@ The model owns its logic; the engine only runs it. A model used here provides:
 
 * ``forward(batch) -> dict[str, Tensor]``: the weighted loss terms of one batch (their sum is
   minimised);
-* ``predict(batch) -> list[list[DenseCaption]]``: one list of described regions per sample.
+* ``predict(batch) -> list[list[DenseCaption]]``: one list of described regions per sample;
+* optionally ``loss_weight(name) -> float``: the weight a loss term carries; terms weighted
+  other than 1 are also logged divided by it (``train/target_unweighted``).
 
 One training step, in full: ``losses = model(batch); loss = sum(losses.values());
 loss.backward(); optimizer.step()`` (Lightning does the last two, plus gradient accumulation,
@@ -30,7 +32,10 @@ def freeze(model: torch.nn.Module, names: Sequence[str], except_: Sequence[str] 
     """Freeze the sub-modules of ``model`` named in ``names`` (attribute paths such as
     ``"box_detector"`` or ``"captioner.qformer"``), except the sub-modules in ``except_``
     (e.g. ``"box_detector.region_sampler"``: it feeds only the captioner, so it trains in the
-    captioning stage); returns the names frozen."""
+    captioning stage); returns the names frozen. A name that is not a sub-module is a one-line
+    ``ConfigError`` listing the model's parts."""
+    _check_part_names(model, "frozen", names)
+    _check_part_names(model, "trainable", except_)
     done = []
     for name in names:
         for p in model.get_submodule(name).parameters():
@@ -108,8 +113,6 @@ class DenseCaptionModule(pl.LightningModule):
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        for key, names in (("frozen", frozen), ("trainable", trainable)):
-            _check_part_names(model, key, names)
         self.frozen = freeze(model, frozen, trainable)
         self.trainable = list(trainable)
         if not any(p.requires_grad for p in model.parameters()):
@@ -138,7 +141,13 @@ class DenseCaptionModule(pl.LightningModule):
     def _step(self, batch, prefix: str) -> torch.Tensor:
         losses = self.model(batch)
         loss = functools.reduce(torch.add, losses.values())
-        self.log_dict({f"{prefix}/{k}": v.detach() for k, v in losses.items()}, batch_size=len(batch), sync_dist=prefix != "train")
+        logged = {f"{prefix}/{k}": v.detach() for k, v in losses.items()}
+        weight = getattr(self.model, "loss_weight", None)  # optional: the weight of each term
+        for k, v in losses.items():
+            w = float(weight(k)) if weight is not None else 1.0
+            if w not in (0.0, 1.0):  # e.g. the target head's 0.5: its loss as itself, comparable across weights
+                logged[f"{prefix}/{k}_unweighted"] = v.detach() / w
+        self.log_dict(logged, batch_size=len(batch), sync_dist=prefix != "train")
         self.log(f"{prefix}/loss", loss.detach(), prog_bar=True, batch_size=len(batch), sync_dist=prefix != "train")
         return loss
 

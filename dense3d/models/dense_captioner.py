@@ -240,6 +240,13 @@ class DenseCaptioner(nn.Module):
         return self.box_detector.region_sampler(bev, boxes, scores, labels, mask), captions, references
 
     # ------------------------------------------------------------------ training
+    def loss_weight(self, name: str) -> float:
+        """The weight :meth:`forward`'s loss term ``name`` carries (the training module also logs
+        the term divided by it, so runs with other weights compare)."""
+        if name.startswith(("det_", "event_")):
+            return self.detection_weight
+        return {"caption": self.caption_weight, "target": self.target_weight, "scst": self.scst_weight}.get(name, 1.0)
+
     def forward(self, batch) -> dict[str, torch.Tensor]:
         """Weighted loss terms of one batch (their sum is what training minimises)."""
         losses: dict[str, torch.Tensor] = {}

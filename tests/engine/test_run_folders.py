@@ -190,3 +190,15 @@ def test_resume_last_takes_the_run_folders_newest_last_checkpoint(root, tmp_path
     assert main(["train", *_args(root, out)]) == 0
     assert main(["train", *_args(root, out, "trainer.max_steps=2"), "--resume", "last"]) == 0
     assert api.load(out).step == 2
+
+
+def test_weighted_loss_terms_are_also_logged_unweighted(root, tmp_path):
+    import csv
+
+    out = tmp_path / "w"
+    assert main(["train", *_args(root, out, "trainer.max_steps=2", "trainer.log_every_n_steps=1", "+model.detection_weight=2.0")]) == 0
+    rows = [r for r in csv.DictReader(open(next(out.rglob("metrics.csv")))) if r.get("train/det_heatmap")]
+    assert rows
+    for r in rows:
+        assert float(r["train/det_heatmap_unweighted"]) == pytest.approx(float(r["train/det_heatmap"]) / 2, rel=1e-5)
+    assert not any(k.startswith("train/loss_unweighted") for k in rows[0])
