@@ -215,12 +215,26 @@ def _lightning_checkpoint_io_base():
 
 
 class SafeCheckpointIO(_lightning_checkpoint_io_base()):
-    """Lightning ``CheckpointIO`` writing the folder format above (atomic, safetensors)."""
+    """Lightning ``CheckpointIO`` writing the folder format above (atomic, safetensors).
+
+    :meth:`hand_over` gives it a checkpoint already read (and verified) for the next load of the
+    same path: ``fit`` reads the checkpoint it resumes once, to check it fits the model, and
+    Lightning's resume then takes that instead of reading and hashing the files again."""
+
+    def __init__(self):
+        super().__init__()
+        self._handed_over: tuple[Path, dict[str, Any]] | None = None
+
+    def hand_over(self, path, checkpoint: dict[str, Any]) -> None:
+        self._handed_over = (Path(path).resolve(), checkpoint)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         save_checkpoint(checkpoint, path)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        handed, self._handed_over = self._handed_over, None
+        if handed is not None and handed[0] == Path(path).resolve() and map_location in (None, "cpu"):
+            return handed[1]
         return load_checkpoint(path, map_location=map_location or "cpu")
 
     def remove_checkpoint(self, path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
-from dense3d.engine.checkpoint import SafeCheckpointIO
+from dense3d.engine.checkpoint import SafeCheckpointIO, check_weight_shapes, load_checkpoint
 from dense3d.engine.module import SOURCE, DenseCaptionModule, RNGStateCallback
 from dense3d.errors import ConfigError
 from dense3d.utils.config import instantiate_config
@@ -63,7 +63,6 @@ def init_weights(model, run: str | Path, parts: list[str], skip: list[str] = ())
     the checkpoint with the same shape; the rest of the model keeps its initialisation (``skip``:
     parts the other run lacks, such as a module switched on now). Returns the tensors loaded."""
     from dense3d.api import find_run
-    from dense3d.engine.checkpoint import check_weight_shapes, load_checkpoint
     from dense3d.errors import CheckpointError
 
     if not parts:
@@ -99,22 +98,22 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.
     for key in ("data", "model", "trainer"):
         if cfg.get(key) is None:
             raise ConfigError(SOURCE, key, f"a '{key}' config (e.g. experiment=demo)")
-    for key in ("init_parts", "init_skip"):  # init_parts=box_detector would be split into letters (frozen: the module checks)
+    for key in ("init_parts", "init_skip"):  # (frozen / trainable: the module checks them)
         value = cfg.get(key)
         if value is not None and not (OmegaConf.is_list(value) and all(isinstance(v, str) for v in value)):
+            # init_parts=box_detector would be split into letters
             raise ConfigError(SOURCE, key, f"a list of sub-module names, e.g. {key}=[box_detector]", got=value)
-    for key in ("init_parts", "init_skip"):  # without init_from they would be ignored
-        if cfg.get(key) and not cfg.get("init_from"):
-            raise ConfigError(SOURCE, key, "init_from=outputs/<run> to load them from", got=list(cfg[key]))
+        if value and not cfg.get("init_from"):  # without init_from they would be ignored
+            raise ConfigError(SOURCE, key, "init_from=outputs/<run> to load them from", got=list(value))
     try:
         seed = int(cfg.seed)
     except (TypeError, ValueError):
         raise ConfigError(SOURCE, "seed", "an integer", got=cfg.seed) from None
-    for key in ("max_steps", "accumulate_grad_batches"):  # Lightning takes 0 steps as "done" and divides by 0 accumulations
+    # Lightning takes 0 steps as "done" (exit 0, nothing trained) and divides by 0 accumulations
+    for key, lowest in (("max_steps", -1), ("accumulate_grad_batches", 1)):
         value = cfg.trainer.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value == 0 or value < -1
-                                  or (key == "accumulate_grad_batches" and value < 1)):
-            raise ConfigError(SOURCE, f"trainer.{key}", "an integer >= 1" + (" (or -1: until max_epochs)" if key == "max_steps" else ""),
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value == 0 or value < lowest):
+            raise ConfigError(SOURCE, f"trainer.{key}", "an integer >= 1" + (" (or -1: until max_epochs)" if lowest < 0 else ""),
                               got=value)
     pl.seed_everything(seed, workers=True, verbose=False)
     datamodule = instantiate_config(cfg.data, SOURCE, "data")
@@ -161,7 +160,12 @@ def fit(cfg: DictConfig, ckpt_path: str | None = None, **trainer_overrides) -> t
     module, datamodule, trainer = build(cfg, **trainer_overrides)
     if ckpt_path is None:
         _warn_frozen_at_random(cfg)
-    resumed_step = check_resume_checkpoint(ckpt_path, module) if ckpt_path is not None else 0
+    resumed_step = 0
+    if ckpt_path is not None:
+        state = load_checkpoint(ckpt_path)  # verified (sizes, hashes); a missing file is its own one-line error
+        resumed_step = check_resume_checkpoint(state, ckpt_path, module)
+        if isinstance(trainer.strategy.checkpoint_io, SafeCheckpointIO):
+            trainer.strategy.checkpoint_io.hand_over(ckpt_path, state)  # Lightning's resume reads it from there
     undo = _RunOutputs(out, trainer)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "config.yaml") as f:
@@ -197,15 +201,13 @@ def check_new_run_folder(out: Path) -> None:
                           "--resume, or choose another task_name / paths.output_dir, or delete it)", got=str(ckpts[0]))
 
 
-def check_resume_checkpoint(ckpt_path: str | Path, module: DenseCaptionModule) -> int:
-    """The checkpoint to resume must hold this model's weights (same names and shapes) and an
-    optimizer over the same trainable tensors (the same frozen / trainable parts); else a
-    one-line CheckpointError before training (Lightning raised torch's many-line errors).
-    Returns the checkpoint's training step."""
-    from dense3d.engine.checkpoint import check_weight_shapes, load_checkpoint
+def check_resume_checkpoint(state: dict, ckpt_path: str | Path, module: DenseCaptionModule) -> int:
+    """The checkpoint to resume (``state``, read from ``ckpt_path``) must hold this model's
+    weights (same names and shapes) and an optimizer over the same trainable tensors (the same
+    frozen / trainable parts); else a one-line CheckpointError before training (Lightning raised
+    torch's many-line errors). Returns the checkpoint's training step."""
     from dense3d.errors import CheckpointError
 
-    state = load_checkpoint(ckpt_path)  # verified (sizes, hashes); a missing file is its own one-line error
     weights, own = state.get("state_dict", {}), module.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]

@@ -185,10 +185,18 @@ def test_tools_train_one_line_errors_and_one_folder_per_multirun_job(root, tmp_p
     assert all((tmp_path / "sweep" / j / "checkpoints" / "last.ckpt").is_dir() for j in ("1", "2"))
 
 
-def test_resume_last_takes_the_run_folders_newest_last_checkpoint(root, tmp_path):
+def test_resume_last_takes_the_run_folders_newest_last_checkpoint_and_reads_it_once(root, tmp_path, monkeypatch):
+    from dense3d.engine import checkpoint
+
     out = tmp_path / "r"
     assert main(["train", *_args(root, out)]) == 0
+    reads, read = [], checkpoint.load_checkpoint
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda path, **kw: reads.append(path) or read(path, **kw))
+    monkeypatch.setattr("dense3d.engine.train.load_checkpoint", checkpoint.load_checkpoint, raising=False)
     assert main(["train", *_args(root, out, "trainer.max_steps=2"), "--resume", "last"]) == 0
+    # fit checks the checkpoint fits the model, then hands it to Lightning's resume: one read, one hash
+    assert len(reads) == 1, reads
+    monkeypatch.undo()
     assert api.load(out).step == 2
 
 
