@@ -3,10 +3,12 @@
 Thin, like lightning-hydra-template's entry points: everything lives in ``dense3d.engine``.
 ``ckpt_path=PATH`` resumes a run. Bad input is one line and exit status 2, as with
 ``dense3d train``. In a multirun sweep (``-m seed=0,1``) each job trains into its own folder,
-``paths.output_dir/<job number>``, and a job with bad input is reported in one line while the
-sweep's other jobs still run (hydra then reports the sweep as failed).
+``paths.output_dir/<job number>`` (the sweep's ``multirun.yaml`` beside them), and a job with
+bad input is reported in one line while the sweep's other jobs still run (hydra then reports the
+sweep as failed). Hydra writes no folders of its own (``configs/train.yaml``, ``hydra:``).
 """
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -24,12 +26,16 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if multirun:  # the jobs would all write outputs/<task_name> (and the second be refused)
-        OmegaConf.update(cfg, "paths.output_dir", f"{cfg.paths.output_dir}/{hydra_cfg.job.num}")
+        # hydra made the job's folder, paths.output_dir/<job number> (configs/train.yaml, hydra.sweep)
+        job_dir = Path(hydra_cfg.runtime.output_dir)
+        OmegaConf.update(cfg, "paths.output_dir", str(job_dir))
     try:
         fit(cfg)
     except Dense3DError as e:
         print(f"{PROG}: {type(e).__name__}: {e}", file=sys.stderr)
         if multirun:
+            if job_dir.is_dir() and not any(job_dir.iterdir()):
+                job_dir.rmdir()  # the empty folder hydra made for this job (fit undid its own writes)
             raise  # hydra runs the other jobs, then reports this one
         sys.exit(2)  # SystemExit passes through hydra's error report (it catches Exception only)
 

@@ -44,8 +44,6 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "train
         raise ConfigError(f"configs/{config_name}.yaml", "overrides", "overrides that compose", got=e) from None
 
 
-
-
 def _instantiate_dict(node: DictConfig | None, key: str) -> list[Any]:
     if not node:
         return []

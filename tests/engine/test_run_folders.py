@@ -181,8 +181,10 @@ def test_tools_train_one_line_errors_and_one_folder_per_multirun_job(root, tmp_p
     r = subprocess.run([sys.executable, str(script), "-m", *base, f"paths.output_dir={tmp_path / 'sweep'}", "trainer.max_steps=0,1,1"],
                        cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode != 0  # hydra reports the failed job after running the others
-    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["1", "2"]
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["1", "2", "multirun.yaml"]
     assert all((tmp_path / "sweep" / j / "checkpoints" / "last.ckpt").is_dir() for j in ("1", "2"))
+    # hydra writes nothing of its own (no outputs/<date>/<time>/.hydra, multirun/<date>, train.log)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
 
 
 def test_resume_last_takes_the_run_folders_newest_last_checkpoint_and_reads_it_once(root, tmp_path, monkeypatch):
