@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,17 @@ from dense3d.utils.io import atomic_write
 __all__ = ["compose_config", "build", "fit", "init_weights", "check_new_run_folder", "check_resume_checkpoint"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+class _NoLightningAdverts(logging.Filter):
+    """Lightning 2.6 advertises its cloud logger at every fit ("💡 Tip: ... install litlogger"):
+    not a message about the run, so it is dropped; all of Lightning's other messages pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+_NO_ADVERTS = _NoLightningAdverts()
 
 
 def compose_config(overrides: list[str] | None = None, config_name: str = "train", config_dir: str | Path | None = None) -> DictConfig:
@@ -113,6 +125,8 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value == 0 or value < lowest):
             raise ConfigError(SOURCE, f"trainer.{key}", "an integer >= 1" + (" (or -1: until max_epochs)" if lowest < 0 else ""),
                               got=value)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_NO_ADVERTS)  # once: addFilter skips a filter already there
     pl.seed_everything(seed, workers=True, verbose=False)
     datamodule = instantiate_config(cfg.data, SOURCE, "data")
     train_set = getattr(datamodule, "train_set", None)

@@ -74,9 +74,10 @@ def test_train_reports_bad_overrides_in_one_line(override, names, capsys):
 
 
 @pytest.mark.parametrize("key", ["init_parts", "init_skip"])
-def test_init_parts_without_init_from_is_an_error(key, capsys):
-    """Without init_from there is nothing to load the parts from: an error, not a silent no-op."""
-    assert main(["train", "experiment=demo", f"{key}=[box_detector]"]) == 2
+def test_init_parts_without_init_from_is_an_error(key, capsys, tmp_path):
+    """Without init_from there is nothing to load the parts from: an error, not a silent no-op.
+    (In a folder of its own: `make demo` leaves a run in the demo's outputs/demo.)"""
+    assert main(["train", "experiment=demo", f"{key}=[box_detector]", f"paths.output_dir={tmp_path / 'r'}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"dense3d train: ConfigError: configs/train.yaml: field '{key}'") and "init_from" in err, err
     assert len(err.splitlines()) == 1
