@@ -234,6 +234,7 @@ def main(argv=None) -> int:
     reps = 3 if args.quick else 5
     inputs = load_inputs()
     rows = []
+    print(HEADER_CUDA if cuda else HEADER)
     for name, idx, shape in inputs:
         for kind in ["subm", "strided"]:
             for c in channels:
@@ -260,9 +261,6 @@ HEADER = (
 
 
 def _fmt(r) -> str:
-    if not getattr(_fmt, "printed", False):
-        print(HEADER)
-        _fmt.printed = True
     sp = r.get("spconv_forward_ms", float("nan"))
     return (
         f"{r['input']:<20} {r['kind']:<8} {r['channels']:>4} {sp:>10.1f} {r['ours_forward_ms']:>9.1f} "
@@ -280,9 +278,6 @@ HEADER_CUDA = (
 
 
 def _fmt_cuda(r) -> str:
-    if not getattr(_fmt_cuda, "printed", False):
-        print(HEADER_CUDA)
-        _fmt_cuda.printed = True
     return (
         f"{r['input']:<20} {r['kind']:<8} {r['channels']:>4} {r['cpu_forward_ms']:>8.1f} {r['ours_forward_ms']:>8.2f} "
         f"{r['ratio_cpu_over_gpu_forward']:>7.1f} {r['ours_map_ms']:>6.2f} {r['ours_forward_cached_map_ms']:>7.2f} "
