@@ -87,6 +87,7 @@ class LineProgressBar(ProgressBar):
         self._start_step = 0  # global step at that time (> 0 on resume)
         self._last_line: float | None = None
         self._last_step = -1
+        self._total: int | None = None  # the run's last global step, when known
 
     # -- ProgressBar's interface
     @property
@@ -110,18 +111,19 @@ class LineProgressBar(ProgressBar):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start, self._start_step = time.monotonic(), trainer.global_step
         self._last_line, self._last_step = None, -1
+        self._total = self._total_steps(trainer)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
         if self.is_disabled or step == self._last_step or step == self._start_step:
             return  # no optimizer step yet (gradient accumulation), or this step was reported
         now = time.monotonic()
-        if self._last_line is not None and now - self._last_line < self.interval_s and step != self._total_steps(trainer):
+        total = self._total
+        if self._last_line is not None and now - self._last_line < self.interval_s and step != total:
             return
         self._last_line, self._last_step = now, step
         done = step - self._start_step
         per_step = (now - self._start) / done
-        total = self._total_steps(trainer)
         line = f"train: step {step}" + (f"/{total}" if total is not None else "") + f" (epoch {trainer.current_epoch})"
         metrics = _format_metrics(self.get_metrics(trainer, pl_module), "train/")
         line += (f", {metrics}" if metrics else "") + f", {per_step:.2f} s/step"
