@@ -3,7 +3,9 @@
 Thin, like lightning-hydra-template's entry points: everything lives in ``dense3d.engine``.
 ``ckpt_path=PATH`` resumes a run. Bad input is one line and exit status 2, as with
 ``dense3d train``. In a multirun sweep (``-m seed=0,1``) each job trains into its own folder,
-``paths.output_dir/<job number>`` (the sweep's ``multirun.yaml`` beside them), and a job with
+``paths.output_dir/<job number>`` (the sweep's ``multirun.yaml`` beside them; a sweep over
+``task_name`` or ``experiment`` trains into each job's own ``outputs/<task_name>/<job number>``
+and writes ``multirun.yaml`` where the command line alone puts ``paths.output_dir``), and a job with
 bad input is reported in one line while the sweep's other jobs still run (hydra then reports the
 sweep as failed). Hydra writes no folders of its own (``configs/train.yaml``, ``hydra:``).
 """
@@ -34,10 +36,11 @@ def main(cfg: DictConfig) -> None:
     except Dense3DError as e:
         print(f"{PROG}: {type(e).__name__}: {e}", file=sys.stderr)
         if multirun:
-            if job_dir.is_dir() and not any(job_dir.iterdir()):
-                job_dir.rmdir()  # the empty folder hydra made for this job (fit undid its own writes)
             raise  # hydra runs the other jobs, then reports this one
         sys.exit(2)  # SystemExit passes through hydra's error report (it catches Exception only)
+    finally:  # any failure (bad input, out of memory, Ctrl-C): fit undid its own writes
+        if multirun and job_dir.is_dir() and not any(job_dir.iterdir()):
+            job_dir.rmdir()  # the empty folder hydra made for this job
 
 
 if __name__ == "__main__":

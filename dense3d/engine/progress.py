@@ -77,7 +77,7 @@ class LineProgressBar(ProgressBar):
 
     def __init__(self, interval_s: float = 30.0):
         super().__init__()
-        if not (isinstance(interval_s, (int, float)) and interval_s >= 0):
+        if isinstance(interval_s, bool) or not (isinstance(interval_s, (int, float)) and interval_s >= 0):
             from dense3d.errors import ConfigError
 
             raise ConfigError("LineProgressBar", "interval_s", "seconds >= 0 between lines", got=interval_s)
@@ -146,8 +146,8 @@ class LineProgressBar(ProgressBar):
 
     @staticmethod
     def _total_steps(trainer: pl.Trainer) -> int | None:
-        """The run's last global step: ``max_steps``, else the estimate from ``max_epochs``."""
-        if trainer.max_steps is not None and trainer.max_steps > 0:
-            return int(trainer.max_steps)
+        """The run's last global step: Lightning's estimate, the smaller of ``max_steps`` and the
+        optimizer steps of ``max_epochs`` (gradient accumulation counted); None when unbounded
+        (-1) or unknown (an unsized loader)."""
         total = trainer.estimated_stepping_batches
-        return int(total) if isinstance(total, (int, float)) and math.isfinite(total) else None
+        return int(total) if isinstance(total, (int, float)) and math.isfinite(total) and total > 0 else None

@@ -24,8 +24,9 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 class _NoLightningAdverts(logging.Filter):
-    """Lightning 2.6 advertises its cloud logger at every fit ("💡 Tip: ... install litlogger"):
-    not a message about the run, so it is dropped; all of Lightning's other messages pass."""
+    """Lightning 2.6 advertises its cloud services at every fit ("💡 Tip: ... install litlogger",
+    and litmodels): not messages about the run, so they are dropped; all of Lightning's other
+    messages pass. Added to Lightning's rank-zero loggers by :func:`build`, for the process."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("💡 Tip")
@@ -178,6 +179,7 @@ def fit(cfg: DictConfig, ckpt_path: str | None = None, **trainer_overrides) -> t
         resumed_step = check_resume_checkpoint(state, ckpt_path, module)
         if isinstance(trainer.strategy.checkpoint_io, SafeCheckpointIO):
             trainer.strategy.checkpoint_io.hand_over(ckpt_path, state)  # Lightning's resume reads it from there
+        del state  # Lightning drops its reference after restoring; none kept here for the whole run
     undo = _RunOutputs(out, trainer)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "config.yaml") as f:

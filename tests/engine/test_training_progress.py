@@ -48,6 +48,14 @@ def test_lines_come_at_most_once_per_interval_with_the_last_step_and_validation_
     assert re.search(r"^val: step 6, (val/\w+ [-\d.e+]+, )*val/loss [-\d.e+]+", err, re.M), err
 
 
+def test_the_total_is_the_steps_the_run_will_take_when_epochs_end_it_first(root, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DENSE3D_PROGRESS", raising=False)
+    # one epoch of 6 steps ends the run before max_steps
+    assert _train(root, tmp_path / "r", "trainer.max_epochs=1", "trainer.max_steps=100", "callbacks.progress.interval_s=3600") == 0
+    err = capsys.readouterr().err
+    assert re.findall(r"^train: step (\d+)/6 ", err, re.M) == ["1", "6"], err
+
+
 def test_progress_off_prints_no_lines(root, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DENSE3D_PROGRESS", "0")
     assert _train(root, tmp_path / "r", "trainer.max_steps=1", "callbacks.progress.interval_s=0") == 0
