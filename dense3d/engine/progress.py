@@ -29,6 +29,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 
+from dense3d.errors import ConfigError
 from dense3d.utils.progress import progress_mode
 
 __all__ = ["training_progress_bar", "LineProgressBar"]
@@ -78,12 +79,10 @@ class LineProgressBar(ProgressBar):
     def __init__(self, interval_s: float = 30.0):
         super().__init__()
         if isinstance(interval_s, bool) or not (isinstance(interval_s, (int, float)) and interval_s >= 0):
-            from dense3d.errors import ConfigError
-
             raise ConfigError("LineProgressBar", "interval_s", "seconds >= 0 between lines", got=interval_s)
         self.interval_s = float(interval_s)
         self._enabled = True
-        self._start: float | None = None  # time of the first step of this fit
+        self._start: float | None = None  # when this fit's training started
         self._start_step = 0  # global step at that time (> 0 on resume)
         self._last_line: float | None = None
         self._last_step = -1
