@@ -4,23 +4,14 @@ found giving tracebacks or wrong results)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from dense3d.cli import main
-from dense3d.data.synthetic import generate_default
 from dense3d.errors import CheckpointError, ConfigError, OpInputError
 from dense3d.utils.config import instantiate_config
 from dense3d.utils.io import check_output_path
-
-
-@pytest.fixture(scope="module")
-def synthetic_root():
-    root = Path("data/synthetic/default")  # the demo's set; generated once when missing
-    generate_default(root)
-    return root.resolve()
 
 
 def _one_line(capsys, prefix: str) -> str:

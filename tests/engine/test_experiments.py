@@ -4,16 +4,8 @@ from pathlib import Path
 import pytest
 
 from dense3d.cli import main
-from dense3d.data.synthetic import generate_default
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "configs" / "experiment").glob("*.yaml"))
-
-
-@pytest.fixture(scope="session")
-def synthetic_root(tmp_path_factory):
-    root = Path("data/synthetic/default")  # the demo's set; generated once when missing
-    generate_default(root)
-    return root.resolve()
 
 
 @pytest.mark.slow
@@ -35,7 +27,7 @@ def test_training_stages_train_what_they_say(stage, synthetic_root, tmp_path):
     the others change."""
     import torch
 
-    from dense3d.engine.train import compose_config, fit
+    from dense3d.engine.train import compose_config
 
     cfg = compose_config(["experiment=demo", f"stage={stage}", f"paths.synthetic_dir={synthetic_root}", f"paths.output_dir={tmp_path}",
                           "trainer.max_steps=1", "logger=csv", *TINY])

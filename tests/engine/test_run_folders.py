@@ -13,28 +13,20 @@ import torch
 
 import dense3d.api as api
 from dense3d.cli import main
-from dense3d.data.synthetic import generate_default
 from dense3d.engine.demo import DEMO_MARKER, _replacing_earlier_demo_run
 from dense3d.engine.train import compose_config, fit
 from dense3d.errors import CheckpointError, ConfigError
 
 
-@pytest.fixture(scope="module")
-def root():
-    root = Path("data/synthetic/default")
-    generate_default(root)
-    return root.resolve()
-
-
-def _args(root, out, *extra):
-    return ["experiment=perception_indoor", f"paths.synthetic_dir={root}", f"paths.output_dir={out}", "logger=csv",
+def _args(synthetic_root, out, *extra):
+    return ["experiment=perception_indoor", f"paths.synthetic_dir={synthetic_root}", f"paths.output_dir={out}", "logger=csv",
             "trainer.max_steps=1", *extra]
 
 
 @pytest.fixture(scope="module")
-def run(root, tmp_path_factory):
+def run(synthetic_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
-    assert main(["train", *_args(root, out)]) == 0
+    assert main(["train", *_args(synthetic_root, out)]) == 0
     return out
 
 
@@ -44,9 +36,9 @@ def _one_line(capsys, prefix):
     return err
 
 
-def test_a_second_run_into_a_run_folder_is_refused_and_the_newest_last_checkpoint_is_loaded(root, run, capsys):
+def test_a_second_run_into_a_run_folder_is_refused_and_the_newest_last_checkpoint_is_loaded(synthetic_root, run, capsys):
     config = (run / "config.yaml").read_text()
-    assert main(["train", *_args(root, run)]) == 2  # Lightning wrote last-v1.ckpt beside last.ckpt; eval kept the old
+    assert main(["train", *_args(synthetic_root, run)]) == 2  # Lightning wrote last-v1.ckpt beside last.ckpt; eval kept the old
     err = _one_line(capsys, "dense3d train: ConfigError: configs/train.yaml: field 'paths.output_dir': ")
     assert "checkpoints" in err and "--resume" in err
     assert (run / "config.yaml").read_text() == config
@@ -62,13 +54,13 @@ def test_a_second_run_into_a_run_folder_is_refused_and_the_newest_last_checkpoin
         newer.unlink()
 
 
-def test_resuming_with_other_frozen_parts_or_another_model_is_one_line(root, run, tmp_path, capsys):
+def test_resuming_with_other_frozen_parts_or_another_model_is_one_line(synthetic_root, run, tmp_path, capsys):
     ckpt = str(run / "checkpoints" / "last.ckpt")
     out = tmp_path / "resumed"
-    assert main(["train", *_args(root, out, "trainer.max_steps=2", "frozen=[box_detector.box_head]"), "--resume", ckpt]) == 2
+    assert main(["train", *_args(synthetic_root, out, "trainer.max_steps=2", "frozen=[box_detector.box_head]"), "--resume", ckpt]) == 2
     err = _one_line(capsys, "dense3d train: CheckpointError: ")
     assert "field 'optimizer_states[0]'" in err and "frozen / trainable" in err, err  # Lightning: "parameter group that doesn't match"
-    assert main(["train", *_args(root, out, "trainer.max_steps=2", "model.box_detector.region_sampler.out_channels=128"),
+    assert main(["train", *_args(synthetic_root, out, "trainer.max_steps=2", "model.box_detector.region_sampler.out_channels=128"),
                  "--resume", ckpt]) == 2
     err = _one_line(capsys, "dense3d train: CheckpointError: ")
     assert "field 'state_dict.model.box_detector.region_sampler" in err and "shape" in err, err
@@ -97,17 +89,17 @@ class _FailsAtTheFirstStep(pl.Callback):
         raise RuntimeError("boom")
 
 
-def test_a_run_failing_before_its_first_step_leaves_the_folder_as_it_was(root, tmp_path):
+def test_a_run_failing_before_its_first_step_leaves_the_folder_as_it_was(synthetic_root, tmp_path):
     new = tmp_path / "new"
     with pytest.raises(RuntimeError, match="boom"):
-        fit(compose_config(_args(root, new)), callbacks=[_FailsAtTheFirstStep()])
+        fit(compose_config(_args(synthetic_root, new)), callbacks=[_FailsAtTheFirstStep()])
     assert not new.exists()
     old = tmp_path / "old"
     old.mkdir()
     (old / "notes.txt").write_text("mine")
     (old / "config.yaml").write_text("task_name: earlier\n")
     with pytest.raises(RuntimeError, match="boom"):  # e.g. a dense3d eval writing there meanwhile
-        fit(compose_config(_args(root, old)), callbacks=[_FailsAtTheFirstStep(old / "eval_val" / "metrics.json")])
+        fit(compose_config(_args(synthetic_root, old)), callbacks=[_FailsAtTheFirstStep(old / "eval_val" / "metrics.json")])
     assert sorted(p.name for p in old.iterdir()) == ["config.yaml", "eval_val", "notes.txt"]
     assert (old / "config.yaml").read_text() == "task_name: earlier\n"
     assert (old / "eval_val" / "metrics.json").read_text() == "not this run's"
@@ -134,7 +126,7 @@ def test_the_demo_replaces_its_own_earlier_run_only(tmp_path):
         assert (other / "checkpoints" / "last.ckpt").is_dir()
 
 
-def test_api_arguments_are_checked(run, root):
+def test_api_arguments_are_checked(run, synthetic_root):
     with pytest.raises(ConfigError, match="field 'regions': expected 'proposals' or 'gt', got bogus"):
         api.load(run, regions="bogus")
     if not torch.cuda.is_available():
@@ -157,14 +149,14 @@ def test_api_arguments_are_checked(run, root):
         api.prediction_records("ab", [[], []])
 
 
-def test_frozen_parts_at_random_initialisation_are_announced(root, tmp_path, capsys):
-    assert main(["train", *_args(root, tmp_path / "r", "frozen=[box_detector.box_head]")]) == 0
+def test_frozen_parts_at_random_initialisation_are_announced(synthetic_root, tmp_path, capsys):
+    assert main(["train", *_args(synthetic_root, tmp_path / "r", "frozen=[box_detector.box_head]")]) == 0
     err = capsys.readouterr().err
     assert "warning: frozen ['box_detector.box_head'] not loaded from another run" in err
 
 
 @pytest.mark.slow
-def test_tools_train_one_line_errors_and_one_folder_per_multirun_job(root, tmp_path):
+def test_tools_train_one_line_errors_and_one_folder_per_multirun_job(synthetic_root, tmp_path):
     """tools/train.py (hydra.main): bad input is one line and status 2; a sweep's jobs train into
     outputs/<task_name>/<job number> (all into one folder, the second would be refused), and a
     job with bad input does not stop the others."""
@@ -173,7 +165,7 @@ def test_tools_train_one_line_errors_and_one_folder_per_multirun_job(root, tmp_p
 
     script = Path(__file__).resolve().parents[2] / "tools" / "train.py"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    base = ["experiment=perception_indoor", f"paths.synthetic_dir={root}", "logger=csv"]
+    base = ["experiment=perception_indoor", f"paths.synthetic_dir={synthetic_root}", "logger=csv"]
     r = subprocess.run([sys.executable, str(script), *base, f"paths.output_dir={tmp_path / 'one'}", "trainer.max_steps=0"],
                        cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("tools/train.py: ConfigError: "), r.stderr
@@ -187,26 +179,26 @@ def test_tools_train_one_line_errors_and_one_folder_per_multirun_job(root, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
 
 
-def test_resume_last_takes_the_run_folders_newest_last_checkpoint_and_reads_it_once(root, tmp_path, monkeypatch):
+def test_resume_last_takes_the_run_folders_newest_last_checkpoint_and_reads_it_once(synthetic_root, tmp_path, monkeypatch):
     from dense3d.engine import checkpoint
 
     out = tmp_path / "r"
-    assert main(["train", *_args(root, out)]) == 0
+    assert main(["train", *_args(synthetic_root, out)]) == 0
     reads, read = [], checkpoint.load_checkpoint
     monkeypatch.setattr(checkpoint, "load_checkpoint", lambda path, **kw: reads.append(path) or read(path, **kw))
     monkeypatch.setattr("dense3d.engine.train.load_checkpoint", checkpoint.load_checkpoint, raising=False)
-    assert main(["train", *_args(root, out, "trainer.max_steps=2"), "--resume", "last"]) == 0
+    assert main(["train", *_args(synthetic_root, out, "trainer.max_steps=2"), "--resume", "last"]) == 0
     # fit checks the checkpoint fits the model, then hands it to Lightning's resume: one read, one hash
     assert len(reads) == 1, reads
     monkeypatch.undo()
     assert api.load(out).step == 2
 
 
-def test_weighted_loss_terms_are_also_logged_unweighted(root, tmp_path):
+def test_weighted_loss_terms_are_also_logged_unweighted(synthetic_root, tmp_path):
     import csv
 
     out = tmp_path / "w"
-    assert main(["train", *_args(root, out, "trainer.max_steps=2", "trainer.log_every_n_steps=1", "+model.detection_weight=2.0")]) == 0
+    assert main(["train", *_args(synthetic_root, out, "trainer.max_steps=2", "trainer.log_every_n_steps=1", "+model.detection_weight=2.0")]) == 0
     rows = [r for r in csv.DictReader(open(next(out.rglob("metrics.csv")))) if r.get("train/det_heatmap")]
     assert rows
     for r in rows:

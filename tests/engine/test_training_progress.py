@@ -4,32 +4,23 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 
 import pytest
 from lightning.pytorch.callbacks import RichProgressBar
 
 from dense3d.cli import main
-from dense3d.data.synthetic import generate_default
 from dense3d.engine.progress import LineProgressBar, training_progress_bar
 from dense3d.errors import ConfigError
 
 
-@pytest.fixture(scope="module")
-def root():
-    root = Path("data/synthetic/default")
-    generate_default(root)
-    return root.resolve()
-
-
-def _train(root, out, *extra):
-    return main(["train", "experiment=perception_indoor", f"paths.synthetic_dir={root}", f"paths.output_dir={out}",
+def _train(synthetic_root, out, *extra):
+    return main(["train", "experiment=perception_indoor", f"paths.synthetic_dir={synthetic_root}", f"paths.output_dir={out}",
                  "logger=csv", *extra])
 
 
-def test_a_training_run_logged_to_a_file_prints_lines_with_step_loss_and_time_left(root, tmp_path, capsys, monkeypatch):
+def test_a_training_run_logged_to_a_file_prints_lines_with_step_loss_and_time_left(synthetic_root, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("DENSE3D_PROGRESS", raising=False)
-    assert _train(root, tmp_path / "r", "trainer.max_steps=3", "callbacks.progress.interval_s=0") == 0
+    assert _train(synthetic_root, tmp_path / "r", "trainer.max_steps=3", "callbacks.progress.interval_s=0") == 0
     err = capsys.readouterr().err
     steps = re.findall(r"^train: step (\d+)/3 \(epoch \d+\), train/loss [-\d.e+]+, [\d.]+ s/step(, about \d+ s left)?$", err, re.M)
     assert [int(s) for s, _ in steps] == [1, 2, 3], err
@@ -37,28 +28,28 @@ def test_a_training_run_logged_to_a_file_prints_lines_with_step_loss_and_time_le
     assert re.search(r"^train: 3 steps in \d+ s \([\d.]+ s/step\)$", err, re.M), err
 
 
-def test_lines_come_at_most_once_per_interval_with_the_last_step_and_validation_always_shown(root, tmp_path, capsys,
+def test_lines_come_at_most_once_per_interval_with_the_last_step_and_validation_always_shown(synthetic_root, tmp_path, capsys,
                                                                                              monkeypatch):
     monkeypatch.delenv("DENSE3D_PROGRESS", raising=False)
     # one epoch is 6 steps: validation (one batch) after step 6
-    assert _train(root, tmp_path / "r", "trainer.max_steps=6", "trainer.limit_val_batches=1",
+    assert _train(synthetic_root, tmp_path / "r", "trainer.max_steps=6", "trainer.limit_val_batches=1",
                   "callbacks.progress.interval_s=3600") == 0
     err = capsys.readouterr().err
     assert re.findall(r"^train: step (\d+)/6", err, re.M) == ["1", "6"], err
     assert re.search(r"^val: step 6, (val/\w+ [-\d.e+]+, )*val/loss [-\d.e+]+", err, re.M), err
 
 
-def test_the_total_is_the_steps_the_run_will_take_when_epochs_end_it_first(root, tmp_path, capsys, monkeypatch):
+def test_the_total_is_the_steps_the_run_will_take_when_epochs_end_it_first(synthetic_root, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("DENSE3D_PROGRESS", raising=False)
     # one epoch of 6 steps ends the run before max_steps
-    assert _train(root, tmp_path / "r", "trainer.max_epochs=1", "trainer.max_steps=100", "callbacks.progress.interval_s=3600") == 0
+    assert _train(synthetic_root, tmp_path / "r", "trainer.max_epochs=1", "trainer.max_steps=100", "callbacks.progress.interval_s=3600") == 0
     err = capsys.readouterr().err
     assert re.findall(r"^train: step (\d+)/6 ", err, re.M) == ["1", "6"], err
 
 
-def test_progress_off_prints_no_lines(root, tmp_path, capsys, monkeypatch):
+def test_progress_off_prints_no_lines(synthetic_root, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DENSE3D_PROGRESS", "0")
-    assert _train(root, tmp_path / "r", "trainer.max_steps=1", "callbacks.progress.interval_s=0") == 0
+    assert _train(synthetic_root, tmp_path / "r", "trainer.max_steps=1", "callbacks.progress.interval_s=0") == 0
     assert "train: " not in capsys.readouterr().err
 
 
@@ -74,11 +65,11 @@ def test_the_bar_follows_dense3d_progress_and_the_terminal(monkeypatch):
         LineProgressBar(-1)
 
 
-def test_lightnings_advert_is_dropped_and_its_other_messages_pass(root, tmp_path, caplog):
+def test_lightnings_advert_is_dropped_and_its_other_messages_pass(synthetic_root, tmp_path, caplog):
     import logging
 
     with caplog.at_level(logging.INFO):
-        assert _train(root, tmp_path / "r", "trainer.max_steps=1") == 0
+        assert _train(synthetic_root, tmp_path / "r", "trainer.max_steps=1") == 0
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("GPU available") for m in messages), messages
     assert not any("litlogger" in m for m in messages), messages
