@@ -21,8 +21,9 @@ licence forbids copying it: predictions and references are sorted by start time;
 ``S[i, j] = tIoU(i, j) * METEOR(pred i, ref j)``; the best order-preserving alignment is
 ``dp[i, j] = max(dp[i-1, j], dp[i, j-1], dp[i-1, j-1] + S[i, j])``; P = best / #pred,
 R = best / #ref, F1 = 2PR / (P + R); macro average over videos. Several reference files are
-merged per video (``refs="merged"``, as PDVC reports it) or scored separately and averaged
-(``refs="separate"``). The reference code silently drops videos missing from the predictions
+merged per video (``refs="merged"``, as PDVC reports it) or scored separately, each video
+taking the reference file with the best F1 (``refs="separate"``, the reference code's
+``--multi_reference``). The reference code silently drops videos missing from the predictions
 (``missing="compatible"``); the default ``missing="zero"`` counts them as 0.
 """
 from __future__ import annotations
@@ -263,8 +264,9 @@ def soda_c(
         p = best / len(evs) if evs else 0.0
         r = best / len(items) if items else 0.0
         per_video[v].append((p, r, 2 * p * r / (p + r) if p + r > 0 else 0.0))
-    P = [float(np.mean([x[0] for x in per_video[v]])) for v in vids if per_video[v]]
-    R = [float(np.mean([x[1] for x in per_video[v]])) for v in vids if per_video[v]]
-    F = [float(np.mean([x[2] for x in per_video[v]])) for v in vids if per_video[v]]
+    # several reference sets of a video (refs="separate"): the one with the best F1 (the first
+    # on ties), its P and R with it -- what the reference code's --multi_reference does
+    chosen = [max(per_video[v], key=lambda x: x[2]) for v in vids if per_video[v]]
+    P, R, F = [x[0] for x in chosen], [x[1] for x in chosen], [x[2] for x in chosen]
     n = max(len(F), 1)
     return {"SODA_c": 100 * sum(F) / n, "SODA_c-P": 100 * sum(P) / n, "SODA_c-R": 100 * sum(R) / n, "SODA_c-videos": len(F)}

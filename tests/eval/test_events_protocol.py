@@ -84,3 +84,13 @@ def test_soda_c_sorts_by_start_and_handles_missing_videos(scorer):
     assert compat["SODA_c"] == pytest.approx(100 * f) and compat["SODA_c-videos"] == 1
     sep = events.soda_c(PRED, [GT1, GT2], refs="separate", missing="compatible", scorer=scorer)
     assert sep["SODA_c-videos"] == 1 and sep["SODA_c"] != compat["SODA_c"]
+
+
+def test_soda_c_separate_takes_the_best_f1_reference_file(scorer):
+    # SODA's --multi_reference: per video, the reference file with the best F1 (not the mean)
+    one = [events.soda_c(PRED, [g], refs="merged", missing="compatible", scorer=scorer) for g in (GT1, GT2)]
+    sep = events.soda_c(PRED, [GT1, GT2], refs="separate", missing="compatible", scorer=scorer)
+    best = max(one, key=lambda r: r["SODA_c"])
+    assert one[0]["SODA_c"] != pytest.approx(one[1]["SODA_c"])  # the two files disagree
+    for k in ("SODA_c", "SODA_c-P", "SODA_c-R"):
+        assert sep[k] == pytest.approx(best[k])
