@@ -94,10 +94,19 @@ def run(args: argparse.Namespace, progress: ProgressBar | None = None) -> dict:
             return tod3cap.evaluate(pred, gt, ious=ious, mode=mode, source=args.pred, progress=progress)
         from dense3d.eval import detection
 
+        # A prediction without a label would match no GT class and score 0 silently: without any
+        # label, VOC AP is class-agnostic (as Scan2Cap's mAP); a label missing among labelled
+        # predictions, or any missing for nuScenes AP (per class by definition), is an error.
+        unlabelled = [f"{s}[{i}].label" for s, ps in pred.items() for i, p in enumerate(ps) if p.label is None]
+        labelled = sum(len(ps) for ps in pred.values()) - len(unlabelled)
+        if unlabelled and (labelled or mode == "nuscenes"):
+            raise PredictionFormatError(args.pred, unlabelled[0], f"a class name for detection {mode}"
+                                        + (" (other predictions have one)" if labelled else ""), got="missing")
         if mode == "nuscenes":
             return detection.evaluate_nuscenes(pred, gt, distances=tuple(args.iou) if args.iou else detection.NUSCENES_DISTANCES,
                                                progress=progress)
-        return detection.evaluate_voc(pred, gt, ious=ious, rotated=mode == "voc-rotated", progress=progress)
+        return detection.evaluate_voc(pred, gt, ious=ious, rotated=mode == "voc-rotated", class_agnostic=bool(unlabelled),
+                                      progress=progress)
     if proto == "events":
         from dense3d.eval import events
 

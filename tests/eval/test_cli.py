@@ -64,3 +64,19 @@ def test_strict_ids_turns_unknown_scenes_into_an_error(tmp_path, capsys):
     rc = main(["eval", "detection", "--pred", p, "--gt", _write(tmp_path, "g.json", GT), "--strict-ids"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "'ghost'" in err and p in err and len(err.splitlines()) == 1
+
+
+def test_detection_predictions_without_labels_are_not_scored_zero_silently(tmp_path, capsys):
+    g = _write(tmp_path, "g.json", GT)
+    unlabelled = _write(tmp_path, "p.json", {"s1": [{"box": [0, 0, 0, 2, 2, 2], "score": 0.5}]})
+    out = tmp_path / "m.json"
+    assert main(["eval", "detection", "--pred", unlabelled, "--gt", g, "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["mAP@0.5"] == pytest.approx(100.0) and "AP@0.5/object" in m  # class-agnostic, a perfect box
+    mixed = _write(tmp_path, "q.json", {"s1": [{"box": [0, 0, 0, 2, 2, 2], "score": 0.5, "label": "chair"},
+                                               {"box": [0, 0, 0, 2, 2, 2], "score": 0.4}]})
+    for pred, mode in ((mixed, "voc"), (unlabelled, "nuscenes")):
+        capsys.readouterr()
+        assert main(["eval", "detection", "--mode", mode, "--pred", pred, "--gt", g]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "PredictionFormatError" in err and ".label'" in err
