@@ -174,3 +174,20 @@ def test_object_range_filter_keeps_everything_aligned(front):
     assert out.boxes.num_points.tolist() == front.boxes.num_points[~far].tolist()
     assert out.meta["box_valid"].shape == (k,) and len(out.meta["caption_schema"]) == k
     assert out.events.source_box.tolist() == [-1, 1, -1]
+
+
+def test_global_transforms_turn_point_normals():
+    """ScanNet with use_normals: the nx, ny, nz columns turn with the scene (a rotated or mirrored
+    wall keeps facing the same way relative to its points); colours stay; unit length is kept."""
+    from dense3d.structures import PointCloud
+
+    names = ("x", "y", "z", "r", "g", "b", "nx", "ny", "nz")
+    pts = torch.tensor([[1.0, 0.0, 0.0, 10.0, 20.0, 30.0, 1.0, 0.0, 0.0], [0.0, 2.0, 1.0, 1.0, 2.0, 3.0, 0.0, 0.6, 0.8]])
+    s = Sample(sample_id="n", points=PointCloud(pts, feature_names=names))
+    rot = GlobalRotate.rotate(s, math.pi / 2).points.points
+    assert torch.allclose(rot[:, 6:9], torch.tensor([[0.0, 1.0, 0.0], [-0.6, 0.0, 0.8]]), atol=1e-6)
+    assert torch.equal(rot[:, 3:6], pts[:, 3:6])
+    flip = GlobalFlip.flip(s, "x").points.points
+    assert torch.allclose(flip[:, 6:9], torch.tensor([[-1.0, 0.0, 0.0], [0.0, 0.6, 0.8]]))
+    scaled = GlobalScale((2.0, 2.0))(s).points.points
+    assert torch.allclose(scaled[:, 6:9], pts[:, 6:9]) and torch.allclose(scaled[:, :3], 2 * pts[:, :3])

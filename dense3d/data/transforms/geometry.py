@@ -1,6 +1,7 @@
 """Global augmentations of a 3D scene: rotation about +z, scaling, mirroring.
 
-Each moves everything that lives in the LiDAR frame together: point coordinates, boxes
+Each moves everything that lives in the LiDAR frame together: point coordinates, point normals
+(the ``nx, ny, nz`` feature columns, e.g. ScanNet with ``use_normals``), boxes
 (centres, sizes, yaw, velocity), microphone positions, event azimuths, and the camera
 extrinsics: with the scene mapped by ``p' = A p``, ``lidar2cam' = lidar2cam @ A^-1``, so a
 point projects to the same pixel before and after. ``lidar2cam`` is then no longer rigid when
@@ -25,6 +26,8 @@ from dense3d.structures import Boxes3D, Sample, limit_period
 __all__ = ["GlobalFlip", "GlobalRotate", "GlobalScale", "apply_global_transform"]
 
 _READS = ("points", "boxes", "cameras", "audio", "events")
+# Point feature columns holding a surface normal: turned with the scene, their length kept.
+NORMAL_FEATURES = ("nx", "ny", "nz")
 
 
 def apply_global_transform(
@@ -41,6 +44,14 @@ def apply_global_transform(
     if sample.points is not None:
         pts = sample.points.points.clone()
         pts[:, :3] = pts[:, :3] @ matrix.to(pts.dtype).T  # (N, 3) @ (3, 3)^T
+        names = sample.points.feature_names
+        if all(n in names for n in NORMAL_FEATURES):
+            cols = [names.index(n) for n in NORMAL_FEATURES]
+            normals = pts[:, cols]  # (N, 3)
+            # normals map by A^-T (rows: n @ A^-1), then get their old length back
+            turned = normals @ torch.linalg.inv(matrix).to(pts.dtype)  # (N, 3) @ (3, 3)
+            scale = normals.norm(dim=1, keepdim=True) / turned.norm(dim=1, keepdim=True).clamp(min=1e-12)  # (N, 1)
+            pts[:, cols] = turned * scale
         changes["points"] = dataclasses.replace(sample.points, points=pts)
     if sample.boxes is not None:
         changes["boxes"] = dataclasses.replace(sample.boxes, boxes=boxes_fn(sample.boxes.boxes))
