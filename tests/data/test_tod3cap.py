@@ -304,3 +304,37 @@ def test_index_out_of_range_is_one_line_index_error(samples, tmp_path):
     with pytest.raises(IndexError):  # still an IndexError: iteration stops on it
         ds[1]
     assert [s.sample_id for s in ds] == [ds[-1].sample_id]
+
+
+def _set(path, value):
+    """A change to the first sample of an info dict: set ``path`` (keys / indices) to ``value``."""
+
+    def change(info):
+        node = info
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change,sensors,error,expected",
+    [
+        (_set(["instances", 0, "bbox_3d"], ["a"] * 7), (), BoxError, r"'data_list\[0\].instances\[0\].bbox_3d': expected 7 numbers"),
+        (_set(["instances", 0, "bbox_3d"], [1.0, 2.0, [3.0]]), (), BoxError, r"'data_list\[0\].instances\[0\].bbox_3d': expected 7 numbers"),
+        (_set(["instances", 0], 5), (), AnnotationError, r"'data_list\[0\].instances\[0\].bbox_3d': expected a present field"),
+        (_set(["instances", 0, "bbox_label_3d"], True), (), AnnotationError, r"'data_list\[0\].instances\[0\].bbox_label_3d': expected a class index"),
+        (_set(["images"], []), ("camera",), AnnotationError, r"'data_list\[0\].images': expected a \{camera name: camera\} mapping"),
+        (_set(["lidar_sweeps"], 5), ("lidar",), AnnotationError, r"'data_list\[0\].lidar_sweeps': expected a list of sweeps"),
+        (_set(["timestamp"], "noon"), ("lidar",), AnnotationError, r"'data_list\[0\].timestamp': expected a time in seconds"),
+    ],
+    ids=["bbox_strings", "bbox_ragged", "instance_not_dict", "label_bool", "images_list", "sweeps_not_list", "timestamp_text"],
+)
+def test_malformed_info_fields_are_one_line_errors(samples, tmp_path, change, sensors, error, expected):
+    """Malformed values in an info pkl end in the file + field message, not a numpy / dict traceback."""
+    infos = _info(samples)
+    infos["data_list"][0]["lidar_sweeps"] = []
+    change(infos["data_list"][0])
+    with pytest.raises(error, match=rf"infos.pkl: field {expected}"):
+        _write(tmp_path, infos, samples, sensors=sensors, sweeps=1)[0]

@@ -194,16 +194,25 @@ class TOD3CapDataset(SampleDataset):
         if self.sweeps <= 0:
             return PointCloud(pts, feature_names=names, source=str(path))
         clouds = [torch.cat([pts, torch.zeros(len(pts), 1)], 1)]  # (N, F) -> (N, F + 1) time lag 0
-        key_time = float(require(info, "timestamp", self.info_file, where))
-        for j, sweep in enumerate(info.get("lidar_sweeps", [])[: self.sweeps]):
+        key_time = self._seconds(require(info, "timestamp", self.info_file, where), f"{where}.timestamp")
+        sweeps = info.get("lidar_sweeps", [])
+        if not isinstance(sweeps, list):
+            raise AnnotationError(self.info_file, f"{where}.lidar_sweeps", "a list of sweeps", got=type(sweeps).__name__)
+        for j, sweep in enumerate(sweeps[: self.sweeps]):
             sw = f"{where}.lidar_sweeps[{j}]"
             sl = require(sweep, "lidar_points", self.info_file, sw)
             sp = read_points_bin(self._sweep_path(str(require(sl, "lidar_path", self.info_file, f"{sw}.lidar_points"))), nfeat)
             sweep2key = self._sweep_to_key(info, sweep, sl, sw).to(torch.float32)  # (4, 4)
             xyz = sp[:, :3] @ sweep2key[:3, :3].T + sweep2key[:3, 3]  # (N, 3)
-            lag = key_time - float(require(sweep, "timestamp", self.info_file, sw))
+            lag = key_time - self._seconds(require(sweep, "timestamp", self.info_file, sw), f"{sw}.timestamp")
             clouds.append(torch.cat([xyz, sp[:, 3:], torch.full((len(sp), 1), lag)], 1))  # (N, F + 1)
         return PointCloud(torch.cat(clouds, 0), feature_names=names + ("time_lag",), source=str(path))
+
+    def _seconds(self, value, field: str) -> float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise AnnotationError(self.info_file, field, "a time in seconds", got=repr(value)) from None
 
     def _sweep_to_key(self, info: dict, sweep: dict, sl: dict, sw: str) -> torch.Tensor:
         """4x4 transform from a sweep's LiDAR frame to the keyframe's LiDAR frame."""
@@ -219,6 +228,8 @@ class TOD3CapDataset(SampleDataset):
 
     def _load_cameras(self, info: dict, where: str) -> CameraImages:
         images = require(info, "images", self.info_file, where)
+        if not isinstance(images, dict):
+            raise AnnotationError(self.info_file, f"{where}.images", "a {camera name: camera} mapping", got=type(images).__name__)
         names = self.cameras if self.cameras is not None else tuple(k for k, v in images.items() if isinstance(v, dict) and v.get("img_path"))
         imgs, k_list, e_list, paths = [], [], [], []
         for cam in names:
@@ -264,10 +275,14 @@ class TOD3CapDataset(SampleDataset):
             raise AnnotationError(self.info_file, f"{where}.instances", "a list", got=type(instances).__name__)
         num_classes = len(self._class_names)
         rows, labels, ids, npts, valid, captions, schemas = [], [], [], [], [], [], []
-        with_velocity = bool(instances) and all("velocity" in inst for inst in instances)
+        with_velocity = bool(instances) and all(isinstance(inst, dict) and "velocity" in inst for inst in instances)
         for i, inst in enumerate(instances):
             iw = f"{where}.instances[{i}]"
-            box = np.asarray(require(inst, "bbox_3d", self.info_file, iw), dtype=np.float64).reshape(-1)
+            raw = require(inst, "bbox_3d", self.info_file, iw)
+            try:
+                box = np.asarray(raw, dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError):
+                raise BoxError(self.info_file, f"{iw}.bbox_3d", "7 numbers x, y, z, dx, dy, dz, yaw", got=repr(raw)) from None
             if box.shape != (7,):
                 raise BoxError(self.info_file, f"{iw}.bbox_3d", "7 numbers x, y, z, dx, dy, dz, yaw", got=f"{box.size} numbers")
             if not np.isfinite(box).all():
@@ -275,7 +290,7 @@ class TOD3CapDataset(SampleDataset):
             if (box[3:6] <= 0).any():
                 raise BoxError(self.info_file, f"{iw}.bbox_3d", "sizes dx, dy, dz > 0", got=box[3:6].tolist())
             label = require(inst, "bbox_label_3d", self.info_file, iw)
-            if not isinstance(label, (int, np.integer)) or not -1 <= int(label) < num_classes:
+            if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not -1 <= int(label) < num_classes:
                 raise AnnotationError(self.info_file, f"{iw}.bbox_label_3d", f"a class index in -1..{num_classes - 1} (metainfo.categories)", got=label)
             if int(label) == -1 and self.drop_ignored:
                 continue
