@@ -7,7 +7,9 @@ Thin, like lightning-hydra-template's entry points: everything lives in ``dense3
 ``task_name`` or ``experiment`` trains into each job's own ``outputs/<task_name>/<job number>``
 and writes ``multirun.yaml`` where the command line alone puts ``paths.output_dir``), and a job with
 bad input is reported in one line while the sweep's other jobs still run (hydra then reports the
-sweep as failed). Hydra writes no folders of its own (``configs/train.yaml``, ``hydra:``).
+sweep as failed). Hydra writes no folders of its own (``configs/train.yaml``, ``hydra:``), and a
+sweep into a folder that holds an earlier sweep's runs is refused in one line before hydra
+overwrites that sweep's ``multirun.yaml`` (:mod:`dense3d.engine.sweep`).
 """
 import sys
 from pathlib import Path

@@ -177,6 +177,33 @@ def test_tools_train_one_line_errors_and_one_folder_per_multirun_job(synthetic_r
     assert all((tmp_path / "sweep" / j / "checkpoints" / "last.ckpt").is_dir() for j in ("1", "2"))
     # hydra writes nothing of its own (no outputs/<date>/<time>/.hydra, multirun/<date>, train.log)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
+    # the same sweep again is refused in one line before hydra overwrites the first one's multirun.yaml
+    record = (tmp_path / "sweep" / "multirun.yaml").read_text()
+    r = subprocess.run([sys.executable, str(script), "-m", *base, f"paths.output_dir={tmp_path / 'sweep'}",
+                        "trainer.max_steps=2,3"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr
+    assert r.stderr.startswith("tools/train.py: ConfigError: ") and "earlier sweep" in r.stderr, r.stderr
+    assert (tmp_path / "sweep" / "multirun.yaml").read_text() == record
+
+
+def test_a_sweep_into_an_earlier_sweeps_folder_is_refused_in_one_line(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from dense3d.engine.sweep import RefuseEarlierSweep
+
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    RefuseEarlierSweep().on_multirun_start(config=cfg)  # no folder yet
+    (tmp_path / "sweep" / "0").mkdir(parents=True)  # a job that failed before its first step
+    (tmp_path / "sweep" / "checkpoints").mkdir()  # not a job folder: a run trained into the folder itself
+    (tmp_path / "sweep" / "checkpoints" / "last.ckpt").mkdir()
+    RefuseEarlierSweep().on_multirun_start(config=cfg)
+    (tmp_path / "sweep" / "1" / "checkpoints" / "last.ckpt").mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        RefuseEarlierSweep().on_multirun_start(config=cfg)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"tools/train.py: ConfigError: {tmp_path / 'sweep' / 'multirun.yaml'}: field 'paths.output_dir'")
+    assert str(tmp_path / "sweep" / "1" / "checkpoints" / "last.ckpt") in err
 
 
 def test_resume_last_takes_the_run_folders_newest_last_checkpoint_and_reads_it_once(synthetic_root, tmp_path, monkeypatch):
