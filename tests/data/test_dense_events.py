@@ -102,3 +102,24 @@ def test_bad_video_options(tmp_path, kw, fld):
         FAVDBenchDataset(_write(tmp_path), media_dir=str(tmp_path), split="val", **kw)
     ds = DenseEventsDataset(_write(tmp_path), media_dir=str(tmp_path), split="val", fps=0, max_frames=None)
     assert (ds.fps, ds.max_frames) == (None, None)  # 0 / None: every frame
+
+
+@pytest.mark.parametrize(
+    "labels,msg",
+    [(5, r"field 'v.labels': expected 1 class names, got 5"), ("horn", r"field 'v.labels': expected 1 class names, got horn")],
+)
+def test_labels_not_a_list_without_class_names(tmp_path, labels, msg):
+    """class_names inferred from the file: a non-list ``labels`` is the entry's one-line error
+    (5 was a TypeError traceback; "horn" made the classes 'h', 'n', 'o', 'r')."""
+    entry = {"duration": 5.0, "timestamps": [[0, 1]], "sentences": ["a"], "labels": labels}
+    ds = DenseEventsDataset(_write(tmp_path, {"v": entry, "w": dict(entry, labels=["siren"])}), split="val", sensors=())
+    assert ds.class_names == ("siren",)
+    with pytest.raises(AnnotationError, match=r"events_val.json: " + msg):
+        ds[0]
+
+
+def test_fractional_source_box_is_refused(tmp_path):
+    entry = {"duration": 5.0, "timestamps": [[0, 1]], "sentences": ["a"], "source_box": [0.5]}
+    ds = DenseEventsDataset(_write(tmp_path, {"v": entry}), split="val", class_names=CLASSES, sensors=())
+    with pytest.raises(AnnotationError, match=r"field 'v.source_box': expected 1 values \(box indices >= -1\), got \[0.5\]"):
+        ds[0]

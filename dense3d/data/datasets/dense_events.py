@@ -65,9 +65,12 @@ def parse_event_entry(vid: str, e, source, class_names: Sequence[str] | None) ->
         if key not in e:
             return None
         try:
-            t = torch.tensor(np.asarray(e[key], dtype=np.float64).reshape(-1)).to(dtype)
+            raw = torch.tensor(np.asarray(e[key], dtype=np.float64).reshape(-1))
         except (TypeError, ValueError):
-            t = None
+            raw = None
+        # a fractional box index is refused, not truncated by the cast to long
+        whole = raw is not None and (dtype != torch.long or torch.equal(raw, raw.round()))
+        t = raw.to(dtype) if whole else None
         if t is None or len(t) != n or not check(t):
             raise AnnotationError(source, f"{vid}.{key}", f"{n} values ({'radians' if key == 'azimuth' else 'box indices >= -1'})", got=e[key])
         return t
@@ -138,7 +141,7 @@ class DenseEventsDataset(SampleDataset):
         if not isinstance(data, dict):
             raise AnnotationError(self.annotation_file, "<root>", "{video_id: {duration, timestamps, sentences}}", got=type(data).__name__)
         if self._class_names is None:
-            found = {x for e in data.values() if isinstance(e, dict) for x in e.get("labels", []) if isinstance(x, str)}
+            found = {x for e in data.values() if isinstance(e, dict) and isinstance(e.get("labels"), list) for x in e["labels"] if isinstance(x, str)}
             self._class_names = tuple(sorted(found))
         return sorted(data.items())
 
