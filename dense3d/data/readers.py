@@ -149,17 +149,17 @@ def _finite_points(pts: torch.Tensor, path, field: str) -> torch.Tensor:
 
 # ---------------------------------------------------------------- images
 def read_image(path: str | os.PathLike, field: str = "img_path") -> torch.Tensor:
-    """Decode a JPEG/PNG to a (3, H, W) float tensor in [0, 1] (torchvision.io)."""
+    """Decode a JPEG/PNG to a (3, H, W) float tensor in [0, 1] (torchvision.io; 16-bit PNGs too)."""
     from torchvision.io import ImageReadMode, decode_image
 
     path = Path(path)
     if not path.is_file():
         raise ImageError(path, field, "an existing image file", got="missing")
     try:
-        img = decode_image(str(path), mode=ImageReadMode.RGB)  # (3, H, W) uint8
+        img = decode_image(str(path), mode=ImageReadMode.RGB)  # (3, H, W) uint8, uint16 for a 16-bit PNG
     except RuntimeError as e:
         raise ImageError(path, field, "a decodable JPEG/PNG image", got=str(e).splitlines()[0] if str(e) else "decode error") from None
-    return img.to(torch.float32) / 255.0
+    return img.to(torch.float32) / float(torch.iinfo(img.dtype).max)
 
 
 # ---------------------------------------------------------------- audio
