@@ -119,3 +119,12 @@ def test_truncated_bin_and_nan_vertices(tmp_path, samples):
     np.save(tmp_path / "scene0001_00_aligned_vert.npy", vert.astype(np.float32))
     with pytest.raises(PointCloudError, match=r"scene0001_00_aligned_vert.npy: field 'vertices\[3\]': expected finite values"):
         ScanReferDataset(None, str(tmp_path))[0]
+
+
+def test_unannotated_scene_placeholder_row(tmp_path):
+    """ScanRefer's preprocessing gives a ScanNet test scene (no annotations) the bbox file
+    zeros((1, 8)): that scene has no boxes; it is not a zero-size box error."""
+    _scene(tmp_path, scene="scene0707_00", boxes=np.zeros((1, 8)))
+    s = ScanReferDataset(None, str(tmp_path))[0]
+    assert s.sample_id == "scene0707_00" and len(s.boxes) == 0 and len(s.points) == 500
+    assert s.boxes.boxes.tensor.shape == (0, 7) and s.meta["object_names"] == []

@@ -125,6 +125,8 @@ class ScanReferDataset(SampleDataset):
 
     def _load_boxes(self, bbox_path: Path, scene: str, descriptions: list[dict]) -> tuple[BoxAnnotations, dict]:
         arr = read_npy(bbox_path, "boxes", ncols=8, error=AnnotationError).astype(np.float64)
+        if (arr == 0).all():  # ScanRefer writes one all-zero row for an unannotated (test) scene: no boxes
+            arr = arr[:0]
         if not np.isfinite(arr).all():
             i = int(np.nonzero(~np.isfinite(arr).all(1))[0][0])
             raise BoxError(bbox_path, f"boxes[{i}]", "finite numbers", got=arr[i].tolist())
