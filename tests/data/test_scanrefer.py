@@ -128,3 +128,14 @@ def test_unannotated_scene_placeholder_row(tmp_path):
     s = ScanReferDataset(None, str(tmp_path))[0]
     assert s.sample_id == "scene0707_00" and len(s.boxes) == 0 and len(s.points) == 500
     assert s.boxes.boxes.tensor.shape == (0, 7) and s.meta["object_names"] == []
+
+
+def test_description_not_a_string(tmp_path):
+    """A null description was read as the caption "None" (str(None)): a made-up reference."""
+    _scene(tmp_path)
+    path = _refs(tmp_path, ENTRIES)
+    rows = json.loads(path.read_text())
+    rows[2]["description"] = None
+    path.write_text(json.dumps(rows))
+    with pytest.raises(AnnotationError, match=r"ScanRefer_filtered_train.json: field '\[2\].description': expected a sentence string, got None"):
+        len(ScanReferDataset(str(path), str(tmp_path)))

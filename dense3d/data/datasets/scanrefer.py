@@ -104,6 +104,8 @@ class ScanReferDataset(SampleDataset):
                 for key in SCANREFER_FIELDS:
                     if not isinstance(a, dict) or key not in a:
                         raise AnnotationError(self.scanrefer_file, f"[{i}].{key}", "a present field", got="missing")
+                if not isinstance(a["description"], str):
+                    raise AnnotationError(self.scanrefer_file, f"[{i}].description", "a sentence string", got=repr(a["description"]))
                 try:
                     int(a["object_id"])
                 except (TypeError, ValueError):
