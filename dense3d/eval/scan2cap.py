@@ -5,8 +5,9 @@ one by the Hungarian algorithm on the negative generalised 3D IoU (``scipy.optim
 linear_sum_assignment``, axis-aligned boxes). A matched pair *passes* at k when its IoU is
 ``>= k``. Every matched pair's caption (``"sos " + caption + " eos"``) is scored against the
 object's references (as in :mod:`dense3d.eval.scanrefer`) with one call of each scorer over
-all matched pairs (so CIDEr's IDF comes from the matched objects' references); then, for each
-caption metric m::
+*every* scored GT object, the unmatched ones with the placeholder ``"sos eos"``, as the
+benchmark's ``eval.py`` scores its whole corpus: so CIDEr's IDF comes from the references of
+all scored objects, not only the matched ones; then, for each caption metric m::
 
     precision@k = sum(m * pass) / #predictions      recall@k = sum(m * pass) / #GT objects
     F1@k = 2 P R / (P + R)
@@ -29,7 +30,7 @@ from dense3d.eval.caption_metrics import CaptionScorer
 from dense3d.eval.detection import evaluate_voc, voc_ap
 from dense3d.eval.formats import BoxPrediction, ObjectGT, check_integer_ids, unknown_scenes
 from dense3d.eval.geometry import giou_aa, iou_aa
-from dense3d.eval.scanrefer import is_scored, references
+from dense3d.eval.scanrefer import PLACEHOLDER, is_scored, references
 from dense3d.utils.progress import ProgressBar, ensure_progress
 
 __all__ = ["hungarian_pairs", "f1_from_pairs", "dcmap", "evaluate", "per_object_scores", "paired_difference",
@@ -93,6 +94,7 @@ class _Matching:
     pred_scores: list[float] = field(default_factory=list)             # per prediction, scenes in order
     pair_of_pred: list[int] = field(default_factory=list)              # per prediction: its pair, or -1
     objects: list[tuple[str, str]] = field(default_factory=list)       # (scene, object_id) per scored GT object
+    object_refs: list[list[str]] = field(default_factory=list)         # references per scored GT object
     scored_gt: dict[str, list[ObjectGT]] = field(default_factory=dict)
 
 
@@ -106,6 +108,7 @@ def _match(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[ObjectGT]], 
         m.scored_gt[scene] = objs
         first = len(m.objects)
         m.objects += [(scene, o.object_id) for o in objs]
+        m.object_refs += [references(o, max_tokens) for o in objs]
         preds = pred.get(scene, [])
         base = len(m.pred_scores)
         m.pred_scores += [p.score for p in preds]
@@ -118,6 +121,17 @@ def _match(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[ObjectGT]], 
             m.ious.append(iou)
             m.pair_objects.append(first + gi)
     return m
+
+
+def _pair_scores(m: _Matching, scorer: CaptionScorer, progress: ProgressBar | None = None) -> dict[str, list[float]]:
+    """Per-pair scores of the matched pairs, computed as the benchmark does: one call over every
+    scored GT object (the unmatched ones captioned ``"sos eos"``), so CIDEr's IDF comes from all
+    the objects' references. BLEU, METEOR and ROUGE-L per item do not depend on the set."""
+    caps = [PLACEHOLDER] * len(m.objects)
+    for (cap, _), o in zip(m.pairs, m.pair_objects):
+        caps[o] = cap
+    _, per = scorer.score_pairs(list(zip(caps, m.object_refs)), progress=progress)
+    return {k: [v[o] for o in m.pair_objects] for k, v in per.items()}
 
 
 def per_object_scores(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[ObjectGT]], k: float = 0.25,
@@ -135,7 +149,7 @@ def per_object_scores(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[O
         own = scorer is None
         scorer = scorer or _scorer_for(metric)
         try:
-            _, per = scorer.score_pairs(m.pairs)
+            per = _pair_scores(m, scorer)
         finally:
             if own:
                 scorer.close()
@@ -156,7 +170,7 @@ def paired_difference(pred_a: dict[str, list[BoxPrediction]], pred_b: dict[str, 
     """Run B against run A on the same GT objects: ``{metric}-R@{k}`` of each (x100), their
     difference B - A and its standard error from the per-object differences (x100; paired, so
     what both runs find hard cancels). On ground-truth boxes R = P = F1. Each run's pairs are
-    scored on their own, as :func:`evaluate` does (CIDEr's IDF from its matched references).
+    scored on their own, as :func:`evaluate` does (CIDEr's IDF from all scored objects' references).
     Needs >= 2 scored objects (a standard error)."""
     n_objects = sum(is_scored(o) for objs in gt.values() for o in objs)
     if n_objects < 2:
@@ -198,7 +212,7 @@ def evaluate(
     own = scorer is None
     scorer = scorer or CaptionScorer()
     try:
-        _, per = scorer.score_pairs(pairs, progress=bar) if pairs else ({}, {m: [] for m in METRICS})
+        per = _pair_scores(match, scorer, progress=bar) if pairs else {m: [] for m in METRICS}
     finally:
         if own:
             scorer.close()

@@ -73,11 +73,14 @@ def test_per_object_scores_sum_to_the_recall_and_pair_up(scorer):
     out = scan2cap.evaluate(pred, gt, ious=(0.25, 0.5), scorer=scorer)
     objects, scores = scan2cap.per_object_scores(pred, gt, k=0.5, metric="CIDEr", scorer=scorer)
     assert objects == [("s0", "7"), ("s1", "0"), ("s1", "1"), ("s2", "0")]
-    _, per = scorer.score_pairs([("sos a wooden table eos", ["sos a wooden table eos"]),
+    # scored as the benchmark does: every object, the unmatched bed with "sos eos" (its references
+    # count in CIDEr's IDF), in object order
+    _, per = scorer.score_pairs([("sos eos", ["sos a red bed eos"]),
                                  ("sos a chair eos", ["sos a brown chair eos"]),
+                                 ("sos a wooden table eos", ["sos a wooden table eos"]),
                                  ("sos a white door eos", ["sos a white door eos"])])
     assert scores[0] == 0.0  # no prediction in s0
-    assert list(scores[1:]) == pytest.approx([per["CIDEr"][1], per["CIDEr"][0], per["CIDEr"][2]])  # by object, not pair
+    assert list(scores[1:]) == pytest.approx(per["CIDEr"][1:])
     assert 100 * scores.mean() == pytest.approx(out["CIDEr-R@0.5"])
     # B: the chair captioned right, the door's caption worse
     pred_b = parse_box_predictions("b", {"s1": [pred_x["s1"][0], dict(pred_x["s1"][1], caption="a brown chair")],
@@ -119,3 +122,20 @@ def test_paired_tool_reads_two_eval_folders_and_names_a_different_ground_truth(t
         tool.main([str(a), str(tmp_path / "r.json")])
     with pytest.raises(SystemExit):
         tool.main([str(a), str(a), "--iou", "0"])
+
+
+def test_cider_idf_comes_from_every_scored_object_as_the_benchmark_scores_its_corpus(scorer):
+    # The benchmark's eval.py scores all GT objects at once (unmatched ones get "sos eos"), so the
+    # references of an object no prediction reached still weigh in CIDEr's IDF.
+    gt_x = {"s0": [{"object_id": 7, "object_name": "bed", "box": [0, 0, 0, 2, 2, 2], "descriptions": ["a brown bed"]}], **GT}
+    pred_x = {"s1": [dict(PRED["s1"][0], caption="the brown chair"), PRED["s1"][1]],
+              "s2": [dict(PRED["s2"][0], caption="a white wooden door"), PRED["s2"][1]]}
+    pred, gt = parse_box_predictions("p", pred_x), parse_object_gt("g", gt_x)
+    out = scan2cap.evaluate(pred, gt, ious=(0.5,), scorer=scorer)
+    matched = [("sos the brown chair eos", ["sos a brown chair eos"]), ("sos a chair eos", ["sos a wooden table eos"]),
+               ("sos a white wooden door eos", ["sos a white door eos"])]
+    _, per = scorer.score_pairs([("sos eos", ["sos a brown bed eos"])] + matched)
+    _, matched_only = scorer.score_pairs(matched)
+    s = per["CIDEr"][1] + per["CIDEr"][3]  # the chair (IoU 1) and the door (IoU 0.5) pass
+    assert out["CIDEr-R@0.5"] == pytest.approx(100 * s / 4) and out["CIDEr-P@0.5"] == pytest.approx(100 * s / 4)
+    assert s != pytest.approx(matched_only["CIDEr"][0] + matched_only["CIDEr"][2])  # the IDF set matters here
