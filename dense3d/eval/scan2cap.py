@@ -5,7 +5,9 @@ one by the Hungarian algorithm on the negative generalised 3D IoU (``scipy.optim
 linear_sum_assignment``, axis-aligned boxes). A matched pair *passes* at k when its IoU is
 ``>= k``. Every matched pair's caption (``"sos " + caption + " eos"``) is scored against the
 object's references (as in :mod:`dense3d.eval.scanrefer`) with one call of each scorer over
-*every* scored GT object, the unmatched ones with the placeholder ``"sos eos"``, as the
+*every* scored GT object (references untruncated: the benchmark joins ScanRefer's whole
+``token`` list, unlike Vote2Cap-DETR's ``token[:30]``; ``max_tokens`` truncates if asked), the
+unmatched ones with the placeholder ``"sos eos"``, as the
 benchmark's ``eval.py`` scores its whole corpus: so CIDEr's IDF comes from the references of
 all scored objects, not only the matched ones; then, for each caption metric m::
 
@@ -98,7 +100,7 @@ class _Matching:
     scored_gt: dict[str, list[ObjectGT]] = field(default_factory=dict)
 
 
-def _match(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[ObjectGT]], max_tokens: int) -> _Matching:
+def _match(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[ObjectGT]], max_tokens: int | None) -> _Matching:
     """One-to-one matching of every scene (scenes in sorted order), the pairs' captions with
     their objects' references."""
     check_integer_ids(gt, "scan2cap")
@@ -135,7 +137,7 @@ def _pair_scores(m: _Matching, scorer: CaptionScorer, progress: ProgressBar | No
 
 
 def per_object_scores(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[ObjectGT]], k: float = 0.25,
-                      metric: str = "CIDEr", max_tokens: int = 30, scorer: CaptionScorer | None = None,
+                      metric: str = "CIDEr", max_tokens: int | None = None, scorer: CaptionScorer | None = None,
                       ) -> tuple[list[tuple[str, str]], np.ndarray]:
     """Each scored GT object's share of ``{metric}-R@{k}``: its matched caption's score when the
     pair's IoU is ``>= k``, else 0, so the mean over objects is the recall (/100). Returns the
@@ -165,7 +167,7 @@ def _scorer_for(metric: str) -> CaptionScorer:
 
 
 def paired_difference(pred_a: dict[str, list[BoxPrediction]], pred_b: dict[str, list[BoxPrediction]],
-                      gt: dict[str, list[ObjectGT]], k: float = 0.25, metric: str = "CIDEr", max_tokens: int = 30,
+                      gt: dict[str, list[ObjectGT]], k: float = 0.25, metric: str = "CIDEr", max_tokens: int | None = None,
                       scorer: CaptionScorer | None = None) -> dict[str, float]:
     """Run B against run A on the same GT objects: ``{metric}-R@{k}`` of each (x100), their
     difference B - A and its standard error from the per-object differences (x100; paired, so
@@ -193,7 +195,7 @@ def evaluate(
     pred: dict[str, list[BoxPrediction]],
     gt: dict[str, list[ObjectGT]],
     ious: Sequence[float] = (0.25, 0.5),
-    max_tokens: int = 30,
+    max_tokens: int | None = None,
     scorer: CaptionScorer | None = None,
     progress: ProgressBar | None = None,
 ) -> dict:

@@ -42,7 +42,7 @@ def is_scored(obj: ObjectGT) -> bool:
     return obj.name != "unknown" and len(obj.tokens) > 0
 
 
-def references(obj: ObjectGT, max_tokens: int = 30) -> list[str]:
+def references(obj: ObjectGT, max_tokens: int | None = 30) -> list[str]:
     return ["sos " + " ".join(t[:max_tokens]) + " eos" for t in obj.tokens]
 
 

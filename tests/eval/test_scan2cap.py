@@ -139,3 +139,15 @@ def test_cider_idf_comes_from_every_scored_object_as_the_benchmark_scores_its_co
     s = per["CIDEr"][1] + per["CIDEr"][3]  # the chair (IoU 1) and the door (IoU 0.5) pass
     assert out["CIDEr-R@0.5"] == pytest.approx(100 * s / 4) and out["CIDEr-P@0.5"] == pytest.approx(100 * s / 4)
     assert s != pytest.approx(matched_only["CIDEr"][0] + matched_only["CIDEr"][2])  # the IDF set matters here
+
+
+def test_references_are_not_cut_at_30_tokens_as_the_benchmark_joins_every_token(scorer):
+    long_desc = " ".join(f"w{i}" for i in range(40))
+    gt = parse_object_gt("g", {"s": [{"object_id": 0, "object_name": "chair", "box": [0, 0, 0, 2, 2, 2], "descriptions": [long_desc]},
+                                     {"object_id": 1, "object_name": "table", "box": [5, 0, 0, 2, 2, 2], "descriptions": ["a table"]}]})
+    pred = parse_box_predictions("p", {"s": [{"box": [0, 0, 0, 2, 2, 2], "caption": long_desc, "score": 1.0},
+                                             {"box": [5, 0, 0, 2, 2, 2], "caption": "a table", "score": 1.0}]})
+    out = scan2cap.evaluate(pred, gt, ious=(0.5,), scorer=scorer)
+    _, per = scorer.score_pairs([(f"sos {long_desc} eos", [f"sos {long_desc} eos"]), ("sos a table eos", ["sos a table eos"])])
+    assert out["BLEU-4-R@0.5"] == pytest.approx(100 * sum(per["BLEU-4"]) / 2)
+    assert out["BLEU-4-R@0.5"] == pytest.approx(100.0)  # the whole description matches the whole caption
