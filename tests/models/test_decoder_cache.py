@@ -40,6 +40,21 @@ def test_save_plain_llama_round_trip_and_an_unwritable_folder(tmp_path, capsys):
     assert err.startswith("dense3d: could not keep the converted LLM in ") and len(err.strip().splitlines()) == 1, err
 
 
+def test_loading_shows_transformers_bars_only_where_dense3d_shows_a_bar(tmp_path, capsys, monkeypatch):
+    from transformers.utils import logging as hf_logging
+
+    tok = word_tokenizer(["a red chair"])
+    assert save_plain_llama(tiny_llama(len(tok)), tok, tmp_path / "llm" / "tiny-1")
+    capsys.readouterr()
+    assert hf_logging.is_progress_bar_enabled()
+    load_llama(tmp_path / "llm" / "tiny-1")  # stderr is not a terminal here: a log
+    assert "Loading weights" not in capsys.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # switched back on after the load
+    monkeypatch.setattr("dense3d.models.captioner.decoder.progress_mode", lambda: "bar")  # as on a terminal
+    load_llama(tmp_path / "llm" / "tiny-1")
+    assert "Loading weights" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_smollm2_from_the_cache_equals_the_gguf_and_a_damaged_cache_is_rebuilt(monkeypatch, tmp_path, capsys):
     if smollm2_dir() is None:

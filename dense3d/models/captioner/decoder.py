@@ -17,14 +17,16 @@ import os
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from dense3d.errors import CheckpointError, DependencyError
 from dense3d.utils.env import SMOLLM2_GGUF, cache_dir, smollm2_dir
+from dense3d.utils.progress import progress_mode
 
 __all__ = [
     "load_smollm2",
@@ -76,11 +78,29 @@ def load_smollm2(dtype: torch.dtype = torch.float32):
         except Exception as e:  # a damaged cache (truncated weights, a removed file): convert again
             _warn(f"ignoring the converted SmolLM2 in {cached} ({type(e).__name__}); reading the GGUF again")
             shutil.rmtree(cached, ignore_errors=True)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
+    with _loading_bars():
+        model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
     if cached is not None:
         save_plain_llama(model, tok, cached)
     return model.to(dtype), _finish_tokenizer(tok)
+
+
+@contextmanager
+def _loading_bars() -> Iterator[None]:
+    """transformers' own tqdm bars ("Loading weights", GGUF de-quantising) only where dense3d's
+    would be a bar (:func:`~dense3d.utils.progress.progress_mode`): in a log they are a line of
+    carriage returns per load, and ``DENSE3D_PROGRESS=0`` silences them too."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    if was_on and progress_mode() != "bar":
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def _warn(message: str) -> None:
@@ -158,8 +178,9 @@ def load_llama(path: str | Path, dtype: torch.dtype = torch.float32, gguf_file: 
     if not path.is_dir():
         raise CheckpointError(str(path), "path", "a local folder holding a Llama checkpoint", got="no such folder")
     kw = {"gguf_file": gguf_file} if gguf_file else {}
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True, **kw)
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **kw)
+    with _loading_bars():
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True, **kw)
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **kw)
     return model, _finish_tokenizer(tok)
 
 
