@@ -10,7 +10,9 @@
   score (ties: later index first, as nuScenes sorts), match the closest free GT of the same
   sample by BEV centre distance, a match when ``distance < d``; precision interpolated at 101
   recall points (0 past the last recall), AP = mean of ``max(prec - 0.1, 0)`` over recalls
-  > 0.1, divided by 0.9. mAP: mean over classes and distances {0.5, 1, 2, 4} m.
+  > 0.1, divided by 0.9. mAP: mean over classes and distances {0.5, 1, 2, 4} m. Boxes are
+  scored as given: nuScenes' ``filter_eval_boxes`` (class ranges, GT without points, bicycle
+  racks) is not applied (:func:`dense3d.eval.tod3cap.filter_boxes` does the first two).
 """
 from __future__ import annotations
 

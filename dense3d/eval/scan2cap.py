@@ -17,7 +17,8 @@ all scored objects, not only the matched ones; then, for each caption metric m::
 DCmAP: mean over IoU thresholds {0.1, 0.2, 0.3, 0.4, 0.5} x METEOR thresholds {0.15, 0.3,
 0.45, 0.6, 0.75} of the VOC AP (all points) where a prediction, ranked by score over all
 scenes, is a true positive when it is matched, its IoU >= the IoU threshold and its METEOR >=
-the METEOR threshold; #GT objects is the positive count. Detection mAP@0.25/0.5 comes from
+the METEOR threshold; #GT objects is the positive count. (The benchmark's ``eval_densecap.py``
+differs: greedy VoteNet matching, NLTK's METEOR, strict ``>``; docs/eval.md says how.) Detection mAP@0.25/0.5 comes from
 :func:`dense3d.eval.detection.evaluate_voc` on the same boxes.
 """
 from __future__ import annotations
