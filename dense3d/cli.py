@@ -104,7 +104,7 @@ def _predict(args: argparse.Namespace) -> int:
     from dense3d.utils.progress import progress_bar
 
     check_output_path(args.out, "dense3d predict")
-    run = api.load(args.checkpoint, regions=args.regions)
+    run = api.load(args.checkpoint, regions=args.regions, overrides=args.overrides)
     data = run.dataset(args.split)
     samples = [data[i] for i in range(len(data) if args.limit is None else min(args.limit, len(data)))]
     with progress_bar(f"captioning {args.split} ({args.regions})", total=len(samples), unit="samples") as bar:
@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regions", default="proposals", choices=("proposals", "gt"), help="caption detections or GT boxes")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N samples")
     p.add_argument("--out", required=True, help="predictions JSON (docs/eval.md formats)")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE changes of the run's config, e.g. model.captioner.num_beams=3 "
+                   "or data.val.info_file=my_infos.pkl (your own scenes)")
     p.set_defaults(func=_predict)
 
     # Everything after "eval" (also --help) goes to dense3d.eval.cli's own parser: no option

@@ -80,6 +80,14 @@ def test_cli_demo_runs_end_to_end(tmp_path):
     assert len(caps) == len(sample.boxes) and all(isinstance(c.text, str) for c in caps)
     assert main(["predict", "--checkpoint", str(tmp_path), "--regions", "gt", "--limit", "2", "--out", str(tmp_path / "p.json")]) == 0
     assert len(json.loads((tmp_path / "p.json").read_text())) == 2
+    # config changes on the command line: other scenes (here the train split's) and decoding
+    assert main(["predict", "--checkpoint", str(tmp_path), "--regions", "gt", "--limit", "1", "--out", str(tmp_path / "t.json"),
+                 "data.val.split=train", "model.captioner.max_new_tokens=2"]) == 0
+    other = json.loads((tmp_path / "t.json").read_text())
+    assert list(other) == [run.dataset("train")[0].sample_id]
+    assert all(len(p["caption"].split()) <= 2 for ps in other.values() for p in ps)
+    assert main(["predict", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "u.json"), "data.val.no_such_key=1"]) == 2
+    assert not (tmp_path / "u.json").exists()
     # a damaged checkpoint is a one-line error, not a traceback
     weights = tmp_path / "checkpoints" / "last.ckpt" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
