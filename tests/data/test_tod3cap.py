@@ -10,7 +10,7 @@ import torch
 
 from dense3d.data.datasets import TOD3CapDataset
 from dense3d.data.datasets.tod3cap import parse_caption_entry
-from dense3d.errors import AnnotationError, BoxError, CalibrationError, ImageError, PointCloudError
+from dense3d.errors import AnnotationError, BoxError, CalibrationError, ConfigError, ImageError, PointCloudError
 
 PKL = "n015-2018-07-24-11-22-45+0800.pkl"
 
@@ -141,7 +141,7 @@ def test_multi_sweep_aggregation(samples, tmp_path):
          "ego2global": (np.asarray(info["ego2global"]) @ _rigid(0.0, [2.0, 0, 0])).tolist(),
          "timestamp": info["timestamp"] - 0.1},
     ]
-    ds = _write(tmp_path, infos, samples, sensors=["lidar"], sweeps=2)
+    ds = _write(tmp_path, infos, samples, sensors=["lidar"], sweeps=2, sweep_remove_close=0)
     pc = ds[0].points
     key = TOD3CapDataset(str(samples / "nuscenes" / PKL), sensors=["lidar"])[0].points.points
     n = len(key)
@@ -158,6 +158,28 @@ def test_multi_sweep_aggregation(samples, tmp_path):
     s2 = pc.points[2 * n :]
     assert torch.allclose(s2[:, :3].double(), key[:, :3].double() + shift, atol=1e-3)
     assert torch.allclose(s2[:, 5], torch.full((n,), 0.1), atol=1e-4)
+
+
+def test_sweeps_drop_the_ego_cars_own_points(samples, tmp_path):
+    """A sweep's points within 1 m of its sensor in x and y (the ego car's roof) are dropped
+    before the sweep moves to the keyframe; the keyframe keeps all of its own."""
+    infos = _info(samples)
+    info = infos["data_list"][0]
+    sweep2key = _rigid(0.0, [3.0, 0.0, 0.0])
+    info["lidar_sweeps"] = [{"lidar_points": {"lidar_path": info["lidar_points"]["lidar_path"],
+                                              "lidar2sensor": np.linalg.inv(sweep2key).tolist()},
+                             "timestamp": info["timestamp"] - 0.05}]
+    key = TOD3CapDataset(str(samples / "nuscenes" / PKL), sensors=["lidar"])[0].points.points
+    close = (key[:, :2].abs() < 1.0).all(1)  # (N,) the keyframe's own ego points
+    assert int(close.sum()) > 0
+    pc = _write(tmp_path, infos, samples, sensors=["lidar"], sweeps=1)[0].points.points
+    n = len(key)
+    assert torch.equal(pc[:n, :5], key)  # the keyframe: every point
+    sweep = pc[n:]
+    assert len(sweep) == n - int(close.sum())
+    assert torch.allclose(sweep[:, :3], key[~close, :3] + torch.tensor([3.0, 0.0, 0.0]), atol=1e-4)
+    with pytest.raises(ConfigError, match="field 'sweep_remove_close'"):
+        TOD3CapDataset(str(samples / "nuscenes" / PKL), sensors=["lidar"], sweep_remove_close=-1)
 
 
 # ---------------------------------------------------------------- bad input

@@ -13,7 +13,7 @@ import torch
 
 from dense3d.data.datasets.base import SampleDataset, select_sensors
 from dense3d.data.readers import check_rigid, load_json, load_pickle, read_image, read_points_bin, require, to_matrix
-from dense3d.errors import AnnotationError, BoxError, CalibrationError, ImageError
+from dense3d.errors import AnnotationError, BoxError, CalibrationError, ConfigError, ImageError
 from dense3d.structures import Boxes3D, BoxAnnotations, CameraImages, PointCloud, Sample
 
 __all__ = ["TOD3CapDataset", "OLD_CAPTION_FIELDS", "NUSCENES_POINT_FEATURES", "parse_caption_entry"]
@@ -72,6 +72,11 @@ class TOD3CapDataset(SampleDataset):
         sensors: any of ``lidar``, ``camera`` (other names are ignored: not in this data set).
         cameras: camera names to read, in this order (default: all in the info, in its order).
         sweeps: number of earlier LiDAR sweeps to merge (adds a ``time_lag`` column).
+        sweep_remove_close: drop a sweep's points within this many metres of its sensor in x and y
+            (a square, before the sweep is moved to the keyframe, as mmdet3d's
+            ``LoadPointsFromMultiSweeps(remove_close=True)`` in its nuScenes configs): the ego car's
+            own roof and mirrors, which would otherwise leave a trail behind the keyframe's
+            sensor. 0 keeps every point. The keyframe's points are never dropped.
         data_prefix: sub-folder per file kind (``"pts"``, camera names), mmdet3d style.
         drop_ignored: drop boxes with label -1 (a class outside ``metainfo.categories``).
         transforms: a callable ``Sample -> Sample`` (e.g. ``dense3d.data.transforms.Compose``).
@@ -90,6 +95,7 @@ class TOD3CapDataset(SampleDataset):
         sensors: Sequence[str] = ("lidar", "camera"),
         cameras: Sequence[str] | None = None,
         sweeps: int = 0,
+        sweep_remove_close: float = 1.0,
         data_prefix: Mapping[str, str] | None = None,
         drop_ignored: bool = False,
         transforms: Callable[[Sample], Sample] | None = None,
@@ -102,6 +108,11 @@ class TOD3CapDataset(SampleDataset):
         self.sensors = select_sensors(sensors, ("lidar", "camera"), type(self).__name__)
         self.cameras = tuple(cameras) if cameras is not None else None
         self.sweeps = int(sweeps)
+        if isinstance(sweep_remove_close, bool) or not isinstance(sweep_remove_close, (int, float)) \
+                or not 0 <= sweep_remove_close < float("inf"):
+            raise ConfigError(type(self).__name__, "sweep_remove_close", "a distance in metres >= 0 (0: keep every point)",
+                              got=sweep_remove_close)
+        self.sweep_remove_close = float(sweep_remove_close)
         self.data_prefix = dict(data_prefix or {})
         self.drop_ignored = bool(drop_ignored)
         self._class_names: tuple[str, ...] | None = None
@@ -202,6 +213,8 @@ class TOD3CapDataset(SampleDataset):
             sw = f"{where}.lidar_sweeps[{j}]"
             sl = require(sweep, "lidar_points", self.info_file, sw)
             sp = read_points_bin(self._sweep_path(str(require(sl, "lidar_path", self.info_file, f"{sw}.lidar_points"))), nfeat)
+            if self.sweep_remove_close > 0:  # the ego car's own points, in the sweep's sensor frame
+                sp = sp[(sp[:, :2].abs() >= self.sweep_remove_close).any(1)]  # (N, F) -> (N', F)
             sweep2key = self._sweep_to_key(info, sweep, sl, sw).to(torch.float32)  # (4, 4)
             xyz = sp[:, :3] @ sweep2key[:3, :3].T + sweep2key[:3, 3]  # (N, 3)
             lag = key_time - self._seconds(require(sweep, "timestamp", self.info_file, sw), f"{sw}.timestamp")

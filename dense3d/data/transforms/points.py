@@ -14,7 +14,9 @@ __all__ = ["ObjectRangeFilter", "PER_BOX_META", "PointRangeFilter", "PointShuffl
 
 class PointRangeFilter:
     """Keep the points inside ``point_range = [x_min, y_min, z_min, x_max, y_max, z_max]`` (metres,
-    half-open ``[min, max)`` per axis, as mmdet3d). Samples without points pass unchanged."""
+    half-open ``[min, max)`` per axis, the voxelizer's cells; mmdet3d's ``in_range_3d`` excludes
+    both ends, which differs only for a point exactly on a lower bound). Samples without points
+    pass unchanged."""
 
     reads = ("points",)
     writes = ("points",)
