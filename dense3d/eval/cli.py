@@ -166,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in ("unknown_scenes", "unknown_videos", "unknown_clips"):
         if metrics.get(key):
             print(f"warning: {len(metrics[key])} prediction ids are not in the ground truth ({key} in the output)", file=sys.stderr)
+    if metrics.get("audio_missing_clips"):
+        print(f"warning: {len(metrics['audio_missing_clips'])} clips have no AudioScore; the mean leaves them out "
+              "(audio_missing_clips in the output)", file=sys.stderr)
     if args.out:
         atomic_write_json(args.out, {"protocol": args.protocol, "mode": args.mode or _MODES[args.protocol][0], **metrics})
     return 0

@@ -280,6 +280,9 @@ def evaluate(
     if audio_scores is not None:
         vals = [audio_scores[c] for c in clips if c in audio_scores]
         result["AudioScore"] = float(np.mean(vals)) if vals else 0.0
+        # the mean is over the clips that have a score: say which clips it left out
+        result["AudioScore-clips"] = len(vals)
+        result["audio_missing_clips"] = [c for c in clips if c not in audio_scores]
     else:
         result["AudioScore"] = f"unavailable ({audio_unavailable})"
     result["clips"] = len(clips)

@@ -63,3 +63,11 @@ def test_evaluate_reports_audio_unavailable_and_missing(scorer, minilm):
     assert out["AudioScore"].startswith("unavailable")
     assert out["missing_clips"] == ["c2"] and out["unknown_clips"] == ["extra"] and out["EntityScore-clips"] == 1
     assert 0 < out["EntityScore"] <= 100
+
+
+def test_audio_score_says_which_clips_it_left_out(scorer):
+    refs = {"c1": ["A man plays a guitar."], "c2": ["A bird sings."]}
+    pred = {"c1": ["A man plays a guitar."], "c2": ["A bird sings."]}
+    out = favd.evaluate(pred, refs, entity=False, audio_scores={"c1": 80.0, "other": 10.0}, scorer=scorer)
+    assert out["AudioScore"] == pytest.approx(80.0)
+    assert out["AudioScore-clips"] == 1 and out["audio_missing_clips"] == ["c2"]
