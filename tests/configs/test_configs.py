@@ -114,3 +114,20 @@ def test_event_head_names_the_data_classes(experiment, tmp_path, monkeypatch):
     head = cfg.model.event_detector.event_head
     assert list(head.class_names) == list(cfg.data.train.class_names) == list(EVENT_CLASSES)
     assert "num_classes" not in head
+
+
+def test_range_filters_run_after_the_global_augmentations():
+    """As in mmdet3d's pipelines: points and boxes rotated, scaled or flipped out of the grid are
+    filtered after the augmentation, not before it (configs/data/tod3cap.yaml had them first)."""
+    checked = 0
+    for path in sorted((CONFIG_DIR / "data").glob("*.yaml")):
+        steps = OmegaConf.select(OmegaConf.load(path), "transforms.transforms", default=None)
+        if not OmegaConf.is_dict(steps):
+            continue
+        targets = [str(v.get("_target_", "")).rsplit(".", 1)[-1] for v in steps.values() if OmegaConf.is_dict(v)]
+        augments = [i for i, t in enumerate(targets) if t.startswith("Global")]
+        filters = [i for i, t in enumerate(targets) if t.endswith("RangeFilter")]
+        if augments and filters:
+            assert min(filters) > max(augments), f"{path.name}: {targets}"
+            checked += 1
+    assert checked >= 1
