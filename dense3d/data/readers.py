@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import pickle
 from pathlib import Path
@@ -271,8 +272,10 @@ def read_video_frames(
     """Decode a video's frames with PyAV.
 
     Args:
-        fps: keep frames so that consecutive kept frames are at least ``1 / fps`` s apart
-            (None keeps every frame).
+        fps: keep the first frame at or after each point of a ``1 / fps`` grid that starts at the
+            first frame, so a 25 fps video read at ``fps=8`` gives 8 frames a second (a gap of at
+            least ``1 / fps`` from the last kept frame gave 6.25); a video slower than ``fps``
+            keeps every frame. None keeps every frame.
         max_frames: stop after this many kept frames.
 
     Returns:
@@ -284,7 +287,7 @@ def read_video_frames(
     if not path.is_file():
         raise VideoError(path, "video", "an existing video file", got="missing")
     frames, times = [], []
-    next_t = -float("inf")
+    next_t, start = -float("inf"), None
     step = 1.0 / fps if fps else 0.0
     try:
         with _libav_silent(), av.open(str(path)) as container:
@@ -295,7 +298,9 @@ def read_video_frames(
                 t = float(frame.time) if frame.time is not None else i / float(stream.average_rate or 1)
                 if t + 1e-6 < next_t:
                     continue
-                next_t = t + step if fps else t
+                if fps:  # the grid point after t: start + k * step, k = floor((t - start) / step) + 1
+                    start = t if start is None else start
+                    next_t = start + (math.floor((t - start) / step + 1e-6) + 1) * step
                 frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))  # (H, W, 3) uint8
                 times.append(t)
                 if max_frames is not None and len(frames) >= max_frames:
