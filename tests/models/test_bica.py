@@ -115,6 +115,21 @@ def test_padded_regions_and_contexts_do_not_affect_real_ones():
     assert float(out2.objects[0][0, 2].abs().sum()) == 0.0  # padded outputs are zero
 
 
+def test_a_sample_without_real_contexts_never_reads_the_padded_ones():
+    # a softmax over only masked keys spreads its weight evenly over them: the summaries (and
+    # through C4O the objects) of a sample whose contexts are all padding read that padding
+    dec = _decoder()
+    regions, ctx = _boxes(B=2, R=3), _context(B=2)
+    ctx.mask[1] = False
+    out = dec([regions], [ctx])
+    ctx.features[1] = torch.randn(4, D) * 100
+    ctx.positions[1] = torch.randn(4, 3) * 10
+    out2 = dec([regions], [ctx])
+    torch.testing.assert_close(out.objects[0], out2.objects[0], rtol=0, atol=1e-6)
+    assert float(out2.summaries[0][1].abs().sum()) == 0.0
+    assert torch.isfinite(out2.objects[0]).all()
+
+
 def test_joint_scene_an_event_attends_to_boxes():
     dec = _decoder()
     boxes = _boxes()

@@ -180,8 +180,10 @@ class BiCALayer(nn.Module):
         self.c4o = _Attention(d_model, n_heads, dropout)  # instances <- context summaries
         self.ffn_inst = _FFN(d_model, ffn_dim, dropout)
 
-    def forward(self, inst, inst_pos, ctx, ctx_pos, self_bias, o4c_bias, summary_bias, c4o_bias):
-        # inst: (B, R, D), ctx: (B, Q, D); biases: (B, h, Lq, Lk) additive
+    def forward(self, inst, inst_pos, ctx, ctx_pos, self_bias, o4c_bias, summary_bias, c4o_bias, has_ctx=None):
+        # inst: (B, R, D), ctx: (B, Q, D); biases: (B, h, Lq, Lk) additive; has_ctx: (B, 1, 1), 0 for a
+        # sample without any real context (its summaries are zero: a softmax over only masked keys
+        # would spread its weight over the padded contexts)
         inst = self.self_attn(inst, inst_pos, inst, inst_pos, self_bias)
         if ctx is None:
             return self.ffn_inst(inst), None, None
@@ -190,6 +192,8 @@ class BiCALayer(nn.Module):
         # instance (+ its geometry embedding) act as the query's positional part
         zero = torch.zeros_like(inst)
         summ = self.summary_norm(self.summary(zero, inst_pos + inst, ctx, ctx_pos, summary_bias))  # (B, R, D)
+        if has_ctx is not None:
+            summ = summ * has_ctx
         inst = self.c4o(inst, inst_pos, summ, inst_pos, c4o_bias)  # context-aware objects
         return self.ffn_inst(inst), ctx, summ
 
@@ -307,8 +311,9 @@ class BiCADecoder(nn.Module):
             c4o_bias = self._bias(self._distance(inst_xyz, inst_dom, inst_xyz, inst_dom), inst_mask)  # (B, h, R, R)
 
         summ = torch.zeros_like(inst)
+        has_ctx = None if ctx is None else ctx_mask.any(1).view(-1, 1, 1).to(inst.dtype)  # (B, 1, 1)
         for layer in self.layers:
-            inst, ctx_new, s = layer(inst, inst_pos, ctx, ctx_pos, self_bias, o4c_bias, summary_bias, c4o_bias)
+            inst, ctx_new, s = layer(inst, inst_pos, ctx, ctx_pos, self_bias, o4c_bias, summary_bias, c4o_bias, has_ctx)
             if ctx_new is not None:
                 ctx, summ = ctx_new, s
         inst = self.out_norm(inst) * inst_mask.unsqueeze(-1)  # padded regions -> 0
