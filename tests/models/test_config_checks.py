@@ -224,3 +224,11 @@ def test_dense_captioner_fits_the_captioner_to_the_events():
     with pytest.raises(ConfigError, match=r"^DenseCaptioner: field 'captioner.bica.region_dim': expected the event region features' 32"):
         DenseCaptioner(captioner(bica_context_dim=32), event_detector=event_detector())
     DenseCaptioner(captioner(bica_region_dim=32, bica_context_dim=32, token_dim=32), event_detector=event_detector())
+
+
+@pytest.mark.parametrize("prompts", [{"box": ""}, {"event": "   "}, {"box": None}])
+def test_an_empty_prompt_is_a_config_error(prompts):
+    # generation starts from the prompt's last token: an empty one ended in an IndexError inside generate
+    with pytest.raises(ConfigError, match="prompts") as e:
+        captioner(prompts=prompts)
+    one_line(e)

@@ -171,3 +171,24 @@ def test_gate_scale_multiplies_the_gates_and_keeps_the_zero_start(tiny):
         adapter.detach()
     moved = [float((a.gates.detach() * a.gate_scale).abs().max()) for a in (scaled, plain)]
     assert abs(moved[0] - 0.1) < 1e-3 and abs(moved[1] - 0.01) < 1e-4, moved
+
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(num_layers=-1), "num_layers"), (dict(num_layers=0), "num_layers"), (dict(num_layers=2.5), "num_layers"),
+    (dict(prompt_len=0), "prompt_len"), (dict(num_heads=0), "num_heads"), (dict(num_heads=5), "num_heads"),
+    (dict(gate_scale=float("nan")), "gate_scale"), (dict(gate_scale=0.0), "gate_scale"),
+    (dict(init_std=-1.0), "init_std"),
+])
+def test_bad_adapter_options_are_one_line_config_errors(kw, field):
+    args = dict(hidden_size=64, num_heads=4, num_layers=2, prompt_len=4) | kw
+    with pytest.raises(ConfigError, match=f"field '{field}'") as e:
+        LlamaAdapter(**args)
+    assert "\n" not in str(e.value)
+
+
+def test_an_empty_prompt_is_a_config_error_not_an_index_error(tiny):
+    model, tok = tiny
+    adapter = LlamaAdapter(64, 4, num_layers=2, prompt_len=3)
+    adapter.attach(model)
+    with pytest.raises(ConfigError, match="prompt"):
+        generate_captions(model, adapter, tok, torch.randn(2, 3, 64), "", max_new_tokens=4)

@@ -126,6 +126,8 @@ def generate_captions(lm, adapter, tokenizer, visual: torch.Tensor, prompt: str,
     if N == 0:
         return [], []
     p = torch.tensor(prompt_ids(tokenizer, prompt), dtype=torch.long, device=visual.device)
+    if p.numel() == 0:
+        raise ConfigError("generate_captions", "prompt", "a prompt of at least one token", got=repr(prompt))
     texts, seqs = [], []
     step = batch_size or N
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id

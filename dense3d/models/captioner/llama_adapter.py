@@ -26,12 +26,14 @@ visual tokens the same way.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dense3d.errors import ConfigError
+from dense3d.models.checks import check_heads, check_int
 
 __all__ = ["LlamaAdapter"]
 
@@ -60,6 +62,13 @@ class LlamaAdapter(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, num_layers: int, prompt_len: int, init_std: float = 0.02,
                  gate_scale: float = 1.0):
         super().__init__()
+        check_heads("LlamaAdapter", "hidden_size", hidden_size, "num_heads", num_heads)
+        check_int("LlamaAdapter", "num_layers", num_layers)
+        check_int("LlamaAdapter", "prompt_len", prompt_len)
+        for name, value, least in (("gate_scale", gate_scale, "> 0 (0: the gates never learn)"), ("init_std", init_std, ">= 0")):
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+                    or (name == "gate_scale" and value == 0)):
+                raise ConfigError("LlamaAdapter", name, f"a finite number {least}", got=value)
         self.gate_scale = float(gate_scale)
         self.hidden_size, self.num_heads = hidden_size, num_heads
         self.num_layers, self.prompt_len = num_layers, prompt_len

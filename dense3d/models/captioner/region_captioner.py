@@ -133,6 +133,9 @@ class RegionCaptioner(nn.Module):
         check_int("RegionCaptioner", "cache_frozen_layers_mb", cache_frozen_layers_mb, 0)
         self.decoder, self.adapter, self.qformer, self.bica = decoder, adapter, qformer, bica
         self.prompts = dict(DEFAULT_PROMPTS, **(prompts or {}))
+        for kind, text in self.prompts.items():  # generation starts from the prompt: an empty one has no last token
+            if not isinstance(text, str) or not text.strip():
+                raise ConfigError("RegionCaptioner", f"prompts.{kind}", "a non-empty text prompt", got=repr(text))
         self.max_caption_tokens, self.max_new_tokens, self.num_beams = max_caption_tokens, max_new_tokens, num_beams
         self.no_repeat_ngram_size = no_repeat_ngram_size
         self.repetition_penalty = repetition_penalty
