@@ -175,7 +175,7 @@ def test_gate_scale_multiplies_the_gates_and_keeps_the_zero_start(tiny):
 
 @pytest.mark.parametrize("kw, field", [
     (dict(num_layers=-1), "num_layers"), (dict(num_layers=0), "num_layers"), (dict(num_layers=2.5), "num_layers"),
-    (dict(prompt_len=0), "prompt_len"), (dict(num_heads=0), "num_heads"), (dict(num_heads=5), "num_heads"),
+    (dict(prompt_len=0), "prompt_len"), (dict(num_heads=0), "num_heads"), (dict(hidden_size=64.0), "hidden_size"),
     (dict(gate_scale=float("nan")), "gate_scale"), (dict(gate_scale=0.0), "gate_scale"),
     (dict(init_std=-1.0), "init_std"),
 ])

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dense3d.errors import ConfigError
-from dense3d.models.checks import check_heads, check_int
+from dense3d.models.checks import check_int
 
 __all__ = ["LlamaAdapter"]
 
@@ -62,8 +62,8 @@ class LlamaAdapter(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, num_layers: int, prompt_len: int, init_std: float = 0.02,
                  gate_scale: float = 1.0):
         super().__init__()
-        check_heads("LlamaAdapter", "hidden_size", hidden_size, "num_heads", num_heads)
-        check_int("LlamaAdapter", "num_layers", num_layers)
+        for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads), ("num_layers", num_layers)):
+            check_int("LlamaAdapter", name, value)  # heads need not divide hidden_size (LlamaConfig's head_dim)
         check_int("LlamaAdapter", "prompt_len", prompt_len)
         for name, value, least in (("gate_scale", gate_scale, "> 0 (0: the gates never learn)"), ("init_std", init_std, ">= 0")):
             if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
