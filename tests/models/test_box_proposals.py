@@ -349,3 +349,38 @@ def test_point_region_features_follow_the_boxes_and_the_batch():
         f = enc(two, boxes.expand(2, -1, -1), mask.expand(2, -1))
         assert torch.all(f[1] == 0) and torch.all(f[0, :2].abs().sum(-1) > 0)
         torch.testing.assert_close(f[0], enc(batch, boxes, mask)[0])
+
+
+def test_encoder_and_head_on_different_bev_grids_is_a_config_error():
+    """A LiDAR encoder with 1.6 m cells under a head of 0.8 m cells: decode gathered cells of the
+    head's grid from the encoder's map (an IndexError deep in decode, or silently wrong boxes
+    when the map is the larger one); now a one-line ConfigError at build and at forward."""
+    from dense3d.errors import ConfigError
+
+    rng = (-12.8, -12.8, -5.0, 12.8, 12.8, 3.0)
+    lid = lidar_encoder(5, rng, (0.4, 0.4, 0.2))  # cell 0.4 * 4 * 1 = 1.6 m
+    with pytest.raises(ConfigError, match="lidar_encoder point_range/cell_size"):
+        BoxDetector(CenterHead(128, GROUPS, rng, 0.8), BEVRegionSampler(128, 16, rng, 3), lidar_encoder=lid)
+    head = CenterHead(8, GROUPS, rng, 0.8)
+    with pytest.raises(ConfigError, match="32 x 32"):
+        head(torch.zeros(1, 8, 16, 16))
+
+
+def test_code_weights_of_another_length_are_a_config_error():
+    """10 code weights (nuScenes) for an 8-channel head were cut to 8 silently (vx, vy's 0.2 lost
+    on a head without yaw), 6 for 8 channels raised a broadcasting error inside the loss."""
+    from dense3d.errors import ConfigError
+    from dense3d.models.proposals.boxes.center_head import CenterTargets
+
+    rng = (-12.8, -12.8, -5.0, 12.8, 12.8, 3.0)
+    head = CenterHead(128, GROUPS, rng, 1.6, with_velocity=False)  # 8 channels
+    with pytest.raises(ConfigError, match="code_weights"):
+        BoxDetector(head, BEVRegionSampler(128, 16, rng, 3), lidar_encoder=lidar_encoder(5, rng, (0.4, 0.4, 0.2)),
+                    loss=CenterPointLoss(code_weights=[1.0] * 6))
+    preds = head(torch.zeros(1, 128, 16, 16))
+    targets = head.targets([torch.tensor([[0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]])], [torch.tensor([0])])
+    assert isinstance(targets, CenterTargets)
+    for n in (6, 10):
+        with pytest.raises(ConfigError, match="code_weights"):
+            CenterPointLoss(code_weights=[1.0] * n)(preds, targets)
+    assert torch.isfinite(CenterPointLoss(code_weights=[1.0] * 8)(preds, targets)["total"])

@@ -6,6 +6,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from dense3d.errors import ConfigError
 from dense3d.models.losses.focal import GaussianFocalLoss
 
 __all__ = ["CenterPointLoss"]
@@ -40,7 +41,9 @@ class CenterPointLoss(nn.Module):
             # (B, K, H, W) -> (B, H * W, K), then gather the centre cells: (B, M, K)
             flat = regmap.flatten(2).transpose(1, 2)
             pred = flat.gather(1, idx.unsqueeze(-1).expand(-1, -1, K))
-            w = torch.ones(K, device=pred.device, dtype=pred.dtype) if self.code_weights is None else pred.new_tensor(self.code_weights[:K])
+            if self.code_weights is not None and len(self.code_weights) != K:
+                raise ConfigError("CenterPointLoss", "code_weights", f"one weight per box code channel ({K})", got=list(self.code_weights))
+            w = torch.ones(K, device=pred.device, dtype=pred.dtype) if self.code_weights is None else pred.new_tensor(self.code_weights)
             err = (pred - t_reg).abs() * w * mask.unsqueeze(-1).to(pred.dtype)
             reg = reg + err.sum() / mask.sum().clamp(min=1).to(pred.dtype)
         heat = heat * self.heatmap_weight

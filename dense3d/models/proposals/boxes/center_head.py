@@ -158,6 +158,10 @@ class CenterHead(nn.Module):
 
     def forward(self, bev: torch.Tensor) -> CenterPredictions:
         """(B, C, H, W) -> ``CenterPredictions``."""
+        if tuple(bev.shape[-2:]) != tuple(self.grid_size):
+            # decoding and targets index cells of this grid: another map size gives garbage boxes
+            raise ConfigError("CenterHead", "point_range/cell_size", f"a BEV map of {self.grid_size[0]} x {self.grid_size[1]} cells "
+                              f"(range {list(self.point_range)}, {self.cell_size} m cells)", got=tuple(bev.shape[-2:]))
         x = self.shared(bev)
         return CenterPredictions([h(x) for h in self.heatmap_heads], [r(x) for r in self.regression_heads])
 

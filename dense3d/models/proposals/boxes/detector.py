@@ -89,6 +89,11 @@ class BoxDetector(nn.Module):
             raise ConfigError("BoxDetector", "max_regions", "an integer >= 1", got=max_regions)  # -5 kept 1 region
         self.max_regions = max_regions
         self._check_channels()
+        self._check_grid()
+        weights = getattr(loss, "code_weights", None)
+        if weights is not None and len(weights) != box_head.code_size:
+            raise ConfigError("BoxDetector", "loss.code_weights", f"one weight per box code channel: {box_head.code_size} "
+                              f"({', '.join(box_head.code_names)})", got=list(weights))
 
     @property
     def bev_channels(self) -> int | None:
@@ -127,6 +132,23 @@ class BoxDetector(nn.Module):
                             ("region_sampler.in_channels", getattr(self.region_sampler, "in_channels", None))):
             if have is not None and have != C:
                 raise ConfigError("BoxDetector", field, f"the BEV map's {C} channels ({self.bev_channels_source()})", got=have)
+
+    def _check_grid(self) -> None:
+        """Every encoder's BEV grid (x/y range and cell) is the head's."""
+        head = self.box_head
+        grids = []
+        if self.lidar_encoder is not None and hasattr(self.lidar_encoder, "cell_size"):
+            grids.append(("lidar_encoder", self.lidar_encoder.voxel_encoder.point_range, self.lidar_encoder.cell_size))
+        view = getattr(self.camera_encoder, "view_transform", None)
+        if view is not None and hasattr(view, "cell_size"):
+            grids.append(("camera_encoder.view_transform", view.point_range, view.cell_size))
+        want = [float(v) for i, v in enumerate(head.point_range) if i in (0, 1, 3, 4)]
+        for name, point_range, cell in grids:
+            have = [float(v) for i, v in enumerate(point_range) if i in (0, 1, 3, 4)]
+            if abs(cell - head.cell_size) > 1e-6 or any(abs(a - b) > 1e-6 for a, b in zip(have, want)):
+                raise ConfigError("BoxDetector", f"{name} point_range/cell_size",
+                                  f"the box head's grid: x/y range {want}, {head.cell_size} m cells",
+                                  got=f"x/y range {have}, {cell:g} m cells")
 
     def sensor_maps(self, batch) -> dict[str, torch.Tensor | None]:
         """Per-sensor BEV maps; a sensor missing from the batch gives None."""
