@@ -156,3 +156,26 @@ def test_video_encoder_resizes_frames_before_the_backbone():
     frames = torch.rand(3, 3, 64, 112)
     feats = video.frame_features(frames[None], torch.ones(1, 3, dtype=torch.bool))
     assert seen == [(3, 3, 32, 48)] and feats.shape == (1, 3, 8)
+
+
+@pytest.mark.parametrize("t0, dt", [(0.0, 0.5), (0.015, 0.04)])  # video pts (2 fps), audio frame centres
+def test_event_tokens_read_the_sequence_at_their_own_times(t0, dt):
+    """Each span token is the fused sequence at its time, frame k sitting at ``times[k]`` (the
+    frames' centres, ``TemporalFeatures``). Before, frame k was taken to sit at (k + 0.5) dt
+    whatever the times: on video timestamps (first frame at 0 s) every token read the sequence
+    half a frame period (0.25 s at 2 fps) before its time."""
+    from dense3d.models.proposals.events.event_head import EventPredictions
+
+    torch.manual_seed(0)
+    T, D, Q, duration = 40, 8, 3, 20 * dt + t0
+    head = EventHead(D, num_classes=1, num_queries=Q, num_layers=1, num_heads=2, max_events=3, span_tokens=4).eval()
+    times = (t0 + dt * torch.arange(T, dtype=torch.float32))[None]  # (1, T)
+    memory = times[..., None].expand(1, T, D).clone()  # every channel holds the frame's time
+    t01 = torch.tensor([0.3, 0.7]) * duration  # well inside the sequence (no clamping at its ends)
+    spans = torch.tensor([[(t01[0] + t01[1]) / 2, t01[1] - t01[0]]]).expand(Q, 2)[None] / duration
+    count = torch.tensor([[0.0, 5.0, 0.0, 0.0]])  # one event
+    pred = EventPredictions(torch.zeros(1, Q, 2), spans, torch.tensor([0.0, 1.0]).expand(1, Q, 2), count, torch.zeros(1, Q, D))
+    r = head.regions(pred, memory, times, torch.tensor([duration]))
+    u = (torch.arange(4) + 0.5) / 4
+    want = t01[0] + (t01[1] - t01[0]) * u
+    assert r.tokens[0, 0, :, 0].tolist() == pytest.approx(want.tolist(), abs=1e-4)

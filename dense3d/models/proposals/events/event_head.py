@@ -260,13 +260,13 @@ class EventHead(nn.Module):
         feats = gather(pred.queries)
         az = gather(pred.azimuth)
         # sample the sequence inside each span: seconds -> [-1, 1] over the T frames (frame k
-        # covers [k dt, (k + 1) dt), grid_sample with align_corners=False)
+        # sits at its centre times[k] = times[0] + k dt, grid_sample with align_corners=False)
         T = memory.shape[1]
         dt = (times[:, 1] - times[:, 0]) if T > 1 else durations.to(times.dtype)  # (B,)
         dtype = torch.promote_types(memory.dtype, torch.float32)  # seconds: not in 16 bits under autocast
         u = (torch.arange(self.span_tokens, device=memory.device, dtype=dtype) + 0.5) / self.span_tokens
         pos = (t01[..., :1].to(dtype) + (t01[..., 1:] - t01[..., :1]).to(dtype) * u) * durations.to(dtype).view(B, 1, 1)  # (B, R, P) seconds
-        x = pos / (T * dt.to(dtype)).view(B, 1, 1) * 2 - 1
+        x = ((pos - times[:, :1, None].to(dtype)) / dt.to(dtype).view(B, 1, 1) + 0.5) / T * 2 - 1
         grid = torch.stack([x, torch.zeros_like(x)], dim=-1).view(B, R * self.span_tokens, 1, 2)
         seq = memory.to(dtype).transpose(1, 2)[:, :, None]  # (B, T, D) -> (B, D, 1, T)
         tokens = F.grid_sample(seq, grid, mode="bilinear", align_corners=False)  # (B, D, R * P, 1)
