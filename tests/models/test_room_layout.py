@@ -44,3 +44,17 @@ def test_wall_gaps_of_a_corner_a_wall_and_a_middle_box_per_sample():
     # a sample without points has no room: zeros
     only_first = points[points[:, 0] == 0]
     assert torch.all(wall_gaps(only_first, boxes, mask)[1] == 0)
+
+
+def test_room_extent_of_a_large_cloud_is_reproducible_and_leaves_the_global_rng_alone():
+    """Over a million points the extent comes from a subset: the same for the same cloud, and
+    drawn without the global RNG (a random subset changed every later random draw of training)."""
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(1_500_001, 2, generator=g) * torch.tensor([6.0, 4.0])  # (N, 2) a 6 m x 4 m room
+    torch.manual_seed(1)
+    before = torch.rand(3)
+    torch.manual_seed(1)
+    first = room_extent(xy)
+    assert torch.equal(torch.rand(3), before)  # the global RNG did not move
+    assert torch.equal(room_extent(xy), first)
+    torch.testing.assert_close(first, torch.tensor([0.0, 6.0, 0.0, 4.0]), atol=0.05, rtol=0)
