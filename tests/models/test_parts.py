@@ -68,3 +68,11 @@ def test_bev_grid_must_tile_the_range():
     assert bev_grid_shape(RANGE, 0.8) == (128, 128)
     with pytest.raises(ConfigError, match="cell_size"):
         bev_grid_shape(RANGE, 0.7)
+
+
+@pytest.mark.parametrize("depth_bins", [(1.0, 60.0, 0.0), (60.0, 1.0, 1.0), (1.0, 60.0)])
+def test_lss_depth_bins_must_give_bins(depth_bins):
+    """A zero step, reversed bounds or two numbers raised torch's RuntimeError from arange (or a
+    ValueError from unpacking) at build time, naming no field."""
+    with pytest.raises(ConfigError, match="depth_bins"):
+        LSSViewTransform(8, 8, RANGE, 0.8, depth_bins=depth_bins)

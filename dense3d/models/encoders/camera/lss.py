@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from dense3d.errors import ConfigError
 from dense3d.models.encoders.bev_grid import bev_grid_shape
 from dense3d.ops import bev_pool
 
@@ -42,6 +43,9 @@ class LSSViewTransform(nn.Module):
         self.point_range = tuple(float(v) for v in point_range)
         self.cell_size = float(cell_size)
         self.grid_size = bev_grid_shape(self.point_range, self.cell_size, "LSSViewTransform")
+        if len(depth_bins) != 3 or not 0 <= float(depth_bins[0]) < float(depth_bins[1]) or float(depth_bins[2]) <= 0:
+            raise ConfigError("LSSViewTransform", "depth_bins", "(d_min, d_max, step) metres with 0 <= d_min < d_max and step > 0",
+                              got=list(depth_bins))
         d0, d1, step = (float(v) for v in depth_bins)
         self.register_buffer("depths", torch.arange(d0, d1, step) + step / 2, persistent=False)  # (D,) bin centres
         self.in_channels, self.out_channels = in_channels, out_channels
