@@ -131,3 +131,13 @@ def test_range_filters_run_after_the_global_augmentations():
             assert min(filters) > max(augments), f"{path.name}: {targets}"
             checked += 1
     assert checked >= 1
+
+
+def test_no_data_config_normalises_camera_images():
+    """Images reach the model in [0, 1]: CameraEncoder(normalize=true) and the image region
+    encoder apply the ImageNet mean and std themselves (tod3cap.yaml normalised them twice)."""
+    for path in sorted((CONFIG_DIR / "data").glob("*.yaml")):
+        steps = OmegaConf.select(OmegaConf.load(path), "transforms.transforms", default=None) or {}
+        targets = [str(v.get("_target_", "")) for v in steps.values() if OmegaConf.is_dict(v)]
+        assert "dense3d.data.transforms.ImageNormalize" not in targets, path.name
+    assert OmegaConf.load(CONFIG_DIR / "model" / "encoder" / "camera_lss.yaml").normalize is True
