@@ -183,6 +183,17 @@ def test_targets_put_gaussian_peaks_at_box_centres():
     assert d.labels.tolist() == [1] and d.boxes[0].tolist() == pytest.approx(boxes[0].tolist(), abs=1e-5)
 
 
+def test_boxes_past_max_objects_keep_their_heatmap_peaks():
+    """Past max_objects only the regression targets stop: a crowded group's later boxes were
+    left out of the heatmap too, and so trained as background."""
+    head = CenterHead(8, [["a", "b"]], (0.0, 0.0, -1.0, 10.0, 10.0, 1.0), 1.0, head_channels=8, with_velocity=False,
+                      max_objects=1)
+    boxes = torch.tensor([[2.5, 7.5, 0.2, 1.0, 1.0, 1.5, 0.0], [7.5, 2.5, 0.2, 1.0, 1.0, 1.5, 0.0]])
+    t = head.targets([boxes], [torch.tensor([0, 0])])
+    assert t.heatmaps[0][0, 0, 7, 2] == 1.0 and t.heatmaps[0][0, 0, 2, 7] == 1.0
+    assert t.masks[0].shape == (1, 1) and t.indices[0][0, 0] == 7 * 10 + 2
+
+
 @pytest.mark.slow
 def test_box_loss_goes_down_when_overfitting_one_sample(samples):
     """A light LiDAR + camera detector (0.8 m voxels, 64 x 176 images) overfits the keyframe."""

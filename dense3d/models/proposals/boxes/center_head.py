@@ -88,7 +88,8 @@ class CenterHead(nn.Module):
         head_channels: hidden channels.
         with_velocity: regress ``vx, vy``.
         axis_aligned: indoor mode (no yaw; axis-aligned NMS).
-        max_objects: padded number of targets per sample and group.
+        max_objects: padded number of regression targets per sample and group (CenterPoint:
+            500); the boxes after them still get their heatmap peaks.
         min_overlap, min_radius: Gaussian splat radius (CenterPoint: 0.1, 2).
         top_k: peaks kept per group before NMS.
         score_threshold, nms_iou_threshold, max_detections: decoding.
@@ -107,7 +108,7 @@ class CenterHead(nn.Module):
         head_channels: int = 64,
         with_velocity: bool = True,
         axis_aligned: bool = False,
-        max_objects: int = 128,
+        max_objects: int = 500,
         min_overlap: float = 0.1,
         min_radius: int = 2,
         top_k: int = 100,
@@ -186,7 +187,7 @@ class CenterHead(nn.Module):
                 m = 0
                 for k in range(boxes.shape[0]):
                     local = int(labels[k]) - offset
-                    if not 0 <= local < n or m >= self.max_objects:
+                    if not 0 <= local < n:
                         continue
                     box = boxes[k]
                     cx = (float(box[0]) - x_min) / self.cell_size
@@ -197,6 +198,8 @@ class CenterHead(nn.Module):
                     l, w = float(box[3]) / self.cell_size, float(box[4]) / self.cell_size
                     radius = max(self.min_radius, int(gaussian_radius(l, w, self.min_overlap)))
                     self._draw_gaussian(heat[b, local], ix, iy, radius)
+                    if m >= self.max_objects:  # its peak still counts; only its regression is left out
+                        continue
                     code = [cx - ix, cy - iy, float(box[2]), *torch.log(box[3:6].clamp(min=1e-3)).tolist()]
                     if not self.axis_aligned:
                         code += [math.sin(float(box[6])), math.cos(float(box[6]))]
