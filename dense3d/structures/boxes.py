@@ -91,8 +91,8 @@ class Boxes3D:
         t = torch.as_tensor(tensor)
         if not t.is_floating_point():
             t = t.to(torch.float32)
-        if t.numel() == 0:
-            t = t.reshape(0, 7)
+        if t.numel() == 0 and not (t.dim() == 2 and t.shape[1] == 9):
+            t = t.reshape(0, 7)  # [] or (0,) -> (0, 7); (0, 9) keeps its velocity columns
         if t.dim() != 2 or t.shape[1] not in (7, 9):
             raise BoxError(source, "boxes", "shape (N, 7) or (N, 9)", got=f"shape {tuple(t.shape)}")
         if not bool(torch.isfinite(t).all()):
@@ -298,7 +298,7 @@ class Boxes3D:
             t = t.reshape(0, 6)
         if t.dim() != 2 or t.shape[1] < 6:
             raise BoxError(source, "boxes", "shape (N, 6) [cx, cy, cz, dx, dy, dz]", got=f"shape {tuple(t.shape)}")
-        yaw = torch.zeros(t.shape[0], 1, dtype=t.dtype)
+        yaw = torch.zeros(t.shape[0], 1, dtype=t.dtype, device=t.device)
         return cls(torch.cat([t[:, 0:6], yaw], 1), source=source, allow_zero_size=allow_zero_size)
 
     def to_scannet(self) -> torch.Tensor:

@@ -147,3 +147,20 @@ def test_real_nuscenes_points_in_boxes_match_num_lidar_pts(samples):
     bottom = Boxes3D.from_mmdet3d(raw, origin=(0.5, 0.5, 0.0))
     wrong = int((bottom.points_in_boxes(pts).sum(0).numpy() == counts).sum())
     assert wrong < 25 and wrong < match
+
+
+def test_empty_boxes_with_velocity_keep_nine_columns():
+    # zero detections of a velocity head: (0, 9) must stay (0, 9), else cat with later boxes fails
+    # and .velocity is None
+    empty = Boxes3D(torch.zeros(0, 9))
+    assert empty.box_dim == 9 and empty.velocity.shape == (0, 2)
+    assert Boxes3D.cat([empty, random_boxes(3, dim=9)]).tensor.shape == (3, 9)
+    assert Boxes3D([]).tensor.shape == (0, 7) and Boxes3D(torch.zeros(0)).tensor.shape == (0, 7)
+
+
+def test_from_scannet_keeps_the_input_device(monkeypatch):
+    # the yaw column is made on the boxes' device (a CUDA input failed in torch.cat); meta tensors
+    # stand in for CUDA here, with validation (which reads values) skipped
+    monkeypatch.setattr(Boxes3D, "__init__", lambda self, tensor, **kw: setattr(self, "tensor", tensor))
+    b = Boxes3D.from_scannet(torch.zeros(2, 6, device="meta"))
+    assert b.tensor.device.type == "meta" and b.tensor.shape == (2, 7)
