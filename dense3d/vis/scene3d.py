@@ -9,12 +9,15 @@ display exists.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from dense3d.errors import DependencyError
 from dense3d.structures import BOX_EDGES, Boxes3D
 from dense3d.vis.colors import height_colors
 from dense3d.vis.labels import draw_labels
@@ -102,6 +105,43 @@ def _point_cloud(o3d, points: np.ndarray, colors: np.ndarray | None):
     return pc
 
 
+_RENDERER_OK: bool = False
+
+_PROBE = (
+    "import numpy as np, open3d as o3d\n"
+    "r = o3d.visualization.rendering.OffscreenRenderer(8, 8)\n"
+    "np.asarray(r.render_to_image())\n"
+)
+
+
+def check_offscreen_renderer() -> None:
+    """Make sure Open3D's offscreen renderer starts, once per process.
+
+    Without a usable Vulkan / EGL device Filament does not raise: it aborts the whole process
+    (``utils::PostconditionPanic``, status 134), so a failed render could not be caught. The
+    renderer is therefore first started in a child process.
+
+    Raises:
+        DependencyError: open3d is missing or its renderer does not start (one line, with the
+            renderer's last message).
+    """
+    global _RENDERER_OK
+    if _RENDERER_OK:
+        return
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300)
+        ok, lines = proc.returncode == 0, (proc.stderr or proc.stdout).strip().splitlines()
+    except subprocess.TimeoutExpired:
+        ok, lines = False, ["no image after 300 s"]
+    if not ok:
+        last = next((ln for ln in reversed(lines) if ln.strip() and not ln.startswith("in ")), "no message")
+        raise DependencyError(
+            "Open3D offscreen renderer", "Vulkan/EGL device",
+            "a renderer that starts (Debian: libusb-1.0-0 libgl1 libegl1 mesa-vulkan-drivers libvulkan1)",
+            got=last.strip())
+    _RENDERER_OK = True
+
+
 def render_scene(
     points: np.ndarray,
     point_colors: np.ndarray | None = None,
@@ -122,7 +162,11 @@ def render_scene(
         view: the camera; ``default_view(points)`` when None.
         draw_text: draw each layer's labels at the top centre of its boxes (after rendering,
             with PIL: Filament's offscreen renderer has no text).
+
+    Raises:
+        DependencyError: the offscreen renderer does not start (see ``check_offscreen_renderer``).
     """
+    check_offscreen_renderer()
     import open3d as o3d
 
     view = view or default_view(points)
