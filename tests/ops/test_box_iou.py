@@ -103,6 +103,30 @@ def test_degenerate_pairs_match_shapely(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_boxes_far_from_the_origin(backend):
+    """The shoelace sums ran in absolute coordinates: far from the origin they cancelled, and two
+    identical 1 mm boxes at x = y = 1e5 m got IoU 0 (1 cm boxes 1.02, 10 cm boxes 1.0002). The
+    IoU must not depend on where the pair sits: compare with the same pair at the origin."""
+    from dense3d.ops import nms_bev
+
+    g = torch.Generator().manual_seed(3)
+    for size in [1e-3, 1e-2, 0.1, 2.0]:
+        a = random_boxes(20, seed=7, spread=size)
+        a[:, 3:6] = a[:, 3:6] * size
+        b = a.clone()
+        b[:, :2] += torch.randn(20, 2, generator=g, dtype=torch.float64) * size * 0.3
+        b[:, 6] += torch.randn(20, generator=g, dtype=torch.float64) * 0.2
+        near = boxes_iou_bev(a, b, backend=backend)
+        for far in [1e3, 1e5, -3e5]:
+            shift = torch.tensor([far, -far, 0, 0, 0, 0, 0], dtype=torch.float64)
+            got = boxes_iou_bev(a + shift, b + shift, backend=backend)
+            torch.testing.assert_close(got, near, rtol=0, atol=1e-6)
+            assert torch.allclose(boxes_iou_bev(a + shift, a + shift, backend=backend).diagonal(), torch.ones(20, dtype=torch.float64), atol=1e-6)
+    tiny = torch.tensor([[1e5, 1e5, 0, 1e-3, 1e-3, 1, 0.3]] * 2, dtype=torch.float64)
+    assert nms_bev(tiny, torch.tensor([0.9, 0.8], dtype=torch.float64), 0.5, backend=backend).tolist() == [0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_box_without_bev_area_overlaps_nothing(backend):
     """Boxes around the origin against boxes of no BEV area there (a point, a segment): IoU 0.
 

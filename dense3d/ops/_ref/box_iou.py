@@ -59,8 +59,13 @@ def _area(poly: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
 
 
 def bev_intersection_pairs(ca: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
-    """Intersection areas of K pairs of convex CCW quadrilaterals (K, 4, 2) x (K, 4, 2) -> (K,)."""
+    """Intersection areas of K pairs of convex CCW quadrilaterals (K, 4, 2) x (K, 4, 2) -> (K,).
+
+    Both are first moved so that A's corner 0 is the origin (far from the origin the shoelace
+    sums would cancel catastrophically), as the C++/CUDA kernel does."""
     k = ca.shape[0]
+    origin = ca[:, :1].clone()  # (K, 1, 2)
+    ca, cb = ca - origin, cb - origin
     poly = ca.new_zeros(k, _MAX_VERTS, 2)
     poly[:, :4] = ca
     n = torch.full((k,), 4, dtype=torch.long, device=ca.device)
