@@ -12,6 +12,7 @@ Conventions (same for both backends and both modes):
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -28,13 +29,17 @@ def voxel_grid_size(voxel_size, point_range, op: str = "voxelize") -> list[int]:
     """Voxels per axis ``[nx, ny, nz]`` for ``voxel_size`` (3,) and ``point_range`` (6,)."""
     vs = as_float_list(op, "voxel_size", voxel_size, 3)
     pr = as_float_list(op, "point_range", point_range, 6)
-    if any(not v > 0 for v in vs):
-        raise OpInputError(op, "voxel_size", "3 numbers > 0", got=vs)
-    grid = [int(round((pr[i + 3] - pr[i]) / vs[i])) for i in range(3)]
+    if any(not (v > 0 and math.isfinite(v)) for v in vs):
+        raise OpInputError(op, "voxel_size", "3 finite numbers > 0", got=vs)
+    if not all(math.isfinite(v) for v in pr):
+        raise OpInputError(op, "point_range", "6 finite numbers", got=pr)
+    quot = [(pr[i + 3] - pr[i]) / vs[i] for i in range(3)]
+    grid = [round(q) if abs(q) < 2**62 else int(math.copysign(2**62, q)) for q in quot]  # also for an overflowing quotient
     if any(g <= 0 for g in grid):
         raise OpInputError(op, "point_range", "[x0, y0, z0, x1, y1, z1] with x1 > x0, y1 > y0, z1 > z0 (at least one voxel)", got=pr)
-    if grid[0] * grid[1] * grid[2] >= 2**62:
-        raise OpInputError(op, "voxel_size", "a grid of fewer than 2**62 voxels", got=grid)
+    if any(g >= 2**31 for g in grid) or grid[0] * grid[1] * grid[2] >= 2**62:
+        # coords are int32, linear voxel keys int64
+        raise OpInputError(op, "voxel_size", "a grid of fewer than 2**31 voxels per axis and 2**62 in all", got=grid)
     return grid
 
 

@@ -129,6 +129,23 @@ def test_bad_input_raises_one_line_errors():
     assert voxel_grid_size([0.075, 0.075, 0.2], [-54, -54, -5, 54, 54, 3]) == [1440, 1440, 40]
 
 
+def test_non_finite_ranges_and_int32_overflowing_grids_are_one_line_errors():
+    """A NaN / inf range was a ValueError / OverflowError from round(); a grid of 2**31 or more
+    voxels along an axis gave wrapped int32 coords (x = 5e9 came back as 705032704)."""
+    pts = torch.tensor([[0.5, 0.5, 0.5]])
+    for vs, pr, text in [
+        ([0.1] * 3, [0, 0, 0, float("nan"), 1, 1], "finite"),
+        ([0.1] * 3, [0, 0, 0, float("inf"), 1, 1], "finite"),
+        ([0.1] * 3, [-1e308, 0, 0, 1e308, 1, 1], "2**31"),
+        ([float("inf"), 0.1, 0.1], [0, 0, 0, 1, 1, 1], "finite"),
+        ([1e-10, 1, 1], [0, 0, 0, 1, 1, 1], "2**31"),
+    ]:
+        for backend in ["ext", "torch"]:
+            with pytest.raises(OpInputError) as e:
+                voxelize(pts, vs, pr, backend=backend)
+            assert text in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("backend", ["ext", "torch"])
 def test_cuda_equals_cpu(samples, backend):
