@@ -29,8 +29,10 @@ def draw_boxes_on_image(
     line_width: int = 3,
     min_depth: float = 0.5,
 ) -> np.ndarray:
-    """Draw the edges of every box in front of the camera (both ends deeper than ``min_depth``)
-    onto an (H, W, 3) uint8 image; captions go at each box's top centre. Returns a new image."""
+    """Draw the edges of every box onto an (H, W, 3) uint8 image, each edge clipped to the part
+    deeper than ``min_depth`` (a box partly behind the camera keeps its visible part; drawing the
+    part behind would wrap around); captions go at each box's top centre when that face is in
+    front. Returns a new image."""
     from PIL import Image, ImageDraw
 
     img = Image.fromarray(np.ascontiguousarray(image))
@@ -39,12 +41,21 @@ def draw_boxes_on_image(
     anchors, texts, text_colors = [], [], []
     for i in range(len(boxes)):
         uv, depth = project_points(corners[i], lidar2img)
-        if (depth < min_depth).any():
-            continue  # behind or too close to the camera: drawing it would wrap around
+        if (depth < min_depth).all():
+            continue  # wholly behind or too close to the camera
         fill = tuple(int(255 * c) for c in colors[i])
         for a, b in BOX_EDGES:
-            draw.line([tuple(uv[a]), tuple(uv[b])], fill=fill, width=line_width)
-        if i < len(captions):
+            (pa, da), (pb, db) = (corners[i][a], depth[a]), (corners[i][b], depth[b])
+            if da < min_depth and db < min_depth:
+                continue
+            if da < min_depth or db < min_depth:  # depth is affine along the edge: cut it at min_depth
+                cut = pa + (min_depth - da) / (db - da) * (pb - pa)
+                pa, pb = (cut, pb) if da < min_depth else (pa, cut)
+                ends, _ = project_points(np.stack([pa, pb]), lidar2img)  # (2, 2)
+            else:
+                ends = uv[[a, b]]
+            draw.line([tuple(ends[0]), tuple(ends[1])], fill=fill, width=line_width)
+        if i < len(captions) and (depth[4:8] >= min_depth).all():
             anchors.append(uv[4:8].mean(0))  # top face centre
             texts.append(captions[i])
             text_colors.append(colors[i])
