@@ -20,9 +20,9 @@ def draw_labels(
     font = ImageFont.load_default()
     H, W = image.shape[:2]
     for (u, v), text, color in zip(np.asarray(uv).reshape(-1, 2), texts, np.asarray(colors).reshape(-1, 3)):
-        if not (0 <= u < W and 0 <= v < H) or not text:
-            continue
-        lines = textwrap.wrap(text, width_chars)[:3]
+        lines = textwrap.wrap(text or "", width_chars)[:3]
+        if not (0 <= u < W and 0 <= v < H) or not lines:
+            continue  # outside the image, or nothing but whitespace to write
         x0, y0 = int(u) + 3, int(v) - 12 * len(lines) - 3
         fill = tuple(int(255 * c) for c in color)
         tw = max(draw.textlength(ln, font=font) for ln in lines)

@@ -76,8 +76,11 @@ class RenderedScene:
 
 def default_view(points: np.ndarray, outdoor: bool | None = None) -> SceneView:
     """A chase view from above and behind (outdoor, LiDAR at the origin) or an oblique view of the
-    whole room (indoor); ``outdoor`` is guessed from the extent when None."""
+    whole room (indoor); ``outdoor`` is guessed from the extent when None. No points: a view of
+    the 20 m around the origin."""
     xyz = points[:, :3]
+    if len(xyz) == 0:  # an empty scan (or all points filtered away): percentiles of nothing fail
+        xyz = np.array([[-10.0, -10.0, 0.0], [10.0, 10.0, 0.0]])
     lo, hi = np.percentile(xyz, 2, axis=0), np.percentile(xyz, 98, axis=0)
     extent = float(np.max(hi[:2] - lo[:2]))
     if outdoor is None:

@@ -62,3 +62,17 @@ def test_box_partly_behind_the_camera_is_drawn_clipped():
     behind = Boxes3D.from_scannet([[0.0, 0.0, -3.0, 2.0, 2.0, 2.0]])
     assert not _red(draw_boxes_on_image(np.zeros((400, 400, 3), np.uint8), behind, lidar2img, RED[None])).any()
 
+
+def test_blank_captions_are_skipped_not_a_crash():
+    from dense3d.vis.labels import draw_labels
+
+    img = np.zeros((60, 60, 3), np.uint8)
+    out = draw_labels(img, np.array([[10, 40], [20, 40], [30, 40]]), ["  ", "\n", ""], np.tile(RED, (3, 1)))
+    assert (out == img).all()
+
+
+def test_default_view_of_an_empty_scene():
+    from dense3d.vis import default_view
+
+    view = default_view(np.zeros((0, 3), np.float32))
+    assert np.isfinite(view.eye).all() and np.isfinite(view.center).all()
