@@ -229,6 +229,29 @@ def test_bad_input_raises_one_line_sparse_tensor_error(make, match):
         assert match in str(e.value)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda b: SparseConv3d(3, 4, 3, stride=0, backend=b),
+        lambda b: SparseConv3d(3, 4, 0, backend=b),
+        lambda b: SparseConv3d(3, 4, (1, 1, 65), padding=(0, 0, 40), backend=b),
+        lambda b: SparseConv3d(3, 4, 3, padding=-1, backend=b),
+        lambda b: SubMConv3d(3, 4, 3, dilation=0, backend=b),
+        lambda b: SparseConv3d(3, 4, 3, dilation=(1, -1, 1), backend=b),
+    ],
+)
+def test_bad_conv_parameters_raise_one_line_sparse_tensor_error(make, backend):
+    """stride 0 was a ZeroDivisionError, kernel 0 / negative padding / dilation 0 / kernel > 64 a
+    RuntimeError from inside dense3d._C."""
+    x = random_sparse(5, (6, 6, 6), 1, 3, dtype=torch.float32)
+    with pytest.raises(SparseTensorError) as e:
+        make(backend)(x)
+    assert "\n" not in str(e.value)
+    with pytest.raises(SparseTensorError, match="kernel_size"):
+        build_kernel_map(x.indices, x.spatial_shape, (3, 3), (1, 1, 1), (0, 0, 0), (1, 1, 1), False, backend)
+
+
 def test_duplicates_are_caught_when_validation_is_skipped():
     idx = torch.tensor([[0, 1, 1, 1], [0, 1, 1, 1]], dtype=torch.int32)
     x = SparseTensor(torch.zeros(2, 3), idx, (4, 4, 4), 1, validate=False)

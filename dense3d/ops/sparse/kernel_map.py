@@ -14,6 +14,7 @@ and cached in the tensor's ``indice_dict``. Algorithm (``csrc/sparse_conv/sparse
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -97,6 +98,14 @@ def build_kernel_map(
     """
     ndim = len(spatial_shape)
     ks, st, dl = tuple(kernel_size), tuple(stride), tuple(dilation)
+    src = "SubMConv" if subm else "SparseConv"
+    for name, vals, lo, hi in (("kernel_size", ks, 1, 64), ("stride", st, 1, None), ("dilation", dl, 1, None), ("padding", tuple(padding), 0, None)):
+        if subm and name in ("stride", "padding"):
+            continue  # ignored by a submanifold conv
+        ok = len(vals) == ndim and all(isinstance(v, numbers.Integral) and v >= lo and (hi is None or v <= hi) for v in vals)
+        if not ok:  # the C++ kernels take kernels of at most 64 per axis
+            want = f"{ndim} ints >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+            raise SparseTensorError(src, name, want, got=vals)
     if subm:
         if any(k % 2 == 0 for k in ks):
             raise SparseTensorError("SubMConv", "kernel_size", "odd sizes (the kernel is centred on each site)", got=ks)
