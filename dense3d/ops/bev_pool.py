@@ -64,7 +64,11 @@ def bev_pool(
         raise OpInputError(src, "features", "a float tensor of shape (N, C)", got=f"{features.dtype} {tuple(features.shape)}")
     if coords.dim() != 2 or coords.shape[1] != 3 or coords.shape[0] != features.shape[0] or coords.is_floating_point():
         raise OpInputError(src, "coords", f"an integer tensor of shape ({features.shape[0]}, 3)", got=f"{coords.dtype} {tuple(coords.shape)}")
+    if coords.device != features.device:  # the kernels would read one device's memory from the other
+        raise OpInputError(src, "coords", f"a tensor on {features.device} like features", got=str(coords.device))
     H, W = int(grid_size[0]), int(grid_size[1])
+    if int(batch_size) < 0 or H < 0 or W < 0:
+        raise OpInputError(src, "grid_size", "batch_size and grid_size (H, W) >= 0", got=(batch_size, tuple(grid_size)))
     num_cells = int(batch_size) * H * W
     coords = coords.long().contiguous()
     if features.dtype in (torch.float16, torch.bfloat16):

@@ -61,6 +61,24 @@ def test_empty_and_bad_input():
         bev_pool(torch.zeros(3, 4, dtype=torch.long), torch.zeros(3, 3, dtype=torch.long), 1, (2, 2))
 
 
+def test_negative_grid_is_a_one_line_error():
+    """A negative H, W or batch size was a RuntimeError from at::zeros / torch.zeros."""
+    for backend in ["ext", "torch"]:
+        for b, hw in [(1, (-1, 4)), (1, (4, -2)), (-1, (4, 4))]:
+            with pytest.raises(OpInputError, match="grid_size"):
+                bev_pool(torch.zeros(3, 2), torch.zeros(3, 3, dtype=torch.long), b, hw, backend=backend)
+
+
+@pytest.mark.cuda
+def test_coords_on_another_device_is_a_one_line_error():
+    """The ext kernels read coords through a raw pointer: CPU features with CUDA coords read
+    device memory on the host (a crash), CUDA features with CPU coords the reverse."""
+    feats, coords, b, hw = _inputs(n=50, c=4)
+    for f, c in [(feats, coords.cuda()), (feats.cuda(), coords)]:
+        with pytest.raises(OpInputError, match="coords"):
+            bev_pool(f, c, b, hw, backend="ext")
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_16_bit_features_are_pooled_in_float32(dtype):
     feats, coords, b, hw = _inputs(n=2000, c=16)
