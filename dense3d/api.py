@@ -53,6 +53,9 @@ class DenseCaptionerRun:
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError("DenseCaptionerRun.caption_many", "batch_size", "an integer >= 1", got=batch_size)
+        if isinstance(samples, Sample) or not isinstance(samples, Iterable):
+            raise ConfigError("DenseCaptionerRun.caption_many", "samples", "a list of dense3d Samples (caption() takes one)",
+                              got=type(samples).__name__)
         samples = list(samples)
         bad = next((i for i, s in enumerate(samples) if not isinstance(s, Sample)), None)
         if bad is not None:
