@@ -77,9 +77,11 @@ def markdown_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str] 
     columns = list(columns or rows[0].keys())
 
     def fmt(v):
-        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+        # a cell is one line, and a '|' in it (a generated caption may hold either) would split it
+        s = f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+        return " ".join(s.split()).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(fmt(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 

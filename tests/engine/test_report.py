@@ -22,3 +22,10 @@ def test_curves_and_report(tmp_path):
     rep = write_report(tmp_path / "report.md", "Run", [("Metrics", table)], [("curves", png)])
     text = rep.read_text()
     assert "## Metrics" in text and "![curves](curves.png)" in text
+
+
+def test_markdown_table_cells_with_pipes_and_newlines_stay_in_their_cell():
+    table = markdown_table([{"scene": "a", "caption": "a car | left\nof the bus"}])
+    rows = table.strip().splitlines()
+    assert len(rows) == 3, rows  # header, rule, one row
+    assert rows[2] == "| a | a car \\| left of the bus |"
