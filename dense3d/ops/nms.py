@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from dense3d.errors import OpInputError
 from dense3d.ops._backend import ext, resolve_backend
 from dense3d.ops._checks import check_boxes, check_labels, check_positive_int, check_scores, check_threshold
 from dense3d.ops._ref import nms as _ref_nms
@@ -21,6 +22,9 @@ def _nms(op, boxes, scores, labels, iou_threshold, pre_max, post_max, backend) -
     scores = check_scores(op, scores, boxes.shape[0])
     if labels is not None:
         labels = check_labels(op, labels, boxes.shape[0]).to(torch.long)
+    for name, t in (("scores", scores), ("labels", labels)):
+        if t is not None and t.device != boxes.device:  # indexing one by the other's order would fail deep inside
+            raise OpInputError(op, name, f"a tensor on {boxes.device} like boxes", got=str(t.device))
     thr = check_threshold(op, "iou_threshold", iou_threshold)
     pre_max = check_positive_int(op, "pre_max", pre_max, allow_none=True)
     post_max = check_positive_int(op, "post_max", post_max, allow_none=True)

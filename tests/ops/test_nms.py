@@ -119,6 +119,21 @@ def test_bad_input_raises_one_line_errors():
 
 
 @pytest.mark.cuda
+def test_scores_or_labels_on_another_device_are_one_line_errors():
+    """CUDA scores with CPU boxes failed in boxes[order] (indices on another device), CPU labels
+    with CUDA boxes in labels[order]: RuntimeErrors from deep inside."""
+    boxes, scores, labels = clustered_boxes(10, 0)
+    cases = [
+        (lambda: nms_bev(boxes, scores.cuda(), 0.5), "scores"),
+        (lambda: nms_bev(boxes.cuda(), scores, 0.5), "scores"),
+        (lambda: batched_nms_bev(boxes.cuda(), scores.cuda(), labels, 0.5), "labels"),
+    ]
+    for fn, field in cases:
+        with pytest.raises(OpInputError, match=field):
+            fn()
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("backend", ["ext", "torch"])
 def test_cuda_equals_cpu(backend):
     boxes, scores, labels = clustered_boxes(1500, 3)  # > 64: several mask tiles
