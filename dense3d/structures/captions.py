@@ -33,8 +33,12 @@ class DenseCaption:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.region = tuple(float(v) for v in self.region)
         src = f"DenseCaption({self.label!r})"
+        try:
+            self.region = tuple(float(v) for v in self.region)
+        except (TypeError, ValueError):  # None, a number, strings: not a list of numbers
+            err = EventError if self.kind == "event" else BoxError
+            raise err(src, "region", "a list of numbers", got=repr(self.region)) from None
         if self.kind == "box":
             if len(self.region) != 7 or not all(math.isfinite(v) for v in self.region):
                 raise BoxError(src, "region", "7 finite numbers (x, y, z, dx, dy, dz, yaw)", got=list(self.region))
@@ -47,9 +51,13 @@ class DenseCaption:
                 raise EventError(src, "region", "t1 >= t0", got=list(self.region))
         else:
             raise PredictionFormatError(src, "kind", "'box' or 'event'", got=repr(self.kind))
-        if not math.isfinite(float(self.score)):
-            raise PredictionFormatError(src, "score", "a finite number", got=self.score)
-        self.score = float(self.score)
+        try:
+            score = float(self.score)
+        except (TypeError, ValueError):
+            score = math.nan
+        if not math.isfinite(score):
+            raise PredictionFormatError(src, "score", "a finite number", got=repr(self.score))
+        self.score = score
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (the evaluation tools' per-region prediction record)."""
@@ -68,7 +76,7 @@ class DenseCaption:
             if key not in d:
                 raise PredictionFormatError(source, key, "present")
         if "box" in d:
-            return cls("box", tuple(d["box"]), d["score"], d["label"], d["caption"], d.get("extra", {}))
+            return cls("box", d["box"], d["score"], d["label"], d["caption"], d.get("extra", {}))
         if "timestamp" in d:
-            return cls("event", tuple(d["timestamp"]), d["score"], d["label"], d["caption"], d.get("extra", {}))
+            return cls("event", d["timestamp"], d["score"], d["label"], d["caption"], d.get("extra", {}))
         raise PredictionFormatError(source, "box|timestamp", "one of the two keys")

@@ -41,3 +41,19 @@ def test_dense_caption_round_trip_and_errors():
         DenseCaption("event", (3.0, 2.0), 0.9, "horn", "x")
     with pytest.raises(PredictionFormatError):
         DenseCaption.from_dict({"score": 1.0, "label": "car"}, source="pred.json")
+
+
+@pytest.mark.parametrize(
+    "record, error",
+    [
+        ({"box": None, "score": 0.5, "label": "car", "caption": "x"}, BoxError),
+        ({"box": 3.0, "score": 0.5, "label": "car", "caption": "x"}, BoxError),
+        ({"box": ["a"] * 7, "score": 0.5, "label": "car", "caption": "x"}, BoxError),
+        ({"timestamp": [None, 2], "score": 0.5, "label": "horn", "caption": "x"}, EventError),
+        ({"box": [0] * 7, "score": "high", "label": "car", "caption": "x"}, PredictionFormatError),
+        ({"box": [0] * 7, "score": None, "label": "car", "caption": "x"}, PredictionFormatError),
+    ],
+)
+def test_dense_caption_records_of_wrong_types_are_one_line_errors(record, error):
+    with pytest.raises(error):
+        DenseCaption.from_dict(record, source="preds.json")
