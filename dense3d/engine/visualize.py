@@ -69,15 +69,19 @@ def main(argv: list[str] | None = None) -> int:
         scene = args.scene or sample.sample_id
         colors = None
         cams = sample.cameras
+        known_classes = tuple(sample.boxes.class_names)
     else:
         pts = read_points_bin(args.points, args.dims).numpy()
         gt = Boxes3D(torch.zeros(0, 7))
         scene = args.scene or Path(args.points).stem
         colors = pts[:, 3:6] / 255.0 if args.dims >= 6 else None
+        known_classes = ()
 
     boxes, captions, labels = _predictions(args.pred, scene)
     pred = Boxes3D(boxes, source=f"{args.pred}:{scene}") if boxes else Boxes3D(torch.zeros(0, 7))
-    names = sorted(set(labels))
+    # one colour per class in every picture: the data set's class order first (the same in every
+    # scene), then the names it does not know, sorted
+    names = list(known_classes) + sorted(set(labels) - set(known_classes))
     pred_colors = class_colors(np.array([names.index(n) for n in labels])) if labels else np.zeros((0, 3))
     layers = [BoxLayer(gt, np.tile(np.array(GT_COLOR), (len(gt), 1)), line_width=1.5), BoxLayer(pred, pred_colors, captions, line_width=2.5)]
     rendered = render_scene(pts, colors, layers)
