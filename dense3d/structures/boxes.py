@@ -271,20 +271,19 @@ class Boxes3D:
         t = torch.as_tensor(tensor)
         if not t.is_floating_point():
             t = t.to(torch.float32)
+        z = _mmdet3d_origin_z(origin, source)
         boxes = cls(t, source=source, allow_zero_size=allow_zero_size)
-        o = torch.as_tensor(origin, dtype=boxes.tensor.dtype)
-        if tuple(o.tolist()) != (0.5, 0.5, 0.5):
+        if z != 0.5:
             t = boxes.tensor.clone()
-            # x, y and z move by (0.5 - origin) * size along the box axes; mmdet3d only moves z
-            # for LiDAR boxes (the x/y origin is always the centre there), and so do we.
-            t[:, 2] += (0.5 - o[2]) * t[:, 5]
+            t[:, 2] += (0.5 - z) * t[:, 5]  # gravity centre: half the height above a bottom origin
             boxes = cls._wrap(t)
         return boxes
 
     def to_mmdet3d(self, origin: Sequence[float] = (0.5, 0.5, 0.0)) -> torch.Tensor:
         """To mmdet3d LiDAR boxes with the given ``origin`` (default bottom centre): (N, 7|9)."""
+        z = _mmdet3d_origin_z(origin, "Boxes3D.to_mmdet3d")
         t = self.tensor.clone()
-        t[:, 2] -= (0.5 - float(origin[2])) * t[:, 5]
+        t[:, 2] -= (0.5 - z) * t[:, 5]
         return t
 
     @classmethod
@@ -307,3 +306,17 @@ class Boxes3D:
         corners = self.corners()  # (N, 8, 3)
         lo, hi = corners.min(1).values, corners.max(1).values  # (N, 3) each
         return torch.cat([(lo + hi) / 2, hi - lo], 1)
+
+
+def _mmdet3d_origin_z(origin: Sequence[float], source: str) -> float:
+    """The z fraction of an mmdet3d box ``origin``; its x and y must be 0.5 (the centre): mmdet3d
+    moves an off-centre x/y origin by the size along the *frame's* axes, whatever the yaw, which
+    no data set here uses, so it is refused rather than copied."""
+    try:
+        o = [float(v) for v in origin]
+    except (TypeError, ValueError):
+        o = []
+    if len(o) != 3 or o[0] != 0.5 or o[1] != 0.5 or not 0.0 <= o[2] <= 1.0:
+        raise BoxError(source, "origin", "(0.5, 0.5, z) with z in [0, 1] (0: bottom centre, 0.5: gravity centre)",
+                       got=origin)
+    return o[2]

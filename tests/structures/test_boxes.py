@@ -55,6 +55,11 @@ def test_mmdet3d_round_trip_and_bottom_centre():
     # gravity-centred mmdet3d input (origin 0.5) passes through unchanged
     torch.testing.assert_close(Boxes3D.from_mmdet3d(b.tensor, origin=(0.5, 0.5, 0.5)).tensor, b.tensor)
     torch.testing.assert_close(b.to_mmdet3d(origin=(0.5, 0.5, 0.5)), b.tensor)
+    # an off-centre x/y origin (mmdet3d moves it along the frame's axes, ignoring yaw) is refused
+    with pytest.raises(BoxError, match="field 'origin': expected \\(0.5, 0.5, z\\)"):
+        Boxes3D.from_mmdet3d(mm, origin=(0.0, 0.5, 0.0))
+    with pytest.raises(BoxError, match="field 'origin'"):
+        b.to_mmdet3d(origin=(0.5, 0.5))
 
 
 def test_scannet_round_trip():
