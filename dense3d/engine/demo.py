@@ -67,7 +67,8 @@ def _pictures(out_dir: Path, sample, captions, gt_captions, log_dir: Path | None
     pts = sample.points.points.numpy()
     gt = sample.boxes.boxes[:]
     pred = Boxes3D([c.region for c in captions]) if captions else Boxes3D(torch.zeros(0, 7))
-    names = sorted({c.label for c in captions})
+    known = tuple(sample.boxes.class_names)  # one colour per class, as `dense3d vis` draws it
+    names = list(known) + sorted({c.label for c in captions} - set(known))
     pred_colors = class_colors(np.array([names.index(c.label) for c in captions])) if captions else np.zeros((0, 3))
     gt_colors = np.tile(np.array(GT_COLOR), (len(gt), 1))
     top = sorted(range(len(captions)), key=lambda i: -captions[i].score)[:4]
