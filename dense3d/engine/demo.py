@@ -57,7 +57,7 @@ def _pictures(out_dir: Path, sample, captions, gt_captions, log_dir: Path | None
     the predicted boxes (class colours, labelled with their captions); its bird's-eye view."""
     from dense3d.engine.report import plot_curves, read_metrics_csv
     from dense3d.structures import Boxes3D
-    from dense3d.vis import GT_COLOR, BoxLayer, class_colors, plot_bev, render_scene, save_png
+    from dense3d.vis import GT_COLOR, BoxLayer, label_colors, plot_bev, render_scene, save_png
 
     pics = []
     if log_dir is not None:
@@ -67,9 +67,7 @@ def _pictures(out_dir: Path, sample, captions, gt_captions, log_dir: Path | None
     pts = sample.points.points.numpy()
     gt = sample.boxes.boxes[:]
     pred = Boxes3D([c.region for c in captions]) if captions else Boxes3D(torch.zeros(0, 7))
-    known = tuple(sample.boxes.class_names)  # one colour per class, as `dense3d vis` draws it
-    names = list(known) + sorted({c.label for c in captions} - set(known))
-    pred_colors = class_colors(np.array([names.index(c.label) for c in captions])) if captions else np.zeros((0, 3))
+    pred_colors = label_colors([c.label for c in captions], sample.boxes.class_names)  # as `dense3d vis` colours them
     gt_colors = np.tile(np.array(GT_COLOR), (len(gt), 1))
     top = sorted(range(len(captions)), key=lambda i: -captions[i].score)[:4]
     labels = [captions[i].text if i in top else "" for i in range(len(captions))]

@@ -41,7 +41,7 @@ def _predictions(path: str | None, scene: str) -> tuple[list, list[str], list[st
 def main(argv: list[str] | None = None) -> int:
     from dense3d.data.readers import read_points_bin
     from dense3d.structures import Boxes3D
-    from dense3d.vis import GT_COLOR, BoxLayer, class_colors, draw_boxes_on_image, plot_bev, render_scene, save_png, show_scene
+    from dense3d.vis import GT_COLOR, BoxLayer, draw_boxes_on_image, label_colors, plot_bev, render_scene, save_png, show_scene
 
     ap = argparse.ArgumentParser(prog="dense3d vis", description=__doc__.splitlines()[0])
     src = ap.add_mutually_exclusive_group(required=True)
@@ -79,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     boxes, captions, labels = _predictions(args.pred, scene)
     pred = Boxes3D(boxes, source=f"{args.pred}:{scene}") if boxes else Boxes3D(torch.zeros(0, 7))
-    # one colour per class in every picture: the data set's class order first (the same in every
-    # scene), then the names it does not know, sorted
-    names = list(known_classes) + sorted(set(labels) - set(known_classes))
-    pred_colors = class_colors(np.array([names.index(n) for n in labels])) if labels else np.zeros((0, 3))
+    pred_colors = label_colors(labels, known_classes)
     layers = [BoxLayer(gt, np.tile(np.array(GT_COLOR), (len(gt), 1)), line_width=1.5), BoxLayer(pred, pred_colors, captions, line_width=2.5)]
     rendered = render_scene(pts, colors, layers)
     save_png(rendered.image, out)
