@@ -15,6 +15,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from dense3d.engine.train import run_checkpoints
 from dense3d.errors import ConfigError
 
 __all__ = ["RefuseEarlierSweep", "earlier_sweep_checkpoint"]
@@ -24,7 +25,7 @@ def earlier_sweep_checkpoint(sweep_dir: Path) -> Path | None:
     """The first checkpoint of a job folder (``sweep_dir/<job number>/checkpoints/*.ckpt``), or None."""
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()) if sweep_dir.is_dir() else []
     for job in jobs:
-        ckpts = sorted((job / "checkpoints").glob("*.ckpt")) if (job / "checkpoints").is_dir() else []
+        ckpts = run_checkpoints(job)
         if ckpts:
             return ckpts[0]
     return None

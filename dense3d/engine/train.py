@@ -18,7 +18,7 @@ from dense3d.errors import ConfigError
 from dense3d.utils.config import instantiate_config
 from dense3d.utils.io import atomic_write
 
-__all__ = ["compose_config", "build", "fit", "init_weights", "check_new_run_folder", "check_resume_checkpoint"]
+__all__ = ["compose_config", "build", "fit", "init_weights", "check_new_run_folder", "check_resume_checkpoint", "run_checkpoints"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -206,10 +206,15 @@ def _warn_frozen_at_random(cfg: DictConfig) -> None:
               f"init_parts={random}): they keep their random initialisation", file=sys.stderr)
 
 
+def run_checkpoints(out: Path) -> list[Path]:
+    """The checkpoints a run folder holds (``out/checkpoints/*.ckpt``), sorted; [] for none."""
+    return sorted((out / "checkpoints").glob("*.ckpt")) if (out / "checkpoints").is_dir() else []
+
+
 def check_new_run_folder(out: Path) -> None:
     """A one-line ConfigError when ``out`` already holds a run's checkpoints (use --resume, another
     task_name / paths.output_dir, or delete the folder)."""
-    ckpts = sorted((out / "checkpoints").glob("*.ckpt")) if (out / "checkpoints").is_dir() else []
+    ckpts = run_checkpoints(out)
     if ckpts:
         raise ConfigError(SOURCE, "paths.output_dir", "a folder without another run's checkpoints (resume it with "
                           "--resume, or choose another task_name / paths.output_dir, or delete it)", got=str(ckpts[0]))
