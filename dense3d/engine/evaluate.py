@@ -182,7 +182,7 @@ def evaluate_run(run: str | Path, split: str = "val", regions: str = "proposals"
     truth: dict = {}
     if getattr(model, "box_detector", None) is not None:
         preds["boxes"], truth["boxes"] = box_records(samples, captions)
-        metrics["boxes"] = box_metrics(preds["boxes"], truth["boxes"], bool(model.box_detector.box_head.axis_aligned), has_text)
+        metrics["boxes"] = box_metrics(preds["boxes"], truth["boxes"], bool(model.box_detector.axis_aligned), has_text)
     if getattr(model, "event_detector", None) is not None and regions == "proposals":
         preds["events"], truth["events"] = event_records(samples, captions)
         metrics["events"] = _event_metrics(preds["events"], truth["events"], has_text)

@@ -3,6 +3,7 @@
 Wires already-built parts (nothing is built from strings here):
 
 * ``box_detector`` (``BoxDetector``): LiDAR / camera BEV -> CenterPoint boxes + region features;
+  or ``MMDet3DBoxDetector``, an mmdet3d LiDAR detector behind the same interface (optional);
 * ``event_detector`` (``EventDetector``): audio / video -> audible events + region features;
 * ``captioner`` (``RegionCaptioner``): BiCA -> Relation Q-Former -> LLaMA-Adapter -> frozen LLM;
 * ``image_regions`` (``ImageRegionEncoder``, optional): each box's appearance pooled from the
@@ -109,7 +110,7 @@ class DenseCaptioner(nn.Module):
             if box_detector is None:
                 raise ConfigError("DenseCaptioner", "class_embedding", "a box_detector (its classes are embedded)")
             dim = box_detector.region_sampler.out_channels
-            self.class_embedding = nn.Embedding(len(box_detector.box_head.class_names), dim)
+            self.class_embedding = nn.Embedding(len(box_detector.class_names), dim)
         # Each source of a box's feature is layer-normalised before the sum. Summed as they came,
         # the BEV region features (whose box-geometry MLP reads raw metres: mean norm 135 on the
         # synthetic outdoor set) drowned the camera appearance (18) and the class vector (16): at
@@ -123,7 +124,7 @@ class DenseCaptioner(nn.Module):
             if point_regions is not None:
                 self.point_norm = nn.LayerNorm(point_regions.out_channels)
         if captioner is not None and box_detector is not None and "box" not in captioner.class_names:
-            captioner.class_names["box"] = list(box_detector.box_head.class_names)  # labels -> names in outputs
+            captioner.class_names["box"] = list(box_detector.class_names)  # labels -> names in outputs
         if captioner is not None and event_detector is not None and "event" not in captioner.class_names \
                 and event_detector.event_head.class_names is not None:
             captioner.class_names["event"] = list(event_detector.event_head.class_names)
@@ -166,7 +167,7 @@ class DenseCaptioner(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     def _bev_ranges(self) -> tuple[tuple[float, float], tuple[float, float]]:
-        r = self.box_detector.box_head.point_range
+        r = self.box_detector.point_range
         return (float(r[0]), float(r[3])), (float(r[1]), float(r[4]))
 
     def _with_appearance(self, batch, r: RegionFeatures) -> RegionFeatures:
@@ -205,11 +206,11 @@ class DenseCaptioner(nn.Module):
         """Ground-truth boxes as regions (features sampled like a proposal's), one caption each
         (a random reference; None for boxes without a caption or over the per-scene cap), and
         all references of the chosen boxes (for SCST; [] elsewhere)."""
-        head = self.box_detector.box_head
+        detector = self.box_detector
         B = len(batch)
         K = max(1, max(len(s.boxes) for s in batch.samples))
         dev = bev.device
-        boxes = torch.zeros(B, K, head.box_dim, device=dev)
+        boxes = torch.zeros(B, K, detector.box_dim, device=dev)
         boxes[..., 3:6] = 1.0  # padding: unit boxes, masked out
         scores = torch.zeros(B, K, device=dev)
         labels = torch.full((B, K), -1, dtype=torch.long, device=dev)
@@ -219,10 +220,10 @@ class DenseCaptioner(nn.Module):
         for b, s in enumerate(batch.samples):
             n = len(s.boxes)
             t = s.boxes.boxes.tensor.to(dev, torch.float32)
-            boxes[b, :n] = t[:, : head.box_dim] if t.shape[1] >= head.box_dim else torch.cat(
-                [t, torch.zeros(n, head.box_dim - t.shape[1], device=dev)], 1
+            boxes[b, :n] = t[:, : detector.box_dim] if t.shape[1] >= detector.box_dim else torch.cat(
+                [t, torch.zeros(n, detector.box_dim - t.shape[1], device=dev)], 1
             )
-            names = head.class_names
+            names = detector.class_names
             labels[b, :n] = torch.tensor([names.index(s.boxes.class_names[int(k)]) if s.boxes.class_names[int(k)] in names else -1
                                           for k in s.boxes.labels.tolist()], dtype=torch.long, device=dev)
             scores[b, :n] = 1.0
@@ -264,8 +265,9 @@ class DenseCaptioner(nn.Module):
                                   if not n.startswith("region_sampler."))
             if detector_trains:
                 det = self.box_detector.loss(out, batch)
-                losses["det_heatmap"] = self.detection_weight * det["heatmap"]
-                losses["det_regression"] = self.detection_weight * det["regression"]
+                for k, v in det.items():  # ours: heatmap, regression; the mmdet3d bridge: its head's terms
+                    if k != "total":
+                        losses[f"det_{k}"] = self.detection_weight * v
             if want_captions:
                 if self.caption_regions == "gt":
                     r, caps, refs = self._gt_box_regions(out.bev, batch)
@@ -352,7 +354,7 @@ class DenseCaptioner(nn.Module):
         out = []
         for r in regions:
             if r.kind == "box":
-                names = self.box_detector.box_head.class_names
+                names = self.box_detector.class_names
             else:
                 names = self.event_detector.event_head.class_names or []
             out += [region_record(r, b, i, names, "") for i in r.mask[b].nonzero().flatten().tolist()]

@@ -95,6 +95,24 @@ class BoxDetector(nn.Module):
             raise ConfigError("BoxDetector", "loss.code_weights", f"one weight per box code channel: {box_head.code_size} "
                               f"({', '.join(box_head.code_names)})", got=list(weights))
 
+    # What DenseCaptioner reads of any box detector (this one, or the mmdet3d bridge,
+    # ``MMDet3DBoxDetector``): the classes in label order, the BEV range, the box columns.
+    @property
+    def class_names(self) -> list[str]:
+        return self.box_head.class_names
+
+    @property
+    def point_range(self) -> tuple[float, ...]:
+        return self.box_head.point_range
+
+    @property
+    def box_dim(self) -> int:
+        return self.box_head.box_dim
+
+    @property
+    def axis_aligned(self) -> bool:
+        return self.box_head.axis_aligned
+
     @property
     def bev_channels(self) -> int | None:
         """Channels of the fused BEV map the head and the region sampler read (None: an encoder
