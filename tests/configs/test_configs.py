@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+
+from tests.mmdet3d_guard import need_mmdet3d
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 ROOT_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
@@ -64,24 +65,12 @@ def _finish(obj, group: str):
     return obj
 
 
-def _mmdet3d_or_skip() -> None:
-    """Configs of the optional mmdet3d bridge instantiate where mmdet3d is installed. `make test`
-    (tools/run_tests.sh) installs it while the tests not marked mmdet3d run
-    (DENSE3D_WITH_MMDET3D=0: nothing may import it then), then runs the marked ones (=1: a
-    missing mmdet3d is a failure, not a skip)."""
-    flag = os.environ.get("DENSE3D_WITH_MMDET3D")
-    if flag == "0":
-        pytest.fail("this config uses the mmdet3d bridge: put 'mmdet3d' in its file name (such configs are marked mmdet3d)")
-    if flag != "1":
-        pytest.importorskip("mmdet3d", reason="the optional mmdet3d bridge: `make test` installs mmdet3d")
-
-
 def _instantiate_all(node, group: str):
     """Instantiate every `_target_` node reachable from ``node``; returns how many."""
     if OmegaConf.is_dict(node):
         if "_target_" in node:
             if any(str(t).endswith("MMDet3DBoxDetector") for t in _targets(node)):
-                _mmdet3d_or_skip()
+                need_mmdet3d()
             obj = _finish(instantiate(node), group)
             assert obj is not None
             return 1

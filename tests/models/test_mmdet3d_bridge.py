@@ -4,19 +4,15 @@ loss is mmdet3d's own loss, its BEV map feeds the captioner, and bad input is a 
 from __future__ import annotations
 
 import copy
-import os
 import sys
 
 import pytest
 import torch
 
+from tests.mmdet3d_guard import need_mmdet3d
+
 pytestmark = pytest.mark.mmdet3d
-if os.environ.get("DENSE3D_WITH_MMDET3D") == "0":  # `make test` installs mmdet3d meanwhile: import nothing of it
-    pytest.skip("runs in the mmdet3d phase of `make test` (tools/run_tests.sh)", allow_module_level=True)
-if os.environ.get("DENSE3D_WITH_MMDET3D") == "1":
-    import mmdet3d  # noqa: F401  `make test` installed it: missing is a set-up bug, not a skip
-else:
-    pytest.importorskip("mmdet3d", reason="the optional mmdet3d bridge: `make test` installs mmdet3d")
+need_mmdet3d(module_level=True)
 
 from dense3d.data.collate import collate  # noqa: E402
 from dense3d.errors import CheckpointError, ConfigError, DependencyError, PointCloudError  # noqa: E402
@@ -145,6 +141,8 @@ def test_boxes_are_mmdet3d_predictions_at_the_gravity_centre(bridge_and_checkpoi
         assert torch.equal(p, reference.state_dict()[name]), name
     assert bridge.class_names == CLASSES and bridge.box_dim == 9 and bridge.bev_channels == 32
     assert bridge.point_range == tuple(RANGE)
+    # the mmdet3d weights once in the state dict (under model.), beside the region sampler's
+    assert {k.split(".")[0] for k in bridge.state_dict()} == {"model", "region_sampler"}
     batch = collate([scene(0), scene(1)])
     with torch.no_grad():
         out = bridge(batch)

@@ -160,7 +160,7 @@ class MMDet3DBoxDetector(nn.Module):
             self.model = MODELS.build(cfg.model)
         except Exception as e:
             raise ConfigError(where, "model", "a model mmdet3d builds", got=f"{type(e).__name__}: {e}") from None
-        self._kind, self.head = self._bev_head(where)
+        self._kind = self._bev_kind(where)
         meta: dict = {}
         if checkpoint is not None:
             state, meta = _read_checkpoint(str(checkpoint), trust_checkpoint)
@@ -205,14 +205,14 @@ class MMDet3DBoxDetector(nn.Module):
         self.score_threshold = float(score_threshold)
 
     # ------------------------------------------------------------------ set-up helpers
-    def _bev_head(self, where: str) -> tuple[str, nn.Module]:
-        """Which mmdet3d detector family this is, and its dense BEV head."""
+    def _bev_kind(self, where: str) -> str:
+        """Which mmdet3d detector family this is: ``"mvx"`` (CenterPoint) or ``"voxelnet"``."""
         m = self.model
         if getattr(m, "pts_bbox_head", None) is not None and getattr(m, "pts_voxel_encoder", None) is not None:
-            return "mvx", m.pts_bbox_head
+            return "mvx"
         if getattr(m, "bbox_head", None) is not None and getattr(m, "voxel_encoder", None) is not None \
                 and getattr(m, "middle_encoder", None) is not None:
-            return "voxelnet", m.bbox_head
+            return "voxelnet"
         raise ConfigError(where, "model.type", "a voxelised LiDAR detector with a dense BEV head (VoxelNet: PointPillars, "
                           "SECOND; MVXTwoStageDetector: CenterPoint)", got=type(m).__name__)
 
@@ -234,6 +234,11 @@ class MMDet3DBoxDetector(nn.Module):
         if isinstance(total, int) and total != len(names):
             raise ConfigError(SOURCE, "class_names", f"{total} names (the head's classes)", got=names)
         return names
+
+    @property
+    def head(self) -> nn.Module:
+        """The mmdet3d model's dense BEV head (a property, so its weights are not listed twice)."""
+        return self.model.pts_bbox_head if self._kind == "mvx" else self.model.bbox_head
 
     def bev_channels_source(self, prefix: str = "") -> str:
         return f"the mmdet3d head's in_channels ({prefix}config)"
