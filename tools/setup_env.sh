@@ -57,7 +57,7 @@ pipq() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
 
 # setuptools < 81: mmcv's setup.py (the optional mmdet3d step) imports pkg_resources, gone in 81;
 # pinned here, not there, so that step never swaps it while tests import it.
-run_step pip requirements/torch.txt -- pipq --upgrade pip wheel "setuptools<81"
+run_step pip requirements/torch.txt tools/setup_env.sh -- pipq --upgrade pip wheel "setuptools<81"
 # torchaudio 2.9 pins torch 2.9.x; install torch + torchvision first, then torchaudio with torch held.
 run_step torch requirements/torch.txt -- bash -c "
   '$PY' -m pip install -q --disable-pip-version-check torch==2.9.1 torchvision==0.24.1 &&
@@ -86,14 +86,19 @@ run_step extension setup.py requirements/torch.txt "${CSRC[@]}" -- build_extensi
 install_mmdet3d() {
   local req=requirements/extras-mmdet3d.txt
   pin() { grep -E "^$1==" "$req"; }
+  # Every package already installed stays at its version (`make test` runs this step while other
+  # tests import them): a dependency that wants another version fails the step instead.
+  local held="$VENV/mmdet3d-constraints.txt"
+  "$PY" -m pip list --disable-pip-version-check --format=freeze --exclude-editable >"$held"
+  pip_held() { "$PY" -m pip install -q --disable-pip-version-check -c "$held" "$@"; }
   say "building $(pin mmcv) with its CPU ops (no wheel for this torch; about 12 min on 2 cores, once)"
   # -O0 -g0: half the time of its default -O3 -g; its CPU ops (voxelisation, NMS) stay far
   # cheaper than the detector's convolutions. On a GPU machine build it with FORCE_CUDA=1 instead.
-  CFLAGS="-O0 -g0" MMCV_WITH_OPS=1 pipq --no-build-isolation "$(pin mmcv)"
-  pipq "$(pin mmdet)" torch==2.9.1
-  pipq --no-deps "$(pin mmdet3d)" "$(pin nuscenes-devkit)" "$(pin lyft-dataset-sdk)"
+  CFLAGS="-O0 -g0" MMCV_WITH_OPS=1 pip_held --no-build-isolation "$(pin mmcv)"
+  pip_held "$(pin mmdet)"
+  pip_held --no-deps "$(pin mmdet3d)" "$(pin nuscenes-devkit)" "$(pin lyft-dataset-sdk)"
   mapfile -t deps < <(grep -vE '^(#|$|mmcv==|mmdet==|mmdet3d==|nuscenes-devkit==|lyft-dataset-sdk==)' "$req")
-  pipq "${deps[@]}" torch==2.9.1
+  pip_held "${deps[@]}"
   "$PY" -c "import mmdet3d.models, mmcv.ops" || { say "mmdet3d does not import"; return 1; }
 }
 if [ "${DENSE3D_WITH_MMDET3D:-0}" = 1 ]; then

@@ -4,6 +4,7 @@ loss is mmdet3d's own loss, its BEV map feeds the captioner, and bad input is a 
 from __future__ import annotations
 
 import copy
+import functools
 import sys
 
 import pytest
@@ -15,6 +16,7 @@ pytestmark = pytest.mark.mmdet3d
 need_mmdet3d(module_level=True)
 
 from dense3d.data.collate import collate  # noqa: E402
+from dense3d.engine.module import DenseCaptionModule  # noqa: E402
 from dense3d.errors import CheckpointError, ConfigError, DependencyError, PointCloudError  # noqa: E402
 from dense3d.models.captioner.decoder import tiny_llama_decoder  # noqa: E402
 from dense3d.models.captioner.llama_adapter import LlamaAdapter  # noqa: E402
@@ -176,16 +178,17 @@ def test_region_features_come_from_the_mmdet3d_bev_map(bridge_and_checkpoint):
         assert r.mask.sum(1).tolist() == n
         torch.testing.assert_close(r.geometry[0, : n[0]], out.detections[0].boxes[:, :7])
         assert r.extra["velocity"].shape == (2, max(n), 2)
-        # a box's tokens read the map inside it: a change there moves them, one 16 m away does not
-        box = torch.tensor([[[0.5, 0.5, -1.0, 2.0, 2.0, 1.5, 0.3]]])  # (B=1, R=1, 7)
+        # a box's tokens read the map inside it: a change there moves them, one at the mirrored
+        # cell (x and y swapped) does not
+        box = torch.tensor([[[4.5, -7.5, -1.0, 2.0, 2.0, 1.5, 0.3]]])  # (B=1, R=1, 7)
         args = (box, torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool))
-        bev = out.bev[:1]  # 32 x 32 cells of 1 m; the box's centre in cell (y, x) = (16, 16)
+        bev = out.bev[:1]  # 32 x 32 cells of 1 m from -16 m; the box's centre in cell (y, x) = (8, 20)
         base = bridge.region_sampler(bev, *args).tokens
-        near, far = bev.clone(), bev.clone()
-        near[..., 16, 16] += 5.0
-        far[..., 0, 0] += 5.0
+        near, swapped = bev.clone(), bev.clone()
+        near[..., 8, 20] += 5.0
+        swapped[..., 20, 8] += 5.0
         assert not torch.allclose(bridge.region_sampler(near, *args).tokens, base)
-        torch.testing.assert_close(bridge.region_sampler(far, *args).tokens, base)
+        torch.testing.assert_close(bridge.region_sampler(swapped, *args).tokens, base)
 
 
 def test_loss_is_the_mmdet3d_heads_loss_and_trains_it(bridge_and_checkpoint):
@@ -208,6 +211,10 @@ def test_loss_is_the_mmdet3d_heads_loss_and_trains_it(bridge_and_checkpoint):
     s = batch.samples[0].boxes.boxes.tensor
     torch.testing.assert_close(gt.bboxes_3d.gravity_center, s[:, :3])
     assert torch.all(gt.bboxes_3d.tensor[:, 7:] == 0)
+    heat = out.predictions[0][0]["heatmap"].clone()
+    again = bridge.loss(out, batch)  # mmdet3d's loss_by_feat sigmoids the heatmaps in place: not these
+    torch.testing.assert_close(again["total"], losses["total"])
+    torch.testing.assert_close(out.predictions[0][0]["heatmap"], heat)
     losses["total"].backward()
     assert bridge.model.pts_bbox_head.task_heads[0].heatmap[-1].weight.grad.abs().sum() > 0
     bridge.zero_grad()
@@ -229,12 +236,14 @@ def test_dense_captioner_captions_mmdet3d_boxes_with_the_detector_frozen(bridge_
     bridge = copy.deepcopy(bridge)
     model = DenseCaptioner(tiny_captioner(), box_detector=bridge, class_embedding=True)
     assert model.captioner.class_names["box"] == CLASSES
-    for p in bridge.model.parameters():
-        p.requires_grad_(False)
+    # the captioning stage (configs/stage/captioning.yaml) as the training module applies it
+    module = DenseCaptionModule(model, functools.partial(torch.optim.AdamW, lr=1e-3), frozen=["box_detector"],
+                                trainable=["box_detector.region_sampler"])
+    module.train()
+    assert not bridge.model.training and bridge.region_sampler.training and model.captioner.training
     before = {k: v.clone() for k, v in bridge.model.state_dict().items()}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     batch = collate([scene(0), scene(1)])
-    bridge.model.eval()
     for _ in range(2):
         losses = model(batch)
         assert set(losses) == {"caption"} and torch.isfinite(losses["caption"])
@@ -313,8 +322,16 @@ def test_bad_input_is_a_one_line_error(bridge_and_checkpoint, tmp_path, monkeypa
     with pytest.raises(ConfigError, match="config.*missing.py") as e:
         MMDet3DBoxDetector(str(tmp_path / "missing.py"))
     one_line(e)
+    with pytest.raises(ConfigError, match=r"class_names.*CenterPoint's classes in its tasks' order \['car', 'truck', 'pedestrian'\]") as e:
+        MMDet3DBoxDetector(centerpoint_config(), class_names=["truck", "car", "pedestrian"])  # labels would be swapped
+    one_line(e)
     with pytest.raises(ConfigError, match="class_names.*3 names") as e:
-        MMDet3DBoxDetector(centerpoint_config(), class_names=["car"])
+        MMDet3DBoxDetector(pointpillars_config(), point_features=["x", "y", "z", "intensity"], class_names=["car"])
+    one_line(e)
+    with pytest.raises(PointCloudError, match=r"^scene9.bin: field 'points': expected points inside the detector's range") as e:
+        far = scene(9)
+        far.points.points[:, 0] += 100.0  # the last sample's cloud outside the range: mmdet3d would drop it silently
+        bridge(collate([scene(0), far]))
     one_line(e)
     with pytest.raises(PointCloudError, match=r"^scene4.bin: field 'feature_names': expected the detector's point feature 'intensity'") as e:
         bridge(collate([scene(4, ("x", "y", "z", "ring"))]))
@@ -354,3 +371,21 @@ def test_real_keyframe_through_mmdet3d_nuscenes_centerpoint(samples):
     d = out.detections[0]
     assert len(d.boxes) > 0 and torch.isfinite(d.boxes).all() and d.boxes.shape[1] == 9
     assert out.regions.mask.sum() == min(len(d.boxes), bridge.max_regions)
+
+
+@pytest.mark.cuda
+def test_bridge_on_the_gpu_gives_the_cpus_boxes(bridge_and_checkpoint):
+    """Moved with nn.Module.to (as Lightning moves it), the bridge keeps the points on the GPU:
+    mmengine's preprocessor would otherwise cast them back to its own (CPU) device."""
+    from mmcv.ops import get_compiling_cuda_version
+
+    if get_compiling_cuda_version() == "not available":
+        pytest.skip("mmcv was built without its CUDA ops (build it with FORCE_CUDA=1 on a GPU machine)")
+    bridge = bridge_and_checkpoint[0]
+    batch = collate([scene(0), scene(1)])
+    with torch.no_grad():
+        cpu = bridge(batch)
+        gpu = copy.deepcopy(bridge).to("cuda")(batch.to("cuda"))
+    assert gpu.bev.is_cuda
+    for a, b in zip(cpu.detections, gpu.detections):
+        torch.testing.assert_close(b.boxes[:10].cpu(), a.boxes[:10], atol=1e-3, rtol=1e-3)

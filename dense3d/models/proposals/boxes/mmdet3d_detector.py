@@ -109,6 +109,16 @@ def _read_checkpoint(path: str, trust_checkpoint: bool) -> tuple[dict[str, torch
                           got=type(ckpt).__name__)
 
 
+def _copy_predictions(x):
+    """A copy of a head's nested outputs: new dicts, lists and tuples, cloned tensors (clone is
+    differentiable: the loss still reaches the head)."""
+    if isinstance(x, dict):
+        return {k: _copy_predictions(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_copy_predictions(v) for v in x)
+    return x.clone() if isinstance(x, torch.Tensor) else x
+
+
 class MMDet3DBoxDetector(nn.Module):
     """Args:
         config: the mmdet3d config (see ``load_mmdet3d_config``); its ``model`` is built.
@@ -121,7 +131,8 @@ class MMDet3DBoxDetector(nn.Module):
         zero_features: features a batch may lack, fed as zeros: ``time_lag`` is 0 for every
             point of a keyframe without sweeps, which is what mmdet3d feeds there.
         class_names: the model's classes in label order; None reads them from the checkpoint's
-            ``meta.dataset_meta.classes``, the config's ``class_names``, or CenterPoint's ``tasks``.
+            ``meta.dataset_meta.classes`` or the config's ``class_names``. CenterPoint numbers its
+            labels by its ``tasks``: those names, and any other source must agree with them.
         region_channels, grid_points: the region features (``BEVRegionSampler`` on the mmdet3d
             BEV map: D channels, a g x g grid per box).
         max_regions: proposals kept per sample (highest scores first).
@@ -217,6 +228,15 @@ class MMDet3DBoxDetector(nn.Module):
                           "SECOND; MVXTwoStageDetector: CenterPoint)", got=type(m).__name__)
 
     def _class_names(self, given, meta: dict, cfg, where: str) -> list[str]:
+        tasks = getattr(self.head, "class_names", None) if self._kind == "mvx" else None
+        if tasks:
+            # CenterPoint numbers its labels by its tasks' class names, whatever else says
+            names = [str(c) for task in tasks for c in task]
+            for source, other in (("class_names", given), ("checkpoint meta.dataset_meta.classes",
+                                  (meta.get("dataset_meta") or {}).get("classes")), ("config class_names", cfg.get("class_names"))):
+                if other is not None and [str(c) for c in other] != names:
+                    raise ConfigError(where, source, f"CenterPoint's classes in its tasks' order {names}", got=list(other))
+            return names
         if given is not None:
             names = [str(c) for c in given]
         elif (meta.get("dataset_meta") or {}).get("classes"):
@@ -225,8 +245,6 @@ class MMDet3DBoxDetector(nn.Module):
             names = [str(c) for c in meta["CLASSES"]]
         elif cfg.get("class_names"):
             names = [str(c) for c in cfg.class_names]
-        elif self._kind == "mvx" and getattr(self.head, "class_names", None):
-            names = [str(c) for task in self.head.class_names for c in task]  # CenterPoint: label order = tasks'
         else:
             raise ConfigError(where, "class_names", "the model's classes (class_names in the config or the bridge)")
         wanted = getattr(self.head, "num_classes", None)
@@ -292,6 +310,9 @@ class MMDet3DBoxDetector(nn.Module):
     # ------------------------------------------------------------------ forward
     def _features(self, points: list[torch.Tensor], data_samples: list) -> list[torch.Tensor]:
         """mmdet3d's voxelisation and BEV layers: the list of maps its head reads."""
+        # mmengine's preprocessor keeps its own device, updated only by its own .to(); Lightning
+        # moves this module with nn.Module.to, which leaves it on the CPU: the points would go back
+        self.model.data_preprocessor.to(points[0].device)
         data = self.model.data_preprocessor({"inputs": {"points": points}, "data_samples": data_samples}, training=self.training)
         inputs = data["inputs"]
         if self._kind == "mvx":
@@ -301,8 +322,20 @@ class MMDet3DBoxDetector(nn.Module):
             feats = self.model.extract_feat(inputs)
         return list(feats)
 
+    def _check_in_range(self, batch, points: list[torch.Tensor]) -> None:
+        """mmdet3d counts the batch by its last voxel's sample index: a sample without a point in
+        the range would silently drop out of the maps (last) or crash (all). One line instead."""
+        lo = points[0].new_tensor(self.point_range[:3])
+        hi = points[0].new_tensor(self.point_range[3:])
+        for s, p in zip(batch.samples, points):
+            if not bool(((p[:, :3] >= lo) & (p[:, :3] < hi)).all(1).any()):
+                where = s.points.source if s.points is not None else s.sample_id
+                raise PointCloudError(where, "points", f"points inside the detector's range {list(self.point_range)}",
+                                      got=f"none of {len(p)}")
+
     def forward(self, batch, decode: bool = True) -> BoxDetectorOutput:
         points = self._points(batch)
+        self._check_in_range(batch, points)
         data_samples = self._data_samples(batch)
         feats = self._features(points, data_samples)
         bev = feats[0]  # (B, C, H, W): the map over point_range the dense head reads (H along y, W along x)
@@ -319,9 +352,13 @@ class MMDet3DBoxDetector(nn.Module):
 
     def _detections(self, result) -> Detections:
         """One sample's mmdet3d ``InstanceData`` -> ``Detections`` (gravity centre, by score)."""
-        t = result.bboxes_3d.tensor.float()  # (K, 7|9) bottom centre
-        boxes = Boxes3D.from_mmdet3d(t[:, : self.box_dim], source="mmdet3d predictions").tensor  # gravity centre
+        t = result.bboxes_3d.tensor.float()[:, : self.box_dim]  # (K, 7|9) bottom centre
         scores, labels = result.scores_3d.float(), result.labels_3d.long()
+        # mmdet3d decodes sizes with an unclamped exp: a diverging step may give inf boxes, which
+        # are dropped here rather than failing Boxes3D's checks for the whole batch
+        finite = torch.isfinite(t).all(1) & torch.isfinite(scores)
+        t, scores, labels = t[finite], scores[finite], labels[finite]
+        boxes = Boxes3D.from_mmdet3d(t, source="mmdet3d predictions").tensor  # gravity centre
         keep = scores >= self.score_threshold
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         order = scores.argsort(descending=True)[: self.max_regions]
@@ -336,10 +373,13 @@ class MMDet3DBoxDetector(nn.Module):
         data_samples = self._data_samples(batch, with_gt=True)
         gts = [d.gt_instances_3d for d in data_samples]
         metas = [d.metainfo for d in data_samples]
+        # CenterHead's loss_by_feat sigmoids the heatmaps in place (clip_sigmoid: sigmoid_) and
+        # writes into the dicts: a second loss, or decoding after it, would read sigmoided maps
+        predictions = _copy_predictions(output.predictions)
         if self._kind == "mvx":
-            raw = self.head.loss_by_feat(output.predictions, gts)
+            raw = self.head.loss_by_feat(predictions, gts)
         else:
-            raw = self.head.loss_by_feat(*output.predictions, gts, metas)
+            raw = self.head.loss_by_feat(*predictions, gts, metas)
         losses: dict[str, torch.Tensor] = {}
         for name, value in raw.items():
             if "loss" not in name:
