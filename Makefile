@@ -10,10 +10,10 @@ setup:
 demo: setup
 	$(PY) -m dense3d.cli demo
 
-# The whole suite, the optional mmdet3d bridge's tests included: tools/run_tests.sh installs
-# mmdet3d (mmcv builds from source, about 12 min on 2 cores, once) in the background while the
-# other tests run, then runs the tests marked mmdet3d.
-test: setup
+# The whole suite, the optional mmdet3d bridge's tests included: tools/run_tests.sh sets up,
+# installs mmdet3d (mmcv builds from source, about 12 min on 2 cores, once) in the background
+# while the other tests run, then runs the tests marked mmdet3d.
+test:
 	bash tools/run_tests.sh $(PYTEST_ARGS)
 
 # Skips tests marked slow (CI runs them all through `make test`), and the mmdet3d bridge's tests

@@ -37,7 +37,7 @@ from dense3d.models.captioner.region_captioner import RegionCaptioner, region_re
 from dense3d.models.context.bica import SceneContext, context_from_bev, context_from_time
 from dense3d.models.context.room_layout import wall_gaps
 from dense3d.models.matching import assign_captions
-from dense3d.models.proposals.boxes.detector import BoxDetector
+from dense3d.models.proposals.boxes.detector import BoxDetector, head_labels
 from dense3d.models.proposals.boxes.image_features import ImageRegionEncoder
 from dense3d.models.proposals.boxes.point_features import PointRegionEncoder
 from dense3d.models.proposals.events.detector import EventDetector
@@ -223,9 +223,7 @@ class DenseCaptioner(nn.Module):
             boxes[b, :n] = t[:, : detector.box_dim] if t.shape[1] >= detector.box_dim else torch.cat(
                 [t, torch.zeros(n, detector.box_dim - t.shape[1], device=dev)], 1
             )
-            names = detector.class_names
-            labels[b, :n] = torch.tensor([names.index(s.boxes.class_names[int(k)]) if s.boxes.class_names[int(k)] in names else -1
-                                          for k in s.boxes.labels.tolist()], dtype=torch.long, device=dev)
+            labels[b, :n] = head_labels(s.boxes, detector.class_names).to(dev)
             scores[b, :n] = 1.0
             mask[b, :n] = True
             caps: list[str | None] = [None] * K

@@ -15,7 +15,7 @@ from dense3d.models.proposals.boxes.center_head import CenterHead, CenterPredict
 from dense3d.models.proposals.boxes.region_features import BEVRegionSampler
 from dense3d.structures import RegionFeatures
 
-__all__ = ["BoxDetector", "BoxDetectorOutput", "pad_detections"]
+__all__ = ["BoxDetector", "BoxDetectorOutput", "head_labels", "pad_detections"]
 
 
 @dataclass
@@ -29,6 +29,13 @@ class BoxDetectorOutput:
     predictions: CenterPredictions
     detections: list[Detections]
     regions: RegionFeatures | None
+
+
+def head_labels(boxes, class_names) -> torch.Tensor:
+    """(K,) long: the labels of ``boxes`` (``BoxAnnotations``) as indices into a detector's
+    ``class_names``, matched by name; -1 for a class the detector lacks (ignored by its losses)."""
+    lut = torch.tensor([class_names.index(n) if n in class_names else -1 for n in boxes.class_names], dtype=torch.long)
+    return lut[boxes.labels.long().cpu()]
 
 
 def pad_detections(detections: list[Detections], max_regions: int, box_dim: int) -> tuple[torch.Tensor, ...]:
@@ -206,10 +213,7 @@ class BoxDetector(nn.Module):
         for i, s in enumerate(batch.samples):
             if s.boxes is None:
                 raise AnnotationError(s.sample_id, f"samples[{i}].boxes", "box annotations to train the box head")
-            # data set labels -> the head's classes by name (classes the head lacks: -1, ignored)
-            names = self.box_head.class_names
-            lut = torch.tensor([names.index(n) if n in names else -1 for n in s.boxes.class_names], dtype=torch.long)
             boxes.append(s.boxes.boxes.tensor.to(output.bev.device))
-            labels.append(lut[s.boxes.labels.long().cpu()].to(output.bev.device))
+            labels.append(head_labels(s.boxes, self.class_names).to(output.bev.device))
         targets = self.box_head.targets(boxes, labels)
         return self.loss_fn(output.predictions, targets)

@@ -35,7 +35,7 @@ from torch import nn
 
 from dense3d.errors import AnnotationError, CheckpointError, ConfigError, DependencyError, PointCloudError
 from dense3d.models.proposals.boxes.center_head import Detections
-from dense3d.models.proposals.boxes.detector import BoxDetectorOutput, pad_detections
+from dense3d.models.proposals.boxes.detector import BoxDetectorOutput, head_labels, pad_detections
 from dense3d.models.proposals.boxes.region_features import BEVRegionSampler
 from dense3d.structures import Boxes3D, RegionFeatures
 
@@ -183,11 +183,7 @@ class MMDet3DBoxDetector(nn.Module):
                                           f"(e.g. {unexpected[:2]})")
         self.class_names = self._class_names(class_names, meta, cfg, where)
 
-        pre = self.model.data_preprocessor
-        voxel_layer = getattr(pre, "voxel_layer", None)
-        point_range = getattr(voxel_layer, "point_cloud_range", None) if voxel_layer is not None else None
-        if point_range is None:
-            point_range = (cfg.model.get("data_preprocessor") or {}).get("voxel_layer", {}).get("point_cloud_range")
+        point_range = ((cfg.model.get("data_preprocessor") or {}).get("voxel_layer") or {}).get("point_cloud_range")
         if point_range is None or len(point_range) != 6:
             raise ConfigError(where, "model.data_preprocessor.voxel_layer.point_cloud_range",
                               "the BEV range (6 numbers): the bridge takes voxelised LiDAR detectors", got=point_range)
@@ -294,9 +290,7 @@ class MMDet3DBoxDetector(nn.Module):
     def _gt_instances(self, s):
         if s.boxes is None:
             raise AnnotationError(s.sample_id, "boxes", "box annotations to train the mmdet3d head")
-        lut = torch.tensor([self.class_names.index(n) if n in self.class_names else -1 for n in s.boxes.class_names],
-                           dtype=torch.long)
-        labels = lut[s.boxes.labels.long().cpu()]
+        labels = head_labels(s.boxes, self.class_names)
         keep = labels >= 0  # classes the model lacks are left out
         t = s.boxes.boxes[keep.to(s.boxes.boxes.tensor.device)].to_mmdet3d().float().cpu()  # (K, 7|9) bottom centre
         if t.shape[1] < self.box_dim:  # velocity the head regresses: 0 where the data has none
