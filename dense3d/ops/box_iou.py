@@ -3,8 +3,8 @@
 Boxes are dense3d's (N, 7) ``x, y, z, dx, dy, dz, yaw`` with ``z`` the gravity centre (see
 :mod:`dense3d.structures.boxes`); extra columns (velocity) are ignored. The BEV intersection of
 two rotated boxes is exact (Sutherland-Hodgman clipping of the two rectangles, shoelace area),
-computed in float64 on both backends; results come back in the boxes' dtype. Pairs whose union
-is 0 (two zero-size boxes) get IoU 0.
+computed in float64 on both backends; results come back in the boxes' dtype, clamped to [0, 1].
+Pairs whose union is 0 (two zero-size boxes) get IoU 0.
 """
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ def _rotated(op: str, a, b, mode: str, backend: str) -> torch.Tensor:
         iou = ext().box_iou_rotated(a[:, :7].contiguous(), b[:, :7].contiguous(), _MODES[mode])
     else:
         iou = _ref_iou.boxes_iou_rotated(a, b, mode)
-    return iou.to(a.dtype)
+    # the intersection and the union are rounded separately, so a box with itself can come out a
+    # few ulps above 1 (e.g. 1 + 3e-14 far from the origin); clamp here so every backend agrees
+    return iou.clamp(0.0, 1.0).to(a.dtype)
 
 
 def boxes_iou_bev(boxes_a: torch.Tensor, boxes_b: torch.Tensor, backend: str = "auto") -> torch.Tensor:
