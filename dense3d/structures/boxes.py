@@ -129,8 +129,23 @@ class Boxes3D:
 
     @classmethod
     def cat(cls, boxes: Sequence["Boxes3D"]) -> "Boxes3D":
+        """Concatenate boxes of one width: all (N, 7) or all (N, 9).
+
+        7- and 9-column boxes are not mixed (as in mmdet3d): padding the velocity with 0 would
+        claim the boxes stand still, and dropping it loses data silently. Drop it explicitly
+        with ``Boxes3D._wrap(b.tensor[:, :7])`` where that is meant.
+
+        Raises:
+            BoxError: boxes of different widths or on different devices.
+        """
         if not boxes:
             return cls(torch.zeros(0, 7))
+        first = boxes[0]
+        for i, b in enumerate(boxes):
+            if b.box_dim != first.box_dim:
+                raise BoxError("Boxes3D.cat", f"boxes[{i}]", f"{first.box_dim} columns like boxes[0] (7: no velocity, 9: with vx, vy)", got=f"{b.box_dim} columns")
+            if b.device != first.device:
+                raise BoxError("Boxes3D.cat", f"boxes[{i}]", f"boxes on {first.device} like boxes[0]", got=str(b.device))
         return cls._wrap(torch.cat([b.tensor for b in boxes], 0))
 
     def clone(self) -> "Boxes3D":

@@ -163,6 +163,20 @@ def test_empty_boxes_with_velocity_keep_nine_columns():
     assert Boxes3D([]).tensor.shape == (0, 7) and Boxes3D(torch.zeros(0)).tensor.shape == (0, 7)
 
 
+def test_cat_of_boxes_with_and_without_velocity_is_a_box_error():
+    # torch.cat raised "Sizes of tensors must match except in dimension 0" from deep inside;
+    # padding the velocity with 0 would claim the boxes stand still, so it is a one-line BoxError
+    with pytest.raises(BoxError, match=r"boxes\[1\].*expected 7 columns like boxes\[0\].*got 9 columns") as e:
+        Boxes3D.cat([random_boxes(2, dim=7), random_boxes(3, dim=9)])
+    assert "\n" not in str(e.value)
+    with pytest.raises(BoxError, match=r"expected 9 columns.*got 7 columns"):
+        Boxes3D.cat([random_boxes(3, dim=9), Boxes3D([])])
+    with pytest.raises(BoxError, match=r"boxes\[1\].*meta"):
+        Boxes3D.cat([random_boxes(2, dim=7), Boxes3D._wrap(torch.zeros(2, 7, device="meta"))])
+    assert Boxes3D.cat([random_boxes(2, dim=9), random_boxes(3, dim=9)]).tensor.shape == (5, 9)
+    assert Boxes3D.cat([random_boxes(2, dim=7), random_boxes(3, dim=7)]).tensor.shape == (5, 7)
+
+
 def test_from_scannet_keeps_the_input_device(monkeypatch):
     # the yaw column is made on the boxes' device (a CUDA input failed in torch.cat); meta tensors
     # stand in for CUDA here, with validation (which reads values) skipped
