@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -93,20 +94,25 @@ def write_report(
     pictures: Sequence[tuple[str, str | Path]] = (),
 ) -> Path:
     """Write ``report.md``: a title, then (heading, markdown body) sections, then pictures
-    (caption, path relative to the report)."""
+    (caption, path of the picture file: absolute, or relative to the working directory like
+    ``path``).
+
+    Every picture is linked relative to the report's folder, also one outside it
+    (``../curves.png``): the report folder (or a tree holding it and its pictures) can be
+    moved or shared and its links still resolve, which an absolute link would not.
+    """
     path = Path(path)
+    report_dir = os.path.abspath(path.parent)
     parts = [f"# {title}\n"]
     for heading, body in sections:
         parts.append(f"## {heading}\n\n{body.rstrip()}\n")
     if pictures:
         parts.append("## Pictures\n")
         for caption, pic in pictures:
-            rel = Path(pic)
-            try:
-                rel = rel.relative_to(path.parent)
-            except ValueError:
-                pass
-            parts.append(f"![{caption}]({rel.as_posix()})\n")
+            # both made absolute first: a relative report path and an absolute picture (or the
+            # reverse) name the same folders, and relpath needs them on the same footing
+            rel = os.path.relpath(os.path.abspath(pic), report_dir)
+            parts.append(f"![{caption}]({Path(rel).as_posix()})\n")
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.write("\n".join(parts))
     return path
