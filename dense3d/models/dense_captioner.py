@@ -58,7 +58,7 @@ class DenseCaptioner(nn.Module):
         detection_weight, caption_weight: weights of the loss groups.
         target_weight: weight of the Q-Former's target-head loss (which neighbour the caption
             names; only with ``qformer.target_order``).
-        scst_weight: weight of the self-critical loss (CIDEr-D reward, greedy baseline; 0: off),
+        scst_weight: weight of the self-critical loss (CIDEr-D reward, baseline decoded as ``generate``; 0: off),
             the optional last stage (``stage=scst``).
         image_regions: adds each box's camera appearance to its region features, or None.
         point_regions: adds the colours and shape of each box's points to its region features, or None.

@@ -349,3 +349,42 @@ def test_checkpoint_state_holds_only_what_trains():
     other = instantiate(OmegaConf.load("configs/model/captioner/tiny.yaml"))
     _ = other.decoder.model
     other.load_state_dict(sd, strict=True)  # the frozen LM's weights are not expected
+
+
+def _repeats_an_ngram(tokens, n: int) -> bool:
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def test_scst_baseline_decodes_like_generate_and_samples_keep_the_ngram_block(monkeypatch):
+    """The self-critical baseline is the caption evaluation produces: generate()'s n-gram block and
+    repetition penalty apply to it (and the n-gram block to the samples, as in transformers)."""
+    from dense3d.models.captioner import region_captioner
+
+    regions, ctx, caps = oracle_scene()
+    model = tiny_captioner(seed=1)  # an untrained adapter whose greedy captions loop: "from from from from ..."
+    with torch.no_grad():
+        model.adapter.gates.fill_(0.5)
+    looping = [c.text.split() for row in model.generate(regions, ctx) for c in row]
+    assert any(_repeats_an_ngram(words, 2) for words in looping)  # without the block the test means nothing
+    model.no_repeat_ngram_size, model.repetition_penalty = 2, 1.3
+    expected = [c.text for row in model.generate(regions, ctx) for c in row]
+
+    calls = []  # (do_sample, (texts, token ids)) of every decoding SCST runs
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append((kwargs.get("do_sample", False), out))
+        return out
+
+    real = region_captioner.generate_captions
+    monkeypatch.setattr(region_captioner, "generate_captions", spy)
+    refs = [[[c] for c in row] for row in caps]
+    torch.manual_seed(0)
+    model.scst_loss(regions, ctx, refs)
+    baseline = [out for sampled, out in calls if not sampled]
+    samples = [out for sampled, out in calls if sampled]
+    assert len(baseline) == 1 and len(samples) == 1  # one region kind
+    assert baseline[0][0] == expected
+    for seq in baseline[0][1] + samples[0][1]:
+        assert not _repeats_an_ngram(seq, 2), seq

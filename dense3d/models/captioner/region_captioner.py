@@ -7,8 +7,9 @@ events) and scene context queries (``SceneContext``), and
   (teacher-forced cross-entropy on the captions assigned to proposals, e.g. by
   :func:`dense3d.models.matching.assign_captions`);
 * ``generate(regions, context)`` -> ``B`` lists of ``DenseCaption`` (every real region);
-* ``scst_loss(regions, context, references)`` -> the self-critical loss (CIDEr-D reward,
-  greedy baseline) for an optional fine-tuning stage.
+* ``scst_loss(regions, context, references)`` -> the self-critical loss (CIDEr-D reward; the
+  baseline is the caption ``generate`` would give, same decoding settings) for an optional
+  fine-tuning stage.
 
 Only BiCA, the Q-Former and the adapter train; the LLM stays frozen (``FrozenDecoder``).
 """
@@ -309,9 +310,18 @@ class RegionCaptioner(nn.Module):
             gold = [list(refs[b][i]) for b, i in rows]
             prompt = self.prompts[r.kind]
             with self._precision():
-                greedy, _ = generate_captions(lm, self.adapter, tok, vis.detach(), prompt, self.max_new_tokens)
+                # The baseline is the caption evaluation would produce (Rennie et al.: the reward of the
+                # test-time inference), so it decodes exactly as generate() does: beams, n-gram block and
+                # repetition penalty included. Without them a looping baseline scores low and every sample
+                # looks better than what the model will actually output.
+                greedy, _ = generate_captions(lm, self.adapter, tok, vis.detach(), prompt, self.max_new_tokens,
+                                              self.num_beams, no_repeat_ngram_size=self.no_repeat_ngram_size,
+                                              repetition_penalty=self.repetition_penalty)
+                # Samples draw from the same constrained distribution (transformers applies both the n-gram
+                # block and the repetition penalty when sampling too); one sample per region, no beams.
                 sampled, seqs = generate_captions(lm, self.adapter, tok, vis.detach(), prompt, self.max_new_tokens,
-                                                  do_sample=True)
+                                                  do_sample=True, no_repeat_ngram_size=self.no_repeat_ngram_size,
+                                                  repetition_penalty=self.repetition_penalty)
             r_s, r_g = cider_d(sampled, gold), cider_d(greedy, gold)
             batch = teacher_forcing_batch(tok, [prompt] * len(rows), [""] * len(rows), 1, device=vis.device)
             P = len(batch["input_ids"][0]) - 1  # prompt length (the empty caption adds only eos)

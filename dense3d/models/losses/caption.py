@@ -1,7 +1,7 @@
 """Caption losses: teacher-forced cross-entropy and SCST with a CIDEr-D reward.
 
 SCST (Rennie et al., 2017): sample a caption per region, score it with CIDEr-D against the
-references, subtract the score of the greedy caption (the baseline) and raise the
+references, subtract the score of the test-time caption (the baseline) and raise the
 log-likelihood of samples that beat it. CIDEr-D is pycocoevalcap's ``Cider`` (document
 frequencies from the references of the batch scored).
 """
@@ -64,7 +64,7 @@ def scst_loss(sample_log_probs: torch.Tensor, sample_reward: torch.Tensor, basel
 
     Args:
         sample_log_probs: (N,) summed log-probabilities of the sampled captions (with grad).
-        sample_reward, baseline_reward: (N,) CIDEr-D of the samples and of the greedy captions.
+        sample_reward, baseline_reward: (N,) CIDEr-D of the samples and of the test-time (baseline) captions.
         lengths: (N,) tokens per sample (normalises long captions).
     """
     adv = (sample_reward - baseline_reward).to(sample_log_probs)
