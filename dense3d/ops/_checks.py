@@ -13,6 +13,7 @@ __all__ = [
     "check_labels",
     "as_float_list",
     "check_iou_pair",
+    "check_same_device",
     "check_threshold",
     "check_positive_int",
 ]
@@ -89,11 +90,17 @@ def as_float_list(op: str, name: str, value: object, n: int) -> list[float]:
     return vals
 
 
+def check_same_device(op: str, name: str, t: torch.Tensor, like_name: str, like: torch.Tensor) -> None:
+    """``t`` (argument ``name``) on the device of ``like`` (argument ``like_name``); checked before
+    any work, because torch's own error comes from deep inside and names neither argument."""
+    if t.device != like.device:
+        raise OpInputError(op, name, f"a tensor on {like.device} like {like_name}", got=str(t.device))
+
+
 def check_iou_pair(op: str, a: object, b: object, min_cols: int = 7, max_cols: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     a = check_boxes(op, "boxes_a", a, min_cols, max_cols)
     b = check_boxes(op, "boxes_b", b, min_cols, max_cols)
-    if a.device != b.device:
-        raise OpInputError(op, "boxes_b", f"a tensor on {a.device} like boxes_a", got=str(b.device))
+    check_same_device(op, "boxes_b", b, "boxes_a", a)
     dtype = torch.promote_types(a.dtype, b.dtype)
     return a.to(dtype), b.to(dtype)
 

@@ -19,7 +19,7 @@ import torch
 
 from dense3d.errors import OpInputError
 from dense3d.ops._backend import ext, resolve_backend
-from dense3d.ops._checks import as_float_list, check_points, check_positive_int
+from dense3d.ops._checks import as_float_list, check_points, check_positive_int, check_same_device
 from dense3d.ops._ref import voxelize as _ref_vox
 
 __all__ = ["voxelize", "voxelize_batch", "voxel_grid_size"]
@@ -106,6 +106,11 @@ def voxelize_batch(
     """
     if len(points_list) == 0:
         raise OpInputError("voxelize_batch", "points_list", "at least one point cloud", got="[]")
+    # all clouds on one device, checked before voxelizing any: else torch.cat fails at the end
+    # (or a meta / other-device cloud fails inside voxelize) without naming the cloud
+    for i, p in enumerate(points_list):
+        if isinstance(p, torch.Tensor) and isinstance(points_list[0], torch.Tensor):
+            check_same_device("voxelize_batch", f"points_list[{i}]", p, "points_list[0]", points_list[0])
     outs = [voxelize(p, voxel_size, point_range, mode, max_points, max_voxels, backend) for p in points_list]
     coords = [
         torch.cat([torch.full_like(o[1][:, :1], b), o[1]], 1)  # (M_b, 3) -> (M_b, 4)

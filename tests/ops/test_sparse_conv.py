@@ -1,6 +1,7 @@
 """Sparse conv (dense3d.ops.sparse) against torch's dense conv, spconv 2.3.8 and its own reference."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from sparse_helpers import dense_weight, random_sparse, sweep_path, voxelize_sweep
 
-from dense3d.errors import SparseTensorError
+from dense3d.errors import OpInputError, SparseTensorError
 from dense3d.ops import (
     SparseConv2d,
     SparseConv3d,
@@ -250,6 +251,26 @@ def test_bad_conv_parameters_raise_one_line_sparse_tensor_error(make, backend):
     assert "\n" not in str(e.value)
     with pytest.raises(SparseTensorError, match="kernel_size"):
         build_kernel_map(x.indices, x.spatial_shape, (3, 3), (1, 1, 1), (0, 0, 0), (1, 1, 1), False, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_conv_on_mixed_devices_is_one_line_error(backend):
+    # weight, bias or kernel map on another device than the features gave a plain torch error
+    # from inside the gather / GEMM; a meta tensor stands in for a CUDA one (no GPU needed)
+    x = random_sparse(30, (5, 5, 5), 1, 3)
+    kmap = build_kernel_map(x.indices, x.spatial_shape, (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), True)
+    w, b = torch.randn(27, 3, 4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    meta = lambda t: torch.empty(t.shape, dtype=t.dtype, device="meta")  # noqa: E731
+    cases = [
+        (lambda: sparse_conv(x.features, meta(w), b, kmap, backend), "'weight': expected a tensor on cpu like features, got meta"),
+        (lambda: sparse_conv(x.features, w, meta(b), kmap, backend), "'bias': expected a tensor on cpu like features, got meta"),
+        (lambda: sparse_conv(meta(x.features), w, None, kmap, backend), "'weight': expected a tensor on meta like features, got cpu"),
+        (lambda: sparse_conv(x.features, w, b, dataclasses.replace(kmap, in_idx=meta(kmap.in_idx)), backend), "'kmap.in_idx': expected a tensor on cpu like features, got meta"),
+    ]
+    for fn, text in cases:
+        with pytest.raises(OpInputError) as e:
+            fn()
+        assert text in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 def test_duplicates_are_caught_when_validation_is_skipped():

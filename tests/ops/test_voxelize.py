@@ -109,6 +109,19 @@ def test_batch_helper_adds_batch_column(backend):
     assert p.tolist() == [0, 1, -1, 2] and torch.equal(f[2], b[0])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_of_clouds_on_mixed_devices_is_one_line_error(backend):
+    # a cloud on another device failed inside voxelize (or in torch.cat at the end) with a
+    # plain torch error; a meta tensor stands in for a CUDA cloud so this runs without a GPU
+    a = torch.rand(10, 4)
+    odd = torch.empty(5, 4, device="meta")
+    with pytest.raises(OpInputError, match=r"points_list\[1\]': expected a tensor on cpu like points_list\[0\], got meta") as e:
+        voxelize_batch([a, odd], [0.5] * 3, [0, 0, 0, 1, 1, 1], backend=backend)
+    assert "\n" not in str(e.value)
+    with pytest.raises(OpInputError, match=r"points_list\[2\]'.*on meta like points_list\[0\], got cpu"):
+        voxelize_batch([odd, odd, a], [0.5] * 3, [0, 0, 0, 1, 1, 1], mode="dynamic", backend=backend)
+
+
 def test_bad_input_raises_one_line_errors():
     pts = torch.rand(10, 4)
     cases = [

@@ -10,6 +10,7 @@ import torch
 
 from dense3d.errors import SparseTensorError
 from dense3d.ops._backend import ext, resolve_backend
+from dense3d.ops._checks import check_same_device
 from dense3d.ops._ref.sparse_conv import sparse_conv_ref
 from dense3d.ops.sparse.kernel_map import KernelMap
 
@@ -60,7 +61,15 @@ def sparse_conv(
         weight: (K, C_in, C_out), K = prod(kernel_size), offsets z-major (see ``SparseConv3d``).
         bias: (C_out,) or None.
         kmap: the rulebook (``build_kernel_map``; ``.inverse()`` for a transposed conv).
+
+    Raises:
+        OpInputError: weight, bias or the kernel map on another device than features.
     """
+    # checked up front: torch's error from inside the GEMM / gather names no argument
+    check_same_device("sparse_conv", "weight", weight, "features", features)
+    if bias is not None:
+        check_same_device("sparse_conv", "bias", bias, "features", features)
+    check_same_device("sparse_conv", "kmap.in_idx", kmap.in_idx, "features", features)
     chosen = resolve_backend(backend, "sparse_conv_forward", features)
     if chosen == "ext" and not features.is_cuda and features.dtype not in (torch.float32, torch.float64):
         if backend == "ext":  # the CPU kernels are float32 / float64 only
