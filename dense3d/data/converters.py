@@ -18,19 +18,22 @@ from dense3d.utils.io import atomic_write
 __all__ = ["add_ann_tokens", "convert_tod3cap_captions", "write_mp4", "write_points_bin", "write_wav"]
 
 
-def convert_tod3cap_captions(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, int]:
-    """Rewrite a TOD3Cap caption JSON in the ``final_caption`` schema (composing the old
-    ``*_caption`` fields where ``final_caption`` is missing; TOD3Cap's own code reads only
-    ``final_caption``). Every entry is checked before anything is written.
+def convert_tod3cap_captions(src: str | os.PathLike, dst: str | os.PathLike,
+                             caption_source: str = "final_caption") -> dict[str, int]:
+    """Rewrite a TOD3Cap caption JSON so that every entry has a ``final_caption``: the caption
+    :func:`~dense3d.data.datasets.tod3cap.parse_caption_entry` chooses with ``caption_source``
+    (an existing ``final_caption``, TOD3Cap's evaluation template from the nested fields, or the
+    flat ``*_caption`` strings composed). The other fields are kept. Every entry is checked
+    before anything is written.
 
-    Returns how many entries had each schema: ``{"final_caption": n, "composed": m}``.
+    Returns how many entries had each schema: ``{"final_caption": n, "template": m, "composed": k}``.
     """
     data = load_json(src)
     if not isinstance(data, dict):
         raise AnnotationError(src, "<root>", "an object keyed by sample_annotation token", got=type(data).__name__)
-    out, counts = {}, {"final_caption": 0, "composed": 0}
+    out, counts = {}, {"final_caption": 0, "template": 0, "composed": 0}
     for token, entry in data.items():
-        caps, schema = parse_caption_entry(entry, src, str(token))
+        caps, schema = parse_caption_entry(entry, src, str(token), caption_source)
         counts[schema] += 1
         out[str(token)] = dict(entry, final_caption=caps[0] if len(caps) == 1 else caps)
     with atomic_write(dst, "w", encoding="utf-8") as f:

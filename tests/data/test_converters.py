@@ -20,7 +20,7 @@ def test_tod3cap_captions_to_final_caption(tmp_path):
         "b": {"final_caption": "a bus."},
     }))
     counts = convert_tod3cap_captions(src, tmp_path / "new.json")
-    assert counts == {"final_caption": 1, "composed": 1}
+    assert counts == {"final_caption": 1, "template": 0, "composed": 1}
     new = json.loads((tmp_path / "new.json").read_text())
     assert new["a"]["final_caption"] == "a red car. driving." and new["a"]["motion_caption"] == "driving"
     assert parse_caption_entry(new["a"], "new.json", "a") == (["a red car. driving."], "final_caption")
@@ -71,3 +71,17 @@ def test_add_ann_tokens_links_captions(samples, tmp_path):
     with pytest.raises(AnnotationError, match=r"field 'data_list\[0\].instances': expected 29 boxes .*, got 69"):
         add_ann_tokens(pkl, tmp_path / "short.json", tmp_path / "bad.pkl")
     assert not (tmp_path / "bad.pkl").exists() and not list(tmp_path.glob(".bad.pkl*"))
+
+
+def test_tod3cap_released_captions_to_final_caption(tmp_path):
+    nested = {"attribute_caption": {"attribute_caption": "red bus"}, "depth_caption": {"depth": 20.6},
+              "localization_caption": {"localization_caption": "behind the ego car"},
+              "motion_caption": {"motion_caption": "stopped"}, "map_caption": {"map_caption": "at the bus stop"}}
+    src = tmp_path / "released.json"
+    src.write_text(json.dumps({"a": nested, "b": dict(nested, final_caption="A red bus waits behind us.")}))
+    assert convert_tod3cap_captions(src, tmp_path / "new.json") == {"final_caption": 1, "template": 1, "composed": 0}
+    new = json.loads((tmp_path / "new.json").read_text())
+    assert new["a"]["final_caption"] == "red bus about 21 meters away behind the ego car is stopped at the bus stop"
+    assert new["b"]["final_caption"] == "A red bus waits behind us." and new["a"]["map_caption"] == nested["map_caption"]
+    assert convert_tod3cap_captions(src, tmp_path / "tpl.json", caption_source="template")["template"] == 2
+    assert json.loads((tmp_path / "tpl.json").read_text())["b"]["final_caption"] == new["a"]["final_caption"]

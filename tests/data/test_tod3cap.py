@@ -362,3 +362,65 @@ def test_malformed_info_fields_are_one_line_errors(samples, tmp_path, change, se
     change(infos["data_list"][0])
     with pytest.raises(error, match=rf"infos.pkl: field {expected}"):
         _write(tmp_path, infos, samples, sensors=sensors, sweeps=1)[0]
+
+
+def _released_entry(depth=12.5, **extra):
+    """One box as TOD3Cap's released annotations hold it: nested fields with more keys than the
+    caption uses (category, offsets, velocities), as read by its evaluation."""
+    return {
+        "attribute_caption": {"attribute_caption": "white sedan", "category": "car"},
+        "depth_caption": {"depth_caption": "near", "depth": depth},
+        "localization_caption": {"localization_caption": "in front of the ego car", "x_offset": 1.2, "y_offset": 12.4,
+                                 "localization_theta": 5.0},
+        "motion_caption": {"motion_caption": "driving", "bev_vel": 3.1},
+        "map_caption": {"map_caption": "on the road"},
+        "relation_caption": "next to a truck",
+        **extra,
+    }
+
+
+def test_released_nested_entry_composes_tod3cap_template():
+    # TOD3Cap's get_text_results.py: attribute + " about " + str(round(depth)) + " meters away" + " "
+    # + localization + " is " + motion + " " + map; Python's round is half to even (12.5 -> 12)
+    want = "white sedan about 12 meters away in front of the ego car is driving on the road"
+    assert parse_caption_entry(_released_entry(), "caps.json", "tok") == ([want], "template")
+    assert parse_caption_entry(_released_entry(depth=13.5), "caps.json", "tok")[0] == [want.replace("12", "14")]
+    assert parse_caption_entry(_released_entry(depth=7), "caps.json", "tok")[0][0].startswith("white sedan about 7 meters")
+    # an LLM-written final_caption wins by default; caption_source="template" gives TOD3Cap's references
+    entry = _released_entry(final_caption="A white sedan drives on the road ahead.")
+    assert parse_caption_entry(entry, "caps.json", "tok") == (["A white sedan drives on the road ahead."], "final_caption")
+    assert parse_caption_entry(entry, "caps.json", "tok", "template") == ([want], "template")
+
+
+def test_released_nested_entry_errors_name_the_field():
+    entry = _released_entry()
+    del entry["motion_caption"]
+    with pytest.raises(AnnotationError, match=r"^caps.json: field 'tok.motion_caption': expected an object with 'motion_caption'"):
+        parse_caption_entry(entry, "caps.json", "tok")
+    with pytest.raises(AnnotationError, match=r"field 'tok.depth_caption.depth': expected a distance in metres, got nan"):
+        parse_caption_entry(_released_entry(depth=float("nan")), "caps.json", "tok")
+    entry = _released_entry()
+    entry["map_caption"] = {"map": "road"}
+    with pytest.raises(AnnotationError, match=r"field 'tok.map_caption.map_caption': expected a string, got missing"):
+        parse_caption_entry(entry, "caps.json", "tok")
+    with pytest.raises(AnnotationError, match=r"field 'tok.attribute_caption': expected an object with 'attribute_caption'"):
+        parse_caption_entry({"final_caption": "a car."}, "caps.json", "tok", "template")
+    with pytest.raises(ConfigError, match=r"field 'caption_source': expected one of \['final_caption', 'template'\], got final"):
+        parse_caption_entry({"final_caption": "a car."}, "caps.json", "tok", "final")
+
+
+def test_caption_source_reaches_every_box(samples, tmp_path):
+    infos = _info(samples)
+    for i, inst in enumerate(infos["data_list"][0]["instances"]):
+        inst["ann_token"] = f"ann{i}"
+    caps = {"ann0": _released_entry(final_caption="A white sedan drives ahead."), "ann1": _released_entry(depth=30.2)}
+    (tmp_path / "caps.json").write_text(json.dumps(caps))
+    ds = _write(tmp_path, infos, samples, caption_file=str(tmp_path / "caps.json"), sensors=())
+    assert ds[0].boxes.captions[:2] == [["A white sedan drives ahead."],
+                                        ["white sedan about 30 meters away in front of the ego car is driving on the road"]]
+    assert ds.caption_schema == "mixed"
+    ds = _write(tmp_path, infos, samples, caption_file=str(tmp_path / "caps.json"), sensors=(), caption_source="template")
+    assert ds[0].boxes.captions[0] == ["white sedan about 12 meters away in front of the ego car is driving on the road"]
+    assert ds.caption_schema == "template"
+    with pytest.raises(ConfigError, match=r"^TOD3CapDataset: field 'caption_source'"):
+        _write(tmp_path, infos, samples, caption_file=str(tmp_path / "caps.json"), sensors=(), caption_source="final")

@@ -4,6 +4,7 @@ File layout, keys, shapes and units: ``docs/data_formats.md`` section 1.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -16,12 +17,15 @@ from dense3d.data.readers import check_rigid, load_json, load_pickle, read_image
 from dense3d.errors import AnnotationError, BoxError, CalibrationError, ConfigError, ImageError
 from dense3d.structures import Boxes3D, BoxAnnotations, CameraImages, PointCloud, Sample
 
-__all__ = ["TOD3CapDataset", "OLD_CAPTION_FIELDS", "NUSCENES_POINT_FEATURES", "parse_caption_entry"]
+__all__ = ["TOD3CapDataset", "CAPTION_SOURCES", "OLD_CAPTION_FIELDS", "NUSCENES_POINT_FEATURES", "parse_caption_entry",
+           "tod3cap_template"]
 
 # Columns of a nuScenes ``.pcd.bin``.
 NUSCENES_POINT_FEATURES = ("x", "y", "z", "intensity", "ring")
 # TOD3Cap's older caption fields, composed in this order when ``final_caption`` is missing.
 OLD_CAPTION_FIELDS = ("attribute_caption", "localization_caption", "motion_caption", "map_caption", "depth_caption")
+# How an entry's caption is chosen (``TOD3CapDataset(caption_source=...)``).
+CAPTION_SOURCES = ("final_caption", "template")
 
 
 def _as_texts(value, source, field: str) -> list[str]:
@@ -37,15 +41,60 @@ def _sentence(text: str) -> str:
     return text if not text or text[-1] in ".!?" else text + "."
 
 
-def parse_caption_entry(entry, source, token: str) -> tuple[list[str], str]:
-    """One TOD3Cap caption entry -> (captions, schema) with schema ``"final_caption"`` or ``"composed"``.
+def _nested_text(entry: dict, source, token: str, field: str, key: str) -> str:
+    part = entry.get(field)
+    if not isinstance(part, dict):
+        raise AnnotationError(source, f"{token}.{field}", f"an object with '{key}' (TOD3Cap's annotation fields)",
+                              got="missing" if part is None else type(part).__name__)
+    value = part.get(key)
+    if key == "depth":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise AnnotationError(source, f"{token}.{field}.{key}", "a distance in metres", got=repr(value))
+        return str(round(value))  # Python's round, as TOD3Cap's code: half to even (2.5 -> 2)
+    if not isinstance(value, str):
+        raise AnnotationError(source, f"{token}.{field}.{key}", "a string", got="missing" if value is None else type(value).__name__)
+    return value
 
-    ``final_caption`` wins when present; otherwise the old fields present are composed in the
-    order of ``OLD_CAPTION_FIELDS`` (each made a sentence, joined by a space). Lists of several
-    references are composed index by index (the i-th caption from the i-th item of each field).
+
+def tod3cap_template(entry: dict, source, token: str) -> str:
+    """The caption TOD3Cap's evaluation (``evaluate_utils/get_text_results.py``) and its
+    LLaMA-Adapter targets compose from an annotation's nested fields:
+    ``"<attribute> about <round(depth)> meters away <localization> is <motion> <map>"``,
+    e.g. ``"white sedan about 12 meters away in front of the ego car is driving on the road"``.
+    The words are kept as they are (no added periods, case unchanged), so CIDEr against these
+    references equals TOD3Cap's."""
+    return (
+        _nested_text(entry, source, token, "attribute_caption", "attribute_caption")
+        + " about " + _nested_text(entry, source, token, "depth_caption", "depth") + " meters away "
+        + _nested_text(entry, source, token, "localization_caption", "localization_caption")
+        + " is " + _nested_text(entry, source, token, "motion_caption", "motion_caption")
+        + " " + _nested_text(entry, source, token, "map_caption", "map_caption")
+    )
+
+
+def parse_caption_entry(entry, source, token: str, caption_source: str = "final_caption") -> tuple[list[str], str]:
+    """One TOD3Cap caption entry -> (captions, schema), schema ``"final_caption"``,
+    ``"template"`` or ``"composed"``.
+
+    TOD3Cap's released annotations hold, per box, nested fields (``{"attribute_caption":
+    {"attribute_caption": "white sedan", "category": ...}, "depth_caption": {"depth": 12.3, ...},
+    "localization_caption": {...}, "motion_caption": {...}, "map_caption": {...}, ...}``) and
+    may hold an LLM-written ``final_caption`` paraphrasing them.
+
+    * ``caption_source="final_caption"`` (default): ``final_caption`` when present; otherwise,
+      for nested fields, :func:`tod3cap_template`; otherwise the flat ``*_caption`` strings
+      present are composed in the order of ``OLD_CAPTION_FIELDS`` (each made a sentence, joined
+      by a space; lists of several references index by index).
+    * ``caption_source="template"``: always :func:`tod3cap_template`, the references TOD3Cap's
+      own evaluation scores against (needed to compare numbers with its papers).
     """
+    if caption_source not in CAPTION_SOURCES:
+        raise ConfigError("TOD3CapDataset", "caption_source", f"one of {list(CAPTION_SOURCES)}", got=caption_source)
     if not isinstance(entry, dict):
         raise AnnotationError(source, token, "an object with final_caption or the *_caption fields", got=type(entry).__name__)
+    nested = any(isinstance(entry.get(k), dict) for k in OLD_CAPTION_FIELDS)
+    if caption_source == "template" or (nested and "final_caption" not in entry):
+        return [tod3cap_template(entry, source, token)], "template"
     if "final_caption" in entry:
         return [t.strip() for t in _as_texts(entry["final_caption"], source, f"{token}.final_caption")], "final_caption"
     parts = [(k, _as_texts(entry[k], source, f"{token}.{k}")) for k in OLD_CAPTION_FIELDS if k in entry]
@@ -69,6 +118,9 @@ class TOD3CapDataset(SampleDataset):
             info file's folder).
         caption_file: TOD3Cap caption JSON keyed by ``sample_annotation`` token (``{split}``
             replaced), or None: every box then has an empty caption list.
+        caption_source: ``"final_caption"`` (an entry's ``final_caption`` when it has one) or
+            ``"template"`` (TOD3Cap's evaluation references, composed from the nested fields:
+            to compare scores with its papers); see :func:`parse_caption_entry`.
         sensors: any of ``lidar``, ``camera`` (other names are ignored: not in this data set).
         cameras: camera names to read, in this order (default: all in the info, in its order).
         sweeps: number of earlier LiDAR sweeps to merge (adds a ``time_lag`` column).
@@ -92,6 +144,7 @@ class TOD3CapDataset(SampleDataset):
         split: str = "train",
         data_root: str | None = None,
         caption_file: str | None = None,
+        caption_source: str = "final_caption",
         sensors: Sequence[str] = ("lidar", "camera"),
         cameras: Sequence[str] | None = None,
         sweeps: int = 0,
@@ -105,6 +158,9 @@ class TOD3CapDataset(SampleDataset):
         self.info_file = Path(str(info_file).format(split=split))
         self.data_root = Path(data_root) if data_root is not None else self.info_file.parent
         self.caption_file = Path(str(caption_file).format(split=split)) if caption_file else None
+        if caption_source not in CAPTION_SOURCES:
+            raise ConfigError(type(self).__name__, "caption_source", f"one of {list(CAPTION_SOURCES)}", got=caption_source)
+        self.caption_source = caption_source
         self.sensors = select_sensors(sensors, ("lidar", "camera"), type(self).__name__)
         self.cameras = tuple(cameras) if cameras is not None else None
         self.sweeps = int(sweeps)
@@ -150,10 +206,11 @@ class TOD3CapDataset(SampleDataset):
 
     @property
     def caption_schema(self) -> str:
-        """Which TOD3Cap schema the caption file uses: ``"final_caption"``, ``"composed"`` (the
-        old ``*_caption`` fields), ``"mixed"`` or ``"none"`` (no file / no entries)."""
+        """Which TOD3Cap schema the captions come from: ``"final_caption"``, ``"template"`` (the
+        nested fields, as TOD3Cap's evaluation composes them), ``"composed"`` (flat ``*_caption``
+        strings), ``"mixed"`` or ``"none"`` (no file / no entries)."""
         _ = self.index
-        schemas = {parse_caption_entry(v, self.caption_file, k)[1] for k, v in self._captions.items()}
+        schemas = {parse_caption_entry(v, self.caption_file, k, self.caption_source)[1] for k, v in self._captions.items()}
         if not schemas:
             return "none"
         return schemas.pop() if len(schemas) == 1 else "mixed"
@@ -328,7 +385,7 @@ class TOD3CapDataset(SampleDataset):
             ann = inst.get("ann_token")
             ids.append(str(ann) if ann is not None else f"{token}_{i}")
             if ann is not None and str(ann) in self._captions:
-                caps, schema = parse_caption_entry(self._captions[str(ann)], self.caption_file, str(ann))
+                caps, schema = parse_caption_entry(self._captions[str(ann)], self.caption_file, str(ann), self.caption_source)
             else:
                 caps, schema = [], None  # no caption for this box: marked by the empty list
             captions.append(caps)
