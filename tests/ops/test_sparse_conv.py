@@ -185,6 +185,34 @@ def test_kernel_map_is_cached_per_indice_key():
         SparseInverseConv3d(4, 4, 3, indice_key="missing")(y)
 
 
+def test_reused_indice_key_with_other_parameters_raises_naming_the_parameter():
+    """A strided conv reusing a key with another stride, padding, kernel, dilation or grid
+    silently rebuilt the map and replaced the saved one (so an inverse conv reading the key
+    later ran on the wrong map). Now a one-line error naming the key and the parameter;
+    reuse with identical parameters still shares the map, and the inverse conv still reads it."""
+    x = random_sparse(60, (8, 8, 8), 1, 4, dtype=torch.float32)
+    down = SparseConv3d(4, 4, 3, stride=2, padding=1, indice_key="d")
+    y = down(x)
+    kmap = x.indice_dict["d"]
+    assert SparseConv3d(4, 4, 3, stride=2, padding=1, indice_key="d")(x).indices is kmap.out_indices  # same parameters: reused
+    cases = [
+        (SparseConv3d(4, 4, 3, stride=1, padding=1, indice_key="d"), x, "stride"),
+        (SparseConv3d(4, 4, 3, stride=2, padding=0, indice_key="d"), x, "padding"),
+        (SparseConv3d(4, 4, 2, stride=2, padding=1, indice_key="d"), x, "kernel_size"),
+        (SparseConv3d(4, 4, 3, stride=2, padding=1, dilation=2, indice_key="d"), x, "dilation"),
+        (SubMConv3d(4, 4, 3, indice_key="d"), x, "kind of conv"),
+        (SparseConv3d(4, 4, 3, stride=2, padding=1, indice_key="d"), SparseTensor(x.features, x.indices, (9, 8, 8), 1, x.indice_dict), "spatial_shape"),
+        (SparseConv3d(4, 4, 3, stride=2, padding=1, indice_key="d"), SparseTensor(x.features[:50], x.indices[:50], (8, 8, 8), 1, x.indice_dict), "input sites"),
+    ]
+    for layer, inp, what in cases:
+        with pytest.raises(SparseTensorError, match=rf"field 'indice_key': expected 'd' reused with the same {what} ") as e:
+            layer(inp)
+        assert "\n" not in str(e.value)
+        assert x.indice_dict["d"] is kmap, what  # the saved map is left alone
+    z = SparseInverseConv3d(4, 4, 3, indice_key="d")(y)  # the inverse still reads the forward conv's map
+    assert torch.equal(z.indices, x.indices)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_input_works_forward_and_backward(backend):
     feats = torch.zeros(0, 3, requires_grad=True)

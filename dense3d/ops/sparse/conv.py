@@ -118,18 +118,39 @@ class SparseConvNd(SparseModule):
             return saved.inverse()
         if self.indice_key is not None and self.indice_key in x.indice_dict:
             saved = x.indice_dict[self.indice_key]
-            same_sites = saved.in_indices is x.indices or (
-                saved.in_indices.shape == x.indices.shape and bool(torch.equal(saved.in_indices, x.indices))
-            )
-            if same_sites and saved.subm == self.subm and saved.kernel_size == self.kernel_size \
-                    and saved.dilation == self.dilation and (self.subm or (saved.stride, saved.padding) == (self.stride, self.padding)):
+            differs = self._reuse_difference(saved, x)
+            if differs is None:
                 return saved
-            if self.subm:
-                raise SparseTensorError(name, "indice_key", "a key not used by a layer of another shape or on other sites", got=self.indice_key)
+            # rebuilding would replace the saved map: the layers sharing the key, and an inverse
+            # conv reading it later, would silently run on another layer's map
+            what, theirs, ours = differs
+            raise SparseTensorError(
+                name, "indice_key", f"'{self.indice_key}' reused with the same {what} as the layer that saved it ({theirs})", got=f"{what} {ours}"
+            )
         kmap = build_kernel_map(x.indices, x.spatial_shape, self.kernel_size, self.stride, self.padding, self.dilation, self.subm, self.backend)
         if self.indice_key is not None:
             x.indice_dict[self.indice_key] = kmap
         return kmap
+
+    def _reuse_difference(self, saved: KernelMap, x: SparseTensor) -> tuple | None:
+        """The first parameter in which this layer on ``x`` differs from the layer that saved
+        ``saved``, as (name, saved value, this value); None when the saved map is this layer's."""
+        kind = lambda subm: "submanifold" if subm else "strided"  # noqa: E731
+        if saved.subm != self.subm:
+            return "kind of conv", kind(saved.subm), kind(self.subm)
+        checks = [("kernel_size", saved.kernel_size, self.kernel_size), ("dilation", saved.dilation, self.dilation)]
+        if not self.subm:  # a submanifold conv ignores stride and padding
+            checks += [("stride", saved.stride, self.stride), ("padding", saved.padding, self.padding)]
+        checks.append(("spatial_shape", tuple(saved.in_shape), tuple(x.spatial_shape)))
+        for what, theirs, ours in checks:
+            if theirs != ours:
+                return what, theirs, ours
+        same_sites = saved.in_indices is x.indices or (
+            saved.in_indices.shape == x.indices.shape and bool(torch.equal(saved.in_indices, x.indices))
+        )
+        if not same_sites:
+            return "input sites", f"{saved.in_indices.shape[0]} sites", f"{x.indices.shape[0]} other sites"
+        return None
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         name = type(self).__name__
