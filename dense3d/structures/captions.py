@@ -17,8 +17,8 @@ class DenseCaption:
     Attributes:
         kind: ``"box"`` (a 3D box) or ``"event"`` (a time span).
         region: the box ``(x, y, z, dx, dy, dz, yaw)`` in dense3d's convention (see
-            ``dense3d.structures.boxes``) or the span ``(t0, t1)`` in seconds.
-        score: confidence of the region in [0, 1].
+            ``dense3d.structures.boxes``) or the span ``(t0, t1)`` in seconds, ``0 <= t0 <= t1``.
+        score: confidence of the region in [0, 1] (a probability, not a logit; 1 for GT regions).
         label: class name of the region (``"car"``, ``"horn"``, ...).
         text: the caption.
         extra: anything else worth keeping (e.g. ``{"azimuth": 0.3}`` for events,
@@ -49,6 +49,8 @@ class DenseCaption:
                 raise EventError(src, "region", "2 finite numbers (t0, t1)", got=list(self.region))
             if self.region[1] < self.region[0]:
                 raise EventError(src, "region", "t1 >= t0", got=list(self.region))
+            if self.region[0] < 0:  # seconds from the clip's start, as Events requires
+                raise EventError(src, "region", "t0 >= 0", got=list(self.region))
         else:
             raise PredictionFormatError(src, "kind", "'box' or 'event'", got=repr(self.kind))
         try:
@@ -57,6 +59,8 @@ class DenseCaption:
             score = math.nan
         if not math.isfinite(score):
             raise PredictionFormatError(src, "score", "a finite number", got=repr(self.score))
+        if not 0.0 <= score <= 1.0:  # a confidence: a logit passed as the score is caught here
+            raise PredictionFormatError(src, "score", "a confidence in [0, 1]", got=score)
         self.score = score
 
     def to_dict(self) -> dict:

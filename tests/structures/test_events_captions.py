@@ -43,6 +43,23 @@ def test_dense_caption_round_trip_and_errors():
         DenseCaption.from_dict({"score": 1.0, "label": "car"}, source="pred.json")
 
 
+def test_dense_caption_score_outside_0_1_and_negative_start_are_one_line_errors():
+    # a logit passed as the score, or an event starting before the clip, was accepted
+    for score in (1.2, -0.1, 3.5):
+        with pytest.raises(PredictionFormatError, match=r"field 'score': expected a confidence in \[0, 1\]") as e:
+            DenseCaption("box", (1, 2, 3, 1, 1, 1, 0), score, "car", "x")
+        assert "\n" not in str(e.value)
+    with pytest.raises(EventError, match="t0 >= 0") as e:
+        DenseCaption("event", (-0.5, 2.0), 0.5, "horn", "x")
+    assert "\n" not in str(e.value)
+    with pytest.raises(EventError, match="t0 >= 0"):
+        DenseCaption.from_dict({"timestamp": [-1e-3, 1.0], "score": 0.5, "label": "horn", "caption": "x"}, source="preds.json")
+    # the ends are fine: a GT region has score 1, an event may start at 0 and have no length
+    assert DenseCaption("box", (1, 2, 3, 1, 1, 1, 0), 1.0, "car", "x").score == 1.0
+    assert DenseCaption("box", (1, 2, 3, 1, 1, 1, 0), 0.0, "car", "x").score == 0.0
+    assert DenseCaption("event", (0.0, 0.0), 0.5, "horn", "x").region == (0.0, 0.0)
+
+
 @pytest.mark.parametrize(
     "record, error",
     [
