@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from dense3d.errors import AudioError
+from dense3d.errors import AudioError, ConfigError
 from dense3d.models.encoders.audio.encoder import AudioEncoder, gcc_phat
 from dense3d.models.encoders.camera.backbone import ResNetBackbone
 from dense3d.models.encoders.video.encoder import VideoEncoder, interpolate_in_time
@@ -18,7 +18,7 @@ from dense3d.models.proposals.events.matcher import HungarianEventMatcher
 from tests.models.av_clips import MICS, SPEED_OF_SOUND, SR, av_batch, tone_burst_clip
 
 
-def _detector(seed=0, num_queries=4, tiny=False):
+def _detector(seed=0, num_queries=4, tiny=False, video_timestamps="starts"):
     torch.manual_seed(seed)
     cnn = (8, 16) if tiny else (16, 32)
     audio = AudioEncoder(num_channels=4, sample_rate=SR, cnn_channels=cnn, time_pool=4, out_channels=32, max_lag=8)
@@ -26,7 +26,7 @@ def _detector(seed=0, num_queries=4, tiny=False):
     fuser = TemporalFuser(32, 32, d_model=32, num_layers=1, num_heads=2, dropout=0.0)
     head = EventHead(32, num_classes=2, num_queries=num_queries, num_layers=1, num_heads=2, dropout=0.0, max_events=3, span_tokens=4)
     loss = EventSetLoss(HungarianEventMatcher(cost_azimuth=1.0))
-    return EventDetector(fuser, head, audio_encoder=audio, video_encoder=video, loss=loss)
+    return EventDetector(fuser, head, audio_encoder=audio, video_encoder=video, loss=loss, video_timestamps=video_timestamps)
 
 
 def test_gcc_phat_peaks_at_the_true_delay():
@@ -143,10 +143,43 @@ def test_event_loss_goes_down_when_overfitting_one_clip():
 def test_video_only_batch_runs_on_the_video_time_axis():
     batch = av_batch([(0.5, 0.4, 1.2, 0)])
     batch.audio = batch.audio_lengths = None
-    out = _detector().eval()(batch)
+    out = _detector(video_timestamps="centres").eval()(batch)  # av_clips' timestamps are frame centres
     assert out.audio is None and out.fused.shape[1] == 8  # the 8 video frames
     assert float(out.durations[0]) == pytest.approx(2.0)
     assert (out.regions.geometry <= 2.0 + 1e-5).all()
+
+
+def test_video_only_clip_lasts_frames_over_fps_with_frame_start_timestamps():
+    """A clip of N frames at f fps lasts N / f. Video pts are frame starts (0, 1/f, ...), so the
+    8 frames at 4 fps (0, 0.25, ..., 1.75 s) last 2.0 s; taking them as centres gave 1.875 s,
+    half a frame short, and squeezed every event's normalised span by that much."""
+    batch = av_batch([(0.5, 0.4, 1.2, 0)])
+    batch.audio = batch.audio_lengths = None
+    batch.video_timestamps = (torch.arange(8) * 0.25)[None]  # (1, 8) frame starts
+    out = _detector().eval()(batch)
+    assert float(out.durations[0]) == pytest.approx(2.0)
+    with pytest.raises(ConfigError, match="video_timestamps"):
+        _detector(video_timestamps="middle")
+
+
+def test_clip_durations_end_at_the_last_frames_end():
+    from dense3d.models.proposals.events.event_head import clip_durations
+
+    k = torch.arange(80, dtype=torch.float32)
+    starts, centres = k / 8, (k + 0.5) / 8  # the synthetic av clips: 10 s at 8 fps
+    mask = torch.ones(1, 80, dtype=torch.bool)
+    assert float(clip_durations(starts[None], mask, frame_starts=True)[0]) == pytest.approx(10.0)
+    assert float(clip_durations(centres[None], mask, frame_starts=False)[0]) == pytest.approx(10.0)
+    # a 1 s clip at 25 fps read at 8 fps keeps 0, 0.16, 0.28, ..., 0.88 (the reader's fps grid):
+    # the mean gap (0.1257 s) ends it at 1.006 s; the first gap (0.16 s) would give 1.04 s
+    kept = torch.tensor([[0.0, 0.16, 0.28, 0.40, 0.52, 0.64, 0.76, 0.88]])
+    assert float(clip_durations(kept, torch.ones(1, 8, dtype=torch.bool), frame_starts=True)[0]) == pytest.approx(1.0, abs=0.01)
+    # padded clips use their own frames: 3 frames at 2 fps (1.5 s), 1 frame (no period: 1 s)
+    times = torch.zeros(3, 80)
+    times[0], times[1, :3], times[2, :1] = starts, torch.tensor([0.0, 0.5, 1.0]), 0.0
+    mask = torch.zeros(3, 80, dtype=torch.bool)
+    mask[0], mask[1, :3], mask[2, :1] = True, True, True
+    assert clip_durations(times, mask, frame_starts=True).tolist() == pytest.approx([10.0, 1.5, 1.0])
 
 
 def test_video_encoder_resizes_frames_before_the_backbone():

@@ -9,7 +9,7 @@ from torch import nn
 
 from dense3d.errors import AnnotationError, ConfigError
 from dense3d.models.encoders.temporal import TemporalFeatures
-from dense3d.models.proposals.events.event_head import EventHead, EventPredictions
+from dense3d.models.proposals.events.event_head import EventHead, EventPredictions, clip_durations
 from dense3d.structures import RegionFeatures
 
 __all__ = ["EventDetector", "EventDetectorOutput"]
@@ -37,17 +37,26 @@ class EventDetector(nn.Module):
         event_head: ``EventHead``.
         audio_encoder, video_encoder: at least one.
         loss: ``EventSetLoss`` (needed for ``loss``).
+        video_timestamps: what ``batch.video_timestamps`` mark: ``"starts"`` (default; the frames'
+            presentation times, as ``dense3d.data.readers.read_video_frames`` reads them from pts)
+            or ``"centres"`` (each frame's mid-time).
 
-    The time axis is the audio frames when the batch has audio (video is resampled onto it),
-    else the video frames (clip duration = last timestamp + half a frame period). ``forward(batch) -> EventDetectorOutput``; ``loss(output, batch)``
+    The time axis is the audio frames when the batch has audio (video is resampled onto it; the
+    clip lasts as long as its audio), else the video frames: a clip of N frames at f fps lasts
+    N / f, the last timestamp plus one frame period for frame starts, plus half of one for frame
+    centres (:func:`~dense3d.models.proposals.events.event_head.clip_durations`). ``forward(batch) -> EventDetectorOutput``; ``loss(output, batch)``
     with targets from ``batch.samples[b].events`` (labels, spans in seconds, azimuth; labels
     through :meth:`head_labels`).
     """
 
-    def __init__(self, temporal_fuser: nn.Module, event_head: EventHead, audio_encoder: nn.Module | None = None, video_encoder: nn.Module | None = None, loss: nn.Module | None = None):
+    def __init__(self, temporal_fuser: nn.Module, event_head: EventHead, audio_encoder: nn.Module | None = None, video_encoder: nn.Module | None = None, loss: nn.Module | None = None,
+                 video_timestamps: str = "starts"):
         super().__init__()
         if audio_encoder is None and video_encoder is None:
             raise ConfigError("EventDetector", "audio_encoder/video_encoder", "at least one encoder")
+        if video_timestamps not in ("starts", "centres"):
+            raise ConfigError("EventDetector", "video_timestamps", '"starts" or "centres"', got=video_timestamps)
+        self.video_timestamps = video_timestamps
         self.audio_encoder = audio_encoder
         self.video_encoder = video_encoder
         self.temporal_fuser = temporal_fuser
@@ -84,10 +93,8 @@ class EventDetector(nn.Module):
         if audio is not None:
             lengths = batch.audio_lengths if batch.audio_lengths is not None else torch.full((len(batch),), batch.audio.shape[-1])
             durations = lengths.to(ref.features.device).float() / float(batch.sample_rate or self.audio_encoder.sample_rate)
-        else:
-            ts = torch.where(ref.mask, ref.times, torch.zeros_like(ref.times))
-            step = (ref.times[:, 1] - ref.times[:, 0]) if ref.times.shape[1] > 1 else torch.ones_like(ref.times[:, 0])
-            durations = ts.amax(dim=1) + step / 2  # timestamps taken as frame centres
+        else:  # the end of the last frame: 8 frames at 4 fps last 2.0 s, whether they start at 0 or are centred at 0.125
+            durations = clip_durations(ref.times, ref.mask, frame_starts=self.video_timestamps == "starts")
         fused = self.temporal_fuser(audio.features if audio is not None else None, video.features if video is not None else None, ref.times, ref.mask)
         directions = audio.directions if audio is not None else None
         pred = self.event_head(fused, ref.times, ref.mask, directions=directions, durations=durations)

@@ -44,7 +44,26 @@ from dense3d.models.fusion.temporal_fuser import time_encoding
 from dense3d.models.proposals.events.matcher import span_cl_to_t0t1
 from dense3d.structures import RegionFeatures
 
-__all__ = ["EventHead", "EventPredictions"]
+__all__ = ["EventHead", "EventPredictions", "clip_durations"]
+
+
+def clip_durations(times: torch.Tensor, mask: torch.Tensor, frame_starts: bool) -> torch.Tensor:
+    """(B,) seconds each clip lasts: the end of its last real frame, from the frame times (B, T)
+    of its real frames (``mask`` (B, T)).
+
+    A clip of N frames at f fps lasts N / f. With frame starts (video pts: 0, 1/f, ..., (N-1)/f)
+    that is the last time plus one frame period; with frame centres ((k + 0.5) / f) the last time
+    plus half of one. The period is the mean gap between the clip's own real frames, not the
+    first gap of the batch: a reader's fps grid keeps frames at uneven gaps (25 fps read at 8 fps
+    keeps 0, 0.16, 0.28, 0.40, ...), and a padded clip's gaps run into the padding. A clip of one
+    frame has no period: 1 s.
+    """
+    n = mask.sum(dim=1)  # (B,) real frames per clip
+    last = torch.where(mask, times, torch.full_like(times, -torch.inf)).amax(dim=1)  # (B,)
+    first = torch.where(mask, times, torch.full_like(times, torch.inf)).amin(dim=1)  # (B,)
+    last = torch.where(n > 0, last, torch.zeros_like(last))  # a clip without frames starts and ends at 0
+    period = torch.where(n > 1, (last - first) / (n - 1).clamp(min=1).to(times.dtype), torch.ones_like(last))
+    return last + (period if frame_starts else period / 2)
 
 
 @dataclass
@@ -167,11 +186,11 @@ class EventHead(nn.Module):
 
     @staticmethod
     def frame_positions(times: torch.Tensor, mask: torch.Tensor, durations: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T) frame times normalised by the clip duration, and the durations (B,) s (the last
-        real frame's time plus half a frame period when not given)."""
+        """(B, T) frame times normalised by the clip duration, and the durations (B,) s (when not
+        given, the end of the last real frame, ``times`` being frame centres as in
+        ``TemporalFeatures``: :func:`clip_durations`)."""
         if durations is None:
-            step = (times[:, 1] - times[:, 0]) if times.shape[1] > 1 else torch.ones_like(times[:, 0])
-            durations = torch.where(mask, times, torch.zeros_like(times)).amax(dim=1) + step / 2
+            durations = clip_durations(times, mask, frame_starts=False)
         durations = durations.to(times.dtype)
         return times / durations[:, None], durations
 
