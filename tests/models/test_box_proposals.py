@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from dense3d.errors import ConfigError
 from dense3d.models.encoders.camera.backbone import ResNetBackbone
 from dense3d.models.encoders.camera.encoder import CameraEncoder
 from dense3d.models.encoders.camera.lss import LSSViewTransform
@@ -192,6 +194,47 @@ def test_boxes_past_max_objects_keep_their_heatmap_peaks():
     t = head.targets([boxes], [torch.tensor([0, 0])])
     assert t.heatmaps[0][0, 0, 7, 2] == 1.0 and t.heatmaps[0][0, 0, 2, 7] == 1.0
     assert t.masks[0].shape == (1, 1) and t.indices[0][0, 0] == 7 * 10 + 2
+
+
+def test_post_center_range_filters_centres_as_centerpoint_does():
+    """With ``post_center_range`` (CenterPoint's, mmdet3d's ``get_task_detections``) a decoded
+    centre is kept inside that range in x, y and z, bounds included, also past the BEV map's
+    edge; without it (default) inside ``point_range`` in x and y, as before."""
+    def head(post_center_range=None):
+        return CenterHead(8, [["a", "b"]], (0.0, 0.0, -1.0, 10.0, 10.0, 1.0), 1.0, head_channels=8, with_velocity=False,
+                          score_threshold=0.3, nms_iou_threshold=0.1, post_center_range=post_center_range)
+
+    old, new = head(), head((-2.0, -2.0, -3.0, 12.0, 12.0, 3.0))
+    preds = _hand_made_predictions(old, [(0, 5, 9, 0.9), (0, 2, 2, 0.8), (1, 7, 4, 0.7)])
+    reg = preds.regression[0]  # (1, code, H, W), cells (y, x)
+    reg[0, 0, 5, 9] = 1.5  # x = 9 + 1.5 = 10.5 m: past the map's edge (10 m)
+    reg[0, 2, 2, 2] = 4.0  # z = 4 m: above the range's 3 m
+    reg[0, 2, 7, 4] = 3.0  # z = 3 m: on the range's bound (kept)
+    (d_old,) = old.decode(preds)
+    (d_new,) = new.decode(preds)
+    torch.testing.assert_close(d_old.boxes[:, :3], torch.tensor([[2.5, 2.5, 4.0], [4.5, 7.5, 3.0]]))
+    torch.testing.assert_close(d_new.boxes[:, :3], torch.tensor([[10.5, 5.5, 0.0], [4.5, 7.5, 3.0]]))
+    assert d_new.scores.tolist() == pytest.approx([0.9, 0.7])
+    with pytest.raises(ConfigError, match="post_center_range"):
+        head((0.0, 0.0, -1.0, 10.0, 10.0))
+    with pytest.raises(ConfigError, match="post_center_range"):
+        head((5.0, 0.0, -1.0, 1.0, 10.0, 1.0))
+
+
+def test_real_nuscenes_box_head_uses_centerpoint_post_center_range():
+    """The nuScenes box head filters centres as CenterPoint's nuScenes configs do; the synthetic
+    outdoor model built on it keeps its point_range (its trained checkpoints decode the same)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        demo = compose(config_name="train", overrides=["model=outdoor_demo"]).model
+    nusc = OmegaConf.load(configs / "model" / "proposals" / "boxes_nuscenes.yaml")
+    assert list(nusc.box_head.post_center_range) == [-61.2, -61.2, -10.0, 61.2, 61.2, 10.0]
+    assert list(nusc.box_head.point_range) == [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0]
+    assert demo.box_detector.box_head.post_center_range is None
+    assert list(demo.box_detector.box_head.point_range) == [-16.0, -56.0, -3.0, 16.0, 56.0, 2.0]
 
 
 @pytest.mark.slow

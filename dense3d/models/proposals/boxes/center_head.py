@@ -97,6 +97,12 @@ class CenterHead(nn.Module):
         class_agnostic_nms: one NMS over all classes instead of one per class. Per-class NMS (the
             detection benchmarks' custom) keeps a second box on an object wherever a peak of
             another class group sits on it; a dense captioner then describes the object twice.
+        post_center_range: ``(x_min, y_min, z_min, x_max, y_max, z_max)``: decoded boxes whose
+            gravity centre lies outside it (bounds included) are dropped before NMS, as
+            CenterPoint's ``post_center_range`` (mmdet3d's ``CenterPointBBoxCoder.decode`` and
+            ``CenterHead.get_task_detections``; nuScenes: ``[-61.2, -61.2, -10, 61.2, 61.2, 10]``,
+            10 m wider than its ``[-51.2, -51.2, -5, 51.2, 51.2, 3]`` map).
+            None (default): centres must lie in ``point_range`` in x and y (the BEV map itself).
     """
 
     def __init__(
@@ -117,6 +123,7 @@ class CenterHead(nn.Module):
         max_detections: int = 100,
         nms_backend: str = "auto",
         class_agnostic_nms: bool = False,
+        post_center_range: Sequence[float] | None = None,
     ):
         super().__init__()
         if not class_groups or any(len(g) == 0 for g in class_groups):
@@ -144,6 +151,16 @@ class CenterHead(nn.Module):
         self.max_detections = max_detections
         self.nms_backend = nms_backend
         self.class_agnostic_nms = class_agnostic_nms
+        self.post_center_range = None
+        if post_center_range is not None:
+            try:
+                r = [float(v) for v in post_center_range]
+            except (TypeError, ValueError):
+                r = []
+            if len(r) != 6 or not all(math.isfinite(v) for v in r) or not all(r[i] < r[i + 3] for i in range(3)):
+                raise ConfigError("CenterHead", "post_center_range", "[x_min, y_min, z_min, x_max, y_max, z_max], finite, min < max",
+                                  got=post_center_range)
+            self.post_center_range = tuple(r)
         self.shared = _conv_block(in_channels, head_channels)
         self.heatmap_heads = nn.ModuleList()
         self.regression_heads = nn.ModuleList()
@@ -271,13 +288,24 @@ class CenterHead(nn.Module):
         return [self._select(boxes[b], scores[b], labels[b]) for b in range(B)]
 
     def _select(self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> Detections:
-        x_min, y_min, _, x_max, y_max, _ = self.point_range
-        keep = (scores >= self.score_threshold) & (boxes[:, 0] >= x_min) & (boxes[:, 0] < x_max) & (boxes[:, 1] >= y_min) & (boxes[:, 1] < y_max)
+        keep = (scores >= self.score_threshold) & self.centres_in_range(boxes)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         if boxes.shape[0]:
             keep = self.nms(boxes, scores, labels)[: self.max_detections]
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         return Detections(boxes, scores, labels)
+
+    def centres_in_range(self, boxes: torch.Tensor) -> torch.Tensor:
+        """(K,) True where a box's centre is kept: inside ``post_center_range`` in x, y and z,
+        bounds included (CenterPoint's filter; it runs before NMS here, as in mmdet3d's box coder,
+        so a box outside cannot suppress one inside), or, without it, inside ``point_range`` in x
+        and y, the upper bounds excluded (the behaviour models trained before it was added keep)."""
+        if self.post_center_range is None:
+            x_min, y_min, _, x_max, y_max, _ = self.point_range
+            return (boxes[:, 0] >= x_min) & (boxes[:, 0] < x_max) & (boxes[:, 1] >= y_min) & (boxes[:, 1] < y_max)
+        lo = boxes.new_tensor(self.post_center_range[:3])  # (3,)
+        hi = boxes.new_tensor(self.post_center_range[3:])  # (3,)
+        return ((boxes[:, :3] >= lo) & (boxes[:, :3] <= hi)).all(dim=1)
 
     def nms(self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Indices kept by NMS in BEV (per class, or over all classes), by decreasing score."""
