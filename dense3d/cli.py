@@ -63,6 +63,26 @@ def _convert_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_nuscenes_results(args: argparse.Namespace) -> int:
+    from dense3d.data.converters import convert_nuscenes_results
+    from dense3d.utils.io import check_output_path
+
+    check_output_path(args.out, "dense3d convert nuscenes-results")
+    n = convert_nuscenes_results(args.results, args.info, args.out)
+    print(f"wrote {n['boxes']} boxes of {n['samples']} samples to {args.out} (LiDAR frame; score with dense3d eval tod3cap)")
+    return 0
+
+
+def _convert_tod3cap_gt(args: argparse.Namespace) -> int:
+    from dense3d.data.converters import tod3cap_ground_truth
+    from dense3d.utils.io import check_output_path
+
+    check_output_path(args.out, "dense3d convert tod3cap-gt")
+    n = tod3cap_ground_truth(args.info, args.captions, args.out, caption_source=args.caption_source, data_root=args.data_root)
+    print(f"wrote {n['objects']} objects ({n['captioned']} with a caption) of {n['samples']} samples to {args.out}")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     if "--checkpoint" in args.rest:  # a trained run on its own data: dense3d.engine.evaluate
         return _eval_run(args.rest)
@@ -174,6 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("folder")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     q.set_defaults(func=_convert_stats)
+    q = conv.add_parser("nuscenes-results", help="a nuScenes results file with captions (TOD3Cap's results_nusc.json) "
+                        "-> dense3d 3D predictions in the LiDAR frame")
+    q.add_argument("--results", required=True, help="nuScenes results JSON {meta, results: {sample_token: [box, ...]}}")
+    q.add_argument("--info", required=True, help="mmdet3d v1.1 info pickle of the same samples (their poses)")
+    q.add_argument("--out", required=True, help="predictions JSON (docs/eval.md)")
+    q.set_defaults(func=_convert_nuscenes_results)
+    q = conv.add_parser("tod3cap-gt", help="a TOD3Cap split's boxes and references -> dense3d ground-truth JSON")
+    q.add_argument("--info", required=True, help="mmdet3d v1.1 info pickle (instances with ann_token)")
+    q.add_argument("--captions", default=None, help="TOD3Cap caption JSON keyed by sample_annotation token")
+    q.add_argument("--caption-source", default="template", choices=("template", "final_caption"),
+                   help="template: TOD3Cap's own references (default); final_caption: the entries' final_caption")
+    q.add_argument("--data-root", default=None, help="folder the info's paths are relative to (default: the info's folder)")
+    q.add_argument("--out", required=True, help="ground-truth JSON (docs/eval.md)")
+    q.set_defaults(func=_convert_tod3cap_gt)
     return parser
 
 

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 
-from dense3d.data.datasets.tod3cap import parse_caption_entry
-from dense3d.data.readers import load_json, load_pickle
-from dense3d.errors import AnnotationError, PointCloudError
+from dense3d.data.datasets.tod3cap import TOD3CapDataset, parse_caption_entry
+from dense3d.data.readers import check_rigid, load_json, load_pickle, require, to_matrix
+from dense3d.errors import AnnotationError, PointCloudError, PredictionFormatError
 from dense3d.utils.io import atomic_write
 
-__all__ = ["add_ann_tokens", "convert_tod3cap_captions", "write_mp4", "write_points_bin", "write_wav"]
+__all__ = ["add_ann_tokens", "convert_nuscenes_results", "convert_tod3cap_captions", "tod3cap_ground_truth", "write_mp4",
+           "write_points_bin", "write_wav"]
 
 
 def convert_tod3cap_captions(src: str | os.PathLike, dst: str | os.PathLike,
@@ -39,6 +42,143 @@ def convert_tod3cap_captions(src: str | os.PathLike, dst: str | os.PathLike,
     with atomic_write(dst, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1)
     return counts
+
+
+def _sample_poses(info_file) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{sample token: (lidar2ego, ego2global)}`` (float64, checked rigid) of an mmdet3d v1.1 info file."""
+    infos = load_pickle(info_file)
+    data_list = infos.get("data_list") if isinstance(infos, dict) else None
+    if not isinstance(data_list, list):
+        raise AnnotationError(info_file, "data_list", "a list of samples", got=type(data_list).__name__)
+    poses = {}
+    for i, info in enumerate(data_list):
+        where = f"data_list[{i}]"
+        token = str(require(info, "token", info_file, where))
+        lidar = require(info, "lidar_points", info_file, where)
+        l2e = check_rigid(to_matrix(require(lidar, "lidar2ego", info_file, f"{where}.lidar_points"), info_file,
+                                    f"{where}.lidar_points.lidar2ego"), info_file, f"{where}.lidar_points.lidar2ego")
+        e2g = check_rigid(to_matrix(require(info, "ego2global", info_file, where), info_file, f"{where}.ego2global"),
+                          info_file, f"{where}.ego2global")
+        poses[token] = (l2e.numpy(), e2g.numpy())
+    return poses
+
+
+def _finite_list(src, fld: str, value, n: int) -> np.ndarray:
+    try:
+        v = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        v = None
+    if v is None or v.shape != (n,) or not np.isfinite(v).all():
+        raise PredictionFormatError(src, fld, f"{n} finite numbers", got=value)
+    return v
+
+
+def convert_nuscenes_results(results_file: str | os.PathLike, info_file: str | os.PathLike,
+                             dst: str | os.PathLike) -> dict[str, int]:
+    """A nuScenes detection results file with a caption per box (what TOD3Cap's and mmdet3d's
+    ``_format_bbox`` write: ``results_nusc.json``) -> dense3d's 3D predictions JSON
+    (``docs/eval.md``), so ``dense3d eval tod3cap`` (both modes) and ``detection`` score it.
+
+    Each box goes from the global frame back to the sample's LiDAR frame with the info file's
+    ``ego2global`` and ``lidar2ego`` (the inverse of mmdet3d's ``lidar_nusc_box_to_global``):
+    ``box`` = [x, y, z, dx, dy, dz, yaw] (centre, nuScenes ``size`` w, l, h -> dx = l, dy = w,
+    dz = h; yaw of the box's length axis about +z), ``ego_dist`` = its centre's distance from
+    the ego in the ego frame's x-y plane (what nuScenes filters by), ``label`` =
+    ``detection_name``, ``score`` = ``detection_score``, ``caption`` = ``caption`` (a string, or
+    the first of a list, as TOD3Cap's evaluation reads ``caption[0]``). Every box is checked
+    before anything is written; a sample token missing from the info file is an error.
+
+    Returns ``{"samples": n, "boxes": m}``.
+    """
+    data = load_json(results_file)
+    results = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(results, dict):
+        raise PredictionFormatError(results_file, "results", "a nuScenes results file {meta, results: {sample_token: [box, ...]}}",
+                                    got=type(results).__name__ if isinstance(data, dict) else type(data).__name__)
+    poses = _sample_poses(info_file)
+    out: dict[str, list[dict]] = {}
+    n_boxes = 0
+    for token, boxes in results.items():
+        if token not in poses:
+            raise PredictionFormatError(results_file, f"results.{token}", f"a sample token of {info_file}", got="not in it")
+        if not isinstance(boxes, list):
+            raise PredictionFormatError(results_file, f"results.{token}", "a list of boxes", got=type(boxes).__name__)
+        l2e, e2g = poses[token]
+        lidar2global = e2g @ l2e  # (4, 4)
+        global2lidar = np.linalg.inv(lidar2global)
+        global2ego = np.linalg.inv(e2g)
+        recs = []
+        for i, b in enumerate(boxes):
+            fld = f"results.{token}[{i}]"
+            if not isinstance(b, dict):
+                raise PredictionFormatError(results_file, fld, "a box object", got=type(b).__name__)
+            centre_g = _finite_list(results_file, f"{fld}.translation", b.get("translation"), 3)
+            wlh = _finite_list(results_file, f"{fld}.size", b.get("size"), 3)
+            if not (wlh > 0).all():
+                raise PredictionFormatError(results_file, f"{fld}.size", "w, l, h > 0", got=b.get("size"))
+            quat = _finite_list(results_file, f"{fld}.rotation", b.get("rotation"), 4)  # (w, x, y, z), nuScenes' order
+            if abs(np.linalg.norm(quat) - 1.0) > 1e-3:
+                raise PredictionFormatError(results_file, f"{fld}.rotation", "a unit quaternion (w, x, y, z)", got=b.get("rotation"))
+            rot_g = Rotation.from_quat(quat[[1, 2, 3, 0]]).as_matrix()  # scipy orders (x, y, z, w)
+            centre_l = global2lidar[:3, :3] @ centre_g + global2lidar[:3, 3]
+            rot_l = global2lidar[:3, :3] @ rot_g  # the box's axes in the LiDAR frame; column 0: its length
+            yaw = float(np.arctan2(rot_l[1, 0], rot_l[0, 0]))
+            centre_ego = global2ego[:3, :3] @ centre_g + global2ego[:3, 3]
+            name, score, cap = b.get("detection_name"), b.get("detection_score"), b.get("caption")
+            if not isinstance(name, str):
+                raise PredictionFormatError(results_file, f"{fld}.detection_name", "a class name", got=name)
+            if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+                raise PredictionFormatError(results_file, f"{fld}.detection_score", "a finite number", got=score)
+            if isinstance(cap, list) and cap and isinstance(cap[0], str):
+                cap = cap[0]
+            if not isinstance(cap, str):
+                raise PredictionFormatError(results_file, f"{fld}.caption", "a string or a list of strings", got=cap)
+            recs.append({"box": [*centre_l.tolist(), float(wlh[1]), float(wlh[0]), float(wlh[2]), yaw],
+                         "caption": cap, "score": float(score), "label": name,
+                         "ego_dist": float(np.hypot(centre_ego[0], centre_ego[1]))})
+        out[str(token)] = recs
+        n_boxes += len(recs)
+    with atomic_write(dst, "w", encoding="utf-8") as f:
+        json.dump(out, f)
+    return {"samples": len(out), "boxes": n_boxes}
+
+
+def tod3cap_ground_truth(info_file: str | os.PathLike, caption_file: str | os.PathLike | None, dst: str | os.PathLike,
+                         caption_source: str = "template", data_root: str | os.PathLike | None = None) -> dict[str, int]:
+    """The ground truth of a TOD3Cap split in dense3d's 3D format (``docs/eval.md``), for
+    ``dense3d eval tod3cap`` / ``detection``: per sample token, every box of the info file in
+    the LiDAR frame with its class, ``num_pts``, ``ego_dist`` (from ``lidar2ego``) and its
+    reference (``caption_source="template"``: TOD3Cap's own, see
+    :func:`~dense3d.data.datasets.tod3cap.parse_caption_entry`; none where the caption file has
+    no entry, which the compatible mode scores against "The object is ignored.").
+
+    Returns ``{"samples": n, "objects": m, "captioned": k}``.
+    """
+    ds = TOD3CapDataset(str(info_file), data_root=None if data_root is None else str(data_root),
+                        caption_file=None if caption_file is None else str(caption_file),
+                        caption_source=caption_source, sensors=())
+    out: dict[str, list[dict]] = {}
+    n_obj = n_cap = 0
+    for i in range(len(ds)):
+        s = ds[i]
+        boxes, l2e = s.boxes, s.meta["lidar2ego"].double()
+        params = boxes.boxes.tensor[:, :7].double()  # (K, 7)
+        centre_ego = params[:, :3] @ l2e[:3, :3].T + l2e[:3, 3]  # (K, 3)
+        counts = boxes.num_points.tolist() if boxes.num_points is not None else [-1] * len(boxes)
+        recs = []
+        for k, label in enumerate(boxes.labels.tolist()):
+            if not 0 <= label < len(boxes.class_names):
+                continue  # a class outside metainfo.categories
+            recs.append({"object_id": boxes.object_ids[k], "label": boxes.class_names[label],
+                         "box": params[k].tolist(), "descriptions": list(boxes.captions[k]),
+                         "num_pts": int(counts[k]) if counts[k] >= 0 else None,
+                         "ego_dist": float(torch.hypot(centre_ego[k, 0], centre_ego[k, 1]))})
+            n_cap += bool(boxes.captions[k])
+        out[s.sample_id] = recs
+        n_obj += len(recs)
+    with atomic_write(dst, "w", encoding="utf-8") as f:
+        json.dump(out, f)
+    return {"samples": len(out), "objects": n_obj, "captioned": n_cap}
 
 
 def add_ann_tokens(info_file: str | os.PathLike, sample_annotation_file: str | os.PathLike, dst: str | os.PathLike) -> int:

@@ -54,6 +54,7 @@ class BoxPrediction:
     caption: str
     score: float
     label: str | None
+    ego_dist: float | None = None  # distance from the ego (nuScenes' class-range filter); None: hypot(x, y)
 
 
 @dataclass
@@ -149,11 +150,35 @@ def _event_predictions_field(data) -> str | None:
     return None
 
 
+def _is_nuscenes_results(data) -> bool:
+    """A nuScenes detection results file (``{meta, results: {token: [{translation, size, ...}]}}``)."""
+    results = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(results, dict):
+        return False
+    first = next((v for v in results.values() if isinstance(v, list) and v), None)
+    return isinstance(first, list) and isinstance(first[0], dict) and "translation" in first[0] and "size" in first[0]
+
+
+def _ego_dist(src, fld: str, value) -> float | None:
+    """An optional distance from the ego in metres (hypot(x, y) of the box is used when missing)."""
+    if value is None:
+        return None
+    ego = _finite(src, fld, [value])[0]
+    if ego < 0:
+        raise PredictionFormatError(src, fld, "a distance >= 0 (metres)", got=ego)
+    return float(ego)
+
+
 def parse_box_predictions(src, data, need_caption: bool = True, need_score: bool = False,
                           for_what: str = "") -> dict[str, list[BoxPrediction]]:
-    """``{scene_id: [{"box"|"corners", "caption", "score"?, "label"?}]}`` -> BoxPrediction lists.
+    """``{scene_id: [{"box"|"corners", "caption", "score"?, "label"?, "ego_dist"?}]}`` -> BoxPrediction lists.
     ``for_what`` (e.g. ``" (dense3d vis draws 3D boxes)"``) is added to the message that
     refuses a file of event predictions."""
+    if _is_nuscenes_results(data):
+        raise PredictionFormatError(src, "results", "3D box predictions {scene_id: [{box, caption, ...}]} in the LiDAR frame; "
+                                    "this is a nuScenes results file in the global frame: convert it with `dense3d convert "
+                                    "nuscenes-results --results FILE --info INFOS.pkl --out PRED.json`",
+                                    got="an object with 'results' of nuScenes boxes")
     where = _event_predictions_field(data)
     if where is not None:
         raise PredictionFormatError(src, where, f"3D box predictions {{scene_id: [{{box, caption, ...}}]}}{for_what}; this file holds "
@@ -180,7 +205,8 @@ def parse_box_predictions(src, data, need_caption: bool = True, need_score: bool
             label = r.get("label")
             if label is not None and not isinstance(label, str):
                 raise PredictionFormatError(src, f"{fld}.label", "a string", got=label)
-            preds.append(BoxPrediction(box, cap if isinstance(cap, str) else "", float(score), label))
+            preds.append(BoxPrediction(box, cap if isinstance(cap, str) else "", float(score), label,
+                                       _ego_dist(src, f"{fld}.ego_dist", r.get("ego_dist"))))
         out[str(scene)] = preds
     return out
 
@@ -228,11 +254,7 @@ def parse_object_gt(src, data) -> dict[str, list[ObjectGT]]:
             num_pts = r.get("num_pts")
             if num_pts is not None and (isinstance(num_pts, bool) or not isinstance(num_pts, int) or num_pts < 0):
                 raise PredictionFormatError(src, f"{fld}.num_pts", "an integer >= 0", got=num_pts)
-            ego = r.get("ego_dist")
-            if ego is not None:
-                ego = _finite(src, f"{fld}.ego_dist", [ego])[0]
-                if ego < 0:  # a distance; hypot(x, y) when missing
-                    raise PredictionFormatError(src, f"{fld}.ego_dist", "a distance >= 0 (metres)", got=ego)
+            ego = _ego_dist(src, f"{fld}.ego_dist", r.get("ego_dist"))
             oid = r.get("object_id", i)
             if isinstance(oid, bool) or not isinstance(oid, (int, str)):
                 raise PredictionFormatError(src, f"{fld}.object_id", "an integer or a string", got=repr(oid))

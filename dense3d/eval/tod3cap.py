@@ -1,8 +1,9 @@
 """TOD3Cap (outdoor 3D dense captioning on nuScenes): a compatible and a corrected protocol.
 
 Both first filter boxes as the nuScenes detection evaluation does: a box is kept when its
-label is one of the 10 detection classes and its BEV distance from the ego (``ego_dist`` if
-given, else ``hypot(x, y)`` of the box centre, boxes being in the ego / LiDAR frame) is
+label is one of the 10 detection classes and its BEV distance from the ego (``ego_dist`` of a
+prediction or GT box if given, else ``hypot(x, y)`` of the box centre, boxes being in the LiDAR
+frame: up to a metre off nuScenes' ego-frame distance) is
 **below** the class range (``CLASS_RANGE``); GT boxes with ``num_pts == 0`` (no LiDAR nor
 radar point) are dropped; more than 500 predictions in a sample is an error (nuScenes
 asserts). nuScenes' bicycle-rack filter needs the map's rack annotations and is not applied.
@@ -65,7 +66,7 @@ def filter_boxes(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[Object
         for i, p in enumerate(ps):
             if p.label not in CLASS_RANGE:
                 raise PredictionFormatError(source, f"{s}[{i}].label", f"one of {sorted(CLASS_RANGE)}", got=p.label)
-            if _ego_dist(p.box.params, None) < CLASS_RANGE[p.label]:
+            if _ego_dist(p.box.params, p.ego_dist) < CLASS_RANGE[p.label]:
                 keep.append(p)
         fp[s] = keep
     fg: dict[str, list[ObjectGT]] = {}
@@ -144,6 +145,8 @@ def _corrected(pred, gt, ious, scorer, bar: ProgressBar) -> dict:
         _, per = scorer.score_many([pairs], progress=bar, names=["BEV" if bev else "3D"])[0] if pairs else ({}, {m: [] for m in _METRICS})
         for k in ious:
             for m in ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L"):
+                if pairs and m not in per:  # a scorer without this metric (CaptionScorer(metrics=...))
+                    continue
                 p, r, f = f1_from_pairs(np.array(per.get(m, [])), np.array(pair_iou), n_pred, n_gt, k)
                 result[f"{m}-P@{k:g}{variant}"], result[f"{m}-R@{k:g}{variant}"], result[f"{m}-F1@{k:g}{variant}"] = 100 * p, 100 * r, 100 * f
         result[f"pairs{variant}"] = len(pairs)
