@@ -17,6 +17,8 @@ training curves in ``curves.png``.
 from __future__ import annotations
 
 import math
+import numbers
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -157,19 +159,30 @@ def evaluate_run(run: str | Path, split: str = "val", regions: str = "proposals"
                  limit: int | None = None, batch_size: int = 2, overrides: Sequence[str] = ()) -> dict:
     """Describe the split with the run's model and score it (see the module docstring); writes
     predictions, ground truth, metrics (and curves) under ``out_dir`` (default ``RUN/eval_<split>``).
+    ``limit``: only the first ``limit`` samples (an integer >= 1; None, or a limit above the
+    split's size: every sample, the latter said on stderr; ``metrics.json`` records both
+    ``limit`` and the ``samples`` evaluated).
     ``overrides``: ``key=value`` changes of the run's config (see ``dense3d.api.load``)."""
     import dense3d.api as api
     from dense3d.utils.progress import progress_bar
 
     run = Path(run)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError("evaluate_run", "limit", "an integer >= 1 (or None: every sample)", got=limit)
+    if limit is not None:
+        # numpy's integers (a count taken from an array) are integers too; a bool is an int to
+        # Python but no count (limit=True would evaluate one sample)
+        if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1:
+            raise ConfigError("evaluate_run", "limit", "an integer >= 1 (or None: every sample)", got=repr(limit))
+        limit = int(limit)  # metrics.json is JSON: a plain int
     run_dir = api.find_run(run)[0].parent  # the folder of config.yaml, also for a checkpoint folder
     out_dir = Path(out_dir) if out_dir is not None else run_dir / f"eval_{split}"
     check_output_path(out_dir, "dense3d eval --checkpoint", folder=True)  # before any captioning
     loaded = api.load(run, regions=regions, overrides=overrides)
     data = loaded.dataset(split)
     n = len(data) if limit is None else min(limit, len(data))
+    if limit is not None and limit > len(data):
+        # not an error ("at most limit samples"), but said, so nobody reads the scores as a subset's
+        print(f"dense3d eval: limit={limit} is more than the {len(data)} samples of split '{split}': evaluating all of them",
+              file=sys.stderr)
     samples = [data[i] for i in range(n)]
     with progress_bar(f"describing {split} ({regions})", total=n, unit="samples") as bar:
         captions = loaded.caption_many(samples, batch_size=batch_size, progress=bar)
@@ -177,7 +190,7 @@ def evaluate_run(run: str | Path, split: str = "val", regions: str = "proposals"
     model = loaded.model
     has_text = any(c.text for caps in captions for c in caps)
     metrics: dict = {"run": str(run), "checkpoint": str(loaded.checkpoint), "step": loaded.step, "split": split,
-                     "regions": regions, "samples": n, "overrides": list(overrides)}
+                     "regions": regions, "limit": limit, "samples": n, "overrides": list(overrides)}
     preds: dict = {}
     truth: dict = {}
     if getattr(model, "box_detector", None) is not None:

@@ -194,3 +194,37 @@ def test_room_layout_gives_the_box_regions_their_wall_gaps():
                                atol=0.05, rtol=0)
     with pytest.raises(ConfigError, match="without points"):
         model._with_appearance(Batch(samples=[None, None]), r)
+
+
+def test_eval_limit_is_checked_in_one_line_and_a_limit_above_the_split_evaluates_all(tmp_path, monkeypatch, capsys):
+    """evaluate_run's ``limit``: 0, negatives, bools, floats and strings are a one-line ConfigError
+    naming ``limit`` and showing the value as given ('2', not 2); numpy's integers are integers;
+    a limit above the split's size evaluates every sample and says so (stderr, metrics.json)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import dense3d.api as api
+    from dense3d.engine.evaluate import evaluate_run
+
+    for bad, shown in ((0, "0"), (-1, "-1"), (True, "True"), (2.0, "2.0"), ("2", "'2'"), (np.float64(2), "np.float64(2.0)")):
+        with pytest.raises(ConfigError) as e:
+            evaluate_run(tmp_path / "no_run", limit=bad)
+        msg = str(e.value)
+        assert msg.startswith("evaluate_run: field 'limit': expected an integer >= 1") and msg.endswith(f"got {shown}"), msg
+        assert "\n" not in msg
+
+    # a run whose model detects nothing, on a split of 3 samples: what evaluate_run reads of it
+    (tmp_path / "run").mkdir()
+    monkeypatch.setattr(api, "find_run", lambda run: (tmp_path / "run" / "config.yaml", tmp_path / "run"))
+    loaded = SimpleNamespace(dataset=lambda split: ["s0", "s1", "s2"], model=SimpleNamespace(), checkpoint="last.ckpt", step=1,
+                             caption_many=lambda samples, batch_size, progress: [[] for _ in samples])
+    monkeypatch.setattr(api, "load", lambda run, regions, overrides: loaded)
+    metrics = evaluate_run(tmp_path / "run", limit=np.int64(2), out_dir=tmp_path / "two")
+    assert metrics["samples"] == 2 and metrics["limit"] == 2 and type(metrics["limit"]) is int
+    capsys.readouterr()
+    metrics = evaluate_run(tmp_path / "run", limit=10, out_dir=tmp_path / "all")
+    assert metrics["samples"] == 3 and metrics["limit"] == 10
+    assert json.loads((tmp_path / "all" / "metrics.json").read_text())["limit"] == 10
+    err = capsys.readouterr().err
+    assert "limit=10 is more than the 3 samples of split 'val': evaluating all of them" in err, err
