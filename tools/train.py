@@ -5,11 +5,12 @@ Thin, like lightning-hydra-template's entry points: everything lives in ``dense3
 ``dense3d train``. In a multirun sweep (``-m seed=0,1``) each job trains into its own folder,
 ``paths.output_dir/<job number>`` (the sweep's ``multirun.yaml`` beside them; a sweep over
 ``task_name`` or ``experiment`` trains into each job's own ``outputs/<task_name>/<job number>``
-and writes ``multirun.yaml`` where the command line alone puts ``paths.output_dir``), and a job with
-bad input is reported in one line while the sweep's other jobs still run (hydra then reports the
-sweep as failed). Hydra writes no folders of its own (``configs/train.yaml``, ``hydra:``), and a
-sweep into a folder that holds an earlier sweep's runs is refused in one line before hydra
-overwrites that sweep's ``multirun.yaml`` (:mod:`dense3d.engine.sweep`).
+and writes ``multirun.yaml`` where the command line alone puts ``paths.output_dir``, e.g.
+``outputs/train`` for ``task_name=a,b``), and a job with bad input is reported in one line while
+the sweep's other jobs still run (hydra then reports the sweep as failed). Hydra writes no
+folders of its own (``configs/train.yaml``, ``hydra:``), and a sweep is refused in one line
+before hydra overwrites a ``multirun.yaml`` whose sweep has runs, or when one of its own job
+folders holds a run (:mod:`dense3d.engine.sweep`): pass another ``paths.output_dir``.
 """
 import sys
 from pathlib import Path

@@ -206,6 +206,52 @@ def test_a_sweep_into_an_earlier_sweeps_folder_is_refused_in_one_line(tmp_path, 
     assert str(tmp_path / "sweep" / "1" / "checkpoints" / "last.ckpt") in err
 
 
+def _multirun_config(*overrides):
+    """The config hydra composes for ``tools/train.py -m OVERRIDES`` (Hydra.multirun), with
+    hydra initialised as @hydra.main leaves it when it calls on_multirun_start."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    return GlobalHydra.instance().hydra.compose_config("train", list(overrides), run_mode=RunMode.MULTIRUN)
+
+
+def test_a_sweep_over_task_name_is_refused_before_its_shared_multirun_yaml_is_overwritten(tmp_path, capsys):
+    """``-m task_name=a,b`` writes multirun.yaml to outputs/train (hydra composes the sweep's
+    config without the swept values) and trains into outputs/a/0 and outputs/b/1: a rerun, or
+    another sweep over task names, is refused before hydra overwrites that record."""
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from dense3d.engine.sweep import RefuseEarlierSweep, sweep_job_dirs
+    from dense3d.engine.train import CONFIG_DIR
+
+    root = f"paths.root_dir={tmp_path}"
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = _multirun_config("task_name=a,b", root)
+        assert cfg.hydra.sweep.dir == f"{tmp_path}/outputs/train"  # where hydra writes multirun.yaml
+        assert sweep_job_dirs(cfg) == [tmp_path / "outputs" / "a" / "0", tmp_path / "outputs" / "b" / "1"]
+        RefuseEarlierSweep().on_multirun_start(config=cfg)  # nothing there yet
+        # the first sweep: hydra's record, and the runs of its jobs
+        record = tmp_path / "outputs" / "train" / "multirun.yaml"
+        record.parent.mkdir(parents=True)
+        OmegaConf.save(cfg, record)
+        RefuseEarlierSweep().on_multirun_start(config=cfg)  # its jobs failed before their first step
+        (tmp_path / "outputs" / "b" / "1" / "checkpoints" / "last.ckpt").mkdir(parents=True)
+        for again in (cfg, _multirun_config("task_name=c,d", root)):  # a rerun; another sweep over task names
+            with pytest.raises(SystemExit) as e:
+                RefuseEarlierSweep().on_multirun_start(config=again)
+            err = capsys.readouterr().err
+            assert e.value.code == 2 and err.count("\n") == 1, err
+            assert err.startswith(f"tools/train.py: ConfigError: {record}: field 'paths.output_dir'") and "earlier sweep" in err, err
+            assert str(tmp_path / "outputs" / "b" / "1" / "checkpoints" / "last.ckpt") in err
+        # without a record there, a sweep whose own job folder holds a run is still refused
+        record.unlink()
+        RefuseEarlierSweep().on_multirun_start(config=_multirun_config("task_name=b,a", root))  # outputs/b/0, outputs/a/1
+        with pytest.raises(SystemExit):
+            RefuseEarlierSweep().on_multirun_start(config=cfg)  # outputs/b/1 holds a run
+        assert not record.exists()
+
+
 def test_resume_last_takes_the_run_folders_newest_last_checkpoint_and_reads_it_once(synthetic_root, tmp_path, monkeypatch):
     from dense3d.engine import checkpoint
 
