@@ -130,6 +130,22 @@ def test_unannotated_scene_placeholder_row(tmp_path):
     assert s.boxes.boxes.tensor.shape == (0, 7) and s.meta["object_names"] == []
 
 
+def test_test_split_descriptions_of_unannotated_scenes(tmp_path):
+    """ScanRefer's test split describes objects of ScanNet test scenes, whose bbox file is
+    zeros((1, 8)): read the natural way (the descriptions file of split 'test'), the scene has no
+    boxes and its descriptions are counted as dropped; this raised 'an object id in
+    scene0707_00_aligned_bbox.npy' unless scanrefer_file=None was passed."""
+    _scene(tmp_path, scene="scene0707_00", boxes=np.zeros((1, 8)))
+    _scene(tmp_path, scene="scene0708_00", boxes=np.zeros((1, 8)))  # described by no test row
+    _refs(tmp_path, [("scene0707_00", 3, "chair", 0, "a black chair"), ("scene0707_00", 12, "table", 0, "the round table")],
+          split="test")
+    ds = ScanReferDataset(str(tmp_path / "ScanRefer_filtered_{split}.json"), str(tmp_path), split="test")
+    assert len(ds) == 1  # one sample per described scene, as for train / val
+    s = ds[0]
+    assert s.sample_id == "scene0707_00" and len(s.boxes) == 0 and len(s.points) == 500
+    assert s.meta["dropped_descriptions"] == 2 and s.meta["object_names"] == []
+
+
 def test_description_not_a_string(tmp_path):
     """A null description was read as the caption "None" (str(None)): a made-up reference."""
     _scene(tmp_path)

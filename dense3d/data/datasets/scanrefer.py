@@ -58,7 +58,8 @@ class ScanReferDataset(SampleDataset):
             read every scan in ``scans_dir`` without descriptions (e.g. mmdet3d ``.bin`` files).
         scans_dir: folder with ``{scene}_aligned_vert.npy`` (or ``{scene}.bin``) and
             ``{scene}_aligned_bbox.npy``.
-        split: ``"train"`` or ``"val"``.
+        split: ``"train"``, ``"val"`` or ``"test"`` (ScanNet's test scenes have no annotations:
+            their descriptions are read but attach to no box, see below).
         sensors: ``lidar`` (the scan) or nothing (annotations only).
         use_normals: add the vertex normals ``nx, ny, nz`` as point features.
         scene_ids: restrict to these scenes.
@@ -67,8 +68,11 @@ class ScanReferDataset(SampleDataset):
     Items: ``Sample`` with ``points`` and ``boxes`` (``BoxAnnotations`` with yaw 0, labels into
     ``SCANNET_CLASSES``, ``object_ids`` the ScanNet object ids as strings, ``captions`` the
     descriptions); ``meta["object_names"]`` (ScanRefer's name per box, "" when undescribed),
-    ``meta["dropped_descriptions"]`` (descriptions of objects outside the 18 classes). Scenes
-    without a bbox file (only with ``scanrefer_file=None``) have ``boxes=None``.
+    ``meta["dropped_descriptions"]`` (descriptions attached to no box: of objects outside the 18
+    classes, or of a scene without annotations). A scene whose bbox file is all zeros (ScanRefer's
+    preprocessing writes ``zeros((1, 8))`` for the ScanNet test scenes) has no boxes, with or
+    without descriptions. Scenes without a bbox file (only with ``scanrefer_file=None``) have
+    ``boxes=None``.
     """
 
     def __init__(
@@ -127,7 +131,8 @@ class ScanReferDataset(SampleDataset):
 
     def _load_boxes(self, bbox_path: Path, scene: str, descriptions: list[dict]) -> tuple[BoxAnnotations, dict]:
         arr = read_npy(bbox_path, "boxes", ncols=8, error=AnnotationError).astype(np.float64)
-        if (arr == 0).all():  # ScanRefer writes one all-zero row for an unannotated (test) scene: no boxes
+        unannotated = bool((arr == 0).all())
+        if unannotated:  # ScanRefer writes one all-zero row for an unannotated (test) scene: no boxes
             arr = arr[:0]
         if not np.isfinite(arr).all():
             i = int(np.nonzero(~np.isfinite(arr).all(1))[0][0])
@@ -150,6 +155,11 @@ class ScanReferDataset(SampleDataset):
         dropped = 0
         known = {str(int(o)) for o in all_ids}
         for d in descriptions:
+            if unannotated:
+                # ScanRefer's test split describes objects of ScanNet's test scenes, whose boxes
+                # are not published: no object id can be checked or matched, so none is an error
+                dropped += 1
+                continue
             oid = str(int(d["object_id"]))
             if oid not in known:
                 raise AnnotationError(self.scanrefer_file, f"[{d['_row']}].object_id", f"an object id in {bbox_path.name}", got=oid)
