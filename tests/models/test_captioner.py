@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -388,3 +389,83 @@ def test_scst_baseline_decodes_like_generate_and_samples_keep_the_ngram_block(mo
     assert baseline[0][0] == expected
     for seq in baseline[0][1] + samples[0][1]:
         assert not _repeats_an_ngram(seq, 2), seq
+
+
+def _scst_log_probs_and_sampling_scores(monkeypatch, model, regions, ctx, refs):
+    """Runs ``scst_loss`` and returns (its output, the (N,) summed sample log-probabilities its
+    loss used, the sampled token ids, and per step the processed scores (N, V) generate sampled
+    from and its raw logits (N, V))."""
+    from dense3d.models.captioner import region_captioner
+
+    lm = model._lm()
+    real_generate, real_loss = lm.generate, region_captioner.scst_loss
+    sampling = {}
+
+    def generate_with_scores(*args, **kwargs):
+        out = real_generate(*args, **kwargs, output_scores=True, output_logits=True, return_dict_in_generate=True)
+        if kwargs.get("do_sample"):
+            sampling.update(scores=out.scores, logits=out.logits, prompt_len=kwargs["input_ids"].shape[1],
+                            sequences=out.sequences)
+        return out.sequences
+
+    used = {}
+
+    def loss_spy(sample_log_probs, *args):
+        used["log_probs"] = sample_log_probs
+        return real_loss(sample_log_probs, *args)
+
+    monkeypatch.setattr(lm, "generate", generate_with_scores)
+    monkeypatch.setattr(region_captioner, "scst_loss", loss_spy)
+    torch.manual_seed(0)
+    out = model.scst_loss(regions, ctx, refs)
+    monkeypatch.undo()
+    eos = model.decoder.tokenizer.eos_token_id
+    seqs = []
+    for row in sampling["sequences"][:, sampling["prompt_len"]:].tolist():
+        seqs.append(row[: row.index(eos) + 1] if eos in row else row)
+    return out, used["log_probs"], seqs, sampling["scores"], sampling["logits"]
+
+
+def _summed(step_scores, seqs) -> torch.Tensor:
+    """(N,) sum over each sequence's tokens of log_softmax(scores of that step)[token]."""
+    return torch.stack([sum(torch.log_softmax(step_scores[k][n].float(), -1)[tok] for k, tok in enumerate(s))
+                        for n, s in enumerate(seqs)])
+
+
+def test_scst_scores_samples_under_the_distribution_they_were_drawn_from(monkeypatch):
+    """REINFORCE needs log p(sample) under the sampling distribution: with the repetition penalty and
+    the n-gram block, generate() samples from the processed logits, so the loss's log-probabilities
+    equal log_softmax(processed scores) at the sampled tokens (recomputed here from generate's own
+    scores, step by step), not log_softmax(raw logits)."""
+    from dense3d.models.captioner.generate import decoding_processors, processed_logits
+
+    regions, ctx, caps = oracle_scene()
+    model = tiny_captioner(seed=1)  # an untrained adapter whose greedy captions loop, so both settings bite
+    with torch.no_grad():
+        model.adapter.gates.fill_(0.5)
+    model.no_repeat_ngram_size, model.repetition_penalty = 2, 1.3
+    refs = [[[c] for c in row] for row in caps]
+    out, used, seqs, scores, raw = _scst_log_probs_and_sampling_scores(monkeypatch, model, regions, ctx, refs)
+    processed, unprocessed = _summed(scores, seqs), _summed(raw, seqs)
+    assert torch.isfinite(used).all()  # no banned (-inf) token was ever picked
+    assert torch.allclose(used.detach(), processed, atol=1e-4), (used, processed)
+    assert not torch.allclose(used.detach(), unprocessed, atol=1e-2)  # the settings change the distribution
+    out["loss_scst"].backward()  # gradients flow through the processed logits
+    assert torch.isfinite(model.adapter.prompts.grad).all() and model.adapter.prompts.grad.abs().sum() > 0
+
+    # a banned (-inf) token at a position without a label (padding after eos) drops out, not nan
+    from dense3d.models.losses.caption import sequence_log_probs
+
+    banned = torch.zeros(1, 3, 4)
+    banned[0, 1, 0] = -torch.inf  # predicts position 2, unlabelled: its label stands in as id 0
+    lp = sequence_log_probs(banned, torch.tensor([[-100, 1, -100]]))
+    assert torch.isfinite(lp).all() and float(lp[0]) == pytest.approx(math.log(0.25))
+
+    # both settings off: no processors, the raw logits scored as before (the same tensor)
+    assert len(decoding_processors(0, 1.0)) == 0
+    logits = torch.randn(2, 5, 7)
+    assert processed_logits(logits, torch.zeros(2, 5, dtype=torch.long), decoding_processors(0, 1.0), 2) is logits
+    model.zero_grad()
+    model.no_repeat_ngram_size, model.repetition_penalty = 0, 1.0
+    _, used, seqs, scores, raw = _scst_log_probs_and_sampling_scores(monkeypatch, model, regions, ctx, refs)
+    assert torch.allclose(used.detach(), _summed(raw, seqs), atol=1e-4)

@@ -20,7 +20,7 @@ from dense3d.errors import ConfigError
 from dense3d.models.checks import check_int
 
 __all__ = ["prompt_ids", "caption_ids", "span_token_weights", "teacher_forcing_batch", "generate_captions",
-           "check_decoding"]
+           "check_decoding", "decoding_processors", "processed_logits"]
 
 IGNORE = -100  # label of tokens without loss (prompt, padding)
 
@@ -94,6 +94,45 @@ def check_decoding(source: str, max_new_tokens: int = 32, num_beams: int = 1, no
                               got=value)
     if batch_size is not None:  # None: all regions at once
         check_int(source, "batch_size", batch_size)
+
+
+def decoding_processors(no_repeat_ngram_size: int = 0, repetition_penalty: float = 1.0):
+    """The logits processors transformers' ``generate`` builds for these settings, in its order
+    (``GenerationMixin._get_logits_processor``: repetition penalty, then the n-gram block); empty
+    when both are off. What :func:`generate_captions` decodes and samples with, as a
+    ``LogitsProcessorList`` a scoring pass can apply itself (:func:`processed_logits`)."""
+    from transformers.generation.logits_process import (LogitsProcessorList, NoRepeatNGramLogitsProcessor,
+                                                        RepetitionPenaltyLogitsProcessor)
+
+    processors = LogitsProcessorList()
+    if repetition_penalty != 1.0:
+        # generate passes prompt_ignore_length = the left padding of the attention mask, 0 for the
+        # unpadded prompts of generate_captions: the prompt's tokens are penalised too, as here.
+        processors.append(RepetitionPenaltyLogitsProcessor(float(repetition_penalty)))
+    if no_repeat_ngram_size > 0:
+        processors.append(NoRepeatNGramLogitsProcessor(no_repeat_ngram_size))
+    return processors
+
+
+def processed_logits(logits: torch.Tensor, input_ids: torch.Tensor, processors, start: int) -> torch.Tensor:
+    """(N, T, V) teacher-forced logits, with ``processors`` applied at every position that predicts
+    a token at or after ``start`` (the generated part), each given the prefix before that token.
+
+    ``generate_captions`` calls ``generate`` with the prompt as ``input_ids``, so at each step the
+    processors see the prompt and the tokens generated so far: the prefix here is the same,
+    ``input_ids[:, : t + 1]`` for the logits at position t (which predict token t + 1). Positions
+    that predict prompt tokens stay raw (nothing scores them). The processors only mask (-inf) and
+    scale logits, out of place, so gradients flow through the logits of the tokens they keep.
+    Empty ``processors``: ``logits`` itself.
+    """
+    if len(processors) == 0:
+        return logits
+    T = logits.shape[1]
+    steps = [logits[:, : start - 1]]  # (N, start - 1, V): predict prompt tokens
+    for t in range(start - 1, T - 1):
+        steps.append(processors(input_ids[:, : t + 1], logits[:, t]).unsqueeze(1))  # (N, V) -> (N, 1, V)
+    steps.append(logits[:, T - 1 :])  # (N, 1, V): predicts past the sequence, never scored
+    return torch.cat(steps, dim=1)  # (N, T, V)
 
 
 @torch.no_grad()

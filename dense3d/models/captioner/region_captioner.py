@@ -25,7 +25,8 @@ from torch import nn
 from dense3d.errors import ConfigError
 from dense3d.models.captioner.decoder import FrozenDecoder
 from dense3d.models.captioner.frozen_prefix import FrozenPrefixCache, caption_loss_top_layers
-from dense3d.models.captioner.generate import check_decoding, generate_captions, teacher_forcing_batch
+from dense3d.models.captioner.generate import (check_decoding, decoding_processors, generate_captions, processed_logits,
+                                              teacher_forcing_batch)
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.captioner.qformer import RelationQFormer
 from dense3d.models.checks import check_int
@@ -334,7 +335,12 @@ class RegionCaptioner(nn.Module):
                 lab[n, P : P + len(s)] = torch.tensor(s)
             with self.adapter.conditioned_on(vis), self._precision():
                 logits = lm(input_ids=ids, attention_mask=(lab != -100) | (torch.arange(P + L, device=ids.device) < P)).logits
-            lp = sequence_log_probs(logits.float(), lab)
+            # The policy gradient needs log p(sample) under the distribution the sample was drawn from:
+            # generate() applied the repetition penalty and the n-gram block at every step, so the same
+            # processors, on the same prefixes (prompt + tokens so far), shape the logits scored here.
+            # Both off: no processors, the raw logits as they are.
+            processors = decoding_processors(self.no_repeat_ngram_size, self.repetition_penalty)
+            lp = sequence_log_probs(processed_logits(logits.float(), ids, processors, P), lab)
             lengths = torch.tensor([len(s) for s in seqs], device=vis.device)
             losses.append(scst_loss(lp, r_s, r_g, lengths) * len(rows))
             rs.append(r_s)

@@ -38,12 +38,16 @@ def weighted_mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weig
 
 
 def sequence_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(N, T, V), (N, T) -> (N,) summed log-probabilities of the labelled tokens."""
+    """(N, T, V), (N, T) -> (N,) summed log-probabilities of the labelled tokens.
+
+    ``logits`` may hold -inf (tokens a decoding constraint bans, e.g. the n-gram block); an
+    unlabelled position may then pick one (its label stands in as id 0), so it is dropped with
+    ``where``, not multiplied by 0 (-inf * 0 is nan)."""
     logp = F.log_softmax(logits[:, :-1].float(), -1)  # (N, T-1, V)
     tgt = labels[:, 1:]  # (N, T-1)
     keep = tgt != -100
     tok = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (N, T-1)
-    return (tok * keep).sum(-1)
+    return torch.where(keep, tok, torch.zeros_like(tok)).sum(-1)
 
 
 def cider_d(hypotheses: list[str], references: list[list[str]]) -> torch.Tensor:
