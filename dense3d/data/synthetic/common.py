@@ -35,7 +35,7 @@ __all__ = [
     "SPLITS",
 ]
 
-GENERATOR_VERSION = 3  # 2: fixed-phrasing oracles (outdoor); 3: also indoor. Bump when generated files change for the same config (the demo then regenerates)
+GENERATOR_VERSION = 4  # 2: fixed-phrasing oracles (outdoor); 3: also indoor; 4: TOD3Cap fields nested as released. Bump when generated files change for the same config (the demo then regenerates)
 KINDS = ("outdoor", "indoor", "av")
 SPLITS = ("train", "val", "test")
 

@@ -227,9 +227,11 @@ def outdoor_captions(
     """Captions of outdoor object ``i``.
 
     Returns a dict with ``final_caption`` (the full caption with the relation),
-    ``context_free`` (same template, no relation), and TOD3Cap's older per-aspect fields
-    ``attribute_caption``, ``localization_caption``, ``motion_caption``, ``map_caption``,
-    ``depth_caption``.
+    ``context_free`` (same template, no relation), and TOD3Cap's per-aspect annotation fields,
+    nested as its released annotations hold them (``attribute_caption: {attribute_caption,
+    category}``, ``depth_caption: {depth_caption, depth}``, ``localization_caption``,
+    ``motion_caption``, ``map_caption``, and ``relation_caption`` as a string), from which
+    ``TOD3CapDataset(caption_source="template")`` composes TOD3Cap's own references.
     """
     colour, cls = keys[i]
     noun = article(noun_phrase(colour, cls))
@@ -255,11 +257,12 @@ def outdoor_captions(
     return {
         "final_caption": full,
         "context_free": free,
-        "attribute_caption": f"{noun}.",
-        "localization_caption": f"it is {where}" + (f", {relp}." if relp else "."),
-        "motion_caption": f"it is {motion}.",
-        "map_caption": f"it is {place}.",
-        "depth_caption": f"it is {dist}.",
+        "attribute_caption": {"attribute_caption": noun_phrase(colour, cls), "category": cls},
+        "depth_caption": {"depth_caption": dist, "depth": round(math.hypot(x, y), 2)},
+        "localization_caption": {"localization_caption": where},
+        "motion_caption": {"motion_caption": motion},
+        "map_caption": {"map_caption": place},
+        "relation_caption": relp,
         "direction": direction,
         "distance_bin": dbin,
     }

@@ -268,7 +268,8 @@ def make_outdoor_scene(cfg: SynthConfig, index: int, out: Path, split: str) -> t
         captions[ann] = {
             "sample_token": token,
             "final_caption": caps["final_caption"],
-            **{f: caps[f] for f in ("attribute_caption", "localization_caption", "motion_caption", "map_caption", "depth_caption")},
+            **{f: caps[f] for f in ("attribute_caption", "depth_caption", "localization_caption", "motion_caption", "map_caption",
+                                    "relation_caption")},
         }
         objects.append(
             {

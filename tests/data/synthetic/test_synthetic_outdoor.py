@@ -3,6 +3,7 @@ TOD3Cap loader reading them."""
 from __future__ import annotations
 
 import json
+import math
 import pickle
 
 import numpy as np
@@ -150,3 +151,15 @@ def test_tod3cap_loader_reads_synthetic_outdoor(synth_root):
         assert all(len(c) == 1 and c[0] for c in s.boxes.captions)
         assert s.boxes.num_points.tolist() == [i["num_lidar_pts"] for i in info["instances"]]
     assert ds.caption_schema == "final_caption"
+    # the per-aspect fields are nested as TOD3Cap releases them: its own references compose
+    tpl = TOD3CapDataset(str(root / "nuscenes_infos_{split}.pkl"), split="train", sensors=(),
+                         caption_file=str(root / "tod3cap_captions_{split}.json"), caption_source="template")
+    assert tpl.caption_schema == "template"
+    objs = _objects(synth_root)
+    for k in range(len(tpl)):
+        s = tpl[k]
+        for oid, caps in zip(s.boxes.object_ids, s.boxes.captions):
+            o = objs[oid]
+            head, tail = caps[0].split(" meters away ")
+            assert head == f"{noun_phrase(o['colour'], o['label'])} about {round(round(math.hypot(*o['ego_xy']), 2))}"  # depth kept to cm, Python's round
+            assert tail.endswith(("on the road", "on the sidewalk")) and " is " in tail
