@@ -17,6 +17,9 @@ MICS = torch.tensor([[0.1, 0.0, 0.0], [0.0, 0.1, 0.0], [-0.1, 0.0, 0.0], [0.0, -
 def tone_burst_clip(azimuth: float, t0: float, t1: float, duration: float = 2.0, freq: float = 1000.0, seed: int = 0, frames: int = 8, size: int = 64, noise: float = 0.01):
     """(waveform (4, S), video (T, 3, size, size), timestamps (T,)) of one plane wave event.
 
+    The timestamps are frame starts (0, 1/f, ...), as ``read_video_frames`` gives them (pts);
+    a frame shows the event when its centre (start + half a frame) lies inside the event.
+
     The plane wave from direction ``azimuth`` reaches microphone m ``-(pos_m . dir) / c``
     seconds after the array centre; the delays are applied exactly with an FFT phase shift.
     """
@@ -31,9 +34,10 @@ def tone_burst_clip(azimuth: float, t0: float, t1: float, duration: float = 2.0,
     f = torch.fft.rfftfreq(S, 1 / SR)
     wave = torch.fft.irfft(spec[None] * torch.exp(-2j * math.pi * f[None] * delays[:, None]), n=S)
     wave = 0.5 * wave + noise * torch.randn(4, S, generator=g)
-    ts = (torch.arange(frames) + 0.5) * duration / frames
+    ts = torch.arange(frames) * duration / frames  # (T,) frame starts
+    centres = ts + duration / frames / 2
     video = 0.1 * torch.rand(frames, 3, size, size, generator=g)
-    on = (ts >= t0) & (ts < t1)
+    on = (centres >= t0) & (centres < t1)
     video[on, :, size // 4 : size // 2, size // 4 : size // 2] = 1.0
     return wave.clamp(-1, 1), video, ts
 

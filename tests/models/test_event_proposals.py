@@ -1,6 +1,7 @@
 """Audio / video encoders, temporal fuser and event head on synthetic audio-visual clips."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -55,7 +56,8 @@ def test_audio_video_shapes_and_time_alignment():
     assert torch.isfinite(v.features).all() and (v.features[1, ~a.mask[1]] == 0).all()
     # interpolation is exact at the frame times and clamped outside
     f = torch.arange(8.0)[:, None].repeat(1, 3)
-    out = interpolate_in_time(f, batch.video_timestamps[0], torch.ones(8, dtype=torch.bool), torch.tensor([0.0, 0.125, 0.375, 5.0]))
+    centres = (torch.arange(8) + 0.5) * 0.25  # (8,) 8 frames at 4 fps, centred at 0.125, 0.375, ...
+    out = interpolate_in_time(f, centres, torch.ones(8, dtype=torch.bool), torch.tensor([0.0, 0.125, 0.375, 5.0]))
     assert out[:, 0].tolist() == pytest.approx([0.0, 0.0, 1.0, 7.0])
     with pytest.raises(AudioError, match="sample_rate"):
         batch.sample_rate = 8000
@@ -143,7 +145,7 @@ def test_event_loss_goes_down_when_overfitting_one_clip():
 def test_video_only_batch_runs_on_the_video_time_axis():
     batch = av_batch([(0.5, 0.4, 1.2, 0)])
     batch.audio = batch.audio_lengths = None
-    out = _detector(video_timestamps="centres").eval()(batch)  # av_clips' timestamps are frame centres
+    out = _detector().eval()(batch)  # av_clips' timestamps are frame starts, as the video reader's
     assert out.audio is None and out.fused.shape[1] == 8  # the 8 video frames
     assert float(out.durations[0]) == pytest.approx(2.0)
     assert (out.regions.geometry <= 2.0 + 1e-5).all()
@@ -212,3 +214,70 @@ def test_event_tokens_read_the_sequence_at_their_own_times(t0, dt):
     u = (torch.arange(4) + 0.5) / 4
     want = t01[0] + (t01[1] - t01[0]) * u
     assert r.tokens[0, 0, :, 0].tolist() == pytest.approx(want.tolist(), abs=1e-4)
+
+
+def _frame_index_encoder(monkeypatch) -> VideoEncoder:
+    """A video encoder whose frame feature is the frame's index (channel 0), so a feature read at a
+    time says which frames it came from."""
+    video = VideoEncoder(ResNetBackbone(18, out_indices=(1,)), out_channels=2)
+
+    def index_features(frames, mask):
+        B, T = mask.shape
+        return torch.arange(T, dtype=torch.float32)[None, :, None].expand(B, T, 2) * mask[..., None]
+
+    monkeypatch.setattr(video, "frame_features", index_features)
+    return video
+
+
+def test_video_features_sit_at_frame_centres(monkeypatch):
+    """Video pts are frame starts; a frame's feature describes the whole frame, so it sits at the
+    frame's centre: 4 fps frames starting at 0 give feature times 0.125, 0.375, ... (each clip
+    from its own frame period). Timestamps that are centres already stay as they are."""
+    video = _frame_index_encoder(monkeypatch)
+    batch = av_batch([(0.5, 0.4, 1.2, 0), (2.0, 1.0, 1.8, 1)])
+    batch.video_timestamps = torch.zeros(2, 8)
+    batch.video_timestamps[0] = torch.arange(8) * 0.25  # 8 frames at 4 fps from 0 s
+    batch.video_timestamps[1, :3] = 1.0 + torch.arange(3) * 0.5  # 3 frames at 2 fps from 1 s, then padding
+    batch.video_mask = torch.zeros(2, 8, dtype=torch.bool)
+    batch.video_mask[0], batch.video_mask[1, :3] = True, True
+    out = video(batch)
+    assert out.times[0].tolist() == pytest.approx([0.125, 0.375, 0.625, 0.875, 1.125, 1.375, 1.625, 1.875])
+    assert out.times[1, :3].tolist() == pytest.approx([1.25, 1.75, 2.25]) and (out.times[1, 3:] == 0).all()
+    centred = dataclasses.replace(batch, video_timestamps=out.times.clone())
+    assert torch.equal(video(centred, timestamps="centres").times, out.times)
+    with pytest.raises(ConfigError, match="timestamps"):
+        video(batch, timestamps="middle")
+
+
+def test_audio_frames_read_the_video_frame_they_fall_in(monkeypatch):
+    """With audio, video features are interpolated onto the audio frames' times. 4 fps frames
+    starting at 0: frame 1 runs 0.25..0.5 s, so an audio frame at 0.375 s (its centre) reads frame
+    1 alone, one at 0.25 s (the frames' boundary) half of frames 0 and 1. Taken as centres, the pts
+    gave 1.5 and 1.0: the video of half a frame later."""
+    video = _frame_index_encoder(monkeypatch)
+    batch = av_batch([(0.5, 0.4, 1.2, 0)])
+    batch.video_timestamps = (torch.arange(8) * 0.25)[None]  # (1, 8) frame starts
+    times = torch.tensor([[0.125, 0.25, 0.375, 1.0, 1.875]])  # (1, 5) audio frame times
+    out = video(batch, times, torch.ones(1, 5, dtype=torch.bool))
+    assert out.features[0, :, 0].tolist() == pytest.approx([0.0, 0.5, 1.0, 3.5, 7.0])
+    assert torch.equal(out.times, times)
+
+
+def test_detector_gives_the_same_video_time_axis_for_starts_and_centres():
+    """The detector's video_timestamps switch reaches the encoder: frame starts declared as
+    starts, and the same frames' centres declared as centres, give the same times, durations
+    and outputs, video only and with audio (no double shift of the clip's end)."""
+    starts = av_batch([(0.5, 0.4, 1.2, 0)])
+    centres = av_batch([(0.5, 0.4, 1.2, 0)])
+    centres.video_timestamps = starts.video_timestamps + 0.125  # 8 frames at 4 fps
+    by_starts, by_centres = _detector().eval(), _detector(video_timestamps="centres").eval()
+    with torch.no_grad():
+        a, b = by_starts(starts), by_centres(centres)
+        assert torch.allclose(a.video.features, b.video.features) and torch.allclose(a.fused, b.fused)
+        for batch in (starts, centres):
+            batch.audio = batch.audio_lengths = None
+        a, b = by_starts(starts), by_centres(centres)
+    assert a.times[0].tolist() == pytest.approx((0.125 + 0.25 * torch.arange(8)).tolist())
+    assert torch.equal(a.times, b.times)
+    assert float(a.durations[0]) == pytest.approx(2.0) and float(b.durations[0]) == pytest.approx(2.0)
+    assert torch.allclose(a.regions.geometry, b.regions.geometry) and torch.allclose(a.regions.tokens, b.regions.tokens)

@@ -1,16 +1,22 @@
 """Video encoder: per-frame image backbone (the camera encoder's ``ResNetBackbone``) -> pooled
-frame features, resampled onto given times (the audio frames) by linear interpolation of the
-frame timestamps."""
+frame features at the frames' centres, resampled onto given times (the audio frames) by linear
+interpolation between those centres.
+
+A frame's feature describes the whole frame interval, so it sits at the interval's mid-time, as
+``TemporalFeatures.times`` are. Video readers give frame starts (pts: 0, 1/f, ...); the encoder
+moves them by half a frame (:func:`~dense3d.models.encoders.temporal.frame_centres`). Taken as
+they were, the event head's span tokens sampled video-only clips half a frame early, and with audio
+each audio frame read the video of half a frame later."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dense3d.errors import VideoError
+from dense3d.errors import ConfigError, VideoError
 from dense3d.models.encoders.camera.backbone import ResNetBackbone
 from dense3d.models.encoders.camera.encoder import IMAGENET_MEAN, IMAGENET_STD
-from dense3d.models.encoders.temporal import TemporalFeatures
+from dense3d.models.encoders.temporal import TemporalFeatures, frame_centres
 
 __all__ = ["VideoEncoder", "interpolate_in_time"]
 
@@ -38,10 +44,13 @@ class VideoEncoder(nn.Module):
         frame_size: (H, W) the frames are resized to (bilinear, antialiased) before the backbone,
             or None to keep the data's size; small frames keep CPU training affordable.
 
-    ``forward(batch, times=None, times_mask=None)`` reads ``batch.video`` (B, T, 3, H, W),
-    ``batch.video_timestamps`` (B, T), ``batch.video_mask`` (B, T). With ``times`` (B, T')
-    (e.g. the audio frames) it returns features at those times (mask ``times_mask``), else
-    at the video frames. Returns ``TemporalFeatures``.
+    ``forward(batch, times=None, times_mask=None, timestamps="starts")`` reads ``batch.video``
+    (B, T, 3, H, W), ``batch.video_timestamps`` (B, T), ``batch.video_mask`` (B, T).
+    ``timestamps`` says what ``batch.video_timestamps`` mark: ``"starts"`` (the frames' pts, as
+    ``dense3d.data.readers.read_video_frames`` gives them; each is moved to its frame's centre,
+    start + half the clip's mean frame gap) or ``"centres"`` (used as they are). With ``times``
+    (B, T') (e.g. the audio frames) it returns features at those times (mask ``times_mask``),
+    else at the video frames' centres. Returns ``TemporalFeatures``.
     """
 
     def __init__(self, backbone: ResNetBackbone, out_channels: int = 128, normalize: bool = True,
@@ -69,7 +78,10 @@ class VideoEncoder(nn.Module):
             out[mask] = self.proj(pooled).to(out.dtype)  # bfloat16 under autocast
         return out
 
-    def forward(self, batch, times: torch.Tensor | None = None, times_mask: torch.Tensor | None = None) -> TemporalFeatures:
+    def forward(self, batch, times: torch.Tensor | None = None, times_mask: torch.Tensor | None = None,
+                timestamps: str = "starts") -> TemporalFeatures:
+        if timestamps not in ("starts", "centres"):
+            raise ConfigError("VideoEncoder", "timestamps", '"starts" or "centres"', got=timestamps)
         video = batch.video
         if video is None or video.dim() != 5 or video.shape[2] != 3:
             raise VideoError("Batch", "video", "a (B, T, 3, H, W) tensor", got=None if video is None else tuple(video.shape))
@@ -80,8 +92,10 @@ class VideoEncoder(nn.Module):
             raise VideoError("Batch", "video_timestamps", f"shape ({B}, {T})", got=None if batch.video_timestamps is None else tuple(batch.video_timestamps.shape))
         mask = batch.video_mask if batch.video_mask is not None else torch.ones(B, T, dtype=torch.bool, device=video.device)
         feats = self.frame_features(video, mask)
+        # features describe whole frames: they sit at the frames' mid-times (TemporalFeatures.times)
+        centres = frame_centres(batch.video_timestamps, mask) if timestamps == "starts" else batch.video_timestamps
         if times is None:
-            return TemporalFeatures(feats, batch.video_timestamps, mask)
-        out = torch.stack([interpolate_in_time(feats[b], batch.video_timestamps[b], mask[b], times[b]) for b in range(B)])
+            return TemporalFeatures(feats, centres, mask)
+        out = torch.stack([interpolate_in_time(feats[b], centres[b], mask[b], times[b]) for b in range(B)])
         tmask = times_mask if times_mask is not None else torch.ones(times.shape, dtype=torch.bool, device=times.device)
         return TemporalFeatures(out * tmask[..., None], times, tmask)

@@ -39,12 +39,13 @@ class EventDetector(nn.Module):
         loss: ``EventSetLoss`` (needed for ``loss``).
         video_timestamps: what ``batch.video_timestamps`` mark: ``"starts"`` (default; the frames'
             presentation times, as ``dense3d.data.readers.read_video_frames`` reads them from pts)
-            or ``"centres"`` (each frame's mid-time).
+            or ``"centres"`` (each frame's mid-time); passed to the video encoder, which places
+            its features at the frames' centres either way.
 
     The time axis is the audio frames when the batch has audio (video is resampled onto it; the
-    clip lasts as long as its audio), else the video frames: a clip of N frames at f fps lasts
-    N / f, the last timestamp plus one frame period for frame starts, plus half of one for frame
-    centres (:func:`~dense3d.models.proposals.events.event_head.clip_durations`). ``forward(batch) -> EventDetectorOutput``; ``loss(output, batch)``
+    clip lasts as long as its audio), else the video frames' centres (the video encoder's
+    ``TemporalFeatures.times``): a clip of N frames at f fps lasts N / f, the last centre plus
+    half a frame period (:func:`~dense3d.models.proposals.events.event_head.clip_durations`). ``forward(batch) -> EventDetectorOutput``; ``loss(output, batch)``
     with targets from ``batch.samples[b].events`` (labels, spans in seconds, azimuth; labels
     through :meth:`head_labels`).
     """
@@ -86,15 +87,17 @@ class EventDetector(nn.Module):
         if self.audio_encoder is not None and batch.audio is not None:
             audio = self.audio_encoder(batch)
         if self.video_encoder is not None and batch.video is not None:
-            video = self.video_encoder(batch, audio.times, audio.mask) if audio is not None else self.video_encoder(batch)
+            times, times_mask = (audio.times, audio.mask) if audio is not None else (None, None)
+            video = self.video_encoder(batch, times, times_mask, timestamps=self.video_timestamps)
         ref = audio if audio is not None else video
         if ref is None:
             raise ConfigError("Batch", "audio/video", "the sensors of this detector", got="neither")
         if audio is not None:
             lengths = batch.audio_lengths if batch.audio_lengths is not None else torch.full((len(batch),), batch.audio.shape[-1])
             durations = lengths.to(ref.features.device).float() / float(batch.sample_rate or self.audio_encoder.sample_rate)
-        else:  # the end of the last frame: 8 frames at 4 fps last 2.0 s, whether they start at 0 or are centred at 0.125
-            durations = clip_durations(ref.times, ref.mask, frame_starts=self.video_timestamps == "starts")
+        else:  # the end of the last frame: 8 frames at 4 fps (centres 0.125, ..., 1.875) last 2.0 s
+            # the encoder's times are centres whatever the batch's timestamps mark: it moved starts already
+            durations = clip_durations(ref.times, ref.mask, frame_starts=False)
         fused = self.temporal_fuser(audio.features if audio is not None else None, video.features if video is not None else None, ref.times, ref.mask)
         directions = audio.directions if audio is not None else None
         pred = self.event_head(fused, ref.times, ref.mask, directions=directions, durations=durations)

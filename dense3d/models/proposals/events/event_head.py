@@ -40,6 +40,7 @@ from torch import nn
 
 from dense3d.errors import ConfigError
 from dense3d.models.encoders.audio.encoder import azimuth_bins
+from dense3d.models.encoders.temporal import frame_periods
 from dense3d.models.fusion.temporal_fuser import time_encoding
 from dense3d.models.proposals.events.matcher import span_cl_to_t0t1
 from dense3d.structures import RegionFeatures
@@ -53,16 +54,15 @@ def clip_durations(times: torch.Tensor, mask: torch.Tensor, frame_starts: bool) 
 
     A clip of N frames at f fps lasts N / f. With frame starts (video pts: 0, 1/f, ..., (N-1)/f)
     that is the last time plus one frame period; with frame centres ((k + 0.5) / f) the last time
-    plus half of one. The period is the mean gap between the clip's own real frames, not the
-    first gap of the batch: a reader's fps grid keeps frames at uneven gaps (25 fps read at 8 fps
+    plus half of one. The period is the mean gap between the clip's own real frames
+    (:func:`~dense3d.models.encoders.temporal.frame_periods`), not the first gap of the batch: a reader's fps grid keeps frames at uneven gaps (25 fps read at 8 fps
     keeps 0, 0.16, 0.28, 0.40, ...), and a padded clip's gaps run into the padding. A clip of one
     frame has no period: 1 s.
     """
     n = mask.sum(dim=1)  # (B,) real frames per clip
     last = torch.where(mask, times, torch.full_like(times, -torch.inf)).amax(dim=1)  # (B,)
-    first = torch.where(mask, times, torch.full_like(times, torch.inf)).amin(dim=1)  # (B,)
     last = torch.where(n > 0, last, torch.zeros_like(last))  # a clip without frames starts and ends at 0
-    period = torch.where(n > 1, (last - first) / (n - 1).clamp(min=1).to(times.dtype), torch.ones_like(last))
+    period = frame_periods(times, mask)  # (B,), the encoder's frame_centres shift starts by half of it
     return last + (period if frame_starts else period / 2)
 
 
