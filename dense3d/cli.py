@@ -11,7 +11,7 @@ import sys
 from typing import Callable
 
 from dense3d.errors import ConfigError, exit_status
-from dense3d.utils.argtypes import positive_int
+from dense3d.utils.argtypes import non_negative_int, positive_int
 
 __all__ = ["main", "build_parser", "parse_args"]
 
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: synthetic data -> train -> evaluate -> report")
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--data", default="data/synthetic/default", help="synthetic data folder (generated when missing or stale)")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: configs/experiment/demo.yaml)")
     p.add_argument("overrides", nargs="*", help="hydra overrides of the demo config, e.g. model.captioner.num_beams=3")

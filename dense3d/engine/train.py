@@ -46,6 +46,20 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "train
     try:
         with initialize_config_dir(config_dir=str(config_dir or CONFIG_DIR), version_base="1.3"):
             return compose(config_name=config_name, overrides=overrides)
+    except ValueError as e:  # not a HydraException: `logger=null` ("Config group override must be a string or a list")
+        if "Config group override" not in str(e):
+            raise
+        parser = OverridesParser.create()
+        for override in overrides:
+            try:
+                parsed = parser.parse_override(override)
+            except HydraException:
+                continue
+            if parsed.value() is None:
+                group = parsed.key_or_group
+                raise ConfigError(f"configs/{config_name}.yaml", f"override {override}", f"one of the files of configs/{group}/ "
+                                  f"(to use none: ~{group})", got="null") from None
+        raise ConfigError(f"configs/{config_name}.yaml", "overrides", "overrides that compose", got=e) from None
     except (HydraException, MissingConfigException) as e:
         parser = OverridesParser.create()
         for override in overrides:  # hydra's parse error does not say which override: find it
@@ -120,6 +134,8 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.
         seed = int(cfg.seed)
     except (TypeError, ValueError):
         raise ConfigError(SOURCE, "seed", "an integer", got=cfg.seed) from None
+    if not 0 <= seed < 2**32:  # numpy's range: seed_everything raised ValueError from deep inside Lightning
+        raise ConfigError(SOURCE, "seed", "an integer from 0 to 2**32 - 1", got=cfg.seed)
     # Lightning takes 0 steps as "done" (exit 0, nothing trained) and divides by 0 accumulations
     for key, lowest in (("max_steps", -1), ("accumulate_grad_batches", 1)):
         value = cfg.trainer.get(key)
@@ -148,6 +164,14 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.
     )
     callbacks = [RNGStateCallback(), *_instantiate_dict(cfg.get("callbacks"), "callbacks")]
     loggers = _instantiate_dict(cfg.get("logger"), "logger")
+    if not loggers:  # LearningRateMonitor refuses a trainer without a logger (a 54-line MisconfigurationException)
+        monitors = [cb for cb in callbacks if isinstance(cb, pl.callbacks.LearningRateMonitor)]
+        if monitors:
+            import sys
+
+            callbacks = [cb for cb in callbacks if cb not in monitors]
+            print("dense3d train: note: no logger, so callbacks.lr_monitor is dropped (the learning rate is not logged)",
+                  file=sys.stderr)
     trainer_kwargs = dict(callbacks=callbacks, logger=loggers or False, plugins=[SafeCheckpointIO()])
     trainer_kwargs.update(trainer_overrides)
     trainer = instantiate_config(cfg.trainer, SOURCE, "trainer", **trainer_kwargs)

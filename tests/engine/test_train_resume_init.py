@@ -1,0 +1,55 @@
+"""Resuming and init_from: the schedule a resumed run follows, the cosine length, weights a
+checkpoint holds that init_from would drop, resuming without the init_from run, checkpoints from
+another folder, and one-line errors for a run without a logger, `logger=null` and a negative seed."""
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+
+from dense3d.cli import main, parse_args
+from dense3d.engine.train import build, compose_config
+
+
+def _args(synthetic_root, out, *extra):
+    return ["experiment=perception_indoor", f"paths.synthetic_dir={synthetic_root}", f"paths.output_dir={out}", "logger=csv",
+            "trainer.max_steps=1", *extra]
+
+
+def _one_line(capsys, prefix):
+    err = capsys.readouterr().err
+    assert err.startswith(prefix) and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_no_logger_drops_the_lr_monitor_with_a_notice(synthetic_root, tmp_path, capsys):
+    cfg = compose_config(_args(synthetic_root, tmp_path / "run", "~logger"))
+    assert cfg.callbacks.get("lr_monitor") is not None  # the default callbacks
+    _, _, trainer = build(cfg)
+    assert not any(isinstance(cb, pl.callbacks.LearningRateMonitor) for cb in trainer.callbacks)
+    err = capsys.readouterr().err
+    assert "callbacks.lr_monitor" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_logger_null_is_one_line_naming_the_override(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *_args(synthetic_root, out, "logger=null")]) == 2
+    err = _one_line(capsys, "dense3d train: ConfigError: configs/train.yaml: field 'override logger=null': ")
+    assert "~logger" in err
+    assert not out.exists()
+
+
+def test_a_seed_out_of_numpys_range_is_one_line(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *_args(synthetic_root, out, "seed=-1")]) == 2
+    _one_line(capsys, "dense3d train: ConfigError: configs/train.yaml: field 'seed': ")
+    assert main(["train", *_args(synthetic_root, out, f"seed={2**32}")]) == 2
+    _one_line(capsys, "dense3d train: ConfigError: configs/train.yaml: field 'seed': ")
+    assert not out.exists()
+
+
+def test_demo_seed_is_a_non_negative_integer(capsys):
+    assert parse_args(["demo", "--seed", "7"]).seed == 7
+    with pytest.raises(SystemExit) as e:
+        parse_args(["demo", "--seed", "-1"])
+    assert e.value.code == 2
+    assert ">= 0" in capsys.readouterr().err
