@@ -85,8 +85,10 @@ def _under(name: str, parts) -> bool:
 def init_weights(model, run: str | Path, parts: list[str], skip: list[str] = ()) -> int:
     """Start ``model``'s sub-modules ``parts`` from another run's weights (e.g. the captioning
     stage from a detection run): every weight under ``parts`` but those under ``skip`` must be in
-    the checkpoint with the same shape; the rest of the model keeps its initialisation (``skip``:
-    parts the other run lacks, such as a module switched on now). Returns the tensors loaded."""
+    the checkpoint with the same shape, and every checkpoint weight under ``parts`` but those under
+    ``skip`` must be in the model; the rest of the model keeps its initialisation (``skip``: parts
+    the other run lacks, such as a module switched on now, or parts only the other run has).
+    Returns the tensors loaded."""
     from dense3d.api import find_run
     from dense3d.errors import CheckpointError
 
@@ -100,7 +102,10 @@ def init_weights(model, run: str | Path, parts: list[str], skip: list[str] = ())
     missing = [p for p in parts if not any(under(k, [p]) for k in wanted)]
     if missing:
         raise ConfigError(SOURCE, "init_parts", f"sub-modules of the model, e.g. {sorted({k.split('.')[0] for k in own})}", got=missing)
-    unused = [p for p in skip if not any(under(k, [p]) for k in wanted)]
+    # under parts, the checkpoint's weights this model lacks (a sub-module removed or renamed since)
+    extra = [k[len("model."):] for k in state if k.startswith("model.") and under(k[len("model."):], parts)
+             and k[len("model."):] not in own]
+    unused = [p for p in skip if not any(under(k, [p]) for k in [*wanted, *extra])]
     if unused:
         raise ConfigError(SOURCE, "init_skip", "sub-modules inside init_parts", got=unused)
     wanted = {k: v for k, v in wanted.items() if not under(k, skip)}
@@ -111,6 +116,11 @@ def init_weights(model, run: str | Path, parts: list[str], skip: list[str] = ())
     absent = [k for k in wanted if "model." + k not in state]
     if absent:
         raise CheckpointError(ckpt, f"state_dict.model.{absent[0]}", "present" + hint, got="missing")
+    extra = [k for k in extra if not under(k, skip)]
+    if extra:  # they were dropped without a word: the new model would start from part of the other run
+        raise CheckpointError(ckpt, f"state_dict.model.{extra[0]}", "a weight of this run's model (init_skip=[...] leaves "
+                              "out sub-modules this model no longer has)", got=f"{len(extra)} weights under "
+                              f"{', '.join(parts)} this model lacks")
     check_weight_shapes(wanted, state, ckpt, prefix="model.", hint=hint)
     loaded = {k: state["model." + k] for k in wanted}
     model.load_state_dict(loaded, strict=False)
