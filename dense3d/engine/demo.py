@@ -101,6 +101,10 @@ def _detection_rows(det: dict) -> list[dict]:
     return rows
 
 
+# `dense3d demo` trains with the progress bar only and saves last.ckpt itself once trained
+# (run_demo), where `dense3d train experiment=demo` checkpoints every epoch like any experiment
+DEMO_TRAIN_OVERRIDES = ["callbacks=progress", "++trainer.enable_checkpointing=false"]
+
 DEMO_MARKER = ".dense3d_demo"  # in a folder whose run the demo trained (and may replace)
 
 
@@ -145,7 +149,8 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, data_dir: str 
 
     # -- train
     t0 = time.time()
-    ov = ["experiment=demo", f"seed={seed}", f"paths.output_dir={out_dir}", f"paths.synthetic_dir={Path(data_dir).resolve()}"]
+    ov = ["experiment=demo", f"seed={seed}", f"paths.output_dir={out_dir}", f"paths.synthetic_dir={Path(data_dir).resolve()}",
+          *DEMO_TRAIN_OVERRIDES]
     if steps is not None:
         ov += [f"trainer.max_steps={steps}", f"trainer.log_every_n_steps={max(1, min(5, steps))}"]
     cfg = compose_config(ov + list(overrides or []))
