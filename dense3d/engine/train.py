@@ -128,8 +128,11 @@ def init_weights(model, run: str | Path, parts: list[str], skip: list[str] = ())
     return len(loaded)
 
 
-def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.LightningDataModule, pl.Trainer]:
-    """Instantiate the data module, the model (inside ``DenseCaptionModule``) and the trainer."""
+def build(cfg: DictConfig, *, resuming: bool = False,
+          **trainer_overrides) -> tuple[DenseCaptionModule, pl.LightningDataModule, pl.Trainer]:
+    """Instantiate the data module, the model (inside ``DenseCaptionModule``) and the trainer.
+    ``resuming``: the weights come from the run's own checkpoint, so ``init_from`` is not read
+    (that run may be gone by now)."""
     for key in ("data", "model", "trainer"):
         if cfg.get(key) is None:
             raise ConfigError(SOURCE, key, f"a '{key}' config (e.g. experiment=demo)")
@@ -163,7 +166,7 @@ def build(cfg: DictConfig, **trainer_overrides) -> tuple[DenseCaptionModule, pl.
     if val_set is not None and len(val_set) == 0:  # Lightning would skip validation without a word
         raise ConfigError(SOURCE, "data.val", "a validation split with samples (or data.val=null: no validation)", got="0 samples")
     model = instantiate_config(cfg.model, SOURCE, "model")
-    if cfg.get("init_from"):
+    if cfg.get("init_from") and not resuming:
         init_weights(model, cfg.init_from, list(cfg.get("init_parts") or []), list(cfg.get("init_skip") or []))
     module = DenseCaptionModule(
         model,
@@ -204,7 +207,7 @@ def fit(cfg: DictConfig, ckpt_path: str | None = None, **trainer_overrides) -> t
         ckpt_path = str(find_run(out)[1])
     if ckpt_path is None:
         check_new_run_folder(out)
-    module, datamodule, trainer = build(cfg, **trainer_overrides)
+    module, datamodule, trainer = build(cfg, resuming=ckpt_path is not None, **trainer_overrides)
     if ckpt_path is None:
         _warn_frozen_at_random(cfg)
     resumed_step = 0

@@ -3,6 +3,8 @@ checkpoint holds that init_from would drop, resuming without the init_from run, 
 another folder, and one-line errors for a run without a logger, `logger=null` and a negative seed."""
 from __future__ import annotations
 
+import shutil
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -75,3 +77,12 @@ def test_init_from_refuses_checkpoint_weights_the_model_lacks(synthetic_root, ru
         init_weights(model, run, ["box_detector"])
     # left out on purpose: init_skip names the part the other run has
     assert init_weights(model, run, ["box_detector"], ["box_detector.region_sampler"]) == n
+
+
+def test_resuming_a_run_started_from_init_from_does_not_need_that_run(synthetic_root, run, tmp_path, capsys):
+    out = tmp_path / "captioning"
+    shutil.copytree(run, out)  # stands for a run started with init_from=<gone> (its config is not read on resume)
+    gone = tmp_path / "gone"
+    assert main(["train", *_args(synthetic_root, out, "trainer.max_steps=3", f"init_from={gone}", "init_parts=[box_detector]"),
+                 "--resume", "last"]) == 0, capsys.readouterr().err
+    assert "init_from" not in capsys.readouterr().out  # nothing loaded: the checkpoint's weights are the run's
