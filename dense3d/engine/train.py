@@ -18,7 +18,7 @@ from dense3d.errors import ConfigError
 from dense3d.utils.config import instantiate_config
 from dense3d.utils.io import atomic_write
 
-__all__ = ["compose_config", "build", "fit", "init_weights", "check_new_run_folder", "check_resume_checkpoint", "run_checkpoints"]
+__all__ = ["compose_config", "build", "fit", "init_weights", "check_new_run_folder", "check_resume_folder", "check_resume_checkpoint", "run_checkpoints"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -207,6 +207,8 @@ def fit(cfg: DictConfig, ckpt_path: str | None = None, **trainer_overrides) -> t
         ckpt_path = str(find_run(out)[1])
     if ckpt_path is None:
         check_new_run_folder(out)
+    else:
+        check_resume_folder(out, ckpt_path)
     module, datamodule, trainer = build(cfg, resuming=ckpt_path is not None, **trainer_overrides)
     if ckpt_path is None:
         _warn_frozen_at_random(cfg)
@@ -255,6 +257,20 @@ def check_new_run_folder(out: Path) -> None:
     if ckpts:
         raise ConfigError(SOURCE, "paths.output_dir", "a folder without another run's checkpoints (resume it with "
                           "--resume, or choose another task_name / paths.output_dir, or delete it)", got=str(ckpts[0]))
+
+
+def check_resume_folder(out: Path, ckpt_path: str | Path) -> None:
+    """Resuming ``ckpt_path`` into the run folder ``out``: the checkpoint is one of ``out``'s own
+    (``out/checkpoints/``), or ``out`` holds no run's checkpoints (a run continued in a new folder);
+    else a one-line ConfigError (the two runs' checkpoints would mix in one folder, ``last-v1.ckpt``
+    beside the other run's ``last.ckpt``)."""
+    own = (out / "checkpoints").resolve()
+    if Path(ckpt_path).absolute().parent.resolve() == own:
+        return
+    ckpts = run_checkpoints(out)
+    if ckpts:
+        raise ConfigError(SOURCE, "paths.output_dir", f"the run folder of the checkpoint resumed ({ckpt_path}: its folder's "
+                          "parent), or a folder without another run's checkpoints", got=str(ckpts[0]))
 
 
 def check_resume_checkpoint(state: dict, ckpt_path: str | Path, module: DenseCaptionModule) -> int:

@@ -86,3 +86,14 @@ def test_resuming_a_run_started_from_init_from_does_not_need_that_run(synthetic_
     assert main(["train", *_args(synthetic_root, out, "trainer.max_steps=3", f"init_from={gone}", "init_parts=[box_detector]"),
                  "--resume", "last"]) == 0, capsys.readouterr().err
     assert "init_from" not in capsys.readouterr().out  # nothing loaded: the checkpoint's weights are the run's
+
+
+def test_resuming_another_folders_checkpoint_into_a_run_folder_is_refused(synthetic_root, run, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(run, other)  # a folder holding a run of its own
+    before = sorted(p.name for p in (other / "checkpoints").iterdir())
+    assert main(["train", *_args(synthetic_root, other, "trainer.max_steps=3"), "--resume",
+                 str(run / "checkpoints" / "last.ckpt")]) == 2
+    err = _one_line(capsys, "dense3d train: ConfigError: configs/train.yaml: field 'paths.output_dir': ")
+    assert str(other / "checkpoints") in err, err
+    assert sorted(p.name for p in (other / "checkpoints").iterdir()) == before
