@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dense3d.engine.checkpoint import SafeCheckpointIO, check_weight_shapes, load_checkpoint
 from dense3d.engine.module import SOURCE, DenseCaptionModule, RNGStateCallback
+from dense3d.engine.schedule import RunLengthSchedule, scheduler_from_config
 from dense3d.errors import ConfigError
 from dense3d.utils.config import instantiate_config
 from dense3d.utils.io import atomic_write
@@ -168,10 +169,14 @@ def build(cfg: DictConfig, *, resuming: bool = False,
     model = instantiate_config(cfg.model, SOURCE, "model")
     if cfg.get("init_from") and not resuming:
         init_weights(model, cfg.init_from, list(cfg.get("init_parts") or []), list(cfg.get("init_skip") or []))
+    scheduler = scheduler_from_config(cfg.get("scheduler"))  # T_max: null is the run's length
+    if isinstance(scheduler, RunLengthSchedule) and cfg.trainer.get("max_steps") == -1 and cfg.trainer.get("max_epochs") == -1:
+        raise ConfigError(SOURCE, "scheduler.T_max", "an integer >= 1 when the run has no end (trainer.max_steps=-1, "
+                          "trainer.max_epochs=-1)", got="null")
     module = DenseCaptionModule(
         model,
         optimizer=instantiate_config(cfg.optim, SOURCE, "optim"),
-        scheduler=instantiate_config(cfg.scheduler, SOURCE, "scheduler") if cfg.get("scheduler") else None,
+        scheduler=scheduler,
         frozen=list(cfg.get("frozen", []) or []),
         trainable=list(cfg.get("trainable", []) or []),
     )
@@ -188,6 +193,8 @@ def build(cfg: DictConfig, *, resuming: bool = False,
     trainer_kwargs = dict(callbacks=callbacks, logger=loggers or False, plugins=[SafeCheckpointIO()])
     trainer_kwargs.update(trainer_overrides)
     trainer = instantiate_config(cfg.trainer, SOURCE, "trainer", **trainer_kwargs)
+    if isinstance(scheduler, RunLengthSchedule):
+        scheduler.attach(trainer)  # reads the run's length when Lightning builds the optimizer
     return module, datamodule, trainer
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dense3d.cli import main, parse_args
-from dense3d.engine.train import SOURCE, build, compose_config, init_weights
+from dense3d.engine.train import SOURCE, build, compose_config, fit, init_weights
 from dense3d.errors import CheckpointError
 from dense3d.utils.config import instantiate_config
 
@@ -97,3 +97,24 @@ def test_resuming_another_folders_checkpoint_into_a_run_folder_is_refused(synthe
     err = _one_line(capsys, "dense3d train: ConfigError: configs/train.yaml: field 'paths.output_dir': ")
     assert str(other / "checkpoints") in err, err
     assert sorted(p.name for p in (other / "checkpoints").iterdir()) == before
+
+
+def test_a_cosine_without_t_max_spans_the_run(synthetic_root, tmp_path):
+    cfg = compose_config(_args(synthetic_root, tmp_path / "run", "scheduler.T_max=null", "trainer.max_steps=-1",
+                               "trainer.max_epochs=1", "+trainer.limit_train_batches=3"))
+    _, _, trainer = fit(cfg)
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert trainer.global_step == 3 and scheduler.T_max == 3  # the run's steps, not the 1000 of an unrelated default
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(cfg.scheduler.eta_min)  # decayed at the end
+
+
+@pytest.mark.parametrize("overrides", [
+    ["trainer.max_steps=-1", "trainer.max_epochs=5"],  # T_max: ${trainer.max_steps} = -1: the rate alternated every step
+    ["scheduler.T_max=0"],
+    ["scheduler.T_max=null", "trainer.max_steps=-1", "trainer.max_epochs=-1"],  # a run without an end has no length
+])
+def test_a_cosine_length_below_one_is_one_line(overrides, synthetic_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *_args(synthetic_root, out, "+trainer.limit_train_batches=1", *overrides)]) == 2
+    _one_line(capsys, "dense3d train: ConfigError: configs/train.yaml: field 'scheduler.T_max': expected an integer >= 1")
+    assert not out.exists()
