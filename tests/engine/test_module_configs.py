@@ -43,3 +43,25 @@ def test_the_demo_alone_turns_checkpointing_off():
     demo = compose_config(["experiment=demo", *DEMO_TRAIN_OVERRIDES])
     assert demo.trainer.enable_checkpointing is False and list(demo.callbacks) == ["progress"]
 
+
+# -- 9: debug configs write to outputs/debug and drop the experiment's callbacks
+
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "configs" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("debug", ["fast_dev_run", "overfit"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_debug_configs_keep_out_of_the_experiments_run_folder(experiment, debug):
+    plain = compose_config([f"experiment={experiment}"])
+    cfg = compose_config([f"experiment={experiment}", f"debug={debug}"])
+    assert cfg.task_name == "debug" and Path(cfg.paths.output_dir).name == "debug", (cfg.task_name, cfg.paths.output_dir)
+    if plain.task_name != "debug":
+        assert cfg.paths.output_dir != plain.paths.output_dir
+    assert "model_checkpoint" not in (cfg.callbacks or {}), list(cfg.callbacks)  # no checkpoints of a debug run
+    if debug == "fast_dev_run":
+        assert not cfg.callbacks and cfg.trainer.fast_dev_run is True
+    else:
+        assert cfg.trainer.overfit_batches == 2
+    if experiment == "demo":  # an explicit callbacks= on the command line still wins
+        assert "model_checkpoint" in compose_config([f"experiment={experiment}", f"debug={debug}", "callbacks=default"]).callbacks
+
