@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dense3d.engine.checkpoint import SafeCheckpointIO, check_weight_shapes, load_checkpoint
 from dense3d.engine.module import SOURCE, DenseCaptionModule, RNGStateCallback
-from dense3d.engine.schedule import RunLengthSchedule, scheduler_from_config
+from dense3d.engine.schedule import RunLengthSchedule, ScheduleFromConfig, scheduler_from_config
 from dense3d.errors import ConfigError
 from dense3d.utils.config import instantiate_config
 from dense3d.utils.io import atomic_write
@@ -133,7 +133,8 @@ def build(cfg: DictConfig, *, resuming: bool = False,
           **trainer_overrides) -> tuple[DenseCaptionModule, pl.LightningDataModule, pl.Trainer]:
     """Instantiate the data module, the model (inside ``DenseCaptionModule``) and the trainer.
     ``resuming``: the weights come from the run's own checkpoint, so ``init_from`` is not read
-    (that run may be gone by now)."""
+    (that run may be gone by now), and the config's learning-rate schedule replaces the
+    checkpoint's (:class:`dense3d.engine.schedule.ScheduleFromConfig`)."""
     for key in ("data", "model", "trainer"):
         if cfg.get(key) is None:
             raise ConfigError(SOURCE, key, f"a '{key}' config (e.g. experiment=demo)")
@@ -181,6 +182,8 @@ def build(cfg: DictConfig, *, resuming: bool = False,
         trainable=list(cfg.get("trainable", []) or []),
     )
     callbacks = [RNGStateCallback(), *_instantiate_dict(cfg.get("callbacks"), "callbacks")]
+    if resuming:  # after Lightning restores the checkpoint's optimizer and scheduler, the config's schedule wins
+        callbacks.append(ScheduleFromConfig())
     loggers = _instantiate_dict(cfg.get("logger"), "logger")
     if not loggers:  # LearningRateMonitor refuses a trainer without a logger (a 54-line MisconfigurationException)
         monitors = [cb for cb in callbacks if isinstance(cb, pl.callbacks.LearningRateMonitor)]

@@ -118,3 +118,24 @@ def test_a_cosine_length_below_one_is_one_line(overrides, synthetic_root, tmp_pa
     assert main(["train", *_args(synthetic_root, out, "+trainer.limit_train_batches=1", *overrides)]) == 2
     _one_line(capsys, "dense3d train: ConfigError: configs/train.yaml: field 'scheduler.T_max': expected an integer >= 1")
     assert not out.exists()
+
+
+def test_a_resumed_run_follows_the_configs_schedule(synthetic_root, run, tmp_path, capsys):
+    """The run trained 2 steps of a cosine over trainer.max_steps = 2 (at eta_min now); extended to
+    4 steps with another learning rate it decays over 4 steps from the new rate. Lightning restored
+    the checkpoint's T_max = 2 and base rate, and the rate climbed back to the old peak at step 4."""
+    out = tmp_path / "extended"
+    shutil.copytree(run, out)
+    cfg = compose_config(_args(synthetic_root, out, "trainer.max_steps=4", "optim.lr=1e-3"))
+    _, _, trainer = fit(cfg, ckpt_path="last")
+    scheduler, group = trainer.lr_scheduler_configs[0].scheduler, trainer.optimizers[0].param_groups[0]
+    assert trainer.global_step == 4
+    assert scheduler.T_max == 4 and scheduler.base_lrs == [1e-3] and group["initial_lr"] == 1e-3
+    assert group["lr"] == pytest.approx(cfg.scheduler.eta_min)  # the end of the new cosine (the old one: back at 2e-3)
+    err = [line for line in capsys.readouterr().err.splitlines() if "learning-rate schedule" in line]
+    assert len(err) == 1 and "scheduler.T_max 2 -> 4" in err[0] and "scheduler.base_lrs [0.002] -> [0.001]" in err[0], err
+    # resumed again with the schedule it follows now: nothing to say, the rate goes on where it was
+    cfg = compose_config(_args(synthetic_root, out, "trainer.max_steps=5", "scheduler.T_max=4", "optim.lr=1e-3"))
+    _, _, trainer = fit(cfg, ckpt_path="last")
+    assert "learning-rate schedule" not in capsys.readouterr().err
+    assert trainer.lr_scheduler_configs[0].scheduler.T_max == 4
