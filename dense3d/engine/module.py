@@ -228,7 +228,15 @@ class DenseCaptionDataModule(pl.LightningDataModule):
                           collate_fn=self.collate_fn, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self):
-        return self._loader(self.train_set, shuffle=self.shuffle)
+        loader = self._loader(self.train_set, shuffle=self.shuffle)
+        # the epoch Lightning will give the sampler (fit_loop restored from a checkpoint by now):
+        # with workers the loader takes its first indices when Lightning builds its iterator, before
+        # the loop calls set_epoch, and a resumed run reuses that iterator for its first epoch; a
+        # resumed run then replayed the previous epoch's order
+        loop = getattr(self.trainer, "fit_loop", None) if self.trainer is not None else None
+        if loop is not None:
+            loader.sampler.set_epoch(loop.epoch_progress.current.processed)
+        return loader
 
     def val_dataloader(self):
         return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []

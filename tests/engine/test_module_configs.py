@@ -127,3 +127,54 @@ def test_two_process_ddp_captioning_stage_runs(synthetic_root, tmp_path):
     r = subprocess.run([sys.executable, "-m", "dense3d.cli", *args], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "max_steps=3" in r.stderr + r.stdout and (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+# -- 2: a resumed run with loader workers sees the uninterrupted run's data order
+
+class _Indices(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.tensor([float(i)]), torch.zeros(1)
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l = torch.nn.Linear(1, 1)
+
+    def forward(self, batch):
+        return {"mse": torch.nn.functional.mse_loss(self.l(batch[0]), batch[1])}
+
+
+def _epoch_orders(out: Path, epochs: int, resume: bool, workers: int) -> dict[int, list[int]]:
+    import lightning.pytorch as pl
+
+    from dense3d.engine.checkpoint import SafeCheckpointIO
+    from dense3d.engine.module import DenseCaptionDataModule, DenseCaptionModule, RNGStateCallback
+
+    seen: dict[int, list[int]] = {}
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.setdefault(trainer.current_epoch, []).extend(int(v) for v in batch[0][:, 0])
+
+    pl.seed_everything(0, workers=True, verbose=False)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, plugins=[SafeCheckpointIO()], logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                         callbacks=[RNGStateCallback(), Record(),
+                                    pl.callbacks.ModelCheckpoint(dirpath=out, save_last=True, every_n_epochs=1)])
+    dm = DenseCaptionDataModule(_Indices(), batch_size=4, num_workers=workers, seed=0)
+    trainer.fit(DenseCaptionModule(_Net(), torch.optim.AdamW), dm, ckpt_path=str(out / "last.ckpt") if resume else None)
+    return seen
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resumed_run_with_workers_sees_the_uninterrupted_order(workers, tmp_path):
+    whole = _epoch_orders(tmp_path / "whole", 3, False, workers)
+    assert whole[1] != whole[2] and sorted(whole[1]) == list(range(8))
+    _epoch_orders(tmp_path / "cut", 1, False, workers)
+    resumed = _epoch_orders(tmp_path / "cut", 3, True, workers)
+    assert sorted(resumed) == [1, 2]
+    assert resumed[1] == whole[1] and resumed[2] == whole[2], (whole, resumed)
