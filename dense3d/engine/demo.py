@@ -52,7 +52,19 @@ def _records(samples, captions_per_sample) -> tuple[dict, dict]:
     return prediction_records([s.sample_id for s in samples], captions_per_sample), box_records(samples, captions_per_sample)[1]
 
 
-def _pictures(out_dir: Path, sample, captions, gt_captions, log_dir: Path | None) -> list[tuple[str, Path]]:
+def _metrics_csv(trainer, out_dir: Path) -> Path | None:
+    """This run's ``metrics.csv``: its CSV logger's ``log_dir`` (an earlier demo's ``csv/version_N``
+    folders stay beside it, and ``version_9`` sorts after ``version_10``), else the newest one
+    under ``out_dir``."""
+    for logger in getattr(trainer, "loggers", None) or []:
+        log_dir = getattr(logger, "log_dir", None)
+        if log_dir is not None and (Path(log_dir) / "metrics.csv").is_file():
+            return Path(log_dir) / "metrics.csv"
+    csvs = list(out_dir.rglob("metrics.csv"))
+    return max(csvs, key=lambda p: p.stat().st_mtime) if csvs else None
+
+
+def _pictures(out_dir: Path, sample, captions, gt_captions, metrics_csv: Path | None) -> list[tuple[str, Path]]:
     """Curves; the scene with GT boxes (green, labelled with the captions generated for them) and
     the predicted boxes (class colours, labelled with their captions); its bird's-eye view."""
     from dense3d.engine.report import plot_curves, read_metrics_csv
@@ -60,10 +72,8 @@ def _pictures(out_dir: Path, sample, captions, gt_captions, log_dir: Path | None
     from dense3d.vis import GT_COLOR, BoxLayer, label_colors, plot_bev, render_scene, save_png
 
     pics = []
-    if log_dir is not None:
-        csvs = sorted(log_dir.rglob("metrics.csv"))
-        if csvs:
-            pics.append(("training curves", plot_curves(read_metrics_csv(csvs[-1]), out_dir / "curves.png", "demo training")))
+    if metrics_csv is not None:
+        pics.append(("training curves", plot_curves(read_metrics_csv(metrics_csv), out_dir / "curves.png", "demo training")))
     pts = sample.points.points.numpy()
     gt = sample.boxes.boxes[:]
     pred = Boxes3D([c.region for c in captions]) if captions else Boxes3D(torch.zeros(0, 7))
@@ -190,7 +200,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", seed: int = 0, data_dir: str 
 
     # -- pictures, report, summary
     t0 = time.time()
-    pics = _pictures(out_dir, samples[0], captions[0], gt_captions[0], out_dir)
+    pics = _pictures(out_dir, samples[0], captions[0], gt_captions[0], _metrics_csv(trainer, out_dir))
     rows = _summary_table(metrics)
     rows += [dict(r, protocol=r["protocol"] + ", GT boxes") for r in _summary_table(metrics["gt_regions"])]
     det = metrics["detection"]

@@ -178,3 +178,29 @@ def test_resumed_run_with_workers_sees_the_uninterrupted_order(workers, tmp_path
     resumed = _epoch_orders(tmp_path / "cut", 3, True, workers)
     assert sorted(resumed) == [1, 2]
     assert resumed[1] == whole[1] and resumed[2] == whole[2], (whole, resumed)
+
+
+# -- 13: the demo's report plots this run's curves, not an earlier demo's
+
+def test_demo_curves_come_from_this_runs_csv_logger(tmp_path):
+    import os
+    import types
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from dense3d.engine.demo import _metrics_csv
+
+    for version in (9, 10):  # an earlier demo left csv/version_9; this run logs to csv/version_10
+        folder = tmp_path / "csv" / f"version_{version}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.csv").write_text("step,train/loss\n0,1.0\n")
+    os.utime(tmp_path / "csv" / "version_9" / "metrics.csv", (1e9, 1e9))
+    this_run = tmp_path / "csv" / "version_10" / "metrics.csv"
+    assert sorted(tmp_path.rglob("metrics.csv"))[-1] != this_run  # what the report used to plot
+    trainer = types.SimpleNamespace(loggers=[CSVLogger(save_dir=str(tmp_path), name="csv", version=10)])
+    assert _metrics_csv(trainer, tmp_path) == this_run
+    assert _metrics_csv(types.SimpleNamespace(loggers=[]), tmp_path) == this_run  # no CSV logger: the newest
+    os.utime(this_run, (1e9 - 10, 1e9 - 10))
+    trainer = types.SimpleNamespace(loggers=[CSVLogger(save_dir=str(tmp_path), name="csv", version=10)])
+    assert _metrics_csv(trainer, tmp_path) == this_run  # the logger's, whatever the times
+    assert _metrics_csv(types.SimpleNamespace(loggers=[]), tmp_path / "csv" / "version_10" / "none") is None
