@@ -173,11 +173,17 @@ class SeededSampler(Sampler[int]):
 
     Lightning calls ``set_epoch`` every epoch, so a resumed run sees exactly the order an
     uninterrupted one would. With ``num_replicas > 1`` rank r takes every r-th index of the
-    (padded) permutation, like ``DistributedSampler``.
+    permutation, like ``DistributedSampler``. ``pad`` (training): the permutation is padded with
+    its first indices so every rank takes as many steps (DDP averages gradients at each one);
+    without it (validation, test, prediction) each sample is seen once, by one rank, and ranks
+    may hold one sample less (Lightning's ``sync_dist`` mean weighs each rank by its batch
+    sizes). Only a set smaller than the number of ranks is padded all the same, so that no rank
+    is left without a batch (it would wait on the others' collectives).
     """
 
-    def __init__(self, dataset_len: int, seed: int = 0, shuffle: bool = True, num_replicas: int = 1, rank: int = 0):
-        self.n, self.seed, self.shuffle = dataset_len, seed, shuffle
+    def __init__(self, dataset_len: int, seed: int = 0, shuffle: bool = True, num_replicas: int = 1, rank: int = 0,
+                 pad: bool = True):
+        self.n, self.seed, self.shuffle, self.pad = dataset_len, seed, shuffle, pad
         self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -189,12 +195,18 @@ class SeededSampler(Sampler[int]):
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        per_rank = -(-self.n // self.num_replicas)
-        order += order[: per_rank * self.num_replicas - self.n]  # pad so every rank gets as many
+        if self._padded():
+            per_rank = -(-self.n // self.num_replicas)
+            order += order[: per_rank * self.num_replicas - self.n]  # pad so every rank gets as many
         return iter(order[self.rank :: self.num_replicas])
 
+    def _padded(self) -> bool:
+        return self.pad or 0 < self.n < self.num_replicas
+
     def __len__(self) -> int:
-        return -(-self.n // self.num_replicas)
+        if self._padded():
+            return -(-self.n // self.num_replicas)
+        return len(range(self.rank, self.n, self.num_replicas))
 
 
 class DenseCaptionDataModule(pl.LightningDataModule):
@@ -219,16 +231,17 @@ class DenseCaptionDataModule(pl.LightningDataModule):
         self.collate_fn, self.batch_size, self.num_workers, self.seed = collate_fn, batch_size, num_workers, seed
         self.shuffle = shuffle
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, pad: bool = False) -> DataLoader:
         trainer = self.trainer
         replicas = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
-        sampler = SeededSampler(len(dataset), self.seed, shuffle, replicas, rank)
+        # pad: training only (equal steps per rank); evaluation sees each sample once
+        sampler = SeededSampler(len(dataset), self.seed, shuffle, replicas, rank, pad=pad)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           collate_fn=self.collate_fn, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self):
-        loader = self._loader(self.train_set, shuffle=self.shuffle)
+        loader = self._loader(self.train_set, shuffle=self.shuffle, pad=True)
         # the epoch Lightning will give the sampler (fit_loop restored from a checkpoint by now):
         # with workers the loader takes its first indices when Lightning builds its iterator, before
         # the loop calls set_epoch, and a resumed run reuses that iterator for its first epoch; a

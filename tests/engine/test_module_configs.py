@@ -204,3 +204,52 @@ def test_demo_curves_come_from_this_runs_csv_logger(tmp_path):
     trainer = types.SimpleNamespace(loggers=[CSVLogger(save_dir=str(tmp_path), name="csv", version=10)])
     assert _metrics_csv(trainer, tmp_path) == this_run  # the logger's, whatever the times
     assert _metrics_csv(types.SimpleNamespace(loggers=[]), tmp_path / "csv" / "version_10" / "none") is None
+
+
+# -- 12: under DDP, evaluation sees each sample once (training pads so ranks take as many steps)
+
+class _Trainer:
+    def __init__(self, world_size, rank):
+        self.world_size, self.global_rank = world_size, rank
+
+
+@pytest.mark.parametrize("loader_fn", ["val_dataloader", "test_dataloader", "predict_dataloader"])
+@pytest.mark.parametrize("n, world_size", [(5, 2), (7, 3), (8, 2), (6, 4)])
+def test_ddp_evaluation_sees_each_sample_once(loader_fn, n, world_size):
+    from dense3d.engine.module import DenseCaptionDataModule, SeededSampler
+
+    data = torch.utils.data.TensorDataset(torch.arange(n).float())
+    seen = []
+    for rank in range(world_size):
+        dm = DenseCaptionDataModule(train=data, val=data, test=data, batch_size=2, seed=0)
+        dm.trainer = _Trainer(world_size, rank)
+        sampler = getattr(dm, loader_fn)().sampler
+        assert len(list(sampler)) == len(sampler)
+        seen += list(sampler)
+    assert sorted(seen) == list(range(n)), seen  # 5 on 2 ranks: [0, 2, 4] and [1, 3], not [1, 3, 0]
+    ranks = []
+    for rank in range(world_size):
+        sampler = SeededSampler(n, 0, False, world_size, rank, pad=False)
+        assert len(list(sampler)) == len(sampler)
+        ranks.append(list(sampler))
+    assert sorted(i for r in ranks for i in r) == list(range(n)), ranks
+    assert all(ranks) and max(map(len, ranks)) - min(map(len, ranks)) <= 1
+
+
+@pytest.mark.parametrize("n, world_size", [(5, 2), (7, 3), (2, 4)])
+def test_ddp_training_ranks_take_as_many_steps(n, world_size):
+    from dense3d.engine.module import DenseCaptionDataModule
+
+    data = torch.utils.data.TensorDataset(torch.arange(n).float())
+    ranks = []
+    for rank in range(world_size):
+        dm = DenseCaptionDataModule(train=data, batch_size=2, seed=0)
+        dm.trainer = _Trainer(world_size, rank)
+        ranks.append(list(dm.train_dataloader().sampler))
+    assert len({len(r) for r in ranks}) == 1 and set(i for r in ranks for i in r) == set(range(n))
+
+
+def test_evaluation_on_fewer_samples_than_ranks_leaves_no_rank_without_a_batch():
+    from dense3d.engine.module import SeededSampler
+
+    assert all(len(list(SeededSampler(2, 0, False, 4, rank, pad=False))) == 1 for rank in range(4))
