@@ -263,21 +263,30 @@ class DenseCaptionDataModule(pl.LightningDataModule):
 
 
 class RNGStateCallback(pl.Callback):
-    """Saves the torch / numpy / python random states in checkpoints and restores them on resume,
-    so dropout and augmentation draw the same numbers as in an uninterrupted run."""
+    """Saves the torch (CPU, and every CUDA device's once CUDA is initialised) / numpy / python
+    random states in checkpoints and restores them on resume, so dropout and augmentation draw
+    the same numbers as in an uninterrupted run (dropout on a GPU draws from the CUDA
+    generators)."""
 
     def state_dict(self) -> dict[str, Any]:
         np_state = np.random.get_state()
-        return {
+        state = {
             "torch": torch.get_rng_state(),
             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
             "python": list(random.getstate()[1]),
             "python_version": random.getstate()[0],
             "python_gauss": random.getstate()[2],
         }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # (a CPU run does not initialise CUDA here)
+            state["cuda"] = list(torch.cuda.get_rng_state_all())
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
+        if state.get("cuda") is not None and torch.cuda.is_available():
+            # one state per device saved; a machine with fewer devices restores those it has
+            for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(cuda_state.cpu(), device)
         np_state = state["numpy"]
         np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
         random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))

@@ -253,3 +253,67 @@ def test_evaluation_on_fewer_samples_than_ranks_leaves_no_rank_without_a_batch()
     from dense3d.engine.module import SeededSampler
 
     assert all(len(list(SeededSampler(2, 0, False, 4, rank, pad=False))) == 1 for rank in range(4))
+
+
+# -- 11: checkpoints hold the CUDA random states too (dropout on a GPU draws from them)
+
+def _through_a_file(state, tmp_path):
+    torch.save(state, tmp_path / "state.pt")
+    return torch.load(tmp_path / "state.pt", weights_only=True)  # as SafeCheckpointIO reads trainer_state.pt
+
+
+def test_rng_state_round_trips_without_cuda(tmp_path, monkeypatch):
+    import random
+
+    import numpy as np
+
+    from dense3d.engine.module import RNGStateCallback
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cb = RNGStateCallback()
+    state = _through_a_file(cb.state_dict(), tmp_path)
+    assert "cuda" not in state
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    cb.load_state_dict(state)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+def test_cuda_rng_states_are_saved_once_cuda_is_initialised_and_restored(tmp_path, monkeypatch):
+    from dense3d.engine.module import RNGStateCallback
+
+    states = [torch.full((16,), 1, dtype=torch.uint8), torch.full((16,), 2, dtype=torch.uint8)]
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # a CPU run on a GPU machine
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in states])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.__setitem__(device, s.clone()))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cb = RNGStateCallback()
+    assert "cuda" not in cb.state_dict()  # nothing drawn there; reading them would initialise CUDA
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    state = _through_a_file(cb.state_dict(), tmp_path)
+    assert [s.tolist() for s in state["cuda"]] == [s.tolist() for s in states]
+    cb.load_state_dict(state)
+    assert list(restored) == [0] and torch.equal(restored[0], states[0])  # one device here: the states it has
+    restored.clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a GPU checkpoint resumed on a CPU machine
+    cb.load_state_dict(state)
+    assert not restored
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_dropout_repeats_exactly_after_restoring(tmp_path):
+    from dense3d.engine.module import RNGStateCallback
+
+    torch.cuda.manual_seed_all(0)
+    x = torch.ones(4096, device="cuda")
+    torch.nn.functional.dropout(x, 0.5)  # CUDA initialised, its generator moved on
+    cb = RNGStateCallback()
+    state = _through_a_file(cb.state_dict(), tmp_path)
+    first = torch.nn.functional.dropout(x, 0.5)
+    torch.cuda.manual_seed_all(123)
+    cb.load_state_dict(state)
+    assert torch.equal(torch.nn.functional.dropout(x, 0.5), first)
