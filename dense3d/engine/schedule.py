@@ -98,10 +98,18 @@ def apply_config_schedule(scheduler, optimizer_factory, scheduler_factory) -> li
     hyper-parameters (``T_max``, ``eta_min``, ``base_lrs``, each group's ``initial_lr``, weight
     decay, ...) and the learning rate an uninterrupted run of this config would have now (the
     config's schedule replayed on a stand-in optimizer up to that step). Returns what changed,
-    as ``"name old -> new"``; [] when the checkpoint followed this config."""
-    if not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):  # e.g. ReduceLROnPlateau: nothing to replay
+    as ``"name old -> new"``; [] when the checkpoint followed this config.
+
+    One parameter group (what ``DenseCaptionModule.configure_optimizers`` builds): with several,
+    their own options (per-group learning rates, weight decay) are not in the config, so the
+    checkpoint's schedule is kept and this says so. ``ReduceLROnPlateau`` (a subclass of
+    ``LRScheduler`` in torch 2.9) follows a metric, not steps: kept as restored."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) or \
+            not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
         return []
     groups = scheduler.optimizer.param_groups
+    if len(groups) != 1:
+        return [f"kept the checkpoint's schedule: {len(groups)} parameter groups (the config describes one)"]
     step = int(scheduler.last_epoch)
     with warnings.catch_warnings():  # stepping the stand-in's schedule without its optimizer: torch warns
         warnings.simplefilter("ignore")
@@ -144,6 +152,11 @@ class ScheduleFromConfig(pl.Callback):
         changed = []
         for config in trainer.lr_scheduler_configs:
             changed += apply_config_schedule(config.scheduler, optimizer_factory, scheduler_factory)
-        if changed and trainer.is_global_zero:
-            print(f"dense3d train: resuming with the config's learning-rate schedule, not the checkpoint's: {', '.join(changed)}",
-                  file=sys.stderr)
+        kept = [c for c in changed if c.startswith("kept ")]
+        changed = [c for c in changed if not c.startswith("kept ")]
+        if trainer.is_global_zero:
+            if changed:
+                print(f"dense3d train: resuming with the config's learning-rate schedule, not the checkpoint's: {', '.join(changed)}",
+                      file=sys.stderr)
+            if kept:
+                print(f"dense3d train: resuming: {'; '.join(kept)}", file=sys.stderr)

@@ -3,6 +3,7 @@ checkpoint holds that init_from would drop, resuming without the init_from run, 
 another folder, and one-line errors for a run without a logger, `logger=null` and a negative seed."""
 from __future__ import annotations
 
+import math
 import shutil
 
 import lightning.pytorch as pl
@@ -134,8 +135,34 @@ def test_a_resumed_run_follows_the_configs_schedule(synthetic_root, run, tmp_pat
     assert group["lr"] == pytest.approx(cfg.scheduler.eta_min)  # the end of the new cosine (the old one: back at 2e-3)
     err = [line for line in capsys.readouterr().err.splitlines() if "learning-rate schedule" in line]
     assert len(err) == 1 and "scheduler.T_max 2 -> 4" in err[0] and "scheduler.base_lrs [0.002] -> [0.001]" in err[0], err
+    # right after the resume the rate is the new cosine's at step 2 (the end of a cosine is eta_min
+    # whatever the rate was before, so the check above alone would not see a missing replay)
+    eta = cfg.scheduler.eta_min
+    assert f"-> {eta + (1e-3 - eta) * (1 + math.cos(math.pi * 2 / 4)) / 2:.4g}" in err[0].split("lr at step 2 ")[1].split(",")[0], err
     # resumed again with the schedule it follows now: nothing to say, the rate goes on where it was
     cfg = compose_config(_args(synthetic_root, out, "trainer.max_steps=5", "scheduler.T_max=4", "optim.lr=1e-3"))
     _, _, trainer = fit(cfg, ckpt_path="last")
     assert "learning-rate schedule" not in capsys.readouterr().err
     assert trainer.lr_scheduler_configs[0].scheduler.T_max == 4
+
+
+def test_schedule_replay_keeps_several_groups_and_plateau_as_restored():
+    """apply_config_schedule describes one parameter group (the module's); with several, their own
+    options are not in the config, and ReduceLROnPlateau follows a metric: both kept as restored."""
+    import functools
+
+    from dense3d.engine.schedule import apply_config_schedule
+
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([{"params": [a], "lr": 1e-3, "weight_decay": 0.01}, {"params": [b], "lr": 1e-4, "weight_decay": 0.0}])
+    cosine = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=8)
+    sched = cosine(opt)
+    sched.step()
+    before = [dict((k, v) for k, v in g.items() if k != "params") for g in opt.param_groups]
+    said = apply_config_schedule(sched, functools.partial(torch.optim.AdamW, lr=2e-3), functools.partial(cosine, T_max=4))
+    assert said == ["kept the checkpoint's schedule: 2 parameter groups (the config describes one)"]
+    assert [dict((k, v) for k, v in g.items() if k != "params") for g in opt.param_groups] == before and sched.T_max == 8
+    one = torch.optim.AdamW([a], lr=1e-3)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(one)
+    assert apply_config_schedule(plateau, functools.partial(torch.optim.AdamW, lr=2e-3), cosine) == []
+    assert one.param_groups[0]["lr"] == 1e-3
