@@ -147,7 +147,8 @@ def tod3cap_ground_truth(info_file: str | os.PathLike, caption_file: str | os.Pa
                          caption_source: str = "template", data_root: str | os.PathLike | None = None) -> dict[str, int]:
     """The ground truth of a TOD3Cap split in dense3d's 3D format (``docs/eval.md``), for
     ``dense3d eval tod3cap`` / ``detection``: per sample token, every box of the info file in
-    the LiDAR frame with its class, ``num_pts``, ``ego_dist`` (from ``lidar2ego``) and its
+    the LiDAR frame with its class, ``num_pts`` (LiDAR + radar points, as nuScenes counts them),
+    ``ego_dist`` (from ``lidar2ego``) and its
     reference (``caption_source="template"``: TOD3Cap's own, see
     :func:`~dense3d.data.datasets.tod3cap.parse_caption_entry`; none where the caption file has
     no entry, which the compatible mode scores against "The object is ignored.").
@@ -157,6 +158,10 @@ def tod3cap_ground_truth(info_file: str | os.PathLike, caption_file: str | os.Pa
     ds = TOD3CapDataset(str(info_file), data_root=None if data_root is None else str(data_root),
                         caption_file=None if caption_file is None else str(caption_file),
                         caption_source=caption_source, sensors=())
+    # nuScenes drops a GT box only when it has neither LiDAR nor radar points: num_pts is their sum
+    # (the data set reads the LiDAR count; its instances keep the info file's order, none dropped)
+    radar = {str(info.get("token")): [inst.get("num_radar_pts", 0) for inst in info.get("instances", [])]
+             for info in load_pickle(info_file)["data_list"]}
     out: dict[str, list[dict]] = {}
     n_obj = n_cap = 0
     for i in range(len(ds)):
@@ -165,6 +170,11 @@ def tod3cap_ground_truth(info_file: str | os.PathLike, caption_file: str | os.Pa
         params = boxes.boxes.tensor[:, :7].double()  # (K, 7)
         centre_ego = params[:, :3] @ l2e[:3, :3].T + l2e[:3, 3]  # (K, 3)
         counts = boxes.num_points.tolist() if boxes.num_points is not None else [-1] * len(boxes)
+        for k, r in enumerate(radar.get(s.sample_id, [])[: len(counts)]):
+            if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0:
+                raise AnnotationError(info_file, f"{s.sample_id}.instances[{k}].num_radar_pts", "an integer >= 0", got=repr(r))
+            if counts[k] >= 0:
+                counts[k] += int(r)
         recs = []
         for k, label in enumerate(boxes.labels.tolist()):
             if not 0 <= label < len(boxes.class_names):

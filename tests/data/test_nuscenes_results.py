@@ -48,7 +48,10 @@ def _infos(tmp_path, seed=0):
             dims = rng.uniform(0.5, 6.0, 3)
             insts.append({"bbox_3d": [*xy, rng.uniform(-2, 1), *dims, rng.uniform(-np.pi, np.pi)],
                           "bbox_label_3d": int(rng.integers(0, 10)), "num_lidar_pts": int(rng.integers(1, 50)),
-                          "bbox_3d_isvalid": True, "velocity": [0.0, 0.0], "ann_token": f"ann{s}_{k}"})
+                          "num_radar_pts": int(rng.integers(0, 3)), "bbox_3d_isvalid": True, "velocity": [0.0, 0.0],
+                          "ann_token": f"ann{s}_{k}"})
+        if s == 1:
+            insts[0].update(num_lidar_pts=0, num_radar_pts=7)  # seen by radar alone
         data_list.append({"token": f"sample{s}", "sample_idx": s, "timestamp": 1e15 + s, "ego2global": e2g.tolist(),
                           "lidar_points": {"lidar_path": f"s{s}.bin", "num_pts_feats": 5, "lidar2ego": l2e.tolist()},
                           "images": {}, "instances": insts})
@@ -129,6 +132,9 @@ def test_tod3cap_outputs_scored_end_to_end(tmp_path, capsys):
     gt = json.loads((tmp_path / "gt.json").read_text())
     assert gt["sample0"][0]["descriptions"] == [results["results"]["sample0"][0]["caption"][0]]
     assert gt["sample0"][-1]["descriptions"] == []
+    # num_pts counts LiDAR and radar points, as nuScenes does (a box seen by radar alone stays)
+    assert [o["num_pts"] for o in gt["sample1"]] == [i["num_lidar_pts"] + i["num_radar_pts"] for i in infos["data_list"][1]["instances"]]
+    assert gt["sample1"][0]["num_pts"] == 7
     pred = parse_box_predictions("pred.json", json.loads((tmp_path / "pred.json").read_text()))
     objs = parse_object_gt("gt.json", gt)
     with CaptionScorer(metrics=("CIDEr", "BLEU")) as scorer:
