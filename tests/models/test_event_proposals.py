@@ -216,6 +216,31 @@ def test_event_tokens_read_the_sequence_at_their_own_times(t0, dt):
     assert r.tokens[0, 0, :, 0].tolist() == pytest.approx(want.tolist(), abs=1e-4)
 
 
+def test_event_tokens_of_a_padded_clip_read_its_own_frames():
+    """A clip shorter than the batch's longest: its frame period is its own, not its first gap into
+    the padding. A one-frame clip (centre 0.5 s, zeros after it) had a period of 0 - 0.5 = -0.5 s,
+    and its tokens read the padding; now every token reads its one frame."""
+    from dense3d.models.proposals.events.event_head import EventPredictions
+
+    T, D, Q = 12, 4, 3
+    head = EventHead(D, num_classes=1, num_queries=Q, num_layers=1, num_heads=2, max_events=3, span_tokens=4).eval()
+    times = torch.zeros(2, T)
+    times[0] = 0.25 + 0.5 * torch.arange(T)  # 12 frames at 2 fps (centres), 6 s
+    times[1, 0] = 0.5  # one frame, 1 s
+    frame_mask = torch.zeros(2, T, dtype=torch.bool)
+    frame_mask[0], frame_mask[1, 0] = True, True
+    memory = times[..., None].expand(2, T, D).clone()  # every channel holds the frame's time
+    memory[1, 0] = 7.0
+    durations = torch.tensor([6.0, 1.0])
+    spans = torch.tensor([0.5, 0.4]).expand(2, Q, 2)  # normalised centre, length: 0.3-0.7 of each clip
+    count = torch.tensor([[0.0, 5.0, 0.0, 0.0]]).expand(2, 4)  # one event each
+    pred = EventPredictions(torch.zeros(2, Q, 2), spans, torch.tensor([0.0, 1.0]).expand(2, Q, 2), count, torch.zeros(2, Q, D))
+    r = head.regions(pred, memory, times, durations, frame_mask)
+    u = (torch.arange(4) + 0.5) / 4
+    assert r.tokens[0, 0, :, 0].tolist() == pytest.approx((6.0 * (0.3 + 0.4 * u)).tolist(), abs=1e-4)
+    assert r.tokens[1, 0, :, 0].tolist() == pytest.approx([7.0] * 4)
+
+
 def _frame_index_encoder(monkeypatch) -> VideoEncoder:
     """A video encoder whose frame feature is the frame's index (channel 0), so a feature read at a
     time says which frames it came from."""

@@ -101,7 +101,7 @@ class EventDetector(nn.Module):
         fused = self.temporal_fuser(audio.features if audio is not None else None, video.features if video is not None else None, ref.times, ref.mask)
         directions = audio.directions if audio is not None else None
         pred = self.event_head(fused, ref.times, ref.mask, directions=directions, durations=durations)
-        regions = self.event_head.regions(pred, fused, ref.times, durations)
+        regions = self.event_head.regions(pred, fused, ref.times, durations, ref.mask)
         return EventDetectorOutput(fused, ref.times, ref.mask, durations, audio, video, pred, regions)
 
     def head_labels(self, events, sample_id: str, i: int) -> torch.Tensor:

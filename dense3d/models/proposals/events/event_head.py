@@ -266,11 +266,14 @@ class EventHead(nn.Module):
         mask = torch.arange(R, device=scores.device)[None] < count[:, None]
         return top_idx, top_scores, labels.gather(1, top_idx), mask
 
-    def regions(self, pred: EventPredictions, memory: torch.Tensor, times: torch.Tensor, durations: torch.Tensor) -> RegionFeatures:
+    def regions(self, pred: EventPredictions, memory: torch.Tensor, times: torch.Tensor, durations: torch.Tensor,
+                frame_mask: torch.Tensor | None = None) -> RegionFeatures:
         """Decoded events as ``RegionFeatures(kind="event")``: ``geometry`` (B, R, 2) ``t0, t1``
         seconds, ``features`` (B, R, D) query outputs, ``tokens`` (B, R, P, D) the fused sequence
         linearly sampled at P times inside the span, ``extra["azimuth"]`` (B, R) radians and
-        ``extra["query_index"]`` (B, R)."""
+        ``extra["query_index"]`` (B, R). ``frame_mask`` (B, T): the real frames of ``times``; with it
+        each clip's frame period is its own (:func:`frame_periods`), not the batch's first gap,
+        which runs into the padding of a clip shorter than the batch's longest."""
         idx, scores, labels, mask = self.decode_selection(pred)
         B, R = idx.shape
         gather = lambda t: t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))  # noqa: E731
@@ -281,7 +284,12 @@ class EventHead(nn.Module):
         # sample the sequence inside each span: seconds -> [-1, 1] over the T frames (frame k
         # sits at its centre times[k] = times[0] + k dt, grid_sample with align_corners=False)
         T = memory.shape[1]
-        dt = (times[:, 1] - times[:, 0]) if T > 1 else durations.to(times.dtype)  # (B,)
+        if frame_mask is not None:
+            dt = frame_periods(times, frame_mask.bool())  # (B,) each clip's own period
+            # one frame: every token reads it (an infinite period puts every time on frame 0)
+            dt = torch.where(frame_mask.sum(1) > 1, dt, torch.full_like(dt, float("inf")))
+        else:
+            dt = (times[:, 1] - times[:, 0]) if T > 1 else durations.to(times.dtype)  # (B,)
         dtype = torch.promote_types(memory.dtype, torch.float32)  # seconds: not in 16 bits under autocast
         u = (torch.arange(self.span_tokens, device=memory.device, dtype=dtype) + 0.5) / self.span_tokens
         pos = (t01[..., :1].to(dtype) + (t01[..., 1:] - t01[..., :1]).to(dtype) * u) * durations.to(dtype).view(B, 1, 1)  # (B, R, P) seconds
