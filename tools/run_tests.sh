@@ -14,6 +14,11 @@
 # test (pytest's exit status 5) is not a failure. Exit status: 1 if either phase failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# One OpenMP thread per test process (unless set): the suite is mostly small tensors, where a
+# second thread buys little and its spin-waits take the core the background mmcv build needs
+# (in a fresh-clone run pytest held both cores for its 24 min and the build compiled 36 of its
+# files meanwhile). Tests that spawn processes (DDP, sweeps) inherit it.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 PY=.venv/bin/python
 LOG=.venv/mmdet3d_install.log
 READY=.venv/.setup_ready_$$
