@@ -14,11 +14,7 @@ from dense3d.cli import main, parse_args
 from dense3d.engine.train import SOURCE, build, compose_config, fit, init_weights
 from dense3d.errors import CheckpointError
 from dense3d.utils.config import instantiate_config
-
-
-def _args(synthetic_root, out, *extra):
-    return ["experiment=perception_indoor", f"paths.synthetic_dir={synthetic_root}", f"paths.output_dir={out}", "logger=csv",
-            "trainer.max_steps=1", *extra]
+from tests.engine.test_run_folders import _args, _one_line  # the same runs and one-line checks
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +23,6 @@ def run(synthetic_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
     assert main(["train", *_args(synthetic_root, out, "trainer.max_steps=2")]) == 0
     return out
-
-
-def _one_line(capsys, prefix):
-    err = capsys.readouterr().err
-    assert err.startswith(prefix) and len(err.strip().splitlines()) == 1, err
-    return err
 
 
 def test_no_logger_drops_the_lr_monitor_with_a_notice(synthetic_root, tmp_path, capsys):
