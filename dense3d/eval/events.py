@@ -5,7 +5,7 @@ Captioning (:func:`evaluate`), as the ActivityNet Captions evaluator computes it
 * tIoU = intersection / (min(union span, len1 + len2) + 1e-8);
 * at most ``max_proposals`` (1000) predictions per video, the first ones in file order;
 * every sentence goes through pycocoevalcap's ``PTBTokenizer`` (Java); non-ASCII characters
-  are removed first, as the evaluator does;
+  are replaced by spaces first, as the evaluator does;
 * at each tIoU threshold t in {0.3, 0.5, 0.7, 0.9}, every prediction is paired with every GT
   event of every reference file whose tIoU is **>= t** (many-to-many); a prediction with no
   such event is paired with a garbage reference: the fixed string ``"abc123!@#"`` in the
@@ -53,7 +53,9 @@ def tiou(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def _remove_nonascii(text: str) -> str:
-    return "".join(ch for ch in text if ord(ch) < 128)
+    """densevid_eval's ``remove_nonascii``: every non-ASCII character becomes a space (so
+    ``"man\u2019s"`` -> ``"man s"`` and a no-break space still separates words)."""
+    return "".join(ch if ord(ch) < 128 else " " for ch in text)
 
 
 def _video_ids(gts: Sequence[dict]) -> list[str]:
