@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prediction ids (scenes, videos, clips) absent from the ground truth are an error, not a warning")
     p.add_argument("--seed", type=int, default=0, help="events 2021 mode: seed of the garbage references")
     p.add_argument("--max-proposals", type=positive_int, default=1000, help="events: predictions kept per video")
-    p.add_argument("--soda-refs", choices=("merged", "separate"), default="merged", help="events: SODA_c reference files merged per video, or separate (each video takes the best-F1 file)")
+    p.add_argument("--soda-refs", choices=("average", "merged", "separate"), default="average",
+                   help="events: SODA_c with several reference files: scored one file at a time and averaged (average, PDVC's "
+                        "number), merged per video (merged), or separate (each video takes the best-F1 file)")
     p.add_argument("--soda-missing", choices=("zero", "compatible"), default="zero",
                    help="events: SODA_c videos without predictions count 0 (zero) or are dropped (compatible)")
     p.add_argument("--no-soda", action="store_true", help="events: skip SODA_c")

@@ -21,10 +21,13 @@ licence forbids copying it: predictions and references are sorted by start time;
 ``S[i, j] = tIoU(i, j) * METEOR(pred i, ref j)``; the best order-preserving alignment is
 ``dp[i, j] = max(dp[i-1, j], dp[i, j-1], dp[i-1, j-1] + S[i, j])``; P = best / #pred,
 R = best / #ref, F1 = 2PR / (P + R); macro average over videos. Several reference files are
-merged per video (``refs="merged"``, as PDVC reports it) or scored separately, each video
-taking the reference file with the best F1 (``refs="separate"``, the reference code's
-``--multi_reference``). The reference code silently drops videos missing from the predictions
-(``missing="compatible"``); the default ``missing="zero"`` counts them as 0.
+scored one file at a time and P, R, F1 averaged over the files (``refs="average"``, the default:
+what PDVC's ``eval_soda`` reports -- one SODA run per reference file, then the mean), merged per
+video into one sorted reference set (``refs="merged"``, the reference code's default when given
+several files), or scored separately, each video taking the reference file with the best F1
+(``refs="separate"``, the reference code's ``--multi_reference``). The reference code silently
+drops videos missing from the predictions (``missing="compatible"``); the default
+``missing="zero"`` counts them as 0.
 """
 from __future__ import annotations
 
@@ -38,9 +41,10 @@ from dense3d.eval.caption_metrics import CaptionScorer, ptb_tokenize
 from dense3d.eval.formats import unknown_scenes
 from dense3d.utils.progress import ProgressBar, ensure_progress
 
-__all__ = ["tiou", "evaluate", "proposal_precision_recall", "soda_c", "soda_align", "GARBAGE_2018", "TIOUS"]
+__all__ = ["tiou", "evaluate", "proposal_precision_recall", "soda_c", "soda_align", "GARBAGE_2018", "TIOUS", "SODA_REFS"]
 
 TIOUS = (0.3, 0.5, 0.7, 0.9)
+SODA_REFS = ("average", "merged", "separate")  # several reference files in SODA_c; the first is the default
 GARBAGE_2018 = "abc123!@#"
 _METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
@@ -118,7 +122,7 @@ def evaluate(
     seed: int = 0,
     scorer: CaptionScorer | None = None,
     soda: bool = True,
-    soda_refs: str = "merged",
+    soda_refs: str = "average",
     soda_missing: str = "zero",
     progress: ProgressBar | None = None,
 ) -> dict:
@@ -217,14 +221,15 @@ def soda_align(S: np.ndarray) -> float:
 def soda_c(
     pred: dict[str, list[dict]],
     gts: Sequence[dict],
-    refs: str = "merged",
+    refs: str = "average",
     missing: str = "zero",
     scorer: CaptionScorer | None = None,
     tokenized: dict[str, str] | None = None,
 ) -> dict:
-    """SODA_c precision / recall / F1 (x100): ``{"SODA_c": F1, "SODA_c-P", "SODA_c-R", "SODA_c-videos"}``."""
-    if refs not in ("merged", "separate"):
-        raise ValueError(f"refs must be 'merged' or 'separate', got {refs!r}")
+    """SODA_c precision / recall / F1 (x100): ``{"SODA_c": F1, "SODA_c-P", "SODA_c-R", "SODA_c-videos"}``.
+    ``refs``: ``"average"`` (PDVC), ``"merged"`` or ``"separate"`` (module docstring)."""
+    if refs not in SODA_REFS:
+        raise ValueError(f"refs must be one of {', '.join(SODA_REFS)}, got {refs!r}")
     if missing not in ("zero", "compatible"):
         raise ValueError(f"missing must be 'zero' or 'compatible', got {missing!r}")
     vids = _video_ids(gts)
@@ -233,20 +238,21 @@ def soda_c(
     tok = tokenized or _tokenized(pred, gts)
     own = scorer is None
     scorer = scorer or CaptionScorer(metrics=("METEOR",))
-    # (video, reference set) problems; each reference set: sorted (timestamps, sentences)
-    problems: list[tuple[str, list, list]] = []
+    # (video, reference file or -1 when merged, reference set) problems; each reference set:
+    # sorted (timestamps, sentences)
+    problems: list[tuple[str, int, list, list]] = []
     for v in vids:
         evs = sorted(pred.get(v, []), key=lambda e: e["timestamp"][0])  # stable on ties
         sets = []
         if refs == "merged":
             items = [(ts, s) for g in gts if v in g for ts, s in zip(g[v]["timestamps"], g[v]["sentences"])]
-            sets.append(items)
+            sets.append((-1, items))
         else:
-            sets += [list(zip(g[v]["timestamps"], g[v]["sentences"])) for g in gts if v in g]
-        for items in sets:
-            problems.append((v, evs, sorted(items, key=lambda x: x[0][0])))
+            sets += [(fi, list(zip(g[v]["timestamps"], g[v]["sentences"]))) for fi, g in enumerate(gts) if v in g]
+        for fi, items in sets:
+            problems.append((v, fi, evs, sorted(items, key=lambda x: x[0][0])))
     pairs, index = [], []
-    for pi, (_, evs, items) in enumerate(problems):
+    for pi, (_, _, evs, items) in enumerate(problems):
         for i, e in enumerate(evs):
             for j, (_, s) in enumerate(items):
                 pairs.append((tok[_remove_nonascii(e["sentence"])], [tok[_remove_nonascii(s)]]))
@@ -256,16 +262,27 @@ def soda_c(
     finally:
         if own:
             scorer.close()
-    S_all = [np.zeros((len(evs), len(items))) for _, evs, items in problems]
+    S_all = [np.zeros((len(evs), len(items))) for _, _, evs, items in problems]
     for (pi, i, j), m in zip(index, meteor):
-        _, evs, items = problems[pi]
+        _, _, evs, items = problems[pi]
         S_all[pi][i, j] = tiou(evs[i]["timestamp"], items[j][0]) * m
-    per_video: dict[str, list[tuple[float, float, float]]] = {v: [] for v in vids}
-    for (v, evs, items), S in zip(problems, S_all):
+    prf: list[tuple[float, float, float]] = []  # per problem
+    for (_, _, evs, items), S in zip(problems, S_all):
         best = soda_align(S) if S.size else 0.0
         p = best / len(evs) if evs else 0.0
         r = best / len(items) if items else 0.0
-        per_video[v].append((p, r, 2 * p * r / (p + r) if p + r > 0 else 0.0))
+        prf.append((p, r, 2 * p * r / (p + r) if p + r > 0 else 0.0))
+    if refs == "average":
+        # PDVC's eval_soda: one SODA run per reference file (macro average over that file's
+        # videos), then P, R and F1 each averaged over the files that have videos
+        per_file = [[x for (_, fi, _, _), x in zip(problems, prf) if fi == f] for f in range(len(gts))]
+        means = [np.mean(np.array(rows), axis=0) for rows in per_file if rows]  # (3,) each
+        P, R, F = (float(np.mean([m[c] for m in means])) if means else 0.0 for c in range(3))
+        n_videos = len({v for v, _, _, _ in problems})
+        return {"SODA_c": 100 * F, "SODA_c-P": 100 * P, "SODA_c-R": 100 * R, "SODA_c-videos": n_videos}
+    per_video: dict[str, list[tuple[float, float, float]]] = {v: [] for v in vids}
+    for (v, _, _, _), x in zip(problems, prf):
+        per_video[v].append(x)
     # several reference sets of a video (refs="separate"): the one with the best F1 (the first
     # on ties), its P and R with it -- what the reference code's --multi_reference does
     chosen = [max(per_video[v], key=lambda x: x[2]) for v in vids if per_video[v]]

@@ -22,3 +22,25 @@ def test_non_ascii_characters_become_spaces_as_densevid_eval_does(scorer):
     pred = {"v": [{"timestamp": (0, 10), "sentence": "a man\u00a0walks the dog", "score": 1.0}]}
     out = events.evaluate(pred, gt, tious=(0.5,), scorer=scorer, soda=False)
     assert out["BLEU-1@0.5"] == pytest.approx(100.0, abs=1e-4)  # "manwalks" would miss two unigrams
+
+
+def test_soda_c_default_averages_one_run_per_reference_file_as_pdvc_reports_it(scorer):
+    # PDVC's eval_soda runs SODA once per reference file and averages P, R and F1 over the files;
+    # merging the files doubles the references of v1 (its recall halves) and is not PDVC's number
+    per_file = [events.soda_c(PRED, [g], missing="zero", scorer=scorer) for g in (GT1, GT2)]
+    avg = events.soda_c(PRED, [GT1, GT2], scorer=scorer)  # the default
+    for k in ("SODA_c", "SODA_c-P", "SODA_c-R"):
+        assert avg[k] == pytest.approx((per_file[0][k] + per_file[1][k]) / 2)
+    assert avg["SODA_c-videos"] == 2
+    merged = events.soda_c(PRED, [GT1, GT2], refs="merged", scorer=scorer)
+    assert merged["SODA_c"] != pytest.approx(avg["SODA_c"])
+    # one reference file: every mode is the same number
+    one = {r: events.soda_c(PRED, [GT1], refs=r, scorer=scorer)["SODA_c"] for r in events.SODA_REFS}
+    assert one["average"] == pytest.approx(one["merged"]) == pytest.approx(one["separate"])
+    # evaluate() and the CLI default to it
+    full = events.evaluate(PRED, [GT1, GT2], tious=(0.5,), scorer=scorer)
+    assert full["SODA_c"] == pytest.approx(avg["SODA_c"])
+    from dense3d.eval.cli import build_parser
+
+    args = build_parser().parse_args(["events", "--pred", "p.json", "--gt", "a.json", "b.json"])
+    assert args.soda_refs == "average"
