@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dense3d.engine.train import CONFIG_DIR, fit
+from dense3d.engine.train import CONFIG_DIR, check_group_choices, fit
 from dense3d.errors import Dense3DError
 
 PROG = "tools/train.py"
@@ -46,5 +46,16 @@ def main(cfg: DictConfig) -> None:
             job_dir.rmdir()  # the empty folder hydra made for this job
 
 
+def check_command_line(argv: list[str]) -> None:
+    """Bad overrides that hydra would report in several lines before ``main`` runs (``logger=null``):
+    one line and exit status 2 instead, as ``dense3d train`` gives."""
+    try:
+        check_group_choices(argv, "train", CONFIG_DIR)
+    except Dense3DError as e:
+        print(f"{PROG}: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    check_command_line(sys.argv[1:])
     main()

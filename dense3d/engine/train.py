@@ -19,7 +19,7 @@ from dense3d.errors import ConfigError
 from dense3d.utils.config import instantiate_config
 from dense3d.utils.io import atomic_write
 
-__all__ = ["compose_config", "build", "fit", "init_weights", "check_new_run_folder", "check_resume_folder", "check_resume_checkpoint", "run_checkpoints"]
+__all__ = ["compose_config", "check_group_choices", "build", "fit", "init_weights", "check_new_run_folder", "check_resume_folder", "check_resume_checkpoint", "run_checkpoints"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -44,22 +44,14 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "train
     from hydra.errors import HydraException, MissingConfigException
 
     overrides = list(overrides or [])
+    check_group_choices(overrides, config_name, config_dir)
     try:
         with initialize_config_dir(config_dir=str(config_dir or CONFIG_DIR), version_base="1.3"):
             return compose(config_name=config_name, overrides=overrides)
-    except ValueError as e:  # not a HydraException: `logger=null` ("Config group override must be a string or a list")
+    except ValueError as e:  # not a HydraException: `group=null` for a group outside config_dir
         if "Config group override" not in str(e):
             raise
-        parser = OverridesParser.create()
-        for override in overrides:
-            try:
-                parsed = parser.parse_override(override)
-            except HydraException:
-                continue
-            if parsed.value() is None:
-                group = parsed.key_or_group
-                raise ConfigError(f"configs/{config_name}.yaml", f"override {override}", f"one of the files of configs/{group}/ "
-                                  f"(to use none: ~{group})", got="null") from None
+        check_group_choices(overrides, config_name, config_dir, any_null=True)
         raise ConfigError(f"configs/{config_name}.yaml", "overrides", "overrides that compose", got=e) from None
     except (HydraException, MissingConfigException) as e:
         parser = OverridesParser.create()
@@ -70,6 +62,35 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "train
                 raise ConfigError(f"configs/{config_name}.yaml", f"override {override}",
                                   "hydra override syntax (quote values with braces or spaces: 'key=\"a/{split}\"')", got=bad) from None
         raise ConfigError(f"configs/{config_name}.yaml", "overrides", "overrides that compose", got=e) from None
+
+
+def check_group_choices(overrides: list[str], config_name: str = "train", config_dir: str | Path | None = None,
+                        any_null: bool = False) -> None:
+    """Refuse ``GROUP=null`` (e.g. ``logger=null``) for a config group (a folder of
+    ``config_dir``) with a ``ConfigError`` naming the override. Hydra raises a ValueError for it
+    ("Config group override must be a string or a list"), which ``@hydra.main``
+    (``tools/train.py``) reports in several lines, before any code of ours runs: so this runs on
+    the command line's overrides first. Arguments that are not overrides (hydra's flags and
+    their values) are skipped; ``any_null=True`` refuses every null override, group or not
+    (for hydra's ValueError, when the group lies outside ``config_dir``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    root = Path(config_dir or CONFIG_DIR)
+    parser = OverridesParser.create()
+    for override in overrides:
+        if override.startswith("-"):
+            continue  # a flag of hydra's command line (-m, --config-name=...)
+        try:
+            parsed = parser.parse_override(override)
+        except HydraException:
+            continue  # not an override (a flag's value), or bad syntax: compose names it
+        if parsed.is_delete() or parsed.value() is not None:
+            continue
+        group = parsed.key_or_group
+        if any_null or (root / group).is_dir():
+            raise ConfigError(f"configs/{config_name}.yaml", f"override {override}", f"one of the files of configs/{group}/ "
+                              f"(to use none: ~{group})", got="null")
 
 
 def _instantiate_dict(node: DictConfig | None, key: str) -> list[Any]:
