@@ -213,6 +213,8 @@ class AudioEncoder(nn.Module):
         if batch.sample_rate is not None and int(batch.sample_rate) != self.sample_rate:
             raise AudioError("Batch", "sample_rate", f"{self.sample_rate} Hz (resample in the data pipeline)", got=batch.sample_rate)
         B, A, S = audio.shape
+        if S <= self.n_fft // 2:  # the STFT's reflect padding needs more samples than n_fft / 2: the rest is silence
+            audio = F.pad(audio, (0, self.n_fft // 2 + 1 - S))  # (B, A, S) -> (B, A, n_fft // 2 + 1); the mask keeps S's frames
         logmel = (self.mel(audio.flatten(0, 1)) + 1e-6).log()  # (B * A, S) -> (B * A, M, T_stft)
         x = self.input_bn(logmel.view(B, A, *logmel.shape[1:]))  # (B, A, M, T_stft)
         for block, ts in zip(self.blocks, self.time_strides):
