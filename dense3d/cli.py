@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--kind", required=True, choices=("outdoor", "indoor", "av"))
     q.add_argument("--out", required=True, help="output folder, e.g. data/synthetic/mine/outdoor (replaced as a whole)")
     q.add_argument("--scenes", type=int, default=None, help="number of scenes (default: the config's)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=non_negative_int, default=0)  # argparse names the flag (SynthConfig would name its field)
     q.add_argument("--split", default=None, help="train,val,test fractions (default: the config's, 0.7,0.15,0.15); "
                    "1,0,0 makes extra training scenes (tools/merge_synth_sets.py)")
     q.add_argument("--workers", type=positive_int, default=1, help="processes (the output does not depend on it)")

@@ -40,3 +40,19 @@ def test_check_group_choices_skips_flags_deletions_and_null_values():
         check_group_choices(["seed=1", "callbacks=null"])
     with pytest.raises(ConfigError, match="override model/encoder=null"):
         check_group_choices(["model/encoder=null"])
+
+
+# -- 2. dense3d convert synth --seed -3 ----------------------------------------------------------
+
+@pytest.mark.parametrize("seed", ["-3", "x"])
+def test_convert_synth_refuses_a_negative_seed_naming_the_flag(seed, tmp_path, capsys):
+    """A negative seed was refused only by SynthConfig, naming its field ('seed'), not the flag:
+    now argparse's usage error names --seed, as ``dense3d demo --seed`` does, before any work."""
+    from dense3d.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["convert", "synth", "--kind", "outdoor", "--out", str(tmp_path / "s"), "--scenes", "1", "--seed", seed])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"dense3d convert synth: error: argument --seed: expected an integer >= 0, got '{seed}'", err
+    assert not (tmp_path / "s").exists()
