@@ -62,6 +62,18 @@ def _check_ids(args: argparse.Namespace, pred_ids, gt_ids) -> None:
             raise PredictionFormatError(args.pred, unknown[0], "an id present in the ground truth", got=f"{len(unknown)} unknown ids")
 
 
+def _require_described_objects(path: str, gt: dict, proto: str) -> None:
+    """ScanRefer / Scan2Cap score only objects with ``descriptions``: a ground truth with none
+    (e.g. the references under another key such as ``caption``) would print an empty table or
+    zeros and exit 0; it is an error naming the file and the field instead."""
+    from dense3d.eval.scanrefer import is_scored
+
+    objs = [o for v in gt.values() for o in v]
+    if not any(is_scored(o) for o in objs):
+        raise PredictionFormatError(path, "descriptions", f"at least one object with 'descriptions' (token lists or strings) "
+                                    f"and a name other than 'unknown' for {proto}", got=f"none among {len(objs)} objects")
+
+
 def run(args: argparse.Namespace, progress: ProgressBar | None = None) -> dict:
     """Run one protocol on the files named by ``args``; returns the metrics dict. ``progress``
     gets the protocol's stages (:mod:`dense3d.utils.progress`)."""
@@ -81,6 +93,8 @@ def run(args: argparse.Namespace, progress: ProgressBar | None = None) -> dict:
         pred = formats.parse_box_predictions(args.pred, pred_raw, need_caption=proto != "detection", need_score=proto in ("scan2cap", "detection"))
         gt = formats.parse_object_gt(args.gt[0], formats.read_json(args.gt[0]))
         _check_ids(args, pred, gt)
+        if proto in ("scanrefer", "scan2cap"):
+            _require_described_objects(args.gt[0], gt, proto)
         ious = tuple(args.iou) if args.iou else (0.25, 0.5)
         if proto == "scanrefer":
             from dense3d.eval import scanrefer

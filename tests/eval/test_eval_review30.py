@@ -44,3 +44,21 @@ def test_soda_c_default_averages_one_run_per_reference_file_as_pdvc_reports_it(s
 
     args = build_parser().parse_args(["events", "--pred", "p.json", "--gt", "a.json", "b.json"])
     assert args.soda_refs == "average"
+
+
+@pytest.mark.parametrize("proto", ["scanrefer", "scan2cap"])
+def test_ground_truth_without_any_description_is_an_error_not_an_empty_table(tmp_path, capsys, proto):
+    # references under 'caption' (TOD3Cap's key) are not ScanRefer descriptions: every object was
+    # skipped, the table held no caption metric (scanrefer) or zeros (scan2cap), and the exit was 0
+    import json
+
+    from dense3d.errors import exit_status
+    from dense3d.eval.cli import main
+
+    gt, pred = tmp_path / "gt.json", tmp_path / "pred.json"
+    gt.write_text(json.dumps({"s": [{"object_id": 1, "object_name": "chair", "box": [0, 0, 0, 1, 1, 1],
+                                     "caption": "a brown chair"}]}))
+    pred.write_text(json.dumps({"s": [{"box": [0, 0, 0, 1, 1, 1], "caption": "a chair", "score": 1.0}]}))
+    assert exit_status(lambda: main([proto, "--pred", str(pred), "--gt", str(gt)]), "dense3d eval") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "PredictionFormatError" in err and str(gt) in err and "'descriptions'" in err and "none among 1 objects" in err
