@@ -64,3 +64,39 @@ def test_dense_events_config_resamples_other_rates(tmp_path):
     ds = _dataset_from_config("dense_events", annotation_file=str(tmp_path / "ev_{split}.json"), media_dir=str(tmp_path), sensors=["audio"])
     audio = ds[0].audio
     assert audio.sample_rate == SR and audio.waveform.shape == (2, 2 * SR)
+
+
+def _two_mic_encoder() -> AudioEncoder:
+    torch.manual_seed(0)
+    return AudioEncoder(num_channels=2, max_lag=4, directions=8, mic_positions=[[0.1, 0, 0], [-0.1, 0, 0]])
+
+
+def test_audio_features_do_not_depend_on_the_batch_padding():
+    """A clip's frames beside a longer clip (zero-padded to its length) equal the clip's frames
+    alone. The STFT's reflect padding at the batch's end, the CNN reading the padding's log(1e-6)
+    and the last pooling window counting padded frames changed its last 5 of 26 frames by up to
+    0.05 (features ~0.16); with time_pool 4 and 16077 samples the last window is partial."""
+    enc = _two_mic_encoder().eval()
+    short, long = _noise(2, SR + 77, 1), _noise(2, 3 * SR, 2)
+    with torch.no_grad():
+        alone = enc(_audio_batch([short]))
+        both = enc(_audio_batch([short, long]))
+    T = alone.features.shape[1]
+    assert both.mask[0].sum() == T and not both.mask[0, T:].any()
+    torch.testing.assert_close(both.features[0, :T], alone.features[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(both.directions[0, :T], alone.directions[0], atol=1e-6, rtol=1e-5)
+
+
+def test_audio_batch_norm_statistics_come_from_real_frames():
+    """In training the input BatchNorm's statistics counted the padding of a short clip (log-mel
+    log(1e-6) = -13.8 on every padded frame), so its running mean depended on how much padding the
+    batches held; now it is the mean of the real frames' log-mel (torchaudio's MelSpectrogram of
+    each clip alone)."""
+    enc = _two_mic_encoder().train()
+    short, long = _noise(2, SR // 2, 3), _noise(2, 2 * SR, 4)
+    enc(_audio_batch([short, long]))
+    with torch.no_grad():
+        logmel = [(enc.mel(w) + 1e-6).log() for w in (short, long)]  # (A, M, T_b)
+        real_mean = torch.cat([m.flatten(1) for m in logmel], dim=1).mean(dim=1)  # (A,)
+    momentum = enc.input_bn.momentum
+    torch.testing.assert_close(enc.input_bn.running_mean, momentum * real_mean, atol=1e-4, rtol=1e-4)

@@ -102,17 +102,48 @@ def srp_phat(cross: torch.Tensor, delays: torch.Tensor, n_fft: int) -> torch.Ten
     return torch.bmm(steer.to(cross.dtype), cross.reshape(B, P * F_, T)).real
 
 
-def _mean_pool_time(x: torch.Tensor, k: int) -> torch.Tensor:
+def _mean_pool_time(x: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> torch.Tensor:
     """(..., T) -> (..., ceil(T / k)) means of k consecutive frames (the last of fewer), for
-    complex tensors too (``avg_pool1d(ceil_mode=True)`` is real only)."""
+    complex tensors too (``avg_pool1d(ceil_mode=True)`` is real only). With ``mask`` (B, T) (x
+    (B, ..., T)) a mean counts only each clip's real frames (0 where a window has none)."""
     T = x.shape[-1]
     n = -(-T // k)
     pad = n * k - T
+    if mask is None:
+        count = torch.full((n,), float(k), device=x.device)
+        count[-1] = k - pad
+    else:
+        m = mask.to(x.real.dtype)
+        m = torch.cat([m, m.new_zeros(m.shape[0], pad)], dim=-1) if pad else m
+        count = m.unflatten(-1, (n, k)).sum(-1).clamp(min=1).view(m.shape[0], *[1] * (x.dim() - 2), n)  # (B, 1.., n)
+        x = x * mask.view(mask.shape[0], *[1] * (x.dim() - 2), T).to(x.real.dtype)
     if pad:
         x = torch.cat([x, x.new_zeros(*x.shape[:-1], pad)], dim=-1)
-    count = torch.full((n,), float(k), device=x.device)
-    count[-1] = k - pad
     return x.unflatten(-1, (n, k)).sum(-1) / count
+
+
+def _valid_frames(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """(B,) real frames per clip -> (B, T) bool, True at each clip's first ``lengths[b]`` frames."""
+    return torch.arange(T, device=lengths.device)[None] < lengths[:, None]
+
+
+def _masked_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``bn`` over each clip's real time frames only: x (B, C, M, T), lengths (B,) real frames.
+
+    The real frames of every clip are packed side by side into one (1, C, M, sum lengths) map,
+    so training statistics (and the running ones) come from real frames only, not from the
+    padding of clips shorter than the batch's longest; padded frames come out as 0 (what the
+    next convolution's own zero padding reads for a clip alone). Without padding: ``bn(x)``."""
+    B, C, M, T = x.shape
+    if bool((lengths >= T).all()):
+        return bn(x)
+    n = [int(v) for v in lengths.clamp(max=T)]
+    packed = torch.cat([x[b, :, :, : n[b]] for b in range(B)], dim=-1)[None]  # (B, C, M, T) -> (1, C, M, sum n)
+    normed = bn(packed)[0].split(n, dim=-1)  # (C, M, n_b) each
+    out = x.new_zeros(B, C, M, T)
+    for b in range(B):
+        out[b, :, :, : n[b]] = normed[b]
+    return out
 
 
 def _cnn_block(cin: int, cout: int) -> nn.Sequential:
@@ -202,6 +233,23 @@ class AudioEncoder(nn.Module):
 
                 raise CheckpointError(weights_path, "state_dict", "the AudioEncoder's keys", got=f"missing {missing[:3]}")
 
+    def stft(self, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, A, S) zero-padded waveforms, (B,) real samples -> (B, A, F, 1 + S // hop) complex
+        STFT (Hann window of n_fft, MelSpectrogram's). Each clip is reflect-padded by n_fft / 2
+        at its own start and end (``center=True``, as a clip alone; a clip of n_fft / 2 samples
+        or fewer, too short to reflect, is padded with zeros), not at the end of the batch's padding."""
+        B, A, S = audio.shape
+        half = self.n_fft // 2
+        rows = []
+        for b in range(B):
+            n = int(lengths[b])
+            clip = audio[b : b + 1, :, :n]  # (1, A, n)
+            clip = F.pad(clip, (half, half), mode="reflect" if n > half else "constant")  # (1, A, n + 2 half)
+            rows.append(F.pad(clip, (0, S - n)))  # (1, A, S + 2 half)
+        padded = torch.cat(rows).flatten(0, 1)  # (B, A, S + 2 half) -> (B * A, S + 2 half)
+        spec = torch.stft(padded, self.n_fft, self.hop_length, window=self.window, center=False, return_complex=True)
+        return spec.view(B, A, *spec.shape[1:])  # (B * A, F, T_stft) -> (B, A, F, T_stft)
+
     def num_frames(self, num_samples: torch.Tensor | int):
         stft_frames = num_samples // self.hop_length + 1  # torch.stft(center=True)
         return (stft_frames + self.time_pool - 1) // self.time_pool
@@ -213,22 +261,33 @@ class AudioEncoder(nn.Module):
         if batch.sample_rate is not None and int(batch.sample_rate) != self.sample_rate:
             raise AudioError("Batch", "sample_rate", f"{self.sample_rate} Hz (resample in the data pipeline)", got=batch.sample_rate)
         B, A, S = audio.shape
-        if S <= self.n_fft // 2:  # the STFT's reflect padding needs more samples than n_fft / 2: the rest is silence
-            audio = F.pad(audio, (0, self.n_fft // 2 + 1 - S))  # (B, A, S) -> (B, A, n_fft // 2 + 1); the mask keeps S's frames
-        logmel = (self.mel(audio.flatten(0, 1)) + 1e-6).log()  # (B * A, S) -> (B * A, M, T_stft)
-        x = self.input_bn(logmel.view(B, A, *logmel.shape[1:]))  # (B, A, M, T_stft)
+        lengths = batch.audio_lengths if batch.audio_lengths is not None else torch.full((B,), S)
+        lengths = lengths.to(audio.device).long().clamp(max=S)  # (B,) real samples per clip
+        # One STFT for the log-mel and GCC-PHAT, each clip padded at its own ends: a clip's frames
+        # are the same alone and beside a longer clip (padded frames masked below).
+        spec = self.stft(audio, lengths)  # (B, A, F, T_stft)
+        n = lengths // self.hop_length + 1  # (B,) real STFT frames per clip
+        power = spec.abs().pow(2)  # (B, A, F, T_stft), MelSpectrogram(power=2)
+        logmel = (self.mel.mel_scale(power) + 1e-6).log()  # (B, A, M, T_stft)
+        x = _masked_batch_norm(self.input_bn, logmel, n)  # padded frames: 0
         for block, ts in zip(self.blocks, self.time_strides):
-            x = F.avg_pool2d(block(x), kernel_size=(2, ts), ceil_mode=True)
+            for layer in block:  # conv, BN, ReLU, conv, BN, ReLU; BN over real frames only
+                x = _masked_batch_norm(layer, x, n) if isinstance(layer, nn.BatchNorm2d) else layer(x)
+            # mean of each 2 x ts window over its real frames (the ceil_mode window of a clip alone)
+            real = _valid_frames(n, x.shape[-1]).to(x.dtype)[:, None, None]  # (B, 1, 1, T)
+            share = F.avg_pool2d(real, kernel_size=(1, ts), ceil_mode=True)  # (B, 1, 1, T') real share of each window
+            x = F.avg_pool2d(x, kernel_size=(2, ts), ceil_mode=True) / share.clamp(min=1e-6) * (share > 0)
+            n = -(-n // ts)  # real frames after pooling: ceil(n / ts)
         x = x.mean(dim=2).transpose(1, 2)  # (B, C, M', T) -> (B, T, C)
         T = x.shape[1]
         parts = [x]
         directions = None
         if self.gcc_proj is not None or self.directions:
-            spec = torch.stft(audio.flatten(0, 1), self.n_fft, self.hop_length, window=self.window, return_complex=True)
-            spec = spec.view(B, A, *spec.shape[1:])  # (B * A, F, T_stft) -> (B, A, F, T_stft)
             # GCC and SRP are linear in the cross-spectrum: average each output frame's STFT
-            # frames first (the same as averaging their correlations, time_pool x less work)
-            cross = _mean_pool_time(phat_cross_spectrum(spec, self.srp_pairs), self.time_pool)[..., :T]  # (B, P, F, T)
+            # frames first (the same as averaging their correlations, time_pool x less work),
+            # each clip's real STFT frames only
+            real = _valid_frames(lengths // self.hop_length + 1, spec.shape[-1])  # (B, T_stft)
+            cross = _mean_pool_time(phat_cross_spectrum(spec, self.srp_pairs), self.time_pool, real)[..., :T]  # (B, P, F, T)
             if self.gcc_proj is not None:
                 cc = torch.fft.irfft(cross, n=self.n_fft, dim=2)  # (B, P, n_fft, T), lag 0 at index 0
                 cc = torch.cat([cc[:, :, self.n_fft - self.max_lag :], cc[:, :, : self.max_lag + 1]], dim=2)  # lags -L..L
@@ -238,8 +297,7 @@ class AudioEncoder(nn.Module):
         feats = self.out(torch.cat(parts, dim=-1))
         frame = torch.arange(T, device=audio.device, dtype=audio.dtype)
         times = ((frame * self.time_pool + (self.time_pool - 1) / 2) * self.hop_length / self.sample_rate).expand(B, T)
-        lengths = batch.audio_lengths if batch.audio_lengths is not None else torch.full((B,), S, device=audio.device)
-        mask = frame[None] < self.num_frames(lengths.to(audio.device))[:, None]
+        mask = frame[None] < self.num_frames(lengths)[:, None]
         return TemporalFeatures(feats * mask[..., None], times, mask,
                                 directions * mask[..., None] if directions is not None else None)
 
