@@ -307,6 +307,9 @@ class CaptionScorer:
         if set(gts) != set(res):
             raise ValueError("gts and res must have the same keys")
         keys = list(gts)
+        for k in keys:  # pycocoevalcap's scorers assert one candidate per key: a second was ignored silently
+            if isinstance(res[k], str) or len(res[k]) != 1:
+                raise ValueError(f"res[{k!r}]: expected a list of exactly one candidate caption, got {res[k]!r}")
         pairs = [(res[k][0], list(gts[k])) for k in keys]
         return self.score_pairs(pairs)
 

@@ -62,3 +62,15 @@ def test_ground_truth_without_any_description_is_an_error_not_an_empty_table(tmp
     assert exit_status(lambda: main([proto, "--pred", str(pred), "--gt", str(gt)]), "dense3d eval") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "PredictionFormatError" in err and str(gt) in err and "'descriptions'" in err and "none among 1 objects" in err
+
+
+def test_score_refuses_several_candidates_per_key_as_pycocoevalcap_does():
+    from dense3d.eval.caption_metrics import CaptionScorer
+
+    with CaptionScorer(metrics=("BLEU",)) as s:
+        gts = {1: ["a man walks"], 2: ["a dog barks"]}
+        with pytest.raises(ValueError, match="exactly one candidate"):
+            s.score(gts, {1: ["a man walks", "a cat sleeps"], 2: ["a dog barks"]})  # the second was dropped silently
+        with pytest.raises(ValueError, match="exactly one candidate"):
+            s.score(gts, {1: "a man walks", 2: ["a dog barks"]})  # a bare string: its first letter was the caption
+        assert s.score(gts, {1: ["a man walks"], 2: ["a dog barks"]})[0]["BLEU-1"] == pytest.approx(1.0)
