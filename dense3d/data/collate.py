@@ -11,12 +11,20 @@ from dense3d.structures import Batch, Sample
 __all__ = ["collate"]
 
 
-def _common(values: list, err, source: str, field: str):
+def _common(values: list, err, source: str, field: str, origins: list[str] | None = None):
+    """The one value of ``values`` (one per sample); else ``err`` naming the samples (and their
+    files, ``origins``) that disagree."""
     first = values[0]
-    for v in values[1:]:
+    for i, v in enumerate(values[1:], start=1):
         if v != first:
-            raise err(source, field, f"the same value in every sample of the batch ({first})", got=v)
+            where = (lambda k: f" in {origins[k]}") if origins is not None else (lambda k: "")
+            raise err(source, field, f"the same value in every sample of the batch ({first}{where(0)})", got=f"{v}{where(i)}")
     return first
+
+
+def _origin(sample: Sample, part) -> str:
+    """'<sample_id> (<file>)' for error messages."""
+    return f"{sample.sample_id} ({getattr(part, 'source', '<memory>')})"
 
 
 def collate(samples: Sequence[Sample]) -> Batch:
@@ -41,7 +49,8 @@ def collate(samples: Sequence[Sample]) -> Batch:
 
     with_points = [(b, s.points) for b, s in enumerate(samples) if s.points is not None]
     if with_points:
-        _common([p.feature_names for _, p in with_points], PointCloudError, where, "points.feature_names")
+        _common([p.feature_names for _, p in with_points], PointCloudError, where, "points.feature_names",
+                [_origin(samples[b], p) for b, p in with_points])
         rows = []
         for b, p in with_points:
             idx = torch.full((len(p), 1), float(b), dtype=p.points.dtype)
@@ -50,7 +59,8 @@ def collate(samples: Sequence[Sample]) -> Batch:
 
     with_cams = [(b, s.cameras) for b, s in enumerate(samples) if s.cameras is not None]
     if with_cams:
-        V, _, H, W = _common([tuple(c.images.shape) for _, c in with_cams], ImageError, where, "cameras.images shape (V, 3, H, W)")
+        V, _, H, W = _common([tuple(c.images.shape) for _, c in with_cams], ImageError, where, "cameras.images shape (V, 3, H, W)",
+                             [_origin(samples[b], c) for b, c in with_cams])
         ref = with_cams[0][1]
         batch.images = torch.zeros(B, V, 3, H, W, dtype=ref.images.dtype)
         batch.cam2img = torch.eye(4, dtype=ref.cam2img.dtype).repeat(B, V, 1, 1)  # (B, V, 4, 4)
@@ -63,8 +73,9 @@ def collate(samples: Sequence[Sample]) -> Batch:
 
     with_audio = [(b, s.audio) for b, s in enumerate(samples) if s.audio is not None]
     if with_audio:
-        batch.sample_rate = int(_common([int(a.sample_rate) for _, a in with_audio], AudioError, where, "audio.sample_rate"))
-        A = _common([a.waveform.shape[0] for _, a in with_audio], AudioError, where, "audio channels")
+        origins = [_origin(samples[b], a) for b, a in with_audio]
+        batch.sample_rate = int(_common([int(a.sample_rate) for _, a in with_audio], AudioError, where, "audio.sample_rate", origins))
+        A = _common([a.waveform.shape[0] for _, a in with_audio], AudioError, where, "audio channels", origins)
         S = max(a.waveform.shape[1] for _, a in with_audio)
         batch.audio = torch.zeros(B, A, S, dtype=with_audio[0][1].waveform.dtype)
         batch.audio_lengths = torch.zeros(B, dtype=torch.long)
@@ -74,7 +85,8 @@ def collate(samples: Sequence[Sample]) -> Batch:
 
     with_video = [(b, s.video) for b, s in enumerate(samples) if s.video is not None]
     if with_video:
-        _, _, H, W = _common([(0,) + tuple(v.frames.shape[1:]) for _, v in with_video], VideoError, where, "video frame shape (3, H, W)")
+        _, _, H, W = _common([(0,) + tuple(v.frames.shape[1:]) for _, v in with_video], VideoError, where, "video frame shape (3, H, W)",
+                             [_origin(samples[b], v) for b, v in with_video])
         T = max(v.frames.shape[0] for _, v in with_video)
         batch.video = torch.zeros(B, T, 3, H, W, dtype=with_video[0][1].frames.dtype)
         batch.video_timestamps = torch.zeros(B, T, dtype=with_video[0][1].timestamps.dtype)

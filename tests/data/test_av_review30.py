@@ -100,3 +100,21 @@ def test_audio_batch_norm_statistics_come_from_real_frames():
         real_mean = torch.cat([m.flatten(1) for m in logmel], dim=1).mean(dim=1)  # (A,)
     momentum = enc.input_bn.momentum
     torch.testing.assert_close(enc.input_bn.running_mean, momentum * real_mean, atol=1e-4, rtol=1e-4)
+
+
+def test_collate_names_the_files_that_disagree():
+    """A mono file among stereo ones (common in YouTube-derived sets) stopped the batch with
+    'collate: field 'audio channels': expected the same value ... (2), got 1': no file named."""
+    from dense3d.data.collate import collate
+    from dense3d.errors import AudioError, VideoError
+    from dense3d.structures.sample import VideoFrames
+
+    stereo = Sample("clip_a", audio=AudioClip(_noise(2, 100, 0), SR, source="/data/a.wav"))
+    mono = Sample("clip_b", audio=AudioClip(_noise(1, 100, 1), SR, source="/data/b.flac"))
+    with pytest.raises(AudioError, match=r"collate: field 'audio channels': expected the same value in every sample of the batch "
+                                         r"\(2 in clip_a \(/data/a.wav\)\), got 1 in clip_b \(/data/b.flac\)$"):
+        collate([stereo, mono])
+    small = Sample("clip_c", video=VideoFrames(torch.zeros(2, 3, 8, 8), torch.arange(2.0), source="/data/c.mp4"))
+    big = Sample("clip_d", video=VideoFrames(torch.zeros(2, 3, 8, 16), torch.arange(2.0), source="/data/d.mp4"))
+    with pytest.raises(VideoError, match=r"got \(0, 3, 8, 16\) in clip_d \(/data/d.mp4\)$"):
+        collate([small, big])
