@@ -286,7 +286,11 @@ def parse_event_predictions(src, data) -> dict[str, list[dict]]:
     if is_predict_events_output(data):
         data = data["events"]
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
-        raise PredictionFormatError(src, "results", "an object {video_id: [...]}", got=type(data.get("results") if isinstance(data, dict) else data).__name__)
+        if isinstance(data, dict) and "results" not in data:  # e.g. a 3D box file {scene: [...]}
+            got = f"no 'results' key (top-level keys: {', '.join(map(str, list(data)[:5]))}{', ...' if len(data) > 5 else ''})"
+        else:
+            got = type(data.get("results") if isinstance(data, dict) else data).__name__
+        raise PredictionFormatError(src, "results", "an object {video_id: [...]} (ActivityNet's prediction format)", got=got)
     out = {}
     for vid, recs in data["results"].items():
         if not isinstance(recs, list):

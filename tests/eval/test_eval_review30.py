@@ -74,3 +74,14 @@ def test_score_refuses_several_candidates_per_key_as_pycocoevalcap_does():
         with pytest.raises(ValueError, match="exactly one candidate"):
             s.score(gts, {1: "a man walks", 2: ["a dog barks"]})  # a bare string: its first letter was the caption
         assert s.score(gts, {1: ["a man walks"], 2: ["a dog barks"]})[0]["BLEU-1"] == pytest.approx(1.0)
+
+
+def test_events_prediction_file_without_results_says_so():
+    from dense3d.errors import PredictionFormatError
+    from dense3d.eval.formats import parse_event_predictions
+
+    # a 3D box prediction file given to `dense3d eval events`: the message said "got NoneType"
+    with pytest.raises(PredictionFormatError, match=r"field 'results'.*got no 'results' key \(top-level keys: scene0011_00\)"):
+        parse_event_predictions("p.json", {"scene0011_00": [{"box": [0, 0, 0, 1, 1, 1], "caption": "x"}]})
+    with pytest.raises(PredictionFormatError, match="got list"):
+        parse_event_predictions("p.json", {"results": []})
