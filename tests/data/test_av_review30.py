@@ -118,3 +118,26 @@ def test_collate_names_the_files_that_disagree():
     big = Sample("clip_d", video=VideoFrames(torch.zeros(2, 3, 8, 16), torch.arange(2.0), source="/data/d.mp4"))
     with pytest.raises(VideoError, match=r"got \(0, 3, 8, 16\) in clip_d \(/data/d.mp4\)$"):
         collate([small, big])
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_event_span_tokens_near_the_clip_ends_read_real_frames(padded):
+    """Span tokens sample the fused sequence at times inside the span; between a clip's start and
+    its first frame centre, or after its last real frame centre, they blended that frame with
+    grid_sample's zero padding (or the batch's padded frames): on a constant sequence the first
+    and last tokens of a whole-clip span read 0.75 instead of 1 (video at 2 fps, 2 s)."""
+    from dense3d.models.proposals.events.event_head import EventHead, EventPredictions
+
+    torch.manual_seed(0)
+    head = EventHead(d_model=4, num_classes=1, num_queries=1, max_events=2, span_tokens=8).eval()
+    T = 6 if padded else 4
+    times = torch.arange(T, dtype=torch.float32)[None] * 0.5 + 0.25  # (1, T) centres of 2 fps frames
+    mask = torch.arange(T)[None] < 4
+    memory = mask[..., None].float().expand(1, T, 4)  # 1 on the real frames, 0 on the padding
+    pred = EventPredictions(
+        logits=torch.tensor([[[5.0, -5.0]]]), spans=torch.tensor([[[0.5, 1.0]]]), azimuth=torch.tensor([[[0.0, 1.0]]]),
+        count_logits=torch.tensor([[-5.0, 5.0, -5.0]]), queries=torch.zeros(1, 1, 4),
+    )
+    regions = head.regions(pred, memory, times, torch.tensor([2.0]), mask)
+    assert regions.tokens.shape == (1, 1, 8, 4)
+    torch.testing.assert_close(regions.tokens, torch.ones(1, 1, 8, 4))

@@ -288,11 +288,18 @@ class EventHead(nn.Module):
             dt = frame_periods(times, frame_mask.bool())  # (B,) each clip's own period
             # one frame: every token reads it (an infinite period puts every time on frame 0)
             dt = torch.where(frame_mask.sum(1) > 1, dt, torch.full_like(dt, float("inf")))
+            last = torch.where(frame_mask.bool(), times, torch.full_like(times, -torch.inf)).amax(dim=1)  # (B,) last real frame
+            last = torch.where(frame_mask.any(dim=1), last, times[:, 0])
         else:
             dt = (times[:, 1] - times[:, 0]) if T > 1 else durations.to(times.dtype)  # (B,)
+            last = times[:, -1]
         dtype = torch.promote_types(memory.dtype, torch.float32)  # seconds: not in 16 bits under autocast
         u = (torch.arange(self.span_tokens, device=memory.device, dtype=dtype) + 0.5) / self.span_tokens
         pos = (t01[..., :1].to(dtype) + (t01[..., 1:] - t01[..., :1]).to(dtype) * u) * durations.to(dtype).view(B, 1, 1)  # (B, R, P) seconds
+        # before the first frame's centre or after the last real one a token reads that frame (as
+        # interpolate_in_time clamps), not a blend with grid_sample's zeros or the batch's padding
+        first = times[:, :1, None].to(dtype)  # (B, 1, 1)
+        pos = torch.minimum(torch.maximum(pos, first), last.to(dtype).view(B, 1, 1))
         x = ((pos - times[:, :1, None].to(dtype)) / dt.to(dtype).view(B, 1, 1) + 0.5) / T * 2 - 1
         grid = torch.stack([x, torch.zeros_like(x)], dim=-1).view(B, R * self.span_tokens, 1, 2)
         seq = memory.to(dtype).transpose(1, 2)[:, :, None]  # (B, T, D) -> (B, D, 1, T)
