@@ -141,3 +141,23 @@ def test_event_span_tokens_near_the_clip_ends_read_real_frames(padded):
     regions = head.regions(pred, memory, times, torch.tensor([2.0]), mask)
     assert regions.tokens.shape == (1, 1, 8, 4)
     torch.testing.assert_close(regions.tokens, torch.ones(1, 1, 8, 4))
+
+
+def test_video_much_shorter_than_the_annotated_duration_is_an_error(tmp_path):
+    """A truncated video (2 s of frames for a 10 s annotation) was read silently, where truncated
+    audio raises: the detector's video-only time axis then ended at 2 s, so every event after it
+    became a span target beyond the clip. Cut by max_frames on purpose, it is accepted."""
+    from dense3d.data.converters import write_mp4
+    from dense3d.data.datasets import DenseEventsDataset
+    from dense3d.errors import VideoError
+
+    write_mp4(tmp_path / "v.mp4", torch.rand(16, 3, 16, 16), fps=8)  # 2 s
+    ann = lambda d: json.dumps({"v": {"duration": d, "timestamps": [[0.5, 1.0]], "sentences": ["A horn."]}})  # noqa: E731
+    (tmp_path / "ev_val.json").write_text(ann(10.0))
+    ds = lambda **kw: DenseEventsDataset(str(tmp_path / "ev_{split}.json"), str(tmp_path), split="val", sensors=["video"], **kw)  # noqa: E731
+    with pytest.raises(VideoError, match=r"v.mp4: field 'frames': expected at least half of v.duration = 10 s of video .*ev_val.json.*"
+                                         r"got 4 frames up to 2.000 s$"):
+        ds(fps=2.0)[0]
+    assert ds(fps=2.0, max_frames=4)[0].video.frames.shape[0] == 4
+    (tmp_path / "ev_val.json").write_text(ann(3.5))
+    assert ds(fps=2.0)[0].video.frames.shape[0] == 4

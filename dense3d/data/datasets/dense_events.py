@@ -102,8 +102,9 @@ class DenseEventsDataset(SampleDataset):
         transforms: a callable ``Sample -> Sample``.
 
     Items: ``Sample`` with ``audio``, ``video`` and ``events`` (``EventAnnotations``);
-    ``meta["duration"]``, ``meta["clipped_spans"]``. Audio shorter than half of ``duration``
-    (a truncated file; real durations often differ from the audio by seconds) raises ``AudioError``.
+    ``meta["duration"]``, ``meta["clipped_spans"]``. Audio or video shorter than half of ``duration``
+    (a truncated file; real durations often differ from the audio by seconds) raises ``AudioError``
+    / ``VideoError`` (video cut short by ``max_frames`` on purpose is not checked).
     """
 
     def __init__(

@@ -7,12 +7,12 @@ import numpy as np
 import torch
 
 from dense3d.data.readers import read_audio, read_video_frames
-from dense3d.errors import AudioError, ConfigError
+from dense3d.errors import AudioError, ConfigError, VideoError
 from dense3d.structures import AudioClip, VideoFrames
 
 __all__ = ["load_clip", "check_frame_options", "AUDIO_MIN_FRACTION"]
 
-# Audio shorter than this share of the annotated duration is a broken (truncated) file. Real
+# Audio (or video) shorter than this share of the annotated duration is a broken (truncated) file. Real
 # sets' durations come from the video's metadata and often differ from the audio by seconds
 # (ActivityNet), so only a gross shortfall is refused.
 AUDIO_MIN_FRACTION = 0.5
@@ -45,8 +45,9 @@ def load_clip(
     """Audio from ``audio_dir/clip_id.{wav,flac,mp3}`` (else the mp4's audio stream) and frames
     from ``media_dir/clip_id.mp4``, each only when ``sensors`` asks for it.
 
-    ``duration``: the annotated clip length in seconds; audio shorter than half of it (a
-    truncated file) raises ``AudioError`` naming the audio file.
+    ``duration``: the annotated clip length in seconds; audio or video shorter than half of it (a
+    truncated file) raises ``AudioError`` / ``VideoError`` naming the file (video cut by
+    ``max_frames`` is not checked: that cut is asked for).
     """
     mp4 = media_dir / f"{clip_id}.mp4"
     audio = video = None
@@ -69,5 +70,14 @@ def load_clip(
         audio = AudioClip(waveform=wave, sample_rate=rate, mic_positions=mics, source=str(src))
     if "video" in sensors:
         frames, times = read_video_frames(mp4, fps=fps, max_frames=max_frames)
+        cut = max_frames is not None and len(times) >= max_frames  # stopped by max_frames on purpose
+        if duration is not None and not cut:
+            # the frames cover from the first start to the last start plus one (mean) frame gap
+            gap = float(times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else (1.0 / fps if fps else 0.0)
+            seconds = float(times[-1]) + gap
+            if seconds < AUDIO_MIN_FRACTION * duration:
+                where = f" in {annotation_source}" if annotation_source is not None else ""
+                raise VideoError(mp4, "frames", f"at least half of {clip_id}.duration = {duration:g} s of video (the annotation{where}); truncated file?",
+                                 got=f"{len(times)} frames up to {seconds:.3f} s")
         video = VideoFrames(frames=frames, timestamps=times, source=str(mp4))
     return audio, video
