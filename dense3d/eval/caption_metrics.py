@@ -67,7 +67,14 @@ def ptb_tokenize(sentences: Mapping[object, Sequence[str]]) -> dict[object, list
     todo = [(k, i, s) for k, i, s in flat if s]
     out: dict[object, list[str]] = {k: [""] * len(v) for k, v in sentences.items()}
     if todo:
-        tok = PTBTokenizer().tokenize({n: [{"caption": s}] for n, (_, _, s) in enumerate(todo)})
+        try:
+            tok = PTBTokenizer().tokenize({n: [{"caption": s}] for n, (_, _, s) in enumerate(todo)})
+        except OSError as e:  # e.g. a read-only site-packages (installed by root, run by a user)
+            import pycocoevalcap.tokenizer as where
+
+            raise DependencyError("PTBTokenizer", "pycocoevalcap", f"a writable folder {where.__path__[0]} (pycocoevalcap's "
+                                  "tokenizer writes its temporary file beside its jar): install pycocoevalcap where you can write",
+                                  got=f"{type(e).__name__}: {e.strerror or e}") from None
         for n, (k, i, _) in enumerate(todo):
             out[k][i] = tok[n][0]
     return out

@@ -85,3 +85,19 @@ def test_events_prediction_file_without_results_says_so():
         parse_event_predictions("p.json", {"scene0011_00": [{"box": [0, 0, 0, 1, 1, 1], "caption": "x"}]})
     with pytest.raises(PredictionFormatError, match="got list"):
         parse_event_predictions("p.json", {"results": []})
+
+
+def test_ptb_tokenizer_in_a_read_only_install_is_a_one_line_error(monkeypatch):
+    # pycocoevalcap writes its temporary file beside its jar: in a read-only site-packages the
+    # PermissionError came from deep inside pycocoevalcap (tests run as root, so the refusal is injected)
+    import tempfile
+
+    from dense3d.errors import DependencyError
+    from dense3d.eval.caption_metrics import ptb_tokenize
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only)
+    with pytest.raises(DependencyError, match=r"PTBTokenizer.*expected a writable folder .*pycocoevalcap.*PermissionError: Permission denied"):
+        ptb_tokenize({0: ["A man walks."]})
