@@ -161,3 +161,38 @@ def test_video_much_shorter_than_the_annotated_duration_is_an_error(tmp_path):
     assert ds(fps=2.0, max_frames=4)[0].video.frames.shape[0] == 4
     (tmp_path / "ev_val.json").write_text(ann(3.5))
     assert ds(fps=2.0)[0].video.frames.shape[0] == 4
+
+
+def test_event_targets_end_with_the_clip_audio():
+    """The clip lasts as long as its audio (durations from audio_lengths); an annotated span
+    running past it (real durations differ from the media by a second or more; dense events
+    accept audio down to half of the annotation) gave normalised targets beyond 1, which the
+    sigmoid spans cannot reach, and an event starting after it was a target outside the clip.
+    Now such a span ends with the clip and such an event is left out: the loss equals that of
+    the annotation cut at the clip's end."""
+    from dense3d.models.encoders.camera.backbone import ResNetBackbone
+    from dense3d.models.encoders.video.encoder import VideoEncoder
+    from dense3d.models.fusion.temporal_fuser import TemporalFuser
+    from dense3d.models.losses.event_loss import EventSetLoss
+    from dense3d.models.proposals.events.detector import EventDetector
+    from dense3d.models.proposals.events.event_head import EventHead
+    from dense3d.models.proposals.events.matcher import HungarianEventMatcher
+    from dense3d.structures import EventAnnotations, Events
+
+    torch.manual_seed(0)
+    audio = AudioEncoder(num_channels=2, cnn_channels=(8, 16), time_pool=4, out_channels=16, max_lag=4)
+    head = EventHead(16, num_classes=2, num_queries=4, num_layers=1, num_heads=2, dropout=0.0, max_events=3, span_tokens=4, two_stage=True)
+    detector = EventDetector(TemporalFuser(16, 0, d_model=16, num_layers=1, num_heads=2, dropout=0.0), head, audio_encoder=audio,
+                             loss=EventSetLoss(HungarianEventMatcher(cost_azimuth=1.0))).eval()
+    batch = _audio_batch([_noise(2, int(1.5 * SR), 0)])  # 1.5 s of audio, annotated as 2 s
+
+    def loss(spans, labels):
+        batch.samples[0].events = EventAnnotations(Events(torch.tensor(spans)), torch.tensor(labels), ("a", "b"),
+                                                   azimuth=torch.arange(len(labels), dtype=torch.float32))
+        with torch.no_grad():
+            return detector.loss(detector(batch), batch)
+
+    annotated = loss([[0.2, 0.6], [1.0, 2.0], [1.7, 2.0]], [0, 1, 0])
+    in_clip = loss([[0.2, 0.6], [1.0, 1.5]], [0, 1])
+    for name in ("span", "tiou", "count", "frame_class", "frame_span", "total"):
+        torch.testing.assert_close(annotated[name], in_clip[name], msg=name)

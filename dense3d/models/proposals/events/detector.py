@@ -47,7 +47,8 @@ class EventDetector(nn.Module):
     ``TemporalFeatures.times``): a clip of N frames at f fps lasts N / f, the last centre plus
     half a frame period (:func:`~dense3d.models.proposals.events.event_head.clip_durations`). ``forward(batch) -> EventDetectorOutput``; ``loss(output, batch)``
     with targets from ``batch.samples[b].events`` (labels, spans in seconds, azimuth; labels
-    through :meth:`head_labels`).
+    through :meth:`head_labels`); spans running past the clip's duration end with it, events
+    starting after it are left out.
     """
 
     def __init__(self, temporal_fuser: nn.Module, event_head: EventHead, audio_encoder: nn.Module | None = None, video_encoder: nn.Module | None = None, loss: nn.Module | None = None,
@@ -134,10 +135,17 @@ class EventDetector(nn.Module):
         for i, s in enumerate(batch.samples):
             if s.events is None:
                 raise AnnotationError(s.sample_id, f"samples[{i}].events", "event annotations to train the event head")
-            cl = s.events.events.to_center_length().to(dev).float() / output.durations[i]  # normalised centre, length
-            labels.append(self.head_labels(s.events, s.sample_id, i).to(dev))
+            # the clip is as long as its audio (else video): an annotated span running past its end
+            # (real durations differ from the media by a second or more) ends there, an event
+            # starting after it is not in the clip; targets stay within [0, 1]
+            duration = output.durations[i].float()
+            t01 = torch.minimum(s.events.events.tensor.to(dev).float(), duration)  # (E, 2) seconds
+            inside = t01[:, 0] < duration  # (E,)
+            t01 = t01[inside]
+            cl = torch.stack([(t01[:, 0] + t01[:, 1]) / 2, t01[:, 1] - t01[:, 0]], dim=-1) / duration  # (E, 2) normalised centre, length
+            labels.append(self.head_labels(s.events, s.sample_id, i).to(dev)[inside])
             spans.append(cl)
-            azimuths.append(s.events.azimuth.to(dev) if s.events.azimuth is not None else None)
+            azimuths.append(s.events.azimuth.to(dev)[inside] if s.events.azimuth is not None else None)
         if any(a is None for a in azimuths):
             azimuths = None
         return self.loss_fn(output.predictions, labels, spans, azimuths)
