@@ -56,3 +56,82 @@ def test_convert_synth_refuses_a_negative_seed_naming_the_flag(seed, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"dense3d convert synth: error: argument --seed: expected an integer >= 0, got '{seed}'", err
     assert not (tmp_path / "s").exists()
+
+
+# -- 3. NMS at IoU thresholds 1.0 and 0.0 --------------------------------------------------------
+
+def _nms_backends() -> list[str]:
+    from dense3d.ops._backend import ext
+
+    return ["torch"] + (["ext"] if hasattr(ext(), "nms_bev") else [])
+
+
+def _grid_boxes(n: int, seed: int, dtype) -> tuple:
+    """Axis-aligned boxes on a quarter-metre grid: exact duplicates (rows n//2.. repeat the
+    first rows), boxes that only touch (IoU exactly 0) and nested ones; scores with ties."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.randint(0, 40, (n, 2), generator=g).double() / 4  # (N, 2) x, y
+    size = torch.randint(2, 12, (n, 2), generator=g).double() / 4  # (N, 2) dx, dy
+    centre[n // 2 :], size[n // 2 :] = centre[: n - n // 2], size[: n - n // 2]
+    boxes = torch.zeros(n, 7, dtype=torch.float64)
+    boxes[:, 0:2], boxes[:, 3:5], boxes[:, 5] = centre, size, 1.0
+    scores = torch.randint(0, 10, (n,), generator=g).double() / 10
+    labels = torch.randint(0, 3, (n,), generator=g)
+    return boxes.to(dtype), scores.to(dtype), labels
+
+
+@pytest.mark.parametrize("thr", [1.0, 0.0, 0.5])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_nms_bev_keeps_what_torchvision_keeps_on_axis_aligned_boxes(thr, dtype):
+    """torchvision's rule (mmcv's too): a box is suppressed when a kept box overlaps it with IoU
+    strictly above the threshold; at 1.0 nothing is, exact duplicates included; at 0.0 every
+    overlapping box is, boxes that only touch are not."""
+    import torch
+    import torchvision
+
+    for seed in range(3):
+        boxes, scores, labels = _grid_boxes(160, seed, getattr(torch, dtype))
+        xyxy = torch.cat([boxes[:, :2] - boxes[:, 3:5] / 2, boxes[:, :2] + boxes[:, 3:5] / 2], 1).double()  # (N, 4)
+        # torchvision's sort is not stable: the grid's tied scores are broken by index first
+        rank = torch.empty(len(scores), dtype=torch.float64)
+        rank[torch.sort(scores, descending=True, stable=True).indices] = -torch.arange(len(scores), dtype=torch.float64)
+        expected = torchvision.ops.nms(xyxy, rank, thr)
+        expected_batched = torchvision.ops.batched_nms(xyxy, rank, labels, thr)
+        if thr == 1.0:
+            assert len(expected) == len(boxes)
+        from dense3d.ops import batched_nms_bev, nms_bev
+
+        for backend in _nms_backends():
+            assert torch.equal(nms_bev(boxes, scores, thr, backend=backend), expected), (backend, seed)
+            assert torch.equal(batched_nms_bev(boxes, scores, labels, thr, backend=backend), expected_batched), (backend, seed)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_nms_bev_keeps_exact_duplicates_of_rotated_boxes_at_threshold_one(dtype):
+    """The clipped polygon's rounding gave identical rotated boxes an intersection a little above
+    their area, so IoU > 1: NMS at 1.0 dropped 22 (float32) and 33 (float64) of these 100
+    duplicates with the torch backend, and some with the C++ one. Now the kernels' IoU is at most
+    1 (exactly 1 for identical boxes)."""
+    import torch
+
+    from dense3d.ops import nms_bev
+    from dense3d.ops._backend import ext
+    from dense3d.ops._ref.box_iou import boxes_iou_rotated
+
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.rand(100, 7, generator=g, dtype=torch.float64) * 5 + 0.5  # yaw in [0.5, 5.5)
+    boxes = torch.cat([boxes, boxes]).to(getattr(torch, dtype))  # (200, 7): rows 100.. repeat 0..99
+    scores = torch.rand(200, generator=g, dtype=torch.float64).to(boxes.dtype)
+    for backend in _nms_backends():
+        assert len(nms_bev(boxes, scores, 1.0, backend=backend)) == 200, backend
+        kept = nms_bev(boxes, scores, 0.0, backend=backend)
+        assert not bool(((kept[:, None] - kept[None, :]).abs() == 100).any()), backend  # a duplicate pair never survives 0.0
+    for mode, code in (("bev", 0), ("3d", 1)):  # the kernels' own IoU, before the public ops' clamp
+        ious = [boxes_iou_rotated(boxes, boxes, mode)]
+        if "ext" in _nms_backends():
+            ious.append(ext().box_iou_rotated(boxes, boxes, code))
+        for iou in ious:
+            assert float(iou.max()) <= 1.0 and bool((iou.diagonal() > 1 - 1e-6).all()), mode
+

@@ -25,8 +25,8 @@ def _rotated(op: str, a, b, mode: str, backend: str) -> torch.Tensor:
         iou = ext().box_iou_rotated(a[:, :7].contiguous(), b[:, :7].contiguous(), _MODES[mode])
     else:
         iou = _ref_iou.boxes_iou_rotated(a, b, mode)
-    # the intersection and the union are rounded separately, so a box with itself can come out a
-    # few ulps above 1 (e.g. 1 + 3e-14 far from the origin); clamp here so every backend agrees
+    # both backends bound the intersection by the smaller box, so IoU <= 1 (NMS relies on it);
+    # the clamp is only a guard
     return iou.clamp(0.0, 1.0).to(a.dtype)
 
 

@@ -102,6 +102,9 @@ def boxes_iou_rotated(a: torch.Tensor, b: torch.Tensor, mode: str = "bev") -> to
         hi = torch.minimum(a[:, None, 2] + a[:, None, 5] / 2, b[None, :, 2] + b[None, :, 5] / 2)
         inter = out * (hi - lo).clamp(min=0)
         area_a, area_b = a[:, 3] * a[:, 4] * a[:, 5], b[:, 3] * b[:, 4] * b[:, 5]
+    # no overlap exceeds the smaller box (the clipped polygon's rounding gave identical rotated
+    # boxes IoU a little above 1): IoU <= 1, = 1 for identical boxes, as the C++/CUDA kernel
+    inter = torch.minimum(inter, torch.minimum(area_a[:, None], area_b[None, :]))
     union = area_a[:, None] + area_b[None, :] - inter
     return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(union))
 

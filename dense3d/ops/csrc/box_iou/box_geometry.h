@@ -115,6 +115,10 @@ D3_HD double box_iou(const T* a, const T* b, const Pt* ca, const Pt* cb, int mod
     area_a = double(a[3]) * double(a[4]) * double(a[5]);
     area_b = double(b[3]) * double(b[4]) * double(b[5]);
   }
+  // the clipped polygon's rounding can give identical rotated boxes an intersection a little
+  // above their area, so IoU > 1 (and NMS at threshold 1.0 dropped duplicates): no overlap
+  // exceeds the smaller box, so IoU <= 1, = 1 for identical boxes (torchvision's rule then holds)
+  inter = fmin(inter, fmin(area_a, area_b));
   const double uni = area_a + area_b - inter;
   return uni > 0 ? inter / uni : 0.0;
 }
