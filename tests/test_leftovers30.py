@@ -135,3 +135,74 @@ def test_nms_bev_keeps_exact_duplicates_of_rotated_boxes_at_threshold_one(dtype)
         for iou in ious:
             assert float(iou.max()) <= 1.0 and bool((iou.diagonal() > 1 - 1e-6).all()), mode
 
+
+# -- 4. sparse conv: the same bad input, the same error class on every backend -------------------
+
+def _sparse_backends() -> list[str]:
+    from dense3d.ops._backend import ext
+
+    return ["torch"] + (["ext"] if hasattr(ext(), "sparse_conv_forward") else [])
+
+
+def _sites():
+    import torch
+
+    return torch.tensor([[0, 1, 1, 1], [0, 1, 2, 1], [0, 2, 2, 2], [1, 0, 0, 0]], dtype=torch.int32)  # (4, 4) [b, z, y, x]
+
+
+def _subm_map(backend: str, indices=None, shape=(4, 4, 4)):
+    from dense3d.ops.sparse.kernel_map import build_kernel_map
+
+    return build_kernel_map(_sites() if indices is None else indices, list(shape), (3, 3, 3), (1, 1, 1), (0, 0, 0), (1, 1, 1),
+                            True, backend)
+
+
+def _conv(backend: str, features=None, weight=None, bias=None):
+    import torch
+
+    from dense3d.ops.sparse.functional import sparse_conv
+
+    f = torch.randn(4, 4) if features is None else features
+    w = torch.randn(27, 4, 8) if weight is None else weight  # (K, C_in, C_out)
+    return sparse_conv(f, w, bias, _subm_map(backend), backend)
+
+
+def _bad_sparse_inputs():
+    import torch
+
+    return {  # name: (call of a backend, the field the error names)
+        # torch: RuntimeError from mm; C++: RuntimeError
+        "weight_c_in": (lambda b: _conv(b, weight=torch.randn(27, 3, 8)), "weight"),
+        # torch: ran (9 of the 27 offsets); C++: RuntimeError
+        "weight_offsets": (lambda b: _conv(b, weight=torch.randn(9, 4, 8)), "weight"),
+        # torch: IndexError; C++: RuntimeError
+        "weight_2d": (lambda b: _conv(b, weight=torch.randn(27, 4)), "weight"),
+        # torch: RuntimeError from mm; C++: aborted the process inside an OpenMP loop
+        "features_rows": (lambda b: _conv(b, features=torch.randn(3, 4)), "features"),
+        # torch: RuntimeError (mm of two dtypes); C++: RuntimeError
+        "dtypes": (lambda b: _conv(b, features=torch.randn(4, 4, dtype=torch.float64)), "weight"),
+        # torch: RuntimeError (broadcast); C++: ran, reading past the bias's end
+        "bias_short": (lambda b: _conv(b, bias=torch.randn(5)), "bias"),
+        # torch: ran in int64; C++ (backend='ext'): SparseTensorError
+        "int_features": (lambda b: _conv(b, torch.ones(4, 4, dtype=torch.long), torch.ones(27, 4, 8, dtype=torch.long)), "features"),
+        # torch: ran; C++: RuntimeError
+        "int64_sites": (lambda b: _subm_map(b, _sites().long()), "indices"),
+        # torch: IndexError; C++: RuntimeError
+        "sites_3_columns": (lambda b: _subm_map(b, _sites()[:, :3].contiguous()), "indices"),
+        # both ran: z = 5 aliased the site (b + 1, z = 1)
+        "site_outside_grid": (lambda b: _subm_map(b, torch.tensor([[0, 5, 1, 1]], dtype=torch.int32)), "indices[0]"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_sparse_inputs()))
+def test_bad_sparse_conv_input_is_the_same_sparse_tensor_error_on_every_backend(case):
+    from dense3d.errors import SparseTensorError
+
+    call, field = _bad_sparse_inputs()[case]
+    messages = []
+    for backend in _sparse_backends():
+        with pytest.raises(SparseTensorError) as e:
+            call(backend)
+        messages.append(str(e.value))
+    assert len(set(messages)) == 1, messages  # the same message too
+    assert f"field '{field}'" in messages[0] and "\n" not in messages[0], messages[0]

@@ -47,6 +47,25 @@ class SparseConvFunction(torch.autograd.Function):
         return grad_f, grad_w, grad_b, None
 
 
+def _check_operands(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kmap: KernelMap) -> None:
+    """Shapes and dtypes, before any backend runs: each failed its own way (the torch reference
+    with RuntimeError or IndexError from its GEMM, or none: a weight with too many offsets ran;
+    the C++ kernels with RuntimeError, a bias too short read past its end, and features with
+    too few rows aborted the process from inside an OpenMP loop)."""
+    num_offsets = int(kmap.offsets.numel()) - 1
+    if features.dim() != 2 or not features.is_floating_point() or features.shape[0] != kmap.num_in:
+        raise SparseTensorError("sparse_conv", "features", f"a floating point ({kmap.num_in}, C_in) tensor (kmap.num_in rows)",
+                                got=f"{features.dtype} {tuple(features.shape)}")
+    if weight.dim() != 3 or weight.shape[0] != num_offsets or weight.shape[1] != features.shape[1]:
+        raise SparseTensorError("sparse_conv", "weight", f"a ({num_offsets}, {features.shape[1]}, C_out) tensor (K = the kernel map's "
+                                "offsets, C_in = the features' columns)", got=tuple(weight.shape))
+    if weight.dtype != features.dtype:
+        raise SparseTensorError("sparse_conv", "weight", f"dtype {features.dtype} like the features", got=weight.dtype)
+    if bias is not None and (bias.shape != (weight.shape[2],) or bias.dtype != weight.dtype):
+        raise SparseTensorError("sparse_conv", "bias", f"None or a ({weight.shape[2]},) tensor (C_out) of dtype {weight.dtype}",
+                                got=f"{bias.dtype} {tuple(bias.shape)}")
+
+
 def sparse_conv(
     features: torch.Tensor,
     weight: torch.Tensor,
@@ -64,12 +83,15 @@ def sparse_conv(
 
     Raises:
         OpInputError: weight, bias or the kernel map on another device than features.
+        SparseTensorError: features, weight or bias of the wrong shape or dtype for each other
+            or for the kernel map (the same class on every backend).
     """
     # checked up front: torch's error from inside the GEMM / gather names no argument
     check_same_device("sparse_conv", "weight", weight, "features", features)
     if bias is not None:
         check_same_device("sparse_conv", "bias", bias, "features", features)
     check_same_device("sparse_conv", "kmap.in_idx", kmap.in_idx, "features", features)
+    _check_operands(features, weight, bias, kmap)
     chosen = resolve_backend(backend, "sparse_conv_forward", features)
     if chosen == "ext" and not features.is_cuda and features.dtype not in (torch.float32, torch.float64):
         if backend == "ext":  # the CPU kernels are float32 / float64 only

@@ -81,6 +81,26 @@ def _to3(values: Sequence[int], ndim: int, fill: int) -> list[int]:
     return [fill, *values] if ndim == 2 else list(values)
 
 
+def _check_sites(src: str, indices: torch.Tensor, spatial_shape: Sequence[int]) -> None:
+    """The sites as both backends read them, checked before either runs: the C++ kernels refused
+    other dtypes and widths with RuntimeError, the torch reference with IndexError or not at all
+    (int64 or float indices ran), and sites outside the grid aliased other sites' keys on both."""
+    ndim = len(spatial_shape)
+    if ndim not in (2, 3) or not all(isinstance(v, numbers.Integral) and v >= 1 for v in spatial_shape):
+        raise SparseTensorError(src, "spatial_shape", "2 or 3 positive sizes", got=list(spatial_shape))
+    if not isinstance(indices, torch.Tensor) or indices.dtype != torch.int32 or indices.dim() != 2 or indices.shape[1] != ndim + 1:
+        got = f"{tuple(indices.shape)} {indices.dtype}" if isinstance(indices, torch.Tensor) else type(indices).__name__
+        raise SparseTensorError(src, "indices", f"an int32 (N, {ndim + 1}) tensor [batch, {'z, ' if ndim == 3 else ''}y, x]", got=got)
+    if indices.shape[0] == 0:
+        return
+    hi = torch.tensor([torch.iinfo(torch.int32).max, *spatial_shape], device=indices.device)  # no upper bound on the batch
+    bad = ((indices < 0) | (indices >= hi)).any(1)  # (N,)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise SparseTensorError(src, f"indices[{row}]", f"a batch index >= 0 and a site inside spatial_shape {list(spatial_shape)}",
+                                got=indices[row].tolist())
+
+
 def build_kernel_map(
     indices: torch.Tensor,
     spatial_shape: Sequence[int],
@@ -99,6 +119,7 @@ def build_kernel_map(
     ndim = len(spatial_shape)
     ks, st, dl = tuple(kernel_size), tuple(stride), tuple(dilation)
     src = "SubMConv" if subm else "SparseConv"
+    _check_sites(src, indices, spatial_shape)
     for name, vals, lo, hi in (("kernel_size", ks, 1, 64), ("stride", st, 1, None), ("dilation", dl, 1, None), ("padding", tuple(padding), 0, None)):
         if subm and name in ("stride", "padding"):
             continue  # ignored by a submanifold conv
