@@ -160,12 +160,99 @@ class DenseCaptionModule(pl.LightningModule):
     def predict_step(self, batch, batch_idx, dataloader_idx: int = 0):
         return self.model.predict(batch)
 
+    def optimizer_params(self) -> list:
+        """What the optimizer is built over: the trainable parameters, in the model's order, as
+        ``(name, parameter)`` pairs for an optimizer that groups them by name (weight decay only
+        where it belongs: :mod:`dense3d.engine.optim`), else the parameters alone."""
+        from dense3d.engine.optim import optimizer_params
+
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        return optimizer_params(self.optimizer_factory, named)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming a checkpoint whose optimizer holds its parameters in one group (written before
+        weight decay was split, or with the split off) under a config that splits them
+        (:mod:`dense3d.engine.optim`): its group is split as the config splits the parameters, each
+        tensor keeping its Adam moments, each group the config's weight decay (the rest of the
+        group's options, the learning rate included, as saved; the schedule then follows the
+        config: :class:`dense3d.engine.schedule.ScheduleFromConfig`). Other differences in the
+        groups are a one-line CheckpointError (torch's "different number of parameter groups")."""
+        from dense3d.errors import CheckpointError
+
+        states = checkpoint.get("optimizer_states") or []
+        if not states:
+            return
+        params = self.optimizer_params()
+        tensors = [p[1] if isinstance(p, tuple) else p for p in params]
+        fresh_groups = self.optimizer_factory(params).param_groups  # the config's groups (no state is made)
+        for i, state in enumerate(states):
+            saved = state.get("param_groups", [])
+            if len(saved) == len(fresh_groups):
+                continue
+            if len(saved) != 1 or len(saved[0]["params"]) != len(tensors):
+                source = getattr(self.trainer, "ckpt_path", None) if self._trainer is not None else None
+                raise CheckpointError(source or "the resumed checkpoint", f"optimizer_states[{i}].param_groups",
+                                      f"{len(fresh_groups)} parameter group(s), as the config's optimizer builds (resume with "
+                                      "optim.no_decay_1d and optim.no_decay as the run had them)", got=f"{len(saved)} groups")
+            saved_ids = saved[0]["params"]  # ids of the trainable tensors, in the model's order
+            position = {id(p): j for j, p in enumerate(tensors)}
+            options = {k: v for k, v in saved[0].items() if k != "params"}
+            state["param_groups"] = [{**options, "weight_decay": group["weight_decay"],
+                                      "params": [saved_ids[position[id(p)]] for p in group["params"]]}
+                                     for group in fresh_groups]
+        for sched_state in checkpoint.get("lr_schedulers") or []:  # one rate per group (the config's replaces them on resume)
+            _widen_rates(sched_state, len(fresh_groups))
+        self._config_schedule_kind(checkpoint, params)
+
+    def _config_schedule_kind(self, checkpoint: dict[str, Any], params: list) -> None:
+        """A checkpoint whose schedule is of another kind than the config's (``warmup_steps`` set or
+        cleared since: ``SequentialLR`` against the schedule alone) gets the config's schedule as an
+        uninterrupted run of this config would have it at the checkpoint's step (replayed on a
+        stand-in optimizer), said on stderr; Lightning would load one kind's state into the other
+        (a KeyError from inside torch, or a schedule left half restored)."""
+        import sys
+        import warnings
+
+        saved = checkpoint.get("lr_schedulers") or []
+        if self.scheduler_factory is None or len(saved) != 1:
+            return
+        with warnings.catch_warnings():  # stepping the stand-in's schedule without its optimizer: torch warns
+            warnings.simplefilter("ignore")
+            stand_in = self.optimizer_factory(params)  # over the run's parameters: no optimizer state is made
+            fresh = self.scheduler_factory(stand_in)
+            subs = getattr(fresh, "_schedulers", None)
+            saved_subs = saved[0].get("_schedulers")
+            if (None if subs is None else len(subs)) == (None if saved_subs is None else len(saved_subs)):
+                return
+            step = int(saved[0].get("last_epoch", 0))
+            for _ in range(step):
+                fresh.step()
+        saved[0] = fresh.state_dict()
+        for state in checkpoint.get("optimizer_states") or []:
+            for group, new in zip(state.get("param_groups", []), stand_in.param_groups):
+                group["lr"], group["initial_lr"] = new["lr"], new["initial_lr"]
+        if self._trainer is None or self._trainer.is_global_zero:
+            print(f"dense3d train: resuming with the config's learning-rate schedule ({type(fresh).__name__}"
+                  f"{' of ' + ', '.join(type(s).__name__ for s in subs) if subs else ''}), not the checkpoint's "
+                  f"({'with' if saved_subs is not None else 'without'} warmup): lr at step {step} "
+                  f"{stand_in.param_groups[0]['lr']:.4g}", file=sys.stderr)
+
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = self.optimizer_factory(params)
+        opt = self.optimizer_factory(self.optimizer_params())
         if self.scheduler_factory is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+
+def _widen_rates(state: dict[str, Any], groups: int) -> None:
+    """A scheduler's state saved over one parameter group -> over ``groups`` (its per-group
+    lists repeated; the schedules inside a ``SequentialLR`` too)."""
+    for key in ("base_lrs", "_last_lr"):
+        value = state.get(key)
+        if isinstance(value, list) and len(value) == 1:
+            state[key] = value * groups
+    for sub in state.get("_schedulers") or []:
+        _widen_rates(sub, groups)
 
 
 class SeededSampler(Sampler[int]):

@@ -121,10 +121,11 @@ def test_a_resumed_run_follows_the_configs_schedule(synthetic_root, run, tmp_pat
     _, _, trainer = fit(cfg, ckpt_path="last")
     scheduler, group = trainer.lr_scheduler_configs[0].scheduler, trainer.optimizers[0].param_groups[0]
     assert trainer.global_step == 4
-    assert scheduler.T_max == 4 and scheduler.base_lrs == [1e-3] and group["initial_lr"] == 1e-3
+    # two parameter groups: the detector's weights, and its biases and norms (no weight decay: configs/optim/adamw.yaml)
+    assert scheduler.T_max == 4 and scheduler.base_lrs == [1e-3, 1e-3] and group["initial_lr"] == 1e-3
     assert group["lr"] == pytest.approx(cfg.scheduler.eta_min)  # the end of the new cosine (the old one: back at 2e-3)
     err = [line for line in capsys.readouterr().err.splitlines() if "learning-rate schedule" in line]
-    assert len(err) == 1 and "scheduler.T_max 2 -> 4" in err[0] and "scheduler.base_lrs [0.002] -> [0.001]" in err[0], err
+    assert len(err) == 1 and "scheduler.T_max 2 -> 4" in err[0] and "scheduler.base_lrs [0.002, 0.002] -> [0.001, 0.001]" in err[0], err
     # right after the resume the rate is the new cosine's at step 2 (the end of a cosine is eta_min
     # whatever the rate was before, so the check above alone would not see a missing replay)
     eta = cfg.scheduler.eta_min
