@@ -186,7 +186,11 @@ def read_audio_file(path: str | os.PathLike, expected_rate: int | None = None) -
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (S, A)
     except (RuntimeError, sf.LibsndfileError) as e:
-        raise AudioError(path, "audio", "a readable wav/flac/mp3 file", got=str(e).splitlines()[0]) from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        why = why.split("': ", 1)[-1] if why.startswith("Error opening '") else why  # the path is named already
+        if "does not exist" in why:  # libsndfile's words for MP3 data it cannot decode, the file being there
+            why = f"data libsndfile cannot decode ({path.stat().st_size} bytes; libsndfile: {why})"
+        raise AudioError(path, "audio", "a readable wav/flac/mp3 file", got=why) from None
     _check_rate(path, rate, expected_rate)
     if data.shape[0] == 0:
         raise AudioError(path, "audio", "at least one audio sample", got="0 frames (an empty or truncated file)")

@@ -196,3 +196,23 @@ def test_event_targets_end_with_the_clip_audio():
     in_clip = loss([[0.2, 0.6], [1.0, 1.5]], [0, 1])
     for name in ("span", "tiou", "count", "frame_class", "frame_span", "total"):
         torch.testing.assert_close(annotated[name], in_clip[name], msg=name)
+
+
+def test_corrupt_mp3_is_not_reported_missing(tmp_path):
+    """libsndfile answers undecodable MP3 data with 'File does not exist or is not a regular file
+    (possibly a pipe?)': the one-line error said that of a file that exists."""
+    import soundfile as sf
+
+    from dense3d.data.readers import read_audio_file
+    from dense3d.errors import AudioError
+
+    good = tmp_path / "good.mp3"
+    sf.write(str(good), 0.3 * _noise(2, SR, 0).T.numpy(), SR, format="MP3")
+    wave, rate = read_audio_file(good)
+    assert wave.shape[0] == 2 and rate == SR
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(good.read_bytes()[:300])  # a cut download
+    with pytest.raises(AudioError, match=r"bad.mp3: field 'audio': expected a readable wav/flac/mp3 file, got data libsndfile "
+                                         r"cannot decode \(300 bytes; libsndfile: ") as e:
+        read_audio_file(bad)
+    assert "Error opening" not in str(e.value) and "\n" not in str(e.value)
