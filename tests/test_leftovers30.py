@@ -206,3 +206,54 @@ def test_bad_sparse_conv_input_is_the_same_sparse_tensor_error_on_every_backend(
         messages.append(str(e.value))
     assert len(set(messages)) == 1, messages  # the same message too
     assert f"field '{field}'" in messages[0] and "\n" not in messages[0], messages[0]
+
+
+# -- 5. dense3d eval: TOD3Cap ground truth's num_pts is LiDAR + radar points ----------------------
+
+def test_eval_ground_truth_counts_lidar_and_radar_points_as_tod3cap_gt_does(tmp_path):
+    """``dense3d eval`` wrote num_pts = LiDAR points only, so a box seen by radar alone (num_pts 0)
+    was dropped from its scoring while ``dense3d convert tod3cap-gt`` (and nuScenes) keep it. The
+    data set now carries each box's ``num_radar_pts`` in ``meta``, kept aligned when boxes are
+    dropped, and box_records adds it."""
+    import json
+
+    from dense3d.data.converters import tod3cap_ground_truth
+    from dense3d.data.datasets.tod3cap import TOD3CapDataset
+    from dense3d.data.transforms import ObjectRangeFilter
+    from dense3d.engine.evaluate import box_records
+    from tests.data.test_nuscenes_results import _infos
+
+    info_file, infos = _infos(tmp_path)
+    ds = TOD3CapDataset(str(info_file), sensors=())
+    samples = [ds[i] for i in range(len(ds))]
+    _, gt = box_records(samples, [[] for _ in samples])
+    tod3cap_ground_truth(info_file, None, tmp_path / "gt.json")
+    written = json.loads((tmp_path / "gt.json").read_text())
+    for info in infos["data_list"]:
+        expected = [i["num_lidar_pts"] + i["num_radar_pts"] for i in info["instances"]]
+        assert [o["num_pts"] for o in gt[info["token"]]] == expected
+        assert [o["num_pts"] for o in written[info["token"]]] == expected
+    assert gt["sample1"][0]["num_pts"] == 7  # no LiDAR point, 7 radar points: kept by the TOD3Cap protocol
+
+    # a transform that drops boxes keeps the radar counts with their boxes
+    s1 = samples[1]
+    centre = s1.boxes.boxes.center  # (K, 3)
+    keep_x = float(centre[0, 0])  # a range around box 0's x only
+    filtered = ObjectRangeFilter([keep_x - 0.01, -100, -10, keep_x + 0.01, 100, 10])(s1)
+    assert len(filtered.boxes) == 1 and filtered.meta["num_radar_pts"].tolist() == [7]
+    _, gt = box_records([filtered], [[]])
+    assert [o["num_pts"] for o in gt["sample1"]] == [7]
+
+
+def test_a_bad_num_radar_pts_is_one_line(tmp_path):
+    import pickle
+
+    from dense3d.data.datasets.tod3cap import TOD3CapDataset
+    from dense3d.errors import AnnotationError
+    from tests.data.test_nuscenes_results import _infos
+
+    info_file, infos = _infos(tmp_path)
+    infos["data_list"][0]["instances"][2]["num_radar_pts"] = -1
+    info_file.write_bytes(pickle.dumps(infos))
+    with pytest.raises(AnnotationError, match=r"instances\[2\].num_radar_pts': expected an integer >= 0, got -1"):
+        TOD3CapDataset(str(info_file), sensors=())[0]

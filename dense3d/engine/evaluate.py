@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from dense3d.errors import ConfigError
 from dense3d.structures import DenseCaption, Sample
@@ -41,6 +42,9 @@ def box_records(samples: Sequence[Sample], captions: Sequence[list[DenseCaption]
         if boxes is None:
             continue
         counts = boxes.num_points.tolist() if boxes.num_points is not None else [1] * len(boxes)
+        radar = s.meta.get("num_radar_pts")  # TOD3Cap: nuScenes' num_pts is LiDAR + radar points, as tod3cap-gt writes
+        if boxes.num_points is not None and isinstance(radar, torch.Tensor) and radar.shape == (len(boxes),):
+            counts = [c + int(r) if c >= 0 else c for c, r in zip(counts, radar.tolist())]
         gt[s.sample_id] = [
             {
                 "label": boxes.class_names[int(k)],

@@ -135,7 +135,9 @@ class TOD3CapDataset(SampleDataset):
 
     Items are ``Sample`` with ``points``, ``cameras`` and ``boxes`` (``BoxAnnotations``:
     gravity-centred boxes, (K, 9) with velocity when the info has it) and ``meta`` holding
-    ``caption_schema`` (per box), ``box_valid``, ``lidar2ego``, ``ego2global``, ``timestamp``.
+    ``caption_schema`` (per box), ``box_valid``, ``lidar2ego``, ``ego2global``, ``timestamp`` and,
+    when the info's instances have them, ``num_radar_pts`` (per box; ``boxes.num_points`` holds
+    the LiDAR points).
     """
 
     def __init__(
@@ -344,7 +346,7 @@ class TOD3CapDataset(SampleDataset):
         if not isinstance(instances, list):
             raise AnnotationError(self.info_file, f"{where}.instances", "a list", got=type(instances).__name__)
         num_classes = len(self._class_names)
-        rows, labels, ids, npts, valid, captions, schemas = [], [], [], [], [], [], []
+        rows, labels, ids, npts, radar_pts, valid, captions, schemas = [], [], [], [], [], [], [], []
         with_velocity = bool(instances) and all(isinstance(inst, dict) and "velocity" in inst for inst in instances)
         for i, inst in enumerate(instances):
             iw = f"{where}.instances[{i}]"
@@ -378,9 +380,13 @@ class TOD3CapDataset(SampleDataset):
             n_pts = inst.get("num_lidar_pts", -1)
             if "num_lidar_pts" in inst and (isinstance(n_pts, bool) or not isinstance(n_pts, (int, np.integer)) or n_pts < 0):
                 raise AnnotationError(self.info_file, f"{iw}.num_lidar_pts", "an integer >= 0", got=repr(n_pts))
+            n_radar = inst.get("num_radar_pts", 0)
+            if isinstance(n_radar, bool) or not isinstance(n_radar, (int, np.integer)) or n_radar < 0:
+                raise AnnotationError(self.info_file, f"{iw}.num_radar_pts", "an integer >= 0", got=repr(n_radar))
             rows.append(box)
             labels.append(int(label))
             npts.append(int(n_pts))
+            radar_pts.append(int(n_radar))
             valid.append(bool(inst.get("bbox_3d_isvalid", True)))
             ann = inst.get("ann_token")
             ids.append(str(ann) if ann is not None else f"{token}_{i}")
@@ -401,4 +407,7 @@ class TOD3CapDataset(SampleDataset):
             object_ids=ids,
             num_points=torch.tensor(npts, dtype=torch.long) if "num_lidar_pts" in (instances[0] if instances else {}) else None,
         )
-        return ann, {"caption_schema": schemas, "box_valid": torch.tensor(valid, dtype=torch.bool)}
+        box_meta = {"caption_schema": schemas, "box_valid": torch.tensor(valid, dtype=torch.bool)}
+        if any("num_radar_pts" in inst for inst in instances):  # nuScenes' num_pts is LiDAR + radar points
+            box_meta["num_radar_pts"] = torch.tensor(radar_pts, dtype=torch.long)
+        return ann, box_meta

@@ -56,7 +56,7 @@ class PointShuffle:
 
 
 # ``sample.meta`` entries holding one value per box (lists or (K,) tensors) that follow the boxes.
-PER_BOX_META = ("caption_schema", "box_valid", "object_names")
+PER_BOX_META = ("caption_schema", "box_valid", "object_names", "num_radar_pts")
 
 
 def select_boxes(sample: Sample, keep: torch.Tensor) -> Sample:
@@ -98,7 +98,7 @@ class ObjectRangeFilter:
     (see ``select_boxes``)."""
 
     reads = ("boxes", "events.source_box")
-    writes = ("boxes", "events.source_box", "meta.caption_schema", "meta.box_valid", "meta.object_names")
+    writes = ("boxes", "events.source_box", "meta.caption_schema", "meta.box_valid", "meta.object_names", "meta.num_radar_pts")
 
     def __init__(self, point_range: Sequence[float]):
         self.point_range = PointRangeFilter(point_range).point_range
