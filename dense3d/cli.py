@@ -146,14 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: synthetic data -> train -> evaluate -> report")
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the data, the model's init and training (default: 0)")
     p.add_argument("--data", default="data/synthetic/default", help="synthetic data folder (generated when missing or stale)")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: configs/experiment/demo.yaml)")
     p.add_argument("overrides", nargs="*", help="hydra overrides of the demo config, e.g. model.captioner.num_beams=3")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("train", help="train a model from a hydra config")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("overrides", nargs="*", help="hydra overrides of configs/train.yaml, e.g. experiment=demo "
+                   "trainer.max_steps=500 task_name=demo_500 (the run goes to outputs/<task_name>)")
     p.add_argument("--resume", default=None, help="checkpoint folder to resume from (its run folder, same config), "
                    "or 'last': the run folder's newest last*.ckpt")
     p.set_defaults(func=_train)
@@ -170,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Everything after "eval" (also --help) goes to dense3d.eval.cli's own parser: no option
     # prefix here, so argparse treats every word as part of ``rest``.
-    p = sub.add_parser("eval", help="score predictions with a published protocol", add_help=False, prefix_chars="\0")
+    p = sub.add_parser("eval", help="score a predictions file with a published protocol (dense3d eval PROTOCOL --help), "
+                       "or a trained run on a data split (dense3d eval --checkpoint RUN --help)", add_help=False, prefix_chars="\0")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_eval)
 
@@ -184,14 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--kind", required=True, choices=("outdoor", "indoor", "av"))
     q.add_argument("--out", required=True, help="output folder, e.g. data/synthetic/mine/outdoor (replaced as a whole)")
     q.add_argument("--scenes", type=int, default=None, help="number of scenes (default: the config's)")
-    q.add_argument("--seed", type=non_negative_int, default=0)  # argparse names the flag (SynthConfig would name its field)
+    q.add_argument("--seed", type=non_negative_int, default=0, help="generator seed: the same seed and config give the same files")  # argparse names the flag (SynthConfig would name its field)
     q.add_argument("--split", default=None, help="train,val,test fractions (default: the config's, 0.7,0.15,0.15); "
                    "1,0,0 makes extra training scenes (tools/merge_synth_sets.py)")
     q.add_argument("--workers", type=positive_int, default=1, help="processes (the output does not depend on it)")
     q.add_argument("--config", default=None, help="a generator yaml (configs/synthetic/*.yaml); flags override it")
     q.set_defaults(func=_convert_synth)
     q = conv.add_parser("stats", help="class, caption-length and relation-type histograms of a synthetic folder")
-    q.add_argument("folder")
+    q.add_argument("folder", help="a folder written by dense3d convert synth")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     q.set_defaults(func=_convert_stats)
     q = conv.add_parser("nuscenes-results", help="a nuScenes results file with captions (TOD3Cap's results_nusc.json) "
