@@ -135,6 +135,16 @@ class DenseCaptionModule(pl.LightningModule):
         # detector ran in train mode and its BatchNorm statistics drifted in every captioning run
         self.train()
 
+    def on_train_epoch_start(self) -> None:
+        # The training sampler's epoch is the trainer's: Lightning hands it its count of processed
+        # epochs, which after resuming a run of trainer.max_steps from a checkpoint written at an
+        # epoch's end is one ahead (it counts that epoch's end again), so every later epoch of the
+        # resumed run drew the order of the epoch after it. The loader reads its sampler when it
+        # fetches the epoch's first batch, after this hook (workers: see train_dataloader).
+        sampler = getattr(self.trainer.train_dataloader, "sampler", None)
+        if isinstance(sampler, SeededSampler):
+            sampler.set_epoch(self.current_epoch)
+
     def forward(self, batch):
         return self.model(batch)
 
