@@ -216,3 +216,21 @@ def test_corrupt_mp3_is_not_reported_missing(tmp_path):
                                          r"cannot decode \(300 bytes; libsndfile: ") as e:
         read_audio_file(bad)
     assert "Error opening" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_audio_encoder_dtypes():
+    """int16 PCM (scipy's wavfile, or numpy arrays built by hand) raised torch.stft's multi-line
+    RuntimeError, float64 samples 'expected m1 and m2 to have the same dtype'; now integers are
+    a one-line AudioError and float64 samples give the float32 features of the same clip."""
+    from dense3d.errors import AudioError
+
+    enc = _two_mic_encoder().eval()
+    wave = _noise(2, SR, 5)
+    batch = _audio_batch([wave])
+    with torch.no_grad():
+        ref = enc(batch).features
+        batch.audio = wave[None].double()
+        torch.testing.assert_close(enc(batch).features, ref, atol=1e-5, rtol=1e-4)
+    batch.audio = (wave[None] * 32767).to(torch.int16)
+    with pytest.raises(AudioError, match=r"Batch: field 'audio': expected float samples in \[-1, 1\].*got torch.int16$"):
+        enc(batch)

@@ -260,6 +260,9 @@ class AudioEncoder(nn.Module):
             raise AudioError("Batch", "audio", f"a (B, {self.num_channels}, S) waveform", got=None if audio is None else tuple(audio.shape))
         if batch.sample_rate is not None and int(batch.sample_rate) != self.sample_rate:
             raise AudioError("Batch", "sample_rate", f"{self.sample_rate} Hz (resample in the data pipeline)", got=batch.sample_rate)
+        if not audio.is_floating_point():  # int16 PCM taken as it is would be 32768 x too loud (and torch.stft refuses it)
+            raise AudioError("Batch", "audio", "float samples in [-1, 1] (the readers give float32)", got=str(audio.dtype))
+        audio = audio.to(self.window.dtype)  # float64 / float16 input -> the module's precision (the STFT window's)
         B, A, S = audio.shape
         lengths = batch.audio_lengths if batch.audio_lengths is not None else torch.full((B,), S)
         lengths = lengths.to(audio.device).long().clamp(max=S)  # (B,) real samples per clip
