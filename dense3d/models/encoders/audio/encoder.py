@@ -1,7 +1,11 @@
 """Audio encoder: multichannel waveform -> log-mel -> PANNs-like CNN -> frame features, plus
 GCC-PHAT inter-channel cues so the direction of a source is learnable.
 
-* log-mel: ``torchaudio.transforms.MelSpectrogram`` per microphone, ``log(x + 1e-6)``;
+* log-mel: ``torchaudio.transforms.MelSpectrogram``'s filter bank per microphone on the power
+  STFT, ``log(x + 1e-6)``;
+* padding: a clip's frames do not depend on the batch it is in: each clip is reflect-padded at
+  its own ends for the STFT, BatchNorms see (and keep statistics of) real frames only, padded
+  frames are 0 between layers and pooling windows average real frames only;
 * CNN: PANNs' ``Cnn14``-style blocks (two 3x3 conv + BN + ReLU, then 2x2 average pooling;
   Kong et al. 2020), the microphones as input channels; the frequency axis is averaged at
   the end, the time axis keeps ``hop_length * time_pool`` samples per frame;
