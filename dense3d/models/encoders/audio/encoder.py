@@ -173,8 +173,8 @@ class AudioEncoder(nn.Module):
         weights_path: local state_dict of this module (e.g. from a pretrained run), or None.
 
     ``forward(batch)`` reads ``batch.audio`` (B, A, S), ``batch.audio_lengths`` (B,) and
-    ``batch.sample_rate``; returns ``TemporalFeatures`` (B, T, D) with T = ceil(S / hop /
-    time_pool) frames.
+    ``batch.sample_rate``; returns ``TemporalFeatures`` (B, T, D) with T = ceil((S // hop + 1) /
+    time_pool) frames (a clip's own: ``num_frames(audio_lengths)``, the rest masked).
     """
 
     def __init__(
