@@ -297,3 +297,55 @@ def test_results_recipes_compose():
             bad.append(f"docs/results.md block {block}: dense3d {' '.join(argv)}: {e}")
     assert checked >= 20, checked
     assert not bad, "\n".join(bad)
+
+
+def _resolves(path: str) -> bool:
+    """``dense3d.a.b.C.d``: the longest importable module prefix, then attributes."""
+    import importlib
+
+    parts = path.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def test_documented_dense3d_names_resolve():
+    """Every ``dense3d.x.y`` the prose quotes is a module, or an attribute of one."""
+    names = [(doc, m.group(0)) for doc in USER_DOCS for span in _inline_spans((ROOT / doc).read_text())
+             for m in re.finditer(r"\bdense3d(\.[A-Za-z_]\w*)+", span)]
+    bad = [f"{doc}: {name}" for doc, name in names if not _resolves(name)]
+    assert len(names) >= 30, names
+    assert not bad, "\n".join(bad)
+
+
+def _expand_braces(path: str) -> list[str]:
+    """``a/{b,c}.py`` -> ``a/b.py``, ``a/c.py`` (nested braces too)."""
+    m = re.search(r"\{([^{}]*)\}", path)
+    if not m:
+        return [path]
+    return [p for alt in m.group(1).split(",") for p in _expand_braces(path[:m.start()] + alt + path[m.end():])]
+
+
+def test_documented_repo_paths_exist():
+    """Every repository path the docs quote (``dense3d/...``, ``configs/...``, ``tools/...``, ...)
+    exists; ``{a,b}`` alternatives are each checked, a config option may leave out ``.yaml``."""
+    pattern = re.compile(r"(?<![\w/.$])((?:dense3d|configs|tools|benchmarks|tests|docs|requirements)/[\w./{},-]*[\w}])")
+    paths = []
+    for doc in [*USER_DOCS, "docs/results.md"]:
+        for span in _inline_spans((ROOT / doc).read_text()):
+            for m in pattern.finditer(span):
+                if span[m.end():m.end() + 1] in ("<", "*"):
+                    continue  # a pattern (benchmarks/bm_<name>.py, tests/*.py), not a path
+                if not m.group(1).startswith("configs/local"):  # git-ignored: the user's own
+                    paths += [(doc, p) for p in _expand_braces(m.group(1))]
+    bad = [f"{doc}: {p}" for doc, p in paths if not any((ROOT / (p + ext)).exists() for ext in ("", ".py", ".yaml"))]
+    assert len(paths) >= 100, len(paths)
+    assert not bad, "\n".join(bad)
