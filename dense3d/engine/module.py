@@ -282,6 +282,7 @@ class SeededSampler(Sampler[int]):
                  pad: bool = True):
         self.n, self.seed, self.shuffle, self.pad = dataset_len, seed, shuffle, pad
         self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
+        self.skip = 0  # this rank's indices to leave out of the next iteration only (a resumed epoch's done part)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -295,7 +296,8 @@ class SeededSampler(Sampler[int]):
         if self._padded():
             per_rank = -(-self.n // self.num_replicas)
             order += order[: per_rank * self.num_replicas - self.n]  # pad so every rank gets as many
-        return iter(order[self.rank :: self.num_replicas])
+        mine, self.skip = order[self.rank :: self.num_replicas][self.skip :], 0
+        return iter(mine)
 
     def _padded(self) -> bool:
         return self.pad or 0 < self.n < self.num_replicas
@@ -345,7 +347,19 @@ class DenseCaptionDataModule(pl.LightningDataModule):
         # resumed run then replayed the previous epoch's order
         loop = getattr(self.trainer, "fit_loop", None) if self.trainer is not None else None
         if loop is not None:
-            loader.sampler.set_epoch(loop.epoch_progress.current.processed)
+            epoch, batches = loop.epoch_progress.current, loop.epoch_loop.batch_progress
+            # a checkpoint written inside an epoch (callbacks.step_checkpoint: at a batch's end),
+            # before that epoch's end counted it as processed
+            inside = epoch.processed == epoch.started - 1
+            if inside and batches.is_last_batch:  # at the epoch's last batch: the next epoch follows
+                loader.sampler.set_epoch(epoch.processed + 1)
+            else:
+                loader.sampler.set_epoch(epoch.processed)
+            if inside and not batches.is_last_batch and batches.current.processed > 0:
+                # the rest of that epoch, not its start again: Lightning replays a loader without
+                # state_dict from the epoch's first batch (a PossibleUserWarning says so), so the
+                # resumed run trained twice on those batches and never on the rest of the epoch
+                loader.sampler.skip = batches.current.processed * self.batch_size
         return loader
 
     def val_dataloader(self):

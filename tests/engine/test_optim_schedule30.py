@@ -250,8 +250,9 @@ class _Net(torch.nn.Module):
         return {"mse": torch.nn.functional.mse_loss(self.l(batch[0]), batch[1])}
 
 
-def _step_orders(out, max_steps, resume, workers):
-    """The samples of each step of a run of ``max_steps`` (2 steps an epoch), resumed from last.ckpt."""
+def _step_orders(out, max_steps, resume, workers, batch_size=4, ckpt="last.ckpt"):
+    """The samples of each step of a run of ``max_steps`` (8 samples an epoch), resumed from ``ckpt``
+    (last.ckpt: each epoch's end; step=N.ckpt: every step's)."""
     seen = {}
 
     class Record(pl.Callback):
@@ -262,18 +263,37 @@ def _step_orders(out, max_steps, resume, workers):
     trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, plugins=[SafeCheckpointIO()], logger=False,
                          enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
                          callbacks=[RNGStateCallback(), Record(),
-                                    pl.callbacks.ModelCheckpoint(dirpath=out, save_last=True, every_n_epochs=1)])
-    dm = DenseCaptionDataModule(_Indices(), batch_size=4, num_workers=workers, seed=0)
-    trainer.fit(DenseCaptionModule(_Net(), torch.optim.AdamW), dm, ckpt_path=str(out / "last.ckpt") if resume else None)
-    return seen
+                                    pl.callbacks.ModelCheckpoint(dirpath=out, save_last=True, every_n_epochs=1),
+                                    pl.callbacks.ModelCheckpoint(dirpath=out, filename="{step}", every_n_train_steps=1,
+                                                                 save_top_k=-1)])
+    dm = DenseCaptionDataModule(_Indices(), batch_size=batch_size, num_workers=workers, seed=0)
+    module = DenseCaptionModule(_Net(), torch.optim.AdamW)
+    trainer.fit(module, dm, ckpt_path=str(out / ckpt) if resume else None)
+    return seen, module
 
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_max_steps_run_resumed_at_an_epochs_end_sees_the_uninterrupted_order(workers, tmp_path):
     """trainer.max_steps (every experiment's) stopped at an epoch's end and resumed: Lightning gave
     the sampler an epoch one ahead of the trainer's, so each later epoch drew the next one's order."""
-    whole = _step_orders(tmp_path / "whole", 8, False, workers)
+    whole, _ = _step_orders(tmp_path / "whole", 8, False, workers)
     _step_orders(tmp_path / "cut", 4, False, workers)
-    resumed = _step_orders(tmp_path / "cut", 8, True, workers)
+    resumed, _ = _step_orders(tmp_path / "cut", 8, True, workers)
     assert sorted(resumed) == [4, 5, 6, 7]
     assert {s: whole[s] for s in resumed} == resumed, (whole, resumed)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("step", [3, 4])  # inside the second epoch of 4 steps, at the first epoch's last batch
+def test_resuming_a_step_checkpoint_goes_on_with_the_rest_of_its_epoch(step, workers, tmp_path):
+    """A checkpoint written inside an epoch (callbacks.step_checkpoint) resumed: the batches after
+    it, as in the uninterrupted run (Lightning restarted the epoch's order from its first batch, so
+    those batches trained twice and the rest of the epoch never; at an epoch's last batch the next
+    epoch drew the finished epoch's order again, with workers)."""
+    whole, whole_module = _step_orders(tmp_path / "whole", 8, False, workers, batch_size=2)
+    _step_orders(tmp_path / "cut", 8, False, workers, batch_size=2)
+    resumed, module = _step_orders(tmp_path / "cut", 8, True, workers, batch_size=2, ckpt=f"step={step}.ckpt")
+    assert sorted(resumed) == list(range(step, 8))
+    assert {s: whole[s] for s in resumed} == resumed, (whole, resumed)
+    for a, b in zip(whole_module.state_dict().values(), module.state_dict().values()):
+        assert torch.equal(a, b)
