@@ -271,7 +271,7 @@ def _finite_audio(wave: torch.Tensor, path) -> torch.Tensor:
 
 # ---------------------------------------------------------------- video
 def read_video_frames(
-    path: str | os.PathLike, fps: float | None = None, max_frames: int | None = None
+    path: str | os.PathLike, fps: float | None = None, max_frames: int | None = None, spread: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode a video's frames with PyAV.
 
@@ -281,6 +281,9 @@ def read_video_frames(
             least ``1 / fps`` from the last kept frame gave 6.25); a video slower than ``fps``
             keeps every frame. None keeps every frame.
         max_frames: stop after this many kept frames.
+        spread: spread the ``max_frames`` over the whole video (FAVDBench's frames: ``max_frames /
+            duration`` frames a second, the duration from the stream or container), ``fps`` then
+            the most kept a second; without it the first ``max_frames`` are kept.
 
     Returns:
         frames (T, 3, H, W) float in [0, 1], timestamps (T,) seconds (float32, from pts).
@@ -298,11 +301,20 @@ def read_video_frames(
             if not container.streams.video:
                 raise VideoError(path, "streams.video", "a video stream", got="none")
             stream = container.streams.video[0]
+            if spread and max_frames is not None:
+                if stream.duration and stream.time_base:
+                    seconds = float(stream.duration * stream.time_base)
+                elif container.duration:
+                    seconds = container.duration / 1e6  # av.time_base: microseconds
+                else:
+                    raise VideoError(path, "duration", f"a stream or container duration to spread {max_frames} frames over", got="none")
+                rate = max_frames / max(seconds, 1e-6)
+                step = 1.0 / min(rate, fps) if fps else 1.0 / rate
             for i, frame in enumerate(container.decode(stream)):
                 t = float(frame.time) if frame.time is not None else i / float(stream.average_rate or 1)
                 if t + 1e-6 < next_t:
                     continue
-                if fps:  # the grid point after t: start + k * step, k = floor((t - start) / step) + 1
+                if step:  # the grid point after t: start + k * step, k = floor((t - start) / step) + 1
                     start = t if start is None else start
                     next_t = start + (math.floor((t - start) / step + 1e-6) + 1) * step
                 frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))  # (H, W, 3) uint8

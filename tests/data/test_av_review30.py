@@ -233,3 +233,26 @@ def test_audio_encoder_dtypes():
     batch.audio = (wave[None] * 32767).to(torch.int16)
     with pytest.raises(AudioError, match=r"Batch: field 'audio': expected float samples in \[-1, 1\].*got torch.int16$"):
         enc(batch)
+
+
+def test_favdbench_config_spreads_its_32_frames_over_the_clip(tmp_path):
+    """configs/data/favdbench.yaml read fps 8 with max_frames 32: the first 4 s of a clip, where
+    FAVDBench extracts its 32 frames over the whole clip (ffmpeg fps = 32 / duration); a 10 s
+    clip's video ended at 3.875 s while its audio and paragraph covered 10 s."""
+    from dense3d.data.converters import write_mp4
+    from dense3d.data.datasets import FAVDBenchDataset
+    from dense3d.errors import ConfigError
+
+    write_mp4(tmp_path / "c.mp4", torch.rand(80, 3, 16, 16), fps=8)  # 10 s
+    (tmp_path / "favd_train.json").write_text(json.dumps({"c": {"summary": "A street.", "visual": [], "audio": []}}))
+    ds = _dataset_from_config("favdbench", annotation_file=str(tmp_path / "favd_{split}.json"), media_dir=str(tmp_path),
+                              audio_dir=None, sensors=["video"])
+    times = ds[0].video.timestamps
+    assert len(times) == 32 and float(times[0]) == 0.0 and float(times[-1]) >= 9.5
+    assert float((times[1:] - times[:-1]).max()) <= 0.375 + 1e-6  # 0.3125 s apart, on the 8 fps frames
+    first = FAVDBenchDataset(str(tmp_path / "favd_{split}.json"), str(tmp_path), sensors=["video"], fps=8, max_frames=32)
+    assert float(first[0].video.timestamps[-1]) == pytest.approx(3.875)  # without spread_frames: the first 32
+    slow = FAVDBenchDataset(str(tmp_path / "favd_{split}.json"), str(tmp_path), sensors=["video"], fps=2, max_frames=32, spread_frames=True)
+    assert len(slow[0].video.timestamps) == 20  # fps caps the rate: 2 a second over 10 s
+    with pytest.raises(ConfigError, match=r"FAVDBenchDataset: field 'spread_frames': expected true \(with max_frames\) or false"):
+        FAVDBenchDataset(str(tmp_path / "favd_{split}.json"), str(tmp_path), max_frames=None, spread_frames=True)

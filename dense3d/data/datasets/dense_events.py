@@ -100,6 +100,7 @@ class DenseEventsDataset(SampleDataset):
         fps, max_frames: video frame subsampling, as for ``FAVDBenchDataset`` (``fps`` > 0 or
             None / 0 for every frame, ``max_frames`` >= 1 or None; else ``ConfigError``).
         transforms: a callable ``Sample -> Sample``.
+        spread_frames: spread the ``max_frames`` over the whole video, as for ``FAVDBenchDataset``.
 
     Items: ``Sample`` with ``audio``, ``video`` and ``events`` (``EventAnnotations``);
     ``meta["duration"]``, ``meta["clipped_spans"]``. Audio or video shorter than half of ``duration``
@@ -119,6 +120,7 @@ class DenseEventsDataset(SampleDataset):
         fps: float | None = 8.0,
         max_frames: int | None = None,
         transforms: Callable[[Sample], Sample] | None = None,
+        spread_frames: bool = False,
     ):
         super().__init__(transforms)
         self.split = split
@@ -130,7 +132,8 @@ class DenseEventsDataset(SampleDataset):
             raise AnnotationError(type(self).__name__, "media_dir", f"a folder to read {list(self.sensors)} from", got=None)
         self._class_names = tuple(class_names) if class_names is not None else None
         self.sample_rate = int(sample_rate) if sample_rate is not None else None
-        self.fps, self.max_frames = check_frame_options(type(self).__name__, fps, max_frames)
+        self.fps, self.max_frames = check_frame_options(type(self).__name__, fps, max_frames, spread_frames)
+        self.spread_frames = spread_frames
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -154,5 +157,6 @@ class DenseEventsDataset(SampleDataset):
             audio, video = load_clip(
                 self.media_dir, self.audio_dir, vid, self.sensors, self.sample_rate, self.fps, self.max_frames,
                 mic_positions=e.get("mic_positions"), annotation_source=self.annotation_file, duration=meta["duration"],
+                spread_frames=self.spread_frames,
             )
         return Sample(sample_id=vid, audio=audio, video=video, events=events, meta=meta)

@@ -93,6 +93,8 @@ class FAVDBenchDataset(SampleDataset):
         fps: keep video frames at most this often (None: every frame).
         max_frames: keep at most this many frames.
         transforms: a callable ``Sample -> Sample``.
+        spread_frames: spread the ``max_frames`` over the whole clip (FAVDBench's own 32 frames:
+            ``max_frames / duration`` frames a second, ``fps`` the most), not the first ones.
 
     Items: ``Sample`` with ``audio``, ``video``, ``paragraph`` and ``meta`` keys ``summary``,
     ``visual_sentences``, ``audio_sentences`` (None for the COCO layout), ``references``,
@@ -110,6 +112,7 @@ class FAVDBenchDataset(SampleDataset):
         fps: float | None = 8.0,
         max_frames: int | None = None,
         transforms: Callable[[Sample], Sample] | None = None,
+        spread_frames: bool = False,
     ):
         super().__init__(transforms)
         self.split = split
@@ -118,7 +121,8 @@ class FAVDBenchDataset(SampleDataset):
         self.audio_dir = Path(str(audio_dir).format(split=split)) if audio_dir else None
         self.sensors = select_sensors(sensors, ("audio", "video"), type(self).__name__)
         self.sample_rate = int(sample_rate) if sample_rate is not None else None
-        self.fps, self.max_frames = check_frame_options(type(self).__name__, fps, max_frames)
+        self.fps, self.max_frames = check_frame_options(type(self).__name__, fps, max_frames, spread_frames)
+        self.spread_frames = spread_frames
 
     def _build_index(self) -> list:
         anns = parse_favd_annotations(load_json(self.annotation_file), self.annotation_file)
@@ -128,7 +132,7 @@ class FAVDBenchDataset(SampleDataset):
         cid, a = entry
         audio, video = load_clip(
             self.media_dir, self.audio_dir, cid, self.sensors, self.sample_rate, self.fps, self.max_frames,
-            mic_positions=a["mic_positions"], annotation_source=self.annotation_file,
+            mic_positions=a["mic_positions"], annotation_source=self.annotation_file, spread_frames=self.spread_frames,
         )
         meta = {
             "summary": a["summary"],

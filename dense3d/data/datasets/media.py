@@ -18,9 +18,12 @@ __all__ = ["load_clip", "check_frame_options", "AUDIO_MIN_FRACTION"]
 AUDIO_MIN_FRACTION = 0.5
 
 
-def check_frame_options(source: str, fps, max_frames) -> tuple[float | None, int | None]:
+def check_frame_options(source: str, fps, max_frames, spread_frames: bool = False) -> tuple[float | None, int | None]:
     """The video options of a data set: ``fps`` a number > 0 or None / 0 (every frame),
-    ``max_frames`` an integer >= 1 or None; else ``ConfigError`` naming the option."""
+    ``max_frames`` an integer >= 1 or None, ``spread_frames`` a bool (true needs ``max_frames``);
+    else ``ConfigError`` naming the option."""
+    if not isinstance(spread_frames, bool) or (spread_frames and max_frames is None):
+        raise ConfigError(source, "spread_frames", "true (with max_frames) or false", got=f"{spread_frames!r} with max_frames {max_frames!r}")
     if fps is not None:
         if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) or not np.isfinite(fps) or fps < 0:
             raise ConfigError(source, "fps", "a number of frames per second > 0, or null for every frame", got=repr(fps))
@@ -41,13 +44,15 @@ def load_clip(
     mic_positions=None,
     annotation_source=None,
     duration: float | None = None,
+    spread_frames: bool = False,
 ) -> tuple[AudioClip | None, VideoFrames | None]:
     """Audio from ``audio_dir/clip_id.{wav,flac,mp3}`` (else the mp4's audio stream) and frames
     from ``media_dir/clip_id.mp4``, each only when ``sensors`` asks for it.
 
     ``duration``: the annotated clip length in seconds; audio or video shorter than half of it (a
     truncated file) raises ``AudioError`` / ``VideoError`` naming the file (video cut by
-    ``max_frames`` is not checked: that cut is asked for).
+    ``max_frames`` is not checked: that cut is asked for). ``spread_frames``: the ``max_frames``
+    spread over the whole video (``read_video_frames(spread=True)``), not its first ones.
     """
     mp4 = media_dir / f"{clip_id}.mp4"
     audio = video = None
@@ -69,8 +74,8 @@ def load_clip(
                 raise AudioError(annotation_source, f"{clip_id}.mic_positions", f"{wave.shape[0]} finite [x, y, z] (one per channel of {src.name})", got=mic_positions)
         audio = AudioClip(waveform=wave, sample_rate=rate, mic_positions=mics, source=str(src))
     if "video" in sensors:
-        frames, times = read_video_frames(mp4, fps=fps, max_frames=max_frames)
-        cut = max_frames is not None and len(times) >= max_frames  # stopped by max_frames on purpose
+        frames, times = read_video_frames(mp4, fps=fps, max_frames=max_frames, spread=spread_frames)
+        cut = max_frames is not None and len(times) >= max_frames and not spread_frames  # stopped by max_frames on purpose
         if duration is not None and not cut:
             # the frames cover from the first start to the last start plus one (mean) frame gap
             gap = float(times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else (1.0 / fps if fps else 0.0)
