@@ -143,7 +143,7 @@ def _concrete(argv: list[str]) -> bool:
     """A whole command: no placeholders, not just a sub-command's name (``dense3d eval``)."""
     if any(PLACEHOLDER.search(w) for w in argv) or len(argv) < 3:
         return False
-    return argv[-1] != "--checkpoint"
+    return not argv[-1].startswith("--")  # `dense3d eval --checkpoint`: a mention of a flag
 
 
 def _parse(argv: list[str]) -> argparse.Namespace | None:
