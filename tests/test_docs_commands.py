@@ -349,3 +349,26 @@ def test_documented_repo_paths_exist():
     bad = [f"{doc}: {p}" for doc, p in paths if not any((ROOT / (p + ext)).exists() for ext in ("", ".py", ".yaml"))]
     assert len(paths) >= 100, len(paths)
     assert not bad, "\n".join(bad)
+
+
+HYDRA_FLAGS = {"--cfg", "--package", "--multirun", "--config-name", "--config-path", "--help", "--info", "--resolve"}
+
+
+def test_documented_script_flags_exist():
+    """Every ``--flag`` quoted after ``tools/<x>.py`` or ``benchmarks/bm_<x>.py`` is an option the
+    script declares (hydra's own flags for the hydra entry points tools/train.py and tools/test.py)."""
+    found, bad = 0, []
+    for doc in [*USER_DOCS, "docs/results.md"]:
+        text = (ROOT / doc).read_text()
+        lines = [line for _, body in _code_blocks(text) for line in body.replace("\\\n", " ").splitlines()]
+        for line in lines + _inline_spans(text):
+            for m in re.finditer(r"((?:tools|benchmarks)/\w+\.py)([^`#;|]*)", line):
+                script = ROOT / m.group(1)
+                source = script.read_text() if script.exists() else ""
+                hydra = "@hydra.main" in source
+                for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", m.group(2)):
+                    found += 1
+                    if f'"{flag}"' not in source and f"'{flag}'" not in source and not (hydra and flag in HYDRA_FLAGS):
+                        bad.append(f"{doc}: {m.group(1)} has no option {flag}: `{line.strip()}`")
+    assert found >= 20, found
+    assert not bad, "\n".join(bad)
