@@ -97,7 +97,7 @@ def _eval_run(argv: list[str]) -> int:
     from dense3d.engine.evaluate import evaluate_run
     from dense3d.utils.io import strict_json
 
-    p = argparse.ArgumentParser(prog="dense3d eval --checkpoint", description="Describe a split with a trained run and score it.")
+    p = argparse.ArgumentParser(prog="dense3d eval", description="Describe a split with a trained run and score it.")
     p.add_argument("--checkpoint", required=True, help="run folder (config.yaml + checkpoints/) or checkpoint folder")
     p.add_argument("--split", default="val", help="data split of the run's data config (train / val / test)")
     p.add_argument("--regions", default="proposals", choices=("proposals", "gt"), help="caption detections or GT boxes")

@@ -1,5 +1,8 @@
 """``dense3d eval <protocol> --pred PRED.json --gt GT.json... [--iou ...] [--mode ...] [--out metrics.json]``.
 
+(``dense3d eval --checkpoint RUN ...``, a trained run on a data split, is ``dense3d.engine.evaluate``,
+reached through :mod:`dense3d.cli`; this parser's help names that form too.)
+
 Reads the files (formats in ``docs/eval.md``), runs one protocol (its stages shown on stderr,
 :mod:`dense3d.utils.progress`), prints a table and writes the metrics JSON atomically. Protocols: scanrefer, scan2cap, tod3cap, favd, events, detection.
 """
@@ -31,7 +34,17 @@ _MODES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dense3d eval", description="Score predictions with a published protocol.")
+    # ``dense3d eval --checkpoint RUN ...`` (a trained run on a data split) is parsed by dense3d/cli.py
+    # before it gets here; this help is the one ``dense3d eval --help`` shows, so it names both forms.
+    p = argparse.ArgumentParser(
+        prog="dense3d eval",
+        usage="%(prog)s PROTOCOL --pred PRED --gt GT [GT ...] [options]   (score a predictions file)\n"
+              "       %(prog)s --checkpoint RUN [--split SPLIT] [options] [KEY=VALUE ...]   (evaluate a trained run)",
+        description="Score predictions with a published protocol (the options below), or describe a data split "
+                    "with a trained run and score it.",
+        epilog="dense3d eval --checkpoint RUN --help lists the options of the second form (--split, --regions, "
+               "--limit, --out, config overrides).",
+    )
     p.add_argument("protocol", choices=PROTOCOLS)
     p.add_argument("--pred", required=True, help="prediction JSON")
     p.add_argument("--gt", required=True, nargs="+", help="ground-truth JSON (events: one or more reference files)")

@@ -1,0 +1,47 @@
+"""What a docs walkthrough of the command line hit: help texts that left out a form or showed
+Sphinx markup, a benchmark writing its JSON elsewhere than its docstring says, a training config
+given to the synthetic generator, a missing synthetic set without a hint how to make it,
+transformers' GGUF bars in logs, and Lightning's not-resumable warning on a resume that is."""
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+
+from dense3d.cli import build_parser, main
+
+
+def _help(argv: list[str]) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return out.getvalue()
+
+
+def test_eval_help_shows_both_forms():
+    """`dense3d eval --help` is dense3d.eval.cli's parser: it named only the protocol form, while
+    `dense3d eval --checkpoint RUN` (a trained run on a data split) is the other half of the command."""
+    text = _help(["eval"])
+    usage = text.split("\n\n")[0]
+    assert "dense3d eval PROTOCOL --pred PRED --gt GT" in usage, text
+    assert "dense3d eval --checkpoint RUN" in usage, text
+    assert "dense3d eval --checkpoint RUN --help" in text  # where the second form's options are listed
+    # and that form's own help reads as a command a user types (its prog was "dense3d eval --checkpoint")
+    assert _help(["eval", "--checkpoint", "RUN"]).startswith("usage: dense3d eval [-h] --checkpoint CHECKPOINT")
+
+
+def test_cli_docstring_names_every_command():
+    import dense3d.cli
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    first_line = dense3d.cli.__doc__.splitlines()[0]
+    assert [c for c in commands if f"``{c}``" not in first_line] == []
+
+
+@pytest.mark.parametrize("argv", [[], ["train"], ["predict"], ["eval"], ["eval", "--checkpoint", "RUN"], ["demo"], ["vis"],
+                                  ["convert"], ["convert", "synth"], ["convert", "stats"]])
+def test_help_texts_are_plain_text(argv):
+    """`dense3d vis --help` showed its module docstring's RST double backticks."""
+    text = _help(argv)
+    assert text.startswith("usage: ") and "``" not in text, text
