@@ -1,4 +1,4 @@
-"""The ``dense3d`` command: ``train``, ``eval``, ``demo``, ``vis``, ``convert``.
+"""The ``dense3d`` command: ``train``, ``predict``, ``eval``, ``demo``, ``vis``, ``convert``.
 
 Thin: each sub-command parses its arguments and calls into ``dense3d.engine``,
 ``dense3d.eval``, ``dense3d.data`` or ``dense3d.vis``. Bad input (a ``Dense3DError``) is
