@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     from dense3d.structures import Boxes3D
     from dense3d.vis import GT_COLOR, BoxLayer, draw_boxes_on_image, label_colors, plot_bev, render_scene, save_png, show_scene
 
-    ap = argparse.ArgumentParser(prog="dense3d vis", description=__doc__.splitlines()[0])
+    # the docstring's first line, as plain text: ``...`` is markup for Sphinx, not for a terminal
+    ap = argparse.ArgumentParser(prog="dense3d vis", description=__doc__.splitlines()[0].replace("``", ""))
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--info", help="mmdet3d v1.1 info pkl (nuScenes / TOD3Cap format)")
     src.add_argument("--points", help="raw float32 point file")
