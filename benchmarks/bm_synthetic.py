@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from dense3d.data.synthetic import SynthConfig, generate
+from dense3d.utils.io import atomic_write_json
 
 
 def _disk(folder: Path) -> int:
@@ -69,7 +70,8 @@ def main() -> None:
     ap.add_argument("--scenes-av", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--out", default=None, help="keep the generated sets here")
+    ap.add_argument("--out", default=None, help="keep the generated sets and bm_synthetic.json here "
+                    "(default: a temporary folder, removed; the JSON goes to the current folder)")
     args = ap.parse_args()
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bm_synthetic."))
     rows = []
@@ -93,8 +95,9 @@ def main() -> None:
         g, f = r["oracle_gap"]["gt_oracle"], r["oracle_gap"]["context_free_oracle"]
         print(f"{r['kind']:<8} {r['scenes']:>6} {r['workers']:>7} {r['seconds']:>7} {r['scenes_per_min']:>10} {str(r['scenes_per_cpu_min']):>8} {r['mb_per_scene']:>9}   "
               f"{g['BLEU-4']:>9} {g['CIDEr']:>8} {f['BLEU-4']:>9} {f['CIDEr']:>8}")
-    Path("bm_synthetic.json").write_text(json.dumps(rows, indent=1) + "\n")
-    print("wrote bm_synthetic.json")
+    json_path = root / "bm_synthetic.json" if args.out else Path("bm_synthetic.json")  # the temp folder is gone
+    atomic_write_json(json_path, rows, indent=1)
+    print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":

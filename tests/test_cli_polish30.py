@@ -45,3 +45,23 @@ def test_help_texts_are_plain_text(argv):
     """`dense3d vis --help` showed its module docstring's RST double backticks."""
     text = _help(argv)
     assert text.startswith("usage: ") and "``" not in text, text
+
+
+def test_bm_synthetic_writes_its_json_into_out(tmp_path):
+    """benchmarks/bm_synthetic.py's docstring says the JSON goes into --out; it went to the current
+    folder whatever --out said."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
+    subprocess.run([sys.executable, str(repo / "benchmarks" / "bm_synthetic.py"), "--scenes-outdoor", "2", "--scenes-indoor", "2",
+                    "--scenes-av", "2", "--out", str(tmp_path / "sets")], cwd=cwd, env=env, check=True, capture_output=True, timeout=300)
+    rows = json.loads((tmp_path / "sets" / "bm_synthetic.json").read_text())
+    assert [r["kind"] for r in rows] == ["outdoor", "indoor", "av"]
+    assert list(cwd.iterdir()) == []
