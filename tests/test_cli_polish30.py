@@ -65,3 +65,32 @@ def test_bm_synthetic_writes_its_json_into_out(tmp_path):
     rows = json.loads((tmp_path / "sets" / "bm_synthetic.json").read_text())
     assert [r["kind"] for r in rows] == ["outdoor", "indoor", "av"]
     assert list(cwd.iterdir()) == []
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("config, field", [("configs/train.yaml", "defaults"), ("configs/data/demo_outdoor.yaml", "_target_"),
+                                           ("configs/paths/default.yaml", "root_dir")])
+def test_convert_synth_with_another_kind_of_config_says_so(config, field, tmp_path, capsys):
+    """`dense3d convert synth --config configs/train.yaml` said "expected resolvable ${...}
+    interpolations" (the training config's ${paths...} do not resolve alone)."""
+    path = REPO / config
+    assert main(["convert", "synth", "--kind", "outdoor", "--out", str(tmp_path / "out"), "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"dense3d convert: ConfigError: {path}: field '{field}': expected ") and err.endswith(
+        "this file is not a synthetic-generator config"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_generator_config_still_loads_and_a_typo_in_one_is_still_an_unknown_field(tmp_path):
+    from dense3d.data.synthetic import load_synth_config
+    from dense3d.errors import ConfigError
+
+    for kind in ("outdoor", "indoor", "av"):
+        assert load_synth_config(REPO / "configs" / "synthetic" / f"{kind}.yaml", scenes=1).kind == kind
+    typo = tmp_path / "typo.yaml"
+    typo.write_text((REPO / "configs/synthetic/outdoor.yaml").read_text() + "scens: 3\n")
+    with pytest.raises(ConfigError, match=r"field 'scens': expected a SynthConfig field \(kind, scenes"):
+        load_synth_config(typo)

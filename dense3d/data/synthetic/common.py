@@ -130,8 +130,9 @@ class SynthConfig:
 
 def load_synth_config(path: str | os.PathLike | None, **overrides) -> SynthConfig:
     """A :class:`SynthConfig` from a generator yaml (``configs/synthetic/*.yaml``; its
-    ``_target_`` is ignored) updated with ``overrides`` (e.g. ``kind``, ``seed``, ``scenes``,
-    ``split`` from the command line); ``path=None`` uses ``overrides`` alone.
+    ``_target_``, if any, must name ``SynthConfig``) updated with ``overrides`` (e.g. ``kind``, ``seed``, ``scenes``,
+    ``split`` from the command line); ``path=None`` uses ``overrides`` alone. Another kind of
+    config (``configs/train.yaml``, a data config) is a one-line ``ConfigError`` saying so.
 
     A missing or unreadable file, a YAML syntax error, a top level that is not a mapping, an
     unknown key and a wrong value are one-line ``ConfigError`` naming the file (or
@@ -162,6 +163,7 @@ def load_synth_config(path: str | os.PathLike | None, **overrides) -> SynthConfi
             cfg = None
         if not OmegaConf.is_dict(cfg):
             raise ConfigError(path, "<file>", "a mapping of SynthConfig fields", got="a list" if OmegaConf.is_list(cfg) else "a scalar")
+        _check_generator_config(path, OmegaConf.to_container(cfg, resolve=False), fields)
         try:  # resolve ${...} interpolations as hydra would
             raw = OmegaConf.to_container(cfg, resolve=True)
         except OmegaConfBaseException as e:
@@ -181,6 +183,20 @@ def load_synth_config(path: str | os.PathLike | None, **overrides) -> SynthConfi
         if any(f in params and f not in overrides for f in e.field.split("/")):  # the file's value: name the file
             raise ConfigError(src, e.field, e.expected, got=e.got) from None
         raise
+
+
+def _check_generator_config(path: Path, raw: dict, fields: list[str]) -> None:
+    """Another kind of config given as a generator yaml (``configs/train.yaml``, a data or model
+    config: its ``${...}`` would not resolve here, or its keys are no ``SynthConfig`` fields) is
+    one line naming the first key that gives it away, before its interpolations are resolved."""
+    target = raw.get("_target_")
+    if target is not None and (not isinstance(target, str) or target.rsplit(".", 1)[-1] != "SynthConfig"):
+        raise ConfigError(path, "_target_", "dense3d.data.synthetic.SynthConfig, as in configs/synthetic/*.yaml",
+                          got=f"{target}: this file is not a synthetic-generator config")
+    unknown = [str(k) for k in raw if k != "_target_" and k not in fields]
+    if unknown and ("defaults" in raw or not any(k in fields for k in raw)):  # no typo in a generator config
+        raise ConfigError(path, unknown[0], "only SynthConfig fields, as in configs/synthetic/*.yaml",
+                          got="an unknown key: this file is not a synthetic-generator config")
 
 
 def _int(src, name: str, value, minimum: int) -> int:
