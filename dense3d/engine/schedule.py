@@ -101,7 +101,10 @@ class RunLengthSchedule:
         warmup = self.factory.keywords.get("warmup_steps", 0) if isinstance(self.factory, functools.partial) else 0
         if trainer is None:  # the probe: the shortest schedule the warmup allows
             return (warmup if isinstance(warmup, int) and not isinstance(warmup, bool) and warmup > 0 else 0) + 1
+        loads_data = trainer.train_dataloader is None and trainer.max_epochs != -1
         steps = trainer.estimated_stepping_batches
+        if loads_data and trainer.ckpt_path is not None:
+            _drop_early_train_loader(trainer)
         if not math.isfinite(steps) or steps < 1:  # max_steps=-1 with max_epochs=-1, or an iterable data set
             raise ConfigError(SOURCE, "scheduler.T_max", _T_MAX + " with a run of known length (trainer.max_steps or "
                               "trainer.max_epochs)", got=f"null and the run's length {steps}")
@@ -109,6 +112,22 @@ class RunLengthSchedule:
 
     def __call__(self, optimizer, **kwargs: Any):
         return self.factory(optimizer, **{"T_max": self.run_steps(), **kwargs})
+
+
+def _drop_early_train_loader(trainer) -> None:
+    """Forget the training loader Lightning built to count a run's steps (a run of
+    ``trainer.max_epochs``: ``estimated_stepping_batches`` loads it) while resuming, so that the
+    fit loop builds it again once the checkpoint's loops are restored. Lightning builds the
+    optimizer and its schedule before it restores the loops, and keeps the loader (and the
+    iterator it made over it) for the whole run: ``DenseCaptionDataModule.train_dataloader`` then
+    saw epoch 0 and no batch done, so a run resumed inside an epoch started that epoch again
+    from its first batch, and one resumed at an epoch's end (with workers) drew epoch 0's order."""
+    loop = trainer.fit_loop
+    fetcher = getattr(loop, "_data_fetcher", None)
+    if fetcher is not None:
+        fetcher.teardown()  # its iterator's worker processes
+    loop._data_fetcher = None
+    loop._combined_loader = None
 
 
 def scheduler_from_config(node: DictConfig | None):
