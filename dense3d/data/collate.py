@@ -36,7 +36,8 @@ def collate(samples: Sequence[Sample]) -> Batch:
       ``camera_mask`` (B,): samples without cameras get zero images and identity matrices.
     * audio (B, A, S_max) zero-padded, ``audio_lengths`` (B,) (0 without audio); one channel
       count and one sample rate per batch.
-    * video (B, T_max, 3, H, W) zero-padded, ``video_timestamps`` (B, T_max), ``video_mask`` (B, T_max).
+    * video (B, T_max, 3, H, W) zero-padded, ``video_timestamps`` (B, T_max), ``video_mask`` (B, T_max),
+      ``video_frame_duration`` (B,) each clip's ``VideoFrames.frame_duration`` (NaN: not given).
 
     A field no sample has stays None. Mismatches raise the sensor's ``dense3d.errors`` class.
     """
@@ -91,8 +92,11 @@ def collate(samples: Sequence[Sample]) -> Batch:
         batch.video = torch.zeros(B, T, 3, H, W, dtype=with_video[0][1].frames.dtype)
         batch.video_timestamps = torch.zeros(B, T, dtype=with_video[0][1].timestamps.dtype)
         batch.video_mask = torch.zeros(B, T, dtype=torch.bool)
+        batch.video_frame_duration = torch.full((B,), float("nan"), dtype=torch.float32)  # NaN: unknown (the encoder falls back)
         for b, v in with_video:
             t = v.frames.shape[0]
             batch.video[b, :t], batch.video_timestamps[b, :t] = v.frames, v.timestamps
             batch.video_mask[b, :t] = True
+            if v.frame_duration is not None:
+                batch.video_frame_duration[b] = v.frame_duration
     return batch

@@ -271,8 +271,9 @@ def _finite_audio(wave: torch.Tensor, path) -> torch.Tensor:
 
 # ---------------------------------------------------------------- video
 def read_video_frames(
-    path: str | os.PathLike, fps: float | None = None, max_frames: int | None = None, spread: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
+    path: str | os.PathLike, fps: float | None = None, max_frames: int | None = None, spread: bool = False,
+    return_frame_duration: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, float | None]:
     """Decode a video's frames with PyAV.
 
     Args:
@@ -285,8 +286,14 @@ def read_video_frames(
             duration`` frames a second, the duration from the stream or container), ``fps`` then
             the most kept a second; without it the first ``max_frames`` are kept.
 
+        return_frame_duration: also return the seconds one frame of the video lasts (1 / its
+            native fps; the ``VideoFrames.frame_duration`` the video encoder centres frames with).
+
     Returns:
-        frames (T, 3, H, W) float in [0, 1], timestamps (T,) seconds (float32, from pts).
+        frames (T, 3, H, W) float in [0, 1], timestamps (T,) seconds (float32, from pts: each
+        frame's start), and with ``return_frame_duration`` the frame duration: the median gap
+        between the pts of consecutive *decoded* frames (kept or not), else 1 / the stream's
+        average rate when fewer than two frames were decoded, else None.
     """
     import av
 
@@ -294,6 +301,8 @@ def read_video_frames(
     if not path.is_file():
         raise VideoError(path, "video", "an existing video file", got="missing")
     frames, times = [], []
+    decoded = []  # pts of every decoded frame, kept or not: their gaps are the native frame duration
+    stream_rate = None
     next_t, start = -float("inf"), None
     step = 1.0 / fps if fps else 0.0
     try:
@@ -301,6 +310,7 @@ def read_video_frames(
             if not container.streams.video:
                 raise VideoError(path, "streams.video", "a video stream", got="none")
             stream = container.streams.video[0]
+            stream_rate = float(stream.average_rate) if stream.average_rate else None
             if spread and max_frames is not None:
                 if stream.duration and stream.time_base:
                     seconds = float(stream.duration * stream.time_base)
@@ -312,6 +322,7 @@ def read_video_frames(
                 step = 1.0 / min(rate, fps) if fps else 1.0 / rate
             for i, frame in enumerate(container.decode(stream)):
                 t = float(frame.time) if frame.time is not None else i / float(stream.average_rate or 1)
+                decoded.append(t)
                 if t + 1e-6 < next_t:
                     continue
                 if step:  # the grid point after t: start + k * step, k = floor((t - start) / step) + 1
@@ -326,4 +337,13 @@ def read_video_frames(
     if not frames:
         raise VideoError(path, "frames", "at least one frame", got="none")
     video = torch.stack(frames).permute(0, 3, 1, 2).to(torch.float32) / 255.0  # (T, H, W, 3) -> (T, 3, H, W)
-    return video, torch.tensor(times, dtype=torch.float32)
+    stamps = torch.tensor(times, dtype=torch.float32)
+    if not return_frame_duration:
+        return video, stamps
+    if len(decoded) > 1:
+        frame_duration = float(np.median(np.diff(decoded)))
+    else:
+        frame_duration = 1.0 / stream_rate if stream_rate else None
+    if frame_duration is not None and not (math.isfinite(frame_duration) and frame_duration > 0):
+        raise VideoError(path, "frame rate", "increasing frame pts (a positive frame duration)", got=f"{frame_duration:g} s between frames")
+    return video, stamps, frame_duration

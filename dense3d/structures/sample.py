@@ -9,6 +9,8 @@ B samples in a batch, R regions (proposals).
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -147,13 +149,21 @@ class VideoFrames:
 
     Attributes:
         frames: (T, 3, H, W) float in [0, 1].
-        timestamps: (T,) seconds, strictly increasing.
+        timestamps: (T,) seconds, strictly increasing: each frame's start (its pts, as
+            ``dense3d.data.readers.read_video_frames`` gives them).
         source: where the frames came from.
+        frame_duration: seconds one frame of the *video* lasts (1 / its native fps), or None when
+            unknown. A frame shows the interval ``[t, t + frame_duration)``: the video encoder
+            places its features at ``t + frame_duration / 2``, however many frames were kept
+            (8 fps frames read at 2 fps are still 1/8 s long). None (e.g. frames built by user
+            code): the encoder falls back to half the mean gap between the kept frames, which is
+            right only when every frame of the video was kept, and warns once.
     """
 
     frames: torch.Tensor
     timestamps: torch.Tensor
     source: str = "<memory>"
+    frame_duration: float | None = None
 
     def __post_init__(self):
         if self.frames.dim() != 4 or self.frames.shape[1] != 3:
@@ -164,6 +174,12 @@ class VideoFrames:
             )
         if self.timestamps.numel() > 1 and not bool((self.timestamps.diff() > 0).all()):
             raise VideoError(self.source, "timestamps", "strictly increasing times")
+        if self.frame_duration is not None:
+            d = self.frame_duration
+            ok = not isinstance(d, bool) and isinstance(d, numbers.Real) and math.isfinite(d) and d > 0
+            if not ok:
+                raise VideoError(self.source, "frame_duration", "seconds > 0 (1 / the video's native fps) or None", got=repr(d))
+            self.frame_duration = float(d)
 
 
 @dataclass
@@ -248,8 +264,10 @@ class Batch:
         camera_mask: (B,) bool, True where the sample has cameras.
         audio: (B, A, S_max) zero-padded; ``audio_lengths``: (B,) long valid samples.
         sample_rate: the batch's one audio sample rate.
-        video: (B, T_max, 3, H, W) zero-padded; ``video_timestamps``: (B, T_max);
-            ``video_mask``: (B, T_max) bool, True at real frames.
+        video: (B, T_max, 3, H, W) zero-padded; ``video_timestamps``: (B, T_max) frame starts;
+            ``video_mask``: (B, T_max) bool, True at real frames; ``video_frame_duration``: (B,)
+            seconds one frame of each clip's video lasts (``VideoFrames.frame_duration``), NaN
+            where a sample did not give it.
     """
 
     samples: list[Sample]
@@ -265,6 +283,7 @@ class Batch:
     video: torch.Tensor | None = None
     video_timestamps: torch.Tensor | None = None
     video_mask: torch.Tensor | None = None
+    video_frame_duration: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.samples)

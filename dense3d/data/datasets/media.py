@@ -74,7 +74,7 @@ def load_clip(
                 raise AudioError(annotation_source, f"{clip_id}.mic_positions", f"{wave.shape[0]} finite [x, y, z] (one per channel of {src.name})", got=mic_positions)
         audio = AudioClip(waveform=wave, sample_rate=rate, mic_positions=mics, source=str(src))
     if "video" in sensors:
-        frames, times = read_video_frames(mp4, fps=fps, max_frames=max_frames, spread=spread_frames)
+        frames, times, frame_duration = read_video_frames(mp4, fps=fps, max_frames=max_frames, spread=spread_frames, return_frame_duration=True)
         cut = max_frames is not None and len(times) >= max_frames and not spread_frames  # stopped by max_frames on purpose
         if duration is not None and not cut:
             # the frames cover from the first start to the last start plus one (mean) frame gap
@@ -84,5 +84,6 @@ def load_clip(
                 where = f" in {annotation_source}" if annotation_source is not None else ""
                 raise VideoError(mp4, "frames", f"at least half of {clip_id}.duration = {duration:g} s of video (the annotation{where}); truncated file?",
                                  got=f"{len(times)} frames up to {seconds:.3f} s")
-        video = VideoFrames(frames=frames, timestamps=times, source=str(mp4))
+        # frame_duration: the video's own (1 / native fps), whatever fps the frames were kept at
+        video = VideoFrames(frames=frames, timestamps=times, source=str(mp4), frame_duration=frame_duration)
     return audio, video
