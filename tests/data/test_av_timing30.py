@@ -2,6 +2,7 @@
 and FAVDBench's mono / stereo soundtracks through its config, collate and the audio encoder."""
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -13,11 +14,12 @@ from dense3d.data.collate import collate
 from dense3d.data.datasets.media import load_clip
 from dense3d.data.readers import read_video_frames
 from dense3d.data.synthetic.av import _write_mp4
-from dense3d.errors import VideoError
+from dense3d.errors import AudioError, VideoError
 from dense3d.models.encoders.camera.backbone import ResNetBackbone
 from dense3d.models.encoders.video.encoder import VideoEncoder
 from dense3d.structures import Sample, VideoFrames
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 NATIVE_FPS = 8
 FLASH = 4  # the one frame (pts 0.5 s) that shows the event: white, every other frame black
 
@@ -97,3 +99,97 @@ def test_a_bad_frame_duration_is_one_line(bad):
     with pytest.raises(VideoError, match=r"^/data/c\.mp4: field 'frame_duration': expected seconds > 0 .*, got ") as e:
         VideoFrames(torch.zeros(2, 3, 8, 8), torch.arange(2.0), source="/data/c.mp4", frame_duration=bad)
     assert "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- FAVDBench audio
+def _favd_folder(tmp_path: Path) -> Path:
+    """A stereo 44.1 kHz mp3 and a mono 22.05 kHz wav, as FAVDBench's audios/ may hold, with a
+    dense3d-layout paragraph file."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    stereo = (0.1 * rng.standard_normal((2 * 44100, 2))).astype(np.float32)
+    stereo[:, 1] *= 0.5  # left and right differ
+    sf.write(tmp_path / "st.mp3", stereo, 44100, format="MP3")
+    sf.write(tmp_path / "mo.wav", (0.1 * rng.standard_normal((2 * 22050, 1))).astype(np.float32), 22050)
+    para = {"summary": "A street.", "visual": ["A car passes."], "audio": ["An engine hums."]}
+    (tmp_path / "favd_train.json").write_text(json.dumps({"st": para, "mo": para}))
+    return tmp_path
+
+
+def _favd_dataset(folder: Path):
+    """configs/data/favdbench.yaml (with data=favdbench sensors=audio_video, composed by hydra)
+    on ``folder``, audio only (no videos here)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(str(CONFIGS), version_base=None):
+        cfg = compose("train", overrides=["data=favdbench", "sensors=audio_video", f"data.annotation_file='{folder}/favd_{{split}}.json'",
+                                          f"data.media_dir={folder}", f"data.audio_dir={folder}", "data.sensors=[audio]"])
+    return instantiate(cfg.data)
+
+
+def test_favdbench_stereo_and_mono_audio_reach_the_mono_audio_encoder(tmp_path):
+    """FAVDBench ships mono / stereo mp3 soundtracks, the AV configs a 4-microphone array: no
+    config read them (the 4-mic encoder refused them: 'Batch: field audio: expected a (B, 4, S)
+    waveform, got (1, 2, S)'), and an encoder set to 2 channels would have computed GCC-PHAT
+    direction cues from a stereo mix. favdbench.yaml now downmixes to mono (AudioChannels) for
+    configs/model/audio/mono.yaml, which has no direction branch."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    ds = _favd_dataset(_favd_folder(tmp_path))
+    samples = [ds[i] for i in range(len(ds))]
+    assert sorted(s.sample_id for s in samples) == ["mo", "st"]
+    for s in samples:
+        assert s.audio.waveform.shape[0] == 1 and s.audio.sample_rate == 16000 and s.audio.mic_positions is None
+    st = next(s for s in samples if s.sample_id == "st")
+    import soundfile as sf
+
+    raw, _ = sf.read(tmp_path / "st.mp3", dtype="float32", always_2d=True)  # (S, 2)
+    assert st.audio.waveform.shape[1] == pytest.approx(raw.shape[0] * 16000 / 44100, abs=2)  # mean of L and R, resampled
+    enc = instantiate(OmegaConf.load(CONFIGS / "model" / "audio" / "mono.yaml")).eval()
+    assert enc.num_channels == 1 and enc.gcc_proj is None and enc.directions == 0
+    with torch.no_grad():
+        out = enc(collate(samples))
+    assert out.features.shape[0] == 2 and out.directions is None and bool(torch.isfinite(out.features).all())
+
+
+def test_audio_channels_mismatch_is_one_line_naming_the_file(tmp_path):
+    """A downmix to mono is the only conversion: a stereo file for a 4-microphone encoder (or a
+    mono one for a 2-channel encoder) is refused naming the file, not made up."""
+    from dense3d.data.datasets import FAVDBenchDataset
+    from dense3d.data.transforms import AudioChannels, Compose
+    from dense3d.errors import ConfigError
+
+    folder = _favd_folder(tmp_path)
+    ds = FAVDBenchDataset(str(folder / "favd_{split}.json"), str(folder), audio_dir=str(folder), sensors=["audio"], sample_rate=None,
+                          transforms=Compose({"channels": AudioChannels(4)}))
+    msgs = []
+    for k in range(len(ds)):
+        with pytest.raises(AudioError) as e:
+            ds[k]
+        msgs.append(str(e.value))
+    assert any(m.startswith(str(folder / "st.mp3")) and "field 'audio channels': expected 4 channels" in m and m.endswith("got 2 channels")
+               for m in msgs)
+    assert any(m.startswith(str(folder / "mo.wav")) and m.endswith("got 1 channel") for m in msgs)
+    assert all("\n" not in m for m in msgs)
+    first = AudioChannels(1, mode="first")
+    s = FAVDBenchDataset(str(folder / "favd_{split}.json"), str(folder), audio_dir=str(folder), sensors=["audio"], sample_rate=None)
+    st = next(s[k] for k in range(len(s)) if s[k].sample_id == "st")
+    assert torch.equal(first(st).audio.waveform, st.audio.waveform[:1])
+    with pytest.raises(ConfigError, match="AudioChannels: field 'mode'"):
+        AudioChannels(1, mode="left")
+    with pytest.raises(ConfigError, match="AudioChannels: field 'num_channels'"):
+        AudioChannels(0)
+
+
+def test_synthetic_favd_keeps_its_four_microphones():
+    """synthetic_favd.yaml inherits favdbench.yaml; its clips are the 4-microphone array."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(str(CONFIGS), version_base=None):
+        cfg = compose("train", overrides=["data=synthetic_favd", "sensors=audio_video"])
+    pipeline = instantiate(cfg.data.transforms)
+    assert "channels" not in pipeline.transforms and "resample" in pipeline.transforms

@@ -1,11 +1,12 @@
 """Sample transforms; each declares the ``Sample`` fields it ``reads`` and ``writes``."""
-from dense3d.data.transforms.audio import AudioResample, LogMelSpectrogram
+from dense3d.data.transforms.audio import AudioChannels, AudioResample, LogMelSpectrogram
 from dense3d.data.transforms.compose import Compose
 from dense3d.data.transforms.geometry import GlobalFlip, GlobalRotate, GlobalScale, apply_global_transform
 from dense3d.data.transforms.images import ImageNormalize, ImageResize
 from dense3d.data.transforms.points import ObjectRangeFilter, PointRangeFilter, PointShuffle, select_boxes
 
 __all__ = [
+    "AudioChannels",
     "AudioResample",
     "Compose",
     "GlobalFlip",

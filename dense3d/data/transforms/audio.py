@@ -1,4 +1,4 @@
-"""Audio transforms: resampling and log-mel spectrograms (torchaudio.transforms)."""
+"""Audio transforms: channel count, resampling and log-mel spectrograms (torchaudio.transforms)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +8,49 @@ import torch
 from dense3d.errors import AudioError, ConfigError
 from dense3d.structures import Sample
 
-__all__ = ["AudioResample", "LogMelSpectrogram"]
+__all__ = ["AudioChannels", "AudioResample", "LogMelSpectrogram"]
+
+
+class AudioChannels:
+    """Give every clip the ``num_channels`` the audio encoder declares (its ``num_channels``).
+
+    * a clip with ``num_channels`` channels is left as it is;
+    * ``num_channels=1``: a clip of several channels (a stereo mp3) becomes mono: ``mode="mean"``
+      averages them (ffmpeg's ``-ac 1`` downmix), ``mode="first"`` keeps channel 0; its
+      ``mic_positions`` are dropped (one channel is no array);
+    * any other count raises ``AudioError`` naming the file: channels of a microphone array are
+      not made up from fewer (a copied channel gives GCC-PHAT a fake zero delay) nor picked from
+      a recording of another layout.
+
+    FAVDBench's audio (YouTube soundtracks, mono or stereo) is not a microphone array:
+    ``configs/data/favdbench.yaml`` downmixes it to mono for ``configs/model/audio/mono.yaml``.
+    """
+
+    reads = ("audio",)
+    writes = ("audio.waveform", "audio.mic_positions")
+    MODES = ("mean", "first")
+
+    def __init__(self, num_channels: int = 1, mode: str = "mean"):
+        if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
+            raise ConfigError("AudioChannels", "num_channels", "an integer >= 1 (the audio encoder's num_channels)", got=repr(num_channels))
+        if mode not in self.MODES:
+            raise ConfigError("AudioChannels", "mode", " or ".join(f'"{m}"' for m in self.MODES), got=repr(mode))
+        self.num_channels = num_channels
+        self.mode = mode
+
+    def __call__(self, sample: Sample) -> Sample:
+        audio = sample.audio
+        if audio is None or audio.waveform.shape[0] == self.num_channels:
+            return sample
+        A = audio.waveform.shape[0]
+        if self.num_channels != 1:
+            raise AudioError(audio.source, "audio channels", f"{self.num_channels} channels (the audio encoder's num_channels; "
+                             "only a downmix to 1 channel is made)", got=f"{A} channel{'s' if A != 1 else ''}")
+        if self.mode == "mean":
+            wave = audio.waveform.mean(dim=0, keepdim=True)  # (A, S) -> (1, S)
+        else:
+            wave = audio.waveform[:1]  # (A, S) -> (1, S)
+        return dataclasses.replace(sample, audio=dataclasses.replace(audio, waveform=wave, mic_positions=None))
 
 
 class AudioResample:
