@@ -198,6 +198,7 @@ class DenseCaptionModule(pl.LightningModule):
         for i, state in enumerate(states):
             saved = state.get("param_groups", [])
             if len(saved) == len(fresh_groups):
+                _name_groups(saved, fresh_groups)
                 continue
             if len(saved) != 1 or len(saved[0]["params"]) != len(tensors):
                 source = getattr(self.trainer, "ckpt_path", None) if self._trainer is not None else None
@@ -210,6 +211,7 @@ class DenseCaptionModule(pl.LightningModule):
             state["param_groups"] = [{**options, "weight_decay": group["weight_decay"],
                                       "params": [saved_ids[position[id(p)]] for p in group["params"]]}
                                      for group in fresh_groups]
+            _name_groups(state["param_groups"], fresh_groups)
         for sched_state in checkpoint.get("lr_schedulers") or []:  # one rate per group (the config's replaces them on resume)
             _widen_rates(sched_state, len(fresh_groups))
         self._config_schedule_kind(checkpoint, params)
@@ -252,6 +254,18 @@ class DenseCaptionModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+
+def _name_groups(saved: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> None:
+    """The saved parameter groups take the config's group names (torch's ``load_state_dict``
+    replaces the optimizer's groups by the saved ones, names included: a checkpoint written
+    before the groups had names logged its learning rates as ``lr-AdamW/pg1``, ``pg2`` from the
+    resume on)."""
+    for group, new in zip(saved, fresh):
+        if "name" in new:
+            group["name"] = new["name"]
+        else:
+            group.pop("name", None)
 
 
 def _widen_rates(state: dict[str, Any], groups: int) -> None:

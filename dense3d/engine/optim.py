@@ -30,11 +30,14 @@ from dense3d.errors import ConfigError
 __all__ = ["AdamW", "decay_groups", "optimizer_params"]
 
 SOURCE = "configs/optim"
+GROUP_NAMES = ("decay", "no_decay")  # the groups' 'name' (torch keeps it; Lightning's LearningRateMonitor logs by it)
 
 
 def decay_groups(params: Iterable[Any], no_decay_1d: bool = True, no_decay: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Split ``params`` into ``[{"params": decayed}, {"params": not decayed, "weight_decay": 0.0}]``
-    (an empty group left out; the order of ``params`` kept within each).
+    (an empty group left out; the order of ``params`` kept within each). Two groups are named
+    (``"name"``: :data:`GROUP_NAMES`), so that the learning-rate log says which is which
+    (``lr-AdamW/decay``, ``lr-AdamW/no_decay``, not ``pg1``, ``pg2``).
 
     ``params``: ``(name, tensor)`` pairs (names are needed for ``no_decay``), bare tensors (only
     the ``no_decay_1d`` rule applies), or already made groups (dicts: returned as they are)."""
@@ -55,6 +58,9 @@ def decay_groups(params: Iterable[Any], no_decay_1d: bool = True, no_decay: Sequ
         groups.append({"params": decayed})
     if kept:
         groups.append({"params": kept, "weight_decay": 0.0})
+    if len(groups) == 2:  # LearningRateMonitor logs lr-AdamW/decay and lr-AdamW/no_decay (one group: lr-AdamW, as before)
+        for group, name in zip(groups, GROUP_NAMES):
+            group["name"] = name
     return groups
 
 

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 from dense3d.utils.io import atomic_write
 
-__all__ = ["read_metrics_csv", "plot_curves", "markdown_table", "write_report"]
+__all__ = ["read_metrics_csv", "merge_equal_rates", "plot_curves", "markdown_table", "write_report"]
 
 
 def read_metrics_csv(path: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -38,6 +38,29 @@ def ema(values: Sequence[float], decay: float) -> list[float]:
     return out
 
 
+def merge_equal_rates(series: Mapping[str, Sequence[tuple[int, float]]]) -> dict[str, Sequence[tuple[int, float]]]:
+    """``series`` with the learning rates (``lr-*``: Lightning's LearningRateMonitor, one per
+    parameter group) that are the same curve kept once, under one name: ``lr-AdamW/decay`` and
+    ``lr-AdamW/no_decay`` of one schedule -> ``lr-AdamW (decay, no_decay)`` (two groups of weight
+    decay share the schedule: two panels drew the same curve). Rates that differ stay apart."""
+    merged: dict[str, Sequence[tuple[int, float]]] = {}
+    same: dict[tuple, list[str]] = defaultdict(list)  # the curve -> the names logging it
+    for name, points in series.items():
+        if name.startswith("lr-"):
+            same[tuple(points)].append(name)
+        else:
+            merged[name] = points
+    for points, names in same.items():
+        names = sorted(names)
+        prefixes = {n.split("/", 1)[0] for n in names}
+        if len(names) > 1 and len(prefixes) == 1 and all("/" in n for n in names):  # lr-AdamW/a, lr-AdamW/b
+            name = f"{prefixes.pop()} ({', '.join(n.split('/', 1)[1] for n in names)})"
+        else:
+            name = " = ".join(names)
+        merged[name] = list(points)
+    return merged
+
+
 def plot_curves(series: Mapping[str, Sequence[tuple[int, float]]], out_png: str | Path, title: str = "") -> Path:
     """One panel per metric (loss terms, learning rate, validation scores) against the step."""
     import matplotlib
@@ -45,6 +68,7 @@ def plot_curves(series: Mapping[str, Sequence[tuple[int, float]]], out_png: str 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    series = merge_equal_rates(series)
     names = sorted(series)
     cols = min(3, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / cols))

@@ -53,3 +53,83 @@ def test_a_max_epochs_run_with_the_run_length_cosine_resumes_its_epoch(step, wor
     assert {s: whole[s] for s in resumed} == resumed, (whole, resumed)
     for a, b in zip(whole_module.state_dict().values(), module.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def _logged_run(out, max_steps, overrides, resume=False, unnamed=False):
+    """The toy captioner of test_optim_schedule30 (two parameter groups) for ``max_steps`` steps,
+    learning rates logged by the config's LearningRateMonitor into a CSVLogger; the columns of
+    metrics.csv. ``unnamed``: the optimizer's groups without names, as checkpoints written
+    before the groups had them."""
+    import csv
+
+    from dense3d.engine.train import _instantiate_dict
+    from tests.engine.test_optim_schedule30 import ToyCaptioner, _parts
+
+    optimizer, scheduler, cfg = _parts("scheduler.T_max=8", "scheduler.warmup_steps=2", f"paths.output_dir={out}", *overrides)
+    if unnamed:
+        def optimizer(params, _factory=optimizer):
+            opt = _factory(params)
+            for group in opt.param_groups:
+                group.pop("name", None)
+            return opt
+        optimizer.takes_names = True  # handed (name, parameter) pairs, as the config's AdamW
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 6, generator=g)
+    dm = DenseCaptionDataModule(torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8, seed=0)
+    module = DenseCaptionModule(ToyCaptioner(), optimizer, scheduler)
+    callbacks = [RNGStateCallback(), *_instantiate_dict(cfg.callbacks, "callbacks")]
+    callbacks = [cb for cb in callbacks if not isinstance(cb, pl.callbacks.ProgressBar)]
+    if resume:
+        callbacks.append(ScheduleFromConfig())
+    logger = pl.loggers.CSVLogger(out, name="csv")
+    trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, plugins=[SafeCheckpointIO()], callbacks=callbacks,
+                         logger=logger, log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
+                         use_distributed_sampler=False)
+    trainer.fit(module, dm, ckpt_path=str(out / "checkpoints" / "last.ckpt") if resume else None)
+    with open(logger.log_dir + "/metrics.csv", newline="") as f:
+        return trainer, next(csv.reader(f))
+
+
+def test_the_two_groups_log_their_rates_by_name(tmp_path):
+    trainer, columns = _logged_run(tmp_path / "run", 2, [])
+    assert [g["name"] for g in trainer.optimizers[0].param_groups] == ["decay", "no_decay"]
+    assert {"lr-AdamW/decay", "lr-AdamW/no_decay"} <= set(columns) and not any("/pg" in c for c in columns), columns
+    # one group (the split off): lr-AdamW, as before
+    _, columns = _logged_run(tmp_path / "one", 2, ["optim.no_decay_1d=false", "optim.no_decay=[]"])
+    assert [c for c in columns if c.startswith("lr-")] == ["lr-AdamW"]
+
+
+@pytest.mark.parametrize("before", ["unnamed", "one group"])
+def test_a_resumed_run_logs_the_same_names(before, tmp_path, capsys):
+    """A checkpoint whose groups have no names (written before they had them, or one group split
+    on load): torch's load_state_dict took the saved groups, without names, and the resumed run
+    logged lr-AdamW/pg1 and pg2 where the run had logged (or would log) decay and no_decay."""
+    out = tmp_path / "run"
+    if before == "unnamed":
+        _logged_run(out, 2, [], unnamed=True)
+    else:
+        _logged_run(out, 2, ["optim.no_decay_1d=false", "optim.no_decay=[]"])
+    trainer, columns = _logged_run(out, 4, [], resume=True)
+    assert [g["name"] for g in trainer.optimizers[0].param_groups] == ["decay", "no_decay"]
+    assert {"lr-AdamW/decay", "lr-AdamW/no_decay"} <= set(columns) and not any("/pg" in c for c in columns), columns
+    assert "name None" not in capsys.readouterr().err  # not reported as a change of the schedule
+
+
+def test_the_curves_draw_one_learning_rate_per_distinct_schedule(tmp_path):
+    """Two groups on one schedule logged two equal curves (lr-AdamW/pg1, pg2): one panel, named
+    after both; rates that differ keep their panels."""
+    from PIL import Image
+
+    from dense3d.engine.report import merge_equal_rates, plot_curves
+
+    rates = [(s, 1e-3 * (s + 1) / 4) for s in range(4)]
+    loss = [(s, 1.0 / (s + 1)) for s in range(4)]
+    series = {"train/loss": loss, "lr-AdamW/pg1": rates, "lr-AdamW/pg2": list(rates)}
+    assert merge_equal_rates(series) == {"train/loss": loss, "lr-AdamW (pg1, pg2)": rates}
+    other = [(s, 1e-4) for s in range(4)]
+    assert merge_equal_rates({**series, "lr-AdamW/pg2": other}) == {"train/loss": loss, "lr-AdamW/pg1": rates,
+                                                                    "lr-AdamW/pg2": other}
+    assert merge_equal_rates({"lr-AdamW": rates}) == {"lr-AdamW": rates}
+    # two panels side by side (4.5 inches each at 100 dpi), not three
+    width = Image.open(plot_curves(series, tmp_path / "curves.png")).size[0]
+    assert width == 900, width
