@@ -134,3 +134,30 @@ def test_reading_smollm2s_gguf_writes_no_bars_to_a_log(monkeypatch, tmp_path, ca
     load_smollm2()
     err = capfd.readouterr().err
     assert "de-quantizing" not in err and "Loading weights" not in err, err[:500]
+
+
+@pytest.mark.parametrize("experiment, kind", [("demo", "outdoor"), ("perception_indoor", "indoor"), ("perception_events", "av")])
+def test_training_before_the_synthetic_data_exists_says_how_to_make_it(experiment, kind, tmp_path, capsys):
+    """`dense3d train experiment=demo` before any data: a one-line missing-file error that did not
+    say dense3d can generate that data."""
+    root = tmp_path / "nodata"
+    assert main(["train", f"experiment={experiment}", f"paths.synthetic_dir={root}", f"paths.output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"dense3d train: AnnotationError: {root / kind}/"), err
+    assert err.endswith(f"got missing; make the synthetic data first: `dense3d demo --data {root}` or "
+                        f"`dense3d convert synth --kind {kind} --out {root / kind}`"), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_hint_names_plain_dense3d_demo_for_the_default_folder_and_is_absent_for_other_data(tmp_path, monkeypatch):
+    from dense3d.engine.train import build, compose_config
+    from dense3d.errors import AnnotationError
+
+    monkeypatch.chdir(tmp_path)  # configs/paths/default.yaml's data/synthetic/default, here empty
+    with pytest.raises(AnnotationError, match=r"got missing; make the synthetic data first: `dense3d demo` or `dense3d "
+                       r"convert synth --kind outdoor --out data/synthetic/default/outdoor`$"):
+        build(compose_config(["experiment=demo"]))
+    # a missing file of one's own data (not under paths.synthetic_dir): dense3d cannot make it
+    with pytest.raises(AnnotationError, match=r"mine\.pkl: field '<file>': expected an existing pickle file, got missing$"):
+        build(compose_config(["experiment=demo", f"data.train.info_file={tmp_path / 'mine.pkl'}"]))

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from dense3d.engine.checkpoint import SafeCheckpointIO, check_weight_shapes, load_checkpoint
 from dense3d.engine.module import SOURCE, DenseCaptionModule, RNGStateCallback
 from dense3d.engine.schedule import RunLengthSchedule, ScheduleFromConfig, scheduler_from_config
-from dense3d.errors import ConfigError
+from dense3d.errors import ConfigError, Dense3DError
 from dense3d.utils.config import instantiate_config
 from dense3d.utils.io import atomic_write
 
@@ -181,13 +181,16 @@ def build(cfg: DictConfig, *, resuming: bool = False,
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_NO_ADVERTS)  # once: addFilter skips a filter already there
     pl.seed_everything(seed, workers=True, verbose=False)
-    datamodule = instantiate_config(cfg.data, SOURCE, "data")
-    train_set = getattr(datamodule, "train_set", None)
-    if train_set is not None and len(train_set) == 0:  # Lightning would only warn and "train" nothing
-        raise ConfigError(SOURCE, "data.train", "a training split with samples", got="0 samples")
-    val_set = getattr(datamodule, "val_set", None)
-    if val_set is not None and len(val_set) == 0:  # Lightning would skip validation without a word
-        raise ConfigError(SOURCE, "data.val", "a validation split with samples (or data.val=null: no validation)", got="0 samples")
+    try:  # the data sets read their index files here (len): a missing one is the first error of a new setup
+        datamodule = instantiate_config(cfg.data, SOURCE, "data")
+        train_set = getattr(datamodule, "train_set", None)
+        if train_set is not None and len(train_set) == 0:  # Lightning would only warn and "train" nothing
+            raise ConfigError(SOURCE, "data.train", "a training split with samples", got="0 samples")
+        val_set = getattr(datamodule, "val_set", None)
+        if val_set is not None and len(val_set) == 0:  # Lightning would skip validation without a word
+            raise ConfigError(SOURCE, "data.val", "a validation split with samples (or data.val=null: no validation)", got="0 samples")
+    except Dense3DError as e:  # e.g. the demo's data not generated yet: say how to make it
+        raise _with_synthetic_data_hint(e, cfg) from None
     model = instantiate_config(cfg.model, SOURCE, "model")
     if cfg.get("init_from") and not resuming:
         init_weights(model, cfg.init_from, list(cfg.get("init_parts") or []), list(cfg.get("init_skip") or []))
@@ -220,6 +223,36 @@ def build(cfg: DictConfig, *, resuming: bool = False,
     if isinstance(scheduler, RunLengthSchedule):
         scheduler.attach(trainer)  # reads the run's length when Lightning builds the optimizer
     return module, datamodule, trainer
+
+
+DEFAULT_SYNTHETIC_DIR = Path("data/synthetic/default")  # configs/paths/default.yaml's, where `dense3d demo` writes
+
+
+def _with_synthetic_data_hint(error: Dense3DError, cfg: DictConfig) -> Dense3DError:
+    """A file missing under ``paths.synthetic_dir`` (``dense3d train experiment=demo`` before
+    any data exists): the same one-line error, ending with how to generate that set. Other
+    errors, and missing files elsewhere (real data sets, which dense3d cannot make), as they are."""
+    from dense3d.data.synthetic import KINDS
+
+    if error.got != "missing":
+        return error
+    try:
+        root = OmegaConf.select(cfg, "paths.synthetic_dir", default=None)
+    except Exception:  # an interpolation that does not resolve: no hint rather than a second error
+        return error
+    if not root:
+        return error
+    root = Path(str(root))
+    try:
+        parts = Path(error.source).resolve().relative_to(root.resolve()).parts
+    except ValueError:  # not under the synthetic root
+        return error
+    kind = parts[0] if parts and parts[0] in KINDS else "|".join(KINDS)
+    demo = "dense3d demo" if root.resolve() == DEFAULT_SYNTHETIC_DIR.resolve() else f"dense3d demo --data {root}"
+    hinted = type(error)(error.source, error.field, error.expected, got=error.got)
+    # appended to the message, not put in ``got`` (shortened to 200 characters: two long paths would be cut)
+    hinted.args = (f"{hinted}; make the synthetic data first: `{demo}` or `dense3d convert synth --kind {kind} --out {root / kind}`",)
+    return hinted
 
 
 def fit(cfg: DictConfig, ckpt_path: str | None = None, **trainer_overrides) -> tuple[DenseCaptionModule, pl.LightningDataModule, pl.Trainer]:
