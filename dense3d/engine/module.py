@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from dense3d.errors import ConfigError
+from dense3d.errors import CheckpointError, ConfigError
 
 __all__ = ["DenseCaptionModule", "DenseCaptionDataModule", "SeededSampler", "RNGStateCallback", "freeze"]
 
@@ -187,7 +187,6 @@ class DenseCaptionModule(pl.LightningModule):
         group's options, the learning rate included, as saved; the schedule then follows the
         config: :class:`dense3d.engine.schedule.ScheduleFromConfig`). Other differences in the
         groups are a one-line CheckpointError (torch's "different number of parameter groups")."""
-        from dense3d.errors import CheckpointError
 
         states = checkpoint.get("optimizer_states") or []
         if not states:
@@ -195,14 +194,20 @@ class DenseCaptionModule(pl.LightningModule):
         params = self.optimizer_params()
         tensors = [p[1] if isinstance(p, tuple) else p for p in params]
         fresh_groups = self.optimizer_factory(params).param_groups  # the config's groups (no state is made)
+        source = (getattr(self.trainer, "ckpt_path", None) if self._trainer is not None else None) or "the resumed checkpoint"
+        hint = "resume with optim.no_decay_1d and optim.no_decay as the run had them"
         for i, state in enumerate(states):
             saved = state.get("param_groups", [])
             if len(saved) == len(fresh_groups):
+                sizes, fresh_sizes = [len(g["params"]) for g in saved], [len(g["params"]) for g in fresh_groups]
+                if sizes != fresh_sizes:  # torch: "a parameter group that doesn't match the size", from deep inside
+                    raise CheckpointError(source, f"optimizer_states[{i}].param_groups", f"groups of {fresh_sizes} tensors, as "
+                                          f"the config's optimizer builds ({hint})", got=f"groups of {sizes}")
                 _name_groups(saved, fresh_groups)
+                _check_moment_shapes(state, fresh_groups, params, source, i, hint)
                 continue
             if len(saved) != 1 or len(saved[0]["params"]) != len(tensors):
-                source = getattr(self.trainer, "ckpt_path", None) if self._trainer is not None else None
-                raise CheckpointError(source or "the resumed checkpoint", f"optimizer_states[{i}].param_groups",
+                raise CheckpointError(source, f"optimizer_states[{i}].param_groups",
                                       f"{len(fresh_groups)} parameter group(s), as the config's optimizer builds (resume with "
                                       "optim.no_decay_1d and optim.no_decay as the run had them)", got=f"{len(saved)} groups")
             saved_ids = saved[0]["params"]  # ids of the trainable tensors, in the model's order
@@ -212,6 +217,7 @@ class DenseCaptionModule(pl.LightningModule):
                                       "params": [saved_ids[position[id(p)]] for p in group["params"]]}
                                      for group in fresh_groups]
             _name_groups(state["param_groups"], fresh_groups)
+            _check_moment_shapes(state, fresh_groups, params, source, i, hint)
         for sched_state in checkpoint.get("lr_schedulers") or []:  # one rate per group (the config's replaces them on resume)
             _widen_rates(sched_state, len(fresh_groups))
         self._config_schedule_kind(checkpoint, params)
@@ -254,6 +260,22 @@ class DenseCaptionModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+
+def _check_moment_shapes(state: dict[str, Any], groups: list[dict[str, Any]], params: list, source, index: int,
+                         hint: str) -> None:
+    """Each tensor's saved optimizer state (Adam's moments) has the shape of the tensor torch's
+    ``load_state_dict`` will give it (the saved groups' ids matched in order to ``groups``'
+    tensors); else a one-line CheckpointError (the groups hold other tensors than when the run was
+    written: torch loads them all the same, and the first step fails from deep inside)."""
+    names = {id(p[1]): p[0] for p in params if isinstance(p, tuple)}
+    saved_ids = [j for g in state.get("param_groups", []) for j in g["params"]]
+    tensors = [p for g in groups for p in g["params"]]
+    for j, p in zip(saved_ids, tensors):
+        for key, value in (state.get("state", {}).get(j) or {}).items():
+            if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape != p.shape:
+                raise CheckpointError(source, f"optimizer_states[{index}].state[{j}].{key}", f"the shape of "
+                                      f"{names.get(id(p), 'its tensor')}, {tuple(p.shape)} ({hint})", got=tuple(value.shape))
 
 
 def _name_groups(saved: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> None:

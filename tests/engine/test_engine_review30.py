@@ -133,3 +133,34 @@ def test_the_curves_draw_one_learning_rate_per_distinct_schedule(tmp_path):
     # two panels side by side (4.5 inches each at 100 dpi), not three
     width = Image.open(plot_curves(series, tmp_path / "curves.png")).size[0]
     assert width == 900, width
+
+
+@pytest.mark.parametrize("after", [
+    ["optim.no_decay=[]"],  # the gates move to the decayed group: groups of 3 and 3 tensors, not 2 and 4
+    ["optim.no_decay=[net.weight]", "optim.no_decay_1d=false"],  # 1 and 5
+])
+def test_resuming_with_other_groups_of_as_many_is_one_line(after, tmp_path):
+    """The split changed on resume (optim.no_decay, optim.no_decay_1d) but still two groups: torch
+    raised 'loaded state dict contains a parameter group that doesn't match the size of
+    optimizer's group' from inside Lightning's restore."""
+    from dense3d.errors import CheckpointError
+    from tests.engine.test_optim_schedule30 import SPLIT, _fit
+
+    _fit(tmp_path / "run", 2, SPLIT)
+    with pytest.raises(CheckpointError, match=r"last.ckpt: field 'optimizer_states\[0\].param_groups': expected groups of "
+                       r"\[\d, \d\] tensors, as the config's optimizer builds \(resume with optim.no_decay_1d and "
+                       r"optim.no_decay as the run had them\), got groups of \[2, 4\]"):
+        _fit(tmp_path / "run", 3, [*SPLIT, *after], resume=True)
+
+
+def test_saved_moments_of_another_shape_are_one_line(tmp_path):
+    """Groups of as many tensors as the config's, holding others (a 1-D tensor and a gate swapped
+    between them): the moments would be loaded onto tensors of another shape."""
+    from dense3d.errors import CheckpointError
+    from tests.engine.test_optim_schedule30 import SPLIT, _fit
+
+    _fit(tmp_path / "run", 2, SPLIT)  # decayed: prompts, net.weight; not: gates, net.bias, norm.*
+    with pytest.raises(CheckpointError, match=r"field 'optimizer_states\[0\].state\[\d\].exp_avg': expected the shape of "
+                       r"adapter.gates, \(2, 2\) .*got \(2, 3, 6\)"):
+        # decayed: gates, net.weight; not: prompts, net.bias, norm.* (2 and 4 tensors, as saved)
+        _fit(tmp_path / "run", 3, [*SPLIT, "optim.no_decay=[*.prompts]"], resume=True)
