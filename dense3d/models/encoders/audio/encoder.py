@@ -131,7 +131,7 @@ def _valid_frames(lengths: torch.Tensor, T: int) -> torch.Tensor:
     return torch.arange(T, device=lengths.device)[None] < lengths[:, None]
 
 
-def _masked_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def _masked_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """``bn`` over each clip's real time frames only: x (B, C, M, T), lengths (B,) real frames.
 
     The real frames of every clip are packed side by side into one (1, C, M, sum lengths) map,
@@ -279,7 +279,8 @@ class AudioEncoder(nn.Module):
         x = _masked_batch_norm(self.input_bn, logmel, n)  # padded frames: 0
         for block, ts in zip(self.blocks, self.time_strides):
             for layer in block:  # conv, BN, ReLU, conv, BN, ReLU; BN over real frames only
-                x = _masked_batch_norm(layer, x, n) if isinstance(layer, nn.BatchNorm2d) else layer(x)
+                # _BatchNorm: also the SyncBatchNorm that DDP's sync_batchnorm puts in place of BatchNorm2d
+                x = _masked_batch_norm(layer, x, n) if isinstance(layer, nn.modules.batchnorm._BatchNorm) else layer(x)
             # mean of each 2 x ts window over its real frames (the ceil_mode window of a clip alone)
             real = _valid_frames(n, x.shape[-1]).to(x.dtype)[:, None, None]  # (B, 1, 1, T)
             share = F.avg_pool2d(real, kernel_size=(1, ts), ceil_mode=True)  # (B, 1, 1, T') real share of each window

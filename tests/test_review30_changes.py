@@ -1,0 +1,53 @@
+"""Review of today's changes outside the engine (audio encoder padding, caption scorer checks)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from dense3d.models.encoders.audio.encoder import AudioEncoder
+from dense3d.structures import Batch, Sample
+from dense3d.structures.sample import AudioClip
+
+SR = 16000
+
+
+def _audio_batch(waves) -> Batch:
+    """Zero-padded (B, A, S_max) batch of (A, S_b) waveforms, as ``collate`` builds it."""
+    S = max(w.shape[1] for w in waves)
+    audio = torch.zeros(len(waves), waves[0].shape[0], S)
+    for b, w in enumerate(waves):
+        audio[b, :, : w.shape[1]] = w
+    samples = [Sample(f"s{b}", audio=AudioClip(w, SR)) for b, w in enumerate(waves)]
+    return Batch(samples, audio=audio, audio_lengths=torch.tensor([w.shape[1] for w in waves]), sample_rate=SR)
+
+
+def _noise(channels: int, samples: int, seed: int) -> torch.Tensor:
+    return 0.1 * torch.randn(channels, samples, generator=torch.Generator().manual_seed(seed))
+
+
+def test_audio_padding_stays_masked_under_ddp_sync_batch_norm():
+    """trainer=ddp sets sync_batchnorm: Lightning turns every BatchNorm2d into a SyncBatchNorm,
+    which is not a BatchNorm2d: the CNN blocks' BNs then ran over the padded frames and left
+    them non-zero, so a short clip's last frames depended on its batch again."""
+    torch.manual_seed(0)
+    enc = AudioEncoder(num_channels=2, cnn_channels=(8, 16), time_pool=4, out_channels=16, max_lag=4)
+    for bn in (m for m in enc.modules() if isinstance(m, nn.BatchNorm2d)):  # trained-like running statistics
+        bn.running_mean.uniform_(-1.0, 1.0)
+        bn.running_var.uniform_(0.5, 2.0)
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(enc))
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in synced.modules())
+    short, long = _noise(2, SR // 2, 0), _noise(2, SR, 1)
+    with torch.no_grad():
+        alone = enc.eval()(_audio_batch([short])).features[0]
+        beside = synced.eval()(_audio_batch([long, short])).features[1, : alone.shape[0]]
+    torch.testing.assert_close(beside, alone, atol=1e-5, rtol=1e-5)
+    # training: the BN statistics (running ones too) come from the real frames only, as without DDP
+    batch = _audio_batch([long, short])
+    enc.train()(batch)
+    synced.train()(batch)
+    for (name, a), (_, b) in zip(enc.named_buffers(), synced.named_buffers()):
+        torch.testing.assert_close(b, a, msg=name)
+
