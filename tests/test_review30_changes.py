@@ -51,3 +51,18 @@ def test_audio_padding_stays_masked_under_ddp_sync_batch_norm():
     for (name, a), (_, b) in zip(enc.named_buffers(), synced.named_buffers()):
         torch.testing.assert_close(b, a, msg=name)
 
+
+def test_caption_scorer_refuses_references_given_as_one_string():
+    """gts[k] as a bare string was split into its characters, each scored as a reference (no
+    error); pycocoevalcap asserts a list of reference strings."""
+    from dense3d.eval.caption_metrics import CaptionScorer
+
+    with CaptionScorer(metrics=("BLEU", "ROUGE-L", "CIDEr")) as s:
+        res = {1: ["a man walks"], 2: ["a dog barks"]}
+        with pytest.raises(ValueError, match=r"gts\[1\]: expected a list of reference captions, got 'a man walks'"):
+            s.score({1: "a man walks", 2: ["a dog barks"]}, res)
+        with pytest.raises(ValueError, match=r"pair 0: expected a string candidate and a list of >= 1 reference strings, got 'a man walks'"):
+            s.score_pairs([("a man walks", "a man walks")])
+        with pytest.raises(ValueError, match=r"pair 1: .*got \[\['a', 'dog'\]\]"):
+            s.score_pairs([("a man walks", ["a man walks"]), ("a dog barks", [["a", "dog"]])])
+        assert s.score({1: ("a man walks",), 2: ["a dog barks", "a dog"]}, res)[0]["BLEU-1"] == pytest.approx(1.0)

@@ -262,8 +262,10 @@ class CaptionScorer:
         there are several sets) and one for waiting on ``"METEOR (Java)"``."""
         for pairs in pair_sets:
             for i, (hyp, refs) in enumerate(pairs):
-                if not isinstance(hyp, str) or len(refs) == 0:
-                    raise ValueError(f"pair {i}: expected a string candidate and >= 1 reference")
+                # a bare string of references would be split into its characters, each a reference
+                if not isinstance(hyp, str) or isinstance(refs, str) or len(refs) == 0 or not all(isinstance(r, str) for r in refs):
+                    got = f"{hyp!r}" if not isinstance(hyp, str) else f"{refs!r}"
+                    raise ValueError(f"pair {i}: expected a string candidate and a list of >= 1 reference strings, got {got}")
         todo = [ps for ps in pair_sets if ps]
         bar = ensure_progress(progress)
         python_metrics = [m for m in ("CIDEr", "BLEU", "ROUGE-L") if m in self.metrics]
@@ -317,6 +319,8 @@ class CaptionScorer:
         for k in keys:  # pycocoevalcap's scorers assert one candidate per key: a second was ignored silently
             if isinstance(res[k], str) or len(res[k]) != 1:
                 raise ValueError(f"res[{k!r}]: expected a list of exactly one candidate caption, got {res[k]!r}")
+            if isinstance(gts[k], str):  # list() below would make each character a reference
+                raise ValueError(f"gts[{k!r}]: expected a list of reference captions, got {gts[k]!r}")
         pairs = [(res[k][0], list(gts[k])) for k in keys]
         return self.score_pairs(pairs)
 
