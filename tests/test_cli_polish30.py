@@ -161,3 +161,26 @@ def test_the_hint_names_plain_dense3d_demo_for_the_default_folder_and_is_absent_
     # a missing file of one's own data (not under paths.synthetic_dir): dense3d cannot make it
     with pytest.raises(AnnotationError, match=r"mine\.pkl: field '<file>': expected an existing pickle file, got missing$"):
         build(compose_config(["experiment=demo", f"data.train.info_file={tmp_path / 'mine.pkl'}"]))
+
+
+def test_resuming_a_step_checkpoint_gives_no_not_resumable_warning(tmp_path):
+    """Resuming from a checkpoint written inside an epoch printed Lightning's warning that the
+    dataloader is not resumable, while dense3d's SeededSampler goes on with the rest of the epoch
+    (SeededSampler.skip). fit() silences exactly that warning, and only during its trainer.fit."""
+    import warnings
+    from pathlib import Path
+
+    from dense3d.data.synthetic import generate_default
+
+    root = Path("data/synthetic/default")
+    generate_default(root)  # the demo's set, as tests/engine/conftest.py's synthetic_root (kept when up to date)
+    run = tmp_path / "run"
+    args = ["train", "experiment=perception_indoor", f"paths.synthetic_dir={root.resolve()}", f"paths.output_dir={run}",
+            "logger=csv", "callbacks.step_checkpoint.every_n_train_steps=1"]
+    assert main([*args, "trainer.max_steps=1"]) == 0
+    filters = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*args, "trainer.max_steps=2", "--resume", str(run / "checkpoints" / "step=1.ckpt")]) == 0
+    assert not [str(w.message) for w in caught if "not resumable" in str(w.message)]
+    assert warnings.filters == filters  # nothing left behind for the rest of the process

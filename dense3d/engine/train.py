@@ -6,14 +6,17 @@
 from __future__ import annotations
 
 import logging
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
 
 from dense3d.engine.checkpoint import SafeCheckpointIO, check_weight_shapes, load_checkpoint
-from dense3d.engine.module import SOURCE, DenseCaptionModule, RNGStateCallback
+from dense3d.engine.module import SOURCE, DenseCaptionDataModule, DenseCaptionModule, RNGStateCallback
 from dense3d.engine.schedule import RunLengthSchedule, ScheduleFromConfig, scheduler_from_config
 from dense3d.errors import ConfigError, Dense3DError
 from dense3d.utils.config import instantiate_config
@@ -34,6 +37,10 @@ class _NoLightningAdverts(logging.Filter):
 
 
 _NO_ADVERTS = _NoLightningAdverts()
+
+# The start of Lightning 2.6's warning (loops/training_epoch_loop.py) on resuming a checkpoint
+# written inside an epoch with a loader that has no state_dict; see fit().
+_NOT_RESUMABLE = re.escape("You're resuming from a checkpoint that ended before the epoch ended and your dataloader is not resumable")
 
 
 def compose_config(overrides: list[str] | None = None, config_name: str = "train", config_dir: str | Path | None = None) -> DictConfig:
@@ -288,7 +295,14 @@ def fit(cfg: DictConfig, ckpt_path: str | None = None, **trainer_overrides) -> t
     with atomic_write(out / "config.yaml") as f:
         f.write(OmegaConf.to_yaml(cfg, resolve=True))
     try:
-        trainer.fit(module, datamodule, ckpt_path=ckpt_path)
+        with warnings.catch_warnings():
+            if isinstance(datamodule, DenseCaptionDataModule):
+                # Lightning warns on every resume from a checkpoint written inside an epoch that the
+                # loader "is not resumable" (it has no state_dict): dense3d's is, without one, as
+                # DenseCaptionDataModule.train_dataloader gives its SeededSampler the epoch and the
+                # samples already trained to skip (SeededSampler.skip). That warning only, only then.
+                warnings.filterwarnings("ignore", message=_NOT_RESUMABLE, category=PossibleUserWarning)
+            trainer.fit(module, datamodule, ckpt_path=ckpt_path)
     except BaseException:
         if trainer.global_step <= resumed_step:  # nothing trained: undo what this run wrote
             undo.undo()
