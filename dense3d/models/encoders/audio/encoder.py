@@ -137,10 +137,14 @@ def _masked_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, len
     The real frames of every clip are packed side by side into one (1, C, M, sum lengths) map,
     so training statistics (and the running ones) come from real frames only, not from the
     padding of clips shorter than the batch's longest; padded frames come out as 0 (what the
-    next convolution's own zero padding reads for a clip alone). Without padding: ``bn(x)``."""
+    next convolution's own zero padding reads for a clip alone). Without padding: ``bn(x)``;
+    in eval mode (running statistics, the same for every frame) ``bn(x)`` with padded frames
+    set to 0, which is about 5 x cheaper than packing."""
     B, C, M, T = x.shape
     if bool((lengths >= T).all()):
         return bn(x)
+    if not bn.training and bn.running_mean is not None:
+        return bn(x) * _valid_frames(lengths, T).to(x.dtype)[:, None, None]  # (B, 1, 1, T) real frames
     n = [int(v) for v in lengths.clamp(max=T)]
     packed = torch.cat([x[b, :, :, : n[b]] for b in range(B)], dim=-1)[None]  # (B, C, M, T) -> (1, C, M, sum n)
     normed = bn(packed)[0].split(n, dim=-1)  # (C, M, n_b) each
