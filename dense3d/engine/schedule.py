@@ -99,8 +99,11 @@ class RunLengthSchedule:
     def run_steps(self) -> int:
         trainer = self._trainer() if self._trainer is not None else None
         warmup = self.factory.keywords.get("warmup_steps", 0) if isinstance(self.factory, functools.partial) else 0
+        shortest = (warmup if isinstance(warmup, int) and not isinstance(warmup, bool) and warmup > 0 else 0) + 1
         if trainer is None:  # the probe: the shortest schedule the warmup allows
-            return (warmup if isinstance(warmup, int) and not isinstance(warmup, bool) and warmup > 0 else 0) + 1
+            return shortest
+        if trainer.fast_dev_run:  # debug=fast_dev_run, a smoke test of the config: its one step is no run's length
+            return shortest
         loads_data = trainer.train_dataloader is None and trainer.max_epochs != -1
         steps = trainer.estimated_stepping_batches
         if loads_data and trainer.ckpt_path is not None:

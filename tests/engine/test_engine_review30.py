@@ -164,3 +164,21 @@ def test_saved_moments_of_another_shape_are_one_line(tmp_path):
                        r"adapter.gates, \(2, 2\) .*got \(2, 3, 6\)"):
         # decayed: gates, net.weight; not: prompts, net.bias, norm.* (2 and 4 tensors, as saved)
         _fit(tmp_path / "run", 3, [*SPLIT, "optim.no_decay=[*.prompts]"], resume=True)
+
+
+def test_a_smoke_test_of_a_config_with_warmup_and_the_run_length_cosine(tmp_path):
+    """debug=fast_dev_run (one step) with scheduler.warmup_steps and T_max null: the run's length,
+    1 step, refused the warmup ('expected fewer than the schedule's 1 steps'), so the smoke test
+    of a config failed where the run itself would train."""
+    from dense3d.engine.train import SOURCE
+    from dense3d.utils.config import instantiate_config
+
+    cfg = compose_config(["debug=fast_dev_run", "scheduler.warmup_steps=5", f"paths.output_dir={tmp_path}"])
+    assert cfg.scheduler.T_max is None and cfg.trainer.fast_dev_run
+    scheduler = scheduler_from_config(cfg.scheduler)
+    module = DenseCaptionModule(_Net(), instantiate_config(cfg.optim, SOURCE, "optim"), scheduler)
+    trainer = pl.Trainer(fast_dev_run=True, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, use_distributed_sampler=False)
+    scheduler.attach(trainer)
+    trainer.fit(module, DenseCaptionDataModule(_Indices(), batch_size=2, seed=0))
+    assert trainer.global_step == 1
