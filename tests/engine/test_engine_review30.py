@@ -182,3 +182,44 @@ def test_a_smoke_test_of_a_config_with_warmup_and_the_run_length_cosine(tmp_path
     scheduler.attach(trainer)
     trainer.fit(module, DenseCaptionDataModule(_Indices(), batch_size=2, seed=0))
     assert trainer.global_step == 1
+
+
+def test_a_split_one_group_checkpoint_gives_each_tensor_its_own_moments(tmp_path):
+    """The one-group checkpoint's moments, saved by position in the model's order, land on the
+    tensors of the same names in the two groups (values, not only shapes)."""
+    import copy
+
+    from dense3d.engine.checkpoint import load_checkpoint
+    from tests.engine.test_optim_schedule30 import SPLIT, ToyCaptioner, _fit, _parts
+
+    whole, _, _ = _fit(tmp_path / "run", 3, ["optim.no_decay_1d=false", "optim.no_decay=[]", *SPLIT])
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    saved = copy.deepcopy(checkpoint["optimizer_states"][0])
+    names = [n for n, p in whole.model.named_parameters() if p.requires_grad]
+    optimizer, scheduler, _ = _parts(*SPLIT)
+    module = DenseCaptionModule(ToyCaptioner(), optimizer, scheduler)
+    module.on_load_checkpoint(checkpoint)
+    opt = module.configure_optimizers()["optimizer"]
+    opt.load_state_dict(checkpoint["optimizer_states"][0])
+    assert [len(g["params"]) for g in opt.param_groups] == [2, 4]
+    params = dict(module.model.named_parameters())
+    for i, name in enumerate(names):
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt.state[params[name]][key], saved["state"][i][key]), (name, key)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_seeded_sampler_skip_on_two_ranks_leaves_out_this_ranks_batches(rank):
+    """DDP, 2 ranks, 11 samples (padded to 12): a rank resumed after 2 batches of 2 goes on with
+    its own fifth index, and the epoch after it is whole again."""
+    from dense3d.engine.module import SeededSampler
+
+    whole = SeededSampler(11, seed=3, num_replicas=2, rank=rank)
+    whole.set_epoch(1)
+    order = list(whole)
+    assert len(order) == 6
+    resumed = SeededSampler(11, seed=3, num_replicas=2, rank=rank)
+    resumed.set_epoch(1)
+    resumed.skip = 2 * 2
+    assert list(resumed) == order[4:]
+    assert list(resumed) == order  # once only
