@@ -66,3 +66,24 @@ def test_caption_scorer_refuses_references_given_as_one_string():
         with pytest.raises(ValueError, match=r"pair 1: .*got \[\['a', 'dog'\]\]"):
             s.score_pairs([("a man walks", ["a man walks"]), ("a dog barks", [["a", "dog"]])])
         assert s.score({1: ("a man walks",), 2: ["a dog barks", "a dog"]}, res)[0]["BLEU-1"] == pytest.approx(1.0)
+
+
+def test_audio_frames_of_an_odd_fft_are_the_clips_own():
+    """With an odd n_fft the STFT of S samples has (S - 1) // hop + 1 frames, not S // hop + 1:
+    a 2000-sample clip (hop 100, n_fft 401) beside a longer one counted an 11th real frame its
+    STFT does not have (masks, BN statistics, pooling), so its features differed by up to 0.19
+    from the clip alone and its mask claimed 11 of the 10 frames it has alone."""
+    torch.manual_seed(0)
+    enc = AudioEncoder(num_channels=2, n_fft=401, hop_length=100, cnn_channels=(8, 16), time_pool=2, out_channels=16, max_lag=4).eval()
+    for bn in (m for m in enc.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-1.0, 1.0)
+        bn.running_var.uniform_(0.5, 2.0)
+    short, long = _noise(2, 2000, 0), _noise(2, 4000, 1)
+    with torch.no_grad():
+        alone = enc(_audio_batch([short]))
+        beside = enc(_audio_batch([long, short]))
+    T = alone.features.shape[1]
+    assert T == enc.num_frames(2000) == 10 and alone.mask.sum() == 10 and beside.mask[1].sum() == 10
+    torch.testing.assert_close(beside.features[1, :T], alone.features[0], atol=1e-5, rtol=1e-5)
+    assert enc.stft_frames(torch.tensor([0, 99, 100, 101])).tolist() == [0, 1, 1, 2]  # (S - 1) // 100 + 1
+    assert AudioEncoder(num_channels=2, max_lag=4).stft_frames(torch.tensor([0, 159, 160])).tolist() == [1, 1, 2]  # even: S // hop + 1

@@ -177,8 +177,9 @@ class AudioEncoder(nn.Module):
         weights_path: local state_dict of this module (e.g. from a pretrained run), or None.
 
     ``forward(batch)`` reads ``batch.audio`` (B, A, S), ``batch.audio_lengths`` (B,) and
-    ``batch.sample_rate``; returns ``TemporalFeatures`` (B, T, D) with T = ceil((S // hop + 1) /
-    time_pool) frames (a clip's own: ``num_frames(audio_lengths)``, the rest masked).
+    ``batch.sample_rate``; returns ``TemporalFeatures`` (B, T, D) with T = ceil(stft_frames(S) /
+    time_pool) frames, ``stft_frames(S)`` = S // hop + 1 for an even n_fft ((S - 1) // hop + 1 for
+    an odd one) (a clip's own: ``num_frames(audio_lengths)``, the rest masked).
     """
 
     def __init__(
@@ -242,7 +243,7 @@ class AudioEncoder(nn.Module):
                 raise CheckpointError(weights_path, "state_dict", "the AudioEncoder's keys", got=f"missing {missing[:3]}")
 
     def stft(self, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(B, A, S) zero-padded waveforms, (B,) real samples -> (B, A, F, 1 + S // hop) complex
+        """(B, A, S) zero-padded waveforms, (B,) real samples -> (B, A, F, stft_frames(S)) complex
         STFT (Hann window of n_fft, MelSpectrogram's). Each clip is reflect-padded by n_fft / 2
         at its own start and end (``center=True``, as a clip alone; a clip of n_fft / 2 samples
         or fewer, too short to reflect, is padded with zeros), not at the end of the batch's padding."""
@@ -258,9 +259,13 @@ class AudioEncoder(nn.Module):
         spec = torch.stft(padded, self.n_fft, self.hop_length, window=self.window, center=False, return_complex=True)
         return spec.view(B, A, *spec.shape[1:])  # (B * A, F, T_stft) -> (B, A, F, T_stft)
 
+    def stft_frames(self, num_samples: torch.Tensor | int):
+        """STFT frames of a clip of ``num_samples`` padded by n_fft // 2 at each end (torch.stft(center=True)):
+        S // hop + 1 for an even n_fft, (S - 1) // hop + 1 for an odd one."""
+        return (num_samples + 2 * (self.n_fft // 2) - self.n_fft) // self.hop_length + 1
+
     def num_frames(self, num_samples: torch.Tensor | int):
-        stft_frames = num_samples // self.hop_length + 1  # torch.stft(center=True)
-        return (stft_frames + self.time_pool - 1) // self.time_pool
+        return (self.stft_frames(num_samples) + self.time_pool - 1) // self.time_pool
 
     def forward(self, batch) -> TemporalFeatures:
         audio = batch.audio
@@ -277,7 +282,7 @@ class AudioEncoder(nn.Module):
         # One STFT for the log-mel and GCC-PHAT, each clip padded at its own ends: a clip's frames
         # are the same alone and beside a longer clip (padded frames masked below).
         spec = self.stft(audio, lengths)  # (B, A, F, T_stft)
-        n = lengths // self.hop_length + 1  # (B,) real STFT frames per clip
+        n = self.stft_frames(lengths)  # (B,) real STFT frames per clip
         power = spec.abs().pow(2)  # (B, A, F, T_stft), MelSpectrogram(power=2)
         logmel = (self.mel.mel_scale(power) + 1e-6).log()  # (B, A, M, T_stft)
         x = _masked_batch_norm(self.input_bn, logmel, n)  # padded frames: 0
@@ -298,7 +303,7 @@ class AudioEncoder(nn.Module):
             # GCC and SRP are linear in the cross-spectrum: average each output frame's STFT
             # frames first (the same as averaging their correlations, time_pool x less work),
             # each clip's real STFT frames only
-            real = _valid_frames(lengths // self.hop_length + 1, spec.shape[-1])  # (B, T_stft)
+            real = _valid_frames(self.stft_frames(lengths), spec.shape[-1])  # (B, T_stft)
             cross = _mean_pool_time(phat_cross_spectrum(spec, self.srp_pairs), self.time_pool, real)[..., :T]  # (B, P, F, T)
             if self.gcc_proj is not None:
                 cc = torch.fft.irfft(cross, n=self.n_fft, dim=2)  # (B, P, n_fft, T), lag 0 at index 0
