@@ -193,3 +193,18 @@ def test_synthetic_favd_keeps_its_four_microphones():
         cfg = compose("train", overrides=["data=synthetic_favd", "sensors=audio_video"])
     pipeline = instantiate(cfg.data.transforms)
     assert "channels" not in pipeline.transforms and "resample" in pipeline.transforms
+
+
+def test_an_audio_encoder_of_other_channels_names_the_file():
+    """A stereo soundtrack read without the downmix, for the 4-microphone encoder: the one-line
+    error named 'Batch', not the file, and not the way out (the mono encoder)."""
+    from dense3d.models.encoders.audio.encoder import AudioEncoder
+    from dense3d.structures import AudioClip
+
+    path = str(Path("clips") / "st.mp3")
+    clip = AudioClip(torch.zeros(2, 16000), 16000, source=path)
+    enc = AudioEncoder(num_channels=4, sample_rate=16000, cnn_channels=(8, 16), time_pool=4, out_channels=16, max_lag=8)
+    with pytest.raises(AudioError) as e:
+        enc(collate([Sample("st", audio=clip)]))
+    msg = str(e.value)
+    assert msg.startswith(path) and "audio channels" in msg and "mono.yaml" in msg and msg.endswith("got 2") and "\n" not in msg

@@ -306,3 +306,17 @@ def test_detector_gives_the_same_video_time_axis_for_starts_and_centres():
     assert torch.equal(a.times, b.times)
     assert float(a.durations[0]) == pytest.approx(2.0) and float(b.durations[0]) == pytest.approx(2.0)
     assert torch.allclose(a.regions.geometry, b.regions.geometry) and torch.allclose(a.regions.tokens, b.regions.tokens)
+
+
+def test_video_only_clip_read_below_its_native_rate_lasts_its_kept_frames():
+    """A 2 s clip of 8 fps video read at 4 fps keeps starts 0, 0.25, ..., 1.75; the encoder puts
+    each kept frame at its native centre (start + 1/16 s). The clip lasts 2.0 s (last start plus
+    the kept gap); from the encoder's times (last centre plus half the kept gap) it came out
+    1.9375 s, and every event's normalised span was stretched by that much."""
+    batch = av_batch([(0.5, 0.4, 1.2, 0)])
+    batch.audio = batch.audio_lengths = None
+    batch.video_timestamps = (torch.arange(8) * 0.25)[None]  # (1, 8) kept frame starts
+    batch.video_frame_duration = torch.tensor([1 / 8])  # the video's native frame period
+    out = _detector().eval()(batch)
+    assert float(out.times[0, 0]) == pytest.approx(1 / 16)  # native centres
+    assert float(out.durations[0]) == pytest.approx(2.0)

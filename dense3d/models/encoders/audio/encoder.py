@@ -269,8 +269,13 @@ class AudioEncoder(nn.Module):
 
     def forward(self, batch) -> TemporalFeatures:
         audio = batch.audio
-        if audio is None or audio.dim() != 3 or audio.shape[1] != self.num_channels:
+        if audio is None or audio.dim() != 3:
             raise AudioError("Batch", "audio", f"a (B, {self.num_channels}, S) waveform", got=None if audio is None else tuple(audio.shape))
+        if audio.shape[1] != self.num_channels:  # name the file: a stereo soundtrack for a 4-microphone encoder, say
+            clips = [getattr(s, "audio", None) for s in getattr(batch, "samples", None) or []]
+            source = next((c.source for c in clips if c is not None), "Batch")
+            raise AudioError(source, "audio channels", f"{self.num_channels} (this audio encoder's num_channels; a mono or stereo "
+                             "soundtrack: configs/model/audio/mono.yaml with AudioChannels(num_channels=1))", got=int(audio.shape[1]))
         if batch.sample_rate is not None and int(batch.sample_rate) != self.sample_rate:
             raise AudioError("Batch", "sample_rate", f"{self.sample_rate} Hz (resample in the data pipeline)", got=batch.sample_rate)
         if not audio.is_floating_point():  # int16 PCM taken as it is would be 32768 x too loud (and torch.stft refuses it)

@@ -44,8 +44,9 @@ class EventDetector(nn.Module):
 
     The time axis is the audio frames when the batch has audio (video is resampled onto it; the
     clip lasts as long as its audio), else the video frames' centres (the video encoder's
-    ``TemporalFeatures.times``): a clip of N frames at f fps lasts N / f, the last centre plus
-    half a frame period (:func:`~dense3d.models.proposals.events.event_head.clip_durations`). ``forward(batch) -> EventDetectorOutput``; ``loss(output, batch)``
+    ``TemporalFeatures.times``): a clip of N kept frames, f a second, lasts N / f: the last
+    frame's start plus the gap between kept frames (given centres: the last centre plus half that
+    gap; :func:`~dense3d.models.proposals.events.event_head.clip_durations`). ``forward(batch) -> EventDetectorOutput``; ``loss(output, batch)``
     with targets from ``batch.samples[b].events`` (labels, spans in seconds, azimuth; labels
     through :meth:`head_labels`); spans running past the clip's duration end with it, events
     starting after it are left out.
@@ -96,8 +97,13 @@ class EventDetector(nn.Module):
         if audio is not None:
             lengths = batch.audio_lengths if batch.audio_lengths is not None else torch.full((len(batch),), batch.audio.shape[-1])
             durations = lengths.to(ref.features.device).float() / float(batch.sample_rate or self.audio_encoder.sample_rate)
-        else:  # the end of the last frame: 8 frames at 4 fps (centres 0.125, ..., 1.875) last 2.0 s
-            # the encoder's times are centres whatever the batch's timestamps mark: it moved starts already
+        elif self.video_timestamps == "starts":
+            # the last kept frame's start plus the gap between kept frames: a 10 s clip at 8 fps read at
+            # 2 fps keeps starts 0, 0.5, ..., 9.5 and lasts 10.0 s. Not from the encoder's times: they
+            # are the frames' native centres (9.5 + 1/16 s), half a *native* frame past the starts
+            mask = batch.video_mask if batch.video_mask is not None else torch.ones_like(batch.video_timestamps, dtype=torch.bool)
+            durations = clip_durations(batch.video_timestamps.to(ref.times), mask.to(ref.mask.device), frame_starts=True)
+        else:  # given centres: 8 frames at 4 fps (centres 0.125, ..., 1.875) last 2.0 s
             durations = clip_durations(ref.times, ref.mask, frame_starts=False)
         fused = self.temporal_fuser(audio.features if audio is not None else None, video.features if video is not None else None, ref.times, ref.mask)
         directions = audio.directions if audio is not None else None

@@ -62,7 +62,7 @@ def clip_durations(times: torch.Tensor, mask: torch.Tensor, frame_starts: bool) 
     n = mask.sum(dim=1)  # (B,) real frames per clip
     last = torch.where(mask, times, torch.full_like(times, -torch.inf)).amax(dim=1)  # (B,)
     last = torch.where(n > 0, last, torch.zeros_like(last))  # a clip without frames starts and ends at 0
-    period = frame_periods(times, mask)  # (B,), the encoder's frame_centres shift starts by half of it
+    period = frame_periods(times, mask)  # (B,) mean gap between the clip's kept frames
     return last + (period if frame_starts else period / 2)
 
 
