@@ -372,8 +372,14 @@ class DenseCaptionDataModule(pl.LightningDataModule):
         rank = trainer.global_rank if trainer is not None else 0
         # pad: training only (equal steps per rank); evaluation sees each sample once
         sampler = SeededSampler(len(dataset), self.seed, shuffle, replicas, rank, pad=pad)
+        # The loader's own generator: each iterator it makes draws its workers' base seed from it,
+        # not from torch's global generator, whose state a checkpoint saves (RNGStateCallback). A
+        # resumed run makes an iterator where the uninterrupted run made none (inside an epoch,
+        # or once more when Lightning counted the run's steps first), and that draw shifted every
+        # later dropout mask and augmentation: the run was not the uninterrupted one.
+        generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=self.collate_fn, persistent_workers=self.num_workers > 0)
+                          collate_fn=self.collate_fn, persistent_workers=self.num_workers > 0, generator=generator)
 
     def train_dataloader(self):
         loader = self._loader(self.train_set, shuffle=self.shuffle, pad=True)

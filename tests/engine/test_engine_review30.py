@@ -13,8 +13,8 @@ from dense3d.engine.train import compose_config
 from tests.engine.test_optim_schedule30 import _Indices, _Net
 
 
-def _epochs_run(out, resume, workers, ckpt=None):
-    """Two epochs of 4 steps (8 samples, batch 2) under trainer.max_epochs with the default
+def _epochs_run(out, resume, workers, ckpt=None, net=_Net):
+    """Three epochs of 4 steps (8 samples, batch 2) under trainer.max_epochs with the default
     cosine (T_max null: the run's length, warmup 1), a checkpoint at every step; the samples of
     each step, and the module."""
     seen = {}
@@ -25,12 +25,12 @@ def _epochs_run(out, resume, workers, ckpt=None):
 
     pl.seed_everything(0, workers=True, verbose=False)
     scheduler = scheduler_from_config(compose_config(["scheduler.warmup_steps=1"]).scheduler)
-    module = DenseCaptionModule(_Net(), torch.optim.AdamW, scheduler)
+    module = DenseCaptionModule(net(), torch.optim.AdamW, scheduler)
     callbacks = [RNGStateCallback(), Record(), pl.callbacks.ModelCheckpoint(dirpath=out, save_last=True, every_n_epochs=1),
                  pl.callbacks.ModelCheckpoint(dirpath=out, filename="{step}", every_n_train_steps=1, save_top_k=-1)]
     if resume:
         callbacks.append(ScheduleFromConfig())
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, plugins=[SafeCheckpointIO()], logger=False,
+    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", devices=1, plugins=[SafeCheckpointIO()], logger=False,
                          enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
                          callbacks=callbacks)
     scheduler.attach(trainer)  # as dense3d.engine.train.build does
@@ -49,7 +49,32 @@ def test_a_max_epochs_run_with_the_run_length_cosine_resumes_its_epoch(step, wor
     whole, whole_module = _epochs_run(tmp_path / "whole", False, workers)
     _epochs_run(tmp_path / "cut", False, workers)
     resumed, module = _epochs_run(tmp_path / "cut", True, workers, ckpt=f"step={step}.ckpt")
-    assert sorted(resumed) == list(range(step, 8))
+    assert sorted(resumed) == list(range(step, 12))
+    assert {s: whole[s] for s in resumed} == resumed, (whole, resumed)
+    for a, b in zip(whole_module.state_dict().values(), module.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+class _DropoutNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
+
+    def forward(self, batch):
+        return {"mse": torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])}
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("step", [5, 4])  # inside the second epoch, at the first one's last batch
+def test_a_resumed_run_draws_the_uninterrupted_runs_dropout(step, workers, tmp_path):
+    """Every iterator a DataLoader makes drew its workers' base seed from torch's global generator:
+    a run resumed inside an epoch makes one the uninterrupted run did not (and a run of
+    trainer.max_epochs with T_max null one more, to count its steps), so each later dropout mask
+    differed from the uninterrupted run's (with RNGStateCallback restoring that generator)."""
+    whole, whole_module = _epochs_run(tmp_path / "whole", False, workers, net=_DropoutNet)
+    _epochs_run(tmp_path / "cut", False, workers, net=_DropoutNet)
+    resumed, module = _epochs_run(tmp_path / "cut", True, workers, ckpt=f"step={step}.ckpt", net=_DropoutNet)
     assert {s: whole[s] for s in resumed} == resumed, (whole, resumed)
     for a, b in zip(whole_module.state_dict().values(), module.state_dict().values()):
         assert torch.equal(a, b)
