@@ -102,8 +102,8 @@ class RunLengthSchedule:
         shortest = (warmup if isinstance(warmup, int) and not isinstance(warmup, bool) and warmup > 0 else 0) + 1
         if trainer is None:  # the probe: the shortest schedule the warmup allows
             return shortest
-        if trainer.fast_dev_run:  # debug=fast_dev_run, a smoke test of the config: its one step is no run's length
-            return shortest
+        if trainer.fast_dev_run:  # debug=fast_dev_run, a smoke test of the config: its steps are no run's length
+            return max(shortest, int(trainer.fast_dev_run))
         loads_data = trainer.train_dataloader is None and trainer.max_epochs != -1
         steps = trainer.estimated_stepping_batches
         if loads_data and trainer.ckpt_path is not None:
