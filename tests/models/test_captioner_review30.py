@@ -1,0 +1,154 @@
+"""Review 30 of the caption decoder path, as a user who brings their own LLaMA-family checkpoint
+meets it: Llama variants under the adapter, loading errors, BOS, batched generation."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from dense3d.errors import CheckpointError, ConfigError
+from dense3d.models.captioner.decoder import load_llama, tiny_llama, word_tokenizer
+from dense3d.models.captioner.generate import generate_captions, prompt_ids, teacher_forcing_batch
+from dense3d.models.captioner.llama_adapter import LlamaAdapter
+
+WORDS = ["describe the object. a red car parked near the tree", "blue truck sound horn"]
+PROMPT = "describe the object."
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return word_tokenizer(WORDS)
+
+
+def _variant(tok, family: str, **kw):
+    """A tiny random causal LM of ``family`` (transformers' own classes, nothing downloaded)."""
+    import transformers
+
+    cfg_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+    }[family]
+    base = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                pad_token_id=0, bos_token_id=1, eos_token_id=2, initializer_range=0.2)
+    base.update(kw)
+    torch.manual_seed(0)
+    return model_cls(cfg_cls(**base)).eval()
+
+
+VARIANTS = {
+    "gqa": ("llama", {}),
+    "mqa": ("llama", {"num_key_value_heads": 1}),
+    "mha": ("llama", {"num_key_value_heads": 4}),
+    "rope_llama3": ("llama", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}),
+    "tied": ("llama", {"tie_word_embeddings": True}),
+    "attention_bias": ("llama", {"attention_bias": True}),
+    "head_dim_32": ("llama", {"head_dim": 32}),  # 4 heads of 32 on a hidden size of 64
+    "mistral": ("mistral", {}),
+    "qwen2": ("qwen2", {}),  # q/k/v biases
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_llama_variants_are_exact_at_init_train_and_batch_like_one_at_a_time(tok, name):
+    family, kw = VARIANTS[name]
+    model = _variant(tok, family, **kw)
+    ids = tok([PROMPT + " a red car"] * 3, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        ref = model(**ids).logits
+    adapter = LlamaAdapter(64, 4, num_layers=2, prompt_len=5)
+    adapter.attach(model)
+    visual = torch.randn(3, 5, 64, generator=torch.Generator().manual_seed(1)) * 3
+    with adapter.conditioned_on(visual), torch.no_grad():
+        assert torch.equal(model(**ids).logits, ref)  # zero gates: the frozen model exactly
+    with torch.no_grad():
+        adapter.gates.fill_(0.5)
+    with adapter.conditioned_on(visual):
+        model(**ids).logits.square().mean().backward()
+    assert float(adapter.prompts.grad.abs().sum()) > 0 and float(adapter.gates.grad.abs().sum()) > 0
+    batched, _ = generate_captions(model, adapter, tok, visual, PROMPT, 6)
+    single, _ = generate_captions(model, adapter, tok, visual, PROMPT, 6, batch_size=1)
+    assert batched == single
+
+
+# ---------------------------------------------------------------------------- loading errors
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory, tok):
+    folder = tmp_path_factory.mktemp("llama") / "good"
+    tiny_llama(len(tok)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _one_line_naming(err: Exception, path) -> None:
+    text = str(err)
+    assert "\n" not in text and str(path) in text, text
+
+
+def test_a_local_llama_loads(good_checkpoint):
+    model, tok = load_llama(good_checkpoint)
+    assert type(model).__name__ == "LlamaForCausalLM" and tok.eos_token == "</s>"
+
+
+@pytest.mark.parametrize("damage", ["no_config", "no_weights", "no_tokenizer", "bad_config", "truncated_weights"])
+def test_an_unreadable_checkpoint_is_one_line_naming_the_folder(good_checkpoint, tmp_path, damage):
+    folder = tmp_path / damage
+    shutil.copytree(good_checkpoint, folder)
+    if damage == "no_config":
+        (folder / "config.json").unlink()
+    elif damage == "no_weights":
+        (folder / "model.safetensors").unlink()
+    elif damage == "no_tokenizer":
+        for f in folder.glob("tokenizer*"):
+            f.unlink()
+    elif damage == "bad_config":
+        (folder / "config.json").write_text("{not json")
+    else:
+        data = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as err:
+        load_llama(folder)
+    _one_line_naming(err.value, folder)
+
+
+def test_a_checkpoint_of_another_family_is_one_line_naming_the_folder(tmp_path, tok):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=len(tok))).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    with pytest.raises(CheckpointError, match="model_type") as err:
+        load_llama(folder)
+    _one_line_naming(err.value, folder)
+    assert "gpt2" in str(err.value)
+
+
+def test_a_missing_or_foreign_gguf_is_one_line_naming_the_file(good_checkpoint, tmp_path):
+    gguf = pytest.importorskip("gguf")
+    with pytest.raises(CheckpointError, match="gguf_file") as err:
+        load_llama(good_checkpoint, gguf_file="missing.gguf")
+    _one_line_naming(err.value, good_checkpoint / "missing.gguf")
+    writer = gguf.GGUFWriter(str(tmp_path / "bert.gguf"), arch="bert")  # an architecture, not a LLaMA
+    writer.add_block_count(1)
+    writer.add_context_length(32)
+    writer.add_embedding_length(8)
+    writer.add_tensor("token_embd.weight", np.zeros((10, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(CheckpointError) as err:
+        load_llama(tmp_path, gguf_file="bert.gguf")
+    _one_line_naming(err.value, tmp_path / "bert.gguf")
+
+
+def test_attaching_the_adapter_to_another_family_is_a_config_error(tok):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=64, n_head=4, vocab_size=len(tok)))
+    with pytest.raises(ConfigError, match="model_type.*gpt2"):
+        LlamaAdapter(64, 4, num_layers=1, prompt_len=2).attach(model)
