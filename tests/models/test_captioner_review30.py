@@ -152,3 +152,40 @@ def test_attaching_the_adapter_to_another_family_is_a_config_error(tok):
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=64, n_head=4, vocab_size=len(tok)))
     with pytest.raises(ConfigError, match="model_type.*gpt2"):
         LlamaAdapter(64, 4, num_layers=1, prompt_len=2).attach(model)
+
+
+# ---------------------------------------------------------------------------- BOS
+def _bos_tokenizer(add_eos: bool = False):
+    """The word tokenizer with a Llama-style post-processor: ``<s>`` before every text (and ``</s>``
+    after it with ``add_eos``), as Llama 2 / Llama 3 tokenizers do."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = word_tokenizer(WORDS)
+    single = "<s> $A </s>" if add_eos else "<s> $A"
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=single, special_tokens=[("<s>", tok.bos_token_id), ("</s>", tok.eos_token_id)])
+    return tok
+
+
+@pytest.mark.parametrize("add_eos", [False, True])
+def test_a_tokenizer_that_puts_a_bos_first_gets_it_before_the_prompt(add_eos):
+    tok = _bos_tokenizer(add_eos)
+    plain = tok(PROMPT, add_special_tokens=False)["input_ids"]
+    assert tok(PROMPT)["input_ids"][0] == tok.bos_token_id  # what the LLM was trained to read first
+    assert prompt_ids(tok, PROMPT) == [tok.bos_token_id] + plain  # never the eos after it
+    batch = teacher_forcing_batch(tok, [PROMPT], ["a red car"], 8)
+    assert batch["input_ids"][0, 0] == tok.bos_token_id
+    assert (batch["labels"][0] != -100).sum() == 4  # "a red car" + eos: the BOS is not a label
+    model = tiny_llama(len(tok), num_layers=2).eval()
+    adapter = LlamaAdapter(64, 4, num_layers=1, prompt_len=2)
+    adapter.attach(model)
+    _, seqs = generate_captions(model, adapter, tok, torch.zeros(1, 2, 64), PROMPT, 4)
+    ids = torch.tensor([[tok.bos_token_id] + plain])  # (1, 1 + P): generation reads the BOS too
+    ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+    assert seqs[0] == ref[: ref.index(tok.eos_token_id) + 1] if tok.eos_token_id in ref else seqs[0] == ref
+
+
+def test_tokenizers_without_a_bos_keep_their_prompt_ids(tok):
+    assert prompt_ids(tok, PROMPT) == tok(PROMPT, add_special_tokens=False)["input_ids"]
+    assert prompt_ids(tok, "") == []

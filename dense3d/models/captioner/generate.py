@@ -2,9 +2,10 @@
 
 Sequence layout (training and generation alike)::
 
-    [prompt tokens ("Describe the object.")] [caption tokens] [eos]
+    [bos, if the tokenizer adds one] [prompt tokens ("Describe the object.")] [caption tokens] [eos]
 
-No chat template and no BOS: the same ids are built here for both, so what the adapter
+No chat template; a BOS first where the tokenizer puts one before a text (Llama 2 / 3; not
+SmolLM2's, :func:`prompt_ids`). The same ids are built here for both, so what the adapter
 learns in training is exactly what generation conditions on. All regions of one kind share
 one prompt, so a generation batch needs no padding; transformers' ``generate`` runs greedy
 search (default, deterministic) or beam search with its KV cache, while
@@ -26,8 +27,17 @@ IGNORE = -100  # label of tokens without loss (prompt, padding)
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """Token ids of a text prompt (no special tokens)."""
-    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    """Token ids of a text prompt, after the special tokens the tokenizer puts before a text (the BOS
+    of Llama 2 / Llama 3 tokenizers; none for SmolLM2's or
+    :func:`~dense3d.models.captioner.decoder.word_tokenizer`'s), never those it puts after one (an
+    eos would end the caption before it starts). A LLaMA trained with a BOS first reads a text
+    without one badly (the first token is where its attention rests)."""
+    plain = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    full = tokenizer(prompt)["input_ids"]
+    for k in range(len(full) - len(plain) + 1):  # where the plain ids start among the special ones
+        if full[k : k + len(plain)] == plain:
+            return full[:k] + plain
+    return plain
 
 
 def caption_ids(tokenizer, caption: str, max_tokens: int) -> list[int]:
