@@ -114,11 +114,27 @@ def find_run(path: Path) -> tuple[Path, Path]:
     cfg = path / "config.yaml"
     if not cfg.exists():
         raise CheckpointError(path, "config.yaml", "a run folder (config.yaml + checkpoints/) or a checkpoint folder")
-    # the newest last*.ckpt (Lightning writes last-v1.ckpt when a folder already held last.ckpt), else the newest
-    ckpts = sorted((path / "checkpoints").glob("*.ckpt"), key=lambda p: (not p.name.startswith("last"), -p.stat().st_mtime))
+    # the checkpoint of the most optimizer steps (meta.json's global_step): a step checkpoint (step=N.ckpt,
+    # callbacks.step_checkpoint) written after the epoch's last.ckpt holds the newer weights; among as many
+    # steps, or in folders written before global_step was recorded, the newest last*.ckpt (Lightning writes
+    # last-v1.ckpt when a folder already held last.ckpt), else the newest
+    ckpts = sorted((path / "checkpoints").glob("*.ckpt"),
+                   key=lambda p: (_global_step(p), p.name.startswith("last"), p.lstat().st_mtime), reverse=True)
     if not ckpts:
         raise CheckpointError(path / "checkpoints", "*.ckpt", "a checkpoint folder written by dense3d")
     return cfg, ckpts[0]
+
+
+def _global_step(ckpt: Path) -> int:
+    """The optimizer steps a checkpoint folder records in its meta.json (-1: not recorded, or unreadable:
+    loading it reports that in one line)."""
+    import json
+
+    try:
+        step = json.loads((ckpt / "meta.json").read_text()).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        return -1
+    return step if isinstance(step, int) and not isinstance(step, bool) else -1
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu", regions: str = "proposals",

@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="hydra overrides of configs/train.yaml, e.g. experiment=demo "
                    "trainer.max_steps=500 task_name=demo_500 (the run goes to outputs/<task_name>)")
     p.add_argument("--resume", default=None, help="checkpoint folder to resume from (its run folder, same config), "
-                   "or 'last': the run folder's newest last*.ckpt")
+                   "or 'last': the run folder's checkpoint of the most steps (last.ckpt, or a newer step=N.ckpt)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("predict", help="caption a data split with a trained run -> predictions JSON")

@@ -109,6 +109,7 @@ def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> P
         meta = {
             "format_version": FORMAT_VERSION,
             "hyper_parameters": hparams,
+            "global_step": checkpoint.get("global_step"),  # read alone by dense3d.api.find_run (the newest of a run's checkpoints)
             "files": {name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size} for name in (WEIGHTS, STATE)},
         }
         with open(tmp / META, "w") as f:

@@ -272,7 +272,7 @@ def fit(cfg: DictConfig, ckpt_path: str | None = None, **trainer_overrides) -> t
     ``config.yaml`` where it resumed."""
     out = Path(cfg.paths.output_dir)
     ckpt_path = ckpt_path or cfg.get("ckpt_path")
-    if ckpt_path == "last":  # Lightning's shorthand: this run folder's newest last*.ckpt
+    if ckpt_path == "last":  # Lightning's shorthand: this run folder's checkpoint of the most steps (api.find_run)
         from dense3d.api import find_run
 
         ckpt_path = str(find_run(out)[1])

@@ -277,3 +277,28 @@ def test_weighted_loss_terms_are_also_logged_unweighted(synthetic_root, tmp_path
     for r in rows:
         assert float(r["train/det_heatmap_unweighted"]) == pytest.approx(float(r["train/det_heatmap"]) / 2, rel=1e-5)
     assert not any(k.startswith("train/loss_unweighted") for k in rows[0])
+
+
+def test_the_run_s_checkpoint_is_the_one_of_the_most_steps(tmp_path):
+    """callbacks.step_checkpoint writes step=N.ckpt between the epoch's last.ckpt: after a crash
+    late in an epoch `--resume last` and `dense3d eval` took last.ckpt, up to an epoch older than
+    the newest step checkpoint. meta.json records the global step; the most steps win, last*.ckpt
+    among as many; folders written before it keep the newest last*.ckpt."""
+    from dense3d.engine.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {}\n")
+    ck = run / "checkpoints"
+    for name, step in [("step=8.ckpt", 8), ("epoch=0-step=6.ckpt", 6), ("last.ckpt", 6), ("step=4.ckpt", 4)]:
+        save_checkpoint({"state_dict": {}, "global_step": step}, ck / name)  # last.ckpt written after step=8
+    assert api.find_run(run)[1] == ck / "step=8.ckpt"
+    save_checkpoint({"state_dict": {}, "global_step": 8}, ck / "last.ckpt")  # an epoch ending at step 8
+    assert api.find_run(run)[1] == ck / "last.ckpt"
+    # written before meta.json recorded the step: the newest last*.ckpt, as before
+    old = tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "config.yaml").write_text("model: {}\n")
+    for name in ["last.ckpt", "epoch=1-step=9.ckpt"]:
+        save_checkpoint({"state_dict": {}}, old / "checkpoints" / name)
+    assert api.find_run(old)[1] == old / "checkpoints" / "last.ckpt"
