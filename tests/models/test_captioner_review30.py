@@ -189,3 +189,38 @@ def test_a_tokenizer_that_puts_a_bos_first_gets_it_before_the_prompt(add_eos):
 def test_tokenizers_without_a_bos_keep_their_prompt_ids(tok):
     assert prompt_ids(tok, PROMPT) == tok(PROMPT, add_special_tokens=False)["input_ids"]
     assert prompt_ids(tok, "") == []
+
+
+# ---------------------------------------------------------------------------- no regions
+def _no_regions(kind: str, B: int = 2, dim: int = 32) -> "RegionFeatures":
+    from dense3d.structures.sample import RegionFeatures
+
+    g = 7 if kind == "box" else 2
+    return RegionFeatures(kind, torch.zeros(B, 0, dim), torch.zeros(B, 0, g), torch.zeros(B, 0),
+                          torch.zeros(B, 0, dtype=torch.long), torch.zeros(B, 0, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("target_order", [0, 1])
+def test_a_batch_without_any_region_trains_generates_and_scores_nothing(target_order):
+    """R = 0 (no proposal in any scene of the batch) crashed in BiCA's attention ("cannot reshape
+    tensor of 0 elements"); now no caption, a zero loss with a graph, and the other kind unchanged."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_captioner import oracle_scene, tiny_captioner
+
+    kw = {"neighbour_queries": 1, "target_order": 1} if target_order else {}
+    model = tiny_captioner(**kw).eval()
+    regions, ctx, caps = oracle_scene()
+    none = _no_regions("box")
+    assert model.generate(none, ctx) == [[], []]
+    out = model(none, ctx, [[], []])
+    assert int(out["num_captions"]) == 0 and float(out["loss_caption"]) == 0.0
+    assert out["loss_caption"].requires_grad
+    assert float(model.scst_loss(none, ctx, [[], []])["loss_scst"]) == 0.0
+    events = _no_regions("event")
+    alone = model.generate(regions, ctx)  # the boxes' captions do not change beside a kind of no regions
+    both = model.generate([regions, events], ctx)
+    assert [[c.text for c in s] for s in both] == [[c.text for c in s] for s in alone]
+    assert int(model([regions, events], ctx, [caps, [[], []]])["num_captions"]) == 8

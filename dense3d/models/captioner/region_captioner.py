@@ -15,6 +15,7 @@ Only BiCA, the Q-Former and the adapter train; the LLM stays frozen (``FrozenDec
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
@@ -61,6 +62,21 @@ def bf16_is_fast(device: torch.device) -> bool:
         except (AttributeError, RuntimeError):
             return False
     return False
+
+
+def _one_padding_region(r: RegionFeatures) -> RegionFeatures:
+    """``r`` of no regions (B, 0, ...) as one masked padding region (B, 1, ...): zero features and
+    scores, label -1, unit-size boxes (zero spans) at the origin, as the detectors pad."""
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return t.new_zeros((t.shape[0], 1, *t.shape[2:]))  # (B, 0, ...) -> (B, 1, ...)
+
+    geometry = pad(r.geometry)
+    if geometry.shape[-1] == 7:  # boxes: unit sizes, no degenerate box
+        geometry[..., 3:6] = 1.0
+    return dataclasses.replace(r, features=pad(r.features), geometry=geometry, scores=pad(r.scores),
+                               labels=pad(r.labels) - 1, mask=pad(r.mask),
+                               tokens=None if r.tokens is None else pad(r.tokens),
+                               extra={k: pad(t) for k, t in r.extra.items()})
 
 
 def region_record(r: RegionFeatures, b: int, i: int, names: Sequence[str], text: str) -> DenseCaption:
@@ -165,6 +181,15 @@ class RegionCaptioner(nn.Module):
         enabled = bf16_is_fast(dev) if self.llm_autocast is None else self.llm_autocast
         return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=enabled)
 
+    def _zero_loss(self, visual: list[torch.Tensor]) -> torch.Tensor:
+        """A zero loss with a graph (``backward`` works, every trained part gets a zero gradient):
+        through the visual tokens, or, where none has one (no region at all, R = 0), through the
+        trainable parameters."""
+        zero = sum(v.sum() for v in visual) * 0.0
+        if isinstance(zero, torch.Tensor) and zero.requires_grad or not torch.is_grad_enabled():
+            return zero
+        return sum(p.sum() for p in self.trainable_parameters()) * 0.0
+
     def trainable_parameters(self):
         """Parameters that train (BiCA, Q-Former, adapter): everything but the LLM."""
         return [p for p in self.parameters() if p.requires_grad]
@@ -175,6 +200,19 @@ class RegionCaptioner(nn.Module):
         return self._encode(_as_list(regions), context)[0]
 
     def _encode(self, regions: list[RegionFeatures], context, captions=None):
+        """:meth:`_encode_regions`, also for a kind with no regions at all (R = 0: no proposal in
+        any scene of the batch), whose attention BiCA and the Q-Former cannot reshape: it runs as
+        one masked padding region (as the detectors pad), and its visual tokens are (B, 0, K, H)."""
+        empty = [r.mask.shape[1] == 0 for r in regions]
+        if not any(empty):
+            return self._encode_regions(regions, context, captions)
+        padded = [_one_padding_region(r) if e else r for r, e in zip(regions, empty)]
+        if captions is not None:  # B lists of 0 captions -> B lists of one None (no loss there)
+            captions = [[[None] for _ in c] if e else c for c, e in zip(captions, empty)]
+        visual, loss, n = self._encode_regions(padded, context, captions)
+        return [v[:, :0] if e else v for v, e in zip(visual, empty)], loss, n  # (B, 1, K, H) -> (B, 0, K, H)
+
+    def _encode_regions(self, regions: list[RegionFeatures], context, captions=None):
         """Visual tokens per kind and, with the Q-Former's ``target_order`` and ``captions``, the
         target head's loss: the captions' targets take the first neighbour slots (teacher
         forcing) and the head learns to pick them. A kind without class names has no labels: its
@@ -273,7 +311,7 @@ class RegionCaptioner(nn.Module):
         extra = {} if target_loss is None else {"loss_target": target_loss, "num_target_terms": torch.tensor(n_target)}
         vis, prompts, caps, spans = self._gather(regions, visual, captions)
         if not vis:
-            zero = sum(v.sum() for v in visual) * 0.0
+            zero = self._zero_loss(visual)
             return {"loss_caption": zero, "num_captions": torch.zeros((), dtype=torch.long), **extra}
         lm, tok = self._lm(), self.decoder.tokenizer
         batch = teacher_forcing_batch(tok, prompts, caps, self.max_caption_tokens, device=vis[0].device,
@@ -346,7 +384,7 @@ class RegionCaptioner(nn.Module):
             rs.append(r_s)
             rg.append(r_g)
         if not losses:
-            zero = sum(v.sum() for v in visual) * 0.0
+            zero = self._zero_loss(visual)
             return {"loss_scst": zero, "reward_sample": torch.zeros(()), "reward_greedy": torch.zeros(())}
         n = sum(len(x) for x in rs)
         return {"loss_scst": sum(losses) / n, "reward_sample": torch.cat(rs).mean(), "reward_greedy": torch.cat(rg).mean()}
