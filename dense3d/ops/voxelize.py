@@ -25,6 +25,50 @@ from dense3d.ops._ref import voxelize as _ref_vox
 __all__ = ["voxelize", "voxelize_batch", "voxel_grid_size"]
 
 
+class _VoxelizeHardExt(torch.autograd.Function):
+    """``dense3d._C.voxelize_hard`` with a backward: each kept point gets the gradient of its
+    slot ``voxels[v, s]`` (dropped points 0). The kernel has no backward of its own, so the
+    slots come from the reference's numbering, which is the kernel's (first-seen order)."""
+
+    @staticmethod
+    def forward(ctx, points, vs, lo, grid, max_points, max_voxels):
+        voxels, coords, num = ext().voxelize_hard(points, vs, lo, grid, max_points, max_voxels)
+        ctx.save_for_backward(points)
+        ctx.args = (vs, lo, grid, max_points, max_voxels)
+        ctx.mark_non_differentiable(coords, num)
+        return voxels, coords, num
+
+    @staticmethod
+    def backward(ctx, grad_voxels, _grad_coords, _grad_num):
+        (points,) = ctx.saved_tensors
+        idx, vid, pos, keep, _, _ = _ref_vox.hard_slots(points.detach(), *ctx.args)
+        grad = torch.zeros_like(points)
+        grad[idx[keep]] = grad_voxels[vid[keep], pos[keep]]  # (V_kept, D) from (M, max_points, D)
+        return grad, None, None, None, None, None
+
+
+class _VoxelizeDynamicExt(torch.autograd.Function):
+    """``dense3d._C.voxelize_dynamic`` with a backward: d mean / d point = 1 / (points in the
+    voxel) for each point of the voxel, 0 for points outside the range."""
+
+    @staticmethod
+    def forward(ctx, points, vs, lo, grid):
+        feats, coords, p2v = ext().voxelize_dynamic(points, vs, lo, grid)
+        ctx.save_for_backward(p2v)
+        ctx.num_voxels = feats.shape[0]
+        ctx.mark_non_differentiable(coords, p2v)
+        return feats, coords, p2v
+
+    @staticmethod
+    def backward(ctx, grad_feats, _grad_coords, _grad_p2v):
+        (p2v,) = ctx.saved_tensors
+        inside = p2v >= 0  # (N,)
+        counts = torch.bincount(p2v[inside], minlength=ctx.num_voxels).to(grad_feats.dtype)  # (M,)
+        grad = torch.zeros(p2v.shape[0], grad_feats.shape[1], dtype=grad_feats.dtype, device=grad_feats.device)
+        grad[inside] = grad_feats[p2v[inside]] / counts[p2v[inside], None]  # (N_in, D)
+        return grad, None, None, None
+
+
 def voxel_grid_size(voxel_size, point_range, op: str = "voxelize") -> list[int]:
     """Voxels per axis ``[nx, ny, nz]`` for ``voxel_size`` (3,) and ``point_range`` (6,)."""
     vs = as_float_list(op, "voxel_size", voxel_size, 3)
@@ -69,6 +113,7 @@ def voxelize(
         ``num_points`` (M,) int32.
         dynamic: ``features`` (M, 3+C) mean of each voxel's points, ``coords`` (M, 3) int32
         ``[z, y, x]``, ``point2voxel`` (N,) long (-1 for points outside the range).
+        ``voxels`` / ``features`` are differentiable with respect to ``points`` on every backend.
     """
     op = "voxelize"
     points = check_points(op, "points", points)
@@ -81,11 +126,13 @@ def voxelize(
     if mode == "hard":
         max_points = check_positive_int(op, "max_points", max_points)
         max_voxels = check_positive_int(op, "max_voxels", max_voxels)
+        # through autograd Functions: the kernels alone returned voxels without a gradient
+        # where the torch reference had one (points with learned features lost it silently)
         if resolve_backend(backend, "voxelize_hard", points) == "ext":
-            return tuple(ext().voxelize_hard(points, vs, lo, grid, max_points, max_voxels))
+            return tuple(_VoxelizeHardExt.apply(points, vs, lo, grid, max_points, max_voxels))
         return _ref_vox.voxelize_hard(points, vs, lo, grid, max_points, max_voxels)
     if resolve_backend(backend, "voxelize_dynamic", points) == "ext":
-        return tuple(ext().voxelize_dynamic(points, vs, lo, grid))
+        return tuple(_VoxelizeDynamicExt.apply(points, vs, lo, grid))
     return _ref_vox.voxelize_dynamic(points, vs, lo, grid)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["point_voxel_ids", "voxelize_hard", "voxelize_dynamic"]
+__all__ = ["point_voxel_ids", "hard_slots", "voxelize_hard", "voxelize_dynamic"]
 
 
 def point_voxel_ids(points: torch.Tensor, voxel_size: list[float], range_min: list[float], grid: list[int]):
@@ -44,8 +44,14 @@ def point_voxel_ids(points: torch.Tensor, voxel_size: list[float], range_min: li
     return idx, vid, xyz, counts
 
 
-def voxelize_hard(points, voxel_size, range_min, grid, max_points: int, max_voxels: int):
-    """See :func:`dense3d.ops.voxelize` (``mode="hard"``)."""
+def hard_slots(points, voxel_size, range_min, grid, max_points: int, max_voxels: int):
+    """Where hard voxelization puts each point: ``voxels[vid[keep], pos[keep]] = points[idx[keep]]``.
+
+    Returns ``idx, vid, pos, keep`` (V,) over the in-range points (see :func:`point_voxel_ids`;
+    ``pos`` is the point's rank among the earlier points of its voxel, ``keep`` leaves out the
+    points beyond ``max_points`` and the voxels beyond ``max_voxels``), ``xyz`` (U, 3) and
+    ``counts`` (U,).
+    """
     dev = points.device
     idx, vid, xyz, counts = point_voxel_ids(points, voxel_size, range_min, grid)
     # slot of each point inside its voxel: its rank among the earlier points of that voxel
@@ -54,6 +60,12 @@ def voxelize_hard(points, voxel_size, range_min, grid, max_points: int, max_voxe
     pos = torch.empty_like(vid)
     pos[perm] = torch.arange(vid.shape[0], device=dev) - starts[sorted_vid]
     keep = (vid < max_voxels) & (pos < max_points)
+    return idx, vid, pos, keep, xyz, counts
+
+
+def voxelize_hard(points, voxel_size, range_min, grid, max_points: int, max_voxels: int):
+    """See :func:`dense3d.ops.voxelize` (``mode="hard"``)."""
+    idx, vid, pos, keep, xyz, counts = hard_slots(points, voxel_size, range_min, grid, max_points, max_voxels)
     m = min(xyz.shape[0], max_voxels)
     voxels = points.new_zeros(m, max_points, points.shape[1])
     voxels[vid[keep], pos[keep]] = points[idx[keep]]
