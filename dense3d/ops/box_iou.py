@@ -4,12 +4,15 @@ Boxes are dense3d's (N, 7) ``x, y, z, dx, dy, dz, yaw`` with ``z`` the gravity c
 :mod:`dense3d.structures.boxes`); extra columns (velocity) are ignored. The BEV intersection of
 two rotated boxes is exact (Sutherland-Hodgman clipping of the two rectangles, shoelace area),
 computed in float64 on both backends; results come back in the boxes' dtype, clamped to [0, 1].
-Pairs whose union is 0 (two zero-size boxes) get IoU 0.
+Pairs whose union is 0 (two zero-size boxes) get IoU 0. The rotated IoUs are differentiable on
+the torch backend only: boxes that require grad (with grad mode on) run it under
+``backend="auto"`` and are refused by ``backend="ext"``.
 """
 from __future__ import annotations
 
 import torch
 
+from dense3d.errors import OpInputError
 from dense3d.ops._backend import ext, resolve_backend
 from dense3d.ops._checks import check_iou_pair
 from dense3d.ops._ref import box_iou as _ref_iou
@@ -21,6 +24,13 @@ _MODES = {"bev": 0, "3d": 1}
 
 def _rotated(op: str, a, b, mode: str, backend: str) -> torch.Tensor:
     a, b = check_iou_pair(op, a, b)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        # the kernel has no backward: its IoU came back without a gradient where the
+        # reference's had one (an IoU loss silently did not train); the reference is exact too
+        if backend == "ext":
+            raise OpInputError(op, "backend", "'auto' or 'torch' for boxes that require grad (the ext kernel has no backward)", got="'ext'")
+        resolve_backend(backend, "box_iou_rotated", a, b)  # validates the name
+        backend = "torch"
     if resolve_backend(backend, "box_iou_rotated", a, b) == "ext":
         iou = ext().box_iou_rotated(a[:, :7].contiguous(), b[:, :7].contiguous(), _MODES[mode])
     else:

@@ -65,6 +65,22 @@ def test_voxelize_ext_is_differentiable_like_the_reference(mode):
     assert torch.autograd.grad(run("ext")(empty).sum(), empty)[0].shape == (0, 4)
 
 
+def test_rotated_iou_ext_does_not_drop_the_gradient():
+    """boxes_iou_bev / _3d with boxes that require grad: the ext kernel has no backward and its
+    IoU had no gradient (the reference's has), so an IoU loss did not train under "auto"."""
+    a = torch.tensor([[0, 0, 0, 2, 1, 1, 0.3], [0.2, 0.1, 0.3, 1.5, 1.2, 0.8, -0.4]], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([[0.5, 0.2, 0.1, 2, 1.5, 1, 0.1]], dtype=torch.float64)
+    for fn in (boxes_iou_bev, boxes_iou_3d):
+        iou = fn(a, b)  # backend "auto"
+        assert iou.requires_grad
+        assert torch.equal(iou.detach(), fn(a.detach(), b, backend="ext"))
+        assert torch.autograd.gradcheck(lambda x: fn(x, b), (a,))
+        with pytest.raises(OpInputError, match="backend"):
+            fn(a, b, backend="ext")
+        with torch.no_grad():  # no gradient wanted: the kernel runs
+            assert torch.equal(fn(a, b, backend="ext"), fn(a.detach(), b, backend="torch"))
+
+
 def test_bev_pool_edges_noncontiguous_and_gradcheck():
     g = torch.Generator().manual_seed(1)
     f = torch.randn(3, 50, dtype=torch.float64, generator=g).t().requires_grad_()  # (50, 3) not contiguous
