@@ -8,6 +8,8 @@ see ``csrc/bev_pool/bev_pool.h``) and the backward is a gather. ``backend="torch
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from dense3d.errors import OpInputError
@@ -60,15 +62,29 @@ def bev_pool(
         (B, C, H, W) sums (zeros in empty cells), float32 for 16-bit features.
     """
     src = "bev_pool"
-    if features.dim() != 2 or not features.is_floating_point():
-        raise OpInputError(src, "features", "a float tensor of shape (N, C)", got=f"{features.dtype} {tuple(features.shape)}")
-    if coords.dim() != 2 or coords.shape[1] != 3 or coords.shape[0] != features.shape[0] or coords.is_floating_point():
-        raise OpInputError(src, "coords", f"an integer tensor of shape ({features.shape[0]}, 3)", got=f"{coords.dtype} {tuple(coords.shape)}")
+    if not isinstance(features, torch.Tensor) or features.dim() != 2 or not features.is_floating_point():
+        got = f"{features.dtype} {tuple(features.shape)}" if isinstance(features, torch.Tensor) else type(features).__name__
+        raise OpInputError(src, "features", "a float tensor of shape (N, C)", got=got)
+    if (
+        not isinstance(coords, torch.Tensor) or coords.dim() != 2 or coords.shape[1] != 3 or coords.shape[0] != features.shape[0]
+        or coords.is_floating_point() or coords.is_complex() or coords.dtype == torch.bool
+    ):
+        got = f"{coords.dtype} {tuple(coords.shape)}" if isinstance(coords, torch.Tensor) else type(coords).__name__
+        raise OpInputError(src, "coords", f"an integer tensor of shape ({features.shape[0]}, 3)", got=got)
     if coords.device != features.device:  # the kernels would read one device's memory from the other
         raise OpInputError(src, "coords", f"a tensor on {features.device} like features", got=str(coords.device))
-    H, W = int(grid_size[0]), int(grid_size[1])
-    if int(batch_size) < 0 or H < 0 or W < 0:
-        raise OpInputError(src, "grid_size", "batch_size and grid_size (H, W) >= 0", got=(batch_size, tuple(grid_size)))
+    # whole numbers only: (B, H, W) or (4.7, 5) were cut to (B, H) and (4, 5) without a word
+    # and the map came back in another shape than asked for
+    ints = lambda v: [int(x) for x in v] if all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in v) else None  # noqa: E731
+    try:
+        hw = ints(list(grid_size))
+    except TypeError:
+        hw = None
+    if hw is None or len(hw) != 2 or min(hw) < 0:
+        raise OpInputError(src, "grid_size", "(H, W): two ints >= 0", got=repr(grid_size))
+    if ints([batch_size]) is None or int(batch_size) < 0:
+        raise OpInputError(src, "batch_size", "an int >= 0", got=repr(batch_size))
+    H, W = hw
     num_cells = int(batch_size) * H * W
     coords = coords.long().contiguous()
     if features.dtype in (torch.float16, torch.bfloat16):

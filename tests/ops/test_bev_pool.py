@@ -64,8 +64,8 @@ def test_empty_and_bad_input():
 def test_negative_grid_is_a_one_line_error():
     """A negative H, W or batch size was a RuntimeError from at::zeros / torch.zeros."""
     for backend in ["ext", "torch"]:
-        for b, hw in [(1, (-1, 4)), (1, (4, -2)), (-1, (4, 4))]:
-            with pytest.raises(OpInputError, match="grid_size"):
+        for b, hw, field in [(1, (-1, 4), "grid_size"), (1, (4, -2), "grid_size"), (-1, (4, 4), "batch_size")]:
+            with pytest.raises(OpInputError, match=field):
                 bev_pool(torch.zeros(3, 2), torch.zeros(3, 3, dtype=torch.long), b, hw, backend=backend)
 
 

@@ -91,6 +91,23 @@ def test_bev_pool_edges_noncontiguous_and_gradcheck():
     assert bev_pool(f[:0], c[:0], 2, (4, 5), backend="ext").shape == (2, 3, 4, 5)
 
 
+@pytest.mark.parametrize("backend", ["ext", "torch"])
+def test_bev_pool_grid_of_other_than_two_ints_is_a_one_line_error(backend):
+    """grid_size (B, H, W) was read as (H, W) = (B, H) and (4.7, 5) as (4, 5): a map of another
+    shape than asked for, without a word; bool coords ran as cells 0 / 1."""
+    f, c = torch.zeros(3, 2), torch.zeros(3, 3, dtype=torch.long)
+    for grid in [(2, 4, 5), (4.7, 5), (4,), "45", 7]:
+        with pytest.raises(OpInputError, match="grid_size"):
+            bev_pool(f, c, 2, grid, backend=backend)
+    with pytest.raises(OpInputError, match="batch_size"):
+        bev_pool(f, c, 2.5, (4, 5), backend=backend)
+    with pytest.raises(OpInputError, match="coords"):
+        bev_pool(f, c.bool(), 2, (4, 5), backend=backend)
+    with pytest.raises(OpInputError, match="features"):
+        bev_pool([[0.0]], c, 2, (4, 5), backend=backend)
+    assert bev_pool(f, c, 2, [torch.tensor(4).item(), 5], backend=backend).shape == (2, 2, 4, 5)
+
+
 def test_points_in_boxes_edges_equal_reference():
     boxes = torch.tensor([[0, 0, 0, 2, 2, 2, 0.3], [1, 1, 1, 1, 1, 1, 0.0], [0, 0, 0, 0, 0, 0, 0.0]], dtype=torch.float32)
     g = torch.Generator().manual_seed(2)
