@@ -10,8 +10,10 @@ import torch
 
 from dense3d.errors import CheckpointError, ConfigError
 from dense3d.models.captioner.decoder import load_llama, tiny_llama, word_tokenizer
+from dense3d.models.captioner.frozen_prefix import FrozenPrefixCache, caption_loss_top_layers
 from dense3d.models.captioner.generate import generate_captions, prompt_ids, teacher_forcing_batch
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
+from dense3d.models.losses.caption import caption_cross_entropy
 
 WORDS = ["describe the object. a red car parked near the tree", "blue truck sound horn"]
 PROMPT = "describe the object."
@@ -70,6 +72,13 @@ def test_llama_variants_are_exact_at_init_train_and_batch_like_one_at_a_time(tok
     with adapter.conditioned_on(visual):
         model(**ids).logits.square().mean().backward()
     assert float(adapter.prompts.grad.abs().sum()) > 0 and float(adapter.gates.grad.abs().sum()) > 0
+    # teacher forcing through the adapted layers only (the frozen prefix cache) is the same loss
+    batch = teacher_forcing_batch(tok, [PROMPT] * 3, ["a red car", "blue truck near the tree", "horn"], 8)
+    with adapter.conditioned_on(visual), torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        full = caption_cross_entropy(logits.float(), batch["labels"])
+        top = caption_loss_top_layers(model, FrozenPrefixCache(), 1, batch)
+    torch.testing.assert_close(top, full, rtol=1e-5, atol=1e-5)
     batched, _ = generate_captions(model, adapter, tok, visual, PROMPT, 6)
     single, _ = generate_captions(model, adapter, tok, visual, PROMPT, 6, batch_size=1)
     assert batched == single
