@@ -225,7 +225,7 @@ def test_a_batch_without_any_region_trains_generates_and_scores_nothing(target_o
     none = _no_regions("box")
     assert model.generate(none, ctx) == [[], []]
     out = model(none, ctx, [[], []])
-    assert int(out["num_captions"]) == 0 and float(out["loss_caption"]) == 0.0
+    assert int(out["num_captions"]) == 0 and float(out["loss_caption"].detach()) == 0.0
     assert out["loss_caption"].requires_grad
     assert float(model.scst_loss(none, ctx, [[], []])["loss_scst"]) == 0.0
     events = _no_regions("event")
@@ -233,3 +233,9 @@ def test_a_batch_without_any_region_trains_generates_and_scores_nothing(target_o
     both = model.generate([regions, events], ctx)
     assert [[c.text for c in s] for s in both] == [[c.text for c in s] for s in alone]
     assert int(model([regions, events], ctx, [caps, [[], []]])["num_captions"]) == 8
+
+
+def test_a_checkpoint_path_under_home_is_expanded(good_checkpoint, monkeypatch):
+    monkeypatch.setenv("HOME", str(good_checkpoint.parent))
+    model, _ = load_llama("~/good")
+    assert type(model).__name__ == "LlamaForCausalLM"

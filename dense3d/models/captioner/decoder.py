@@ -202,7 +202,7 @@ def load_llama(path: str | Path, dtype: torch.dtype = torch.float32, gguf_file: 
 
     from dense3d.models.captioner.llama_adapter import llama_layers
 
-    path = Path(path)
+    path = Path(path).expanduser()  # "~/models/llama" as a shell would read it
     if not path.is_dir():
         raise CheckpointError(str(path), "path", "a local folder holding a Llama checkpoint", got="no such folder")
     source = path / gguf_file if gguf_file else path
