@@ -239,3 +239,31 @@ def test_a_checkpoint_path_under_home_is_expanded(good_checkpoint, monkeypatch):
     monkeypatch.setenv("HOME", str(good_checkpoint.parent))
     model, _ = load_llama("~/good")
     assert type(model).__name__ == "LlamaForCausalLM"
+
+
+# ---------------------------------------------------------------------------- the checkpoint's generation_config
+def test_the_checkpoints_generation_config_does_not_change_the_captions(tok):
+    """transformers fills every setting ``generate`` is not given from the checkpoint's
+    generation_config.json: min_new_tokens, suppress_tokens, min_p there changed greedy captions and
+    the samples SCST scores with its own processors."""
+    model = tiny_llama(len(tok), num_layers=3).eval()
+    adapter = LlamaAdapter(64, 4, num_layers=2, prompt_len=5)
+    adapter.attach(model)
+    with torch.no_grad():
+        adapter.gates.fill_(1.0)
+    visual = torch.randn(4, 5, 64, generator=torch.Generator().manual_seed(1))
+
+    def captions():
+        greedy = generate_captions(model, adapter, tok, visual, PROMPT, 8)
+        beams = generate_captions(model, adapter, tok, visual, PROMPT, 8, num_beams=3)
+        torch.manual_seed(0)
+        sampled = generate_captions(model, adapter, tok, visual, PROMPT, 8, do_sample=True)
+        return greedy, beams, sampled
+
+    plain = captions()
+    theirs = model.generation_config
+    theirs.min_new_tokens = 6
+    theirs.suppress_tokens = tok.convert_tokens_to_ids(["the", "parked", "describe"])
+    theirs.min_p = 0.5
+    assert captions() == plain
+    assert model.generation_config is theirs and theirs.min_new_tokens == 6  # put back as it was

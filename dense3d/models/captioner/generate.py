@@ -13,6 +13,7 @@ search (default, deterministic) or beam search with its KV cache, while
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -145,6 +146,24 @@ def processed_logits(logits: torch.Tensor, input_ids: torch.Tensor, processors, 
     return torch.cat(steps, dim=1)  # (N, T, V)
 
 
+@contextlib.contextmanager
+def _own_generation_config(lm, tokenizer):
+    """``lm.generate`` with only the settings :func:`generate_captions` passes: transformers fills
+    every setting a call leaves unset from the checkpoint's ``generation_config.json``, so a user's
+    checkpoint with ``min_new_tokens``, ``suppress_tokens``, ``bad_words_ids``, ``min_p``, ... would
+    change the captions silently, and SCST would score samples under other processors than
+    :func:`decoding_processors` (those it was drawn with). The checkpoint's config is put back after."""
+    from transformers import GenerationConfig
+
+    own = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                           pad_token_id=tokenizer.pad_token_id)
+    theirs, lm.generation_config = lm.generation_config, own
+    try:
+        yield
+    finally:
+        lm.generation_config = theirs
+
+
 @torch.no_grad()
 def generate_captions(lm, adapter, tokenizer, visual: torch.Tensor, prompt: str, max_new_tokens: int = 32,
                       num_beams: int = 1, batch_size: int | None = None, do_sample: bool = False,
@@ -184,7 +203,7 @@ def generate_captions(lm, adapter, tokenizer, visual: torch.Tensor, prompt: str,
         v = visual[s : s + step]  # (n, K, H)
         ids = p.unsqueeze(0).expand(v.shape[0], -1)  # (n, P): same prompt, no padding needed
         kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
-        with adapter.conditioned_on(v):
+        with adapter.conditioned_on(v), _own_generation_config(lm, tokenizer):
             out = lm.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                 num_beams=num_beams, eos_token_id=eos, pad_token_id=pad, use_cache=True,
