@@ -38,6 +38,13 @@ class _BevPoolExt(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (coords,) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True: the ext gather is not differentiable and its gradient came back
+            # cut from the graph (second-order terms silently lost); the same gather in torch is
+            cells = bev_pool_cells(coords, ctx.grid[0], ctx.grid[1:])  # (N,) -1 outside
+            rows = (cells >= 0).nonzero()[:, 0]  # (N_in,) points inside the grid
+            grad = grad_out.new_zeros(coords.shape[0], grad_out.shape[1])
+            return grad.index_put((rows,), grad_out.index_select(0, cells[rows])), None, None, None, None
         return ext().bev_pool_backward(grad_out.contiguous(), coords, *ctx.grid), None, None, None, None
 
 

@@ -118,3 +118,18 @@ def test_points_in_boxes_edges_equal_reference():
         for b in (boxes, boxes[:0], torch.cat([boxes, boxes], 1)[:, ::2]):
             assert torch.equal(points_in_boxes(p, b, backend="ext"), points_in_boxes(p, b, backend="torch"))
             assert torch.equal(points_in_boxes_first(p, b, backend="ext"), points_in_boxes_first(p, b, backend="torch"))
+
+
+def test_bev_pool_ext_double_backward_equals_reference():
+    """With create_graph=True the ext backward's gradient was cut from the graph: second-order
+    terms (a gradient penalty) were silently lost and gradgradcheck failed."""
+    g = torch.Generator().manual_seed(3)
+    f = torch.randn(20, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    c = torch.randint(-1, 4, (20, 3), generator=g)
+    assert torch.autograd.gradgradcheck(lambda x: bev_pool(x, c, 2, (3, 3), backend="ext"), (f,))
+    scale = torch.randn(2, 3, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    penalties = []
+    for backend in ("ext", "torch"):
+        (gf,) = torch.autograd.grad((bev_pool(f, c, 2, (3, 3), backend=backend) * scale).pow(2).sum(), f, create_graph=True)
+        penalties.append(torch.autograd.grad(gf.pow(2).sum(), scale)[0])
+    torch.testing.assert_close(penalties[0], penalties[1], rtol=0, atol=1e-12)
