@@ -133,3 +133,26 @@ def test_bev_pool_ext_double_backward_equals_reference():
         (gf,) = torch.autograd.grad((bev_pool(f, c, 2, (3, 3), backend=backend) * scale).pow(2).sum(), f, create_graph=True)
         penalties.append(torch.autograd.grad(gf.pow(2).sum(), scale)[0])
     torch.testing.assert_close(penalties[0], penalties[1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("subm", [True, False])
+def test_sparse_conv_ext_double_backward_equals_reference(subm):
+    """The same for sparse_conv (submanifold, strided and inverse maps): a gradient penalty
+    through the ext backward had no graph ('does not require grad')."""
+    from dense3d.ops.sparse.functional import sparse_conv
+    from dense3d.ops.sparse.kernel_map import build_kernel_map
+
+    idx = torch.tensor([[0, 1, 1, 1], [0, 1, 1, 2], [0, 2, 1, 1], [1, 0, 0, 0], [1, 3, 2, 2]], dtype=torch.int32)
+    km = build_kernel_map(idx, (4, 3, 3), (3, 3, 3), (2, 2, 2), (1, 1, 1), (1, 1, 1), subm, backend="ext")
+    g = torch.Generator().manual_seed(4)
+    maps = [km] if subm else [km, km.inverse()]
+    for m in maps:
+        x = torch.randn(m.num_in, 2, dtype=torch.float64, generator=g, requires_grad=True)
+        w = torch.randn(27, 2, 3, dtype=torch.float64, generator=g, requires_grad=True)
+        b = torch.randn(3, dtype=torch.float64, generator=g, requires_grad=True)
+        assert torch.autograd.gradgradcheck(lambda x, w, b: sparse_conv(x, w, b, m, backend="ext"), (x, w, b))
+        penalties = []
+        for backend in ("ext", "torch"):
+            (gx,) = torch.autograd.grad(sparse_conv(x, w, b, m, backend=backend).pow(2).sum(), x, create_graph=True)
+            penalties.append(torch.autograd.grad(gx.pow(2).sum(), w)[0])
+        torch.testing.assert_close(penalties[0], penalties[1], rtol=0, atol=1e-12)

@@ -37,7 +37,16 @@ class SparseConvFunction(torch.autograd.Function):
         km = ctx.kmap
         need_f, need_w, need_b = ctx.needs_input_grad[:3]
         grad_f = grad_w = grad_b = None
-        if need_f or need_w:
+        if (need_f or need_w) and torch.is_grad_enabled():
+            # create_graph=True (a gradient penalty, a Hessian-vector product): the ext backward
+            # is not differentiable and its gradients came back cut from the graph (second-order
+            # terms silently lost); the reference's gradients are, and equal them
+            wanted = [t for t, need in ((features, need_f), (weight, need_w)) if need]
+            out = sparse_conv_ref(features, weight, None, km.in_idx, km.out_idx, km.offsets, km.num_out)
+            grads = list(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
+            grad_f = grads.pop(0) if need_f else None
+            grad_w = grads.pop(0) if need_w else None
+        elif need_f or need_w:
             grad_f, grad_w = ext().sparse_conv_backward(
                 grad_out, features, weight, km.in_idx, km.out_idx, km.offsets, km.in_rowptr, km.in_perm,
                 km.in_order, km.out_order, km.identity_k, need_f, need_w,
