@@ -8,7 +8,7 @@ see ``csrc/bev_pool/bev_pool.h``) and the backward is a gather. ``backend="torch
 """
 from __future__ import annotations
 
-import numbers
+import operator
 
 import torch
 
@@ -26,6 +26,19 @@ def bev_pool_cells(coords: torch.Tensor, batch_size: int, grid_size: tuple[int, 
     inside = (b >= 0) & (b < batch_size) & (y >= 0) & (y < H) & (x >= 0) & (x < W)
     flat = (b * H + y) * W + x
     return torch.where(inside, flat, torch.full_like(flat, -1))
+
+
+def _whole_numbers(values) -> list[int] | None:
+    """``values`` as python ints when each is an integer (int, numpy or 0-d integer tensor; not
+    bool, not float), else None."""
+    if isinstance(values, (str, bytes)):
+        return None
+    try:
+        if any(isinstance(v, bool) or (isinstance(v, torch.Tensor) and v.dtype == torch.bool) for v in values):
+            return None
+        return [operator.index(v) for v in values]
+    except TypeError:  # not a sequence, or an element that is no integer
+        return None
 
 
 class _BevPoolExt(torch.autograd.Function):
@@ -82,16 +95,13 @@ def bev_pool(
         raise OpInputError(src, "coords", f"a tensor on {features.device} like features", got=str(coords.device))
     # whole numbers only: (B, H, W) or (4.7, 5) were cut to (B, H) and (4, 5) without a word
     # and the map came back in another shape than asked for
-    ints = lambda v: [int(x) for x in v] if all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in v) else None  # noqa: E731
-    try:
-        hw = ints(list(grid_size))
-    except TypeError:
-        hw = None
+    hw, b = _whole_numbers(grid_size), _whole_numbers([batch_size])
     if hw is None or len(hw) != 2 or min(hw) < 0:
         raise OpInputError(src, "grid_size", "(H, W): two ints >= 0", got=repr(grid_size))
-    if ints([batch_size]) is None or int(batch_size) < 0:
+    if b is None or b[0] < 0:
         raise OpInputError(src, "batch_size", "an int >= 0", got=repr(batch_size))
     H, W = hw
+    batch_size = b[0]
     num_cells = int(batch_size) * H * W
     coords = coords.long().contiguous()
     if features.dtype in (torch.float16, torch.bfloat16):

@@ -3,6 +3,7 @@ edge cases a user with real data meets (points on the range's edges, non-contigu
 empty inputs, large grids) and the gradients of the ext paths."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,7 +106,8 @@ def test_bev_pool_grid_of_other_than_two_ints_is_a_one_line_error(backend):
         bev_pool(f, c.bool(), 2, (4, 5), backend=backend)
     with pytest.raises(OpInputError, match="features"):
         bev_pool([[0.0]], c, 2, (4, 5), backend=backend)
-    assert bev_pool(f, c, 2, [torch.tensor(4).item(), 5], backend=backend).shape == (2, 2, 4, 5)
+    # integers of other kinds are whole numbers too (a batch size read off a tensor, numpy sizes)
+    assert bev_pool(f, c, torch.tensor(2), (np.int64(4), torch.tensor(5)), backend=backend).shape == (2, 2, 4, 5)
 
 
 def test_points_in_boxes_edges_equal_reference():
