@@ -32,6 +32,8 @@ def _variant(tok, family: str, **kw):
         "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+        "olmo2": (transformers.Olmo2Config, transformers.Olmo2ForCausalLM),
     }[family]
     base = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -52,6 +54,8 @@ VARIANTS = {
     "head_dim_32": ("llama", {"head_dim": 32}),  # 4 heads of 32 on a hidden size of 64
     "mistral": ("mistral", {}),
     "qwen2": ("qwen2", {}),  # q/k/v biases
+    "qwen3": ("qwen3", {"head_dim": 16}),  # per-head q_norm / k_norm
+    "olmo2": ("olmo2", {}),  # q_norm / k_norm over all heads
 }
 
 
@@ -227,7 +231,7 @@ def test_a_batch_without_any_region_trains_generates_and_scores_nothing(target_o
     out = model(none, ctx, [[], []])
     assert int(out["num_captions"]) == 0 and float(out["loss_caption"].detach()) == 0.0
     assert out["loss_caption"].requires_grad
-    assert float(model.scst_loss(none, ctx, [[], []])["loss_scst"]) == 0.0
+    assert float(model.scst_loss(none, ctx, [[], []])["loss_scst"].detach()) == 0.0
     events = _no_regions("event")
     alone = model.generate(regions, ctx)  # the boxes' captions do not change beside a kind of no regions
     both = model.generate([regions, events], ctx)
@@ -337,3 +341,48 @@ def test_smollm2_prompts_and_greedy_captions_are_unchanged_by_the_bos_and_config
                                  no_repeat_ngram_size=6, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         for s, r in zip(seqs, ref[:, ids.shape[1]:].tolist()):
             assert s == (r[: r.index(tok.eos_token_id) + 1] if tok.eos_token_id in r else r)
+
+
+# ---------------------------------------------------------------------------- q_norm / k_norm
+def _family(tok, name: str):
+    import transformers
+
+    cfg_cls, model_cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+                          "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+                          "olmo2": (transformers.Olmo2Config, transformers.Olmo2ForCausalLM)}[name]
+    cfg = cfg_cls(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                  initializer_range=0.2, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = model_cls(cfg).eval()
+    for layer in model.model.layers:  # norms of weight 1 would hide a missing norm's scale
+        for norm in (getattr(layer.self_attn, "q_norm", None), getattr(layer.self_attn, "k_norm", None)):
+            if norm is not None:
+                torch.nn.init.uniform_(norm.weight, 0.2, 3.0)
+    return model
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3", "olmo2"])
+def test_prompt_attention_is_the_frozen_attentions_own_on_prompt_keys(tok, name):
+    """The adaption prompt is attended as the layer attends its own tokens: the layer's attention,
+    run on [prompt, text] with the prompt unrotated and each text token seeing only the prompt,
+    gives the adapter's (ungated) output. Qwen3 (per-head q_norm/k_norm) and OLMo2 (over all
+    heads) normalise queries and keys; the adapter skipped both."""
+    model = _family(tok, name)
+    attn = model.model.layers[-1].self_attn
+    adapter = LlamaAdapter(64, 4, num_layers=1, prompt_len=3, init_std=1.0)
+    with torch.no_grad():
+        adapter.gates.fill_(1.0)
+    B, T, K = 2, 5, 3
+    hidden = torch.randn(B, T, 64, generator=torch.Generator().manual_seed(2))
+    pos = torch.arange(T).unsqueeze(0).expand(B, -1)
+    cos, sin = model.model.rotary_emb(hidden, position_ids=pos)  # (B, T, hd) each
+    with torch.no_grad():
+        ours = adapter._adapt(0, attn, hidden, (cos, sin), None)  # (B, T, H)
+        seq = torch.cat([adapter.prompts[0].expand(B, K, 64), hidden], 1)  # (B, K + T, H)
+        cos_all = torch.cat([torch.ones(B, K, cos.shape[-1]), cos], 1)  # the prompt unrotated
+        sin_all = torch.cat([torch.zeros(B, K, sin.shape[-1]), sin], 1)
+        mask = torch.full((B, 1, K + T, K + T), float("-inf"))
+        mask[..., :, :K] = 0.0  # every token sees the prompt only
+        theirs, _ = attn(seq, position_embeddings=(cos_all, sin_all), attention_mask=mask)
+    torch.testing.assert_close(ours, theirs[:, K:], rtol=1e-5, atol=1e-5)

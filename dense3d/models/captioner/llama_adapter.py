@@ -64,6 +64,19 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def _project(proj: nn.Linear, norm, x: torch.Tensor, heads: int, hd: int) -> torch.Tensor:
+    """``proj(x)`` as (B, T, heads, hd), normalised as the frozen attention normalises its queries /
+    keys where it has a ``q_norm`` / ``k_norm``: per head (Qwen3: a norm of width ``hd``) or over
+    all heads before the split (OLMo2: width ``heads * hd``). Llama has none."""
+    y = proj(x)  # (B, T, heads*hd)
+    if norm is not None and norm.weight.numel() != hd:  # over all heads (OLMo2)
+        y = norm(y)
+    y = y.view(*x.shape[:-1], heads, hd)  # (B, T, heads*hd) -> (B, T, heads, hd)
+    if norm is not None and norm.weight.numel() == hd:  # per head (Qwen3)
+        y = norm(y)
+    return y
+
+
 class LlamaAdapter(nn.Module):
     """Gated adaption prompts for the top ``num_layers`` layers of a Llama model.
 
@@ -153,7 +166,7 @@ class LlamaAdapter(nn.Module):
         B, T, _ = hidden.shape
         hd = attn.head_dim
         nh = self.num_heads
-        q = attn.q_proj(hidden).view(B, T, nh, hd).transpose(1, 2)  # (B, T, nh*hd) -> (B, nh, T, hd)
+        q = _project(attn.q_proj, getattr(attn, "q_norm", None), hidden, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
         cos, sin = position_embeddings  # (B, T, hd) each
         q = q * cos.unsqueeze(1) + _rotate_half(q) * sin.unsqueeze(1)  # RoPE, as the frozen attention does
         prompt = self.prompts[index].unsqueeze(0).to(hidden.dtype)  # (1, K, H)
@@ -165,7 +178,7 @@ class LlamaAdapter(nn.Module):
             prompt = prompt + visual.to(hidden.dtype)  # (B, K, H): the visual tokens added to the prompt
         K = prompt.shape[1]
         n_kv = attn.k_proj.out_features // hd
-        k = attn.k_proj(prompt).view(prompt.shape[0], K, n_kv, hd).transpose(1, 2)  # (b, n_kv, K, hd)
+        k = _project(attn.k_proj, getattr(attn, "k_norm", None), prompt, n_kv, hd).transpose(1, 2)  # (b, n_kv, K, hd)
         v = attn.v_proj(prompt).view(prompt.shape[0], K, n_kv, hd).transpose(1, 2)  # (b, n_kv, K, hd)
         k = k.repeat_interleave(nh // n_kv, dim=1)  # (b, nh, K, hd): grouped-query heads share k/v
         v = v.repeat_interleave(nh // n_kv, dim=1)
