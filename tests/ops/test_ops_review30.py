@@ -158,3 +158,28 @@ def test_sparse_conv_ext_double_backward_equals_reference(subm):
             (gx,) = torch.autograd.grad(sparse_conv(x, w, b, m, backend=backend).pow(2).sum(), x, create_graph=True)
             penalties.append(torch.autograd.grad(gx.pow(2).sum(), w)[0])
         torch.testing.assert_close(penalties[0], penalties[1], rtol=0, atol=1e-12)
+
+
+def test_large_grids_equal_reference():
+    """nuScenes-sized grids (1440 x 1440 x 40 voxels; a 41 x 1440 x 1440 sparse grid of 4
+    samples): linear keys beyond 2**31 on both backends, same voxels and the same kernel maps."""
+    from dense3d.ops.sparse.functional import sparse_conv
+    from dense3d.ops.sparse.kernel_map import build_kernel_map
+
+    g = torch.Generator().manual_seed(5)
+    pts = torch.rand(20000, 4, generator=g) * torch.tensor([110.0, 110.0, 9.0, 1.0]) - torch.tensor([55.0, 55.0, 5.5, 0.0])
+    vs, pr = [0.075, 0.075, 0.2], [-54.0, -54.0, -5.0, 54.0, 54.0, 3.0]
+    for mode in ("hard", "dynamic"):
+        _same(voxelize(pts, vs, pr, mode, max_points=10, max_voxels=12000, backend="ext"),
+              voxelize(pts, vs, pr, mode, max_points=10, max_voxels=12000, backend="torch"))
+    shape = (41, 1440, 1440)
+    lin = torch.randint(0, 4 * 41 * 1440 * 1440, (3000,), generator=g).unique()  # (N,) distinct sites
+    idx = torch.stack([lin // (41 * 1440 * 1440), lin // (1440 * 1440) % 41, lin // 1440 % 1440, lin % 1440], 1).int()  # (N, 4) [b, z, y, x]
+    idx[0] = torch.tensor([3, 40, 1439, 1439])  # the last site of the last sample
+    for subm, stride in ((True, 1), (False, 2)):
+        maps = [build_kernel_map(idx, shape, (3, 3, 3), (stride,) * 3, (1, 1, 1), (1, 1, 1), subm, backend=b) for b in ("ext", "torch")]
+        for name in ("in_idx", "out_idx", "offsets", "out_indices", "out_rowptr", "out_perm", "in_rowptr", "in_perm", "out_order", "in_order"):
+            assert torch.equal(getattr(maps[0], name), getattr(maps[1], name)), name
+        f = torch.randn(idx.shape[0], 2, dtype=torch.float64, generator=g)
+        w = torch.randn(27, 2, 3, dtype=torch.float64, generator=g)
+        torch.testing.assert_close(sparse_conv(f, w, None, maps[0], backend="ext"), sparse_conv(f, w, None, maps[1], backend="torch"), rtol=0, atol=1e-12)
