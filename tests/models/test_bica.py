@@ -184,5 +184,6 @@ def test_context_from_time_windows():
     times = torch.arange(10.0).view(1, 10) * 0.5  # 0 .. 4.5 s
     mask = torch.ones(1, 10, dtype=torch.bool)
     ctx = context_from_time(feats, times, mask, window=1.0, stride=1.0)
-    assert ctx.domain == "time" and ctx.positions[0, :, 0].tolist() == [0.5, 1.5, 2.5, 3.5]
-    assert ctx.features[0, :, 0].tolist() == [0.5, 2.5, 4.5, 6.5]
+    # the last frame (4.5 s) has a window of its own, [4, 5) (test_context_review30::test_time_windows_cover_the_last_frames)
+    assert ctx.domain == "time" and ctx.positions[0, :, 0].tolist() == [0.5, 1.5, 2.5, 3.5, 4.5]
+    assert ctx.features[0, :, 0].tolist() == [0.5, 2.5, 4.5, 6.5, 8.5]

@@ -420,6 +420,8 @@ def context_from_time(features: torch.Tensor, times: torch.Tensor, mask: torch.T
     B, T, C = features.shape
     t_end = float(times.masked_fill(~mask, float("-inf")).max()) if mask.any() else 0.0
     n = max(1, int(math.floor(max(t_end - window, 0.0) / stride)) + 1)
+    if (n - 1) * stride + window <= t_end:  # the last window [start, start + window) must hold the last frame
+        n += 1
     starts = torch.arange(n, device=features.device, dtype=features.dtype) * stride  # (Q,)
     inside = (times[:, None, :] >= starts[None, :, None]) & (times[:, None, :] < starts[None, :, None] + window)
     inside = inside & mask[:, None, :]  # (B, Q, T)

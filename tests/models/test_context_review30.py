@@ -1,0 +1,85 @@
+"""Review of BiCA and the Relation Q-Former: padding, batches of scenes with different region and
+context counts, few regions, relation frames, degenerate boxes, time windows, gradients, autocast."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dense3d.models.captioner.qformer import (
+    RelationQFormer,
+    nearest_neighbours,
+    relation_geometry,
+    relation_ranks,
+)
+from dense3d.models.context.bica import BiCADecoder, SceneContext, context_from_time
+from dense3d.structures.sample import RegionFeatures
+
+D = 16
+
+
+def _scene_regions(kind: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 7|2) geometry and (n, D) features of one scene."""
+    g = torch.Generator().manual_seed(seed)
+    if kind == "box":
+        geo = torch.cat([torch.randn(n, 3, generator=g) * 5, torch.rand(n, 3, generator=g) + 0.5,
+                         torch.rand(n, 1, generator=g) * 6 - 3], 1)  # (n, 7)
+    else:
+        t0 = torch.rand(n, generator=g) * 8
+        geo = torch.stack([t0, t0 + torch.rand(n, generator=g) * 2 + 0.1], 1)  # (n, 2)
+    return geo, torch.randn(n, D, generator=g)
+
+
+def _regions(kind: str, scenes: list[tuple[int, int]], pad_to: int = 0) -> RegionFeatures:
+    """One RegionFeatures for scenes given as (region count, seed), padded with zeros."""
+    B, R = len(scenes), max([n for n, _ in scenes] + [pad_to])
+    G = torch.zeros(B, R, 7 if kind == "box" else 2)
+    F = torch.zeros(B, R, D)
+    M = torch.zeros(B, R, dtype=torch.bool)
+    for b, (n, seed) in enumerate(scenes):
+        G[b, :n], F[b, :n] = _scene_regions(kind, n, seed)
+        M[b, :n] = True
+    return RegionFeatures(kind, F, G, M.float(), torch.zeros(B, R, dtype=torch.long), M)
+
+
+def _contexts(scenes: list[tuple[int, int]]) -> SceneContext:
+    B, Q = len(scenes), max(n for n, _ in scenes)
+    F, P, M = torch.zeros(B, Q, D), torch.zeros(B, Q, 3), torch.zeros(B, Q, dtype=torch.bool)
+    for b, (n, seed) in enumerate(scenes):
+        g = torch.Generator().manual_seed(seed + 100)
+        F[b, :n], P[b, :n] = torch.randn(n, D, generator=g), torch.randn(n, 3, generator=g) * 5
+        M[b, :n] = True
+    return SceneContext(F, P, M)
+
+
+def _models(**qformer_kw):
+    torch.manual_seed(0)
+    bica = BiCADecoder(32, 4, 2, D, D, space_radius=5.0, zero_init_residuals=False).eval()
+    kw = dict(relation_ranks=True, relation_between=True, neighbour_queries=2, target_order=1)
+    kw.update(qformer_kw)
+    qformer = RelationQFormer(32, 4, 2, num_queries=3, num_neighbours=3, region_dim=32, out_dim=24, **kw).eval()
+    return bica, qformer
+
+
+def _encode(bica, qformer, regions, contexts):
+    out = bica(regions, contexts)
+    summaries = out.summaries if contexts else [None] * len(regions)
+    return out, [qformer(r, f, s) for r, f, s in zip(regions, out.objects, summaries)]
+
+
+def test_time_windows_cover_the_last_frames():
+    """Frames every 0.2 s up to 9.9 s, 1 s windows every 0.5 s: the last window used to end at 9.5 s,
+    so the events at the end of a clip had no context of their own time."""
+    times = (torch.arange(50.0) * 0.2 + 0.1).view(1, 50)
+    feats = torch.arange(50.0).view(1, 50, 1)
+    ctx = context_from_time(feats, times, torch.ones(1, 50, dtype=torch.bool), window=1.0, stride=0.5)
+    starts = ctx.positions[0, :, 0] - 0.5
+    covered = ((times[0, :, None] >= starts) & (times[0, :, None] < starts + 1.0)).any(1)  # (T,)
+    assert covered.all() and ctx.mask.all()
+    assert ctx.positions[0, -1, 0].item() == pytest.approx(9.5)  # window [9, 10)
+    assert ctx.features[0, -1, 0].item() == pytest.approx(float(feats[0, 45:].mean()))  # frames 9.1 .. 9.9 s
+    # a frame exactly at a window's end falls in the next window (windows are half-open)
+    exact = context_from_time(feats[:, :5], torch.arange(5.0).view(1, 5) * 0.5, torch.ones(1, 5, dtype=torch.bool),
+                              window=1.0, stride=1.0)  # frames 0 .. 2 s
+    assert exact.positions[0, :, 0].tolist() == [0.5, 1.5, 2.5] and exact.features[0, -1, 0].item() == 4.0
