@@ -68,6 +68,41 @@ def _encode(bica, qformer, regions, contexts):
     return out, [qformer(r, f, s) for r, f, s in zip(regions, out.objects, summaries)]
 
 
+@torch.no_grad()
+def test_scenes_batched_with_others_give_what_they_give_alone():
+    """Boxes and events decoded jointly; scenes with 5 / 2 / 1 boxes, 1 / 3 / 0 events and 6 / 3 / 0
+    context queries: each scene's objects, summaries, contexts and visual tokens are its own."""
+    bica, qformer = _models()
+    boxes, events, contexts = [(5, 1), (2, 2), (1, 3)], [(1, 4), (3, 5), (0, 6)], [(6, 1), (3, 2), (0, 3)]
+    out, tokens = _encode(bica, qformer, [_regions("box", boxes), _regions("event", events)], [_contexts(contexts)])
+    for b in range(3):
+        # a kind without regions runs as one padding region (as RegionCaptioner runs it)
+        one, one_tokens = _encode(bica, qformer, [_regions("box", [boxes[b]]), _regions("event", [events[b]], pad_to=1)],
+                                  [_contexts([contexts[b]])])
+        for kind, (n, _) in enumerate((boxes[b], events[b])):
+            torch.testing.assert_close(out.objects[kind][b, :n], one.objects[kind][0, :n])
+            torch.testing.assert_close(out.summaries[kind][b, :n], one.summaries[kind][0, :n])
+            torch.testing.assert_close(tokens[kind][b, :n], one_tokens[kind][0, :n])
+            assert float(tokens[kind][b, n:].abs().sum()) == 0.0  # padded regions: zeros
+        q = contexts[b][0]
+        torch.testing.assert_close(out.contexts[b, :q], one.contexts[0, :q])
+        assert one.contexts.shape == (1, q, 32)
+    assert float(out.summaries[0][2].abs().sum()) == 0.0  # the scene without contexts has no summaries
+
+
+@torch.no_grad()
+def test_a_batch_without_any_context_query_runs_as_one_whose_contexts_are_all_masked():
+    """Q = 0 (no query sampled anywhere) used to fail in the attention's reshape; it now runs as a
+    batch whose context queries are all padding."""
+    bica, _ = _models()
+    regions = [_regions("box", [(3, 1)])]
+    empty = SceneContext(torch.zeros(1, 0, D), torch.zeros(1, 0, 3), torch.zeros(1, 0, dtype=torch.bool))
+    masked = SceneContext(torch.randn(1, 2, D), torch.randn(1, 2, 3), torch.zeros(1, 2, dtype=torch.bool))
+    a, b = bica(regions, [empty]), bica(regions, [masked])
+    torch.testing.assert_close(a.objects[0], b.objects[0])
+    assert a.contexts.shape == (1, 0, 32) and float(a.summaries[0].abs().sum()) == 0.0
+
+
 def test_time_windows_cover_the_last_frames():
     """Frames every 0.2 s up to 9.9 s, 1 s windows every 0.5 s: the last window used to end at 9.5 s,
     so the events at the end of a clip had no context of their own time."""

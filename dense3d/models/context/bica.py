@@ -304,6 +304,11 @@ class BiCADecoder(nn.Module):
                 c_doms += [c.domain] * c.features.shape[1]
             ctx, ctx_pos, ctx_mask = torch.cat(c_feat, 1), torch.cat(c_pos, 1), torch.cat(c_mask, 1)  # (B, Q, .)
             ctx_xyz = torch.cat(c_xyz, 1)  # (B, Q, 3)
+            num_ctx = ctx.shape[1]
+            if num_ctx == 0:  # no context query at all: one masked one, as in a batch where other scenes have some
+                ctx, ctx_pos = ctx.new_zeros(ctx.shape[0], 1, ctx.shape[2]), ctx_pos.new_zeros(ctx.shape[0], 1, ctx.shape[2])
+                ctx_mask, ctx_xyz = ctx_mask.new_zeros(ctx.shape[0], 1), ctx_xyz.new_zeros(ctx.shape[0], 1, 3)
+                c_doms = ["space"]
             ctx_dom = torch.tensor([d == "space" for d in c_doms], dtype=torch.bool, device=inst.device)  # (Q,)
             dist = self._distance(inst_xyz, inst_dom, ctx_xyz, ctx_dom)  # (B, R, Q)
             summary_bias = self._bias(dist, ctx_mask)  # (B, h, R, Q)
@@ -319,7 +324,7 @@ class BiCADecoder(nn.Module):
         inst = self.out_norm(inst) * inst_mask.unsqueeze(-1)  # padded regions -> 0
         summ = summ * inst_mask.unsqueeze(-1)
         if ctx is not None:
-            ctx = ctx * ctx_mask.unsqueeze(-1)
+            ctx = (ctx * ctx_mask.unsqueeze(-1))[:, :num_ctx]  # (B, Q, D); the stand-in query of Q = 0 dropped
         return BiCAOutput(list(inst.split(sizes, 1)), list(summ.split(sizes, 1)), ctx)
 
 
