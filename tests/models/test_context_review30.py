@@ -103,6 +103,18 @@ def test_a_batch_without_any_context_query_runs_as_one_whose_contexts_are_all_ma
     assert a.contexts.shape == (1, 0, 32) and float(a.summaries[0].abs().sum()) == 0.0
 
 
+def test_geometry_gradients_are_finite_at_padded_regions_and_at_the_sensor():
+    """Padded regions are all zeros: a box centred at (0, 0) made atan2's gradient 0 / 0 = NaN in the
+    geometry embedding (through ``geometry * mask`` it would reach whatever produced the boxes)."""
+    bica, qformer = _models()
+    regions = _regions("box", [(5, 1), (1, 2)])
+    regions.geometry[0, 0, 0:2] = 0.0  # a real box at the sensor
+    regions.geometry.requires_grad_(True)
+    out, tokens = _encode(bica, qformer, [regions], [_contexts([(4, 1), (2, 2)])])
+    (tokens[0].sum() + out.summaries[0].sum()).backward()
+    assert torch.isfinite(regions.geometry.grad).all()
+
+
 def test_time_windows_cover_the_last_frames():
     """Frames every 0.2 s up to 9.9 s, 1 s windows every 0.5 s: the last window used to end at 9.5 s,
     so the events at the end of a clip had no context of their own time."""

@@ -125,7 +125,10 @@ class GeometryEmbedding(nn.Module):
         if kind == "box":
             xy = geometry[..., 0:2]
             rng = xy.norm(dim=-1, keepdim=True)  # (B, R, 1)
-            bearing = torch.atan2(xy[..., 1:2], xy[..., 0:1])
+            # atan2's gradient at (0, 0) is 0 / 0: a box at the sensor (padded regions are zeros) gets
+            # x = 1 there instead, the same bearing 0 with a finite gradient
+            x_safe = torch.where(rng > 0, xy[..., 0:1], torch.ones_like(rng))
+            bearing = torch.atan2(xy[..., 1:2], x_safe)
             g = torch.cat([
                 geometry[..., 0:3] / self.space_scale,
                 torch.log(geometry[..., 3:6].clamp(min=1e-3)),
