@@ -103,6 +103,30 @@ def test_a_batch_without_any_context_query_runs_as_one_whose_contexts_are_all_ma
     assert a.contexts.shape == (1, 0, 32) and float(a.summaries[0].abs().sum()) == 0.0
 
 
+@torch.no_grad()
+def test_neighbours_at_equal_distances_do_not_depend_on_padding():
+    """A 3 x 3 grid of boxes (many neighbours at equal distances): alone or padded to 40 regions
+    (past cdist's 25-row switch to its rounding matrix-product mode), each box gets the same
+    neighbours, in index order among equals, and the same rank features."""
+    xy = torch.stack(torch.meshgrid(torch.arange(3.0), torch.arange(3.0), indexing="ij"), -1).reshape(9, 2) * 1.7
+    geo = torch.cat([xy + 10.3, torch.zeros(9, 1), torch.ones(9, 3), torch.zeros(9, 1)], 1)  # (9, 7)
+
+    def regions(R):
+        G, M = torch.zeros(1, R, 7), torch.zeros(1, R, dtype=torch.bool)
+        G[0, :9], M[0, :9] = geo, True
+        labels = torch.zeros(1, R, dtype=torch.long)
+        labels[0, :9] = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1, 0])
+        return RegionFeatures("box", torch.zeros(1, R, D), G, M.float(), labels, M)
+
+    alone, padded = regions(9), regions(40)
+    idx, valid = nearest_neighbours(alone, 4)
+    idx40, valid40 = nearest_neighbours(padded, 4)
+    assert torch.equal(idx, idx40[:, :9]) and torch.equal(valid, valid40[:, :9])
+    assert idx[0, 4].tolist() == [1, 3, 5, 7]  # the centre's four nearest, lowest index first
+    torch.testing.assert_close(relation_ranks(alone, idx, valid), relation_ranks(padded, idx40, valid40)[:, :9],
+                               rtol=0, atol=0)
+
+
 def test_geometry_gradients_are_finite_at_padded_regions_and_at_the_sensor():
     """Padded regions are all zeros: a box centred at (0, 0) made atan2's gradient 0 / 0 = NaN in the
     geometry embedding (through ``geometry * mask`` it would reach whatever produced the boxes)."""

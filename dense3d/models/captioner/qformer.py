@@ -84,7 +84,9 @@ def nearest_neighbours(regions: RegionFeatures, k: int, min_score: float = 0.0) 
         c = g[..., 0:3]  # (B, R, 3)
     else:
         c = torch.cat([0.5 * (g[..., 0:1] + g[..., 1:2])], -1)  # (B, R, 1) centre times
-    d = torch.cdist(c, c)  # (B, R, R)
+    # exact distances (cdist's matrix-product mode, taken past 25 regions, rounds them) and a stable
+    # sort: regions at equal distances keep their index order, however many padded regions follow
+    d = torch.cdist(c, c, compute_mode="donot_use_mm_for_euclid_dist")  # (B, R, R)
     sure = mask & (regions.scores >= min_score)  # (B, R) regions that may be a neighbour
     bad = ~(mask[:, :, None] & sure[:, None, :]) | torch.eye(R, dtype=torch.bool, device=d.device)[None]
     d = d.masked_fill(bad, float("inf"))
@@ -92,7 +94,8 @@ def nearest_neighbours(regions: RegionFeatures, k: int, min_score: float = 0.0) 
     if kk == 0:
         z = torch.zeros(B, R, k, dtype=torch.long, device=d.device)
         return z, z.bool()
-    dist, idx = d.topk(kk, dim=-1, largest=False)  # (B, R, kk), nearest first
+    dist, idx = d.sort(dim=-1, stable=True)  # (B, R, R), nearest first
+    dist, idx = dist[..., :kk], idx[..., :kk]  # (B, R, kk)
     valid = torch.isfinite(dist)
     idx = idx.masked_fill(~valid, 0)
     if kk < k:  # pad to k
@@ -161,7 +164,7 @@ def relation_ranks(regions: RegionFeatures, idx: torch.Tensor, valid: torch.Tens
     g, mask = regions.geometry, regions.mask.bool()
     B, R, k = idx.shape
     c = g[..., 0:2] if regions.kind == "box" else 0.5 * (g[..., 0:1] + g[..., 1:2])  # (B, R, 2|1) centres
-    dist = torch.cdist(c, c)  # (B, R, R): dist[b, t, j]
+    dist = torch.cdist(c, c, compute_mode="donot_use_mm_for_euclid_dist")  # (B, R, R): dist[b, t, j], exact
     flat = idx.reshape(B, R * k, 1).expand(-1, -1, R)  # (B, R*k, R)
     to_t = dist.gather(1, flat).reshape(B, R, k, R)  # (B, R*k, R) -> (B, R, k, R): |t - j| for every j
     lab = regions.labels
