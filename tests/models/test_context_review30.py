@@ -13,7 +13,7 @@ from dense3d.models.captioner.qformer import (
     relation_geometry,
     relation_ranks,
 )
-from dense3d.models.context.bica import BiCADecoder, SceneContext, context_from_time
+from dense3d.models.context.bica import BiCADecoder, SceneContext, context_from_bev, context_from_time
 from dense3d.structures.sample import RegionFeatures
 
 D = 16
@@ -154,3 +154,17 @@ def test_time_windows_cover_the_last_frames():
     exact = context_from_time(feats[:, :5], torch.arange(5.0).view(1, 5) * 0.5, torch.ones(1, 5, dtype=torch.bool),
                               window=1.0, stride=1.0)  # frames 0 .. 2 s
     assert exact.positions[0, :, 0].tolist() == [0.5, 1.5, 2.5] and exact.features[0, -1, 0].item() == 4.0
+
+
+def test_bev_cells_sit_where_they_were_pooled_when_the_map_is_not_a_whole_number_of_cells():
+    """A 10 x 7 map of 1 m pixels pooled by 3: avg_pool2d keeps 9 x 6 pixels in 3 x 2 cells, whose
+    centres are 1.5, 4.5, 7.5 m (y) and 1.5, 4.5 m (x) from the map's edge; they used to be spread
+    over the whole 10 x 7 m. Each cell's feature is the mean of the pixels it sits on."""
+    y = torch.arange(10.0).view(1, 1, 10, 1).expand(1, 1, 10, 7) + 0.5  # each pixel's own y centre
+    x = torch.arange(7.0).view(1, 1, 1, 7).expand(1, 1, 10, 7) + 0.5
+    ctx = context_from_bev(torch.cat([x, y], 1), (0.0, 7.0), (0.0, 10.0), cell=3)
+    assert ctx.positions[0, :, 1].tolist() == [1.5, 1.5, 4.5, 4.5, 7.5, 7.5]
+    assert ctx.positions[0, :, 0].tolist() == [1.5, 4.5] * 3
+    torch.testing.assert_close(ctx.features, ctx.positions[..., :2])
+    whole = context_from_bev(torch.cat([x, y], 1)[..., :9, :6], (0.0, 6.0), (0.0, 9.0), cell=3)
+    torch.testing.assert_close(whole.positions, ctx.positions, rtol=0, atol=0)

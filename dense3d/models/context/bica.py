@@ -400,8 +400,11 @@ def context_from_bev(bev: torch.Tensor, x_range: tuple[float, float], y_range: t
     Hp, Wp = pooled.shape[-2:]
     feats = pooled.flatten(2).transpose(1, 2)  # (B, C, H'*W') -> (B, Q, C)
     dtype = torch.promote_types(bev.dtype, torch.float32)  # positions in metres: not in 16 bits under autocast
-    ys = y_range[0] + (torch.arange(Hp, device=bev.device, dtype=dtype) + 0.5) * (y_range[1] - y_range[0]) / Hp
-    xs = x_range[0] + (torch.arange(Wp, device=bev.device, dtype=dtype) + 0.5) * (x_range[1] - x_range[0]) / Wp
+    # avg_pool2d drops the last H % cell rows (W % cell columns): the cells span that much less than the range
+    y_span = y_range[1] - y_range[0] if Hp * cell == H else (y_range[1] - y_range[0]) * (Hp * cell) / H
+    x_span = x_range[1] - x_range[0] if Wp * cell == W else (x_range[1] - x_range[0]) * (Wp * cell) / W
+    ys = y_range[0] + (torch.arange(Hp, device=bev.device, dtype=dtype) + 0.5) * y_span / Hp
+    xs = x_range[0] + (torch.arange(Wp, device=bev.device, dtype=dtype) + 0.5) * x_span / Wp
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")  # (H', W') each
     pos = torch.stack([gx, gy, torch.full_like(gx, z)], -1).reshape(1, Hp * Wp, 3).expand(B, -1, -1)  # (B, Q, 3)
     mask = torch.ones(B, Hp * Wp, dtype=torch.bool, device=bev.device)
