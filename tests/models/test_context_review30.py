@@ -168,3 +168,75 @@ def test_bev_cells_sit_where_they_were_pooled_when_the_map_is_not_a_whole_number
     torch.testing.assert_close(ctx.features, ctx.positions[..., :2])
     whole = context_from_bev(torch.cat([x, y], 1)[..., :9, :6], (0.0, 6.0), (0.0, 9.0), cell=3)
     torch.testing.assert_close(whole.positions, ctx.positions, rtol=0, atol=0)
+
+
+def test_relation_geometry_is_in_the_regions_own_frame():
+    """Rotating and moving the whole scene (yaws turning with it, also by whole turns) leaves the
+    first 9 box relation features alone; the sensor-frame offset (the last 2) turns with the scene
+    as it should. Events: Δtime is the neighbour's centre minus the region's (positive: later)."""
+    regions = _regions("box", [(6, 3)])
+    idx, _ = nearest_neighbours(regions, 3)
+    ref = relation_geometry(regions, idx)
+    th = 0.7
+    rot = torch.tensor([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    G = regions.geometry.clone()
+    G[..., 0:2] = G[..., 0:2] @ rot.T + torch.tensor([3.0, -2.0])  # (1, R, 2)
+    G[..., 2] += 1.0
+    G[..., 6] += th + 2 * math.pi
+    moved = RegionFeatures("box", regions.features, G, regions.scores, regions.labels, regions.mask)
+    assert torch.equal(nearest_neighbours(moved, 3)[0], idx)
+    out = relation_geometry(moved, idx)
+    torch.testing.assert_close(out[..., :9], ref[..., :9], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[..., 9:], ref[..., 9:] @ rot.T, atol=1e-5, rtol=0)
+    events = RegionFeatures("event", torch.zeros(1, 2, D), torch.tensor([[[1.0, 2.0], [4.0, 5.0]]]), torch.ones(1, 2),
+                            torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool))
+    dt = relation_geometry(events, nearest_neighbours(events, 1)[0], time_scale=1.0)[..., 0]
+    assert dt[0, :, 0].tolist() == [3.0, -3.0]
+
+
+@torch.no_grad()
+def test_fewer_regions_than_neighbours_and_degenerate_boxes_give_finite_tokens():
+    bica, qformer = _models()
+    for n in (1, 2):  # k = 3 neighbours
+        regions = _regions("box", [(n, 7)])
+        _, tokens = _encode(bica, qformer, [regions], [_contexts([(2, 1)])])
+        assert tokens[0].shape == (1, n, 3, 24) and torch.isfinite(tokens[0]).all()
+        idx, valid = nearest_neighbours(regions, 3)
+        assert valid.sum().item() == n * (n - 1)
+    regions = _regions("box", [(4, 1)])
+    regions.geometry[0, :, 3:6] = 0.0  # zero-sized boxes
+    regions.geometry[0, 1, 0:3] = regions.geometry[0, 0, 0:3]  # two at the same place
+    _, tokens = _encode(bica, qformer, [regions], [_contexts([(3, 1)])])
+    assert torch.isfinite(tokens[0]).all()
+    events = RegionFeatures("event", torch.randn(1, 3, D), torch.tensor([[[1.0, 1.0], [1.0, 1.0], [2.0, 1.5]]]),
+                            torch.ones(1, 3), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool))
+    _, tokens = _encode(bica, qformer, [events], [_contexts([(3, 1)])])  # zero and negative lengths
+    assert torch.isfinite(tokens[0]).all()
+
+
+@torch.no_grad()
+def test_bfloat16_autocast_runs_and_stays_close_to_float32():
+    bica, qformer = _models()
+    regions = [_regions("box", [(5, 1), (2, 2)]), _regions("event", [(1, 4), (3, 5)])]
+    contexts = [_contexts([(6, 1), (3, 2)])]
+    _, ref = _encode(bica, qformer, regions, contexts)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, low = _encode(bica, qformer, regions, contexts)
+    for a, b in zip(ref, low):
+        assert torch.isfinite(b).all()
+        assert (a - b.float()).abs().max() < 0.1 * a.abs().max()
+
+
+def test_time_windows_of_16_bit_features_are_placed_in_float32():
+    """Under autocast the fused sequence may come in bfloat16: the window starts were computed in the
+    features' dtype, so 0.15 s strides rounded to 1/16 s near 10 s (centres 9.4375, 9.5625, 9.75) and
+    the windows took other frames. Positions and windows are now those of float32 features."""
+    T = 40
+    times = (torch.arange(T) * 0.25 + 0.125).view(1, T)
+    feats = torch.randn(1, T, D, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(1, T, dtype=torch.bool)
+    ref = context_from_time(feats, times, mask, window=0.3, stride=0.15)
+    low = context_from_time(feats.bfloat16(), times, mask, window=0.3, stride=0.15)
+    assert low.positions.dtype == torch.float32 and torch.equal(low.positions, ref.positions)
+    assert torch.equal(low.mask, ref.mask)
+    torch.testing.assert_close(low.features.float(), ref.features, atol=0.02, rtol=0.02)

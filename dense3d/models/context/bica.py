@@ -433,7 +433,8 @@ def context_from_time(features: torch.Tensor, times: torch.Tensor, mask: torch.T
     n = max(1, int(math.floor(max(t_end - window, 0.0) / stride)) + 1)
     if (n - 1) * stride + window <= t_end:  # the last window [start, start + window) must hold the last frame
         n += 1
-    starts = torch.arange(n, device=features.device, dtype=features.dtype) * stride  # (Q,)
+    dtype = torch.promote_types(features.dtype, torch.float32)  # seconds: not in 16 bits under autocast
+    starts = torch.arange(n, device=features.device, dtype=dtype) * stride  # (Q,)
     inside = (times[:, None, :] >= starts[None, :, None]) & (times[:, None, :] < starts[None, :, None] + window)
     inside = inside & mask[:, None, :]  # (B, Q, T)
     w = inside.to(features.dtype)
