@@ -240,3 +240,14 @@ def test_time_windows_of_16_bit_features_are_placed_in_float32():
     assert low.positions.dtype == torch.float32 and torch.equal(low.positions, ref.positions)
     assert torch.equal(low.mask, ref.mask)
     torch.testing.assert_close(low.features.float(), ref.features, atol=0.02, rtol=0.02)
+
+
+@torch.no_grad()
+def test_a_batch_without_regions_gives_no_tokens_with_every_relation_feature():
+    """R = 0 (RegionCaptioner pads it to one region, but the Q-Former is public): relation_ranks
+    failed in a minimum over no rivals; every option now gives (B, 0, K, out_dim) tokens."""
+    for kw in ({}, dict(relation_ranks=True), dict(relation_between=True)):
+        torch.manual_seed(0)
+        qformer = RelationQFormer(32, 4, 1, num_queries=3, num_neighbours=3, region_dim=D, out_dim=24, **kw).eval()
+        regions = _regions("box", [(0, 1), (0, 2)])
+        assert qformer(regions, regions.features).shape == (2, 0, 3, 24)

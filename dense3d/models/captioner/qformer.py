@@ -163,6 +163,8 @@ def relation_ranks(regions: RegionFeatures, idx: torch.Tensor, valid: torch.Tens
     """
     g, mask = regions.geometry, regions.mask.bool()
     B, R, k = idx.shape
+    if R == 0:  # no region in any scene: nothing to rank (the minimum over no rivals below would fail)
+        return g.new_zeros(B, 0, k, RANK_DIMS)
     c = g[..., 0:2] if regions.kind == "box" else 0.5 * (g[..., 0:1] + g[..., 1:2])  # (B, R, 2|1) centres
     dist = torch.cdist(c, c, compute_mode="donot_use_mm_for_euclid_dist")  # (B, R, R): dist[b, t, j], exact
     flat = idx.reshape(B, R * k, 1).expand(-1, -1, R)  # (B, R*k, R)
