@@ -9,24 +9,10 @@ import torch
 
 from dense3d.data.converters import write_wav
 from dense3d.models.encoders.audio.encoder import AudioEncoder
-from dense3d.structures import Batch, Sample
+from dense3d.structures import Sample
 from dense3d.structures.sample import AudioClip
 
-SR = 16000
-
-
-def _audio_batch(waves) -> Batch:
-    """Zero-padded (B, A, S_max) batch of (A, S_b) waveforms, as ``collate`` builds it."""
-    S = max(w.shape[1] for w in waves)
-    audio = torch.zeros(len(waves), waves[0].shape[0], S)
-    for b, w in enumerate(waves):
-        audio[b, :, : w.shape[1]] = w
-    samples = [Sample(f"s{b}", audio=AudioClip(w, SR)) for b, w in enumerate(waves)]
-    return Batch(samples, audio=audio, audio_lengths=torch.tensor([w.shape[1] for w in waves]), sample_rate=SR)
-
-
-def _noise(channels: int, samples: int, seed: int) -> torch.Tensor:
-    return 0.1 * torch.randn(channels, samples, generator=torch.Generator().manual_seed(seed))
+from tests.models.av_clips import SR, audio_batch as _audio_batch, noise as _noise
 
 
 @pytest.mark.parametrize("samples", [1, 100, 256])

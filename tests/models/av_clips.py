@@ -59,3 +59,18 @@ def av_batch(specs, duration: float = 2.0, with_video: bool = True, size: int = 
         batch.video_timestamps = torch.stack(stamps)
         batch.video_mask = torch.ones(B, videos[0].shape[0], dtype=torch.bool)
     return batch
+
+
+def audio_batch(waves) -> Batch:
+    """Zero-padded (B, A, S_max) batch of (A, S_b) waveforms at SR, as ``collate`` builds it."""
+    S = max(w.shape[1] for w in waves)
+    audio = torch.zeros(len(waves), waves[0].shape[0], S)  # (B, A, S_max)
+    for b, w in enumerate(waves):
+        audio[b, :, : w.shape[1]] = w
+    samples = [Sample(f"s{b}", audio=AudioClip(w, SR)) for b, w in enumerate(waves)]
+    return Batch(samples, audio=audio, audio_lengths=torch.tensor([w.shape[1] for w in waves]), sample_rate=SR)
+
+
+def noise(channels: int, samples: int, seed: int) -> torch.Tensor:
+    """(channels, samples) seeded white noise of standard deviation 0.1."""
+    return 0.1 * torch.randn(channels, samples, generator=torch.Generator().manual_seed(seed))
