@@ -14,7 +14,9 @@ and cached in the tensor's ``indice_dict``. Algorithm (``csrc/sparse_conv/sparse
 """
 from __future__ import annotations
 
+import math
 import numbers
+import re
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -101,6 +103,34 @@ def _check_sites(src: str, indices: torch.Tensor, spatial_shape: Sequence[int]) 
                                 got=indices[row].tolist())
 
 
+# Pair positions, CSR row pointers and orders are int32 (both backends); site keys
+# ``b * volume + linear cell`` are int64.
+MAX_PAIRS = 2**31 - 1
+MAX_SITE_KEY = 2**63 - 1
+
+
+def _check_key_range(src: str, indices: torch.Tensor, spatial_shape: Sequence[int], out_shape: Sequence[int]) -> None:
+    """Site keys of every sample must fit int64: past it keys of different sites alias (wrong pairs)."""
+    volume = max(math.prod(spatial_shape), math.prod(out_shape))
+    if indices.shape[0] == 0 or (2**31) * volume <= MAX_SITE_KEY + 1:
+        return  # no int32 batch index can reach the limit (the usual case: no device sync)
+    batch_size = int(indices[:, 0].max()) + 1
+    if batch_size * volume > MAX_SITE_KEY + 1:  # keys run 0 .. batch_size * volume - 1
+        raise SparseTensorError(src, "spatial_shape", "batch size x grid volume <= 2**63 - 1 (int64 site keys)",
+                                got=f"{batch_size} samples x {volume} cells")
+
+
+def _too_many_pairs(src: str, num_pairs: int) -> SparseTensorError:
+    return SparseTensorError(src, "indices", f"a kernel map of at most {MAX_PAIRS} pairs (int32 pair positions); "
+                             "split the batch or use a coarser grid", got=f"{num_pairs} pairs")
+
+
+def _check_num_pairs(src: str, num_pairs: int) -> None:
+    """Pair positions are int32: a map of more pairs would index the wrong pairs."""
+    if num_pairs > MAX_PAIRS:
+        raise _too_many_pairs(src, num_pairs)
+
+
 def build_kernel_map(
     indices: torch.Tensor,
     spatial_shape: Sequence[int],
@@ -138,6 +168,7 @@ def build_kernel_map(
         out_shape = conv_output_shape(spatial_shape, ks, st, pd, dl)
         if any(s < 1 for s in out_shape):
             raise SparseTensorError("SparseConv", "spatial_shape", f"a grid the kernel {ks} fits into", got=list(spatial_shape))
+    _check_key_range(src, indices, spatial_shape, out_shape)
     # 2-D runs as 3-D with a unit z axis: (N, 3) [b, y, x] -> (N, 4) [b, 0, y, x].
     idx3 = indices if ndim == 3 else torch.cat([indices[:, :1], torch.zeros_like(indices[:, :1]), indices[:, 1:]], 1)
     args = (
@@ -145,10 +176,17 @@ def build_kernel_map(
         _to3(st, ndim, 1), _to3(pd, ndim, 0), _to3(dl, ndim, 1), subm,
     )
     if resolve_backend(backend, "sparse_conv_kernel_map", indices) == "ext":
-        res = ext().sparse_conv_kernel_map(*args)
+        try:
+            res = ext().sparse_conv_kernel_map(*args)
+        except RuntimeError as e:  # the builders' TORCH_CHECK on the pair count, stopped before int32 wraps
+            found = re.search(r"dense3d kernel map: (\d+) pairs", str(e))
+            if found is None:
+                raise
+            raise _too_many_pairs(src, int(found.group(1))) from None
     else:
         res = kernel_map_ref(*args)
     out3, in_idx, out_idx, offsets, stats, out_rowptr, out_perm, in_rowptr, in_perm, out_order, in_order = res
+    _check_num_pairs(src, int(offsets[-1]))  # the reference's int32 positions would have wrapped; never used then
     n_dup, identity = (int(v) for v in stats)
     if n_dup > 0:
         raise SparseTensorError("SparseTensor", "indices", "unique sites", got=f"{n_dup} duplicate rows")

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <memory>
 #include <vector>
+#include <limits>
 
 #include "sparse_conv/sparse_conv.h"
 
@@ -196,6 +197,10 @@ std::vector<at::Tensor> kernel_map_cpu(const at::Tensor& indices, const ConvGeom
   int64_t* off = offsets.data_ptr<int64_t>();
   for (int64_t k = 0; k < K; ++k) off[k + 1] = off[k] + counts[k];
   const int64_t P = off[K];
+  // Pair positions, CSR row pointers and orders are int32: more pairs would wrap (kernel_map.py
+  // turns this message into a SparseTensorError).
+  TORCH_CHECK(P <= std::numeric_limits<int32_t>::max(), "dense3d kernel map: ", P,
+              " pairs exceed the int32 pair index limit 2147483647");
   at::Tensor in_idx = at::empty({P}, indices.options());
   at::Tensor out_idx = at::empty({P}, indices.options());
   int32_t* pin = in_idx.data_ptr<int32_t>();

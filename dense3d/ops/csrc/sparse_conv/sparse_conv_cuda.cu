@@ -2,6 +2,7 @@
 // kernel map, and gather / row-wise scatter kernels for the compute loop (GEMMs go to cuBLAS
 // through ATen in sparse_conv.cpp). The scatter runs one thread per (row, channel) over the
 // row's pair list, so it needs no atomics and sums in a fixed order.
+#include <limits>
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -215,6 +216,10 @@ std::vector<at::Tensor> kernel_map_cuda(const at::Tensor& indices, const ConvGeo
   at::Tensor offsets = at::zeros({K + 1}, at::kLong);
   offsets.narrow(0, 1, K).copy_(hit.view({K, m}).sum(1).cumsum(0).cpu());
   const int64_t* off = offsets.data_ptr<int64_t>();
+  // Pair positions, CSR row pointers and orders are int32: more pairs would wrap (kernel_map.py
+  // turns this message into a SparseTensorError).
+  TORCH_CHECK(off[K] <= std::numeric_limits<int32_t>::max(), "dense3d kernel map: ", off[K],
+              " pairs exceed the int32 pair index limit 2147483647");
 
   // 5. Row-wise views of the pairs (identity pairs left out).
   at::Tensor keep = at::ones({off[K]}, indices.options().dtype(at::kBool));
