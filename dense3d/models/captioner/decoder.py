@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from dense3d.errors import CheckpointError, DependencyError
+from dense3d.errors import CheckpointError, ConfigError, DependencyError
 from dense3d.utils.env import SMOLLM2_GGUF, cache_dir, smollm2_dir
 from dense3d.utils.progress import progress_mode
 
@@ -366,17 +366,23 @@ def smollm2_decoder() -> FrozenDecoder:
     return FrozenDecoder(_smollm2_loader, name="SmolLM2-135M-Instruct")
 
 
+LLM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 class _LocalLlama:
-    def __init__(self, path: str, gguf_file: str | None):
-        self.path, self.gguf_file = path, gguf_file
+    def __init__(self, path: str, gguf_file: str | None, dtype: torch.dtype):
+        self.path, self.gguf_file, self.dtype = path, gguf_file, dtype
 
     def __call__(self):
-        return load_llama(self.path, gguf_file=self.gguf_file)
+        return load_llama(self.path, dtype=self.dtype, gguf_file=self.gguf_file)
 
 
-def local_llama_decoder(path: str, gguf_file: str | None = None) -> FrozenDecoder:
-    """Any local HF Llama checkpoint folder, loaded on first use."""
-    return FrozenDecoder(_LocalLlama(path, gguf_file), name=str(path))
+def local_llama_decoder(path: str, gguf_file: str | None = None, dtype: str = "float32") -> FrozenDecoder:
+    """Any local HF Llama checkpoint folder, loaded on first use in ``dtype`` ("float32",
+    "bfloat16" or "float16": 16-bit halves the frozen weights' memory; what trains stays float32)."""
+    if not isinstance(dtype, str) or dtype not in LLM_DTYPES:
+        raise ConfigError("model.captioner.decoder", "dtype", " | ".join(f'"{d}"' for d in LLM_DTYPES), got=repr(dtype))
+    return FrozenDecoder(_LocalLlama(path, gguf_file, LLM_DTYPES[dtype]), name=str(path))
 
 
 class _TinyLlama:
