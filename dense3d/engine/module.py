@@ -365,6 +365,15 @@ class DenseCaptionDataModule(pl.LightningDataModule):
         self.train_set, self.val_set, self.test_set = train, val, test
         self.collate_fn, self.batch_size, self.num_workers, self.seed = collate_fn, batch_size, num_workers, seed
         self.shuffle = shuffle
+        self.resumed_world_size: int | None = None  # the ranks the resumed checkpoint was written by (None: unknown)
+
+    def state_dict(self) -> dict[str, Any]:
+        """In the checkpoint: the number of ranks it is written by (a resume inside an epoch
+        skips the samples each rank has trained: see :meth:`train_dataloader`)."""
+        return {"world_size": self.trainer.world_size if self.trainer is not None else 1}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.resumed_world_size = int(state["world_size"]) if "world_size" in state else None
 
     def _loader(self, dataset: Dataset, shuffle: bool, pad: bool = False) -> DataLoader:
         trainer = self.trainer
@@ -398,11 +407,25 @@ class DenseCaptionDataModule(pl.LightningDataModule):
             else:
                 loader.sampler.set_epoch(epoch.processed)
             if inside and not batches.is_last_batch and batches.current.processed > 0:
+                self._check_same_ranks(loader.sampler.num_replicas)
                 # the rest of that epoch, not its start again: Lightning replays a loader without
                 # state_dict from the epoch's first batch (a PossibleUserWarning says so), so the
                 # resumed run trained twice on those batches and never on the rest of the epoch
                 loader.sampler.skip = batches.current.processed * self.batch_size
         return loader
+
+    def _check_same_ranks(self, world_size: int) -> None:
+        """A checkpoint written inside an epoch resumes on as many ranks as wrote it: the samples
+        to skip are counted in each rank's batches, and the ranks take other samples of the
+        epoch's order when there are more or fewer of them (the resumed epoch would train some
+        samples twice and others never); else a one-line CheckpointError."""
+        saved = self.resumed_world_size
+        if saved is None or saved == world_size:
+            return
+        source = getattr(self.trainer, "ckpt_path", None) or "the resumed checkpoint"
+        raise CheckpointError(source, f"{type(self).__qualname__}.world_size", f"{world_size} rank(s), as this run has, "
+                              "for a checkpoint written inside an epoch (resume it on as many ranks as wrote it, or "
+                              "resume a checkpoint written at an epoch's end)", got=f"written by {saved} rank(s)")
 
     def val_dataloader(self):
         return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
