@@ -256,10 +256,40 @@ class DenseCaptionModule(pl.LightningModule):
                   f"{stand_in.param_groups[0]['lr']:.4g}", file=sys.stderr)
 
     def configure_optimizers(self):
-        opt = self.optimizer_factory(self.optimizer_params())
+        params = self.optimizer_params()
+        opt = self.optimizer_factory(params)
+        if self._trainer is None or self.trainer.is_global_zero:
+            import sys
+
+            print(f"dense3d optimizer: {describe_groups(opt, params, self.optimizer_factory)}", file=sys.stderr)
         if self.scheduler_factory is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+
+def describe_groups(optimizer: torch.optim.Optimizer, params: list, factory: Callable | None = None) -> str:
+    """One line on the optimizer's parameter groups, e.g. ``AdamW: 812 tensors decayed
+    (weight_decay 0.01), 96 not (1-D: 90, '*.gates': 6)``: a ``no_decay`` pattern that matches
+    nothing or too much shows at the start of every run. ``params``: what the optimizer was built
+    over (``(name, tensor)`` pairs or tensors); ``factory``: its partial, whose ``no_decay_1d`` /
+    ``no_decay`` the reasons count (tensors may count under more than one)."""
+    import fnmatch
+
+    name = type(optimizer).__name__
+    groups = optimizer.param_groups
+    decayed = sum(len(g["params"]) for g in groups if g.get("weight_decay", 0) != 0)
+    kept = sum(len(g["params"]) for g in groups) - decayed
+    rates = sorted({g.get("weight_decay", 0) for g in groups if g.get("weight_decay", 0) != 0})
+    decay = f" (weight_decay {', '.join(f'{r:g}' for r in rates)})" if rates else ""
+    options = getattr(factory, "keywords", None) or {}
+    named = [p for p in params if isinstance(p, tuple)]
+    reasons = []
+    if named and options.get("no_decay_1d", True) and getattr(getattr(factory, "func", factory), "takes_names", False):
+        reasons.append(f"1-D: {sum(1 for _, p in named if p.ndim <= 1)}")
+    for pattern in options.get("no_decay") or ():
+        reasons.append(f"'{pattern}': {sum(1 for n, _ in named if fnmatch.fnmatchcase(n, pattern))}")
+    return (f"{name}: {decayed} tensors decayed{decay}, {kept} not" + (f" ({', '.join(reasons)})" if reasons else "")
+            + f", in {len(groups)} group(s)")
 
 
 def _check_moment_shapes(state: dict[str, Any], groups: list[dict[str, Any]], params: list, source, index: int,

@@ -1,5 +1,6 @@
 """DDP resume: every rank's random state is saved and restored, a checkpoint written inside an
 epoch refuses another number of ranks, and fit says how the optimizer grouped the weights."""
+import functools
 import os
 import subprocess
 import sys
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from dense3d.engine.checkpoint import load_checkpoint, save_checkpoint
-from dense3d.engine.module import RNGStateCallback
+from dense3d.engine.module import RNGStateCallback, describe_groups
+from dense3d.engine.optim import AdamW
 
 SCRIPT = Path(__file__).with_name("toy_train.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -83,3 +85,21 @@ def test_rng_state_of_the_old_single_state_format_and_of_more_ranks_loads_in_one
     assert capsys.readouterr().err.splitlines() == [
         "dense3d train: the checkpoint was written by 2 rank(s), this run has 1 rank(s): rank 0 restores its saved random "
         "state (dropout and augmentation draw other numbers than an uninterrupted run)"]
+
+
+class _Gated(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)  # weight decayed, bias 1-D
+        self.gates = torch.nn.Parameter(torch.zeros(2, 3))  # 2-D, kept by the pattern
+
+
+def test_the_optimizer_groups_are_described_in_one_line():
+    model = _Gated()
+    named = list(model.named_parameters())
+    factory = functools.partial(AdamW, lr=1e-3, weight_decay=0.05, no_decay=["gates", "*.nothing"])
+    line = describe_groups(factory(named), named, factory)
+    assert line == "AdamW: 1 tensors decayed (weight_decay 0.05), 2 not (1-D: 1, 'gates': 1, '*.nothing': 0), in 2 group(s)"
+    plain = functools.partial(torch.optim.SGD, lr=0.1)
+    params = [p for _, p in named]
+    assert describe_groups(plain(params), params, plain) == "SGD: 0 tensors decayed, 3 not, in 1 group(s)"
