@@ -61,13 +61,18 @@ def test_two_process_ddp_resume_gives_the_uninterrupted_runs_weights_with_dropou
 @pytest.mark.slow
 def test_a_checkpoint_written_inside_an_epoch_refuses_another_number_of_ranks(tmp_path):
     # 32 samples, 2 ranks of batches of 4: 4 steps an epoch; the checkpoint of step 2 is inside epoch 0
-    _run(tmp_path, "--ddp", "--epochs", 1, "--max-steps", 2, "--every-n-steps", 1)
-    assert load_checkpoint(tmp_path / "ckpt" / "last.ckpt")["DenseCaptionDataModule"] == {"world_size": 2}
-    r = _run(tmp_path, "--epochs", 1, "--resume", check=False)
+    run = ("--ddp", "--augment", "--epochs", 1, "--every-n-steps", 1)
+    _run(tmp_path / "whole", *run)
+    _run(tmp_path / "part", *run, "--max-steps", 2)
+    assert load_checkpoint(tmp_path / "part" / "ckpt" / "last.ckpt")["DenseCaptionDataModule"] == {"world_size": 2}
+    r = _run(tmp_path / "part", "--augment", "--epochs", 1, "--every-n-steps", 1, "--resume", check=False)
     assert r.returncode != 0
     error = [line for line in r.stderr.splitlines() if line.startswith("dense3d.errors.CheckpointError")]
     assert error and "DenseCaptionDataModule.world_size" in error[0] and "expected 1 rank(s)" in error[0] \
         and "written by 2 rank(s)" in error[0], r.stderr[-2000:]
+    # on as many ranks as wrote it, the rest of the epoch: the uninterrupted run's weights
+    _run(tmp_path / "part", *run, "--resume")
+    assert _same_weights(tmp_path / "whole", tmp_path / "part")
 
 
 def test_rng_state_of_the_old_single_state_format_and_of_more_ranks_loads_in_one_process(capsys):
