@@ -179,6 +179,11 @@ class TOD3CapDataset(SampleDataset):
     # ------------------------------------------------------------ index and metadata
     def _build_index(self) -> list:
         infos = load_pickle(self.info_file)
+        if isinstance(infos, dict) and "metainfo" not in infos and "data_list" not in infos and "infos" in infos:
+            # mmdet3d v0.x ('infos' / 'metadata', 'lidar_path', 'cams', 'gt_boxes'): another layout
+            raise AnnotationError(self.info_file, "metainfo", "the mmdet3d v1.x info layout ('metainfo', 'data_list'); this is the "
+                                  "v0.x layout ('infos', 'metadata'): convert it with mmdet3d's "
+                                  "tools/dataset_converters/update_infos_to_v2.py", got="'infos'")
         meta = require(infos, "metainfo", self.info_file, "")
         cats = require(meta, "categories", self.info_file, "metainfo")
         if not isinstance(cats, dict) or not cats:
