@@ -276,7 +276,8 @@ class TOD3CapDataset(SampleDataset):
         for j, sweep in enumerate(sweeps[: self.sweeps]):
             sw = f"{where}.lidar_sweeps[{j}]"
             sl = require(sweep, "lidar_points", self.info_file, sw)
-            sp = read_points_bin(self._sweep_path(str(require(sl, "lidar_path", self.info_file, f"{sw}.lidar_points"))), nfeat)
+            sp = read_points_bin(self._sweep_path(str(require(sl, "lidar_path", self.info_file, f"{sw}.lidar_points"))), nfeat,
+                                 field=f"{sw}.lidar_points.lidar_path")
             if self.sweep_remove_close > 0:  # the ego car's own points, in the sweep's sensor frame
                 sp = sp[(sp[:, :2].abs() >= self.sweep_remove_close).any(1)]  # (N, F) -> (N', F)
             sweep2key = self._sweep_to_key(info, sweep, sl, sw).to(torch.float32)  # (4, 4)
