@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dense3d.data.datasets import TOD3CapDataset
-from dense3d.errors import AnnotationError, PointCloudError
+from dense3d.errors import AnnotationError, ConfigError, PointCloudError
 
 PKL = "n015-2018-07-24-11-22-45+0800.pkl"
 
@@ -50,3 +50,40 @@ def test_a_missing_sweep_file_names_the_sweep_field(samples, tmp_path):
     msg = str(e.value)
     assert "\n" not in msg and "gone__LIDAR_TOP__1.pcd.bin" in msg
     assert "data_list[0].lidar_sweeps[0].lidar_points.lidar_path" in msg
+
+
+@pytest.mark.parametrize("box_filter", ["num_lidar_pts", "bbox_3d_isvalid"])
+def test_box_filter_keeps_the_boxes_mmdet3d_keeps(samples, tmp_path, box_filter):
+    infos = _info(samples)
+    insts = infos["data_list"][0]["instances"]
+    # the real keyframe: mark three boxes empty / invalid (mmdet3d drops them by default)
+    for i in (0, 5, 7):
+        insts[i]["num_lidar_pts"] = 0
+        insts[i]["bbox_3d_isvalid"] = False
+    ds = _write(tmp_path, infos, samples, sensors=[], box_filter=box_filter)
+    s = ds[0]
+    if box_filter == "num_lidar_pts":
+        kept = [i for i, inst in enumerate(insts) if inst["num_lidar_pts"] > 0]
+    else:
+        kept = [i for i, inst in enumerate(insts) if inst["bbox_3d_isvalid"]]
+    assert 0 < len(kept) <= len(insts) - 3 and not {0, 5, 7} & set(kept)
+    assert len(s.boxes) == len(kept)
+    assert s.boxes.object_ids == [insts[i]["ann_token"] if "ann_token" in insts[i] else f"{s.sample_id}_{i}" for i in kept]
+    assert bool(s.meta["box_valid"].all()) and bool((s.boxes.num_points > 0).all())
+    assert len(s.meta["num_radar_pts"]) == len(kept)
+    # default: every box, as before
+    every = _write(tmp_path, infos, samples, sensors=[])[0]
+    assert len(every.boxes) == len(insts) and int((~every.meta["box_valid"]).sum()) == sum(not i["bbox_3d_isvalid"] for i in insts)
+
+
+def test_box_filter_on_empty_instances_and_missing_fields(samples, tmp_path):
+    infos = _info(samples)
+    infos["data_list"][0]["instances"] = []
+    s = _write(tmp_path, infos, samples, sensors=[], box_filter="num_lidar_pts")[0]
+    assert len(s.boxes) == 0
+    infos = _info(samples)
+    del infos["data_list"][0]["instances"][3]["bbox_3d_isvalid"]
+    with pytest.raises(AnnotationError, match=r"data_list\[0\]\.instances\[3\]\.bbox_3d_isvalid.*missing"):
+        _write(tmp_path, infos, samples, sensors=[], box_filter="bbox_3d_isvalid")[0]
+    with pytest.raises(ConfigError, match="box_filter"):
+        TOD3CapDataset(str(tmp_path / "x.pkl"), box_filter="valid_flag")

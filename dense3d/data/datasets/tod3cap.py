@@ -17,7 +17,7 @@ from dense3d.data.readers import check_rigid, load_json, load_pickle, read_image
 from dense3d.errors import AnnotationError, BoxError, CalibrationError, ConfigError, ImageError
 from dense3d.structures import Boxes3D, BoxAnnotations, CameraImages, PointCloud, Sample
 
-__all__ = ["TOD3CapDataset", "CAPTION_SOURCES", "OLD_CAPTION_FIELDS", "NUSCENES_POINT_FEATURES", "parse_caption_entry",
+__all__ = ["TOD3CapDataset", "BOX_FILTERS", "CAPTION_SOURCES", "OLD_CAPTION_FIELDS", "NUSCENES_POINT_FEATURES", "parse_caption_entry",
            "tod3cap_template"]
 
 # Columns of a nuScenes ``.pcd.bin``.
@@ -26,6 +26,10 @@ NUSCENES_POINT_FEATURES = ("x", "y", "z", "intensity", "ring")
 OLD_CAPTION_FIELDS = ("attribute_caption", "localization_caption", "motion_caption", "map_caption", "depth_caption")
 # How an entry's caption is chosen (``TOD3CapDataset(caption_source=...)``).
 CAPTION_SOURCES = ("final_caption", "template")
+# Which boxes ``TOD3CapDataset(box_filter=...)`` keeps, as mmdet3d's ``NuScenesDataset``: None keeps
+# every box; "num_lidar_pts" those with ``num_lidar_pts > 0`` (mmdet3d's default,
+# ``use_valid_flag=False``); "bbox_3d_isvalid" those flagged valid (``use_valid_flag=True``).
+BOX_FILTERS = (None, "num_lidar_pts", "bbox_3d_isvalid")
 
 
 def _as_texts(value, source, field: str) -> list[str]:
@@ -131,6 +135,10 @@ class TOD3CapDataset(SampleDataset):
             sensor. 0 keeps every point. The keyframe's points are never dropped.
         data_prefix: sub-folder per file kind (``"pts"``, camera names), mmdet3d style.
         drop_ignored: drop boxes with label -1 (a class outside ``metainfo.categories``).
+        box_filter: None (default: keep every box), ``"num_lidar_pts"`` (keep boxes with at least
+            one LiDAR point: what mmdet3d's ``NuScenesDataset`` trains and tests on by default) or
+            ``"bbox_3d_isvalid"`` (keep boxes flagged valid, LiDAR + radar points > 0: mmdet3d's
+            ``use_valid_flag=True``). A filter needs its field in every instance.
         transforms: a callable ``Sample -> Sample`` (e.g. ``dense3d.data.transforms.Compose``).
 
     Items are ``Sample`` with ``points``, ``cameras`` and ``boxes`` (``BoxAnnotations``:
@@ -153,6 +161,7 @@ class TOD3CapDataset(SampleDataset):
         sweep_remove_close: float = 1.0,
         data_prefix: Mapping[str, str] | None = None,
         drop_ignored: bool = False,
+        box_filter: str | None = None,
         transforms: Callable[[Sample], Sample] | None = None,
     ):
         super().__init__(transforms)
@@ -173,6 +182,9 @@ class TOD3CapDataset(SampleDataset):
         self.sweep_remove_close = float(sweep_remove_close)
         self.data_prefix = dict(data_prefix or {})
         self.drop_ignored = bool(drop_ignored)
+        if box_filter not in BOX_FILTERS:
+            raise ConfigError(type(self).__name__, "box_filter", f"one of {list(BOX_FILTERS)}", got=repr(box_filter))
+        self.box_filter = box_filter
         self._class_names: tuple[str, ...] | None = None
         self._captions: dict | None = None
 
@@ -347,6 +359,15 @@ class TOD3CapDataset(SampleDataset):
         i = next(j for j, size in enumerate(sizes) if size != common)
         raise ImageError(paths[i], f"{where}.images.{names[i]}.img_path", f"{others} size (H, W) {common}", got=sizes[i])
 
+    def _passes_filter(self, inst: dict, iw: str) -> bool:
+        """Whether ``box_filter`` keeps this instance (its field is checked here, present and typed)."""
+        value = require(inst, self.box_filter, self.info_file, iw)
+        if self.box_filter == "num_lidar_pts":
+            return int(value) > 0  # an integer >= 0, checked by the caller
+        if not isinstance(value, (bool, np.bool_)):
+            raise AnnotationError(self.info_file, f"{iw}.bbox_3d_isvalid", "True or False", got=repr(value))
+        return bool(value)
+
     def _load_boxes(self, info: dict, where: str, token: str) -> tuple[BoxAnnotations, dict]:
         instances = info.get("instances", [])
         if not isinstance(instances, list):
@@ -389,6 +410,8 @@ class TOD3CapDataset(SampleDataset):
             n_radar = inst.get("num_radar_pts", 0)
             if isinstance(n_radar, bool) or not isinstance(n_radar, (int, np.integer)) or n_radar < 0:
                 raise AnnotationError(self.info_file, f"{iw}.num_radar_pts", "an integer >= 0", got=repr(n_radar))
+            if self.box_filter is not None and not self._passes_filter(inst, iw):
+                continue
             rows.append(box)
             labels.append(int(label))
             npts.append(int(n_pts))
