@@ -87,3 +87,29 @@ def test_box_filter_on_empty_instances_and_missing_fields(samples, tmp_path):
         _write(tmp_path, infos, samples, sensors=[], box_filter="bbox_3d_isvalid")[0]
     with pytest.raises(ConfigError, match="box_filter"):
         TOD3CapDataset(str(tmp_path / "x.pkl"), box_filter="valid_flag")
+
+
+def test_a_four_column_file_declared_five_is_refused_not_misread(samples, tmp_path):
+    """A KITTI-style (N, 4) file whose N is a multiple of 5 passes the size check for 5 columns:
+    the ring column (whole beam indices in nuScenes) tells the misread apart."""
+    real = np.fromfile(samples / "nuscenes" / _info(samples)["data_list"][0]["lidar_points"]["lidar_path"], "<f4").reshape(-1, 5)
+    four = np.ascontiguousarray(real[:34685, :4])  # (34685, 4): 34685 * 16 bytes divides by 20
+    four.tofile(tmp_path / "four.pcd.bin")
+    infos = _info(samples)
+    infos["data_list"][0]["lidar_points"]["lidar_path"] = str(tmp_path / "four.pcd.bin")
+    ds = _write(tmp_path, infos, samples, sensors=["lidar"])
+    with pytest.raises(PointCloudError) as e:
+        ds[0]
+    msg = str(e.value)
+    assert "\n" not in msg and "four.pcd.bin" in msg and "ring" in msg and "num_pts_feats" in msg
+    # the real 5-column keyframe reads as before; so does a sweep of it
+    infos = _info(samples)
+    info = infos["data_list"][0]
+    info["lidar_sweeps"] = [{"lidar_points": {"lidar_path": info["lidar_points"]["lidar_path"], "lidar2sensor": np.eye(4).tolist()},
+                             "timestamp": info["timestamp"] - 0.05}]
+    pc = _write(tmp_path, infos, samples, sensors=["lidar"], sweeps=1, sweep_remove_close=0)[0].points
+    assert pc.points.shape == (2 * len(real), 6)
+    # the misread file as a sweep is refused too
+    info["lidar_sweeps"][0]["lidar_points"]["lidar_path"] = str(tmp_path / "four.pcd.bin")
+    with pytest.raises(PointCloudError, match="four.pcd.bin.*ring"):
+        _write(tmp_path, infos, samples, sensors=["lidar"], sweeps=1)[0]

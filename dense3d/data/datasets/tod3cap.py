@@ -14,7 +14,7 @@ import torch
 
 from dense3d.data.datasets.base import SampleDataset, select_sensors
 from dense3d.data.readers import check_rigid, load_json, load_pickle, read_image, read_points_bin, require, to_matrix
-from dense3d.errors import AnnotationError, BoxError, CalibrationError, ConfigError, ImageError
+from dense3d.errors import AnnotationError, BoxError, CalibrationError, ConfigError, ImageError, PointCloudError
 from dense3d.structures import Boxes3D, BoxAnnotations, CameraImages, PointCloud, Sample
 
 __all__ = ["TOD3CapDataset", "BOX_FILTERS", "CAPTION_SOURCES", "OLD_CAPTION_FIELDS", "NUSCENES_POINT_FEATURES", "parse_caption_entry",
@@ -276,7 +276,7 @@ class TOD3CapDataset(SampleDataset):
             raise AnnotationError(self.info_file, f"{where}.lidar_points.num_pts_feats", "an integer >= 3 (x, y, z first; nuScenes: 5)", got=repr(nfeat))
         nfeat = int(nfeat)
         path = self._path("pts", str(require(lidar, "lidar_path", self.info_file, f"{where}.lidar_points")))
-        pts = read_points_bin(path, nfeat)
+        pts = self._check_ring(read_points_bin(path, nfeat), path, f"{where}.lidar_points.num_pts_feats")
         names = NUSCENES_POINT_FEATURES[:nfeat] + tuple(f"f{i}" for i in range(len(NUSCENES_POINT_FEATURES), nfeat))
         if self.sweeps <= 0:
             return PointCloud(pts, feature_names=names, source=str(path))
@@ -290,6 +290,7 @@ class TOD3CapDataset(SampleDataset):
             sl = require(sweep, "lidar_points", self.info_file, sw)
             sp = read_points_bin(self._sweep_path(str(require(sl, "lidar_path", self.info_file, f"{sw}.lidar_points"))), nfeat,
                                  field=f"{sw}.lidar_points.lidar_path")
+            sp = self._check_ring(sp, self._sweep_path(str(sl["lidar_path"])), f"{where}.lidar_points.num_pts_feats")
             if self.sweep_remove_close > 0:  # the ego car's own points, in the sweep's sensor frame
                 sp = sp[(sp[:, :2].abs() >= self.sweep_remove_close).any(1)]  # (N, F) -> (N', F)
             sweep2key = self._sweep_to_key(info, sweep, sl, sw).to(torch.float32)  # (4, 4)
@@ -297,6 +298,22 @@ class TOD3CapDataset(SampleDataset):
             lag = key_time - self._seconds(require(sweep, "timestamp", self.info_file, sw), f"{sw}.timestamp")
             clouds.append(torch.cat([xyz, sp[:, 3:], torch.full((len(sp), 1), lag)], 1))  # (N, F + 1)
         return PointCloud(torch.cat(clouds, 0), feature_names=names + ("time_lag",), source=str(path))
+
+    @staticmethod
+    def _check_ring(pts: torch.Tensor, path: Path, field: str) -> torch.Tensor:
+        """With 5 columns, the 5th is nuScenes' ring (beam) index: whole numbers >= 0. A file of
+        another column count whose size happens to divide by 20 bytes (a 4-column file of 5k
+        points) would otherwise be read as garbage points without a word."""
+        if pts.shape[1] != len(NUSCENES_POINT_FEATURES) or len(pts) == 0:
+            return pts
+        ring = pts[:, 4]
+        bad = (ring != torch.round(ring)) | (ring < 0)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise PointCloudError(path, f"points[{i}].ring (column 5 of {field} = 5)",
+                                  "a whole beam index >= 0 (is the file's column count the one num_pts_feats says?)",
+                                  got=float(ring[i]))
+        return pts
 
     def _seconds(self, value, field: str) -> float:
         try:
