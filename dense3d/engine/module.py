@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dense3d.errors import CheckpointError, ConfigError
 
-__all__ = ["DenseCaptionModule", "DenseCaptionDataModule", "SeededSampler", "RNGStateCallback", "freeze"]
+__all__ = ["DenseCaptionModule", "DenseCaptionDataModule", "RNGStateCallback", "SampleIndex", "SeededSampler", "SeededSamples",
+           "freeze"]
 
 
 def freeze(model: torch.nn.Module, names: Sequence[str], except_: Sequence[str] = ()) -> list[str]:
@@ -331,13 +332,78 @@ def _widen_rates(state: dict[str, Any], groups: int) -> None:
         _widen_rates(sub, groups)
 
 
+class SampleIndex(int):
+    """A sample index that carries the epoch it is drawn for (``SeededSampler`` yields these).
+
+    The epoch has to reach each sample's augmentation (:class:`SeededSamples`) in the DataLoader's
+    workers too, which are persistent (``persistent_workers=True``): their copy of the dataset
+    never sees ``set_epoch``, and a value shared with them would race with the batches they
+    prefetch. An index that carries its epoch is bound to it when the sampler yields it and travels
+    to the worker with the batch (pickled), while staying an ``int`` for everything else that reads
+    the sampler (lengths, DDP splits, tests comparing indices)."""
+
+    epoch: int
+
+    def __new__(cls, index: int, epoch: int = 0):
+        self = super().__new__(cls, index)
+        self.epoch = int(epoch)
+        return self
+
+    def __reduce__(self):  # to the worker processes, with the epoch
+        return (SampleIndex, (int(self), self.epoch))
+
+    def __repr__(self) -> str:
+        return f"SampleIndex({int(self)}, epoch={self.epoch})"
+
+
+class SeededSamples(Dataset):
+    """``dataset`` whose samples are loaded, transforms included, under a random state of their
+    own: seeded by ``(seed, epoch, index)`` (the epoch from a :class:`SampleIndex`, 0 for a plain
+    int). A sample's augmentation is then the same whatever the number of DataLoader workers, the
+    worker that loads it, or a resume inside an epoch (whose workers start afresh).
+
+    * ``Compose``'s random steps get explicit per-sample generators
+      (:func:`dense3d.data.transforms.sample_key`; their own ``seed`` option stays theirs);
+    * anything else that draws from the global generators while loading (a transform or dataset
+      that takes no generator) draws from torch's CPU / numpy / ``random`` states seeded for this
+      sample, and the process's own states are restored afterwards: with ``num_workers=0`` the
+      training process's stream (dropout) is the one it would be without augmentation. (CUDA
+      states are neither seeded nor touched: loading runs on the CPU.)
+    """
+
+    def __init__(self, dataset: Dataset, seed: int = 0):
+        self.dataset, self.seed = dataset, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        from dense3d.data.transforms import SampleKey, sample_key
+
+        key = SampleKey(self.seed, int(getattr(i, "epoch", 0)), int(i))
+        words = np.random.SeedSequence(key.entropy("global")).generate_state(2, np.uint32)  # (2,) uint32
+        np_state, py_state = np.random.get_state(), random.getstate()
+        with torch.random.fork_rng(devices=[]):  # the CPU generator only, restored on exit
+            # torch.default_generator, not torch.manual_seed: that one reseeds every CUDA generator too
+            torch.default_generator.manual_seed(int(words[0]) << 32 | int(words[1]))
+            np.random.seed(int(words[0]))
+            random.seed(int(words[1]))
+            try:
+                with sample_key(key):
+                    return self.dataset[int(i)]
+            finally:
+                np.random.set_state(np_state)
+                random.setstate(py_state)
+
+
 class SeededSampler(Sampler[int]):
     """A shuffling sampler whose order depends only on ``(seed, epoch)``, split across DDP ranks.
 
     Lightning calls ``set_epoch`` every epoch, so a resumed run sees exactly the order an
     uninterrupted one would. With ``num_replicas > 1`` rank r takes every r-th index of the
-    permutation, like ``DistributedSampler``. ``pad`` (training): the permutation is padded with
-    its first indices so every rank takes as many steps (DDP averages gradients at each one);
+    permutation, like ``DistributedSampler``. It yields :class:`SampleIndex` (an ``int`` carrying
+    the epoch, for each sample's augmentation: :class:`SeededSamples`). ``pad`` (training): the
+    permutation is padded with its first indices so every rank takes as many steps (DDP averages gradients at each one);
     without it (validation, test, prediction) each sample is seen once, by one rank, and ranks
     may hold one sample less (Lightning's ``sync_dist`` mean weighs each rank by its batch
     sizes). Only a set smaller than the number of ranks is padded all the same, so that no rank
@@ -363,7 +429,7 @@ class SeededSampler(Sampler[int]):
             per_rank = -(-self.n // self.num_replicas)
             order += order[: per_rank * self.num_replicas - self.n]  # pad so every rank gets as many
         mine, self.skip = order[self.rank :: self.num_replicas][self.skip :], 0
-        return iter(mine)
+        return iter([SampleIndex(i, self.epoch) for i in mine])  # the epoch travels with each index
 
     def _padded(self) -> bool:
         return self.pad or 0 < self.n < self.num_replicas
@@ -417,8 +483,11 @@ class DenseCaptionDataModule(pl.LightningDataModule):
         # or once more when Lightning counted the run's steps first), and that draw shifted every
         # later dropout mask and augmentation: the run was not the uninterrupted one.
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=self.collate_fn, persistent_workers=self.num_workers > 0, generator=generator)
+        # each sample loaded under its own random state, seeded by (seed, epoch, index): the same
+        # augmentation with any number of workers and after a resume (SeededSamples)
+        return DataLoader(SeededSamples(dataset, self.seed), batch_size=self.batch_size, sampler=sampler,
+                          num_workers=self.num_workers, collate_fn=self.collate_fn,
+                          persistent_workers=self.num_workers > 0, generator=generator)
 
     def train_dataloader(self):
         loader = self._loader(self.train_set, shuffle=self.shuffle, pad=True)

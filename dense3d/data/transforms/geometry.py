@@ -8,9 +8,12 @@ point projects to the same pixel before and after. ``lidar2cam`` is then no long
 the scene is scaled or mirrored (it stays a valid projection). The accumulated ``A`` (4x4) is
 kept in ``sample.meta["lidar_aug"]`` so predictions can be mapped back.
 
-Randomness: ``seed=None`` draws from torch's global generator (which a DataLoader seeds per
-worker); a fixed ``seed`` gives a reproducible sequence in one process, and the same sequence in
-every worker.
+Randomness: each takes ``generator=`` in ``__call__``. In training the data module hands it one
+per sample through ``Compose``, seeded by (data seed, epoch, sample index, step name), so a
+sample's augmentation does not depend on the number of DataLoader workers nor on a resume (see
+``dense3d.data.transforms.compose.SampleKey``); a step's own ``seed`` then replaces the data seed.
+Called without a generator: a fixed ``seed`` gives a reproducible sequence in one process (the
+same sequence in every worker), ``seed=None`` draws from torch's global generator.
 """
 from __future__ import annotations
 
@@ -81,15 +84,17 @@ class GlobalRotate:
 
     reads = _READS
     writes = _READS + ("meta.lidar_aug",)
+    draws_random = True  # Compose hands it a per-sample generator
 
     def __init__(self, angle_range: Sequence[float] = (-math.pi / 4, math.pi / 4), seed: int | None = None):
         self.angle_range = (float(angle_range[0]), float(angle_range[1]))
         if self.angle_range[0] > self.angle_range[1]:
             raise ConfigError("GlobalRotate", "angle_range", "[low, high] with low <= high", got=list(self.angle_range))
+        self.seed = None if seed is None else int(seed)
         self.generator = _generator(seed)
 
-    def __call__(self, sample: Sample) -> Sample:
-        angle = _uniform(*self.angle_range, self.generator)
+    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
+        angle = _uniform(*self.angle_range, generator if generator is not None else self.generator)
         return self.rotate(sample, angle)
 
     @staticmethod
@@ -104,15 +109,17 @@ class GlobalScale:
 
     reads = _READS
     writes = _READS + ("meta.lidar_aug",)
+    draws_random = True  # Compose hands it a per-sample generator
 
     def __init__(self, scale_range: Sequence[float] = (0.95, 1.05), seed: int | None = None):
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         if not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise ConfigError("GlobalScale", "scale_range", "[low, high] with 0 < low <= high", got=list(self.scale_range))
+        self.seed = None if seed is None else int(seed)
         self.generator = _generator(seed)
 
-    def __call__(self, sample: Sample) -> Sample:
-        factor = _uniform(*self.scale_range, self.generator)
+    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
+        factor = _uniform(*self.scale_range, generator if generator is not None else self.generator)
         return apply_global_transform(sample, torch.eye(3, dtype=torch.float64) * factor, lambda b: b.scale(factor), lambda az: az)
 
 
@@ -122,18 +129,21 @@ class GlobalFlip:
 
     reads = _READS
     writes = _READS + ("meta.lidar_aug",)
+    draws_random = True  # Compose hands it a per-sample generator
 
     def __init__(self, flip_y_prob: float = 0.5, flip_x_prob: float = 0.0, seed: int | None = None):
         for name, p in (("flip_y_prob", flip_y_prob), ("flip_x_prob", flip_x_prob)):
             if not 0.0 <= float(p) <= 1.0:
                 raise ConfigError("GlobalFlip", name, "a probability in [0, 1]", got=p)
         self.flip_y_prob, self.flip_x_prob = float(flip_y_prob), float(flip_x_prob)
+        self.seed = None if seed is None else int(seed)
         self.generator = _generator(seed)
 
-    def __call__(self, sample: Sample) -> Sample:
-        if float(torch.rand((), generator=self.generator)) < self.flip_y_prob:
+    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
+        generator = generator if generator is not None else self.generator
+        if float(torch.rand((), generator=generator)) < self.flip_y_prob:
             sample = self.flip(sample, "y")
-        if float(torch.rand((), generator=self.generator)) < self.flip_x_prob:
+        if float(torch.rand((), generator=generator)) < self.flip_x_prob:
             sample = self.flip(sample, "x")
         return sample
 

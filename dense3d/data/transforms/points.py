@@ -40,18 +40,22 @@ class PointRangeFilter:
 
 
 class PointShuffle:
-    """Permute the points randomly (``seed`` fixes the sequence of permutations)."""
+    """Permute the points randomly. ``generator``: the sample's (``Compose`` hands one per sample
+    in training, see ``dense3d.data.transforms.geometry``); without it ``seed`` fixes the sequence
+    of permutations, else torch's global generator draws them."""
 
     reads = ("points",)
     writes = ("points",)
+    draws_random = True  # Compose hands it a per-sample generator
 
     def __init__(self, seed: int | None = None):
-        self.generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        self.seed = None if seed is None else int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed) if seed is not None else None
 
-    def __call__(self, sample: Sample) -> Sample:
+    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
         if sample.points is None:
             return sample
-        perm = torch.randperm(len(sample.points), generator=self.generator)
+        perm = torch.randperm(len(sample.points), generator=generator if generator is not None else self.generator)
         return dataclasses.replace(sample, points=dataclasses.replace(sample.points, points=sample.points.points[perm]))
 
 
