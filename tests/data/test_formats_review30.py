@@ -7,6 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 
 from dense3d.data.datasets import TOD3CapDataset
 from dense3d.errors import AnnotationError, ConfigError, PointCloudError
@@ -113,3 +114,38 @@ def test_a_four_column_file_declared_five_is_refused_not_misread(samples, tmp_pa
     info["lidar_sweeps"][0]["lidar_points"]["lidar_path"] = str(tmp_path / "four.pcd.bin")
     with pytest.raises(PointCloudError, match="four.pcd.bin.*ring"):
         _write(tmp_path, infos, samples, sensors=["lidar"], sweeps=1)[0]
+
+
+def _scan(samples) -> np.ndarray:
+    return np.fromfile(samples / "scannet" / "scene0000_00.bin", "<f4").reshape(-1, 6)  # (N, 6) xyz rgb 0-255
+
+
+def test_scannet_colours_0_1_are_read_on_the_0_255_scale(samples, tmp_path):
+    from dense3d.data.datasets.scanrefer import read_scannet_points
+
+    real = _scan(samples)
+    want = read_scannet_points(samples / "scannet", "scene0000_00").points
+    assert torch.equal(want, torch.from_numpy(real))  # the real 0-255 scan: unchanged
+    # the same scan with 0-1 colours, as a .bin and as an aligned_vert .npy with normals
+    unit = real.copy()
+    unit[:, 3:6] /= 255.0
+    unit.tofile(tmp_path / "scene0000_00.bin")
+    got = read_scannet_points(tmp_path, "scene0000_00").points
+    assert torch.allclose(got, want, atol=1e-3)
+    normals = np.zeros((len(unit), 3), np.float32)
+    normals[:, 2] = 1.0
+    np.save(tmp_path / "scene0000_00_aligned_vert.npy", np.concatenate([unit, normals], 1))  # (N, 9)
+    got = read_scannet_points(tmp_path, "scene0000_00", use_normals=True).points
+    assert got.shape == (len(real), 9) and torch.allclose(got[:, :6], want, atol=1e-3)
+
+
+def test_scannet_normalised_colours_are_refused_in_one_line(samples, tmp_path):
+    from dense3d.data.datasets.scanrefer import read_scannet_points
+
+    norm = _scan(samples)
+    norm[:, 3:6] = (norm[:, 3:6] - 109.8) / 256.0  # Vote2Cap-DETR's in-memory normalisation, written out
+    norm.tofile(tmp_path / "scene0000_00.bin")
+    with pytest.raises(PointCloudError) as e:
+        read_scannet_points(tmp_path, "scene0000_00")
+    msg = str(e.value)
+    assert "\n" not in msg and "scene0000_00.bin" in msg and ".rgb" in msg and "0-255" in msg

@@ -27,8 +27,25 @@ SCANNET_NYU40_IDS = (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36
 SCANREFER_FIELDS = ("scene_id", "object_id", "object_name", "ann_id", "description", "token")
 
 
+def _colours_0_255(pts: torch.Tensor, path: Path, field: str) -> torch.Tensor:
+    """Colours (columns 3:6) on ScanNet's 0-255 scale. A scan whose colours all lie in [0, 1] (an
+    export that stores colours as 0-1 floats, e.g. Open3D's) is scaled by 255; colours outside
+    [0, 255] (e.g. mean-subtracted, normalised ones) are refused."""
+    rgb = pts[:, 3:6]  # (N, 3)
+    bad = ((rgb < 0) | (rgb > 255)).any(1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise PointCloudError(path, f"{field}[{i}].rgb", "colours in 0-255 (ScanNet's) or all in 0-1, not normalised ones",
+                              got=rgb[i].tolist())
+    if len(rgb) and float(rgb.max()) <= 1.0:
+        pts = pts.clone()
+        pts[:, 3:6] = rgb * 255.0
+    return pts
+
+
 def read_scannet_points(scans_dir: Path, scene: str, use_normals: bool = False) -> PointCloud:
-    """``{scene}_aligned_vert.npy`` (N, 9) xyz rgb normal, else mmdet3d's ``{scene}.bin`` (N, 6) xyzrgb."""
+    """``{scene}_aligned_vert.npy`` (N, 9) xyz rgb normal, else mmdet3d's ``{scene}.bin`` (N, 6) xyzrgb.
+    Colours come out 0-255: a scan stored with 0-1 colours is scaled by 255."""
     npy = scans_dir / f"{scene}_aligned_vert.npy"
     if npy.is_file():
         arr = read_npy(npy, "vertices", ncols=9 if use_normals else 6)
@@ -46,6 +63,7 @@ def read_scannet_points(scans_dir: Path, scene: str, use_normals: bool = False) 
         if not src.is_file():
             raise PointCloudError(npy, "vertices", f"{npy.name} or {src.name}", got="missing")
         pts = read_points_bin(src, 6)
+    pts = _colours_0_255(pts, src, "vertices" if src == npy else "points")
     names = ("x", "y", "z", "r", "g", "b") + (("nx", "ny", "nz") if use_normals else ())
     return PointCloud(pts, feature_names=names, source=str(src))
 
