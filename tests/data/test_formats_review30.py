@@ -149,3 +149,20 @@ def test_scannet_normalised_colours_are_refused_in_one_line(samples, tmp_path):
         read_scannet_points(tmp_path, "scene0000_00")
     msg = str(e.value)
     assert "\n" not in msg and "scene0000_00.bin" in msg and ".rgb" in msg and "0-255" in msg
+
+
+def test_a_camera_or_lidar_without_a_file_path_is_one_line_naming_the_field(samples, tmp_path):
+    infos = _info(samples)
+    info = infos["data_list"][0]
+    info["images"]["CAM_BACK"]["img_path"] = None  # a camera the sample has no image of
+    # default cameras: the ones with an image, in the info's order
+    s = _write(tmp_path, infos, samples, sensors=["camera"])[0]
+    assert "CAM_BACK" not in s.cameras.names and len(s.cameras.names) == 5
+    # asked for by name: refused naming the field, not "<data_root>/None: missing"
+    with pytest.raises(AnnotationError) as e:
+        _write(tmp_path, infos, samples, sensors=["camera"], cameras=["CAM_FRONT", "CAM_BACK"])[0]
+    msg = str(e.value)
+    assert "\n" not in msg and "infos.pkl" in msg and "data_list[0].images.CAM_BACK.img_path" in msg and "None" in msg
+    info["lidar_points"]["lidar_path"] = None
+    with pytest.raises(AnnotationError, match=r"data_list\[0\]\.lidar_points\.lidar_path.*file path"):
+        _write(tmp_path, infos, samples, sensors=["lidar"])[0]

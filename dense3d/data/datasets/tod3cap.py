@@ -234,6 +234,13 @@ class TOD3CapDataset(SampleDataset):
             return "none"
         return schemas.pop() if len(schemas) == 1 else "mixed"
 
+    def _file_field(self, mapping, key: str, field: str) -> str:
+        """A file path field: a non-empty string (mmdet3d writes None for a sensor it has no file of)."""
+        value = require(mapping, key, self.info_file, field)
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise AnnotationError(self.info_file, f"{field}.{key}", "a file path (relative to data_root or absolute)", got=repr(value))
+        return str(value)
+
     def _path(self, kind: str, rel: str) -> Path:
         p = Path(rel)
         return p if p.is_absolute() else self.data_root / self.data_prefix.get(kind, "") / p
@@ -275,7 +282,7 @@ class TOD3CapDataset(SampleDataset):
         if isinstance(nfeat, bool) or not isinstance(nfeat, (int, np.integer)) or nfeat < 3:
             raise AnnotationError(self.info_file, f"{where}.lidar_points.num_pts_feats", "an integer >= 3 (x, y, z first; nuScenes: 5)", got=repr(nfeat))
         nfeat = int(nfeat)
-        path = self._path("pts", str(require(lidar, "lidar_path", self.info_file, f"{where}.lidar_points")))
+        path = self._path("pts", self._file_field(lidar, "lidar_path", f"{where}.lidar_points"))
         pts = self._check_ring(read_points_bin(path, nfeat), path, f"{where}.lidar_points.num_pts_feats")
         names = NUSCENES_POINT_FEATURES[:nfeat] + tuple(f"f{i}" for i in range(len(NUSCENES_POINT_FEATURES), nfeat))
         if self.sweeps <= 0:
@@ -288,7 +295,7 @@ class TOD3CapDataset(SampleDataset):
         for j, sweep in enumerate(sweeps[: self.sweeps]):
             sw = f"{where}.lidar_sweeps[{j}]"
             sl = require(sweep, "lidar_points", self.info_file, sw)
-            sp = read_points_bin(self._sweep_path(str(require(sl, "lidar_path", self.info_file, f"{sw}.lidar_points"))), nfeat,
+            sp = read_points_bin(self._sweep_path(self._file_field(sl, "lidar_path", f"{sw}.lidar_points")), nfeat,
                                  field=f"{sw}.lidar_points.lidar_path")
             sp = self._check_ring(sp, self._sweep_path(str(sl["lidar_path"])), f"{where}.lidar_points.num_pts_feats")
             if self.sweep_remove_close > 0:  # the ego car's own points, in the sweep's sensor frame
@@ -348,7 +355,7 @@ class TOD3CapDataset(SampleDataset):
             k4 = torch.eye(4, dtype=torch.float64)
             k4[: k.shape[0], : k.shape[1]] = k
             e = check_rigid(require(c, "lidar2cam", self.info_file, cw), self.info_file, f"{cw}.lidar2cam")
-            path = self._path(cam, str(require(c, "img_path", self.info_file, cw)))
+            path = self._path(cam, self._file_field(c, "img_path", cw))
             imgs.append(read_image(path, field=f"{cw}.img_path"))
             paths.append(path)
             k_list.append(k4)
