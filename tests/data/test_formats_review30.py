@@ -166,3 +166,21 @@ def test_a_camera_or_lidar_without_a_file_path_is_one_line_naming_the_field(samp
     info["lidar_points"]["lidar_path"] = None
     with pytest.raises(AnnotationError, match=r"data_list\[0\]\.lidar_points\.lidar_path.*file path"):
         _write(tmp_path, infos, samples, sensors=["lidar"])[0]
+
+
+def test_favdbench_bare_coco_list_reads_like_the_annotations_dict(tmp_path):
+    """FAVDBench's Metrics/README.md shows its COCO format as a bare list of {image_id, caption}."""
+    import json
+
+    from dense3d.data.datasets.favdbench import parse_favd_annotations
+
+    rows = [{"image_id": "v1", "caption": "A man plays a guitar. The strings ring."},
+            {"image_id": "v1", "caption": "Someone plays guitar."}, {"image_id": "v2", "caption": "A dog barks."}]
+    (tmp_path / "list.json").write_text(json.dumps(rows))
+    from dense3d.data.readers import load_json
+
+    got = parse_favd_annotations(load_json(tmp_path / "list.json"), tmp_path / "list.json")
+    assert got == parse_favd_annotations({"annotations": rows}, tmp_path / "list.json")
+    assert got["v1"]["summary"] == "A man plays a guitar." and len(got["v1"]["references"]) == 2
+    with pytest.raises(AnnotationError, match=r"list\.json: field '\[1\]\.caption'"):
+        parse_favd_annotations([rows[0], {"image_id": "v2"}], tmp_path / "list.json")

@@ -34,13 +34,17 @@ def parse_favd_annotations(data, source) -> dict[str, dict]:
     """Both accepted layouts -> ``{clip_id: {"summary", "visual", "audio", "paragraph", "schema",
     "mic_positions"}}`` (``visual``/``audio`` are None for the COCO layout)."""
     out: dict[str, dict] = {}
-    if isinstance(data, dict) and "annotations" in data and isinstance(data["annotations"], list):
-        for i, a in enumerate(data["annotations"]):
+    coco = isinstance(data, dict) and "annotations" in data and isinstance(data["annotations"], list)
+    if coco or isinstance(data, list):
+        # {"annotations": [...]} (pycocoevalcap's reference file) or the bare list
+        # [{"image_id", "caption"}, ...] that FAVDBench's Metrics/README.md calls its COCO format
+        rows, prefix = (data["annotations"], "annotations") if coco else (data, "")
+        for i, a in enumerate(rows):
             for key in ("image_id", "caption"):
                 if not isinstance(a, dict) or key not in a:
-                    raise AnnotationError(source, f"annotations[{i}].{key}", "a present field", got="missing")
+                    raise AnnotationError(source, f"{prefix}[{i}].{key}", "a present field", got="missing")
             if not isinstance(a["caption"], str):
-                raise AnnotationError(source, f"annotations[{i}].caption", "a paragraph string", got=type(a["caption"]).__name__)
+                raise AnnotationError(source, f"{prefix}[{i}].caption", "a paragraph string", got=type(a["caption"]).__name__)
             cid = str(a["image_id"])
             if cid in out:  # several references: the first is the paragraph, all kept
                 out[cid]["references"].append(a["caption"].strip())
