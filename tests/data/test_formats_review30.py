@@ -184,3 +184,23 @@ def test_favdbench_bare_coco_list_reads_like_the_annotations_dict(tmp_path):
     assert got["v1"]["summary"] == "A man plays a guitar." and len(got["v1"]["references"]) == 2
     with pytest.raises(AnnotationError, match=r"list\.json: field '\[1\]\.caption'"):
         parse_favd_annotations([rows[0], {"image_id": "v2"}], tmp_path / "list.json")
+
+
+@pytest.mark.parametrize("scale", [1e6, -1.0])
+def test_sweep_timestamps_in_microseconds_are_refused(samples, tmp_path, scale):
+    """mmdet3d v1.x stores seconds; a converter that keeps nuScenes' microseconds (or a sweep
+    after its keyframe) gave a time_lag column of 50000 (or < 0) without a word."""
+    infos = _info(samples)
+    info = infos["data_list"][0]
+    sweep_time = info["timestamp"] - 0.05
+    if scale == 1e6:
+        info["timestamp"] *= 1e6
+        sweep_time *= 1e6
+    else:
+        sweep_time = info["timestamp"] + 0.05
+    info["lidar_sweeps"] = [{"lidar_points": {"lidar_path": info["lidar_points"]["lidar_path"], "lidar2sensor": np.eye(4).tolist()},
+                             "timestamp": sweep_time}]
+    with pytest.raises(AnnotationError) as e:
+        _write(tmp_path, infos, samples, sensors=["lidar"], sweeps=1)[0]
+    msg = str(e.value)
+    assert "\n" not in msg and "data_list[0].lidar_sweeps[0].timestamp" in msg and "seconds" in msg

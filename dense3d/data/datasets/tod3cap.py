@@ -26,6 +26,9 @@ NUSCENES_POINT_FEATURES = ("x", "y", "z", "intensity", "ring")
 OLD_CAPTION_FIELDS = ("attribute_caption", "localization_caption", "motion_caption", "map_caption", "depth_caption")
 # How an entry's caption is chosen (``TOD3CapDataset(caption_source=...)``).
 CAPTION_SOURCES = ("final_caption", "template")
+# The most seconds a LiDAR sweep may precede its keyframe (nuScenes: 20 Hz, mmdet3d merges <= 10
+# sweeps, 0.5 s); a larger or negative lag means a timestamp in another unit.
+MAX_SWEEP_LAG = 10.0
 # Which boxes ``TOD3CapDataset(box_filter=...)`` keeps, as mmdet3d's ``NuScenesDataset``: None keeps
 # every box; "num_lidar_pts" those with ``num_lidar_pts > 0`` (mmdet3d's default,
 # ``use_valid_flag=False``); "bbox_3d_isvalid" those flagged valid (``use_valid_flag=True``).
@@ -303,6 +306,10 @@ class TOD3CapDataset(SampleDataset):
             sweep2key = self._sweep_to_key(info, sweep, sl, sw).to(torch.float32)  # (4, 4)
             xyz = sp[:, :3] @ sweep2key[:3, :3].T + sweep2key[:3, 3]  # (N, 3)
             lag = key_time - self._seconds(require(sweep, "timestamp", self.info_file, sw), f"{sw}.timestamp")
+            if not 0.0 <= lag < MAX_SWEEP_LAG:  # e.g. microseconds (nuScenes' own unit) in one of the two
+                raise AnnotationError(self.info_file, f"{sw}.timestamp",
+                                      f"seconds, up to {MAX_SWEEP_LAG:g} s before {where}.timestamp (mmdet3d v1.x stores "
+                                      "nuScenes' microseconds / 1e6)", got=f"a lag of {lag:g}")
             clouds.append(torch.cat([xyz, sp[:, 3:], torch.full((len(sp), 1), lag)], 1))  # (N, F + 1)
         return PointCloud(torch.cat(clouds, 0), feature_names=names + ("time_lag",), source=str(path))
 
