@@ -204,3 +204,17 @@ def test_sweep_timestamps_in_microseconds_are_refused(samples, tmp_path, scale):
         _write(tmp_path, infos, samples, sensors=["lidar"], sweeps=1)[0]
     msg = str(e.value)
     assert "\n" not in msg and "data_list[0].lidar_sweeps[0].timestamp" in msg and "seconds" in msg
+
+
+def test_tod3cap_splits_trains_on_the_boxes_mmdet3d_trains_on_and_scores_every_box():
+    """configs/data/tod3cap_splits.yaml: the training split keeps boxes with a LiDAR point
+    (mmdet3d's NuScenesDataset default); the validation split keeps every box, which the
+    TOD3Cap evaluation filters by LiDAR + radar points itself."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    with initialize_config_dir(str(configs), version_base=None):
+        cfg = compose("train", overrides=["data=tod3cap_splits"])
+    assert cfg.data.train.box_filter == "num_lidar_pts" and cfg.data.val.get("box_filter") is None
