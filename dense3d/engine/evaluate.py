@@ -203,6 +203,8 @@ def evaluate_run(run: str | Path, split: str = "val", regions: str = "proposals"
     if getattr(model, "event_detector", None) is not None and regions == "proposals":
         preds["events"], truth["events"] = event_records(samples, captions)
         metrics["events"] = _event_metrics(preds["events"], truth["events"], has_text)
+    if "events" in preds:  # ActivityNet's prediction format, which `dense3d eval events --pred` reads
+        preds["events"] = {"results": preds["events"]}
     for kind in preds:
         atomic_write_json(out_dir / f"predictions_{kind}.json", preds[kind])
         atomic_write_json(out_dir / f"ground_truth_{kind}.json", truth[kind])

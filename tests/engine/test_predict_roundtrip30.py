@@ -1,0 +1,57 @@
+"""A researcher's inference path on a trained run: ``dense3d predict`` / ``dense3d eval --checkpoint``
+write prediction files that the protocol evaluators (``dense3d eval PROTOCOL --pred F --gt G``) and
+``dense3d vis`` read as they are; ``dense3d.api.load`` / ``caption`` on real samples, devices,
+overrides; the "make the synthetic data first" hint when a run's data is gone."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import dense3d.api as api
+from dense3d.cli import main
+from dense3d.errors import ConfigError
+from tests.models.real_samples import nuscenes_sample, scannet_sample
+
+
+def _train(synthetic_root, out, experiment):
+    assert main(["train", f"experiment={experiment}", f"paths.synthetic_dir={synthetic_root}", f"paths.output_dir={out}",
+                 "logger=csv", "trainer.max_steps=1"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def indoor_run(synthetic_root, tmp_path_factory):
+    return _train(synthetic_root, tmp_path_factory.mktemp("runs") / "indoor", "perception_indoor")
+
+
+@pytest.fixture(scope="module")
+def events_run(synthetic_root, tmp_path_factory):
+    return _train(synthetic_root, tmp_path_factory.mktemp("runs") / "events", "perception_events")
+
+
+def _one_line(capsys, prefix):
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if not line.startswith(("captioning ", "describing "))]
+    assert len(lines) == 1 and lines[0].startswith(prefix), err
+    return lines[0]
+
+
+def test_eval_checkpoint_event_predictions_are_read_by_eval_events(events_run, tmp_path, capsys):
+    """predictions_events.json was {clip: [...]}: `dense3d eval events` refused it ("no 'results' key")."""
+    out = tmp_path / "e"
+    assert main(["eval", "--checkpoint", str(events_run), "--limit", "2", "--out", str(out)]) == 0
+    pred = json.loads((out / "predictions_events.json").read_text())
+    assert set(pred) == {"results"} and len(pred["results"]) == 2
+    capsys.readouterr()
+    assert main(["eval", "events", "--pred", str(out / "predictions_events.json"), "--gt", str(out / "ground_truth_events.json")]) == 0
+    # and what `dense3d predict` writes for the same run, against the same ground truth
+    assert main(["predict", "--checkpoint", str(events_run), "--limit", "2", "--out", str(tmp_path / "p.json")]) == 0
+    assert main(["eval", "events", "--pred", str(tmp_path / "p.json"), "--gt", str(out / "ground_truth_events.json")]) == 0
+    gt = json.loads((out / "ground_truth_events.json").read_text())
+    clip = next(iter(gt))
+    spans = json.loads((tmp_path / "p.json").read_text())["events"]["results"][clip]
+    assert all(0.0 <= t0 <= t1 <= 60.0 for t0, t1 in (s["timestamp"] for s in spans))  # seconds, as the ground truth
