@@ -183,10 +183,14 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", regions: st
                              config_path=cfg_path)
 
 
-def prediction_records(sample_ids: Iterable[str], captions: Iterable[list[DenseCaption]]) -> dict:
+def prediction_records(sample_ids: Iterable[str], captions: Iterable[list[DenseCaption]],
+                       event_model: bool | None = None) -> dict:
     """Captions -> the evaluation tools' prediction JSON (docs/eval.md): the 3D format
     ``{scene: [{"box", "caption", "score", "label"}]}`` for boxes and ActivityNet's
-    ``{"results": {video: [{"timestamp", "sentence", "score"}]}}`` for events (under ``"events"``)."""
+    ``{"results": {video: [{"timestamp", "sentence", "score"}]}}`` for events (under ``"events"``).
+    ``event_model``: True for a model that predicts events (every sample gets its list under
+    ``"events"``, also an empty one, so ``dense3d eval events`` reads the file even when no event
+    was found); None: events only where some caption is one."""
     src = "dense3d.api.prediction_records"
     if isinstance(sample_ids, str):
         raise ConfigError(src, "sample_ids", "a list of sample ids (not one string)", got=sample_ids)
@@ -203,9 +207,9 @@ def prediction_records(sample_ids: Iterable[str], captions: Iterable[list[DenseC
     for sid, caps in zip(sample_ids, captions):
         boxes[sid] = [{"box": list(c.region), "caption": c.text, "score": c.score, "label": c.label} for c in caps if c.kind == "box"]
         ev = [{"timestamp": list(c.region), "sentence": c.text, "score": c.score} for c in caps if c.kind == "event"]
-        if ev:
+        if ev or event_model:
             events[sid] = ev
     out = boxes
-    if events:
+    if events or event_model:
         out = {"boxes": boxes, "events": {"results": events}}
     return out

@@ -129,7 +129,8 @@ def _predict(args: argparse.Namespace) -> int:
     samples = [data[i] for i in range(len(data) if args.limit is None else min(args.limit, len(data)))]
     with progress_bar(f"captioning {args.split} ({args.regions})", total=len(samples), unit="samples") as bar:
         captions = run.caption_many(samples, progress=bar)
-    atomic_write_json(args.out, api.prediction_records([s.sample_id for s in samples], captions))
+    event_model = getattr(run.model, "event_detector", None) is not None  # its file is read by `dense3d eval events`
+    atomic_write_json(args.out, api.prediction_records([s.sample_id for s in samples], captions, event_model=event_model))
     print(f"wrote {args.out}: {sum(len(c) for c in captions)} captioned regions in {len(samples)} samples")
     return 0
 

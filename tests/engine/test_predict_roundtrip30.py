@@ -55,3 +55,13 @@ def test_eval_checkpoint_event_predictions_are_read_by_eval_events(events_run, t
     clip = next(iter(gt))
     spans = json.loads((tmp_path / "p.json").read_text())["events"]["results"][clip]
     assert all(0.0 <= t0 <= t1 <= 60.0 for t0, t1 in (s["timestamp"] for s in spans))  # seconds, as the ground truth
+
+
+def test_predictions_of_an_events_model_that_found_no_event_are_read_by_eval_events(tmp_path, capsys):
+    """An events run that found nothing wrote {clip: []} (the 3D box format): `dense3d eval events` refused it."""
+    rec = api.prediction_records(["a", "b"], [[], []], event_model=True)
+    assert rec == {"boxes": {"a": [], "b": []}, "events": {"results": {"a": [], "b": []}}}
+    assert api.prediction_records(["a"], [[]]) == {"a": []}  # a box model: the 3D format as before
+    (tmp_path / "p.json").write_text(json.dumps(rec))
+    (tmp_path / "gt.json").write_text(json.dumps({"a": {"timestamps": [[0.0, 1.0]], "sentences": ["a dog barks."]}}))
+    assert main(["eval", "events", "--pred", str(tmp_path / "p.json"), "--gt", str(tmp_path / "gt.json")]) == 0
