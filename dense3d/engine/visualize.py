@@ -2,9 +2,11 @@
 
     dense3d vis --info infos.pkl [--data-root DIR] [--index 0] [--pred predictions.json] --out scene.png
     dense3d vis --points scan.bin --dims 6 [--pred predictions.json --scene ID] --out scan.png
+    dense3d vis --points scans/scene0000_00_aligned_vert.npy [--pred predictions.json] --out scan.png
 
 ``--info`` reads an mmdet3d v1.1 info file (nuScenes / TOD3Cap, the synthetic outdoor set);
-``--points`` a raw float32 point file (ScanNet ``.bin``: 6 values per point, colours used).
+``--points`` a raw float32 point file (ScanNet ``.bin``: 6 values per point, colours used) or
+ScanRefer's ``{scene}_aligned_vert.npy`` (the synthetic indoor set's scans; ``--dims`` unused).
 Predictions are the evaluation tools' 3D format (docs/eval.md). Writes an Open3D render
 (offscreen, or an interactive window too with ``--show`` where a display exists), a BEV plot
 beside it (``*_bev.png``) and, for infos with cameras, the front camera with projected boxes
@@ -39,7 +41,7 @@ def _predictions(path: str | None, scene: str) -> tuple[list, list[str], list[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dense3d.data.readers import read_points_bin
+    from dense3d.data.readers import read_npy, read_points_bin
     from dense3d.structures import Boxes3D
     from dense3d.vis import GT_COLOR, BoxLayer, draw_boxes_on_image, label_colors, plot_bev, render_scene, save_png, show_scene
 
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="dense3d vis", description=__doc__.splitlines()[0].replace("``", ""))
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--info", help="mmdet3d v1.1 info pkl (nuScenes / TOD3Cap format)")
-    src.add_argument("--points", help="raw float32 point file")
+    src.add_argument("--points", help="raw float32 point file, or a ScanRefer {scene}_aligned_vert.npy (scene id: its stem's scene)")
     ap.add_argument("--data-root", default=None, help="folder the info's file names are relative to (default: the info's folder)")
     ap.add_argument("--index", type=int, default=0, help="sample of the info file")
     ap.add_argument("--dims", type=int, default=6, help="values per point of --points (ScanNet .bin: 6)")
@@ -71,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         colors = None
         cams = sample.cameras
         known_classes = tuple(sample.boxes.class_names)
+    elif args.points.endswith(".npy"):  # ScanRefer's {scene}_aligned_vert.npy (N, 9) x, y, z, r, g, b, normal: what the indoor set reads
+        pts = read_npy(args.points, "points", ncols=3).astype(np.float32)
+        gt = Boxes3D(torch.zeros(0, 7))
+        scene = args.scene or Path(args.points).stem.removesuffix("_aligned_vert")  # the scene id dense3d predict writes
+        colors = pts[:, 3:6] / 255.0 if pts.shape[1] >= 6 else None
+        known_classes = ()
     else:
         pts = read_points_bin(args.points, args.dims).numpy()
         gt = Boxes3D(torch.zeros(0, 7))

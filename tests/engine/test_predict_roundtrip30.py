@@ -65,3 +65,23 @@ def test_predictions_of_an_events_model_that_found_no_event_are_read_by_eval_eve
     (tmp_path / "p.json").write_text(json.dumps(rec))
     (tmp_path / "gt.json").write_text(json.dumps({"a": {"timestamps": [[0.0, 1.0]], "sentences": ["a dog barks."]}}))
     assert main(["eval", "events", "--pred", str(tmp_path / "p.json"), "--gt", str(tmp_path / "gt.json")]) == 0
+
+
+def test_indoor_predictions_go_to_scan2cap_and_vis_unchanged_and_predict_overwrites_atomically(indoor_run, synthetic_root, tmp_path, capsys):
+    pred = tmp_path / "p.json"
+    assert main(["predict", "--checkpoint", str(indoor_run), "--limit", "2", "--out", str(pred)]) == 0
+    first = json.loads(pred.read_text())
+    assert main(["predict", "--checkpoint", str(indoor_run), "--limit", "2", "--out", str(pred)]) == 0  # overwritten whole
+    assert json.loads(pred.read_text()) == first and sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]  # no temp file left
+    assert main(["eval", "--checkpoint", str(indoor_run), "--limit", "2", "--out", str(tmp_path / "e")]) == 0
+    gt = tmp_path / "e" / "ground_truth_boxes.json"
+    assert set(json.loads(gt.read_text())) == set(first)  # the same scene ids
+    assert all(len(r["box"]) == 7 for rows in first.values() for r in rows)
+    for protocol in ("scan2cap", "scanrefer"):
+        assert main(["eval", protocol, "--pred", str(pred), "--gt", str(gt)]) == 0
+    # dense3d vis on the scan the indoor set reads (ScanRefer's aligned_vert.npy was refused as "not a multiple of 24 bytes")
+    scene = sorted(first)[0]
+    capsys.readouterr()
+    assert main(["vis", "--points", str(synthetic_root / "indoor" / "scans" / f"{scene}_aligned_vert.npy"), "--pred", str(pred),
+                 "--out", str(tmp_path / "v" / "scene.png")]) == 0
+    assert (tmp_path / "v" / "scene.png").stat().st_size > 0 and (tmp_path / "v" / "scene_bev.png").exists()
