@@ -61,6 +61,12 @@ class DenseCaptionerRun:
         if bad is not None:
             raise ConfigError("DenseCaptionerRun.caption_many", f"samples[{bad}]", "a dense3d Sample (e.g. run.dataset('val')[0])",
                               got=type(samples[bad]).__name__)
+        if self.regions == "gt":  # captioning the ground-truth boxes: a sample without any failed deep inside the model
+            bad = next((s for s in samples if s.boxes is None), None)
+            if bad is not None:
+                raise ConfigError("DenseCaptionerRun.caption_many", f"sample {bad.sample_id!r}.boxes",
+                                  "ground-truth boxes to caption (regions='gt'; load with regions='proposals' to detect them)",
+                                  got="None")
         bar = ensure_progress(progress)
         out: list[list[DenseCaption]] = []
         for i in range(0, len(samples), batch_size):

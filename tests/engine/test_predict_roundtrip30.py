@@ -85,3 +85,15 @@ def test_indoor_predictions_go_to_scan2cap_and_vis_unchanged_and_predict_overwri
     assert main(["vis", "--points", str(synthetic_root / "indoor" / "scans" / f"{scene}_aligned_vert.npy"), "--pred", str(pred),
                  "--out", str(tmp_path / "v" / "scene.png")]) == 0
     assert (tmp_path / "v" / "scene.png").stat().st_size > 0 and (tmp_path / "v" / "scene_bev.png").exists()
+
+
+def test_caption_on_real_samples_built_by_hand(indoor_run, synthetic_root, tmp_path_factory, samples):
+    run = api.load(indoor_run, map_location=torch.device("cpu"))
+    caps = run.caption(scannet_sample(samples))
+    assert caps and all(c.kind == "box" and len(c.region) == 7 for c in caps)
+    outdoor = api.load(_train(synthetic_root, tmp_path_factory.mktemp("runs") / "outdoor", "perception_outdoor"))
+    caps = outdoor.caption(nuscenes_sample(samples))
+    assert caps and all(c.kind == "box" for c in caps)
+    # regions='gt' on a sample without ground truth: was a TypeError from inside the model
+    with pytest.raises(ConfigError, match=r"sample 'scannet'\.boxes.*regions='gt'"):
+        api.load(indoor_run, regions="gt").caption(scannet_sample(samples))
