@@ -67,6 +67,12 @@ class DenseCaptionerRun:
                 raise ConfigError("DenseCaptionerRun.caption_many", f"sample {bad.sample_id!r}.boxes",
                                   "ground-truth boxes to caption (regions='gt'; load with regions='proposals' to detect them)",
                                   got="None")
+        if self.regions == "gt":  # captioning the ground-truth boxes: a sample without any failed deep inside the model
+            bad = next((s for s in samples if s.boxes is None), None)
+            if bad is not None:
+                raise ConfigError("DenseCaptionerRun.caption_many", f"sample {bad.sample_id!r}.boxes",
+                                  "ground-truth boxes to caption (regions='gt'; load with regions='proposals' to detect them)",
+                                  got="None")
         bar = ensure_progress(progress)
         out: list[list[DenseCaption]] = []
         for i in range(0, len(samples), batch_size):
@@ -163,6 +169,11 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", regions: st
         raise ConfigError("dense3d.api.load", "map_location", "a torch device such as 'cpu' or 'cuda:0'", got=map_location) from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("dense3d.api.load", "map_location", "'cpu' on a machine without a CUDA GPU", got=map_location)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError("dense3d.api.load", "map_location", f"a GPU index below {torch.cuda.device_count()} (the GPUs of this machine)",
+                          got=map_location)
+    if device.type not in ("cpu", "cuda", "mps"):  # 'meta' holds no data: the weights could not be loaded into it
+        raise ConfigError("dense3d.api.load", "map_location", "'cpu', 'cuda[:N]' or 'mps'", got=map_location)
     cfg_path, ckpt = find_run(Path(path))
     cfg = read_run_config(cfg_path)
     dotlist = []

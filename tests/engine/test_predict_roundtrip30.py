@@ -97,3 +97,10 @@ def test_caption_on_real_samples_built_by_hand(indoor_run, synthetic_root, tmp_p
     # regions='gt' on a sample without ground truth: was a TypeError from inside the model
     with pytest.raises(ConfigError, match=r"sample 'scannet'\.boxes.*regions='gt'"):
         api.load(indoor_run, regions="gt").caption(scannet_sample(samples))
+
+
+def test_load_map_location_that_cannot_hold_the_weights_is_a_config_error(indoor_run):
+    with pytest.raises(ConfigError, match="field 'map_location'"):
+        api.load(indoor_run, map_location="meta")  # was a CheckpointError blaming the safetensors file
+    with pytest.raises(ConfigError, match="field 'map_location'"):
+        api.load(indoor_run, map_location="cuda:99")
