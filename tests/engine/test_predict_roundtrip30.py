@@ -104,3 +104,12 @@ def test_load_map_location_that_cannot_hold_the_weights_is_a_config_error(indoor
         api.load(indoor_run, map_location="meta")  # was a CheckpointError blaming the safetensors file
     with pytest.raises(ConfigError, match="field 'map_location'"):
         api.load(indoor_run, map_location="cuda:99")
+
+
+def test_load_overrides_one_string_a_non_string_and_a_typo(indoor_run):
+    # one override as a str was read letter by letter ("field 's'")
+    assert api.load(indoor_run, overrides="seed=0").step == api.load(indoor_run).step
+    with pytest.raises(ConfigError, match="field 'overrides'"):
+        api.load(indoor_run, overrides=[3])
+    with pytest.raises(ConfigError, match=r"config.yaml: field 'model.captioner.num_beam'"):
+        api.load(indoor_run, overrides=["model.captioner.num_beam=3"])
