@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import torch
 from omegaconf import OmegaConf
 
-from dense3d.errors import CheckpointError, ConfigError
+from dense3d.errors import CheckpointError, ConfigError, Dense3DError
 from dense3d.structures import DenseCaption, Sample
 from dense3d.utils.config import instantiate_config
 from dense3d.utils.progress import ProgressBar, ensure_progress
@@ -79,6 +79,12 @@ class DenseCaptionerRun:
                 raise ConfigError("DenseCaptionerRun.caption_many", f"sample {bad.sample_id!r}.boxes",
                                   "ground-truth boxes to caption (regions='gt'; load with regions='proposals' to detect them)",
                                   got="None")
+        if self.regions == "gt":  # captioning the ground-truth boxes: a sample without any failed deep inside the model
+            bad = next((s for s in samples if s.boxes is None), None)
+            if bad is not None:
+                raise ConfigError("DenseCaptionerRun.caption_many", f"sample {bad.sample_id!r}.boxes",
+                                  "ground-truth boxes to caption (regions='gt'; load with regions='proposals' to detect them)",
+                                  got="None")
         bar = ensure_progress(progress)
         out: list[list[DenseCaption]] = []
         for i in range(0, len(samples), batch_size):
@@ -101,8 +107,14 @@ class DenseCaptionerRun:
         if node is None:  # e.g. "test": the val set's config with the split swapped
             node = OmegaConf.merge(data.val, {"split": split})
         check_config_targets(OmegaConf.to_container(node), source=source, path=f"data.{split}")  # untrusted: no foreign targets
-        dataset = instantiate_config(node, source, f"data.{split}")
-        if len(dataset) == 0:  # a wrong split name or annotation file; scoring it would report 0 samples and exit 0
+        try:  # the data set reads its index file (at the latest in len): a synthetic set not generated, or deleted since
+            dataset = instantiate_config(node, source, f"data.{split}")
+            size = len(dataset)
+        except Dense3DError as e:
+            from dense3d.engine.train import _with_synthetic_data_hint
+
+            raise _with_synthetic_data_hint(e, self.config) from None
+        if size == 0:  # a wrong split name or annotation file; scoring it would report 0 samples and exit 0
             raise ConfigError(source, f"data.{split}", "a data split with samples", got="0 samples")
         return dataset
 
@@ -185,6 +197,16 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", regions: st
                           got=map_location)
     if device.type not in ("cpu", "cuda", "mps"):  # 'meta' holds no data: the weights could not be loaded into it
         raise ConfigError("dense3d.api.load", "map_location", "'cpu', 'cuda[:N]' or 'mps'", got=map_location)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError("dense3d.api.load", "map_location", f"a GPU index below {torch.cuda.device_count()} (the GPUs of this machine)",
+                          got=map_location)
+    if device.type not in ("cpu", "cuda", "mps"):  # 'meta' holds no data: the weights could not be loaded into it
+        raise ConfigError("dense3d.api.load", "map_location", "'cpu', 'cuda[:N]' or 'mps'", got=map_location)
+    if isinstance(overrides, str):  # one override: a str was read letter by letter (field 's' of "seed=1")
+        overrides = [overrides]
+    if not isinstance(overrides, (list, tuple)) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError("dense3d.api.load", "overrides", "a list of KEY=VALUE strings, e.g. ['model.captioner.num_beams=3']",
+                          got=repr(overrides))
     if isinstance(overrides, str):  # one override: a str was read letter by letter (field 's' of "seed=1")
         overrides = [overrides]
     if not isinstance(overrides, (list, tuple)) or not all(isinstance(o, str) for o in overrides):

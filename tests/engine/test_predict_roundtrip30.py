@@ -113,3 +113,20 @@ def test_load_overrides_one_string_a_non_string_and_a_typo(indoor_run):
         api.load(indoor_run, overrides=[3])
     with pytest.raises(ConfigError, match=r"config.yaml: field 'model.captioner.num_beam'"):
         api.load(indoor_run, overrides=["model.captioner.num_beam=3"])
+
+
+def test_predict_and_eval_say_how_to_make_missing_synthetic_data(indoor_run, tmp_path, capsys):
+    moved = tmp_path / "run"
+    shutil.copytree(indoor_run, moved)
+    cfg = moved / "config.yaml"
+    text = cfg.read_text()
+    root = str(OmegaConf.load(cfg).paths.synthetic_dir)  # the config holds absolute data paths below it
+    cfg.write_text(text.replace(root, str(tmp_path / "no_data")))
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(moved), "--out", str(tmp_path / "p.json")]) == 2
+    line = _one_line(capsys, "dense3d predict: AnnotationError: ")
+    assert "ScanRefer_filtered_val.json" in line and "make the synthetic data first" in line and "--kind indoor" in line
+    assert main(["eval", "--checkpoint", str(moved), "--out", str(tmp_path / "e")]) == 2
+    line = _one_line(capsys, "dense3d eval: AnnotationError: ")
+    assert "make the synthetic data first" in line
+    assert not (tmp_path / "p.json").exists() and not (tmp_path / "e").exists()
