@@ -67,24 +67,6 @@ class DenseCaptionerRun:
                 raise ConfigError("DenseCaptionerRun.caption_many", f"sample {bad.sample_id!r}.boxes",
                                   "ground-truth boxes to caption (regions='gt'; load with regions='proposals' to detect them)",
                                   got="None")
-        if self.regions == "gt":  # captioning the ground-truth boxes: a sample without any failed deep inside the model
-            bad = next((s for s in samples if s.boxes is None), None)
-            if bad is not None:
-                raise ConfigError("DenseCaptionerRun.caption_many", f"sample {bad.sample_id!r}.boxes",
-                                  "ground-truth boxes to caption (regions='gt'; load with regions='proposals' to detect them)",
-                                  got="None")
-        if self.regions == "gt":  # captioning the ground-truth boxes: a sample without any failed deep inside the model
-            bad = next((s for s in samples if s.boxes is None), None)
-            if bad is not None:
-                raise ConfigError("DenseCaptionerRun.caption_many", f"sample {bad.sample_id!r}.boxes",
-                                  "ground-truth boxes to caption (regions='gt'; load with regions='proposals' to detect them)",
-                                  got="None")
-        if self.regions == "gt":  # captioning the ground-truth boxes: a sample without any failed deep inside the model
-            bad = next((s for s in samples if s.boxes is None), None)
-            if bad is not None:
-                raise ConfigError("DenseCaptionerRun.caption_many", f"sample {bad.sample_id!r}.boxes",
-                                  "ground-truth boxes to caption (regions='gt'; load with regions='proposals' to detect them)",
-                                  got="None")
         bar = ensure_progress(progress)
         out: list[list[DenseCaption]] = []
         for i in range(0, len(samples), batch_size):
@@ -192,21 +174,6 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", regions: st
                           got=map_location)
     if device.type not in ("cpu", "cuda", "mps"):  # 'meta' holds no data: the weights could not be loaded into it
         raise ConfigError("dense3d.api.load", "map_location", "'cpu', 'cuda[:N]' or 'mps'", got=map_location)
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError("dense3d.api.load", "map_location", f"a GPU index below {torch.cuda.device_count()} (the GPUs of this machine)",
-                          got=map_location)
-    if device.type not in ("cpu", "cuda", "mps"):  # 'meta' holds no data: the weights could not be loaded into it
-        raise ConfigError("dense3d.api.load", "map_location", "'cpu', 'cuda[:N]' or 'mps'", got=map_location)
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError("dense3d.api.load", "map_location", f"a GPU index below {torch.cuda.device_count()} (the GPUs of this machine)",
-                          got=map_location)
-    if device.type not in ("cpu", "cuda", "mps"):  # 'meta' holds no data: the weights could not be loaded into it
-        raise ConfigError("dense3d.api.load", "map_location", "'cpu', 'cuda[:N]' or 'mps'", got=map_location)
-    if isinstance(overrides, str):  # one override: a str was read letter by letter (field 's' of "seed=1")
-        overrides = [overrides]
-    if not isinstance(overrides, (list, tuple)) or not all(isinstance(o, str) for o in overrides):
-        raise ConfigError("dense3d.api.load", "overrides", "a list of KEY=VALUE strings, e.g. ['model.captioner.num_beams=3']",
-                          got=repr(overrides))
     if isinstance(overrides, str):  # one override: a str was read letter by letter (field 's' of "seed=1")
         overrides = [overrides]
     if not isinstance(overrides, (list, tuple)) or not all(isinstance(o, str) for o in overrides):
