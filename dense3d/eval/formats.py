@@ -334,6 +334,15 @@ def parse_event_gt(src, data) -> dict[str, dict]:
 
 def parse_paragraphs(src, data, many: bool) -> dict[str, list[str]]:
     """FAVD ``{clip_id: paragraph}`` (references may also be ``{clip_id: [paragraph, ...]}``)."""
+    where = _event_predictions_field(data)
+    if where is not None:  # dense3d predict's output of an events run: it failed on 'boxes' ("expected a paragraph string")
+        raise PredictionFormatError(src, where, "FAVD paragraphs {clip_id: \"paragraph\"}; this file holds dense event predictions "
+                                    "(time spans with a sentence each), which `dense3d eval events` scores",
+                                    got="an object with 'boxes' and 'events'" if where == "events" else "an object with 'results'")
+    if isinstance(data, dict) and data and all(isinstance(v, dict) and "timestamps" in v for v in data.values()):
+        raise PredictionFormatError(src, "(top level)", "FAVD paragraphs {clip_id: \"paragraph\"}; this file holds dense event "
+                                    "ground truth (timestamps + sentences), which `dense3d eval events --gt` reads",
+                                    got="{clip_id: {timestamps, sentences, ...}}")
     out = {}
     for cid, v in _mapping(src, data, "clip_id").items():
         if isinstance(v, str):

@@ -130,3 +130,17 @@ def test_predict_and_eval_say_how_to_make_missing_synthetic_data(indoor_run, tmp
     line = _one_line(capsys, "dense3d eval: AnnotationError: ")
     assert "make the synthetic data first" in line
     assert not (tmp_path / "p.json").exists() and not (tmp_path / "e").exists()
+
+
+def test_eval_favd_on_dense_event_files_says_which_protocol_reads_them(tmp_path, capsys):
+    """predict's output of an events run failed on field 'boxes' ("expected a paragraph string")."""
+    pred, gt = tmp_path / "p.json", tmp_path / "gt.json"
+    pred.write_text(json.dumps(api.prediction_records(["a"], [[]], event_model=True)))
+    gt.write_text(json.dumps({"a": {"timestamps": [[0.0, 1.0]], "sentences": ["a dog barks."]}}))
+    (tmp_path / "para.json").write_text(json.dumps({"a": "a dog barks."}))
+    assert main(["eval", "favd", "--pred", str(pred), "--gt", str(gt)]) == 2
+    line = _one_line(capsys, f"dense3d eval: PredictionFormatError: {pred}: field 'events': ")
+    assert "`dense3d eval events`" in line
+    assert main(["eval", "favd", "--pred", str(tmp_path / "para.json"), "--gt", str(gt)]) == 2
+    line = _one_line(capsys, f"dense3d eval: PredictionFormatError: {gt}: field '(top level)': ")
+    assert "dense event ground truth" in line
