@@ -86,6 +86,9 @@ class DenseCaptionerRun:
         if not OmegaConf.is_dict(data) or not OmegaConf.is_dict(data.get(split) or data.get("val")):
             raise CheckpointError(source, f"data.{split}", "the run's data config (data.train / data.val)", got="missing")
         node = data.get(split)
+        if node is None and split not in ("train", "val", "test"):  # its missing file would read as data never generated
+            splits = sorted({"train", "val", "test", *(k for k in data if OmegaConf.is_dict(data.get(k)) and "split" in data.get(k))})
+            raise ConfigError(source, "split", f"a split of the run's data ({', '.join(splits)})", got=split)
         if node is None:  # e.g. "test": the val set's config with the split swapped
             node = OmegaConf.merge(data.val, {"split": split})
         check_config_targets(OmegaConf.to_container(node), source=source, path=f"data.{split}")  # untrusted: no foreign targets

@@ -144,3 +144,11 @@ def test_eval_favd_on_dense_event_files_says_which_protocol_reads_them(tmp_path,
     assert main(["eval", "favd", "--pred", str(tmp_path / "para.json"), "--gt", str(gt)]) == 2
     line = _one_line(capsys, f"dense3d eval: PredictionFormatError: {gt}: field '(top level)': ")
     assert "dense event ground truth" in line
+
+
+def test_predict_on_an_unknown_split_names_the_split_not_missing_synthetic_data(indoor_run, tmp_path, capsys):
+    """--split vall read ScanRefer_filtered_vall.json, missing, and said "make the synthetic data first"."""
+    assert main(["predict", "--checkpoint", str(indoor_run), "--split", "vall", "--out", str(tmp_path / "p.json")]) == 2
+    line = _one_line(capsys, "dense3d predict: ConfigError: ")
+    assert "config.yaml: field 'split'" in line and "(test, train, val), got vall" in line and "synthetic" not in line
+    assert not (tmp_path / "p.json").exists()
