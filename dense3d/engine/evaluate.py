@@ -208,6 +208,9 @@ def evaluate_run(run: str | Path, split: str = "val", regions: str = "proposals"
     for kind in preds:
         atomic_write_json(out_dir / f"predictions_{kind}.json", preds[kind])
         atomic_write_json(out_dir / f"ground_truth_{kind}.json", truth[kind])
+    for kind in {"boxes", "events"} - set(preds):  # an earlier evaluation of another run into this folder: not this run's files
+        for stale in (out_dir / f"predictions_{kind}.json", out_dir / f"ground_truth_{kind}.json"):
+            stale.unlink(missing_ok=True)
     csvs = sorted(run_dir.rglob("metrics.csv"))
     if csvs:
         from dense3d.engine.report import plot_curves, read_metrics_csv

@@ -152,3 +152,12 @@ def test_predict_on_an_unknown_split_names_the_split_not_missing_synthetic_data(
     line = _one_line(capsys, "dense3d predict: ConfigError: ")
     assert "config.yaml: field 'split'" in line and "(test, train, val), got vall" in line and "synthetic" not in line
     assert not (tmp_path / "p.json").exists()
+
+
+def test_eval_checkpoint_into_a_folder_of_another_runs_evaluation_leaves_only_this_runs_files(indoor_run, events_run, tmp_path):
+    """The indoor run's predictions_boxes.json stayed beside the events run's files, as if the events run had written it."""
+    out = tmp_path / "e"
+    assert main(["eval", "--checkpoint", str(indoor_run), "--limit", "1", "--out", str(out)]) == 0
+    assert main(["eval", "--checkpoint", str(events_run), "--limit", "1", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".json") == [
+        "ground_truth_events.json", "metrics.json", "predictions_events.json"]
