@@ -71,7 +71,13 @@ class DenseCaptionerRun:
         out: list[list[DenseCaption]] = []
         for i in range(0, len(samples), batch_size):
             batch = samples[i : i + batch_size]
-            out += self.model.predict(collate(batch), regions=self.regions)
+            try:
+                out += self.model.predict(collate(batch), regions=self.regions)
+            except Dense3DError as e:  # the model checks the collated batch: name the samples the caller passed
+                if e.source != "Batch":
+                    raise
+                ids = ", ".join(repr(s.sample_id) for s in batch)
+                raise type(e)(f"samples[{i}:{i + len(batch)}] ({ids})", e.field, e.expected, got=e.got) from None
             bar.advance(len(batch))
         return out
 

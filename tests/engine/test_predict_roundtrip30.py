@@ -161,3 +161,14 @@ def test_eval_checkpoint_into_a_folder_of_another_runs_evaluation_leaves_only_th
     assert main(["eval", "--checkpoint", str(events_run), "--limit", "1", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".json") == [
         "ground_truth_events.json", "metrics.json", "predictions_events.json"]
+
+
+def test_caption_of_a_sample_without_sensors_names_the_sample(indoor_run, samples):
+    """The error said 'Batch: field points/images', not which of the caller's samples had no data."""
+    from dense3d.structures import Sample
+
+    run = api.load(indoor_run)
+    with pytest.raises(ConfigError, match=r"^samples\[2:3\] \('empty'\): field 'points/images'"):
+        run.caption_many([scannet_sample(samples), scannet_sample(samples), Sample("empty")])
+    with pytest.raises(Exception, match=r"samples\[0:1\] \('nuscenes'\): field 'points\[0\]': expected 6 columns"):
+        run.caption(nuscenes_sample(samples))  # an outdoor sample (x, y, z, intensity, ring) for an indoor run
