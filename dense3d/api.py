@@ -68,11 +68,13 @@ class DenseCaptionerRun:
                                   "ground-truth boxes to caption (regions='gt'; load with regions='proposals' to detect them)",
                                   got="None")
         bar = ensure_progress(progress)
+        device = next(self.model.parameters(), torch.empty(0)).device  # where load(map_location=...) put the weights
         out: list[list[DenseCaption]] = []
         for i in range(0, len(samples), batch_size):
             batch = samples[i : i + batch_size]
             try:
-                out += self.model.predict(collate(batch), regions=self.regions)
+                # samples are read on the CPU; a model loaded with map_location="cuda" takes its batch on its device
+                out += self.model.predict(collate(batch).to(device), regions=self.regions)
             except Dense3DError as e:  # the model checks the collated batch: name the samples the caller passed
                 if e.source != "Batch":
                     raise

@@ -172,3 +172,13 @@ def test_caption_of_a_sample_without_sensors_names_the_sample(indoor_run, sample
         run.caption_many([scannet_sample(samples), scannet_sample(samples), Sample("empty")])
     with pytest.raises(Exception, match=r"samples\[0:1\] \('nuscenes'\): field 'points\[0\]': expected 6 columns"):
         run.caption(nuscenes_sample(samples))  # an outdoor sample (x, y, z, intensity, ring) for an indoor run
+
+
+@pytest.mark.cuda
+def test_a_run_loaded_on_the_gpu_captions_samples_read_on_the_cpu(indoor_run, samples):
+    """caption() passed the CPU batch to a model on map_location="cuda" (a device mismatch inside the encoder)."""
+    sample = scannet_sample(samples)
+    on_cpu = api.load(indoor_run).caption(sample)
+    on_gpu = api.load(indoor_run, map_location="cuda").caption(sample)
+    assert len(on_gpu) == len(on_cpu)
+    assert torch.allclose(torch.tensor([c.region for c in on_gpu]), torch.tensor([c.region for c in on_cpu]), atol=1e-3)
