@@ -62,6 +62,9 @@ class DenseCaptionerRun:
             raise ConfigError("DenseCaptionerRun.caption_many", f"samples[{bad}]", "a dense3d Sample (e.g. run.dataset('val')[0])",
                               got=type(samples[bad]).__name__)
         if self.regions == "gt":  # captioning the ground-truth boxes: a sample without any failed deep inside the model
+            if getattr(self.model, "box_detector", None) is None:  # DenseCaptioner.predict takes ground-truth boxes only
+                raise ConfigError("DenseCaptionerRun", "regions", "'proposals' for a run without a box detector (regions='gt' "
+                                  "captions ground-truth boxes; events are captioned on the detector's spans)", got="'gt'")
             bad = next((s for s in samples if s.boxes is None), None)
             if bad is not None:
                 raise ConfigError("DenseCaptionerRun.caption_many", f"sample {bad.sample_id!r}.boxes",

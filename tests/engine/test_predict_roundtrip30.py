@@ -182,3 +182,13 @@ def test_a_run_loaded_on_the_gpu_captions_samples_read_on_the_cpu(indoor_run, sa
     on_gpu = api.load(indoor_run, map_location="cuda").caption(sample)
     assert len(on_gpu) == len(on_cpu)
     assert torch.allclose(torch.tensor([c.region for c in on_gpu]), torch.tensor([c.region for c in on_cpu]), atol=1e-3)
+
+
+def test_eval_checkpoint_with_ground_truth_regions_on_an_events_run_is_one_line(events_run, tmp_path, capsys):
+    """Ground-truth regions are boxes (DenseCaptioner.predict); an events run has no box detector.
+    `eval --checkpoint RUN --regions gt` on it stopped at its first clip with 'sample ...boxes:
+    expected ground-truth boxes' (the check for box runs), before that it scored nothing and said
+    nothing: now one line naming regions, before any captioning."""
+    assert main(["eval", "--checkpoint", str(events_run), "--regions", "gt", "--limit", "2", "--out", str(tmp_path / "gt")]) == 2
+    line = _one_line(capsys, "dense3d eval: ConfigError: DenseCaptionerRun: field 'regions': ")
+    assert "box detector" in line and line.endswith("got 'gt'")
