@@ -1,9 +1,6 @@
 """DDP resume: every rank's random state is saved and restored, a checkpoint written inside an
 epoch refuses another number of ranks, and fit says how the optimizer grouped the weights."""
 import functools
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,16 +10,7 @@ from dense3d.engine.checkpoint import load_checkpoint, save_checkpoint
 from dense3d.engine.module import RNGStateCallback, describe_groups
 from dense3d.engine.optim import AdamW
 
-SCRIPT = Path(__file__).with_name("toy_train.py")
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _run(*args, check=True):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
-    if check:
-        assert r.returncode == 0, r.stderr[-3000:]
-    return r
+from tests.engine.toy_parts import run_toy as _run
 
 
 def _rng(state: dict) -> dict:

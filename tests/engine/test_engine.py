@@ -1,23 +1,9 @@
 """Engine mechanics: DDP averages gradients like one process on the combined batch, and a
 run killed with SIGKILL resumes to exactly the weights of an uninterrupted run."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).with_name("toy_train.py")
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _run(*args, check=True):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
-    if check:
-        assert r.returncode == 0, r.stderr[-3000:]
-    return r
+from tests.engine.toy_parts import run_toy as _run
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import torch
 import dense3d.api as api
 from dense3d.cli import main
 from dense3d.engine.train import compose_config
+from tests.engine.toy_parts import Indices as _Indices, Net as _Net
 
 TINY = ["model/captioner=tiny", "model.captioner.bica.region_dim=256", "model.captioner.bica.context_dim=64",
         "model.captioner.adapter.num_layers=2"]
@@ -130,23 +131,6 @@ def test_two_process_ddp_captioning_stage_runs(synthetic_root, tmp_path):
 
 
 # -- 2: a resumed run with loader workers sees the uninterrupted run's data order
-
-class _Indices(torch.utils.data.Dataset):
-    def __len__(self):
-        return 8
-
-    def __getitem__(self, i):
-        return torch.tensor([float(i)]), torch.zeros(1)
-
-
-class _Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.l = torch.nn.Linear(1, 1)
-
-    def forward(self, batch):
-        return {"mse": torch.nn.functional.mse_loss(self.l(batch[0]), batch[1])}
-
 
 def _epoch_orders(out: Path, epochs: int, resume: bool, workers: int) -> dict[int, list[int]]:
     import lightning.pytorch as pl

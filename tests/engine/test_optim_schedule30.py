@@ -17,6 +17,7 @@ from dense3d.engine.train import SOURCE, _instantiate_dict, compose_config
 from dense3d.errors import CheckpointError, ConfigError
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.utils.config import instantiate_config
+from tests.engine.toy_parts import Indices as _Indices, Net as _Net
 
 
 class ToyCaptioner(torch.nn.Module):
@@ -231,23 +232,6 @@ def test_the_real_configs_train_and_resume_with_warmup_and_split(synthetic_root,
     assert trainer.global_step == 4
     eta = cfg.scheduler.eta_min  # step 4: the cosine's first step of 3
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(eta + (1e-3 - eta) * (1 + math.cos(math.pi / 3)) / 2)
-
-
-class _Indices(torch.utils.data.Dataset):
-    def __len__(self):
-        return 8
-
-    def __getitem__(self, i):
-        return torch.tensor([float(i)]), torch.tensor([0.0])
-
-
-class _Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.l = torch.nn.Linear(1, 1)
-
-    def forward(self, batch):
-        return {"mse": torch.nn.functional.mse_loss(self.l(batch[0]), batch[1])}
 
 
 def _step_orders(out, max_steps, resume, workers, batch_size=4, ckpt="last.ckpt"):

@@ -4,10 +4,8 @@ import pytest
 
 from dense3d.eval import events
 from dense3d.eval.caption_metrics import ptb_tokenize
+from tests.eval.event_refs import GT1, GT2
 
-GT1 = {"v1": {"timestamps": [(0, 10), (10, 20)], "sentences": ["A man opens the door.", "He walks out."]},
-       "v2": {"timestamps": [(0, 5)], "sentences": ["A dog barks."]}}
-GT2 = {"v1": {"timestamps": [(0, 12)], "sentences": ["A man opens a door."]}}
 PRED = {
     "v1": [{"timestamp": (30, 40), "sentence": "Nothing happens here.", "score": 0.1},
            {"timestamp": (0, 10), "sentence": "A man opens the door.", "score": 0.9}],
