@@ -46,6 +46,7 @@ class BEVBackbone(nn.Module):
             self.ups.append(nn.Sequential(up, nn.BatchNorm2d(u, eps=1e-3, momentum=0.01), nn.ReLU(inplace=True)))
             cin = c
         self.out_channels = sum(upsample_channels)
+        self.layer_strides = tuple(int(s) for s in layer_strides)
         self.stride = layer_strides[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

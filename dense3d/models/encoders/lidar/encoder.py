@@ -36,9 +36,35 @@ class LidarEncoder(nn.Module):
                               f"the sparse encoder's {sparse_encoder.out_channels} BEV channels (its out_channels "
                               f"{sparse_encoder.out_channels // sparse_encoder.out_depth} x {sparse_encoder.out_depth} z-cells)",
                               got=bev_backbone.in_channels)
+        vx, vy = voxel_encoder.voxel_size[:2]
+        if abs(vx - vy) > 1e-9 * max(vx, vy):
+            # the BEV map has one cell size for x and y (the box head's ``cell_size``): with other
+            # voxels its rows would be read as cells of the x size
+            raise ConfigError("LidarEncoder", "voxel_encoder.voxel_size", "equal x and y sizes (square BEV cells)",
+                              got=list(voxel_encoder.voxel_size))
+        self._check_bev_strides(sparse_encoder, bev_backbone)
         self.voxel_encoder = voxel_encoder
         self.sparse_encoder = sparse_encoder
         self.bev_backbone = bev_backbone
+
+    @staticmethod
+    def _check_bev_strides(sparse_encoder: SparseEncoder, bev_backbone: BEVBackbone) -> None:
+        """Every stage of the BEV backbone, upsampled back, has stage 0's size: a strided 3x3
+        conv (padding 1) rounds an odd size up, and the concatenation would fail on it."""
+        strides = [int(s) for s in bev_backbone.layer_strides]
+        for axis, n in (("ny", sparse_encoder.sparse_shape[1]), ("nx", sparse_encoder.sparse_shape[2])):
+            size = n // sparse_encoder.stride
+            sizes = []
+            for s in strides:
+                size = (size + 2 - 3) // s + 1  # a 3x3 conv of stride s, padding 1
+                sizes.append(size)
+            factor = 1
+            for i, s in enumerate(strides[1:], start=1):
+                factor *= s
+                if sizes[i] * factor != sizes[0]:
+                    raise ConfigError("LidarEncoder", "bev_backbone.layer_strides",
+                                      f"strides whose product {factor} after the first divides the BEV map's "
+                                      f"{sizes[0]} cells along {axis[1]} (point_range / voxel_size / strides)", got=strides)
 
     @property
     def out_channels(self) -> int:
