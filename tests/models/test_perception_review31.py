@@ -47,3 +47,20 @@ def test_bev_backbone_strides_that_do_not_fit_the_map_are_refused_when_built():
     pts = torch.cat([torch.zeros(50, 1), torch.rand(50, 3) * torch.tensor([4.8, 4.8, 2.0]), torch.rand(50, 1)], 1)
     batch = collate([Sample("s", points=PointCloud(pts[:, 1:], ("x", "y", "z", "intensity")))])
     assert enc.eval()(batch).shape == (1, 16, 12, 12)
+
+
+def test_frozen_backbone_stages_keep_their_batch_norm_statistics_in_training():
+    # frozen_stages only stopped the gradients: in train mode the frozen stem's and stages'
+    # BatchNorm running statistics still followed every batch (mmdet's ResNet keeps them in eval)
+    torch.manual_seed(0)
+    net = ResNetBackbone(18, (3, 4), frozen_stages=1).train()
+    frozen = {k: v.clone() for k, v in net.state_dict().items() if k.startswith(("stem.", "stages.0.")) and "running" in k}
+    live = {k: v.clone() for k, v in net.state_dict().items() if k.startswith("stages.1.") and "running" in k}
+    assert frozen and live
+    net(torch.rand(2, 3, 64, 64))
+    state = net.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in frozen.items())
+    assert any(not torch.equal(state[k], v) for k, v in live.items())  # the trained stages still adapt
+    assert net.training and net.stages[1].training and not net.stem.training and not net.stages[0].training
+    # no new state_dict keys (checkpoints of the backbone load as before)
+    assert set(state) == set(ResNetBackbone(18, (3, 4)).state_dict())

@@ -68,9 +68,23 @@ class ResNetBackbone(nn.Module):
         width = 64 if depth < 50 else 256
         self.out_channels = tuple(width * 2 ** (i - 1) for i in self.out_indices)
         self.strides = tuple(2 ** (i + 1) for i in self.out_indices)
-        for module in [self.stem, *self.stages[:frozen_stages]] if frozen_stages > 0 else []:
+        # frozen: no gradients, and batch norms kept in eval mode (their running statistics
+        # would otherwise still follow each training batch; mmdet's ResNet does the same)
+        # (a count, not a ModuleList: the same modules listed twice would add state_dict keys)
+        self.frozen_stages = max(0, int(frozen_stages))
+        for module in self._frozen_modules():
             for p in module.parameters():
                 p.requires_grad_(False)
+        self.train()
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        return [self.stem, *self.stages[: self.frozen_stages]] if self.frozen_stages > 0 else []
+
+    def train(self, mode: bool = True) -> "ResNetBackbone":
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()
+        return self
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(images)
