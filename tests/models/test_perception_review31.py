@@ -64,3 +64,49 @@ def test_frozen_backbone_stages_keep_their_batch_norm_statistics_in_training():
     assert net.training and net.stages[1].training and not net.stem.training and not net.stages[0].training
     # no new state_dict keys (checkpoints of the backbone load as before)
     assert set(state) == set(ResNetBackbone(18, (3, 4)).state_dict())
+
+
+def _mixed_batch(n: int) -> tuple:
+    """n samples with LiDAR; the even ones also have one tiny camera, the odd ones none."""
+    point_range = (0.0, 0.0, 0.0, 4.8, 4.8, 2.0)
+    g = torch.Generator().manual_seed(0)
+    samples = []
+    for i in range(n):
+        pts = torch.cat([torch.rand(40, 3, generator=g) * torch.tensor([4.8, 4.8, 2.0]), torch.rand(40, 1, generator=g)], 1)
+        cams = None
+        if i % 2 == 0:
+            lidar2cam = torch.tensor([[0.0, -1.0, 0.0, 2.4], [0.0, 0.0, -1.0, 1.0], [1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
+            k = torch.eye(4)
+            k[:3, :3] = torch.tensor([[16.0, 0.0, 16.0], [0.0, 16.0, 16.0], [0.0, 0.0, 1.0]])
+            cams = CameraImages(torch.rand(1, 3, 32, 32, generator=g), k[None], lidar2cam[None], ("CAM_FRONT",))
+        boxes = BoxAnnotations(Boxes3D(torch.tensor([[2.0, 2.0, 0.5, 1.0, 1.0, 1.0, 0.0]])), torch.tensor([0]), ("car",))
+        samples.append(Sample(f"s{i}", points=PointCloud(pts, ("x", "y", "z", "intensity")), cameras=cams, boxes=boxes))
+    return point_range, collate(samples)
+
+
+def test_modality_dropout_never_drops_the_lidar_of_a_sample_without_cameras():
+    # a sample without cameras in a batch with cameras has a zero camera map; the fuser's dropout
+    # treated its camera as there and dropped its LiDAR alone 25 % of the time (dropout 0.5):
+    # the head then trained on an empty map against that sample's boxes
+    point_range, batch = _mixed_batch(16)
+    torch.manual_seed(0)
+    lidar = LidarEncoder(*_lidar((0.2, 0.2, 0.25), point_range))
+    camera = CameraEncoder(ResNetBackbone(18, (3,)), LSSViewTransform(8, 8, point_range, 0.4, depth_bins=(0.5, 5.0, 0.5)), neck_channels=8)
+    fuser = ConvFuser({"lidar": 16, "camera": 8}, 16, modality_dropout=0.5)
+    head = CenterHead(16, [["car"]], point_range, 0.4, head_channels=8, with_velocity=False)
+    det = BoxDetector(head, BEVRegionSampler(16, 8, point_range, 3), lidar_encoder=lidar, camera_encoder=camera,
+                      fuser=fuser, loss=CenterPointLoss(code_weights=None)).train()
+    seen = []
+    hook = fuser.fuse.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    try:
+        for seed in range(3):
+            torch.manual_seed(seed)
+            det(batch, decode=False)
+    finally:
+        hook.remove()
+    for x in seen:  # (B, 16 + 8, H, W): LiDAR channels first
+        lidar_kept = x[:, :16].flatten(1).abs().amax(1) > 0
+        camera_kept = x[:, 16:].flatten(1).abs().amax(1) > 0
+        assert bool(lidar_kept[1::2].all()), "a sample without cameras lost its LiDAR"
+        assert bool((lidar_kept | camera_kept)[0::2].all())
+        assert not bool(lidar_kept[0::2].all() and camera_kept[0::2].all())  # dropout still acts where both exist

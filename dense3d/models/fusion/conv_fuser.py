@@ -22,7 +22,11 @@ class ConvFuser(nn.Module):
         out_channels: channels of the fused map.
         modality_dropout: per-sample probability of dropping a sensor in training.
 
-    ``forward({"lidar": (B, C_l, H, W) | None, "camera": (B, C_c, H, W) | None})`` -> (B, out, H, W).
+    ``forward({"lidar": (B, C_l, H, W) | None, "camera": (B, C_c, H, W) | None}, present=None)``
+    -> (B, out, H, W). ``present`` (optional) maps a sensor to a (B,) bool: False where that
+    sample has no data of the sensor although the batch has a map (e.g. a sample without cameras
+    in a batch with cameras: its camera map is zeros). Dropout never drops the last sensor a
+    sample really has.
     """
 
     def __init__(self, in_channels: dict[str, int], out_channels: int = 256, modality_dropout: float = 0.0):
@@ -41,18 +45,24 @@ class ConvFuser(nn.Module):
             nn.ReLU(inplace=True),
         )
 
-    def forward(self, maps: dict[str, torch.Tensor | None]) -> torch.Tensor:
-        present = [maps.get(k) for k in self.sensors if maps.get(k) is not None]
+    def forward(self, maps: dict[str, torch.Tensor | None], present: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        given = [maps.get(k) for k in self.sensors if maps.get(k) is not None]
         unknown = set(k for k, v in maps.items() if v is not None) - set(self.sensors)
-        if not present or unknown:
+        if not given or unknown:
             raise ConfigError("ConvFuser", "maps", f"BEV maps of a subset of {list(self.sensors)}", got=sorted(k for k, v in maps.items() if v is not None))
-        ref = present[0]
+        present = {k: v for k, v in (present or {}).items() if v is not None}
+        ref = given[0]
         B, H, W = ref.shape[0], ref.shape[-2], ref.shape[-1]
         keep = torch.ones(B, len(self.sensors), dtype=torch.bool, device=ref.device)
-        if self.training and self.modality_dropout > 0 and len(present) > 1:
+        if self.training and self.modality_dropout > 0 and len(given) > 1:
+            # (B, S): the sensors each sample really has (a map in the batch, and not marked absent)
+            has = torch.zeros(B, len(self.sensors), dtype=torch.bool, device=ref.device)
+            for i, name in enumerate(self.sensors):
+                if maps.get(name) is not None:
+                    has[:, i] = present[name].to(device=ref.device, dtype=torch.bool).view(B) if name in present else True
             drop = torch.rand(B, len(self.sensors), device=ref.device) < self.modality_dropout
-            all_dropped = drop.all(dim=1, keepdim=True)
-            keep = ~drop | all_dropped  # never drop every sensor of a sample
+            all_dropped = (has & ~drop).sum(dim=1, keepdim=True) == 0
+            keep = ~drop | all_dropped  # never drop every sensor a sample has
         parts = []
         for i, name in enumerate(self.sensors):
             m = maps.get(name)

@@ -186,9 +186,21 @@ class BoxDetector(nn.Module):
             raise ConfigError("Batch", "points/images", "the sensors of this detector", got="neither")
         return maps
 
-    def fuse(self, maps: dict[str, torch.Tensor | None]) -> torch.Tensor:
+    @staticmethod
+    def sensor_presence(batch) -> dict[str, torch.Tensor]:
+        """(B,) bool per sensor: which samples of the batch carry it (cameras: ``camera_mask``;
+        LiDAR: at least one point), so the fuser's dropout never leaves a sample without data."""
+        present: dict[str, torch.Tensor] = {}
+        if getattr(batch, "camera_mask", None) is not None:
+            present["camera"] = batch.camera_mask.bool()
+        if batch.points is not None and batch.points.dim() == 2:
+            b = batch.points[:, 0].long().clamp(0, len(batch) - 1)
+            present["lidar"] = torch.bincount(b, minlength=len(batch)) > 0
+        return present
+
+    def fuse(self, maps: dict[str, torch.Tensor | None], present: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         if self.fuser is not None:
-            return self.fuser(maps)
+            return self.fuser(maps, present)
         return next(v for v in maps.values() if v is not None)
 
     def regions(self, bev: torch.Tensor, detections: list[Detections]) -> RegionFeatures:
@@ -199,7 +211,7 @@ class BoxDetector(nn.Module):
         """``decode=False`` skips decoding, NMS and region features (``detections`` = [] and
         ``regions`` = None): all the loss needs, for training steps that do not caption."""
         maps = self.sensor_maps(batch)
-        bev = self.fuse(maps)
+        bev = self.fuse(maps, self.sensor_presence(batch))
         predictions = self.box_head(bev)
         if not decode:
             return BoxDetectorOutput(bev, maps, predictions, [], None)
