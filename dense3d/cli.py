@@ -83,6 +83,32 @@ def _convert_tod3cap_gt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_scannet(args: argparse.Namespace) -> int:
+    from dense3d.data.scannet_raw import convert_scannet_scans
+    from dense3d.utils.io import check_output_path
+    from dense3d.utils.progress import progress_bar
+
+    check_output_path(args.out, "dense3d convert scannet", folder=True)
+    with progress_bar("converting ScanNet scans", unit="scenes") as bar:
+
+        def scene_done(done: int, total: int) -> None:
+            bar.update(total=total)
+            bar.advance()
+
+        n = convert_scannet_scans(args.scans, args.out, args.label_map, scenes=args.scenes, workers=args.workers,
+                                  max_points=args.max_points, seed=args.seed, allow_unannotated=args.allow_unannotated,
+                                  progress=scene_done)
+    dropped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in n["dropped"].items() if v) or "none"
+    print(f"wrote {n['scenes']} scenes ({n['points']} points, {n['boxes']} boxes; boxes left out: {dropped}) to {args.out}")
+    if n["unannotated"]:
+        print(f"{len(n['unannotated'])} scenes without an aggregation file were written with no boxes: {', '.join(n['unannotated'][:5])}"
+              + (", ..." if len(n["unannotated"]) > 5 else ""))
+    if n["unaligned"]:
+        print(f"{len(n['unaligned'])} scenes have no axisAlignment (kept in the scan frame): {', '.join(n['unaligned'][:5])}"
+              + (", ..." if len(n["unaligned"]) > 5 else ""))
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     if "--checkpoint" in args.rest:  # a trained run on its own data: dense3d.engine.evaluate
         return _eval_run(args.rest)
@@ -211,6 +237,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data-root", default=None, help="folder the info's paths are relative to (default: the info's folder)")
     q.add_argument("--out", required=True, help="ground-truth JSON (docs/eval.md)")
     q.set_defaults(func=_convert_tod3cap_gt)
+    q = conv.add_parser("scannet", help="raw ScanNet v2 scans (ply, segs, aggregation, axisAlignment) -> the ScanRefer "
+                        "loader's {scene}_aligned_vert.npy / {scene}_aligned_bbox.npy (Scan2Cap's preprocessing)")
+    q.add_argument("--scans", required=True, help="folder of ScanNet scene folders (ScanNet's scans/ or scans_test/)")
+    q.add_argument("--label-map", required=True, help="scannetv2-labels.combined.tsv (raw_category -> nyu40id)")
+    q.add_argument("--out", required=True, help="the loader's scans_dir, e.g. data/scannet/scannet_data (converted scenes' files replaced)")
+    q.add_argument("--scenes", default=None, help="a file with one scene id a line (e.g. scannetv2_val.txt) or comma-separated "
+                   "ids (default: every sceneXXXX_XX folder of --scans)")
+    q.add_argument("--workers", type=positive_int, default=1, help="processes (the output does not depend on it)")
+    q.add_argument("--max-points", type=non_negative_int, default=50000,
+                   help="keep at most this many vertices per scene, a seeded random subset as Scan2Cap's (0: all)")
+    q.add_argument("--seed", type=non_negative_int, default=0, help="seed of the vertex subset")
+    q.add_argument("--allow-unannotated", action="store_true",
+                   help="write scenes without {scene}.aggregation.json (ScanNet's test scans) with no boxes")
+    q.set_defaults(func=_convert_scannet)
     return parser
 
 
