@@ -5,8 +5,9 @@ Sequence layout (training and generation alike)::
     [bos, if the tokenizer adds one] [prompt tokens ("Describe the object.")] [caption tokens] [eos]
 
 No chat template; a BOS first where the tokenizer puts one before a text (Llama 2 / 3; not
-SmolLM2's, :func:`prompt_ids`). The same ids are built here for both, so what the adapter
-learns in training is exactly what generation conditions on. All regions of one kind share
+SmolLM2's, :func:`prompt_ids`); the prompt and caption ids are the tokenizer's ids of the whole
+text ``prompt + " " + caption`` (:func:`_caption_encoding`). The same ids are built here for
+both, so what the adapter learns in training is exactly what generation conditions on. All regions of one kind share
 one prompt, so a generation batch needs no padding; transformers' ``generate`` runs greedy
 search (default, deterministic) or beam search with its KV cache, while
 ``LlamaAdapter.conditioned_on`` supplies each row's visual tokens at every step.
@@ -41,22 +42,50 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
     return plain
 
 
-def caption_ids(tokenizer, caption: str, max_tokens: int) -> list[int]:
-    """Token ids of ``" " + caption`` cut to ``max_tokens - 1``, then eos."""
-    ids = tokenizer(" " + caption.strip(), add_special_tokens=False)["input_ids"][: max_tokens - 1]
-    return ids + [tokenizer.eos_token_id]
+def _caption_encoding(tokenizer, caption: str, prompt: str | None, offsets: bool = False):
+    """Ids of ``caption.strip()`` as the tokenizer splits it where it follows ``prompt`` and a space
+    in one text, and with ``offsets`` each id's character span in ``caption.strip()``.
+
+    The caption's ids are those of ``prompt + " " + caption`` after the prompt's own ids, so the
+    prompt and caption ids together are the tokenization of the whole text, as the LLM read such
+    text in pretraining. Tokenizing ``" " + caption`` alone is the same for tokenizers that mark a
+    word's space on the word (GPT-2-style byte-level BPE: SmolLM2, Llama 3; the word tokenizer),
+    but not for SentencePiece ones that put a "▁" before every text (Llama 2, TinyLlama, Mistral
+    read verbatim from their ``tokenizer.json``, and any slow ``LlamaTokenizer``): " a red car"
+    is "▁ ▁a ▁red ▁car" there, a lone "▁" no text ever has between a prompt and its next word.
+    Where the prompt's ids are not a prefix of the whole text's (a merge across the seam), and
+    with ``prompt=None``, the ids of ``" " + caption`` are used."""
+    caption = caption.strip()
+    if prompt is not None:
+        head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        enc = tokenizer(prompt + " " + caption, add_special_tokens=False, return_offsets_mapping=offsets)
+        if enc["input_ids"][: len(head)] == head:
+            shift = len(prompt) + 1  # offsets in prompt + " " + caption -> in caption
+            spans = [(a - shift, b - shift) for a, b in enc["offset_mapping"][len(head):]] if offsets else None
+            return enc["input_ids"][len(head):], spans
+    enc = tokenizer(" " + caption, add_special_tokens=False, return_offsets_mapping=offsets)
+    spans = [(a - 1, b - 1) for a, b in enc["offset_mapping"]] if offsets else None  # shift by the space
+    return enc["input_ids"], spans
 
 
-def span_token_weights(tokenizer, caption: str, spans, weight: float, max_tokens: int) -> list[float]:
+def caption_ids(tokenizer, caption: str, max_tokens: int, prompt: str | None = None) -> list[int]:
+    """Token ids of ``caption`` as it follows ``prompt`` (:func:`_caption_encoding`; None: the ids of
+    ``" " + caption``), cut to ``max_tokens - 1``, then eos."""
+    ids, _ = _caption_encoding(tokenizer, caption, prompt)
+    return ids[: max_tokens - 1] + [tokenizer.eos_token_id]
+
+
+def span_token_weights(tokenizer, caption: str, spans, weight: float, max_tokens: int,
+                       prompt: str | None = None) -> list[float]:
     """Per caption token (as :func:`caption_ids` cuts them, eos last): ``weight`` for the tokens
     that overlap a character span of ``caption.strip()``, 1 for the rest (eos included)."""
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("RegionCaptioner", "target_word_weight", "1.0 with a tokenizer that has no character offsets",
                           got=f"{weight} with {type(tokenizer).__name__}")
-    enc = tokenizer(" " + caption.strip(), add_special_tokens=False, return_offsets_mapping=True)
+    _, offsets = _caption_encoding(tokenizer, caption, prompt, offsets=True)
     out = []
-    for a, b in enc["offset_mapping"][: max_tokens - 1]:  # offsets in " " + caption: shift by the space
-        hit = any(a - 1 < e and s < b - 1 for s, e in spans)
+    for a, b in offsets[: max_tokens - 1]:  # character spans in caption.strip()
+        hit = any(a < e and s < b for s, e in spans)
         out.append(weight if hit else 1.0)
     return out + [1.0]  # eos
 
@@ -71,11 +100,12 @@ def teacher_forcing_batch(tokenizer, prompts: list[str], captions: list[str], ma
     span, 1 elsewhere, 0 where there is no label."""
     rows, labels, weights = [], [], []
     for n, (p, c) in enumerate(zip(prompts, captions)):
-        pi, ci = prompt_ids(tokenizer, p), caption_ids(tokenizer, c, max_caption_tokens)
+        pi, ci = prompt_ids(tokenizer, p), caption_ids(tokenizer, c, max_caption_tokens, prompt=p)
         rows.append(pi + ci)
         labels.append([IGNORE] * len(pi) + ci)
         if spans is not None:
-            weights.append([0.0] * len(pi) + span_token_weights(tokenizer, c, spans[n], span_weight, max_caption_tokens))
+            weights.append([0.0] * len(pi) + span_token_weights(tokenizer, c, spans[n], span_weight, max_caption_tokens,
+                                                                prompt=p))
     T = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id
     ids = torch.full((len(rows), T), pad, dtype=torch.long)

@@ -1,0 +1,276 @@
+"""Review 31 of the caption decoder's text handling across tokenizer families.
+
+A tiny SentencePiece BPE model is trained here from a few hundred sentences (well under a
+second), wrapped as transformers' ``LlamaTokenizer`` the ways real checkpoints reach it, saved
+beside a tiny random ``LlamaForCausalLM`` and loaded through ``local_llama_decoder``:
+
+* ``llama_spm``: ``tokenizer.model`` only; transformers 5 converts it (a ``Metaspace`` pre-tokenizer).
+* ``llama2_json``: Llama 2's / TinyLlama's ``tokenizer.json`` (normalizer ``Prepend("▁")`` +
+  ``Replace(" ", "▁")``, ``<s> $A`` post-processor) read verbatim, as transformers 4.x's
+  ``LlamaTokenizerFast`` (and transformers 5 for a generic ``tokenizer_class``) read it; pad None.
+* ``llama2_json_pad_unk``: the same with ``pad_token = <unk>`` (as some Llama 2 fine-tunes set it).
+
+The GPT-2-style byte-level BPE (SmolLM2's kind) and the word tokenizer are checked alongside:
+their ids stay what they were.
+"""
+from __future__ import annotations
+
+import io
+import json
+import random
+
+import pytest
+import torch
+
+from dense3d.models.captioner.decoder import local_llama_decoder, tiny_llama, word_tokenizer
+from dense3d.models.captioner.generate import (caption_ids, generate_captions, prompt_ids, span_token_weights,
+                                              teacher_forcing_batch)
+from dense3d.models.captioner.llama_adapter import LlamaAdapter
+
+PROMPT = "Describe the object."
+CAPTIONS = ["a red chair next to the table.", "a small wooden door behind the bed.", "the lamp."]
+OBJECTS = ["chair", "table", "sofa", "lamp", "door", "window", "bed", "car", "truck", "tree", "cabinet", "desk"]
+COLOURS = ["red", "blue", "brown", "white", "black", "green", "small", "large", "wooden"]
+RELATIONS = ["next to", "near", "behind", "in front of", "under", "left of", "right of", "beside"]
+
+
+def _sentences(n: int = 400) -> list[str]:
+    rng = random.Random(0)
+    out = []
+    for _ in range(n):
+        a, b = rng.sample(OBJECTS, 2)
+        out.append(f"a {rng.choice(COLOURS)} {a} {rng.choice(RELATIONS)} the {rng.choice(COLOURS)} {b}.")
+    return out + ["Describe the object.", "Describe the sound.", "there are 3 chairs, 2 tables and a door's handle!"] * 5
+
+
+@pytest.fixture(scope="module")
+def spm_model() -> bytes:
+    """A SentencePiece BPE model trained like Llama 2's (byte fallback, split digits, a dummy
+    prefix, whitespace kept as is, unk/bos/eos = 0/1/2, no pad)."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_sentences()), model_writer=buf, vocab_size=400, model_type="bpe", byte_fallback=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, add_dummy_prefix=True, normalization_rule_name="identity",
+        split_digits=True, allow_whitespace_only_pieces=True, remove_extra_whitespaces=False, character_coverage=1.0,
+        minloglevel=2)
+    return buf.getvalue()
+
+
+def _llama_folder(folder, spm_bytes: bytes, flavor: str):
+    """A Llama checkpoint folder with the SentencePiece tokenizer as ``flavor`` (module docstring)."""
+    from tokenizers import normalizers
+    from transformers import AutoTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.model").write_bytes(spm_bytes)
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+              "add_bos_token": True, "add_eos_token": False, "legacy": flavor != "llama_spm"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = AutoTokenizer.from_pretrained(str(folder))  # transformers converts tokenizer.model
+    if flavor != "llama_spm":  # Llama 2's tokenizer.json: the space handling in the normalizer, no pre-tokenizer
+        backend = tok.backend_tokenizer
+        backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        backend.pre_tokenizer = None
+        backend.save(str(folder / "tokenizer.json"))
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"  # read verbatim
+        if flavor == "llama2_json_pad_unk":
+            config["pad_token"] = "<unk>"
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    tiny_llama(len(tok), num_layers=3).save_pretrained(folder)
+    return folder
+
+
+def _bytelevel_folder(folder):
+    """A GPT-2-style byte-level BPE (SmolLM2's kind: no BOS, pad None) beside a tiny Llama."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(unk_token=None))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(_sentences(), trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "</s>"],
+                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>")
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(folder))
+    tiny_llama(len(tok), num_layers=3).save_pretrained(folder)
+    return folder
+
+
+def _word_folder(folder):
+    tok = word_tokenizer(_sentences())
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(folder))
+    tiny_llama(len(tok), num_layers=3).save_pretrained(folder)
+    return folder
+
+
+SPM_FLAVORS = ["llama_spm", "llama2_json", "llama2_json_pad_unk"]
+ALL_FLAVORS = SPM_FLAVORS + ["bytelevel", "word"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, spm_model):
+    root = tmp_path_factory.mktemp("tokenizers31")
+    out = {f: _llama_folder(root / f, spm_model, f) for f in SPM_FLAVORS}
+    out["bytelevel"] = _bytelevel_folder(root / "bytelevel")
+    out["word"] = _word_folder(root / "word")
+    return out
+
+
+def _decoder(folders, flavor):
+    dec = local_llama_decoder(str(folders[flavor]))
+    return dec.model, dec.tokenizer
+
+
+def _old_caption_ids(tok, caption: str, max_tokens: int) -> list[int]:
+    """caption_ids before review 31: the ids of " " + caption, whatever the prompt."""
+    return tok(" " + caption.strip(), add_special_tokens=False)["input_ids"][: max_tokens - 1] + [tok.eos_token_id]
+
+
+def test_the_sentencepiece_checkpoints_are_what_they_stand_for(folders):
+    """The fixture's premise: Llama 2's tokenizer.json, read verbatim, puts a lone "▁" before a text
+    that starts with a space (as sentencepiece itself does), the converted one does not; the
+    tokenizer's pad token is None (or <unk>) and local_llama_decoder pads with eos (or <unk>)."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(folders["llama_spm"] / "tokenizer.model"))
+    assert sp.encode(" a red chair", out_type=str)[:2] == ["▁", "▁a"]
+    for flavor, lone in (("llama_spm", False), ("llama2_json", True), ("llama2_json_pad_unk", True)):
+        _, tok = _decoder(folders, flavor)
+        pieces = tok.convert_ids_to_tokens(tok(" a red chair", add_special_tokens=False)["input_ids"])
+        assert (pieces[0] == "▁") == lone, (flavor, pieces)
+        assert tok(PROMPT)["input_ids"][0] == tok.bos_token_id == 1  # add_bos_token
+        assert tok.pad_token == ("<unk>" if flavor.endswith("pad_unk") else "</s>")
+
+
+@pytest.mark.parametrize("flavor", ALL_FLAVORS)
+def test_teacher_forcing_is_the_whole_texts_tokenization(folders, flavor):
+    """Prompt ids + caption ids = the tokenizer's ids of "prompt caption" (one BOS where it puts one,
+    no lone "▁" at the seam), eos once after the caption; labels only on the caption and eos;
+    right-padded rows with the attention mask on the real tokens only, whatever the pad id."""
+    _, tok = _decoder(folders, flavor)
+    batch = teacher_forcing_batch(tok, [PROMPT] * len(CAPTIONS), CAPTIONS, 32)
+    P = len(prompt_ids(tok, PROMPT))
+    for i, caption in enumerate(CAPTIONS):
+        whole = tok(PROMPT + " " + caption)["input_ids"]
+        n = len(whole) + 1
+        ids, labels, mask = (batch[k][i].tolist() for k in ("input_ids", "labels", "attention_mask"))
+        assert ids[:n] == whole + [tok.eos_token_id], (flavor, tok.convert_ids_to_tokens(ids[P:n]))
+        assert ids[:n].count(tok.eos_token_id) == 1  # eos once, last (padding after it is not a token)
+        if tok.bos_token_id is not None and tok(PROMPT)["input_ids"][0] == tok.bos_token_id:
+            assert ids[0] == tok.bos_token_id and ids[1:n].count(tok.bos_token_id) == 0  # one BOS
+        assert "▁" not in tok.convert_ids_to_tokens(ids[P:n])  # no lone space piece in the caption
+        assert labels[:P] == [-100] * P and labels[P:n] == ids[P:n] and labels[n:] == [-100] * (len(ids) - n)
+        assert mask == [1] * n + [0] * (len(ids) - n)
+        assert ids[n:] == [tok.pad_token_id] * (len(ids) - n)
+        assert tok.decode(ids[P : n - 1]).strip() == caption  # the caption's ids read back as the caption
+
+
+@pytest.mark.parametrize("flavor", ["bytelevel", "word"])
+def test_tokenizers_that_put_the_space_on_the_word_keep_their_ids(folders, flavor):
+    """GPT-2-style byte-level BPE and the word tokenizer: caption ids bit-identical to the ids of
+    " " + caption (what every earlier run trained on), for odd captions too."""
+    _, tok = _decoder(folders, flavor)
+    odd = ["", "  a red chair  ", "3 chairs, 2 tables!", "it's a door's handle.", "über café"]
+    for prompt in (PROMPT, "Describe the sound.", "Caption:", "Describe the object. "):
+        for caption in CAPTIONS + odd + _sentences(50):
+            assert caption_ids(tok, caption, 32, prompt=prompt) == _old_caption_ids(tok, caption, 32)
+            batch = teacher_forcing_batch(tok, [prompt], [caption], 32)
+            assert batch["input_ids"][0].tolist() == prompt_ids(tok, prompt) + _old_caption_ids(tok, caption, 32)
+
+
+@pytest.mark.parametrize("flavor", ALL_FLAVORS)
+def test_target_word_weights_fall_on_the_target_words(folders, flavor):
+    """span_token_weights follows the caption's ids at the seam: the weighted tokens are the named
+    words, eos and the other words weigh 1."""
+    _, tok = _decoder(folders, flavor)
+    caption = "a brown chair next to the black table."
+    start = caption.index("black")
+    batch = teacher_forcing_batch(tok, [PROMPT], [caption], 32, spans=[[(start, start + len("black table"))]],
+                                  span_weight=3.0)
+    ids, w = batch["input_ids"][0], batch["weights"][0]
+    assert tok.decode(ids[w == 3.0].tolist()).strip() == "black table"
+    P = len(prompt_ids(tok, PROMPT))
+    assert (w[:P] == 0).all() and w[int(batch["attention_mask"][0].sum()) - 1] == 1.0  # eos weighs 1
+    assert len(span_token_weights(tok, caption, [(0, 1)], 2.0, 4, prompt=PROMPT)) == 4  # cut like caption_ids
+
+
+def _captioner(decoder, hidden: int = 64):
+    from dense3d.models.captioner.qformer import RelationQFormer
+    from dense3d.models.captioner.region_captioner import RegionCaptioner
+
+    torch.manual_seed(0)
+    return RegionCaptioner(
+        decoder=decoder, adapter=LlamaAdapter(hidden, 4, num_layers=2, prompt_len=4),
+        qformer=RelationQFormer(64, 4, 1, num_queries=4, num_neighbours=0, region_dim=16, out_dim=hidden),
+        bica=None, max_new_tokens=20, llm_autocast=False, cache_frozen_layers_mb=0,
+    )
+
+
+def _regions(n: int):
+    from dense3d.structures.sample import RegionFeatures
+
+    g = torch.Generator().manual_seed(1)
+    geometry = torch.cat([torch.randn(1, n, 3, generator=g) * 5, torch.ones(1, n, 3), torch.zeros(1, n, 1)], -1)
+    return RegionFeatures("box", torch.randn(1, n, 16, generator=g) * 3, geometry, torch.ones(1, n),
+                          torch.zeros(1, n, dtype=torch.long), torch.ones(1, n, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("flavor", ["llama2_json", "bytelevel"])
+def test_overfit_captions_come_back_exactly_with_the_whole_texts_ids(folders, flavor):
+    """Three captions overfit through RegionCaptioner on a checkpoint loaded by path: generate gives
+    them back as text (no leading space, no stray "▁") and as the ids the tokenizer gives them
+    after the prompt, eos last (greedy stops there)."""
+    model = _captioner(local_llama_decoder(str(folders[flavor])))
+    regions = _regions(len(CAPTIONS))
+    tok = model.decoder.tokenizer
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=3e-2)
+    got = []
+    for step in range(1, 201):
+        model.train()
+        loss = model(regions, None, [list(CAPTIONS)])["loss_caption"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step >= 60 and step % 20 == 0:
+            model.eval()
+            got = [c.text for c in model.generate(regions)[0]]
+            if got == CAPTIONS:
+                break
+    assert got == CAPTIONS, (step, float(loss), got)
+    model.eval()
+    visual = model.encode(regions)[0][0]  # (R, K, H)
+    texts, seqs = generate_captions(model._lm(), model.adapter, tok, visual, PROMPT, 20)
+    P = len(tok(PROMPT)["input_ids"])
+    for text, seq, caption in zip(texts, seqs, CAPTIONS):
+        assert text == caption and not text.startswith(" ")
+        assert seq == tok(PROMPT + " " + caption)["input_ids"][P:] + [tok.eos_token_id], tok.convert_ids_to_tokens(seq)
+        assert "▁" not in tok.convert_ids_to_tokens(seq)
+
+
+@pytest.mark.parametrize("flavor", SPM_FLAVORS)
+def test_sentencepiece_generation_batches_like_one_at_a_time_and_decodes_clean(folders, flavor):
+    """Pad None (= eos) or <unk>: rows that end apart batch like one at a time, each cut after its
+    eos, and the texts have no leading space and no "▁"."""
+    lm, tok = _decoder(folders, flavor)
+    lm.eval()
+    adapter = LlamaAdapter(64, 4, num_layers=2, prompt_len=5)
+    adapter.attach(lm)
+    visual = torch.randn(6, 5, 64, generator=torch.Generator().manual_seed(3)) * 2
+    with torch.no_grad():
+        adapter.gates.fill_(1.0)
+        _, seqs = generate_captions(lm, adapter, tok, visual, PROMPT, 8)
+        common = max(set(seqs[0]), key=[t for s in seqs for t in s].count)
+        lm.lm_head.weight[tok.eos_token_id] = lm.lm_head.weight[common] * 1.05  # eos where that token was: rows stop apart
+    batched = generate_captions(lm, adapter, tok, visual, PROMPT, 8)
+    single = generate_captions(lm, adapter, tok, visual, PROMPT, 8, batch_size=1)
+    assert batched == single
+    texts, seqs = batched
+    assert len({len(s) for s in seqs}) > 1
+    for text, seq in zip(texts, seqs):
+        assert seq.count(tok.eos_token_id) <= 1 and (tok.eos_token_id not in seq or seq[-1] == tok.eos_token_id)
+        assert text == text.strip() and "▁" not in text
+        assert text == tok.decode([t for t in seq if t != tok.eos_token_id], skip_special_tokens=True).strip()
