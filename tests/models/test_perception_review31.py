@@ -110,3 +110,15 @@ def test_modality_dropout_never_drops_the_lidar_of_a_sample_without_cameras():
         assert bool(lidar_kept[1::2].all()), "a sample without cameras lost its LiDAR"
         assert bool((lidar_kept | camera_kept)[0::2].all())
         assert not bool(lidar_kept[0::2].all() and camera_kept[0::2].all())  # dropout still acts where both exist
+
+
+def test_region_sampler_of_another_range_than_the_head_is_refused():
+    # the sampler turns metres into grid_sample's [-1, 1] with its own point_range: another range
+    # than the map's sampled every box's features at shifted cells without a word
+    point_range = (0.0, 0.0, 0.0, 4.8, 4.8, 2.0)
+    head = CenterHead(16, [["car"]], point_range, 0.4, head_channels=8, with_velocity=False)
+    lidar = LidarEncoder(*_lidar((0.2, 0.2, 0.25), point_range))
+    shifted = BEVRegionSampler(16, 8, (1.0, 1.0, 0.0, 5.8, 5.8, 2.0), 3)
+    with pytest.raises(ConfigError, match=r"BoxDetector: field 'region_sampler.point_range'.*\[1.0, 1.0, 5.8, 5.8\]"):
+        BoxDetector(head, shifted, lidar_encoder=lidar)
+    BoxDetector(head, BEVRegionSampler(16, 8, (0.0, 0.0, -1.0, 4.8, 4.8, 3.0), 3), lidar_encoder=lidar)  # z may differ

@@ -174,6 +174,14 @@ class BoxDetector(nn.Module):
                 raise ConfigError("BoxDetector", f"{name} point_range/cell_size",
                                   f"the box head's grid: x/y range {want}, {head.cell_size} m cells",
                                   got=f"x/y range {have}, {cell:g} m cells")
+        # the region sampler maps metres to the map's [-1, 1] with its own range: another range
+        # samples every box's features at the wrong cells
+        sampler_range = getattr(self.region_sampler, "point_range", None)
+        if sampler_range is not None:
+            have = [float(v) for i, v in enumerate(sampler_range) if i in (0, 1, 3, 4)]
+            if len(have) != 4 or any(abs(a - b) > 1e-6 for a, b in zip(have, want)):
+                raise ConfigError("BoxDetector", "region_sampler.point_range", f"the box head's x/y range {want}",
+                                  got=f"x/y range {have}")
 
     def sensor_maps(self, batch) -> dict[str, torch.Tensor | None]:
         """Per-sensor BEV maps; a sensor missing from the batch gives None."""
