@@ -198,7 +198,7 @@ def test_target_word_weights_fall_on_the_target_words(folders, flavor):
     assert len(span_token_weights(tok, caption, [(0, 1)], 2.0, 4, prompt=PROMPT)) == 4  # cut like caption_ids
 
 
-def _captioner(decoder, hidden: int = 64):
+def _captioner(decoder, hidden: int = 64, cache_mb: int = 0):
     from dense3d.models.captioner.qformer import RelationQFormer
     from dense3d.models.captioner.region_captioner import RegionCaptioner
 
@@ -206,7 +206,7 @@ def _captioner(decoder, hidden: int = 64):
     return RegionCaptioner(
         decoder=decoder, adapter=LlamaAdapter(hidden, 4, num_layers=2, prompt_len=4),
         qformer=RelationQFormer(64, 4, 1, num_queries=4, num_neighbours=0, region_dim=16, out_dim=hidden),
-        bica=None, max_new_tokens=20, llm_autocast=False, cache_frozen_layers_mb=0,
+        bica=None, max_new_tokens=20, llm_autocast=False, cache_frozen_layers_mb=cache_mb,
     )
 
 
@@ -251,11 +251,10 @@ def test_overfit_captions_come_back_exactly_with_the_whole_texts_ids(folders, fl
         assert "▁" not in tok.convert_ids_to_tokens(seq)
 
 
-@pytest.mark.parametrize("flavor", SPM_FLAVORS)
-def test_sentencepiece_generation_batches_like_one_at_a_time_and_decodes_clean(folders, flavor):
-    """Pad None (= eos) or <unk>: rows that end apart batch like one at a time, each cut after its
-    eos, and the texts have no leading space and no "▁"."""
-    lm, tok = _decoder(folders, flavor)
+def _rows_ending_apart(lm, tok):
+    """Greedy captions of 6 regions, batched (asserted equal to one at a time), with eos made as
+    likely as the most generated token so that rows end at different steps (the finished rows are
+    fed pad ids while the others go on)."""
     lm.eval()
     adapter = LlamaAdapter(64, 4, num_layers=2, prompt_len=5)
     adapter.attach(lm)
@@ -268,9 +267,60 @@ def test_sentencepiece_generation_batches_like_one_at_a_time_and_decodes_clean(f
     batched = generate_captions(lm, adapter, tok, visual, PROMPT, 8)
     single = generate_captions(lm, adapter, tok, visual, PROMPT, 8, batch_size=1)
     assert batched == single
-    texts, seqs = batched
-    assert len({len(s) for s in seqs}) > 1
+    assert len({len(s) for s in batched[1]}) > 1
+    return batched
+
+
+@pytest.mark.parametrize("flavor", SPM_FLAVORS)
+def test_sentencepiece_generation_batches_like_one_at_a_time_and_decodes_clean(folders, flavor):
+    """Pad None (= eos) or <unk>: rows that end apart batch like one at a time, each cut after its
+    eos, and the texts have no leading space and no "▁"."""
+    lm, tok = _decoder(folders, flavor)
+    texts, seqs = _rows_ending_apart(lm, tok)
     for text, seq in zip(texts, seqs):
         assert seq.count(tok.eos_token_id) <= 1 and (tok.eos_token_id not in seq or seq[-1] == tok.eos_token_id)
         assert text == text.strip() and "▁" not in text
         assert text == tok.decode([t for t in seq if t != tok.eos_token_id], skip_special_tokens=True).strip()
+
+
+def _with_added_token(folders, tmp_path, **special):
+    """The llama_spm checkpoint whose tokenizer got a new special token after the model was saved
+    (``add_special_tokens`` without resizing the embeddings: id 400 of a 400-row model)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "added"
+    shutil.copytree(folders["llama_spm"], folder)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok.add_special_tokens(special)
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def test_a_pad_token_the_model_has_no_embedding_for_pads_with_eos(folders, tmp_path):
+    """Training (with and without the frozen-prefix cache) and generation of rows that end apart ran
+    into "IndexError: index out of range in self" inside the embedding; padding now uses eos, and
+    the loss is the one of the same checkpoint without the added pad token."""
+    folder = _with_added_token(folders, tmp_path, pad_token="[PAD]")
+    regions = _regions(len(CAPTIONS))
+    losses = []
+    for path in (folder, folders["llama_spm"]):
+        for cache_mb in (0, 8):
+            model = _captioner(local_llama_decoder(str(path)), cache_mb=cache_mb)
+            tok = model.decoder.tokenizer
+            assert tok.pad_token_id == tok.eos_token_id
+            losses.append(float(model(regions, None, [list(CAPTIONS)])["loss_caption"]))
+    assert losses[0] == losses[2] and abs(losses[1] - losses[3]) < 1e-5 and abs(losses[0] - losses[1]) < 1e-4
+    dec = local_llama_decoder(str(folder))
+    _rows_ending_apart(dec.model, dec.tokenizer)
+
+
+def test_an_eos_the_model_has_no_embedding_for_is_one_line(folders, tmp_path):
+    from dense3d.errors import CheckpointError
+
+    folder = _with_added_token(folders, tmp_path, eos_token="<|end|>")
+    with pytest.raises(CheckpointError) as info:
+        local_llama_decoder(str(folder)).tokenizer
+    message = str(info.value)
+    assert "\n" not in message and str(folder) in message and "eos_token_id" in message and "400" in message

@@ -221,7 +221,27 @@ def load_llama(path: str | Path, dtype: torch.dtype = torch.float32, gguf_file: 
         except Exception as e:
             raise CheckpointError(str(source), "tokenizer", "the checkpoint's tokenizer files",
                                   got=f"{type(e).__name__}: {e}") from e
-    return model, _finish_tokenizer(tok, str(source))
+    tok = _finish_tokenizer(tok, str(source))
+    _fit_special_tokens(model, tok, str(source))
+    return model, tok
+
+
+def _fit_special_tokens(model, tok, source: str) -> None:
+    """The tokenizer's special ids against the model's input embeddings (``n`` rows).
+
+    A pad token the tokenizer added after the model was trained (``add_special_tokens({"pad_token":
+    "[PAD]"})`` saved without resizing the embeddings: id ``n``) would make every padded teacher-forcing
+    batch (and every batch of generated rows that end apart) an ``IndexError`` deep inside the
+    embedding; padding is masked and never a label, so such a pad becomes eos. An eos or bos the model
+    has no embedding for cannot be read or generated: a one-line ``CheckpointError`` naming ``source``."""
+    n = model.get_input_embeddings().num_embeddings
+    for field in ("eos_token_id", "bos_token_id"):
+        value = getattr(tok, field)
+        if value is not None and not 0 <= value < n:
+            raise CheckpointError(source, field, f"a token id below the model's {n} input embeddings "
+                                  "(a tokenizer of this model)", got=f"{value} ({getattr(tok, field[:-3])!r})")
+    if not 0 <= tok.pad_token_id < n:
+        tok.pad_token = tok.eos_token
 
 
 def word_tokenizer(words: Sequence[str]):
