@@ -61,15 +61,15 @@ class DenseCaptionerRun:
         if bad is not None:
             raise ConfigError("DenseCaptionerRun.caption_many", f"samples[{bad}]", "a dense3d Sample (e.g. run.dataset('val')[0])",
                               got=type(samples[bad]).__name__)
-        if self.regions == "gt":  # captioning the ground-truth boxes: a sample without any failed deep inside the model
-            if getattr(self.model, "box_detector", None) is None:  # DenseCaptioner.predict takes ground-truth boxes only
-                raise ConfigError("DenseCaptionerRun", "regions", "'proposals' for a run without a box detector (regions='gt' "
-                                  "captions ground-truth boxes; events are captioned on the detector's spans)", got="'gt'")
-            bad = next((s for s in samples if s.boxes is None), None)
-            if bad is not None:
-                raise ConfigError("DenseCaptionerRun.caption_many", f"sample {bad.sample_id!r}.boxes",
-                                  "ground-truth boxes to caption (regions='gt'; load with regions='proposals' to detect them)",
-                                  got="None")
+        if self.regions == "gt":  # captioning the ground-truth boxes / events: a sample without any failed deep inside the model
+            for kind, detector in (("boxes", "box_detector"), ("events", "event_detector")):
+                if getattr(self.model, detector, None) is None:
+                    continue
+                bad = next((s for s in samples if getattr(s, kind) is None), None)
+                if bad is not None:
+                    raise ConfigError("DenseCaptionerRun.caption_many", f"sample {bad.sample_id!r}.{kind}",
+                                      f"ground-truth {kind} to caption (regions='gt'; load with regions='proposals' to detect them)",
+                                      got="None")
         bar = ensure_progress(progress)
         device = next(self.model.parameters(), torch.empty(0)).device  # where load(map_location=...) put the weights
         out: list[list[DenseCaption]] = []

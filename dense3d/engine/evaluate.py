@@ -9,7 +9,10 @@ and scores them with the protocols that fit what the model outputs:
   (indoor) caption metrics;
 * events: proposal precision / recall at tIoU 0.3, 0.5, 0.7 (the dense-events protocol), the
   direction error of the proposals matched one-to-one to ground truth (Hungarian on tIoU,
-  tIoU >= 0.5) and, with captions, the dense-events caption metrics.
+  tIoU >= 0.5) and, with captions, the dense-events caption metrics. With ``regions="gt"``
+  every ground-truth event is captioned on its own span ("captioning with ground-truth
+  proposals"): the same files and caption metrics, without the proposal precision / recall and
+  class accuracy, which would be 100 by construction.
 
 The metrics land in ``metrics.json`` beside the predictions; with the run's training log, the
 training curves in ``curves.png``.
@@ -111,21 +114,26 @@ def direction_errors(pred: dict, gt: dict, min_tiou: float = 0.5) -> tuple[list[
     return errors, right, total
 
 
-def _event_metrics(pred: dict, gt: dict, captions: bool) -> dict:
+def _event_metrics(pred: dict, gt: dict, captions: bool, gt_regions: bool = False) -> dict:
+    """The dense-events metrics of ``pred`` against ``gt`` (module docstring); ``gt_regions``: the
+    predictions are the ground-truth spans themselves, whose proposal precision / recall and class
+    accuracy are 100 by construction and are left out."""
     from dense3d.eval import events
     from dense3d.utils.progress import progress_bar
 
     gts = [{v: {"timestamps": g["timestamps"], "sentences": g["sentences"]} for v, g in gt.items()}]
     out: dict = {}
-    for t in (0.3, 0.5, 0.7):
-        p, r = events.proposal_precision_recall(pred, gts, t)
-        out[f"Precision@{t:g}"], out[f"Recall@{t:g}"] = 100.0 * p, 100.0 * r
+    if not gt_regions:
+        for t in (0.3, 0.5, 0.7):
+            p, r = events.proposal_precision_recall(pred, gts, t)
+            out[f"Precision@{t:g}"], out[f"Recall@{t:g}"] = 100.0 * p, 100.0 * r
     errs, right, total = direction_errors(pred, gt)
     out["matched@0.5"] = len(errs)
     out["gt_events"] = total
     out["direction_error_median_deg"] = float(np.median(errs)) if errs else float("nan")
     out["direction_error_mean_deg"] = float(np.mean(errs)) if errs else float("nan")
-    out["class_accuracy_matched"] = 100.0 * right / len(errs) if errs else float("nan")
+    if not gt_regions:
+        out["class_accuracy_matched"] = 100.0 * right / len(errs) if errs else float("nan")
     if captions:
         with progress_bar("dense events captions", unit="stages") as bar:
             out["captions"] = events.evaluate(pred, gts, progress=bar)
@@ -200,9 +208,9 @@ def evaluate_run(run: str | Path, split: str = "val", regions: str = "proposals"
     if getattr(model, "box_detector", None) is not None:
         preds["boxes"], truth["boxes"] = box_records(samples, captions)
         metrics["boxes"] = box_metrics(preds["boxes"], truth["boxes"], bool(model.box_detector.axis_aligned), has_text)
-    if getattr(model, "event_detector", None) is not None and regions == "proposals":
+    if getattr(model, "event_detector", None) is not None:
         preds["events"], truth["events"] = event_records(samples, captions)
-        metrics["events"] = _event_metrics(preds["events"], truth["events"], has_text)
+        metrics["events"] = _event_metrics(preds["events"], truth["events"], has_text, gt_regions=regions == "gt")
     if "events" in preds:  # ActivityNet's prediction format, which `dense3d eval events --pred` reads
         preds["events"] = {"results": preds["events"]}
     for kind in preds:

@@ -17,11 +17,15 @@ regions that have a ground-truth caption. Which regions are captioned in trainin
 
 * ``"gt"``: the ground-truth boxes, their features sampled from the BEV map exactly as a
   proposal's would be (the standard first captioning stage: captions learn while detection is
-  still poor), and, for events, the proposals matched to ground truth;
+  still poor), and, for events, the proposals matched to ground truth (``event_caption_regions``
+  picks the ground-truth spans instead);
 * ``"proposals"``: the decoded proposals, each taking the caption of the ground-truth region it
   is matched to (Hungarian on IoU / tIoU, gated by ``match_iou``).
 
-Inference (``predict``): decoded proposals -> captions, as ``DenseCaption`` records.
+Inference (``predict``): decoded proposals -> captions, as ``DenseCaption`` records; or, with
+``regions="gt"``, the ground-truth boxes and events ("captioning with ground-truth proposals",
+which isolates the captioner from detection): a ground-truth event span's region is read from the
+fused sequence as a proposal's is (``EventHead.span_regions``).
 """
 from __future__ import annotations
 
@@ -51,6 +55,10 @@ class DenseCaptioner(nn.Module):
         captioner: the region captioner, or None (detection only).
         box_detector, event_detector: at least one.
         caption_regions: ``"gt"`` or ``"proposals"`` (see the module docstring).
+        event_caption_regions: which event regions are captioned in training: ``"proposals"``
+            (default; the proposals matched to ground truth, whatever ``caption_regions`` says)
+            or ``"gt"`` (the ground-truth spans, each with its caption, read as
+            ``predict(regions="gt")`` reads them).
         match_iou: IoU (boxes) / tIoU (events) a proposal needs to take a caption in training.
         captions_per_scene: at most this many captioned regions per scene and kind per step.
         context_cell: BEV pixels pooled into one context query (boxes).
@@ -84,17 +92,21 @@ class DenseCaptioner(nn.Module):
         image_regions: ImageRegionEncoder | None = None,
         class_embedding: bool = False,
         point_regions: PointRegionEncoder | None = None,
+        event_caption_regions: str = "proposals",
     ):
         super().__init__()
         if box_detector is None and event_detector is None:
             raise ConfigError("DenseCaptioner", "box_detector/event_detector", "at least one detector")
         if caption_regions not in ("gt", "proposals"):
             raise ConfigError("DenseCaptioner", "caption_regions", "'gt' or 'proposals'", got=caption_regions)
+        if event_caption_regions not in ("gt", "proposals"):
+            raise ConfigError("DenseCaptioner", "event_caption_regions", "'gt' or 'proposals'", got=event_caption_regions)
         self._check_channels(captioner, box_detector, event_detector, image_regions, point_regions)
         self.captioner = captioner
         self.box_detector = box_detector
         self.event_detector = event_detector
         self.caption_regions = caption_regions
+        self.event_caption_regions = event_caption_regions
         self.match_iou = match_iou
         self.captions_per_scene = captions_per_scene
         self.context_cell = context_cell
@@ -238,6 +250,27 @@ class DenseCaptioner(nn.Module):
             references.append(refs)
         return self.box_detector.region_sampler(bev, boxes, scores, labels, mask), captions, references
 
+    def _gt_event_regions(self, ev, batch, source: str) -> tuple[RegionFeatures, list[list[str | None]], list[list[list[str]]]]:
+        """Ground-truth events as regions (``EventDetector.gt_regions``: read like a proposal's),
+        one caption each (a random reference; None for events without one or over the per-clip
+        cap), and all references of the chosen events (for SCST; [] elsewhere)."""
+        r = self.event_detector.gt_regions(ev, batch, source=source)
+        E = r.mask.shape[1]
+        captions: list[list[str | None]] = []
+        references: list[list[list[str]]] = []
+        for s in batch.samples:
+            caps: list[str | None] = [None] * E
+            refs: list[list[str]] = [[] for _ in range(E)]
+            have = [i for i in range(len(s.events)) if i < len(s.events.captions) and s.events.captions[i]]
+            if len(have) > self.captions_per_scene:
+                have = random.sample(have, self.captions_per_scene)
+            for i in have:
+                caps[i] = random.choice(list(s.events.captions[i]))
+                refs[i] = list(s.events.captions[i])
+            captions.append(caps)
+            references.append(refs)
+        return r, captions, references
+
     # ------------------------------------------------------------------ training
     def loss_weight(self, name: str) -> float:
         """The weight :meth:`forward`'s loss term ``name`` carries (the training module also logs
@@ -287,11 +320,16 @@ class DenseCaptioner(nn.Module):
                     if k != "total" and (v.requires_grad or not torch.is_grad_enabled()):  # validation runs without grad
                         losses[f"event_{k}"] = self.detection_weight * v
             if want_captions:
-                caps = assign_captions(ev.regions, [s.events.events.tensor.to(ev.fused.device) for s in batch.samples],
-                                       [s.events.captions for s in batch.samples], self.match_iou, self.captions_per_scene)
-                regions.append(ev.regions)
+                if self.event_caption_regions == "gt":
+                    r, caps, refs = self._gt_event_regions(ev, batch, "DenseCaptioner.forward")
+                else:
+                    r = ev.regions
+                    caps = assign_captions(r, [s.events.events.tensor.to(ev.fused.device) for s in batch.samples],
+                                           [s.events.captions for s in batch.samples], self.match_iou, self.captions_per_scene)
+                    refs = [[[c] if c else [] for c in row] for row in caps]
+                regions.append(r)
                 captions.append(caps)
-                references.append([[[c] if c else [] for c in row] for row in caps])
+                references.append(refs)
                 contexts.append(self._event_context(ev))
 
         if want_captions and self.caption_weight > 0:
@@ -312,8 +350,11 @@ class DenseCaptioner(nn.Module):
 
         Args:
             regions: ``"proposals"``: detect, then caption every proposal; ``"gt"``: caption the
-                ground-truth boxes of the batch (the "GT regions" setting that isolates the
-                captioner from detection; boxes only).
+                ground-truth boxes and events of the batch (the "GT regions" / "ground-truth
+                proposals" setting that isolates the captioner from detection): one record per
+                annotated box and per annotated event, with its box / span and class (score 1).
+                A sample without the annotations of a kind the model detects is a one-line
+                ``ConfigError``.
         """
         kinds, contexts = self.region_inputs(batch, regions)
         if self.captioner is None:
@@ -340,9 +381,9 @@ class DenseCaptioner(nn.Module):
                 boxes = [Boxes3D._wrap(d.boxes[:, :7]) for d in out.detections]
             kinds.append(self._with_appearance(batch, r) if self.captioner is not None else r)
             contexts.append(self._box_context(out.bev, boxes))
-        if self.event_detector is not None and regions == "proposals":
+        if self.event_detector is not None:
             ev = self.event_detector(batch)
-            kinds.append(ev.regions)
+            kinds.append(ev.regions if regions == "proposals" else self.event_detector.gt_regions(ev, batch, "DenseCaptioner.predict"))
             contexts.append(self._event_context(ev))
         return kinds, contexts
 

@@ -184,11 +184,23 @@ def test_a_run_loaded_on_the_gpu_captions_samples_read_on_the_cpu(indoor_run, sa
     assert torch.allclose(torch.tensor([c.region for c in on_gpu]), torch.tensor([c.region for c in on_cpu]), atol=1e-3)
 
 
-def test_eval_checkpoint_with_ground_truth_regions_on_an_events_run_is_one_line(events_run, tmp_path, capsys):
-    """Ground-truth regions are boxes (DenseCaptioner.predict); an events run has no box detector.
-    `eval --checkpoint RUN --regions gt` on it stopped at its first clip with 'sample ...boxes:
-    expected ground-truth boxes' (the check for box runs), before that it scored nothing and said
-    nothing: now one line naming regions, before any captioning."""
-    assert main(["eval", "--checkpoint", str(events_run), "--regions", "gt", "--limit", "2", "--out", str(tmp_path / "gt")]) == 2
-    line = _one_line(capsys, "dense3d eval: ConfigError: DenseCaptionerRun: field 'regions': ")
-    assert "box detector" in line and line.endswith("got 'gt'")
+def test_eval_checkpoint_with_ground_truth_regions_on_an_events_run_scores_the_gt_spans(events_run, tmp_path, capsys):
+    """`eval --checkpoint RUN --regions gt` on an events run: it stopped at its first clip with
+    'sample ...boxes: expected ground-truth boxes' (the check for box runs), then was refused
+    with one line (ground-truth regions were boxes only); now every ground-truth event is
+    described on its own span (DenseCaptioner.predict), in the proposals' file formats, and a
+    clip without event annotations is one line naming it."""
+    out = tmp_path / "gt"
+    assert main(["eval", "--checkpoint", str(events_run), "--regions", "gt", "--limit", "2", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["regions"] == "gt" and metrics["events"]["gt_events"] > 0
+    pred = json.loads((out / "predictions_events.json").read_text())["results"]
+    gt = json.loads((out / "ground_truth_events.json").read_text())
+    assert set(pred) == set(gt)
+    for clip, g in gt.items():  # one record per ground-truth event, on its span
+        assert [t for r in pred[clip] for t in r["timestamp"]] == pytest.approx([t for span in g["timestamps"] for t in span])
+    run = api.load(events_run, regions="gt")
+    sample = run.dataset("val")[0]
+    sample.events = None
+    with pytest.raises(ConfigError, match=r"sample '.*'\.events': expected ground-truth events to caption"):
+        run.caption(sample)

@@ -133,6 +133,31 @@ class EventDetector(nn.Module):
         lut = torch.tensor(lut + [-1], device=labels.device)
         return lut[labels]  # index -1 (unlabelled) reads the appended -1
 
+    def gt_regions(self, output: EventDetectorOutput, batch, source: str = "EventDetector.gt_regions") -> RegionFeatures:
+        """The ground-truth events of ``batch.samples[b].events`` as regions read from ``output``'s
+        fused sequence like a proposal's (:meth:`EventHead.span_regions`): (B, E_max) with the
+        annotated spans in seconds and their labels as the head's classes (:meth:`head_labels`).
+        A sample without event annotations is a one-line ``ConfigError`` naming it (``source``:
+        who asked)."""
+        dev = output.fused.device
+        for s in batch.samples:
+            if s.events is None:
+                raise ConfigError(source, f"sample {s.sample_id!r}.events",
+                                  "ground-truth events to caption (regions='gt'; regions='proposals' detects them)", got="None")
+        B = len(batch)
+        E = max(1, max(len(s.events) for s in batch.samples))
+        spans = torch.zeros(B, E, 2, device=dev)
+        labels = torch.full((B, E), -1, dtype=torch.long, device=dev)
+        mask = torch.zeros(B, E, dtype=torch.bool, device=dev)
+        for b, s in enumerate(batch.samples):
+            n = len(s.events)
+            spans[b, :n] = s.events.events.tensor.to(dev, torch.float32)
+            labels[b, :n] = self.head_labels(s.events, s.sample_id, b).to(dev)
+            mask[b, :n] = True
+        directions = output.audio.directions if output.audio is not None else None
+        return self.event_head.span_regions(output.fused, output.times, output.mask, output.durations, spans, labels, mask,
+                                            directions=directions)
+
     def loss(self, output: EventDetectorOutput, batch) -> dict[str, torch.Tensor]:
         if self.loss_fn is None:
             raise ConfigError("EventDetector", "loss", "a loss module to compute losses")

@@ -247,6 +247,65 @@ class EventHead(nn.Module):
             extra["quality"] = _full_precision(self.quality_head, h).squeeze(-1)  # (B, Q, 1) -> (B, Q)
         return EventPredictions(_full_precision(self.class_head, h), spans, az, self.counter(h.amax(dim=1)), h, **extra)
 
+    def span_regions(self, memory: torch.Tensor, times: torch.Tensor, mask: torch.Tensor, durations: torch.Tensor,
+                     spans: torch.Tensor, labels: torch.Tensor, region_mask: torch.Tensor,
+                     directions: torch.Tensor | None = None) -> RegionFeatures:
+        """Given spans (ground-truth events: captioning with ground-truth proposals, as PDVC and
+        densevid_eval report it) as ``RegionFeatures(kind="event")``, read like a proposal's.
+
+        ``memory`` (B, T, D) the fused sequence, ``times`` (B, T) s and ``mask`` (B, T) its
+        frames, ``durations`` (B,) s, ``spans`` (B, R, 2) ``t0, t1`` seconds, ``labels`` (B, R)
+        the head's class indices (-1: unknown), ``region_mask`` (B, R) the real spans,
+        ``directions`` (B, T, N) an SRP-PHAT map or None.
+
+        * ``tokens``: the sequence sampled inside the span (:meth:`sample_spans`, as a proposal's);
+        * ``features``: with ``two_stage``, the decoder's output for a query whose reference span
+          is the given one (PDVC's ``gt_proposals`` input: the query built exactly as from a dense
+          head's span in :meth:`forward`, the k-th span in the k-th query slot, modulo Q); a head of
+          learned queries alone cannot place a query on a span, and takes the mean of the tokens
+          (the sequence pooled inside the span);
+        * ``geometry`` the spans as given, ``scores`` 1, ``extra["azimuth"]`` read inside the span
+          as a proposal's (the direction map with ``direction_readout``, else the azimuth MLP).
+        """
+        B, R = spans.shape[:2]
+        pos, durations = self.frame_positions(times, mask, durations)
+        dtype = torch.promote_types(memory.dtype, torch.float32)  # seconds: not in 16 bits under autocast
+        t01 = (spans.to(dtype) / durations.to(dtype).view(B, 1, 1)).clamp(0, 1)  # (B, R, 2) normalised t0, t1
+        cl = torch.stack([(t01[..., 0] + t01[..., 1]) / 2, (t01[..., 1] - t01[..., 0]).clamp(min=1e-3)], dim=-1)  # (B, R, 2)
+        tokens = self.sample_spans(memory, times, durations, t01, mask)  # (B, R, P, D)
+        if self.two_stage:
+            # the reference's frame: the real frame nearest the span's centre (a dense-head span's
+            # query reads the frame that predicted it, which lies inside its span)
+            gap = (times[:, None, :] - (cl[..., :1] * durations.to(dtype).view(B, 1, 1)).to(times.dtype)).abs()  # (B, R, T)
+            idx = torch.where(mask[:, None, :], gap, torch.full_like(gap, torch.inf)).argmin(-1)  # (B, R)
+            content = memory.gather(1, idx[..., None].expand(-1, -1, memory.shape[-1]))  # (B, R, D)
+            slots = torch.arange(R, device=memory.device) % self.num_queries
+            ref = cl.to(self.query_length.weight.dtype)
+            q = (self.query_embed.weight[slots][None].expand(B, -1, -1) + self.query_content(content)
+                 + time_encoding(cl[..., 0] * durations.to(dtype)[:, None], self.d_model).to(memory.dtype) + self.query_length(ref))
+            mem = memory + time_encoding(times, self.d_model).to(memory.dtype)
+            # padded spans are not attended to; a clip without any span keeps them (its rows are
+            # dropped below; a softmax over nothing would be NaN)
+            pad = ~region_mask & region_mask.any(dim=1, keepdim=True)  # (B, R)
+            feats = self.norm(self.decoder(q, mem, memory_key_padding_mask=~mask, tgt_key_padding_mask=pad))  # (B, R, D)
+        else:
+            feats = tokens.mean(dim=2).to(memory.dtype)  # (B, R, P, D) -> (B, R, D)
+        if directions is not None and self.direction_readout:
+            az = self.read_azimuth(directions, cl, pos, mask)
+        else:  # in the head's own precision: an azimuth out of a 16-bit MLP keeps 3 digits
+            az = F.normalize(_full_precision(self.azimuth_head, feats), dim=-1, eps=1e-6)
+        m = region_mask.to(dtype)
+        return RegionFeatures(
+            kind="event",
+            features=feats * m[..., None].to(feats.dtype),
+            geometry=spans.to(dtype) * m[..., None],
+            scores=m.clone(),
+            labels=torch.where(region_mask, labels, torch.full_like(labels, -1)),
+            mask=region_mask,
+            tokens=tokens * m[..., None, None],
+            extra={"azimuth": torch.atan2(az[..., 0], az[..., 1]).to(dtype) * m},
+        )
+
     @torch.no_grad()
     def decode_selection(self, pred: EventPredictions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per sample, the counter's number of best queries (class probability, x quality when
@@ -266,21 +325,13 @@ class EventHead(nn.Module):
         mask = torch.arange(R, device=scores.device)[None] < count[:, None]
         return top_idx, top_scores, labels.gather(1, top_idx), mask
 
-    def regions(self, pred: EventPredictions, memory: torch.Tensor, times: torch.Tensor, durations: torch.Tensor,
-                frame_mask: torch.Tensor | None = None) -> RegionFeatures:
-        """Decoded events as ``RegionFeatures(kind="event")``: ``geometry`` (B, R, 2) ``t0, t1``
-        seconds, ``features`` (B, R, D) query outputs, ``tokens`` (B, R, P, D) the fused sequence
-        linearly sampled at P times inside the span, ``extra["azimuth"]`` (B, R) radians and
-        ``extra["query_index"]`` (B, R). ``frame_mask`` (B, T): the real frames of ``times``; with it
-        each clip's frame period is its own (:func:`frame_periods`), not the batch's first gap,
-        which runs into the padding of a clip shorter than the batch's longest."""
-        idx, scores, labels, mask = self.decode_selection(pred)
-        B, R = idx.shape
-        gather = lambda t: t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))  # noqa: E731
-        spans = gather(pred.spans)  # (B, R, 2) normalised centre, length
-        t01 = span_cl_to_t0t1(spans).clamp(0, 1)
-        feats = gather(pred.queries)
-        az = gather(pred.azimuth)
+    def sample_spans(self, memory: torch.Tensor, times: torch.Tensor, durations: torch.Tensor, t01: torch.Tensor,
+                     frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, R, P, D) the sequence ``memory`` (B, T, D) linearly sampled at P times inside each span
+        ``t01`` (B, R, 2) ``t0, t1`` normalised by ``durations`` (B,) s; ``times`` (B, T) the frame
+        centres, ``frame_mask`` (B, T) the real ones (see :meth:`regions`). The tokens of a
+        proposal's and of a ground-truth span (:meth:`span_regions`) are both read here."""
+        B, R = t01.shape[:2]
         # sample the sequence inside each span: seconds -> [-1, 1] over the T frames (frame k
         # sits at its centre times[k] = times[0] + k dt, grid_sample with align_corners=False)
         T = memory.shape[1]
@@ -305,6 +356,25 @@ class EventHead(nn.Module):
         seq = memory.to(dtype).transpose(1, 2)[:, :, None]  # (B, T, D) -> (B, D, 1, T)
         tokens = F.grid_sample(seq, grid, mode="bilinear", align_corners=False)  # (B, D, R * P, 1)
         tokens = tokens.squeeze(-1).transpose(1, 2).reshape(B, R, self.span_tokens, -1)  # -> (B, R, P, D)
+        return tokens
+
+    def regions(self, pred: EventPredictions, memory: torch.Tensor, times: torch.Tensor, durations: torch.Tensor,
+                frame_mask: torch.Tensor | None = None) -> RegionFeatures:
+        """Decoded events as ``RegionFeatures(kind="event")``: ``geometry`` (B, R, 2) ``t0, t1``
+        seconds, ``features`` (B, R, D) query outputs, ``tokens`` (B, R, P, D) the fused sequence
+        linearly sampled at P times inside the span, ``extra["azimuth"]`` (B, R) radians and
+        ``extra["query_index"]`` (B, R). ``frame_mask`` (B, T): the real frames of ``times``; with it
+        each clip's frame period is its own (:func:`frame_periods`), not the batch's first gap,
+        which runs into the padding of a clip shorter than the batch's longest."""
+        idx, scores, labels, mask = self.decode_selection(pred)
+        B, R = idx.shape
+        gather = lambda t: t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))  # noqa: E731
+        spans = gather(pred.spans)  # (B, R, 2) normalised centre, length
+        t01 = span_cl_to_t0t1(spans).clamp(0, 1)
+        feats = gather(pred.queries)
+        az = gather(pred.azimuth)
+        tokens = self.sample_spans(memory, times, durations, t01, frame_mask)  # (B, R, P, D)
+        dtype = tokens.dtype
         m = mask.to(dtype)
         return RegionFeatures(
             kind="event",
