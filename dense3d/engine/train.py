@@ -22,7 +22,7 @@ from dense3d.errors import ConfigError, Dense3DError
 from dense3d.utils.config import instantiate_config
 from dense3d.utils.io import atomic_write
 
-__all__ = ["compose_config", "check_group_choices", "build", "fit", "init_weights", "check_new_run_folder", "check_resume_folder", "check_resume_checkpoint", "run_checkpoints"]
+__all__ = ["compose_config", "check_group_choices", "build", "check_launch", "fit", "init_weights", "check_new_run_folder", "check_resume_folder", "check_resume_checkpoint", "run_checkpoints"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -227,9 +227,35 @@ def build(cfg: DictConfig, *, resuming: bool = False,
     trainer_kwargs = dict(callbacks=callbacks, logger=loggers or False, plugins=[SafeCheckpointIO()])
     trainer_kwargs.update(trainer_overrides)
     trainer = instantiate_config(cfg.trainer, SOURCE, "trainer", **trainer_kwargs)
+    check_launch(trainer, cfg)
     if isinstance(scheduler, RunLengthSchedule):
         scheduler.attach(trainer)  # reads the run's length when Lightning builds the optimizer
     return module, datamodule, trainer
+
+
+def check_launch(trainer: pl.Trainer, cfg: DictConfig) -> None:
+    """The processes started for this run and the trainer's settings agree; else a one-line
+    ConfigError before anything trains.
+
+    - ``torchrun`` (or any launcher that sets ``WORLD_SIZE``) started N processes, but the trainer
+      runs one (``trainer=cpu`` / ``trainer=gpu``: ``devices: 1``, no DDP): each process would
+      train the whole run on its own, N copies writing one run folder's checkpoints at once.
+    - ``trainer.sync_batchnorm`` on the CPU: torch's DDP refuses SyncBatchNorm without GPUs
+      (``trainer=ddp`` sets it), a traceback from inside Lightning's setup.
+    """
+    import os
+
+    launched = os.environ.get("WORLD_SIZE", "1")
+    launched = int(launched) if launched.isdigit() else 1
+    if launched > 1 and trainer.world_size != launched:
+        raise ConfigError(SOURCE, "trainer", f"a trainer of {launched} processes in all, as the launcher started "
+                          f"(WORLD_SIZE={launched}): trainer=ddp trainer.devices=<processes per node> "
+                          "trainer.num_nodes=<nodes>", got=f"{trainer.world_size} process(es) "
+                          f"(trainer.devices={cfg.trainer.get('devices')}, trainer.strategy={cfg.trainer.get('strategy', 'auto')})")
+    if cfg.trainer.get("sync_batchnorm") and trainer.world_size > 1 \
+            and isinstance(trainer.accelerator, pl.accelerators.CPUAccelerator):
+        raise ConfigError(SOURCE, "trainer.sync_batchnorm", "false on the CPU (torch's DDP syncs BatchNorm on GPUs only): "
+                          "trainer.sync_batchnorm=false", got=True)
 
 
 DEFAULT_SYNTHETIC_DIR = Path("data/synthetic/default")  # configs/paths/default.yaml's, where `dense3d demo` writes

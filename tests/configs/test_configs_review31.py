@@ -1,0 +1,98 @@
+"""Review of the configs and of the ways a run is launched (torchrun, Lightning's launcher,
+sweeps): what a user of lightning-hydra-template would try, on tiny synthetic data."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from dense3d.cli import main
+from dense3d.engine.train import build, compose_config
+from dense3d.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO / "configs"
+# the demo model with a tiny captioner (no SmolLM2): a step in a few seconds
+TINY = ["model/captioner=tiny", "model.captioner.bica.region_dim=256", "model.captioner.bica.context_dim=64",
+        "model.captioner.adapter.num_layers=2"]
+# trainer=ddp on the CPU (configs/README.md, "Many GPUs, many nodes")
+DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+           "trainer.sync_batchnorm=false"]
+
+
+@pytest.fixture(scope="module")
+def synthetic_root() -> Path:
+    """The demo's synthetic set, data/synthetic/default (made as tests/engine/conftest.py makes it
+    when it is not there; these tests read only its outdoor scenes)."""
+    root = REPO / "data" / "synthetic" / "default"
+    if not (root / "outdoor" / "nuscenes_infos_train.pkl").is_file():
+        from dense3d.data.synthetic import generate_default
+
+        generate_default(root)
+    return root.resolve()
+
+
+def _torchrun(args: list[str], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    assert torchrun, "torch's torchrun is not installed beside this python"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), DENSE3D_PROGRESS="0")
+    return subprocess.run([torchrun, "--standalone", "--nproc_per_node", str(nproc), "-m", "dense3d.cli", "train", *args],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+# -- torchrun with a one-process trainer trained N independent copies into one folder
+
+@pytest.mark.slow  # two processes importing torch on 2 cores: about 20-25 s
+def test_torchrun_with_a_one_process_trainer_is_refused_in_one_line(synthetic_root, tmp_path):
+    """`torchrun --nproc_per_node 2 ... train` with the default trainer (trainer=cpu, devices: 1)
+    ran the whole run twice, each process on its own (both rank 0 to Lightning), both writing the
+    same run folder. Now each process stops before training with one line naming the trainer."""
+    out = tmp_path / "run"
+    r = _torchrun(["experiment=demo", "debug=fast_dev_run", "trainer.accelerator=cpu", f"paths.synthetic_dir={synthetic_root}",
+                   f"paths.output_dir={out}", *TINY], cwd=tmp_path)
+    assert r.returncode != 0, "two independent runs trained: " + r.stdout[-2000:]
+    ours = [line for line in r.stderr.splitlines() if line.startswith("dense3d train:")]
+    assert len(ours) == 2, r.stderr[-3000:]  # one line per process
+    assert all("field 'trainer'" in line and "WORLD_SIZE=2" in line and "trainer=ddp" in line for line in ours), ours
+    assert "Traceback" not in "\n".join(line for line in r.stderr.splitlines() if "[rank" in line)
+    assert not out.exists()
+
+
+@pytest.mark.slow  # two processes importing torch on 2 cores: about 20-25 s
+def test_the_documented_torchrun_command_trains_two_ranks_into_one_run_folder(synthetic_root, tmp_path):
+    """configs/README.md's CPU check of trainer=ddp under torchrun (gloo), with a step and a
+    checkpoint in place of fast_dev_run: two ranks in one process group, one run folder (one
+    config.yaml, one checkpoints/, one csv version), nothing written beside it."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    r = _torchrun(["experiment=demo", "trainer.max_steps=1", *DDP_CPU, "logger=csv", f"paths.synthetic_dir={synthetic_root}",
+                   "task_name=ddp_check", *TINY], cwd=cwd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = r.stdout + r.stderr
+    assert "Starting with 2 processes" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log, log[-3000:]
+    assert sorted(p.name for p in cwd.iterdir()) == ["outputs"]  # relative paths: the folder torchrun ran in
+    run = cwd / "outputs" / "ddp_check"
+    assert sorted(p.name for p in (cwd / "outputs").iterdir()) == ["ddp_check"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "csv"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch=0-step=1.ckpt", "last.ckpt"]
+    assert [p.name for p in (run / "csv").iterdir()] == ["version_0"]
+    assert OmegaConf.load(run / "config.yaml").trainer.strategy == "ddp_find_unused_parameters_true"
+
+
+def test_sync_batchnorm_on_the_cpu_is_one_line(synthetic_root, tmp_path):
+    """trainer=ddp sets sync_batchnorm, which torch's DDP refuses on the CPU ("SyncBatchNorm layers
+    only work with GPU modules", a traceback from inside Lightning's setup, in every process).
+    Now build() refuses it in one line naming trainer.sync_batchnorm, before any process starts."""
+    cfg = compose_config(["experiment=demo", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                          "trainer.precision=32-true", f"paths.synthetic_dir={synthetic_root}",
+                          f"paths.output_dir={tmp_path / 'run'}", *TINY])
+    with pytest.raises(ConfigError, match=r"field 'trainer.sync_batchnorm'.*trainer.sync_batchnorm=false") as e:
+        build(cfg)
+    assert len(str(e.value).splitlines()) == 1
+
