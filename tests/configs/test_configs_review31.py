@@ -96,3 +96,24 @@ def test_sync_batchnorm_on_the_cpu_is_one_line(synthetic_root, tmp_path):
         build(cfg)
     assert len(str(e.value).splitlines()) == 1
 
+
+# -- configs: keys no code reads
+
+def _read_anywhere(dotted: str) -> bool:
+    """``dotted`` (e.g. ``paths.log_dir``) appears in a config (an interpolation) or in the code."""
+    texts = [p.read_text() for p in CONFIG_DIR.rglob("*.yaml")]
+    texts += [p.read_text() for p in (REPO / "dense3d").rglob("*.py")] + [p.read_text() for p in (REPO / "tools").glob("*.py")]
+    return any(re.search(rf"\b{re.escape(dotted)}\b", t) for t in texts)
+
+
+def test_every_paths_key_is_read():
+    """configs/paths/default.yaml had ``log_dir: ${paths.output_dir}/logs``, which nothing read (the
+    loggers write under paths.output_dir): paths.log_dir=/scratch/logs changed nothing, silently.
+    Every key of paths is now used by a config or the code."""
+    keys = list(OmegaConf.load(CONFIG_DIR / "paths" / "default.yaml"))
+    unread = [k for k in keys if not _read_anywhere(f"paths.{k}")]
+    assert not unread, f"configs/paths/default.yaml keys nothing reads: {unread}"
+    with pytest.raises(ConfigError, match="paths.log_dir"):  # an override of it is a one-line error now
+        compose_config(["experiment=demo", "paths.log_dir=/tmp/logs"])
+
+
