@@ -140,6 +140,9 @@ def _eval_run(argv: list[str]) -> int:
 def _train(args: argparse.Namespace) -> int:
     from dense3d.engine.train import compose_config, fit
 
+    if args.multirun:  # hydra's sweeps run through hydra's own entry point (one folder and config.yaml per job)
+        raise ConfigError("dense3d train", "-m/--multirun", "one run per command; sweep with hydra's multirun: "
+                          "python tools/train.py -m experiment=demo seed=0,1 (configs/README.md, \"Sweeps\")", got="-m")
     fit(compose_config(args.overrides), ckpt_path=args.resume)
     return 0
 
@@ -184,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "trainer.max_steps=500 task_name=demo_500 (the run goes to outputs/<task_name>)")
     p.add_argument("--resume", default=None, help="checkpoint folder to resume from (its run folder, same config), "
                    "or 'last': the run folder's checkpoint of the most steps (last.ckpt, or a newer step=N.ckpt)")
+    p.add_argument("-m", "--multirun", action="store_true", help="refused: sweeps run with python tools/train.py -m ...")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("predict", help="caption a data split with a trained run -> predictions JSON")

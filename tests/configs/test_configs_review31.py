@@ -117,3 +117,13 @@ def test_every_paths_key_is_read():
         compose_config(["experiment=demo", "paths.log_dir=/tmp/logs"])
 
 
+# -- sweeps: dense3d train runs one job
+
+@pytest.mark.parametrize("flag", ["-m", "--multirun"])
+def test_a_sweep_flag_to_dense3d_train_names_tools_train(flag, capsys):
+    """Hydra's own error for ``seed=0,1`` says "add --multirun to your command line", and
+    `dense3d train -m` was argparse's two-line usage error ("unrecognized arguments: -m"). Now one
+    line saying where sweeps run: tools/train.py -m (one folder per job, each with its config)."""
+    assert main(["train", flag, "experiment=demo", "seed=0,1"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "tools/train.py -m" in err and err.startswith("dense3d train: ConfigError"), err
