@@ -324,3 +324,56 @@ def test_an_eos_the_model_has_no_embedding_for_is_one_line(folders, tmp_path):
         local_llama_decoder(str(folder)).tokenizer
     message = str(info.value)
     assert "\n" not in message and str(folder) in message and "eos_token_id" in message and "400" in message
+
+
+# ---------------------------------------------------------------------------- sliding windows, soft-capped logits
+def _windowed(tok, family: str):
+    """A tiny random causal LM of ``family`` with a 4-token sliding window (captions are longer)."""
+    import transformers
+
+    cfg_cls, model_cls, kw = {
+        "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM, {}),
+        "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
+                   {"sliding_window": 4, "final_logit_softcapping": 3.0, "attn_logit_softcapping": 5.0}),
+        "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM,
+                   {"sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"] * 2}),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, {"sliding_window": 4}),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
+                  {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}),
+    }[family]
+    cfg = cfg_cls(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, max_position_embeddings=256, pad_token_id=0, bos_token_id=1,
+                  eos_token_id=2, initializer_range=0.2, **kw)
+    torch.manual_seed(0)
+    return model_cls(cfg).eval()
+
+
+@pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3", "mistral", "qwen2"])
+@pytest.mark.parametrize("first", [1, 2])
+def test_the_cached_prefix_loss_is_the_full_forwards_with_sliding_windows_and_soft_capped_logits(family, first):
+    """caption_loss_top_layers (RegionCaptioner's default teacher forcing) ran every layer with a full
+    causal mask and one RoPE and scored raw logits: on Gemma 2 (windows, final_logit_softcapping) the
+    loss was another, on Gemma 3 (RoPE per layer kind) a TypeError inside transformers, on Mistral /
+    Qwen2 with a window shorter than a caption another. Now it is the full forward's loss."""
+    from dense3d.models.captioner.frozen_prefix import FrozenPrefixCache, caption_loss_top_layers
+    from dense3d.models.losses.caption import caption_cross_entropy
+
+    tok = word_tokenizer(_sentences(50))
+    lm = _windowed(tok, family)
+    adapter = LlamaAdapter(64, 4, num_layers=4 - first, prompt_len=3)
+    adapter.attach(lm)
+    captions = CAPTIONS + ["a large brown table next to the white sofa behind the green door."]
+    batch = teacher_forcing_batch(tok, [PROMPT] * len(captions), captions, 32)
+    visual = torch.randn(len(captions), 3, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        adapter.gates.fill_(0.5)
+    with adapter.conditioned_on(visual):
+        logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
+        full = caption_cross_entropy(logits.float(), batch["labels"])
+        cache = FrozenPrefixCache()
+        cached = [caption_loss_top_layers(lm, cache, first, batch) for _ in range(2)]  # computed, then read back
+    assert cache.hits == len(captions)
+    for loss in cached:
+        assert torch.allclose(loss, full, atol=1e-5), (family, float(loss), float(full))
+    cached[0].backward()
+    assert adapter.gates.grad is not None and bool(torch.isfinite(adapter.gates.grad).all())

@@ -15,8 +15,10 @@ step on a CPU (``benchmarks/bm_caption_step.py`` measures it). The loss equals
 
 Why by hand rather than ``lm(..., output_hidden_states=True)``: that still runs every layer.
 The layers are called as ``LlamaModel.forward`` calls them (mask from transformers'
-``create_causal_mask``, RoPE from the model's ``rotary_emb``), so the attention backend the
-model was loaded with is the one used.
+``create_causal_mask``, or ``create_sliding_window_causal_mask`` for the layers the model runs
+with a window: Gemma 2 / 3, Mistral, Qwen2 with ``use_sliding_window``; RoPE from the model's
+``rotary_emb``, per layer kind for Gemma 3; Gemma 2's ``final_logit_softcapping`` on the
+logits), so the attention backend the model was loaded with is the one used.
 
 Correctness of the cache: rows are right-padded and attention is causal, so a real token's
 hidden state depends only on the tokens before it, never on the batch it was computed in.
@@ -33,16 +35,47 @@ from dense3d.models.losses.caption import weighted_mean_cross_entropy
 __all__ = ["FrozenPrefixCache", "run_layers", "caption_loss_top_layers"]
 
 
+def _layer_types(lm) -> list[str]:
+    """The attention kind of each decoder layer, as the model's own forward reads it: the config's
+    ``layer_types`` (Gemma 2 / 3, Qwen2 with ``use_sliding_window``: "sliding_attention" or
+    "full_attention" per layer), else one kind for all (Mistral: a sliding window wherever
+    ``sliding_window`` is set; Llama, OLMo2: full causal)."""
+    types = getattr(lm.config, "layer_types", None)
+    if types is None:
+        kind = "sliding_attention" if getattr(lm.config, "sliding_window", None) is not None else "full_attention"
+        types = [kind] * len(lm.model.layers)
+    return list(types)
+
+
 def run_layers(lm, hidden: torch.Tensor, attention_mask: torch.Tensor, layers) -> torch.Tensor:
-    """``hidden`` (N, T, H) through ``layers`` (decoder layers of ``lm``) with a causal + padding mask."""
-    from transformers.masking_utils import create_causal_mask
+    """``hidden`` (N, T, H) through ``layers`` (decoder layers of ``lm``) with a causal + padding mask,
+    a sliding-window one for the layers the model runs with a window, and RoPE per layer kind
+    where the model has one per kind (Gemma 3's local and global bases)."""
+    import inspect
+
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+    from dense3d.errors import ConfigError
 
     N, T, _ = hidden.shape
     pos = torch.arange(T, device=hidden.device).unsqueeze(0)  # (1, T): no KV cache, positions from 0
-    mask = create_causal_mask(lm.config, hidden, attention_mask, None, pos)  # positional: the 4th arg (cache) was renamed in transformers 5
-    rope = lm.model.rotary_emb(hidden, position_ids=pos)  # (cos, sin), (1, T, head_dim) each
+    index = {id(layer): i for i, layer in enumerate(lm.model.layers)}
+    types = _layer_types(lm)
+    makers = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+    per_kind_rope = "layer_type" in inspect.signature(lm.model.rotary_emb.forward).parameters
+    masks, ropes = {}, {}
     for layer in layers:
-        hidden = layer(hidden, attention_mask=mask, position_embeddings=rope, position_ids=pos)
+        kind = types[index[id(layer)]]
+        if kind not in masks:
+            if kind not in makers:
+                raise ConfigError("RegionCaptioner", "cache_frozen_layers_mb", "0 for a model with layers of "
+                                  f"attention kind {kind!r} (the cached prefix runs full and sliding-window layers)",
+                                  got=f"on {lm.config.model_type}")
+            # positional: the 4th argument (cache) was renamed in transformers 5
+            masks[kind] = makers[kind](lm.config, hidden, attention_mask, None, pos)
+            # (cos, sin), (1, T, head_dim) each
+            ropes[kind] = lm.model.rotary_emb(hidden, pos, kind) if per_kind_rope else lm.model.rotary_emb(hidden, position_ids=pos)
+        hidden = layer(hidden, attention_mask=masks[kind], position_embeddings=ropes[kind], position_ids=pos)
     return hidden
 
 
@@ -121,7 +154,11 @@ def caption_loss_top_layers(lm, cache: FrozenPrefixCache, first: int, batch: dic
     target = batch["labels"][:, 1:]  # (N, T-1): position t predicts token t + 1
     keep = target != -100
     h = lm.model.norm(hidden[:, :-1][keep])  # (N, T-1, H) -> (M, H): only positions with a target
-    logits = lm.lm_head(h).float()  # (M, V)
+    logits = lm.lm_head(h)  # (M, V)
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    if cap is not None:  # Gemma 2: the model's forward squashes its logits into (-cap, cap)
+        logits = torch.tanh(logits / cap) * cap
+    logits = logits.float()
     if "weights" in batch:  # per-token weights (teacher_forcing_batch's spans)
         return weighted_mean_cross_entropy(logits, target[keep], batch["weights"][:, 1:][keep])  # (N, T-1) -> (M,)
     return F.cross_entropy(logits, target[keep])
