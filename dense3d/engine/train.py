@@ -22,7 +22,7 @@ from dense3d.errors import ConfigError, Dense3DError
 from dense3d.utils.config import instantiate_config
 from dense3d.utils.io import atomic_write
 
-__all__ = ["compose_config", "check_group_choices", "build", "check_launch", "fit", "init_weights", "check_new_run_folder", "check_resume_folder", "check_resume_checkpoint", "run_checkpoints"]
+__all__ = ["compose_config", "check_group_choices", "build", "check_data_module", "check_launch", "fit", "init_weights", "check_new_run_folder", "check_resume_folder", "check_resume_checkpoint", "run_checkpoints"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -188,6 +188,7 @@ def build(cfg: DictConfig, *, resuming: bool = False,
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_NO_ADVERTS)  # once: addFilter skips a filter already there
     pl.seed_everything(seed, workers=True, verbose=False)
+    check_data_module(cfg)
     try:  # the data sets read their index files here (len): a missing one is the first error of a new setup
         datamodule = instantiate_config(cfg.data, SOURCE, "data")
         train_set = getattr(datamodule, "train_set", None)
@@ -231,6 +232,31 @@ def build(cfg: DictConfig, *, resuming: bool = False,
     if isinstance(scheduler, RunLengthSchedule):
         scheduler.attach(trainer)  # reads the run's length when Lightning builds the optimizer
     return module, datamodule, trainer
+
+
+def data_module_options(config_dir: str | Path | None = None) -> list[str]:
+    """The options of ``configs/data/`` that are data modules (train and val splits, batches:
+    what ``trainer.fit`` takes); the others are single data sets, mounted inside them."""
+    root = Path(config_dir or CONFIG_DIR) / "data"
+    return [p.stem for p in sorted(root.glob("*.yaml"))
+            if str(OmegaConf.load(p).get("_target_", "")).endswith("DenseCaptionDataModule")]
+
+
+def check_data_module(cfg: DictConfig) -> None:
+    """``cfg.data`` builds a LightningDataModule; else a one-line ConfigError naming the options that
+    do. ``data=synthetic_outdoor`` (or ``tod3cap``, ``scanrefer``, ...: one data set) was handed to
+    ``trainer.fit`` as a loader of single samples and failed inside the model's first layer."""
+    from hydra.utils import get_class
+
+    target = OmegaConf.select(cfg, "data._target_", default=None)
+    try:
+        cls = get_class(str(target))
+    except Exception:  # no or a wrong _target_: instantiate_config says so
+        return
+    if not issubclass(cls, pl.LightningDataModule):
+        raise ConfigError(SOURCE, "data", f"a data module (data={' / '.join(data_module_options())}, or a config of "
+                          "DenseCaptionDataModule with its data sets under data.train / data.val)",
+                          got=f"a single data set ({cls.__name__})")
 
 
 def check_launch(trainer: pl.Trainer, cfg: DictConfig) -> None:

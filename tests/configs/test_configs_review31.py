@@ -127,3 +127,20 @@ def test_a_sweep_flag_to_dense3d_train_names_tools_train(flag, capsys):
     assert main(["train", flag, "experiment=demo", "seed=0,1"]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "tools/train.py -m" in err and err.startswith("dense3d train: ConfigError"), err
+
+
+# -- data=<a data set> is not a data module
+
+@pytest.mark.parametrize("data", ["synthetic_outdoor", "tod3cap"])
+def test_a_data_set_config_as_the_data_module_is_one_line(data, synthetic_root, tmp_path, capsys):
+    """configs/data/ holds data modules (demo_outdoor, indoor_rooms, av_clips, tod3cap_splits) and
+    single data sets (synthetic_outdoor, tod3cap, scanrefer, ...). `dense3d train experiment=demo
+    data=synthetic_outdoor` handed the data set to trainer.fit as a loader of single samples: a
+    TypeError traceback from inside the LiDAR encoder ("object of type 'Sample' has no len()"), or
+    for a real set its missing files first. Now one line naming data and the options that are modules."""
+    out = tmp_path / "run"
+    assert main(["train", "experiment=demo", f"data={data}", "debug=fast_dev_run", f"paths.synthetic_dir={synthetic_root}",
+                 f"paths.output_dir={out}", *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "field 'data': expected a data module (data=av_clips / demo_outdoor / indoor_rooms" in err[0], err
+    assert "got a single data set (TOD3CapDataset)" in err[0] and not out.exists()
