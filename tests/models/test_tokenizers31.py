@@ -397,3 +397,34 @@ def test_the_cached_prefix_loss_is_the_full_forwards_with_sliding_windows_and_so
         assert torch.allclose(loss, full, atol=1e-5), (family, float(loss), float(full))
     cached[0].backward()
     assert adapter.gates.grad is not None and bool(torch.isfinite(adapter.gates.grad).all())
+
+
+_WITHOUT_SENTENCEPIECE = """
+import importlib.util, sys
+find_spec = importlib.util.find_spec  # an environment without the sentencepiece package, as transformers sees it
+importlib.util.find_spec = lambda name, *a, **k: None if name.split(".")[0] == "sentencepiece" else find_spec(name, *a, **k)
+sys.modules["sentencepiece"] = None
+from dense3d.errors import Dense3DError
+from dense3d.models.captioner.decoder import local_llama_decoder
+try:
+    local_llama_decoder(sys.argv[1]).tokenizer
+except Dense3DError as e:
+    print(type(e).__name__, e)
+"""
+
+
+def test_a_sentencepiece_tokenizer_without_the_package_says_to_install_it(folders):
+    """A Llama 2-style folder with tokenizer.model and no tokenizer.json, where sentencepiece is not
+    installed (dense3d's runtime requirements do not hold it): the error said "`tiktoken` is
+    required to read a `tiktoken` file" (transformers' fallback reader); now a DependencyError
+    naming the file and sentencepiece."""
+    import subprocess
+    import sys
+
+    folder = str(folders["llama_spm"])
+    run = subprocess.run([sys.executable, "-c", _WITHOUT_SENTENCEPIECE, folder], capture_output=True, text=True,
+                         timeout=120)
+    lines = [ln for ln in run.stdout.splitlines() if ln.strip()]
+    assert run.returncode == 0 and len(lines) == 1, (run.stdout, run.stderr[-2000:])
+    assert lines[0].startswith("DependencyError") and f"{folder}/tokenizer.model" in lines[0]
+    assert "pip install sentencepiece" in lines[0] and "tiktoken" not in lines[0]

@@ -216,6 +216,7 @@ def load_llama(path: str | Path, dtype: torch.dtype = torch.float32, gguf_file: 
             raise CheckpointError(str(source), "model", "a readable LLaMA-family checkpoint (config and weights)",
                                   got=f"{type(e).__name__}: {e}") from e
         llama_layers(model, str(source), CheckpointError)
+        _check_sentencepiece(path, gguf_file)
         try:
             tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **kw)
         except Exception as e:
@@ -224,6 +225,21 @@ def load_llama(path: str | Path, dtype: torch.dtype = torch.float32, gguf_file: 
     tok = _finish_tokenizer(tok, str(source))
     _fit_special_tokens(model, tok, str(source))
     return model, tok
+
+
+def _check_sentencepiece(path: Path, gguf_file: str | None) -> None:
+    """A checkpoint whose tokenizer is a SentencePiece ``tokenizer.model`` with no ``tokenizer.json``
+    beside it (older Llama 2 / Mistral conversions) needs the ``sentencepiece`` package, which
+    dense3d's runtime requirements do not hold: without it transformers falls back to a tiktoken
+    reader and says "`tiktoken` is required", so say what is missing instead."""
+    import importlib.util
+
+    model_file = path / "tokenizer.model"
+    if (gguf_file is None and model_file.is_file() and not (path / "tokenizer.json").is_file()
+            and importlib.util.find_spec("sentencepiece") is None):
+        raise DependencyError(str(model_file), "tokenizer.model", "the sentencepiece package to read a SentencePiece "
+                              "tokenizer with no tokenizer.json beside it (pip install sentencepiece)",
+                              got="sentencepiece is not installed")
 
 
 def _fit_special_tokens(model, tok, source: str) -> None:
