@@ -79,12 +79,20 @@ def check_group_choices(overrides: list[str], config_name: str = "train", config
     (``tools/train.py``) reports in several lines, before any code of ours runs: so this runs on
     the command line's overrides first. Arguments that are not overrides (hydra's flags and
     their values) are skipped; ``any_null=True`` refuses every null override, group or not
-    (for hydra's ValueError, when the group lies outside ``config_dir``)."""
+    (for hydra's ValueError, when the group lies outside ``config_dir``).
+
+    Also refuses an option that is not a file of its group (``experiment=dmo``, also inside a
+    sweep ``experiment=a,dmo``) in one line listing the group's files: hydra's own message is 16
+    lines. Skipped when the command line adds config folders (``-cd``, ``--config-dir``,
+    ``hydra.searchpath``): their options are not in ``config_dir``."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
     from hydra.errors import HydraException
 
     root = Path(config_dir or CONFIG_DIR)
     parser = OverridesParser.create()
+    other_folders = any(o in ("-cd", "--config-dir") or o.startswith(("--config-dir=", "hydra.searchpath", "+hydra.searchpath"))
+                        for o in overrides)
     for override in overrides:
         if override.startswith("-"):
             continue  # a flag of hydra's command line (-m, --config-name=...)
@@ -92,9 +100,20 @@ def check_group_choices(overrides: list[str], config_name: str = "train", config
             parsed = parser.parse_override(override)
         except HydraException:
             continue  # not an override (a flag's value), or bad syntax: compose names it
-        if parsed.is_delete() or parsed.value() is not None:
+        if parsed.is_delete():
             continue
         group = parsed.key_or_group
+        value = parsed.value()
+        if value is not None:
+            choices = value.list if isinstance(value, ChoiceSweep) else [value]
+            if other_folders or not (root / group).is_dir() or not all(isinstance(c, str) for c in choices):
+                continue
+            missing = [c for c in choices if not (root / group / f"{c}.yaml").is_file()]
+            if missing:
+                options = sorted(str(p.relative_to(root / group).with_suffix("")) for p in (root / group).rglob("*.yaml"))
+                raise ConfigError(f"configs/{config_name}.yaml", f"override {override}", f"one of configs/{group}/: "
+                                  f"{', '.join(options)}", got=f"{missing[0]} (no configs/{group}/{missing[0]}.yaml)")
+            continue
         if any_null or (root / group).is_dir():
             raise ConfigError(f"configs/{config_name}.yaml", f"override {override}", f"one of the files of configs/{group}/ "
                               f"(to use none: ~{group})", got="null")

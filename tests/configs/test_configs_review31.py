@@ -144,3 +144,33 @@ def test_a_data_set_config_as_the_data_module_is_one_line(data, synthetic_root, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "field 'data': expected a data module (data=av_clips / demo_outdoor / indoor_rooms" in err[0], err
     assert "got a single data set (TOD3CapDataset)" in err[0] and not out.exists()
+
+
+# -- a misspelt option of a group: one line from tools/train.py too
+
+@pytest.mark.parametrize("argv", [["experiment=demo_typo"], ["-m", "experiment=demo,demo_typo"], ["trainer=gpux"]],
+                         ids=["run", "sweep", "trainer"])
+def test_tools_train_with_a_misspelt_group_option_is_one_line(argv, tmp_path):
+    """hydra's own report of `python tools/train.py experiment=demo_typo` was 16 lines ("Could not
+    find 'experiment/demo_typo'", the options one per line, the search path, HYDRA_FULL_ERROR),
+    exit status 1. Now one line naming the override and the group's files, status 2 (as for
+    logger=null), before hydra starts; `dense3d train` says the same."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), *argv, f"paths.output_dir={tmp_path / 'run'}"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, lines
+    group, option = ("trainer", "gpux") if "trainer=gpux" in argv else ("experiment", "demo_typo")
+    assert lines[0].startswith(f"tools/train.py: ConfigError: configs/train.yaml: field 'override {argv[-1]}'"), lines
+    assert f"no configs/{group}/{option}.yaml" in lines[0] and ("demo, perception" in lines[0] or "cpu, ddp, gpu" in lines[0])
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_option_of_an_added_config_folder_is_left_to_hydra(tmp_path):
+    """`-cd DIR` / hydra.searchpath add options that configs/ lacks: not refused by the check."""
+    from dense3d.engine.train import check_group_choices
+
+    check_group_choices(["-cd", str(tmp_path), "experiment=mine"])
+    check_group_choices(["hydra.searchpath=[file:///elsewhere]", "experiment=mine"])
+    with pytest.raises(ConfigError, match="no configs/experiment/mine.yaml"):
+        check_group_choices(["experiment=mine"])
