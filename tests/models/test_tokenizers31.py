@@ -428,3 +428,25 @@ def test_a_sentencepiece_tokenizer_without_the_package_says_to_install_it(folder
     assert run.returncode == 0 and len(lines) == 1, (run.stdout, run.stderr[-2000:])
     assert lines[0].startswith("DependencyError") and f"{folder}/tokenizer.model" in lines[0]
     assert "pip install sentencepiece" in lines[0] and "tiktoken" not in lines[0]
+
+
+def test_a_bos_the_model_has_no_embedding_for_is_one_line_where_the_tokenizer_reads_it(folders, tmp_path):
+    """A BOS beyond the embeddings is refused where the tokenizer puts it before a text (it would be
+    every prompt's first id); where its post-processor still puts another token first, it is never
+    read and the checkpoint loads."""
+    from dense3d.errors import CheckpointError
+
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    folder = _with_added_token(folders, tmp_path, bos_token="<|begin|>")  # the post-processor still puts <s> first
+    tok = local_llama_decoder(str(folder)).tokenizer
+    assert tok.bos_token_id == 400 and tok("a")["input_ids"][0] == 1
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<|begin|> $A", special_tokens=[("<|begin|>", 400)])
+    tok.backend_tokenizer.save(str(folder / "tokenizer.json"))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps(dict(config, tokenizer_class="PreTrainedTokenizerFast")))
+    with pytest.raises(CheckpointError) as info:
+        local_llama_decoder(str(folder)).tokenizer
+    assert "\n" not in str(info.value) and "bos_token_id" in str(info.value) and str(folder) in str(info.value)

@@ -248,12 +248,17 @@ def _fit_special_tokens(model, tok, source: str) -> None:
     A pad token the tokenizer added after the model was trained (``add_special_tokens({"pad_token":
     "[PAD]"})`` saved without resizing the embeddings: id ``n``) would make every padded teacher-forcing
     batch (and every batch of generated rows that end apart) an ``IndexError`` deep inside the
-    embedding; padding is masked and never a label, so such a pad becomes eos. An eos or bos the model
-    has no embedding for cannot be read or generated: a one-line ``CheckpointError`` naming ``source``."""
+    embedding; padding is masked and never a label, so such a pad becomes eos. An eos the model has no
+    embedding for cannot be read or generated, nor a bos the tokenizer puts before a text
+    (:func:`~dense3d.models.captioner.generate.prompt_ids` reads it): a one-line ``CheckpointError``
+    naming ``source``."""
     n = model.get_input_embeddings().num_embeddings
-    for field in ("eos_token_id", "bos_token_id"):
+    fields = ["eos_token_id"]
+    if tok.bos_token_id is not None and tok.bos_token_id in tok("a")["input_ids"]:
+        fields.append("bos_token_id")
+    for field in fields:
         value = getattr(tok, field)
-        if value is not None and not 0 <= value < n:
+        if not 0 <= value < n:
             raise CheckpointError(source, field, f"a token id below the model's {n} input embeddings "
                                   "(a tokenizer of this model)", got=f"{value} ({getattr(tok, field[:-3])!r})")
     if not 0 <= tok.pad_token_id < n:
