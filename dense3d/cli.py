@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="generate synthetic data or convert data sets")
     conv = p.add_subparsers(dest="convert_command", required=True, metavar="WHAT")
     q = conv.add_parser("synth", help="generate a synthetic data set in the real formats")
-    q.add_argument("--kind", required=True, choices=("outdoor", "indoor", "av"))
+    q.add_argument("--kind", required=True, choices=("outdoor", "indoor", "av", "joint"))
     q.add_argument("--out", required=True, help="output folder, e.g. data/synthetic/mine/outdoor (replaced as a whole)")
     q.add_argument("--scenes", type=int, default=None, help="number of scenes (default: the config's)")
     q.add_argument("--seed", type=non_negative_int, default=0, help="generator seed: the same seed and config give the same files")  # argparse names the flag (SynthConfig would name its field)

@@ -21,6 +21,11 @@ def _experiments():
 def test_fast_dev_run(experiment, extra, synthetic_root, tmp_path):
     if "mmdet3d" in experiment:
         need_mmdet3d()
+    if "joint" in experiment:  # the demo's set has no joint scenes: three of them (tests/data/test_joint_scenes31.py)
+        from dense3d.data.synthetic import SynthConfig, generate
+
+        synthetic_root = tmp_path / "synthetic"
+        generate(SynthConfig(kind="joint", scenes=3), synthetic_root / "joint")
     assert main(["train", f"experiment={experiment}", "debug=fast_dev_run", f"paths.synthetic_dir={synthetic_root}",
                  f"paths.output_dir={tmp_path}", "logger=csv", *extra]) == 0
     assert (tmp_path / "config.yaml").exists()

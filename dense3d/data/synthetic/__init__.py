@@ -6,6 +6,8 @@
   ``{scene}_aligned_bbox.npy``);
 * ``av``: FAVDBench (mp4 + 4-channel wav + paragraph JSON) and dense audible events
   (ActivityNet-style JSON with labels, azimuth and source object).
+* ``joint``: outdoor scenes (as ``outdoor``) with a 4-channel wav each whose audible events
+  come from the scene's boxes (dense-events JSON keyed by sample token, ``source_box`` / ``source_token``).
 
 Captions come from a grammar that always relates a region to another one (see
 ``grammar``), so context is needed to write them. ``docs/synthetic.md`` lists the files.

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 GENERATOR_VERSION = 4  # 2: fixed-phrasing oracles (outdoor); 3: also indoor; 4: TOD3Cap fields nested as released. Bump when generated files change for the same config (the demo then regenerates)
-KINDS = ("outdoor", "indoor", "av")
+KINDS = ("outdoor", "indoor", "av", "joint")  # append only: a kind's index seeds its scenes (scene_rng)
 SPLITS = ("train", "val", "test")
 
 # Named colours (RGB 0-255). Chosen so that a Lambert-shaded face (factor 0.7-1.0) of one
@@ -60,8 +60,9 @@ class SynthConfig:
     """What to generate; a hydra config (``configs/synthetic/*.yaml``) builds one.
 
     Args:
-        kind: ``"outdoor"`` (nuScenes / TOD3Cap files), ``"indoor"`` (ScanRefer / ScanNet)
-            or ``"av"`` (FAVDBench clips + dense audible events).
+        kind: ``"outdoor"`` (nuScenes / TOD3Cap files), ``"indoor"`` (ScanRefer / ScanNet),
+            ``"av"`` (FAVDBench clips + dense audible events) or ``"joint"`` (outdoor scenes
+            with a 4-microphone recording whose events come from the scene's boxes).
         scenes: number of scenes (clips for ``av``).
         seed: every file follows from it (scene ``i`` uses the generator seeded ``(seed, i)``).
         split: fractions of train / val / test (the rest of a rounding goes to train).
@@ -97,6 +98,7 @@ class SynthConfig:
             "outdoor": ((448, 252), 3, 15),
             "indoor": (None, 6, 16),
             "av": ((224, 128), 2, 6),
+            "joint": ((448, 252), 3, 15),
         }[self.kind]
         if self.image_size is None:
             self.image_size = defaults[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from dense3d.data.synthetic.annotations import ANNOTATIONS_FILE, load_synthetic_annotations
-from dense3d.data.synthetic.common import KINDS, SPLITS, SynthConfig, atomic_output_dir, split_of, write_json
+from dense3d.data.synthetic.common import SPLITS, SynthConfig, atomic_output_dir, split_of, write_json
 from dense3d.errors import AnnotationError
 from dense3d.utils.io import check_output_path
 from dense3d.utils.progress import ProgressBar, ensure_progress
@@ -30,6 +30,10 @@ def _one(args):
         from dense3d.data.synthetic.indoor import make_indoor_scene
 
         return make_indoor_scene(cfg, index, tmp / "scans", split)
+    if cfg.kind == "joint":
+        from dense3d.data.synthetic.joint import make_joint_scene
+
+        return make_joint_scene(cfg, index, tmp, split)
     from dense3d.data.synthetic.av import make_av_clip
 
     return make_av_clip(cfg, index, tmp / "clips", split)
@@ -52,7 +56,7 @@ def generate(cfg: SynthConfig, out: str | Path, workers: int = 1, progress: Call
     out = Path(out)
     t_start = time.time()
     with atomic_output_dir(out) as tmp:
-        (tmp / {"outdoor": "samples", "indoor": "scans", "av": "clips"}[cfg.kind]).mkdir(parents=True)
+        (tmp / {"outdoor": "samples", "indoor": "scans", "av": "clips", "joint": "samples"}[cfg.kind]).mkdir(parents=True)
         jobs = [(cfg, i, tmp, split_of(i, cfg.scenes, cfg.split)) for i in range(cfg.scenes)]
         results = []
         if workers > 1:
@@ -81,6 +85,22 @@ def generate(cfg: SynthConfig, out: str | Path, workers: int = 1, progress: Call
             for s in SPLITS:
                 write_infos(tmp / f"nuscenes_infos_{s}.pkl", infos[s])
                 write_json(tmp / f"tod3cap_captions_{s}.json", caps[s])
+        elif cfg.kind == "joint":  # the outdoor files, plus the recordings' events keyed by sample token
+            from dense3d.data.synthetic.outdoor import write_infos
+
+            infos = {s: [] for s in SPLITS}
+            caps = {s: {} for s in SPLITS}
+            dense = {s: {} for s in SPLITS}
+            for (info, cap, de, rec), job in zip(results, jobs):
+                infos[job[3]].append(info)
+                caps[job[3]].update(cap)
+                dense[job[3]][info["token"]] = de
+                splits[job[3]].append(info["token"])
+                records.append(rec)
+            for s in SPLITS:
+                write_infos(tmp / f"nuscenes_infos_{s}.pkl", infos[s])
+                write_json(tmp / f"tod3cap_captions_{s}.json", caps[s])
+                write_json(tmp / f"dense_events_{s}.json", dense[s])
         elif cfg.kind == "indoor":
             refer = {s: [] for s in SPLITS}
             for (entries, rec), job in zip(results, jobs):
@@ -126,9 +146,9 @@ def write_oracles(kind: str, records: list[dict], folder: Path) -> None:
       can infer from sensors; the fair references for a captioner's CIDEr (indoor: the first
       template and place word; its context-free caption has one wording already).
 
-    3D (outdoor, indoor): ``{scene_id: [{"box", "caption", "score", "label"}]}``;
-    events (av): ``{"version", "results": {video_id: [{"timestamp", "sentence"}]}, "external_data"}``
-    as ``{gt,context_free}_events.json``, and FAVDBench paragraphs ``{clip_id: paragraph}`` as
+    3D (outdoor, indoor, joint): ``{scene_id: [{"box", "caption", "score", "label"}]}``;
+    events (av, joint): ``{"version", "results": {video_id: [{"timestamp", "sentence"}]}, "external_data"}``
+    as ``{gt,context_free}_events.json``, and (av) FAVDBench paragraphs ``{clip_id: paragraph}`` as
     ``{gt,context_free}_favd.json``.
     """
     from dense3d.data.synthetic.grammar import favd_paragraph
@@ -136,7 +156,7 @@ def write_oracles(kind: str, records: list[dict], folder: Path) -> None:
     for split in SPLITS:
         recs = [r for r in records if r["split"] == split]
         d = folder / split
-        if kind in ("outdoor", "indoor"):
+        if kind in ("outdoor", "indoor", "joint"):
             oracles = [("gt", None), ("context_free", "context_free_caption")]
             if any("fixed_caption" in o for r in recs for o in r["objects"]):
                 oracles += [("fixed", "fixed_caption"), ("fixed_context_free", "fixed_context_free_caption")]
@@ -149,10 +169,11 @@ def write_oracles(kind: str, records: list[dict], folder: Path) -> None:
                     for r in recs
                 }
                 write_json(d / f"{name}.json", pred)
-        else:
+        if kind in ("av", "joint"):
             for name, key in (("gt", "caption"), ("context_free", "context_free_caption")):
                 res = {r["scene_id"]: [{"timestamp": [e["t0"], e["t1"]], "sentence": e[key]} for e in r["events"]] for r in recs}
                 write_json(d / f"{name}_events.json", {"version": "VERSION 1.0", "results": res, "external_data": {"used": False, "details": "dense3d synthetic oracle"}})
+        if kind == "av":
             write_json(d / "gt_favd.json", {r["scene_id"]: _favd_gt(r) for r in recs})
             write_json(
                 d / "context_free_favd.json",
@@ -175,7 +196,7 @@ def generate_default(root: str | Path = "data/synthetic/default", seed: int = 0,
     scenes = dict(DEFAULT_SCENES, **(scenes or {}))
     bar = ensure_progress(progress)
     out = {}
-    for kind in KINDS:
+    for kind in DEFAULT_SCENES:  # not the joint kind: the demo does not use it
         cfg = SynthConfig(kind=kind, scenes=scenes[kind], seed=seed)
         folder = root / kind
         meta_path = folder / "meta.json"
@@ -219,7 +240,7 @@ def _text(record: dict, key: str, path: Path, where: str) -> str:
 def dataset_stats(folder: str | Path) -> dict:
     """Histograms of a generated folder: ``classes``, ``caption_words`` (binned caption
     lengths in words), ``relations`` (relation types), ``splits``; for ``av`` also
-    ``event_classes``, ``event_words`` and ``paragraph_words``."""
+    ``event_classes``, ``event_words`` and ``paragraph_words`` (``joint``: the events' three)."""
     folder = Path(folder)
     data = load_synthetic_annotations(folder)
     path = folder / ANNOTATIONS_FILE
@@ -272,10 +293,11 @@ def dataset_stats(folder: str | Path) -> dict:
         "caption_words": {b: words[b] for b in order if words.get(b)},
         "relations": dict(rels.most_common()),
     }
-    if kind == "av":
+    if kind in ("av", "joint"):
         stats["events"] = sum(ev_classes.values())
         stats["event_classes"] = dict(ev_classes.most_common())
         stats["event_words"] = {b: ev_words[b] for b in order if ev_words.get(b)}
+    if kind == "av":
         stats["paragraph_words"] = {b: para[b] for b in order if para.get(b)}
     return stats
 

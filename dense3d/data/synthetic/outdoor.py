@@ -208,15 +208,18 @@ def _mat(m: np.ndarray) -> list:
     return [[float(v) for v in row] for row in m]
 
 
-def make_outdoor_scene(cfg: SynthConfig, index: int, out: Path, split: str) -> tuple[dict, dict, dict]:
+def make_outdoor_scene(cfg: SynthConfig, index: int, out: Path, split: str, kind: str = "outdoor") -> tuple[dict, dict, dict]:
     """Generate scene ``index`` and write its LiDAR sweep and six images under ``out``.
+
+    ``kind`` seeds the scene and its tokens (``"joint"``: the joint set's scenes differ from
+    the outdoor set's of the same seed).
 
     Returns (info sample dict, caption entries keyed by annotation token, our annotation
     record of the scene for stats and oracles).
     """
-    rng = scene_rng(cfg.seed, "outdoor", index)
+    rng = scene_rng(cfg.seed, kind, index)
     width, height = cfg.image_size
-    token = make_token("outdoor", cfg.seed, index)
+    token = make_token(kind, cfg.seed, index)
     scene = sample_outdoor_scene(rng, cfg)
     points = simulate_lidar(scene, rng, cfg.lidar_beams, cfg.lidar_azimuth_steps)
     counts = points_in_boxes_np(points[:, 0:3].astype(np.float64), scene.boxes).sum(0) if len(scene.boxes) else np.zeros(0, int)
@@ -234,7 +237,7 @@ def make_outdoor_scene(cfg: SynthConfig, index: int, out: Path, split: str) -> t
             "img_path": rel,
             "cam2img": _mat(calib[cam]["cam2img"]),
             "cam2ego": _mat(calib[cam]["cam2ego"]),
-            "sample_data_token": make_token("outdoor", cfg.seed, index, cam),
+            "sample_data_token": make_token(kind, cfg.seed, index, cam),
             "timestamp": timestamp,
             "lidar2cam": _mat(calib[cam]["lidar2cam"]),
         }
@@ -246,7 +249,7 @@ def make_outdoor_scene(cfg: SynthConfig, index: int, out: Path, split: str) -> t
     keys = list(zip(scene.colours, scene.classes))
     instances, captions, objects = [], {}, []
     for i, cls in enumerate(scene.classes):
-        ann = make_token("outdoor", cfg.seed, index, "ann", i)
+        ann = make_token(kind, cfg.seed, index, "ann", i)
         rel = grammar.choose_relation(i, scene.ego_xy, keys, rng, indoor=False,
                                      max_dist=grammar.OUTDOOR_MAX_DIST, next_to=grammar.OUTDOOR_NEXT_TO)
         caps = grammar.outdoor_captions(i, keys, scene.ego_xy, float(scene.speed[i]), bool(scene.on_road[i]), rel, rng)

@@ -55,5 +55,5 @@ def test_every_reader_of_the_set_reports_a_malformed_file_in_one_line(tmp_path):
 def test_a_missing_file_says_the_command_that_writes_it(tmp_path):
     with pytest.raises(AnnotationError, match=r"convert synth --kind indoor`.*missing file"):
         load_synthetic_annotations(tmp_path, "indoor")
-    with pytest.raises(AnnotationError, match=r"convert synth --kind outdoor\|indoor\|av`.*missing file"):
+    with pytest.raises(AnnotationError, match=r"convert synth --kind outdoor\|indoor\|av\|joint`.*missing file"):
         load_synthetic_annotations(tmp_path)
