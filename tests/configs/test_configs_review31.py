@@ -174,3 +174,21 @@ def test_an_option_of_an_added_config_folder_is_left_to_hydra(tmp_path):
     check_group_choices(["hydra.searchpath=[file:///elsewhere]", "experiment=mine"])
     with pytest.raises(ConfigError, match="no configs/experiment/mine.yaml"):
         check_group_choices(["experiment=mine"])
+
+
+# -- configs/local/default.yaml: machine-local overrides
+
+def test_local_overrides_apply_from_the_root(tmp_path):
+    """configs/README.md: machine-specific overrides go in configs/local/default.yaml (git-ignored).
+    train.yaml mounted it as `optional local: default`, in the package `local`, so a file written
+    as the README suggests (`paths: {data_dir: /data}`) composed to cfg.local.paths.data_dir, which
+    nothing reads: silently ignored. Now it is mounted at the root (local@_global_), last."""
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, configs, ignore=shutil.ignore_patterns("local"))
+    (configs / "local").mkdir()
+    (configs / "local" / "default.yaml").write_text("paths:\n  data_dir: /mydata\ntrainer:\n  max_epochs: 3\n")
+    cfg = compose_config(["experiment=perception_indoor", "debug=fast_dev_run"], config_dir=configs)
+    assert cfg.paths.data_dir == "/mydata" and cfg.trainer.max_epochs == 3 and "local" not in cfg
+    # a file with hydra's own header for this keeps working
+    (configs / "local" / "default.yaml").write_text("# @package _global_\npaths:\n  data_dir: /mydata2\n")
+    assert compose_config(["experiment=demo"], config_dir=configs).paths.data_dir == "/mydata2"
