@@ -374,11 +374,22 @@ def fit(cfg: DictConfig, ckpt_path: str | None = None, **trainer_overrides) -> t
                 # samples already trained to skip (SeededSampler.skip). That warning only, only then.
                 warnings.filterwarnings("ignore", message=_NOT_RESUMABLE, category=PossibleUserWarning)
             trainer.fit(module, datamodule, ckpt_path=ckpt_path)
-    except BaseException:
+    except BaseException as e:
         if trainer.global_step <= resumed_step:  # nothing trained: undo what this run wrote
             undo.undo()
+        if isinstance(e, RuntimeError) and str(e).startswith(_DDP_UNUSED_PARAMETERS):
+            # plain DDP (trainer.devices=2 without trainer=ddp: Lightning's "ddp") on a model with trainable
+            # parts that take no gradient in a step: torch's many-line traceback at the second step, in every rank
+            raise ConfigError(SOURCE, "trainer.strategy", "ddp_find_unused_parameters_true (trainer=ddp): this model has "
+                              "trainable parts without a gradient in some steps (configs/trainer/ddp.yaml)",
+                              got=f"{cfg.trainer.get('strategy', 'auto')} (DDP without find_unused_parameters)") from None
         raise
     return module, datamodule, trainer
+
+
+# The start of torch's DistributedDataParallel error (torch/nn/parallel/distributed.py) when a
+# parameter took no gradient in the previous step and find_unused_parameters is off.
+_DDP_UNUSED_PARAMETERS = "It looks like your LightningModule has parameters that were not used in producing the loss"
 
 
 def _warn_frozen_at_random(cfg: DictConfig) -> None:

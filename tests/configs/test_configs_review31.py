@@ -192,3 +192,17 @@ def test_local_overrides_apply_from_the_root(tmp_path):
     # a file with hydra's own header for this keeps working
     (configs / "local" / "default.yaml").write_text("# @package _global_\npaths:\n  data_dir: /mydata2\n")
     assert compose_config(["experiment=demo"], config_dir=configs).paths.data_dir == "/mydata2"
+
+
+@pytest.mark.slow  # two processes importing torch on 2 cores: about 25 s
+def test_plain_ddp_on_a_model_with_unused_parameters_is_one_line(synthetic_root, tmp_path):
+    """`trainer.devices=2` without trainer=ddp (as lightning-hydra-template users start many GPUs)
+    is Lightning's plain "ddp": the demo model has trainable parts without a gradient in a step, so
+    torch's DDP stopped the second step with a 40-line RuntimeError traceback in every rank. Now each
+    rank says in one line that trainer=ddp (ddp_find_unused_parameters_true) is needed."""
+    r = _torchrun(["experiment=demo", "trainer.max_steps=3", "trainer.accelerator=cpu", "trainer.devices=2",
+                   f"paths.synthetic_dir={synthetic_root}", f"paths.output_dir={tmp_path / 'run'}", *TINY], cwd=tmp_path)
+    assert r.returncode != 0
+    ours = [line for line in r.stderr.splitlines() if line.startswith("dense3d train:")]
+    assert len(ours) == 2 and all("field 'trainer.strategy'" in line and "trainer=ddp" in line for line in ours), r.stderr[-3000:]
+    assert not [line for line in r.stderr.splitlines() if line.startswith("[rank")], r.stderr[-3000:]  # no rank's traceback
