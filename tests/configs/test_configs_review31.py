@@ -206,3 +206,17 @@ def test_plain_ddp_on_a_model_with_unused_parameters_is_one_line(synthetic_root,
     ours = [line for line in r.stderr.splitlines() if line.startswith("dense3d train:")]
     assert len(ours) == 2 and all("field 'trainer.strategy'" in line and "trainer=ddp" in line for line in ours), r.stderr[-3000:]
     assert not [line for line in r.stderr.splitlines() if line.startswith("[rank")], r.stderr[-3000:]  # no rank's traceback
+
+
+@pytest.mark.parametrize("override", ["trainer.strategy=ddp_find_unused_parameters_true", "trainer.num_nodes=2"])
+def test_the_trainer_launch_settings_override_without_a_plus(override):
+    """trainer/cpu.yaml (and gpu.yaml, built on it) had no strategy and no num_nodes: the fix the
+    plain-ddp error names, trainer.strategy=ddp_find_unused_parameters_true, and trainer.num_nodes=2
+    were refused ("Could not override 'trainer.strategy'. To append to your config use +...").
+    They are Lightning's defaults written out now, so they override like any trainer key."""
+    for trainer in ("cpu", "gpu"):
+        cfg = compose_config(["experiment=demo", f"trainer={trainer}", override])
+        key, value = override.split("=")
+        assert str(OmegaConf.select(cfg, key)) == value
+    plain = compose_config(["experiment=demo"]).trainer
+    assert plain.strategy == "auto" and plain.num_nodes == 1  # Lightning's own defaults: single runs unchanged
