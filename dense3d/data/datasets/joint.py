@@ -5,9 +5,19 @@ with each event's ``source_box`` pointing at the box that emits it in the *loade
 the scene's transforms dropped or kept boxes). ``dense3d convert synth --kind joint`` writes such a
 set (docs/synthetic.md, "Joint scenes"); any TOD3Cap / nuScenes infos plus a dense-events JSON
 keyed by the infos' sample tokens is one as well.
+
+Frames: a recording's event azimuths and microphone positions are in the ego frame (as the av
+set's, and as ``dense3d convert synth --kind joint`` writes them), the scene's points and boxes in
+the LiDAR frame. The global augmentations (``dense3d.data.transforms.geometry``) turn and mirror
+azimuths and microphones as if they were in the scene's frame, so the join carries the recording
+into the scene's LiDAR frame (through ``meta["lidar2ego"]``, after the scene's own augmentations,
+``meta["lidar_aug"]``), the joined transforms run there, and the recording goes back to the ego
+frame of the augmented scene (``lidar2ego`` applied to the augmented LiDAR frame): an event's
+azimuth stays its source box's direction from the array however the scene was turned or mirrored.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
@@ -23,14 +33,16 @@ __all__ = ["JointScenesDataset"]
 class JointScenesDataset(SampleDataset):
     """Args:
         scenes: the 3D half (e.g. ``TOD3CapDataset``): samples with points / cameras / boxes,
-            its transforms applied (they must not rotate or mirror the scene: an event's
-            azimuth, taken in the ego frame, is not turned with it).
+            its transforms applied (rotations and flips included: the recording follows them, see
+            the module docstring).
         recordings: the audio half (``DenseEventsDataset``), one entry per scene keyed by the
             scene's ``sample_id`` (a nuScenes sample token).
-        transforms: a callable ``Sample -> Sample`` applied to the joined sample.
+        transforms: a callable ``Sample -> Sample`` applied to the joined sample (its global
+            augmentations turn the events' azimuths and the microphones with the boxes).
 
     Items: the scene's ``Sample`` with ``audio``, ``video`` and ``events`` of its recording;
-    ``meta["duration"]`` and ``meta["clipped_spans"]`` from the recording. ``events.source_box``:
+    ``meta["duration"]`` and ``meta["clipped_spans"]`` from the recording; ``events.azimuth`` and
+    ``audio.mic_positions`` in the ego frame of the (augmented) scene. ``events.source_box``:
     index of the emitting box in ``sample.boxes`` (-1: none, or a box the scene's filters dropped),
     found by the box's id when the events JSON gives ``source_token`` (the box's ``ann_token``),
     else taken as written. A scene without a recording is a one-line ``AnnotationError`` naming
@@ -57,6 +69,10 @@ class JointScenesDataset(SampleDataset):
         self._recording_of = {vid: k for k, (vid, _) in enumerate(self.recordings.index)}  # sample id -> recording index
         return list(range(len(self.scenes)))
 
+    def __getitem__(self, i: int) -> Sample:
+        sample = super().__getitem__(i)  # joined in the scene's LiDAR frame, then the joined transforms
+        return _map_recording(sample, _lidar2ego(sample))  # (augmented) LiDAR frame -> ego frame
+
     def _load(self, i: int) -> Sample:
         scene = self.scenes[i]
         k = self._recording_of.get(scene.sample_id)
@@ -73,7 +89,32 @@ class JointScenesDataset(SampleDataset):
                                       f"{len(events)} box ids ('' for an event without a box)", got=tokens)
             ids = list(scene.boxes.object_ids) if scene.boxes is not None else []
             events.source_box = torch.tensor([ids.index(t) if t in ids else -1 for t in tokens], dtype=torch.long)
-        return Sample(
+        sample = Sample(
             sample_id=scene.sample_id, points=scene.points, cameras=scene.cameras, audio=rec.audio, video=rec.video,
             boxes=scene.boxes, events=events, meta={**scene.meta, **rec.meta},
         )
+        # the recording (ego frame) into the scene's LiDAR frame, turned / mirrored as the scene was
+        ego_to_lidar = scene.meta.get("lidar_aug", torch.eye(4)).double() @ torch.linalg.inv(_lidar2ego(scene))
+        return _map_recording(sample, ego_to_lidar)
+
+
+def _lidar2ego(sample: Sample) -> torch.Tensor:
+    """(4, 4) float64 ``meta["lidar2ego"]`` of a scene (identity without one: its frame is the ego frame)."""
+    m = sample.meta.get("lidar2ego")
+    return torch.eye(4, dtype=torch.float64) if m is None else torch.as_tensor(m, dtype=torch.float64)
+
+
+def _map_recording(sample: Sample, matrix: torch.Tensor) -> Sample:
+    """The sample with its microphone positions mapped by the (4, 4) affine ``matrix`` and its
+    event azimuths (directions from the array: the linear part only) turned with them."""
+    changes = {}
+    audio, events = sample.audio, sample.events
+    if audio is not None and audio.mic_positions is not None:
+        mics = audio.mic_positions.double() @ matrix[:3, :3].T + matrix[:3, 3]  # (A, 3) @ (3, 3)^T + (3,)
+        changes["audio"] = dataclasses.replace(audio, mic_positions=mics.to(audio.mic_positions.dtype))
+    if events is not None and events.azimuth is not None:
+        az = events.azimuth.double()
+        directions = torch.stack([az.cos(), az.sin()], dim=-1) @ matrix[:2, :2].T  # (E, 2) @ (2, 2)^T
+        turned = torch.atan2(directions[:, 1], directions[:, 0])  # (E,) radians, CCW from +x
+        changes["events"] = dataclasses.replace(events, azimuth=turned.to(events.azimuth.dtype))
+    return dataclasses.replace(sample, **changes) if changes else sample

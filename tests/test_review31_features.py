@@ -1,0 +1,68 @@
+"""Review of today's two features: ground-truth-span event captioning (63efc95) and joint scenes
+(b5ad031). Each test here failed before the fix it names."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dense3d.data.datasets import DenseEventsDataset, JointScenesDataset, TOD3CapDataset
+from dense3d.data.synthetic import SynthConfig, generate
+from dense3d.data.transforms import Compose, GlobalFlip, GlobalRotate
+
+
+# ----------------------------------------------------------------------------- joint scenes
+@pytest.fixture(scope="module")
+def joint_folder(tmp_path_factory):
+    """4 joint scenes of seed 0 (train: 2)."""
+    folder = tmp_path_factory.mktemp("synth") / "joint"
+    generate(SynthConfig(kind="joint", scenes=4, seed=0), folder)
+    return folder
+
+
+def _joint(folder, scene_transforms=None, transforms=None) -> JointScenesDataset:
+    scenes = TOD3CapDataset(info_file=str(folder / "nuscenes_infos_{split}.pkl"), data_root=str(folder), split="train",
+                            caption_file=str(folder / "tod3cap_captions_{split}.json"), caption_source="final_caption",
+                            sweeps=0, data_prefix=None, sensors=("lidar",), transforms=scene_transforms)
+    recordings = DenseEventsDataset(annotation_file=str(folder / "dense_events_{split}.json"), media_dir=str(folder / "audio"),
+                                    split="train", sensors=("audio",))
+    return JointScenesDataset(scenes, recordings, transforms=transforms)
+
+
+def _azimuth_errors_deg(sample) -> list[float]:
+    """Per boxed event: the angle between its azimuth and its source box's direction from the
+    array centre, both in the ego frame of the (augmented) scene (lidar2ego of the sample)."""
+    e2l = sample.meta["lidar2ego"].double()
+    mic = sample.audio.mic_positions.double().mean(0)  # (3,) the array's centre, ego frame
+    out = []
+    for k, az in zip(sample.events.source_box.tolist(), sample.events.azimuth.tolist()):
+        if k < 0:
+            continue
+        centre = e2l[:3, :3] @ sample.boxes.boxes.tensor[k, :3].double() + e2l[:3, 3]  # LiDAR -> ego
+        box_az = math.atan2(float(centre[1] - mic[1]), float(centre[0] - mic[0]))
+        out.append(math.degrees(abs((box_az - az + math.pi) % (2 * math.pi) - math.pi)))
+    return out
+
+
+@pytest.mark.parametrize("where", ["scene", "joined"])
+@pytest.mark.parametrize("name, step", [
+    ("flip_y", GlobalFlip(flip_y_prob=1.0)),
+    ("flip_x", GlobalFlip(flip_y_prob=0.0, flip_x_prob=1.0)),
+    ("rotate", GlobalRotate(angle_range=(1.0, 1.0))),
+])
+def test_joint_event_azimuths_follow_the_boxes_through_flips_and_rotations(joint_folder, where, name, step):
+    """The events' azimuths (ego frame) were left alone by the scene's augmentations and mirrored
+    as LiDAR-frame angles by the joined ones (flips: 155-180 deg off their source boxes; a
+    rotation of the scene: 57 deg)."""
+    plain = _joint(joint_folder)[0]
+    assert max(_azimuth_errors_deg(plain)) < 0.01  # the written azimuths are the boxes' directions
+    data = _joint(joint_folder, scene_transforms=Compose({name: step})) if where == "scene" else _joint(joint_folder, transforms=step)
+    s = data[0]
+    assert not torch.allclose(s.boxes.boxes.tensor[:, :2], plain.boxes.boxes.tensor[:, :2])  # the scene did move
+    errors = _azimuth_errors_deg(s)
+    assert errors and max(errors) < 0.01, errors
+    # the microphones moved with the scene: their layout is the written one, mirrored or turned
+    d_plain = torch.cdist(plain.audio.mic_positions.double(), plain.audio.mic_positions.double())
+    d = torch.cdist(s.audio.mic_positions.double(), s.audio.mic_positions.double())
+    assert torch.allclose(d, d_plain, atol=1e-5)
