@@ -51,14 +51,14 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "train
     from hydra.errors import HydraException, MissingConfigException
 
     overrides = list(overrides or [])
-    check_group_choices(overrides, config_name, config_dir)
+    check_group_choices(overrides, config_name, config_dir, composes=False)
     try:
         with initialize_config_dir(config_dir=str(config_dir or CONFIG_DIR), version_base="1.3"):
             return compose(config_name=config_name, overrides=overrides)
     except ValueError as e:  # not a HydraException: `group=null` for a group outside config_dir
         if "Config group override" not in str(e):
             raise
-        check_group_choices(overrides, config_name, config_dir, any_null=True)
+        check_group_choices(overrides, config_name, config_dir, any_null=True, composes=False)
         raise ConfigError(f"configs/{config_name}.yaml", "overrides", "overrides that compose", got=e) from None
     except (HydraException, MissingConfigException) as e:
         parser = OverridesParser.create()
@@ -72,7 +72,7 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "train
 
 
 def check_group_choices(overrides: list[str], config_name: str = "train", config_dir: str | Path | None = None,
-                        any_null: bool = False) -> None:
+                        any_null: bool = False, composes: bool = True) -> None:
     """Refuse ``GROUP=null`` (e.g. ``logger=null``) for a config group (a folder of
     ``config_dir``) with a ``ConfigError`` naming the override. Hydra raises a ValueError for it
     ("Config group override must be a string or a list"), which ``@hydra.main``
@@ -84,7 +84,11 @@ def check_group_choices(overrides: list[str], config_name: str = "train", config
     Also refuses an option that is not a file of its group (``experiment=dmo``, also inside a
     sweep ``experiment=a,dmo``) in one line listing the group's files: hydra's own message is 16
     lines. Skipped when the command line adds config folders (``-cd``, ``--config-dir``,
-    ``hydra.searchpath``): their options are not in ``config_dir``."""
+    ``hydra.searchpath``): their options are not in ``config_dir``.
+
+    ``composes=True`` (the command line of ``tools/train.py``, which hydra would compose itself):
+    the overrides must also compose (:func:`_check_command_line_composes`), so that a misspelt key
+    (``trainr.max_steps=1``) is one line, not hydra's six."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ChoiceSweep
     from hydra.errors import HydraException
@@ -117,6 +121,43 @@ def check_group_choices(overrides: list[str], config_name: str = "train", config
         if any_null or (root / group).is_dir():
             raise ConfigError(f"configs/{config_name}.yaml", f"override {override}", f"one of the files of configs/{group}/ "
                               f"(to use none: ~{group})", got="null")
+    if composes and not other_folders:
+        _check_command_line_composes(overrides, config_name, config_dir)
+
+
+# hydra's flags that change what is composed, or that take a value written as an override
+# (--shell-completion install=bash): the command line is then left to hydra
+_COMPOSE_FLAGS = ("-cn", "--config-name", "-cp", "--config-path", "-sc", "--shell-completion", "--experimental-rerun",
+                  "-h", "--help", "-hh", "--hydra-help")
+
+
+def _check_command_line_composes(argv: list[str], config_name: str, config_dir: str | Path | None) -> None:
+    """The overrides of a hydra command line (``tools/train.py``) compose, each sweep at its first
+    value (``seed=0,1`` as ``seed=0``: a sweep's keys are the same in every job); else the one-line
+    ``ConfigError`` of :func:`compose_config`. Flags and their values are left out; a command line
+    with a flag of ``_COMPOSE_FLAGS`` or a glob sweep is not checked (hydra reports it)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
+    from hydra.errors import HydraException
+
+    if any(a.split("=")[0] in _COMPOSE_FLAGS for a in argv if a.startswith("-")):
+        return
+    parser = OverridesParser.create()
+    first = []
+    for arg in argv:
+        if arg.startswith("-"):
+            continue
+        try:
+            parsed = parser.parse_override(arg)
+        except HydraException:
+            continue  # a flag's value (--cfg job), or bad syntax: compose_config names it below
+        if parsed.is_sweep_override():
+            if isinstance(parsed.value(), Glob):
+                return
+            first.append(f"{parsed.get_key_element()}={next(iter(parsed.sweep_string_iterator()))}")
+        else:
+            first.append(arg)
+    compose_config(first, config_name, config_dir)
 
 
 def _instantiate_dict(node: DictConfig | None, key: str) -> list[Any]:

@@ -220,3 +220,32 @@ def test_the_trainer_launch_settings_override_without_a_plus(override):
         assert str(OmegaConf.select(cfg, key)) == value
     plain = compose_config(["experiment=demo"]).trainer
     assert plain.strategy == "auto" and plain.num_nodes == 1  # Lightning's own defaults: single runs unchanged
+
+
+@pytest.mark.parametrize("argv", [["trainr.max_steps=1"], ["-m", "trainr.max_steps=1,2"]], ids=["run", "sweep"])
+def test_tools_train_with_a_misspelt_key_is_one_line(argv, tmp_path):
+    """`python tools/train.py experiment=demo trainr.max_steps=1` was hydra's six lines ("Could not
+    override 'trainr.max_steps'", "To append ...", "Key 'trainr' is not in struct", full_key,
+    object_type, HYDRA_FULL_ERROR), exit status 1; in a sweep too. Now one line, status 2, as
+    `dense3d train` says it (the command line composes first, each sweep at its first value)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), "experiment=demo", *argv,
+                        f"paths.output_dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("tools/train.py: ConfigError: configs/train.yaml") and "Could not override 'trainr.max_steps'" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_command_line_check_leaves_hydra_flags_and_sweeps_alone():
+    """What tools/train.py's command line may hold besides overrides composes (or is skipped):
+    flags and their values, sweeps (range, choice), hydra's own keys as Lightning's DDP launcher
+    adds them to its child processes."""
+    from dense3d.engine.train import check_group_choices
+
+    check_group_choices(["-m", "experiment=demo,perception_indoor", "seed=range(0,3)", "--cfg", "job", "-p", "trainer"])
+    check_group_choices(["experiment=demo", 'hydra.run.dir="/tmp/x"', "hydra.job.name=train_ddp_process_1",
+                         "hydra.output_subdir=null", "hydra/job_logging=stdout"])
+    check_group_choices(["-cn", "other", "anything.else=1"])  # another root config: left to hydra
+    with pytest.raises(ConfigError, match="Could not override 'trainr.max_steps'"):
+        check_group_choices(["-m", "trainr.max_steps=1,2"])
