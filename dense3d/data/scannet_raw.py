@@ -26,11 +26,13 @@ and writes what Scan2Cap's / Vote2Cap-DETR's ``batch_load_scannet_data.py`` writ
   their placeholder ``zeros((1, 8))``, which the loader reads as "no boxes".
 
 Bad input is one line naming the file and the field. Nothing is written half: every scene is
-written to a staging folder beside ``out`` first, and moved into ``out`` only when all scenes
-converted; on an error ``out`` is left as it was.
+written to a staging folder inside ``out`` (on its file system, so the files move by rename
+even where ``out`` is a mount point) first, and moved into ``out`` only when all scenes
+converted; on an error ``out`` is left as it was (not made, where it did not exist).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -349,8 +351,16 @@ def convert_scannet_scans(scans: str | os.PathLike, out: str | os.PathLike, labe
     labels = read_label_map(label_map_path)
     if out.exists() and not out.is_dir():
         raise ConfigError(OWNER, "--out", "a folder path (it is a file)", got=str(out))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    # The staging folder lies inside ``out``, on its file system: os.replace moves a file only
+    # within one file system, and ``out`` may be a mount point (a volume, a network share) whose
+    # parent is another one, or is not writable.
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".dense3d-convert-", suffix=".tmp", dir=out))
+    except OSError as e:
+        raise ConfigError(OWNER, "--out", "a folder that can be written", got=f"{type(e).__name__}: {e}") from None
+    converted = False
     try:
         jobs = [(scans, s, stage, labels, label_map_path, max_points, seed, allow_unannotated) for s in names]
         results = []
@@ -366,11 +376,14 @@ def convert_scannet_scans(scans: str | os.PathLike, out: str | os.PathLike, labe
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)  # on an error: the scenes not started are not converted
-        out.mkdir(parents=True, exist_ok=True)
         for f in sorted(stage.iterdir()):
             os.replace(f, out / f.name)
+        converted = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if created and not converted:  # on an error, no --out folder this call made (it is empty again)
+            with contextlib.suppress(OSError):
+                out.rmdir()
     dropped: dict[str, int] = {}
     for r in results:
         for k, v in r["dropped"].items():
