@@ -66,3 +66,47 @@ def test_joint_event_azimuths_follow_the_boxes_through_flips_and_rotations(joint
     d_plain = torch.cdist(plain.audio.mic_positions.double(), plain.audio.mic_positions.double())
     d = torch.cdist(s.audio.mic_positions.double(), s.audio.mic_positions.double())
     assert torch.allclose(d, d_plain, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- GT-span events
+def _reordered(sample, perm):
+    import dataclasses
+
+    from dense3d.structures import Events
+
+    ev = sample.events
+    new = dataclasses.replace(ev, events=Events(ev.events.tensor[perm]), labels=ev.labels[perm], azimuth=ev.azimuth[perm])
+    new.captions = [ev.captions[i] for i in perm.tolist()]
+    return dataclasses.replace(sample, events=new)
+
+
+@pytest.mark.parametrize("num_events", [2, 6])
+def test_two_stage_gt_span_features_do_not_depend_on_the_annotation_order(num_events):
+    """A two_stage head put the k-th annotated span in query slot k (mod Q): the same event's
+    region changed with where the annotation listed it (reversing 2 events moved the features
+    by 1.6), and with more events than queries (6 > Q = 4) two spans shared a slot in one pass.
+    Slots now follow the dense head's ranking of the spans, as forward's references do."""
+    import dataclasses
+
+    from dense3d.data import collate
+    from dense3d.structures import Events
+    from tests.models.test_event_gt_regions31 import _clips, _detector
+
+    det = _detector(two_stage=True).eval()
+    assert det.event_head.num_queries == 4
+    s0 = _clips().samples[0]
+    spans = torch.tensor([[0.1, 0.4], [0.5, 0.9], [1.0, 1.5], [1.6, 2.0], [2.1, 2.6], [2.8, 3.5]])[:num_events]
+    ev = dataclasses.replace(s0.events, events=Events(spans), labels=torch.zeros(num_events, dtype=torch.long),
+                             azimuth=torch.zeros(num_events))
+    ev.captions = [[f"event {i}"] for i in range(num_events)]
+    s0 = dataclasses.replace(s0, events=ev)
+    perm = torch.arange(num_events).flip(0)
+    with torch.no_grad():
+        a = collate([s0])
+        r = det.gt_regions(det(a), a)
+        b = collate([_reordered(s0, perm)])
+        r2 = det.gt_regions(det(b), b)
+    assert r.mask.all() and r2.mask.all()
+    assert torch.allclose(r.geometry[0], r2.geometry[0][perm.argsort()])
+    assert torch.allclose(r.features[0], r2.features[0][perm.argsort()], atol=1e-5), \
+        (r.features[0] - r2.features[0][perm.argsort()]).abs().max()

@@ -261,7 +261,8 @@ class EventHead(nn.Module):
         * ``tokens``: the sequence sampled inside the span (:meth:`sample_spans`, as a proposal's);
         * ``features``: with ``two_stage``, the decoder's output for a query whose reference span
           is the given one (PDVC's ``gt_proposals`` input: the query built exactly as from a dense
-          head's span in :meth:`forward`, the k-th span in the k-th query slot, modulo Q); a head of
+          head's span in :meth:`forward`: the spans ranked by the dense head's score at their
+          frame, the k-th in slot k, Q spans per decoder pass, as forward's references); a head of
           learned queries alone cannot place a query on a span, and takes the mean of the tokens
           (the sequence pooled inside the span);
         * ``geometry`` the spans as given, ``scores`` 1, ``extra["azimuth"]`` read inside the span
@@ -279,15 +280,27 @@ class EventHead(nn.Module):
             gap = (times[:, None, :] - (cl[..., :1] * durations.to(dtype).view(B, 1, 1)).to(times.dtype)).abs()  # (B, R, T)
             idx = torch.where(mask[:, None, :], gap, torch.full_like(gap, torch.inf)).argmin(-1)  # (B, R)
             content = memory.gather(1, idx[..., None].expand(-1, -1, memory.shape[-1]))  # (B, R, D)
-            slots = torch.arange(R, device=memory.device) % self.num_queries
-            ref = cl.to(self.query_length.weight.dtype)
-            q = (self.query_embed.weight[slots][None].expand(B, -1, -1) + self.query_content(content)
-                 + time_encoding(cl[..., 0] * durations.to(dtype)[:, None], self.d_model).to(memory.dtype) + self.query_length(ref))
+            # query slots as forward's: slot k holds the k-th best-scored reference (the dense head's
+            # P(event) at its frame), not the k-th span of the annotation (whose order is arbitrary);
+            # more spans than queries are decoded Q at a time, so no slot serves two spans of one pass
+            with torch.no_grad():
+                frame_score = 1 - _full_precision(self.frame_class, memory).softmax(-1)[..., -1]  # (B, T) P(some event)
+                score = frame_score.gather(1, idx).masked_fill(~region_mask, -torch.inf)  # (B, R); padding last
+                order = torch.argsort(score, dim=1, descending=True, stable=True)  # (B, R) span of each rank
+            q = (self.query_content(content) + time_encoding(cl[..., 0] * durations.to(dtype)[:, None], self.d_model).to(memory.dtype)
+                 + self.query_length(cl.to(self.query_length.weight.dtype)))  # (B, R, D), the slot's embedding added below
             mem = memory + time_encoding(times, self.d_model).to(memory.dtype)
-            # padded spans are not attended to; a clip without any span keeps them (its rows are
-            # dropped below; a softmax over nothing would be NaN)
-            pad = ~region_mask & region_mask.any(dim=1, keepdim=True)  # (B, R)
-            feats = self.norm(self.decoder(q, mem, memory_key_padding_mask=~mask, tgt_key_padding_mask=pad))  # (B, R, D)
+            feats = torch.zeros_like(q)
+            for start in range(0, R, self.num_queries):
+                take = order[:, start : start + self.num_queries]  # (B, n) spans of ranks start..start+n-1
+                n = take.shape[1]
+                q_c = q.gather(1, take[..., None].expand(-1, -1, q.shape[-1])) + self.query_embed.weight[:n][None]  # (B, n, D)
+                # padded spans are not attended to; a clip with no span in this pass keeps them (its
+                # rows are dropped below; a softmax over nothing would be NaN)
+                pad = ~region_mask.gather(1, take)  # (B, n)
+                pad = pad & ~pad.all(dim=1, keepdim=True)
+                h = self.norm(self.decoder(q_c, mem, memory_key_padding_mask=~mask, tgt_key_padding_mask=pad))  # (B, n, D)
+                feats = feats.scatter(1, take[..., None].expand(-1, -1, h.shape[-1]), h.to(feats.dtype))  # back to span order
         else:
             feats = tokens.mean(dim=2).to(memory.dtype)  # (B, R, P, D) -> (B, R, D)
         if directions is not None and self.direction_readout:
