@@ -19,9 +19,12 @@ and writes what Scan2Cap's / Vote2Cap-DETR's ``batch_load_scannet_data.py`` writ
 * ``{scene}_aligned_bbox.npy``: float64 (K, 8) ``cx, cy, cz, dx, dy, dz, nyu40_id, object_id``:
   per object of the aggregation, the min/max box of its aligned vertices (a vertex belongs to
   the last object that lists its segment, as their per-vertex instance labels), ``object_id``
-  ScanNet's ``objectId``; rows sorted by ``objectId``. Objects whose label maps to wall (1),
-  floor (2) or ceiling (22) are left out, as theirs do; so are objects without a vertex and
-  (unlike theirs, because the loader refuses them) boxes of zero extent along an axis. A scene
+  ScanNet's ``objectId``; rows sorted by ``objectId``. Objects labelled wall (1), floor (2) or
+  ceiling (22) are kept, unlike theirs: ``ScanReferDataset`` reads only the 18 detection classes
+  anyway, but refuses a description whose ``object_id`` has no row in this file (theirs ignore
+  it), so a description of, say, a "closet wall" (nyu40 wall) would stop the data set. Left out
+  are objects whose label maps to nyu40id 0, objects without a vertex and (unlike theirs,
+  because the loader refuses them) boxes of zero extent along an axis. A scene
   without an aggregation file (ScanNet's test scans; only with ``allow_unannotated``) gets
   their placeholder ``zeros((1, 8))``, which the loader reads as "no boxes".
 
@@ -51,7 +54,6 @@ from dense3d.data.readers import check_rigid, load_json
 from dense3d.errors import AnnotationError, CalibrationError, ConfigError, Dense3DError, DependencyError, PointCloudError
 
 __all__ = [
-    "EXCLUDED_NYU40_IDS",
     "convert_scannet_scans",
     "read_axis_alignment",
     "read_label_map",
@@ -59,9 +61,6 @@ __all__ = [
     "vertex_normals",
 ]
 
-# NYU40 ids Scan2Cap / Vote2Cap-DETR / VoteNet drop from the boxes (their OBJ_CLASS_IDS is
-# 3..40 without these): wall, floor, ceiling.
-EXCLUDED_NYU40_IDS = (1, 2, 22)
 OWNER = "dense3d convert scannet"
 
 
@@ -241,11 +240,12 @@ def _instance_boxes(files: _SceneFiles, aligned_xyz: np.ndarray, label_map: dict
         # a vertex whose segment two objects list goes to the later one (Scan2Cap's per-vertex instance ids)
         instance[np.isin(seg, segments)] = i
         objects.append((oid, nyu))
-    rows, dropped = [], {"excluded_label": 0, "empty": 0, "zero_extent": 0}
+    rows, dropped = [], {"nyu40_id_0": 0, "empty": 0, "zero_extent": 0}
     for i, (oid, nyu) in sorted(enumerate(objects), key=lambda item: item[1][0]):
         pts = aligned_xyz[instance == i]  # (n_i, 3)
-        if nyu in EXCLUDED_NYU40_IDS or nyu == 0:
-            dropped["excluded_label"] += 1  # wall, floor, ceiling, or nyu40id 0
+        # wall, floor and ceiling are kept (module docstring); nyu40id 0 is no class the loader reads
+        if nyu == 0:
+            dropped["nyu40_id_0"] += 1
             continue
         if len(pts) == 0:
             dropped["empty"] += 1

@@ -103,7 +103,7 @@ def test_converted_scene_is_axis_aligned_with_min_max_boxes_and_nyu40_labels(tmp
     np.testing.assert_array_equal(pts[:, 3:6], vertices[:, 3:6])
 
     ann = sample.boxes
-    assert ann.object_ids == ["0", "1"]  # the wall (nyu40 1) is left out, as Scan2Cap / Vote2Cap-DETR do
+    assert ann.object_ids == ["0", "1"]  # the wall (nyu40 1) is no detection class: its box is in the file, not read
     assert [SCANNET_CLASSES[i] for i in ann.labels.tolist()] == ["chair", "table"]
     boxes = ann.boxes.tensor.double().numpy()
     for row, oid in zip(boxes, (0, 1)):
@@ -112,7 +112,8 @@ def test_converted_scene_is_axis_aligned_with_min_max_boxes_and_nyu40_labels(tmp
         np.testing.assert_allclose(row[3:6], hi - lo, atol=1e-5)
         assert row[6] == 0.0  # axis-aligned: yaw 0
     raw = np.load(tmp_path / "out" / f"{SCENE}_aligned_bbox.npy")
-    assert raw.shape == (2, 8) and raw[:, 6].tolist() == [5.0, 7.0] and raw[:, 7].tolist() == [0.0, 1.0]
+    # the wall's row is kept (a description of it is a dropped description, not an unknown object id)
+    assert raw.shape == (3, 8) and raw[:, 6].tolist() == [5.0, 7.0, 1.0] and raw[:, 7].tolist() == [0.0, 1.0, 2.0]
 
 
 def test_vertex_normals_are_rotated_into_the_aligned_frame(tmp_path):
@@ -133,7 +134,7 @@ def test_max_points_keeps_a_seeded_subset_and_workers_do_not_change_the_output(t
     outs = []
     for workers, out in ((1, "a"), (2, "b")):
         n = convert_scannet_scans(tmp_path / "scans", tmp_path / out, tmp_path / "scans" / "labels.tsv", workers=workers, max_points=10)
-        assert n["scenes"] == 2 and n["points"] == 20 and n["boxes"] == 4
+        assert n["scenes"] == 2 and n["points"] == 20 and n["boxes"] == 6  # chair, table, wall per scene
         outs.append({p.name: np.load(p) for p in sorted((tmp_path / out).iterdir())})
     assert outs[0].keys() == outs[1].keys() and len(outs[0]) == 4
     for name in outs[0]:
