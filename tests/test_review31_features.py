@@ -9,7 +9,7 @@ import torch
 
 from dense3d.data.datasets import DenseEventsDataset, JointScenesDataset, TOD3CapDataset
 from dense3d.data.synthetic import SynthConfig, generate
-from dense3d.data.transforms import Compose, GlobalFlip, GlobalRotate
+from dense3d.data.transforms import Compose, GlobalFlip, GlobalRotate, GlobalScale
 
 
 # ----------------------------------------------------------------------------- joint scenes
@@ -50,11 +50,13 @@ def _azimuth_errors_deg(sample) -> list[float]:
     ("flip_y", GlobalFlip(flip_y_prob=1.0)),
     ("flip_x", GlobalFlip(flip_y_prob=0.0, flip_x_prob=1.0)),
     ("rotate", GlobalRotate(angle_range=(1.0, 1.0))),
+    ("scale", GlobalScale(scale_range=(1.05, 1.05))),
 ])
 def test_joint_event_azimuths_follow_the_boxes_through_flips_and_rotations(joint_folder, where, name, step):
     """The events' azimuths (ego frame) were left alone by the scene's augmentations and mirrored
     as LiDAR-frame angles by the joined ones (flips: 155-180 deg off their source boxes; a
-    rotation of the scene: 57 deg)."""
+    rotation of the scene: 57 deg; the joined GlobalScale scaled the array, whose delays the
+    recording does not have)."""
     plain = _joint(joint_folder)[0]
     assert max(_azimuth_errors_deg(plain)) < 0.01  # the written azimuths are the boxes' directions
     data = _joint(joint_folder, scene_transforms=Compose({name: step})) if where == "scene" else _joint(joint_folder, transforms=step)
@@ -62,7 +64,8 @@ def test_joint_event_azimuths_follow_the_boxes_through_flips_and_rotations(joint
     assert not torch.allclose(s.boxes.boxes.tensor[:, :2], plain.boxes.boxes.tensor[:, :2])  # the scene did move
     errors = _azimuth_errors_deg(s)
     assert errors and max(errors) < 0.01, errors
-    # the microphones moved with the scene: their layout is the written one, mirrored or turned
+    # the microphones moved with the scene, mirrored or turned but not scaled: the recording's
+    # inter-microphone delays are those of the written array
     d_plain = torch.cdist(plain.audio.mic_positions.double(), plain.audio.mic_positions.double())
     d = torch.cdist(s.audio.mic_positions.double(), s.audio.mic_positions.double())
     assert torch.allclose(d, d_plain, atol=1e-5)

@@ -14,6 +14,8 @@ into the scene's LiDAR frame (through ``meta["lidar2ego"]``, after the scene's o
 ``meta["lidar_aug"]``), the joined transforms run there, and the recording goes back to the ego
 frame of the augmented scene (``lidar2ego`` applied to the augmented LiDAR frame): an event's
 azimuth stays its source box's direction from the array however the scene was turned or mirrored.
+A scaled scene moves the array but does not stretch it (the recording's delays are the real
+array's).
 """
 from __future__ import annotations
 
@@ -71,7 +73,8 @@ class JointScenesDataset(SampleDataset):
 
     def __getitem__(self, i: int) -> Sample:
         sample = super().__getitem__(i)  # joined in the scene's LiDAR frame, then the joined transforms
-        return _map_recording(sample, _lidar2ego(sample))  # (augmented) LiDAR frame -> ego frame
+        sample = _map_recording(sample, _lidar2ego(sample))  # (augmented) LiDAR frame -> ego frame
+        return _unscale_array(sample)
 
     def _load(self, i: int) -> Sample:
         scene = self.scenes[i]
@@ -102,6 +105,23 @@ def _lidar2ego(sample: Sample) -> torch.Tensor:
     """(4, 4) float64 ``meta["lidar2ego"]`` of a scene (identity without one: its frame is the ego frame)."""
     m = sample.meta.get("lidar2ego")
     return torch.eye(4, dtype=torch.float64) if m is None else torch.as_tensor(m, dtype=torch.float64)
+
+
+def _unscale_array(sample: Sample) -> Sample:
+    """The microphone array shrunk back about its centre by the scale of the scene's augmentations
+    (``meta["lidar_aug"]``): the recording's inter-microphone delays are those of the array as
+    built; a scaled scene moves the array (its centre) but does not stretch it."""
+    aug = sample.meta.get("lidar_aug")
+    audio = sample.audio
+    if aug is None or audio is None or audio.mic_positions is None:
+        return sample
+    scale = float(torch.linalg.det(torch.as_tensor(aug, dtype=torch.float64)[:3, :3]).abs() ** (1 / 3))
+    if abs(scale - 1.0) < 1e-9:
+        return sample
+    mics = audio.mic_positions.double()
+    centre = mics.mean(dim=0, keepdim=True)  # (1, 3)
+    mics = centre + (mics - centre) / scale  # (A, 3)
+    return dataclasses.replace(sample, audio=dataclasses.replace(audio, mic_positions=mics.to(audio.mic_positions.dtype)))
 
 
 def _map_recording(sample: Sample, matrix: torch.Tensor) -> Sample:
