@@ -113,3 +113,20 @@ def test_two_stage_gt_span_features_do_not_depend_on_the_annotation_order(num_ev
     assert torch.allclose(r.geometry[0], r2.geometry[0][perm.argsort()])
     assert torch.allclose(r.features[0], r2.features[0][perm.argsort()], atol=1e-5), \
         (r.features[0] - r2.features[0][perm.argsort()]).abs().max()
+
+
+def test_eval_with_gt_spans_leaves_the_proposal_precision_recall_out_of_the_caption_metrics_too():
+    """docs/eval.md: with --regions gt, proposal precision / recall (100 by construction) are left
+    out of metrics.json; densevid_eval's caption block still carried Precision@t / Recall@t = 100.
+    A clip without events is scored as densevid_eval scores it (a video without a match: 0)."""
+    from dense3d.engine.evaluate import _event_metrics
+
+    pred = {"a": [{"timestamp": [1.0, 2.0], "sentence": "a horn honks", "score": 1.0, "label": "horn", "azimuth": 0.1}],
+            "b": []}
+    gt = {"a": {"timestamps": [[1.0, 2.0]], "sentences": ["a horn honks"], "labels": ["horn"], "azimuth": [0.1]},
+          "b": {"timestamps": [], "sentences": [], "labels": [], "azimuth": []}}
+    m = _event_metrics(pred, gt, captions=True, gt_regions=True)
+    assert not [k for k in m["captions"] if k.startswith(("Precision", "Recall"))], sorted(m["captions"])
+    assert not [k for k in m if k.startswith(("Precision", "Recall", "class_accuracy"))]
+    # densevid_eval averages over the ground truth's videos, one without events (no match) at 0
+    assert m["captions"]["METEOR@0.5"] == pytest.approx(50.0) and m["gt_events"] == 1 and m["matched@0.5"] == 1
