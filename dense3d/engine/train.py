@@ -351,7 +351,7 @@ def _with_synthetic_data_hint(error: Dense3DError, cfg: DictConfig) -> Dense3DEr
     """A file missing under ``paths.synthetic_dir`` (``dense3d train experiment=demo`` before
     any data exists): the same one-line error, ending with how to generate that set. Other
     errors, and missing files elsewhere (real data sets, which dense3d cannot make), as they are."""
-    from dense3d.data.synthetic import KINDS
+    from dense3d.data.synthetic import DEFAULT_SCENES, KINDS
 
     if error.got != "missing":
         return error
@@ -368,9 +368,12 @@ def _with_synthetic_data_hint(error: Dense3DError, cfg: DictConfig) -> Dense3DEr
         return error
     kind = parts[0] if parts and parts[0] in KINDS else "|".join(KINDS)
     demo = "dense3d demo" if root.resolve() == DEFAULT_SYNTHETIC_DIR.resolve() else f"dense3d demo --data {root}"
+    convert = f"dense3d convert synth --kind {kind} --out {root / kind}"
     hinted = type(error)(error.source, error.field, error.expected, got=error.got)
-    # appended to the message, not put in ``got`` (shortened to 200 characters: two long paths would be cut)
-    hinted.args = (f"{hinted}; make the synthetic data first: `{demo}` or `dense3d convert synth --kind {kind} --out {root / kind}`",)
+    # appended to the message, not put in ``got`` (shortened to 200 characters: two long paths would be cut);
+    # the demo makes the kinds of DEFAULT_SCENES only (not the joint scenes)
+    how = f"`{demo}` or `{convert}`" if kind in DEFAULT_SCENES or "|" in kind else f"`{convert}`"
+    hinted.args = (f"{hinted}; make the synthetic data first: {how}",)
     return hinted
 
 
