@@ -130,3 +130,27 @@ def test_eval_with_gt_spans_leaves_the_proposal_precision_recall_out_of_the_capt
     assert not [k for k in m if k.startswith(("Precision", "Recall", "class_accuracy"))]
     # densevid_eval averages over the ground truth's videos, one without events (no match) at 0
     assert m["captions"]["METEOR@0.5"] == pytest.approx(50.0) and m["gt_events"] == 1 and m["matched@0.5"] == 1
+
+
+def test_two_stage_gt_spans_read_at_one_frame_do_not_depend_on_the_annotation_order():
+    """Spans whose centres share a frame tie on the dense head's score: the tie is broken by
+    the span itself (centre, length), not by where the annotation lists it."""
+    import dataclasses
+
+    from dense3d.data import collate
+    from dense3d.structures import Events
+    from tests.models.test_event_gt_regions31 import _clips, _detector
+
+    det = _detector(two_stage=True).eval()
+    s0 = _clips().samples[0]
+    spans = torch.tensor([[1.0, 2.0], [1.2, 1.8], [1.4, 1.6], [0.1, 0.3]])  # three centred at 1.5 s
+    ev = dataclasses.replace(s0.events, events=Events(spans), labels=torch.zeros(4, dtype=torch.long), azimuth=torch.zeros(4))
+    ev.captions = [[f"event {i}"] for i in range(4)]
+    s0 = dataclasses.replace(s0, events=ev)
+    perm = torch.tensor([2, 0, 3, 1])
+    with torch.no_grad():
+        a = collate([s0])
+        r = det.gt_regions(det(a), a)
+        b = collate([_reordered(s0, perm)])
+        r2 = det.gt_regions(det(b), b)
+    assert torch.allclose(r.features[0], r2.features[0][perm.argsort()], atol=1e-5)

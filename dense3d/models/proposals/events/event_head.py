@@ -286,7 +286,11 @@ class EventHead(nn.Module):
             with torch.no_grad():
                 frame_score = 1 - _full_precision(self.frame_class, memory).softmax(-1)[..., -1]  # (B, T) P(some event)
                 score = frame_score.gather(1, idx).masked_fill(~region_mask, -torch.inf)  # (B, R); padding last
-                order = torch.argsort(score, dim=1, descending=True, stable=True)  # (B, R) span of each rank
+                # ties (spans read at one frame) by centre, then length: not by the annotation's order
+                by_place = torch.argsort(cl[..., 1], dim=1, stable=True)  # (B, R)
+                by_place = by_place.gather(1, torch.argsort(cl[..., 0].gather(1, by_place), dim=1, stable=True))
+                ranked = torch.argsort(score.gather(1, by_place), dim=1, descending=True, stable=True)
+                order = by_place.gather(1, ranked)  # (B, R) span of each rank
             q = (self.query_content(content) + time_encoding(cl[..., 0] * durations.to(dtype)[:, None], self.d_model).to(memory.dtype)
                  + self.query_length(cl.to(self.query_length.weight.dtype)))  # (B, R, D), the slot's embedding added below
             mem = memory + time_encoding(times, self.d_model).to(memory.dtype)
