@@ -154,3 +154,28 @@ def test_two_stage_gt_spans_read_at_one_frame_do_not_depend_on_the_annotation_or
         b = collate([_reordered(s0, perm)])
         r2 = det.gt_regions(det(b), b)
     assert torch.allclose(r.features[0], r2.features[0][perm.argsort()], atol=1e-5)
+
+
+def test_two_stage_gt_span_features_do_not_depend_on_the_other_clips_of_the_batch():
+    """Padding: a clip of 6 events (more than the Q = 4 queries: two decoder passes) batched with a
+    clip of one event reads the same regions as each clip alone."""
+    import dataclasses
+
+    from dense3d.data import collate
+    from dense3d.structures import Events
+    from tests.models.test_event_gt_regions31 import _clips, _detector
+
+    det = _detector(two_stage=True).eval()
+    s0, s1 = _clips().samples
+    spans = torch.tensor([[0.1, 0.4], [0.5, 0.9], [1.0, 1.5], [1.6, 2.0], [2.1, 2.6], [2.8, 3.5]])
+    ev = dataclasses.replace(s0.events, events=Events(spans), labels=torch.zeros(6, dtype=torch.long), azimuth=torch.zeros(6))
+    ev.captions = [[f"event {i}"] for i in range(6)]
+    s0 = dataclasses.replace(s0, events=ev)
+    with torch.no_grad():
+        both = collate([s1, s0])
+        r = det.gt_regions(det(both), both)
+        alone = [det.gt_regions(det(b), b) for b in (collate([s1]), collate([s0]))]
+    assert r.mask.sum(1).tolist() == [1, 6]
+    assert torch.allclose(r.features[0, :1], alone[0].features[0], atol=1e-5)
+    assert torch.allclose(r.features[1], alone[1].features[0], atol=1e-5)
+    assert torch.allclose(r.extra["azimuth"][1], alone[1].extra["azimuth"][0], atol=1e-5)
