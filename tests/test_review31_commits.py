@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 from test_scannet_raw31 import SCENE, _raw_scene  # noqa: E402  (the raw-scene builder of fbf0cda's tests)
@@ -40,8 +41,6 @@ def test_convert_scannet_stages_inside_out_on_its_file_system(tmp_path):
 def test_convert_scannet_failing_leaves_no_out_folder_it_made(tmp_path):
     """On an error an ``--out`` the call made is gone again (and one that existed keeps its files,
     tests/data/test_scannet_raw31.py)."""
-    import pytest
-
     from dense3d.errors import AnnotationError
 
     _raw_scene(tmp_path / "scans")
@@ -72,3 +71,66 @@ def test_a_described_wall_is_a_dropped_description_not_an_unknown_object(tmp_pat
     assert sample.boxes.object_ids == ["0", "1"]
     assert sample.boxes.captions == [["a chair by the table."], []]
     assert sample.meta["dropped_descriptions"] == 1
+
+
+def _tiny_lm(family: str, vocab: int):
+    """A tiny random causal LM of ``family`` (LLaMA-built: the adapter accepts it) whose forward does
+    more than Llama's between the layers and the loss."""
+    import torch
+    import transformers
+
+    cfg_cls, model_cls, kw = {
+        "granite": (transformers.GraniteConfig, transformers.GraniteForCausalLM,
+                    {"embedding_multiplier": 12.0, "logits_scaling": 8.0, "residual_multiplier": 0.22,
+                     "attention_multiplier": 0.0625}),
+        "cohere": (transformers.CohereConfig, transformers.CohereForCausalLM, {"logit_scale": 0.0625}),
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
+    }[family]
+    cfg = cfg_cls(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, max_position_embeddings=256, pad_token_id=0, bos_token_id=1,
+                  eos_token_id=2, initializer_range=0.2, **kw)
+    torch.manual_seed(0)
+    return model_cls(cfg).eval()
+
+
+
+@pytest.mark.parametrize("family, cached", [("granite", False), ("cohere", False), ("llama", True)])
+def test_the_cached_prefix_loss_is_the_forwards_loss_for_models_it_cannot_reproduce(family, cached, capsys):
+    """caption_loss_top_layers (RegionCaptioner's default teacher forcing, cache_frozen_layers_mb
+    1024) runs the layers by hand and scores norm -> lm_head: a LLaMA-built model whose forward does
+    more (Granite's embedding_multiplier and logits_scaling, Cohere's logit_scale) trained silently
+    on another loss than its own. The first call now checks the by-hand pass against the forward;
+    where they differ, teacher forcing runs the whole model (one line on stderr), elsewhere the
+    cache is used as before."""
+    import torch
+
+    from dense3d.models.captioner.decoder import word_tokenizer
+    from dense3d.models.captioner.frozen_prefix import FrozenPrefixCache, caption_loss_top_layers
+    from dense3d.models.captioner.generate import teacher_forcing_batch
+    from dense3d.models.captioner.llama_adapter import LlamaAdapter, llama_layers
+    from dense3d.models.losses.caption import caption_cross_entropy
+
+    captions = ["a red chair next to the table.", "a small wooden door behind the bed.", "the lamp."]
+    tok = word_tokenizer(captions + ["Describe the object."])
+    lm = _tiny_lm(family, len(tok))
+    llama_layers(lm, family)  # the adapter takes it
+    adapter = LlamaAdapter(64, 4, num_layers=2, prompt_len=3)
+    adapter.attach(lm)
+    with torch.no_grad():
+        adapter.gates.fill_(0.5)
+    batch = teacher_forcing_batch(tok, ["Describe the object."] * 3, captions, 32)
+    visual = torch.randn(3, 3, 64, generator=torch.Generator().manual_seed(0))
+    with adapter.conditioned_on(visual):
+        full = caption_cross_entropy(lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float(),
+                                     batch["labels"])
+        cache = FrozenPrefixCache()
+        losses = [caption_loss_top_layers(lm, cache, 2, batch) for _ in range(2)]
+    for loss in losses:
+        assert torch.allclose(loss, full, rtol=1e-5, atol=1e-5), (family, float(loss), float(full))
+    losses[0].backward()
+    assert adapter.gates.grad is not None and bool(torch.isfinite(adapter.gates.grad).all())
+    err = capsys.readouterr().err
+    if cached:
+        assert cache.hits == 3 and err == ""
+    else:
+        assert len(cache) == 0 and err.count("\n") == 1 and family in err and "cache_frozen_layers_mb" in err

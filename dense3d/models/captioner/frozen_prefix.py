@@ -25,12 +25,13 @@ hidden state depends only on the tokens before it, never on the batch it was com
 """
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 
-from dense3d.models.losses.caption import weighted_mean_cross_entropy
+from dense3d.models.losses.caption import caption_cross_entropy, weighted_mean_cross_entropy
 
 __all__ = ["FrozenPrefixCache", "run_layers", "caption_loss_top_layers"]
 
@@ -45,6 +46,23 @@ def _layer_types(lm) -> list[str]:
         kind = "sliding_attention" if getattr(lm.config, "sliding_window", None) is not None else "full_attention"
         types = [kind] * len(lm.model.layers)
     return list(types)
+
+
+def _mask_arguments(maker, config, hidden: torch.Tensor, attention_mask: torch.Tensor, pos: torch.Tensor) -> dict:
+    """Keyword arguments of transformers' ``create_causal_mask`` / ``create_sliding_window_causal_mask``
+    for a pass without a KV cache. The two versions requirements allow name them apart: 4.57
+    ``(config, input_embeds, attention_mask, cache_position, past_key_values, position_ids)``, 5.x
+    ``(config, inputs_embeds, attention_mask, cache, position_ids)``; positional arguments put the
+    positions into 4.57's cache (an AttributeError on every step)."""
+    import inspect
+
+    params = inspect.signature(maker).parameters
+    kwargs = {"config": config, "attention_mask": attention_mask, "position_ids": pos}
+    kwargs["inputs_embeds" if "inputs_embeds" in params else "input_embeds"] = hidden
+    if "cache_position" in params:  # transformers 4.x: the positions of this pass, (T,)
+        kwargs["cache_position"] = pos[0]
+    kwargs["past_key_values" if "past_key_values" in params else "cache"] = None
+    return kwargs
 
 
 def run_layers(lm, hidden: torch.Tensor, attention_mask: torch.Tensor, layers) -> torch.Tensor:
@@ -71,11 +89,11 @@ def run_layers(lm, hidden: torch.Tensor, attention_mask: torch.Tensor, layers) -
                 raise ConfigError("RegionCaptioner", "cache_frozen_layers_mb", "0 for a model with layers of "
                                   f"attention kind {kind!r} (the cached prefix runs full and sliding-window layers)",
                                   got=f"on {lm.config.model_type}")
-            # positional: the 4th argument (cache) was renamed in transformers 5
-            masks[kind] = makers[kind](lm.config, hidden, attention_mask, None, pos)
+            masks[kind] = makers[kind](**_mask_arguments(makers[kind], lm.config, hidden, attention_mask, pos))
             # (cos, sin), (1, T, head_dim) each
             ropes[kind] = lm.model.rotary_emb(hidden, pos, kind) if per_kind_rope else lm.model.rotary_emb(hidden, position_ids=pos)
-        hidden = layer(hidden, attention_mask=masks[kind], position_embeddings=ropes[kind], position_ids=pos)
+        out = layer(hidden, attention_mask=masks[kind], position_embeddings=ropes[kind], position_ids=pos)
+        hidden = out[0] if isinstance(out, tuple) else out  # some layers (Granite under transformers 4.x) return a tuple
     return hidden
 
 
@@ -95,6 +113,27 @@ class FrozenPrefixCache:
         self._bytes = 0
         self._owner: tuple[int, int] | None = None
         self.hits = self.misses = 0
+        self._reproduces: dict[tuple[int, int], bool] = {}  # (id(lm), first) -> the check's verdict
+
+    def reproduces(self, lm, first: int, batch: dict[str, torch.Tensor]) -> bool:
+        """Whether the layer-by-layer pass (:func:`run_layers`) gives ``lm``'s own forward's loss,
+        checked once per model on its first ``batch``. It reproduces Llama, Qwen2 / 3, OLMo2,
+        Mistral, Gemma 1-3 under the installed transformers; a model whose forward does more
+        between the layers and the loss (Granite's embedding and logit multipliers, Cohere's
+        logit scale, Gemma's embedding scale under transformers 4.x, ...) would train on another
+        loss, so there teacher forcing runs the whole model (no cache; one line on stderr)."""
+        key = (id(lm), first)
+        if key not in self._reproduces:
+            same, detail = _layer_by_layer_matches(lm, batch)
+            self._reproduces[key] = same
+            if not same:
+                import transformers
+
+                print(f"dense3d: RegionCaptioner cache_frozen_layers_mb: the cached layer-by-layer pass does not "
+                      f"reproduce {lm.config.model_type}'s forward under transformers {transformers.__version__} "
+                      f"({detail}); teacher forcing runs the whole model (cache_frozen_layers_mb: 0 says so)",
+                      file=sys.stderr)
+        return self._reproduces[key]
 
     def __len__(self) -> int:
         return len(self._store)
@@ -148,9 +187,21 @@ def caption_loss_top_layers(lm, cache: FrozenPrefixCache, first: int, batch: dic
     """Mean next-token cross-entropy over the caption tokens of a teacher-forcing ``batch``
     (``input_ids``, ``attention_mask``, ``labels`` as built by ``teacher_forcing_batch``; the
     weighted mean where the batch also holds ``weights``),
-    running only layers ``[first, n)`` (and the adapter hooked on them) with gradients."""
+    running only layers ``[first, n)`` (and the adapter hooked on them) with gradients.
+
+    The first call for a model checks that the layer-by-layer pass gives the model's own forward's
+    loss (:meth:`FrozenPrefixCache.reproduces`); where it does not, every call runs the whole model."""
+    if not cache.reproduces(lm, first, batch):
+        logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
+        return caption_cross_entropy(logits.float(), batch["labels"], batch.get("weights"))
     hidden = cache.hidden(lm, batch["input_ids"], batch["attention_mask"], first)  # (N, T, H), no graph
     hidden = run_layers(lm, hidden, batch["attention_mask"], lm.model.layers[first:])  # (N, T, H)
+    return _loss_of_hidden(lm, hidden, batch)
+
+
+def _loss_of_hidden(lm, hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The caption loss of the last layer's (N, T, H) ``hidden``: final norm, lm_head (soft-capped
+    as Gemma 2's forward does) at the positions that predict a caption token, cross-entropy."""
     target = batch["labels"][:, 1:]  # (N, T-1): position t predicts token t + 1
     keep = target != -100
     h = lm.model.norm(hidden[:, :-1][keep])  # (N, T-1, H) -> (M, H): only positions with a target
@@ -162,3 +213,22 @@ def caption_loss_top_layers(lm, cache: FrozenPrefixCache, first: int, batch: dic
     if "weights" in batch:  # per-token weights (teacher_forcing_batch's spans)
         return weighted_mean_cross_entropy(logits, target[keep], batch["weights"][:, 1:][keep])  # (N, T-1) -> (M,)
     return F.cross_entropy(logits, target[keep])
+
+
+@torch.no_grad()
+def _layer_by_layer_matches(lm, batch: dict[str, torch.Tensor]) -> tuple[bool, str]:
+    """Whether :func:`run_layers` over all layers gives ``lm``'s own forward's caption loss on
+    ``batch`` (float32 weights: within 1e-3 relative; lower precision: 3e-2), and the two losses
+    (or the error the layer-by-layer pass raised) for a message."""
+    device = batch["input_ids"].device
+    with torch.autocast(device_type=device.type, enabled=False):
+        logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
+        full = caption_cross_entropy(logits.float(), batch["labels"], batch.get("weights"))
+        try:
+            embedded = lm.model.embed_tokens(batch["input_ids"])  # (N, T, H)
+            mine = _loss_of_hidden(lm, run_layers(lm, embedded, batch["attention_mask"], lm.model.layers), batch)
+        except Exception as e:  # a layer or mask this transformers builds otherwise (Gemma 3 under 4.x)
+            return False, f"{type(e).__name__}: {e}"
+    rtol = 1e-3 if lm.model.embed_tokens.weight.dtype == torch.float32 else 3e-2
+    same = bool(torch.isclose(mine, full, rtol=rtol, atol=1e-4))
+    return same, f"loss {float(mine):.4f} vs the forward's {float(full):.4f}"
