@@ -4,6 +4,11 @@
   and moved them in with ``os.replace``: where ``--out`` is a mount point (its parent another
   file system: a volume, a network share) every run ended in ``OSError: [Errno 18] Invalid
   cross-device link``, a traceback, after converting every scene.
+* ``dense3d convert scannet`` left wall / floor / ceiling boxes out of ``_aligned_bbox.npy``, and
+  ``ScanReferDataset`` refuses a description whose object has no row there.
+* The cached frozen prefix (ad20c98) trained Granite / Cohere (and Gemma under transformers
+  4.57) on another loss than their forward's; under 4.57 its mask call failed on every model
+  (checked with transformers 4.57.1 installed aside: tests/models/test_frozen_prefix.py).
 """
 from __future__ import annotations
 
