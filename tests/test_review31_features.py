@@ -179,3 +179,22 @@ def test_two_stage_gt_span_features_do_not_depend_on_the_other_clips_of_the_batc
     assert torch.allclose(r.features[0, :1], alone[0].features[0], atol=1e-5)
     assert torch.allclose(r.features[1], alone[1].features[0], atol=1e-5)
     assert torch.allclose(r.extra["azimuth"][1], alone[1].extra["azimuth"][0], atol=1e-5)
+
+
+def test_captioning_joint_reads_gt_spans_through_queries_as_its_captioner_trains_on():
+    """experiment=captioning_joint trained its captioner on the event proposals (query outputs) of
+    a learned-query head, whose GT span region (`dense3d predict --regions gt`, docs/synthetic.md)
+    is the pooled span tokens: features the captioner never saw. Its head is now
+    captioning_events' two-stage one, which reads a GT span through a query placed on it."""
+    import os
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    with initialize_config_dir(config_dir=configs, version_base=None):
+        cfg = compose("train", overrides=["experiment=captioning_joint"])
+    det = instantiate(cfg.model.event_detector)
+    assert det.video_encoder is None and det.sequence_channels == 64
+    assert det.event_head.two_stage and det.event_head.direction_readout
+    assert det.audio_encoder.directions == 72
