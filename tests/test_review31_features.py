@@ -198,3 +198,50 @@ def test_captioning_joint_reads_gt_spans_through_queries_as_its_captioner_trains
     assert det.video_encoder is None and det.sequence_channels == 64
     assert det.event_head.two_stage and det.event_head.direction_readout
     assert det.audio_encoder.directions == 72
+
+
+def test_joint_source_box_without_source_token_follows_the_boxes_a_scene_filter_keeps(joint_folder, tmp_path):
+    """An events JSON with source_box (indices into the info's instances) but no source_token
+    kept the written indices after the scene's ObjectRangeFilter dropped boxes: events pointed at
+    another box, or past the last one (11 of 10 boxes). They now follow the instances' ids."""
+    import json
+    import shutil
+
+    from dense3d.data.transforms import ObjectRangeFilter
+
+    folder = tmp_path / "joint"
+    shutil.copytree(joint_folder, folder)
+    written = json.loads((folder / "dense_events_train.json").read_text())
+    stripped = {k: {f: v for f, v in e.items() if f != "source_token"} for k, e in written.items()}
+    (folder / "dense_events_train.json").write_text(json.dumps(stripped))
+    keep_front = Compose({"front": ObjectRangeFilter([-60.0, 0.0, -5.0, 60.0, 60.0, 5.0])})
+    for transforms in (None, keep_front):
+        data = _joint(folder, scene_transforms=transforms)
+        dropped = 0
+        for i in range(len(data)):
+            s = data[i]
+            tokens = written[s.sample_id]["source_token"]
+            ids = list(s.boxes.object_ids)
+            assert all(-1 <= k < len(ids) for k in s.events.source_box.tolist())
+            got = [ids[k] if k >= 0 else "" for k in s.events.source_box.tolist()]
+            assert got == [t if t in ids else "" for t in tokens]
+            dropped += sum(t != "" and t not in ids for t in tokens)
+        assert (dropped > 0) == (transforms is not None)  # the filter did drop emitting boxes
+
+
+def test_joint_source_box_past_the_instances_is_one_line(joint_folder, tmp_path):
+    import json
+    import shutil
+
+    from dense3d.errors import AnnotationError
+
+    folder = tmp_path / "joint"
+    shutil.copytree(joint_folder, folder)
+    written = json.loads((folder / "dense_events_train.json").read_text())
+    for e in written.values():
+        e.pop("source_token")
+        e["source_box"] = [99] * len(e["source_box"])
+    (folder / "dense_events_train.json").write_text(json.dumps(written))
+    with pytest.raises(AnnotationError) as err:
+        _joint(folder)[0]
+    assert "dense_events_train.json" in str(err.value) and "source_box" in str(err.value) and "\n" not in str(err.value)

@@ -47,7 +47,8 @@ class JointScenesDataset(SampleDataset):
     ``audio.mic_positions`` in the ego frame of the (augmented) scene. ``events.source_box``:
     index of the emitting box in ``sample.boxes`` (-1: none, or a box the scene's filters dropped),
     found by the box's id when the events JSON gives ``source_token`` (the box's ``ann_token``),
-    else taken as written. A scene without a recording is a one-line ``AnnotationError`` naming
+    else through the id of the info's instance the written index names (a scene data set
+    without ``(index, info)`` entries: taken as written). A scene without a recording is a one-line ``AnnotationError`` naming
     the events file and the id.
     """
 
@@ -92,6 +93,8 @@ class JointScenesDataset(SampleDataset):
                                       f"{len(events)} box ids ('' for an event without a box)", got=tokens)
             ids = list(scene.boxes.object_ids) if scene.boxes is not None else []
             events.source_box = torch.tensor([ids.index(t) if t in ids else -1 for t in tokens], dtype=torch.long)
+        elif events.source_box is not None:
+            events.source_box = self._repoint(i, scene, events.source_box)
         sample = Sample(
             sample_id=scene.sample_id, points=scene.points, cameras=scene.cameras, audio=rec.audio, video=rec.video,
             boxes=scene.boxes, events=events, meta={**scene.meta, **rec.meta},
@@ -99,6 +102,28 @@ class JointScenesDataset(SampleDataset):
         # the recording (ego frame) into the scene's LiDAR frame, turned / mirrored as the scene was
         ego_to_lidar = scene.meta.get("lidar_aug", torch.eye(4)).double() @ torch.linalg.inv(_lidar2ego(scene))
         return _map_recording(sample, ego_to_lidar)
+
+    def _repoint(self, i: int, scene: Sample, written: torch.Tensor) -> torch.Tensor:
+        """``source_box`` written as indices into the info's ``instances`` (no ``source_token``), as
+        indices into the loaded ``scene.boxes``: through the instances' ids (``ann_token``, else
+        ``{sample token}_{index}``, the ids ``TOD3CapDataset`` gives its boxes), so boxes the
+        scene's filters dropped (-1) or moved are followed. A scene data set whose entries are no
+        ``(index, info)`` pairs with ``instances`` keeps the indices as written."""
+        entry = self.scenes.index[i]
+        info = entry[1] if isinstance(entry, tuple) and len(entry) == 2 else None
+        instances = info.get("instances") if isinstance(info, dict) else None
+        if not isinstance(instances, list) or scene.boxes is None:
+            return written
+        bad = written[written >= len(instances)]
+        if len(bad):
+            raise AnnotationError(self.recordings.annotation_file, f"{scene.sample_id}.source_box",
+                                  f"indices into the scene's {len(instances)} instances (-1: no box)", got=int(bad[0]))
+        token = str(info.get("token", scene.sample_id))
+        raw_ids = [str(inst["ann_token"]) if isinstance(inst, dict) and inst.get("ann_token") is not None else f"{token}_{k}"
+                   for k, inst in enumerate(instances)]
+        ids = list(scene.boxes.object_ids)
+        return torch.tensor([ids.index(raw_ids[k]) if k >= 0 and raw_ids[k] in ids else -1 for k in written.tolist()],
+                            dtype=torch.long)
 
 
 def _lidar2ego(sample: Sample) -> torch.Tensor:
