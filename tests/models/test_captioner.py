@@ -107,6 +107,7 @@ def test_bf16_autocast_runs_the_llm_in_bfloat16_with_float32_gradients():
         with torch.no_grad():
             model.adapter.gates.fill_(0.3)
         lm = model._lm()
+        model(regions, ctx, caps)  # the first step also checks the cached frozen prefix against a float32 forward (1e5332f)
         seen = []
         hook = lm.model.layers[-1].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
         out = model(regions, ctx, caps)
