@@ -238,17 +238,24 @@ class DenseCaptioner(nn.Module):
             labels[b, :n] = head_labels(s.boxes, detector.class_names).to(dev)
             scores[b, :n] = 1.0
             mask[b, :n] = True
-            caps: list[str | None] = [None] * K
-            refs: list[list[str]] = [[] for _ in range(K)]
-            have = [i for i in range(n) if i < len(s.boxes.captions) and s.boxes.captions[i]]
-            if len(have) > self.captions_per_scene:
-                have = random.sample(have, self.captions_per_scene)
-            for i in have:
-                caps[i] = random.choice(list(s.boxes.captions[i]))
-                refs[i] = list(s.boxes.captions[i])
+            caps, refs = self._draw_captions(s.boxes.captions, n, K)
             captions.append(caps)
             references.append(refs)
         return self.box_detector.region_sampler(bev, boxes, scores, labels, mask), captions, references
+
+    def _draw_captions(self, annotated: list[list[str]], n: int, slots: int) -> tuple[list[str | None], list[list[str]]]:
+        """One random reference for each of at most ``captions_per_scene`` of the first ``n`` regions
+        that have any (None elsewhere), and all references of the chosen ones ([] elsewhere), over
+        ``slots`` padded places."""
+        caps: list[str | None] = [None] * slots
+        refs: list[list[str]] = [[] for _ in range(slots)]
+        have = [i for i in range(n) if i < len(annotated) and annotated[i]]
+        if len(have) > self.captions_per_scene:
+            have = random.sample(have, self.captions_per_scene)
+        for i in have:
+            caps[i] = random.choice(list(annotated[i]))
+            refs[i] = list(annotated[i])
+        return caps, refs
 
     def _gt_event_regions(self, ev, batch, source: str) -> tuple[RegionFeatures, list[list[str | None]], list[list[list[str]]]]:
         """Ground-truth events as regions (``EventDetector.gt_regions``: read like a proposal's),
@@ -259,14 +266,7 @@ class DenseCaptioner(nn.Module):
         captions: list[list[str | None]] = []
         references: list[list[list[str]]] = []
         for s in batch.samples:
-            caps: list[str | None] = [None] * E
-            refs: list[list[str]] = [[] for _ in range(E)]
-            have = [i for i in range(len(s.events)) if i < len(s.events.captions) and s.events.captions[i]]
-            if len(have) > self.captions_per_scene:
-                have = random.sample(have, self.captions_per_scene)
-            for i in have:
-                caps[i] = random.choice(list(s.events.captions[i]))
-                refs[i] = list(s.events.captions[i])
+            caps, refs = self._draw_captions(s.events.captions, len(s.events), E)
             captions.append(caps)
             references.append(refs)
         return r, captions, references

@@ -29,6 +29,7 @@ from dense3d.data.synthetic.geometry import PinholeCamera
 from dense3d.errors import ConfigError
 
 __all__ = [
+    "EMITTERS",
     "EVENT_CLASSES",
     "SPEED_OF_SOUND",
     "MIC_POSITIONS",
@@ -44,7 +45,7 @@ EVENT_CLASSES = ("horn", "engine", "siren", "bell", "speech", "footsteps", "door
 ARRAY_CENTRE = np.array([0.5, 0.0, 1.7])
 MIC_POSITIONS = ARRAY_CENTRE[None, :] + np.array([[0.15, 0.0, 0.0], [0.0, 0.15, 0.0], [-0.15, 0.0, 0.0], [0.0, -0.15, 0.0]])
 CAMERA_POSITION = np.array([1.6, 0.0, 1.5])
-_EMITTERS = {
+EMITTERS = {  # event class: the object classes that can make it
     "horn": ("car", "truck", "bus"),
     "engine": ("car", "truck", "bus", "motorcycle"),
     "siren": ("car", "truck", "bus"),
@@ -66,7 +67,7 @@ _AV_CLASSES = {  # class: (size l, w, h), weight, colours
 def _can_emit(label: str, obj: "AVObject") -> bool:
     """Whether ``obj`` can make the sound: doors slam on parked cars, footsteps come from
     walking people."""
-    if obj.label not in _EMITTERS[label]:
+    if obj.label not in EMITTERS[label]:
         return False
     moving = float(np.linalg.norm(obj.velocity)) > 0.3
     if label == "door_slam":

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from dense3d.data.synthetic import grammar
-from dense3d.data.synthetic.av import ARRAY_CENTRE, EVENT_CLASSES, MIC_POSITIONS, spatialise, synth_event
+from dense3d.data.synthetic.av import ARRAY_CENTRE, EMITTERS, EVENT_CLASSES, MIC_POSITIONS, spatialise, synth_event
 from dense3d.data.synthetic.common import KINDS, SynthConfig
 from dense3d.data.synthetic.outdoor import make_outdoor_scene
 
@@ -37,15 +37,6 @@ __all__ = ["AUDIO_DIR", "OFFSCREEN_FRACTION", "make_joint_scene", "event_emitter
 
 AUDIO_DIR = "audio"  # the recordings: {AUDIO_DIR}/{sample token}.wav
 OFFSCREEN_FRACTION = 0.2  # events whose source is no box of the scene
-_EMITTERS = {
-    "horn": ("car", "truck", "bus"),
-    "engine": ("car", "truck", "bus", "motorcycle"),
-    "siren": ("car", "truck", "bus"),
-    "bell": ("bicycle",),
-    "speech": ("pedestrian",),
-    "footsteps": ("pedestrian",),
-    "door_slam": ("car", "truck"),
-}
 
 
 def event_emitters(label: str, classes: list[str], speeds: list[float]) -> list[int]:
@@ -53,7 +44,7 @@ def event_emitters(label: str, classes: list[str], speeds: list[float]) -> list[
     footsteps come from walking people, engines run in moving vehicles (as the av set's rules)."""
     out = []
     for i, (cls, speed) in enumerate(zip(classes, speeds)):
-        if cls not in _EMITTERS[label]:
+        if cls not in EMITTERS[label]:
             continue
         moving = speed > 0.3
         if label == "door_slam" and moving or label in ("footsteps", "engine") and not moving:
