@@ -34,6 +34,7 @@ __all__ = [
     "SPEED_OF_SOUND",
     "MIC_POSITIONS",
     "synth_event",
+    "place_event",
     "spatialise",
     "front_camera",
     "make_av_clip",
@@ -295,6 +296,28 @@ def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
             container.mux(packet)
 
 
+def place_event(label: str, rng: np.random.Generator, sr: int, dur: float, used: list[tuple[float, float]]
+                ) -> tuple[np.ndarray, int, float, float] | None:
+    """Draw how often sound ``label`` repeats (horn beeps, bell rings, speech bursts, door slams),
+    synthesise it and draw its start in a clip of ``dur`` s: ``(dry, count, t0, t1)``, or None when it
+    does not fit or comes within 0.3 s of an event in ``used`` (events do not overlap)."""
+    if label == "horn":
+        count = int(rng.integers(1, 5))
+    elif label in ("bell", "speech"):
+        count = int(rng.integers(1, 4))
+    else:
+        count = int(rng.integers(1, 3)) if label == "door_slam" else 1
+    dry = synth_event(label, count, rng, sr)
+    length = len(dry) / sr
+    if length > dur - 0.2:
+        return None
+    t0 = float(np.round(rng.uniform(0.1, dur - length - 0.05), 3))
+    t1 = t0 + length
+    if any(t0 < b + 0.3 and a < t1 + 0.3 for a, b in used):
+        return None
+    return dry, count, t0, t1
+
+
 def make_av_clip(cfg: SynthConfig, index: int, media_dir: Path, split: str) -> tuple[str, dict, dict, dict]:
     """Generate clip ``index``; write ``{clip}.mp4`` and ``{clip}.wav`` under ``media_dir``.
 
@@ -332,15 +355,10 @@ def make_av_clip(cfg: SynthConfig, index: int, media_dir: Path, split: str) -> t
         if len(events) == n_events:
             break
         label = EVENT_CLASSES[int(rng.integers(len(EVENT_CLASSES)))]
-        count = int(rng.integers(1, 5)) if label == "horn" else (int(rng.integers(1, 4)) if label in ("bell", "speech") else (int(rng.integers(1, 3)) if label == "door_slam" else 1))
-        dry = synth_event(label, count, rng, sr)
-        length = len(dry) / sr
-        if length > dur - 0.2:
+        placed = place_event(label, rng, sr, dur, used)
+        if placed is None:
             continue
-        t0 = float(np.round(rng.uniform(0.1, dur - length - 0.05), 3))
-        t1 = t0 + length
-        if any(t0 < b + 0.3 and a < t1 + 0.3 for a, b in used):
-            continue
+        dry, count, t0, t1 = placed
         cands = [i for i, o in enumerate(objs) if _can_emit(label, o)]
         # the scene's object emits it when it has one; mostly one the camera sees
         seen_cands = [i for i in cands if i in visible]

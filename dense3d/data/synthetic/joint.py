@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from dense3d.data.synthetic import grammar
-from dense3d.data.synthetic.av import ARRAY_CENTRE, EMITTERS, EVENT_CLASSES, MIC_POSITIONS, spatialise, synth_event
+from dense3d.data.synthetic.av import ARRAY_CENTRE, EMITTERS, EVENT_CLASSES, MIC_POSITIONS, place_event, spatialise
 from dense3d.data.synthetic.common import KINDS, SynthConfig
 from dense3d.data.synthetic.outdoor import make_outdoor_scene
 
@@ -51,15 +51,6 @@ def event_emitters(label: str, classes: list[str], speeds: list[float]) -> list[
             continue
         out.append(i)
     return out
-
-
-def _count(label: str, rng: np.random.Generator) -> int:
-    """Repetitions of an event (horn beeps, bell rings, speech bursts, door slams), as the av set draws them."""
-    if label == "horn":
-        return int(rng.integers(1, 5))
-    if label in ("bell", "speech"):
-        return int(rng.integers(1, 4))
-    return int(rng.integers(1, 3)) if label == "door_slam" else 1
 
 
 def make_joint_scene(cfg: SynthConfig, index: int, out: Path, split: str) -> tuple[dict, dict, dict, dict]:
@@ -89,15 +80,10 @@ def make_joint_scene(cfg: SynthConfig, index: int, out: Path, split: str) -> tup
             break
         offscreen = not sounding or rng.random() < OFFSCREEN_FRACTION
         label = EVENT_CLASSES[int(rng.integers(len(EVENT_CLASSES)))] if offscreen else sounding[int(rng.integers(len(sounding)))]
-        count = _count(label, rng)
-        dry = synth_event(label, count, rng, sr)
-        length = len(dry) / sr
-        if length > dur - 0.2:
+        placed = place_event(label, rng, sr, dur, used)  # non-overlapping, 0.3 s apart
+        if placed is None:
             continue
-        t0 = float(np.round(rng.uniform(0.1, dur - length - 0.05), 3))
-        t1 = t0 + length
-        if any(t0 < b + 0.3 and a < t1 + 0.3 for a, b in used):  # non-overlapping, 0.3 s apart
-            continue
+        dry, count, t0, t1 = placed
         if offscreen:
             src = -1
             a, d = float(rng.uniform(-math.pi, math.pi)), float(rng.uniform(8, 30))
