@@ -220,6 +220,17 @@ class EventHead(nn.Module):
         vec = prob @ torch.stack([az.sin(), az.cos()], dim=-1)  # (B, Q, N) @ (N, 2) -> (B, Q, 2)
         return F.normalize(vec, dim=-1, eps=1e-6)
 
+    def reference_queries(self, memory: torch.Tensor, idx: torch.Tensor, ref: torch.Tensor, durations: torch.Tensor,
+                          base: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, R, D) two-stage queries from reference spans ``ref`` (B, R, 2) normalised centre,
+        length, each read at frame ``idx`` (B, R) of ``memory`` (B, T, D); ``durations`` (B,) s;
+        added to ``base`` (the slots' embeddings) where given. A dense-head span's (:meth:`forward`)
+        and a given span's (:meth:`span_regions`) are built here alike."""
+        content = memory.gather(1, idx[..., None].expand(-1, -1, memory.shape[-1]))  # (B, R, D)
+        q = self.query_content(content) if base is None else base + self.query_content(content)
+        return (q + time_encoding(ref[..., 0] * durations[:, None], self.d_model).to(memory.dtype)
+                + self.query_length(ref.to(self.query_length.weight.dtype)))  # ref: float32 also in a bfloat16 model
+
     def forward(self, memory: torch.Tensor, times: torch.Tensor, mask: torch.Tensor, directions: torch.Tensor | None = None,
                 durations: torch.Tensor | None = None) -> EventPredictions:
         """memory (B, T, D) fused features, times (B, T) seconds, mask (B, T), directions (B, T, N)
@@ -233,8 +244,7 @@ class EventHead(nn.Module):
             frame_logits = _full_precision(self.frame_class, memory)  # (B, T, K + 1)
             frame_offsets = _full_precision(self.frame_offsets, memory).sigmoid()  # (B, T, 2) back to start, on to end
             idx, ref = self._references(pos, mask, frame_logits, frame_offsets)
-            content = memory.gather(1, idx[..., None].expand(-1, -1, memory.shape[-1]))  # (B, Q, D)
-            q = q + self.query_content(content) + time_encoding(ref[..., 0] * durations[:, None], self.d_model).to(memory.dtype) + self.query_length(ref.to(self.query_length.weight.dtype))  # ref: float32 also in a bfloat16 model
+            q = self.reference_queries(memory, idx, ref, durations, base=q)  # (B, Q, D)
             extra = dict(frame_logits=frame_logits, frame_offsets=frame_offsets, frame_pos=pos, frame_mask=mask, reference=ref)
         h = self.norm(self.decoder(q, mem, memory_key_padding_mask=~mask))  # (B, Q, D)
         offsets = _full_precision(self.span_head, h)  # (B, Q, 2)
@@ -279,7 +289,6 @@ class EventHead(nn.Module):
             # query reads the frame that predicted it, which lies inside its span)
             gap = (times[:, None, :] - (cl[..., :1] * durations.to(dtype).view(B, 1, 1)).to(times.dtype)).abs()  # (B, R, T)
             idx = torch.where(mask[:, None, :], gap, torch.full_like(gap, torch.inf)).argmin(-1)  # (B, R)
-            content = memory.gather(1, idx[..., None].expand(-1, -1, memory.shape[-1]))  # (B, R, D)
             # query slots as forward's: slot k holds the k-th best-scored reference (the dense head's
             # P(event) at its frame), not the k-th span of the annotation (whose order is arbitrary);
             # more spans than queries are decoded Q at a time, so no slot serves two spans of one pass
@@ -291,8 +300,7 @@ class EventHead(nn.Module):
                 by_place = by_place.gather(1, torch.argsort(cl[..., 0].gather(1, by_place), dim=1, stable=True))
                 ranked = torch.argsort(score.gather(1, by_place), dim=1, descending=True, stable=True)
                 order = by_place.gather(1, ranked)  # (B, R) span of each rank
-            q = (self.query_content(content) + time_encoding(cl[..., 0] * durations.to(dtype)[:, None], self.d_model).to(memory.dtype)
-                 + self.query_length(cl.to(self.query_length.weight.dtype)))  # (B, R, D), the slot's embedding added below
+            q = self.reference_queries(memory, idx, cl, durations.to(dtype))  # (B, R, D), the slot's embedding added below
             mem = memory + time_encoding(times, self.d_model).to(memory.dtype)
             feats = torch.zeros_like(q)
             for start in range(0, R, self.num_queries):
