@@ -35,6 +35,7 @@ __all__ = [
     "MIC_POSITIONS",
     "synth_event",
     "place_event",
+    "dense_events_entry",
     "spatialise",
     "front_camera",
     "make_av_clip",
@@ -318,6 +319,22 @@ def place_event(label: str, rng: np.random.Generator, sr: int, dur: float, used:
     return dry, count, t0, t1
 
 
+def dense_events_entry(dur: float, events: list[dict], sentences: list[str], **extra) -> dict:
+    """One clip's entry of ``dense_events_{split}.json`` (docs/data_formats.md): its events' spans,
+    captions, classes, azimuths (ego frame), source objects (-1: none) and the microphones;
+    ``extra`` keys (lists per event) go before ``mic_positions``."""
+    return {
+        "duration": dur,
+        "timestamps": [[e["t0"], e["t1"]] for e in events],
+        "sentences": sentences,
+        "labels": [e["label"] for e in events],
+        "azimuth": [float(e["azimuth"]) for e in events],
+        "source_box": [int(e["source"]) for e in events],
+        **extra,
+        "mic_positions": [[float(v) for v in m] for m in MIC_POSITIONS],
+    }
+
+
 def make_av_clip(cfg: SynthConfig, index: int, media_dir: Path, split: str) -> tuple[str, dict, dict, dict]:
     """Generate clip ``index``; write ``{clip}.mp4`` and ``{clip}.wav`` under ``media_dir``.
 
@@ -418,15 +435,7 @@ def make_av_clip(cfg: SynthConfig, index: int, media_dir: Path, split: str) -> t
                f"a street scene seen from a car that {moving}; {len(events)} sounds are heard."][int(rng.integers(2))]
     mics = [[float(v) for v in m] for m in MIC_POSITIONS]
     favd = {"summary": summary, "visual": visual, "audio": sentences, "mic_positions": mics}
-    dense = {
-        "duration": dur,
-        "timestamps": [[e["t0"], e["t1"]] for e in events],
-        "sentences": sentences,
-        "labels": [e["label"] for e in events],
-        "azimuth": [float(e["azimuth"]) for e in events],
-        "source_box": [int(e["source"]) for e in events],
-        "mic_positions": mics,
-    }
+    dense = dense_events_entry(dur, events, sentences)
     record = {
         "scene_id": clip, "split": split, "ego_speed": ego_speed, "objects": objects,
         "frames_md5": hashlib.md5(frames.tobytes()).hexdigest(),  # the rendered RGB frames, before encoding

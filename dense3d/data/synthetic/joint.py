@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from dense3d.data.synthetic import grammar
-from dense3d.data.synthetic.av import ARRAY_CENTRE, EMITTERS, EVENT_CLASSES, MIC_POSITIONS, place_event, spatialise
+from dense3d.data.synthetic.av import ARRAY_CENTRE, EMITTERS, EVENT_CLASSES, MIC_POSITIONS, dense_events_entry, place_event, spatialise
 from dense3d.data.synthetic.common import KINDS, SynthConfig
 from dense3d.data.synthetic.outdoor import make_outdoor_scene
 
@@ -119,16 +119,8 @@ def make_joint_scene(cfg: SynthConfig, index: int, out: Path, split: str) -> tup
         s, fr = grammar.event_caption(e["label"], e["count"], e["loud"], source, e["direction"], rng, seen=True)
         sentences.append(s)
         free_sentences.append(fr)
-    dense = {
-        "duration": dur,
-        "timestamps": [[e["t0"], e["t1"]] for e in events],
-        "sentences": sentences,
-        "labels": [e["label"] for e in events],
-        "azimuth": [float(e["azimuth"]) for e in events],
-        "source_box": [int(e["source"]) for e in events],  # index into the info's instances (-1: no box)
-        "source_token": [e["source_token"] for e in events],  # the source box's ann_token ("" : no box)
-        "mic_positions": [[float(v) for v in m] for m in MIC_POSITIONS],
-    }
+    # source_box: index into the info's instances (-1: no box); source_token: that box's ann_token ("": no box)
+    dense = dense_events_entry(dur, events, sentences, source_token=[e["source_token"] for e in events])
     record = dict(record, events=[dict(e, caption=s, context_free_caption=fr)
                                   for e, s, fr in zip(events, sentences, free_sentences)])
     return info, captions, dense, record
