@@ -194,6 +194,10 @@ def read_audio_file(path: str | os.PathLike, expected_rate: int | None = None) -
     _check_rate(path, rate, expected_rate)
     if data.shape[0] == 0:
         raise AudioError(path, "audio", "at least one audio sample", got="0 frames (an empty or truncated file)")
+    declared = _wav_declared_frames(path)
+    if declared is not None and data.shape[0] < declared:
+        raise AudioError(path, "data chunk", f"{declared} frames as the WAV header declares",
+                         got=f"{data.shape[0]} frames (the file ends early: a truncated copy?)")
     wave = torch.from_numpy(np.ascontiguousarray(data.T))  # (S, A) -> (A, S)
     return _finite_audio(wave, path), int(rate)
 
@@ -256,6 +260,44 @@ def read_audio(audio_dir, media_file, stem: str, expected_rate: int | None) -> t
         )
     wave, rate = read_mp4_audio(media_file, expected_rate)
     return wave, rate, Path(media_file)
+
+
+def _wav_declared_frames(path: Path) -> int | None:
+    """The frame count a RIFF/RIFX WAV header declares (data chunk bytes // fmt block align), or
+    None for other formats and for the "length unknown" sizes 0 and 0xFFFFFFFF of streamed WAVs.
+    libsndfile shortens the data chunk to the bytes present without an error (it only logs
+    "data : N (should be M)"), so a file cut short reads as a shorter clip unless checked here."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[8:12] != b"WAVE" or head[:4] not in (b"RIFF", b"RIFX"):
+            return None
+        order = "<" if head[:4] == b"RIFF" else ">"
+        block_align = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            chunk_id, size = chunk[:4], struct.unpack(order + "I", chunk[4:])[0]
+            if chunk_id == b"fmt ":
+                body = f.read(min(size, 26))
+                if len(body) < 14:
+                    return None
+                # fmt: format tag, channels, rate, bytes/s, block align (bytes per frame for the
+                # fixed-size codings: PCM 1, float 3, A-law 6, mu-law 7; 0xFFFE names one at byte 24)
+                tag, block_align = struct.unpack(order + "H", body[:2])[0], struct.unpack(order + "H", body[12:14])[0]
+                if tag == 0xFFFE and len(body) == 26:
+                    tag = struct.unpack(order + "H", body[24:26])[0]
+                if tag not in (1, 3, 6, 7):
+                    return None  # ADPCM and other block codings: a block holds many frames
+                f.seek(size - len(body) + (size & 1), os.SEEK_CUR)
+            elif chunk_id == b"data":
+                if not block_align or size in (0, 0xFFFFFFFF):
+                    return None
+                return size // block_align
+            else:
+                f.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to an even length
 
 
 def _check_rate(path, rate: int, expected: int | None) -> None:

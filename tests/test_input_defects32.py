@@ -1,0 +1,78 @@
+"""Three user-facing input defects: a truncated WAV read silently, ``hydra.run.dir`` accepted
+and unused, a one-voxel training batch failing deep inside BatchNorm1d."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+SR = 16000
+
+
+# ------------------------------------------------------------------ 1. truncated WAV
+def _stereo_noise(frames: int, seed: int = 0) -> np.ndarray:
+    return (0.5 * (np.random.default_rng(seed).random((frames, 2)) * 2 - 1)).astype(np.float32)  # (S, A)
+
+
+def test_truncated_wav_is_a_one_line_error_naming_the_file(tmp_path):
+    """libsndfile reads a WAV whose data chunk promises more bytes than the file holds without an
+    error: it shortens the chunk to what is there. A copy cut short by 1000 bytes (250 frames of
+    a 2 s stereo clip) passed the dense-events "at least half of the duration" check and loaded as
+    a 1.98 s clip. Now the reader compares the frames read with the header's data chunk."""
+    import soundfile as sf
+
+    from dense3d.data.datasets import DenseEventsDataset
+    from dense3d.errors import AudioError
+
+    wav = tmp_path / "clip.wav"
+    sf.write(str(wav), _stereo_noise(2 * SR), SR, subtype="PCM_16")
+    with open(wav, "r+b") as f:
+        f.truncate(wav.stat().st_size - 1000)
+    ann = tmp_path / "ev_val.json"
+    ann.write_text(json.dumps({"clip": {"duration": 2.0, "timestamps": [[0.5, 1.0]], "sentences": ["A horn."]}}))
+    ds = DenseEventsDataset(str(tmp_path / "ev_{split}.json"), str(tmp_path), split="val", sensors=["audio"])
+    with pytest.raises(AudioError, match=r"clip.wav: field 'data chunk': expected 32000 frames as the WAV header declares, "
+                                         r"got 31750 frames \(the file ends early: a truncated copy\?\)$") as e:
+        ds[0]
+    assert "\n" not in str(e.value) and str(wav) in str(e.value)
+
+
+@pytest.mark.parametrize("fmt, subtype", [("WAV", "PCM_24"), ("WAV", "ULAW"), ("WAVEX", "FLOAT"), ("WAVEX", "PCM_16")])
+def test_truncated_wav_of_other_codings(tmp_path, fmt, subtype):
+    """The same for 24-bit, mu-law and WAVE_FORMAT_EXTENSIBLE files, cut by one byte."""
+    import soundfile as sf
+
+    from dense3d.data.readers import read_audio_file
+    from dense3d.errors import AudioError
+
+    wav = tmp_path / "cut.wav"
+    sf.write(str(wav), _stereo_noise(1000), SR, format=fmt, subtype=subtype)
+    wav.write_bytes(wav.read_bytes()[:-1])
+    with pytest.raises(AudioError, match=r"cut.wav: field 'data chunk': expected 1000 frames as the WAV header declares, got 999 frames"):
+        read_audio_file(wav)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW", "IMA_ADPCM", "MS_ADPCM"])
+@pytest.mark.parametrize("frames", [1, 4001])
+def test_whole_wav_files_read_as_before(tmp_path, subtype, frames):
+    """Whole files of every WAV coding (odd byte counts with a pad byte, block codings, WAVEX,
+    RF64) and FLAC / MP3 read exactly what soundfile reads."""
+    import soundfile as sf
+
+    from dense3d.data.readers import read_audio_file
+
+    for fmt in [f for f in ("WAV", "WAVEX", "RF64") if sf.check_format(f, subtype)]:
+        path = tmp_path / f"{fmt}_{subtype}.wav"
+        sf.write(str(path), _stereo_noise(frames, seed=frames), SR, format=fmt, subtype=subtype)
+        wave, rate = read_audio_file(path)
+        expected, _ = sf.read(str(path), dtype="float32", always_2d=True)  # (S, A)
+        assert rate == SR and torch.equal(wave, torch.from_numpy(expected.T.copy())), (fmt, subtype)
+    if subtype == "PCM_16":
+        for fmt in ("FLAC", "MP3"):
+            path = tmp_path / f"clip.{fmt.lower()}"
+            sf.write(str(path), _stereo_noise(max(frames, 1152)), SR, format=fmt)
+            wave, _ = read_audio_file(path)
+            expected, _ = sf.read(str(path), dtype="float32", always_2d=True)
+            assert torch.equal(wave, torch.from_numpy(expected.T.copy())), fmt
