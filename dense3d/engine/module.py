@@ -158,6 +158,8 @@ class DenseCaptionModule(pl.LightningModule):
             w = float(weight(k)) if weight is not None else 1.0
             if w not in (0.0, 1.0):  # e.g. the target head's 0.5: its loss as itself, comparable across weights
                 logged[f"{prefix}/{k}_unweighted"] = v.detach() / w
+        for k, v in getattr(self.model, "step_metrics", {}).items():  # e.g. SCST's rewards
+            logged[f"{prefix}/{k}"] = v.detach().float()
         self.log_dict(logged, batch_size=len(batch), sync_dist=prefix != "train")
         self.log(f"{prefix}/loss", loss.detach(), prog_bar=True, batch_size=len(batch), sync_dist=prefix != "train")
         return loss

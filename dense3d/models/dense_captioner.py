@@ -287,6 +287,7 @@ class DenseCaptioner(nn.Module):
         captions: list[list[list[str | None]]] = []
         references: list[list[list[list[str]]]] = []
         want_captions = self.captioner is not None and any(p.requires_grad for p in self.captioner.parameters())
+        self.step_metrics: dict[str, torch.Tensor] = {}  # quantities of this batch to log, not to minimise
 
         if self.box_detector is not None:
             decode = want_captions and self.caption_regions == "proposals"
@@ -338,7 +339,10 @@ class DenseCaptioner(nn.Module):
             if "loss_target" in cap:
                 losses["target"] = self.target_weight * cap["loss_target"]
         if want_captions and self.scst_weight > 0:
-            losses["scst"] = self.scst_weight * self.captioner.scst_loss(regions, contexts, references)["loss_scst"]
+            scst = self.captioner.scst_loss(regions, contexts, references)
+            losses["scst"] = self.scst_weight * scst["loss_scst"]
+            # the rewards are what SCST raises: logged beside the losses (not summed into them)
+            self.step_metrics = {"scst_reward_sample": scst["reward_sample"], "scst_reward_greedy": scst["reward_greedy"]}
         if not losses:
             raise ConfigError("DenseCaptioner", "trainable parameters", "some part that trains (all are frozen)")
         return losses

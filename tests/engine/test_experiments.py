@@ -67,6 +67,9 @@ def test_training_stages_train_what_they_say(stage, synthetic_root, tmp_path):
         assert "captioner" in changed
     if "box_detector" in cfg.frozen:  # no detection loss for a frozen detector (its region sampler trains)
         assert not any("det_" in k for k in trainer.callback_metrics), list(trainer.callback_metrics)
+    if stage == "scst":  # the rewards SCST raises are logged beside its loss
+        for k in ("train/scst_reward_sample", "train/scst_reward_greedy"):
+            assert k in trainer.callback_metrics and trainer.callback_metrics[k] >= 0, list(trainer.callback_metrics)
 
 
 @pytest.mark.parametrize("override, names", [
