@@ -3,6 +3,10 @@ and unused, a one-voxel training batch failing deep inside BatchNorm1d."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,3 +80,42 @@ def test_whole_wav_files_read_as_before(tmp_path, subtype, frames):
             wave, _ = read_audio_file(path)
             expected, _ = sf.read(str(path), dtype="float32", always_2d=True)
             assert torch.equal(wave, torch.from_numpy(expected.T.copy())), fmt
+
+
+# ------------------------------------------------------------------ 2. hydra.run.dir
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("override", ["hydra.run.dir=RUN", "++hydra.run.dir=RUN", "hydra.run={dir:RUN}"])
+def test_dense3d_train_refuses_hydra_run_dir(override, tmp_path, capsys):
+    """`dense3d train hydra.run.dir=/x` composed and trained into paths.output_dir: hydra.run.dir
+    is read by nothing (configs/train.yaml keeps the working directory). Now one line saying to
+    use paths.output_dir, before anything is built or written."""
+    from dense3d.cli import main
+
+    run = tmp_path / "x"
+    override = override.replace("RUN", str(run))
+    # no experiment: without the check this fails fast on the missing data config, not trains
+    assert main(["train", override, f"paths.output_dir={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dense3d train: ConfigError: configs/train.yaml: field 'override {override}': expected paths.output_dir=... "
+                          "for the run folder (hydra.run.dir is not used"), err
+    assert len(err.splitlines()) == 1 and not run.exists() and not (tmp_path / "out").exists()
+
+
+def test_tools_train_refuses_hydra_run_dir_and_keeps_the_sweep_dir(tmp_path):
+    """tools/train.py the same (hydra made the unused folder, then the run went to
+    paths.output_dir). A sweep's hydra.sweep.dir is used (each job trains into
+    hydra.sweep.dir/<job number>) and the hydra.run.dir Lightning's DDP launcher adds to its
+    child processes is the parent's: both still pass the command-line check."""
+    from dense3d.engine.train import check_group_choices
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), f"hydra.run.dir={tmp_path / 'x'}",
+                        f"paths.output_dir={tmp_path / 'out'}"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"tools/train.py: ConfigError: configs/train.yaml: field 'override hydra.run.dir={tmp_path / 'x'}'")
+    assert "paths.output_dir=" in lines[0] and not (tmp_path / "x").exists() and not (tmp_path / "out").exists()
+    check_group_choices(["-m", "experiment=demo", "seed=0,1", f"hydra.sweep.dir={tmp_path / 's'}"])
+    check_group_choices(["experiment=demo", 'hydra.run.dir="."', "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null"])

@@ -86,6 +86,11 @@ def check_group_choices(overrides: list[str], config_name: str = "train", config
     lines. Skipped when the command line adds config folders (``-cd``, ``--config-dir``,
     ``hydra.searchpath``): their options are not in ``config_dir``.
 
+    And refuses ``hydra.run.dir=...``, which nothing reads: ``configs/train.yaml`` keeps the
+    working directory and the run writes to ``paths.output_dir``, so the run went there
+    silently. (``hydra.sweep.dir`` is used: ``tools/train.py -m`` trains each job into it. The
+    ``hydra.run.dir`` that Lightning's DDP launcher gives its child processes is left alone.)
+
     ``composes=True`` (the command line of ``tools/train.py``, which hydra would compose itself):
     the overrides must also compose (:func:`_check_command_line_composes`), so that a misspelt key
     (``trainr.max_steps=1``) is one line, not hydra's six."""
@@ -97,6 +102,8 @@ def check_group_choices(overrides: list[str], config_name: str = "train", config
     parser = OverridesParser.create()
     other_folders = any(o in ("-cd", "--config-dir") or o.startswith(("--config-dir=", "hydra.searchpath", "+hydra.searchpath"))
                         for o in overrides)
+    # Lightning's DDP launcher re-runs the command line with the parent's hydra.run.dir and this job name
+    ddp_child = any(o.startswith("hydra.job.name=train_ddp_process_") for o in overrides)
     for override in overrides:
         if override.startswith("-"):
             continue  # a flag of hydra's command line (-m, --config-name=...)
@@ -106,6 +113,10 @@ def check_group_choices(overrides: list[str], config_name: str = "train", config
             continue  # not an override (a flag's value), or bad syntax: compose names it
         if parsed.is_delete():
             continue
+        if parsed.key_or_group in ("hydra.run", "hydra.run.dir") and not ddp_child:  # hydra.run={dir: /x} as well
+            raise ConfigError(f"configs/{config_name}.yaml", f"override {override}", "paths.output_dir=... for the run folder "
+                              "(hydra.run.dir is not used: the run writes to paths.output_dir, the working directory stays)",
+                              got=override.split("=", 1)[-1])
         group = parsed.key_or_group
         value = parsed.value()
         if value is not None:
