@@ -119,3 +119,54 @@ def test_tools_train_refuses_hydra_run_dir_and_keeps_the_sweep_dir(tmp_path):
     assert "paths.output_dir=" in lines[0] and not (tmp_path / "x").exists() and not (tmp_path / "out").exists()
     check_group_choices(["-m", "experiment=demo", "seed=0,1", f"hydra.sweep.dir={tmp_path / 's'}"])
     check_group_choices(["experiment=demo", 'hydra.run.dir="."', "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null"])
+
+
+# ------------------------------------------------------------------ 3. one-voxel training batch
+def _indoor_lidar_encoder():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(0)
+    return instantiate(OmegaConf.load(REPO / "configs" / "model" / "encoder" / "lidar_indoor.yaml"))
+
+
+def _batch(xyz):
+    """One sample's points (x, y, z, r, g, b) as a Batch (column 0: the sample index)."""
+    from dense3d.structures.sample import Batch
+
+    pts = torch.tensor([[0.0, *p, 0.5, 0.4, 0.3] for p in xyz])
+    return Batch(samples=[None], points=pts)
+
+
+@pytest.mark.parametrize("xyz", [[(1.05, 1.05, 1.05)], [(1.01, 1.02, 1.03), (1.04, 1.05, 1.06), (1.07, 1.01, 1.02)]],
+                         ids=["one point", "three points"])
+def test_one_voxel_training_batch_is_a_one_line_error(xyz):
+    """A scene cropped to one occupied voxel, batch size 1, in training: the voxel encoder's
+    BatchNorm1d raised torch's "Expected more than 1 value per channel when training" from deep
+    inside (mmdet3d's DynamicVFE and SECOND fail the same way: batch statistics of one row are
+    undefined). Now a one-line PointCloudError naming the cause; in eval mode (running
+    statistics) the same batch encodes as before."""
+    from dense3d.errors import PointCloudError
+
+    enc = _indoor_lidar_encoder().train()
+    with pytest.raises(PointCloudError, match=r"^Batch: field 'points': expected at least 2 occupied voxels in a training batch "
+                                              rf"\(BatchNorm1d .*got 1 voxel from {len(xyz)} point\(s\) in point_range, 1 sample\(s\)$") as e:
+        enc(_batch(xyz))
+    assert "\n" not in str(e.value)
+    with torch.no_grad():
+        out = enc.eval()(_batch(xyz))
+    assert out.shape == (1, enc.out_channels, 24, 24) and bool(torch.isfinite(out).all())
+
+
+def test_voxels_merged_into_one_site_by_a_strided_conv_is_a_one_line_error():
+    """Two voxels at x = 94 and 95 of the 96-wide grid (y, z even) are one site after the first
+    stride-2 sparse conv: its BatchNorm1d raised the same deep error. Now a one-line
+    SparseTensorError; two voxels that stay two sites train."""
+    from dense3d.errors import SparseTensorError
+
+    enc = _indoor_lidar_encoder().train()
+    with pytest.raises(SparseTensorError, match=r"^SparseSequential: field 'features': expected at least 2 active sites for BatchNorm1d "
+                                                r"in training .*got 1 site at \[b, z, y, x\] = \[0, 5, 5, 47\] of spatial shape \[16, 48, 48\]$"):
+        enc(_batch([(9.05, 0.65, 0.85), (9.15, 0.65, 0.85)]))
+    out = enc(_batch([(1.05, 1.05, 1.05), (1.15, 1.05, 1.05)]))  # x = 14 and 15: sites 7 and 8 after the stride
+    assert out.shape == (1, enc.out_channels, 24, 24) and bool(torch.isfinite(out).all())
