@@ -224,7 +224,12 @@ def init_weights(model, run: str | Path, parts: list[str], skip: list[str] = ())
     check_weight_shapes(wanted, state, ckpt, prefix="model.", hint=hint)
     loaded = {k: state["model." + k] for k in wanted}
     model.load_state_dict(loaded, strict=False)
-    print(f"init_from {ckpt}: {len(loaded)} tensors of {', '.join(parts)}" + (f" but {', '.join(skip)}" if skip else ""))
+    # the run's weights of this model's modules that init_parts left out (e.g. a fine-tuning stage
+    # started from a whole run with one part forgotten): named, since they silently keep their initialisation
+    names = [k[len("model."):] for k in state if k.startswith("model.")]
+    left = sorted({k.split(".")[0] for k in names if k in own and k not in loaded and not under(k, skip)})
+    print(f"init_from {ckpt}: {len(loaded)} tensors of {', '.join(parts)}" + (f" but {', '.join(skip)}" if skip else "")
+          + (f"; not loaded, at their initialisation (not in init_parts): {', '.join(left)}" if left else ""))
     return len(loaded)
 
 

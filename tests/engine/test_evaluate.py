@@ -78,14 +78,19 @@ def test_eval_checkpoint_overrides_change_the_built_model(indoor_run, tmp_path, 
 
 
 @pytest.mark.slow
-def test_init_from_loads_the_named_parts_only(indoor_run):
+def test_init_from_loads_the_named_parts_only(indoor_run, capsys):
     run, root = indoor_run
     cfg = compose_config(["experiment=perception_indoor", f"paths.synthetic_dir={root}"])
     torch.manual_seed(123)
     fresh = instantiate(cfg.model)
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    capsys.readouterr()
     n = init_weights(fresh, run, ["box_detector.lidar_encoder"])
     assert n > 0
+    # the run's other weights are named as left at their initialisation; none when all are loaded
+    assert capsys.readouterr().out.strip().endswith("not loaded, at their initialisation (not in init_parts): box_detector")
+    init_weights(instantiate(cfg.model), run, ["box_detector"])
+    assert "not loaded" not in capsys.readouterr().out
     from dense3d.api import load
     trained = load(run).model.state_dict()
     for k, v in fresh.state_dict().items():
