@@ -219,7 +219,7 @@ class SparseSequential(nn.Sequential, SparseModule):
             if isinstance(m, SparseModule):
                 x = m(x)
             else:
-                if x.features.shape[0] == 1 and _batch_statistics(m):  # torch: "Expected more than 1 value per channel"
+                if x.features.shape[0] == 1 and uses_batch_statistics(m):  # torch: "Expected more than 1 value per channel"
                     raise SparseTensorError("SparseSequential", "features", f"at least 2 active sites for {type(m).__name__} in training (it "
                                             "normalises each channel over the sites; a strided conv may merge the voxels): a larger batch or crop",
                                             got=f"1 site at [b, z, y, x] = {x.indices[0].tolist()} of spatial shape {x.spatial_shape}")
@@ -227,9 +227,10 @@ class SparseSequential(nn.Sequential, SparseModule):
         return x
 
 
-def _batch_statistics(m: nn.Module) -> bool:
+def uses_batch_statistics(m: nn.Module) -> bool:
     """Whether ``m`` is a batch norm that normalises with the statistics of this process's rows
-    alone (training mode, or no running statistics); a SyncBatchNorm pools every process's rows."""
+    alone (training mode, or no running statistics); a SyncBatchNorm pools every process's rows.
+    Such a norm fails on one row (torch: "Expected more than 1 value per channel")."""
     return isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm) and (m.training or m.running_mean is None)
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from dense3d.errors import PointCloudError
 from dense3d.ops import voxel_grid_size, voxelize_batch
+from dense3d.ops.sparse.conv import uses_batch_statistics
 
 __all__ = ["DynamicVoxelEncoder", "split_batch_points"]
 
@@ -60,9 +61,7 @@ class DynamicVoxelEncoder(nn.Module):
             if p.shape[1] != self.in_channels:
                 raise PointCloudError("Batch", f"points[{i}]", f"{self.in_channels} columns (x, y, z + features)", got=p.shape[1])
         mean, coords, p2v = voxelize_batch(points_list, self.voxel_size, self.point_range, mode="dynamic", backend=self.backend)
-        if self.training and mean.shape[0] == 1 and not isinstance(self.out[1], nn.SyncBatchNorm):
-            # torch's BatchNorm1d refuses one row in training ("Expected more than 1 value per channel");
-            # a SyncBatchNorm (trainer=ddp) pools the rows of every process instead
+        if mean.shape[0] == 1 and uses_batch_statistics(self.out[1]):  # (a SyncBatchNorm, trainer=ddp, pools every process's rows)
             raise PointCloudError("Batch", "points", "at least 2 occupied voxels in a training batch (BatchNorm1d normalises each "
                                   "channel over the batch's voxels): a larger batch_size or crop",
                                   got=f"1 voxel from {int((p2v >= 0).sum())} point(s) in point_range, {len(points_list)} sample(s)")
