@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dense3d.engine.train import CONFIG_DIR, check_group_choices, fit
+from dense3d.engine.train import CONFIG_DIR, check_group_choices, check_hydra_commands, fit
 from dense3d.errors import Dense3DError
 
 PROG = "tools/train.py"
@@ -47,9 +47,11 @@ def main(cfg: DictConfig) -> None:
 
 
 def check_command_line(argv: list[str]) -> None:
-    """Bad overrides that hydra would report in several lines before ``main`` runs (``logger=null``):
+    """Bad overrides that hydra would report in several lines before ``main`` runs (``logger=null``),
+    and two of hydra's commands at once (``-m --cfg job``), which hydra reports as a traceback:
     one line and exit status 2 instead, as ``dense3d train`` gives."""
     try:
+        check_hydra_commands(argv, PROG)
         check_group_choices(argv, "train", CONFIG_DIR)
     except Dense3DError as e:
         print(f"{PROG}: {type(e).__name__}: {e}", file=sys.stderr)

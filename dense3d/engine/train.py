@@ -22,7 +22,7 @@ from dense3d.errors import ConfigError, Dense3DError
 from dense3d.utils.config import instantiate_config
 from dense3d.utils.io import atomic_write
 
-__all__ = ["compose_config", "check_group_choices", "build", "check_data_module", "check_launch", "fit", "init_weights", "check_new_run_folder", "check_resume_folder", "check_resume_checkpoint", "run_checkpoints"]
+__all__ = ["compose_config", "check_group_choices", "check_hydra_commands", "build", "check_data_module", "check_launch", "fit", "init_weights", "check_new_run_folder", "check_resume_folder", "check_resume_checkpoint", "run_checkpoints"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -134,6 +134,35 @@ def check_group_choices(overrides: list[str], config_name: str = "train", config
                               f"(to use none: ~{group})", got="null")
     if composes and not other_folders:
         _check_command_line_composes(overrides, config_name, config_dir)
+
+
+def check_hydra_commands(argv: list[str], prog: str = "tools/train.py") -> None:
+    """Refuse two of hydra's commands on one command line (``-m --cfg job``, ``--cfg job --info``),
+    and ``--resolve`` without ``--cfg``, in one ``ConfigError`` naming the flags: hydra (1.3) runs
+    one command at a time and raises a ValueError for these ("Only one of --run, --multirun,
+    --cfg, --info and --shell_completion can be specified"), which ``@hydra.main`` prints as a
+    traceback. Hydra has no way to show the configs of a sweep's jobs: ``--cfg job`` with one
+    job's overrides (``seed=0``, not ``seed=0,1``) shows that job's. Read with hydra's own
+    argument parser; a command line it does not parse is left to it."""
+    import contextlib
+    import io
+
+    from hydra._internal.utils import get_args_parser
+
+    try:  # quiet: hydra parses the command line again and prints its own messages
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            args, _ = get_args_parser().parse_known_args(argv)
+    except SystemExit:  # argparse's own error (--cfg without a value), or --version: left to hydra
+        return
+    commands = [name for name, on in (("-m/--multirun", args.multirun), (f"--cfg {args.cfg}", args.cfg is not None),
+                                      (f"--info {args.info}", args.info is not None), ("-r/--run", args.run),
+                                      ("-sc/--shell-completion", args.shell_completion)) if on]
+    if len(commands) > 1:
+        raise ConfigError(prog, commands[1].split()[0], "one of hydra's commands (-m, --cfg, --info, -r, -sc) at a time; a sweep job's "
+                          "config: --cfg job with that job's overrides (seed=0, not seed=0,1), without -m", got=" ".join(commands))
+    if args.resolve and args.cfg is None and not args.help:
+        raise ConfigError(prog, "--resolve", "--cfg job|hydra|all with it (it resolves the config --cfg prints)",
+                          got="--resolve without --cfg")
 
 
 # hydra's flags that change what is composed, or that take a value written as an override
