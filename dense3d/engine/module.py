@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import random
+import sys
 from typing import Any, Callable, Sequence
 
 import lightning.pytorch as pl
@@ -135,6 +136,22 @@ class DenseCaptionModule(pl.LightningModule):
         # modules have, and its evaluation loops restore those): without this the frozen
         # detector ran in train mode and its BatchNorm statistics drifted in every captioning run
         self.train()
+        if getattr(self.model, "wants_reward_corpus", False):
+            self._hand_reward_corpus()
+
+    def _hand_reward_corpus(self) -> None:
+        """SCST with ``scst_document_frequency=train``: the reward's document frequencies from every
+        annotated region's references in the training set (read without the sensors)."""
+        dataset = getattr(self.trainer.datamodule, "train_set", None) if self.trainer.datamodule is not None else None
+        if dataset is None:
+            dataset = self.trainer.train_dataloader.dataset
+            dataset = dataset.dataset if isinstance(dataset, SeededSamples) else dataset
+        if not hasattr(dataset, "reference_captions"):
+            raise ConfigError(SOURCE, "model.scst_document_frequency",
+                              "'batch' for a training set that cannot list its reference captions", got="train")
+        n = self.model.set_reward_corpus(dataset.reference_captions())
+        print(f"dense3d train: SCST reward's CIDEr-D document frequencies from the references of {n} training regions",
+              file=sys.stderr)
 
     def on_train_epoch_start(self) -> None:
         # The training sampler's epoch is the trainer's: Lightning hands it its count of processed
@@ -231,7 +248,6 @@ class DenseCaptionModule(pl.LightningModule):
         uninterrupted run of this config would have it at the checkpoint's step (replayed on a
         stand-in optimizer), said on stderr; Lightning would load one kind's state into the other
         (a KeyError from inside torch, or a schedule left half restored)."""
-        import sys
         import warnings
 
         saved = checkpoint.get("lr_schedulers") or []
@@ -262,7 +278,6 @@ class DenseCaptionModule(pl.LightningModule):
         params = self.optimizer_params()
         opt = self.optimizer_factory(params)
         if self._trainer is None or self.trainer.is_global_zero:
-            import sys
 
             print(f"dense3d optimizer: {describe_groups(opt, params, self.optimizer_factory)}", file=sys.stderr)
         if self.scheduler_factory is None:
@@ -579,7 +594,6 @@ class RNGStateCallback(pl.Callback):
             saved = None
             written = "written with rank 0's random state only"
         if saved != world_size and (saved is not None or world_size > 1) and rank == 0:
-            import sys
 
             have = min(len(states), world_size)  # ranks 0 .. have - 1 restore the saved state of their number
             if have == world_size:

@@ -68,6 +68,11 @@ class DenseCaptioner(nn.Module):
             names; only with ``qformer.target_order``).
         scst_weight: weight of the self-critical loss (CIDEr-D reward, baseline decoded as ``generate``; 0: off),
             the optional last stage (``stage=scst``).
+        scst_document_frequency: where the reward's CIDEr-D takes its document frequencies from:
+            ``"batch"`` (the references of the batch's regions, pycocoevalcap's own count) or
+            ``"train"`` (every annotated region's references in the training set, as Rennie et
+            al.'s code does; the training module hands them over through
+            :meth:`set_reward_corpus` before the first step).
         image_regions: adds each box's camera appearance to its region features, or None.
         point_regions: adds the colours and shape of each box's points to its region features, or None.
         class_embedding: add a learned embedding of each box's class (the detector's label; the
@@ -88,6 +93,7 @@ class DenseCaptioner(nn.Module):
         detection_weight: float = 1.0,
         caption_weight: float = 1.0,
         scst_weight: float = 0.0,
+        scst_document_frequency: str = "batch",
         target_weight: float = 0.5,
         image_regions: ImageRegionEncoder | None = None,
         class_embedding: bool = False,
@@ -99,6 +105,8 @@ class DenseCaptioner(nn.Module):
             raise ConfigError("DenseCaptioner", "box_detector/event_detector", "at least one detector")
         if caption_regions not in ("gt", "proposals"):
             raise ConfigError("DenseCaptioner", "caption_regions", "'gt' or 'proposals'", got=caption_regions)
+        if scst_document_frequency not in ("batch", "train"):
+            raise ConfigError("DenseCaptioner", "scst_document_frequency", "'batch' or 'train'", got=scst_document_frequency)
         if event_caption_regions not in ("gt", "proposals"):
             raise ConfigError("DenseCaptioner", "event_caption_regions", "'gt' or 'proposals'", got=event_caption_regions)
         self._check_channels(captioner, box_detector, event_detector, image_regions, point_regions)
@@ -114,6 +122,7 @@ class DenseCaptioner(nn.Module):
         self.detection_weight = detection_weight
         self.caption_weight = caption_weight
         self.scst_weight = scst_weight
+        self.scst_document_frequency = scst_document_frequency
         self.target_weight = target_weight
         self.image_regions = image_regions
         self.point_regions = point_regions
@@ -272,6 +281,24 @@ class DenseCaptioner(nn.Module):
         return r, captions, references
 
     # ------------------------------------------------------------------ training
+    @property
+    def wants_reward_corpus(self) -> bool:
+        """True when SCST trains and its reward counts document frequencies over the training set."""
+        return self.scst_weight > 0 and self.scst_document_frequency == "train" and self.captioner is not None
+
+    def set_reward_corpus(self, references: list[list[str]]) -> int:
+        """SCST's CIDEr-D reward takes its document frequencies from ``references`` (one list of
+        reference captions per annotated region, e.g. ``SampleDataset.reference_captions()`` of the
+        training set); returns the number of regions counted."""
+        from dense3d.models.losses.caption import CiderDocumentFrequency
+
+        df = CiderDocumentFrequency.from_references(references)
+        if df.num_documents == 0:
+            raise ConfigError("DenseCaptioner", "scst_document_frequency",
+                              "'batch', or a training set whose regions have reference captions", got="train (no references)")
+        self.captioner.reward_document_frequency = df
+        return df.num_documents
+
     def loss_weight(self, name: str) -> float:
         """The weight :meth:`forward`'s loss term ``name`` carries (the training module also logs
         the term divided by it, so runs with other weights compare)."""

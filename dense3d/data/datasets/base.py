@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+import copy
 import operator
 from typing import Callable, Sequence
 
@@ -57,6 +58,21 @@ class SampleDataset(Dataset, abc.ABC):
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def reference_captions(self) -> list[list[str]]:
+        """The reference captions of every annotated region, one list per region (boxes, then
+        events, sample by sample), read without the sensors or the transforms: the corpus SCST's
+        CIDEr-D reward counts its document frequencies over (``scst_document_frequency=train``)."""
+        bare = copy.copy(self)  # shares the built index; its own sensor selection
+        if hasattr(bare, "sensors"):
+            bare.sensors = ()
+        found: list[list[str]] = []
+        for entry in bare.index:
+            sample = bare._load(entry)
+            for regions in (sample.boxes, sample.events):
+                if regions is not None and regions.captions is not None:
+                    found += [list(c) for c in regions.captions if c]
+        return found
 
     def __getitem__(self, i: int) -> Sample:
         n = len(self.index)

@@ -68,6 +68,10 @@ class JointScenesDataset(SampleDataset):
     def class_names(self):
         return self.scenes.class_names
 
+    def reference_captions(self) -> list[list[str]]:
+        """The scenes' box references, then the recordings' event references."""
+        return self.scenes.reference_captions() + self.recordings.reference_captions()
+
     def _build_index(self) -> list:
         self._recording_of = {vid: k for k, (vid, _) in enumerate(self.recordings.index)}  # sample id -> recording index
         return list(range(len(self.scenes)))

@@ -32,7 +32,7 @@ from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.captioner.qformer import RelationQFormer
 from dense3d.models.checks import check_int
 from dense3d.models.context.bica import BiCADecoder, SceneContext
-from dense3d.models.losses.caption import caption_cross_entropy, cider_d, scst_loss, sequence_log_probs
+from dense3d.models.losses.caption import CiderDocumentFrequency, caption_cross_entropy, cider_d, scst_loss, sequence_log_probs
 from dense3d.models.losses.mention import IGNORE, mention_words, target_labels, target_word_spans
 from dense3d.structures.captions import DenseCaption
 from dense3d.structures.sample import RegionFeatures
@@ -159,6 +159,9 @@ class RegionCaptioner(nn.Module):
         self.repetition_penalty = repetition_penalty
         self.class_names = {k: list(v) for k, v in (class_names or {}).items()}
         self.prefix_cache = FrozenPrefixCache(cache_frozen_layers_mb << 20) if cache_frozen_layers_mb > 0 else None
+        # SCST reward's CIDEr-D document frequencies: None counts them over each batch's references;
+        # DenseCaptioner.set_reward_corpus sets a corpus (the training references) before training
+        self.reward_document_frequency: CiderDocumentFrequency | None = None
         self.llm_autocast = llm_autocast
         self.mention_aliases = {k: list(v) for k, v in (mention_aliases or {}).items()}
         if not (math.isfinite(target_word_weight) and target_word_weight > 0):
@@ -361,7 +364,8 @@ class RegionCaptioner(nn.Module):
                 sampled, seqs = generate_captions(lm, self.adapter, tok, vis.detach(), prompt, self.max_new_tokens,
                                                   do_sample=True, no_repeat_ngram_size=self.no_repeat_ngram_size,
                                                   repetition_penalty=self.repetition_penalty)
-            r_s, r_g = cider_d(sampled, gold), cider_d(greedy, gold)
+            df = self.reward_document_frequency
+            r_s, r_g = cider_d(sampled, gold, df), cider_d(greedy, gold, df)
             batch = teacher_forcing_batch(tok, [prompt] * len(rows), [""] * len(rows), 1, device=vis.device)
             P = len(batch["input_ids"][0]) - 1  # prompt length (the empty caption adds only eos)
             L = max(len(s) for s in seqs)
