@@ -1,5 +1,6 @@
 """User-facing input defects left by earlier sessions (session 33): ``tools/train.py -m --cfg job``
-printing hydra's traceback, ..."""
+printing hydra's traceback, a run whose model reads none of its data set's sensors failing at the
+first training batch, ..."""
 from __future__ import annotations
 
 import os
@@ -41,3 +42,70 @@ def test_check_hydra_commands_refuses_pairs_and_a_lone_resolve():
         check_hydra_commands(["--multirun", "-c", "hydra"])
     with pytest.raises(ConfigError, match=r"field '--resolve': expected --cfg job\|hydra\|all with it"):
         check_hydra_commands(["--resolve", "seed=1"])
+
+
+# ------------------------------------------------------------------ 2. sensors the data set lacks
+@pytest.fixture(scope="module")
+def indoor_root(tmp_path_factory):
+    """A few synthetic indoor rooms (coloured points, no cameras, no audio): ``paths.synthetic_dir=root``."""
+    from dense3d.data.synthetic import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(SynthConfig(kind="indoor", scenes=10, seed=0), root / "indoor")
+    return root
+
+
+@pytest.mark.parametrize("override, field, message", [
+    ("sensors=audio_video", "sensors", "expected sensors naming lidar (sensors=all / lidar / lidar_camera): the model's box "
+     "detector reads lidar; data.train (ScanReferDataset) has lidar, got sensors.names ['audio', 'video']"),
+    ("model=av_events", "data", "expected a data set with audio or video for the model's event detector (or a model for "
+     "lidar), got data.train (ScanReferDataset), which has lidar"),
+])
+def test_a_run_without_the_sensors_its_model_reads_is_refused_before_training(indoor_root, tmp_path, capsys, override, field, message):
+    """The data sets read sensors.names ∩ the sensors they have and dropped the rest without a
+    word: experiment=perception_indoor sensors=audio_video (or an audio model on the LiDAR-only
+    rooms) built the data, the model and the trainer, printed the model summary and failed at the
+    first training batch ("Batch: field 'points/images': expected the sensors of this detector,
+    got neither"). Now one line naming the config field and what the data set has, before the
+    trainer is set up; nothing written."""
+    from dense3d.cli import main
+
+    out = tmp_path / "run"
+    status = main(["train", "experiment=perception_indoor", override, "trainer.max_steps=1",
+                   f"paths.synthetic_dir={indoor_root}", f"paths.output_dir={out}"])
+    captured = capsys.readouterr()
+    assert status == 2, captured.err
+    assert captured.err.strip() == f"dense3d train: ConfigError: configs/train.yaml: field '{field}': {message}"
+    assert "Trainable params" not in captured.out + captured.err and not out.exists()
+
+
+def test_more_sensors_than_the_data_set_has_still_train(indoor_root):
+    """sensors=lidar_camera on the indoor rooms with their LiDAR model: the camera is not in the
+    data set, the LiDAR the model reads is: builds (and trains: the model reads what it has)."""
+    from dense3d.engine.train import build, compose_config
+
+    cfg = compose_config(["experiment=perception_indoor", "sensors=lidar_camera", f"paths.synthetic_dir={indoor_root}",
+                          "logger=[]", "callbacks=[]"])
+    module, datamodule, _ = build(cfg)
+    assert datamodule.train_set.sensors == ("lidar",)
+
+
+def test_joint_scenes_read_their_sensors_from_both_halves():
+    """The joint set's scenes (LiDAR, cameras) and recordings (audio, fixed by its config): with
+    sensors=lidar both detectors have a sensor; with sensors=audio_video the box detector has none
+    (the data set has the LiDAR and cameras, the run's sensors.names left them out)."""
+    from dense3d.engine.train import check_sensors, compose_config
+    from dense3d.errors import ConfigError
+    from dense3d.utils.config import instantiate_config
+
+    overrides = ["experiment=captioning_joint", "model.captioner=null", "init_from=null", "init_parts=[]", "init_skip=[]",
+                 "paths.synthetic_dir=/nonexistent"]  # the data sets read their files on first use, not here
+    cfg = compose_config(overrides + ["sensors=lidar"])
+    model = instantiate_config(cfg.model, "test", "model")
+    check_sensors(model, instantiate_config(cfg.data, "test", "data"), cfg)
+    cfg = compose_config(overrides + ["sensors=audio_video"])
+    with pytest.raises(ConfigError, match=r"field 'sensors': expected sensors naming lidar or camera \(sensors=all / lidar / "
+                                          r"lidar_camera\): the model's box detector reads lidar, camera; data.train "
+                                          r"\(TOD3CapDataset \+ DenseEventsDataset\) has lidar, camera, audio, video, "
+                                          r"got sensors.names \['audio', 'video'\]$"):
+        check_sensors(model, instantiate_config(cfg.data, "test", "data"), cfg)

@@ -22,7 +22,7 @@ from dense3d.errors import ConfigError, Dense3DError
 from dense3d.utils.config import instantiate_config
 from dense3d.utils.io import atomic_write
 
-__all__ = ["compose_config", "check_group_choices", "check_hydra_commands", "build", "check_data_module", "check_launch", "fit", "init_weights", "check_new_run_folder", "check_resume_folder", "check_resume_checkpoint", "run_checkpoints"]
+__all__ = ["compose_config", "check_group_choices", "check_hydra_commands", "build", "check_data_module", "check_sensors", "check_launch", "fit", "init_weights", "check_new_run_folder", "check_resume_folder", "check_resume_checkpoint", "run_checkpoints"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -305,6 +305,7 @@ def build(cfg: DictConfig, *, resuming: bool = False,
     except Dense3DError as e:  # e.g. the demo's data not generated yet: say how to make it
         raise _with_synthetic_data_hint(e, cfg) from None
     model = instantiate_config(cfg.model, SOURCE, "model")
+    check_sensors(model, datamodule, cfg)  # else the first training batch fails, after the trainer's setup
     if cfg.get("init_from") and not resuming:
         init_weights(model, cfg.init_from, list(cfg.get("init_parts") or []), list(cfg.get("init_skip") or []))
     scheduler = scheduler_from_config(cfg.get("scheduler"))  # T_max: null is the run's length
@@ -362,6 +363,59 @@ def check_data_module(cfg: DictConfig) -> None:
         raise ConfigError(SOURCE, "data", f"a data module (data={' / '.join(data_module_options())}, or a config of "
                           "DenseCaptionDataModule with its data sets under data.train / data.val)",
                           got=f"a single data set ({cls.__name__})")
+
+
+def _detector_sensors(model) -> list[tuple[str, list[str]]]:
+    """(detector, the sensors it reads) for the model's own box and event detectors: each needs at
+    least one of its sensors in every batch. (Other detectors, e.g. the mmdet3d bridge: not known.)"""
+    from dense3d.models.proposals.boxes.detector import BoxDetector
+    from dense3d.models.proposals.events.detector import EventDetector
+
+    found = []
+    box, events = getattr(model, "box_detector", None), getattr(model, "event_detector", None)
+    if isinstance(box, BoxDetector):
+        found.append(("box detector", [s for s, enc in (("lidar", box.lidar_encoder), ("camera", box.camera_encoder)) if enc is not None]))
+    if isinstance(events, EventDetector):
+        found.append(("event detector", [s for s, enc in (("audio", events.audio_encoder), ("video", events.video_encoder)) if enc is not None]))
+    return found
+
+
+def check_sensors(model, datamodule, cfg: DictConfig, config_dir: str | Path | None = None) -> None:
+    """Every detector of ``model`` reads at least one sensor that the training and validation data
+    sets read in this run; else a one-line ConfigError before anything trains, naming ``sensors``
+    (the data set has such a sensor, the run's ``sensors.names`` left it out: the sensors options
+    that name it) or ``data`` (the data set has none, e.g. an audio model on the LiDAR-only indoor
+    rooms), and what the data set has. A data set reads ``sensors.names`` ∩ its own sensors (its
+    class's ``SENSORS``) and drops the rest silently, so ``experiment=perception_indoor
+    sensors=audio_video`` built everything, printed the model summary and failed at the first
+    training batch ("Batch: field 'points/images': expected the sensors of this detector").
+    Asking for more sensors than a data set has (``sensors=lidar_camera`` on the indoor rooms, a
+    LiDAR model) trains as before."""
+    from dense3d.data.datasets import JointScenesDataset
+
+    detectors = _detector_sensors(model)
+    for split in ("train", "val"):
+        dataset = getattr(datamodule, f"{split}_set", None)
+        if dataset is None:
+            continue
+        halves = [dataset.scenes, dataset.recordings] if isinstance(dataset, JointScenesDataset) else [dataset]
+        if not all(hasattr(h, "sensors") and hasattr(h, "SENSORS") for h in halves):
+            continue  # a data set of another kind: what it reads is not known
+        reads = {s for h in halves for s in h.sensors}
+        has = [s for h in halves for s in h.SENSORS]
+        name = " + ".join(type(h).__name__ for h in halves)
+        for detector, wants in detectors:
+            if not wants or reads & set(wants):
+                continue
+            usable = [s for s in wants if s in has]
+            if usable:  # the data set has them: the run's sensors left them out
+                root = Path(config_dir or CONFIG_DIR) / "sensors"
+                options = [p.stem for p in sorted(root.glob("*.yaml")) if set(OmegaConf.load(p).get("names") or []) & set(usable)]
+                raise ConfigError(SOURCE, "sensors", f"sensors naming {' or '.join(usable)} (sensors={' / '.join(options)}): the "
+                                  f"model's {detector} reads {', '.join(wants)}; data.{split} ({name}) has {', '.join(has)}",
+                                  got=f"sensors.names {list(OmegaConf.select(cfg, 'sensors.names', default=None) or [])}")
+            raise ConfigError(SOURCE, "data", f"a data set with {' or '.join(wants)} for the model's {detector} (or a model "
+                              f"for {', '.join(has)})", got=f"data.{split} ({name}), which has {', '.join(has)}")
 
 
 def check_launch(trainer: pl.Trainer, cfg: DictConfig) -> None:

@@ -108,6 +108,8 @@ class DenseEventsDataset(SampleDataset):
     / ``VideoError`` (video cut short by ``max_frames`` on purpose is not checked).
     """
 
+    SENSORS = ("audio", "video")  # the sensors this data set has (a run's sensors.names may ask for more)
+
     def __init__(
         self,
         annotation_file: str,
@@ -127,7 +129,7 @@ class DenseEventsDataset(SampleDataset):
         self.annotation_file = Path(str(annotation_file).format(split=split))
         self.media_dir = Path(str(media_dir).format(split=split)) if media_dir else None
         self.audio_dir = Path(str(audio_dir).format(split=split)) if audio_dir else None
-        self.sensors = select_sensors(sensors, ("audio", "video"), type(self).__name__)
+        self.sensors = select_sensors(sensors, self.SENSORS, type(self).__name__)
         if self.sensors and self.media_dir is None:
             raise AnnotationError(type(self).__name__, "media_dir", f"a folder to read {list(self.sensors)} from", got=None)
         self._class_names = tuple(class_names) if class_names is not None else None

@@ -105,6 +105,8 @@ class FAVDBenchDataset(SampleDataset):
     ``paragraph_schema`` (``"dense3d"`` or ``"coco"``).
     """
 
+    SENSORS = ("audio", "video")  # the sensors this data set has (a run's sensors.names may ask for more)
+
     def __init__(
         self,
         annotation_file: str,
@@ -123,7 +125,7 @@ class FAVDBenchDataset(SampleDataset):
         self.annotation_file = Path(str(annotation_file).format(split=split))
         self.media_dir = Path(str(media_dir).format(split=split))
         self.audio_dir = Path(str(audio_dir).format(split=split)) if audio_dir else None
-        self.sensors = select_sensors(sensors, ("audio", "video"), type(self).__name__)
+        self.sensors = select_sensors(sensors, self.SENSORS, type(self).__name__)
         self.sample_rate = int(sample_rate) if sample_rate is not None else None
         self.fps, self.max_frames = check_frame_options(type(self).__name__, fps, max_frames, spread_frames)
         self.spread_frames = spread_frames

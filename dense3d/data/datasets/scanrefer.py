@@ -93,6 +93,8 @@ class ScanReferDataset(SampleDataset):
     ``boxes=None``.
     """
 
+    SENSORS = ("lidar",)  # the sensors this data set has (a run's sensors.names may ask for more)
+
     def __init__(
         self,
         scanrefer_file: str | None,
@@ -107,7 +109,7 @@ class ScanReferDataset(SampleDataset):
         self.split = split
         self.scanrefer_file = Path(str(scanrefer_file).format(split=split)) if scanrefer_file else None
         self.scans_dir = Path(scans_dir)
-        self.sensors = select_sensors(sensors, ("lidar",), type(self).__name__)
+        self.sensors = select_sensors(sensors, self.SENSORS, type(self).__name__)
         self.use_normals = bool(use_normals)
         self.scene_ids = tuple(scene_ids) if scene_ids is not None else None
         self.class_names = SCANNET_CLASSES

@@ -151,6 +151,8 @@ class TOD3CapDataset(SampleDataset):
     the LiDAR points).
     """
 
+    SENSORS = ("lidar", "camera")  # the sensors this data set has (a run's sensors.names may ask for more)
+
     def __init__(
         self,
         info_file: str,
@@ -175,7 +177,7 @@ class TOD3CapDataset(SampleDataset):
         if caption_source not in CAPTION_SOURCES:
             raise ConfigError(type(self).__name__, "caption_source", f"one of {list(CAPTION_SOURCES)}", got=caption_source)
         self.caption_source = caption_source
-        self.sensors = select_sensors(sensors, ("lidar", "camera"), type(self).__name__)
+        self.sensors = select_sensors(sensors, self.SENSORS, type(self).__name__)
         self.cameras = tuple(cameras) if cameras is not None else None
         self.sweeps = int(sweeps)
         if isinstance(sweep_remove_close, bool) or not isinstance(sweep_remove_close, (int, float)) \
