@@ -1,6 +1,6 @@
 """User-facing input defects left by earlier sessions (session 33): ``tools/train.py -m --cfg job``
 printing hydra's traceback, a run whose model reads none of its data set's sensors failing at the
-first training batch, ..."""
+first training batch, and `init_parts=all`."""
 from __future__ import annotations
 
 import os
@@ -109,3 +109,83 @@ def test_joint_scenes_read_their_sensors_from_both_halves():
                                           r"\(TOD3CapDataset \+ DenseEventsDataset\) has lidar, camera, audio, video, "
                                           r"got sensors.names \['audio', 'video'\]$"):
         check_sensors(model, instantiate_config(cfg.data, "test", "data"), cfg)
+
+
+# ------------------------------------------------------------------ 4. init_parts=all
+@pytest.fixture(scope="module")
+def run_with_point_regions(indoor_root, tmp_path_factory):
+    """A 2-step run of the indoor detector with one more top-level module, point_regions (no
+    captioner reads it: it keeps its initialisation, but the checkpoint holds it)."""
+    from dense3d.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["train", "experiment=perception_indoor", f"paths.synthetic_dir={indoor_root}", f"paths.output_dir={out}",
+                 "trainer.max_steps=2", "callbacks=default", "+model.point_regions={_target_: "
+                 "dense3d.models.proposals.boxes.point_features.PointRegionEncoder, out_channels: 256, colour_scale: 255.0}"]) == 0
+    return out
+
+
+def _indoor_model(indoor_root):
+    from dense3d.engine.train import SOURCE, compose_config
+    from dense3d.utils.config import instantiate_config
+
+    return instantiate_config(compose_config(["experiment=perception_indoor", f"paths.synthetic_dir={indoor_root}"]).model,
+                              SOURCE, "model")
+
+
+def test_init_parts_all_loads_every_module_the_run_and_the_model_share(indoor_root, run_with_point_regions, capsys):
+    """There was no way to load all of a run's modules without listing them (the SCST recipe named
+    six). init_parts=[all]: every top-level module both have (box_detector here); this model's
+    module the run lacks (extra) keeps its initialisation and the run's module this model lacks
+    (point_regions) is not loaded, both named in the line printed."""
+    import torch
+
+    from dense3d.api import load
+    from dense3d.engine.train import init_weights
+    from dense3d.errors import CheckpointError, ConfigError
+
+    run = run_with_point_regions
+    torch.manual_seed(1)
+    model = _indoor_model(indoor_root)
+    model.extra = torch.nn.Linear(2, 2)  # a top-level module the run has none of
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trained = load(run).model.state_dict()
+    capsys.readouterr()
+    n = init_weights(model, run, ["all"])
+    assert n == sum(k.startswith("box_detector.") for k in trained) > 0
+    out = capsys.readouterr().out.strip()
+    assert out.endswith(f"tensors of box_detector; at their initialisation (not in the run): extra; "
+                        f"the run's modules this model has none of, not loaded: point_norm, point_regions, region_norm"), out
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, trained[k] if k.startswith("box_detector.") else before[k]), k
+    with pytest.raises(ConfigError, match=r"field 'init_parts': expected \[all\] alone, or the names of sub-modules, "
+                                          r"got \['all', 'box_detector'\]$"):
+        init_weights(model, run, ["all", "box_detector"])
+    with pytest.raises(ConfigError, match=r"field 'init_parts': expected a run that shares a module with this model \(other\) "
+                                          r"for init_parts=\[all\], got .*, whose modules are box_detector, point_norm, point_regions, region_norm$"):
+        init_weights(torch.nn.ModuleDict({"other": torch.nn.Linear(2, 2)}), run, ["all"])
+    # inside a shared module, the run's weights this model lacks are refused as with a list of names
+    model.box_detector.region_sampler = torch.nn.Identity()
+    with pytest.raises(CheckpointError, match=r"field 'state_dict.model.box_detector.region_sampler\..*got \d+ weights under "
+                                              r"box_detector this model lacks"):
+        init_weights(model, run, ["all"])
+    assert init_weights(model, run, ["all"], ["box_detector.region_sampler"]) < n
+
+
+@pytest.mark.parametrize("spelling", ["init_parts=all", "init_parts=[all]"])
+def test_dense3d_train_takes_init_parts_all(indoor_root, run_with_point_regions, tmp_path, capsys, spelling):
+    """On the command line, init_parts=all (a bare string, else refused as 'a list of sub-module
+    names') or [all]; a frozen part it loads is not warned about as left at its initialisation."""
+    import torch
+
+    from dense3d.api import load
+    from dense3d.engine.train import build, compose_config
+
+    cfg = compose_config(["experiment=perception_indoor", f"paths.synthetic_dir={indoor_root}", f"paths.output_dir={tmp_path}",
+                          f"init_from={run_with_point_regions}", spelling, "frozen=[box_detector.lidar_encoder]", "logger=[]", "callbacks=[]"])
+    module, _, _ = build(cfg)
+    captured = capsys.readouterr()
+    assert "not loaded from another run" not in captured.err, captured.err
+    assert "tensors of box_detector; the run's modules this model has none of, not loaded: point_norm, point_regions, region_norm" in captured.out
+    trained = load(run_with_point_regions).model.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in module.model.state_dict().items())

@@ -211,22 +211,46 @@ def _under(name: str, parts) -> bool:
     return any(name == p or name.startswith(p + ".") for p in parts)
 
 
+ALL_PARTS = "all"  # init_parts=[all]: every top-level module the other run and this model share
+
+
 def init_weights(model, run: str | Path, parts: list[str], skip: list[str] = ()) -> int:
     """Start ``model``'s sub-modules ``parts`` from another run's weights (e.g. the captioning
     stage from a detection run): every weight under ``parts`` but those under ``skip`` must be in
     the checkpoint with the same shape, and every checkpoint weight under ``parts`` but those under
     ``skip`` must be in the model; the rest of the model keeps its initialisation (``skip``: parts
     the other run lacks, such as a module switched on now, or parts only the other run has).
+    ``parts=["all"]``: every top-level module that the run and this model both have (the run's
+    modules this model has none of, and this model's the run lacks, are named in the line printed).
     Returns the tensors loaded."""
+    return _init_weights(model, run, parts, skip)[0]
+
+
+def _init_weights(model, run: str | Path, parts: list[str], skip: list[str] = ()) -> tuple[int, list[str]]:
+    """:func:`init_weights`, also returning the sub-modules it loaded (``all`` spelt out)."""
     from dense3d.api import find_run
     from dense3d.errors import CheckpointError
 
     if not parts:
-        raise ConfigError(SOURCE, "init_parts", "the sub-modules to load from init_from, e.g. [box_detector]")
+        raise ConfigError(SOURCE, "init_parts", "the sub-modules to load from init_from, e.g. [box_detector] (or [all])")
+    parts = list(parts)
+    if ALL_PARTS in parts and parts != [ALL_PARTS]:
+        raise ConfigError(SOURCE, "init_parts", "[all] alone, or the names of sub-modules", got=parts)
     _, ckpt = find_run(Path(run))
     state = load_checkpoint(ckpt)["state_dict"]
     own = model.state_dict()
     under = _under
+    not_in_model: list[str] = []  # init_parts=[all]: the run's top-level modules this model has none of
+    not_in_run: list[str] = []  # and this model's top-level modules the run has none of
+    if parts == [ALL_PARTS]:
+        run_modules = list(dict.fromkeys(k[len("model."):].split(".")[0] for k in state if k.startswith("model.")))
+        own_modules = list(dict.fromkeys(k.split(".")[0] for k in own))
+        parts = [m for m in own_modules if m in run_modules]
+        not_in_model = [m for m in run_modules if m not in own_modules]
+        not_in_run = [m for m in own_modules if m not in run_modules]
+        if not parts:
+            raise ConfigError(SOURCE, "init_parts", f"a run that shares a module with this model ({', '.join(own_modules)}) "
+                              "for init_parts=[all]", got=f"{ckpt}, whose modules are {', '.join(run_modules) or 'none'}")
     wanted = {k: v for k, v in own.items() if under(k, parts)}
     missing = [p for p in parts if not any(under(k, [p]) for k in wanted)]
     if missing:
@@ -258,8 +282,10 @@ def init_weights(model, run: str | Path, parts: list[str], skip: list[str] = ())
     names = [k[len("model."):] for k in state if k.startswith("model.")]
     left = sorted({k.split(".")[0] for k in names if k in own and k not in loaded and not under(k, skip)})
     print(f"init_from {ckpt}: {len(loaded)} tensors of {', '.join(parts)}" + (f" but {', '.join(skip)}" if skip else "")
-          + (f"; not loaded, at their initialisation (not in init_parts): {', '.join(left)}" if left else ""))
-    return len(loaded)
+          + (f"; not loaded, at their initialisation (not in init_parts): {', '.join(left)}" if left else "")
+          + (f"; at their initialisation (not in the run): {', '.join(not_in_run)}" if not_in_run else "")
+          + (f"; the run's modules this model has none of, not loaded: {', '.join(not_in_model)}" if not_in_model else ""))
+    return len(loaded), parts
 
 
 def build(cfg: DictConfig, *, resuming: bool = False,
@@ -273,6 +299,8 @@ def build(cfg: DictConfig, *, resuming: bool = False,
             raise ConfigError(SOURCE, key, f"a '{key}' config (e.g. experiment=demo)")
     for key in ("init_parts", "init_skip"):  # (frozen / trainable: the module checks them)
         value = cfg.get(key)
+        if key == "init_parts" and value == ALL_PARTS:  # init_parts=all, as init_parts=[all]
+            value = OmegaConf.create([ALL_PARTS])
         if value is not None and not (OmegaConf.is_list(value) and all(isinstance(v, str) for v in value)):
             # init_parts=box_detector would be split into letters
             raise ConfigError(SOURCE, key, f"a list of sub-module names, e.g. {key}=[box_detector]", got=value)
@@ -306,8 +334,10 @@ def build(cfg: DictConfig, *, resuming: bool = False,
         raise _with_synthetic_data_hint(e, cfg) from None
     model = instantiate_config(cfg.model, SOURCE, "model")
     check_sensors(model, datamodule, cfg)  # else the first training batch fails, after the trainer's setup
+    loaded_parts: list[str] = []
     if cfg.get("init_from") and not resuming:
-        init_weights(model, cfg.init_from, list(cfg.get("init_parts") or []), list(cfg.get("init_skip") or []))
+        parts = [ALL_PARTS] if cfg.get("init_parts") == ALL_PARTS else list(cfg.get("init_parts") or [])
+        _, loaded_parts = _init_weights(model, cfg.init_from, parts, list(cfg.get("init_skip") or []))
     scheduler = scheduler_from_config(cfg.get("scheduler"))  # T_max: null is the run's length
     if isinstance(scheduler, RunLengthSchedule) and cfg.trainer.get("max_steps") == -1 and cfg.trainer.get("max_epochs") == -1:
         raise ConfigError(SOURCE, "scheduler.T_max", "an integer >= 1 when the run has no end (trainer.max_steps=-1, "
@@ -337,6 +367,8 @@ def build(cfg: DictConfig, *, resuming: bool = False,
     check_launch(trainer, cfg)
     if isinstance(scheduler, RunLengthSchedule):
         scheduler.attach(trainer)  # reads the run's length when Lightning builds the optimizer
+    if not resuming:
+        _warn_frozen_at_random(cfg, loaded_parts)
     return module, datamodule, trainer
 
 
@@ -495,8 +527,6 @@ def fit(cfg: DictConfig, ckpt_path: str | None = None, **trainer_overrides) -> t
     else:
         check_resume_folder(out, ckpt_path)
     module, datamodule, trainer = build(cfg, resuming=ckpt_path is not None, **trainer_overrides)
-    if ckpt_path is None:
-        _warn_frozen_at_random(cfg)
     resumed_step = 0
     if ckpt_path is not None:
         state = load_checkpoint(ckpt_path)  # verified (sizes, hashes); a missing file is its own one-line error
@@ -535,12 +565,12 @@ def fit(cfg: DictConfig, ckpt_path: str | None = None, **trainer_overrides) -> t
 _DDP_UNUSED_PARAMETERS = "It looks like your LightningModule has parameters that were not used in producing the loss"
 
 
-def _warn_frozen_at_random(cfg: DictConfig) -> None:
-    """One line on stderr when a frozen part is not loaded from another run (``init_from``): it
-    stays at its random initialisation, e.g. a captioning stage on an untrained detector."""
+def _warn_frozen_at_random(cfg: DictConfig, loaded: list[str]) -> None:
+    """One line on stderr when a frozen part is not loaded from another run (``init_from``; ``loaded``:
+    the sub-modules loaded, ``init_parts=[all]`` spelt out): it stays at its random initialisation,
+    e.g. a captioning stage on an untrained detector."""
     import sys
 
-    loaded = list(cfg.get("init_parts") or []) if cfg.get("init_from") else []
     skipped = list(cfg.get("init_skip") or [])
     random = [f for f in cfg.get("frozen") or [] if not _under(f, loaded) or _under(f, skipped)]
     if random:
