@@ -158,3 +158,18 @@ def test_captioner_loss_is_the_same_with_and_without_the_cache():
         torch.manual_seed(0)
         losses.append(model(regions, ctx, caps)["loss_caption"])
     assert torch.allclose(losses[0], losses[1], atol=1e-5)
+
+
+def test_cached_pass_builds_its_masks_without_transformers_deprecation_warnings():
+    """transformers 5.x takes the mask's cache as ``cache`` and keeps ``past_key_values`` as a
+    deprecated alias that warns on every call: every training step of the cached path warned."""
+    import warnings
+
+    lm, adapter, batch, visual = _setup()
+    cache = FrozenPrefixCache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        for _ in range(2):  # the second pass reads the cached rows and builds the masks itself
+            with adapter.conditioned_on(visual):
+                caption_loss_top_layers(lm, cache, 2, batch)
+    assert cache.hits == len(CAPS)

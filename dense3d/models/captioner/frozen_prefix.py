@@ -52,7 +52,8 @@ def _mask_arguments(maker, config, hidden: torch.Tensor, attention_mask: torch.T
     """Keyword arguments of transformers' ``create_causal_mask`` / ``create_sliding_window_causal_mask``
     for a pass without a KV cache. The two versions requirements allow name them apart: 4.57
     ``(config, input_embeds, attention_mask, cache_position, past_key_values, position_ids)``, 5.x
-    ``(config, inputs_embeds, attention_mask, cache, position_ids)``; positional arguments put the
+    ``(config, inputs_embeds, attention_mask, cache, position_ids)`` (later 5.x also take
+    ``past_key_values``, with a FutureWarning on every call); positional arguments put the
     positions into 4.57's cache (an AttributeError on every step)."""
     import inspect
 
@@ -61,7 +62,7 @@ def _mask_arguments(maker, config, hidden: torch.Tensor, attention_mask: torch.T
     kwargs["inputs_embeds" if "inputs_embeds" in params else "input_embeds"] = hidden
     if "cache_position" in params:  # transformers 4.x: the positions of this pass, (T,)
         kwargs["cache_position"] = pos[0]
-    kwargs["past_key_values" if "past_key_values" in params else "cache"] = None
+    kwargs["cache" if "cache" in params else "past_key_values"] = None  # 5.x keeps past_key_values as a deprecated alias
     return kwargs
 
 
