@@ -278,7 +278,6 @@ class DenseCaptionModule(pl.LightningModule):
         params = self.optimizer_params()
         opt = self.optimizer_factory(params)
         if self._trainer is None or self.trainer.is_global_zero:
-
             print(f"dense3d optimizer: {describe_groups(opt, params, self.optimizer_factory)}", file=sys.stderr)
         if self.scheduler_factory is None:
             return opt
@@ -594,7 +593,6 @@ class RNGStateCallback(pl.Callback):
             saved = None
             written = "written with rank 0's random state only"
         if saved != world_size and (saved is not None or world_size > 1) and rank == 0:
-
             have = min(len(states), world_size)  # ranks 0 .. have - 1 restore the saved state of their number
             if have == world_size:
                 rest = ""
