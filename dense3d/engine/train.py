@@ -297,10 +297,9 @@ def build(cfg: DictConfig, *, resuming: bool = False,
     for key in ("data", "model", "trainer"):
         if cfg.get(key) is None:
             raise ConfigError(SOURCE, key, f"a '{key}' config (e.g. experiment=demo)")
-    for key in ("init_parts", "init_skip"):  # (frozen / trainable: the module checks them)
-        value = cfg.get(key)
-        if key == "init_parts" and value == ALL_PARTS:  # init_parts=all, as init_parts=[all]
-            value = OmegaConf.create([ALL_PARTS])
+    # init_parts=all, as init_parts=[all]
+    init_parts = OmegaConf.create([ALL_PARTS]) if cfg.get("init_parts") == ALL_PARTS else cfg.get("init_parts")
+    for key, value in (("init_parts", init_parts), ("init_skip", cfg.get("init_skip"))):  # (frozen / trainable: the module checks them)
         if value is not None and not (OmegaConf.is_list(value) and all(isinstance(v, str) for v in value)):
             # init_parts=box_detector would be split into letters
             raise ConfigError(SOURCE, key, f"a list of sub-module names, e.g. {key}=[box_detector]", got=value)
@@ -336,8 +335,7 @@ def build(cfg: DictConfig, *, resuming: bool = False,
     check_sensors(model, datamodule, cfg)  # else the first training batch fails, after the trainer's setup
     loaded_parts: list[str] = []
     if cfg.get("init_from") and not resuming:
-        parts = [ALL_PARTS] if cfg.get("init_parts") == ALL_PARTS else list(cfg.get("init_parts") or [])
-        _, loaded_parts = _init_weights(model, cfg.init_from, parts, list(cfg.get("init_skip") or []))
+        _, loaded_parts = _init_weights(model, cfg.init_from, list(init_parts or []), list(cfg.get("init_skip") or []))
     scheduler = scheduler_from_config(cfg.get("scheduler"))  # T_max: null is the run's length
     if isinstance(scheduler, RunLengthSchedule) and cfg.trainer.get("max_steps") == -1 and cfg.trainer.get("max_epochs") == -1:
         raise ConfigError(SOURCE, "scheduler.T_max", "an integer >= 1 when the run has no end (trainer.max_steps=-1, "
