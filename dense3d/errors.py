@@ -32,6 +32,7 @@ __all__ = [
     "PredictionFormatError",
     "DependencyError",
     "exit_status",
+    "print_error",
 ]
 
 
@@ -124,5 +125,13 @@ def exit_status(main: Callable[[], int | None], prog: str) -> int:
     try:
         return int(main() or 0)
     except Dense3DError as e:
-        print(f"{prog}: {type(e).__name__}: {e}", file=sys.stderr)
+        print_error(prog, e)
         return 2
+
+
+def print_error(prog: str, e: Dense3DError) -> None:
+    """Print ``prog: ErrorClass: message`` to stderr in one write: under torchrun every rank
+    shares the launcher's stderr, and ``print`` writes the text and its newline apart, so two
+    ranks' lines could join into one (a pipe keeps a write under 4 KiB whole)."""
+    sys.stderr.write(f"{prog}: {type(e).__name__}: {e}\n")
+    sys.stderr.flush()

@@ -26,7 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dense3d.engine.train import run_checkpoints
-from dense3d.errors import ConfigError
+from dense3d.errors import ConfigError, print_error
 
 __all__ = ["RefuseEarlierSweep", "earlier_sweep_checkpoint", "sweep_job_dirs"]
 
@@ -126,5 +126,5 @@ class RefuseEarlierSweep(Callback):
 
     def _refuse(self, record: Path, expected: str, got: str) -> None:
         e = ConfigError(record, "paths.output_dir", expected, got=got)
-        print(f"{self.prog}: {type(e).__name__}: {e}", file=sys.stderr)
+        print_error(self.prog, e)
         sys.exit(2)  # before hydra's sweeper writes multirun.yaml

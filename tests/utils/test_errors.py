@@ -1,0 +1,31 @@
+"""dense3d/errors.py: how a command prints bad input."""
+import io
+
+from dense3d.errors import ConfigError, exit_status
+
+
+class _Writes(io.StringIO):
+    """A stderr that records each write call, as a pipe shared by torchrun's ranks sees them."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, s):
+        self.calls.append(s)
+        return super().write(s)
+
+
+def test_the_error_line_goes_out_in_one_write(monkeypatch):
+    """Two torchrun ranks printing the same ConfigError joined into one line in CI
+    ("...got auto (DDP ...)dense3d train: ConfigError: ...") because print() writes the text and
+    its newline apart. A pipe keeps a single write under 4 KiB whole, so the line is one write."""
+    err = _Writes()
+    monkeypatch.setattr("sys.stderr", err)
+
+    def main():
+        raise ConfigError("configs/train.yaml", "trainer.strategy", "ddp_find_unused_parameters_true", got="auto")
+
+    assert exit_status(main, "dense3d train") == 2
+    assert err.calls == ["dense3d train: ConfigError: configs/train.yaml: field 'trainer.strategy': "
+                         "expected ddp_find_unused_parameters_true, got auto\n"]
