@@ -5,7 +5,9 @@
 """
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import re
 import warnings
 from pathlib import Path
@@ -506,6 +508,20 @@ def _with_synthetic_data_hint(error: Dense3DError, cfg: DictConfig) -> Dense3DEr
     return hinted
 
 
+def saved_config_yaml(cfg: DictConfig) -> str:
+    """The run's ``config.yaml``: ``cfg`` resolved, with the ``paths`` group's relative folders made
+    absolute against the working directory first. Training reads them from there; ``dense3d eval``
+    and ``dense3d.api.load`` read the saved file later, maybe from another folder, where
+    ``paths.synthetic_dir=data/synthetic/big`` would name no data. Paths given outside ``paths``
+    (``data.train.info_file=...``) are saved as given."""
+    saved = copy.deepcopy(cfg)  # the run itself keeps what it was given
+    for key in list(saved.get("paths") or {}):  # root_dir first: data_dir etc. interpolate it
+        value = saved.paths[key]
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            saved.paths[key] = os.path.abspath(value)
+    return OmegaConf.to_yaml(saved, resolve=True)
+
+
 def fit(cfg: DictConfig, ckpt_path: str | None = None, **trainer_overrides) -> tuple[DenseCaptionModule, pl.LightningDataModule, pl.Trainer]:
     """Build and train; ``ckpt_path`` resumes a run exactly (weights, optimizer, loops, RNG).
 
@@ -535,7 +551,7 @@ def fit(cfg: DictConfig, ckpt_path: str | None = None, **trainer_overrides) -> t
     undo = _RunOutputs(out, trainer)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "config.yaml") as f:
-        f.write(OmegaConf.to_yaml(cfg, resolve=True))
+        f.write(saved_config_yaml(cfg))
     try:
         with warnings.catch_warnings():
             if isinstance(datamodule, DenseCaptionDataModule):

@@ -302,3 +302,21 @@ def test_the_run_s_checkpoint_is_the_one_of_the_most_steps(tmp_path):
     for name in ["last.ckpt", "epoch=1-step=9.ckpt"]:
         save_checkpoint({"state_dict": {}}, old / "checkpoints" / name)
     assert api.find_run(old)[1] == old / "checkpoints" / "last.ckpt"
+
+
+def test_a_run_trained_on_relative_paths_reads_its_data_from_another_folder(synthetic_root, tmp_path, monkeypatch):
+    """`dense3d train ... paths.synthetic_dir=data/synthetic/big` (relative, as docs/results.md
+    writes it) saved those relative paths in config.yaml, so `dense3d eval --checkpoint RUN` (and
+    dense3d.api.load) run from any other folder said the data was missing. The saved config now
+    holds the `paths` group absolute; the run itself read the same files."""
+    relative = os.path.relpath(synthetic_root, Path.cwd())
+    assert not os.path.isabs(relative)
+    out = tmp_path / "run"
+    assert main(["train", *_args(relative, out)]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    sample = api.load(out).dataset("val")[0]
+    assert sample.points is not None and len(sample.boxes) > 0
+    saved = (out / "config.yaml").read_text()
+    assert f"synthetic_dir: {synthetic_root}\n" in saved and f" {relative}/" not in saved
