@@ -540,6 +540,10 @@ def fit(cfg: DictConfig, ckpt_path: str | None = None, **trainer_overrides) -> t
         check_new_run_folder(out)
     else:
         check_resume_folder(out, ckpt_path)
+    if cfg.get("flush_denormal", False):
+        import torch
+
+        torch.set_flush_denormal(True)  # this process's CPU arithmetic: denormals as zero (configs/train.yaml)
     module, datamodule, trainer = build(cfg, resuming=ckpt_path is not None, **trainer_overrides)
     resumed_step = 0
     if ckpt_path is not None:
