@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
 
@@ -540,10 +541,23 @@ def fit(cfg: DictConfig, ckpt_path: str | None = None, **trainer_overrides) -> t
         check_new_run_folder(out)
     else:
         check_resume_folder(out, ckpt_path)
+    flushing = _flushes_denormals()  # put back when fit() returns or raises: a library caller's arithmetic is its own
     if cfg.get("flush_denormal", False):
-        import torch
+        torch.set_flush_denormal(True)  # this run's CPU arithmetic: denormals as zero (configs/train.yaml)
+    try:
+        return _fit(cfg, out, ckpt_path, **trainer_overrides)
+    finally:
+        torch.set_flush_denormal(flushing)
 
-        torch.set_flush_denormal(True)  # this process's CPU arithmetic: denormals as zero (configs/train.yaml)
+
+def _flushes_denormals() -> bool:
+    """Whether this thread's CPU arithmetic flushes denormal floats to zero (torch sets the mode,
+    ``torch.set_flush_denormal``, but has no getter: a denormal float32 times one tells)."""
+    return (torch.tensor([1e-39], dtype=torch.float32) * 1.0).item() == 0.0
+
+
+def _fit(cfg: DictConfig, out: Path, ckpt_path: str | None, **trainer_overrides):
+    """:func:`fit` after its folder checks: build, write config.yaml, train."""
     module, datamodule, trainer = build(cfg, resuming=ckpt_path is not None, **trainer_overrides)
     resumed_step = 0
     if ckpt_path is not None:

@@ -322,17 +322,36 @@ def test_a_run_trained_on_relative_paths_reads_its_data_from_another_folder(synt
     assert f"synthetic_dir: {synthetic_root}\n" in saved and f" {relative}/" not in saved
 
 
-def test_training_flushes_denormal_floats_to_zero(synthetic_root, tmp_path):
+def test_training_flushes_denormal_floats_to_zero_and_puts_the_mode_back(synthetic_root, tmp_path):
     """CPU arithmetic on denormal floats is many times slower; an outdoor captioning run's steps
     went from 1.4 to 2.1 s over 2,400 steps, 2.34 s against 1.86 s with the same weights flushed
-    (docs/results.md, session 34). `flush_denormal: true` (configs/train.yaml) sets it for the run."""
+    (docs/results.md, session 34). `flush_denormal: true` (configs/train.yaml) sets it for the run;
+    fit() gives the caller back the mode it had, after a run and after a run that failed."""
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a denormal float32
+
+    class Probe(pl.Callback):  # the mode in the middle of the run's training step
+        seen: list[bool] = []
+
+        def on_train_batch_end(self, *args):
+            Probe.seen.append((tiny * 1.0).item() == 0.0)
+
+    def train(out, *extra):
+        cfg = compose_config(_args(synthetic_root, out, *extra))
+        return fit(cfg, callbacks=[Probe()], enable_checkpointing=False)
+
     try:
         torch.set_flush_denormal(False)  # an earlier training test in this process may have set it
-        tiny = torch.tensor([1e-39], dtype=torch.float32)  # a denormal float32
         assert (tiny * 1.0).item() != 0.0
-        assert main(["train", *_args(synthetic_root, tmp_path / "off", "flush_denormal=false")]) == 0
+        train(tmp_path / "off", "flush_denormal=false")
+        train(tmp_path / "on")
+        assert Probe.seen == [False, True]
+        assert (tiny * 1.0).item() != 0.0  # the caller's mode again
+        torch.set_flush_denormal(True)  # flush_denormal=false leaves the caller's mode as it is: flushing here
+        train(tmp_path / "off2", "flush_denormal=false")
+        assert Probe.seen[-1] is True and (tiny * 1.0).item() == 0.0
+        torch.set_flush_denormal(False)
+        with pytest.raises(ConfigError):  # a run failing at its first step: the mode put back too
+            train(tmp_path / "bad", "trainer.max_steps=1", "optim.lr=-1")
         assert (tiny * 1.0).item() != 0.0
-        assert main(["train", *_args(synthetic_root, tmp_path / "on")]) == 0
-        assert (tiny * 1.0).item() == 0.0
     finally:
         torch.set_flush_denormal(False)
