@@ -66,8 +66,9 @@ class DenseCaptioner(nn.Module):
         detection_weight, caption_weight: weights of the loss groups.
         target_weight: weight of the Q-Former's target-head loss (which neighbour the caption
             names; only with ``qformer.target_order``).
-        scst_weight: weight of the self-critical loss (CIDEr-D reward, baseline decoded as ``generate``; 0: off),
-            the optional last stage (``stage=scst``).
+        scst_weight: weight of the self-critical loss (CIDEr-D reward, baseline decoded as ``generate``,
+            or the other samples' mean with ``captioner.scst_samples > 1``; 0: off), the optional last
+            stage (``stage=scst``).
         scst_document_frequency: where the reward's CIDEr-D takes its document frequencies from:
             ``"batch"`` (the references of the batch's regions, pycocoevalcap's own count) or
             ``"train"`` (every annotated region's references in the training set, as Rennie et
@@ -369,7 +370,7 @@ class DenseCaptioner(nn.Module):
             scst = self.captioner.scst_loss(regions, contexts, references)
             losses["scst"] = self.scst_weight * scst["loss_scst"]
             # the rewards are what SCST raises: logged beside the losses (not summed into them)
-            self.step_metrics = {"scst_reward_sample": scst["reward_sample"], "scst_reward_greedy": scst["reward_greedy"]}
+            self.step_metrics = {f"scst_{k}": v for k, v in scst.items() if k.startswith("reward_")}
         if not losses:
             raise ConfigError("DenseCaptioner", "trainable parameters", "some part that trains (all are frozen)")
         return losses

@@ -8,7 +8,8 @@ events) and scene context queries (``SceneContext``), and
   :func:`dense3d.models.matching.assign_captions`);
 * ``generate(regions, context)`` -> ``B`` lists of ``DenseCaption`` (every real region);
 * ``scst_loss(regions, context, references)`` -> the self-critical loss (CIDEr-D reward; the
-  baseline is the caption ``generate`` would give, same decoding settings) for an optional
+  baseline is the caption ``generate`` would give, same decoding settings, or with
+  ``scst_samples > 1`` the mean reward of the region's other samples) for an optional
   fine-tuning stage.
 
 Only BiCA, the Q-Former and the adapter train; the LLM stays frozen (``FrozenDecoder``).
@@ -32,7 +33,8 @@ from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.captioner.qformer import RelationQFormer
 from dense3d.models.checks import check_int
 from dense3d.models.context.bica import BiCADecoder, SceneContext
-from dense3d.models.losses.caption import CiderDocumentFrequency, caption_cross_entropy, cider_d, scst_loss, sequence_log_probs
+from dense3d.models.losses.caption import (CiderDocumentFrequency, caption_cross_entropy, cider_d, leave_one_out_baseline,
+                                           scst_loss, sequence_log_probs)
 from dense3d.models.losses.mention import IGNORE, mention_words, target_labels, target_word_spans
 from dense3d.structures.captions import DenseCaption
 from dense3d.structures.sample import RegionFeatures
@@ -124,6 +126,11 @@ class RegionCaptioner(nn.Module):
             it: "the *black table*"; :func:`~dense3d.models.losses.mention.target_word_spans`); 1.0
             (default): every caption token counts the same. Needs class names for the kind (other
             kinds keep weight 1) and a fast tokenizer.
+        scst_samples: captions sampled per region in :meth:`scst_loss`. 1 (default): one sample,
+            the baseline its region's test-time caption (Rennie et al. 2017: a beam / greedy
+            decode each step); k > 1: k samples, each one's baseline the mean reward of the
+            region's k - 1 others (Luo 2020, "A better variant of self-critical sequence
+            training"; no test-time decode, k times the sampled rows).
     """
 
     def __init__(self, decoder: FrozenDecoder, adapter: LlamaAdapter, qformer: RelationQFormer,
@@ -131,7 +138,8 @@ class RegionCaptioner(nn.Module):
                  max_caption_tokens: int = 32, max_new_tokens: int = 32, num_beams: int = 1,
                  class_names: dict[str, Sequence[str]] | None = None, no_repeat_ngram_size: int = 0,
                  repetition_penalty: float = 1.0, cache_frozen_layers_mb: int = 1024, llm_autocast: bool | None = None,
-                 mention_aliases: dict[str, Sequence[str]] | None = None, target_word_weight: float = 1.0):
+                 mention_aliases: dict[str, Sequence[str]] | None = None, target_word_weight: float = 1.0,
+                 scst_samples: int = 1):
         super().__init__()
         if adapter.prompt_len != qformer.num_queries:
             raise ConfigError("RegionCaptioner", "adapter.prompt_len", f"qformer.num_queries={qformer.num_queries}",
@@ -149,6 +157,8 @@ class RegionCaptioner(nn.Module):
         check_decoding("RegionCaptioner", max_new_tokens, num_beams, no_repeat_ngram_size, repetition_penalty)
         check_int("RegionCaptioner", "max_caption_tokens", max_caption_tokens)
         check_int("RegionCaptioner", "cache_frozen_layers_mb", cache_frozen_layers_mb, 0)
+        check_int("RegionCaptioner", "scst_samples", scst_samples)
+        self.scst_samples = scst_samples
         self.decoder, self.adapter, self.qformer, self.bica = decoder, adapter, qformer, bica
         self.prompts = dict(DEFAULT_PROMPTS, **(prompts or {}))
         for kind, text in self.prompts.items():  # generation starts from the prompt: an empty one has no last token
@@ -335,41 +345,50 @@ class RegionCaptioner(nn.Module):
             references: like ``captions`` of :meth:`forward` but each entry a list of
                 reference captions (or None / [] for regions without a match).
         Returns:
-            ``{"loss_scst", "reward_sample", "reward_greedy"}`` (rewards: mean CIDEr-D).
+            ``{"loss_scst", "reward_sample", "reward_baseline"}`` (rewards: mean CIDEr-D), and
+            ``"reward_greedy"`` (the test-time captions' reward, the baseline) with one sample.
         """
         single = isinstance(regions, RegionFeatures)
         regions = _as_list(regions)
         references = [references] if single else list(references)
         visual = self.encode(regions, context)
         lm, tok = self._lm(), self.decoder.tokenizer
-        losses, rs, rg = [], [], []
+        losses, rs, rb = [], [], []
         for r, v, refs in zip(regions, visual, references):
             rows = [(b, i) for b in range(r.mask.shape[0]) for i in range(r.mask.shape[1])
                     if bool(r.mask[b, i]) and refs[b][i]]
             if not rows:
                 continue
+            k = self.scst_samples
             vis = torch.stack([v[b, i] for b, i in rows])  # (N, K, H)
             gold = [list(refs[b][i]) for b, i in rows]
             prompt = self.prompts[r.kind]
+            df = self.reward_document_frequency
             with self._precision():
-                # The baseline is the caption evaluation would produce (Rennie et al.: the reward of the
-                # test-time inference), so it decodes exactly as generate() does: beams, n-gram block and
-                # repetition penalty included. Without them a looping baseline scores low and every sample
-                # looks better than what the model will actually output.
-                greedy, _ = generate_captions(lm, self.adapter, tok, vis.detach(), prompt, self.max_new_tokens,
-                                              self.num_beams, no_repeat_ngram_size=self.no_repeat_ngram_size,
-                                              repetition_penalty=self.repetition_penalty)
+                if k == 1:
+                    # The baseline is the caption evaluation would produce (Rennie et al.: the reward of the
+                    # test-time inference), so it decodes exactly as generate() does: beams, n-gram block and
+                    # repetition penalty included. Without them a looping baseline scores low and every sample
+                    # looks better than what the model will actually output.
+                    greedy, _ = generate_captions(lm, self.adapter, tok, vis.detach(), prompt, self.max_new_tokens,
+                                                  self.num_beams, no_repeat_ngram_size=self.no_repeat_ngram_size,
+                                                  repetition_penalty=self.repetition_penalty)
                 # Samples draw from the same constrained distribution (transformers applies both the n-gram
-                # block and the repetition penalty when sampling too); one sample per region, no beams.
+                # block and the repetition penalty when sampling too); k samples per region, no beams.
+                vis = vis.repeat_interleave(k, dim=0)  # (N * k, K, H): region n's samples in rows n*k .. n*k+k-1
+                gold = [g for g in gold for _ in range(k)]
                 sampled, seqs = generate_captions(lm, self.adapter, tok, vis.detach(), prompt, self.max_new_tokens,
                                                   do_sample=True, no_repeat_ngram_size=self.no_repeat_ngram_size,
                                                   repetition_penalty=self.repetition_penalty)
-            df = self.reward_document_frequency
-            r_s, r_g = cider_d(sampled, gold, df), cider_d(greedy, gold, df)
-            batch = teacher_forcing_batch(tok, [prompt] * len(rows), [""] * len(rows), 1, device=vis.device)
+            r_s = cider_d(sampled, gold, df)  # (N * k,)
+            if k == 1:
+                r_b = cider_d(greedy, gold, df)  # (N,)
+            else:  # each sample's baseline: the mean reward of its region's other k - 1 samples
+                r_b = leave_one_out_baseline(r_s, k)  # (N * k,)
+            batch = teacher_forcing_batch(tok, [prompt] * len(seqs), [""] * len(seqs), 1, device=vis.device)
             P = len(batch["input_ids"][0]) - 1  # prompt length (the empty caption adds only eos)
             L = max(len(s) for s in seqs)
-            ids = torch.full((len(rows), P + L), tok.pad_token_id, dtype=torch.long, device=vis.device)
+            ids = torch.full((len(seqs), P + L), tok.pad_token_id, dtype=torch.long, device=vis.device)
             lab = torch.full_like(ids, -100)
             ids[:, :P] = batch["input_ids"][:, :P]
             for n, s in enumerate(seqs):
@@ -384,14 +403,18 @@ class RegionCaptioner(nn.Module):
             processors = decoding_processors(self.no_repeat_ngram_size, self.repetition_penalty)
             lp = sequence_log_probs(processed_logits(logits.float(), ids, processors, P), lab)
             lengths = torch.tensor([len(s) for s in seqs], device=vis.device)
-            losses.append(scst_loss(lp, r_s, r_g, lengths) * len(rows))
+            losses.append(scst_loss(lp, r_s, r_b, lengths) * len(seqs))
             rs.append(r_s)
-            rg.append(r_g)
+            rb.append(r_b)
+        greedy_key = {"reward_greedy": torch.zeros(())} if self.scst_samples == 1 else {}
         if not losses:
             zero = self._zero_loss(visual)
-            return {"loss_scst": zero, "reward_sample": torch.zeros(()), "reward_greedy": torch.zeros(())}
+            return {"loss_scst": zero, "reward_sample": torch.zeros(()), "reward_baseline": torch.zeros(()), **greedy_key}
         n = sum(len(x) for x in rs)
-        return {"loss_scst": sum(losses) / n, "reward_sample": torch.cat(rs).mean(), "reward_greedy": torch.cat(rg).mean()}
+        out = {"loss_scst": sum(losses) / n, "reward_sample": torch.cat(rs).mean(), "reward_baseline": torch.cat(rb).mean()}
+        if greedy_key:  # one sample: the baseline is the test-time captions' reward
+            out["reward_greedy"] = out["reward_baseline"]
+        return out
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["caption_cross_entropy", "weighted_mean_cross_entropy", "sequence_log_probs", "cider_d", "scst_loss",
+           "leave_one_out_baseline",
            "CiderDocumentFrequency"]
 
 
@@ -130,3 +131,19 @@ def scst_loss(sample_log_probs: torch.Tensor, sample_reward: torch.Tensor, basel
     """
     adv = (sample_reward - baseline_reward).to(sample_log_probs)
     return -(adv * sample_log_probs / lengths.clamp(min=1).to(sample_log_probs)).mean()
+
+
+def leave_one_out_baseline(rewards: torch.Tensor, samples: int) -> torch.Tensor:
+    """Each sample's baseline: the mean reward of the other ``samples - 1`` samples of its region
+    (Luo 2020, "A better variant of self-critical sequence training").
+
+    Args:
+        rewards: (N * samples,) rewards, region n's samples in rows ``n * samples`` to ``n * samples + samples - 1``.
+        samples: samples per region (at least 2).
+    Returns:
+        (N * samples,) baselines.
+    """
+    if samples < 2 or rewards.numel() % samples:
+        raise ValueError(f"leave_one_out_baseline: {rewards.numel()} rewards in groups of {samples} (need >= 2 a group)")
+    per_region = rewards.reshape(-1, samples)  # (N, samples)
+    return ((per_region.sum(1, keepdim=True) - per_region) / (samples - 1)).reshape(-1)  # (N * samples,)
