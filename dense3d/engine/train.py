@@ -510,17 +510,37 @@ def _with_synthetic_data_hint(error: Dense3DError, cfg: DictConfig) -> Dense3DEr
 
 
 def saved_config_yaml(cfg: DictConfig) -> str:
-    """The run's ``config.yaml``: ``cfg`` resolved, with the ``paths`` group's relative folders made
-    absolute against the working directory first. Training reads them from there; ``dense3d eval``
-    and ``dense3d.api.load`` read the saved file later, maybe from another folder, where
-    ``paths.synthetic_dir=data/synthetic/big`` would name no data. Paths given outside ``paths``
-    (``data.train.info_file=...``) are saved as given."""
+    """The run's ``config.yaml``: ``cfg`` resolved, with relative folders and files made absolute
+    against the working directory: the ``paths`` group's, then the ``data`` group's files and
+    folders (the datasets' ``*_file``, ``*_dir`` and ``*_root`` arguments, read from the working
+    directory). Training reads them from there; ``dense3d eval`` and ``dense3d.api.load`` read the
+    saved file later, maybe from another folder, where ``paths.synthetic_dir=data/synthetic/big``
+    or ``data.train.info_file=data_extra/...`` would name no data."""
     saved = copy.deepcopy(cfg)  # the run itself keeps what it was given
     for key in list(saved.get("paths") or {}):  # root_dir first: data_dir etc. interpolate it
         value = saved.paths[key]
         if isinstance(value, str) and value and not os.path.isabs(value):
             saved.paths[key] = os.path.abspath(value)
+    if isinstance(saved.get("data"), DictConfig):
+        _absolute_data_paths(saved.data)
     return OmegaConf.to_yaml(saved, resolve=True)
+
+
+_DATA_PATH_KEY = re.compile(r".+_(file|dir|root)$")  # info_file, caption_file, scans_dir, media_dir, data_root, ...
+
+
+def _absolute_data_paths(node: DictConfig) -> None:
+    """Make the relative ``*_file`` / ``*_dir`` / ``*_root`` strings under ``node`` absolute, in
+    place. Interpolations are left as they are: ``${paths.data_dir}/...`` follows the absolute
+    ``paths`` group when the copy is resolved."""
+    for key in list(node.keys()):
+        if OmegaConf.is_interpolation(node, key):
+            continue
+        value = node[key]
+        if isinstance(value, DictConfig):
+            _absolute_data_paths(value)
+        elif isinstance(value, str) and value and _DATA_PATH_KEY.match(str(key)) and not os.path.isabs(value):
+            node[key] = os.path.abspath(value)
 
 
 def fit(cfg: DictConfig, ckpt_path: str | None = None, **trainer_overrides) -> tuple[DenseCaptionModule, pl.LightningDataModule, pl.Trainer]:

@@ -322,6 +322,24 @@ def test_a_run_trained_on_relative_paths_reads_its_data_from_another_folder(synt
     assert f"synthetic_dir: {synthetic_root}\n" in saved and f" {relative}/" not in saved
 
 
+def test_data_files_given_relative_outside_the_paths_group_are_saved_absolute(synthetic_root, tmp_path, monkeypatch):
+    """`data.train.info_file=data_extra/...` (docs/results.md's outdoor runs) was saved as given,
+    relative; the saved config holds the data group's `*_file` / `*_dir` / `*_root` absolute too."""
+    relative = os.path.relpath(synthetic_root, Path.cwd())
+    out = tmp_path / "run"
+    files = [f'data.val.scanrefer_file="{relative}/indoor/ScanRefer_filtered_{{split}}.json"',
+             f"data.val.scans_dir={relative}/indoor/scans"]
+    assert main(["train", *_args(synthetic_root, out, *files)]) == 0
+    saved = (out / "config.yaml").read_text()
+    assert f"scans_dir: {synthetic_root}/indoor/scans\n" in saved
+    assert f"scanrefer_file: {synthetic_root}/indoor/ScanRefer_filtered_{{split}}.json\n" in saved
+    assert f" {relative}/" not in saved
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert len(api.load(out).dataset("val")[0].boxes) > 0
+
+
 def test_training_flushes_denormal_floats_to_zero_and_puts_the_mode_back(synthetic_root, tmp_path):
     """CPU arithmetic on denormal floats is many times slower; an outdoor captioning run's steps
     went from 1.4 to 2.1 s over 2,400 steps, 2.34 s against 1.86 s with the same weights flushed
