@@ -8,7 +8,7 @@ import torch
 import dense3d.models.captioner.region_captioner as region_captioner
 from dense3d.errors import ConfigError
 from dense3d.models.captioner.region_captioner import RegionCaptioner
-from dense3d.models.losses.caption import leave_one_out_baseline
+from dense3d.models.losses.caption import CiderDocumentFrequency, cider_d, leave_one_out_baseline
 from tests.models.test_captioner import oracle_scene, tiny_captioner
 
 
@@ -21,13 +21,17 @@ def test_each_baseline_is_the_mean_of_the_regions_other_samples():
             leave_one_out_baseline(rewards, bad)
 
 
-def _decodes(monkeypatch, model, refs, regions, ctx):
-    """The (rows, sampled) of every generate_captions call one scst_loss makes, and its output."""
+def _decodes(monkeypatch, model, refs, regions, ctx, texts=None):
+    """The (rows, sampled) of every generate_captions call one scst_loss makes, and its output;
+    ``texts`` (a list) collects the sampled captions."""
     calls, real = [], region_captioner.generate_captions
 
     def recording(lm, adapter, tok, visual, *args, do_sample=False, **kw):
         calls.append((visual.shape[0], do_sample))
-        return real(lm, adapter, tok, visual, *args, do_sample=do_sample, **kw)
+        out = real(lm, adapter, tok, visual, *args, do_sample=do_sample, **kw)
+        if do_sample and texts is not None:
+            texts.extend(out[0])
+        return out
 
     monkeypatch.setattr(region_captioner, "generate_captions", recording)
     torch.manual_seed(0)
@@ -45,9 +49,14 @@ def test_k_samples_decode_k_rows_a_region_and_no_test_time_caption(monkeypatch):
     assert "reward_greedy" in one and torch.equal(one["reward_greedy"], one["reward_baseline"])
 
     model.scst_samples = 4
-    calls, four = _decodes(monkeypatch, model, refs, regions, ctx)
+    texts = []
+    calls, four = _decodes(monkeypatch, model, refs, regions, ctx, texts)
     assert calls == [(32, True)]  # Luo: four samples a region, no test-time decode
     assert "reward_greedy" not in four
+    # each sample scored as one sample of its region would be: document frequencies over the 8 regions
+    gold = [r for row in refs for r in row]
+    by_region = cider_d(texts, [g for g in gold for _ in range(4)], CiderDocumentFrequency.from_references(gold))
+    assert len(set(texts)) > 1 and torch.isclose(four["reward_sample"], by_region.mean())
     # the leave-one-out baselines average to the samples' own mean
     torch.testing.assert_close(four["reward_baseline"], four["reward_sample"])
     assert torch.isfinite(four["loss_scst"])

@@ -364,6 +364,10 @@ class RegionCaptioner(nn.Module):
             gold = [list(refs[b][i]) for b, i in rows]
             prompt = self.prompts[r.kind]
             df = self.reward_document_frequency
+            if df is None and k > 1:
+                # the batch's count over its N regions, as with one sample: pycocoevalcap would count each
+                # region's references k times, and an n-gram no reference has would weigh log(N k), not log(N)
+                df = CiderDocumentFrequency.from_references(gold)
             with self._precision():
                 if k == 1:
                     # The baseline is the caption evaluation would produce (Rennie et al.: the reward of the
