@@ -513,9 +513,10 @@ def saved_config_yaml(cfg: DictConfig) -> str:
     """The run's ``config.yaml``: ``cfg`` resolved, with relative folders and files made absolute
     against the working directory: the ``paths`` group's, then the ``data`` group's files and
     folders (the datasets' ``*_file``, ``*_dir`` and ``*_root`` arguments, read from the working
-    directory). Training reads them from there; ``dense3d eval`` and ``dense3d.api.load`` read the
-    saved file later, maybe from another folder, where ``paths.synthetic_dir=data/synthetic/big``
-    or ``data.train.info_file=data_extra/...`` would name no data."""
+    directory), and ``init_from`` / ``ckpt_path`` (the run it started from or resumed). Training
+    reads them from there; ``dense3d eval`` and ``dense3d.api.load`` read the saved file later,
+    maybe from another folder, where ``paths.synthetic_dir=data/synthetic/big`` or
+    ``data.train.info_file=data_extra/...`` would name no data."""
     saved = copy.deepcopy(cfg)  # the run itself keeps what it was given
     for key in list(saved.get("paths") or {}):  # root_dir first: data_dir etc. interpolate it
         value = saved.paths[key]
@@ -523,6 +524,10 @@ def saved_config_yaml(cfg: DictConfig) -> str:
             saved.paths[key] = os.path.abspath(value)
     if isinstance(saved.get("data"), DictConfig):
         _absolute_data_paths(saved.data)
+    for key in ("init_from", "ckpt_path"):  # the run it started from / resumed: which one, read from anywhere
+        value = saved.get(key)
+        if isinstance(value, str) and value and value != "last" and not os.path.isabs(value):
+            saved[key] = os.path.abspath(value)
     return OmegaConf.to_yaml(saved, resolve=True)
 
 

@@ -14,7 +14,7 @@ import torch
 import dense3d.api as api
 from dense3d.cli import main
 from dense3d.engine.demo import DEMO_MARKER, _replacing_earlier_demo_run
-from dense3d.engine.train import compose_config, fit
+from dense3d.engine.train import compose_config, fit, saved_config_yaml
 from dense3d.errors import CheckpointError, ConfigError
 
 
@@ -338,6 +338,19 @@ def test_data_files_given_relative_outside_the_paths_group_are_saved_absolute(sy
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert len(api.load(out).dataset("val")[0].boxes) > 0
+
+
+def test_the_run_started_from_or_resumed_is_saved_absolute(synthetic_root, tmp_path):
+    """`init_from=outputs/perception_outdoor` was saved as given: from another folder the saved
+    config named no run. `ckpt_path=last` (this run's own newest checkpoint) stays as it is."""
+    out = tmp_path / "run"
+    saved = saved_config_yaml(compose_config(_args(synthetic_root, out, "init_from=outputs/detector",
+                                                   "init_parts=[box_detector]", "ckpt_path=last")))
+    assert f"init_from: {os.path.abspath('outputs/detector')}\n" in saved
+    assert "ckpt_path: last\n" in saved
+    saved = saved_config_yaml(compose_config(_args(synthetic_root, out, 'ckpt_path="runs/a/checkpoints/step=4.ckpt"')))
+    assert f"ckpt_path: {os.path.abspath('runs/a/checkpoints/step=4.ckpt')}\n" in saved
+    assert "init_from: null\n" in saved
 
 
 def test_training_flushes_denormal_floats_to_zero_and_puts_the_mode_back(synthetic_root, tmp_path):
