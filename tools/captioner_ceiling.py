@@ -53,6 +53,7 @@ def ceiling_config(layers: int, overrides: list[str]):
 
     return compose_config(["experiment=captioning_outdoor", "model.captioner.bica=null",
                            "model.captioner.qformer.region_dim=256", "model.captioner.qformer.num_neighbours=0",
+                           "model.captioner.qformer.neighbour_queries=0", "model.captioner.qformer.relation_ranks=false",
                            "model.captioner.qformer.token_dim=null", f"model.captioner.adapter.num_layers={layers}",
                            *overrides])  # bad overrides and values: one-line ConfigErrors
 
