@@ -9,10 +9,12 @@ timed by calling ``generate_captions`` as the step does). The adapter's gates ar
 so each region's tokens matter; the decoded captions then run to about ``--max-new-tokens``
 tokens (printed), where a trained captioner's indoor captions are 20-25 tokens. Also compared: the
 reward's document frequencies from the batch (default) and from a corpus
-(``scst_document_frequency=train``; here 1,000 copies of the references' wording). Prints a table
-and writes ``bm_scst_step.json`` beside this file.
+(``scst_document_frequency=train``; here 1,000 copies of the references' wording), and with
+``--samples k`` (k >= 2) the step that draws k samples per region and takes each sample's baseline
+from the region's other samples (``model.captioner.scst_samples=k``: no greedy decoding, k times
+the sampled rows). Prints a table and writes ``bm_scst_step.json`` beside this file.
 
-    .venv/bin/python benchmarks/bm_scst_step.py [--scenes 2] [--max-new-tokens 24] [--repeats 2] [--threads 1]
+    .venv/bin/python benchmarks/bm_scst_step.py [--scenes 2] [--max-new-tokens 24] [--repeats 2] [--threads 1] [--samples 4]
 """
 from __future__ import annotations
 
@@ -64,7 +66,11 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--samples", type=int, default=1,
+                    help="also time the step with this many samples per region (scst_samples; 1: that row left out)")
     args = ap.parse_args()
+    if args.samples < 1:
+        ap.error(f"--samples: an integer >= 1, got {args.samples}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
@@ -89,32 +95,38 @@ def main() -> None:
         model(regions, ctx, captions)["loss_caption"].backward()
         return {"step_s": time.perf_counter() - t}
 
-    def scst(df) -> dict:
+    def scst(df, k: int = 1) -> dict:
         model.reward_document_frequency = df
+        model.scst_samples = k
         model.zero_grad(set_to_none=True)
         t = time.perf_counter()
         out = model.scst_loss(regions, ctx, refs)
         t_loss = time.perf_counter() - t
         out["loss_scst"].backward()
         step = time.perf_counter() - t
-        # the two decodings the step ran, once more on their own: greedy (the baseline) and a sample
+        # the decodings the step ran, once more on their own: greedy (the baseline; one sample only)
+        # and the samples (k per region)
         vis = model.encode([regions], [ctx])[0].detach()[regions.mask]  # (N, K, H) of the masked regions
         prompt = model.prompts["box"]
+        row = {"step_s": step, "loss_s": t_loss, "samples_per_region": k}
         with torch.no_grad(), model._precision():
+            if k == 1:
+                t = time.perf_counter()
+                generate_captions(model._lm(), model.adapter, model.decoder.tokenizer, vis, prompt, args.max_new_tokens)
+                row["greedy_decode_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            greedy, _ = generate_captions(model._lm(), model.adapter, model.decoder.tokenizer, vis, prompt, args.max_new_tokens)
-            t_greedy = time.perf_counter() - t
-            t = time.perf_counter()
-            _, seqs = generate_captions(model._lm(), model.adapter, model.decoder.tokenizer, vis, prompt, args.max_new_tokens,
-                                        do_sample=True)
-            t_sample = time.perf_counter() - t
-        return {"step_s": step, "loss_s": t_loss, "greedy_decode_s": t_greedy, "sample_decode_s": t_sample,
-                "sample_tokens": sum(len(s) for s in seqs) / len(seqs), "reward_sample": float(out["reward_sample"]),
-                "reward_greedy": float(out["reward_greedy"])}
+            _, seqs = generate_captions(model._lm(), model.adapter, model.decoder.tokenizer,
+                                        vis.repeat_interleave(k, dim=0), prompt, args.max_new_tokens, do_sample=True)
+            row["sample_decode_s"] = time.perf_counter() - t
+        row.update(sample_tokens=sum(len(s) for s in seqs) / len(seqs), reward_sample=float(out["reward_sample"]),
+                   reward_baseline=float(out["reward_baseline"]))
+        return row
 
     teacher_forced(), scst(None)  # warm-up
     runs = {"teacher-forced": teacher_forced, "SCST, batch frequencies": lambda: scst(None),
             "SCST, corpus frequencies": lambda: scst(corpus)}
+    if args.samples > 1:
+        runs[f"SCST, {args.samples} samples"] = lambda: scst(None, args.samples)
     best: dict[str, dict] = {}
     for _ in range(args.repeats):  # interleaved: load changes hit all alike
         for name, fn in runs.items():
@@ -131,8 +143,9 @@ def main() -> None:
     rows = []
     for name, r in best.items():
         rows.append({"step": name, **r, "x_teacher_forced": r["step_s"] / base})
-        extra = (f"{r['greedy_decode_s']:16.2f} {r['sample_decode_s']:16.2f} {r['sample_tokens']:14.1f}"
-                 if "greedy_decode_s" in r else f"{'':>16} {'':>16} {'':>14}")
+        greedy = f"{r['greedy_decode_s']:16.2f}" if "greedy_decode_s" in r else f"{'-':>16}"
+        extra = (f"{greedy} {r['sample_decode_s']:16.2f} {r['sample_tokens']:14.1f}"
+                 if "sample_decode_s" in r else f"{'':>16} {'':>16} {'':>14}")
         print(f"{name:26} {r['step_s']:8.2f} {r['step_s'] / base:16.1f}x {extra}")
     meta = {"regions": n, "bf16_autocast": autocast, "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "machine": platform.processor() or platform.machine(), "load_average_1m": os.getloadavg()[0]}
