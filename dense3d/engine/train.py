@@ -336,6 +336,7 @@ def build(cfg: DictConfig, *, resuming: bool = False,
         raise _with_synthetic_data_hint(e, cfg) from None
     model = instantiate_config(cfg.model, SOURCE, "model")
     check_sensors(model, datamodule, cfg)  # else the first training batch fails, after the trainer's setup
+    check_point_columns(model, datamodule)  # likewise
     loaded_parts: list[str] = []
     if cfg.get("init_from") and not resuming:
         _, loaded_parts = _init_weights(model, cfg.init_from, list(init_parts or []), list(cfg.get("init_skip") or []))
@@ -449,6 +450,31 @@ def check_sensors(model, datamodule, cfg: DictConfig, config_dir: str | Path | N
                                   got=f"sensors.names {list(OmegaConf.select(cfg, 'sensors.names', default=None) or [])}")
             raise ConfigError(SOURCE, "data", f"a data set with {' or '.join(wants)} for the model's {detector} (or a model "
                               f"for {', '.join(has)})", got=f"data.{split} ({name}), which has {', '.join(has)}")
+
+
+def check_point_columns(model, datamodule) -> None:
+    """The points of each split's first sample have the columns the model's LiDAR encoder reads
+    (``model.box_detector.lidar_encoder.voxel_encoder.in_channels``); else a one-line ConfigError
+    before anything trains, naming the data set, its columns and the model options. A model for
+    other data (``experiment=perception_outdoor data=indoor_rooms``: 5 columns x, y, z, intensity,
+    ring against the rooms' 6, x, y, z, r, g, b) built everything, printed the model summary and
+    failed at the first training batch ("Batch: field 'points[0]'"). One sample per split is read
+    (the samples of one data set share their columns); data sets without points are not checked."""
+    encoder = getattr(getattr(getattr(model, "box_detector", None), "lidar_encoder", None), "voxel_encoder", None)
+    wants = getattr(encoder, "in_channels", None)
+    if not isinstance(wants, int):  # no LiDAR encoder of dense3d's (a camera-only model, the mmdet3d bridge)
+        return
+    for split in ("train", "val"):
+        dataset = getattr(datamodule, f"{split}_set", None)
+        if dataset is None or len(dataset) == 0:
+            continue
+        cloud = getattr(dataset[0], "points", None)
+        if cloud is None or cloud.points.shape[1] == wants:
+            continue
+        has = cloud.points.shape[1]
+        options = " / ".join(p.stem for p in sorted((Path(CONFIG_DIR) / "model").glob("*.yaml")))
+        raise ConfigError(SOURCE, "model", f"a model for the {has} point columns of data.{split} ({type(dataset).__name__}: "
+                          f"{', '.join(cloud.feature_names)}): model={options}", got=f"model.box_detector.lidar_encoder.voxel_encoder.in_channels={wants}")
 
 
 def check_launch(trainer: pl.Trainer, cfg: DictConfig) -> None:
