@@ -545,16 +545,19 @@ def saved_config_yaml(cfg: DictConfig) -> str:
     ``data.train.info_file=data_extra/...`` would name no data."""
     saved = copy.deepcopy(cfg)  # the run itself keeps what it was given
     for key in list(saved.get("paths") or {}):  # root_dir first: data_dir etc. interpolate it
-        value = saved.paths[key]
-        if isinstance(value, str) and value and not os.path.isabs(value):
-            saved.paths[key] = os.path.abspath(value)
+        if _relative_path(saved.paths[key]):
+            saved.paths[key] = os.path.abspath(saved.paths[key])
     if isinstance(saved.get("data"), DictConfig):
         _absolute_data_paths(saved.data)
     for key in ("init_from", "ckpt_path"):  # the run it started from / resumed: which one, read from anywhere
-        value = saved.get(key)
-        if isinstance(value, str) and value and value != "last" and not os.path.isabs(value):
-            saved[key] = os.path.abspath(value)
+        if _relative_path(saved.get(key)) and saved[key] != "last":
+            saved[key] = os.path.abspath(saved[key])
     return OmegaConf.to_yaml(saved, resolve=True)
+
+
+def _relative_path(value) -> bool:
+    """``value`` is a non-empty string that is not an absolute path."""
+    return isinstance(value, str) and bool(value) and not os.path.isabs(value)
 
 
 _DATA_PATH_KEY = re.compile(r".+_(file|dir|root)$")  # info_file, caption_file, scans_dir, media_dir, data_root, ...
@@ -570,7 +573,7 @@ def _absolute_data_paths(node: DictConfig) -> None:
         value = node[key]
         if isinstance(value, DictConfig):
             _absolute_data_paths(value)
-        elif isinstance(value, str) and value and _DATA_PATH_KEY.match(str(key)) and not os.path.isabs(value):
+        elif _DATA_PATH_KEY.match(str(key)) and _relative_path(value):
             node[key] = os.path.abspath(value)
 
 
