@@ -36,12 +36,24 @@ def test_a_model_for_other_point_columns_is_refused_before_training(indoor_root,
 
 
 def test_check_point_columns_passes_the_model_made_for_the_data(indoor_root):
-    """The indoor model on the indoor rooms (6 columns both): no error; a model without a LiDAR
-    encoder of dense3d's (the audio-visual one) is not checked."""
+    """The indoor model on the indoor rooms (6 columns both): no error, and the global random
+    states are as they were (the first sample's augmentation draws from its own: a run's dropout
+    and initialisation streams do not depend on the check); a model without a LiDAR encoder of
+    dense3d's (the audio-visual one) is not checked."""
+    import random
+
+    import numpy as np
+    import torch
+
     from dense3d.engine.train import check_point_columns, compose_config
     from dense3d.utils.config import instantiate_config
 
     cfg = compose_config(["experiment=perception_indoor", f"paths.synthetic_dir={indoor_root}"])
-    check_point_columns(instantiate_config(cfg.model, "test", "model"), instantiate_config(cfg.data, "test", "data"))
+    model, datamodule = instantiate_config(cfg.model, "test", "model"), instantiate_config(cfg.data, "test", "data")
+    assert datamodule.train_set.transforms is not None  # the training split augments: its draws must not leak
+    states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    check_point_columns(model, datamodule)
+    assert torch.equal(torch.get_rng_state(), states[0]) and np.array_equal(np.random.get_state()[1], states[1])
+    assert random.getstate() == states[2]
     cfg = compose_config(["experiment=perception_indoor", "model=av_events", f"paths.synthetic_dir={indoor_root}"])
     check_point_columns(instantiate_config(cfg.model, "test", "model"), instantiate_config(cfg.data, "test", "data"))

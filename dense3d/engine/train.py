@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
 
 from dense3d.engine.checkpoint import SafeCheckpointIO, check_weight_shapes, load_checkpoint
-from dense3d.engine.module import SOURCE, DenseCaptionDataModule, DenseCaptionModule, RNGStateCallback
+from dense3d.engine.module import SOURCE, DenseCaptionDataModule, DenseCaptionModule, RNGStateCallback, SeededSamples
 from dense3d.engine.schedule import RunLengthSchedule, ScheduleFromConfig, scheduler_from_config
 from dense3d.errors import ConfigError, Dense3DError
 from dense3d.utils.config import instantiate_config
@@ -459,7 +459,9 @@ def check_point_columns(model, datamodule) -> None:
     other data (``experiment=perception_outdoor data=indoor_rooms``: 5 columns x, y, z, intensity,
     ring against the rooms' 6, x, y, z, r, g, b) built everything, printed the model summary and
     failed at the first training batch ("Batch: field 'points[0]'"). One sample per split is read
-    (the samples of one data set share their columns); data sets without points are not checked."""
+    (the samples of one data set share their columns), its augmentation seeded on its own
+    (:class:`SeededSamples`: torch's, numpy's and ``random``'s states are left as they were, so a
+    run draws what it drew without the check); data sets without points are not checked."""
     encoder = getattr(getattr(getattr(model, "box_detector", None), "lidar_encoder", None), "voxel_encoder", None)
     wants = getattr(encoder, "in_channels", None)
     if not isinstance(wants, int):  # no LiDAR encoder of dense3d's (a camera-only model, the mmdet3d bridge)
@@ -468,7 +470,8 @@ def check_point_columns(model, datamodule) -> None:
         dataset = getattr(datamodule, f"{split}_set", None)
         if dataset is None or len(dataset) == 0:
             continue
-        cloud = getattr(dataset[0], "points", None)
+        # under the sample's own random state (its augmentation): the run's generators are left as they were
+        cloud = getattr(SeededSamples(dataset)[0], "points", None)
         if cloud is None or cloud.points.shape[1] == wants:
             continue
         has = cloud.points.shape[1]
