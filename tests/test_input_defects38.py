@@ -20,7 +20,8 @@ def test_a_model_for_other_point_columns_is_refused_before_training(indoor_root,
     (x, y, z, intensity, ring), the rooms give 6 (x, y, z, r, g, b). It built the data, the model
     and the trainer, printed the model summary and failed at the first batch ("Batch: field
     'points[0]'"). Now one line naming the model field, the data set's columns and the model
-    options, before the trainer is set up; nothing written."""
+    configs made for them (the models without LiDAR, or for 5 columns, are not offered), before
+    the trainer is set up; nothing written."""
     from dense3d.cli import main
 
     out = tmp_path / "run"
@@ -30,7 +31,7 @@ def test_a_model_for_other_point_columns_is_refused_before_training(indoor_root,
     assert status == 2, captured.err
     assert captured.err.strip() == (
         "dense3d train: ConfigError: configs/train.yaml: field 'model': expected a model for the 6 point columns of "
-        "data.train (ScanReferDataset: x, y, z, r, g, b): model=av_events / indoor_rooms / nuscenes_mmdet3d / outdoor_demo, "
+        "data.train (ScanReferDataset: x, y, z, r, g, b): model=indoor_rooms, "
         "got model.box_detector.lidar_encoder.voxel_encoder.in_channels=5")
     assert "Trainable params" not in captured.out + captured.err and not out.exists()
 
@@ -57,3 +58,12 @@ def test_check_point_columns_passes_the_model_made_for_the_data(indoor_root):
     assert random.getstate() == states[2]
     cfg = compose_config(["experiment=perception_indoor", "model=av_events", f"paths.synthetic_dir={indoor_root}"])
     check_point_columns(instantiate_config(cfg.model, "test", "model"), instantiate_config(cfg.data, "test", "data"))
+
+
+def test_the_refusal_offers_the_model_configs_made_for_the_columns():
+    """Each model config is composed and offered when its LiDAR encoder reads the data's columns;
+    none for a column count no config reads (the option to set instead)."""
+    from dense3d.engine.train import _models_reading
+
+    assert _models_reading(5) == "model=outdoor_demo"
+    assert _models_reading(4) == "a model with box_detector.lidar_encoder.voxel_encoder.in_channels=4"

@@ -455,7 +455,7 @@ def check_sensors(model, datamodule, cfg: DictConfig, config_dir: str | Path | N
 def check_point_columns(model, datamodule) -> None:
     """The points of each split's first sample have the columns the model's LiDAR encoder reads
     (``model.box_detector.lidar_encoder.voxel_encoder.in_channels``); else a one-line ConfigError
-    before anything trains, naming the data set, its columns and the model options. A model for
+    before anything trains, naming the data set, its columns and the model configs made for them. A model for
     other data (``experiment=perception_outdoor data=indoor_rooms``: 5 columns x, y, z, intensity,
     ring against the rooms' 6, x, y, z, r, g, b) built everything, printed the model summary and
     failed at the first training batch ("Batch: field 'points[0]'"). One sample per split is read
@@ -475,9 +475,20 @@ def check_point_columns(model, datamodule) -> None:
         if cloud is None or cloud.points.shape[1] == wants:
             continue
         has = cloud.points.shape[1]
-        options = " / ".join(p.stem for p in sorted((Path(CONFIG_DIR) / "model").glob("*.yaml")))
         raise ConfigError(SOURCE, "model", f"a model for the {has} point columns of data.{split} ({type(dataset).__name__}: "
-                          f"{', '.join(cloud.feature_names)}): model={options}", got=f"model.box_detector.lidar_encoder.voxel_encoder.in_channels={wants}")
+                          f"{', '.join(cloud.feature_names)}): {_models_reading(has)}",
+                          got=f"model.box_detector.lidar_encoder.voxel_encoder.in_channels={wants}")
+
+
+def _models_reading(columns: int) -> str:
+    """The model configs (``configs/model/*.yaml``) whose LiDAR encoder reads ``columns`` point
+    columns, as overrides (``model=indoor_rooms``); composed one by one, which only an error pays for."""
+    fits = []
+    for path in sorted((Path(CONFIG_DIR) / "model").glob("*.yaml")):
+        model = compose_config([f"model={path.stem}"]).model
+        if OmegaConf.select(model, "box_detector.lidar_encoder.voxel_encoder.in_channels") == columns:
+            fits.append(f"model={path.stem}")
+    return " / ".join(fits) if fits else f"a model with box_detector.lidar_encoder.voxel_encoder.in_channels={columns}"
 
 
 def check_launch(trainer: pl.Trainer, cfg: DictConfig) -> None:
