@@ -67,3 +67,18 @@ def test_the_refusal_offers_the_model_configs_made_for_the_columns():
 
     assert _models_reading(5) == "model=outdoor_demo"
     assert _models_reading(4) == "a model with box_detector.lidar_encoder.voxel_encoder.in_channels=4"
+
+
+def test_a_model_config_that_does_not_compose_alone_is_left_out(tmp_path, monkeypatch):
+    """A user's model config that needs other overrides to compose (here a default that names a
+    missing option) is not offered, and does not replace the refusal with another error."""
+    import shutil
+
+    import dense3d.engine.train as train
+
+    configs = tmp_path / "configs"
+    shutil.copytree(train.CONFIG_DIR, configs)
+    (configs / "model" / "aa_broken.yaml").write_text("defaults:\n  - proposals@box_detector: no_such_option\n")
+    (configs / "model" / "ab_copy.yaml").write_text((configs / "model" / "indoor_rooms.yaml").read_text())
+    monkeypatch.setattr(train, "CONFIG_DIR", configs)
+    assert train._models_reading(6) == "model=ab_copy / model=indoor_rooms"

@@ -482,11 +482,16 @@ def check_point_columns(model, datamodule) -> None:
 
 def _models_reading(columns: int) -> str:
     """The model configs (``configs/model/*.yaml``) whose LiDAR encoder reads ``columns`` point
-    columns, as overrides (``model=indoor_rooms``); composed one by one, which only an error pays for."""
+    columns, as overrides (``model=indoor_rooms``); composed one by one, which only an error pays for.
+    A config that does not compose on its own (a user's, needing other overrides) is left out."""
     fits = []
     for path in sorted((Path(CONFIG_DIR) / "model").glob("*.yaml")):
-        model = compose_config([f"model={path.stem}"]).model
-        if OmegaConf.select(model, "box_detector.lidar_encoder.voxel_encoder.in_channels") == columns:
+        try:
+            model = compose_config([f"model={path.stem}"]).model
+        except ConfigError:
+            continue
+        if OmegaConf.select(model, "box_detector.lidar_encoder.voxel_encoder.in_channels",
+                            throw_on_resolution_failure=False) == columns:
             fits.append(f"model={path.stem}")
     return " / ".join(fits) if fits else f"a model with box_detector.lidar_encoder.voxel_encoder.in_channels={columns}"
 
