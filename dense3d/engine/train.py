@@ -452,6 +452,9 @@ def check_sensors(model, datamodule, cfg: DictConfig, config_dir: str | Path | N
                               f"for {', '.join(has)})", got=f"data.{split} ({name}), which has {', '.join(has)}")
 
 
+POINT_COLUMNS_KEY = "box_detector.lidar_encoder.voxel_encoder.in_channels"  # in a model config: the point columns it reads
+
+
 def check_point_columns(model, datamodule) -> None:
     """The points of each split's first sample have the columns the model's LiDAR encoder reads
     (``model.box_detector.lidar_encoder.voxel_encoder.in_channels``); else a one-line ConfigError
@@ -477,7 +480,7 @@ def check_point_columns(model, datamodule) -> None:
         has = cloud.points.shape[1]
         raise ConfigError(SOURCE, "model", f"a model for the {has} point columns of data.{split} ({type(dataset).__name__}: "
                           f"{', '.join(cloud.feature_names)}): {_models_reading(has)}",
-                          got=f"model.box_detector.lidar_encoder.voxel_encoder.in_channels={wants}")
+                          got=f"model.{POINT_COLUMNS_KEY}={wants}")
 
 
 def _models_reading(columns: int) -> str:
@@ -490,10 +493,9 @@ def _models_reading(columns: int) -> str:
             model = compose_config([f"model={path.stem}"]).model
         except ConfigError:
             continue
-        if OmegaConf.select(model, "box_detector.lidar_encoder.voxel_encoder.in_channels",
-                            throw_on_resolution_failure=False) == columns:
+        if OmegaConf.select(model, POINT_COLUMNS_KEY, throw_on_resolution_failure=False) == columns:
             fits.append(f"model={path.stem}")
-    return " / ".join(fits) if fits else f"a model with box_detector.lidar_encoder.voxel_encoder.in_channels={columns}"
+    return " / ".join(fits) if fits else f"a model with {POINT_COLUMNS_KEY}={columns}"
 
 
 def check_launch(trainer: pl.Trainer, cfg: DictConfig) -> None:
