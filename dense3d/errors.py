@@ -12,6 +12,7 @@ deep inside the library is a bug, not an error message.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -120,13 +121,21 @@ class DependencyError(Dense3DError):
 
 def exit_status(main: Callable[[], int | None], prog: str) -> int:
     """Run a command-line ``main`` and return its exit status; bad input (a ``Dense3DError``)
-    is printed as ``prog: ErrorClass: message`` on one line and gives status 2, no traceback.
+    is printed as ``prog: ErrorClass: message`` on one line and gives status 2, no traceback; a
+    closed stdout (piped into ``head``) ends it quietly with status 141.
     The ``dense3d`` command and every script in ``tools/`` end with ``sys.exit(exit_status(...))``."""
     try:
         return int(main() or 0)
     except Dense3DError as e:
         print_error(prog, e)
         return 2
+    except BrokenPipeError:
+        # The reader of stdout left (``tools/caption_facts.py ... | head``): stop without a traceback.
+        # Python's own recipe (the signal module's "Note on SIGPIPE"): stdout pointed at devnull, so
+        # the flush at exit does not raise again. 141 = 128 + SIGPIPE, what a shell reports for a
+        # writer the signal stopped (``set -o pipefail`` sees what it sees for C tools).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def print_error(prog: str, e: Dense3DError) -> None:

@@ -29,3 +29,21 @@ def test_the_error_line_goes_out_in_one_write(monkeypatch):
     assert exit_status(main, "dense3d train") == 2
     assert err.calls == ["dense3d train: ConfigError: configs/train.yaml: field 'trainer.strategy': "
                          "expected ddp_find_unused_parameters_true, got auto\n"]
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+    """``tools/caption_facts.py ... | head`` printed a BrokenPipeError traceback (session 40): the
+    command stops with status 141 and nothing on stderr, also not from the flush at exit."""
+    import subprocess
+    import sys
+
+    # writes 10 MB, far past a pipe's 64 KiB buffer, so the write after the reader left fails
+    code = ("import sys; from dense3d.errors import exit_status\n"
+            "def main():\n    for _ in range(100_000): print('x' * 100)\n"
+            "sys.exit(exit_status(main, 'tools/caption_facts.py'))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"x" * 100 + b"\n"
+    proc.stdout.close()  # as head does after its lines
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, stderr
+    assert stderr == ""
