@@ -13,6 +13,7 @@ deep inside the library is a bug, not an error message.
 from __future__ import annotations
 
 import os
+import select
 import sys
 from typing import Callable
 
@@ -130,12 +131,24 @@ def exit_status(main: Callable[[], int | None], prog: str) -> int:
         print_error(prog, e)
         return 2
     except BrokenPipeError:
+        if not _stdout_reader_left():
+            raise  # another pipe or socket broke (a loader worker, a DDP store): a real error
         # The reader of stdout left (``tools/caption_facts.py ... | head``): stop without a traceback.
         # Python's own recipe (the signal module's "Note on SIGPIPE"): stdout pointed at devnull, so
         # the flush at exit does not raise again. 141 = 128 + SIGPIPE, what a shell reports for a
         # writer the signal stopped (``set -o pipefail`` sees what it sees for C tools).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def _stdout_reader_left() -> bool:
+    """Whether stdout is a pipe whose reader has closed it: poll reports an error on its write end."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), stdout without a descriptor
+        return False
 
 
 def print_error(prog: str, e: Dense3DError) -> None:

@@ -47,3 +47,17 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly():
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141, stderr
     assert stderr == ""
+
+
+def test_a_broken_pipe_elsewhere_is_not_swallowed():
+    """Only stdout's reader leaving is quiet: a BrokenPipeError from another pipe (a loader worker,
+    a DDP store) while stdout is fine keeps its traceback and a failing status."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from dense3d.errors import exit_status\n"
+            "def main():\n    r, w = os.pipe(); os.close(r); os.write(w, b'x')\n"
+            "sys.exit(exit_status(main, 'dense3d train'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "BrokenPipeError" in proc.stderr.splitlines()[-1]
