@@ -38,12 +38,14 @@ def synthetic_root() -> Path:
     return root.resolve()
 
 
-def _torchrun(args: list[str], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], cwd: Path, nproc: int = 2, monitor_interval: float = 0.1) -> subprocess.CompletedProcess:
+    """``torchrun --standalone`` of ``dense3d train``. torchrun stops the other processes when one
+    fails, on its next look (every ``monitor_interval`` seconds, torch's default 0.1 s)."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     assert torchrun, "torch's torchrun is not installed beside this python"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), DENSE3D_PROGRESS="0")
-    return subprocess.run([torchrun, "--standalone", "--nproc_per_node", str(nproc), "-m", "dense3d.cli", "train", *args],
-                          capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    return subprocess.run([torchrun, "--standalone", "--nproc_per_node", str(nproc), "--monitor-interval", str(monitor_interval),
+                           "-m", "dense3d.cli", "train", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
 
 
 # -- torchrun with a one-process trainer trained N independent copies into one folder
@@ -54,8 +56,10 @@ def test_torchrun_with_a_one_process_trainer_is_refused_in_one_line(synthetic_ro
     ran the whole run twice, each process on its own (both rank 0 to Lightning), both writing the
     same run folder. Now each process stops before training with one line naming the trainer."""
     out = tmp_path / "run"
+    # each process reaches the check on its own: 10 s between torchrun's looks, so the first to fail
+    # does not get the other stopped before its line (on 2 busy cores they can be seconds apart)
     r = _torchrun(["experiment=demo", "debug=fast_dev_run", "trainer.accelerator=cpu", f"paths.synthetic_dir={synthetic_root}",
-                   f"paths.output_dir={out}", *TINY], cwd=tmp_path)
+                   f"paths.output_dir={out}", *TINY], cwd=tmp_path, monitor_interval=10)
     assert r.returncode != 0, "two independent runs trained: " + r.stdout[-2000:]
     ours = [line for line in r.stderr.splitlines() if line.startswith("dense3d train:")]
     assert len(ours) == 2, r.stderr[-3000:]  # one line per process
