@@ -1,5 +1,7 @@
 """dense3d/errors.py: how a command prints bad input."""
 import io
+import subprocess
+import sys
 
 from dense3d.errors import ConfigError, exit_status
 
@@ -34,9 +36,6 @@ def test_the_error_line_goes_out_in_one_write(monkeypatch):
 def test_a_reader_that_leaves_early_ends_the_command_quietly():
     """``tools/caption_facts.py ... | head`` printed a BrokenPipeError traceback (session 40): the
     command stops with status 141 and nothing on stderr, also not from the flush at exit."""
-    import subprocess
-    import sys
-
     # writes 10 MB, far past a pipe's 64 KiB buffer, so the write after the reader left fails
     code = ("import sys; from dense3d.errors import exit_status\n"
             "def main():\n    for _ in range(100_000): print('x' * 100)\n"
@@ -52,9 +51,6 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly():
 def test_a_broken_pipe_elsewhere_is_not_swallowed():
     """Only stdout's reader leaving is quiet: a BrokenPipeError from another pipe (a loader worker,
     a DDP store) while stdout is fine keeps its traceback and a failing status."""
-    import subprocess
-    import sys
-
     code = ("import os, sys; from dense3d.errors import exit_status\n"
             "def main():\n    r, w = os.pipe(); os.close(r); os.write(w, b'x')\n"
             "sys.exit(exit_status(main, 'dense3d train'))")
