@@ -124,7 +124,10 @@ def exit_status(main: Callable[[], int | None], prog: str) -> int:
     """Run a command-line ``main`` and return its exit status; bad input (a ``Dense3DError``)
     is printed as ``prog: ErrorClass: message`` on one line and gives status 2, no traceback; a
     closed stdout (piped into ``head``) ends it quietly with status 141.
-    The ``dense3d`` command and every script in ``tools/`` end with ``sys.exit(exit_status(...))``."""
+    The ``dense3d`` command and the scripts in ``tools/`` end with ``sys.exit(exit_status(...))``
+    (or through ``dense3d.cli.main``, as ``tools/create_data.py`` does), except two:
+    ``tools/train.py`` is hydra's main and prints bad input in the same one line itself, and
+    ``tools/check_cuda_compile.py`` (a build check) imports nothing of dense3d."""
     try:
         return int(main() or 0)
     except Dense3DError as e:
