@@ -121,6 +121,7 @@ def test_probe_tokens_tool_probes_a_trained_run(tmp_path):
 TOOL_BAD_INPUTS = {  # each script in tools/ given a missing input
     "caption_facts.py": ["/nope", "/nope"],
     "captioner_ceiling.py": ["/nope", "--steps", "1"],
+    "fact_costs.py": ["/nope", "/nope"],
     "merge_synth_sets.py": ["--kind", "outdoor", "{tmp}/merged", "/nope"],
     "paired_scan2cap.py": ["/nope", "/nope", "--out", "{tmp}/x.json"],
     "plot_runs.py": ["run=/nope", "--out", "{tmp}/x.png"],

@@ -25,48 +25,19 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from dense3d.data.synthetic.facts import (
-    load_indoor_facts,
-    load_outdoor_facts,
-    parse_indoor_caption,
-    parse_outdoor_caption,
+    FACT_FIELDS,
+    LOAD_FACTS,
+    MATCH_DIST,
+    PARSE_CAPTION,
+    match_predictions,
+    objects_by_scene,
     set_kind,
 )
 from dense3d.errors import PredictionFormatError, exit_status
 from dense3d.utils.argtypes import positive_float
 from dense3d.utils.io import atomic_write_json, check_output_path
-
-FIELDS = {"outdoor": ("colour", "cls", "motion", "direction", "distance", "relation", "targets"),
-          "indoor": ("colour", "cls", "place", "relation", "targets")}
-PARSE = {"outdoor": parse_outdoor_caption, "indoor": parse_indoor_caption}
-LOAD = {"outdoor": load_outdoor_facts, "indoor": load_indoor_facts}
-MAX_DIST = {"outdoor": 2.0, "indoor": 0.5}  # metres; half the median distance to the nearest other object indoors
-
-
-def by_scene(objects: list[dict]) -> dict[str, list[dict]]:
-    """``{scene: its objects}``."""
-    out = defaultdict(list)
-    for o in objects:
-        out[o["scene"]].append(o)
-    return out
-
-
-def match(pred: dict, objects: list[dict], max_dist: float) -> list[tuple[dict, dict]]:
-    """(object, prediction) pairs, one-to-one per scene by BEV centre distance."""
-    scenes = by_scene(objects)
-    pairs = []
-    for scene, preds in pred.items():
-        objs = scenes.get(scene, [])
-        if not objs or not preds:
-            continue
-        a = np.array([o["box"][:2] for o in objs], float)
-        b = np.array([p["box"][:2] for p in preds], float)
-        d = np.linalg.norm(a[:, None] - b[None], axis=-1)  # (objects, predictions)
-        rows, cols = linear_sum_assignment(d)
-        pairs += [(objs[r], preds[c]) for r, c in zip(rows, cols) if d[r, c] <= max_dist]
-    return pairs
 
 
 def fact_table(pairs: list[tuple[dict, dict]], kind: str = "outdoor") -> dict:
@@ -76,15 +47,15 @@ def fact_table(pairs: list[tuple[dict, dict]], kind: str = "outdoor") -> dict:
     for o, p in pairs:
         want = dataclasses.asdict(o["facts"])
         want["targets"] = tuple(tuple(t) for t in want["targets"])
-        got = PARSE[kind](p["caption"])
+        got = PARSE_CAPTION[kind](p["caption"])
         ok = True
-        for f in FIELDS[kind]:
+        for f in FACT_FIELDS[kind]:
             stated[f] += got[f] is not None
             correct[f] += got[f] == want[f]
             ok &= got[f] == want[f]
         all_right += ok
     n = max(len(pairs), 1)
-    table = {f: {"stated": 100 * stated[f] / n, "correct": 100 * correct[f] / n} for f in FIELDS[kind]}
+    table = {f: {"stated": 100 * stated[f] / n, "correct": 100 * correct[f] / n} for f in FACT_FIELDS[kind]}
     table["all"] = {"stated": None, "correct": 100 * all_right / n}
     return table
 
@@ -95,7 +66,7 @@ def targets_by_relation(pairs: list[tuple[dict, dict]], kind: str = "outdoor") -
     for o, p in pairs:
         rel = o["facts"].relation
         n[rel] += 1
-        right[rel] += PARSE[kind](p["caption"])["targets"] == tuple(tuple(t) for t in o["facts"].targets)
+        right[rel] += PARSE_CAPTION[kind](p["caption"])["targets"] == tuple(tuple(t) for t in o["facts"].targets)
     return {rel: {"objects": n[rel], "correct": 100 * right[rel] / n[rel]} for rel in sorted(n)}
 
 
@@ -109,13 +80,13 @@ def target_parts(pairs: list[tuple[dict, dict]], objects: list[dict], kind: str 
     bound their colours. ``chance_cls``, ``chance_colour``, ``chance_pair``: the expected %
     right of a caption that names one other object of the scene at random, over the same
     objects' one-target relations (``chance_objects`` of them)."""
-    members = by_scene(objects)
+    members = objects_by_scene(objects)
     in_scene = {scene: {(o["facts"].colour, o["facts"].cls) for o in objs} for scene, objs in members.items()}
     n, right = 0, defaultdict(int)
     chance, n_chance = defaultdict(float), 0
     for o, p in pairs:
         want = [tuple(t) for t in o["facts"].targets]
-        got = PARSE[kind](p["caption"])["targets"]
+        got = PARSE_CAPTION[kind](p["caption"])["targets"]
         if not want or not got:
             continue
         got = [tuple(t) for t in got]
@@ -156,7 +127,7 @@ def named_target_ranks(pairs: list[tuple[dict, dict]], objects: list[dict], kind
     (``not_in_scene``: parts of two objects), or names no target or two (``not_one``); ``truth``
     gives the same ranks for the annotated target. Indoors "next to" names the nearest object:
     a run that binds reads the nearest neighbour, one that does not names objects at random."""
-    members = by_scene(objects)
+    members = objects_by_scene(objects)
     named, truth = defaultdict(int), defaultdict(int)
     n = 0
     for o, p in pairs:
@@ -168,7 +139,7 @@ def named_target_ranks(pairs: list[tuple[dict, dict]], objects: list[dict], kind
         d = [float(np.linalg.norm(np.asarray(x["box"][:3], float) - centre)) for x in others]
         nearest_first = [(others[i]["facts"].colour, others[i]["facts"].cls) for i in np.argsort(d, kind="stable")]
         truth[_rank_of(tuple(o["facts"].targets[0]), nearest_first)] += 1
-        got = PARSE[kind](p["caption"])["targets"]
+        got = PARSE_CAPTION[kind](p["caption"])["targets"]
         named[_rank_of(tuple(got[0]), nearest_first) if got and len(got) == 1 else "not_one"] += 1
 
     def pct(counts: dict, keys: tuple) -> dict:
@@ -196,11 +167,11 @@ def main(argv: list[str] | None = None) -> int:
                                          for v in pred.values()):
         raise PredictionFormatError(path, "records", "{scene: [{box, caption, ...}]}")
     kind = set_kind(a.root)
-    objects = LOAD[kind](a.root, a.split)
+    objects = LOAD_FACTS[kind](a.root, a.split)
     if pred and not set(pred) & {o["scene"] for o in objects}:
         raise PredictionFormatError(path, "scenes", f"scenes of the '{a.split}' split of {a.root} (--split)",
                                     got=sorted(pred)[:2])
-    pairs = match(pred, objects, MAX_DIST[kind] if a.max_dist is None else a.max_dist)
+    pairs = match_predictions(pred, objects, MATCH_DIST[kind] if a.max_dist is None else a.max_dist)
     table = fact_table(pairs, kind)
     print(f"{len(pairs)} captioned objects matched")
     print(f"{'fact':<10} {'stated %':>9} {'correct %':>10}")

@@ -9,16 +9,23 @@ the language side alone (``tools/captioner_ceiling.py``).
 
 Indoor objects have fewer facts (:class:`IndoorFacts`): colour and class, the place in the room
 and the relation type and target(s); :func:`parse_indoor_caption` reads them back from any of
-the four description templates.
+the four description templates, and :func:`fixed_indoor_caption` writes the indoor fixed oracle's.
+
+The last section matches a model's captioned boxes to the objects (:func:`match_predictions`)
+for the tools that read its captions back fact by fact (``tools/caption_facts.py``,
+``tools/fact_costs.py``).
 """
 from __future__ import annotations
 
 import math
 import re
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 
 from dense3d.data.readers import load_json, load_pickle, require
 from dense3d.data.synthetic.annotations import load_synthetic_annotations
@@ -32,6 +39,7 @@ from dense3d.data.synthetic.grammar import (
     article,
     class_words,
     ego_where,
+    indoor_descriptions,
     motion_word,
     noun_phrase,
     relation_phrase,
@@ -41,7 +49,9 @@ from dense3d.data.synthetic.outdoor import NUSCENES_CLASSES
 from dense3d.errors import AnnotationError
 
 __all__ = ["OutdoorFacts", "FACT_DIM", "fact_vector", "fixed_caption", "load_outdoor_facts", "parse_outdoor_caption",
-           "IndoorFacts", "load_indoor_facts", "parse_indoor_caption", "set_kind"]
+           "IndoorFacts", "fixed_indoor_caption", "load_indoor_facts", "parse_indoor_caption", "set_kind",
+           "FACT_FIELDS", "LOAD_FACTS", "PARSE_CAPTION", "FIXED_CAPTION", "MATCH_DIST", "objects_by_scene",
+           "match_predictions"]
 
 COLOURS = tuple(PALETTE)
 MOTIONS = ("placed", "walking", "standing", "riding", "parked", "moving")
@@ -57,7 +67,7 @@ FACT_DIM = sum(_BLOCKS) + MAX_TARGETS * _TARGET
 class OutdoorFacts:
     colour: str
     cls: str
-    motion: str
+    motion: str | None  # None: not stated (a caption read back, fixed_caption)
     direction: str
     distance: str
     relation: str
@@ -87,11 +97,22 @@ def fact_vector(f: OutdoorFacts) -> torch.Tensor:
 
 
 def fixed_caption(f: OutdoorFacts) -> str:
-    """The fixed-phrasing oracle's caption (first template, first paraphrases) from the facts alone."""
+    """The fixed-phrasing oracle's caption (first template, first paraphrases) from the facts alone;
+    without a motion word where ``f.motion`` is None (a caption that does not say it, as the
+    annotator's second template does not)."""
     keys = [(f.colour, f.cls), *f.targets]
     relp = relation_phrase({"type": f.relation, "targets": list(range(1, len(keys)))}, keys, FirstParaphrase())
-    free = f"{article(noun_phrase(f.colour, f.cls))} {f.motion} {ego_where(f.direction)}, {_DIST_PHRASE[f.distance][0]}"
+    motion = f" {f.motion}" if f.motion is not None else ""
+    free = f"{article(noun_phrase(f.colour, f.cls))}{motion} {ego_where(f.direction)}, {_DIST_PHRASE[f.distance][0]}"
     return f"{free}, {relp}." if relp else free + "."
+
+
+def fixed_indoor_caption(f: IndoorFacts) -> str:
+    """The indoor fixed-phrasing oracle's description (first template, first wording, as the
+    generator writes ``fixed_caption``) from the facts alone."""
+    keys = [(f.colour, f.cls), *f.targets]
+    rel = {"type": f.relation, "targets": list(range(1, len(keys)))}
+    return indoor_descriptions(0, keys, f.place, rel, FirstParaphrase(), n=1)[0][0]
 
 
 def load_outdoor_facts(root: str | Path, split: str, xy_range: tuple[float, float, float, float] | None = None) -> list[dict]:
@@ -269,3 +290,37 @@ def parse_indoor_caption(text: str) -> dict:
     elif own:
         out["relation"], out["targets"] = "none", ()
     return out
+
+
+# ---------------------------------------------------------------------- a model's captions against the facts
+FACT_FIELDS = {"outdoor": ("colour", "cls", "motion", "direction", "distance", "relation", "targets"),
+               "indoor": ("colour", "cls", "place", "relation", "targets")}
+LOAD_FACTS = {"outdoor": load_outdoor_facts, "indoor": load_indoor_facts}
+PARSE_CAPTION = {"outdoor": parse_outdoor_caption, "indoor": parse_indoor_caption}
+FIXED_CAPTION = {"outdoor": fixed_caption, "indoor": fixed_indoor_caption}
+MATCH_DIST = {"outdoor": 2.0, "indoor": 0.5}  # metres; half the median distance to the nearest other object indoors
+
+
+def objects_by_scene(objects: list[dict]) -> dict[str, list[dict]]:
+    """``{scene: its objects}``."""
+    out = defaultdict(list)
+    for o in objects:
+        out[o["scene"]].append(o)
+    return out
+
+
+def match_predictions(pred: dict, objects: list[dict], max_dist: float) -> list[tuple[dict, dict]]:
+    """(object, prediction) pairs, one-to-one per scene by BEV centre distance (scipy's Hungarian),
+    at most ``max_dist`` metres apart. ``pred``: ``{scene: [{"box", "caption", ...}]}``."""
+    scenes = objects_by_scene(objects)
+    pairs = []
+    for scene, preds in pred.items():
+        objs = scenes.get(scene, [])
+        if not objs or not preds:
+            continue
+        a = np.array([o["box"][:2] for o in objs], float)
+        b = np.array([p["box"][:2] for p in preds], float)
+        d = np.linalg.norm(a[:, None] - b[None], axis=-1)  # (objects, predictions)
+        rows, cols = linear_sum_assignment(d)
+        pairs += [(objs[r], preds[c]) for r, c in zip(rows, cols) if d[r, c] <= max_dist]
+    return pairs

@@ -1,5 +1,6 @@
 """The facts of synthetic outdoor objects: complete (they write the fixed-phrasing oracle's
-caption word for word) and encoded one-hot; indoor ones read back from every description."""
+caption word for word) and encoded one-hot; indoor ones read back from every description; and
+the tools that read a model's captions back fact by fact."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,13 +12,14 @@ from dense3d.data.synthetic.facts import (
     FACT_DIM,
     fact_vector,
     fixed_caption,
+    fixed_indoor_caption,
     load_indoor_facts,
     load_outdoor_facts,
     parse_indoor_caption,
     parse_outdoor_caption,
     set_kind,
 )
-from dense3d.errors import AnnotationError, PredictionFormatError
+from dense3d.errors import AnnotationError, PredictionFormatError, exit_status
 
 
 def test_facts_write_the_fixed_phrasing_caption(synth_root):
@@ -137,7 +139,6 @@ def test_set_kind_reads_meta_json_and_names_it_when_malformed(tmp_path, capsys):
     with pytest.raises(AnnotationError, match="meta.json.*JSON object"):
         set_kind(tmp_path)
     # the tools that read it: one line naming the file, status 2, nothing written
-    from dense3d.errors import exit_status
     tool = _tool("caption_facts")
     pred = tmp_path / "eval"
     pred.mkdir()
@@ -445,3 +446,126 @@ def test_named_target_ranks_by_hand():
     # the annotated targets: chair -> table (nearest), table -> chair (nearest), sofa -> table
     # (nearest, 2 m; chair 3 m), door -> sofa (nearest)
     assert r["truth"] == {"nearest": 100, "second": 0, "third": 0, "further": 0, "not_in_scene": 0}
+
+
+# -- tools/fact_costs.py: the fixed oracle rewritten with the facts a model's captions state, fact by fact
+def test_fixed_indoor_caption_writes_the_generators_fixed_description(synth_root):
+    objs = load_indoor_facts(synth_root / "indoor", "train") + load_indoor_facts(synth_root / "indoor", "val")
+    assert len(objs) > 10 and len({o["facts"].relation for o in objs}) >= 2
+    for o in objs:
+        assert fixed_indoor_caption(o["facts"]) == o["fixed"]
+        assert parse_indoor_caption(o["fixed"]) == {**dataclasses.asdict(o["facts"]), "targets": o["facts"].targets}
+
+
+def test_fixed_caption_leaves_out_an_unstated_motion(synth_root):
+    o = load_outdoor_facts(synth_root / "outdoor", "val")[0]
+    f = o["facts"]
+    caption = fixed_caption(dataclasses.replace(f, motion=None))
+    assert caption == o["fixed"].replace(f" {f.motion} ", " ", 1) and "  " not in caption
+    said = parse_outdoor_caption(caption)
+    assert said["motion"] is None
+    assert {k: v for k, v in said.items() if k != "motion"} == {
+        k: v for k, v in dataclasses.asdict(f).items() if k not in ("motion", "targets")} | {"targets": f.targets}
+
+
+def _eval_folder(tmp_path, objects, captions):
+    """An evaluation folder as ``dense3d eval --regions gt`` writes it: a prediction on every
+    ground-truth box, captioned ``captions[i]``."""
+    gt, pred = {}, {}
+    for o, caption in zip(objects, captions):
+        gt.setdefault(o["scene"], []).append({"label": o["facts"].cls, "box": o["box"], "descriptions": [o["caption"]],
+                                              "num_pts": 10})
+        pred.setdefault(o["scene"], []).append({"box": o["box"], "caption": caption, "score": 1.0, "label": o["facts"].cls})
+    (tmp_path / "ground_truth_boxes.json").write_text(json.dumps(gt))
+    (tmp_path / "predictions_boxes.json").write_text(json.dumps(pred))
+    return tmp_path
+
+
+def _other(colour):
+    return "red" if colour != "red" else "blue"
+
+
+@pytest.mark.slow
+def test_fact_costs_outdoor_charge_each_wrong_fact_to_its_own_row(synth_root, tmp_path):
+    """Captions in the fixed phrasing, one with a wrong colour, one without its motion word: only
+    the colour and motion rows cost anything, the model's captions are its facts in the fixed
+    phrasing (wording 0), and the oracle row is the fixed oracle."""
+    root = synth_root / "outdoor"
+    objects = load_outdoor_facts(root, "val")
+    captions = [o["fixed"] for o in objects]
+    f0, f1 = objects[0]["facts"], objects[1]["facts"]
+    captions[0] = fixed_caption(dataclasses.replace(f0, colour=_other(f0.colour)))
+    captions[1] = fixed_caption(dataclasses.replace(f1, motion=None))
+    folder = _eval_folder(tmp_path, objects, captions)
+    tool = _tool("fact_costs")
+    assert tool.main([str(root), str(folder)]) == 0
+    r = json.loads((folder / "fact_costs.json").read_text())
+    assert r["matched"] == r["predictions"] == len(objects) and r["protocol"] == "TOD3Cap corrected"
+    cost = r["cost"]
+    assert cost["oracle"] == 0 and cost["colour"] > 0 and cost["motion"] > 0
+    for fact in ("cls", "direction", "distance", "relation", "targets"):
+        assert cost[fact] == pytest.approx(0, abs=1e-9), fact
+    assert r["cider"]["all facts"] == pytest.approx(r["cider"]["model"]) and r["wording"] == pytest.approx(0, abs=1e-9)
+    assert r["unstated"] == {}  # an unstated motion is left out, not kept true
+    # the oracle row scores what tools/score_oracle.py gives the fixed oracle on these boxes
+    (tmp_path / "fixed").mkdir()
+    fixed = _eval_folder(tmp_path / "fixed", objects, [o["fixed"] for o in objects])
+    assert tool.main([str(root), str(fixed)]) == 0
+    assert json.loads((fixed / "fact_costs.json").read_text())["cider"]["model"] == pytest.approx(r["cider"]["oracle"])
+
+
+def test_fact_costs_rows_rewrite_one_fact_each(synth_root):
+    """The rows' captions: a relation takes the caption's targets with it; the targets row takes
+    them only under the true relation type, and only where they are as many as the true ones."""
+    root = synth_root / "outdoor"
+    objects = load_outdoor_facts(root, "val")
+    o = next(x for x in objects if len(x["facts"].targets) == 1)
+    f = o["facts"]
+    wrong_target = (_other(f.targets[0][0]), f.targets[0][1])
+    said_facts = dataclasses.replace(f, direction="back" if f.direction != "back" else "front", targets=(wrong_target,))
+    pred = {"box": o["box"], "caption": fixed_caption(said_facts)}
+    tool = _tool("fact_costs")
+    rows, unstated = tool.variants([(o, pred)], "outdoor")
+    by_row = {name: captions[id(pred)] for name, captions in rows.items()}
+    assert by_row["oracle"] == o["fixed"] == by_row["colour"] == by_row["motion"]
+    assert by_row["direction"] == fixed_caption(dataclasses.replace(f, direction=said_facts.direction))
+    assert by_row["targets"] == by_row["relation"] == fixed_caption(dataclasses.replace(f, targets=(wrong_target,)))
+    assert by_row["all facts"] == pred["caption"] and unstated == {}
+    # "between" said of an object with one true target: the relation row takes both, the targets row neither
+    between = dataclasses.replace(f, relation="between", targets=(wrong_target, f.targets[0]))
+    pred = {"box": o["box"], "caption": fixed_caption(between)}
+    rows, _ = tool.variants([(o, pred)], "outdoor")
+    assert rows["relation"][id(pred)] == pred["caption"] and rows["targets"][id(pred)] == o["fixed"]
+
+
+@pytest.mark.slow
+def test_fact_costs_on_an_indoor_set(synth_root, tmp_path):
+    """Indoor sets are scored with Scan2Cap on the indoor facts; a wrong place costs only its row."""
+    root = synth_root / "indoor"
+    objects = load_indoor_facts(root, "val")
+    captions = [o["fixed"] for o in objects]
+    f0 = objects[0]["facts"]
+    captions[0] = fixed_indoor_caption(dataclasses.replace(f0, place="middle" if f0.place != "middle" else "corner"))
+    folder = _eval_folder(tmp_path, objects, captions)
+    tool = _tool("fact_costs")
+    assert tool.main([str(root), str(folder)]) == 0
+    r = json.loads((folder / "fact_costs.json").read_text())
+    assert r["protocol"] == "Scan2Cap" and set(r["cost"]) == {"oracle", "colour", "cls", "place", "relation", "targets",
+                                                              "all facts", "model"}
+    assert r["cost"]["place"] > 0 and r["cost"]["colour"] == pytest.approx(0, abs=1e-9)
+    assert r["cider"]["all facts"] == pytest.approx(r["cider"]["model"])
+
+
+def test_fact_costs_bad_input_is_one_line_and_writes_nothing(synth_root, tmp_path, capsys):
+    root = synth_root / "outdoor"
+    objects = load_outdoor_facts(root, "val")
+    folder = _eval_folder(tmp_path, objects, [o["fixed"] for o in objects])
+    (folder / "ground_truth_boxes.json").unlink()
+    tool = _tool("fact_costs")
+    assert exit_status(lambda: tool.main([str(root), str(folder)]), "tools/fact_costs.py") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ground_truth_boxes.json" in err and not (folder / "fact_costs.json").exists()
+    _eval_folder(tmp_path, objects, [o["fixed"] for o in objects])
+    with pytest.raises(PredictionFormatError, match="'scenes'.*'train' split"):
+        tool.main([str(root), str(folder), "--split", "train"])
+    assert not (folder / "fact_costs.json").exists()
