@@ -18,8 +18,9 @@ row's; ``model`` minus ``all facts`` is what the model's wording gains (or loses
 against the fixed phrasing with the same facts. A fact the caption does not state stays out of
 the phrase where the grammar allows it (the outdoor motion word, as the annotator's second
 template leaves it out) and keeps its true value otherwise (counted under ``unstated``, so its
-cost is a lower bound). Predictions farther than ``--max-dist`` from every object (false
-detections) keep their caption in every row.
+cost is a lower bound). Predictions matched to no object (one-to-one by centre distance within
+``--max-dist``: false detections, second boxes on an object) keep their caption in every row, so
+on detected boxes the ``oracle`` row is not ``tools/score_oracle.py --on-predictions``.
 
     python tools/fact_costs.py data/synthetic/big/outdoor outputs/RUN/eval_gt40 [--split val]
 """
