@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -28,14 +27,11 @@ import numpy as np
 
 from dense3d.data.synthetic.facts import (
     FACT_FIELDS,
-    LOAD_FACTS,
-    MATCH_DIST,
     PARSE_CAPTION,
-    match_predictions,
     objects_by_scene,
-    set_kind,
+    read_captioned_objects,
 )
-from dense3d.errors import PredictionFormatError, exit_status
+from dense3d.errors import exit_status
 from dense3d.utils.argtypes import positive_float
 from dense3d.utils.io import atomic_write_json, check_output_path
 
@@ -159,19 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="JSON table (default: EVAL_DIR/caption_facts.json)")
     a = p.parse_args(argv)
     out = check_output_path(a.out or a.eval_dir / "caption_facts.json", "tools/caption_facts.py")  # before any work
-    path = a.eval_dir / "predictions_boxes.json"
-    if not path.is_file():
-        raise PredictionFormatError(path, "file", "predictions written by dense3d eval --checkpoint")
-    pred = json.loads(path.read_text())
-    if not isinstance(pred, dict) or any(not isinstance(v, list) or any("caption" not in r or "box" not in r for r in v)
-                                         for v in pred.values()):
-        raise PredictionFormatError(path, "records", "{scene: [{box, caption, ...}]}")
-    kind = set_kind(a.root)
-    objects = LOAD_FACTS[kind](a.root, a.split)
-    if pred and not set(pred) & {o["scene"] for o in objects}:
-        raise PredictionFormatError(path, "scenes", f"scenes of the '{a.split}' split of {a.root} (--split)",
-                                    got=sorted(pred)[:2])
-    pairs = match_predictions(pred, objects, MATCH_DIST[kind] if a.max_dist is None else a.max_dist)
+    kind, objects, _, pairs = read_captioned_objects(a.root, a.eval_dir, a.split, a.max_dist)
     table = fact_table(pairs, kind)
     print(f"{len(pairs)} captioned objects matched")
     print(f"{'fact':<10} {'stated %':>9} {'correct %':>10}")

@@ -31,15 +31,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from dense3d.data.synthetic.facts import (
-    FACT_FIELDS,
-    FIXED_CAPTION,
-    LOAD_FACTS,
-    MATCH_DIST,
-    PARSE_CAPTION,
-    match_predictions,
-    set_kind,
-)
+from dense3d.data.synthetic.facts import FACT_FIELDS, FIXED_CAPTION, PARSE_CAPTION, read_captioned_objects
 from dense3d.errors import PredictionFormatError, exit_status
 from dense3d.eval.formats import parse_box_predictions, parse_object_gt, read_json
 from dense3d.utils.argtypes import positive_float
@@ -105,19 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="JSON table (default: EVAL_DIR/fact_costs.json)")
     a = p.parse_args(argv)
     out = check_output_path(a.out or a.eval_dir / "fact_costs.json", "tools/fact_costs.py")  # before any work
-    pred_path, gt_path = a.eval_dir / "predictions_boxes.json", a.eval_dir / "ground_truth_boxes.json"
-    for path in (pred_path, gt_path):
-        if not path.is_file():
-            raise PredictionFormatError(path, "file", "written by dense3d eval --checkpoint")
-    pred = read_json(pred_path)
-    parse_box_predictions(pred_path, pred, need_caption=True, need_score=True)  # dense3d eval's checks, one line
+    kind, _, pred, pairs = read_captioned_objects(a.root, a.eval_dir, a.split, a.max_dist)
+    parse_box_predictions(a.eval_dir / "predictions_boxes.json", pred, need_caption=True, need_score=True)  # as scored
+    gt_path = a.eval_dir / "ground_truth_boxes.json"
+    if not gt_path.is_file():
+        raise PredictionFormatError(gt_path, "file", "ground truth written by dense3d eval --checkpoint")
     gt = parse_object_gt(gt_path, read_json(gt_path))
-    kind = set_kind(a.root)
-    objects = LOAD_FACTS[kind](a.root, a.split)
-    if pred and not set(pred) & {o["scene"] for o in objects}:
-        raise PredictionFormatError(pred_path, "scenes", f"scenes of the '{a.split}' split of {a.root} (--split)",
-                                    got=sorted(pred)[:2])
-    pairs = match_predictions(pred, objects, MATCH_DIST[kind] if a.max_dist is None else a.max_dist)
     captions, unstated = variants(pairs, kind)
     n_pred = sum(len(rows) for rows in pred.values())
     print(f"{len(pairs)} of {n_pred} predictions matched to objects; unstated facts kept true: {unstated or 'none'}")

@@ -46,12 +46,12 @@ from dense3d.data.synthetic.grammar import (
 )
 from dense3d.data.synthetic.indoor import INDOOR_CLASSES
 from dense3d.data.synthetic.outdoor import NUSCENES_CLASSES
-from dense3d.errors import AnnotationError
+from dense3d.errors import AnnotationError, PredictionFormatError
 
 __all__ = ["OutdoorFacts", "FACT_DIM", "fact_vector", "fixed_caption", "load_outdoor_facts", "parse_outdoor_caption",
            "IndoorFacts", "fixed_indoor_caption", "load_indoor_facts", "parse_indoor_caption", "set_kind",
            "FACT_FIELDS", "LOAD_FACTS", "PARSE_CAPTION", "FIXED_CAPTION", "MATCH_DIST", "objects_by_scene",
-           "match_predictions"]
+           "match_predictions", "read_captioned_objects"]
 
 COLOURS = tuple(PALETTE)
 MOTIONS = ("placed", "walking", "standing", "riding", "parked", "moving")
@@ -324,3 +324,26 @@ def match_predictions(pred: dict, objects: list[dict], max_dist: float) -> list[
         rows, cols = linear_sum_assignment(d)
         pairs += [(objs[r], preds[c]) for r, c in zip(rows, cols) if d[r, c] <= max_dist]
     return pairs
+
+
+def read_captioned_objects(root: str | Path, eval_dir: str | Path, split: str = "val",
+                           max_dist: float | None = None) -> tuple[str, list[dict], dict, list[tuple[dict, dict]]]:
+    """The captions of an evaluation folder (``EVAL_DIR/predictions_boxes.json`` of ``dense3d eval
+    --checkpoint``) matched to the objects of ``split`` of the synthetic set at ``root``
+    (:func:`match_predictions`, ``max_dist`` metres; default :data:`MATCH_DIST` of the set's kind):
+    ``(kind, objects, predictions, (object, prediction) pairs)``. A missing or malformed file, or predictions
+    of another split, is a one-line PredictionFormatError."""
+    path = Path(eval_dir) / "predictions_boxes.json"
+    if not path.is_file():
+        raise PredictionFormatError(path, "file", "predictions written by dense3d eval --checkpoint")
+    pred = load_json(path, error=PredictionFormatError)
+    if not isinstance(pred, dict) or any(not isinstance(v, list) or any(not isinstance(r, dict) or "caption" not in r
+                                                                        or "box" not in r for r in v)
+                                         for v in pred.values()):
+        raise PredictionFormatError(path, "records", "{scene: [{box, caption, ...}]}")
+    kind = set_kind(root)
+    objects = LOAD_FACTS[kind](root, split)
+    if pred and not set(pred) & {o["scene"] for o in objects}:
+        raise PredictionFormatError(path, "scenes", f"scenes of the '{split}' split of {root} (--split)",
+                                    got=sorted(pred)[:2])
+    return kind, objects, pred, match_predictions(pred, objects, MATCH_DIST[kind] if max_dist is None else max_dist)

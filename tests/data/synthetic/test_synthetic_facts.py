@@ -352,7 +352,7 @@ def test_caption_facts_tool_reads_indoor_sets(synth_root, tmp_path):
     first["caption"] = first["caption"].replace(f"a {colour} ", f"a {other} ", 1).rsplit(" it is ", 1)[0]
     (tmp_path / "predictions_boxes.json").write_text(json.dumps(pred))
     tool = _tool("caption_facts")
-    assert tool.set_kind(root) == "indoor" and tool.set_kind(synth_root / "outdoor") == "outdoor"
+    assert set_kind(root) == "indoor" and set_kind(synth_root / "outdoor") == "outdoor"
     assert tool.main([str(root), str(tmp_path)]) == 0
     r = json.loads((tmp_path / "caption_facts.json").read_text())
     n = len(objs)
