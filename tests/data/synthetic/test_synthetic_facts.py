@@ -203,6 +203,9 @@ def test_caption_facts_tool_counts_right_and_wrong_facts(synth_root, tmp_path):
     (tmp_path / "predictions_boxes.json").write_text(json.dumps({"s": [{"box": [0] * 7}]}))
     with pytest.raises(PredictionFormatError, match="predictions_boxes.json"):
         tool.main([str(synth_root / "outdoor"), str(tmp_path)])
+    (tmp_path / "predictions_boxes.json").write_text('{"s": [')  # cut short: one line, not a JSON traceback
+    with pytest.raises(PredictionFormatError, match="predictions_boxes.json"):
+        tool.main([str(synth_root / "outdoor"), str(tmp_path)])
 
 
 def test_relation_oracle_replaces_the_annotators_coin_with_the_likelier_side(synth_root, tmp_path):
