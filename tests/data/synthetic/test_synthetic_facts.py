@@ -510,7 +510,7 @@ def test_fact_costs_outdoor_charge_each_wrong_fact_to_its_own_row(synth_root, tm
         assert cost[fact] == pytest.approx(0, abs=1e-9), fact
     assert r["cider"]["all facts"] == pytest.approx(r["cider"]["model"]) and r["wording"] == pytest.approx(0, abs=1e-9)
     assert r["unstated"] == {}  # an unstated motion is left out, not kept true
-    # the oracle row scores what tools/score_oracle.py gives the fixed oracle on these boxes
+    # the oracle row is the fixed oracle's own captions scored as a model's
     (tmp_path / "fixed").mkdir()
     fixed = _eval_folder(tmp_path / "fixed", objects, [o["fixed"] for o in objects])
     assert tool.main([str(root), str(fixed)]) == 0
