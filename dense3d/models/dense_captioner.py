@@ -66,6 +66,8 @@ class DenseCaptioner(nn.Module):
         detection_weight, caption_weight: weights of the loss groups.
         target_weight: weight of the Q-Former's target-head loss (which neighbour the caption
             names; only with ``qformer.target_order``).
+        relation_weight: weight of the captioner's relation-head loss (which relation the caption
+            states; only with ``captioner.relation_phrases``).
         scst_weight: weight of the self-critical loss (CIDEr-D reward, baseline decoded as ``generate``,
             or the other samples' mean with ``captioner.scst_samples > 1``; 0: off), the optional last
             stage (``stage=scst``).
@@ -96,6 +98,7 @@ class DenseCaptioner(nn.Module):
         scst_weight: float = 0.0,
         scst_document_frequency: str = "batch",
         target_weight: float = 0.5,
+        relation_weight: float = 0.5,
         image_regions: ImageRegionEncoder | None = None,
         class_embedding: bool = False,
         point_regions: PointRegionEncoder | None = None,
@@ -125,6 +128,7 @@ class DenseCaptioner(nn.Module):
         self.scst_weight = scst_weight
         self.scst_document_frequency = scst_document_frequency
         self.target_weight = target_weight
+        self.relation_weight = relation_weight
         self.image_regions = image_regions
         self.point_regions = point_regions
         self.class_embedding = None
@@ -305,7 +309,8 @@ class DenseCaptioner(nn.Module):
         the term divided by it, so runs with other weights compare)."""
         if name.startswith(("det_", "event_")):
             return self.detection_weight
-        return {"caption": self.caption_weight, "target": self.target_weight, "scst": self.scst_weight}.get(name, 1.0)
+        return {"caption": self.caption_weight, "target": self.target_weight, "relation": self.relation_weight,
+                "scst": self.scst_weight}.get(name, 1.0)
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
         """Weighted loss terms of one batch (their sum is what training minimises)."""
@@ -366,11 +371,14 @@ class DenseCaptioner(nn.Module):
             losses["caption"] = self.caption_weight * cap["loss_caption"]
             if "loss_target" in cap:
                 losses["target"] = self.target_weight * cap["loss_target"]
+            if "loss_relation" in cap:
+                losses["relation"] = self.relation_weight * cap["loss_relation"]
+                self.step_metrics["relation_accuracy"] = cap["relation_accuracy"]
         if want_captions and self.scst_weight > 0:
             scst = self.captioner.scst_loss(regions, contexts, references)
             losses["scst"] = self.scst_weight * scst["loss_scst"]
             # the rewards are what SCST raises: logged beside the losses (not summed into them)
-            self.step_metrics = {f"scst_{k}": v for k, v in scst.items() if k.startswith("reward_")}
+            self.step_metrics.update({f"scst_{k}": v for k, v in scst.items() if k.startswith("reward_")})
         if not losses:
             raise ConfigError("DenseCaptioner", "trainable parameters", "some part that trains (all are frozen)")
         return losses

@@ -41,7 +41,7 @@ def _detector(two_stage: bool, seed: int = 0) -> EventDetector:
     return EventDetector(fuser, head, audio_encoder=audio, loss=EventSetLoss(HungarianEventMatcher(cost_azimuth=1.0)))
 
 
-def _captioner() -> RegionCaptioner:
+def _captioner(**options) -> RegionCaptioner:
     from dense3d.models.captioner.decoder import tiny_llama_decoder
     from dense3d.models.captioner.llama_adapter import LlamaAdapter
 
@@ -53,7 +53,7 @@ def _captioner() -> RegionCaptioner:
         qformer=RelationQFormer(d_model=32, n_heads=4, n_layers=1, num_queries=4, num_neighbours=2, region_dim=32, out_dim=32,
                                 token_dim=D),
         bica=BiCADecoder(d_model=32, n_heads=4, n_layers=1, region_dim=D, context_dim=D),
-        max_caption_tokens=8, max_new_tokens=5, cache_frozen_layers_mb=0,
+        max_caption_tokens=8, max_new_tokens=5, cache_frozen_layers_mb=0, **options,
     )
 
 
@@ -189,3 +189,25 @@ def test_eval_checkpoint_regions_gt_on_an_events_run_scores_gt_span_captions(tmp
     # the files are read by the protocol evaluator as they are
     assert main(["eval", "events", "--pred", str(out / "predictions_events.json"), "--gt", str(out / "ground_truth_events.json"),
                  "--no-soda"]) == 0
+
+
+def test_the_relation_heads_loss_is_weighted_and_its_accuracy_logged_beside_scsts_rewards():
+    """DenseCaptioner with a captioner's relation head: the term "relation" is relation_weight times
+    the head's loss, and its accuracy reaches step_metrics beside SCST's rewards (not replaced)."""
+    torch.manual_seed(0)
+    batch = _clips()
+    batch.samples[0].events.captions = [["a tone beeps after the other"], ["a tone beeps near"]]
+    captioner = _captioner(class_names={"event": ["tone", "other"]}, relation_phrases={"before": ["before"], "after": ["after"]})
+    model = DenseCaptioner(captioner, event_detector=_detector(True), event_caption_regions="gt", relation_weight=0.25,
+                           scst_weight=1.0)
+    model.event_detector.requires_grad_(False)
+    torch.manual_seed(1)
+    losses = model(batch)
+    assert model.loss_weight("relation") == 0.25
+    assert losses["relation"].requires_grad and losses["relation"].item() > 0
+    assert {"relation_accuracy", "scst_reward_sample"} <= set(model.step_metrics)
+    torch.manual_seed(1)
+    regions, caps, _ = model._gt_event_regions(model.event_detector(batch), batch, "test")
+    head = captioner._relation_loss([regions], captioner.encode([regions], [model._event_context(model.event_detector(batch))]), [caps])
+    assert int(head["num_relation_terms"]) == 3  # after, none, none
+    torch.testing.assert_close(losses["relation"], 0.25 * head["loss_relation"])

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from dense3d.models.losses.mention import IGNORE, mention_words, mentioned_classes, target_labels, target_word_spans
+from dense3d.models.losses.mention import (IGNORE, mention_words, mentioned_classes, named_relation, relation_labels,
+                                         target_labels, target_word_spans)
 
 NAMES = ["chair", "table", "side_table", "garbagebin", "door"]
 WORDS = mention_words(NAMES, {"garbagebin": ["trash can"]})
@@ -61,3 +62,31 @@ def test_target_labels_name_the_nearest_neighbour_of_each_named_class():
     assert out[0, 4].tolist() == [IGNORE, 4]
     none = target_labels(index, valid, labels, [["it is here."] * 5], WORDS, num_targets=1)
     assert none[0, :, 0].tolist() == [4] * 5  # no class named: "no first target"
+
+
+RELATIONS = [["next to", "beside", "near"], ["in front of", "ahead of"], ["behind"], ["left of"], ["right of"], ["between"]]
+CAR_WORDS = mention_words(["car", "traffic_cone", "pedestrian"])
+
+
+def test_named_relation_is_the_first_phrase_before_a_named_region():
+    cases = {
+        "right of the orange traffic cone, a gray car is parked behind the ego car, far away.": 4,
+        "a gray car parked behind the ego car, far away, to the right of the orange traffic cone.": 4,
+        "a red car parked in front of the ego car, ahead of the pedestrian in black.": 1,  # synonym, colour after
+        "a car between the red car and the blue car, next to a cone.": 5,  # the earliest phrase wins
+        "a car beside a traffic cone.": 0,
+        "a blue car moving behind the ego car, nearby.": 6,  # the ego car is no region: no relation stated
+        "a car near the ego car, behind the white car": 2,
+        "a car behind the big dark green pedestrian": 6,  # three words between article and name: not read as a target
+        "a car left of something.": 6,
+    }
+    for caption, want in cases.items():
+        assert named_relation(caption, RELATIONS, CAR_WORDS) == want, caption
+    # a longer phrase wins over one inside it, whatever the order they are listed in
+    assert named_relation("a car to the left of the cone", [["left of"], ["to the left of"]], mention_words(["cone"])) == 1
+
+
+def test_relation_labels_ignore_regions_without_a_caption():
+    got = relation_labels([["a car behind the red car.", None], ["a car.", "a car ahead of a pedestrian"]],
+                          RELATIONS, CAR_WORDS)
+    assert got.tolist() == [[2, IGNORE], [6, 1]]

@@ -35,7 +35,7 @@ from dense3d.models.checks import check_int
 from dense3d.models.context.bica import BiCADecoder, SceneContext
 from dense3d.models.losses.caption import (CiderDocumentFrequency, caption_cross_entropy, cider_d, leave_one_out_baseline,
                                            scst_loss, sequence_log_probs)
-from dense3d.models.losses.mention import IGNORE, mention_words, target_labels, target_word_spans
+from dense3d.models.losses.mention import IGNORE, mention_words, relation_labels, target_labels, target_word_spans
 from dense3d.structures.captions import DenseCaption
 from dense3d.structures.sample import RegionFeatures
 
@@ -131,6 +131,13 @@ class RegionCaptioner(nn.Module):
             decode each step); k > 1: k samples, each one's baseline the mean reward of the
             region's k - 1 others (Luo 2020, "A better variant of self-critical sequence
             training"; no test-time decode, k times the sampled rows).
+        relation_phrases: relation name -> the phrases captions state it with (``in_front_of: [in
+            front of, ahead of]``). Given, a linear **relation head** reads each region's K visual
+            tokens and is trained (``forward``'s ``loss_relation``) to tell which relation its
+            caption states towards another region, or none
+            (:func:`~dense3d.models.losses.mention.named_relation`), so the tokens the LLM reads
+            must hold it. Only for kinds with class names; generation does not use the head.
+            None or empty (default): no head.
     """
 
     def __init__(self, decoder: FrozenDecoder, adapter: LlamaAdapter, qformer: RelationQFormer,
@@ -139,7 +146,7 @@ class RegionCaptioner(nn.Module):
                  class_names: dict[str, Sequence[str]] | None = None, no_repeat_ngram_size: int = 0,
                  repetition_penalty: float = 1.0, cache_frozen_layers_mb: int = 1024, llm_autocast: bool | None = None,
                  mention_aliases: dict[str, Sequence[str]] | None = None, target_word_weight: float = 1.0,
-                 scst_samples: int = 1):
+                 scst_samples: int = 1, relation_phrases: dict[str, Sequence[str]] | None = None):
         super().__init__()
         if adapter.prompt_len != qformer.num_queries:
             raise ConfigError("RegionCaptioner", "adapter.prompt_len", f"qformer.num_queries={qformer.num_queries}",
@@ -177,6 +184,14 @@ class RegionCaptioner(nn.Module):
         if not (math.isfinite(target_word_weight) and target_word_weight > 0):
             raise ConfigError("RegionCaptioner", "target_word_weight", "a finite weight > 0", got=target_word_weight)
         self.target_word_weight = float(target_word_weight)
+        self.relation_names = list(relation_phrases or {})
+        self.relation_phrases = [list(relation_phrases[n]) for n in self.relation_names]
+        for name, group in zip(self.relation_names, self.relation_phrases):
+            if not group or not all(isinstance(w, str) and w.strip() for w in group):
+                raise ConfigError("RegionCaptioner", f"relation_phrases.{name}", "a list of non-empty phrases", got=group)
+        # one logit per relation and one for "states none"; reads the K visual tokens of a region, flattened
+        self.relation_head = (nn.Linear(qformer.num_queries * adapter.hidden_size, len(self.relation_names) + 1)
+                              if self.relation_names else None)
 
     # ------------------------------------------------------------------ parts
     def _lm(self):
@@ -314,7 +329,8 @@ class RegionCaptioner(nn.Module):
             ``{"loss_caption": scalar, "num_captions": long scalar}``; the loss is 0 (with a
             graph) when no region has a caption. With the Q-Former's ``target_order`` also
             ``"loss_target"`` (the target head's cross-entropy over the labelled (region, p)
-            terms, :func:`~dense3d.models.losses.mention.target_labels`) and ``"num_target_terms"``.
+            terms, :func:`~dense3d.models.losses.mention.target_labels`) and ``"num_target_terms"``;
+            with ``relation_phrases`` also :meth:`_relation_loss`'s three.
         """
         single = isinstance(regions, RegionFeatures)
         regions = _as_list(regions)
@@ -322,6 +338,8 @@ class RegionCaptioner(nn.Module):
         self._check_captions(regions, captions)
         visual, target_loss, n_target = self._encode(regions, context, captions)
         extra = {} if target_loss is None else {"loss_target": target_loss, "num_target_terms": torch.tensor(n_target)}
+        if self.relation_head is not None:
+            extra.update(self._relation_loss(regions, visual, captions))
         vis, prompts, caps, spans = self._gather(regions, visual, captions)
         if not vis:
             zero = self._zero_loss(visual)
@@ -337,6 +355,31 @@ class RegionCaptioner(nn.Module):
                 logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
                 loss = caption_cross_entropy(logits.float(), batch["labels"], batch.get("weights"))
         return {"loss_caption": loss, "num_captions": torch.tensor(len(vis)), **extra}
+
+    def _relation_loss(self, regions, visual, captions) -> dict[str, torch.Tensor]:
+        """The relation head's cross-entropy over the captioned regions of the kinds with class
+        names: ``{"loss_relation", "num_relation_terms", "relation_accuracy"}`` (accuracy in %, of
+        the head's argmax; 0 terms: a zero loss with a graph)."""
+        logits, labels = [], []
+        for r, v, c in zip(regions, visual, captions):
+            words = self._mention_words(r.kind)
+            if not words:
+                continue
+            lab = relation_labels(c, self.relation_phrases, words).to(v.device)  # (B, R)
+            lab = lab.masked_fill(~r.mask.bool(), IGNORE)
+            logits.append(self.relation_head(v.flatten(2)).float().flatten(0, 1))  # (B, R, K*H) -> (B*R, C+1)
+            labels.append(lab.flatten())  # (B*R,)
+        if not logits:
+            return {}
+        lg, lab = torch.cat(logits), torch.cat(labels)
+        keep = lab != IGNORE
+        n = int(keep.sum())
+        if n == 0:
+            return {"loss_relation": lg.sum() * 0.0, "num_relation_terms": torch.tensor(0),
+                    "relation_accuracy": torch.zeros(())}
+        right = (lg[keep].argmax(-1) == lab[keep]).float().mean() * 100.0
+        return {"loss_relation": F.cross_entropy(lg, lab, ignore_index=IGNORE), "num_relation_terms": torch.tensor(n),
+                "relation_accuracy": right.detach()}
 
     def scst_loss(self, regions, context, references) -> dict[str, torch.Tensor]:
         """Self-critical sequence training loss.

@@ -13,7 +13,9 @@ do (ScanRefer, TOD3Cap, our synthetic sets):
   (the target's colour), for weighting the caption loss on them;
 * :func:`target_labels` — for each region, which of its neighbours (nearest first) the caption
   names first, second, ...: the nearest neighbour of the named class not taken already, "none"
-  where the caption names no further class, unknown where no neighbour has the named class.
+  where the caption names no further class, unknown where no neighbour has the named class;
+* :func:`named_relation`, :func:`relation_labels` — which relation phrase ("between", "left of",
+  ...) a caption states towards another region: the labels of the captioner's relation head.
 
 A caption whose target has the region's own class ("the chair next to the brown chair") is read
 as naming no target: the subject and the target cannot be told apart by class alone.
@@ -25,9 +27,13 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-__all__ = ["mention_words", "mentioned_classes", "target_word_spans", "target_labels", "IGNORE"]
+__all__ = ["mention_words", "mentioned_classes", "target_word_spans", "target_labels", "named_relation",
+           "relation_labels", "IGNORE", "NOT_A_REGION"]
 
 IGNORE = -100  # no label (torch.nn.functional.cross_entropy's default ignore_index)
+# words that make a class name something other than a region: "behind the *ego* car" (TOD3Cap, our
+# outdoor set) is the sensor platform, and the phrase before it a direction, not a relation
+NOT_A_REGION = ("ego",)
 
 
 def mention_words(class_names: Sequence[str], aliases: Mapping[str, Sequence[str]] | None = None) -> dict[int, list[str]]:
@@ -118,3 +124,31 @@ def target_labels(index: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor
                     out[b][i][p] = hits[0]
                     taken.add(hits[0])
     return torch.tensor(out, dtype=torch.long, device=index.device).reshape(B, R, num_targets)
+
+
+def named_relation(caption: str, relations: Sequence[Sequence[str]], words: Mapping[int, Sequence[str]]) -> int:
+    """The relation ``caption`` states towards another region, as an index into ``relations`` (each
+    a list of the phrases that state it: ``["in front of", "ahead of"]``). It is the earliest phrase
+    followed by an article ("the", "a", "an"), at most two words (colour, size) and a class name
+    (matched as in :func:`_class_mentions`): "right of the orange traffic cone", "between the red
+    car and ...". ``len(relations)`` where no phrase is followed so; a class name after a word of
+    :data:`NOT_A_REGION` ("behind the ego car") is not a region."""
+    text = caption.lower()
+    index = {p.lower(): n for n, group in enumerate(relations) for p in group}
+    alts = "|".join(re.escape(p) for p in sorted(index, key=len, reverse=True))  # longest first: "to the left of" before "left of"
+    lead = re.compile(rf"\b({alts})\s+(?:the|a|an)\s+((?:[\w-]+\s+){{0,2}})$")
+    best = (len(text) + 1, len(relations))  # (where the phrase starts, its relation)
+    for start, _, _ in _class_mentions(text, words):
+        m = lead.search(text[:start])
+        if m is None or any(w in NOT_A_REGION for w in m.group(2).split()):
+            continue
+        best = min(best, (m.start(1), index[m.group(1)]))
+    return best[1]
+
+
+def relation_labels(captions: Sequence[Sequence[str | None]], relations: Sequence[Sequence[str]],
+                    words: Mapping[int, Sequence[str]]) -> torch.Tensor:
+    """(B, R) long: per region, :func:`named_relation` of its caption (``len(relations)``: none
+    stated), :data:`IGNORE` where it has no caption. ``captions``: B lists of R entries."""
+    return torch.tensor([[IGNORE if c is None else named_relation(c, relations, words) for c in row] for row in captions],
+                        dtype=torch.long).reshape(len(captions), -1)
