@@ -5,7 +5,9 @@ For each box the run's captioner reads (``DenseCaptioner.region_inputs``, ground
 this collects its BiCA feature, the relation token of its annotated relation target (when the
 target is among its ``k`` nearest neighbours) and the K visual tokens the Q-Former hands to the
 LLaMA-Adapter, and fits a logistic regression (scikit-learn, standardised inputs) from each to:
-the box's own colour, and its relation target's colour and class. A probe fitted on the first
+the box's own colour, its relation target's colour and class, and its annotated relation type
+("between", "left_of", ...: from its BiCA feature, its one target's relation token and its visual
+tokens). A probe fitted on the first
 ``--train-scenes`` training scenes is scored on the first ``--val-scenes`` validation scenes. A fact
 the captions miss that the visual tokens still hold is lost in the LLM; one the relation token holds
 and the visual tokens do not is lost in the Q-Former (docs/results.md, "neighbour queries"). With
@@ -39,6 +41,10 @@ PROBES = (
     ("own colour <- visual tokens", "visual", "colour"),
     ("target colour <- visual tokens", "visual", "target_colour"),
     ("target class <- visual tokens", "visual", "target_class"),
+    ("relation type <- own BiCA feature", "feature", "relation"),
+    ("relation type <- its target's relation token", "relation_token", "relation"),
+    ("relation type <- visual tokens", "visual", "relation"),
+    ("relation type <- visual tokens, one-target boxes", "one_target_visual", "relation"),
 )
 
 
@@ -62,16 +68,18 @@ def box_rows(objects: list[dict], targets: list[int | None], feature: np.ndarray
             or None without a target head.
     Returns:
         rows with ``feature``, ``visual``, ``colour`` and, for boxes with a target,
-        ``target_feature``, ``target_colour``, ``target_class``, ``relation_token`` (None when
+        ``target_feature``, ``target_colour``, ``target_class``, ``one_target_visual`` (its
+        visual tokens again), ``relation_token`` (None when
         the target is not among the k nearest) and ``target_rank`` (-1 then), and with
         ``head_first`` ``head_rank`` (the slot the head chose, -1 for none).
     """
     rows = []
     for i, (o, t) in enumerate(zip(objects, targets)):
-        row = {"feature": feature[i], "visual": visual[i], "colour": o["colour"]}
+        row = {"feature": feature[i], "visual": visual[i], "colour": o["colour"], "relation": o["relation"]}
         if t is not None:
             rank = neighbours[i].index(t) if t in neighbours[i] else -1
             row.update(target_feature=feature[t], target_colour=objects[t]["colour"], target_class=objects[t]["label"],
+                       one_target_visual=visual[i],
                        relation_token=relation[i, rank] if rank >= 0 else None, target_rank=rank)
             if head_first is not None:
                 row["head_rank"] = head_first[i] if head_first[i] < len(neighbours[i]) else -1
