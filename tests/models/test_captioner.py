@@ -288,9 +288,23 @@ def test_relation_head_learns_the_stated_relation_from_the_visual_tokens():
 
 
 def test_relation_phrases_are_checked_when_built():
-    for bad in ({"next_to": ["next to"], "behind": [""]}, {"next_to": ["next to"], "behind": []}):
+    for bad in ({"next_to": ["next to"], "behind": [""]}, {"next_to": ["next to"], "behind": []},
+                {"next_to": ["next to"], "behind": "behind"},  # a string, not a list of phrases
+                {"next_to": ["next to", "near"], "behind": ["Near "]}):  # one phrase, two relations
         with pytest.raises(ConfigError, match=r"relation_phrases\.behind"):
             tiny_captioner(relation_phrases=bad)
+    with pytest.raises(ConfigError, match="relation_phrases.*mapping"):
+        tiny_captioner(relation_phrases=["next to", "behind"])
+
+
+def test_relation_head_on_a_kind_without_regions():
+    """A batch with no box at all (R = 0) gives no relation term, and no error."""
+    regions, ctx, _ = oracle_scene()
+    empty = dataclasses.replace(regions, features=regions.features[:, :0], geometry=regions.geometry[:, :0],
+                                scores=regions.scores[:, :0], labels=regions.labels[:, :0], mask=regions.mask[:, :0])
+    model = tiny_captioner(relation_phrases={"behind": ["behind"]})
+    out = model(empty, ctx, [[], []])
+    assert int(out["num_relation_terms"]) == 0 and out["loss_relation"].requires_grad
 
 
 def test_target_word_weight_weights_the_tokens_naming_the_target():

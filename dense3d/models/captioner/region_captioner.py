@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -184,11 +184,21 @@ class RegionCaptioner(nn.Module):
         if not (math.isfinite(target_word_weight) and target_word_weight > 0):
             raise ConfigError("RegionCaptioner", "target_word_weight", "a finite weight > 0", got=target_word_weight)
         self.target_word_weight = float(target_word_weight)
-        self.relation_names = list(relation_phrases or {})
-        self.relation_phrases = [list(relation_phrases[n]) for n in self.relation_names]
-        for name, group in zip(self.relation_names, self.relation_phrases):
-            if not group or not all(isinstance(w, str) and w.strip() for w in group):
+        relation_phrases = relation_phrases or {}
+        if not isinstance(relation_phrases, Mapping):
+            raise ConfigError("RegionCaptioner", "relation_phrases", "a mapping relation -> list of phrases",
+                              got=type(relation_phrases).__name__)
+        self.relation_names, self.relation_phrases, seen = list(relation_phrases), [], set()
+        for name in self.relation_names:
+            group = relation_phrases[name]
+            if isinstance(group, str) or not group or not all(isinstance(w, str) and w.strip() for w in group):
                 raise ConfigError("RegionCaptioner", f"relation_phrases.{name}", "a list of non-empty phrases", got=group)
+            again = [w for w in group if w.strip().lower() in seen]
+            if again:
+                raise ConfigError("RegionCaptioner", f"relation_phrases.{name}", "phrases no other relation has",
+                                  got=again[0])
+            seen.update(w.strip().lower() for w in group)
+            self.relation_phrases.append([w.strip() for w in group])
         # one logit per relation and one for "states none"; reads the K visual tokens of a region, flattened
         self.relation_head = (nn.Linear(qformer.num_queries * adapter.hidden_size, len(self.relation_names) + 1)
                               if self.relation_names else None)

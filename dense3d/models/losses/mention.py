@@ -150,5 +150,6 @@ def relation_labels(captions: Sequence[Sequence[str | None]], relations: Sequenc
                     words: Mapping[int, Sequence[str]]) -> torch.Tensor:
     """(B, R) long: per region, :func:`named_relation` of its caption (``len(relations)``: none
     stated), :data:`IGNORE` where it has no caption. ``captions``: B lists of R entries."""
+    R = len(captions[0]) if len(captions) else 0  # (rows of equal length: RegionCaptioner checks them)
     return torch.tensor([[IGNORE if c is None else named_relation(c, relations, words) for c in row] for row in captions],
-                        dtype=torch.long).reshape(len(captions), -1)
+                        dtype=torch.long).reshape(len(captions), R)
