@@ -87,7 +87,9 @@ class DenseCaptionerRun:
         return out
 
     def dataset(self, split: str = "val"):
-        """The run's data set of ``split`` (built from its config), e.g. to caption its scenes."""
+        """The run's data set of ``split`` (built from its config), e.g. to caption its scenes, as
+        evaluation reads it: the split's own files with the validation split's pipeline
+        (:func:`inference_data_config`), so no training augmentation."""
         from dense3d.engine.checkpoint import check_config_targets
 
         source = str(self.config_path or "the run's config.yaml")
@@ -102,6 +104,7 @@ class DenseCaptionerRun:
             raise ConfigError(source, "split", f"a split of the run's data ({', '.join(splits)})", got=split)
         if node is None:  # e.g. "test": the val set's config with the split swapped
             node = OmegaConf.merge(data.val, {"split": split})
+        node = inference_data_config(node, data.val)
         check_config_targets(OmegaConf.to_container(node), source=source, path=f"data.{split}")  # untrusted: no foreign targets
         try:  # the data set reads its index file (at the latest in len): a synthetic set not generated, or deleted since
             dataset = instantiate_config(node, source, f"data.{split}")
@@ -113,6 +116,36 @@ class DenseCaptionerRun:
         if size == 0:  # a wrong split name or annotation file; scoring it would report 0 samples and exit 0
             raise ConfigError(source, f"data.{split}", "a data split with samples", got="0 samples")
         return dataset
+
+
+# Keys of a data node that say how training reads a split, not which files it reads: the
+# augmentation pipeline, and which ground-truth boxes training keeps (mmdet3d's num_lidar_pts).
+TRAINING_ONLY_KEYS = ("transforms", "box_filter")
+
+
+def inference_data_config(node, val):
+    """The data node ``node`` (a split's: its files) with :data:`TRAINING_ONLY_KEYS` taken from
+    the validation node ``val`` at the same place (dropped where ``val`` has none), at any depth
+    (a joint set nests its scenes' node). Evaluating or predicting a training split otherwise drew
+    random flips, rotations and scales on every read: a mirrored room, other captions on every
+    call, and predicted boxes in the augmented frame instead of the file's."""
+    # resolved here: the nodes are parts of the run's config, and ${paths...} means nothing outside it
+    node = OmegaConf.to_container(node, resolve=True)
+    val = OmegaConf.to_container(val, resolve=True) if val is not None else {}
+
+    def swap(n: dict, v: dict) -> dict:
+        out = {}
+        for key, value in n.items():
+            if key in TRAINING_ONLY_KEYS:
+                if key in v:
+                    out[key] = v[key]
+            elif isinstance(value, dict):
+                out[key] = swap(value, v.get(key) if isinstance(v.get(key), dict) else {})
+            else:
+                out[key] = value
+        return out
+
+    return OmegaConf.create(swap(node, val))
 
 
 def read_run_config(cfg_path: Path):

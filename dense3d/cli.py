@@ -125,7 +125,7 @@ def _eval_run(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="dense3d eval", description="Describe a split with a trained run and score it.")
     p.add_argument("--checkpoint", required=True, help="run folder (config.yaml + checkpoints/) or checkpoint folder")
-    p.add_argument("--split", default="val", help="data split of the run's data config (train / val / test)")
+    p.add_argument("--split", default="val", help="data split of the run's data config (train / val / test), read through the val split's pipeline (no augmentation)")
     p.add_argument("--regions", default="proposals", choices=("proposals", "gt"), help="caption detections (boxes, events) or the ground-truth regions (GT boxes, GT event spans)")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N samples")
     p.add_argument("--out", default=None, help="output folder (default: RUN/eval_<split>)")
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="caption a data split with a trained run -> predictions JSON")
     p.add_argument("--checkpoint", required=True, help="run folder (config.yaml + checkpoints/) or checkpoint folder")
-    p.add_argument("--split", default="val", help="data split of the run's data config (train / val / test)")
+    p.add_argument("--split", default="val", help="data split of the run's data config (train / val / test), read through the val split's pipeline (no augmentation)")
     p.add_argument("--regions", default="proposals", choices=("proposals", "gt"), help="caption detections (boxes, events) or the ground-truth regions (GT boxes, GT event spans)")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N samples")
     p.add_argument("--out", required=True, help="predictions JSON (docs/eval.md formats)")

@@ -172,11 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     train = collect_rows(loaded, "train", a.train_scenes, objects, a.root / ANNOTATIONS_FILE)
     val = collect_rows(loaded, "val", a.val_scenes, objects, a.root / ANNOTATIONS_FILE)
     table = {name: probe(train, val, x, y) for name, x, y in PROBES}
-    print(f"{'probe':<42} {'train':>6} {'val':>5} {'accuracy %':>11} {'majority %':>11}")
+    width = max(len("probe"), *(len(name) for name in table))  # the longest probe name sets the column
+    print(f"{'probe':<{width}} {'train':>6} {'val':>5} {'accuracy %':>11} {'majority %':>11}")
     for name, row in table.items():
         acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.1f}"
         maj = "-" if row["majority"] is None else f"{row['majority']:.1f}"
-        print(f"{name:<42} {row['train']:>6} {row['val']:>5} {acc:>11} {maj:>11}")
+        print(f"{name:<{width}} {row['train']:>6} {row['val']:>5} {acc:>11} {maj:>11}")
     ranks = np.bincount([r["target_rank"] + 1 for r in val if "target_rank" in r], minlength=2).tolist()
     print(f"targets by neighbour rank (val; first: not among the k nearest): {ranks}")
     result = {"probes": table, "target_ranks": ranks}

@@ -149,6 +149,34 @@ def test_api_arguments_are_checked(run, synthetic_root):
         api.prediction_records("ab", [[], []])
 
 
+def test_a_training_split_is_read_as_evaluation_reads_it(run):
+    """`dense3d eval --split train`, `dense3d predict --split train` and tools/probe_tokens.py read
+    the split through the run's `dataset`, which built data.train with its augmentation: the
+    indoor rooms flipped, rotated, scaled and shuffled anew on every read. Now the training
+    files go through the validation pipeline: the same sample twice is the same sample."""
+    loaded = api.load(run)
+    config = loaded.config.data
+    assert config.train.transforms.transforms.flip is not None  # the run trained with augmentation
+    train = loaded.dataset("train")
+    first, again = train[0], train[0]
+    assert torch.equal(first.points.points, again.points.points)
+    assert torch.equal(first.boxes.boxes.tensor, again.boxes.boxes.tensor)
+    assert len(train) != len(loaded.dataset("val"))  # still the training split's files
+    assert first.sample_id not in {loaded.dataset("val")[i].sample_id for i in range(len(loaded.dataset("val")))}
+
+
+def test_inference_data_config_takes_the_pipeline_from_val_at_any_depth():
+    from omegaconf import OmegaConf
+
+    train = OmegaConf.create({"split": "train", "info_file": "mine_{split}.pkl", "box_filter": "num_lidar_pts",
+                              "transforms": {"scale": {"r": 1}}, "scenes": {"split": "train", "transforms": {"flip": 1}}})
+    val = OmegaConf.create({"split": "val", "info_file": "theirs_{split}.pkl", "transforms": {"scale": None},
+                            "scenes": {"split": "val", "transforms": {"flip": None}}})
+    node = OmegaConf.to_container(api.inference_data_config(train, val))
+    assert node == {"split": "train", "info_file": "mine_{split}.pkl", "transforms": {"scale": None},
+                    "scenes": {"split": "train", "transforms": {"flip": None}}}
+
+
 def test_frozen_parts_at_random_initialisation_are_announced(synthetic_root, tmp_path, capsys):
     assert main(["train", *_args(synthetic_root, tmp_path / "r", "frozen=[box_detector.box_head]")]) == 0
     err = capsys.readouterr().err
