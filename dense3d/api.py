@@ -128,10 +128,13 @@ def inference_data_config(node, val):
     the validation node ``val`` at the same place (dropped where ``val`` has none), at any depth
     (a joint set nests its scenes' node). Evaluating or predicting a training split otherwise drew
     random flips, rotations and scales on every read: a mirrored room, other captions on every
-    call, and predicted boxes in the augmented frame instead of the file's."""
+    call, and predicted boxes in the augmented frame instead of the file's. Without a ``val`` node
+    there is no evaluation pipeline to take, and ``node`` is returned as it is."""
+    if val is None:
+        return node
     # resolved here: the nodes are parts of the run's config, and ${paths...} means nothing outside it
     node = OmegaConf.to_container(node, resolve=True)
-    val = OmegaConf.to_container(val, resolve=True) if val is not None else {}
+    val = OmegaConf.to_container(val, resolve=True)
 
     def swap(n: dict, v: dict) -> dict:
         out = {}

@@ -175,6 +175,7 @@ def test_inference_data_config_takes_the_pipeline_from_val_at_any_depth():
     node = OmegaConf.to_container(api.inference_data_config(train, val))
     assert node == {"split": "train", "info_file": "mine_{split}.pkl", "transforms": {"scale": None},
                     "scenes": {"split": "train", "transforms": {"flip": None}}}
+    assert api.inference_data_config(train, None) is train  # no evaluation pipeline to take
 
 
 def test_frozen_parts_at_random_initialisation_are_announced(synthetic_root, tmp_path, capsys):
