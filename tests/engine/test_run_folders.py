@@ -161,8 +161,9 @@ def test_a_training_split_is_read_as_evaluation_reads_it(run):
     first, again = train[0], train[0]
     assert torch.equal(first.points.points, again.points.points)
     assert torch.equal(first.boxes.boxes.tensor, again.boxes.boxes.tensor)
-    assert len(train) != len(loaded.dataset("val"))  # still the training split's files
-    assert first.sample_id not in {loaded.dataset("val")[i].sample_id for i in range(len(loaded.dataset("val")))}
+    val = loaded.dataset("val")
+    assert len(train) != len(val)  # still the training split's files
+    assert first.sample_id not in {val[i].sample_id for i in range(len(val))}
 
 
 def test_inference_data_config_takes_the_pipeline_from_val_at_any_depth():
