@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from dense3d.eval.caption_metrics import CaptionScorer
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_captioned_objects_args(p, "folder with predictions_boxes.json and ground_truth_boxes.json (dense3d eval)",
-                               "fact_costs.json")
+    add_captioned_objects_args(p, "folder with predictions_boxes.json and ground_truth_boxes.json (dense3d eval)", "fact_costs.json")
     a = p.parse_args(argv)
     out = check_output_path(a.out or a.eval_dir / "fact_costs.json", "tools/fact_costs.py")  # before any work
     kind, _, pred, pairs = read_captioned_objects(a.root, a.eval_dir, a.split, a.max_dist)

@@ -53,7 +53,7 @@ from dense3d.utils.argtypes import positive_float
 __all__ = ["OutdoorFacts", "FACT_DIM", "fact_vector", "fixed_caption", "load_outdoor_facts", "parse_outdoor_caption",
            "IndoorFacts", "fixed_indoor_caption", "load_indoor_facts", "parse_indoor_caption", "set_kind",
            "FACT_FIELDS", "LOAD_FACTS", "PARSE_CAPTION", "FIXED_CAPTION", "MATCH_DIST", "objects_by_scene",
-           "match_predictions", "read_captioned_objects", "add_captioned_objects_args"]
+           "match_predictions", "read_captioned_objects"]
 
 COLOURS = tuple(PALETTE)
 MOTIONS = ("placed", "walking", "standing", "riding", "parked", "moving")
