@@ -28,11 +28,11 @@ import numpy as np
 from dense3d.data.synthetic.facts import (
     FACT_FIELDS,
     PARSE_CAPTION,
-    add_captioned_objects_args,
     objects_by_scene,
     read_captioned_objects,
 )
 from dense3d.errors import exit_status
+from dense3d.utils.argtypes import positive_float
 from dense3d.utils.io import atomic_write_json, check_output_path
 
 
@@ -147,7 +147,12 @@ def named_target_ranks(pairs: list[tuple[dict, dict]], objects: list[dict], kind
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_captioned_objects_args(p, "folder with predictions_boxes.json (dense3d eval --checkpoint)", "caption_facts.json")
+    p.add_argument("root", type=Path, help="the generated synthetic outdoor or indoor set the run was evaluated on")
+    p.add_argument("eval_dir", type=Path, help="folder with predictions_boxes.json (dense3d eval --checkpoint)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--max-dist", type=positive_float, default=None,
+                   help="metres between a prediction's and an object's centre (default: 2 outdoors, 0.5 indoors)")
+    p.add_argument("--out", type=Path, default=None, help="JSON table (default: EVAL_DIR/caption_facts.json)")
     a = p.parse_args(argv)
     out = check_output_path(a.out or a.eval_dir / "caption_facts.json", "tools/caption_facts.py")  # before any work
     kind, objects, _, pairs = read_captioned_objects(a.root, a.eval_dir, a.split, a.max_dist)

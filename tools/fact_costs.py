@@ -31,15 +31,10 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from dense3d.data.synthetic.facts import (
-    FACT_FIELDS,
-    FIXED_CAPTION,
-    PARSE_CAPTION,
-    add_captioned_objects_args,
-    read_captioned_objects,
-)
+from dense3d.data.synthetic.facts import FACT_FIELDS, FIXED_CAPTION, PARSE_CAPTION, read_captioned_objects
 from dense3d.errors import PredictionFormatError, exit_status
 from dense3d.eval.formats import parse_box_predictions, parse_object_gt, read_json
+from dense3d.utils.argtypes import positive_float
 from dense3d.utils.io import atomic_write_json, check_output_path
 
 OMITTABLE = {"outdoor": {"motion"}, "indoor": set()}  # facts the fixed phrasing can leave unsaid
@@ -94,7 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     from dense3d.eval.caption_metrics import CaptionScorer
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_captioned_objects_args(p, "folder with predictions_boxes.json and ground_truth_boxes.json (dense3d eval)", "fact_costs.json")
+    p.add_argument("root", type=Path, help="the generated synthetic outdoor or indoor set the run was evaluated on")
+    p.add_argument("eval_dir", type=Path, help="folder with predictions_boxes.json and ground_truth_boxes.json (dense3d eval)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--max-dist", type=positive_float, default=None,
+                   help="metres between a prediction's and an object's centre (default: 2 outdoors, 0.5 indoors)")
+    p.add_argument("--out", type=Path, default=None, help="JSON table (default: EVAL_DIR/fact_costs.json)")
     a = p.parse_args(argv)
     out = check_output_path(a.out or a.eval_dir / "fact_costs.json", "tools/fact_costs.py")  # before any work
     kind, _, pred, pairs = read_captioned_objects(a.root, a.eval_dir, a.split, a.max_dist)

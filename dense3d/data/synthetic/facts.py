@@ -17,7 +17,6 @@ for the tools that read its captions back fact by fact (``tools/caption_facts.py
 """
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from collections import defaultdict
@@ -48,7 +47,6 @@ from dense3d.data.synthetic.grammar import (
 from dense3d.data.synthetic.indoor import INDOOR_CLASSES
 from dense3d.data.synthetic.outdoor import NUSCENES_CLASSES
 from dense3d.errors import AnnotationError, PredictionFormatError
-from dense3d.utils.argtypes import positive_float
 
 __all__ = ["OutdoorFacts", "FACT_DIM", "fact_vector", "fixed_caption", "load_outdoor_facts", "parse_outdoor_caption",
            "IndoorFacts", "fixed_indoor_caption", "load_indoor_facts", "parse_indoor_caption", "set_kind",
@@ -326,18 +324,6 @@ def match_predictions(pred: dict, objects: list[dict], max_dist: float) -> list[
         rows, cols = linear_sum_assignment(d)
         pairs += [(objs[r], preds[c]) for r, c in zip(rows, cols) if d[r, c] <= max_dist]
     return pairs
-
-
-def add_captioned_objects_args(parser: argparse.ArgumentParser, eval_dir_help: str, out_name: str) -> None:
-    """The arguments of the tools that read an evaluation folder with :func:`read_captioned_objects`
-    (``tools/caption_facts.py``, ``tools/fact_costs.py``): ROOT EVAL_DIR --split --max-dist --out,
-    ``--out`` defaulting to ``EVAL_DIR/<out_name>``."""
-    parser.add_argument("root", type=Path, help="the generated synthetic outdoor or indoor set the run was evaluated on")
-    parser.add_argument("eval_dir", type=Path, help=eval_dir_help)
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--max-dist", type=positive_float, default=None,
-                        help="metres between a prediction's and an object's centre (default: 2 outdoors, 0.5 indoors)")
-    parser.add_argument("--out", type=Path, default=None, help=f"JSON table (default: EVAL_DIR/{out_name})")
 
 
 def read_captioned_objects(root: str | Path, eval_dir: str | Path, split: str = "val",
