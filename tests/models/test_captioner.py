@@ -12,6 +12,7 @@ from dense3d.models.captioner.decoder import smollm2_decoder, tiny_llama_decoder
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.captioner.qformer import RelationQFormer
 from dense3d.models.captioner.region_captioner import RegionCaptioner
+from dense3d.models.captioner.relation_hint import RelationHint
 from dense3d.models.context.bica import BiCADecoder, SceneContext
 from dense3d.models.matching import assign_captions, hungarian_match
 from dense3d.structures.captions import DenseCaption
@@ -46,7 +47,8 @@ WORDS = ["describe the object. describe the sound. a red blue green white car tr
 
 
 def tiny_captioner(bica: bool = True, neighbours: int = 3, seed: int = 0, llm_autocast: bool = False,
-                   relation_phrases: dict | None = None, **qformer_options) -> RegionCaptioner:
+                   relation_phrases: dict | None = None, relation_input: bool = False,
+                   **qformer_options) -> RegionCaptioner:
     torch.manual_seed(seed)
     return RegionCaptioner(
         decoder=tiny_llama_decoder(WORDS, hidden_size=H),
@@ -58,6 +60,7 @@ def tiny_captioner(bica: bool = True, neighbours: int = 3, seed: int = 0, llm_au
         max_new_tokens=12,
         llm_autocast=llm_autocast,
         relation_phrases=relation_phrases,
+        relation_input=relation_input,
     )
 
 
@@ -521,3 +524,59 @@ def test_scst_scores_samples_under_the_distribution_they_were_drawn_from(monkeyp
     model.no_repeat_ngram_size, model.repetition_penalty = 0, 1.0
     _, used, seqs, scores, raw = _scst_log_probs_and_sampling_scores(monkeypatch, model, regions, ctx, refs)
     assert torch.allclose(used.detach(), _summed(raw, seqs), atol=1e-4)
+
+
+def test_relation_input_hint_reads_the_pairs_and_is_read_by_the_llm_not_trained_by_it():
+    """``relation_input``: the relation head is a RelationHint over the (detached) pairs, not the
+    visual tokens; its answer is added to the tokens through a map that starts at zero, so a
+    model switched to it starts where it was; the caption loss trains that map and nothing of the
+    classifier, the relation loss the classifier and nothing the LLM reads."""
+    regions, ctx, _ = oracle_scene()
+    caps = [["a red car next to the tree.", "a blue truck between the car and the person.", None, "a person."],
+            ["a green truck behind the red car.", None, "a person near the road.", "a blue car."]]
+    phrases = {"next_to": ["next to", "near"], "behind": ["behind"], "between": ["between"]}
+    plain = tiny_captioner(relation_phrases=phrases)
+    model = tiny_captioner(relation_phrases=phrases, relation_input=True)
+    assert isinstance(model.relation_head, RelationHint)
+    # same seed, same parts before the head: with the map at zero the tokens are the plain model's
+    torch.testing.assert_close(model.encode(regions, ctx)[0], plain.encode(regions, ctx)[0])
+    out = model(regions, ctx, caps)
+    assert int(out["num_relation_terms"]) == 6
+    out["loss_relation"].backward()
+    assert model.relation_head.classifier[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in [*model.qformer.parameters(), *model.bica.parameters()])
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        model.adapter.gates.fill_(0.3)  # open, as after training: the visual tokens reach the loss
+    model(regions, ctx, caps)["loss_caption"].backward()
+    assert model.relation_head.embed.weight.grad.abs().sum() > 0  # the LLM learns to read the hint
+    assert model.relation_head.classifier[0].weight.grad is None  # and does not train the classifier
+    # the classifier learns the six labels; once the map is not zero the hint changes the tokens, also when generating
+    opt = torch.optim.Adam(model.relation_head.classifier.parameters(), lr=3e-3)
+    for _ in range(60):
+        opt.zero_grad()
+        model(regions, ctx, caps)["loss_relation"].backward()
+        opt.step()
+    assert float(model(regions, ctx, caps)["relation_accuracy"]) == 100.0
+    with torch.no_grad():
+        model.relation_head.embed.weight.normal_()
+    assert not torch.allclose(model.encode(regions, ctx)[0], plain.encode(regions, ctx)[0])
+    assert (model.encode(regions, ctx)[0][~regions.mask] == 0).all()
+    assert len(model.generate(regions, ctx)) == 2
+
+
+def test_relation_input_needs_phrases_and_neighbours():
+    with pytest.raises(ConfigError, match="relation_input.*relation_phrases"):
+        tiny_captioner(relation_input=True)
+    with pytest.raises(ConfigError, match="relation_input.*num_neighbours"):
+        tiny_captioner(neighbours=0, relation_phrases={"behind": ["behind"]}, relation_input=True)
+
+
+def test_relation_input_on_a_kind_without_regions():
+    regions, ctx, _ = oracle_scene()
+    empty = dataclasses.replace(regions, features=regions.features[:, :0], geometry=regions.geometry[:, :0],
+                                scores=regions.scores[:, :0], labels=regions.labels[:, :0], mask=regions.mask[:, :0])
+    model = tiny_captioner(relation_phrases={"behind": ["behind"]}, relation_input=True)
+    out = model(empty, ctx, [[], []])
+    assert int(out["num_relation_terms"]) == 0 and out["loss_relation"].requires_grad
+    assert model.encode(empty, ctx)[0].shape == (2, 0, 4, H)

@@ -31,6 +31,7 @@ from dense3d.models.captioner.generate import (check_decoding, decoding_processo
                                               teacher_forcing_batch)
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.captioner.qformer import RelationQFormer
+from dense3d.models.captioner.relation_hint import RelationHint
 from dense3d.models.checks import check_int
 from dense3d.models.context.bica import BiCADecoder, SceneContext
 from dense3d.models.losses.caption import (CiderDocumentFrequency, caption_cross_entropy, cider_d, leave_one_out_baseline,
@@ -138,6 +139,11 @@ class RegionCaptioner(nn.Module):
             (:func:`~dense3d.models.losses.mention.named_relation`), so the tokens the LLM reads
             must hold it. Only for kinds with class names; generation does not use the head.
             None or empty (default): no head.
+        relation_input: with ``relation_phrases``, the head is a
+            :class:`~dense3d.models.captioner.relation_hint.RelationHint` instead: it reads the
+            pairwise geometry and relation tokens (detached), not the visual tokens, and its
+            answer is added to the visual tokens through a map that starts at zero, when training
+            and when generating. Its loss then shapes nothing the LLM reads.
     """
 
     def __init__(self, decoder: FrozenDecoder, adapter: LlamaAdapter, qformer: RelationQFormer,
@@ -146,7 +152,8 @@ class RegionCaptioner(nn.Module):
                  class_names: dict[str, Sequence[str]] | None = None, no_repeat_ngram_size: int = 0,
                  repetition_penalty: float = 1.0, cache_frozen_layers_mb: int = 1024, llm_autocast: bool | None = None,
                  mention_aliases: dict[str, Sequence[str]] | None = None, target_word_weight: float = 1.0,
-                 scst_samples: int = 1, relation_phrases: dict[str, Sequence[str]] | None = None):
+                 scst_samples: int = 1, relation_phrases: dict[str, Sequence[str]] | None = None,
+                 relation_input: bool = False):
         super().__init__()
         if adapter.prompt_len != qformer.num_queries:
             raise ConfigError("RegionCaptioner", "adapter.prompt_len", f"qformer.num_queries={qformer.num_queries}",
@@ -199,9 +206,22 @@ class RegionCaptioner(nn.Module):
                                   got=again[0])
             seen.update(w.strip().lower() for w in group)
             self.relation_phrases.append([w.strip() for w in group])
-        # one logit per relation and one for "states none"; reads the K visual tokens of a region, flattened
-        self.relation_head = (nn.Linear(qformer.num_queries * adapter.hidden_size, len(self.relation_names) + 1)
-                              if self.relation_names else None)
+        if relation_input and not self.relation_names:
+            raise ConfigError("RegionCaptioner", "relation_input", "relation_phrases to train the hint on", got="none")
+        if relation_input and qformer.num_neighbours == 0:
+            raise ConfigError("RegionCaptioner", "relation_input", "a Q-Former with neighbours (qformer.num_neighbours > 0)",
+                              got=0)
+        self.relation_input = bool(relation_input)
+        # one logit per relation and one for "states none"; reads the K visual tokens of a region,
+        # flattened, or (relation_input) the pairs, and is read by the LLM
+        n_rel = len(self.relation_names) + 1
+        if not self.relation_names:
+            self.relation_head = None
+        elif self.relation_input:
+            self.relation_head = RelationHint(qformer.region_in.out_features, qformer.region_in.in_features,
+                                              qformer.num_neighbours, n_rel, qformer.num_queries, adapter.hidden_size)
+        else:
+            self.relation_head = nn.Linear(qformer.num_queries * adapter.hidden_size, n_rel)
 
     # ------------------------------------------------------------------ parts
     def _lm(self):
@@ -247,20 +267,35 @@ class RegionCaptioner(nn.Module):
         padded = [_one_padding_region(r) if e else r for r, e in zip(regions, empty)]
         if captions is not None:  # B lists of 0 captions -> B lists of one None (no loss there)
             captions = [[[None] for _ in c] if e else c for c, e in zip(captions, empty)]
-        visual, loss, n = self._encode_regions(padded, context, captions)
-        return [v[:, :0] if e else v for v, e in zip(visual, empty)], loss, n  # (B, 1, K, H) -> (B, 0, K, H)
+        visual, loss, n, hints = self._encode_regions(padded, context, captions)
+        visual = [v[:, :0] if e else v for v, e in zip(visual, empty)]  # (B, 1, K, H) -> (B, 0, K, H)
+        hints = [h[:, :0] if e and h is not None else h for h, e in zip(hints, empty)]  # (B, 1, C) -> (B, 0, C)
+        return visual, loss, n, hints
 
     def _encode_regions(self, regions: list[RegionFeatures], context, captions=None):
         """Visual tokens per kind and, with the Q-Former's ``target_order`` and ``captions``, the
         target head's loss: the captions' targets take the first neighbour slots (teacher
         forcing) and the head learns to pick them. A kind without class names has no labels: its
-        neighbours stay nearest first. Returns (visual, loss or None, labelled terms)."""
+        neighbours stay nearest first. With ``relation_input``, each kind with class names gets
+        the :class:`RelationHint`'s answer added to its tokens. Returns (visual, loss or None,
+        labelled terms, per kind the hint's (B, R, C) logits or None)."""
         if self.bica is not None:
             bo = self.bica(regions, _as_list(context))
             feats, summaries = bo.objects, bo.summaries if context else [None] * len(regions)
             raw = [r.features for r in regions]  # what BiCA started from, a memory token of its own
         else:
             feats, summaries, raw = [r.features for r in regions], [None] * len(regions), [None] * len(regions)
+        visual, loss, n = self._query_tokens(regions, feats, summaries, raw, captions)
+        hints = [None] * len(regions)
+        if self.relation_input:
+            for j, (r, f) in enumerate(zip(regions, feats)):
+                if self.class_names.get(r.kind):
+                    hints[j], add = self.relation_head(r, f, self.qformer)  # (B, R, C), (B, R, K, H)
+                    visual[j] = visual[j] + add * r.mask[:, :, None, None].to(add.dtype)  # zeros stay at padding
+        return visual, loss, n, hints
+
+    def _query_tokens(self, regions, feats, summaries, raw, captions):
+        """The Q-Former's tokens per kind, with ``target_order`` its head's loss (see :meth:`_encode_regions`)."""
         P = self.qformer.target_order
         if not P:
             return [self.qformer(r, f, s, w) for r, f, s, w in zip(regions, feats, summaries, raw)], None, 0
@@ -346,10 +381,10 @@ class RegionCaptioner(nn.Module):
         regions = _as_list(regions)
         captions = [captions] if single else list(captions)
         self._check_captions(regions, captions)
-        visual, target_loss, n_target = self._encode(regions, context, captions)
+        visual, target_loss, n_target, hints = self._encode(regions, context, captions)
         extra = {} if target_loss is None else {"loss_target": target_loss, "num_target_terms": torch.tensor(n_target)}
         if self.relation_head is not None:
-            extra.update(self._relation_loss(regions, visual, captions))
+            extra.update(self._relation_loss(regions, visual, captions, hints))
         vis, prompts, caps, spans = self._gather(regions, visual, captions)
         if not vis:
             zero = self._zero_loss(visual)
@@ -366,18 +401,20 @@ class RegionCaptioner(nn.Module):
                 loss = caption_cross_entropy(logits.float(), batch["labels"], batch.get("weights"))
         return {"loss_caption": loss, "num_captions": torch.tensor(len(vis)), **extra}
 
-    def _relation_loss(self, regions, visual, captions) -> dict[str, torch.Tensor]:
+    def _relation_loss(self, regions, visual, captions, hints=None) -> dict[str, torch.Tensor]:
         """The relation head's cross-entropy over the captioned regions of the kinds with class
         names: ``{"loss_relation", "num_relation_terms", "relation_accuracy"}`` (accuracy in %, of
-        the head's argmax; 0 terms: a zero loss with a graph)."""
+        the head's argmax; 0 terms: a zero loss with a graph). The head reads the visual tokens,
+        or with ``relation_input`` its logits are the hint's, ``hints``."""
         logits, labels = [], []
-        for r, v, c in zip(regions, visual, captions):
+        for r, v, c, h in zip(regions, visual, captions, hints or [None] * len(regions)):
             words = self._mention_words(r.kind)
             if not words:
                 continue
             lab = relation_labels(c, self.relation_phrases, words).to(v.device)  # (B, R)
             lab = lab.masked_fill(~r.mask.bool(), IGNORE)
-            logits.append(self.relation_head(v.flatten(2)).float().flatten(0, 1))  # (B, R, K*H) -> (B*R, C+1)
+            lg = h if self.relation_input else self.relation_head(v.flatten(2))  # (B, R, K*H) -> (B, R, C+1)
+            logits.append(lg.float().flatten(0, 1))  # (B, R, C+1) -> (B*R, C+1)
             labels.append(lab.flatten())  # (B*R,)
         if not logits:
             return {}

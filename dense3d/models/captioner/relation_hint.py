@@ -1,0 +1,88 @@
+"""Relation hint: a classifier of the relation a region's caption states, handed to the LLM as an input.
+
+The relation head of :class:`~dense3d.models.captioner.region_captioner.RegionCaptioner` reads a
+region's K visual tokens, so its loss shapes the tokens the LLM reads. Outdoors that put the
+relation right more often and every other fact less often (docs/results.md, "the relation head
+from the first step", "over a second cycle"): the 8 x 576 numbers per region hold the relation at
+the cost of colour, target and place.
+
+The hint keeps the two apart. Its classifier reads what decides the relation, without passing a
+gradient back into it:
+
+* per neighbour (nearest first, as :meth:`RelationQFormer.neighbours` orders them), the
+  Q-Former's relation token (detached) plus the pair's raw features: its geometry
+  (:func:`relation_geometry`), ranks (:func:`relation_ranks`) and "between" frame
+  (:func:`relation_between`), through a linear map of its own;
+* the region's own feature (detached).
+
+Its softmax (detached) goes through a linear map to K x H numbers that are added to the region's
+visual tokens. That map starts at zero, so the hint changes nothing until the LLM has learned to
+read it, and a trained model (``init_from`` a run without it) starts where it was. The caption
+loss trains the map; the relation loss trains the classifier; neither reaches the other's part or
+the Q-Former.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dense3d.models.captioner.qformer import (BETWEEN_DIMS, RANK_DIMS, RELATION_DIMS, RelationQFormer,
+                                              relation_between, relation_geometry, relation_ranks)
+from dense3d.structures.sample import RegionFeatures
+
+__all__ = ["RelationHint"]
+
+
+class RelationHint(nn.Module):
+    """Relation classifier over a region's neighbours, and the embedding of its answer.
+
+    Args:
+        d_model: the Q-Former's width (its relation tokens) and the width of each pair token here.
+        region_dim: width of the region features the Q-Former reads.
+        num_neighbours: k, the Q-Former's neighbours per region.
+        num_classes: relations the captions state, plus one for none.
+        num_queries: K visual tokens per region.
+        out_dim: their width (the LLM's hidden size).
+        hidden: the classifier's hidden width.
+    """
+
+    def __init__(self, d_model: int, region_dim: int, num_neighbours: int, num_classes: int, num_queries: int,
+                 out_dim: int, hidden: int = 256):
+        super().__init__()
+        self.num_queries, self.out_dim = num_queries, out_dim
+        self.pair_in = nn.ModuleDict({kind: nn.Linear(dims + RANK_DIMS + BETWEEN_DIMS, d_model)
+                                      for kind, dims in RELATION_DIMS.items()})
+        self.own_in = nn.Linear(region_dim, d_model)
+        self.classifier = nn.Sequential(nn.Linear((num_neighbours + 1) * d_model, hidden), nn.ReLU(),
+                                        nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        self.embed = nn.Linear(num_classes, num_queries * out_dim)
+        nn.init.zeros_(self.embed.weight)  # zero at initialisation: the visual tokens start as without the hint
+        nn.init.zeros_(self.embed.bias)
+
+    def forward(self, regions: RegionFeatures, features: torch.Tensor,
+                qformer: RelationQFormer) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            regions: the proposals (geometry, labels, scores, mask).
+            features: (B, R, region_dim) the features the Q-Former read for them.
+            qformer: the Q-Former, for its neighbours, relation tokens and scales.
+        Returns:
+            logits: (B, R, num_classes) float32, the classifier's;
+            add: (B, R, K, out_dim), the embedding of its softmax, to add to the visual tokens.
+        """
+        B, R, _ = features.shape
+        with torch.no_grad():  # an input: nothing here trains the Q-Former
+            rel, valid = qformer.relation_tokens(regions, features)  # (B, R, k, D), (B, R, k)
+            idx, _ = qformer.neighbours(regions)  # (B, R, k)
+            pair = torch.cat([
+                relation_geometry(regions, idx, qformer.space_scale, qformer.time_scale),  # (B, R, k, G)
+                relation_ranks(regions, idx, valid, qformer.neighbour_min_score, qformer.rank_margin_scale),
+                relation_between(regions, idx, valid, qformer.space_scale, qformer.time_scale),
+            ], -1).to(rel.dtype)  # (B, R, k, G + RANK_DIMS + BETWEEN_DIMS)
+        tok = (rel + self.pair_in[regions.kind](pair)) * valid.unsqueeze(-1).to(rel.dtype)  # (B, R, k, D)
+        own = self.own_in(features.detach())  # (B, R, D)
+        x = torch.cat([own, tok.flatten(2)], -1)  # (B, R, D) + (B, R, k*D) -> (B, R, (k+1)*D)
+        logits = self.classifier(x).float()  # (B, R, C)
+        probs = logits.softmax(-1).detach().to(self.embed.weight.dtype)
+        add = self.embed(probs).view(B, R, self.num_queries, self.out_dim)  # (B, R, K*H) -> (B, R, K, H)
+        return logits, add
