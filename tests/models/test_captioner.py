@@ -580,3 +580,27 @@ def test_relation_input_on_a_kind_without_regions():
     out = model(empty, ctx, [[], []])
     assert int(out["num_relation_terms"]) == 0 and out["loss_relation"].requires_grad
     assert model.encode(empty, ctx)[0].shape == (2, 0, 4, H)
+
+
+def test_relation_hint_lr_scale_keeps_the_weights_and_moves_them_faster():
+    """lr_scale: same seed, same weights and logits; one Adam step moves each weight about
+    lr_scale times the rate (Adam's step is about the rate whatever the gradient's size)."""
+    regions, ctx, _ = oracle_scene()
+    qformer = RelationQFormer(64, 4, 1, num_queries=4, num_neighbours=3, region_dim=D, out_dim=H)
+    hints = []
+    for scale in (1.0, 5.0):
+        torch.manual_seed(0)
+        hints.append(RelationHint(64, D, 3, 4, 4, H, lr_scale=scale))
+    torch.testing.assert_close(hints[0].classifier[0].weight, hints[1].classifier[0].weight)
+    out = [h(regions, regions.features, qformer)[0] for h in hints]
+    torch.testing.assert_close(out[0], out[1])
+    moved = []
+    for h, logits in zip(hints, out):
+        before = h.classifier[0].weight.detach().clone()
+        opt = torch.optim.Adam(h.parameters(), lr=1e-3)
+        logits[..., 0].sum().backward()
+        opt.step()
+        moved.append((h.classifier[0].weight.detach() - before).abs().max().item())
+    assert moved[0] == pytest.approx(1e-3, rel=0.01) and moved[1] == pytest.approx(5e-3, rel=0.01)
+    with pytest.raises(ConfigError, match="lr_scale"):
+        RelationHint(64, D, 3, 4, 4, H, lr_scale=0.0)

