@@ -127,6 +127,7 @@ TOOL_BAD_INPUTS = {  # each script in tools/ given a missing input
     "plot_runs.py": ["run=/nope", "--out", "{tmp}/x.png"],
     "probe_tokens.py": ["/nope", "/nope", "--out", "{tmp}/x.json"],
     "relation_oracle.py": ["/nope", "--out", "{tmp}/x.json"],
+    "relation_pair_probe.py": ["/nope", "--out", "{tmp}/x.json"],
     "score_oracle.py": ["/nope.json", "/nope"],
     "test.py": ["tod3cap", "--pred", "/nope.json", "--gt", "/nope.json"],
     "visualize.py": ["--points", "/nope.bin", "--out", "{tmp}/x.png"],
