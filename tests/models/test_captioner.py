@@ -48,7 +48,7 @@ WORDS = ["describe the object. describe the sound. a red blue green white car tr
 
 def tiny_captioner(bica: bool = True, neighbours: int = 3, seed: int = 0, llm_autocast: bool = False,
                    relation_phrases: dict | None = None, relation_input: bool = False,
-                   **qformer_options) -> RegionCaptioner:
+                   relation_hint_tokens: bool = True, **qformer_options) -> RegionCaptioner:
     torch.manual_seed(seed)
     return RegionCaptioner(
         decoder=tiny_llama_decoder(WORDS, hidden_size=H),
@@ -61,6 +61,7 @@ def tiny_captioner(bica: bool = True, neighbours: int = 3, seed: int = 0, llm_au
         llm_autocast=llm_autocast,
         relation_phrases=relation_phrases,
         relation_input=relation_input,
+        relation_hint_tokens=relation_hint_tokens,
     )
 
 
@@ -604,3 +605,24 @@ def test_relation_hint_lr_scale_keeps_the_weights_and_moves_them_faster():
     assert moved[0] == pytest.approx(1e-3, rel=0.01) and moved[1] == pytest.approx(5e-3, rel=0.01)
     with pytest.raises(ConfigError, match="lr_scale"):
         RelationHint(64, D, 3, 4, 4, H, lr_scale=0.0)
+
+
+def test_relation_hint_on_the_pairs_alone_reads_no_feature():
+    """tokens=False: the classifier reads the pair features only, so the regions' features and the
+    Q-Former's relation tokens do not change its answer; it still learns the six labels."""
+    regions, ctx, _ = oracle_scene()
+    caps = [["a red car next to the tree.", "a blue truck between the car and the person.", None, "a person."],
+            ["a green truck behind the red car.", None, "a person near the road.", "a blue car."]]
+    model = tiny_captioner(relation_phrases={"next_to": ["next to", "near"], "behind": ["behind"], "between": ["between"]},
+                           relation_input=True, relation_hint_tokens=False)
+    hint = model.relation_head
+    assert hint.own_in is None and hint.classifier[0].in_features == 3 * 64  # k = 3 pair tokens of 64
+    f = model.bica([regions], [ctx]).objects[0]
+    logits = hint(regions, f, model.qformer)[0]
+    torch.testing.assert_close(hint(regions, torch.randn_like(f), model.qformer)[0], logits)
+    opt = torch.optim.Adam(hint.parameters(), lr=3e-3)
+    for _ in range(80):
+        opt.zero_grad()
+        model(regions, ctx, caps)["loss_relation"].backward()
+        opt.step()
+    assert float(model(regions, ctx, caps)["relation_accuracy"]) == 100.0

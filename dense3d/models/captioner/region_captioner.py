@@ -146,6 +146,8 @@ class RegionCaptioner(nn.Module):
             and when generating. Its loss then shapes nothing the LLM reads.
         relation_hint_lr_scale: with ``relation_input``, the hint's classifier moves this many
             times the learning rate a step (:class:`RelationHint`'s ``lr_scale``).
+        relation_hint_tokens: with ``relation_input``, the hint also reads the relation tokens and
+            the region's own feature (True, default), or the pair features alone (False).
     """
 
     def __init__(self, decoder: FrozenDecoder, adapter: LlamaAdapter, qformer: RelationQFormer,
@@ -155,7 +157,7 @@ class RegionCaptioner(nn.Module):
                  repetition_penalty: float = 1.0, cache_frozen_layers_mb: int = 1024, llm_autocast: bool | None = None,
                  mention_aliases: dict[str, Sequence[str]] | None = None, target_word_weight: float = 1.0,
                  scst_samples: int = 1, relation_phrases: dict[str, Sequence[str]] | None = None,
-                 relation_input: bool = False, relation_hint_lr_scale: float = 1.0):
+                 relation_input: bool = False, relation_hint_lr_scale: float = 1.0, relation_hint_tokens: bool = True):
         super().__init__()
         if adapter.prompt_len != qformer.num_queries:
             raise ConfigError("RegionCaptioner", "adapter.prompt_len", f"qformer.num_queries={qformer.num_queries}",
@@ -222,7 +224,7 @@ class RegionCaptioner(nn.Module):
         elif self.relation_input:
             self.relation_head = RelationHint(qformer.region_in.out_features, qformer.region_in.in_features,
                                               qformer.num_neighbours, n_rel, qformer.num_queries, adapter.hidden_size,
-                                              lr_scale=relation_hint_lr_scale)
+                                              lr_scale=relation_hint_lr_scale, tokens=relation_hint_tokens)
         else:
             self.relation_head = nn.Linear(qformer.num_queries * adapter.hidden_size, n_rel)
 

@@ -53,21 +53,24 @@ class RelationHint(nn.Module):
             (``tools/relation_pair_probe.py``: the 5,220 outdoor training scenes, 800 steps of 16
             objects, cosine) names 70.3 % of the validation relations at 5e-4 and 77.5 % at
             2.5e-3. 1.0 (default): plain weights.
+        tokens: also read the Q-Former's relation tokens and the region's own feature (True,
+            default); False: the pair features alone, what ``tools/relation_pair_probe.py`` reads.
     """
 
     def __init__(self, d_model: int, region_dim: int, num_neighbours: int, num_classes: int, num_queries: int,
-                 out_dim: int, hidden: int = 256, lr_scale: float = 1.0):
+                 out_dim: int, hidden: int = 256, lr_scale: float = 1.0, tokens: bool = True):
         super().__init__()
         if not (isinstance(lr_scale, (int, float)) and lr_scale > 0 and lr_scale != float("inf")):
             raise ConfigError("RelationHint", "lr_scale", "a finite number > 0", got=lr_scale)
         self.num_queries, self.out_dim = num_queries, out_dim
         self.pair_in = nn.ModuleDict({kind: nn.Linear(dims + RANK_DIMS + BETWEEN_DIMS, d_model)
                                       for kind, dims in RELATION_DIMS.items()})
-        self.own_in = nn.Linear(region_dim, d_model)
-        self.classifier = nn.Sequential(nn.Linear((num_neighbours + 1) * d_model, hidden), nn.ReLU(),
+        self.tokens = bool(tokens)
+        self.own_in = nn.Linear(region_dim, d_model) if self.tokens else None
+        self.classifier = nn.Sequential(nn.Linear((num_neighbours + self.tokens) * d_model, hidden), nn.ReLU(),
                                         nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
         if lr_scale != 1.0:
-            for layer in [*self.pair_in.values(), self.own_in, *self.classifier]:
+            for layer in [*self.pair_in.values(), *([self.own_in] if self.tokens else []), *self.classifier]:
                 if isinstance(layer, nn.Linear):
                     for name in ("weight", "bias"):  # the same values, held divided by lr_scale
                         parametrize.register_parametrization(layer, name, _Scaled(float(lr_scale)))
@@ -95,9 +98,11 @@ class RelationHint(nn.Module):
                 relation_ranks(regions, idx, valid, qformer.neighbour_min_score, qformer.rank_margin_scale),
                 relation_between(regions, idx, valid, qformer.space_scale, qformer.time_scale),
             ], -1).to(rel.dtype)  # (B, R, k, G + RANK_DIMS + BETWEEN_DIMS)
-        tok = (rel + self.pair_in[regions.kind](pair)) * valid.unsqueeze(-1).to(rel.dtype)  # (B, R, k, D)
-        own = self.own_in(features.detach())  # (B, R, D)
-        x = torch.cat([own, tok.flatten(2)], -1)  # (B, R, D) + (B, R, k*D) -> (B, R, (k+1)*D)
+        tok = self.pair_in[regions.kind](pair) + (rel if self.tokens else 0.0)  # (B, R, k, D)
+        tok = tok * valid.unsqueeze(-1).to(rel.dtype)
+        x = tok.flatten(2)  # (B, R, k, D) -> (B, R, k*D)
+        if self.tokens:
+            x = torch.cat([self.own_in(features.detach()), x], -1)  # (B, R, D) + (B, R, k*D) -> (B, R, (k+1)*D)
         logits = self.classifier(x).float()  # (B, R, C)
         probs = logits.softmax(-1).detach().to(self.embed.weight.dtype)
         add = self.embed(probs).view(B, R, self.num_queries, self.out_dim)  # (B, R, K*H) -> (B, R, K, H)
