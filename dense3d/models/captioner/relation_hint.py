@@ -15,6 +15,9 @@ gradient back into it:
   (:func:`relation_between`), through a linear map of its own;
 * the region's own feature (detached).
 
+With ``tokens=False`` it reads the pair features alone (``tools/relation_pair_probe.py`` trains the
+same kind of classifier on them outside the captioner).
+
 Its softmax (detached) goes through a linear map to K x H numbers that are added to the region's
 visual tokens. That map starts at zero, so the hint changes nothing until the LLM has learned to
 read it, and a trained model (``init_from`` a run without it) starts where it was. The caption
@@ -91,15 +94,14 @@ class RelationHint(nn.Module):
         """
         B, R, _ = features.shape
         with torch.no_grad():  # an input: nothing here trains the Q-Former
-            rel, valid = qformer.relation_tokens(regions, features)  # (B, R, k, D), (B, R, k)
-            idx, _ = qformer.neighbours(regions)  # (B, R, k)
+            idx, valid = qformer.neighbours(regions)  # (B, R, k)
             pair = torch.cat([
                 relation_geometry(regions, idx, qformer.space_scale, qformer.time_scale),  # (B, R, k, G)
                 relation_ranks(regions, idx, valid, qformer.neighbour_min_score, qformer.rank_margin_scale),
                 relation_between(regions, idx, valid, qformer.space_scale, qformer.time_scale),
-            ], -1).to(rel.dtype)  # (B, R, k, G + RANK_DIMS + BETWEEN_DIMS)
-        tok = self.pair_in[regions.kind](pair) + (rel if self.tokens else 0.0)  # (B, R, k, D)
-        tok = tok * valid.unsqueeze(-1).to(rel.dtype)
+            ], -1).to(features.dtype)  # (B, R, k, G + RANK_DIMS + BETWEEN_DIMS)
+            rel = qformer.relation_tokens(regions, features)[0] if self.tokens else 0.0  # (B, R, k, D)
+        tok = (self.pair_in[regions.kind](pair) + rel) * valid.unsqueeze(-1).to(features.dtype)  # (B, R, k, D)
         x = tok.flatten(2)  # (B, R, k, D) -> (B, R, k*D)
         if self.tokens:
             x = torch.cat([self.own_in(features.detach()), x], -1)  # (B, R, D) + (B, R, k*D) -> (B, R, (k+1)*D)
