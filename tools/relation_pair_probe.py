@@ -31,7 +31,8 @@ from dense3d.data.synthetic.grammar import RELATION_TYPES
 from dense3d.data.synthetic.indoor import INDOOR_CLASSES
 from dense3d.data.synthetic.outdoor import NUSCENES_CLASSES
 from dense3d.errors import AnnotationError, ConfigError, exit_status
-from dense3d.models.captioner.qformer import nearest_neighbours, relation_between, relation_geometry, relation_ranks
+from dense3d.models.captioner.qformer import nearest_neighbours
+from dense3d.models.captioner.relation_hint import neighbour_pair_features
 from dense3d.structures.sample import RegionFeatures
 from dense3d.utils.io import atomic_write_json, check_output_path
 
@@ -59,8 +60,7 @@ def pair_features(root: Path, split: str, k: int) -> tuple[torch.Tensor, torch.T
         labels = torch.tensor([classes.index(o["label"]) for o in objs])[None]  # (1, R)
         regions = RegionFeatures("box", torch.zeros(1, R, 1), geo, torch.ones(1, R), labels, torch.ones(1, R, dtype=torch.bool))
         idx, valid = nearest_neighbours(regions, k)
-        f = torch.cat([relation_geometry(regions, idx), relation_ranks(regions, idx, valid),
-                       relation_between(regions, idx, valid)], -1)  # (1, R, k, F)
+        f = neighbour_pair_features(regions, idx, valid)  # (1, R, k, F)
         f = torch.cat([f * valid[..., None], valid[..., None].float()], -1)  # (1, R, k, F + 1)
         X.append(f[0].flatten(1))  # (R, k * (F + 1))
         Y += [RELATION_TYPES.index(o["relation"]) for o in objs]

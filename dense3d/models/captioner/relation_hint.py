@@ -35,7 +35,19 @@ from dense3d.models.captioner.qformer import (BETWEEN_DIMS, RANK_DIMS, RELATION_
                                               relation_between, relation_geometry, relation_ranks)
 from dense3d.structures.sample import RegionFeatures
 
-__all__ = ["RelationHint"]
+__all__ = ["RelationHint", "neighbour_pair_features", "PAIR_DIMS"]
+
+PAIR_DIMS = {kind: dims + RANK_DIMS + BETWEEN_DIMS for kind, dims in RELATION_DIMS.items()}
+
+
+def neighbour_pair_features(regions: RegionFeatures, idx: torch.Tensor, valid: torch.Tensor, space_scale: float = 10.0,
+                            time_scale: float = 2.0, min_score: float = 0.0, margin_scale: float = 1.0) -> torch.Tensor:
+    """(B, R, k, PAIR_DIMS[kind]) what the hint reads of each (region, neighbour) pair: its geometry
+    (:func:`relation_geometry`), ranks (:func:`relation_ranks`) and "between" frame
+    (:func:`relation_between`); ``tools/relation_pair_probe.py`` reads the same."""
+    return torch.cat([relation_geometry(regions, idx, space_scale, time_scale),
+                      relation_ranks(regions, idx, valid, min_score, margin_scale),
+                      relation_between(regions, idx, valid, space_scale, time_scale)], -1)
 
 
 class RelationHint(nn.Module):
@@ -66,8 +78,7 @@ class RelationHint(nn.Module):
         if not (isinstance(lr_scale, (int, float)) and lr_scale > 0 and lr_scale != float("inf")):
             raise ConfigError("RelationHint", "lr_scale", "a finite number > 0", got=lr_scale)
         self.num_queries, self.out_dim = num_queries, out_dim
-        self.pair_in = nn.ModuleDict({kind: nn.Linear(dims + RANK_DIMS + BETWEEN_DIMS, d_model)
-                                      for kind, dims in RELATION_DIMS.items()})
+        self.pair_in = nn.ModuleDict({kind: nn.Linear(dims, d_model) for kind, dims in PAIR_DIMS.items()})
         self.tokens = bool(tokens)
         self.own_in = nn.Linear(region_dim, d_model) if self.tokens else None
         self.classifier = nn.Sequential(nn.Linear((num_neighbours + self.tokens) * d_model, hidden), nn.ReLU(),
@@ -95,11 +106,8 @@ class RelationHint(nn.Module):
         B, R, _ = features.shape
         with torch.no_grad():  # an input: nothing here trains the Q-Former
             idx, valid = qformer.neighbours(regions)  # (B, R, k)
-            pair = torch.cat([
-                relation_geometry(regions, idx, qformer.space_scale, qformer.time_scale),  # (B, R, k, G)
-                relation_ranks(regions, idx, valid, qformer.neighbour_min_score, qformer.rank_margin_scale),
-                relation_between(regions, idx, valid, qformer.space_scale, qformer.time_scale),
-            ], -1).to(features.dtype)  # (B, R, k, G + RANK_DIMS + BETWEEN_DIMS)
+            pair = neighbour_pair_features(regions, idx, valid, qformer.space_scale, qformer.time_scale,
+                                           qformer.neighbour_min_score, qformer.rank_margin_scale).to(features.dtype)  # (B, R, k, P)
             rel = qformer.relation_tokens(regions, features)[0] if self.tokens else 0.0  # (B, R, k, D)
         tok = (self.pair_in[regions.kind](pair) + rel) * valid.unsqueeze(-1).to(features.dtype)  # (B, R, k, D)
         x = tok.flatten(2)  # (B, R, k, D) -> (B, R, k*D)
