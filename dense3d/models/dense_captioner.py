@@ -68,6 +68,8 @@ class DenseCaptioner(nn.Module):
             names; only with ``qformer.target_order``).
         relation_weight: weight of the captioner's relation-head loss (which relation the caption
             states; only with ``captioner.relation_phrases``).
+        motion_weight: weight of the captioner's motion-hint loss (which motion word the caption
+            states; only with ``captioner.motion_phrases``).
         scst_weight: weight of the self-critical loss (CIDEr-D reward, baseline decoded as ``generate``,
             or the other samples' mean with ``captioner.scst_samples > 1``; 0: off), the optional last
             stage (``stage=scst``).
@@ -99,6 +101,7 @@ class DenseCaptioner(nn.Module):
         scst_document_frequency: str = "batch",
         target_weight: float = 0.5,
         relation_weight: float = 0.5,
+        motion_weight: float = 0.5,
         image_regions: ImageRegionEncoder | None = None,
         class_embedding: bool = False,
         point_regions: PointRegionEncoder | None = None,
@@ -129,6 +132,7 @@ class DenseCaptioner(nn.Module):
         self.scst_document_frequency = scst_document_frequency
         self.target_weight = target_weight
         self.relation_weight = relation_weight
+        self.motion_weight = motion_weight
         self.image_regions = image_regions
         self.point_regions = point_regions
         self.class_embedding = None
@@ -149,11 +153,10 @@ class DenseCaptioner(nn.Module):
                 self.appearance_norm = nn.LayerNorm(image_regions.out_channels)
             if point_regions is not None:
                 self.point_norm = nn.LayerNorm(point_regions.out_channels)
-        if captioner is not None and box_detector is not None and "box" not in captioner.class_names:
-            captioner.class_names["box"] = list(box_detector.class_names)  # labels -> names in outputs
-        if captioner is not None and event_detector is not None and "event" not in captioner.class_names \
-                and event_detector.event_head.class_names is not None:
-            captioner.class_names["event"] = list(event_detector.event_head.class_names)
+        if captioner is not None and box_detector is not None:
+            captioner.add_class_names("box", box_detector.class_names)  # labels -> names in outputs (and the motion hint's)
+        if captioner is not None and event_detector is not None and event_detector.event_head.class_names is not None:
+            captioner.add_class_names("event", event_detector.event_head.class_names)
 
     @staticmethod
     def _check_channels(captioner, box_detector, event_detector, image_regions, point_regions) -> None:
@@ -310,6 +313,7 @@ class DenseCaptioner(nn.Module):
         if name.startswith(("det_", "event_")):
             return self.detection_weight
         return {"caption": self.caption_weight, "target": self.target_weight, "relation": self.relation_weight,
+                "motion": self.motion_weight,
                 "scst": self.scst_weight}.get(name, 1.0)
 
     def forward(self, batch) -> dict[str, torch.Tensor]:
@@ -374,6 +378,9 @@ class DenseCaptioner(nn.Module):
             if "loss_relation" in cap:
                 losses["relation"] = self.relation_weight * cap["loss_relation"]
                 self.step_metrics["relation_accuracy"] = cap["relation_accuracy"]
+            if "loss_motion" in cap:
+                losses["motion"] = self.motion_weight * cap["loss_motion"]
+                self.step_metrics["motion_accuracy"] = cap["motion_accuracy"]
         if want_captions and self.scst_weight > 0:
             scst = self.captioner.scst_loss(regions, contexts, references)
             losses["scst"] = self.scst_weight * scst["loss_scst"]

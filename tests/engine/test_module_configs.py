@@ -301,3 +301,23 @@ def test_cuda_dropout_repeats_exactly_after_restoring(tmp_path):
     torch.cuda.manual_seed_all(123)
     cb.load_state_dict(state)
     assert torch.equal(torch.nn.functional.dropout(x, 0.5), first)
+
+
+def test_motion_hint_from_the_config_adds_a_weighted_motion_term(synthetic_root, tmp_path):
+    """``model.captioner.motion_phrases`` (smollm2.yaml's key, added to the tiny captioner here):
+    a captioning step on the synthetic outdoor set has the term "motion", ``model.motion_weight``
+    times the hint's loss over the captions that state a motion word, and logs its accuracy."""
+    from dense3d.engine.train import build
+
+    motions = "{parked:[parked],moving:[moving],walking:[walking],standing:[standing],riding:[riding],placed:[placed]}"
+    cfg = compose_config(["experiment=demo", "stage=captioning", *TINY, f"+model.captioner.motion_phrases={motions}",
+                          "+model.motion_weight=0.25", f"paths.synthetic_dir={synthetic_root}",
+                          f"paths.output_dir={tmp_path}", "logger=csv"])
+    module, dm, _ = build(cfg)
+    module.train()
+    losses = module.model(next(iter(dm.train_dataloader())))
+    assert module.model.loss_weight("motion") == 0.25
+    assert losses["motion"].requires_grad and losses["motion"].item() > 0
+    assert "motion_accuracy" in module.model.step_metrics
+    losses["motion"].backward()
+    assert module.model.captioner.motion_hint.classifier[0].weight.grad.abs().sum() > 0

@@ -12,6 +12,7 @@ from dense3d.models.captioner.decoder import smollm2_decoder, tiny_llama_decoder
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.captioner.qformer import RelationQFormer
 from dense3d.models.captioner.region_captioner import RegionCaptioner
+from dense3d.models.captioner.motion_hint import MotionHint, box_motion_features
 from dense3d.models.captioner.relation_hint import RelationHint
 from dense3d.models.context.bica import BiCADecoder, SceneContext
 from dense3d.models.matching import assign_captions, hungarian_match
@@ -48,7 +49,8 @@ WORDS = ["describe the object. describe the sound. a red blue green white car tr
 
 def tiny_captioner(bica: bool = True, neighbours: int = 3, seed: int = 0, llm_autocast: bool = False,
                    relation_phrases: dict | None = None, relation_input: bool = False,
-                   relation_hint_tokens: bool = True, **qformer_options) -> RegionCaptioner:
+                   relation_hint_tokens: bool = True, motion_phrases: dict | None = None,
+                   **qformer_options) -> RegionCaptioner:
     torch.manual_seed(seed)
     return RegionCaptioner(
         decoder=tiny_llama_decoder(WORDS, hidden_size=H),
@@ -62,6 +64,7 @@ def tiny_captioner(bica: bool = True, neighbours: int = 3, seed: int = 0, llm_au
         relation_phrases=relation_phrases,
         relation_input=relation_input,
         relation_hint_tokens=relation_hint_tokens,
+        motion_phrases=motion_phrases,
     )
 
 
@@ -626,3 +629,98 @@ def test_relation_hint_on_the_pairs_alone_reads_no_feature():
         model(regions, ctx, caps)["loss_relation"].backward()
         opt.step()
     assert float(model(regions, ctx, caps)["relation_accuracy"]) == 100.0
+
+
+MOTIONS = {"parked": ["parked"], "moving": ["moving", "driving"], "standing": ["standing"]}
+
+
+def test_motion_hint_reads_class_and_box_and_is_read_by_the_llm_not_trained_by_it():
+    """``motion_phrases``: a MotionHint of each box's class and geometry; its answer reaches the
+    visual tokens through a map that starts at zero (a model switched to it starts where it was);
+    the motion loss, over the captions that state a motion word, trains the classifier and nothing
+    the LLM reads; the caption loss trains the map and not the classifier. Events get no hint."""
+    regions, ctx, _ = oracle_scene()
+    caps = [["a red car parked near the road.", "a blue truck driving far away.", None, "a person standing."],
+            ["a green truck is moving.", None, "a tree near the road.", "a blue car parked."]]
+    plain = tiny_captioner()
+    model = tiny_captioner(motion_phrases=MOTIONS)
+    assert isinstance(model.motion_hint, MotionHint) and model.relation_head is None
+    torch.testing.assert_close(model.encode(regions, ctx)[0], plain.encode(regions, ctx)[0])
+    out = model(regions, ctx, caps)
+    assert int(out["num_motion_terms"]) == 5  # the tree's caption states none, two have none at all
+    out["loss_motion"].backward()
+    assert model.motion_hint.classifier[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in [*model.qformer.parameters(), *model.bica.parameters()])
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        model.adapter.gates.fill_(0.3)  # open, as after training: the visual tokens reach the loss
+    model(regions, ctx, caps)["loss_caption"].backward()
+    assert model.motion_hint.embed.weight.grad.abs().sum() > 0
+    assert model.motion_hint.classifier[0].weight.grad is None
+    opt = torch.optim.Adam(model.motion_hint.classifier.parameters(), lr=3e-3)
+    for _ in range(80):
+        opt.zero_grad()
+        model(regions, ctx, caps)["loss_motion"].backward()
+        opt.step()
+    assert float(model(regions, ctx, caps)["motion_accuracy"]) == 100.0
+    with torch.no_grad():
+        model.motion_hint.embed.weight.normal_()
+    assert not torch.allclose(model.encode(regions, ctx)[0], plain.encode(regions, ctx)[0])
+    assert (model.encode(regions, ctx)[0][~regions.mask] == 0).all()
+    assert len(model.generate(regions, ctx)) == 2
+    events = dataclasses.replace(regions, kind="event", geometry=regions.geometry[..., :2].sort(-1).values,
+                                 labels=regions.labels % 2)
+    visual, _, _, hints = model._encode([regions, events], [ctx, ctx])
+    assert set(hints[0]) == {"motion"} and hints[1] == {}
+    # no box at all: no motion term, and no error
+    empty = dataclasses.replace(regions, features=regions.features[:, :0], geometry=regions.geometry[:, :0],
+                                scores=regions.scores[:, :0], labels=regions.labels[:, :0], mask=regions.mask[:, :0])
+    out = model(empty, ctx, [[], []])
+    assert int(out["num_motion_terms"]) == 0 and out["loss_motion"].requires_grad
+    assert "loss_motion" not in plain(regions, ctx, caps)
+
+
+def test_motion_phrases_are_checked_and_need_box_class_names():
+    with pytest.raises(ConfigError, match=r"motion_phrases\.moving"):
+        tiny_captioner(motion_phrases={"parked": ["parked"], "moving": ["Parked"]})
+    with pytest.raises(ConfigError, match="motion_phrases.*mapping"):
+        tiny_captioner(motion_phrases=["parked", "moving"])
+    torch.manual_seed(0)  # without the box kind's class names: built once they come, refused if they never do
+    late = RegionCaptioner(decoder=tiny_llama_decoder(WORDS, hidden_size=H), adapter=LlamaAdapter(H, 4, num_layers=2, prompt_len=4),
+                           qformer=RelationQFormer(64, 4, 1, num_queries=4, num_neighbours=3, region_dim=D, out_dim=H),
+                           class_names={"event": ["horn"]}, motion_phrases=MOTIONS)
+    regions, ctx, caps = oracle_scene()
+    with pytest.raises(ConfigError, match="motion_phrases.*class_names.box"):
+        late(regions, None, caps)
+    late.add_class_names("box", CLASSES)
+    assert late.motion_hint.classifier[0].in_features == len(CLASSES) + 10
+    assert "loss_motion" in late(regions, None, caps)
+    with pytest.raises(ConfigError, match="lr_scale"):
+        MotionHint(4, 3, 4, H, lr_scale=-1.0)
+
+
+def test_motion_hint_learns_the_motion_from_class_and_lateral_place():
+    """As on the synthetic outdoor set: a car in a lane (|x| < 6 m) moves, one at the kerb (7-8 m,
+    either side) is parked, a cone is placed whatever its place. The classifier of class and box
+    alone learns it; the features do not tell the two sides of the road apart."""
+    g = torch.Generator().manual_seed(0)
+    n = 512
+    cls = torch.randint(0, 2, (n,), generator=g)  # 0 car, 1 cone
+    side = torch.randint(0, 2, (n,), generator=g) * 2 - 1
+    kerb = torch.rand(n, generator=g) < 0.5
+    lateral = torch.where(kerb, 7 + torch.rand(n, generator=g), 6 * torch.rand(n, generator=g)) * side
+    geo = torch.stack([lateral, torch.rand(n, generator=g) * 100 - 50, torch.zeros(n), torch.full((n,), 4.5),
+                       torch.full((n,), 1.9), torch.full((n,), 1.6), torch.zeros(n)], -1)  # (n, 7)
+    want = torch.where(cls == 1, 2, torch.where(kerb, 0, 1))  # parked, moving, placed
+    regions = RegionFeatures("box", torch.zeros(1, n, 1), geo[None], torch.ones(1, n), cls[None], torch.ones(1, n, dtype=torch.bool))
+    mirrored = box_motion_features(geo * torch.tensor([-1.0, 1, 1, 1, 1, 1, 1]))
+    torch.testing.assert_close(mirrored[:, 3:], box_motion_features(geo)[:, 3:])  # |x|, sizes, heading
+    torch.manual_seed(0)
+    hint = MotionHint(2, 3, 4, H, lr_scale=5.0)
+    opt = torch.optim.Adam(hint.parameters(), lr=1e-3)
+    for _ in range(300):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(hint(regions)[0][0], want).backward()
+        opt.step()
+    right = (hint(regions)[0][0].argmax(-1) == want).float().mean().item()
+    assert right >= 0.95, right

@@ -31,12 +31,14 @@ from dense3d.models.captioner.generate import (check_decoding, decoding_processo
                                               teacher_forcing_batch)
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.captioner.qformer import RelationQFormer
+from dense3d.models.captioner.motion_hint import MotionHint
 from dense3d.models.captioner.relation_hint import RelationHint
 from dense3d.models.checks import check_int
 from dense3d.models.context.bica import BiCADecoder, SceneContext
 from dense3d.models.losses.caption import (CiderDocumentFrequency, caption_cross_entropy, cider_d, leave_one_out_baseline,
                                            scst_loss, sequence_log_probs)
-from dense3d.models.losses.mention import IGNORE, mention_words, relation_labels, target_labels, target_word_spans
+from dense3d.models.losses.mention import (IGNORE, mention_words, phrase_labels, relation_labels, target_labels,
+                                           target_word_spans)
 from dense3d.structures.captions import DenseCaption
 from dense3d.structures.sample import RegionFeatures
 
@@ -65,6 +67,39 @@ def bf16_is_fast(device: torch.device) -> bool:
         except (AttributeError, RuntimeError):
             return False
     return False
+
+
+def _phrase_groups(field: str, groups) -> tuple[list[str], list[list[str]]]:
+    """(names, phrases per name) of a ``name -> [phrases]`` mapping (None: none), or a one-line
+    ConfigError: each a non-empty list of non-empty phrases, no phrase in two groups."""
+    groups = groups or {}
+    if not isinstance(groups, Mapping):
+        raise ConfigError("RegionCaptioner", field, "a mapping name -> list of phrases", got=type(groups).__name__)
+    names, phrases, seen = list(groups), [], set()
+    for name in names:
+        group = groups[name]
+        if isinstance(group, str) or not group or not all(isinstance(w, str) and w.strip() for w in group):
+            raise ConfigError("RegionCaptioner", f"{field}.{name}", "a list of non-empty phrases", got=group)
+        again = [w for w in group if w.strip().lower() in seen]
+        if again:
+            raise ConfigError("RegionCaptioner", f"{field}.{name}", "phrases no other group has", got=again[0])
+        seen.update(w.strip().lower() for w in group)
+        phrases.append([w.strip() for w in group])
+    return names, phrases
+
+
+def _classifier_loss(name: str, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``{loss_NAME, num_NAME_terms, NAME_accuracy}``: the cross-entropy of (N, C) ``logits``
+    over the labelled rows of (N,) ``labels`` and the argmax's accuracy in %; no labelled row: a
+    zero loss with a graph."""
+    logits = logits.float()
+    keep = labels != IGNORE
+    n = int(keep.sum())
+    if n == 0:
+        return {f"loss_{name}": logits.sum() * 0.0, f"num_{name}_terms": torch.tensor(0), f"{name}_accuracy": torch.zeros(())}
+    right = (logits[keep].argmax(-1) == labels[keep]).float().mean() * 100.0
+    return {f"loss_{name}": F.cross_entropy(logits, labels, ignore_index=IGNORE), f"num_{name}_terms": torch.tensor(n),
+            f"{name}_accuracy": right.detach()}
 
 
 def _one_padding_region(r: RegionFeatures) -> RegionFeatures:
@@ -148,6 +183,14 @@ class RegionCaptioner(nn.Module):
             times the learning rate a step (:class:`RelationHint`'s ``lr_scale``).
         relation_hint_tokens: with ``relation_input``, the hint also reads the relation tokens and
             the region's own feature (True, default), or the pair features alone (False).
+        motion_phrases: motion word -> the phrases captions state it with (``moving: [moving,
+            driving]``). Given, a :class:`~dense3d.models.captioner.motion_hint.MotionHint` reads
+            each box's class and geometry, is trained (``forward``'s ``loss_motion``) on the
+            motion the caption states (captions that state none teach nothing), and its answer is
+            added to the box's visual tokens through a map that starts at zero, when training and
+            when generating. Needs the box kind's class names. None or empty (default): no hint.
+        motion_hint_lr_scale: the motion hint's classifier moves this many times the learning
+            rate a step (:class:`MotionHint`'s ``lr_scale``).
     """
 
     def __init__(self, decoder: FrozenDecoder, adapter: LlamaAdapter, qformer: RelationQFormer,
@@ -157,7 +200,8 @@ class RegionCaptioner(nn.Module):
                  repetition_penalty: float = 1.0, cache_frozen_layers_mb: int = 1024, llm_autocast: bool | None = None,
                  mention_aliases: dict[str, Sequence[str]] | None = None, target_word_weight: float = 1.0,
                  scst_samples: int = 1, relation_phrases: dict[str, Sequence[str]] | None = None,
-                 relation_input: bool = False, relation_hint_lr_scale: float = 1.0, relation_hint_tokens: bool = True):
+                 relation_input: bool = False, relation_hint_lr_scale: float = 1.0, relation_hint_tokens: bool = True,
+                 motion_phrases: dict[str, Sequence[str]] | None = None, motion_hint_lr_scale: float = 1.0):
         super().__init__()
         if adapter.prompt_len != qformer.num_queries:
             raise ConfigError("RegionCaptioner", "adapter.prompt_len", f"qformer.num_queries={qformer.num_queries}",
@@ -195,21 +239,7 @@ class RegionCaptioner(nn.Module):
         if not (math.isfinite(target_word_weight) and target_word_weight > 0):
             raise ConfigError("RegionCaptioner", "target_word_weight", "a finite weight > 0", got=target_word_weight)
         self.target_word_weight = float(target_word_weight)
-        relation_phrases = relation_phrases or {}
-        if not isinstance(relation_phrases, Mapping):
-            raise ConfigError("RegionCaptioner", "relation_phrases", "a mapping relation -> list of phrases",
-                              got=type(relation_phrases).__name__)
-        self.relation_names, self.relation_phrases, seen = list(relation_phrases), [], set()
-        for name in self.relation_names:
-            group = relation_phrases[name]
-            if isinstance(group, str) or not group or not all(isinstance(w, str) and w.strip() for w in group):
-                raise ConfigError("RegionCaptioner", f"relation_phrases.{name}", "a list of non-empty phrases", got=group)
-            again = [w for w in group if w.strip().lower() in seen]
-            if again:
-                raise ConfigError("RegionCaptioner", f"relation_phrases.{name}", "phrases no other relation has",
-                                  got=again[0])
-            seen.update(w.strip().lower() for w in group)
-            self.relation_phrases.append([w.strip() for w in group])
+        self.relation_names, self.relation_phrases = _phrase_groups("relation_phrases", relation_phrases)
         if relation_input and not self.relation_names:
             raise ConfigError("RegionCaptioner", "relation_input", "relation_phrases to train the hint on", got="none")
         if relation_input and qformer.num_neighbours == 0:
@@ -227,6 +257,20 @@ class RegionCaptioner(nn.Module):
                                               lr_scale=relation_hint_lr_scale, tokens=relation_hint_tokens)
         else:
             self.relation_head = nn.Linear(qformer.num_queries * adapter.hidden_size, n_rel)
+        self.motion_names, self.motion_phrases = _phrase_groups("motion_phrases", motion_phrases)
+        self.motion_hint_lr_scale = motion_hint_lr_scale
+        self.motion_hint: MotionHint | None = None
+        if self.class_names.get("box"):
+            self.add_class_names("box", self.class_names["box"])
+
+    def add_class_names(self, kind: str, names: Sequence[str]) -> None:
+        """The class names ``RegionFeatures.labels`` of ``kind`` index, where the config gave none
+        (``DenseCaptioner`` passes its detectors' before training or loading); with
+        ``motion_phrases``, the box kind's build the :class:`MotionHint`, which reads each box's class."""
+        self.class_names.setdefault(kind, list(names))
+        if kind == "box" and self.motion_names and self.motion_hint is None:
+            self.motion_hint = MotionHint(len(self.class_names["box"]), len(self.motion_names), self.qformer.num_queries,
+                                          self.adapter.hidden_size, lr_scale=self.motion_hint_lr_scale)
 
     # ------------------------------------------------------------------ parts
     def _lm(self):
@@ -274,7 +318,7 @@ class RegionCaptioner(nn.Module):
             captions = [[[None] for _ in c] if e else c for c, e in zip(captions, empty)]
         visual, loss, n, hints = self._encode_regions(padded, context, captions)
         visual = [v[:, :0] if e else v for v, e in zip(visual, empty)]  # (B, 1, K, H) -> (B, 0, K, H)
-        hints = [h[:, :0] if e and h is not None else h for h, e in zip(hints, empty)]  # (B, 1, C) -> (B, 0, C)
+        hints = [{k: h[:, :0] for k, h in hs.items()} if e else hs for hs, e in zip(hints, empty)]  # (B, 1, C) -> (B, 0, C)
         return visual, loss, n, hints
 
     def _encode_regions(self, regions: list[RegionFeatures], context, captions=None):
@@ -282,8 +326,9 @@ class RegionCaptioner(nn.Module):
         target head's loss: the captions' targets take the first neighbour slots (teacher
         forcing) and the head learns to pick them. A kind without class names has no labels: its
         neighbours stay nearest first. With ``relation_input``, each kind with class names gets
-        the :class:`RelationHint`'s answer added to its tokens. Returns (visual, loss or None,
-        labelled terms, per kind the hint's (B, R, C) logits or None)."""
+        the :class:`RelationHint`'s answer added to its tokens, and with ``motion_phrases`` the box
+        kind the :class:`MotionHint`'s. Returns (visual, loss or None, labelled terms, per kind a
+        dict of the hints' (B, R, C) logits: ``"relation"``, ``"motion"``)."""
         if self.bica is not None:
             bo = self.bica(regions, _as_list(context))
             feats, summaries = bo.objects, bo.summaries if context else [None] * len(regions)
@@ -291,12 +336,17 @@ class RegionCaptioner(nn.Module):
         else:
             feats, summaries, raw = [r.features for r in regions], [None] * len(regions), [None] * len(regions)
         visual, loss, n = self._query_tokens(regions, feats, summaries, raw, captions)
-        hints = [None] * len(regions)
-        if self.relation_input:
-            for j, (r, f) in enumerate(zip(regions, feats)):
-                if self.class_names.get(r.kind):
-                    hints[j], add = self.relation_head(r, f, self.qformer)  # (B, R, C), (B, R, K, H)
-                    visual[j] = visual[j] + add * r.mask[:, :, None, None].to(add.dtype)  # zeros stay at padding
+        hints = [{} for _ in regions]
+        for j, (r, f) in enumerate(zip(regions, feats)):
+            if self.relation_input and self.class_names.get(r.kind):
+                hints[j]["relation"], add = self.relation_head(r, f, self.qformer)  # (B, R, C), (B, R, K, H)
+                visual[j] = visual[j] + add * r.mask[:, :, None, None].to(add.dtype)  # zeros stay at padding
+            if self.motion_names and r.kind == "box":
+                if self.motion_hint is None:
+                    raise ConfigError("RegionCaptioner", "motion_phrases",
+                                      "class names for the box kind (class_names.box, or a box detector's)", got="none")
+                hints[j]["motion"], add = self.motion_hint(r)  # (B, R, M), (B, R, K, H)
+                visual[j] = visual[j] + add * r.mask[:, :, None, None].to(add.dtype)
         return visual, loss, n, hints
 
     def _query_tokens(self, regions, feats, summaries, raw, captions):
@@ -380,7 +430,8 @@ class RegionCaptioner(nn.Module):
             graph) when no region has a caption. With the Q-Former's ``target_order`` also
             ``"loss_target"`` (the target head's cross-entropy over the labelled (region, p)
             terms, :func:`~dense3d.models.losses.mention.target_labels`) and ``"num_target_terms"``;
-            with ``relation_phrases`` also :meth:`_relation_loss`'s three.
+            with ``relation_phrases`` also :meth:`_relation_loss`'s three; with ``motion_phrases``
+            :meth:`_motion_loss`'s three.
         """
         single = isinstance(regions, RegionFeatures)
         regions = _as_list(regions)
@@ -390,6 +441,8 @@ class RegionCaptioner(nn.Module):
         extra = {} if target_loss is None else {"loss_target": target_loss, "num_target_terms": torch.tensor(n_target)}
         if self.relation_head is not None:
             extra.update(self._relation_loss(regions, visual, captions, hints))
+        if self.motion_names:
+            extra.update(self._motion_loss(regions, captions, hints))
         vis, prompts, caps, spans = self._gather(regions, visual, captions)
         if not vis:
             zero = self._zero_loss(visual)
@@ -412,26 +465,28 @@ class RegionCaptioner(nn.Module):
         the head's argmax; 0 terms: a zero loss with a graph). The head reads the visual tokens,
         or with ``relation_input`` its logits are the hint's, ``hints``."""
         logits, labels = [], []
-        for r, v, c, h in zip(regions, visual, captions, hints or [None] * len(regions)):
+        for r, v, c, h in zip(regions, visual, captions, hints or [{}] * len(regions)):
             words = self._mention_words(r.kind)
             if not words:
                 continue
             lab = relation_labels(c, self.relation_phrases, words).to(v.device)  # (B, R)
             lab = lab.masked_fill(~r.mask.bool(), IGNORE)
-            lg = h if self.relation_input else self.relation_head(v.flatten(2))  # (B, R, K*H) -> (B, R, C+1)
+            lg = h["relation"] if self.relation_input else self.relation_head(v.flatten(2))  # (B, R, K*H) -> (B, R, C+1)
             logits.append(lg.float().flatten(0, 1))  # (B, R, C+1) -> (B*R, C+1)
             labels.append(lab.flatten())  # (B*R,)
         if not logits:
             return {}
-        lg, lab = torch.cat(logits), torch.cat(labels)
-        keep = lab != IGNORE
-        n = int(keep.sum())
-        if n == 0:
-            return {"loss_relation": lg.sum() * 0.0, "num_relation_terms": torch.tensor(0),
-                    "relation_accuracy": torch.zeros(())}
-        right = (lg[keep].argmax(-1) == lab[keep]).float().mean() * 100.0
-        return {"loss_relation": F.cross_entropy(lg, lab, ignore_index=IGNORE), "num_relation_terms": torch.tensor(n),
-                "relation_accuracy": right.detach()}
+        return _classifier_loss("relation", torch.cat(logits), torch.cat(labels))
+
+    def _motion_loss(self, regions, captions, hints) -> dict[str, torch.Tensor]:
+        """The motion hint's cross-entropy over the boxes whose caption states a motion word:
+        ``{"loss_motion", "num_motion_terms", "motion_accuracy"}`` (as :meth:`_relation_loss`)."""
+        for r, c, h in zip(regions, captions, hints):
+            if "motion" in h:  # the box kind, the only one the hint reads
+                lab = phrase_labels(c, self.motion_phrases).to(h["motion"].device)  # (B, R)
+                lab = lab.masked_fill(~r.mask.bool(), IGNORE)
+                return _classifier_loss("motion", h["motion"].flatten(0, 1), lab.flatten())  # (B*R, M), (B*R,)
+        return {}
 
     def scst_loss(self, regions, context, references) -> dict[str, torch.Tensor]:
         """Self-critical sequence training loss.

@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
-from dense3d.errors import ConfigError
+from dense3d.models.captioner.hint_parts import check_lr_scale, classifier_mlp, scale_learning_rate, zero_embedding
 from dense3d.models.captioner.qformer import (BETWEEN_DIMS, RANK_DIMS, RELATION_DIMS, RelationQFormer,
                                               relation_between, relation_geometry, relation_ranks)
 from dense3d.structures.sample import RegionFeatures
@@ -75,22 +74,14 @@ class RelationHint(nn.Module):
     def __init__(self, d_model: int, region_dim: int, num_neighbours: int, num_classes: int, num_queries: int,
                  out_dim: int, hidden: int = 256, lr_scale: float = 1.0, tokens: bool = True):
         super().__init__()
-        if not (isinstance(lr_scale, (int, float)) and lr_scale > 0 and lr_scale != float("inf")):
-            raise ConfigError("RelationHint", "lr_scale", "a finite number > 0", got=lr_scale)
+        lr_scale = check_lr_scale("RelationHint", lr_scale)
         self.num_queries, self.out_dim = num_queries, out_dim
         self.pair_in = nn.ModuleDict({kind: nn.Linear(dims, d_model) for kind, dims in PAIR_DIMS.items()})
         self.tokens = bool(tokens)
         self.own_in = nn.Linear(region_dim, d_model) if self.tokens else None
-        self.classifier = nn.Sequential(nn.Linear((num_neighbours + self.tokens) * d_model, hidden), nn.ReLU(),
-                                        nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
-        if lr_scale != 1.0:
-            for layer in [*self.pair_in.values(), *([self.own_in] if self.tokens else []), *self.classifier]:
-                if isinstance(layer, nn.Linear):
-                    for name in ("weight", "bias"):  # the same values, held divided by lr_scale
-                        parametrize.register_parametrization(layer, name, _Scaled(float(lr_scale)))
-        self.embed = nn.Linear(num_classes, num_queries * out_dim)
-        nn.init.zeros_(self.embed.weight)  # zero at initialisation: the visual tokens start as without the hint
-        nn.init.zeros_(self.embed.bias)
+        self.classifier = classifier_mlp((num_neighbours + self.tokens) * d_model, hidden, num_classes)
+        scale_learning_rate([self.pair_in, *([self.own_in] if self.tokens else []), self.classifier], lr_scale)
+        self.embed = zero_embedding(num_classes, num_queries, out_dim)  # the visual tokens start as without the hint
 
     def forward(self, regions: RegionFeatures, features: torch.Tensor,
                 qformer: RelationQFormer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,16 +109,3 @@ class RelationHint(nn.Module):
         add = self.embed(probs).view(B, R, self.num_queries, self.out_dim)  # (B, R, K*H) -> (B, R, K, H)
         return logits, add
 
-
-class _Scaled(nn.Module):
-    """A parametrisation: the weight is ``scale`` times the tensor held (``right_inverse``: held = weight / scale)."""
-
-    def __init__(self, scale: float):
-        super().__init__()
-        self.scale = scale
-
-    def forward(self, held: torch.Tensor) -> torch.Tensor:
-        return held * self.scale
-
-    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight / self.scale

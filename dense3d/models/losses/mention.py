@@ -15,7 +15,9 @@ do (ScanRefer, TOD3Cap, our synthetic sets):
   names first, second, ...: the nearest neighbour of the named class not taken already, "none"
   where the caption names no further class, unknown where no neighbour has the named class;
 * :func:`named_relation`, :func:`relation_labels` — which relation phrase ("between", "left of",
-  ...) a caption states towards another region: the labels of the captioner's relation head.
+  ...) a caption states towards another region: the labels of the captioner's relation head;
+* :func:`named_phrase`, :func:`phrase_labels` — which of a few word groups a caption states first
+  (the motion words "parked", "moving", ...): the labels of the captioner's motion hint.
 
 A caption whose target has the region's own class ("the chair next to the brown chair") is read
 as naming no target: the subject and the target cannot be told apart by class alone.
@@ -28,7 +30,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 __all__ = ["mention_words", "mentioned_classes", "target_word_spans", "target_labels", "named_relation",
-           "relation_labels", "IGNORE", "NOT_A_REGION"]
+           "relation_labels", "named_phrase", "phrase_labels", "IGNORE", "NOT_A_REGION"]
 
 IGNORE = -100  # no label (torch.nn.functional.cross_entropy's default ignore_index)
 # words that make a class name something other than a region: "behind the *ego* car" (TOD3Cap, our
@@ -152,4 +154,25 @@ def relation_labels(captions: Sequence[Sequence[str | None]], relations: Sequenc
     stated), :data:`IGNORE` where it has no caption. ``captions``: B lists of R entries."""
     R = len(captions[0]) if len(captions) else 0  # (rows of equal length: RegionCaptioner checks them)
     return torch.tensor([[IGNORE if c is None else named_relation(c, relations, words) for c in row] for row in captions],
+                        dtype=torch.long).reshape(len(captions), R)
+
+
+def named_phrase(caption: str, groups: Sequence[Sequence[str]]) -> int:
+    """Index of the group (each a list of phrases: ``["moving", "driving"]``) whose phrase stands
+    earliest in ``caption`` as whole words, case aside; :data:`IGNORE` where none does (a caption
+    that leaves the fact unsaid teaches nothing about it)."""
+    text = caption.lower()
+    index = {p.lower(): n for n, group in enumerate(groups) for p in group}
+    if not index:
+        return IGNORE
+    alts = "|".join(re.escape(p) for p in sorted(index, key=len, reverse=True))  # longest first
+    m = re.search(rf"\b({alts})\b", text)
+    return IGNORE if m is None else index[m.group(1)]
+
+
+def phrase_labels(captions: Sequence[Sequence[str | None]], groups: Sequence[Sequence[str]]) -> torch.Tensor:
+    """(B, R) long: per region, :func:`named_phrase` of its caption; :data:`IGNORE` where it has no
+    caption or states none of the phrases. ``captions``: B lists of R entries."""
+    R = len(captions[0]) if len(captions) else 0  # (rows of equal length: RegionCaptioner checks them)
+    return torch.tensor([[IGNORE if c is None else named_phrase(c, groups) for c in row] for row in captions],
                         dtype=torch.long).reshape(len(captions), R)
