@@ -50,7 +50,7 @@ WORDS = ["describe the object. describe the sound. a red blue green white car tr
 def tiny_captioner(bica: bool = True, neighbours: int = 3, seed: int = 0, llm_autocast: bool = False,
                    relation_phrases: dict | None = None, relation_input: bool = False,
                    relation_hint_tokens: bool = True, motion_phrases: dict | None = None,
-                   **qformer_options) -> RegionCaptioner:
+                   hint_embed_lr_scale: float = 1.0, **qformer_options) -> RegionCaptioner:
     torch.manual_seed(seed)
     return RegionCaptioner(
         decoder=tiny_llama_decoder(WORDS, hidden_size=H),
@@ -65,6 +65,7 @@ def tiny_captioner(bica: bool = True, neighbours: int = 3, seed: int = 0, llm_au
         relation_input=relation_input,
         relation_hint_tokens=relation_hint_tokens,
         motion_phrases=motion_phrases,
+        hint_embed_lr_scale=hint_embed_lr_scale,
     )
 
 
@@ -724,3 +725,23 @@ def test_motion_hint_learns_the_motion_from_class_and_lateral_place():
         opt.step()
     right = (hint(regions)[0][0].argmax(-1) == want).float().mean().item()
     assert right >= 0.95, right
+
+
+def test_hint_embed_lr_scale_starts_at_zero_and_moves_the_maps_faster():
+    """hint_embed_lr_scale: both hints' maps start at zero (the tokens are the plain model's) and one
+    Adam step of the caption loss moves them about that many times the rate."""
+    regions, ctx, caps = oracle_scene()
+    phrases = {"next_to": ["next to", "near"], "behind": ["behind"]}
+    moved = []
+    for scale in (1.0, 10.0):
+        model = tiny_captioner(relation_phrases=phrases, relation_input=True, motion_phrases=MOTIONS, hint_embed_lr_scale=scale)
+        torch.testing.assert_close(model.encode(regions, ctx)[0], tiny_captioner().encode(regions, ctx)[0])
+        with torch.no_grad():
+            model.adapter.gates.fill_(0.3)
+        embeds = [model.relation_head.embed, model.motion_hint.embed]
+        opt = torch.optim.Adam([p for e in embeds for p in e.parameters()], lr=1e-3)
+        model(regions, ctx, caps)["loss_caption"].backward()
+        opt.step()
+        moved.append([e.weight.detach().abs().max().item() for e in embeds])
+    for plain, scaled in zip(*moved):
+        assert plain == pytest.approx(1e-3, rel=0.01) and scaled == pytest.approx(1e-2, rel=0.01)

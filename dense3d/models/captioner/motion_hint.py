@@ -55,10 +55,12 @@ class MotionHint(nn.Module):
         lr_scale: the classifier moves about this many times the learning rate a step
             (:func:`~dense3d.models.captioner.hint_parts.scale_learning_rate`); 1.0: plain weights.
         space_scale: metres per unit of the centre features.
+        embed_lr_scale: the map of the answer onto the visual tokens moves this many times the
+            learning rate a step (as ``lr_scale``); 1.0: plain weights.
     """
 
     def __init__(self, num_labels: int, num_classes: int, num_queries: int, out_dim: int, hidden: int = 128,
-                 lr_scale: float = 1.0, space_scale: float = 10.0):
+                 lr_scale: float = 1.0, space_scale: float = 10.0, embed_lr_scale: float = 1.0):
         super().__init__()
         lr_scale = check_lr_scale("MotionHint", lr_scale)
         if not num_labels > 0:
@@ -67,6 +69,7 @@ class MotionHint(nn.Module):
         self.classifier = classifier_mlp(num_labels + BOX_DIMS, hidden, num_classes)
         scale_learning_rate([self.classifier], lr_scale)
         self.embed = zero_embedding(num_classes, num_queries, out_dim)  # the visual tokens start as without the hint
+        scale_learning_rate([self.embed], check_lr_scale("MotionHint", embed_lr_scale))
 
     def forward(self, regions: RegionFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """

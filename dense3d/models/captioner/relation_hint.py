@@ -69,10 +69,13 @@ class RelationHint(nn.Module):
             2.5e-3. 1.0 (default): plain weights.
         tokens: also read the Q-Former's relation tokens and the region's own feature (True,
             default); False: the pair features alone, what ``tools/relation_pair_probe.py`` reads.
+        embed_lr_scale: the map of the answer onto the visual tokens moves this many times the
+            learning rate a step (as ``lr_scale``); 1.0: plain weights.
     """
 
     def __init__(self, d_model: int, region_dim: int, num_neighbours: int, num_classes: int, num_queries: int,
-                 out_dim: int, hidden: int = 256, lr_scale: float = 1.0, tokens: bool = True):
+                 out_dim: int, hidden: int = 256, lr_scale: float = 1.0, tokens: bool = True,
+                 embed_lr_scale: float = 1.0):
         super().__init__()
         lr_scale = check_lr_scale("RelationHint", lr_scale)
         self.num_queries, self.out_dim = num_queries, out_dim
@@ -82,6 +85,7 @@ class RelationHint(nn.Module):
         self.classifier = classifier_mlp((num_neighbours + self.tokens) * d_model, hidden, num_classes)
         scale_learning_rate([self.pair_in, *([self.own_in] if self.tokens else []), self.classifier], lr_scale)
         self.embed = zero_embedding(num_classes, num_queries, out_dim)  # the visual tokens start as without the hint
+        scale_learning_rate([self.embed], check_lr_scale("RelationHint", embed_lr_scale))
 
     def forward(self, regions: RegionFeatures, features: torch.Tensor,
                 qformer: RelationQFormer) -> tuple[torch.Tensor, torch.Tensor]:
