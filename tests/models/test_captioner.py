@@ -745,3 +745,5 @@ def test_hint_embed_lr_scale_starts_at_zero_and_moves_the_maps_faster():
         moved.append([e.weight.detach().abs().max().item() for e in embeds])
     for plain, scaled in zip(*moved):
         assert plain == pytest.approx(1e-3, rel=0.01) and scaled == pytest.approx(1e-2, rel=0.01)
+    with pytest.raises(ConfigError, match="embed_lr_scale"):
+        tiny_captioner(motion_phrases=MOTIONS, hint_embed_lr_scale=float("nan"))

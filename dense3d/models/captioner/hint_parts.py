@@ -19,10 +19,10 @@ from dense3d.errors import ConfigError
 __all__ = ["classifier_mlp", "scale_learning_rate", "zero_embedding", "check_lr_scale"]
 
 
-def check_lr_scale(owner: str, lr_scale) -> float:
-    """``lr_scale`` as a float, or a one-line ConfigError (a finite number > 0)."""
+def check_lr_scale(owner: str, lr_scale, field: str = "lr_scale") -> float:
+    """``lr_scale`` as a float, or a one-line ConfigError naming ``field`` (a finite number > 0)."""
     if isinstance(lr_scale, bool) or not (isinstance(lr_scale, (int, float)) and 0 < lr_scale < float("inf")):
-        raise ConfigError(owner, "lr_scale", "a finite number > 0", got=lr_scale)
+        raise ConfigError(owner, field, "a finite number > 0", got=lr_scale)
     return float(lr_scale)
 
 

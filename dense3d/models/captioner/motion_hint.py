@@ -69,7 +69,7 @@ class MotionHint(nn.Module):
         self.classifier = classifier_mlp(num_labels + BOX_DIMS, hidden, num_classes)
         scale_learning_rate([self.classifier], lr_scale)
         self.embed = zero_embedding(num_classes, num_queries, out_dim)  # the visual tokens start as without the hint
-        scale_learning_rate([self.embed], check_lr_scale("MotionHint", embed_lr_scale))
+        scale_learning_rate([self.embed], check_lr_scale("MotionHint", embed_lr_scale, "embed_lr_scale"))
 
     def forward(self, regions: RegionFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """

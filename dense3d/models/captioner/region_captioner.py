@@ -30,8 +30,8 @@ from dense3d.models.captioner.frozen_prefix import FrozenPrefixCache, caption_lo
 from dense3d.models.captioner.generate import (check_decoding, decoding_processors, generate_captions, processed_logits,
                                               teacher_forcing_batch)
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
-from dense3d.models.captioner.qformer import RelationQFormer
 from dense3d.models.captioner.motion_hint import MotionHint
+from dense3d.models.captioner.qformer import RelationQFormer
 from dense3d.models.captioner.relation_hint import RelationHint
 from dense3d.models.checks import check_int
 from dense3d.models.context.bica import BiCADecoder, SceneContext

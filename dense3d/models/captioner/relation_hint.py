@@ -85,7 +85,7 @@ class RelationHint(nn.Module):
         self.classifier = classifier_mlp((num_neighbours + self.tokens) * d_model, hidden, num_classes)
         scale_learning_rate([self.pair_in, *([self.own_in] if self.tokens else []), self.classifier], lr_scale)
         self.embed = zero_embedding(num_classes, num_queries, out_dim)  # the visual tokens start as without the hint
-        scale_learning_rate([self.embed], check_lr_scale("RelationHint", embed_lr_scale))
+        scale_learning_rate([self.embed], check_lr_scale("RelationHint", embed_lr_scale, "embed_lr_scale"))
 
     def forward(self, regions: RegionFeatures, features: torch.Tensor,
                 qformer: RelationQFormer) -> tuple[torch.Tensor, torch.Tensor]:
