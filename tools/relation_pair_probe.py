@@ -31,6 +31,7 @@ from dense3d.data.synthetic.grammar import RELATION_TYPES
 from dense3d.data.synthetic.indoor import INDOOR_CLASSES
 from dense3d.data.synthetic.outdoor import NUSCENES_CLASSES
 from dense3d.errors import AnnotationError, ConfigError, exit_status
+from dense3d.models.captioner.hint_parts import classifier_mlp
 from dense3d.models.captioner.qformer import nearest_neighbours
 from dense3d.models.captioner.relation_hint import neighbour_pair_features
 from dense3d.structures.sample import RegionFeatures
@@ -74,8 +75,7 @@ def probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, tor
     """Train the MLP (Adam, cosine from ``lr`` over ``steps``) and score it on ``val``."""
     torch.manual_seed(seed)
     (Xt, Yt), (Xv, Yv) = train, val
-    model = nn.Sequential(nn.Linear(Xt.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                          nn.Linear(hidden, len(RELATION_TYPES)))
+    model = classifier_mlp(Xt.shape[1], hidden, len(RELATION_TYPES))  # the hint's classifier
     opt = torch.optim.Adam(model.parameters(), lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     curve, order, at = {}, torch.randperm(len(Yt)), 0

@@ -6,7 +6,8 @@ captions state, and the embedding of its answer that is added to a region's visu
 * :func:`scale_learning_rate`: its weights held divided by a scale, so Adam moves them that many
   times the learning rate (a captioner's rate is set for the LLM side);
 * :func:`zero_embedding`: the map from the classifier's softmax to the K x H numbers added to the
-  visual tokens; it starts at zero, so a hint changes nothing until the LLM has learned to read it.
+  visual tokens; it starts at zero, so a hint changes nothing until the LLM has learned to read it;
+* :func:`embed_answer`: that map applied to the classifier's softmax, detached.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from torch.nn.utils import parametrize
 
 from dense3d.errors import ConfigError
 
-__all__ = ["classifier_mlp", "scale_learning_rate", "zero_embedding", "check_lr_scale"]
+__all__ = ["classifier_mlp", "scale_learning_rate", "zero_embedding", "embed_answer", "check_lr_scale"]
 
 
 def check_lr_scale(owner: str, lr_scale, field: str = "lr_scale") -> float:
@@ -52,6 +53,14 @@ def zero_embedding(num_classes: int, num_queries: int, out_dim: int) -> nn.Linea
     nn.init.zeros_(embed.weight)
     nn.init.zeros_(embed.bias)
     return embed
+
+
+def embed_answer(embed: nn.Module, logits: torch.Tensor, num_queries: int, out_dim: int) -> torch.Tensor:
+    """(B, R, num_queries, out_dim): ``embed`` (a :func:`zero_embedding`) of the softmax of (B, R, C)
+    ``logits``, detached, so the caption loss that reads it trains the map and not the classifier."""
+    B, R, _ = logits.shape
+    probs = logits.softmax(-1).detach().to(embed.weight.dtype)
+    return embed(probs).view(B, R, num_queries, out_dim)  # (B, R, K*H) -> (B, R, K, H)
 
 
 class _Scaled(nn.Module):

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dense3d.errors import ConfigError
-from dense3d.models.captioner.hint_parts import check_lr_scale, classifier_mlp, scale_learning_rate, zero_embedding
+from dense3d.models.captioner.hint_parts import (check_lr_scale, classifier_mlp, embed_answer, scale_learning_rate,
+                                                 zero_embedding)
 from dense3d.structures.sample import RegionFeatures
 
 __all__ = ["MotionHint", "box_motion_features", "BOX_DIMS"]
@@ -79,11 +80,8 @@ class MotionHint(nn.Module):
             logits: (B, R, num_classes) float32, the classifier's;
             add: (B, R, K, out_dim), the embedding of its softmax, to add to the visual tokens.
         """
-        B, R = regions.mask.shape
         dtype = self.embed.weight.dtype
         labels = F.one_hot(regions.labels.clamp(0, self.num_labels - 1), self.num_labels).to(dtype)  # (B, R, L)
         x = torch.cat([labels, box_motion_features(regions.geometry.to(dtype), self.space_scale)], -1)  # (B, R, L + BOX_DIMS)
         logits = self.classifier(x).float()  # (B, R, C)
-        probs = logits.softmax(-1).detach().to(dtype)
-        add = self.embed(probs).view(B, R, self.num_queries, self.out_dim)  # (B, R, K*H) -> (B, R, K, H)
-        return logits, add
+        return logits, embed_answer(self.embed, logits, self.num_queries, self.out_dim)

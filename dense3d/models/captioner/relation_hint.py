@@ -29,7 +29,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dense3d.models.captioner.hint_parts import check_lr_scale, classifier_mlp, scale_learning_rate, zero_embedding
+from dense3d.models.captioner.hint_parts import (check_lr_scale, classifier_mlp, embed_answer, scale_learning_rate,
+                                                 zero_embedding)
 from dense3d.models.captioner.qformer import (BETWEEN_DIMS, RANK_DIMS, RELATION_DIMS, RelationQFormer,
                                               relation_between, relation_geometry, relation_ranks)
 from dense3d.structures.sample import RegionFeatures
@@ -98,7 +99,6 @@ class RelationHint(nn.Module):
             logits: (B, R, num_classes) float32, the classifier's;
             add: (B, R, K, out_dim), the embedding of its softmax, to add to the visual tokens.
         """
-        B, R, _ = features.shape
         with torch.no_grad():  # an input: nothing here trains the Q-Former
             idx, valid = qformer.neighbours(regions)  # (B, R, k)
             pair = neighbour_pair_features(regions, idx, valid, qformer.space_scale, qformer.time_scale,
@@ -109,7 +109,5 @@ class RelationHint(nn.Module):
         if self.tokens:
             x = torch.cat([self.own_in(features.detach()), x], -1)  # (B, R, D) + (B, R, k*D) -> (B, R, (k+1)*D)
         logits = self.classifier(x).float()  # (B, R, C)
-        probs = logits.softmax(-1).detach().to(self.embed.weight.dtype)
-        add = self.embed(probs).view(B, R, self.num_queries, self.out_dim)  # (B, R, K*H) -> (B, R, K, H)
-        return logits, add
+        return logits, embed_answer(self.embed, logits, self.num_queries, self.out_dim)
 
