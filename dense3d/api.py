@@ -200,13 +200,15 @@ def _global_step(ckpt: Path) -> int:
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu", regions: str = "proposals",
-         overrides: Sequence[str] = ()) -> DenseCaptionerRun:
+         overrides: Sequence[str] = (), new_parts: Sequence[str] = ()) -> DenseCaptionerRun:
     """Build the run's model from its config and load its weights (see the module docstring).
 
     ``overrides``: ``key=value`` changes of existing keys of the run's config before the model is
     built, e.g. ``model.captioner.num_beams=3``, or ``+key=value`` for a constructor argument the
     config leaves at its default (``+model.captioner.repetition_penalty=1.2``); the weights must
-    still fit."""
+    still fit. ``new_parts``: prefixes of the model's weights (``"captioner.motion_hint."``) the
+    checkpoint may lack, left as the config builds them: a part the overrides add, to be fitted
+    after loading (tools/fit_motion_hint.py); every other weight must still be there."""
     from dense3d.engine.checkpoint import check_config_targets, check_weight_shapes, load_checkpoint
 
     if not isinstance(path, (str, Path)):
@@ -248,6 +250,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", regions: st
     weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     check_weight_shapes(model.state_dict(), state, ckpt, prefix="model.", hint=", as the run's config (with overrides) builds it")
     missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not any(k.startswith(p) for p in new_parts)]
     if missing or unexpected:
         raise CheckpointError(ckpt, "state_dict", "weights that fit the run's model",
                               got=f"{len(missing)} missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]})")

@@ -23,7 +23,7 @@ from dense3d.errors import ConfigError
 from dense3d.models.checks import check_int
 
 __all__ = ["prompt_ids", "caption_ids", "span_token_weights", "teacher_forcing_batch", "generate_captions",
-           "check_decoding", "decoding_processors", "processed_logits"]
+           "check_decoding", "decoding_processors", "processed_logits", "phrase_first_tokens", "ClassifierFusion"]
 
 IGNORE = -100  # label of tokens without loss (prompt, padding)
 
@@ -176,6 +176,88 @@ def processed_logits(logits: torch.Tensor, input_ids: torch.Tensor, processors, 
     return torch.cat(steps, dim=1)  # (N, T, V)
 
 
+def phrase_first_tokens(tokenizer, groups: list[list[str]], prompt: str, source: str = "phrase fusion") -> list[list[int]]:
+    """Per group of phrases, the ids of the first token each phrase starts with where it follows a
+    space in a caption (:func:`_caption_encoding` after ``prompt``), without repeats. A ConfigError,
+    naming ``source``, where two groups start with one token (fusing it would move one group's
+    mass to the other) or a phrase with the unknown token (a word-level vocabulary without it)."""
+    out, owner = [], {}
+    for g, phrases in enumerate(groups):
+        ids = []
+        for phrase in phrases:
+            first = _caption_encoding(tokenizer, phrase, prompt)[0][0]
+            if first == tokenizer.unk_token_id:
+                raise ConfigError(source, "phrases", "phrases the LLM's tokenizer has tokens for",
+                                  got=f"{phrase!r} starts with the unknown token {tokenizer.unk_token!r}")
+            if owner.setdefault(first, g) != g:
+                raise ConfigError(source, "phrases", "groups whose phrases start with tokens of their own",
+                                  got=f"{phrase!r} starts with the token {tokenizer.decode([first])!r} of group {owner[first]}")
+            if first not in ids:
+                ids.append(first)
+        out.append(ids)
+    return out
+
+
+class ClassifierFusion:
+    """A logits processor for ``generate`` that lets a classifier choose among phrase groups where
+    the LLM states one: the LLM decides *whether* a group's phrase comes next, the fused answer
+    decides *which*.
+
+    At every step, let P be the LLM's probability of each group's first tokens
+    (:func:`phrase_first_tokens`), P_g their sum per group and M the sum over all groups. The
+    groups' share becomes r_g ~ (P_g / M)^(1 - w) q_g^w (a product of experts; ``weight`` w = 1:
+    the classifier's answer q alone, 0: unchanged), each group's tokens keep the LLM's split of its
+    mass, and the mass M stays: p'(t) = M r_g P_t / P_g. Every other token keeps its probability,
+    so sampling states a group's phrase exactly as often as the LLM would, and a caption that
+    states none is not pushed to state one; greedy search takes the fused best where it still
+    beats every other token. Shallow fusion (an external model's scores added to the
+    decoder's at each step, as in speech recognition), restricted to the tokens the classifier
+    knows; transformers' processors only mask or bias tokens, none renormalises a group.
+
+    Args:
+        token_groups: per group (class of the classifier), its first-token ids.
+        probs: (N, G) the classifier's probabilities, one row per region of the batch.
+        weight: w above, in [0, 1].
+    """
+
+    def __init__(self, token_groups: list[list[int]], probs: torch.Tensor, weight: float):
+        if len(token_groups) != probs.shape[-1]:
+            raise ConfigError("ClassifierFusion", "probs", f"one column per group ({len(token_groups)})",
+                              got=tuple(probs.shape))
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+            raise ConfigError("ClassifierFusion", "weight", "a number in [0, 1]", got=weight)
+        self.token_groups, self.probs, self.weight = token_groups, probs.float(), float(weight)
+        self.tokens = torch.tensor([t for ids in token_groups for t in ids], dtype=torch.long)  # (U,)
+        self.group = torch.tensor([g for g, ids in enumerate(token_groups) for _ in ids], dtype=torch.long)  # (U,)
+
+    def rows(self, start: int, stop: int, num_beams: int = 1) -> "ClassifierFusion":
+        """The processor for regions ``start:stop`` of the batch, each repeated ``num_beams`` times
+        (``generate`` expands a row into its beams next to each other)."""
+        return ClassifierFusion(self.token_groups, self.probs[start:stop].repeat_interleave(num_beams, 0), self.weight)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """(N, V) scores -> (N, V), out of place."""
+        if scores.shape[0] != self.probs.shape[0]:
+            raise ConfigError("ClassifierFusion", "probs", f"one row per generated sequence ({scores.shape[0]})",
+                              got=tuple(self.probs.shape))
+        tokens, group = self.tokens.to(scores.device), self.group.to(scores.device)
+        q = self.probs.to(scores.device)  # (N, G)
+        log_z = scores.float().logsumexp(-1, keepdim=True)  # (N, 1)
+        p_tok = (scores.float()[:, tokens] - log_z).exp()  # (N, U) the LLM's probabilities
+        p_group = torch.zeros_like(q).index_add_(1, group, p_tok)  # (N, G)
+        mass = p_group.sum(-1, keepdim=True)  # (N, 1)
+        tiny = torch.finfo(torch.float32).tiny
+        log_share = (1.0 - self.weight) * (p_group.clamp_min(tiny) / mass.clamp_min(tiny)).log() \
+            + self.weight * q.clamp_min(tiny).log()  # (N, G)
+        share = log_share.log_softmax(-1).exp()  # (N, G) r
+        within = p_tok / p_group[:, group].clamp_min(tiny)  # (N, U) each token's part of its group
+        new = (mass * share[:, group] * within).log() + log_z  # (N, U) back on the scores' scale; a masked token stays -inf
+        keep = mass > tiny  # (N, 1) rows where the LLM gives the groups no mass stay as they are
+        out = scores.clone()
+        out[:, tokens] = torch.where(keep, new.to(scores.dtype), scores[:, tokens])
+        return out
+
+
 @contextlib.contextmanager
 def _own_generation_config(lm, tokenizer):
     """``lm.generate`` with only the settings :func:`generate_captions` passes: transformers fills
@@ -198,7 +280,8 @@ def _own_generation_config(lm, tokenizer):
 def generate_captions(lm, adapter, tokenizer, visual: torch.Tensor, prompt: str, max_new_tokens: int = 32,
                       num_beams: int = 1, batch_size: int | None = None, do_sample: bool = False,
                       temperature: float = 1.0, no_repeat_ngram_size: int = 0,
-                      repetition_penalty: float = 1.0) -> tuple[list[str], list[list[int]]]:
+                      repetition_penalty: float = 1.0,
+                      fusion: ClassifierFusion | None = None) -> tuple[list[str], list[list[int]]]:
     """Captions for N regions sharing one prompt.
 
     Args:
@@ -233,6 +316,10 @@ def generate_captions(lm, adapter, tokenizer, visual: torch.Tensor, prompt: str,
         v = visual[s : s + step]  # (n, K, H)
         ids = p.unsqueeze(0).expand(v.shape[0], -1)  # (n, P): same prompt, no padding needed
         kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
+        if fusion is not None:
+            from transformers.generation.logits_process import LogitsProcessorList
+
+            kw["logits_processor"] = LogitsProcessorList([fusion.rows(s, s + v.shape[0], num_beams)])
         with adapter.conditioned_on(v), _own_generation_config(lm, tokenizer):
             out = lm.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,

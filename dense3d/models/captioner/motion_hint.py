@@ -64,6 +64,7 @@ class MotionHint(nn.Module):
                  lr_scale: float = 1.0, space_scale: float = 10.0, embed_lr_scale: float = 1.0):
         super().__init__()
         lr_scale = check_lr_scale("MotionHint", lr_scale)
+        self.lr_scale = lr_scale  # the classifier's stored weights are its weights / lr_scale
         if not num_labels > 0:
             raise ConfigError("MotionHint", "num_labels", "the detector's class names (at least one)", got=num_labels)
         self.num_labels, self.num_queries, self.out_dim, self.space_scale = num_labels, num_queries, out_dim, space_scale
@@ -80,8 +81,12 @@ class MotionHint(nn.Module):
             logits: (B, R, num_classes) float32, the classifier's;
             add: (B, R, K, out_dim), the embedding of its softmax, to add to the visual tokens.
         """
-        dtype = self.embed.weight.dtype
-        labels = F.one_hot(regions.labels.clamp(0, self.num_labels - 1), self.num_labels).to(dtype)  # (B, R, L)
-        x = torch.cat([labels, box_motion_features(regions.geometry.to(dtype), self.space_scale)], -1)  # (B, R, L + BOX_DIMS)
-        logits = self.classifier(x).float()  # (B, R, C)
+        logits = self.classifier(self.inputs(regions.labels, regions.geometry)).float()  # (B, R, C)
         return logits, embed_answer(self.embed, logits, self.num_queries, self.out_dim)
+
+    def inputs(self, labels: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
+        """(..., L + BOX_DIMS) classifier inputs of (...) class indices and (..., 7) boxes: the
+        class one-hot and :func:`box_motion_features` (also what tools/fit_motion_hint.py fits on)."""
+        dtype = self.embed.weight.dtype
+        one_hot = F.one_hot(labels.clamp(0, self.num_labels - 1), self.num_labels).to(dtype)  # (..., L)
+        return torch.cat([one_hot, box_motion_features(geometry.to(dtype), self.space_scale)], -1)  # (..., L + BOX_DIMS)

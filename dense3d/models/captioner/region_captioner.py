@@ -27,7 +27,8 @@ from torch import nn
 from dense3d.errors import ConfigError
 from dense3d.models.captioner.decoder import FrozenDecoder
 from dense3d.models.captioner.frozen_prefix import FrozenPrefixCache, caption_loss_top_layers
-from dense3d.models.captioner.generate import (check_decoding, decoding_processors, generate_captions, processed_logits,
+from dense3d.models.captioner.generate import (ClassifierFusion, check_decoding, decoding_processors, generate_captions,
+                                               phrase_first_tokens, processed_logits,
                                               teacher_forcing_batch)
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.captioner.motion_hint import MotionHint
@@ -195,6 +196,11 @@ class RegionCaptioner(nn.Module):
             many times the learning rate a step. They start at zero and their answer must grow to
             the size of the tokens (mean |element| about 0.5 outdoors) before the LLM reads it: at
             1.0 and 2e-4 over 800 steps the maps' mean |weight| reached 0.003.
+        motion_fusion: with ``motion_phrases``, the weight w in [0, 1] of the motion hint's
+            classifier when generating (:class:`~dense3d.models.captioner.generate.ClassifierFusion`):
+            where the LLM states a motion word, which word is chosen from the LLM's and the
+            classifier's answers (w = 1: the classifier's alone). 0.0 (default): the LLM's alone.
+            ``generate`` only; SCST samples without it.
     """
 
     def __init__(self, decoder: FrozenDecoder, adapter: LlamaAdapter, qformer: RelationQFormer,
@@ -206,7 +212,7 @@ class RegionCaptioner(nn.Module):
                  scst_samples: int = 1, relation_phrases: dict[str, Sequence[str]] | None = None,
                  relation_input: bool = False, relation_hint_lr_scale: float = 1.0, relation_hint_tokens: bool = True,
                  motion_phrases: dict[str, Sequence[str]] | None = None, motion_hint_lr_scale: float = 1.0,
-                 hint_embed_lr_scale: float = 1.0):
+                 hint_embed_lr_scale: float = 1.0, motion_fusion: float = 0.0):
         super().__init__()
         if adapter.prompt_len != qformer.num_queries:
             raise ConfigError("RegionCaptioner", "adapter.prompt_len", f"qformer.num_queries={qformer.num_queries}",
@@ -266,6 +272,11 @@ class RegionCaptioner(nn.Module):
         self.motion_names, self.motion_phrases = _phrase_groups("motion_phrases", motion_phrases)
         self.motion_hint_lr_scale, self.hint_embed_lr_scale = motion_hint_lr_scale, hint_embed_lr_scale
         self.motion_hint: MotionHint | None = None
+        if isinstance(motion_fusion, bool) or not isinstance(motion_fusion, (int, float)) or not 0.0 <= motion_fusion <= 1.0:
+            raise ConfigError("RegionCaptioner", "motion_fusion", "a weight in [0, 1] (0.0: off)", got=motion_fusion)
+        if motion_fusion > 0 and not self.motion_names:
+            raise ConfigError("RegionCaptioner", "motion_fusion", "motion_phrases (the classifier it fuses)", got="none")
+        self.motion_fusion = float(motion_fusion)
         if self.class_names.get("box"):
             self.add_class_names("box", self.class_names["box"])
 
@@ -593,20 +604,24 @@ class RegionCaptioner(nn.Module):
         check_decoding("RegionCaptioner.generate", self.max_new_tokens, num_beams, self.no_repeat_ngram_size,
                        self.repetition_penalty, batch_size)
         regions = _as_list(regions)
-        visual = self.encode(regions, context)
+        visual, _, _, hints = self._encode(regions, context)
         lm, tok = self._lm(), self.decoder.tokenizer
         B = regions[0].mask.shape[0]
         out: list[list[DenseCaption]] = [[] for _ in range(B)]
-        for r, v in zip(regions, visual):
+        for r, v, h in zip(regions, visual, hints):
             rows = r.mask.bool().nonzero().tolist()  # [(b, i)]
             if not rows:
                 continue
             vis = v[r.mask.bool()]  # (N, K, H), row-major order = rows
+            fusion = None
+            if self.motion_fusion > 0 and "motion" in h:
+                groups = phrase_first_tokens(tok, self.motion_phrases, self.prompts[r.kind], "RegionCaptioner.motion_phrases")
+                fusion = ClassifierFusion(groups, h["motion"][r.mask.bool()].softmax(-1), self.motion_fusion)  # (N, M)
             with self._precision():
                 texts, _ = generate_captions(lm, self.adapter, tok, vis, self.prompts[r.kind], self.max_new_tokens,
                                              num_beams, batch_size,
                                              no_repeat_ngram_size=self.no_repeat_ngram_size,
-                                             repetition_penalty=self.repetition_penalty)
+                                             repetition_penalty=self.repetition_penalty, fusion=fusion)
             names = self.class_names.get(r.kind, [])
             for (b, i), text in zip(rows, texts):
                 out[b].append(region_record(r, b, i, names, text))
