@@ -231,6 +231,11 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", regions: st
     if not isinstance(overrides, (list, tuple)) or not all(isinstance(o, str) for o in overrides):
         raise ConfigError("dense3d.api.load", "overrides", "a list of KEY=VALUE strings, e.g. ['model.captioner.num_beams=3']",
                           got=repr(overrides))
+    if isinstance(new_parts, str):  # one prefix: a str would be read letter by letter (every weight starting "c" forgiven)
+        new_parts = [new_parts]
+    if not isinstance(new_parts, (list, tuple)) or not all(isinstance(p, str) and p for p in new_parts):
+        raise ConfigError("dense3d.api.load", "new_parts", "a list of weight-name prefixes, e.g. ['captioner.motion_hint.']",
+                          got=repr(new_parts))
     cfg_path, ckpt = find_run(Path(path))
     cfg = read_run_config(cfg_path)
     dotlist = []

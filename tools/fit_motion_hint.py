@@ -8,7 +8,9 @@ drawn caption states a motion word (about 10 a step outdoors). This tool fits it
 split's boxes at once (every reference that states one, as ``loss_motion`` reads them), in
 seconds once the boxes are read (about 40 ms a scene), and reports its accuracy on held-out
 scenes before and after (outdoors, 5,220 scenes: 70.8 % as 400 training steps left it, 73.7 %
-fitted). The rest of the run is copied unchanged. With ``+model.captioner.motion_fusion=1.0`` the
+fitted). The new run folder holds the run's config (with the overrides), every weight (the rest
+unchanged) and its training step: a run to evaluate or predict with, or to start another from
+(``init_from``), not to resume (no optimizer state). With ``+model.captioner.motion_fusion=1.0`` the
 new run's generation lets the fitted classifier choose the motion word where the LLM states one
 (``ClassifierFusion``).
 

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 import dense3d.api as api
 from dense3d.cli import main
-from dense3d.errors import ConfigError
+from dense3d.errors import CheckpointError, ConfigError
 from tests.models.real_samples import nuscenes_sample, scannet_sample
 
 
@@ -113,6 +113,23 @@ def test_load_overrides_one_string_a_non_string_and_a_typo(indoor_run):
         api.load(indoor_run, overrides=[3])
     with pytest.raises(ConfigError, match=r"config.yaml: field 'model.captioner.num_beam'"):
         api.load(indoor_run, overrides=["model.captioner.num_beam=3"])
+
+
+def test_load_new_parts_may_be_missing_and_nothing_else(indoor_run):
+    """``new_parts``: a part the overrides add (tools/fit_motion_hint.py) may be missing from the
+    checkpoint, and only that part; one prefix may be a str."""
+    added = "+model.class_embedding=true"  # a learned vector per class: weights the checkpoint lacks
+    with pytest.raises(CheckpointError, match="missing"):
+        api.load(indoor_run, overrides=[added])
+    run = api.load(indoor_run, overrides=[added], new_parts=["class_embedding.", "region_norm."])
+    assert run.model.class_embedding is not None and run.step == api.load(indoor_run).step
+    # the weights a prefix does not cover are still missing
+    with pytest.raises(CheckpointError, match=r"missing \(e.g. \['class_embedding"):
+        api.load(indoor_run, overrides=[added], new_parts="region_norm.")
+    with pytest.raises(CheckpointError, match="3 missing"):  # a str is one prefix: read letter by letter, "c" and "r" cover both
+        api.load(indoor_run, overrides=[added], new_parts="cr")
+    with pytest.raises(ConfigError, match="field 'new_parts'"):
+        api.load(indoor_run, new_parts=[3])
 
 
 def test_predict_and_eval_say_how_to_make_missing_synthetic_data(indoor_run, tmp_path, capsys):

@@ -52,8 +52,13 @@ def test_fusion_leaves_masked_tokens_masked_and_rows_without_group_mass_alone():
     out = _fused(scores, q, 1.0)
     torch.testing.assert_close(out[0], scores[0])
     assert out.isfinite().sum() == 20 - 5
-    assert out.softmax(-1)[1, 5] == 0
     assert not out.isnan().any()
+    f, p = out.softmax(-1), scores.softmax(-1)
+    assert f[1, 5] == 0  # the masked group stays impossible, and its share goes to the others, not away
+    torch.testing.assert_close(f[1, [1, 2, 5, 7]].sum(), p[1, [1, 2, 5, 7]].sum())
+    others = [t for t in range(10) if t not in (1, 2, 5, 7)]
+    torch.testing.assert_close(f[1, others], p[1, others])
+    torch.testing.assert_close((f[1, 1] + f[1, 2]) / f[1, 7], torch.tensor(0.1 / 0.1))  # q of the groups left
 
 
 def test_fusion_checks_its_inputs():
@@ -112,10 +117,13 @@ def test_generation_with_fusion_says_only_the_chosen_groups_words_in_each_row_be
 
 def test_motion_fusion_in_the_captioner_follows_the_motion_hint():
     """``RegionCaptioner(motion_fusion=1.0)``: the motion hint's classifier (made sure of one
-    group here) decides every group word the captions state; 0.0 (default) changes nothing."""
-    regions = RegionFeatures("box", torch.randn(1, 3, 16), torch.cat([torch.randn(1, 3, 3) * 5, torch.ones(1, 3, 3),
-                                                                      torch.zeros(1, 3, 1)], -1),
-                             torch.full((1, 3), 0.9), torch.tensor([[0, 1, 0]]), torch.ones(1, 3, dtype=torch.bool))
+    group per class here) decides every group word each box's caption states, row by row across a
+    padded batch; 0.0 (default) changes nothing."""
+    g = torch.Generator().manual_seed(3)
+    geometry = torch.cat([torch.randn(2, 3, 3, generator=g) * 5, torch.ones(2, 3, 3), torch.zeros(2, 3, 1)], -1)  # (B, R, 7)
+    labels = torch.tensor([[0, 1, 1], [1, 0, 0]])  # car, truck
+    mask = torch.tensor([[True, True, False], [True, False, True]])  # a padding slot in each scene
+    regions = RegionFeatures("box", torch.randn(2, 3, 16, generator=g), geometry, torch.full((2, 3), 0.9), labels, mask)
 
     def captioner(fusion: float) -> RegionCaptioner:
         torch.manual_seed(0)
@@ -129,21 +137,31 @@ def test_motion_fusion_in_the_captioner_follows_the_motion_hint():
             model.adapter.gates.fill_(0.5)
         return model, phrases
 
+    def captions(model) -> list[tuple[str, str]]:
+        return [(c.label, c.text) for scene in model.generate(regions) for c in scene]
+
     plain, _ = captioner(0.0)
-    want = [c.caption for c in plain.generate(regions)[0]]
-    for choice in (0, 1):
+    want = captions(plain)
+    for flip in (False, True):  # cars -> the first group and trucks -> the second, then the other way
         model, phrases = captioner(1.0)
-        with torch.no_grad():
-            last = model.motion_hint.classifier[-1]
-            last.weight.zero_()
-            last.bias.copy_(torch.tensor([20.0, -20.0]) * (1 if choice == 0 else -1))
-        texts = [c.caption for c in model.generate(regions)[0]]
-        assert any(texts)
-        for text in texts:
-            assert set(w for w in text.split() if w.isalpha() and w not in ("describe", "the", "object")) <= set(phrases[choice])
-    assert texts != want
+        with torch.no_grad():  # the answer from the class one-hot alone: hidden unit 0 is "car"
+            first, middle, last = model.motion_hint.classifier[0], model.motion_hint.classifier[2], model.motion_hint.classifier[-1]
+            for layer in (first, middle, last):
+                layer.weight.zero_()
+                layer.bias.zero_()
+            first.weight[0, 0] = 1.0
+            middle.weight[0, 0] = 1.0
+            sign = -1.0 if flip else 1.0
+            last.weight[:, 0] = torch.tensor([40.0, -40.0]) * sign
+            last.bias.copy_(torch.tensor([-20.0, 20.0]) * sign)
+        got = captions(model)
+        assert len(got) == 4 and any(text for _, text in got)
+        for label, text in got:
+            chosen = phrases[(label == "car") == flip]
+            assert set(w for w in text.split() if w.isalpha() and w not in ("describe", "the", "object")) <= set(chosen), (label, text)
+    assert got != want
     model.motion_fusion = 0.0  # the hint's map is zero: without fusion, the plain model's captions
-    assert [c.caption for c in model.generate(regions)[0]] == want
+    assert captions(model) == want
     with pytest.raises(ConfigError, match="motion_fusion.*motion_phrases"):
         RegionCaptioner(decoder=tiny_llama_decoder(VOCAB, hidden_size=32), adapter=LlamaAdapter(32, 4, num_layers=2, prompt_len=4),
                         qformer=RelationQFormer(32, 4, 1, num_queries=4, num_neighbours=0, region_dim=16, out_dim=32),

@@ -180,7 +180,12 @@ def phrase_first_tokens(tokenizer, groups: list[list[str]], prompt: str, source:
     """Per group of phrases, the ids of the first token each phrase starts with where it follows a
     space in a caption (:func:`_caption_encoding` after ``prompt``), without repeats. A ConfigError,
     naming ``source``, where two groups start with one token (fusing it would move one group's
-    mass to the other) or a phrase with the unknown token (a word-level vocabulary without it)."""
+    mass to the other) or a phrase with the unknown token (a word-level vocabulary without it).
+
+    Only that first token is fused: every other word that starts with it has its mass moved too
+    (a phrase "at rest" would take every " at"), and a capitalised phrase at a caption's start
+    ("Parked ...") is another token, not fused. Single-token words are safe (SmolLM2's motion
+    words are one token each after a space)."""
     out, owner = [], {}
     for g, phrases in enumerate(groups):
         ids = []
@@ -207,7 +212,8 @@ class ClassifierFusion:
     (:func:`phrase_first_tokens`), P_g their sum per group and M the sum over all groups. The
     groups' share becomes r_g ~ (P_g / M)^(1 - w) q_g^w (a product of experts; ``weight`` w = 1:
     the classifier's answer q alone, 0: unchanged), each group's tokens keep the LLM's split of its
-    mass, and the mass M stays: p'(t) = M r_g P_t / P_g. Every other token keeps its probability,
+    mass, and the mass M stays: p'(t) = M r_g P_t / P_g (a group the LLM makes impossible, P_g = 0,
+    stays so). Every other token keeps its probability,
     so sampling states a group's phrase exactly as often as the LLM would, and a caption that
     states none is not pushed to state one; greedy search takes the fused best where it still
     beats every other token. Shallow fusion (an external model's scores added to the
@@ -249,10 +255,13 @@ class ClassifierFusion:
         tiny = torch.finfo(torch.float32).tiny
         log_share = (1.0 - self.weight) * (p_group.clamp_min(tiny) / mass.clamp_min(tiny)).log() \
             + self.weight * q.clamp_min(tiny).log()  # (N, G)
+        keep = mass > tiny  # (N, 1) rows where the LLM gives the groups no mass stay as they are
+        # a group the LLM makes impossible (masked by the n-gram block, or below float32) stays so: its
+        # share would otherwise go to no token and the row's group mass shrink below M
+        log_share = log_share.masked_fill((p_group <= 0) & keep, -float("inf"))
         share = log_share.log_softmax(-1).exp()  # (N, G) r
         within = p_tok / p_group[:, group].clamp_min(tiny)  # (N, U) each token's part of its group
         new = (mass * share[:, group] * within).log() + log_z  # (N, U) back on the scores' scale; a masked token stays -inf
-        keep = mass > tiny  # (N, 1) rows where the LLM gives the groups no mass stay as they are
         out = scores.clone()
         out[:, tokens] = torch.where(keep, new.to(scores.dtype), scores[:, tokens])
         return out

@@ -277,6 +277,7 @@ class RegionCaptioner(nn.Module):
         if motion_fusion > 0 and not self.motion_names:
             raise ConfigError("RegionCaptioner", "motion_fusion", "motion_phrases (the classifier it fuses)", got="none")
         self.motion_fusion = float(motion_fusion)
+        self._fusion_tokens: dict[str, list[list[int]]] = {}  # per region kind: the motion words' first tokens
         if self.class_names.get("box"):
             self.add_class_names("box", self.class_names["box"])
 
@@ -615,8 +616,11 @@ class RegionCaptioner(nn.Module):
             vis = v[r.mask.bool()]  # (N, K, H), row-major order = rows
             fusion = None
             if self.motion_fusion > 0 and "motion" in h:
-                groups = phrase_first_tokens(tok, self.motion_phrases, self.prompts[r.kind], "RegionCaptioner.motion_phrases")
-                fusion = ClassifierFusion(groups, h["motion"][r.mask.bool()].softmax(-1), self.motion_fusion)  # (N, M)
+                if r.kind not in self._fusion_tokens:  # the tokenizer is loaded with the LLM, on first use
+                    self._fusion_tokens[r.kind] = phrase_first_tokens(tok, self.motion_phrases, self.prompts[r.kind],
+                                                                      "RegionCaptioner.motion_phrases")
+                fusion = ClassifierFusion(self._fusion_tokens[r.kind], h["motion"][r.mask.bool()].softmax(-1),
+                                          self.motion_fusion)  # (N, M) in the rows' order of vis
             with self._precision():
                 texts, _ = generate_captions(lm, self.adapter, tok, vis, self.prompts[r.kind], self.max_new_tokens,
                                              num_beams, batch_size,
