@@ -91,7 +91,7 @@ def fit(hint, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, batch: in
     g = torch.Generator().manual_seed(seed)
     params = list(hint.classifier.parameters())
     opt = torch.optim.Adam(params, lr=lr / hint.lr_scale)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     hint.train()
     for _ in range(steps):
         idx = torch.randint(len(y), (min(batch, len(y)),), generator=g)
