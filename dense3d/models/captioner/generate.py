@@ -23,7 +23,8 @@ from dense3d.errors import ConfigError
 from dense3d.models.checks import check_int
 
 __all__ = ["prompt_ids", "caption_ids", "span_token_weights", "teacher_forcing_batch", "generate_captions",
-           "check_decoding", "decoding_processors", "processed_logits", "phrase_first_tokens", "ClassifierFusion"]
+           "check_decoding", "decoding_processors", "processed_logits", "phrase_first_tokens", "ClassifierFusion",
+           "consensus_pick"]
 
 IGNORE = -100  # label of tokens without loss (prompt, padding)
 
@@ -265,6 +266,52 @@ class ClassifierFusion:
         out = scores.clone()
         out[:, tokens] = torch.where(keep, new.to(scores.dtype), scores[:, tokens])
         return out
+
+
+def consensus_pick(candidates: list[list[str]], document_frequency=None) -> list[int]:
+    """Per region, the index of its candidate caption with the highest mean CIDEr-D against the
+    region's other candidates: minimum Bayes risk (MBR) decoding with CIDEr-D as the utility
+    (Kumar & Byrne 2004; for captions, Devlin et al. 2015's consensus re-ranking). Where a model's
+    samples disagree on a fact, the caption that agrees with most of them wins, and a wording
+    the samples share outscores a rare one, which is what CIDEr rewards against the references.
+
+    Candidates that repeat count as often as they were drawn (a sample's frequency estimates its
+    probability). Ties go to the lower index (the first candidate: the greedy caption in
+    ``RegionCaptioner.generate``), as does a region with a single candidate.
+
+    Args:
+        candidates: per region, its candidate captions (at least one each).
+        document_frequency: CIDEr-D's n-gram document frequencies
+            (:class:`~dense3d.models.losses.caption.CiderDocumentFrequency`); None: counted over
+            the regions here, one document per region (all its candidates), as an evaluation
+            counts one per region's references.
+    Returns:
+        one index per region.
+    """
+    from dense3d.models.losses.caption import CiderDocumentFrequency, cider_d
+
+    if any(not c for c in candidates):
+        raise ConfigError("consensus_pick", "candidates", "at least one caption per region",
+                          got=[len(c) for c in candidates])
+    if document_frequency is None:
+        document_frequency = CiderDocumentFrequency.from_references(candidates)
+    hyps, refs, owner = [], [], []
+    for n, cands in enumerate(candidates):
+        if len(cands) < 2:
+            continue
+        for i, c in enumerate(cands):
+            hyps.append(c)
+            refs.append(cands[:i] + cands[i + 1:])  # the region's other candidates, repeats kept
+            owner.append((n, i))
+    picks = [0] * len(candidates)
+    if not hyps:
+        return picks
+    utility = cider_d(hyps, refs, document_frequency).tolist()  # (sum of candidates,) pycocoevalcap averages over refs
+    best: dict[int, float] = {}
+    for (n, i), u in zip(owner, utility):
+        if n not in best or u > best[n]:
+            best[n], picks[n] = u, i
+    return picks
 
 
 @contextlib.contextmanager

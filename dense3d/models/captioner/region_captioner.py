@@ -27,9 +27,9 @@ from torch import nn
 from dense3d.errors import ConfigError
 from dense3d.models.captioner.decoder import FrozenDecoder
 from dense3d.models.captioner.frozen_prefix import FrozenPrefixCache, caption_loss_top_layers
-from dense3d.models.captioner.generate import (ClassifierFusion, check_decoding, decoding_processors, generate_captions,
-                                               phrase_first_tokens, processed_logits,
-                                              teacher_forcing_batch)
+from dense3d.models.captioner.generate import (ClassifierFusion, check_decoding, consensus_pick, decoding_processors,
+                                               generate_captions, phrase_first_tokens, processed_logits,
+                                               teacher_forcing_batch)
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.captioner.motion_hint import MotionHint
 from dense3d.models.captioner.qformer import RelationQFormer
@@ -201,6 +201,16 @@ class RegionCaptioner(nn.Module):
             where the LLM states a motion word, which word is chosen from the LLM's and the
             classifier's answers (w = 1: the classifier's alone). 0.0 (default): the LLM's alone.
             ``generate`` only; SCST samples without it.
+        consensus_samples: S > 0: ``generate`` also samples S captions per region (at
+            ``consensus_temperature``, the same processors and fusion) and keeps, of the greedy /
+            beam caption and the S samples, the one with the highest mean CIDEr-D against the
+            others (minimum Bayes risk decoding, :func:`~dense3d.models.captioner.generate.consensus_pick`):
+            S + 1 times the decoded rows. 0 (default): the greedy / beam caption alone.
+        consensus_temperature: the samples' softmax temperature.
+        consensus_seed: the samples are drawn from torch's generator seeded with this at every
+            ``generate`` call (and put back after), so a scene's captions do not depend on what ran
+            before it; they do depend on which regions are decoded together (``batch_size``, the
+            scenes of a batch), as the draws are shared out over the rows of one ``generate``.
     """
 
     def __init__(self, decoder: FrozenDecoder, adapter: LlamaAdapter, qformer: RelationQFormer,
@@ -212,7 +222,8 @@ class RegionCaptioner(nn.Module):
                  scst_samples: int = 1, relation_phrases: dict[str, Sequence[str]] | None = None,
                  relation_input: bool = False, relation_hint_lr_scale: float = 1.0, relation_hint_tokens: bool = True,
                  motion_phrases: dict[str, Sequence[str]] | None = None, motion_hint_lr_scale: float = 1.0,
-                 hint_embed_lr_scale: float = 1.0, motion_fusion: float = 0.0):
+                 hint_embed_lr_scale: float = 1.0, motion_fusion: float = 0.0, consensus_samples: int = 0,
+                 consensus_temperature: float = 1.0, consensus_seed: int = 0):
         super().__init__()
         if adapter.prompt_len != qformer.num_queries:
             raise ConfigError("RegionCaptioner", "adapter.prompt_len", f"qformer.num_queries={qformer.num_queries}",
@@ -278,6 +289,13 @@ class RegionCaptioner(nn.Module):
             raise ConfigError("RegionCaptioner", "motion_fusion", "motion_phrases (the classifier it fuses)", got="none")
         self.motion_fusion = float(motion_fusion)
         self._fusion_tokens: dict[str, list[list[int]]] = {}  # per region kind: the motion words' first tokens
+        check_int("RegionCaptioner", "consensus_samples", consensus_samples, 0)
+        if isinstance(consensus_temperature, bool) or not isinstance(consensus_temperature, (int, float)) \
+                or not (math.isfinite(consensus_temperature) and consensus_temperature > 0):
+            raise ConfigError("RegionCaptioner", "consensus_temperature", "a finite number > 0", got=consensus_temperature)
+        check_int("RegionCaptioner", "consensus_seed", consensus_seed, 0)
+        self.consensus_samples, self.consensus_temperature = consensus_samples, float(consensus_temperature)
+        self.consensus_seed = consensus_seed
         if self.class_names.get("box"):
             self.add_class_names("box", self.class_names["box"])
 
@@ -626,7 +644,28 @@ class RegionCaptioner(nn.Module):
                                              num_beams, batch_size,
                                              no_repeat_ngram_size=self.no_repeat_ngram_size,
                                              repetition_penalty=self.repetition_penalty, fusion=fusion)
+                if self.consensus_samples > 0:
+                    texts = self._consensus(lm, tok, vis, self.prompts[r.kind], texts, batch_size, fusion)
             names = self.class_names.get(r.kind, [])
             for (b, i), text in zip(rows, texts):
                 out[b].append(region_record(r, b, i, names, text))
         return out
+
+    def _consensus(self, lm, tok, vis: torch.Tensor, prompt: str, decoded: list[str], batch_size: int | None,
+                   fusion: ClassifierFusion | None) -> list[str]:
+        """Per region, of its decoded caption and ``consensus_samples`` sampled ones, the one
+        :func:`consensus_pick` keeps."""
+        N, S = vis.shape[0], self.consensus_samples
+        many = vis.repeat_interleave(S, dim=0)  # (N * S, K, H): region n's samples in rows n*S .. n*S+S-1
+        fused = None if fusion is None else fusion.rows(0, N, S)  # its probabilities repeated as the rows are
+        devices = [vis.device] if vis.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the caller's random stream stays where it was
+            torch.manual_seed(self.consensus_seed)
+            sampled, _ = generate_captions(lm, self.adapter, tok, many, prompt, self.max_new_tokens,
+                                           batch_size=None if batch_size is None else batch_size * S, do_sample=True,
+                                           temperature=self.consensus_temperature,
+                                           no_repeat_ngram_size=self.no_repeat_ngram_size,
+                                           repetition_penalty=self.repetition_penalty, fusion=fused)
+        candidates = [[decoded[n]] + sampled[n * S : (n + 1) * S] for n in range(N)]
+        picks = consensus_pick(candidates, self.reward_document_frequency)
+        return [c[k] for c, k in zip(candidates, picks)]
