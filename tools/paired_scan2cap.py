@@ -1,14 +1,23 @@
-"""Is run B's Scan2Cap score better than run A's, or noise? Object by object, on the same GT.
+"""Is run B's caption score better than run A's, or noise? Object by object, on the same GT.
 
 Both folders are written by ``dense3d eval --checkpoint`` on the same split and boxes
 (``predictions_boxes.json``, ``ground_truth_boxes.json``). Each GT object's share of
 ``{metric}-R@{iou}`` (its matched caption's score, 0 when unmatched or under the IoU) is taken
-in both runs (:func:`dense3d.eval.scan2cap.paired_difference`); prints both recalls, B - A with
-the standard error of the per-object differences, and how many objects each run does better.
-On ground-truth boxes (one prediction per scored object) recall = precision = F1, so B - A is
-the difference of the F1 that ``dense3d eval`` prints. Axis-aligned boxes, as Scan2Cap.
+in both runs; prints both recalls, B - A with the standard error of the per-object differences,
+and how many objects each run does better. The protocol is the one the folders were scored with
+(``--protocol auto``: TOD3Cap's corrected one where ``metrics.json`` has it, else Scan2Cap's):
 
-    python tools/paired_scan2cap.py outputs/RUN_A/eval_gt40 outputs/RUN_B/eval_gt40 [--iou 0.25] [--metric CIDEr]
+* ``scan2cap`` (:func:`dense3d.eval.scan2cap.paired_difference`): axis-aligned boxes, captions
+  tokenised and wrapped in "sos ... eos", every object with a description. On ground-truth boxes
+  (one prediction per scored object) recall = precision = F1, so B - A is the difference of the
+  F1 that ``dense3d eval`` prints.
+* ``tod3cap`` (:func:`dense3d.eval.tod3cap.paired_difference`): the corrected protocol, the
+  benchmark's box filter (class ranges, boxes without points), rotated 3D IoU, TOD3Cap's cleaning
+  (only standalone "," and "." dropped: "away," is a word of its own). The recall is the
+  ``CIDEr-R@0.25`` ``dense3d eval`` prints, and two runs on the same boxes have F1 = recall times
+  the same factor, so B - A is the F1's difference times it.
+
+    python tools/paired_scan2cap.py outputs/RUN_A/eval_gt40 outputs/RUN_B/eval_gt40 [--iou 0.25] [--metric CIDEr] [--protocol auto]
 """
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ from pathlib import Path
 
 from dense3d.errors import PredictionFormatError, exit_status
 from dense3d.eval.formats import parse_box_predictions, parse_object_gt, read_json
+from dense3d.eval import tod3cap
 from dense3d.eval.scan2cap import METRICS, paired_difference
 from dense3d.eval.scanrefer import is_scored
 from dense3d.utils.argtypes import unit_fraction
@@ -37,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("eval_b", type=Path, help="run B's evaluation folder (the same split and boxes)")
     p.add_argument("--iou", type=unit_fraction, default=0.25)
     p.add_argument("--metric", choices=METRICS, default="CIDEr")
+    p.add_argument("--protocol", choices=("auto", "scan2cap", "tod3cap"), default="auto",
+                   help="auto (default): tod3cap where run A's metrics.json has TOD3Cap's corrected scores, else scan2cap")
     p.add_argument("--out", type=Path, default=None, help="also write the result as JSON here")
     a = p.parse_args(argv)
     if a.out is not None:
@@ -49,12 +61,28 @@ def main(argv: list[str] | None = None) -> int:
         raise PredictionFormatError(gt_b_path, "<file>", f"the ground truth of {gt_path} (the same split and scenes)",
                                     got="different objects")
     gt = parse_object_gt(gt_path, gt_a)
-    if sum(is_scored(o) for objs in gt.values() for o in objs) < 2:
-        raise PredictionFormatError(gt_path, "descriptions", "at least 2 objects with descriptions (a standard error)")
-    preds = [parse_box_predictions(path, data, need_score=True)
-             for path, data in (_read(a.eval_a, "predictions_boxes.json"), _read(a.eval_b, "predictions_boxes.json"))]
-    r = paired_difference(preds[0], preds[1], gt, k=a.iou, metric=a.metric)
-    name = f"{a.metric}-R@{a.iou:g}"
+    pred_files = [_read(a.eval_a, "predictions_boxes.json"), _read(a.eval_b, "predictions_boxes.json")]
+    preds = [parse_box_predictions(path, data, need_score=True) for path, data in pred_files]
+    protocol = a.protocol
+    if protocol == "auto":
+        metrics_path, metrics = _read(a.eval_a, "metrics.json")
+        boxes = metrics.get("boxes") if isinstance(metrics, dict) else None
+        if not isinstance(boxes, dict):
+            raise PredictionFormatError(metrics_path, "boxes", "the box scores dense3d eval writes (or give --protocol)",
+                                        got="none")
+        protocol = "tod3cap" if "tod3cap_corrected" in boxes else "scan2cap"
+    if protocol == "tod3cap":
+        scored = tod3cap.filter_boxes({}, gt, str(gt_path))[1]
+        if sum(bool(o.references) for objs in scored.values() for o in objs) < 2:
+            raise PredictionFormatError(gt_path, "caption", "at least 2 boxes with a caption in the benchmark's ranges "
+                                        "(a standard error)")
+        r = tod3cap.paired_difference(preds[0], preds[1], gt, k=a.iou, metric=a.metric,
+                                      sources=(str(pred_files[0][0]), str(pred_files[1][0])))
+    else:
+        if sum(is_scored(o) for objs in gt.values() for o in objs) < 2:
+            raise PredictionFormatError(gt_path, "descriptions", "at least 2 objects with descriptions (a standard error)")
+        r = paired_difference(preds[0], preds[1], gt, k=a.iou, metric=a.metric)
+    name = f"{protocol} {a.metric}-R@{a.iou:g}"
     spread = f"SE {r['SE']:.1f}, {r['B-A'] / r['SE']:+.1f} SE" if r["SE"] > 0 else "SE 0: the runs score every object the same"
     print(f"{r['objects']} objects, {name}: A {r['A']:.1f}  B {r['B']:.1f}  B - A {r['B-A']:+.1f} ({spread})")
     print(f"B better for {r['B better']} objects, A better for {r['A better']}")

@@ -36,7 +36,8 @@ from dense3d.eval.geometry import giou_aa, iou_aa
 from dense3d.eval.scanrefer import PLACEHOLDER, is_scored, references
 from dense3d.utils.progress import ProgressBar, ensure_progress
 
-__all__ = ["hungarian_pairs", "f1_from_pairs", "dcmap", "evaluate", "per_object_scores", "paired_difference",
+__all__ = ["hungarian_pairs", "f1_from_pairs", "dcmap", "evaluate", "per_object_scores", "paired_difference", "paired_stats",
+           "scorer_for",
            "DCMAP_IOUS", "DCMAP_METEORS", "METRICS"]
 
 DCMAP_IOUS = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -150,7 +151,7 @@ def per_object_scores(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[O
     scores = np.zeros(len(m.objects))  # (n_objects,)
     if m.pairs:
         own = scorer is None
-        scorer = scorer or _scorer_for(metric)
+        scorer = scorer or scorer_for(metric)
         try:
             per = _pair_scores(m, scorer)
         finally:
@@ -163,7 +164,8 @@ def per_object_scores(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[O
     return m.objects, scores
 
 
-def _scorer_for(metric: str) -> CaptionScorer:
+def scorer_for(metric: str) -> CaptionScorer:
+    """A scorer that computes ``metric`` alone (one of :data:`METRICS`; BLEU-4 with BLEU's other orders)."""
     return CaptionScorer(metrics=("BLEU",) if metric == "BLEU-4" else (metric,))
 
 
@@ -179,16 +181,23 @@ def paired_difference(pred_a: dict[str, list[BoxPrediction]], pred_b: dict[str, 
     if n_objects < 2:
         raise ValueError(f"paired_difference: needs at least 2 scored GT objects (with descriptions), got {n_objects}")
     own = scorer is None
-    scorer = scorer or _scorer_for(metric)  # one scorer (one METEOR process) for both runs
+    scorer = scorer or scorer_for(metric)  # one scorer (one METEOR process) for both runs
     try:
         objects, a = per_object_scores(pred_a, gt, k, metric, max_tokens, scorer)
         _, b = per_object_scores(pred_b, gt, k, metric, max_tokens, scorer)
     finally:
         if own:
             scorer.close()
+    return paired_stats(a, b)
+
+
+def paired_stats(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Two runs' per-object shares of one score, (n_objects,) each in the same object order:
+    ``{"objects", "A", "B", "B-A", "SE", "B better", "A better"}``, the means and the mean
+    difference with its standard error from the per-object differences (x100)."""
     d = b - a  # (n_objects,)
     se = float(d.std(ddof=1) / np.sqrt(len(d)))
-    return {"objects": len(objects), "A": 100 * float(a.mean()), "B": 100 * float(b.mean()),
+    return {"objects": len(d), "A": 100 * float(a.mean()), "B": 100 * float(b.mean()),
             "B-A": 100 * float(d.mean()), "SE": 100 * se, "B better": int((d > 0).sum()), "A better": int((d < 0).sum())}
 
 

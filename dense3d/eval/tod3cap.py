@@ -28,6 +28,7 @@ targets, and the Scan2Cap-style precision / recall / F1 of :mod:`dense3d.eval.sc
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -37,10 +38,10 @@ from dense3d.errors import PredictionFormatError
 from dense3d.eval.caption_metrics import CaptionScorer
 from dense3d.eval.formats import BoxPrediction, ObjectGT, unknown_scenes
 from dense3d.eval.geometry import iou_rotated, scale_iou
-from dense3d.eval.scan2cap import f1_from_pairs
+from dense3d.eval.scan2cap import f1_from_pairs, paired_stats, scorer_for
 from dense3d.utils.progress import ProgressBar, ensure_progress
 
-__all__ = ["CLASS_RANGE", "IGNORED_REFERENCE", "filter_boxes", "clean", "evaluate"]
+__all__ = ["CLASS_RANGE", "IGNORED_REFERENCE", "filter_boxes", "clean", "evaluate", "per_object_scores", "paired_difference"]
 
 # nuScenes detection_cvpr_2019 class ranges (metres from the ego, BEV).
 CLASS_RANGE = {
@@ -122,25 +123,42 @@ def _compatible(pred, gt, ious, scorer, bar: ProgressBar) -> dict:
     return result
 
 
+@dataclass
+class _CorrectedPairs:
+    pairs: list[tuple[str, list[str]]] = field(default_factory=list)  # (caption, [reference]) per matched pair, cleaned
+    ious: list[float] = field(default_factory=list)                    # per pair
+    pair_objects: list[int] = field(default_factory=list)              # per pair: its index in ``objects``
+    objects: list[tuple[str, str]] = field(default_factory=list)       # (scene, object_id) per GT box with a caption
+    n_pred: int = 0                                                    # predictions of scenes with ground truth
+
+
+def _corrected_pairs(pred, gt, bev: bool) -> _CorrectedPairs:
+    """The corrected protocol's one-to-one pairs (Hungarian on the negative rotated IoU, scenes
+    sorted) between filtered predictions and the GT boxes with a caption."""
+    m = _CorrectedPairs(n_pred=sum(len(v) for s, v in pred.items() if s in gt))
+    for s in sorted(gt):
+        objs = [o for o in gt[s] if o.references]
+        first = len(m.objects)
+        m.objects += [(s, o.object_id) for o in objs]
+        ps = pred.get(s, [])
+        if not ps or not objs:
+            continue
+        iou = iou_rotated(np.stack([p.box.params for p in ps]), np.stack([o.box.params for o in objs]), bev=bev)
+        rows, cols = linear_sum_assignment(-iou)
+        for r, c in zip(rows, cols):
+            m.pairs.append((clean(ps[r].caption), [clean(objs[c].references[0])]))
+            m.ious.append(float(iou[r, c]))
+            m.pair_objects.append(first + int(c))
+    return m
+
+
 def _corrected(pred, gt, ious, scorer, bar: ProgressBar) -> dict:
     result: dict = {}
     for variant, bev in (("", False), ("/bev", True)):
         bar.add_total(1)
         bar.update(f"matching scenes ({'BEV' if bev else '3D'} IoU, Hungarian)")
-        pairs, pair_iou = [], []
-        n_pred = sum(len(v) for s, v in pred.items() if s in gt)
-        n_gt = 0
-        for s in sorted(gt):
-            objs = [o for o in gt[s] if o.references]
-            n_gt += len(objs)
-            ps = pred.get(s, [])
-            if not ps or not objs:
-                continue
-            iou = iou_rotated(np.stack([p.box.params for p in ps]), np.stack([o.box.params for o in objs]), bev=bev)
-            rows, cols = linear_sum_assignment(-iou)
-            for r, c in zip(rows, cols):
-                pairs.append((clean(ps[r].caption), [clean(objs[c].references[0])]))
-                pair_iou.append(float(iou[r, c]))
+        m = _corrected_pairs(pred, gt, bev)
+        pairs, pair_iou, n_pred, n_gt = m.pairs, m.ious, m.n_pred, len(m.objects)
         bar.advance()
         _, per = scorer.score_many([pairs], progress=bar, names=["BEV" if bev else "3D"])[0] if pairs else ({}, {m: [] for m in _METRICS})
         for k in ious:
@@ -151,6 +169,56 @@ def _corrected(pred, gt, ious, scorer, bar: ProgressBar) -> dict:
                 result[f"{m}-P@{k:g}{variant}"], result[f"{m}-R@{k:g}{variant}"], result[f"{m}-F1@{k:g}{variant}"] = 100 * p, 100 * r, 100 * f
         result[f"pairs{variant}"] = len(pairs)
     return result
+
+
+def per_object_scores(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[ObjectGT]], k: float = 0.25,
+                      metric: str = "CIDEr", scorer: CaptionScorer | None = None, bev: bool = False,
+                      source: str = "predictions") -> tuple[list[tuple[str, str]], np.ndarray]:
+    """Each GT box's share of the corrected protocol's ``{metric}-R@{k}``: after the
+    benchmark's box filter (:func:`filter_boxes`), its matched caption's score (TOD3Cap's
+    cleaning, every matched pair scored in one call as :func:`evaluate` does, so CIDEr's IDF is
+    the same) when the pair's rotated IoU is ``>= k``, else 0; the mean over the GT boxes
+    with a caption is the recall (/100). The F1 is that recall times 2 n_gt / (n_gt + n_pred)
+    (boxes with a caption, predictions), a factor two runs on the same boxes share. Returns the
+    objects ((scene, object_id), scenes sorted) and their scores."""
+    if metric not in ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L"):
+        raise ValueError(f"per_object_scores: metric must be CIDEr, BLEU-4, METEOR or ROUGE-L, got {metric!r}")
+    fp, fg = filter_boxes(pred, gt, source)
+    m = _corrected_pairs(fp, fg, bev)
+    scores = np.zeros(len(m.objects))  # (n_objects,)
+    if m.pairs:
+        own = scorer is None
+        scorer = scorer or scorer_for(metric)
+        try:
+            per = scorer.score_pairs(m.pairs)[1]
+        finally:
+            if own:
+                scorer.close()
+        if metric not in per:
+            raise ValueError(f"per_object_scores: the scorer given does not compute {metric}")
+        passed = np.array(m.ious) >= k
+        scores[np.array(m.pair_objects)[passed]] = np.array(per[metric])[passed]
+    return m.objects, scores
+
+
+def paired_difference(pred_a: dict[str, list[BoxPrediction]], pred_b: dict[str, list[BoxPrediction]],
+                      gt: dict[str, list[ObjectGT]], k: float = 0.25, metric: str = "CIDEr",
+                      scorer: CaptionScorer | None = None,
+                      sources: tuple[str, str] = ("run A's predictions", "run B's predictions")) -> dict[str, float]:
+    """Run B against run A on the same GT boxes under the corrected protocol
+    (:func:`per_object_scores`; :func:`dense3d.eval.scan2cap.paired_stats`). Needs >= 2 GT boxes
+    with a caption. ``sources`` name the two prediction sets in errors."""
+    own = scorer is None
+    scorer = scorer or scorer_for(metric)
+    try:
+        objects, a = per_object_scores(pred_a, gt, k, metric, scorer, source=sources[0])
+        _, b = per_object_scores(pred_b, gt, k, metric, scorer, source=sources[1])
+    finally:
+        if own:
+            scorer.close()
+    if len(objects) < 2:
+        raise ValueError(f"paired_difference: needs at least 2 GT boxes with a caption, got {len(objects)}")
+    return paired_stats(a, b)
 
 
 def evaluate(

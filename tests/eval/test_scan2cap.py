@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from dense3d.eval import scan2cap
+from dense3d.eval import scan2cap, tod3cap
 from dense3d.eval.formats import parse_box_predictions, parse_object_gt
 
 GT = {
@@ -111,8 +111,9 @@ def test_paired_tool_reads_two_eval_folders_and_names_a_different_ground_truth(t
         d.mkdir()
         (d / "ground_truth_boxes.json").write_text(json.dumps(GT))
         (d / "predictions_boxes.json").write_text(json.dumps(PRED))
+        (d / "metrics.json").write_text(json.dumps({"boxes": {"scan2cap": {}}}))  # what dense3d eval wrote: Scan2Cap's
     assert tool.main([str(a), str(b), "--iou", "0.5", "--metric", "ROUGE-L", "--out", str(tmp_path / "r.json")]) == 0
-    assert "3 objects, ROUGE-L-R@0.5" in capsys.readouterr().out
+    assert "3 objects, scan2cap ROUGE-L-R@0.5" in capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["B-A"] == 0.0
     (b / "ground_truth_boxes.json").write_text(json.dumps({"s1": GT["s1"]}))
     with pytest.raises(tool.PredictionFormatError, match="ground_truth_boxes.json"):
@@ -122,6 +123,40 @@ def test_paired_tool_reads_two_eval_folders_and_names_a_different_ground_truth(t
         tool.main([str(a), str(tmp_path / "r.json")])
     with pytest.raises(SystemExit):
         tool.main([str(a), str(a), "--iou", "0"])
+    (a / "metrics.json").unlink()  # auto needs to know how the folders were scored
+    with pytest.raises(tool.PredictionFormatError, match="metrics.json"):
+        tool.main([str(a), str(a)])
+    (a / "metrics.json").write_text(json.dumps({"boxes": []}))
+    with pytest.raises(tool.PredictionFormatError, match="metrics.json.*boxes"):
+        tool.main([str(a), str(a)])
+
+
+def test_paired_tool_scores_tod3cap_folders_with_their_protocol(tmp_path, capsys):
+    """A folder scored with TOD3Cap's corrected protocol is compared with it: its box filter
+    (fewer objects than Scan2Cap counts), and its recall is the one dense3d eval wrote."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from tests.eval.test_tod3cap_protocol import PAIRED_GT, PAIRED_PRED
+
+    spec = importlib.util.spec_from_file_location("paired_scan2cap", Path(__file__).parents[2] / "tools" / "paired_scan2cap.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    a = tmp_path / "a"
+    a.mkdir()
+    gt_file = {s: [{("descriptions" if k == "caption" else k): ([v] if k == "caption" else v) for k, v in o.items()}
+                   for o in objs] for s, objs in PAIRED_GT.items()}  # as dense3d eval writes it
+    (a / "ground_truth_boxes.json").write_text(json.dumps(gt_file))
+    (a / "predictions_boxes.json").write_text(json.dumps({s: [dict(p, score=1.0) for p in v] for s, v in PAIRED_PRED.items()}))
+    pred, gt = parse_box_predictions("p", PAIRED_PRED), parse_object_gt("g", PAIRED_GT)
+    want = tod3cap.evaluate(pred, gt, ious=(0.25,), mode="corrected")["CIDEr-R@0.25"]
+    (a / "metrics.json").write_text(json.dumps({"boxes": {"tod3cap_corrected": {"CIDEr-R@0.25": want}}}))
+    assert tool.main([str(a), str(a), "--out", str(tmp_path / "r.json")]) == 0
+    assert "4 objects, tod3cap CIDEr-R@0.25" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["A"] == pytest.approx(want)
+    assert tool.main([str(a), str(a), "--protocol", "scan2cap"]) == 0  # asked for: every object with a caption
+    assert "6 objects, scan2cap CIDEr-R@0.25" in capsys.readouterr().out
 
 
 def test_cider_idf_comes_from_every_scored_object_as_the_benchmark_scores_its_corpus(scorer):
