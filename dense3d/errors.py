@@ -125,9 +125,9 @@ def exit_status(main: Callable[[], int | None], prog: str) -> int:
     is printed as ``prog: ErrorClass: message`` on one line and gives status 2, no traceback; a
     closed stdout (piped into ``head``) ends it quietly with status 141.
     The ``dense3d`` command and the scripts in ``tools/`` end with ``sys.exit(exit_status(...))``
-    (or through ``dense3d.cli.main``, as ``tools/create_data.py`` does), except two:
-    ``tools/train.py`` is hydra's main and prints bad input in the same one line itself, and
-    ``tools/check_cuda_compile.py`` (a build check) imports nothing of dense3d."""
+    (or through ``dense3d.cli.main``, as ``tools/create_data.py`` does; ``tools/train.py``, hydra's
+    main, prints bad input in the same one line itself and ends through it for the closed
+    stdout), except ``tools/check_cuda_compile.py`` (a build check), which imports nothing of dense3d."""
     try:
         return int(main() or 0)
     except Dense3DError as e:

@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dense3d.engine.train import CONFIG_DIR, check_group_choices, check_hydra_commands, fit
-from dense3d.errors import Dense3DError
+from dense3d.errors import Dense3DError, exit_status
 
 PROG = "tools/train.py"
 
@@ -60,4 +60,4 @@ def check_command_line(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     check_command_line(sys.argv[1:])
-    main()
+    sys.exit(exit_status(main, PROG))  # a closed stdout (``--help | head``): quiet, status 141

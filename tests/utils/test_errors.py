@@ -57,3 +57,16 @@ def test_a_broken_pipe_elsewhere_is_not_swallowed():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "BrokenPipeError" in proc.stderr.splitlines()[-1]
+
+
+def test_train_tools_help_into_a_closed_pipe_ends_quietly():
+    """``python tools/train.py --help | head -1``: hydra prints the help outside the task function,
+    and a reader that left gave a BrokenPipeError traceback (status 1); now 141 and no stderr."""
+    from pathlib import Path
+
+    tool = Path(__file__).parents[2] / "tools" / "train.py"
+    proc = subprocess.Popen([sys.executable, str(tool), "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader leaves before the tool has imported hydra, let alone printed
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert stderr == ""
