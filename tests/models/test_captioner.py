@@ -577,6 +577,26 @@ def test_relation_input_needs_phrases_and_neighbours():
         tiny_captioner(neighbours=0, relation_phrases={"behind": ["behind"]}, relation_input=True)
 
 
+@pytest.mark.parametrize("field,value,needs", [
+    ("relation_hint_lr_scale", 5.0, "relation_input"), ("relation_hint_tokens", False, "relation_input"),
+    ("motion_hint_lr_scale", 5.0, "motion_phrases"), ("hint_embed_lr_scale", 30.0, "relation_input or motion_phrases"),
+    ("consensus_temperature", 0.5, "consensus_samples"), ("consensus_seed", 3, "consensus_samples")])
+def test_settings_of_a_part_not_built_are_refused_not_ignored(field, value, needs):
+    """A hint's rates without the hint, or the consensus samples' temperature without samples,
+    would change nothing: one line naming the setting and what it needs."""
+    def build(**options):
+        return RegionCaptioner(decoder=tiny_llama_decoder(WORDS, hidden_size=H), adapter=LlamaAdapter(H, 4, num_layers=2, prompt_len=4),
+                               qformer=RelationQFormer(64, 4, 1, num_queries=4, num_neighbours=3, region_dim=D, out_dim=H),
+                               class_names={"box": CLASSES}, **options)
+
+    with pytest.raises(ConfigError, match=f"RegionCaptioner: field '{field}'.*without {needs}"):
+        build(**{field: value})
+    enabled = {"relation_input": dict(relation_phrases={"behind": ["behind"]}, relation_input=True),
+               "motion_phrases": dict(motion_phrases={"parked": ["parked"], "moving": ["moving"]}),
+               "consensus_samples": dict(consensus_samples=2)}
+    build(**{field: value}, **enabled[needs.split()[0]])  # with the part: accepted
+
+
 def test_relation_input_on_a_kind_without_regions():
     regions, ctx, _ = oracle_scene()
     empty = dataclasses.replace(regions, features=regions.features[:, :0], geometry=regions.geometry[:, :0],

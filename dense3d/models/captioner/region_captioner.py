@@ -281,6 +281,18 @@ class RegionCaptioner(nn.Module):
         else:
             self.relation_head = nn.Linear(qformer.num_queries * adapter.hidden_size, n_rel)
         self.motion_names, self.motion_phrases = _phrase_groups("motion_phrases", motion_phrases)
+        # settings of a part that is not built would be silently unused: one line instead
+        unused = [("relation_hint_lr_scale", relation_hint_lr_scale, 1.0, self.relation_input, "relation_input"),
+                  ("relation_hint_tokens", relation_hint_tokens, True, self.relation_input, "relation_input"),
+                  ("motion_hint_lr_scale", motion_hint_lr_scale, 1.0, bool(self.motion_names), "motion_phrases"),
+                  ("hint_embed_lr_scale", hint_embed_lr_scale, 1.0, self.relation_input or bool(self.motion_names),
+                   "relation_input or motion_phrases"),
+                  ("consensus_temperature", consensus_temperature, 1.0, consensus_samples != 0, "consensus_samples > 0"),
+                  ("consensus_seed", consensus_seed, 0, consensus_samples != 0, "consensus_samples > 0")]
+        for field, value, default, used, needs in unused:
+            if not used and value != default:
+                raise ConfigError("RegionCaptioner", field, f"its default {default} without {needs} (nothing reads it)",
+                                  got=value)
         self.motion_hint_lr_scale, self.hint_embed_lr_scale = motion_hint_lr_scale, hint_embed_lr_scale
         self.motion_hint: MotionHint | None = None
         if isinstance(motion_fusion, bool) or not isinstance(motion_fusion, (int, float)) or not 0.0 <= motion_fusion <= 1.0:
