@@ -23,6 +23,7 @@ differs: greedy VoteNet matching, NLTK's METEOR, strict ``>``; docs/eval.md says
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -37,7 +38,7 @@ from dense3d.eval.scanrefer import PLACEHOLDER, is_scored, references
 from dense3d.utils.progress import ProgressBar, ensure_progress
 
 __all__ = ["hungarian_pairs", "f1_from_pairs", "dcmap", "evaluate", "per_object_scores", "paired_difference", "paired_stats",
-           "scorer_for",
+           "metric_scorer", "object_shares",
            "DCMAP_IOUS", "DCMAP_METEORS", "METRICS"]
 
 DCMAP_IOUS = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -148,25 +149,37 @@ def per_object_scores(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[O
     if metric not in METRICS:
         raise ValueError(f"per_object_scores: metric must be one of {', '.join(METRICS)}, got {metric!r}")
     m = _match(pred, gt, max_tokens)
-    scores = np.zeros(len(m.objects))  # (n_objects,)
-    if m.pairs:
-        own = scorer is None
-        scorer = scorer or scorer_for(metric)
-        try:
-            per = _pair_scores(m, scorer)
-        finally:
-            if own:
-                scorer.close()
-        if metric not in per:
-            raise ValueError(f"per_object_scores: the scorer given does not compute {metric}")
-        passed = np.array(m.ious) >= k
-        scores[np.array(m.pair_objects)[passed]] = np.array(per[metric])[passed]
-    return m.objects, scores
+    if not m.pairs:
+        return m.objects, np.zeros(len(m.objects))
+    with metric_scorer(scorer, metric) as own_or_given:
+        per = _pair_scores(m, own_or_given)
+    return m.objects, object_shares(len(m.objects), m.pair_objects, m.ious, per, metric, k)
 
 
-def scorer_for(metric: str) -> CaptionScorer:
-    """A scorer that computes ``metric`` alone (one of :data:`METRICS`; BLEU-4 with BLEU's other orders)."""
-    return CaptionScorer(metrics=("BLEU",) if metric == "BLEU-4" else (metric,))
+@contextlib.contextmanager
+def metric_scorer(scorer: CaptionScorer | None, metric: str):
+    """``scorer``, or one made for ``metric`` alone (BLEU-4 with BLEU's other orders) and closed
+    after (its METEOR process)."""
+    if scorer is not None:
+        yield scorer
+        return
+    own = CaptionScorer(metrics=("BLEU",) if metric == "BLEU-4" else (metric,))
+    try:
+        yield own
+    finally:
+        own.close()
+
+
+def object_shares(n_objects: int, pair_objects: Sequence[int], pair_ious: Sequence[float], per_pair: dict,
+                  metric: str, k: float) -> np.ndarray:
+    """(n_objects,) each object's matched pair's ``per_pair[metric]`` score where the pair's IoU is
+    ``>= k``, else 0 (unmatched, or under k): its share of the recall."""
+    if metric not in per_pair:
+        raise ValueError(f"per_object_scores: the scorer given does not compute {metric}")
+    scores = np.zeros(n_objects)  # (n_objects,)
+    passed = np.asarray(pair_ious) >= k
+    scores[np.asarray(pair_objects, dtype=np.int64)[passed]] = np.asarray(per_pair[metric])[passed]
+    return scores
 
 
 def paired_difference(pred_a: dict[str, list[BoxPrediction]], pred_b: dict[str, list[BoxPrediction]],
@@ -180,14 +193,9 @@ def paired_difference(pred_a: dict[str, list[BoxPrediction]], pred_b: dict[str, 
     n_objects = sum(is_scored(o) for objs in gt.values() for o in objs)
     if n_objects < 2:
         raise ValueError(f"paired_difference: needs at least 2 scored GT objects (with descriptions), got {n_objects}")
-    own = scorer is None
-    scorer = scorer or scorer_for(metric)  # one scorer (one METEOR process) for both runs
-    try:
-        objects, a = per_object_scores(pred_a, gt, k, metric, max_tokens, scorer)
-        _, b = per_object_scores(pred_b, gt, k, metric, max_tokens, scorer)
-    finally:
-        if own:
-            scorer.close()
+    with metric_scorer(scorer, metric) as both:  # one scorer (one METEOR process) for both runs
+        _, a = per_object_scores(pred_a, gt, k, metric, max_tokens, both)
+        _, b = per_object_scores(pred_b, gt, k, metric, max_tokens, both)
     return paired_stats(a, b)
 
 

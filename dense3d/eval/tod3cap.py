@@ -38,7 +38,7 @@ from dense3d.errors import PredictionFormatError
 from dense3d.eval.caption_metrics import CaptionScorer
 from dense3d.eval.formats import BoxPrediction, ObjectGT, unknown_scenes
 from dense3d.eval.geometry import iou_rotated, scale_iou
-from dense3d.eval.scan2cap import f1_from_pairs, paired_stats, scorer_for
+from dense3d.eval.scan2cap import f1_from_pairs, metric_scorer, object_shares, paired_stats
 from dense3d.utils.progress import ProgressBar, ensure_progress
 
 __all__ = ["CLASS_RANGE", "IGNORED_REFERENCE", "filter_boxes", "clean", "evaluate", "per_object_scores", "paired_difference"]
@@ -185,20 +185,11 @@ def per_object_scores(pred: dict[str, list[BoxPrediction]], gt: dict[str, list[O
         raise ValueError(f"per_object_scores: metric must be CIDEr, BLEU-4, METEOR or ROUGE-L, got {metric!r}")
     fp, fg = filter_boxes(pred, gt, source)
     m = _corrected_pairs(fp, fg, bev)
-    scores = np.zeros(len(m.objects))  # (n_objects,)
-    if m.pairs:
-        own = scorer is None
-        scorer = scorer or scorer_for(metric)
-        try:
-            per = scorer.score_pairs(m.pairs)[1]
-        finally:
-            if own:
-                scorer.close()
-        if metric not in per:
-            raise ValueError(f"per_object_scores: the scorer given does not compute {metric}")
-        passed = np.array(m.ious) >= k
-        scores[np.array(m.pair_objects)[passed]] = np.array(per[metric])[passed]
-    return m.objects, scores
+    if not m.pairs:
+        return m.objects, np.zeros(len(m.objects))
+    with metric_scorer(scorer, metric) as own_or_given:
+        per = own_or_given.score_pairs(m.pairs)[1]
+    return m.objects, object_shares(len(m.objects), m.pair_objects, m.ious, per, metric, k)
 
 
 def paired_difference(pred_a: dict[str, list[BoxPrediction]], pred_b: dict[str, list[BoxPrediction]],
@@ -208,14 +199,9 @@ def paired_difference(pred_a: dict[str, list[BoxPrediction]], pred_b: dict[str, 
     """Run B against run A on the same GT boxes under the corrected protocol
     (:func:`per_object_scores`; :func:`dense3d.eval.scan2cap.paired_stats`). Needs >= 2 GT boxes
     with a caption. ``sources`` name the two prediction sets in errors."""
-    own = scorer is None
-    scorer = scorer or scorer_for(metric)
-    try:
-        objects, a = per_object_scores(pred_a, gt, k, metric, scorer, source=sources[0])
-        _, b = per_object_scores(pred_b, gt, k, metric, scorer, source=sources[1])
-    finally:
-        if own:
-            scorer.close()
+    with metric_scorer(scorer, metric) as both:  # one scorer (one METEOR process) for both runs
+        objects, a = per_object_scores(pred_a, gt, k, metric, both, source=sources[0])
+        _, b = per_object_scores(pred_b, gt, k, metric, both, source=sources[1])
     if len(objects) < 2:
         raise ValueError(f"paired_difference: needs at least 2 GT boxes with a caption, got {len(objects)}")
     return paired_stats(a, b)
