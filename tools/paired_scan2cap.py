@@ -15,7 +15,7 @@ and how many objects each run does better. The protocol is the one the folders w
   benchmark's box filter (class ranges, boxes without points), rotated 3D IoU, TOD3Cap's cleaning
   (only standalone "," and "." dropped: "away," is a word of its own). The recall is the
   ``CIDEr-R@0.25`` ``dense3d eval`` prints, and two runs on the same boxes have F1 = recall times
-  the same factor, so B - A is the F1's difference times it.
+  the same factor, so B - A is the F1's difference divided by it.
 
     python tools/paired_scan2cap.py outputs/RUN_A/eval_gt40 outputs/RUN_B/eval_gt40 [--iou 0.25] [--metric CIDEr] [--protocol auto]
 """
@@ -65,12 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     preds = [parse_box_predictions(path, data, need_score=True) for path, data in pred_files]
     protocol = a.protocol
     if protocol == "auto":
-        metrics_path, metrics = _read(a.eval_a, "metrics.json")
-        boxes = metrics.get("boxes") if isinstance(metrics, dict) else None
-        if not isinstance(boxes, dict):
-            raise PredictionFormatError(metrics_path, "boxes", "the box scores dense3d eval writes (or give --protocol)",
-                                        got="none")
-        protocol = "tod3cap" if "tod3cap_corrected" in boxes else "scan2cap"
+        found = []
+        for folder in (a.eval_a, a.eval_b):
+            metrics_path, metrics = _read(folder, "metrics.json")
+            boxes = metrics.get("boxes") if isinstance(metrics, dict) else None
+            if not isinstance(boxes, dict):
+                raise PredictionFormatError(metrics_path, "boxes", "the box scores dense3d eval writes (or give --protocol)",
+                                            got="none")
+            found.append((metrics_path, "tod3cap" if "tod3cap_corrected" in boxes else "scan2cap"))
+        if found[0][1] != found[1][1]:
+            raise PredictionFormatError(found[1][0], "boxes", f"scores of the same protocol as {found[0][0]} "
+                                        f"({found[0][1]}; or give --protocol)", got=found[1][1])
+        protocol = found[0][1]
     if protocol == "tod3cap":
         scored = tod3cap.filter_boxes({}, gt, str(gt_path))[1]
         if sum(bool(o.references) for objs in scored.values() for o in objs) < 2:

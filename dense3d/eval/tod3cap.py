@@ -199,11 +199,12 @@ def paired_difference(pred_a: dict[str, list[BoxPrediction]], pred_b: dict[str, 
     """Run B against run A on the same GT boxes under the corrected protocol
     (:func:`per_object_scores`; :func:`dense3d.eval.scan2cap.paired_stats`). Needs >= 2 GT boxes
     with a caption. ``sources`` name the two prediction sets in errors."""
+    n_objects = sum(bool(o.references) for objs in filter_boxes({}, gt)[1].values() for o in objs)
+    if n_objects < 2:
+        raise ValueError(f"paired_difference: needs at least 2 GT boxes with a caption, got {n_objects}")
     with metric_scorer(scorer, metric) as both:  # one scorer (one METEOR process) for both runs
-        objects, a = per_object_scores(pred_a, gt, k, metric, both, source=sources[0])
+        _, a = per_object_scores(pred_a, gt, k, metric, both, source=sources[0])
         _, b = per_object_scores(pred_b, gt, k, metric, both, source=sources[1])
-    if len(objects) < 2:
-        raise ValueError(f"paired_difference: needs at least 2 GT boxes with a caption, got {len(objects)}")
     return paired_stats(a, b)
 
 

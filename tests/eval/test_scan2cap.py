@@ -157,6 +157,13 @@ def test_paired_tool_scores_tod3cap_folders_with_their_protocol(tmp_path, capsys
     assert json.loads((tmp_path / "r.json").read_text())["A"] == pytest.approx(want)
     assert tool.main([str(a), str(a), "--protocol", "scan2cap"]) == 0  # asked for: every object with a caption
     assert "6 objects, scan2cap CIDEr-R@0.25" in capsys.readouterr().out
+    b = tmp_path / "b"
+    b.mkdir()
+    for name in ("ground_truth_boxes.json", "predictions_boxes.json"):
+        (b / name).write_text((a / name).read_text())
+    (b / "metrics.json").write_text(json.dumps({"boxes": {"scan2cap": {}}}))  # scored with the other protocol
+    with pytest.raises(tool.PredictionFormatError, match="b/metrics.json.*same protocol.*tod3cap.*got scan2cap"):
+        tool.main([str(a), str(b)])
 
 
 def test_cider_idf_comes_from_every_scored_object_as_the_benchmark_scores_its_corpus(scorer):

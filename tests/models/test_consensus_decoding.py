@@ -47,8 +47,8 @@ def test_frequencies_from_a_corpus_and_the_edge_cases():
     corpus = CiderDocumentFrequency.from_references([["a red car parked"], ["a blue truck moving"], ["a gray car moving"],
                                                      ["a red bus parked far away"]])
     one = [["a red car parked", "a red car moving", "a red car moving"]]
-    assert consensus_pick(one) == [0]  # one region counts one document: every n-gram weighs log(1) = 0
-    assert consensus_pick(one, corpus) == [1]  # a corpus weighs them: the majority wins
+    assert consensus_pick(one) == [1]  # one region: each candidate a document, and the majority wins
+    assert consensus_pick(one, corpus) == [1]  # a corpus weighs them too
     assert consensus_pick([["only one"], ["a", "a"]]) == [0, 0]
     with pytest.raises(ConfigError, match="consensus_pick.*candidates.*at least one caption per region"):
         consensus_pick([["a red car"], []])
@@ -62,7 +62,8 @@ def _captioner(samples: int, temperature: float = 1.5) -> RegionCaptioner:
     model = RegionCaptioner(decoder=tiny_llama_decoder(VOCAB, hidden_size=32),
                             adapter=LlamaAdapter(32, 4, num_layers=2, prompt_len=4),
                             qformer=RelationQFormer(32, 4, 1, num_queries=4, num_neighbours=0, region_dim=16, out_dim=32),
-                            max_new_tokens=6, consensus_samples=samples, consensus_temperature=temperature)
+                            max_new_tokens=6, consensus_samples=samples,
+                            consensus_temperature=temperature if samples else 1.0)
     with torch.no_grad():
         model.adapter.gates.fill_(0.5)
     return model.eval()  # no dropout: the encoded tokens are the same on every call

@@ -284,7 +284,8 @@ def consensus_pick(candidates: list[list[str]], document_frequency=None) -> list
         document_frequency: CIDEr-D's n-gram document frequencies
             (:class:`~dense3d.models.losses.caption.CiderDocumentFrequency`); None: counted over
             the regions here, one document per region (all its candidates), as an evaluation
-            counts one per region's references.
+            counts one per region's references; with a single region, one per candidate (one
+            document would weigh every n-gram log(1) = 0 and keep the first candidate).
     Returns:
         one index per region.
     """
@@ -294,7 +295,8 @@ def consensus_pick(candidates: list[list[str]], document_frequency=None) -> list
         raise ConfigError("consensus_pick", "candidates", "at least one caption per region",
                           got=[len(c) for c in candidates])
     if document_frequency is None:
-        document_frequency = CiderDocumentFrequency.from_references(candidates)
+        documents = candidates if len(candidates) > 1 else [[c] for c in candidates[0]]
+        document_frequency = CiderDocumentFrequency.from_references(documents)
     hyps, refs, owner = [], [], []
     for n, cands in enumerate(candidates):
         if len(cands) < 2:

@@ -670,9 +670,18 @@ class RegionCaptioner(nn.Module):
         N, S = vis.shape[0], self.consensus_samples
         many = vis.repeat_interleave(S, dim=0)  # (N * S, K, H): region n's samples in rows n*S .. n*S+S-1
         fused = None if fusion is None else fusion.rows(0, N, S)  # its probabilities repeated as the rows are
-        devices = [vis.device] if vis.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # the caller's random stream stays where it was
-            torch.manual_seed(self.consensus_seed)
+        dev = vis.device
+        # the caller's random streams stay where they were: the CPU's and the decoding device's are
+        # saved and put back, and only those two are seeded (torch.manual_seed would also seed, or
+        # queue a seed for, every other accelerator)
+        with torch.random.fork_rng(devices=[] if dev.type == "cpu" else [dev],
+                                   device_type="cuda" if dev.type == "cpu" else dev.type):
+            torch.random.default_generator.manual_seed(self.consensus_seed)
+            if dev.type == "cuda":
+                with torch.cuda.device(dev):
+                    torch.cuda.manual_seed(self.consensus_seed)  # this device's generator alone
+            elif dev.type != "cpu":
+                torch.get_device_module(dev.type).manual_seed(self.consensus_seed)
             sampled, _ = generate_captions(lm, self.adapter, tok, many, prompt, self.max_new_tokens,
                                            batch_size=None if batch_size is None else batch_size * S, do_sample=True,
                                            temperature=self.consensus_temperature,
