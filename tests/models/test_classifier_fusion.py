@@ -115,10 +115,12 @@ def test_generation_with_fusion_says_only_the_chosen_groups_words_in_each_row_be
             assert set(words) <= set(phrases[row]), (beams, batch, text)
 
 
-def test_motion_fusion_in_the_captioner_follows_the_motion_hint():
+@pytest.mark.parametrize("consensus,batch", [(0, None), (3, None), (3, 1), (3, 2)])
+def test_motion_fusion_in_the_captioner_follows_the_motion_hint(consensus, batch):
     """``RegionCaptioner(motion_fusion=1.0)``: the motion hint's classifier (made sure of one
     group per class here) decides every group word each box's caption states, row by row across a
-    padded batch; 0.0 (default) changes nothing."""
+    padded batch; 0.0 (default) changes nothing. With consensus decoding the samples are fused
+    too, each with its own region's row, in batches of any size."""
     g = torch.Generator().manual_seed(3)
     geometry = torch.cat([torch.randn(2, 3, 3, generator=g) * 5, torch.ones(2, 3, 3), torch.zeros(2, 3, 1)], -1)  # (B, R, 7)
     labels = torch.tensor([[0, 1, 1], [1, 0, 0]])  # car, truck
@@ -132,13 +134,14 @@ def test_motion_fusion_in_the_captioner_follows_the_motion_hint():
         model = RegionCaptioner(decoder=decoder, adapter=LlamaAdapter(32, 4, num_layers=2, prompt_len=4),
                                 qformer=RelationQFormer(32, 4, 1, num_queries=4, num_neighbours=0, region_dim=16, out_dim=32),
                                 class_names={"box": ["car", "truck"]}, max_new_tokens=8,
-                                motion_phrases={"even": phrases[0], "odd": phrases[1]}, motion_fusion=fusion)
+                                motion_phrases={"even": phrases[0], "odd": phrases[1]}, motion_fusion=fusion,
+                                consensus_samples=consensus, consensus_temperature=2.0 if consensus else 1.0)
         with torch.no_grad():
             model.adapter.gates.fill_(0.5)
         return model, phrases
 
     def captions(model) -> list[tuple[str, str]]:
-        return [(c.label, c.text) for scene in model.generate(regions) for c in scene]
+        return [(c.label, c.text) for scene in model.generate(regions, batch_size=batch) for c in scene]
 
     plain, _ = captioner(0.0)
     want = captions(plain)
