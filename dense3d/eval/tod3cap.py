@@ -157,8 +157,8 @@ def _corrected(pred, gt, ious, scorer, bar: ProgressBar) -> dict:
     for variant, bev in (("", False), ("/bev", True)):
         bar.add_total(1)
         bar.update(f"matching scenes ({'BEV' if bev else '3D'} IoU, Hungarian)")
-        m = _corrected_pairs(pred, gt, bev)
-        pairs, pair_iou, n_pred, n_gt = m.pairs, m.ious, m.n_pred, len(m.objects)
+        matched = _corrected_pairs(pred, gt, bev)
+        pairs, pair_iou, n_pred, n_gt = matched.pairs, matched.ious, matched.n_pred, len(matched.objects)
         bar.advance()
         _, per = scorer.score_many([pairs], progress=bar, names=["BEV" if bev else "3D"])[0] if pairs else ({}, {m: [] for m in _METRICS})
         for k in ious:
