@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iou", type=unit_fraction, default=0.25)
     p.add_argument("--metric", choices=METRICS, default="CIDEr")
     p.add_argument("--protocol", choices=("auto", "scan2cap", "tod3cap"), default="auto",
-                   help="auto (default): tod3cap where run A's metrics.json has TOD3Cap's corrected scores, else scan2cap")
+                   help="auto (default): tod3cap where the folders' metrics.json have TOD3Cap's corrected scores, "
+                        "else scan2cap (folders scored with different protocols are refused)")
     p.add_argument("--out", type=Path, default=None, help="also write the result as JSON here")
     a = p.parse_args(argv)
     if a.out is not None:
