@@ -208,7 +208,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", regions: st
     config leaves at its default (``+model.captioner.repetition_penalty=1.2``); the weights must
     still fit. ``new_parts``: prefixes of the model's weights (``"captioner.motion_hint."``) the
     checkpoint may lack, left as the config builds them: a part the overrides add, to be fitted
-    after loading (tools/fit_motion_hint.py); every other weight must still be there."""
+    after loading (tools/fit_hint.py); every other weight must still be there."""
     from dense3d.engine.checkpoint import check_config_targets, check_weight_shapes, load_checkpoint
 
     if not isinstance(path, (str, Path)):

@@ -119,11 +119,12 @@ def test_probe_tokens_tool_probes_a_trained_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_fit_motion_hint_tool_fits_a_new_hint_onto_a_trained_run(tmp_path):
-    """tools/fit_motion_hint.py on a 2-step demo run trained without a motion hint: the hint is
-    added, its classifier fitted on the train split's boxes, and written with the rest of the
-    run, unchanged, as a new run folder that loads and generates with fusion on; the old run is
-    untouched; a run without a hint, and an --out in use, are one-line errors."""
+def test_fit_hint_tool_fits_a_new_hint_onto_a_trained_run(tmp_path):
+    """tools/fit_hint.py on a 2-step demo run trained without hints: the motion hint, then the
+    relation hint (on the pair features) is added, its classifier fitted on the train split's
+    boxes, and written with the rest of the run, unchanged, as a new run folder that loads and
+    generates with fusion on; the old run is untouched; a run without a hint, a relation hint that
+    reads the Q-Former's tokens, and an --out in use, are one-line errors."""
     import importlib.util
 
     import torch
@@ -133,7 +134,7 @@ def test_fit_motion_hint_tool_fits_a_new_hint_onto_a_trained_run(tmp_path):
     run = tmp_path / "run"
     assert main(["demo", "--out", str(run), "--steps", "2", *TINY_CAPTIONER]) == 0
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("fit_motion_hint", root / "tools" / "fit_motion_hint.py")
+    spec = importlib.util.spec_from_file_location("fit_hint", root / "tools" / "fit_hint.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     words = "+model.captioner.motion_phrases={parked: [parked], moving: [moving]}"  # the tiny LLM's words
@@ -142,7 +143,7 @@ def test_fit_motion_hint_tool_fits_a_new_hint_onto_a_trained_run(tmp_path):
     out = tmp_path / "fitted"
     assert tool.main([str(run), "--out", str(out), "--steps", "50", "--held-out", "0.3", words,
                       "+model.captioner.motion_fusion=1.0"]) == 0
-    summary = json.loads((out / "fit_motion_hint.json").read_text())
+    summary = json.loads((out / "fit_hint.json").read_text())
     assert summary["rows"]["fitted"] > 0 and summary["rows"]["held_out"] > 0
     assert 0 <= summary["held_out_accuracy"]["after"] <= 100
     fitted = dense3d.api.load(out, regions="gt")
@@ -156,17 +157,38 @@ def test_fit_motion_hint_tool_fits_a_new_hint_onto_a_trained_run(tmp_path):
     assert (run / "config.yaml").read_text() == config and dense3d.api.load(run).model.captioner.motion_hint is None
     # a run without a hint, and an --out that holds a run: refused, nothing written
     for args in ([str(run), "--out", str(tmp_path / "none")], [str(run), "--out", str(out), words]):
-        r = subprocess.run([sys.executable, str(root / "tools" / "fit_motion_hint.py"), *args], capture_output=True, text=True)
-        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and r.stderr.startswith("tools/fit_motion_hint.py: "), r.stderr
+        r = subprocess.run([sys.executable, str(root / "tools" / "fit_hint.py"), *args], capture_output=True, text=True)
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and r.stderr.startswith("tools/fit_hint.py: "), r.stderr
     assert not (tmp_path / "none").exists()
-    assert json.loads((out / "fit_motion_hint.json").read_text()) == summary
+    assert json.loads((out / "fit_hint.json").read_text()) == summary
+    # the relation hint on the pair features, onto the same run; one that reads the Q-Former's tokens is refused
+    rel = ["+model.captioner.relation_phrases={behind: [behind], in_front_of: [in front of]}", "+model.captioner.relation_input=true"]
+    r = subprocess.run([sys.executable, str(root / "tools" / "fit_hint.py"), str(run), "--hint", "relation", "--out",
+                        str(tmp_path / "tokens"), *rel], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "relation_hint_tokens=true" in r.stderr, r.stderr
+    assert not (tmp_path / "tokens").exists()
+    out = tmp_path / "fitted_relation"
+    assert tool.main([str(run), "--hint", "relation", "--out", str(out), "--steps", "50", "--held-out", "0.3", *rel,
+                      "+model.captioner.relation_hint_tokens=false", "+model.captioner.relation_fusion=1.0",
+                      "+model.captioner.relation_fusion_after=[a]"]) == 0
+    summary = json.loads((out / "fit_hint.json").read_text())
+    assert summary["hint"] == "relation" and set(summary["answers"]) == {"behind", "in_front_of", "none"}
+    assert summary["rows"]["fitted"] > 0 and 0 <= summary["held_out_accuracy"]["after"] <= 100
+    fitted = dense3d.api.load(out, regions="gt")
+    head = fitted.model.captioner.relation_head
+    assert fitted.model.captioner.relation_fusion == 1.0 and not head.tokens
+    state = fitted.model.state_dict()
+    for k, v in before.items():
+        torch.testing.assert_close(state[k], v)
+    assert not (head.embed.weight != 0).any()  # its map: still zero
+    assert len(fitted.caption(sample)) == len(sample.boxes)
 
 
 TOOL_BAD_INPUTS = {  # each script in tools/ given a missing input
     "caption_facts.py": ["/nope", "/nope"],
     "captioner_ceiling.py": ["/nope", "--steps", "1"],
     "fact_costs.py": ["/nope", "/nope"],
-    "fit_motion_hint.py": ["/nope", "--out", "{tmp}/x"],
+    "fit_hint.py": ["/nope", "--out", "{tmp}/x"],
     "merge_synth_sets.py": ["--kind", "outdoor", "{tmp}/merged", "/nope"],
     "paired_scan2cap.py": ["/nope", "/nope", "--out", "{tmp}/x.json"],
     "plot_runs.py": ["run=/nope", "--out", "{tmp}/x.png"],

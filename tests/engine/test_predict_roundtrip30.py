@@ -116,7 +116,7 @@ def test_load_overrides_one_string_a_non_string_and_a_typo(indoor_run):
 
 
 def test_load_new_parts_may_be_missing_and_nothing_else(indoor_run):
-    """``new_parts``: a part the overrides add (tools/fit_motion_hint.py) may be missing from the
+    """``new_parts``: a part the overrides add (tools/fit_hint.py) may be missing from the
     checkpoint, and only that part; one prefix may be a str."""
     added = "+model.class_embedding=true"  # a learned vector per class: weights the checkpoint lacks
     with pytest.raises(CheckpointError, match="missing"):

@@ -7,7 +7,8 @@ import torch
 
 from dense3d.errors import ConfigError
 from dense3d.models.captioner.decoder import tiny_llama_decoder, word_tokenizer
-from dense3d.models.captioner.generate import ClassifierFusion, generate_captions, phrase_first_tokens
+from dense3d.models.captioner.generate import (ClassifierFusion, generate_captions, phrase_first_tokens,
+                                               phrase_token_sequences)
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.captioner.qformer import RelationQFormer
 from dense3d.models.captioner.region_captioner import RegionCaptioner
@@ -171,3 +172,172 @@ def test_motion_fusion_in_the_captioner_follows_the_motion_hint(consensus, batch
                         motion_fusion=0.5)
     with pytest.raises(ConfigError, match="motion_fusion.*\\[0, 1\\]"):
         captioner(2.0)
+
+
+# phrases of several tokens: "to the left" (10 11 12), "to the right" (10 11 13), "between" (14);
+# 99 is the token after which a phrase may begin (a comma), the prompt is two tokens
+PHRASES = [[(10, 11, 12)], [(10, 11, 13)], [(14,)]]
+
+
+def _step(generated: list[int], scores: torch.Tensor, q: torch.Tensor, weight: float = 1.0, after=(99,)) -> torch.Tensor:
+    """The fused (V,) scores of one row that has generated ``generated`` after a 2-token prompt."""
+    ids = torch.tensor([[3, 99] + generated])  # the prompt ends with the "after" token: it must not count
+    return ClassifierFusion(PHRASES, q[None], weight, after=after, prompt_length=2)(ids, scores[None])[0]
+
+
+def test_fusion_follows_phrases_token_by_token_and_chooses_where_they_part():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(20, generator=g) * 2  # (V,)
+    p = scores.softmax(-1)
+    q = torch.tensor([0.7, 0.1, 0.2])
+    others = [t for t in range(20) if t not in (10, 14)]
+    # the caption's start: "to" leads to both "to the ..." groups and carries both their shares
+    f = _step([], scores, q).softmax(-1)
+    mass = p[10] + p[14]
+    torch.testing.assert_close(f[10], 0.8 * mass)
+    torch.testing.assert_close(f[14], 0.2 * mass)
+    torch.testing.assert_close(f[others], p[others])
+    # after "to the": only "left" / "right" are candidates, and the classifier's answer between
+    # those two groups, renormalised, chooses; "to" and "between" cannot begin here
+    f = _step([10, 11], scores, q).softmax(-1)
+    torch.testing.assert_close(f[[12, 13]].sum(), p[[12, 13]].sum())
+    torch.testing.assert_close(f[12] / f[[12, 13]].sum(), torch.tensor(7 / 8))
+    rest = [t for t in range(20) if t not in (12, 13)]
+    torch.testing.assert_close(f[rest], p[rest])
+    # the same after the "after" token; but not after any other token, nor anywhere once begun elsewhere
+    torch.testing.assert_close(_step([5, 99, 10, 11], scores, q), _step([10, 11], scores, q))
+    torch.testing.assert_close(_step([5, 10, 11], scores, q), scores)
+    torch.testing.assert_close(_step([5], scores, q), scores)
+    f = _step([5, 99], scores, q).softmax(-1)  # a new phrase may begin after the comma
+    torch.testing.assert_close(f[14], 0.2 * mass)
+    # after=None: a phrase may begin anywhere
+    f = _step([5], scores, q, after=None).softmax(-1)
+    torch.testing.assert_close(f[14], 0.2 * mass)
+    # weight 0 leaves every state as it is, shared tokens included
+    for gen in ([], [10], [10, 11], [99, 10, 11], [7]):
+        torch.testing.assert_close(_step(gen, scores, q, weight=0.0).softmax(-1), p)
+
+
+def test_fusion_of_one_token_phrases_is_unchanged_by_the_state():
+    """First tokens alone (the motion words) without ``after``: the same at every step."""
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randn(2, 10, generator=g)
+    q = torch.softmax(torch.randn(2, 3, generator=g), -1)
+    f = ClassifierFusion(GROUPS, q, 1.0)
+    as_ints = f(torch.tensor([[4, 4], [2, 9]]), scores)
+    as_seqs = ClassifierFusion([[(t,) for t in ids] for ids in GROUPS], q, 1.0)(torch.zeros(2, 1, dtype=torch.long), scores)
+    torch.testing.assert_close(as_ints, as_seqs)
+    torch.testing.assert_close(as_ints, _fused(scores, q, 1.0))
+
+
+def test_phrase_token_sequences_are_the_phrases_tokens():
+    tok = word_tokenizer(["describe the object. to the left right of between a car"])
+    prompt = "Describe the object."
+    seqs = phrase_token_sequences(tok, [["to the left of", "left of"], ["to the right of"], ["between"]], prompt)
+    ids = tok.convert_tokens_to_ids
+    assert seqs == [[tuple(ids(["to", "the", "left", "of"])), tuple(ids(["left", "of"]))],
+                    [tuple(ids(["to", "the", "right", "of"]))], [tuple(ids(["between"]))]]
+    with pytest.raises(ConfigError, match=r"test: field 'phrases'.*'between' is also in group 0"):
+        phrase_token_sequences(tok, [["between"], ["between"]], prompt, source="test")
+    with pytest.raises(ConfigError, match=r"test: field 'phrases'.*'behind' has the unknown token"):
+        phrase_token_sequences(tok, [["behind"]], prompt, source="test")
+
+
+def _relation_captioner(fusion: float, after=None, **kw):
+    torch.manual_seed(0)
+    decoder = tiny_llama_decoder(VOCAB, hidden_size=32)
+    phrases = _halves(decoder.tokenizer)
+    model = RegionCaptioner(decoder=decoder, adapter=LlamaAdapter(32, 4, num_layers=2, prompt_len=4),
+                            qformer=RelationQFormer(32, 4, 1, num_queries=4, num_neighbours=2, region_dim=16, out_dim=32),
+                            class_names={"box": ["car", "truck"]}, max_new_tokens=8,
+                            relation_phrases={"even": phrases[0], "odd": phrases[1]}, relation_input=True,
+                            relation_hint_tokens=False, relation_fusion=fusion, relation_fusion_after=after, **kw)
+    with torch.no_grad():
+        model.adapter.gates.fill_(0.5)
+    return model, phrases
+
+
+def test_relation_fusion_in_the_captioner_follows_the_relation_hint():
+    """``RegionCaptioner(relation_fusion=1.0)``: the relation hint's answer among the relations
+    (its "none" column left out, however sure) decides every group word the captions state; 0.0
+    changes nothing; the settings it needs are checked."""
+    g = torch.Generator().manual_seed(3)
+    geometry = torch.cat([torch.randn(1, 3, 3, generator=g) * 5, torch.ones(1, 3, 3), torch.zeros(1, 3, 1)], -1)  # (B, R, 7)
+    regions = RegionFeatures("box", torch.randn(1, 3, 16, generator=g), geometry, torch.full((1, 3), 0.9),
+                             torch.tensor([[0, 1, 1]]), torch.ones(1, 3, dtype=torch.bool))
+
+    def captions(model) -> list[str]:
+        return [c.text for scene in model.generate(regions) for c in scene]
+
+    want = captions(_relation_captioner(0.0)[0])
+    for chosen in (0, 1):
+        model, phrases = _relation_captioner(1.0)
+        with torch.no_grad():  # a constant answer: "none" surest, then the chosen relation
+            last = model.relation_head.classifier[-1]
+            last.weight.zero_()
+            last.bias.copy_(torch.tensor([10.0, -10.0, 30.0] if chosen == 0 else [-10.0, 10.0, 30.0]))
+        got = captions(model)
+        assert any(got)
+        for text in got:
+            assert set(w for w in text.split() if w.isalpha() and w not in ("describe", "the", "object")) <= set(phrases[chosen]), text
+        assert got != want
+        model.relation_fusion = 0.0  # the hint's map is zero: without fusion, the plain captions
+        assert captions(model) == want
+    with pytest.raises(ConfigError, match="relation_fusion.*relation_input"):
+        RegionCaptioner(decoder=tiny_llama_decoder(VOCAB, hidden_size=32), adapter=LlamaAdapter(32, 4, num_layers=2, prompt_len=4),
+                        qformer=RelationQFormer(32, 4, 1, num_queries=4, num_neighbours=2, region_dim=16, out_dim=32),
+                        relation_fusion=0.5)
+    with pytest.raises(ConfigError, match="relation_fusion.*\\[0, 1\\]"):
+        _relation_captioner(-0.5)
+    with pytest.raises(ConfigError, match="relation_fusion_after.*without relation_fusion"):
+        _relation_captioner(0.0, after=[","])
+    with pytest.raises(ConfigError, match="relation_fusion_after.*a list of texts"):
+        _relation_captioner(1.0, after=",")
+    with pytest.raises(ConfigError, match="relation_fusion_gate.*\"mass\" or \"top\""):
+        _relation_captioner(1.0, relation_fusion_gate="all")
+    with pytest.raises(ConfigError, match="motion_fusion_gate.*without motion_fusion"):
+        _relation_captioner(1.0, motion_fusion_gate="top")
+    with pytest.raises(ConfigError, match="relation_fusion_phrases.*for each of relation_phrases' names"):
+        _relation_captioner(1.0, relation_fusion_phrases={"even": ["a"]})
+    with pytest.raises(ConfigError, match="relation_fusion_phrases.*without relation_fusion"):
+        _relation_captioner(0.0, relation_fusion_phrases={"even": ["a"], "odd": []})
+    # the chosen relation's phrases left out: the one group left keeps the LLM's own split, nothing changes
+    model, phrases = _relation_captioner(1.0, relation_fusion_phrases={"even": phrases[0], "odd": []})
+    with torch.no_grad():
+        model.relation_head.classifier[-1].weight.zero_()
+        model.relation_head.classifier[-1].bias.copy_(torch.tensor([-10.0, 10.0, 0.0]))
+    assert captions(model) == want
+    model, _ = _relation_captioner(1.0, after=["red car"])
+    with pytest.raises(ConfigError, match="relation_fusion_after.*one token each.*'red car' is 2 tokens"):
+        model.generate(regions)
+    model, phrases = _relation_captioner(1.0, after=["red"])  # a phrase may begin only first or after "red"
+    with torch.no_grad():
+        model.relation_head.classifier[-1].weight.zero_()
+        model.relation_head.classifier[-1].bias.copy_(torch.tensor([10.0, -10.0, 0.0]))
+    got = captions(model)
+    assert any(got)
+    for text in got:
+        words = text.split()
+        fused = [w for k, w in enumerate(words) if k == 0 or words[k - 1] == "red"]
+        assert fused and set(fused) <= set(phrases[0]), text
+    # elsewhere the LLM's own words stay (with after=None every word would be of the chosen group)
+    assert any(set(t.split()) - set(phrases[0]) - {"describe", "the", "object"} for t in got), got
+
+
+def test_the_top_gate_fuses_only_where_the_llms_most_likely_token_is_a_candidate():
+    """gate="top": a row whose most likely token begins no phrase keeps its scores, though its
+    groups' fused mass would outweigh that token under "mass"; a row whose top token is one is
+    fused as under "mass"."""
+    scores = torch.full((2, 10), -5.0)
+    scores[0, [1, 5, 7]] = torch.tensor([1.0, 1.0, 1.0])  # three groups of 1/4 each ...
+    scores[0, 3] = 1.2  # ... below another token, which leads the row
+    scores[1, [1, 5, 7, 3]] = torch.tensor([2.0, 1.0, 1.0, 1.5])  # a group's token leads
+    q = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    mass = ClassifierFusion(GROUPS, q, 1.0)(torch.zeros(2, 1, dtype=torch.long), scores)
+    top = ClassifierFusion(GROUPS, q, 1.0, gate="top")(torch.zeros(2, 1, dtype=torch.long), scores)
+    assert mass[0].argmax() == 5  # "mass": the fused group now leads: a phrase the LLM would not state
+    torch.testing.assert_close(top[0], scores[0])
+    torch.testing.assert_close(top[1], mass[1])
+    assert top[1].argmax() == 7
+    with pytest.raises(ConfigError, match="ClassifierFusion.*gate"):
+        ClassifierFusion(GROUPS, q, 1.0, gate="always")

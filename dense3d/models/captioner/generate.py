@@ -23,7 +23,7 @@ from dense3d.errors import ConfigError
 from dense3d.models.checks import check_int
 
 __all__ = ["prompt_ids", "caption_ids", "span_token_weights", "teacher_forcing_batch", "generate_captions",
-           "check_decoding", "decoding_processors", "processed_logits", "phrase_first_tokens", "ClassifierFusion",
+           "check_decoding", "decoding_processors", "processed_logits", "phrase_first_tokens", "phrase_token_sequences", "ClassifierFusion",
            "consensus_pick"]
 
 IGNORE = -100  # label of tokens without loss (prompt, padding)
@@ -204,67 +204,152 @@ def phrase_first_tokens(tokenizer, groups: list[list[str]], prompt: str, source:
     return out
 
 
+def phrase_token_sequences(tokenizer, groups: list[list[str]], prompt: str,
+                           source: str = "phrase fusion") -> list[list[tuple[int, ...]]]:
+    """Per group of phrases, each phrase's token ids where it follows a space in a caption
+    (:func:`_caption_encoding` after ``prompt``), without repeats: what :class:`ClassifierFusion`
+    follows token by token. Groups may share tokens ("to the left of" / "to the right of"): the
+    fusion then chooses at the first token that tells them apart. A ConfigError, naming ``source``,
+    for a phrase with the unknown token or a phrase of two groups."""
+    out, owner = [], {}
+    for g, phrases in enumerate(groups):
+        seqs = []
+        for phrase in phrases:
+            ids = tuple(_caption_encoding(tokenizer, phrase, prompt)[0])
+            if not ids or tokenizer.unk_token_id in ids:
+                raise ConfigError(source, "phrases", "phrases the LLM's tokenizer has tokens for",
+                                  got=f"{phrase!r} has the unknown token {tokenizer.unk_token!r}" if ids else repr(phrase))
+            if owner.setdefault(ids, g) != g:
+                raise ConfigError(source, "phrases", "phrases of one group each", got=f"{phrase!r} is also in group {owner[ids]}")
+            if ids not in seqs:
+                seqs.append(ids)
+        out.append(seqs)
+    return out
+
+
 class ClassifierFusion:
     """A logits processor for ``generate`` that lets a classifier choose among phrase groups where
     the LLM states one: the LLM decides *whether* a group's phrase comes next, the fused answer
     decides *which*.
 
-    At every step, let P be the LLM's probability of each group's first tokens
-    (:func:`phrase_first_tokens`), P_g their sum per group and M the sum over all groups. The
-    groups' share becomes r_g ~ (P_g / M)^(1 - w) q_g^w (a product of experts; ``weight`` w = 1:
-    the classifier's answer q alone, 0: unchanged), each group's tokens keep the LLM's split of its
-    mass, and the mass M stays: p'(t) = M r_g P_t / P_g (a group the LLM makes impossible, P_g = 0,
-    stays so). Every other token keeps its probability,
-    so sampling states a group's phrase exactly as often as the LLM would, and a caption that
-    states none is not pushed to state one; greedy search takes the fused best where it still
-    beats every other token. Shallow fusion (an external model's scores added to the
-    decoder's at each step, as in speech recognition), restricted to the tokens the classifier
-    knows; transformers' processors only mask or bias tokens, none renormalises a group.
+    At every step, the *candidates* are the tokens that start a group's phrase, or continue one the
+    sequence has begun (a phrase of several tokens is followed token by token). Let P_t be the
+    LLM's probability of candidate t, n_t the number of groups it leads on to, P_g = sum of P_t / n_t
+    over the candidates of group g, and M the candidates' total. The groups' share becomes
+    r_g ~ (P_g / M)^(1 - w) q_g^w over the groups a candidate leads to (a product of experts;
+    ``weight`` w = 1: the classifier's answer q alone, renormalised over them; 0: unchanged), and
+    each candidate gets p'(t) = M sum over its groups of r_g (P_t / n_t) / P_g (a group the LLM
+    makes impossible, P_g = 0, stays so). The mass M stays and every other token keeps its
+    probability, so sampling states a group's phrase exactly as often as the LLM would, and a
+    caption that states none is not pushed to state one; greedy search takes the fused best where
+    it still beats every other token. A token shared by groups ("to" of "to the left of" and "to
+    the right of") carries the classifier's mass of all of them; the choice falls at the token
+    that tells them apart, where only the groups still reachable compete.
+
+    Shallow fusion (an external model's scores added to the decoder's at each step, as in speech
+    recognition), restricted to the tokens the classifier knows; transformers' processors only
+    mask or bias tokens, none renormalises a group.
+
+    Where a phrase's first token also begins other text ("in" of "in front of" and of "in the
+    distance"), fusing it would move that text's mass too: leave such phrases out of the groups,
+    or limit where phrases may begin with ``after``.
 
     Args:
-        token_groups: per group (class of the classifier), its first-token ids.
+        token_groups: per group (class of the classifier), its phrases' token ids
+            (:func:`phrase_token_sequences`), or their first tokens alone as ints
+            (:func:`phrase_first_tokens`).
         probs: (N, G) the classifier's probabilities, one row per region of the batch.
         weight: w above, in [0, 1].
+        after: token ids after which a phrase may begin (and at the caption's start); None: anywhere.
+        prompt_length: tokens before the caption in the ``input_ids`` the processor is given
+            (``generate_captions`` sets it).
+        gate: "mass" (default): every step is fused as above. "top": only the steps where the LLM's
+            most likely token is a candidate, so greedy search states a phrase exactly where it
+            would without the classifier. Under "mass" greedy search may state one where the LLM
+            spreads its mass over several groups' first tokens and the fused group's share of it
+            outweighs the LLM's top token (at a caption's start that changes the sentence's
+            template).
     """
 
-    def __init__(self, token_groups: list[list[int]], probs: torch.Tensor, weight: float):
+    def __init__(self, token_groups, probs: torch.Tensor, weight: float, after=None, prompt_length: int = 0,
+                 gate: str = "mass"):
         if len(token_groups) != probs.shape[-1]:
             raise ConfigError("ClassifierFusion", "probs", f"one column per group ({len(token_groups)})",
                               got=tuple(probs.shape))
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
             raise ConfigError("ClassifierFusion", "weight", "a number in [0, 1]", got=weight)
-        self.token_groups, self.probs, self.weight = token_groups, probs.float(), float(weight)
-        self.tokens = torch.tensor([t for ids in token_groups for t in ids], dtype=torch.long)  # (U,)
-        self.group = torch.tensor([g for g, ids in enumerate(token_groups) for _ in ids], dtype=torch.long)  # (U,)
+        self.token_groups = [[(s,) if isinstance(s, int) else tuple(s) for s in seqs] for seqs in token_groups]
+        if gate not in ("mass", "top"):
+            raise ConfigError("ClassifierFusion", "gate", '"mass" or "top"', got=gate)
+        self.probs, self.weight, self.prompt_length, self.gate = probs.float(), float(weight), int(prompt_length), gate
+        self.after = None if after is None else frozenset(int(t) for t in after)
+        self.phrases = [(g, s) for g, seqs in enumerate(self.token_groups) for s in seqs]  # (group, ids)
+        universe = sorted({t for _, s in self.phrases for t in s})
+        self.tokens = torch.tensor(universe, dtype=torch.long)  # (U,) every token of every phrase
+        self._column = {t: u for u, t in enumerate(universe)}
+        G = len(self.token_groups)
+        # without multi-token phrases or ``after``, the candidates are the same first tokens at every step
+        self._static = None
+        if self.after is None and all(len(s) == 1 for _, s in self.phrases):
+            self._static = self._membership([[]], G)[0]  # (U, G)
 
-    def rows(self, start: int, stop: int, num_beams: int = 1) -> "ClassifierFusion":
+    def rows(self, start: int, stop: int, num_beams: int = 1, prompt_length: int | None = None) -> "ClassifierFusion":
         """The processor for regions ``start:stop`` of the batch, each repeated ``num_beams`` times
         (``generate`` expands a row into its beams next to each other)."""
-        return ClassifierFusion(self.token_groups, self.probs[start:stop].repeat_interleave(num_beams, 0), self.weight)
+        return ClassifierFusion(self.token_groups, self.probs[start:stop].repeat_interleave(num_beams, 0), self.weight,
+                                self.after, self.prompt_length if prompt_length is None else prompt_length, self.gate)
+
+    def _membership(self, generated: list[list[int]], G: int) -> torch.Tensor:
+        """(N, U, G) 1 where token u, next, starts or continues a phrase of group g in that row."""
+        A = torch.zeros(len(generated), len(self.tokens), G)
+        for n, gen in enumerate(generated):
+            L = len(gen)
+            for g, seq in self.phrases:
+                for j in range(min(len(seq), L + 1)):  # j tokens of the phrase already written
+                    if tuple(gen[L - j:]) != seq[:j]:
+                        continue
+                    begin = L - j
+                    if self.after is not None and begin > 0 and gen[begin - 1] not in self.after:
+                        continue
+                    A[n, self._column[seq[j]], g] = 1.0
+        return A
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """(N, V) scores -> (N, V), out of place."""
         if scores.shape[0] != self.probs.shape[0]:
             raise ConfigError("ClassifierFusion", "probs", f"one row per generated sequence ({scores.shape[0]})",
                               got=tuple(self.probs.shape))
-        tokens, group = self.tokens.to(scores.device), self.group.to(scores.device)
+        N, G = self.probs.shape
+        if self._static is not None:
+            A = self._static.expand(N, -1, -1)  # (U, G) -> (N, U, G)
+        else:
+            A = self._membership(input_ids[:, self.prompt_length:].tolist(), G)  # (N, U, G)
+        A = A.to(scores.device)
+        tokens = self.tokens.to(scores.device)
         q = self.probs.to(scores.device)  # (N, G)
-        log_z = scores.float().logsumexp(-1, keepdim=True)  # (N, 1)
-        p_tok = (scores.float()[:, tokens] - log_z).exp()  # (N, U) the LLM's probabilities
-        p_group = torch.zeros_like(q).index_add_(1, group, p_tok)  # (N, G)
-        mass = p_group.sum(-1, keepdim=True)  # (N, 1)
         tiny = torch.finfo(torch.float32).tiny
+        log_z = scores.float().logsumexp(-1, keepdim=True)  # (N, 1)
+        n_t = A.sum(-1)  # (N, U) groups each candidate leads to; 0: not a candidate now
+        p_tok = (scores.float()[:, tokens] - log_z).exp() * (n_t > 0)  # (N, U) the LLM's probabilities of the candidates
+        part = A * (p_tok / n_t.clamp_min(1)).unsqueeze(-1)  # (N, U, G) each candidate's mass, split among its groups
+        p_group = part.sum(1)  # (N, G)
+        mass = p_group.sum(-1, keepdim=True)  # (N, 1) M
+        reachable = A.amax(1) > 0  # (N, G)
         log_share = (1.0 - self.weight) * (p_group.clamp_min(tiny) / mass.clamp_min(tiny)).log() \
             + self.weight * q.clamp_min(tiny).log()  # (N, G)
-        keep = mass > tiny  # (N, 1) rows where the LLM gives the groups no mass stay as they are
-        # a group the LLM makes impossible (masked by the n-gram block, or below float32) stays so: its
-        # share would otherwise go to no token and the row's group mass shrink below M
-        log_share = log_share.masked_fill((p_group <= 0) & keep, -float("inf"))
-        share = log_share.log_softmax(-1).exp()  # (N, G) r
-        within = p_tok / p_group[:, group].clamp_min(tiny)  # (N, U) each token's part of its group
-        new = (mass * share[:, group] * within).log() + log_z  # (N, U) back on the scores' scale; a masked token stays -inf
+        keep = mass > tiny  # (N, 1) rows where the LLM gives the candidates no mass stay as they are
+        if self.gate == "top":  # and rows whose most likely token is not a candidate
+            top = scores.argmax(-1, keepdim=True)  # (N, 1)
+            keep = keep & ((tokens.unsqueeze(0) == top) & (n_t > 0)).any(-1, keepdim=True)  # (N, 1)
+        # a group the LLM makes impossible (masked by the n-gram block, or below float32) stays so, and
+        # one no candidate leads to gets no share: either would go to no token and shrink M
+        log_share = log_share.masked_fill(((p_group <= 0) | ~reachable) & keep, -float("inf"))
+        share = log_share.log_softmax(-1).exp().nan_to_num(0.0)  # (N, G) r (a row with no group left: all 0)
+        new_p = mass * (share.unsqueeze(1) * part / p_group.clamp_min(tiny).unsqueeze(1)).sum(-1)  # (N, U)
+        new = new_p.log() + log_z  # back on the scores' scale; a masked candidate stays -inf
+        fused = keep & (n_t > 0)  # (N, U) only candidates change
         out = scores.clone()
-        out[:, tokens] = torch.where(keep, new.to(scores.dtype), scores[:, tokens])
+        out[:, tokens] = torch.where(fused, new.to(scores.dtype), scores[:, tokens])
         return out
 
 
@@ -339,7 +424,7 @@ def generate_captions(lm, adapter, tokenizer, visual: torch.Tensor, prompt: str,
                       num_beams: int = 1, batch_size: int | None = None, do_sample: bool = False,
                       temperature: float = 1.0, no_repeat_ngram_size: int = 0,
                       repetition_penalty: float = 1.0,
-                      fusion: ClassifierFusion | None = None) -> tuple[list[str], list[list[int]]]:
+                      fusion: ClassifierFusion | list[ClassifierFusion] | None = None) -> tuple[list[str], list[list[int]]]:
     """Captions for N regions sharing one prompt.
 
     Args:
@@ -356,6 +441,8 @@ def generate_captions(lm, adapter, tokenizer, visual: torch.Tensor, prompt: str,
             "behind the ego car, behind the ego car, ..." loops of a briefly trained adapter.
         repetition_penalty: divide the logits of tokens already in the sequence by this (CTRL's
             penalty, transformers' ``repetition_penalty``; 1.0: off).
+        fusion: :class:`ClassifierFusion` processors (one per classifier: motion, relation), their
+            rows in the order of ``visual``'s; applied after the processors above, in this order.
     Returns:
         (texts, token ids without the prompt, cut after eos) for the N regions.
     """
@@ -367,6 +454,7 @@ def generate_captions(lm, adapter, tokenizer, visual: torch.Tensor, prompt: str,
     p = torch.tensor(prompt_ids(tokenizer, prompt), dtype=torch.long, device=visual.device)
     if p.numel() == 0:
         raise ConfigError("generate_captions", "prompt", "a prompt of at least one token", got=repr(prompt))
+    fusions = [] if fusion is None else [fusion] if isinstance(fusion, ClassifierFusion) else list(fusion)
     texts, seqs = [], []
     step = batch_size or N
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -374,10 +462,11 @@ def generate_captions(lm, adapter, tokenizer, visual: torch.Tensor, prompt: str,
         v = visual[s : s + step]  # (n, K, H)
         ids = p.unsqueeze(0).expand(v.shape[0], -1)  # (n, P): same prompt, no padding needed
         kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
-        if fusion is not None:
+        if fusions:
             from transformers.generation.logits_process import LogitsProcessorList
 
-            kw["logits_processor"] = LogitsProcessorList([fusion.rows(s, s + v.shape[0], num_beams)])
+            kw["logits_processor"] = LogitsProcessorList([f.rows(s, s + v.shape[0], num_beams, prompt_length=ids.shape[1])
+                                                          for f in fusions])
         with adapter.conditioned_on(v), _own_generation_config(lm, tokenizer):
             out = lm.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,

@@ -86,7 +86,7 @@ class MotionHint(nn.Module):
 
     def inputs(self, labels: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
         """(..., L + BOX_DIMS) classifier inputs of (...) class indices and (..., 7) boxes: the
-        class one-hot and :func:`box_motion_features` (also what tools/fit_motion_hint.py fits on)."""
+        class one-hot and :func:`box_motion_features` (also what tools/fit_hint.py fits on)."""
         dtype = self.embed.weight.dtype
         one_hot = F.one_hot(labels.clamp(0, self.num_labels - 1), self.num_labels).to(dtype)  # (..., L)
         return torch.cat([one_hot, box_motion_features(geometry.to(dtype), self.space_scale)], -1)  # (..., L + BOX_DIMS)

@@ -28,8 +28,8 @@ from dense3d.errors import ConfigError
 from dense3d.models.captioner.decoder import FrozenDecoder
 from dense3d.models.captioner.frozen_prefix import FrozenPrefixCache, caption_loss_top_layers
 from dense3d.models.captioner.generate import (ClassifierFusion, check_decoding, consensus_pick, decoding_processors,
-                                               generate_captions, phrase_first_tokens, processed_logits,
-                                               teacher_forcing_batch)
+                                               generate_captions, phrase_first_tokens, phrase_token_sequences,
+                                               processed_logits, teacher_forcing_batch)
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.captioner.motion_hint import MotionHint
 from dense3d.models.captioner.qformer import RelationQFormer
@@ -201,6 +201,30 @@ class RegionCaptioner(nn.Module):
             where the LLM states a motion word, which word is chosen from the LLM's and the
             classifier's answers (w = 1: the classifier's alone). 0.0 (default): the LLM's alone.
             ``generate`` only; SCST samples without it.
+        relation_fusion: with ``relation_input``, the weight w in [0, 1] of the relation hint's
+            classifier when generating, as ``motion_fusion``: where the LLM begins a relation
+            phrase of ``relation_phrases``, which relation it states is chosen from the LLM's and
+            the classifier's answers; the LLM still writes the targets. Phrases are followed token
+            by token (:func:`~dense3d.models.captioner.generate.phrase_token_sequences`), so
+            "to the left of" and "to the right of" are told apart at "left" / "right". 0.0
+            (default): the LLM's alone. ``generate`` only.
+        relation_fusion_after: with ``relation_fusion``, the texts (one token each, ``[","]``)
+            after which a relation phrase may begin, besides the caption's start. Outdoors the
+            phrase that says where the box lies ("in front of the ego car", "behind the ego car")
+            shares its first words with relations, but never follows a comma. None (default):
+            anywhere.
+        relation_fusion_phrases: with ``relation_fusion``, the phrases it follows, per relation of
+            ``relation_phrases`` (the same names; a relation may have none). Leave out a phrase
+            whose first token also begins other text where relations come: outdoors "in front of"
+            begins "in the distance" after a comma too, and fusing it moves the distance phrase's
+            mass to other relations. None (default): ``relation_phrases``.
+        motion_fusion_gate, relation_fusion_gate: where each fusion acts
+            (:class:`~dense3d.models.captioner.generate.ClassifierFusion`'s ``gate``): "mass", at
+            every step, or "top", only where the LLM's most likely token begins or continues a
+            phrase, so greedy search states one exactly where it would without fusion. Defaults:
+            "mass" for motion (measured: 4.2 CIDEr above "top" outdoors), "top" for relations
+            (under "mass", a relation the LLM gives some mass at a caption's start became the
+            fused top token there, and changed the sentence's template; docs/results.md, session 49).
         consensus_samples: S > 0: ``generate`` also samples S captions per region (at
             ``consensus_temperature``, the same processors and fusion) and keeps, of the greedy /
             beam caption and the S samples, the one with the highest mean CIDEr-D against the
@@ -222,7 +246,11 @@ class RegionCaptioner(nn.Module):
                  scst_samples: int = 1, relation_phrases: dict[str, Sequence[str]] | None = None,
                  relation_input: bool = False, relation_hint_lr_scale: float = 1.0, relation_hint_tokens: bool = True,
                  motion_phrases: dict[str, Sequence[str]] | None = None, motion_hint_lr_scale: float = 1.0,
-                 hint_embed_lr_scale: float = 1.0, motion_fusion: float = 0.0, consensus_samples: int = 0,
+                 hint_embed_lr_scale: float = 1.0, motion_fusion: float = 0.0, relation_fusion: float = 0.0,
+                 relation_fusion_after: Sequence[str] | None = None,
+                 relation_fusion_phrases: dict[str, Sequence[str]] | None = None, motion_fusion_gate: str = "mass",
+                 relation_fusion_gate: str = "top",
+                 consensus_samples: int = 0,
                  consensus_temperature: float = 1.0, consensus_seed: int = 0):
         super().__init__()
         if adapter.prompt_len != qformer.num_queries:
@@ -287,6 +315,10 @@ class RegionCaptioner(nn.Module):
                   ("motion_hint_lr_scale", motion_hint_lr_scale, 1.0, bool(self.motion_names), "motion_phrases"),
                   ("hint_embed_lr_scale", hint_embed_lr_scale, 1.0, self.relation_input or bool(self.motion_names),
                    "relation_input or motion_phrases"),
+                  ("relation_fusion_after", relation_fusion_after, None, relation_fusion != 0, "relation_fusion > 0"),
+                  ("relation_fusion_phrases", relation_fusion_phrases, None, relation_fusion != 0, "relation_fusion > 0"),
+                  ("motion_fusion_gate", motion_fusion_gate, "mass", motion_fusion != 0, "motion_fusion > 0"),
+                  ("relation_fusion_gate", relation_fusion_gate, "top", relation_fusion != 0, "relation_fusion > 0"),
                   ("consensus_temperature", consensus_temperature, 1.0, consensus_samples != 0, "consensus_samples > 0"),
                   ("consensus_seed", consensus_seed, 0, consensus_samples != 0, "consensus_samples > 0")]
         for field, value, default, used, needs in unused:
@@ -300,7 +332,34 @@ class RegionCaptioner(nn.Module):
         if motion_fusion > 0 and not self.motion_names:
             raise ConfigError("RegionCaptioner", "motion_fusion", "motion_phrases (the classifier it fuses)", got="none")
         self.motion_fusion = float(motion_fusion)
-        self._fusion_tokens: dict[str, list[list[int]]] = {}  # per region kind: the motion words' first tokens
+        if isinstance(relation_fusion, bool) or not isinstance(relation_fusion, (int, float)) \
+                or not 0.0 <= relation_fusion <= 1.0:
+            raise ConfigError("RegionCaptioner", "relation_fusion", "a weight in [0, 1] (0.0: off)", got=relation_fusion)
+        if relation_fusion > 0 and not self.relation_input:
+            raise ConfigError("RegionCaptioner", "relation_fusion", "relation_input (the classifier it fuses)",
+                              got=self.relation_input)
+        if relation_fusion_after is not None and (isinstance(relation_fusion_after, str) or not all(
+                isinstance(t, str) and t for t in relation_fusion_after)):
+            raise ConfigError("RegionCaptioner", "relation_fusion_after", "a list of texts ([\",\"])",
+                              got=relation_fusion_after)
+        self.relation_fusion = float(relation_fusion)
+        for field, gate in (("motion_fusion_gate", motion_fusion_gate), ("relation_fusion_gate", relation_fusion_gate)):
+            if gate not in ("mass", "top"):
+                raise ConfigError("RegionCaptioner", field, '"mass" or "top"', got=gate)
+        self.fusion_gates = {"motion": motion_fusion_gate, "relation": relation_fusion_gate}
+        self.relation_fusion_phrases = self.relation_phrases
+        if relation_fusion_phrases is not None:
+            if not isinstance(relation_fusion_phrases, Mapping) or set(relation_fusion_phrases) != set(self.relation_names) \
+                    or any(isinstance(v, str) or not all(isinstance(p, str) and p.strip() for p in v)
+                           for v in relation_fusion_phrases.values()):
+                raise ConfigError("RegionCaptioner", "relation_fusion_phrases",
+                                  f"a list of phrases for each of relation_phrases' names {self.relation_names}",
+                                  got=relation_fusion_phrases)
+            self.relation_fusion_phrases = [list(relation_fusion_phrases[n]) for n in self.relation_names]
+        self.relation_fusion_after = None if relation_fusion_after is None else list(relation_fusion_after)
+        # per (region kind, "motion" / "relation"): the phrases' tokens and the "after" token ids, read
+        # from the tokenizer, which is loaded with the LLM, on first use
+        self._fusion_tokens: dict[tuple[str, str], tuple[list, list[int] | None]] = {}
         check_int("RegionCaptioner", "consensus_samples", consensus_samples, 0)
         if isinstance(consensus_temperature, bool) or not isinstance(consensus_temperature, (int, float)) \
                 or not (math.isfinite(consensus_temperature) and consensus_temperature > 0):
@@ -644,13 +703,7 @@ class RegionCaptioner(nn.Module):
             if not rows:
                 continue
             vis = v[r.mask.bool()]  # (N, K, H), row-major order = rows
-            fusion = None
-            if self.motion_fusion > 0 and "motion" in h:
-                if r.kind not in self._fusion_tokens:  # the tokenizer is loaded with the LLM, on first use
-                    self._fusion_tokens[r.kind] = phrase_first_tokens(tok, self.motion_phrases, self.prompts[r.kind],
-                                                                      "RegionCaptioner.motion_phrases")
-                fusion = ClassifierFusion(self._fusion_tokens[r.kind], h["motion"][r.mask.bool()].softmax(-1),
-                                          self.motion_fusion)  # (N, M) in the rows' order of vis
+            fusion = self._fusions(tok, r, h)
             with self._precision():
                 texts, _ = generate_captions(lm, self.adapter, tok, vis, self.prompts[r.kind], self.max_new_tokens,
                                              num_beams, batch_size,
@@ -663,13 +716,47 @@ class RegionCaptioner(nn.Module):
                 out[b].append(region_record(r, b, i, names, text))
         return out
 
+    def _fusions(self, tok, r: RegionFeatures, h: dict[str, torch.Tensor]) -> list[ClassifierFusion]:
+        """The :class:`ClassifierFusion` processors of ``motion_fusion`` and ``relation_fusion`` for
+        the regions of ``r`` (rows in the order of ``r.mask``'s True entries)."""
+        out = []
+        for name, weight in (("motion", self.motion_fusion), ("relation", self.relation_fusion)):
+            if weight <= 0 or name not in h:
+                continue
+            key = (r.kind, name)
+            if key not in self._fusion_tokens:
+                if name == "motion":  # one-token words (refused otherwise), fused wherever they come
+                    self._fusion_tokens[key] = (phrase_first_tokens(tok, self.motion_phrases, self.prompts[r.kind],
+                                                                    "RegionCaptioner.motion_phrases"), None)
+                else:
+                    self._fusion_tokens[key] = (phrase_token_sequences(tok, self.relation_fusion_phrases, self.prompts[r.kind],
+                                                                       "RegionCaptioner.relation_fusion_phrases"),
+                                                self._after_ids(tok))
+            groups, after = self._fusion_tokens[key]
+            probs = h[name][r.mask.bool()].softmax(-1)[:, : len(groups)]  # (N, C): the relation's "none" column dropped
+            out.append(ClassifierFusion(groups, probs, weight, after=after, gate=self.fusion_gates[name]))
+        return out
+
+    def _after_ids(self, tok) -> list[int] | None:
+        """``relation_fusion_after`` as token ids (each text one token; a ConfigError otherwise)."""
+        if self.relation_fusion_after is None:
+            return None
+        ids = []
+        for text in self.relation_fusion_after:
+            t = tok(text, add_special_tokens=False)["input_ids"]
+            if len(t) != 1:
+                raise ConfigError("RegionCaptioner", "relation_fusion_after", "texts of one token each",
+                                  got=f"{text!r} is {len(t)} tokens")
+            ids.append(t[0])
+        return ids
+
     def _consensus(self, lm, tok, vis: torch.Tensor, prompt: str, decoded: list[str], batch_size: int | None,
-                   fusion: ClassifierFusion | None) -> list[str]:
+                   fusion: list[ClassifierFusion]) -> list[str]:
         """Per region, of its decoded caption and ``consensus_samples`` sampled ones, the one
         :func:`consensus_pick` keeps."""
         N, S = vis.shape[0], self.consensus_samples
         many = vis.repeat_interleave(S, dim=0)  # (N * S, K, H): region n's samples in rows n*S .. n*S+S-1
-        fused = None if fusion is None else fusion.rows(0, N, S)  # its probabilities repeated as the rows are
+        fused = [f.rows(0, N, S) for f in fusion]  # their probabilities repeated as the rows are
         dev = vis.device
         # the caller's random streams stay where they were: the CPU's and the decoding device's are
         # saved and put back, and only those two are seeded (torch.manual_seed would also seed, or

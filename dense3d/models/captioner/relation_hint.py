@@ -79,6 +79,7 @@ class RelationHint(nn.Module):
                  embed_lr_scale: float = 1.0):
         super().__init__()
         lr_scale = check_lr_scale("RelationHint", lr_scale)
+        self.lr_scale = lr_scale  # the classifier's and pair maps' stored weights are their weights / lr_scale
         self.num_queries, self.out_dim = num_queries, out_dim
         self.pair_in = nn.ModuleDict({kind: nn.Linear(dims, d_model) for kind, dims in PAIR_DIMS.items()})
         self.tokens = bool(tokens)
