@@ -130,6 +130,8 @@ def test_fit_hint_tool_fits_a_new_hint_onto_a_trained_run(tmp_path):
     import torch
 
     import dense3d.api
+    import dense3d.structures.sample
+    from dense3d.models.proposals.boxes.detector import head_labels
 
     run = tmp_path / "run"
     assert main(["demo", "--out", str(run), "--steps", "2", *TINY_CAPTIONER]) == 0
@@ -181,6 +183,17 @@ def test_fit_hint_tool_fits_a_new_hint_onto_a_trained_run(tmp_path):
     for k, v in before.items():
         torch.testing.assert_close(state[k], v)
     assert not (head.embed.weight != 0).any()  # its map: still zero
+    # what the tool fits on is what the hint reads when captioning the ground-truth boxes
+    pair, valid, _, _, _ = tool.relation_rows(fitted, "val", 1)
+    boxes = sample.boxes
+    regions = dense3d.structures.sample.RegionFeatures(
+        "box", torch.zeros(1, len(boxes), 4), boxes.boxes.tensor[None, :, :7].float(), torch.ones(1, len(boxes)),
+        head_labels(boxes, fitted.model.box_detector.class_names)[None], torch.ones(1, len(boxes), dtype=torch.bool))
+    with torch.no_grad():
+        want = head(regions, torch.zeros(1, len(boxes), 4), fitted.model.captioner.qformer)[0][0]  # (R, C)
+        got = tool.relation_logits(head, pair, valid)
+    rows = [k for k, refs in enumerate(boxes.captions[: len(boxes)]) for _ in refs]  # one row per reference
+    torch.testing.assert_close(got, want[rows])
     assert len(fitted.caption(sample)) == len(sample.boxes)
 
 

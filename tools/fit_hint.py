@@ -132,6 +132,13 @@ def relation_rows(loaded, split: str, limit: int | None) -> tuple[torch.Tensor, 
     return (torch.stack(pairs), torch.stack(valids), torch.tensor(rels), torch.stack(labels), torch.tensor(scenes))
 
 
+def relation_logits(hint, pair: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(n, C) the relation hint's logits of ``relation_rows``' (n, k, P) pair features and (n, k)
+    validity: what ``RelationHint.forward`` computes for a box without the relation tokens."""
+    tok = hint.pair_in["box"](pair) * valid.unsqueeze(-1).to(pair.dtype)  # (n, k, D)
+    return hint.classifier(tok.flatten(1))  # (n, k, D) -> (n, k*D) -> (n, C)
+
+
 def accuracy(classify, x, y: torch.Tensor) -> float:
     """% of rows whose argmax of ``classify(x)`` is ``y``."""
     with torch.no_grad():
@@ -226,12 +233,11 @@ def main(argv: list[str] | None = None) -> int:
                               got="none" if hint is None else "relation_hint_tokens=true (it reads the Q-Former's tokens)")
         pair, valid, answers, labels, scenes = relation_rows(loaded, a.split, a.limit)
         x = (pair, valid)
-        pair_in = hint.pair_in["box"]
-        params, names = list(pair_in.parameters()) + list(hint.classifier.parameters()), [*captioner.relation_names, "none"]
+        params = list(hint.pair_in["box"].parameters()) + list(hint.classifier.parameters())
+        names = [*captioner.relation_names, "none"]
 
-        def classify(rows):  # what RelationHint.forward computes without the relation tokens
-            pr, ok = rows
-            return hint.classifier((pair_in(pr) * ok.unsqueeze(-1).to(pr.dtype)).flatten(1))  # (n, k, D) -> (n, k*D) -> (n, C)
+        def classify(rows):
+            return relation_logits(hint, *rows)
     cut = int(scenes.max()) + 1 - max(1, math.ceil(a.held_out * (int(scenes.max()) + 1)))
     train, held = scenes < cut, scenes >= cut
     if not train.any():

@@ -179,10 +179,12 @@ def test_motion_fusion_in_the_captioner_follows_the_motion_hint(consensus, batch
 PHRASES = [[(10, 11, 12)], [(10, 11, 13)], [(14,)]]
 
 
-def _step(generated: list[int], scores: torch.Tensor, q: torch.Tensor, weight: float = 1.0, after=(99,)) -> torch.Tensor:
-    """The fused (V,) scores of one row that has generated ``generated`` after a 2-token prompt."""
-    ids = torch.tensor([[3, 99] + generated])  # the prompt ends with the "after" token: it must not count
-    return ClassifierFusion(PHRASES, q[None], weight, after=after, prompt_length=2)(ids, scores[None])[0]
+def _step(generated: list[int], scores: torch.Tensor, q: torch.Tensor, weight: float = 1.0, after=(99,),
+          prompt=(99, 10, 11)) -> torch.Tensor:
+    """The fused (V,) scores of one row that has generated ``generated`` after ``prompt``, which
+    looks like the middle of a phrase: if it were read as caption, "left" / "right" would be next."""
+    ids = torch.tensor([list(prompt) + generated])
+    return ClassifierFusion(PHRASES, q[None], weight, after=after, prompt_length=len(prompt))(ids, scores[None])[0]
 
 
 def test_fusion_follows_phrases_token_by_token_and_chooses_where_they_part():
@@ -210,9 +212,11 @@ def test_fusion_follows_phrases_token_by_token_and_chooses_where_they_part():
     torch.testing.assert_close(_step([5], scores, q), scores)
     f = _step([5, 99], scores, q).softmax(-1)  # a new phrase may begin after the comma
     torch.testing.assert_close(f[14], 0.2 * mass)
-    # after=None: a phrase may begin anywhere
+    # after=None: a phrase may begin anywhere, but not inside another
     f = _step([5], scores, q, after=None).softmax(-1)
     torch.testing.assert_close(f[14], 0.2 * mass)
+    torch.testing.assert_close(_step([10, 11], scores, q, after=None), _step([10, 11], scores, q))
+    torch.testing.assert_close(_step([5, 10, 11], scores, q, after=None), _step([10, 11], scores, q))
     # weight 0 leaves every state as it is, shared tokens included
     for gen in ([], [10], [10, 11], [99, 10, 11], [7]):
         torch.testing.assert_close(_step(gen, scores, q, weight=0.0).softmax(-1), p)
@@ -228,6 +232,10 @@ def test_fusion_of_one_token_phrases_is_unchanged_by_the_state():
     as_seqs = ClassifierFusion([[(t,) for t in ids] for ids in GROUPS], q, 1.0)(torch.zeros(2, 1, dtype=torch.long), scores)
     torch.testing.assert_close(as_ints, as_seqs)
     torch.testing.assert_close(as_ints, _fused(scores, q, 1.0))
+    # the same through the step-by-step candidates (an "after" that every token is)
+    stepped = ClassifierFusion(GROUPS, q, 1.0, after=range(10))
+    assert stepped._static is None
+    torch.testing.assert_close(stepped(torch.tensor([[4, 4], [2, 9]]), scores), as_ints)
 
 
 def test_phrase_token_sequences_are_the_phrases_tokens():
@@ -291,8 +299,11 @@ def test_relation_fusion_in_the_captioner_follows_the_relation_hint():
         _relation_captioner(-0.5)
     with pytest.raises(ConfigError, match="relation_fusion_after.*without relation_fusion"):
         _relation_captioner(0.0, after=[","])
-    with pytest.raises(ConfigError, match="relation_fusion_after.*a list of texts"):
-        _relation_captioner(1.0, after=",")
+    for after in (",", 1, [",", 2]):
+        with pytest.raises(ConfigError, match="relation_fusion_after.*a list of texts"):
+            _relation_captioner(1.0, after=after)
+    with pytest.raises(ConfigError, match="relation_fusion_phrases.*for each of relation_phrases' names"):
+        _relation_captioner(1.0, relation_fusion_phrases={"even": 5, "odd": []})
     with pytest.raises(ConfigError, match="relation_fusion_gate.*\"mass\" or \"top\""):
         _relation_captioner(1.0, relation_fusion_gate="all")
     with pytest.raises(ConfigError, match="motion_fusion_gate.*without motion_fusion"):

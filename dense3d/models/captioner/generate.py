@@ -264,11 +264,12 @@ class ClassifierFusion:
         prompt_length: tokens before the caption in the ``input_ids`` the processor is given
             (``generate_captions`` sets it).
         gate: "mass" (default): every step is fused as above. "top": only the steps where the LLM's
-            most likely token is a candidate, so greedy search states a phrase exactly where it
-            would without the classifier. Under "mass" greedy search may state one where the LLM
-            spreads its mass over several groups' first tokens and the fused group's share of it
-            outweighs the LLM's top token (at a caption's start that changes the sentence's
-            template).
+            most likely token is a candidate, so greedy search never states a phrase where it would
+            not without the classifier (it may state none where it would: a spread answer can
+            leave every fused candidate below the best other token). Under "mass" greedy search
+            may state one where the LLM spreads its mass over several groups' first tokens and the
+            fused group's share of it outweighs the LLM's top token (at a caption's start that
+            changes the sentence's template).
     """
 
     def __init__(self, token_groups, probs: torch.Tensor, weight: float, after=None, prompt_length: int = 0,
@@ -300,10 +301,13 @@ class ClassifierFusion:
                                 self.after, self.prompt_length if prompt_length is None else prompt_length, self.gate)
 
     def _membership(self, generated: list[list[int]], G: int) -> torch.Tensor:
-        """(N, U, G) 1 where token u, next, starts or continues a phrase of group g in that row."""
+        """(N, U, G) 1 where token u, next, starts or continues a phrase of group g in that row. In
+        a row that is inside a phrase (j >= 1 of its tokens written), only continuations are
+        candidates: a new phrase does not begin in the middle of one."""
         A = torch.zeros(len(generated), len(self.tokens), G)
         for n, gen in enumerate(generated):
             L = len(gen)
+            starts, inside = [], False
             for g, seq in self.phrases:
                 for j in range(min(len(seq), L + 1)):  # j tokens of the phrase already written
                     if tuple(gen[L - j:]) != seq[:j]:
@@ -311,7 +315,14 @@ class ClassifierFusion:
                     begin = L - j
                     if self.after is not None and begin > 0 and gen[begin - 1] not in self.after:
                         continue
-                    A[n, self._column[seq[j]], g] = 1.0
+                    if j == 0:
+                        starts.append((self._column[seq[0]], g))
+                    else:
+                        inside = True
+                        A[n, self._column[seq[j]], g] = 1.0
+            if not inside:
+                for u, g in starts:
+                    A[n, u, g] = 1.0
         return A
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

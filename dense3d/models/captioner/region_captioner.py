@@ -28,8 +28,8 @@ from dense3d.errors import ConfigError
 from dense3d.models.captioner.decoder import FrozenDecoder
 from dense3d.models.captioner.frozen_prefix import FrozenPrefixCache, caption_loss_top_layers
 from dense3d.models.captioner.generate import (ClassifierFusion, check_decoding, consensus_pick, decoding_processors,
-                                               generate_captions, phrase_first_tokens, phrase_token_sequences,
-                                               processed_logits, teacher_forcing_batch)
+                                               _caption_encoding, generate_captions, phrase_first_tokens,
+                                               phrase_token_sequences, processed_logits, teacher_forcing_batch)
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.captioner.motion_hint import MotionHint
 from dense3d.models.captioner.qformer import RelationQFormer
@@ -221,7 +221,7 @@ class RegionCaptioner(nn.Module):
         motion_fusion_gate, relation_fusion_gate: where each fusion acts
             (:class:`~dense3d.models.captioner.generate.ClassifierFusion`'s ``gate``): "mass", at
             every step, or "top", only where the LLM's most likely token begins or continues a
-            phrase, so greedy search states one exactly where it would without fusion. Defaults:
+            phrase, so greedy search never states one where it would not without fusion. Defaults:
             "mass" for motion (measured: 4.2 CIDEr above "top" outdoors), "top" for relations
             (under "mass", a relation the LLM gives some mass at a caption's start became the
             fused top token there, and changed the sentence's template; docs/results.md, session 49).
@@ -338,8 +338,8 @@ class RegionCaptioner(nn.Module):
         if relation_fusion > 0 and not self.relation_input:
             raise ConfigError("RegionCaptioner", "relation_fusion", "relation_input (the classifier it fuses)",
                               got=self.relation_input)
-        if relation_fusion_after is not None and (isinstance(relation_fusion_after, str) or not all(
-                isinstance(t, str) and t for t in relation_fusion_after)):
+        if relation_fusion_after is not None and (isinstance(relation_fusion_after, str) or not isinstance(
+                relation_fusion_after, Sequence) or not all(isinstance(t, str) and t.strip() for t in relation_fusion_after)):
             raise ConfigError("RegionCaptioner", "relation_fusion_after", "a list of texts ([\",\"])",
                               got=relation_fusion_after)
         self.relation_fusion = float(relation_fusion)
@@ -350,7 +350,7 @@ class RegionCaptioner(nn.Module):
         self.relation_fusion_phrases = self.relation_phrases
         if relation_fusion_phrases is not None:
             if not isinstance(relation_fusion_phrases, Mapping) or set(relation_fusion_phrases) != set(self.relation_names) \
-                    or any(isinstance(v, str) or not all(isinstance(p, str) and p.strip() for p in v)
+                    or any(isinstance(v, str) or not isinstance(v, Sequence) or not all(isinstance(p, str) and p.strip() for p in v)
                            for v in relation_fusion_phrases.values()):
                 raise ConfigError("RegionCaptioner", "relation_fusion_phrases",
                                   f"a list of phrases for each of relation_phrases' names {self.relation_names}",
@@ -731,23 +731,27 @@ class RegionCaptioner(nn.Module):
                 else:
                     self._fusion_tokens[key] = (phrase_token_sequences(tok, self.relation_fusion_phrases, self.prompts[r.kind],
                                                                        "RegionCaptioner.relation_fusion_phrases"),
-                                                self._after_ids(tok))
+                                                self._after_ids(tok, self.prompts[r.kind]))
             groups, after = self._fusion_tokens[key]
             probs = h[name][r.mask.bool()].softmax(-1)[:, : len(groups)]  # (N, C): the relation's "none" column dropped
             out.append(ClassifierFusion(groups, probs, weight, after=after, gate=self.fusion_gates[name]))
         return out
 
-    def _after_ids(self, tok) -> list[int] | None:
-        """``relation_fusion_after`` as token ids (each text one token; a ConfigError otherwise)."""
+    def _after_ids(self, tok, prompt: str) -> list[int] | None:
+        """``relation_fusion_after`` as the token ids each text has inside a caption, after a word
+        (a comma glued to it, a word after a space: "," and " and" are other tokens than "," and
+        "and" alone for byte-level tokenizers); one token each, a ConfigError otherwise."""
         if self.relation_fusion_after is None:
             return None
+        head = _caption_encoding(tok, "a", prompt)[0]
         ids = []
         for text in self.relation_fusion_after:
-            t = tok(text, add_special_tokens=False)["input_ids"]
-            if len(t) != 1:
-                raise ConfigError("RegionCaptioner", "relation_fusion_after", "texts of one token each",
-                                  got=f"{text!r} is {len(t)} tokens")
-            ids.append(t[0])
+            text = text.strip()
+            t = _caption_encoding(tok, f"a {text}" if text[0].isalnum() else f"a{text}", prompt)[0]
+            if t[: len(head)] != head or len(t) != len(head) + 1:
+                raise ConfigError("RegionCaptioner", "relation_fusion_after", "texts of one token each inside a caption",
+                                  got=f"{text!r} is {len(t) - len(head)} tokens after a word")
+            ids.append(t[-1])
         return ids
 
     def _consensus(self, lm, tok, vis: torch.Tensor, prompt: str, decoded: list[str], batch_size: int | None,
