@@ -56,36 +56,45 @@ from dense3d.utils.io import atomic_write_json, check_output_path
 PROG = "tools/fit_hint.py"
 
 
-def motion_rows(loaded, split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(N,) class indices, (N, 7) boxes and (N,) motion-word indices of every reference caption of
-    every ground-truth box of ``split`` that states a motion word, and (N,) its scene's index."""
-    from dense3d.models.losses.mention import IGNORE, named_phrase
+def scene_boxes(loaded, split: str, limit: int | None):
+    """Per scene of ``split`` (the first ``limit``) with ground-truth boxes: its index, the boxes'
+    (R,) class indices, (R, 7) boxes and R lists of reference captions."""
     from dense3d.models.proposals.boxes.detector import head_labels
     from dense3d.utils.progress import progress_bar
 
-    captioner, detector = loaded.model.captioner, loaded.model.box_detector
+    detector = loaded.model.box_detector
     data = loaded.dataset(split)
     n = len(data) if limit is None else min(limit, len(data))
-    labels, boxes, words, scenes = [], [], [], []
     with progress_bar(f"reading the {split} scenes' boxes", n, "scenes") as bar:
         for i in range(n):
             s = data[i]
             bar.advance(1)
             if s.boxes is None or len(s.boxes) == 0:
                 continue
-            lab = head_labels(s.boxes, detector.class_names)  # (K,)
-            geo = s.boxes.boxes.tensor[:, :7].float()  # (K, 7)
-            for k, refs in enumerate(s.boxes.captions[: len(s.boxes)]):
-                for caption in refs:
-                    w = named_phrase(caption, captioner.motion_phrases)
-                    if w != IGNORE:
-                        labels.append(lab[k])
-                        boxes.append(geo[k])
-                        words.append(w)
-                        scenes.append(i)
+            R = len(s.boxes)
+            yield (i, head_labels(s.boxes, detector.class_names), s.boxes.boxes.tensor[:, :7].float(),
+                   list(s.boxes.captions[:R]) + [[]] * (R - len(s.boxes.captions)))
+
+
+def motion_rows(loaded, split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N,) class indices, (N, 7) boxes and (N,) motion-word indices of every reference caption of
+    every ground-truth box of ``split`` that states a motion word, and (N,) its scene's index."""
+    from dense3d.models.losses.mention import IGNORE, named_phrase
+
+    captioner = loaded.model.captioner
+    labels, boxes, words, scenes = [], [], [], []
+    for i, lab, geo, captions in scene_boxes(loaded, split, limit):
+        for k, refs in enumerate(captions):
+            for caption in refs:
+                w = named_phrase(caption, captioner.motion_phrases)
+                if w != IGNORE:
+                    labels.append(lab[k])
+                    boxes.append(geo[k])
+                    words.append(w)
+                    scenes.append(i)
     if not words:
         raise ConfigError(PROG, f"data.{split}", "captions that state a motion word of model.captioner.motion_phrases",
-                          got=f"none in {n} scenes")
+                          got=f"none in the {split} scenes read")
     return (torch.stack(labels), torch.stack(boxes), torch.tensor(words), torch.tensor(scenes))
 
 
@@ -96,39 +105,28 @@ def relation_rows(loaded, split: str, limit: int | None) -> tuple[torch.Tensor, 
     (``len(relation_phrases)``: none), (N,) the box's class index and (N,) its scene's index."""
     from dense3d.models.captioner.relation_hint import neighbour_pair_features
     from dense3d.models.losses.mention import named_relation
-    from dense3d.models.proposals.boxes.detector import head_labels
     from dense3d.structures.sample import RegionFeatures
-    from dense3d.utils.progress import progress_bar
 
-    captioner, detector = loaded.model.captioner, loaded.model.box_detector
+    captioner = loaded.model.captioner
     qf, words = captioner.qformer, captioner._mention_words("box")
-    data = loaded.dataset(split)
-    n = len(data) if limit is None else min(limit, len(data))
     pairs, valids, rels, labels, scenes = [], [], [], [], []
-    with progress_bar(f"reading the {split} scenes' boxes", n, "scenes") as bar:
-        for i in range(n):
-            s = data[i]
-            bar.advance(1)
-            if s.boxes is None or len(s.boxes) == 0:
-                continue
-            R = len(s.boxes)
-            lab = head_labels(s.boxes, detector.class_names)  # (R,)
-            geo = s.boxes.boxes.tensor[:, :7].float()  # (R, 7)
-            regions = RegionFeatures("box", torch.zeros(1, R, 1), geo[None], torch.ones(1, R), lab[None],
-                                     torch.ones(1, R, dtype=torch.bool))
-            with torch.no_grad():
-                idx, valid = qf.neighbours(regions)  # (1, R, k)
-                pair = neighbour_pair_features(regions, idx, valid, qf.space_scale, qf.time_scale,
-                                               qf.neighbour_min_score, qf.rank_margin_scale)  # (1, R, k, P)
-            for k, refs in enumerate(s.boxes.captions[:R]):
-                for caption in refs:
-                    pairs.append(pair[0, k])
-                    valids.append(valid[0, k])
-                    rels.append(named_relation(caption, captioner.relation_phrases, words))
-                    labels.append(lab[k])
-                    scenes.append(i)
+    for i, lab, geo, captions in scene_boxes(loaded, split, limit):
+        R = len(lab)
+        regions = RegionFeatures("box", torch.zeros(1, R, 1), geo[None], torch.ones(1, R), lab[None],
+                                 torch.ones(1, R, dtype=torch.bool))  # as the captioner reads ground-truth boxes
+        with torch.no_grad():
+            idx, valid = qf.neighbours(regions)  # (1, R, k)
+            pair = neighbour_pair_features(regions, idx, valid, qf.space_scale, qf.time_scale,
+                                           qf.neighbour_min_score, qf.rank_margin_scale)  # (1, R, k, P)
+        for k, refs in enumerate(captions):
+            for caption in refs:
+                pairs.append(pair[0, k])
+                valids.append(valid[0, k])
+                rels.append(named_relation(caption, captioner.relation_phrases, words))
+                labels.append(lab[k])
+                scenes.append(i)
     if not rels:
-        raise ConfigError(PROG, f"data.{split}", "ground-truth boxes with captions", got=f"none in {n} scenes")
+        raise ConfigError(PROG, f"data.{split}", "ground-truth boxes with captions", got=f"none in the {split} scenes read")
     return (torch.stack(pairs), torch.stack(valids), torch.tensor(rels), torch.stack(labels), torch.tensor(scenes))
 
 

@@ -116,6 +116,21 @@ def test_generation_with_fusion_says_only_the_chosen_groups_words_in_each_row_be
             assert set(words) <= set(phrases[row]), (beams, batch, text)
 
 
+def _tiny_captioner(num_neighbours: int, settings) -> tuple[RegionCaptioner, list[list[str]]]:
+    """A tiny captioner (car / truck boxes, gates open) with ``settings(phrases)``'s arguments,
+    ``phrases`` the vocabulary's words in two groups (:func:`_halves`); and the groups."""
+    torch.manual_seed(0)
+    decoder = tiny_llama_decoder(VOCAB, hidden_size=32)
+    phrases = _halves(decoder.tokenizer)
+    model = RegionCaptioner(decoder=decoder, adapter=LlamaAdapter(32, 4, num_layers=2, prompt_len=4),
+                            qformer=RelationQFormer(32, 4, 1, num_queries=4, num_neighbours=num_neighbours, region_dim=16,
+                                                    out_dim=32),
+                            class_names={"box": ["car", "truck"]}, max_new_tokens=8, **settings(phrases))
+    with torch.no_grad():
+        model.adapter.gates.fill_(0.5)
+    return model, phrases
+
+
 @pytest.mark.parametrize("consensus,batch", [(0, None), (3, None), (3, 1), (3, 2)])
 def test_motion_fusion_in_the_captioner_follows_the_motion_hint(consensus, batch):
     """``RegionCaptioner(motion_fusion=1.0)``: the motion hint's classifier (made sure of one
@@ -129,17 +144,9 @@ def test_motion_fusion_in_the_captioner_follows_the_motion_hint(consensus, batch
     regions = RegionFeatures("box", torch.randn(2, 3, 16, generator=g), geometry, torch.full((2, 3), 0.9), labels, mask)
 
     def captioner(fusion: float) -> RegionCaptioner:
-        torch.manual_seed(0)
-        decoder = tiny_llama_decoder(VOCAB, hidden_size=32)
-        phrases = _halves(decoder.tokenizer)
-        model = RegionCaptioner(decoder=decoder, adapter=LlamaAdapter(32, 4, num_layers=2, prompt_len=4),
-                                qformer=RelationQFormer(32, 4, 1, num_queries=4, num_neighbours=0, region_dim=16, out_dim=32),
-                                class_names={"box": ["car", "truck"]}, max_new_tokens=8,
-                                motion_phrases={"even": phrases[0], "odd": phrases[1]}, motion_fusion=fusion,
-                                consensus_samples=consensus, consensus_temperature=2.0 if consensus else 1.0)
-        with torch.no_grad():
-            model.adapter.gates.fill_(0.5)
-        return model, phrases
+        return _tiny_captioner(0, lambda phrases: dict(
+            motion_phrases={"even": phrases[0], "odd": phrases[1]}, motion_fusion=fusion, consensus_samples=consensus,
+            consensus_temperature=2.0 if consensus else 1.0))
 
     def captions(model) -> list[tuple[str, str]]:
         return [(c.label, c.text) for scene in model.generate(regions, batch_size=batch) for c in scene]
@@ -167,9 +174,7 @@ def test_motion_fusion_in_the_captioner_follows_the_motion_hint(consensus, batch
     model.motion_fusion = 0.0  # the hint's map is zero: without fusion, the plain model's captions
     assert captions(model) == want
     with pytest.raises(ConfigError, match="motion_fusion.*motion_phrases"):
-        RegionCaptioner(decoder=tiny_llama_decoder(VOCAB, hidden_size=32), adapter=LlamaAdapter(32, 4, num_layers=2, prompt_len=4),
-                        qformer=RelationQFormer(32, 4, 1, num_queries=4, num_neighbours=0, region_dim=16, out_dim=32),
-                        motion_fusion=0.5)
+        _tiny_captioner(0, lambda phrases: dict(motion_fusion=0.5))
     with pytest.raises(ConfigError, match="motion_fusion.*\\[0, 1\\]"):
         captioner(2.0)
 
@@ -252,17 +257,9 @@ def test_phrase_token_sequences_are_the_phrases_tokens():
 
 
 def _relation_captioner(fusion: float, after=None, **kw):
-    torch.manual_seed(0)
-    decoder = tiny_llama_decoder(VOCAB, hidden_size=32)
-    phrases = _halves(decoder.tokenizer)
-    model = RegionCaptioner(decoder=decoder, adapter=LlamaAdapter(32, 4, num_layers=2, prompt_len=4),
-                            qformer=RelationQFormer(32, 4, 1, num_queries=4, num_neighbours=2, region_dim=16, out_dim=32),
-                            class_names={"box": ["car", "truck"]}, max_new_tokens=8,
-                            relation_phrases={"even": phrases[0], "odd": phrases[1]}, relation_input=True,
-                            relation_hint_tokens=False, relation_fusion=fusion, relation_fusion_after=after, **kw)
-    with torch.no_grad():
-        model.adapter.gates.fill_(0.5)
-    return model, phrases
+    return _tiny_captioner(2, lambda phrases: dict(
+        relation_phrases={"even": phrases[0], "odd": phrases[1]}, relation_input=True, relation_hint_tokens=False,
+        relation_fusion=fusion, relation_fusion_after=after, **kw))
 
 
 def test_relation_fusion_in_the_captioner_follows_the_relation_hint():
@@ -292,9 +289,7 @@ def test_relation_fusion_in_the_captioner_follows_the_relation_hint():
         model.relation_fusion = 0.0  # the hint's map is zero: without fusion, the plain captions
         assert captions(model) == want
     with pytest.raises(ConfigError, match="relation_fusion.*relation_input"):
-        RegionCaptioner(decoder=tiny_llama_decoder(VOCAB, hidden_size=32), adapter=LlamaAdapter(32, 4, num_layers=2, prompt_len=4),
-                        qformer=RelationQFormer(32, 4, 1, num_queries=4, num_neighbours=2, region_dim=16, out_dim=32),
-                        relation_fusion=0.5)
+        _tiny_captioner(2, lambda phrases: dict(relation_fusion=0.5))
     with pytest.raises(ConfigError, match="relation_fusion.*\\[0, 1\\]"):
         _relation_captioner(-0.5)
     with pytest.raises(ConfigError, match="relation_fusion_after.*without relation_fusion"):
