@@ -23,8 +23,8 @@ from dense3d.errors import ConfigError
 from dense3d.models.checks import check_int
 
 __all__ = ["prompt_ids", "caption_ids", "span_token_weights", "teacher_forcing_batch", "generate_captions",
-           "check_decoding", "decoding_processors", "processed_logits", "phrase_first_tokens", "phrase_token_sequences", "ClassifierFusion",
-           "consensus_pick"]
+           "check_decoding", "decoding_processors", "processed_logits", "phrase_first_tokens", "phrase_token_sequences",
+           "ClassifierFusion", "consensus_pick"]
 
 IGNORE = -100  # label of tokens without loss (prompt, padding)
 

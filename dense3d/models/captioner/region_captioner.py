@@ -222,9 +222,10 @@ class RegionCaptioner(nn.Module):
             (:class:`~dense3d.models.captioner.generate.ClassifierFusion`'s ``gate``): "mass", at
             every step, or "top", only where the LLM's most likely token begins or continues a
             phrase, so greedy search never states one where it would not without fusion. Defaults:
-            "mass" for motion (measured: 4.2 CIDEr above "top" outdoors), "top" for relations
-            (under "mass", a relation the LLM gives some mass at a caption's start became the
-            fused top token there, and changed the sentence's template; docs/results.md, session 49).
+            "mass" for motion (as session 47 measured it; outdoors "top" changed 3 captions of
+            808), "top" for relations (under "mass", a relation the LLM gives some mass at a
+            caption's start became the fused top token there, and changed the sentence's
+            template; docs/results.md, session 49).
         consensus_samples: S > 0: ``generate`` also samples S captions per region (at
             ``consensus_temperature``, the same processors and fusion) and keeps, of the greedy /
             beam caption and the S samples, the one with the highest mean CIDEr-D against the
