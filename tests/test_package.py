@@ -191,7 +191,7 @@ def test_fit_hint_tool_fits_a_new_hint_onto_a_trained_run(tmp_path):
         head_labels(boxes, fitted.model.box_detector.class_names)[None], torch.ones(1, len(boxes), dtype=torch.bool))
     with torch.no_grad():
         want = head(regions, torch.zeros(1, len(boxes), 4), fitted.model.captioner.qformer)[0][0]  # (R, C)
-        got = tool.relation_logits(head, pair, valid)
+        got = head.classify("box", pair, valid)  # what the tool fits
     rows = [k for k, refs in enumerate(boxes.captions[: len(boxes)]) for _ in refs]  # one row per reference
     torch.testing.assert_close(got, want[rows])
     assert len(fitted.caption(sample)) == len(sample.boxes)

@@ -103,7 +103,7 @@ def relation_rows(loaded, split: str, limit: int | None) -> tuple[torch.Tensor, 
     neighbours among the scene's ground-truth boxes (as the relation hint reads them when captioning
     those boxes), (N, k) their validity, (N,) the relation each reference caption states
     (``len(relation_phrases)``: none), (N,) the box's class index and (N,) its scene's index."""
-    from dense3d.models.captioner.relation_hint import neighbour_pair_features
+    from dense3d.models.captioner.relation_hint import RelationHint
     from dense3d.models.losses.mention import named_relation
     from dense3d.structures.sample import RegionFeatures
 
@@ -114,10 +114,7 @@ def relation_rows(loaded, split: str, limit: int | None) -> tuple[torch.Tensor, 
         R = len(lab)
         regions = RegionFeatures("box", torch.zeros(1, R, 1), geo[None], torch.ones(1, R), lab[None],
                                  torch.ones(1, R, dtype=torch.bool))  # as the captioner reads ground-truth boxes
-        with torch.no_grad():
-            idx, valid = qf.neighbours(regions)  # (1, R, k)
-            pair = neighbour_pair_features(regions, idx, valid, qf.space_scale, qf.time_scale,
-                                           qf.neighbour_min_score, qf.rank_margin_scale)  # (1, R, k, P)
+        _, valid, pair = RelationHint.pair_features(regions, qf)  # (1, R, k), (1, R, k, P)
         for k, refs in enumerate(captions):
             for caption in refs:
                 pairs.append(pair[0, k])
@@ -128,13 +125,6 @@ def relation_rows(loaded, split: str, limit: int | None) -> tuple[torch.Tensor, 
     if not rels:
         raise ConfigError(PROG, f"data.{split}", "ground-truth boxes with captions", got=f"none in the {split} scenes read")
     return (torch.stack(pairs), torch.stack(valids), torch.tensor(rels), torch.stack(labels), torch.tensor(scenes))
-
-
-def relation_logits(hint, pair: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(n, C) the relation hint's logits of ``relation_rows``' (n, k, P) pair features and (n, k)
-    validity: what ``RelationHint.forward`` computes for a box without the relation tokens."""
-    tok = hint.pair_in["box"](pair) * valid.unsqueeze(-1).to(pair.dtype)  # (n, k, D)
-    return hint.classifier(tok.flatten(1))  # (n, k, D) -> (n, k*D) -> (n, C)
 
 
 def accuracy(classify, x, y: torch.Tensor) -> float:
@@ -235,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [*captioner.relation_names, "none"]
 
         def classify(rows):
-            return relation_logits(hint, *rows)
+            return hint.classify("box", *rows)  # (n, k, P), (n, k) -> (n, C)
     cut = int(scenes.max()) + 1 - max(1, math.ceil(a.held_out * (int(scenes.max()) + 1)))
     train, held = scenes < cut, scenes >= cut
     if not train.any():

@@ -7,8 +7,8 @@ import torch
 
 from dense3d.errors import ConfigError
 from dense3d.models.captioner.decoder import tiny_llama_decoder, word_tokenizer
-from dense3d.models.captioner.generate import (ClassifierFusion, generate_captions, phrase_first_tokens,
-                                               phrase_token_sequences)
+from dense3d.models.captioner.generate import (ClassifierFusion, candidates_by_loop, generate_captions,
+                                               phrase_first_tokens, phrase_token_sequences)
 from dense3d.models.captioner.llama_adapter import LlamaAdapter
 from dense3d.models.captioner.qformer import RelationQFormer
 from dense3d.models.captioner.region_captioner import RegionCaptioner
@@ -241,6 +241,21 @@ def test_fusion_of_one_token_phrases_is_unchanged_by_the_state():
     stepped = ClassifierFusion(GROUPS, q, 1.0, after=range(10))
     assert stepped._static is None
     torch.testing.assert_close(stepped(torch.tensor([[4, 4], [2, 9]]), scores), as_ints)
+
+
+@pytest.mark.parametrize("after", [None, (3, 9)])
+def test_the_candidates_found_with_tensors_are_the_loops(after):
+    """Phrases that share tokens, nest and repeat; random captions over a small vocabulary that
+    hits them often; with and without ``after``; from the empty caption to past the longest phrase."""
+    groups = [[(2, 4, 5, 6), (5, 6)], [(2, 4, 7, 6)], [(8,), (2, 8)], [(4,)], []]
+    g = torch.Generator().manual_seed(0)
+    fusion = ClassifierFusion(groups, torch.ones(6, len(groups)) / len(groups), 0.5, after=after)
+    for L in range(7):
+        for _ in range(40):
+            gen = torch.randint(2, 10, (6, L), generator=g)  # (N, L)
+            torch.testing.assert_close(fusion._membership(gen), candidates_by_loop(fusion, gen.tolist()))
+    # a caption in the middle of "2 4": only the continuations of the phrases it began
+    torch.testing.assert_close(fusion._membership(torch.tensor([[9, 2, 4]]))[0].nonzero().tolist(), [[2, 0], [4, 1]])  # tokens 5 and 7
 
 
 def test_phrase_token_sequences_are_the_phrases_tokens():

@@ -23,8 +23,8 @@ from dense3d.errors import ConfigError
 from dense3d.models.checks import check_int
 
 __all__ = ["prompt_ids", "caption_ids", "span_token_weights", "teacher_forcing_batch", "generate_captions",
-           "check_decoding", "decoding_processors", "processed_logits", "phrase_first_tokens", "phrase_token_sequences",
-           "ClassifierFusion", "consensus_pick"]
+           "candidates_by_loop", "check_decoding", "decoding_processors", "processed_logits", "phrase_first_tokens",
+           "phrase_token_sequences", "ClassifierFusion", "consensus_pick"]
 
 IGNORE = -100  # label of tokens without loss (prompt, padding)
 
@@ -177,6 +177,31 @@ def processed_logits(logits: torch.Tensor, input_ids: torch.Tensor, processors, 
     return torch.cat(steps, dim=1)  # (N, T, V)
 
 
+def _phrase_ids(tokenizer, groups: list[list[str]], prompt: str, source: str, first: bool) -> list[list]:
+    """The loop of :func:`phrase_first_tokens` (``first``: each phrase's first token id, which must
+    be known and of one group) and :func:`phrase_token_sequences` (each phrase's ids as a tuple,
+    every one known, each tuple of one group), without repeats within a group."""
+    out, owner = [], {}
+    for g, phrases in enumerate(groups):
+        ids = []
+        for phrase in phrases:
+            enc = tuple(_caption_encoding(tokenizer, phrase, prompt)[0])
+            if not enc or tokenizer.unk_token_id in (enc[:1] if first else enc):
+                raise ConfigError(source, "phrases", "phrases the LLM's tokenizer has tokens for",
+                                  got=f"{phrase!r} {'starts with' if first else 'has'} the unknown token {tokenizer.unk_token!r}"
+                                  if enc else repr(phrase))
+            key = enc[0] if first else enc
+            if owner.setdefault(key, g) != g:
+                if first:
+                    raise ConfigError(source, "phrases", "groups whose phrases start with tokens of their own",
+                                      got=f"{phrase!r} starts with the token {tokenizer.decode([key])!r} of group {owner[key]}")
+                raise ConfigError(source, "phrases", "phrases of one group each", got=f"{phrase!r} is also in group {owner[key]}")
+            if key not in ids:
+                ids.append(key)
+        out.append(ids)
+    return out
+
+
 def phrase_first_tokens(tokenizer, groups: list[list[str]], prompt: str, source: str = "phrase fusion") -> list[list[int]]:
     """Per group of phrases, the ids of the first token each phrase starts with where it follows a
     space in a caption (:func:`_caption_encoding` after ``prompt``), without repeats. A ConfigError,
@@ -187,21 +212,7 @@ def phrase_first_tokens(tokenizer, groups: list[list[str]], prompt: str, source:
     (a phrase "at rest" would take every " at"), and a capitalised phrase at a caption's start
     ("Parked ...") is another token, not fused. Single-token words are safe (SmolLM2's motion
     words are one token each after a space)."""
-    out, owner = [], {}
-    for g, phrases in enumerate(groups):
-        ids = []
-        for phrase in phrases:
-            first = _caption_encoding(tokenizer, phrase, prompt)[0][0]
-            if first == tokenizer.unk_token_id:
-                raise ConfigError(source, "phrases", "phrases the LLM's tokenizer has tokens for",
-                                  got=f"{phrase!r} starts with the unknown token {tokenizer.unk_token!r}")
-            if owner.setdefault(first, g) != g:
-                raise ConfigError(source, "phrases", "groups whose phrases start with tokens of their own",
-                                  got=f"{phrase!r} starts with the token {tokenizer.decode([first])!r} of group {owner[first]}")
-            if first not in ids:
-                ids.append(first)
-        out.append(ids)
-    return out
+    return _phrase_ids(tokenizer, groups, prompt, source, first=True)
 
 
 def phrase_token_sequences(tokenizer, groups: list[list[str]], prompt: str,
@@ -211,20 +222,7 @@ def phrase_token_sequences(tokenizer, groups: list[list[str]], prompt: str,
     follows token by token. Groups may share tokens ("to the left of" / "to the right of"): the
     fusion then chooses at the first token that tells them apart. A ConfigError, naming ``source``,
     for a phrase with the unknown token or a phrase of two groups."""
-    out, owner = [], {}
-    for g, phrases in enumerate(groups):
-        seqs = []
-        for phrase in phrases:
-            ids = tuple(_caption_encoding(tokenizer, phrase, prompt)[0])
-            if not ids or tokenizer.unk_token_id in ids:
-                raise ConfigError(source, "phrases", "phrases the LLM's tokenizer has tokens for",
-                                  got=f"{phrase!r} has the unknown token {tokenizer.unk_token!r}" if ids else repr(phrase))
-            if owner.setdefault(ids, g) != g:
-                raise ConfigError(source, "phrases", "phrases of one group each", got=f"{phrase!r} is also in group {owner[ids]}")
-            if ids not in seqs:
-                seqs.append(ids)
-        out.append(seqs)
-    return out
+    return _phrase_ids(tokenizer, groups, prompt, source, first=False)
 
 
 class ClassifierFusion:
@@ -287,12 +285,22 @@ class ClassifierFusion:
         self.phrases = [(g, s) for g, seqs in enumerate(self.token_groups) for s in seqs]  # (group, ids)
         universe = sorted({t for _, s in self.phrases for t in s})
         self.tokens = torch.tensor(universe, dtype=torch.long)  # (U,) every token of every phrase
-        self._column = {t: u for u, t in enumerate(universe)}
-        G = len(self.token_groups)
+        column = {t: u for u, t in enumerate(universe)}
+        G, P, J = len(self.token_groups), len(self.phrases), max((len(s) for _, s in self.phrases), default=1)
+        # the phrases as tensors, so that the candidates are found on the scores' device without
+        # reading the sequences back to the host at every generated token
+        self._seq = torch.full((P, J), -1, dtype=torch.long)  # (P, J) each phrase's ids, -1 past its end
+        self._len = torch.tensor([len(s) for _, s in self.phrases])  # (P,)
+        self._next = torch.zeros(P, J, len(universe), G)  # (P, J, U, G) 1: token j of phrase p is u, of group g
+        for p, (g, seq) in enumerate(self.phrases):
+            self._seq[p, : len(seq)] = torch.tensor(seq)
+            for j, t in enumerate(seq):
+                self._next[p, j, column[t], g] = 1.0
+        self._after = None if self.after is None else torch.tensor(sorted(self.after), dtype=torch.long)  # (a,)
         # without multi-token phrases or ``after``, the candidates are the same first tokens at every step
         self._static = None
-        if self.after is None and all(len(s) == 1 for _, s in self.phrases):
-            self._static = self._membership([[]], G)[0]  # (U, G)
+        if self.after is None and J == 1:
+            self._static = self._membership(torch.zeros(1, 0, dtype=torch.long))[0]  # (U, G)
 
     def rows(self, start: int, stop: int, num_beams: int = 1, prompt_length: int | None = None) -> "ClassifierFusion":
         """The processor for regions ``start:stop`` of the batch, each repeated ``num_beams`` times
@@ -300,30 +308,26 @@ class ClassifierFusion:
         return ClassifierFusion(self.token_groups, self.probs[start:stop].repeat_interleave(num_beams, 0), self.weight,
                                 self.after, self.prompt_length if prompt_length is None else prompt_length, self.gate)
 
-    def _membership(self, generated: list[list[int]], G: int) -> torch.Tensor:
-        """(N, U, G) 1 where token u, next, starts or continues a phrase of group g in that row. In
-        a row that is inside a phrase (j >= 1 of its tokens written), only continuations are
-        candidates: a new phrase does not begin in the middle of one."""
-        A = torch.zeros(len(generated), len(self.tokens), G)
-        for n, gen in enumerate(generated):
-            L = len(gen)
-            starts, inside = [], False
-            for g, seq in self.phrases:
-                for j in range(min(len(seq), L + 1)):  # j tokens of the phrase already written
-                    if tuple(gen[L - j:]) != seq[:j]:
-                        continue
-                    begin = L - j
-                    if self.after is not None and begin > 0 and gen[begin - 1] not in self.after:
-                        continue
-                    if j == 0:
-                        starts.append((self._column[seq[0]], g))
-                    else:
-                        inside = True
-                        A[n, self._column[seq[j]], g] = 1.0
-            if not inside:
-                for u, g in starts:
-                    A[n, u, g] = 1.0
-        return A
+    def _membership(self, generated: torch.Tensor) -> torch.Tensor:
+        """(N, U, G) 1 where token u, next, starts or continues a phrase of group g in that row of
+        ``generated`` (N, L), the caption's tokens so far. In a row that is inside a phrase (j >= 1
+        of its tokens written), only continuations are candidates: a new phrase does not begin in
+        the middle of one. Tensor operations on ``generated``'s device only (no host sync)."""
+        N, L = generated.shape
+        P, J = self._seq.shape
+        dev = generated.device
+        seq, length = self._seq.to(dev), self._len.to(dev)
+        ok = torch.zeros(N, P, J, dtype=torch.bool, device=dev)  # (N, P, J) phrase p has its first j tokens just written
+        for j in range(min(J, L + 1)):
+            m = (length > j).unsqueeze(0).expand(N, P)  # (N, P) the phrase has a token j to write next
+            if j:
+                m = m & (generated[:, L - j:].unsqueeze(1) == seq[:, :j].unsqueeze(0)).all(-1)  # (N, 1, j) vs (1, P, j) -> (N, P)
+            if self._after is not None and L - j > 0:  # the phrase began after one of these, or at the start
+                m = m & torch.isin(generated[:, L - j - 1], self._after.to(dev)).unsqueeze(1)  # (N, 1)
+            ok[:, :, j] = m
+        inside = ok[:, :, 1:].flatten(1).any(-1)  # (N,) rows in the middle of a phrase
+        ok[:, :, 0] &= ~inside.unsqueeze(1)  # there, no new phrase begins
+        return torch.einsum("npj,pjug->nug", ok.float(), self._next.to(dev)).clamp_max(1.0)  # (N, U, G)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """(N, V) scores -> (N, V), out of place."""
@@ -332,10 +336,9 @@ class ClassifierFusion:
                               got=tuple(self.probs.shape))
         N, G = self.probs.shape
         if self._static is not None:
-            A = self._static.expand(N, -1, -1)  # (U, G) -> (N, U, G)
+            A = self._static.to(scores.device).expand(N, -1, -1)  # (U, G) -> (N, U, G)
         else:
-            A = self._membership(input_ids[:, self.prompt_length:].tolist(), G)  # (N, U, G)
-        A = A.to(scores.device)
+            A = self._membership(input_ids[:, self.prompt_length:].to(scores.device))  # (N, U, G)
         tokens = self.tokens.to(scores.device)
         q = self.probs.to(scores.device)  # (N, G)
         tiny = torch.finfo(torch.float32).tiny
@@ -362,6 +365,29 @@ class ClassifierFusion:
         out = scores.clone()
         out[:, tokens] = torch.where(fused, new.to(scores.dtype), scores[:, tokens])
         return out
+
+
+def candidates_by_loop(fusion: ClassifierFusion, generated: list[list[int]]) -> torch.Tensor:
+    """(N, U, G) what ``fusion._membership`` finds, row by row in Python over the host's lists of
+    ``generated`` token ids: the readable reference for its tensor version (tests), and the
+    implementation before it (``benchmarks/bm_fusion.py`` times both)."""
+    A = torch.zeros(len(generated), len(fusion.tokens), len(fusion.token_groups))
+    column = {int(t): u for u, t in enumerate(fusion.tokens)}
+    for n, gen in enumerate(generated):
+        L, starts, inside = len(gen), [], False
+        for g, seq in fusion.phrases:
+            for j in range(min(len(seq), L + 1)):  # j tokens of the phrase already written
+                begin = L - j
+                if tuple(gen[begin:]) != seq[:j] or (fusion.after is not None and begin > 0 and gen[begin - 1] not in fusion.after):
+                    continue
+                if j == 0:
+                    starts.append((column[seq[0]], g))
+                else:
+                    inside = True
+                    A[n, column[seq[j]], g] = 1.0
+        for u, g in ([] if inside else starts):
+            A[n, u, g] = 1.0
+    return A
 
 
 def consensus_pick(candidates: list[list[str]], document_frequency=None) -> list[int]:

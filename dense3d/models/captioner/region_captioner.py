@@ -328,22 +328,17 @@ class RegionCaptioner(nn.Module):
                                   got=value)
         self.motion_hint_lr_scale, self.hint_embed_lr_scale = motion_hint_lr_scale, hint_embed_lr_scale
         self.motion_hint: MotionHint | None = None
-        if isinstance(motion_fusion, bool) or not isinstance(motion_fusion, (int, float)) or not 0.0 <= motion_fusion <= 1.0:
-            raise ConfigError("RegionCaptioner", "motion_fusion", "a weight in [0, 1] (0.0: off)", got=motion_fusion)
-        if motion_fusion > 0 and not self.motion_names:
-            raise ConfigError("RegionCaptioner", "motion_fusion", "motion_phrases (the classifier it fuses)", got="none")
-        self.motion_fusion = float(motion_fusion)
-        if isinstance(relation_fusion, bool) or not isinstance(relation_fusion, (int, float)) \
-                or not 0.0 <= relation_fusion <= 1.0:
-            raise ConfigError("RegionCaptioner", "relation_fusion", "a weight in [0, 1] (0.0: off)", got=relation_fusion)
-        if relation_fusion > 0 and not self.relation_input:
-            raise ConfigError("RegionCaptioner", "relation_fusion", "relation_input (the classifier it fuses)",
-                              got=self.relation_input)
+        for field, weight, built, needs in (("motion_fusion", motion_fusion, bool(self.motion_names), "motion_phrases"),
+                                            ("relation_fusion", relation_fusion, self.relation_input, "relation_input")):
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+                raise ConfigError("RegionCaptioner", field, "a weight in [0, 1] (0.0: off)", got=weight)
+            if weight > 0 and not built:
+                raise ConfigError("RegionCaptioner", field, f"{needs} (the classifier it fuses)", got="none")
+        self.motion_fusion, self.relation_fusion = float(motion_fusion), float(relation_fusion)
         if relation_fusion_after is not None and (isinstance(relation_fusion_after, str) or not isinstance(
                 relation_fusion_after, Sequence) or not all(isinstance(t, str) and t.strip() for t in relation_fusion_after)):
             raise ConfigError("RegionCaptioner", "relation_fusion_after", "a list of texts ([\",\"])",
                               got=relation_fusion_after)
-        self.relation_fusion = float(relation_fusion)
         for field, gate in (("motion_fusion_gate", motion_fusion_gate), ("relation_fusion_gate", relation_fusion_gate)):
             if gate not in ("mass", "top"):
                 raise ConfigError("RegionCaptioner", field, '"mass" or "top"', got=gate)

@@ -100,15 +100,37 @@ class RelationHint(nn.Module):
             logits: (B, R, num_classes) float32, the classifier's;
             add: (B, R, K, out_dim), the embedding of its softmax, to add to the visual tokens.
         """
+        idx, valid, pair = self.pair_features(regions, qformer)  # (B, R, k), (B, R, k), (B, R, k, P)
         with torch.no_grad():  # an input: nothing here trains the Q-Former
-            idx, valid = qformer.neighbours(regions)  # (B, R, k)
-            pair = neighbour_pair_features(regions, idx, valid, qformer.space_scale, qformer.time_scale,
-                                           qformer.neighbour_min_score, qformer.rank_margin_scale).to(features.dtype)  # (B, R, k, P)
-            rel = qformer.relation_tokens(regions, features)[0] if self.tokens else 0.0  # (B, R, k, D)
-        tok = (self.pair_in[regions.kind](pair) + rel) * valid.unsqueeze(-1).to(features.dtype)  # (B, R, k, D)
-        x = tok.flatten(2)  # (B, R, k, D) -> (B, R, k*D)
-        if self.tokens:
-            x = torch.cat([self.own_in(features.detach()), x], -1)  # (B, R, D) + (B, R, k*D) -> (B, R, (k+1)*D)
-        logits = self.classifier(x).float()  # (B, R, C)
+            rel = qformer.relation_tokens(regions, features)[0] if self.tokens else None  # (B, R, k, D)
+        own = features.detach() if self.tokens else None  # (B, R, region_dim)
+        logits = self.classify(regions.kind, pair.to(features.dtype), valid, rel, own)  # (B, R, C)
         return logits, embed_answer(self.embed, logits, self.num_queries, self.out_dim)
 
+    @staticmethod
+    def pair_features(regions: RegionFeatures, qformer: RelationQFormer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The pairs the hint reads, without gradients: (B, R, k) each region's neighbours as the
+        Q-Former orders them, (B, R, k) their validity and (B, R, k, PAIR_DIMS[kind]) the pair
+        features at the Q-Former's scales (``tools/fit_hint.py`` reads the same)."""
+        with torch.no_grad():
+            idx, valid = qformer.neighbours(regions)  # (B, R, k)
+            pair = neighbour_pair_features(regions, idx, valid, qformer.space_scale, qformer.time_scale,
+                                           qformer.neighbour_min_score, qformer.rank_margin_scale)  # (B, R, k, P)
+        return idx, valid, pair
+
+    def classify(self, kind: str, pair: torch.Tensor, valid: torch.Tensor, rel: torch.Tensor | None = None,
+                 own: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., C) float32 logits of (..., k, P) pair features and (..., k) their validity, plus
+        (..., k, D) the Q-Former's relation tokens and (..., region_dim) the region's own feature
+        where the hint reads tokens (both None where it does not)."""
+        if (rel is None) == self.tokens or (own is None) == self.tokens:
+            raise ValueError(f"RelationHint(tokens={self.tokens}) reads the relation tokens and own feature "
+                             f"{'both' if self.tokens else 'neither'}")
+        tok = self.pair_in[kind](pair)  # (..., k, D)
+        if rel is not None:
+            tok = tok + rel
+        tok = tok * valid.unsqueeze(-1).to(tok.dtype)  # (..., k, D) invalid neighbours read as zeros
+        x = tok.flatten(-2)  # (..., k, D) -> (..., k*D)
+        if own is not None:
+            x = torch.cat([self.own_in(own), x], -1)  # (..., D) + (..., k*D) -> (..., (k+1)*D)
+        return self.classifier(x).float()  # (..., C)
