@@ -124,7 +124,8 @@ def test_fit_hint_tool_fits_a_new_hint_onto_a_trained_run(tmp_path):
     relation hint (on the pair features) is added, its classifier fitted on the train split's
     boxes, and written with the rest of the run, unchanged, as a new run folder that loads and
     generates with fusion on; the old run is untouched; a run without a hint, a relation hint that
-    reads the Q-Former's tokens, and an --out in use, are one-line errors."""
+    reads the Q-Former's tokens, an --out in use, and a hint whose map was trained (without
+    --refit-trained-map) are one-line errors."""
     import importlib.util
 
     import torch
@@ -163,6 +164,17 @@ def test_fit_hint_tool_fits_a_new_hint_onto_a_trained_run(tmp_path):
         assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and r.stderr.startswith("tools/fit_hint.py: "), r.stderr
     assert not (tmp_path / "none").exists()
     assert json.loads((out / "fit_hint.json").read_text()) == summary
+    # a run whose map onto the visual tokens was trained: refused unless --refit-trained-map
+    trained = dense3d.api.load(out, regions="gt")
+    with torch.no_grad():
+        trained.model.captioner.motion_hint.embed.bias.fill_(0.1)
+    tool.write_run(trained, tmp_path / "trained_map", {})
+    r = subprocess.run([sys.executable, str(root / "tools" / "fit_hint.py"), str(tmp_path / "trained_map"), "--out",
+                        str(tmp_path / "refit")], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "motion_hint.embed" in r.stderr, r.stderr
+    assert not (tmp_path / "refit").exists()
+    assert tool.main([str(tmp_path / "trained_map"), "--out", str(tmp_path / "refit"), "--steps", "5",
+                      "--refit-trained-map"]) == 0
     # the relation hint on the pair features, onto the same run; one that reads the Q-Former's tokens is refused
     rel = ["+model.captioner.relation_phrases={behind: [behind], in_front_of: [in front of]}", "+model.captioner.relation_input=true"]
     r = subprocess.run([sys.executable, str(root / "tools" / "fit_hint.py"), str(run), "--hint", "relation", "--out",

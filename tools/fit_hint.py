@@ -19,7 +19,8 @@ A run trained without the hint gets one with ``+model.captioner.motion_phrases=.
 hint's weights are the only ones the checkpoint may lack (its map onto the visual tokens stays
 at zero, so captions change only through fusion). A run whose map was trained reads the
 classifier's answer in its visual tokens, so refitting changes what its LLM reads (outdoors that
-cost 9 CIDEr against fusion with the classifier it trained; docs/results.md, session 47).
+cost 9 CIDEr against fusion with the classifier it trained; docs/results.md, session 47): the
+tool refuses such a run unless ``--refit-trained-map`` says that is meant.
 
     python tools/fit_hint.py outputs/RUN --out outputs/RUN_motion \\
         data.train.data_root=data_extra/outdoor_all2 ... +model.captioner.motion_fusion=1.0
@@ -127,6 +128,15 @@ def relation_rows(loaded, split: str, limit: int | None) -> tuple[torch.Tensor, 
     return (torch.stack(pairs), torch.stack(valids), torch.tensor(rels), torch.stack(labels), torch.tensor(scenes))
 
 
+def check_untrained_map(hint, part: str, allowed: bool) -> None:
+    """A ConfigError unless ``hint``'s map onto the visual tokens is still zero (refitting a hint
+    whose map was trained changes what the LLM reads) or ``allowed`` (``--refit-trained-map``)."""
+    if not allowed and any(bool((t != 0).any()) for t in hint.embed.parameters()):
+        raise ConfigError(PROG, f"model.captioner.{part}.embed",
+                          "a hint whose map onto the visual tokens is still zero (refitting a trained one changes what "
+                          "the LLM reads; --refit-trained-map if that is meant)", got="a trained map")
+
+
 def accuracy(classify, x, y: torch.Tensor) -> float:
     """% of rows whose argmax of ``classify(x)`` is ``y``."""
     with torch.no_grad():
@@ -190,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=positive_float, default=3e-3)
     p.add_argument("--batch", type=positive_int, default=512)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--refit-trained-map", action="store_true",
+                   help="fit a hint whose map onto the visual tokens was trained (its LLM reads the classifier's "
+                        "answer, so its captions change too); refused otherwise")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE (or +KEY=VALUE) changes of the run's config, as dense3d eval takes")
     a = p.parse_intermixed_args(argv)  # overrides may come before or after the options
     if not a.held_out < 1:
@@ -208,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         if hint is None:
             raise ConfigError(PROG, "model.captioner.motion_phrases",
                               "a run with a motion hint (or +model.captioner.motion_phrases={word: [phrases], ...})", got="none")
+        check_untrained_map(hint, part, a.refit_trained_map)
         labels, boxes, answers, scenes = motion_rows(loaded, a.split, a.limit)
         x = hint.inputs(labels, boxes).detach()  # (N, L + BOX_DIMS)
         params, names = list(hint.classifier.parameters()), list(captioner.motion_names)
@@ -219,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                               "a run whose relation hint reads the pair features alone (or +model.captioner.relation_phrases="
                               "{name: [phrases], ...} +model.captioner.relation_input=true +model.captioner.relation_hint_tokens=false)",
                               got="none" if hint is None else "relation_hint_tokens=true (it reads the Q-Former's tokens)")
+        check_untrained_map(hint, part, a.refit_trained_map)
         pair, valid, answers, labels, scenes = relation_rows(loaded, a.split, a.limit)
         x = (pair, valid)
         params = list(hint.pair_in["box"].parameters()) + list(hint.classifier.parameters())
