@@ -195,6 +195,14 @@ def test_fit_hint_tool_fits_a_new_hint_onto_a_trained_run(tmp_path):
     for k, v in before.items():
         torch.testing.assert_close(state[k], v)
     assert not (head.embed.weight != 0).any()  # its map: still zero
+    with torch.no_grad():  # the relation hint's trained map is refused too
+        head.embed.bias.fill_(0.1)
+    tool.write_run(fitted, tmp_path / "trained_relation_map", {})
+    r = subprocess.run([sys.executable, str(root / "tools" / "fit_hint.py"), str(tmp_path / "trained_relation_map"),
+                        "--hint", "relation", "--out", str(tmp_path / "refit_relation")], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "relation_head.embed" in r.stderr, r.stderr
+    with torch.no_grad():
+        head.embed.bias.zero_()
     # what the tool fits on is what the hint reads when captioning the ground-truth boxes
     pair, valid, _, _, _ = tool.relation_rows(fitted, "val", 1)
     boxes = sample.boxes

@@ -254,6 +254,9 @@ def test_the_candidates_found_with_tensors_are_the_loops(after):
         for _ in range(40):
             gen = torch.randint(2, 10, (6, L), generator=g)  # (N, L)
             torch.testing.assert_close(fusion._membership(gen), candidates_by_loop(fusion, gen.tolist()))
+    # groups without phrases: nothing is fused
+    scores = torch.randn(2, 10, generator=g)
+    torch.testing.assert_close(ClassifierFusion([[], []], torch.ones(2, 2) / 2, 1.0)(torch.zeros(2, 1, dtype=torch.long), scores), scores)
     # a caption in the middle of "2 4": only the continuations of the phrases it began
     torch.testing.assert_close(fusion._membership(torch.tensor([[9, 2, 4]]))[0].nonzero().tolist(), [[2, 0], [4, 1]])  # tokens 5 and 7
 

@@ -297,10 +297,12 @@ class ClassifierFusion:
             for j, t in enumerate(seq):
                 self._next[p, j, column[t], g] = 1.0
         self._after = None if self.after is None else torch.tensor(sorted(self.after), dtype=torch.long)  # (a,)
+        self._device_copies: dict[torch.device, dict[str, torch.Tensor]] = {}
         # without multi-token phrases or ``after``, the candidates are the same first tokens at every step
         self._static = None
         if self.after is None and J == 1:
             self._static = self._membership(torch.zeros(1, 0, dtype=torch.long))[0]  # (U, G)
+            self._device_copies.clear()  # copied before _static existed
 
     def rows(self, start: int, stop: int, num_beams: int = 1, prompt_length: int | None = None) -> "ClassifierFusion":
         """The processor for regions ``start:stop`` of the batch, each repeated ``num_beams`` times
@@ -312,22 +314,35 @@ class ClassifierFusion:
         """(N, U, G) 1 where token u, next, starts or continues a phrase of group g in that row of
         ``generated`` (N, L), the caption's tokens so far. In a row that is inside a phrase (j >= 1
         of its tokens written), only continuations are candidates: a new phrase does not begin in
-        the middle of one. Tensor operations on ``generated``'s device only (no host sync)."""
+        the middle of one. Tensor operations on ``generated``'s device only: nothing is read back to
+        the host."""
         N, L = generated.shape
         P, J = self._seq.shape
-        dev = generated.device
-        seq, length = self._seq.to(dev), self._len.to(dev)
-        ok = torch.zeros(N, P, J, dtype=torch.bool, device=dev)  # (N, P, J) phrase p has its first j tokens just written
+        on = self._on(generated.device)
+        seq, length = on["seq"], on["len"]
+        ok = torch.zeros(N, P, J, dtype=torch.bool, device=generated.device)  # (N, P, J) phrase p has its first j tokens just written
         for j in range(min(J, L + 1)):
             m = (length > j).unsqueeze(0).expand(N, P)  # (N, P) the phrase has a token j to write next
             if j:
                 m = m & (generated[:, L - j:].unsqueeze(1) == seq[:, :j].unsqueeze(0)).all(-1)  # (N, 1, j) vs (1, P, j) -> (N, P)
             if self._after is not None and L - j > 0:  # the phrase began after one of these, or at the start
-                m = m & torch.isin(generated[:, L - j - 1], self._after.to(dev)).unsqueeze(1)  # (N, 1)
+                m = m & (generated[:, L - j - 1].unsqueeze(-1) == on["after"]).any(-1, keepdim=True)  # (N, 1)
             ok[:, :, j] = m
         inside = ok[:, :, 1:].flatten(1).any(-1)  # (N,) rows in the middle of a phrase
         ok[:, :, 0] &= ~inside.unsqueeze(1)  # there, no new phrase begins
-        return torch.einsum("npj,pjug->nug", ok.float(), self._next.to(dev)).clamp_max(1.0)  # (N, U, G)
+        return torch.einsum("npj,pjug->nug", ok.float(), on["next"]).clamp_max(1.0)  # (N, U, G)
+
+    def _on(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The processor's fixed tensors on ``device``, copied once: a copy from the host at every
+        generated token would make the host wait for the queued LLM step on a GPU."""
+        if device not in self._device_copies:
+            fixed = {"seq": self._seq, "len": self._len, "next": self._next, "tokens": self.tokens, "probs": self.probs}
+            if self._after is not None:
+                fixed["after"] = self._after
+            if self._static is not None:
+                fixed["static"] = self._static
+            self._device_copies[device] = {k: v.to(device) for k, v in fixed.items()}
+        return self._device_copies[device]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """(N, V) scores -> (N, V), out of place."""
@@ -335,12 +350,14 @@ class ClassifierFusion:
             raise ConfigError("ClassifierFusion", "probs", f"one row per generated sequence ({scores.shape[0]})",
                               got=tuple(self.probs.shape))
         N, G = self.probs.shape
+        if len(self.tokens) == 0:  # no group has a phrase: nothing to fuse
+            return scores
+        on = self._on(scores.device)
         if self._static is not None:
-            A = self._static.to(scores.device).expand(N, -1, -1)  # (U, G) -> (N, U, G)
+            A = on["static"].expand(N, -1, -1)  # (U, G) -> (N, U, G)
         else:
             A = self._membership(input_ids[:, self.prompt_length:].to(scores.device))  # (N, U, G)
-        tokens = self.tokens.to(scores.device)
-        q = self.probs.to(scores.device)  # (N, G)
+        tokens, q = on["tokens"], on["probs"]  # (U,), (N, G)
         tiny = torch.finfo(torch.float32).tiny
         log_z = scores.float().logsumexp(-1, keepdim=True)  # (N, 1)
         n_t = A.sum(-1)  # (N, U) groups each candidate leads to; 0: not a candidate now

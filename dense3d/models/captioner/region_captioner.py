@@ -333,7 +333,8 @@ class RegionCaptioner(nn.Module):
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
                 raise ConfigError("RegionCaptioner", field, "a weight in [0, 1] (0.0: off)", got=weight)
             if weight > 0 and not built:
-                raise ConfigError("RegionCaptioner", field, f"{needs} (the classifier it fuses)", got="none")
+                raise ConfigError("RegionCaptioner", field, f"{needs} (the classifier it fuses)",
+                                  got="none" if field == "motion_fusion" else self.relation_input)
         self.motion_fusion, self.relation_fusion = float(motion_fusion), float(relation_fusion)
         if relation_fusion_after is not None and (isinstance(relation_fusion_after, str) or not isinstance(
                 relation_fusion_after, Sequence) or not all(isinstance(t, str) and t.strip() for t in relation_fusion_after)):
