@@ -301,8 +301,7 @@ class ClassifierFusion:
         # without multi-token phrases or ``after``, the candidates are the same first tokens at every step
         self._static = None
         if self.after is None and J == 1:
-            self._static = self._membership(torch.zeros(1, 0, dtype=torch.long))[0]  # (U, G)
-            self._device_copies.clear()  # copied before _static existed
+            self._static = self._next[:, 0].sum(0).clamp_max(1.0)  # (P, U, G) -> (U, G) every phrase's first token
 
     def rows(self, start: int, stop: int, num_beams: int = 1, prompt_length: int | None = None) -> "ClassifierFusion":
         """The processor for regions ``start:stop`` of the batch, each repeated ``num_beams`` times
